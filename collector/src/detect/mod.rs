@@ -1,0 +1,1 @@
+//! Detectors: pure functions from the host model to findings.

@@ -1,0 +1,1 @@
+//! Exporters: Prometheus /metrics, the JSON API and CLI tables.

@@ -1,0 +1,10 @@
+//! pinflow: a host collector for OpenStack/KVM/Open vSwitch hypervisors.
+//!
+//! Data flows one way: [`sources`] read the host into the [`model`], [`detect`] turns the model into
+//! findings, [`export`] serves them (Prometheus `/metrics`, JSON API, CLI tables).
+
+pub mod cpuset;
+pub mod detect;
+pub mod export;
+pub mod model;
+pub mod sources;

@@ -1,0 +1,2 @@
+//! The `pinflow` command.
+fn main() {}

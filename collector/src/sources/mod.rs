@@ -1,0 +1,8 @@
+//! Sources: everything that reads the host. Each reports whether it is up, its errors and its cost.
+
+pub mod health;
+pub mod libvirt;
+pub mod procfs;
+pub mod sched_bpf;
+
+pub use health::{SourceHealth, SourceRegistry};
