@@ -13,7 +13,7 @@ pub const MAX_CPU: u32 = 8191;
 pub struct CpuSet(BTreeSet<u32>);
 
 /// Error for a malformed CPU list.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid CPU list {input:?}: {reason}")]
 pub struct CpuSetError {
     /// The text that failed to parse.

@@ -3,8 +3,12 @@
 //! Data flows one way: [`sources`] read the host into the [`model`], [`detect`] turns the model into
 //! findings, [`export`] serves them (Prometheus `/metrics`, JSON API, CLI tables).
 
+pub mod cli;
+pub mod config;
 pub mod cpuset;
 pub mod detect;
+pub mod engine;
 pub mod export;
 pub mod model;
 pub mod sources;
+pub mod state;

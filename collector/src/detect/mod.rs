@@ -1,1 +1,3 @@
 //! Detectors: pure functions from the host model to findings.
+
+pub mod pinning;

@@ -1,1 +1,5 @@
-//! Exporters: Prometheus /metrics, the JSON API and CLI tables.
+//! Exporters: Prometheus /metrics, the JSON API and CLI tables. They only read [`crate::state`].
+
+pub mod http;
+pub mod metrics;
+pub mod table;

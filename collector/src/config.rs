@@ -1,0 +1,138 @@
+//! pinflow's configuration file (TOML). Every field has a default; unknown keys are errors naming the key.
+
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Pinning drift detection.
+    pub pinning: PinningConfig,
+}
+
+/// `[pinning]`: how often and how strictly pinning is checked.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PinningConfig {
+    /// Seconds between re-reads of procfs/cgroupfs (libvirt changes also trigger a pass at once).
+    pub interval_seconds: f64,
+    /// Seconds of off-pin CPU time history that make a `placement` drift (drift while > 0 in the window).
+    pub placement_window_seconds: f64,
+    /// Load the eBPF `sched_switch` probe for the `placement` check and the off-pin/migration counters.
+    pub ebpf: bool,
+}
+
+impl Default for PinningConfig {
+    fn default() -> Self {
+        Self { interval_seconds: 1.0, placement_window_seconds: 5.0, ebpf: true }
+    }
+}
+
+impl PinningConfig {
+    /// The pass interval as a `Duration` (validated by [`Config::validate`]).
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval_seconds)
+    }
+
+    /// The placement window as a `Duration`.
+    pub fn placement_window(&self) -> Duration {
+        Duration::from_secs_f64(self.placement_window_seconds)
+    }
+}
+
+/// A configuration error with the file and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error or unknown key (the message names it).
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// Parser message, naming the offending key.
+        message: String,
+    },
+    /// A value out of range.
+    #[error("invalid config: {0}")]
+    Value(String),
+}
+
+impl Config {
+    /// Reads and validates a config file; `None` gives the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: "<text>".into(), message: e.message().to_string() })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.pinning;
+        if !(0.05..=3600.0).contains(&p.interval_seconds) {
+            return Err(ConfigError::Value(format!(
+                "pinning.interval_seconds = {} (must be 0.05..=3600)",
+                p.interval_seconds
+            )));
+        }
+        if !(0.0..=86400.0).contains(&p.placement_window_seconds) {
+            return Err(ConfigError::Value(format!(
+                "pinning.placement_window_seconds = {} (must be 0..=86400)",
+                p.placement_window_seconds
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn fields_override_defaults() {
+        let c = Config::parse("[pinning]\ninterval_seconds = 0.5\nebpf = false\n").unwrap();
+        assert_eq!(c.pinning.interval(), Duration::from_millis(500));
+        assert!(!c.pinning.ebpf);
+        assert_eq!(c.pinning.placement_window_seconds, 5.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("[pinning]\nintervall = 1\n").unwrap_err().to_string();
+        assert!(e.contains("intervall"), "{e}");
+        let e = Config::parse("[pinnning]\n").unwrap_err().to_string();
+        assert!(e.contains("pinnning"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let e = Config::parse("[pinning]\ninterval_seconds = 0\n").unwrap_err().to_string();
+        assert!(e.contains("interval_seconds"), "{e}");
+    }
+}

@@ -1,0 +1,73 @@
+//! HTTP server: `/metrics` (OpenMetrics), `/healthz`, `/api/v1/pinning`, `/api/v1/flows/dirty`.
+
+use crate::export::metrics;
+use crate::state::SharedState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct App {
+    state: SharedState,
+    registry: Arc<Registry>,
+}
+
+/// The router with every endpoint.
+pub fn router(state: SharedState, build: metrics::BuildInfo) -> Router {
+    let registry = Arc::new(metrics::registry(state.clone(), build));
+    Router::new()
+        .route("/", get(index))
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/pinning", get(api_pinning))
+        .route("/api/v1/sources", get(api_sources))
+        .with_state(App { state, registry })
+}
+
+/// Binds `addr` and serves until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, "serving /metrics and /api/v1");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<html><body><h1>pinflow</h1><ul><li><a href=\"/metrics\">/metrics</a></li>\
+         <li><a href=\"/api/v1/pinning\">/api/v1/pinning</a></li>\
+         <li><a href=\"/api/v1/sources\">/api/v1/sources</a></li></ul></body></html>\n",
+    )
+}
+
+async fn serve_metrics(State(app): State<App>) -> Response {
+    match metrics::render(&app.registry) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")).into_response(),
+    }
+}
+
+async fn api_pinning(State(app): State<App>) -> Response {
+    axum::Json(app.state.pinning().as_ref().clone()).into_response()
+}
+
+async fn api_sources(State(app): State<App>) -> Response {
+    axum::Json(app.state.sources.snapshot()).into_response()
+}

@@ -1,0 +1,68 @@
+//! Plain-text tables for a person at a terminal (`pinflow pinning`).
+
+use crate::detect::pinning::PinningReport;
+use std::fmt::Write as _;
+
+/// Renders the pinning report: one row per vCPU, then every drift.
+pub fn pinning_table(r: &PinningReport) -> String {
+    let mut rows: Vec<[String; 9]> = vec![[
+        "DOMAIN", "NAME", "PROJECT", "VCPU", "TID", "PIN", "AFFINITY", "CGROUP-CPUS", "LAST-CPU",
+    ]
+    .map(String::from)];
+    let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+    for d in &r.domains {
+        let nova = d.nova.as_ref();
+        for v in &d.vcpus {
+            rows.push([
+                d.domain.clone(),
+                nova.map(|n| n.name.clone()).unwrap_or_else(|| "-".into()),
+                nova.map(|n| n.project.clone()).unwrap_or_else(|| "-".into()),
+                v.vcpu.to_string(),
+                opt(v.tid.map(|t| t.to_string())),
+                v.pin.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "floating".into()),
+                opt(v.affinity.as_ref().map(|p| p.to_string())),
+                opt(v.cgroup_cpus.as_ref().map(|p| p.to_string())),
+                opt(v.last_cpu.map(|c| c.to_string())),
+            ]);
+        }
+    }
+    let mut out = align(&rows);
+    let drifts: Vec<_> = r.domains.iter().flat_map(|d| d.drifts.iter().map(move |x| (d, x))).collect();
+    if drifts.is_empty() {
+        out.push_str("\nno pinning drift\n");
+    } else {
+        let mut rows: Vec<[String; 5]> = vec![["DOMAIN", "VCPU", "CHECK", "EXPECTED", "ACTUAL"].map(String::from)];
+        for (d, x) in drifts {
+            rows.push([
+                d.domain.clone(),
+                x.vcpu.clone(),
+                x.check.to_string(),
+                x.expected.clone(),
+                x.actual.clone(),
+            ]);
+        }
+        out.push_str("\nDRIFT\n");
+        out.push_str(&align(&rows));
+    }
+    out
+}
+
+/// Left-aligns columns with two spaces between them.
+pub fn align<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut width = [0usize; N];
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            let _ = write!(line, "{c:<w$}  ", w = width[i]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,92 @@
+//! A `pinflow serve` process for a test: started on a free port, scraped, killed on drop.
+
+use crate::scrape::{self, Sample};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Path of the pinflow binary under test: `$PINFLOW_BIN`, else the workspace's `target/{release,debug}/pinflow`.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PINFLOW_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    for profile in ["release", "debug"] {
+        let p = target.join(profile).join("pinflow");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("pinflow binary not found: build it (`cargo build -p pinflow`) or set PINFLOW_BIN");
+}
+
+/// A running `pinflow serve`.
+pub struct Pinflow {
+    child: Child,
+    /// Address it serves on.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+impl Pinflow {
+    /// Starts `pinflow serve` with `config` (TOML text) and extra source flags; waits until /healthz answers.
+    pub fn start(config: &str, args: &[&str]) -> Pinflow {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("pinflow.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let log = dir.path().join("pinflow.log");
+        let addr = free_addr();
+        let child = Command::new(bin())
+            .arg("serve")
+            .arg("--web.listen-address")
+            .arg(addr.to_string())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn pinflow");
+        let p = Pinflow { child, addr, log, _dir: dir };
+        let up = crate::wait_for(Duration::from_secs(15), || {
+            scrape::http_get(p.addr, "/healthz", Duration::from_secs(1)).ok().filter(|(s, _)| *s == 200)
+        });
+        assert!(up.is_some(), "pinflow did not come up on {}:\n{}", p.addr, p.log());
+        p
+    }
+
+    /// pinflow's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path`; panics on transport errors or non-200.
+    pub fn get(&self, path: &str) -> String {
+        let (status, body) = scrape::http_get(self.addr, path, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Scrapes /metrics.
+    pub fn scrape(&self) -> Vec<Sample> {
+        scrape::parse(&self.get("/metrics"))
+    }
+}
+
+impl Drop for Pinflow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
