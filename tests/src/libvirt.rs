@@ -3,6 +3,7 @@
 
 use anyhow::{Context as _, bail};
 use std::fmt::Write as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -40,7 +41,9 @@ pub fn ensure_daemons() -> anyhow::Result<Daemons> {
             continue;
         }
         let log = std::fs::File::create(dir.join(format!("{name}.out")))?;
+        // Own process group: a Ctrl-C meant for `cargo xtask run` must not kill the daemons first.
         let child = Command::new(bin)
+            .process_group(0)
             .env("LIBVIRT_LOG_OUTPUTS", format!("3:file:{}", dir.join(format!("{name}.log")).display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -134,13 +137,12 @@ pub struct DomainSpec {
 impl DomainSpec {
     /// A domain with `pins.len()` vCPUs pinned as given, emulator on the union of the pins.
     pub fn pinned(name: &str, pins: &[&str]) -> Self {
-        let emu: Vec<&str> = pins.to_vec();
         DomainSpec {
             name: name.into(),
             uuid: uuid_for(name),
             pins: pins.iter().map(|p| Some(p.to_string())).collect(),
             vcpu_cpuset: None,
-            emulator_pin: Some(emu.join(",")),
+            emulator_pin: (!pins.is_empty()).then(|| pins.join(",")),
             nova: None,
             spin: false,
         }
@@ -200,15 +202,17 @@ impl DomainSpec {
             x,
             "  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\n\
              \x20 <features><acpi/><apic/></features>\n\
-             \x20 <cpu mode='host-passthrough'/>\n  <clock offset='utc'/>\n\
+             \x20 <cpu mode='host-passthrough'><feature policy='disable' name='arch-capabilities'/></cpu>\n  <clock offset='utc'/>\n\
              \x20 <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\n\
              \x20 <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n"
         );
+        // (`<cpu>` above: QEMU 7.2 on this virtualised KVM aborts setting MSR 0x10a with plain
+        // host-passthrough, hence arch-capabilities off.)
         if self.spin {
             let _ = writeln!(
                 x,
                 "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
-                 <source file='{}'/><target dev='hda' bus='ide'/><readonly/></disk>",
+                 <source file='{}'/><target dev='hda' bus='ide'/></disk>",
                 spin_image().display()
             );
         }

@@ -155,6 +155,7 @@ fn dedicated_pcpus(obs: &[DomainObservation]) -> BTreeMap<u32, BTreeSet<String>>
         for v in &d.vcpus {
             if let Some(pin) = &v.pin
                 && pin.len() == 1
+                && !v.shared_set
             {
                 for cpu in pin.iter() {
                     owners.entry(cpu).or_default().insert(d.name.clone());
@@ -341,7 +342,7 @@ mod tests {
         let vcpus: Vec<VcpuSpec> = pins
             .iter()
             .enumerate()
-            .map(|(i, p)| VcpuSpec { id: i as u32, tid: Some(base + i as u32), pin: Some(cpus(p)) })
+            .map(|(i, p)| VcpuSpec { id: i as u32, tid: Some(base + i as u32), pin: Some(cpus(p)), shared_set: false })
             .collect();
         let mut threads = BTreeMap::new();
         for v in &vcpus {

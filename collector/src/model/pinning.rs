@@ -29,6 +29,9 @@ pub struct VcpuSpec {
     pub tid: Option<u32>,
     /// The pinned host CPUs (`<vcpupin>`, or `<vcpu cpuset>` for all vCPUs); `None` = floating.
     pub pin: Option<CpuSet>,
+    /// True when `pin` comes from `<vcpu cpuset>`: a set every vCPU floats over (Nova's shared
+    /// policy, `cpu_shared_set`), never a dedicated pCPU even when it holds one CPU.
+    pub shared_set: bool,
 }
 
 /// Where the domain's emulator (non-vCPU) threads may run.
@@ -58,7 +61,8 @@ pub struct Domain {
     pub nova: Option<NovaInstance>,
     /// vCPUs in index order.
     pub vcpus: Vec<VcpuSpec>,
-    /// `<emulatorpin cpuset>`; `None` when absent.
+    /// `<emulatorpin cpuset>`, else `<vcpu cpuset>` (where libvirt then puts the emulator threads);
+    /// `None` when neither is set.
     pub emulator_pin: EmulatorPin,
     /// Network interfaces.
     pub interfaces: Vec<InterfaceSpec>,

@@ -1,1 +1,358 @@
-//! (in progress)
+//! Actual thread placement, read from procfs and cgroupfs under configurable roots.
+//!
+//! [`HostFs`] reads, for one thread of one process: the allowed CPUs (`/proc/PID/task/TID/status`,
+//! `Cpus_allowed_list`), its name and last CPU (`stat`), its scheduler run and wait time (`schedstat`), its
+//! cpuset cgroup (`cgroup`) and that cgroup's `cpuset.cpus` in cgroupfs. Roots are injectable
+//! (`--proc-root`, `--sys-root`): a container reads the host's mounts, tests read fixture trees.
+//!
+//! cpuset resolution:
+//! - cgroup v1 (and hybrid hosts, where v1 controllers are mounted next to v2 at `/sys/fs/cgroup/unified`):
+//!   the `N:…cpuset…:/path` line; the file is `<sys>/fs/cgroup/cpuset/<path>/cpuset.cpus`, or, for a
+//!   combined mount, `<sys>/fs/cgroup/<controllers as listed, e.g. cpuset,cpu>/<path>/cpuset.cpus`.
+//! - cgroup v2 (no v1 cpuset line): the `0::/path` line; the file is `<v2 root>/<path>/cpuset.cpus`,
+//!   falling back to `cpuset.cpus.effective` when it is empty or absent. The v2 root is `<sys>/fs/cgroup`,
+//!   or `<sys>/fs/cgroup/unified` when only that one carries `cgroup.controllers`.
+//!
+//! Parsing is done by hand rather than with the `procfs` crate: `procfs` 0.17 can open a process under a
+//! custom root (`Process::new_with_root`), but still consults the real `/proc` for the kernel version, has no
+//! reader for a *task's* `cgroup` file and nothing for cgroupfs/sysfs roots, reads files without a size bound,
+//! and folds "the thread exited" into generic errors. The four formats needed here are a few lines each.
+
+use crate::cpuset::CpuSet;
+use crate::model::pinning::ThreadState;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+/// Largest procfs/cgroupfs file read (`status` is ~1.5 KiB; `cgroup` grows with the number of hierarchies).
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// Why a thread's state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// The thread (or its whole process) exited: normal while a domain shuts down.
+    #[error("thread {tid} of process {pid} is gone")]
+    Gone {
+        /// Process id.
+        pid: u32,
+        /// Thread id.
+        tid: u32,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A file was read but its content is not what the kernel writes.
+    #[error("unexpected content in {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The host's `/proc` and `/sys`, possibly mounted elsewhere.
+#[derive(Clone, Debug)]
+pub struct HostFs {
+    proc_root: PathBuf,
+    sys_root: PathBuf,
+}
+
+impl Default for HostFs {
+    /// `/proc` and `/sys`.
+    fn default() -> Self {
+        Self::new(PathBuf::from("/proc"), PathBuf::from("/sys"))
+    }
+}
+
+impl HostFs {
+    /// Reads procfs at `proc_root` (normally `/proc`) and sysfs/cgroupfs at `sys_root` (normally `/sys`).
+    pub fn new(proc_root: PathBuf, sys_root: PathBuf) -> Self {
+        Self {
+            proc_root,
+            sys_root,
+        }
+    }
+
+    /// The procfs root.
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
+    /// The sysfs root.
+    pub fn sys_root(&self) -> &Path {
+        &self.sys_root
+    }
+
+    /// Thread ids of process `pid` (`/proc/PID/task`), ascending.
+    pub fn threads(&self, pid: u32) -> io::Result<Vec<u32>> {
+        let mut tids: Vec<u32> =
+            std::fs::read_dir(self.proc_root.join(pid.to_string()).join("task"))?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+        tids.sort_unstable();
+        Ok(tids)
+    }
+
+    /// Everything pinflow knows about thread `tid` of process `pid`.
+    ///
+    /// Returns [`ProcError::Gone`] when the thread exited before or while it was read. A missing `schedstat`
+    /// (kernel without schedstats) gives zero times; a missing cgroup directory gives `cgroup_cpus: None`.
+    pub fn thread(&self, pid: u32, tid: u32) -> Result<ThreadState, ProcError> {
+        let task = self.task_dir(pid, tid);
+        let gone = || ProcError::Gone { pid, tid };
+
+        let status_path = task.join("status");
+        let status = self.read_task_file(&status_path, pid, tid)?;
+        let affinity = parse_affinity(&status).map_err(|reason| parse_err(&status_path, reason))?;
+
+        let stat_path = task.join("stat");
+        let stat = self.read_task_file(&stat_path, pid, tid)?;
+        let (comm, last_cpu) = parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
+
+        let sched_path = task.join("schedstat");
+        let (run_ns, wait_ns) = match self.read_task_file(&sched_path, pid, tid) {
+            Ok(s) => parse_schedstat(&s).map_err(|reason| parse_err(&sched_path, reason))?,
+            Err(ProcError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => (0, 0),
+            Err(e) => return Err(e),
+        };
+
+        let cg_path = task.join("cgroup");
+        let cgroup_file = self.read_task_file(&cg_path, pid, tid)?;
+        let target = self
+            .cpuset_target(&cgroup_file)
+            .map_err(|reason| parse_err(&cg_path, reason))?;
+        let (cgroup, cgroup_cpus) = match target {
+            None => (None, None),
+            Some(t) => {
+                let cpus = read_cpuset(&t)?;
+                // The cgroup vanishes right after its last thread: tell "gone" apart from "no cgroup".
+                if cpus.is_none() && !task.exists() {
+                    return Err(gone());
+                }
+                (Some(t.cgroup), cpus)
+            }
+        };
+
+        Ok(ThreadState {
+            tid,
+            comm,
+            affinity,
+            last_cpu,
+            cgroup,
+            cgroup_cpus,
+            run_ns,
+            wait_ns,
+        })
+    }
+
+    /// The host's online CPUs (`<sys>/devices/system/cpu/online`).
+    pub fn online_cpus(&self) -> Result<CpuSet, ProcError> {
+        let path = self.sys_root.join("devices/system/cpu/online");
+        let text = read_bounded(&path).map_err(|source| ProcError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        text.parse()
+            .map_err(|e: crate::cpuset::CpuSetError| parse_err(&path, e.to_string()))
+    }
+
+    fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
+        self.proc_root
+            .join(pid.to_string())
+            .join("task")
+            .join(tid.to_string())
+    }
+
+    /// Reads a file of a task directory, mapping "the thread exited" to [`ProcError::Gone`].
+    fn read_task_file(&self, path: &Path, pid: u32, tid: u32) -> Result<String, ProcError> {
+        match read_bounded(path) {
+            Ok(s) => Ok(s),
+            // ESRCH: the file was opened but the task died; ENOENT: the task directory is gone.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ProcError::Gone { pid, tid }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.task_dir(pid, tid).exists() => {
+                Err(ProcError::Gone { pid, tid })
+            }
+            Err(source) => Err(ProcError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Where the `cpuset.cpus` of a thread's cpuset cgroup lives, from its `/proc/…/cgroup` text.
+    /// `Ok(None)` when the thread has no cpuset cgroup (neither a v1 cpuset line nor a v2 line).
+    fn cpuset_target(&self, cgroup_file: &str) -> Result<Option<CpusetTarget>, String> {
+        let cgroup_root = self.sys_root.join("fs/cgroup");
+        let mut v2_path = None;
+        for line in cgroup_file.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(hier), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if hier == "0" && controllers.is_empty() {
+                v2_path = Some(path);
+                continue;
+            }
+            if !controllers.split(',').any(|c| c == "cpuset") {
+                continue;
+            }
+            // cgroup v1 cpuset hierarchy: its own mount, or a combined one named after its controllers.
+            let rel = relative(path)?;
+            let mount = [cgroup_root.join("cpuset"), cgroup_root.join(controllers)]
+                .into_iter()
+                .find(|m| m.is_dir())
+                .unwrap_or_else(|| cgroup_root.join("cpuset"));
+            return Ok(Some(CpusetTarget {
+                cgroup: path.to_string(),
+                dir: mount.join(rel),
+                v2: false,
+            }));
+        }
+        let Some(path) = v2_path else { return Ok(None) };
+        let rel = relative(path)?;
+        let unified = cgroup_root.join("unified");
+        let root = if !cgroup_root.join("cgroup.controllers").exists()
+            && unified.join("cgroup.controllers").exists()
+        {
+            unified
+        } else {
+            cgroup_root
+        };
+        Ok(Some(CpusetTarget {
+            cgroup: path.to_string(),
+            dir: root.join(rel),
+            v2: true,
+        }))
+    }
+}
+
+/// A thread's cpuset cgroup: its path as the kernel names it and its directory under the sysfs root.
+#[derive(Debug)]
+struct CpusetTarget {
+    cgroup: String,
+    dir: PathBuf,
+    v2: bool,
+}
+
+/// Reads `cpuset.cpus` (v2: `cpuset.cpus.effective` when empty). `Ok(None)` when the cgroup directory or
+/// its cpuset files do not exist (cgroup removed, or the cpuset controller not enabled there).
+fn read_cpuset(t: &CpusetTarget) -> Result<Option<CpuSet>, ProcError> {
+    let read = |name: &str| -> Result<Option<CpuSet>, ProcError> {
+        let path = t.dir.join(name);
+        match read_bounded(&path) {
+            Ok(s) if s.trim().is_empty() => Ok(None),
+            Ok(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e: crate::cpuset::CpuSetError| parse_err(&path, e.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ProcError::Io { path, source }),
+        }
+    };
+    match read("cpuset.cpus")? {
+        Some(c) => Ok(Some(c)),
+        None if t.v2 => read("cpuset.cpus.effective"),
+        None => Ok(None),
+    }
+}
+
+/// A cgroup path from `/proc/…/cgroup` as a relative path that cannot leave its hierarchy's root.
+fn relative(path: &str) -> Result<PathBuf, String> {
+    let mut rel = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => rel.push(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("cgroup path {path:?} escapes its root"));
+            }
+        }
+    }
+    Ok(rel)
+}
+
+/// `Cpus_allowed_list` from a `status` file (falling back to the `Cpus_allowed` hex mask).
+fn parse_affinity(status: &str) -> Result<CpuSet, String> {
+    let field = |key: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|r| r.strip_prefix(':'))
+                .map(str::trim)
+        })
+    };
+    if let Some(list) = field("Cpus_allowed_list") {
+        return list
+            .parse()
+            .map_err(|e: crate::cpuset::CpuSetError| e.to_string());
+    }
+    if let Some(mask) = field("Cpus_allowed") {
+        return CpuSet::from_hex_mask(mask).map_err(|e| e.to_string());
+    }
+    Err("no Cpus_allowed_list".into())
+}
+
+/// Thread name and last CPU from a `stat` line. The name sits in parentheses and may itself contain spaces
+/// and `)`, so fields are counted after the *last* `)`. The last CPU is field 39 (`processor`).
+fn parse_stat(stat: &str) -> Result<(String, Option<u32>), String> {
+    let open = stat.find('(').ok_or("no '(' before the thread name")?;
+    let close = stat.rfind(')').ok_or("no ')' after the thread name")?;
+    let comm = stat
+        .get(open + 1..close)
+        .ok_or("')' before '('")?
+        .to_string();
+    let rest = stat.get(close + 1..).unwrap_or("");
+    // `rest` starts at field 3 (state), so field 39 is the 37th.
+    let last_cpu = match rest.split_whitespace().nth(39 - 3) {
+        Some(v) => Some(
+            v.parse::<u32>()
+                .map_err(|_| format!("processor field {v:?} is not a CPU number"))?,
+        ),
+        None => None,
+    };
+    if rest.split_whitespace().next().is_none() {
+        return Err("no fields after the thread name".into());
+    }
+    Ok((comm, last_cpu))
+}
+
+/// Run and wait nanoseconds from `schedstat` (`run_ns wait_ns timeslices`).
+fn parse_schedstat(s: &str) -> Result<(u64, u64), String> {
+    let mut f = s.split_whitespace().map(str::parse::<u64>);
+    match (f.next(), f.next()) {
+        (Some(Ok(run)), Some(Ok(wait))) => Ok((run, wait)),
+        _ => Err(format!("expected two numbers, found {:?}", s.trim())),
+    }
+}
+
+fn parse_err(path: &Path, reason: impl Into<String>) -> ProcError {
+    ProcError::Parse {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads at most [`MAX_FILE_BYTES`] of a small text file; longer files are an error.
+fn read_bounded(path: &Path) -> io::Result<String> {
+    let mut buf = String::new();
+    File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut buf)?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+//! Tests on fixture trees (`tests/fixtures/hostfs/*`): `v1-libvirt` was captured from a running libvirt 9.0
+//! domain on a hybrid (v1 cpuset + v2 unified) host without systemd; `v1-systemd` and `v2-systemd` follow the
+//! machined layouts. Plus the live `/proc` for a thread that really vanished.
+
+use super::*;
+
+fn hostfs(tree: &str) -> HostFs {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hostfs")
+        .join(tree);
+    HostFs::new(root.join("proc"), root.join("sys"))
+}
+
+fn cpus(s: &str) -> CpuSet {
+    s.parse().expect("valid cpu list")
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one line per expected thread reads best in the tests"
+)]
+fn ts(
+    tid: u32,
+    comm: &str,
+    affinity: &str,
+    last_cpu: u32,
+    cgroup: &str,
+    cgroup_cpus: &str,
+    run_ns: u64,
+    wait_ns: u64,
+) -> ThreadState {
+    ThreadState {
+        tid,
+        comm: comm.into(),
+        affinity: cpus(affinity),
+        last_cpu: Some(last_cpu),
+        cgroup: Some(cgroup.into()),
+        cgroup_cpus: Some(cpus(cgroup_cpus)),
+        run_ns,
+        wait_ns,
+    }
+}
+
+#[test]
+fn v1_libvirt_without_systemd_captured() {
+    let fs = hostfs("v1-libvirt");
+    assert_eq!(fs.threads(11411).expect("threads"), [11411, 11435, 11436]);
+    assert_eq!(fs.online_cpus().expect("online"), cpus("0-1"));
+    let g = "/machine/qemu-5-fx-nova.libvirt-qemu";
+    assert_eq!(
+        fs.thread(11411, 11411).expect("emulator"),
+        ts(
+            11411,
+            "qemu-system-x86",
+            "0-1",
+            0,
+            &format!("{g}/emulator"),
+            "0-1",
+            69690332,
+            29798156
+        )
+    );
+    // The unified hierarchy (hybrid host) carries a decoy cpuset.cpus.effective of 0-1 for vcpu0: v1 wins.
+    assert_eq!(
+        fs.thread(11411, 11435).expect("vcpu0"),
+        ts(
+            11435,
+            "CPU 0/KVM",
+            "0",
+            0,
+            &format!("{g}/vcpu0"),
+            "0",
+            18148376596,
+            23734040313
+        )
+    );
+    assert_eq!(
+        fs.thread(11411, 11436).expect("vcpu1"),
+        ts(
+            11436,
+            "CPU 1/KVM",
+            "1",
+            1,
+            &format!("{g}/vcpu1"),
+            "1",
+            2010781,
+            3639985
+        )
+    );
+}
+
+#[test]
+fn v1_systemd_layout_with_drift() {
+    let fs = hostfs("v1-systemd");
+    assert_eq!(fs.threads(4242).expect("threads"), [4242, 4260, 4261]);
+    assert_eq!(fs.online_cpus().expect("online"), cpus("0-3"));
+    let g = r"/machine.slice/machine-qemu\x2d1\x2dinstance\x2d0000002a.scope/libvirt";
+    assert_eq!(
+        fs.thread(4242, 4242).expect("emulator"),
+        ts(
+            4242,
+            "qemu-system-x86",
+            "0-1",
+            0,
+            &format!("{g}/emulator"),
+            "0-1",
+            52000000,
+            1000000
+        )
+    );
+    assert_eq!(
+        fs.thread(4242, 4260).expect("vcpu0"),
+        ts(
+            4260,
+            "CPU 0/KVM",
+            "2",
+            2,
+            &format!("{g}/vcpu0"),
+            "2",
+            900000000,
+            2000000
+        )
+    );
+    // vcpu1's cgroup was widened to 1-3 and the thread moved to CPU 1 behind libvirt's back.
+    assert_eq!(
+        fs.thread(4242, 4261).expect("vcpu1"),
+        ts(
+            4261,
+            "CPU 1/KVM",
+            "1",
+            1,
+            &format!("{g}/vcpu1"),
+            "1-3",
+            800000000,
+            700000000
+        )
+    );
+}
+
+#[test]
+fn v2_systemd_layout_with_effective_fallback() {
+    let fs = hostfs("v2-systemd");
+    assert_eq!(fs.threads(5151).expect("threads"), [5151, 5170, 5171]);
+    assert_eq!(fs.online_cpus().expect("online"), cpus("0-7"));
+    let g = r"/machine.slice/machine-qemu\x2d3\x2dinstance\x2d0000002b.scope/libvirt";
+    assert_eq!(
+        fs.thread(5151, 5151).expect("emulator"),
+        ts(
+            5151,
+            "qemu-system-x86",
+            "0-1",
+            1,
+            &format!("{g}/emulator"),
+            "0-1",
+            61000000,
+            3000000
+        )
+    );
+    assert_eq!(
+        fs.thread(5151, 5170).expect("vcpu0"),
+        ts(
+            5170,
+            "CPU 0/KVM",
+            "4",
+            4,
+            &format!("{g}/vcpu0"),
+            "4",
+            1200000000,
+            4000000
+        )
+    );
+    // Empty cpuset.cpus: the effective set applies.
+    assert_eq!(
+        fs.thread(5151, 5171).expect("vcpu1"),
+        ts(
+            5171,
+            "CPU 1/KVM",
+            "0-7",
+            6,
+            &format!("{g}/vcpu1"),
+            "0-7",
+            1100000000,
+            90000000
+        )
+    );
+}
+
+#[test]
+fn missing_thread_is_gone() {
+    let fs = hostfs("v1-libvirt");
+    assert!(matches!(
+        fs.thread(11411, 99999),
+        Err(ProcError::Gone {
+            pid: 11411,
+            tid: 99999
+        })
+    ));
+    assert!(matches!(
+        fs.thread(1, 1),
+        Err(ProcError::Gone { pid: 1, tid: 1 })
+    ));
+    assert_eq!(
+        fs.threads(1).expect_err("no such pid").kind(),
+        io::ErrorKind::NotFound
+    );
+}
+
+/// The calling thread's id, from the `/proc/thread-self` link (`PID/task/TID`).
+fn current_tid() -> u32 {
+    let link = std::fs::read_link("/proc/thread-self").expect("thread-self");
+    link.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .expect("tid")
+}
+
+#[test]
+fn really_vanished_thread_is_gone() {
+    let pid = std::process::id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let tid = current_tid();
+        tx.send(tid).ok();
+    });
+    let tid = rx.recv().expect("tid");
+    handle.join().expect("join");
+    let fs = HostFs::default();
+    // The kernel reaps the task right after the join; allow it a moment.
+    let mut last = None;
+    for _ in 0..50 {
+        match fs.thread(pid, tid) {
+            Err(ProcError::Gone { .. }) => return,
+            other => last = Some(other),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("thread {tid} still readable: {last:?}");
+}
+
+#[test]
+fn live_thread_of_this_process() {
+    let pid = std::process::id();
+    let fs = HostFs::default();
+    let tid = current_tid();
+    // Run time is accounted when the thread is descheduled: make sure that happened once.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let t = fs.thread(pid, tid).expect("own thread");
+    assert_eq!(t.tid, tid);
+    assert!(!t.affinity.is_empty());
+    assert!(t.last_cpu.is_some());
+    assert!(t.run_ns > 0);
+    assert!(fs.threads(pid).expect("threads").contains(&tid));
+    assert!(!fs.online_cpus().expect("online").is_empty());
+}
+
+/// Builds a tree in a tempdir: one thread with the given `cgroup` file and cgroupfs files.
+fn tree(cgroup: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, HostFs) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let task = tmp.path().join("proc/7/task/8");
+    std::fs::create_dir_all(&task).expect("mkdir");
+    let write = |p: &Path, c: &str| {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(p, c).expect("write");
+    };
+    write(
+        &task.join("status"),
+        "Name:\tx\nCpus_allowed:\tf\nCpus_allowed_list:\t0-3\n",
+    );
+    write(
+        &task.join("stat"),
+        "8 (a) b) (c) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 -1 3\n",
+    );
+    write(&task.join("schedstat"), "10 20 3\n");
+    write(&task.join("cgroup"), cgroup);
+    for (p, c) in files {
+        write(&tmp.path().join("sys").join(p), c);
+    }
+    let fs = HostFs::new(tmp.path().join("proc"), tmp.path().join("sys"));
+    (tmp, fs)
+}
+
+#[test]
+fn comm_with_parens_and_spaces() {
+    let (_t, fs) = tree("0::/\n", &[]);
+    let t = fs.thread(7, 8).expect("thread");
+    assert_eq!(t.comm, "a) b) (c");
+    assert_eq!(t.last_cpu, Some(3));
+    assert_eq!((t.run_ns, t.wait_ns), (10, 20));
+    // v2 root without a cpuset controller: cgroup known, no cpuset.
+    assert_eq!(t.cgroup.as_deref(), Some("/"));
+    assert_eq!(t.cgroup_cpus, None);
+}
+
+#[test]
+fn combined_v1_mount() {
+    let (_t, fs) = tree(
+        "4:cpuset,cpu:/machine/d.libvirt-qemu/vcpu0\n0::/\n",
+        &[(
+            "fs/cgroup/cpuset,cpu/machine/d.libvirt-qemu/vcpu0/cpuset.cpus",
+            "2\n",
+        )],
+    );
+    let t = fs.thread(7, 8).expect("thread");
+    assert_eq!(t.cgroup.as_deref(), Some("/machine/d.libvirt-qemu/vcpu0"));
+    assert_eq!(t.cgroup_cpus, Some(cpus("2")));
+}
+
+#[test]
+fn v2_only_at_unified_mount() {
+    let (_t, fs) = tree(
+        "0::/machine/d/vcpu0\n",
+        &[
+            ("fs/cgroup/unified/cgroup.controllers", "cpuset cpu\n"),
+            ("fs/cgroup/unified/machine/d/vcpu0/cpuset.cpus", "1\n"),
+        ],
+    );
+    assert_eq!(
+        fs.thread(7, 8).expect("thread").cgroup_cpus,
+        Some(cpus("1"))
+    );
+}
+
+#[test]
+fn hostile_cgroup_path_is_refused() {
+    let (_t, fs) = tree("3:cpuset:/../../etc\n", &[]);
+    assert!(matches!(fs.thread(7, 8), Err(ProcError::Parse { .. })));
+}
+
+#[test]
+fn garbage_is_a_parse_error_not_a_panic() {
+    let (tmp, fs) = tree("0::/\n", &[]);
+    let task = tmp.path().join("proc/7/task/8");
+    std::fs::write(task.join("stat"), "8 no parens").expect("write");
+    assert!(matches!(fs.thread(7, 8), Err(ProcError::Parse { .. })));
+    std::fs::write(task.join("stat"), "8 (x) S 1").expect("write");
+    assert_eq!(fs.thread(7, 8).expect("short stat").last_cpu, None);
+    std::fs::write(task.join("schedstat"), "x y").expect("write");
+    assert!(matches!(fs.thread(7, 8), Err(ProcError::Parse { .. })));
+    std::fs::remove_file(task.join("schedstat")).expect("rm");
+    assert_eq!(fs.thread(7, 8).expect("no schedstat").run_ns, 0);
+    std::fs::write(task.join("status"), "Name:\tx\n").expect("write");
+    assert!(matches!(fs.thread(7, 8), Err(ProcError::Parse { .. })));
+    std::fs::write(task.join("status"), "x".repeat(MAX_FILE_BYTES as usize + 1)).expect("write");
+    assert!(matches!(fs.thread(7, 8), Err(ProcError::Io { .. })));
+}

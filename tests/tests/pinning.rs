@@ -1,0 +1,319 @@
+//! Pinning drift end to end on the real libvirt/KVM testbed: domains started with libvirt, drift made
+//! the way real bugs make it (behind libvirt's back, via cgroupfs and sched_setaffinity), observed on
+//! pinflow's real /metrics.
+
+use pinflow_tests::libvirt::{self, DomainSpec, RunningDomain};
+use pinflow_tests::pinflow::Pinflow;
+use pinflow_tests::scrape::{Sample, select};
+use pinflow_tests::{require_privileged, run, wait_for};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Short pass interval and placement window so repairs show quickly.
+const CONFIG: &str = "[pinning]\ninterval_seconds = 0.5\nplacement_window_seconds = 2\n";
+const WAIT: Duration = Duration::from_secs(10);
+
+type DriftRow = (String, String, String, String);
+
+fn drift_rows(s: &[Sample], domain: &str) -> BTreeSet<DriftRow> {
+    select(s, "pinflow_vcpu_pinning_drift", &[("domain", domain)])
+        .into_iter()
+        .map(|x| {
+            let l = |k: &str| x.labels.get(k).cloned().unwrap_or_default();
+            (l("vcpu"), l("check"), l("expected"), l("actual"))
+        })
+        .collect()
+}
+
+fn row(vcpu: &str, check: &str, expected: &str, actual: &str) -> DriftRow {
+    (vcpu.into(), check.into(), expected.into(), actual.into())
+}
+
+fn drifted(s: &[Sample], domain: &str, check: &str) -> Option<f64> {
+    select(s, "pinflow_domain_drifted_vcpus", &[("domain", domain), ("check", check)])
+        .first()
+        .map(|x| x.value)
+}
+
+/// Waits until the domain's drift series are exactly `want`; panics with the last scrape otherwise.
+fn expect_drift(pf: &Pinflow, domain: &str, want: &[DriftRow]) -> Vec<Sample> {
+    let want: BTreeSet<DriftRow> = want.iter().cloned().collect();
+    let mut last = BTreeSet::new();
+    let got = wait_for(WAIT, || {
+        let s = pf.scrape();
+        last = drift_rows(&s, domain);
+        (last == want).then_some(s)
+    });
+    match got {
+        Some((s, took)) => {
+            eprintln!("{domain}: drift series as expected after {took:?}");
+            s
+        }
+        None => panic!("{domain}: drift series {last:?}, want {want:?}\n{}", pf.log()),
+    }
+}
+
+fn assert_counts(s: &[Sample], domain: &str, want: &[(&str, f64)]) {
+    for check in ["affinity", "cpuset", "cgroup", "placement", "overlap"] {
+        let n = want.iter().find(|(c, _)| *c == check).map_or(0.0, |(_, n)| *n);
+        assert_eq!(drifted(s, domain, check), Some(n), "{domain} drifted_vcpus{{check={check}}}");
+    }
+}
+
+fn privileged(test: &str) -> bool {
+    if !require_privileged(test, &["virsh", "taskset", "/usr/sbin/libvirtd"]) {
+        return false;
+    }
+    libvirt::ensure_daemons().expect("libvirt testbed");
+    true
+}
+
+fn write(path: &std::path::Path, v: &str) {
+    std::fs::write(path, v).unwrap_or_else(|e| panic!("write {v:?} to {}: {e}", path.display()));
+}
+
+fn start(spec: &DomainSpec) -> RunningDomain {
+    libvirt::start(spec).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+#[test]
+fn domains_appear_with_nova_metadata_and_disappear_when_destroyed() {
+    if !privileged("domains_appear_with_nova_metadata_and_disappear_when_destroyed") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let spec = DomainSpec::pinned("pf-life", &["0"]).with_nova("life-1", "qa", "m1.tiny");
+    let dom = start(&spec);
+    let t0 = Instant::now();
+    let (s, took) = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (!select(&s, "pinflow_instance_info", &[("domain", "pf-life")]).is_empty()).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("pf-life never appeared\n{}", pf.log()));
+    eprintln!("pf-life appeared {took:?} after `virsh start` returned ({:?} total)", t0.elapsed());
+    let info = select(&s, "pinflow_instance_info", &[("domain", "pf-life")]);
+    let l = &info[0].labels;
+    assert_eq!(l["uuid"], spec.uuid);
+    assert_eq!(l["name"], "life-1");
+    assert_eq!(l["project"], "qa");
+    assert_eq!(l["project_id"], "a1b2c3d4e5f60718293a4b5c6d7e8f90");
+    assert_eq!(l["user_id"], "0f6c1c8e2f3a4b5c9d8e7f6a5b4c3d2e");
+    assert_eq!(l["flavor"], "m1.tiny");
+    assert_eq!(info[0].value, 1.0);
+    assert_counts(&s, "pf-life", &[]);
+    assert!(drift_rows(&s, "pf-life").is_empty());
+    assert_eq!(select(&s, "pinflow_source_up", &[("source", "libvirt")])[0].value, 1.0);
+    assert!(!select(&s, "pinflow_vcpu_wait_seconds_total", &[("domain", "pf-life")]).is_empty());
+
+    drop(dom);
+    let gone = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (select(&s, "pinflow_instance_info", &[("domain", "pf-life")]).is_empty()
+            && select(&s, "pinflow_domain_drifted_vcpus", &[("domain", "pf-life")]).is_empty())
+        .then_some(())
+    });
+    let (_, took) = gone.unwrap_or_else(|| panic!("pf-life series stayed after destroy\n{}", pf.log()));
+    eprintln!("pf-life series gone {took:?} after `virsh destroy` returned");
+}
+
+#[test]
+fn affinity_drift_behind_a_widened_cgroup_and_its_repair() {
+    if !privileged("affinity_drift_behind_a_widened_cgroup_and_its_repair") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let dom = start(&DomainSpec::pinned("pf-aff", &["0"]));
+    expect_drift(&pf, "pf-aff", &[]);
+    let cg = dom.cpuset_cgroup_dir();
+    let tid = dom.vcpu_tid(0).to_string();
+    // taskset alone fails while the vcpu0 cgroup holds cpuset 0: widen the cgroup first (the bug).
+    write(&cg.join("vcpu0/cpuset.cpus"), "0-1");
+    run("taskset", &["-pc", "1", &tid]);
+    let s = expect_drift(
+        &pf,
+        "pf-aff",
+        &[row("0", "affinity", "0", "1"), row("0", "cpuset", "0", "0-1")],
+    );
+    assert_counts(&s, "pf-aff", &[("affinity", 1.0), ("cpuset", 1.0)]);
+
+    libvirt::virsh(&["vcpupin", "pf-aff", "0", "0", "--live"]).expect("repair");
+    let s = expect_drift(&pf, "pf-aff", &[]);
+    assert_counts(&s, "pf-aff", &[]);
+}
+
+#[test]
+fn cgroup_cpuset_changed_behind_libvirts_back() {
+    if !privileged("cgroup_cpuset_changed_behind_libvirts_back") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let dom = start(&DomainSpec::pinned("pf-cpuset", &["0"]));
+    expect_drift(&pf, "pf-cpuset", &[]);
+    let cg = dom.cpuset_cgroup_dir();
+    write(&cg.join("vcpu0/cpuset.cpus"), "1");
+    // The kernel rebinds the thread's affinity to a changed cpuset (v1 and v2): read what it did,
+    // independently of pinflow, to know whether the affinity check must fire too.
+    let tid = dom.vcpu_tid(0);
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).expect("status");
+    let affinity = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string();
+    let mut want = vec![row("0", "cpuset", "0", "1")];
+    if affinity != "0" {
+        want.push(row("0", "affinity", "0", &affinity));
+    }
+    expect_drift(&pf, "pf-cpuset", &want);
+
+    libvirt::virsh(&["vcpupin", "pf-cpuset", "0", "0", "--live"]).expect("repair");
+    let s = expect_drift(&pf, "pf-cpuset", &[]);
+    assert_counts(&s, "pf-cpuset", &[]);
+}
+
+#[test]
+fn vcpu_thread_moved_into_the_emulator_cgroup() {
+    if !privileged("vcpu_thread_moved_into_the_emulator_cgroup") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let dom = start(&DomainSpec::pinned("pf-cgroup", &["0"]));
+    expect_drift(&pf, "pf-cgroup", &[]);
+    let cg = dom.cpuset_cgroup_dir();
+    let tid = dom.vcpu_tid(0).to_string();
+    let tasks = |leaf: &str| {
+        let v1 = cg.join(leaf).join("tasks");
+        if v1.exists() { v1 } else { cg.join(leaf).join("cgroup.threads") }
+    };
+    write(&tasks("emulator"), &tid);
+    let s = expect_drift(&pf, "pf-cgroup", &[row("0", "cgroup", "vcpu0", "emulator")]);
+    assert_counts(&s, "pf-cgroup", &[("cgroup", 1.0)]);
+
+    write(&tasks("vcpu0"), &tid);
+    let s = expect_drift(&pf, "pf-cgroup", &[]);
+    assert_counts(&s, "pf-cgroup", &[]);
+}
+
+#[test]
+fn two_domains_pinned_onto_the_same_pcpu_overlap() {
+    if !privileged("two_domains_pinned_onto_the_same_pcpu_overlap") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let a = start(&DomainSpec::pinned("pf-ov-a", &["0"]));
+    expect_drift(&pf, "pf-ov-a", &[]);
+    let b = start(&DomainSpec::pinned("pf-ov-b", &["0"]));
+    let s = expect_drift(
+        &pf,
+        "pf-ov-a",
+        &[row("0", "overlap", "0", "0 (pf-ov-b)"), row("emulator", "overlap", "0", "0 (pf-ov-b)")],
+    );
+    assert_counts(&s, "pf-ov-a", &[("overlap", 1.0)]);
+    expect_drift(
+        &pf,
+        "pf-ov-b",
+        &[row("0", "overlap", "0", "0 (pf-ov-a)"), row("emulator", "overlap", "0", "0 (pf-ov-a)")],
+    );
+    let s = pf.scrape();
+    assert_eq!(select(&s, "pinflow_pcpu_pinned_vcpus", &[("cpu", "0")])[0].value, 2.0);
+
+    drop(b);
+    let s = expect_drift(&pf, "pf-ov-a", &[]);
+    assert_counts(&s, "pf-ov-a", &[]);
+    drop(a);
+}
+
+#[test]
+fn busy_vcpu_running_off_its_pin_is_placement_drift() {
+    if !privileged("busy_vcpu_running_off_its_pin_is_placement_drift") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let mut spec = DomainSpec::pinned("pf-spin", &["0"]);
+    spec.spin = true;
+    let dom = start(&spec);
+    let s = expect_drift(&pf, "pf-spin", &[]);
+    let up = select(&s, "pinflow_source_up", &[("source", "sched_bpf")]);
+    assert_eq!(up.first().map(|x| x.value), Some(1.0), "eBPF probe not up:\n{}", pf.log());
+
+    let cg = dom.cpuset_cgroup_dir();
+    let tid = dom.vcpu_tid(0).to_string();
+    write(&cg.join("vcpu0/cpuset.cpus"), "0-1");
+    run("taskset", &["-pc", "1", &tid]);
+    let s = expect_drift(
+        &pf,
+        "pf-spin",
+        &[
+            row("0", "affinity", "0", "1"),
+            row("0", "cpuset", "0", "0-1"),
+            row("0", "placement", "0", "1"),
+        ],
+    );
+    assert_counts(&s, "pf-spin", &[("affinity", 1.0), ("cpuset", 1.0), ("placement", 1.0)]);
+    let offpin = |s: &[Sample]| {
+        select(s, "pinflow_vcpu_offpin_seconds_total", &[("domain", "pf-spin")])
+            .first()
+            .map_or(0.0, |x| x.value)
+    };
+    let first = offpin(&s);
+    assert!(first > 0.0, "off-pin seconds {first}");
+    std::thread::sleep(Duration::from_secs(1));
+    let later = offpin(&pf.scrape());
+    assert!(later > first, "a spinning off-pin vCPU must accrue off-pin time: {first} -> {later}");
+    let migrations = select(&pf.scrape(), "pinflow_vcpu_migrations_total", &[("domain", "pf-spin")])[0].value;
+    assert!(migrations >= 1.0, "migrations {migrations}");
+
+    libvirt::virsh(&["vcpupin", "pf-spin", "0", "0", "--live"]).expect("repair");
+    // affinity/cpuset heal at once; placement once the window (2 s) holds no off-pin time.
+    let s = expect_drift(&pf, "pf-spin", &[]);
+    assert_counts(&s, "pf-spin", &[]);
+    assert!(offpin(&s) >= later, "counters never go down");
+}
+
+/// Finds libvirtd's pid by its comm.
+fn libvirtd_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()).find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        (std::fs::read_to_string(e.path().join("comm")).ok()?.trim() == "libvirtd").then_some(pid)
+    })
+}
+
+/// SIGCONTs libvirtd even when the test panics.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+#[test]
+fn scrape_answers_while_libvirtd_is_stopped() {
+    if !privileged("scrape_answers_while_libvirtd_is_stopped") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let dom = start(&DomainSpec::pinned("pf-hung", &["1"]).with_nova("hung-1", "qa", "m1.tiny"));
+    expect_drift(&pf, "pf-hung", &[]);
+    let pid = libvirtd_pid().expect("libvirtd running");
+    run("kill", &["-STOP", &pid.to_string()]);
+    let resume = Resume(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let s = pf.scrape();
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(1), "scrape took {took:?} with libvirtd stopped");
+        assert_eq!(select(&s, "pinflow_instance_info", &[("domain", "pf-hung")]).len(), 1);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // pinflow still follows drift made while libvirtd is stopped.
+    let cg = dom.cpuset_cgroup_dir();
+    write(&cg.join("vcpu0/cpuset.cpus"), "0-1");
+    run("taskset", &["-pc", "0", &dom.vcpu_tid(0).to_string()]);
+    expect_drift(&pf, "pf-hung", &[row("0", "affinity", "1", "0"), row("0", "cpuset", "1", "0-1")]);
+    drop(resume);
+    libvirt::virsh(&["vcpupin", "pf-hung", "0", "1", "--live"]).expect("repair");
+    expect_drift(&pf, "pf-hung", &[]);
+}

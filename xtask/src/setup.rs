@@ -1,0 +1,112 @@
+//! `cargo xtask setup`: make a fresh Debian 12 machine of this kind ready, skipping what is present.
+
+use crate::util::{output, sh, step};
+use anyhow::{Context as _, bail};
+use std::path::Path;
+
+/// Debian packages pinflow's build, testbeds and tests need.
+const PACKAGES: &[&str] = &[
+    // eBPF build: bpf-linker is built against LLVM 22.
+    "llvm-22-dev",
+    "clang-22",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // libvirt/KVM testbed.
+    "qemu-system-x86",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    // OVS testbed.
+    "openvswitch-switch",
+    "iproute2",
+    "ethtool",
+    // Prometheus + promtool for scrape checks.
+    "prometheus",
+    // Benchmarks and eBPF inspection.
+    "linux-perf",
+    "bpftool",
+];
+
+fn installed(pkg: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${db:Status-Abbrev}", pkg]).is_some_and(|s| s.starts_with("ii"))
+}
+
+/// Runs every setup step.
+pub fn setup() -> anyhow::Result<()> {
+    apt()?;
+    rust_src()?;
+    bpf_linker()?;
+    tracefs()?;
+    Ok(())
+}
+
+fn apt() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        step("apt packages: all present");
+        return Ok(());
+    }
+    step(&format!("apt packages: installing {}", missing.join(" ")));
+    sh("apt-get", &["update", "-qq"])?;
+    let mut args: Vec<String> = ["install", "-y", "-qq", "--allow-downgrades", "-o", "DPkg::Lock::Timeout=600"]
+        .map(String::from)
+        .to_vec();
+    args.extend(missing.iter().map(|s| s.to_string()));
+    if missing.contains(&"qemu-system-x86") {
+        // The image's qemu-utils 10.x (backports) breaks bookworm's qemu-system 7.2: install the
+        // matching qemu-utils next to it.
+        let madison = output("apt-cache", &["madison", "qemu-system-x86"]).unwrap_or_default();
+        if let Some(v) = madison.lines().next().and_then(|l| l.split('|').nth(1)) {
+            args.push(format!("qemu-utils={}", v.trim()));
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let st = std::process::Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !st.success() {
+        bail!("apt-get install failed ({st})");
+    }
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let have = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    if have {
+        step("nightly rust-src: present");
+        return Ok(());
+    }
+    step("nightly rust-src: installing");
+    sh("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if output("bpf-linker", &["--version"]).is_some_and(|v| v.contains("0.13.")) {
+        step("bpf-linker 0.13: present");
+        return Ok(());
+    }
+    step("bpf-linker 0.13 (LLVM 22): building (~1 min)");
+    // Without LLVM_PREFIX its build script finds LLVM 14's llvm-config and fails to link.
+    let st = std::process::Command::new("cargo")
+        .args(["+stable", "install", "bpf-linker", "--version", "0.13.0", "--locked"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .status()
+        .context("cannot run cargo install")?;
+    if !st.success() {
+        bail!("installing bpf-linker failed ({st})");
+    }
+    Ok(())
+}
+
+fn tracefs() -> anyhow::Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        step("tracefs: mounted");
+        return Ok(());
+    }
+    step("tracefs: mounting at /sys/kernel/tracing (for the classic-tracepoint fallback)");
+    sh("mount", &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+}

@@ -1,0 +1,56 @@
+//! `cargo xtask test`: lint, unit tests and privileged integration tests against real daemons.
+
+use crate::setup::setup;
+use crate::util::{cargo, step, workspace_root};
+use pinflow_tests::REQUIRE_PRIVILEGED;
+use pinflow_tests::libvirt;
+use std::path::PathBuf;
+
+/// Flags of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Turn every privileged-test skip into a failure (CI sets this).
+    #[arg(long)]
+    require_privileged: bool,
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    no_lint: bool,
+    /// Only run tests whose name contains this filter.
+    filter: Option<String>,
+}
+
+/// `cargo xtask test`.
+pub fn test(a: TestArgs) -> anyhow::Result<()> {
+    setup()?;
+    if a.require_privileged {
+        // SAFETY: single-threaded at this point; the variable is read by the test processes we spawn.
+        unsafe { std::env::set_var(REQUIRE_PRIVILEGED, "1") };
+    }
+    if !a.no_lint {
+        step("lint: cargo fmt --check");
+        cargo(&["fmt", "--all", "--", "--check"])?;
+        step("lint: cargo clippy -D warnings");
+        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    }
+    step("build: pinflow (with its eBPF object)");
+    cargo(&["build", "-p", "pinflow", "--bins", "--examples"])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PINFLOW_BIN", target.join("debug/pinflow")) };
+    step("testbed: libvirt daemons");
+    let daemons = libvirt::ensure_daemons();
+    if let Err(e) = &daemons {
+        eprintln!("libvirt testbed unavailable: {e:#} (libvirt tests will skip or fail)");
+    }
+    step("tests: unit + integration (one test at a time: they share the host's CPUs)");
+    let mut args = vec!["test", "--workspace"];
+    if let Some(f) = &a.filter {
+        args.push(f);
+    }
+    args.extend(["--", "--test-threads=1"]);
+    let r = cargo(&args);
+    if let Ok(d) = &daemons {
+        libvirt::stop_daemons(d);
+    }
+    r
+}
