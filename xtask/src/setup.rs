@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     // Prometheus + promtool for scrape checks.
     "prometheus",
+    "prometheus-alertmanager",
     // Benchmarks and eBPF inspection.
     "linux-perf",
     "bpftool",

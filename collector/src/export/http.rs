@@ -4,7 +4,7 @@ use crate::export::metrics;
 use crate::state::SharedState;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
@@ -53,11 +53,18 @@ async fn index() -> impl IntoResponse {
     )
 }
 
-async fn serve_metrics(State(app): State<App>) -> Response {
+/// Serves OpenMetrics to clients that accept it (Prometheus does), else the Prometheus text format.
+async fn serve_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     match metrics::render(&app.registry) {
+        Ok(body) if openmetrics => ([(header::CONTENT_TYPE, metrics::OPENMETRICS_CONTENT_TYPE)], body).into_response(),
         Ok(body) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            body,
+            [(header::CONTENT_TYPE, metrics::PROMETHEUS_CONTENT_TYPE)],
+            metrics::openmetrics_to_prometheus(&body),
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")).into_response(),

@@ -71,6 +71,42 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+/// Content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites OpenMetrics text into the Prometheus text format 0.0.4, for clients that did not ask for
+/// OpenMetrics (curl, `promtool check metrics`, older scrapers): counter families are named with
+/// their `_total` suffix in `# HELP`/`# TYPE`, and `# UNIT`/`# EOF` lines are dropped. Samples are
+/// identical in both formats.
+pub fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<&str> = None;
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                let _ = writeln!(out, "# HELP {name} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 type Res = Result<(), std::fmt::Error>;
 
 fn gauge<'a, const N: usize>(
@@ -233,4 +269,72 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
         "Runs of the eBPF program (kernel BPF stats)",
         bpf.iter().map(|p| ([("program", Lv(&p.program))], p.run_count as f64)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::pinning::{Check, DomainReport, Drift, PinningReport};
+    use std::collections::BTreeMap;
+
+    fn state_with_drift(actual: &str) -> SharedState {
+        let st = SharedState::default();
+        st.set_pinning(PinningReport {
+            domains: vec![DomainReport {
+                domain: "instance-1".into(),
+                uuid: "u".into(),
+                nova: None,
+                pinned: true,
+                drifted_vcpus: Check::ALL.iter().map(|c| (*c, u32::from(*c == Check::Affinity))).collect(),
+                drifts: vec![Drift {
+                    check: Check::Affinity,
+                    vcpu: "0".into(),
+                    expected: "0".into(),
+                    actual: actual.into(),
+                }],
+                vcpus: vec![],
+                offpin_seconds_total: Some(1.5),
+                migrations_total: Some(3),
+                wait_seconds_total: 0.25,
+            }],
+            pcpu_pinned_vcpus: BTreeMap::from([(0, 1)]),
+        });
+        st
+    }
+
+    fn build() -> BuildInfo {
+        BuildInfo { version: "0.1.0".into(), kernel: "6.18".into() }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let reg = registry(state_with_drift("a\"b\\c\nd"), build());
+        let text = render(&reg).unwrap();
+        assert!(text.contains(r#"actual="a\"b\\c\nd""#), "{text}");
+    }
+
+    #[test]
+    fn every_check_is_exported_and_counters_get_total() {
+        let text = render(&registry(state_with_drift("1"), build())).unwrap();
+        for c in Check::ALL {
+            assert!(
+                text.contains(&format!("pinflow_domain_drifted_vcpus{{domain=\"instance-1\",check=\"{c}\"}}")),
+                "{c}: {text}"
+            );
+        }
+        assert!(text.contains("pinflow_vcpu_offpin_seconds_total{domain=\"instance-1\"} 1.5"), "{text}");
+        assert!(text.contains("pinflow_vcpu_migrations_total{domain=\"instance-1\"} 3"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total() {
+        let om = render(&registry(state_with_drift("1"), build())).unwrap();
+        let text = openmetrics_to_prometheus(&om);
+        assert!(text.contains("# TYPE pinflow_vcpu_offpin_seconds_total counter\n"), "{text}");
+        assert!(text.contains("# HELP pinflow_vcpu_offpin_seconds_total CPU time"), "{text}");
+        assert!(!text.contains("# EOF"));
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(String::from).collect::<Vec<_>>();
+        assert_eq!(samples(&om), samples(&text));
+    }
 }
