@@ -3,3 +3,5 @@
 //! Every type here is `#[repr(C)]`, `Copy` and plain old data so both sides agree on the byte layout
 //! of BPF map keys and values.
 #![no_std]
+
+pub mod sched;

@@ -29,10 +29,18 @@ pub struct SourceArgs {
     #[arg(long = "sys-root", global = true, default_value = "/sys")]
     pub sys_root: PathBuf,
     /// libvirt's live state directory of QEMU domains.
-    #[arg(long = "libvirt-state-dir", global = true, default_value = "/run/libvirt/qemu")]
+    #[arg(
+        long = "libvirt-state-dir",
+        global = true,
+        default_value = "/run/libvirt/qemu"
+    )]
     pub libvirt_state_dir: PathBuf,
     /// Open vSwitch run directory (db.sock, <bridge>.mgmt).
-    #[arg(long = "ovs-run-dir", global = true, default_value = "/run/openvswitch")]
+    #[arg(
+        long = "ovs-run-dir",
+        global = true,
+        default_value = "/run/openvswitch"
+    )]
     pub ovs_run_dir: PathBuf,
 }
 
@@ -61,6 +69,8 @@ pub struct ServeArgs {
 
 impl Default for ServeArgs {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9105)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9105)),
+        }
     }
 }

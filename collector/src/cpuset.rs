@@ -60,7 +60,11 @@ impl CpuSet {
 
     /// Whether the two sets share a CPU.
     pub fn intersects(&self, other: &CpuSet) -> bool {
-        let (small, big) = if self.len() <= other.len() { (self, other) } else { (other, self) };
+        let (small, big) = if self.len() <= other.len() {
+            (self, other)
+        } else {
+            (other, self)
+        };
         small.iter().any(|c| big.contains(c))
     }
 
@@ -71,7 +75,10 @@ impl CpuSet {
 
     /// Parses a kernel-style hexadecimal mask (`Cpus_allowed: ff,ffffffff`), as a fallback format.
     pub fn from_hex_mask(mask: &str) -> Result<Self, CpuSetError> {
-        let err = |reason| CpuSetError { input: mask.to_string(), reason };
+        let err = |reason| CpuSetError {
+            input: mask.to_string(),
+            reason,
+        };
         let mut set = CpuSet::new();
         let digits: Vec<char> = mask.trim().chars().filter(|c| *c != ',').collect();
         for (i, c) in digits.iter().rev().enumerate() {
@@ -95,7 +102,10 @@ impl FromStr for CpuSet {
 
     /// Parses `0-3,8,^2` style lists (libvirt also allows `^N` exclusions). Empty text is the empty set.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| CpuSetError { input: s.to_string(), reason };
+        let err = |reason| CpuSetError {
+            input: s.to_string(),
+            reason,
+        };
         let mut set = BTreeSet::new();
         let mut excluded = Vec::new();
         for part in s.trim().split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -105,7 +115,9 @@ impl FromStr for CpuSet {
             }
             let (lo, hi) = match part.split_once('-') {
                 Some((a, b)) => (
-                    a.trim().parse::<u32>().map_err(|_| err("bad range start"))?,
+                    a.trim()
+                        .parse::<u32>()
+                        .map_err(|_| err("bad range start"))?,
                     b.trim().parse::<u32>().map_err(|_| err("bad range end"))?,
                 ),
                 None => {
@@ -194,7 +206,10 @@ mod tests {
     #[test]
     fn hex_masks() {
         assert_eq!(CpuSet::from_hex_mask("3").unwrap().to_string(), "0-1");
-        assert_eq!(CpuSet::from_hex_mask("1,00000000").unwrap().to_string(), "32");
+        assert_eq!(
+            CpuSet::from_hex_mask("1,00000000").unwrap().to_string(),
+            "32"
+        );
     }
 
     #[test]

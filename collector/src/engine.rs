@@ -57,7 +57,12 @@ pub struct PinningEngine {
 
 impl PinningEngine {
     /// Creates the engine; `probe` is the loaded eBPF placement probe, if any.
-    pub fn new(cfg: PinningConfig, inputs: &PinningInputs, probe: Option<SchedProbe>, state: SharedState) -> Self {
+    pub fn new(
+        cfg: PinningConfig,
+        inputs: &PinningInputs,
+        probe: Option<SchedProbe>,
+        state: SharedState,
+    ) -> Self {
         Self {
             cfg,
             inventory: LibvirtInventory::new(inputs.libvirt_state_dir.clone()),
@@ -125,19 +130,27 @@ impl PinningEngine {
         self.sync_probe(&mut observations);
         if let Some(p) = &self.probe {
             sources.up(source::SCHED_BPF, p.mode().to_string(), t2.elapsed());
-            self.state.set_bpf_costs(
+            self.state.set_bpf_costs(if !p.stats_enabled() {
+                Vec::new()
+            } else {
                 p.program_stats()
                     .into_iter()
-                    .map(|s| BpfProgramCost { program: s.name, run_time_ns: s.run_time_ns, run_count: s.run_count })
-                    .collect(),
-            );
+                    .map(|s| BpfProgramCost {
+                        program: s.name,
+                        run_time_ns: s.run_time_ns,
+                        run_count: s.run_count,
+                    })
+                    .collect()
+            });
         }
         self.state.set_pinning(pinning::evaluate(&observations));
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
     fn sync_probe(&mut self, observations: &mut [DomainObservation]) {
-        let Some(probe) = self.probe.as_mut() else { return };
+        let Some(probe) = self.probe.as_mut() else {
+            return;
+        };
         let now = Instant::now();
         let window = self.cfg.placement_window();
         let mut desired: HashMap<u32, CpuSet> = HashMap::new();
@@ -161,10 +174,18 @@ impl PinningEngine {
             if fresh {
                 match probe.watch(*tid, pin) {
                     Ok(()) => {
-                        let samples = self.watched.remove(tid).map(|w| w.samples).unwrap_or_else(|| {
-                            VecDeque::from([(now, 0)])
-                        });
-                        self.watched.insert(*tid, WatchedThread { pin: pin.clone(), samples });
+                        let samples = self
+                            .watched
+                            .remove(tid)
+                            .map(|w| w.samples)
+                            .unwrap_or_else(|| VecDeque::from([(now, 0)]));
+                        self.watched.insert(
+                            *tid,
+                            WatchedThread {
+                                pin: pin.clone(),
+                                samples,
+                            },
+                        );
                     }
                     Err(e) => {
                         errors += 1;
@@ -174,13 +195,24 @@ impl PinningEngine {
             }
         }
         for o in observations.iter_mut() {
-            let tids: Vec<u32> = o.domain.iter().flat_map(|d| &d.vcpus).filter_map(|v| v.tid).collect();
+            let tids: Vec<u32> = o
+                .domain
+                .iter()
+                .flat_map(|d| &d.vcpus)
+                .filter_map(|v| v.tid)
+                .collect();
             for tid in tids {
-                let Some(w) = self.watched.get_mut(&tid) else { continue };
+                let Some(w) = self.watched.get_mut(&tid) else {
+                    continue;
+                };
                 match probe.placement(tid) {
                     Ok(Some(p)) => {
                         w.samples.push_back((now, p.off_pin_ns));
-                        while w.samples.len() > 1 && w.samples.front().is_some_and(|(t, _)| now.duration_since(*t) > window) {
+                        while w.samples.len() > 1
+                            && w.samples
+                                .front()
+                                .is_some_and(|(t, _)| now.duration_since(*t) > window)
+                        {
                             w.samples.pop_front();
                         }
                         let oldest = w.samples.front().map_or(0, |(_, v)| *v);
@@ -255,6 +287,10 @@ pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt
     let mut inv = LibvirtInventory::new(inputs.libvirt_state_dir.clone());
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());
-    let obs: Vec<_> = inv.domains().cloned().map(|d| observe(&hostfs, d).0).collect();
+    let obs: Vec<_> = inv
+        .domains()
+        .cloned()
+        .map(|d| observe(&hostfs, d).0)
+        .collect();
     (pinning::evaluate(&obs), refresh)
 }

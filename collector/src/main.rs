@@ -59,8 +59,11 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let state = SharedState::default();
         let probe = if config.pinning.ebpf {
             match SchedProbe::load() {
-                Ok(p) => {
+                Ok(mut p) => {
                     tracing::info!(mode = %p.mode(), "eBPF sched_switch probe attached");
+                    if let Err(e) = p.set_bpf_stats(config.pinning.bpf_stats) {
+                        tracing::warn!("cannot switch kernel BPF stats: {e}");
+                    }
                     Some(p)
                 }
                 Err(e) => {
@@ -70,14 +73,20 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         } else {
-            state.sources.down(engine::source::SCHED_BPF, "disabled in config (pinning.ebpf = false)");
+            state.sources.down(
+                engine::source::SCHED_BPF,
+                "disabled in config (pinning.ebpf = false)",
+            );
             None
         };
         let inputs = inputs(s);
         let mut eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
         eng.pass();
         tokio::spawn(eng.run(inputs.libvirt_state_dir.clone()));
-        let build = BuildInfo { version: env!("CARGO_PKG_VERSION").to_string(), kernel: kernel_release() };
+        let build = BuildInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel_release(),
+        };
         let router = http::router(state, build);
         http::serve(args.listen, router, shutdown_signal()).await
     })?;
@@ -102,7 +111,12 @@ async fn shutdown_signal() {
 fn check(s: &SourceArgs) -> anyhow::Result<ExitCode> {
     let config = match Config::load(s.config.as_deref()) {
         Ok(c) => {
-            println!("config      ok     {}", s.config.as_ref().map_or("(defaults)".into(), |p| p.display().to_string()));
+            println!(
+                "config      ok     {}",
+                s.config
+                    .as_ref()
+                    .map_or("(defaults)".into(), |p| p.display().to_string())
+            );
             c
         }
         Err(e) => {
@@ -117,14 +131,22 @@ fn check(s: &SourceArgs) -> anyhow::Result<ExitCode> {
             "libvirt     up     {} running domain(s) in {}{}",
             report.domains.len(),
             s.libvirt_state_dir.display(),
-            if refresh.errors.is_empty() { String::new() } else { format!(", {} unreadable file(s)", refresh.errors.len()) }
+            if refresh.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", {} unreadable file(s)", refresh.errors.len())
+            }
         ),
     }
     for (f, e) in &refresh.errors {
         println!("            error  {f}: {e}");
     }
     let proc_ok = s.proc_root.join("self/status").exists();
-    println!("procfs      {}   {}", if proc_ok { "up  " } else { "down" }, s.proc_root.display());
+    println!(
+        "procfs      {}   {}",
+        if proc_ok { "up  " } else { "down" },
+        s.proc_root.display()
+    );
     if !config.pinning.ebpf {
         println!("sched_bpf   off    disabled in config");
     } else {

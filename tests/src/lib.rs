@@ -35,7 +35,10 @@ pub fn require_privileged(test: &str, needs: &[&str]) -> bool {
         return true;
     }
     let msg = format!("{test}: needs {}", missing.join(", "));
-    assert!(skips_allowed(), "{msg} ({REQUIRE_PRIVILEGED}=1 forbids skipping; run `cargo xtask setup` as root)");
+    assert!(
+        skips_allowed(),
+        "{msg} ({REQUIRE_PRIVILEGED}=1 forbids skipping; run `cargo xtask setup` as root)"
+    );
     eprintln!("SKIP {msg}");
     false
 }

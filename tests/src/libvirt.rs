@@ -51,12 +51,19 @@ pub fn ensure_daemons() -> anyhow::Result<Daemons> {
             .spawn()
             .with_context(|| format!("failed to start {bin} (is libvirt-daemon-system installed? `cargo xtask setup`)"))?;
         d.started.push((name.to_string(), child.id()));
-        let ok = crate::wait_for(Duration::from_secs(30), || Path::new(sock).exists().then_some(()));
+        let ok = crate::wait_for(Duration::from_secs(30), || {
+            Path::new(sock).exists().then_some(())
+        });
         if ok.is_none() {
-            bail!("{name} did not create {sock}; see {}", dir.join(format!("{name}.out")).display());
+            bail!(
+                "{name} did not create {sock}; see {}",
+                dir.join(format!("{name}.out")).display()
+            );
         }
     }
-    let ok = crate::wait_for(Duration::from_secs(30), || virsh_ok(&["version"]).then_some(()));
+    let ok = crate::wait_for(Duration::from_secs(30), || {
+        virsh_ok(&["version"]).then_some(())
+    });
     if ok.is_none() {
         bail!("libvirtd does not answer `virsh version`");
     }
@@ -71,7 +78,9 @@ fn socket_alive(path: &str) -> bool {
 pub fn stop_daemons(d: &Daemons) {
     for (_, pid) in d.started.iter().rev() {
         let _ = Command::new("kill").arg(pid.to_string()).status();
-        let _ = crate::wait_for(Duration::from_secs(5), || (!Path::new(&format!("/proc/{pid}")).exists()).then_some(()));
+        let _ = crate::wait_for(Duration::from_secs(5), || {
+            (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        });
     }
 }
 
@@ -93,7 +102,11 @@ pub fn virsh(args: &[&str]) -> anyhow::Result<String> {
         .output()
         .context("cannot run virsh")?;
     if !out.status.success() {
-        bail!("virsh {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "virsh {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -164,7 +177,11 @@ impl DomainSpec {
     /// The domain XML.
     pub fn to_xml(&self) -> String {
         let mut x = String::new();
-        let _ = writeln!(x, "<domain type='kvm'>\n  <name>{}</name>\n  <uuid>{}</uuid>", self.name, self.uuid);
+        let _ = writeln!(
+            x,
+            "<domain type='kvm'>\n  <name>{}</name>\n  <uuid>{}</uuid>",
+            self.name, self.uuid
+        );
         if let Some(n) = &self.nova {
             let _ = write!(
                 x,
@@ -175,19 +192,34 @@ impl DomainSpec {
                  <nova:swap>0</nova:swap><nova:ephemeral>0</nova:ephemeral><nova:vcpus>{}</nova:vcpus></nova:flavor>\n\
                  \x20     <nova:owner><nova:user uuid=\"{}\">{}</nova:user><nova:project uuid=\"{}\">{}</nova:project></nova:owner>\n\
                  \x20     <nova:ports/>\n    </nova:instance>\n  </metadata>\n",
-                n.display_name, n.flavor, self.pins.len(), n.user_id, n.user, n.project_id, n.project
+                n.display_name,
+                n.flavor,
+                self.pins.len(),
+                n.user_id,
+                n.user,
+                n.project_id,
+                n.project
             );
         }
         let _ = writeln!(x, "  <memory unit='MiB'>64</memory>");
         match &self.vcpu_cpuset {
             Some(c) => {
-                let _ = writeln!(x, "  <vcpu placement='static' cpuset='{c}'>{}</vcpu>", self.pins.len());
+                let _ = writeln!(
+                    x,
+                    "  <vcpu placement='static' cpuset='{c}'>{}</vcpu>",
+                    self.pins.len()
+                );
             }
             None => {
                 let _ = writeln!(x, "  <vcpu placement='static'>{}</vcpu>", self.pins.len());
             }
         }
-        let pins: Vec<_> = self.pins.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|p| (i, p))).collect();
+        let pins: Vec<_> = self
+            .pins
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+            .collect();
         if !pins.is_empty() || self.emulator_pin.is_some() {
             x.push_str("  <cputune>\n");
             for (i, p) in pins {
@@ -228,7 +260,14 @@ pub fn uuid_for(name: &str) -> String {
         h = h.wrapping_mul(0x100000001b3).wrapping_add(u128::from(b)) ^ (h >> 61);
     }
     let s = format!("{h:032x}");
-    format!("{}-{}-4{}-8{}-{}", &s[0..8], &s[8..12], &s[13..16], &s[17..20], &s[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[13..16],
+        &s[17..20],
+        &s[20..32]
+    )
 }
 
 /// A 1 MiB raw disk whose boot sector is `jmp $` (EB FE … 55 AA): the vCPU spins forever.
@@ -271,7 +310,9 @@ pub fn start(spec: &DomainSpec) -> anyhow::Result<RunningDomain> {
     std::fs::write(&xml, spec.to_xml())?;
     virsh(&["define", &xml.to_string_lossy()])?;
     virsh(&["start", &spec.name])?;
-    Ok(RunningDomain { name: spec.name.clone() })
+    Ok(RunningDomain {
+        name: spec.name.clone(),
+    })
 }
 
 /// Destroys and undefines a domain, ignoring errors (it may not exist).
@@ -297,21 +338,29 @@ impl RunningDomain {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .expect("task dir")
             .filter_map(|e| e.ok())
-            .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == want))
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == want)
+            })
             .and_then(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
             .unwrap_or_else(|| panic!("{}: no thread {want}", self.name))
     }
 
     /// The domain's cpuset cgroup directory (parent of its `emulator` cgroup), v1 or v2.
     pub fn cpuset_cgroup_dir(&self) -> PathBuf {
-        let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid())).expect("cgroup file");
+        let cg =
+            std::fs::read_to_string(format!("/proc/{}/cgroup", self.pid())).expect("cgroup file");
         let v1 = cg.lines().find_map(|l| {
             let mut f = l.splitn(3, ':');
             let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-            ctrl.split(',').any(|c| c == "cpuset").then(|| format!("/sys/fs/cgroup/cpuset{path}"))
+            ctrl.split(',')
+                .any(|c| c == "cpuset")
+                .then(|| format!("/sys/fs/cgroup/cpuset{path}"))
         });
         let full = v1.unwrap_or_else(|| {
-            let p = cg.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 line");
+            let p = cg
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .expect("cgroup v2 line");
             format!("/sys/fs/cgroup{p}")
         });
         PathBuf::from(full.strip_suffix("/emulator").unwrap_or(&full))

@@ -12,7 +12,8 @@ pub fn bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     for profile in ["release", "debug"] {
         let p = target.join(profile).join("pinflow");
         if p.exists() {
@@ -57,11 +58,23 @@ impl Pinflow {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn pinflow");
-        let p = Pinflow { child, addr, log, _dir: dir };
+        let p = Pinflow {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
         let up = crate::wait_for(Duration::from_secs(15), || {
-            scrape::http_get(p.addr, "/healthz", Duration::from_secs(1)).ok().filter(|(s, _)| *s == 200)
+            scrape::http_get(p.addr, "/healthz", Duration::from_secs(1))
+                .ok()
+                .filter(|(s, _)| *s == 200)
         });
-        assert!(up.is_some(), "pinflow did not come up on {}:\n{}", p.addr, p.log());
+        assert!(
+            up.is_some(),
+            "pinflow did not come up on {}:\n{}",
+            p.addr,
+            p.log()
+        );
         p
     }
 

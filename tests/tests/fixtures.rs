@@ -15,15 +15,28 @@ fn fixtures() -> PathBuf {
 const NO_EBPF: &str = "[pinning]\ninterval_seconds = 0.2\nebpf = false\n";
 
 fn errors(pf: &Pinflow) -> f64 {
-    select(&pf.scrape(), "pinflow_source_errors_total", &[("source", "libvirt")])[0].value
+    select(
+        &pf.scrape(),
+        "pinflow_source_errors_total",
+        &[("source", "libvirt")],
+    )[0]
+    .value
 }
 
 #[test]
 fn malformed_state_files_are_counted_and_the_good_domain_keeps_being_served() {
     let state = tempfile::tempdir().expect("tempdir");
     let f = fixtures();
-    std::fs::copy(f.join("libvirt/run-libvirt-qemu/fx-nova.xml"), state.path().join("fx-nova.xml")).expect("copy");
-    std::fs::copy(f.join("libvirt/bad/truncated.xml"), state.path().join("broken.xml")).expect("copy");
+    std::fs::copy(
+        f.join("libvirt/run-libvirt-qemu/fx-nova.xml"),
+        state.path().join("fx-nova.xml"),
+    )
+    .expect("copy");
+    std::fs::copy(
+        f.join("libvirt/bad/truncated.xml"),
+        state.path().join("broken.xml"),
+    )
+    .expect("copy");
     let hostfs = f.join("hostfs/v1-libvirt");
     let pf = Pinflow::start(
         NO_EBPF,
@@ -38,36 +51,82 @@ fn malformed_state_files_are_counted_and_the_good_domain_keeps_being_served() {
     );
     let s = pf.scrape();
     let info = select(&s, "pinflow_instance_info", &[("domain", "fx-nova")]);
-    assert_eq!(info.len(), 1, "fx-nova served despite the broken file:\n{}", pf.log());
+    assert_eq!(
+        info.len(),
+        1,
+        "fx-nova served despite the broken file:\n{}",
+        pf.log()
+    );
     assert_eq!(info[0].labels["name"], "fx display & name");
     assert_eq!(info[0].labels["flavor"], "m1.small");
     assert_eq!(select(&s, "pinflow_instance_info", &[]).len(), 1);
     for check in ["affinity", "cpuset", "cgroup", "overlap"] {
-        let v = select(&s, "pinflow_domain_drifted_vcpus", &[("domain", "fx-nova"), ("check", check)]);
+        let v = select(
+            &s,
+            "pinflow_domain_drifted_vcpus",
+            &[("domain", "fx-nova"), ("check", check)],
+        );
         assert_eq!(v[0].value, 0.0, "{check}");
     }
-    assert_eq!(select(&s, "pinflow_source_up", &[("source", "libvirt")])[0].value, 1.0);
-    assert_eq!(select(&s, "pinflow_source_up", &[("source", "sched_bpf")])[0].value, 0.0);
+    assert_eq!(
+        select(&s, "pinflow_source_up", &[("source", "libvirt")])[0].value,
+        1.0
+    );
+    assert_eq!(
+        select(&s, "pinflow_source_up", &[("source", "sched_bpf")])[0].value,
+        0.0
+    );
     let before = errors(&pf);
     assert!(before >= 1.0, "the truncated file is counted: {before}");
-    assert!(pf.log().contains("broken.xml"), "the log names the file:\n{}", pf.log());
+    assert!(
+        pf.log().contains("broken.xml"),
+        "the log names the file:\n{}",
+        pf.log()
+    );
 
     // Another garbage file arrives: counted once, the good domain stays.
-    std::fs::write(state.path().join("garbage.xml"), "<domstatus><vcpus><vcpu id='x'").expect("write");
-    let grew = wait_for(Duration::from_secs(5), || (errors(&pf) > before).then_some(()));
+    std::fs::write(
+        state.path().join("garbage.xml"),
+        "<domstatus><vcpus><vcpu id='x'",
+    )
+    .expect("write");
+    let grew = wait_for(Duration::from_secs(5), || {
+        (errors(&pf) > before).then_some(())
+    });
     assert!(grew.is_some(), "new bad file not counted");
     std::thread::sleep(Duration::from_millis(600));
     let settled = errors(&pf);
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(errors(&pf), settled, "a bad file is not re-counted on every pass");
-    assert_eq!(select(&pf.scrape(), "pinflow_instance_info", &[("domain", "fx-nova")]).len(), 1);
+    assert_eq!(
+        errors(&pf),
+        settled,
+        "a bad file is not re-counted on every pass"
+    );
+    assert_eq!(
+        select(
+            &pf.scrape(),
+            "pinflow_instance_info",
+            &[("domain", "fx-nova")]
+        )
+        .len(),
+        1
+    );
 
     // The domain's file disappears (domain destroyed): its series go.
     std::fs::remove_file(state.path().join("fx-nova.xml")).expect("rm");
     let gone = wait_for(Duration::from_secs(5), || {
-        select(&pf.scrape(), "pinflow_instance_info", &[("domain", "fx-nova")]).is_empty().then_some(())
+        select(
+            &pf.scrape(),
+            "pinflow_instance_info",
+            &[("domain", "fx-nova")],
+        )
+        .is_empty()
+        .then_some(())
     });
-    assert!(gone.is_some(), "fx-nova series stayed after its state file was removed");
+    assert!(
+        gone.is_some(),
+        "fx-nova series stayed after its state file was removed"
+    );
 }
 
 #[test]
@@ -75,7 +134,11 @@ fn pinning_table_and_json_from_captured_state() {
     let f = fixtures();
     let hostfs = f.join("hostfs/v1-libvirt");
     let state = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(f.join("libvirt/run-libvirt-qemu/fx-nova.xml"), state.path().join("fx-nova.xml")).expect("copy");
+    std::fs::copy(
+        f.join("libvirt/run-libvirt-qemu/fx-nova.xml"),
+        state.path().join("fx-nova.xml"),
+    )
+    .expect("copy");
     let args = |extra: &[&str]| {
         let mut c = Command::new(bin());
         c.arg("pinning")
@@ -91,11 +154,22 @@ fn pinning_table_and_json_from_captured_state() {
     let out = args(&[]);
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
-    let row = table.lines().find(|l| l.starts_with("fx-nova") && l.contains("11435")).unwrap_or_else(|| panic!("{table}"));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("fx-nova") && l.contains("11435"))
+        .unwrap_or_else(|| panic!("{table}"));
     // DOMAIN NAME PROJECT VCPU TID PIN AFFINITY CGROUP-CPUS LAST-CPU (the display name has spaces)
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[..5], ["fx-nova", "fx", "display", "&", "name"], "{table}");
-    assert_eq!(cols[5..], ["p", "0", "11435", "0", "0", "0", "0"], "{table}");
+    assert_eq!(
+        cols[..5],
+        ["fx-nova", "fx", "display", "&", "name"],
+        "{table}"
+    );
+    assert_eq!(
+        cols[5..],
+        ["p", "0", "11435", "0", "0", "0", "0"],
+        "{table}"
+    );
     assert!(table.contains("no pinning drift"), "{table}");
 
     let out = args(&["--json"]);
@@ -113,7 +187,12 @@ fn check_rejects_unknown_config_keys_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[pinning]\ninterval_secs = 1\n").expect("write");
-    let out = Command::new(bin()).arg("check").arg("--config").arg(&cfg).output().expect("run");
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("interval_secs"), "{text}");
@@ -128,5 +207,9 @@ fn check_rejects_unknown_config_keys_by_name() {
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("config      ok"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("libvirt     down") && l.contains("/nonexistent-pinflow")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("libvirt     down") && l.contains("/nonexistent-pinflow")),
+        "{text}"
+    );
 }

@@ -30,9 +30,13 @@ fn row(vcpu: &str, check: &str, expected: &str, actual: &str) -> DriftRow {
 }
 
 fn drifted(s: &[Sample], domain: &str, check: &str) -> Option<f64> {
-    select(s, "pinflow_domain_drifted_vcpus", &[("domain", domain), ("check", check)])
-        .first()
-        .map(|x| x.value)
+    select(
+        s,
+        "pinflow_domain_drifted_vcpus",
+        &[("domain", domain), ("check", check)],
+    )
+    .first()
+    .map(|x| x.value)
 }
 
 /// Waits until the domain's drift series are exactly `want`; panics with the last scrape otherwise.
@@ -49,14 +53,24 @@ fn expect_drift(pf: &Pinflow, domain: &str, want: &[DriftRow]) -> Vec<Sample> {
             eprintln!("{domain}: drift series as expected after {took:?}");
             s
         }
-        None => panic!("{domain}: drift series {last:?}, want {want:?}\n{}", pf.log()),
+        None => panic!(
+            "{domain}: drift series {last:?}, want {want:?}\n{}",
+            pf.log()
+        ),
     }
 }
 
 fn assert_counts(s: &[Sample], domain: &str, want: &[(&str, f64)]) {
     for check in ["affinity", "cpuset", "cgroup", "placement", "overlap"] {
-        let n = want.iter().find(|(c, _)| *c == check).map_or(0.0, |(_, n)| *n);
-        assert_eq!(drifted(s, domain, check), Some(n), "{domain} drifted_vcpus{{check={check}}}");
+        let n = want
+            .iter()
+            .find(|(c, _)| *c == check)
+            .map_or(0.0, |(_, n)| *n);
+        assert_eq!(
+            drifted(s, domain, check),
+            Some(n),
+            "{domain} drifted_vcpus{{check={check}}}"
+        );
     }
 }
 
@@ -90,7 +104,10 @@ fn domains_appear_with_nova_metadata_and_disappear_when_destroyed() {
         (!select(&s, "pinflow_instance_info", &[("domain", "pf-life")]).is_empty()).then_some(s)
     })
     .unwrap_or_else(|| panic!("pf-life never appeared\n{}", pf.log()));
-    eprintln!("pf-life appeared {took:?} after `virsh start` returned ({:?} total)", t0.elapsed());
+    eprintln!(
+        "pf-life appeared {took:?} after `virsh start` returned ({:?} total)",
+        t0.elapsed()
+    );
     let info = select(&s, "pinflow_instance_info", &[("domain", "pf-life")]);
     let l = &info[0].labels;
     assert_eq!(l["uuid"], spec.uuid);
@@ -102,8 +119,18 @@ fn domains_appear_with_nova_metadata_and_disappear_when_destroyed() {
     assert_eq!(info[0].value, 1.0);
     assert_counts(&s, "pf-life", &[]);
     assert!(drift_rows(&s, "pf-life").is_empty());
-    assert_eq!(select(&s, "pinflow_source_up", &[("source", "libvirt")])[0].value, 1.0);
-    assert!(!select(&s, "pinflow_vcpu_wait_seconds_total", &[("domain", "pf-life")]).is_empty());
+    assert_eq!(
+        select(&s, "pinflow_source_up", &[("source", "libvirt")])[0].value,
+        1.0
+    );
+    assert!(
+        !select(
+            &s,
+            "pinflow_vcpu_wait_seconds_total",
+            &[("domain", "pf-life")]
+        )
+        .is_empty()
+    );
 
     drop(dom);
     let gone = wait_for(WAIT, || {
@@ -112,7 +139,8 @@ fn domains_appear_with_nova_metadata_and_disappear_when_destroyed() {
             && select(&s, "pinflow_domain_drifted_vcpus", &[("domain", "pf-life")]).is_empty())
         .then_some(())
     });
-    let (_, took) = gone.unwrap_or_else(|| panic!("pf-life series stayed after destroy\n{}", pf.log()));
+    let (_, took) =
+        gone.unwrap_or_else(|| panic!("pf-life series stayed after destroy\n{}", pf.log()));
     eprintln!("pf-life series gone {took:?} after `virsh destroy` returned");
 }
 
@@ -132,7 +160,10 @@ fn affinity_drift_behind_a_widened_cgroup_and_its_repair() {
     let s = expect_drift(
         &pf,
         "pf-aff",
-        &[row("0", "affinity", "0", "1"), row("0", "cpuset", "0", "0-1")],
+        &[
+            row("0", "affinity", "0", "1"),
+            row("0", "cpuset", "0", "0-1"),
+        ],
     );
     assert_counts(&s, "pf-aff", &[("affinity", 1.0), ("cpuset", 1.0)]);
 
@@ -184,7 +215,11 @@ fn vcpu_thread_moved_into_the_emulator_cgroup() {
     let tid = dom.vcpu_tid(0).to_string();
     let tasks = |leaf: &str| {
         let v1 = cg.join(leaf).join("tasks");
-        if v1.exists() { v1 } else { cg.join(leaf).join("cgroup.threads") }
+        if v1.exists() {
+            v1
+        } else {
+            cg.join(leaf).join("cgroup.threads")
+        }
     };
     write(&tasks("emulator"), &tid);
     let s = expect_drift(&pf, "pf-cgroup", &[row("0", "cgroup", "vcpu0", "emulator")]);
@@ -207,16 +242,25 @@ fn two_domains_pinned_onto_the_same_pcpu_overlap() {
     let s = expect_drift(
         &pf,
         "pf-ov-a",
-        &[row("0", "overlap", "0", "0 (pf-ov-b)"), row("emulator", "overlap", "0", "0 (pf-ov-b)")],
+        &[
+            row("0", "overlap", "0", "0 (pf-ov-b)"),
+            row("emulator", "overlap", "0", "0 (pf-ov-b)"),
+        ],
     );
     assert_counts(&s, "pf-ov-a", &[("overlap", 1.0)]);
     expect_drift(
         &pf,
         "pf-ov-b",
-        &[row("0", "overlap", "0", "0 (pf-ov-a)"), row("emulator", "overlap", "0", "0 (pf-ov-a)")],
+        &[
+            row("0", "overlap", "0", "0 (pf-ov-a)"),
+            row("emulator", "overlap", "0", "0 (pf-ov-a)"),
+        ],
     );
     let s = pf.scrape();
-    assert_eq!(select(&s, "pinflow_pcpu_pinned_vcpus", &[("cpu", "0")])[0].value, 2.0);
+    assert_eq!(
+        select(&s, "pinflow_pcpu_pinned_vcpus", &[("cpu", "0")])[0].value,
+        2.0
+    );
 
     drop(b);
     let s = expect_drift(&pf, "pf-ov-a", &[]);
@@ -235,7 +279,12 @@ fn busy_vcpu_running_off_its_pin_is_placement_drift() {
     let dom = start(&spec);
     let s = expect_drift(&pf, "pf-spin", &[]);
     let up = select(&s, "pinflow_source_up", &[("source", "sched_bpf")]);
-    assert_eq!(up.first().map(|x| x.value), Some(1.0), "eBPF probe not up:\n{}", pf.log());
+    assert_eq!(
+        up.first().map(|x| x.value),
+        Some(1.0),
+        "eBPF probe not up:\n{}",
+        pf.log()
+    );
 
     let cg = dom.cpuset_cgroup_dir();
     let tid = dom.vcpu_tid(0).to_string();
@@ -250,18 +299,34 @@ fn busy_vcpu_running_off_its_pin_is_placement_drift() {
             row("0", "placement", "0", "1"),
         ],
     );
-    assert_counts(&s, "pf-spin", &[("affinity", 1.0), ("cpuset", 1.0), ("placement", 1.0)]);
+    assert_counts(
+        &s,
+        "pf-spin",
+        &[("affinity", 1.0), ("cpuset", 1.0), ("placement", 1.0)],
+    );
     let offpin = |s: &[Sample]| {
-        select(s, "pinflow_vcpu_offpin_seconds_total", &[("domain", "pf-spin")])
-            .first()
-            .map_or(0.0, |x| x.value)
+        select(
+            s,
+            "pinflow_vcpu_offpin_seconds_total",
+            &[("domain", "pf-spin")],
+        )
+        .first()
+        .map_or(0.0, |x| x.value)
     };
     let first = offpin(&s);
     assert!(first > 0.0, "off-pin seconds {first}");
     std::thread::sleep(Duration::from_secs(1));
     let later = offpin(&pf.scrape());
-    assert!(later > first, "a spinning off-pin vCPU must accrue off-pin time: {first} -> {later}");
-    let migrations = select(&pf.scrape(), "pinflow_vcpu_migrations_total", &[("domain", "pf-spin")])[0].value;
+    assert!(
+        later > first,
+        "a spinning off-pin vCPU must accrue off-pin time: {first} -> {later}"
+    );
+    let migrations = select(
+        &pf.scrape(),
+        "pinflow_vcpu_migrations_total",
+        &[("domain", "pf-spin")],
+    )[0]
+    .value;
     assert!(migrations >= 1.0, "migrations {migrations}");
 
     libvirt::virsh(&["vcpupin", "pf-spin", "0", "0", "--live"]).expect("repair");
@@ -273,10 +338,14 @@ fn busy_vcpu_running_off_its_pin_is_placement_drift() {
 
 /// Finds libvirtd's pid by its comm.
 fn libvirtd_pid() -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()).find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        (std::fs::read_to_string(e.path().join("comm")).ok()?.trim() == "libvirtd").then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            (std::fs::read_to_string(e.path().join("comm")).ok()?.trim() == "libvirtd")
+                .then_some(pid)
+        })
 }
 
 /// SIGCONTs libvirtd even when the test panics.
@@ -284,7 +353,9 @@ struct Resume(u32);
 
 impl Drop for Resume {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
     }
 }
 
@@ -304,16 +375,31 @@ fn scrape_answers_while_libvirtd_is_stopped() {
         let t0 = Instant::now();
         let s = pf.scrape();
         let took = t0.elapsed();
-        assert!(took < Duration::from_secs(1), "scrape took {took:?} with libvirtd stopped");
-        assert_eq!(select(&s, "pinflow_instance_info", &[("domain", "pf-hung")]).len(), 1);
+        assert!(
+            took < Duration::from_secs(1),
+            "scrape took {took:?} with libvirtd stopped"
+        );
+        assert_eq!(
+            select(&s, "pinflow_instance_info", &[("domain", "pf-hung")]).len(),
+            1
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
-    // pinflow still follows drift made while libvirtd is stopped.
+    // pinflow still follows drift made while libvirtd is stopped (a move that keeps the thread on
+    // its pCPU, so only the cgroup check fires).
     let cg = dom.cpuset_cgroup_dir();
-    write(&cg.join("vcpu0/cpuset.cpus"), "0-1");
-    run("taskset", &["-pc", "0", &dom.vcpu_tid(0).to_string()]);
-    expect_drift(&pf, "pf-hung", &[row("0", "affinity", "1", "0"), row("0", "cpuset", "1", "0-1")]);
+    let tid = dom.vcpu_tid(0).to_string();
+    let tasks = |leaf: &str| {
+        let v1 = cg.join(leaf).join("tasks");
+        if v1.exists() {
+            v1
+        } else {
+            cg.join(leaf).join("cgroup.threads")
+        }
+    };
+    write(&tasks("emulator"), &tid);
+    expect_drift(&pf, "pf-hung", &[row("0", "cgroup", "vcpu0", "emulator")]);
     drop(resume);
-    libvirt::virsh(&["vcpupin", "pf-hung", "0", "1", "--live"]).expect("repair");
+    write(&tasks("vcpu0"), &tid);
     expect_drift(&pf, "pf-hung", &[]);
 }

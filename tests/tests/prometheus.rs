@@ -23,11 +23,19 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
         .spawn()
         .expect("promtool");
     if let Some(input) = stdin {
-        c.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
+        c.stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
     }
     drop(c.stdin.take());
     let out = c.wait_with_output().expect("promtool output");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -43,13 +51,20 @@ impl Drop for Kill {
 
 #[test]
 fn promtool_accepts_a_real_scrape_with_a_nova_domain() {
-    if !require_privileged("promtool_accepts_a_real_scrape_with_a_nova_domain", &["promtool", "virsh"]) {
+    if !require_privileged(
+        "promtool_accepts_a_real_scrape_with_a_nova_domain",
+        &["promtool", "virsh"],
+    ) {
         return;
     }
     libvirt::ensure_daemons().expect("libvirt testbed");
     let pf = Pinflow::start("", &[]);
-    let _dom = libvirt::start(&DomainSpec::pinned("pf-prom", &["1"]).with_nova("prom \"quoted\" 1", "qa", "m1.tiny"))
-        .expect("domain");
+    let _dom = libvirt::start(&DomainSpec::pinned("pf-prom", &["1"]).with_nova(
+        "prom \"quoted\" 1",
+        "qa",
+        "m1.tiny",
+    ))
+    .expect("domain");
     let text = wait_for(Duration::from_secs(10), || {
         let t = pf.get("/metrics");
         t.contains("domain=\"pf-prom\"").then_some(t)
@@ -58,13 +73,24 @@ fn promtool_accepts_a_real_scrape_with_a_nova_domain() {
     .0;
     // The display name's quotes are escaped in the exposition and round-trip through the parser.
     let s = pinflow_tests::scrape::parse(&text);
-    assert_eq!(select(&s, "pinflow_instance_info", &[("domain", "pf-prom")])[0].labels["name"], "prom \"quoted\" 1");
+    assert_eq!(
+        select(&s, "pinflow_instance_info", &[("domain", "pf-prom")])[0].labels["name"],
+        "prom \"quoted\" 1"
+    );
     let (ok, out) = promtool(&["check", "metrics"], Some(&text));
     assert!(ok, "promtool check metrics:\n{out}\n---\n{text}");
     // Self metrics of every pinning source are present.
     for src in ["libvirt", "procfs", "sched_bpf"] {
-        assert_eq!(select(&s, "pinflow_source_up", &[("source", src)]).len(), 1, "{src}");
-        assert_eq!(select(&s, "pinflow_source_errors_total", &[("source", src)]).len(), 1, "{src}");
+        assert_eq!(
+            select(&s, "pinflow_source_up", &[("source", src)]).len(),
+            1,
+            "{src}"
+        );
+        assert_eq!(
+            select(&s, "pinflow_source_errors_total", &[("source", src)]).len(),
+            1,
+            "{src}"
+        );
     }
     assert_eq!(select(&s, "pinflow_build_info", &[]).len(), 1);
 }
@@ -92,7 +118,10 @@ fn prometheus_scrapes_pinflow_openmetrics() {
     let prom = Kill(
         Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={web}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log"))
@@ -100,16 +129,27 @@ fn prometheus_scrapes_pinflow_openmetrics() {
             .expect("start prometheus"),
     );
     let query = |q: &str| -> Option<serde_json::Value> {
-        let path = format!("/api/v1/query?query={}", q.replace(' ', "%20").replace('"', "%22").replace('{', "%7B").replace('}', "%7D"));
+        let path = format!(
+            "/api/v1/query?query={}",
+            q.replace(' ', "%20")
+                .replace('"', "%22")
+                .replace('{', "%7B")
+                .replace('}', "%7D")
+        );
         let (status, body) = http_get(web, &path, Duration::from_secs(2)).ok()?;
-        (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     };
     let up = wait_for(Duration::from_secs(30), || {
         let v = query("up{job=\"pinflow\"}")?;
         (v["data"]["result"][0]["value"][1] == "1").then_some(())
     });
     let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-    assert!(up.is_some(), "Prometheus never scraped pinflow successfully:\n{log}");
+    assert!(
+        up.is_some(),
+        "Prometheus never scraped pinflow successfully:\n{log}"
+    );
     let src = wait_for(Duration::from_secs(10), || {
         let v = query("pinflow_source_up{source=\"libvirt\"}")?;
         (v["data"]["result"].as_array()?.len() == 1).then_some(())
@@ -127,23 +167,53 @@ fn prometheus_scrapes_pinflow_openmetrics() {
 
 #[test]
 fn deploy_rules_and_configs_pass_their_checkers() {
-    if !require_privileged("deploy_rules_and_configs_pass_their_checkers", &["promtool", "amtool"]) {
+    if !require_privileged(
+        "deploy_rules_and_configs_pass_their_checkers",
+        &["promtool", "amtool"],
+    ) {
         return;
     }
     let d = deploy();
-    let (ok, out) = promtool(&["check", "rules", &d.join("prometheus/pinflow.rules.yml").to_string_lossy()], None);
+    let (ok, out) = promtool(
+        &[
+            "check",
+            "rules",
+            &d.join("prometheus/pinflow.rules.yml").to_string_lossy(),
+        ],
+        None,
+    );
     assert!(ok, "{out}");
-    let (ok, out) = promtool(&["check", "config", &d.join("prometheus/scrape-config.yml").to_string_lossy()], None);
+    let (ok, out) = promtool(
+        &[
+            "check",
+            "config",
+            &d.join("prometheus/scrape-config.yml").to_string_lossy(),
+        ],
+        None,
+    );
     assert!(ok, "{out}");
     let out = Command::new("promtool")
         .args(["test", "rules", "pinflow.rules.test.yml"])
         .current_dir(d.join("prometheus"))
         .output()
         .expect("promtool test rules");
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new("amtool")
-        .args(["check-config", &d.join("alertmanager/alertmanager.yml").to_string_lossy()])
+        .args([
+            "check-config",
+            &d.join("alertmanager/alertmanager.yml").to_string_lossy(),
+        ])
         .output()
         .expect("amtool");
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -52,7 +52,14 @@ fn main() -> std::process::ExitCode {
 
 fn bench() -> anyhow::Result<()> {
     setup::setup()?;
-    util::cargo(&["build", "--release", "-p", "pinflow", "--bins", "--examples"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "pinflow",
+        "--bins",
+        "--examples",
+    ])?;
     bench_sched::run(&util::workspace_root().join("target/release/pinflow"))?;
     run::bench_serve()
 }

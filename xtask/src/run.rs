@@ -20,8 +20,10 @@ pub struct RunArgs {
 
 /// The testbed's domains: what a Nova host with `cpu_dedicated_set=0` and `cpu_shared_set=1` runs.
 pub fn testbed_domains() -> Vec<DomainSpec> {
-    let dedicated = DomainSpec::pinned("instance-00000001", &["0"]).with_nova("web-1", "demo", "m1.dedicated");
-    let mut shared = DomainSpec::pinned("instance-00000002", &[]).with_nova("batch-1", "demo", "m1.shared");
+    let dedicated =
+        DomainSpec::pinned("instance-00000001", &["0"]).with_nova("web-1", "demo", "m1.dedicated");
+    let mut shared =
+        DomainSpec::pinned("instance-00000002", &[]).with_nova("batch-1", "demo", "m1.shared");
     shared.pins = vec![None, None];
     shared.vcpu_cpuset = Some("1".into());
     shared.emulator_pin = Some("1".into());
@@ -29,7 +31,8 @@ pub fn testbed_domains() -> Vec<DomainSpec> {
 }
 
 fn pinflow_bin(profile: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
     target.join(profile).join("pinflow")
 }
 
@@ -44,7 +47,11 @@ impl Testbed {
     fn up(listen: SocketAddr) -> anyhow::Result<Testbed> {
         step("libvirt: starting virtlogd + libvirtd (if not running)");
         let daemons = libvirt::ensure_daemons()?;
-        let mut tb = Testbed { daemons, domains: Vec::new(), pinflow: None };
+        let mut tb = Testbed {
+            daemons,
+            domains: Vec::new(),
+            pinflow: None,
+        };
         for spec in testbed_domains() {
             step(&format!("libvirt: starting domain {}", spec.name));
             tb.domains.push(libvirt::start(&spec)?);
@@ -56,7 +63,11 @@ impl Testbed {
             .context("cannot start pinflow")?;
         tb.pinflow = Some(child);
         let t0 = Instant::now();
-        while http_get(listen, "/healthz", Duration::from_secs(1)).map(|(s, _)| s) .ok() != Some(200) {
+        while http_get(listen, "/healthz", Duration::from_secs(1))
+            .map(|(s, _)| s)
+            .ok()
+            != Some(200)
+        {
             if t0.elapsed() > Duration::from_secs(20) {
                 bail!("pinflow did not answer on {listen}/healthz");
             }
@@ -104,17 +115,30 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     // Block Ctrl-C before starting anything so it reaches us (and the teardown) rather than killing us.
     let tb = Testbed::up(a.listen)?;
     std::thread::sleep(Duration::from_millis(1500));
-    let table = Command::new(pinflow_bin("release")).arg("pinning").output()?;
+    let table = Command::new(pinflow_bin("release"))
+        .arg("pinning")
+        .output()?;
     println!("\n{}", String::from_utf8_lossy(&table.stdout));
     println!("pinflow is running:");
     println!("  http://{}/metrics", a.listen);
     println!("  http://{}/api/v1/pinning", a.listen);
-    println!("  {} pinning        (one-shot table)", pinflow_bin("release").display());
-    println!("Make drift like a real bug would, e.g. (vCPU 0 of instance-00000001 is pinned to CPU 0):");
-    println!("  CG=$(dirname $(grep cpuset /proc/$(cat /run/libvirt/qemu/instance-00000001.pid)/cgroup | cut -d: -f3))");
-    println!("  echo 0-1 > /sys/fs/cgroup/cpuset$CG/vcpu0/cpuset.cpus; taskset -pc 1 <TID of 'CPU 0/KVM'>");
+    println!(
+        "  {} pinning        (one-shot table)",
+        pinflow_bin("release").display()
+    );
+    println!(
+        "Make drift like a real bug would, e.g. (vCPU 0 of instance-00000001 is pinned to CPU 0):"
+    );
+    println!(
+        "  CG=$(dirname $(grep cpuset /proc/$(cat /run/libvirt/qemu/instance-00000001.pid)/cgroup | cut -d: -f3))"
+    );
+    println!(
+        "  echo 0-1 > /sys/fs/cgroup/cpuset$CG/vcpu0/cpuset.cpus; taskset -pc 1 <TID of 'CPU 0/KVM'>"
+    );
     println!("  virsh vcpupin instance-00000001 0 0 --live   # repair");
-    println!("Ctrl-C stops pinflow, destroys the domains and stops the daemons this command started.");
+    println!(
+        "Ctrl-C stops pinflow, destroys the domains and stops the daemons this command started."
+    );
     wait_for_ctrl_c();
     drop(tb);
     Ok(())
@@ -137,13 +161,20 @@ pub fn bench_serve() -> anyhow::Result<()> {
     lat.sort();
     let pid = tb.pinflow.as_ref().map(|c| c.id()).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("VmRSS: ?").to_string();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or("VmRSS: ?")
+        .to_string();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    println!("pinflow serve with the testbed ({} domains):", testbed_domains().len());
+    println!(
+        "pinflow serve with the testbed ({} domains):",
+        testbed_domains().len()
+    );
     println!("  {rss}");
     println!(
         "  /metrics latency over 200 scrapes: p50 {:?}  p99 {:?}  max {:?}",

@@ -29,7 +29,8 @@ const PACKAGES: &[&str] = &[
 ];
 
 fn installed(pkg: &str) -> bool {
-    output("dpkg-query", &["-W", "-f=${db:Status-Abbrev}", pkg]).is_some_and(|s| s.starts_with("ii"))
+    output("dpkg-query", &["-W", "-f=${db:Status-Abbrev}", pkg])
+        .is_some_and(|s| s.starts_with("ii"))
 }
 
 /// Runs every setup step.
@@ -49,9 +50,16 @@ fn apt() -> anyhow::Result<()> {
     }
     step(&format!("apt packages: installing {}", missing.join(" ")));
     sh("apt-get", &["update", "-qq"])?;
-    let mut args: Vec<String> = ["install", "-y", "-qq", "--allow-downgrades", "-o", "DPkg::Lock::Timeout=600"]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = [
+        "install",
+        "-y",
+        "-qq",
+        "--allow-downgrades",
+        "-o",
+        "DPkg::Lock::Timeout=600",
+    ]
+    .map(String::from)
+    .to_vec();
     args.extend(missing.iter().map(|s| s.to_string()));
     if missing.contains(&"qemu-system-x86") {
         // The image's qemu-utils 10.x (backports) breaks bookworm's qemu-system 7.2: install the
@@ -74,14 +82,20 @@ fn apt() -> anyhow::Result<()> {
 }
 
 fn rust_src() -> anyhow::Result<()> {
-    let have = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    let have = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if have {
         step("nightly rust-src: present");
         return Ok(());
     }
     step("nightly rust-src: installing");
-    sh("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])
+    sh(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -92,7 +106,14 @@ fn bpf_linker() -> anyhow::Result<()> {
     step("bpf-linker 0.13 (LLVM 22): building (~1 min)");
     // Without LLVM_PREFIX its build script finds LLVM 14's llvm-config and fails to link.
     let st = std::process::Command::new("cargo")
-        .args(["+stable", "install", "bpf-linker", "--version", "0.13.0", "--locked"])
+        .args([
+            "+stable",
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--locked",
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
         .status()
@@ -109,5 +130,8 @@ fn tracefs() -> anyhow::Result<()> {
         return Ok(());
     }
     step("tracefs: mounting at /sys/kernel/tracing (for the classic-tracepoint fallback)");
-    sh("mount", &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+    sh(
+        "mount",
+        &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"],
+    )
 }

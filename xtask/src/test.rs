@@ -30,11 +30,19 @@ pub fn test(a: TestArgs) -> anyhow::Result<()> {
         step("lint: cargo fmt --check");
         cargo(&["fmt", "--all", "--", "--check"])?;
         step("lint: cargo clippy -D warnings");
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
     }
     step("build: pinflow (with its eBPF object)");
     cargo(&["build", "-p", "pinflow", "--bins", "--examples"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
     // SAFETY: as above.
     unsafe { std::env::set_var("PINFLOW_BIN", target.join("debug/pinflow")) };
     step("testbed: libvirt daemons");

@@ -25,7 +25,9 @@ pub fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
 /// Runs a command quietly and returns its stdout (None when it cannot run or fails).
 pub fn output(cmd: &str, args: &[&str]) -> Option<String> {
     let o = Command::new(cmd).args(args).output().ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// Runs cargo (the one running xtask) in the workspace root.

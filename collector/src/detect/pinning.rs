@@ -167,12 +167,22 @@ fn dedicated_pcpus(obs: &[DomainObservation]) -> BTreeMap<u32, BTreeSet<String>>
 }
 
 /// Where a thread may run: its actual affinity when known, else what libvirt configured.
-fn may_run_on<'a>(state: Option<&'a ThreadState>, configured: Option<&'a CpuSet>) -> Option<&'a CpuSet> {
-    state.map(|s| &s.affinity).filter(|a| !a.is_empty()).or(configured)
+fn may_run_on<'a>(
+    state: Option<&'a ThreadState>,
+    configured: Option<&'a CpuSet>,
+) -> Option<&'a CpuSet> {
+    state
+        .map(|s| &s.affinity)
+        .filter(|a| !a.is_empty())
+        .or(configured)
 }
 
 /// Foreign dedicated pCPUs within `cpus`, rendered `"1 (instance-b)"`, or `None` when there are none.
-fn foreign_dedicated(cpus: &CpuSet, me: &str, owners: &BTreeMap<u32, BTreeSet<String>>) -> Option<String> {
+fn foreign_dedicated(
+    cpus: &CpuSet,
+    me: &str,
+    owners: &BTreeMap<u32, BTreeSet<String>>,
+) -> Option<String> {
     let mut hits: BTreeMap<&str, CpuSet> = BTreeMap::new();
     for cpu in cpus.iter() {
         if let Some(names) = owners.get(&cpu) {
@@ -216,7 +226,11 @@ pub fn evaluate(obs: &[DomainObservation]) -> PinningReport {
     report
 }
 
-fn evaluate_domain(o: &DomainObservation, d: &Domain, owners: &BTreeMap<u32, BTreeSet<String>>) -> DomainReport {
+fn evaluate_domain(
+    o: &DomainObservation,
+    d: &Domain,
+    owners: &BTreeMap<u32, BTreeSet<String>>,
+) -> DomainReport {
     let mut drifts = Vec::new();
     let mut vcpus = Vec::new();
     let dom_cg = domain_cgroup(o.main_cgroup.as_deref());
@@ -230,7 +244,12 @@ fn evaluate_domain(o: &DomainObservation, d: &Domain, owners: &BTreeMap<u32, BTr
         let placement = v.tid.and_then(|t| o.placement.get(&t));
         let id = v.id.to_string();
         let mut drift = |check, expected: String, actual: String| {
-            drifts.push(Drift { check, vcpu: id.clone(), expected, actual });
+            drifts.push(Drift {
+                check,
+                vcpu: id.clone(),
+                expected,
+                actual,
+            });
         };
         if let Some(s) = state {
             wait_ns = wait_ns.saturating_add(s.wait_ns);
@@ -247,7 +266,8 @@ fn evaluate_domain(o: &DomainObservation, d: &Domain, owners: &BTreeMap<u32, BTr
         }
         if let (Some(root), Some(path)) = (dom_cg, state.and_then(|s| s.cgroup.as_deref())) {
             let want = format!("vcpu{}", v.id);
-            let ok = path.strip_prefix(root).and_then(|r| r.strip_prefix('/')) == Some(want.as_str());
+            let ok =
+                path.strip_prefix(root).and_then(|r| r.strip_prefix('/')) == Some(want.as_str());
             if !ok {
                 let actual = path
                     .strip_prefix(root)
@@ -284,7 +304,9 @@ fn evaluate_domain(o: &DomainObservation, d: &Domain, owners: &BTreeMap<u32, BTr
             affinity: state.map(|s| s.affinity.clone()),
             cgroup_cpus: state.and_then(|s| s.cgroup_cpus.clone()),
             cgroup: state.and_then(|s| s.cgroup.clone()),
-            last_cpu: placement.map(|p| p.last_cpu).or(state.and_then(|s| s.last_cpu)),
+            last_cpu: placement
+                .map(|p| p.last_cpu)
+                .or(state.and_then(|s| s.last_cpu)),
             offpin_seconds: placement.map(|p| p.offpin_ns_total as f64 / 1e9),
         });
     }
@@ -303,7 +325,11 @@ fn evaluate_domain(o: &DomainObservation, d: &Domain, owners: &BTreeMap<u32, BTr
         drifts.push(Drift {
             check: Check::Overlap,
             vcpu: "emulator".into(),
-            expected: d.emulator_pin.as_ref().map(ToString::to_string).unwrap_or_default(),
+            expected: d
+                .emulator_pin
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             actual: emulator_foreign.into_iter().collect::<Vec<_>>().join("; "),
         });
     }
@@ -342,7 +368,12 @@ mod tests {
         let vcpus: Vec<VcpuSpec> = pins
             .iter()
             .enumerate()
-            .map(|(i, p)| VcpuSpec { id: i as u32, tid: Some(base + i as u32), pin: Some(cpus(p)), shared_set: false })
+            .map(|(i, p)| VcpuSpec {
+                id: i as u32,
+                tid: Some(base + i as u32),
+                pin: Some(cpus(p)),
+                shared_set: false,
+            })
             .collect();
         let mut threads = BTreeMap::new();
         for v in &vcpus {
@@ -361,7 +392,10 @@ mod tests {
                 },
             );
         }
-        let emu_pin: CpuSet = pins.iter().flat_map(|p| cpus(p).iter().collect::<Vec<_>>()).collect();
+        let emu_pin: CpuSet = pins
+            .iter()
+            .flat_map(|p| cpus(p).iter().collect::<Vec<_>>())
+            .collect();
         threads.insert(
             base - 1,
             ThreadState {
@@ -397,13 +431,23 @@ mod tests {
             .unwrap()
             .drifts
             .iter()
-            .map(|d| (d.check, d.vcpu.clone(), d.expected.clone(), d.actual.clone()))
+            .map(|d| {
+                (
+                    d.check,
+                    d.vcpu.clone(),
+                    d.expected.clone(),
+                    d.actual.clone(),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn healthy_host_has_no_drift_and_every_check_is_zero() {
-        let r = evaluate(&[healthy("a", 101, &["0", "1"]), healthy("b", 201, &["2", "3"])]);
+        let r = evaluate(&[
+            healthy("a", 101, &["0", "1"]),
+            healthy("b", 201, &["2", "3"]),
+        ]);
         for d in &r.domains {
             assert!(d.drifts.is_empty(), "{d:?}");
             assert_eq!(d.drifted_vcpus.len(), 5);
@@ -411,7 +455,10 @@ mod tests {
             assert_eq!(d.wait_seconds_total, 1.0);
             assert_eq!(d.offpin_seconds_total, None);
         }
-        assert_eq!(r.pcpu_pinned_vcpus, BTreeMap::from([(0, 1), (1, 1), (2, 1), (3, 1)]));
+        assert_eq!(
+            r.pcpu_pinned_vcpus,
+            BTreeMap::from([(0, 1), (1, 1), (2, 1), (3, 1)])
+        );
     }
 
     #[test]
@@ -435,9 +482,13 @@ mod tests {
     #[test]
     fn vcpu_thread_in_emulator_cgroup_is_cgroup_drift() {
         let mut a = healthy("a", 101, &["0"]);
-        a.threads.get_mut(&101).unwrap().cgroup = Some("/machine/qemu-1-a.libvirt-qemu/emulator".into());
+        a.threads.get_mut(&101).unwrap().cgroup =
+            Some("/machine/qemu-1-a.libvirt-qemu/emulator".into());
         let r = evaluate(&[a]);
-        assert_eq!(drifts(&r, "a"), vec![(Check::Cgroup, "0".into(), "vcpu0".into(), "emulator".into())]);
+        assert_eq!(
+            drifts(&r, "a"),
+            vec![(Check::Cgroup, "0".into(), "vcpu0".into(), "emulator".into())]
+        );
     }
 
     #[test]
@@ -445,7 +496,12 @@ mod tests {
         let mut a = healthy("a", 101, &["0"]);
         a.placement.insert(
             101,
-            PlacementSample { offpin_ns_total: 2_000_000_000, offpin_ns_window: 0, migrations_total: 3, last_cpu: 0 },
+            PlacementSample {
+                offpin_ns_total: 2_000_000_000,
+                offpin_ns_window: 0,
+                migrations_total: 3,
+                last_cpu: 0,
+            },
         );
         let r = evaluate(std::slice::from_ref(&a));
         assert!(drifts(&r, "a").is_empty());
@@ -454,14 +510,27 @@ mod tests {
         a.placement.get_mut(&101).unwrap().offpin_ns_window = 5;
         a.placement.get_mut(&101).unwrap().last_cpu = 1;
         let r = evaluate(&[a]);
-        assert_eq!(drifts(&r, "a"), vec![(Check::Placement, "0".into(), "0".into(), "1".into())]);
+        assert_eq!(
+            drifts(&r, "a"),
+            vec![(Check::Placement, "0".into(), "0".into(), "1".into())]
+        );
     }
 
     #[test]
     fn two_domains_on_one_dedicated_pcpu_overlap_both_ways() {
         let r = evaluate(&[healthy("a", 101, &["0"]), healthy("b", 201, &["0"])]);
-        assert!(drifts(&r, "a").contains(&(Check::Overlap, "0".into(), "0".into(), "0 (b)".into())));
-        assert!(drifts(&r, "b").contains(&(Check::Overlap, "0".into(), "0".into(), "0 (a)".into())));
+        assert!(drifts(&r, "a").contains(&(
+            Check::Overlap,
+            "0".into(),
+            "0".into(),
+            "0 (b)".into()
+        )));
+        assert!(drifts(&r, "b").contains(&(
+            Check::Overlap,
+            "0".into(),
+            "0".into(),
+            "0 (a)".into()
+        )));
         assert_eq!(r.domains[0].drifted_vcpus[&Check::Overlap], 1);
         assert_eq!(r.pcpu_pinned_vcpus[&0], 2);
     }
@@ -476,7 +545,10 @@ mod tests {
         // `a`'s emulator threads share a's own pCPUs: fine.
         assert!(drifts(&r, "a").is_empty());
         let f = drifts(&r, "f");
-        assert!(f.contains(&(Check::Overlap, "0".into(), String::new(), "0-1 (a)".into())), "{f:?}");
+        assert!(
+            f.contains(&(Check::Overlap, "0".into(), String::new(), "0-1 (a)".into())),
+            "{f:?}"
+        );
         assert!(f.iter().any(|d| d.1 == "emulator"));
         // the emulator entry does not count as a drifted vCPU
         assert_eq!(r.domains[1].drifted_vcpus[&Check::Overlap], 1);

@@ -40,7 +40,9 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%addr, "serving /metrics and /api/v1");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -61,13 +63,21 @@ async fn serve_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     match metrics::render(&app.registry) {
-        Ok(body) if openmetrics => ([(header::CONTENT_TYPE, metrics::OPENMETRICS_CONTENT_TYPE)], body).into_response(),
+        Ok(body) if openmetrics => (
+            [(header::CONTENT_TYPE, metrics::OPENMETRICS_CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
         Ok(body) => (
             [(header::CONTENT_TYPE, metrics::PROMETHEUS_CONTENT_TYPE)],
             metrics::openmetrics_to_prometheus(&body),
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {e}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -6,7 +6,9 @@
 use crate::detect::pinning::PinningReport;
 use crate::state::SharedState;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelValue, LabelValueEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -60,7 +62,10 @@ impl std::fmt::Debug for SharedStateHandle {
 /// A registry holding pinflow's collector.
 pub fn registry(state: SharedState, build: BuildInfo) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(PinflowCollector { state: SharedStateHandle(state), build }));
+    r.register_collector(Box::new(PinflowCollector {
+        state: SharedStateHandle(state),
+        build,
+    }));
     r
 }
 
@@ -72,7 +77,8 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
 }
 
 /// Content type of the OpenMetrics text format.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the Prometheus text format 0.0.4.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -90,7 +96,11 @@ pub fn openmetrics_to_prometheus(om: &str) -> String {
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let name = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
             if let Some(h) = help.take() {
                 let text = h.split_once(' ').map_or("", |(_, t)| t);
                 let _ = writeln!(out, "# HELP {name} {text}");
@@ -170,9 +180,12 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
         "pinflow_domain_drifted_vcpus",
         "vCPUs of the domain currently drifting, per pinning check",
         r.domains.iter().flat_map(|d| {
-            d.drifted_vcpus
-                .iter()
-                .map(|(c, n)| ([("domain", Lv(&d.domain)), ("check", Lv(c.as_str()))], f64::from(*n)))
+            d.drifted_vcpus.iter().map(|(c, n)| {
+                (
+                    [("domain", Lv(&d.domain)), ("check", Lv(c.as_str()))],
+                    f64::from(*n),
+                )
+            })
         }),
     )?;
     gauge(
@@ -198,17 +211,19 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
         enc,
         "pinflow_vcpu_offpin_seconds",
         "CPU time the domain's vCPU threads ran on pCPUs outside their pin sets (eBPF sched_switch)",
-        r.domains
-            .iter()
-            .filter_map(|d| d.offpin_seconds_total.map(|v| ([("domain", Lv(&d.domain))], v))),
+        r.domains.iter().filter_map(|d| {
+            d.offpin_seconds_total
+                .map(|v| ([("domain", Lv(&d.domain))], v))
+        }),
     )?;
     counter(
         enc,
         "pinflow_vcpu_migrations",
         "Migrations of the domain's vCPU threads between pCPUs (eBPF sched_switch)",
-        r.domains
-            .iter()
-            .filter_map(|d| d.migrations_total.map(|v| ([("domain", Lv(&d.domain))], v as f64))),
+        r.domains.iter().filter_map(|d| {
+            d.migrations_total
+                .map(|v| ([("domain", Lv(&d.domain))], v as f64))
+        }),
     )?;
     counter(
         enc,
@@ -218,7 +233,11 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
             .iter()
             .map(|d| ([("domain", Lv(&d.domain))], d.wait_seconds_total)),
     )?;
-    let cpus: Vec<(String, u32)> = r.pcpu_pinned_vcpus.iter().map(|(c, n)| (c.to_string(), *n)).collect();
+    let cpus: Vec<(String, u32)> = r
+        .pcpu_pinned_vcpus
+        .iter()
+        .map(|(c, n)| (c.to_string(), *n))
+        .collect();
     gauge(
         enc,
         "pinflow_pcpu_pinned_vcpus",
@@ -233,13 +252,17 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
         enc,
         "pinflow_source_up",
         "Whether the source delivered data on its last attempt",
-        sources.iter().map(|(s, h)| ([("source", Lv(s))], if h.up { 1.0 } else { 0.0 })),
+        sources
+            .iter()
+            .map(|(s, h)| ([("source", Lv(s))], if h.up { 1.0 } else { 0.0 })),
     )?;
     counter(
         enc,
         "pinflow_source_errors",
         "Errors of the source (bad input, I/O, protocol) since start",
-        sources.iter().map(|(s, h)| ([("source", Lv(s))], h.errors_total as f64)),
+        sources
+            .iter()
+            .map(|(s, h)| ([("source", Lv(s))], h.errors_total as f64)),
     )?;
     gauge(
         enc,
@@ -253,7 +276,13 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
         enc,
         "pinflow_build_info",
         "pinflow version and the running kernel",
-        [([("version", Lv(&build.version)), ("kernel", Lv(&build.kernel))], 1.0)],
+        [(
+            [
+                ("version", Lv(&build.version)),
+                ("kernel", Lv(&build.kernel)),
+            ],
+            1.0,
+        )],
     )?;
     let bpf = state.bpf_costs();
     counter(
@@ -267,7 +296,8 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
         enc,
         "pinflow_bpf_runs",
         "Runs of the eBPF program (kernel BPF stats)",
-        bpf.iter().map(|p| ([("program", Lv(&p.program))], p.run_count as f64)),
+        bpf.iter()
+            .map(|p| ([("program", Lv(&p.program))], p.run_count as f64)),
     )
 }
 
@@ -285,7 +315,10 @@ mod tests {
                 uuid: "u".into(),
                 nova: None,
                 pinned: true,
-                drifted_vcpus: Check::ALL.iter().map(|c| (*c, u32::from(*c == Check::Affinity))).collect(),
+                drifted_vcpus: Check::ALL
+                    .iter()
+                    .map(|c| (*c, u32::from(*c == Check::Affinity)))
+                    .collect(),
                 drifts: vec![Drift {
                     check: Check::Affinity,
                     vcpu: "0".into(),
@@ -303,7 +336,10 @@ mod tests {
     }
 
     fn build() -> BuildInfo {
-        BuildInfo { version: "0.1.0".into(), kernel: "6.18".into() }
+        BuildInfo {
+            version: "0.1.0".into(),
+            kernel: "6.18".into(),
+        }
     }
 
     #[test]
@@ -318,12 +354,20 @@ mod tests {
         let text = render(&registry(state_with_drift("1"), build())).unwrap();
         for c in Check::ALL {
             assert!(
-                text.contains(&format!("pinflow_domain_drifted_vcpus{{domain=\"instance-1\",check=\"{c}\"}}")),
+                text.contains(&format!(
+                    "pinflow_domain_drifted_vcpus{{domain=\"instance-1\",check=\"{c}\"}}"
+                )),
                 "{c}: {text}"
             );
         }
-        assert!(text.contains("pinflow_vcpu_offpin_seconds_total{domain=\"instance-1\"} 1.5"), "{text}");
-        assert!(text.contains("pinflow_vcpu_migrations_total{domain=\"instance-1\"} 3"), "{text}");
+        assert!(
+            text.contains("pinflow_vcpu_offpin_seconds_total{domain=\"instance-1\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pinflow_vcpu_migrations_total{domain=\"instance-1\"} 3"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 
@@ -331,10 +375,21 @@ mod tests {
     fn prometheus_text_names_counter_families_with_total() {
         let om = render(&registry(state_with_drift("1"), build())).unwrap();
         let text = openmetrics_to_prometheus(&om);
-        assert!(text.contains("# TYPE pinflow_vcpu_offpin_seconds_total counter\n"), "{text}");
-        assert!(text.contains("# HELP pinflow_vcpu_offpin_seconds_total CPU time"), "{text}");
+        assert!(
+            text.contains("# TYPE pinflow_vcpu_offpin_seconds_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP pinflow_vcpu_offpin_seconds_total CPU time"),
+            "{text}"
+        );
         assert!(!text.contains("# EOF"));
-        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(String::from).collect::<Vec<_>>();
+        let samples = |t: &str| {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(samples(&om), samples(&text));
     }
 }

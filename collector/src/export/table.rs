@@ -5,10 +5,20 @@ use std::fmt::Write as _;
 
 /// Renders the pinning report: one row per vCPU, then every drift.
 pub fn pinning_table(r: &PinningReport) -> String {
-    let mut rows: Vec<[String; 9]> = vec![[
-        "DOMAIN", "NAME", "PROJECT", "VCPU", "TID", "PIN", "AFFINITY", "CGROUP-CPUS", "LAST-CPU",
-    ]
-    .map(String::from)];
+    let mut rows: Vec<[String; 9]> = vec![
+        [
+            "DOMAIN",
+            "NAME",
+            "PROJECT",
+            "VCPU",
+            "TID",
+            "PIN",
+            "AFFINITY",
+            "CGROUP-CPUS",
+            "LAST-CPU",
+        ]
+        .map(String::from),
+    ];
     let opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
     for d in &r.domains {
         let nova = d.nova.as_ref();
@@ -16,10 +26,14 @@ pub fn pinning_table(r: &PinningReport) -> String {
             rows.push([
                 d.domain.clone(),
                 nova.map(|n| n.name.clone()).unwrap_or_else(|| "-".into()),
-                nova.map(|n| n.project.clone()).unwrap_or_else(|| "-".into()),
+                nova.map(|n| n.project.clone())
+                    .unwrap_or_else(|| "-".into()),
                 v.vcpu.to_string(),
                 opt(v.tid.map(|t| t.to_string())),
-                v.pin.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "floating".into()),
+                v.pin
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "floating".into()),
                 opt(v.affinity.as_ref().map(|p| p.to_string())),
                 opt(v.cgroup_cpus.as_ref().map(|p| p.to_string())),
                 opt(v.last_cpu.map(|c| c.to_string())),
@@ -27,11 +41,16 @@ pub fn pinning_table(r: &PinningReport) -> String {
         }
     }
     let mut out = align(&rows);
-    let drifts: Vec<_> = r.domains.iter().flat_map(|d| d.drifts.iter().map(move |x| (d, x))).collect();
+    let drifts: Vec<_> = r
+        .domains
+        .iter()
+        .flat_map(|d| d.drifts.iter().map(move |x| (d, x)))
+        .collect();
     if drifts.is_empty() {
         out.push_str("\nno pinning drift\n");
     } else {
-        let mut rows: Vec<[String; 5]> = vec![["DOMAIN", "VCPU", "CHECK", "EXPECTED", "ACTUAL"].map(String::from)];
+        let mut rows: Vec<[String; 5]> =
+            vec![["DOMAIN", "VCPU", "CHECK", "EXPECTED", "ACTUAL"].map(String::from)];
         for (d, x) in drifts {
             rows.push([
                 d.domain.clone(),

@@ -1,0 +1,118 @@
+//! Map layout of the `sched_switch` placement probe (per-vCPU-thread time on/off its pinned CPUs).
+//!
+//! Three maps, all keyed by thread id (the kernel's `task_struct.pid`):
+//! - [`FILTER_MAP`]: `Array<u64>` of [`FILTER_WORDS`] words, a 64K-bit filter indexed by
+//!   `tid & 0xffff` (see [`filter_slot`]). A clear bit means "not watched" and costs the program one
+//!   inlined array lookup; a set bit may be a collision and is confirmed by the hash maps.
+//! - [`WATCH_MAP`]: `HashMap<u32, PinMask>`, written by userspace only.
+//! - [`STATS_MAP`]: `HashMap<u32, PlacementStats>`, created (zeroed) by userspace, updated by the
+//!   kernel only: the kernel never inserts, so an unwatched thread never reappears.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Highest number of CPUs a pin mask can describe (CPUs `0..MAX_CPUS`).
+pub const MAX_CPUS: usize = 1024;
+/// Number of `u64` words in a [`PinMask`].
+pub const PIN_WORDS: usize = MAX_CPUS / 64;
+/// Number of `u64` words in the watch filter (65 536 bits).
+pub const FILTER_WORDS: u32 = 1024;
+/// Capacity of the watch and stats maps (watched threads at once).
+pub const MAX_WATCHED: u32 = 16384;
+/// `PlacementStats::last_cpu` before the first switch-in.
+pub const NO_CPU: u32 = u32::MAX;
+
+/// Name of the filter map in the object.
+pub const FILTER_MAP: &str = "SCHED_FILTER";
+/// Name of the watch (pin mask) map in the object.
+pub const WATCH_MAP: &str = "SCHED_WATCH";
+/// Name of the per-thread statistics map in the object.
+pub const STATS_MAP: &str = "SCHED_STATS";
+
+/// Name of the global holding `offsetof(struct task_struct, pid)` (set by userspace before load).
+pub const GLOBAL_TASK_PID_OFFSET: &str = "PF_TASK_PID_OFF";
+/// Name of the global holding the offset of `next_pid` in the classic tracepoint record.
+pub const GLOBAL_TP_NEXT_PID_OFFSET: &str = "PF_TP_NEXT_PID_OFF";
+
+/// Program attached as `tp_btf/sched_switch`.
+pub const PROG_TP_BTF: &str = "pf_switch_btf";
+/// Program attached as `raw_tracepoint/sched_switch`.
+pub const PROG_RAW_TP: &str = "pf_switch_raw";
+/// Program attached as the classic tracepoint `sched:sched_switch`.
+pub const PROG_TRACEPOINT: &str = "pf_switch_tp";
+
+/// Empty `tp_btf/sched_switch` program, loaded only by the benchmark to measure the attach floor.
+pub const PROG_NOP: &str = "pf_switch_nop";
+
+/// Word index and bit number of `tid` in the watch filter.
+#[inline(always)]
+pub const fn filter_slot(tid: u32) -> (u32, u32) {
+    ((tid >> 6) & (FILTER_WORDS - 1), tid & 63)
+}
+
+/// The CPUs a watched thread is pinned to, as a bitmap (bit `c % 64` of word `c / 64` is CPU `c`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct PinMask {
+    /// Bitmap words, CPU 0 in bit 0 of word 0.
+    pub words: [u64; PIN_WORDS],
+}
+
+impl PinMask {
+    /// Whether `cpu` is in the mask (CPUs at or above [`MAX_CPUS`] never are).
+    #[inline(always)]
+    pub fn contains(&self, cpu: u32) -> bool {
+        match self.words.get((cpu >> 6) as usize) {
+            Some(w) => (*w >> (cpu & 63)) & 1 != 0,
+            None => false,
+        }
+    }
+}
+
+/// What the kernel measured for one watched thread since it was first watched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct PlacementStats {
+    /// CPU time on CPUs in the pin mask (mask as of each slice's switch-out), ns.
+    pub on_pin_ns: u64,
+    /// CPU time on CPUs outside the pin mask, ns.
+    pub off_pin_ns: u64,
+    /// Switch-ins on a CPU other than the previous switch-in's.
+    pub migrations: u64,
+    /// Switch-ins seen.
+    pub switches: u64,
+    /// `bpf_ktime_get_ns` of the running slice's switch-in; 0 while not running (or unknown).
+    pub last_in_ns: u64,
+    /// CPU of the last switch-in, [`NO_CPU`] before the first.
+    pub last_cpu: u32,
+    /// Padding, always 0.
+    pub _pad: u32,
+}
+
+impl PlacementStats {
+    /// Fresh statistics for a newly watched thread.
+    pub const fn new() -> Self {
+        Self {
+            on_pin_ns: 0,
+            off_pin_ns: 0,
+            migrations: 0,
+            switches: 0,
+            last_in_ns: 0,
+            last_cpu: NO_CPU,
+            _pad: 0,
+        }
+    }
+}
+
+impl Default for PlacementStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both types are #[repr(C)], have no padding and are bytemuck::Pod.
+    unsafe impl aya::Pod for super::PinMask {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PlacementStats {}
+}

@@ -1,0 +1,199 @@
+//! `sched_switch` placement probe: per watched thread, CPU time on/off its pinned CPUs, migrations,
+//! switch-ins and last CPU (layout in `collector_common::sched`).
+//!
+//! The same logic is attached one of three ways (userspace picks the first that works):
+//! `tp_btf/sched_switch`, `raw_tp/sched_switch`, classic tracepoint `sched:sched_switch`.
+//! Unwatched threads cost one inlined array lookup per side of the switch.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+use collector_common::sched::{
+    FILTER_WORDS, MAX_WATCHED, NO_CPU, PinMask, PlacementStats, filter_slot,
+};
+
+/// `offsetof(struct task_struct, pid)`, set by userspace from kernel BTF before load.
+#[unsafe(no_mangle)]
+static PF_TASK_PID_OFF: u32 = 0;
+/// Offset of `next_pid` in the classic tracepoint record (from tracefs `format`).
+#[unsafe(no_mangle)]
+static PF_TP_NEXT_PID_OFF: u32 = 0;
+
+/// 64K-bit watch filter, bit `tid & 0xffff`; written by userspace.
+#[map]
+static SCHED_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+/// Pin mask per watched tid; written by userspace.
+#[map]
+static SCHED_WATCH: HashMap<u32, PinMask> = HashMap::with_max_entries(MAX_WATCHED, 0);
+/// Placement counters per watched tid; created by userspace, updated here only.
+#[map]
+static SCHED_STATS: HashMap<u32, PlacementStats> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// `tp_btf/sched_switch` entry point (preferred: BTF-typed, no helper calls on the fast path).
+#[btf_tracepoint(function = "sched_switch")]
+pub fn pf_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    try_switch_btf(&ctx).unwrap_or(0)
+}
+
+/// `raw_tp/sched_switch` entry point (first fallback).
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn pf_switch_raw(ctx: RawTracePointContext) -> i32 {
+    try_switch_raw(&ctx).unwrap_or(0)
+}
+
+/// Classic tracepoint `sched:sched_switch` entry point (last fallback; needs tracefs).
+#[tracepoint(category = "sched", name = "sched_switch")]
+pub fn pf_switch_tp(ctx: TracePointContext) -> u32 {
+    try_switch_tp(&ctx).unwrap_or(0)
+}
+
+/// Empty `tp_btf/sched_switch` program: the benchmark's floor (the cost of being attached at all).
+/// pinflow itself never loads it.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn pf_switch_nop(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// Reads a `u32` global without letting the compiler fold its initial value.
+#[inline(always)]
+fn global(v: &'static u32) -> u32 {
+    // SAFETY: a valid reference to a static.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// `task->pid` through `bpf_probe_read_kernel` (no CO-RE: the offset comes from userspace).
+#[inline(always)]
+fn task_pid(task: *const u8) -> Result<u32, i32> {
+    let off = global(&PF_TASK_PID_OFF) as usize;
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    let pid: i32 = unsafe { bpf_probe_read_kernel(task.wrapping_add(off).cast::<i32>())? };
+    Ok(pid as u32)
+}
+
+/// tp_btf: args are (bool preempt, task_struct *prev, task_struct *next, unsigned prev_state),
+/// typed by BTF, so `pid` is read with plain loads: the verifier knows the offset (a frozen
+/// read-only global) and checks it against `task_struct`'s BTF. No helper call on the fast path.
+#[inline(always)]
+fn try_switch_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
+    let off = global(&PF_TASK_PID_OFF) as usize;
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    // SAFETY: BTF-typed task pointers; the verifier turns these into fault-safe kernel loads.
+    let (prev, next) = unsafe {
+        (
+            core::ptr::read_volatile(prev.wrapping_add(off).cast::<u32>()),
+            core::ptr::read_volatile(next.wrapping_add(off).cast::<u32>()),
+        )
+    };
+    let (p, n) = (filtered(prev), filtered(next));
+    if p || n {
+        account(prev, p, next, n);
+    }
+    Ok(0)
+}
+
+/// raw_tp: same arguments as tp_btf, as untyped u64s. `prev` is `current` at this tracepoint,
+/// so its tid comes from a cheap helper; `next`'s needs `bpf_probe_read_kernel`.
+#[inline(always)]
+fn try_switch_raw(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    let next: *const u8 = ctx.arg(2);
+    on_switch(bpf_get_current_pid_tgid() as u32, next)
+}
+
+/// Classic tracepoint: `next_pid` sits in the record at the offset from the format file; `prev`
+/// is `current`, as in raw_tp (one `bpf_probe_read_kernel` instead of two).
+#[inline(always)]
+fn try_switch_tp(ctx: &TracePointContext) -> Result<u32, u32> {
+    // SAFETY: read_at goes through bpf_probe_read_kernel.
+    let next: i32 =
+        unsafe { ctx.read_at(global(&PF_TP_NEXT_PID_OFF) as usize) }.map_err(|_| 0u32)?;
+    let (prev, next) = (bpf_get_current_pid_tgid() as u32, next as u32);
+    let (p, n) = (filtered(prev), filtered(next));
+    if p || n {
+        account(prev, p, next, n);
+    }
+    Ok(0)
+}
+
+/// raw_tp fast path: filter `prev` first, read `next`'s tid, filter it.
+#[inline(always)]
+fn on_switch(prev: u32, next_task: *const u8) -> Result<i32, i32> {
+    let p = filtered(prev);
+    let next = task_pid(next_task)?;
+    let n = filtered(next);
+    if p || n {
+        account(prev, p, next, n);
+    }
+    Ok(0)
+}
+
+/// Whether `tid`'s bit is set in the filter (possibly a collision: the hash maps decide).
+#[inline(always)]
+fn filtered(tid: u32) -> bool {
+    let (word, bit) = filter_slot(tid);
+    match SCHED_FILTER.get(word) {
+        Some(w) => (*w >> bit) & 1 != 0,
+        None => false,
+    }
+}
+
+/// Slow path, only on a filter hit.
+#[inline(always)]
+fn account(prev: u32, p: bool, next: u32, n: bool) {
+    // SAFETY: helpers without preconditions.
+    let (now, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    if p {
+        switch_out(prev, now, cpu);
+    }
+    if n {
+        switch_in(next, now, cpu);
+    }
+}
+
+/// `tid` leaves `cpu`: charge the slice to on-pin or off-pin time by the current pin mask.
+#[inline(always)]
+fn switch_out(tid: u32, now: u64, cpu: u32) {
+    let Some(stats) = SCHED_STATS.get_ptr_mut(tid) else {
+        return;
+    };
+    let Some(pin) = SCHED_WATCH.get_ptr(tid) else {
+        return;
+    };
+    // SAFETY: map value pointers from successful lookups. A thread runs on one CPU at a time, so
+    // its switch-out and switch-in never race; userspace only reads (or deletes) the entry.
+    let (stats, pin) = unsafe { (&mut *stats, &*pin) };
+    let start = stats.last_in_ns;
+    if start != 0 && now > start {
+        let slice = now - start;
+        if pin.contains(cpu) {
+            stats.on_pin_ns += slice;
+        } else {
+            stats.off_pin_ns += slice;
+        }
+    }
+    stats.last_in_ns = 0;
+    // Also remember the CPU here: a thread watched while it was already running has no switch-in
+    // yet, and its first move to another CPU must still count as a migration.
+    stats.last_cpu = cpu;
+}
+
+/// `tid` starts running on `cpu`.
+#[inline(always)]
+fn switch_in(tid: u32, now: u64, cpu: u32) {
+    let Some(stats) = SCHED_STATS.get_ptr_mut(tid) else {
+        return;
+    };
+    // SAFETY: as in switch_out.
+    let stats = unsafe { &mut *stats };
+    stats.switches += 1;
+    if stats.last_cpu != NO_CPU && stats.last_cpu != cpu {
+        stats.migrations += 1;
+    }
+    stats.last_cpu = cpu;
+    stats.last_in_ns = now;
+}

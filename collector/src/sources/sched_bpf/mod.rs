@@ -1,0 +1,591 @@
+//! eBPF `sched_switch` placement probe: where watched (vCPU) threads actually ran.
+//!
+//! For each watched thread id the kernel program counts CPU time on pCPUs inside and outside the
+//! thread's pin set, migrations, switch-ins and the last CPU (see `collector_common::sched` for the
+//! map layout). Unwatched threads cost one inlined array lookup per side of a context switch.
+//!
+//! The program is attached the first way that works on this kernel: `tp_btf/sched_switch`, then
+//! `raw_tracepoint/sched_switch`, then the classic tracepoint `sched:sched_switch` (needs tracefs).
+//! Without CO-RE, `task_struct.pid`'s offset comes from kernel BTF ([`btf`]) and the classic
+//! tracepoint's field offsets from its tracefs `format` file ([`tracefs`]).
+
+pub mod btf;
+pub mod tracefs;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use collector_common::sched::{
+    self as layout, FILTER_MAP, MAX_CPUS, MAX_WATCHED, PIN_WORDS, PinMask, PlacementStats,
+    STATS_MAP, WATCH_MAP,
+};
+
+use crate::cpuset::CpuSet;
+
+/// The eBPF object built by `build.rs` (empty when built with `PINFLOW_SKIP_EBPF=1`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pinflow-ebpf"));
+
+/// The embedded eBPF object bytes (empty if the build skipped eBPF).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
+/// How the probe is attached to `sched_switch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttachMode {
+    /// BTF-typed tracepoint (`tp_btf/sched_switch`): cheapest, needs kernel BTF.
+    TpBtf,
+    /// Raw tracepoint (`raw_tracepoint/sched_switch`).
+    RawTp,
+    /// Classic tracepoint `sched:sched_switch` (needs tracefs mounted).
+    Tracepoint,
+}
+
+impl AttachMode {
+    /// Every mode, in the order [`SchedProbe::load`] tries them.
+    pub const ALL: [AttachMode; 3] = [AttachMode::TpBtf, AttachMode::RawTp, AttachMode::Tracepoint];
+
+    /// Name of this mode's program in the eBPF object (and in the kernel).
+    pub fn program_name(self) -> &'static str {
+        match self {
+            AttachMode::TpBtf => layout::PROG_TP_BTF,
+            AttachMode::RawTp => layout::PROG_RAW_TP,
+            AttachMode::Tracepoint => layout::PROG_TRACEPOINT,
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::TpBtf => "tp_btf",
+            AttachMode::RawTp => "raw_tp",
+            AttachMode::Tracepoint => "tracepoint",
+        })
+    }
+}
+
+/// Where one watched thread ran since it was first watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VcpuPlacement {
+    /// CPU time on pCPUs in its pin set (pin set as of each slice's end), ns.
+    pub on_pin_ns: u64,
+    /// CPU time on pCPUs outside its pin set, ns.
+    pub off_pin_ns: u64,
+    /// Switch-ins on a different CPU than the previous switch-in.
+    pub migrations: u64,
+    /// Switch-ins seen.
+    pub switches: u64,
+    /// CPU of the last switch-in ([`u32::MAX`] if it has not run since being watched).
+    pub last_cpu: u32,
+    /// Length so far of the slice running now (on `last_cpu`), ns; 0 when not running. Not yet in
+    /// `on_pin_ns`/`off_pin_ns` (it is added at switch-out), so those stay monotonic.
+    pub running_ns: u64,
+}
+
+/// Kernel-measured cost of one loaded program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Program name.
+    pub name: String,
+    /// Total run time since load while BPF stats were enabled, ns.
+    pub run_time_ns: u64,
+    /// Runs since load while BPF stats were enabled.
+    pub run_count: u64,
+}
+
+/// Why the probe could not be loaded or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedProbeError {
+    /// The binary embeds an empty placeholder instead of the eBPF object.
+    #[error("eBPF object not built (this binary was built with PINFLOW_SKIP_EBPF=1)")]
+    NotBuilt,
+    /// The kernel refused BPF (needs root, or CAP_BPF + CAP_PERFMON).
+    #[error("permission denied loading eBPF (run as root or with CAP_BPF and CAP_PERFMON): {0}")]
+    PermissionDenied(String),
+    /// Kernel BTF is missing or unusable (needed by tp_btf and raw_tp to read `task_struct.pid`).
+    #[error("kernel BTF unavailable: {0}")]
+    NoBtf(String),
+    /// One forced attach mode failed.
+    #[error("attaching sched_switch as {mode} failed: {reason}")]
+    Attach {
+        /// The mode tried.
+        mode: AttachMode,
+        /// Why it failed (error chain, verifier log included).
+        reason: String,
+    },
+    /// Every attach mode failed.
+    #[error("every sched_switch attach mode failed: {}", fmt_failures(.0))]
+    AllModesFailed(Vec<(AttachMode, String)>),
+    /// A map operation failed.
+    #[error("BPF map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The aya error.
+        #[source]
+        source: MapError,
+    },
+    /// A thread id the kernel never uses.
+    #[error("invalid thread id {0}")]
+    InvalidTid(u32),
+    /// The pin set is empty.
+    #[error("empty pin set for thread {0}")]
+    EmptyPinSet(u32),
+    /// The pin set holds a CPU the fixed-size mask cannot describe.
+    #[error("pin set of thread {tid} holds CPU {cpu}; the probe supports CPUs below {MAX_CPUS}")]
+    CpuOutOfRange {
+        /// Thread id.
+        tid: u32,
+        /// Offending CPU.
+        cpu: u32,
+    },
+    /// Kernel BPF statistics could not be enabled.
+    #[error("cannot enable kernel BPF statistics: {0}")]
+    Stats(String),
+    /// The watch maps are full.
+    #[error("cannot watch more than {MAX_WATCHED} threads")]
+    TooManyWatched,
+}
+
+impl SchedProbeError {
+    /// Whether this is a lack of privileges (callers skip the source, tests print SKIP).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, SchedProbeError::PermissionDenied(_))
+    }
+}
+
+fn fmt_failures(failures: &[(AttachMode, String)]) -> String {
+    failures
+        .iter()
+        .map(|(m, r)| format!("{m}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An error with its whole `source()` chain, on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// Whether `EPERM` appears anywhere in the error chain.
+fn has_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Why one attach attempt failed.
+struct Failure {
+    kind: FailureKind,
+    reason: String,
+}
+
+#[derive(PartialEq, Eq)]
+enum FailureKind {
+    /// EPERM creating the maps: no other mode can work either.
+    MapsDenied,
+    /// EPERM loading or attaching this mode's program.
+    ProgramDenied,
+    NoBtf,
+    Other,
+}
+
+impl Failure {
+    fn from_err(e: &(dyn std::error::Error + 'static), what: &str) -> Self {
+        let kind = if has_eperm(e) {
+            FailureKind::ProgramDenied
+        } else {
+            FailureKind::Other
+        };
+        Failure {
+            kind,
+            reason: format!("{what}: {}", chain(e)),
+        }
+    }
+
+    fn into_error(self, mode: AttachMode) -> SchedProbeError {
+        match self.kind {
+            FailureKind::MapsDenied | FailureKind::ProgramDenied => {
+                SchedProbeError::PermissionDenied(self.reason)
+            }
+            FailureKind::NoBtf => SchedProbeError::NoBtf(self.reason),
+            FailureKind::Other => SchedProbeError::Attach {
+                mode,
+                reason: self.reason,
+            },
+        }
+    }
+}
+
+/// The loaded and attached placement probe. Dropping it detaches the program and frees its maps.
+pub struct SchedProbe {
+    mode: AttachMode,
+    filter: Array<MapData, u64>,
+    pins: BpfHashMap<MapData, u32, PinMask>,
+    stats: BpfHashMap<MapData, u32, PlacementStats>,
+    /// Watched thread ids.
+    watched: HashSet<u32>,
+    /// Watched threads per filter bit (word, bit): a bit is cleared when its count drops to 0.
+    filter_refs: HashMap<(u32, u32), u32>,
+    /// Keeps kernel BPF run-time statistics enabled while loaded (`None` if the kernel refused).
+    stats_fd: Option<OwnedFd>,
+    /// Owns the loaded program and its link: dropping it detaches the program.
+    ebpf: Ebpf,
+}
+
+impl fmt::Debug for SchedProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SchedProbe")
+            .field("mode", &self.mode)
+            .field("watched", &self.watched.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SchedProbe {
+    /// Loads the embedded object and attaches, trying tp_btf, raw_tp, tracepoint in order.
+    ///
+    /// Errors say why: object not built, permission denied, or every mode's own reason.
+    pub fn load() -> Result<SchedProbe, SchedProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(SchedProbeError::NotBuilt);
+        }
+        let mut failures = Vec::new();
+        let mut all_denied = true;
+        for mode in AttachMode::ALL {
+            match Self::attach(mode) {
+                Ok(probe) => return Ok(probe),
+                Err(f) if f.kind == FailureKind::MapsDenied => {
+                    return Err(SchedProbeError::PermissionDenied(f.reason));
+                }
+                Err(f) => {
+                    all_denied &= f.kind == FailureKind::ProgramDenied;
+                    failures.push((mode, f.reason));
+                }
+            }
+        }
+        if all_denied {
+            return Err(SchedProbeError::PermissionDenied(fmt_failures(&failures)));
+        }
+        Err(SchedProbeError::AllModesFailed(failures))
+    }
+
+    /// Loads the embedded object and attaches in exactly `mode` (tests, benchmarks, `--bpf-mode`).
+    pub fn load_with(mode: AttachMode) -> Result<SchedProbe, SchedProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(SchedProbeError::NotBuilt);
+        }
+        Self::attach(mode).map_err(|f| f.into_error(mode))
+    }
+
+    fn attach(mode: AttachMode) -> Result<SchedProbe, Failure> {
+        // Everything the program needs from this kernel, before touching BPF.
+        let mut task_pid_off = 0u32;
+        let mut tp_next = 0u32;
+        let mut kernel_btf = None;
+        match mode {
+            AttachMode::TpBtf | AttachMode::RawTp => {
+                let no_btf = |reason: String| Failure {
+                    kind: FailureKind::NoBtf,
+                    reason,
+                };
+                let loc =
+                    btf::member_offset_in_file(Path::new(btf::VMLINUX_BTF), "task_struct", "pid")
+                        .map_err(|e| no_btf(format!("task_struct.pid: {}", chain(&e))))?;
+                if loc.size != 4 {
+                    return Err(no_btf(format!(
+                        "task_struct.pid is {} bytes, expected 4",
+                        loc.size
+                    )));
+                }
+                task_pid_off = loc.offset;
+                if mode == AttachMode::TpBtf {
+                    kernel_btf = Some(Btf::from_sys_fs().map_err(|e| no_btf(chain(&e)))?);
+                }
+            }
+            AttachMode::Tracepoint => {
+                let f = tracefs::read_sched_switch().map_err(|e| Failure {
+                    kind: FailureKind::Other,
+                    reason: chain(&e),
+                })?;
+                tp_next = f.next_pid.offset;
+            }
+        }
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true)
+            .override_global(layout::GLOBAL_TP_NEXT_PID_OFFSET, &tp_next, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                let mut f = Failure::from_err(&e, "loading eBPF object");
+                if f.kind == FailureKind::ProgramDenied {
+                    f.kind = FailureKind::MapsDenied;
+                }
+                f
+            })?;
+
+        let name = mode.program_name();
+        let prog = ebpf.program_mut(name).ok_or_else(|| Failure {
+            kind: FailureKind::Other,
+            reason: format!("program {name} missing from the eBPF object"),
+        })?;
+        let step =
+            |what: &'static str| move |e: aya::programs::ProgramError| Failure::from_err(&e, what);
+        match mode {
+            AttachMode::TpBtf => {
+                let p: &mut BtfTracePoint = prog.try_into().map_err(step("program type"))?;
+                let btf = kernel_btf.as_ref().ok_or_else(|| Failure {
+                    kind: FailureKind::NoBtf,
+                    reason: "kernel BTF not loaded".to_string(),
+                })?;
+                p.load("sched_switch", btf)
+                    .map_err(step("loading tp_btf program"))?;
+                p.attach().map_err(step("attaching tp_btf/sched_switch"))?;
+            }
+            AttachMode::RawTp => {
+                let p: &mut RawTracePoint = prog.try_into().map_err(step("program type"))?;
+                p.load().map_err(step("loading raw_tp program"))?;
+                p.attach("sched_switch")
+                    .map_err(step("attaching raw_tp/sched_switch"))?;
+            }
+            AttachMode::Tracepoint => {
+                let p: &mut TracePoint = prog.try_into().map_err(step("program type"))?;
+                p.load().map_err(step("loading tracepoint program"))?;
+                p.attach("sched", "sched_switch")
+                    .map_err(step("attaching tracepoint sched:sched_switch"))?;
+            }
+        }
+
+        let take = |ebpf: &mut Ebpf, map: &'static str| {
+            ebpf.take_map(map).ok_or_else(|| Failure {
+                kind: FailureKind::Other,
+                reason: format!("map {map} missing from the eBPF object"),
+            })
+        };
+        let map_err = |map: &'static str| move |e: MapError| Failure::from_err(&e, map);
+        let filter = Array::try_from(take(&mut ebpf, FILTER_MAP)?).map_err(map_err(FILTER_MAP))?;
+        let pins = BpfHashMap::try_from(take(&mut ebpf, WATCH_MAP)?).map_err(map_err(WATCH_MAP))?;
+        let stats =
+            BpfHashMap::try_from(take(&mut ebpf, STATS_MAP)?).map_err(map_err(STATS_MAP))?;
+        // Best effort: without it program_stats() reports zeros.
+        let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        Ok(SchedProbe {
+            mode,
+            filter,
+            pins,
+            stats,
+            watched: HashSet::new(),
+            filter_refs: HashMap::new(),
+            stats_fd,
+            ebpf,
+        })
+    }
+
+    /// The attach mode in use.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Whether this probe holds kernel BPF run-time statistics enabled (else [`Self::program_stats`]
+    /// only moves if something else enables them, e.g. `sysctl kernel.bpf_stats_enabled=1`).
+    pub fn stats_enabled(&self) -> bool {
+        self.stats_fd.is_some()
+    }
+
+    /// Turns kernel BPF run-time statistics on or off ([`Self::load`] turns them on). They cost
+    /// two clock reads per program run, for every BPF program on the host.
+    pub fn set_bpf_stats(&mut self, on: bool) -> Result<(), SchedProbeError> {
+        if !on {
+            self.stats_fd = None;
+        } else if self.stats_fd.is_none() {
+            let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .map_err(|e| SchedProbeError::Stats(chain(&e)))?;
+            self.stats_fd = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// Thread ids being watched.
+    pub fn watched(&self) -> impl Iterator<Item = u32> + '_ {
+        self.watched.iter().copied()
+    }
+
+    /// Starts watching `tid` with pin set `pin`, or replaces its pin set (counters are kept).
+    pub fn watch(&mut self, tid: u32, pin: &CpuSet) -> Result<(), SchedProbeError> {
+        if tid == 0 || tid > i32::MAX as u32 {
+            return Err(SchedProbeError::InvalidTid(tid));
+        }
+        if pin.is_empty() {
+            return Err(SchedProbeError::EmptyPinSet(tid));
+        }
+        let mut mask = PinMask {
+            words: [0; PIN_WORDS],
+        };
+        for cpu in pin.iter() {
+            let word = mask
+                .words
+                .get_mut((cpu / 64) as usize)
+                .ok_or(SchedProbeError::CpuOutOfRange { tid, cpu })?;
+            *word |= 1u64 << (cpu % 64);
+        }
+        let map_err = |map| move |source| SchedProbeError::Map { map, source };
+        if self.watched.contains(&tid) {
+            return self.pins.insert(tid, mask, 0).map_err(map_err(WATCH_MAP));
+        }
+        if self.watched.len() >= MAX_WATCHED as usize {
+            return Err(SchedProbeError::TooManyWatched);
+        }
+        // Stats first (the kernel only updates existing entries), then the pin mask, then the filter.
+        self.stats
+            .insert(tid, PlacementStats::new(), 0)
+            .map_err(map_err(STATS_MAP))?;
+        if let Err(e) = self.pins.insert(tid, mask, 0) {
+            let _ = self.stats.remove(&tid);
+            return Err(map_err(WATCH_MAP)(e));
+        }
+        let slot = layout::filter_slot(tid);
+        let refs = self.filter_refs.get(&slot).copied().unwrap_or(0);
+        if refs == 0
+            && let Err(e) = self.write_filter_word(tid, true)
+        {
+            let _ = self.pins.remove(&tid);
+            let _ = self.stats.remove(&tid);
+            return Err(e);
+        }
+        self.filter_refs.insert(slot, refs + 1);
+        self.watched.insert(tid);
+        Ok(())
+    }
+
+    /// Stops watching `tid` and drops its counters. Unwatching an unwatched thread is a no-op.
+    pub fn unwatch(&mut self, tid: u32) -> Result<(), SchedProbeError> {
+        if !self.watched.remove(&tid) {
+            return Ok(());
+        }
+        let slot = layout::filter_slot(tid);
+        let refs = self
+            .filter_refs
+            .get(&slot)
+            .copied()
+            .unwrap_or(1)
+            .saturating_sub(1);
+        if refs == 0 {
+            self.filter_refs.remove(&slot);
+            self.write_filter_word(tid, false)?;
+        } else {
+            self.filter_refs.insert(slot, refs);
+        }
+        let ignore_missing = |map| {
+            move |r: Result<(), MapError>| match r {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(source) => Err(SchedProbeError::Map { map, source }),
+            }
+        };
+        ignore_missing(WATCH_MAP)(self.pins.remove(&tid))?;
+        ignore_missing(STATS_MAP)(self.stats.remove(&tid))
+    }
+
+    /// Sets or clears `tid`'s filter bit (read-modify-write of its word; only userspace writes it).
+    fn write_filter_word(&mut self, tid: u32, set: bool) -> Result<(), SchedProbeError> {
+        let (word, bit) = layout::filter_slot(tid);
+        let map_err = |source| SchedProbeError::Map {
+            map: FILTER_MAP,
+            source,
+        };
+        let old = self.filter.get(&word, 0).map_err(map_err)?;
+        let new = if set {
+            old | (1u64 << bit)
+        } else {
+            old & !(1u64 << bit)
+        };
+        self.filter.set(word, new, 0).map_err(map_err)
+    }
+
+    /// What the kernel measured for `tid`, or `None` if it is not watched.
+    pub fn placement(&self, tid: u32) -> Result<Option<VcpuPlacement>, SchedProbeError> {
+        if !self.watched.contains(&tid) {
+            return Ok(None);
+        }
+        let s = match self.stats.get(&tid, 0) {
+            Ok(s) => s,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(source) => {
+                return Err(SchedProbeError::Map {
+                    map: STATS_MAP,
+                    source,
+                });
+            }
+        };
+        let running_ns = if s.last_in_ns == 0 {
+            0
+        } else {
+            monotonic_ns().saturating_sub(s.last_in_ns)
+        };
+        Ok(Some(VcpuPlacement {
+            on_pin_ns: s.on_pin_ns,
+            off_pin_ns: s.off_pin_ns,
+            migrations: s.migrations,
+            switches: s.switches,
+            last_cpu: s.last_cpu,
+            running_ns,
+        }))
+    }
+
+    /// Per program: (name, run_time_ns, run_count) from the kernel's BPF statistics.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let name = self.mode.program_name();
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.info().ok())
+            .map(|info| ProgramStats {
+                name: name.to_string(),
+                run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                run_count: info.run_count(),
+            })
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}

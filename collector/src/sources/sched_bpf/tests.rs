@@ -1,0 +1,245 @@
+//! Tests of the placement probe: the embedded object (unprivileged) and the real kernel (root).
+
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Privileged tests share CPUs 0 and 1 and tracefs; run them one at a time.
+static PRIVILEGED: Mutex<()> = Mutex::new(());
+
+#[test]
+fn embedded_object_has_programs_and_maps() {
+    let data = ebpf_object();
+    if data.is_empty() {
+        println!("SKIP: built with PINFLOW_SKIP_EBPF=1, no eBPF object embedded");
+        return;
+    }
+    let obj = aya_obj::Object::parse(data).expect("embedded eBPF object parses");
+    for mode in AttachMode::ALL {
+        assert!(
+            obj.programs.contains_key(mode.program_name()),
+            "program {} missing",
+            mode.program_name()
+        );
+    }
+    for map in [FILTER_MAP, WATCH_MAP, STATS_MAP] {
+        assert!(
+            obj.maps.contains_key(map),
+            "map {map} missing; maps: {:?}",
+            obj.maps.keys().collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        obj.maps.keys().any(|k| k.contains("rodata")),
+        "no .rodata for the offset globals"
+    );
+}
+
+#[test]
+fn probe_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SchedProbe>();
+    send_sync::<SchedProbeError>();
+}
+
+#[test]
+fn attach_mode_display() {
+    let names: Vec<String> = AttachMode::ALL.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["tp_btf", "raw_tp", "tracepoint"]);
+}
+
+/// Loads in `mode`, or returns `None` after printing SKIP when the kernel denies BPF
+/// (a failure instead when `PINFLOW_REQUIRE_PRIVILEGED=1`).
+fn load_or_skip(mode: Option<AttachMode>) -> Option<SchedProbe> {
+    let result = match mode {
+        Some(m) => SchedProbe::load_with(m),
+        None => SchedProbe::load(),
+    };
+    match result {
+        Ok(p) => Some(p),
+        Err(e @ (SchedProbeError::PermissionDenied(_) | SchedProbeError::NotBuilt)) => {
+            if std::env::var_os("PINFLOW_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
+                panic!("PINFLOW_REQUIRE_PRIVILEGED=1 but: {e}");
+            }
+            println!("SKIP: {e}");
+            None
+        }
+        Err(e) => panic!("loading the probe ({mode:?}) failed: {e}"),
+    }
+}
+
+/// The classic tracepoint needs tracefs; as root, mount it for the test if it is missing.
+fn ensure_tracefs() {
+    if tracefs::format_path("sched", "sched_switch").is_ok() {
+        return;
+    }
+    // SAFETY: plain mount(2) with valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    println!("tracefs was not mounted; mount(/sys/kernel/tracing) returned {rc}");
+}
+
+fn pin_self(cpu: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+fn spin(d: Duration) {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < d {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+/// Watches a thread pinned to CPU 0 with pin set {0}, spins, moves it to CPU 1, spins again:
+/// time on and off the pin set and at least one migration must show up; unwatch removes it.
+fn placement_scenario(mut probe: SchedProbe) {
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    assert!(online >= 2, "needs two CPUs");
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        assert!(pin_self(0), "sched_setaffinity(0)");
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        tid_tx.send(tid).expect("send tid");
+        go_rx.recv().expect("go");
+        spin(Duration::from_millis(200));
+        assert!(pin_self(1), "sched_setaffinity(1)");
+        spin(Duration::from_millis(200));
+        // Sleep so the last slice on CPU 1 is switched out (and accounted) while still watched.
+        std::thread::sleep(Duration::from_millis(20));
+        done_tx.send(()).expect("done");
+        go_rx.recv().expect("finish");
+    });
+    let tid = tid_rx.recv().expect("worker tid");
+    probe
+        .watch(tid, &"0".parse().expect("cpu list"))
+        .expect("watch");
+    // Re-watching keeps counters and is allowed.
+    probe
+        .watch(tid, &"0".parse().expect("cpu list"))
+        .expect("re-watch");
+    go_tx.send(()).expect("go");
+    done_rx.recv().expect("worker spun on CPU 0 and CPU 1");
+    let p = probe
+        .placement(tid)
+        .expect("read placement")
+        .expect("watched thread has stats");
+    go_tx.send(()).expect("finish");
+    worker.join().expect("worker");
+    println!(
+        "mode {}: {p:?}; stats {:?}",
+        probe.mode(),
+        probe.program_stats()
+    );
+    // 200 ms of wall time each; a loaded machine may give the spinner only a share of it.
+    assert!(p.on_pin_ns > 10_000_000, "on-pin time on CPU 0: {p:?}");
+    assert!(p.off_pin_ns > 10_000_000, "off-pin time on CPU 1: {p:?}");
+    assert!(p.migrations >= 1, "migration 0 -> 1: {p:?}");
+    assert!(p.switches >= 2, "switch-ins: {p:?}");
+    assert_eq!(p.last_cpu, 1, "{p:?}");
+    probe.unwatch(tid).expect("unwatch");
+    assert_eq!(probe.placement(tid).expect("read after unwatch"), None);
+    assert!(
+        matches!(probe.stats.get(&tid, 0), Err(MapError::KeyNotFound)),
+        "stats entry removed"
+    );
+    probe.unwatch(tid).expect("second unwatch is a no-op");
+}
+
+#[test]
+fn privileged_default_load_prefers_tp_btf() {
+    let _guard = PRIVILEGED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(probe) = load_or_skip(None) else {
+        return;
+    };
+    assert_eq!(
+        probe.mode(),
+        AttachMode::TpBtf,
+        "tp_btf works on this kernel"
+    );
+    assert!(probe.stats_enabled(), "BPF stats enabled");
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = probe.program_stats();
+    assert_eq!(stats.len(), 1);
+    assert!(stats[0].run_count > 0, "sched_switch ran: {stats:?}");
+}
+
+#[test]
+fn privileged_placement_tp_btf() {
+    let _guard = PRIVILEGED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = load_or_skip(Some(AttachMode::TpBtf)) {
+        placement_scenario(p);
+    }
+}
+
+#[test]
+fn privileged_placement_raw_tp() {
+    let _guard = PRIVILEGED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = load_or_skip(Some(AttachMode::RawTp)) {
+        placement_scenario(p);
+    }
+}
+
+#[test]
+fn privileged_placement_tracepoint() {
+    let _guard = PRIVILEGED.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_tracefs();
+    if let Some(p) = load_or_skip(Some(AttachMode::Tracepoint)) {
+        placement_scenario(p);
+    }
+}
+
+#[test]
+fn privileged_watch_validates_input_and_filter_collisions() {
+    let _guard = PRIVILEGED.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut probe) = load_or_skip(None) else {
+        return;
+    };
+    let cpus: CpuSet = "0-1".parse().expect("cpu list");
+    assert!(matches!(
+        probe.watch(0, &cpus),
+        Err(SchedProbeError::InvalidTid(0))
+    ));
+    assert!(matches!(
+        probe.watch(5, &CpuSet::new()),
+        Err(SchedProbeError::EmptyPinSet(5))
+    ));
+    assert!(matches!(
+        probe.watch(5, &CpuSet::single(MAX_CPUS as u32)),
+        Err(SchedProbeError::CpuOutOfRange { cpu: 1024, .. })
+    ));
+    // Two tids sharing a filter bit: unwatching one keeps the other's bit.
+    let (a, b) = (7u32, 7 + 0x10000);
+    probe.watch(a, &cpus).expect("watch a");
+    probe.watch(b, &cpus).expect("watch b");
+    probe.unwatch(a).expect("unwatch a");
+    let (word, bit) = layout::filter_slot(b);
+    let w = probe.filter.get(&word, 0).expect("filter word");
+    assert_ne!(w & (1 << bit), 0, "b's bit still set");
+    probe.unwatch(b).expect("unwatch b");
+    assert_eq!(
+        probe.filter.get(&word, 0).expect("filter word") & (1 << bit),
+        0,
+        "bit cleared"
+    );
+    assert_eq!(probe.watched().count(), 0);
+}

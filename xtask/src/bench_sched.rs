@@ -1,0 +1,449 @@
+//! `cargo xtask bench`: the per-context-switch cost of the eBPF `sched_switch` placement probe.
+//!
+//! Runs `perf bench sched pipe` pinned to CPU 0 (`taskset -c 0`), without the probe and with it
+//! loaded in each attach mode by the helper example `collector/examples/sched_probe.rs`. Scenarios
+//! are interleaved within each repetition (so load drift from other work hits all of them alike);
+//! the report gives the median µs/op per scenario, the median paired difference to the baseline
+//! in ns per op and per context switch (one pipe round trip is two switches on one CPU), and the
+//! kernel's own BPF statistics (`run_time_ns / run_cnt`) where they were enabled.
+//!
+//! Shared, virtualised machines give bimodal timings (a run either is or is not disturbed), so the
+//! headline estimate compares lower quartiles (p25) of many short runs; medians and paired
+//! differences are printed too.
+//!
+//! Knobs (environment): `PINFLOW_BENCH_LOOPS` (round trips per perf run, default 20000),
+//! `PINFLOW_BENCH_REPS` (repetitions, default 15), `PINFLOW_BENCH_RUNS` (perf runs per scenario
+//! and repetition, default 3), `PINFLOW_BENCH_RT=1` (run perf under `chrt -f 10` so other work on
+//! CPU 0 cannot preempt it), `PERF` (perf binary, default `perf`).
+//! Needs root (BPF) and `perf`, `taskset`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// One configuration measured in every repetition.
+#[derive(Clone, Copy)]
+struct Scenario {
+    /// Label in the report.
+    name: &'static str,
+    /// Attach mode for the helper (`None`: no probe loaded).
+    mode: Option<&'static str>,
+    /// Whether kernel BPF run-time statistics are on (they add their own cost).
+    stats: bool,
+    /// Whether the benchmark's own two tasks are watched (slow path on every switch).
+    watch_bench: bool,
+}
+
+const SCENARIOS: [Scenario; 9] = [
+    Scenario {
+        name: "baseline (no probe)",
+        mode: None,
+        stats: false,
+        watch_bench: false,
+    },
+    Scenario {
+        name: "empty tp_btf program (floor)",
+        mode: Some("nop"),
+        stats: false,
+        watch_bench: false,
+    },
+    Scenario {
+        name: "tp_btf",
+        mode: Some("tp_btf"),
+        stats: false,
+        watch_bench: false,
+    },
+    Scenario {
+        name: "raw_tp",
+        mode: Some("raw_tp"),
+        stats: false,
+        watch_bench: false,
+    },
+    Scenario {
+        name: "tracepoint",
+        mode: Some("tracepoint"),
+        stats: false,
+        watch_bench: false,
+    },
+    Scenario {
+        name: "tp_btf + bpf stats",
+        mode: Some("tp_btf"),
+        stats: true,
+        watch_bench: false,
+    },
+    Scenario {
+        name: "raw_tp + bpf stats",
+        mode: Some("raw_tp"),
+        stats: true,
+        watch_bench: false,
+    },
+    Scenario {
+        name: "tracepoint + bpf stats",
+        mode: Some("tracepoint"),
+        stats: true,
+        watch_bench: false,
+    },
+    Scenario {
+        name: "tp_btf, bench watched + stats",
+        mode: Some("tp_btf"),
+        stats: true,
+        watch_bench: true,
+    },
+];
+
+/// (run_time_ns, run_count) accumulated by the program over some perf runs.
+type BpfDelta = (u64, u64);
+
+/// Measurements of one scenario across repetitions.
+#[derive(Default)]
+struct Samples {
+    /// µs per round trip, one per repetition.
+    usecs_per_op: Vec<f64>,
+    /// (run_time_ns, run_count) deltas over the perf run, when stats were on.
+    bpf: Vec<BpfDelta>,
+    /// Why the scenario was skipped, if it was.
+    skipped: Option<String>,
+}
+
+/// Runs the benchmark and prints the report. `pinflow_bin` locates the build (the helper example
+/// is expected at `<dir of pinflow_bin>/examples/sched_probe` and is built if missing).
+pub fn run(pinflow_bin: &Path) -> Result<()> {
+    let loops = env_u64("PINFLOW_BENCH_LOOPS", 20_000)?;
+    let reps = env_u64("PINFLOW_BENCH_REPS", 15)?.max(1);
+    let runs = env_u64("PINFLOW_BENCH_RUNS", 3)?.max(1);
+    let rt = std::env::var_os("PINFLOW_BENCH_RT").is_some_and(|v| v == "1");
+    let perf = std::env::var("PERF").unwrap_or_else(|_| "perf".to_string());
+    let helper = helper_path(pinflow_bin)?;
+    let tracefs = Path::new("/sys/kernel/tracing/events/sched/sched_switch").exists()
+        || Path::new("/sys/kernel/debug/tracing/events/sched/sched_switch").exists();
+
+    // Fail early and clearly: perf present, helper loads.
+    perf_run(&perf, 1000, rt, |_| Ok(()))
+        .context("perf bench sched pipe does not run (install linux-perf)")?;
+    Helper::start(&helper, "tp_btf", false)
+        .context("the probe helper does not load (root needed)")?
+        .stop()?;
+
+    let cmd = format!(
+        "{}taskset -c 0 {perf} bench sched pipe -l {loops}",
+        if rt { "chrt -f 10 " } else { "" }
+    );
+    println!(
+        "pinflow sched_switch probe overhead: `{cmd}`, {reps} repetitions x {runs} runs, scenarios interleaved"
+    );
+    let mut samples: Vec<Samples> = SCENARIOS.iter().map(|_| Samples::default()).collect();
+    for rep in 0..reps {
+        for (sc, out) in SCENARIOS.iter().zip(samples.iter_mut()) {
+            if out.skipped.is_some() {
+                continue;
+            }
+            if sc.mode == Some("tracepoint") && !tracefs {
+                out.skipped = Some("tracefs not mounted at /sys/kernel/tracing".to_string());
+                continue;
+            }
+            match measure(&perf, &helper, sc, loops, runs, rt) {
+                Ok((us, bpf)) => {
+                    out.usecs_per_op.extend(us);
+                    out.bpf.extend(bpf);
+                }
+                Err(e) => out.skipped = Some(format!("{e:#}")),
+            }
+        }
+        eprintln!("  repetition {}/{reps} done", rep + 1);
+    }
+    report(&samples);
+    Ok(())
+}
+
+/// `runs` perf runs of one scenario (one probe load): µs/op of each and the BPF stats delta.
+fn measure(
+    perf: &str,
+    helper: &Path,
+    sc: &Scenario,
+    loops: u64,
+    runs: u64,
+    rt: bool,
+) -> Result<(Vec<f64>, Option<BpfDelta>)> {
+    let Some(mode) = sc.mode else {
+        let us = (0..runs).map(|_| perf_run(perf, loops, rt, |_| Ok(())));
+        return Ok((us.collect::<Result<_>>()?, None));
+    };
+    let mut h = Helper::start(helper, mode, sc.stats)?;
+    let before = h.stats()?;
+    let mut us = Vec::new();
+    for _ in 0..runs {
+        us.push(perf_run(perf, loops, rt, |pid| {
+            if sc.watch_bench {
+                for tid in bench_tasks(pid) {
+                    h.command(&format!("watch {tid} 0"))?;
+                }
+            }
+            Ok(())
+        })?);
+    }
+    let after = h.stats()?;
+    h.stop()?;
+    let bpf = (sc.stats && after.1 > before.1).then(|| (after.0 - before.0, after.1 - before.1));
+    Ok((us, bpf))
+}
+
+/// Runs `perf bench sched pipe` on CPU 0; `started` gets perf's pid right after spawning.
+fn perf_run(
+    perf: &str,
+    loops: u64,
+    rt: bool,
+    started: impl FnOnce(u32) -> Result<()>,
+) -> Result<f64> {
+    let mut cmd = if rt {
+        let mut c = Command::new("chrt");
+        c.args(["-f", "10", "taskset", "-c", "0", perf]);
+        c
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", perf]);
+        c
+    };
+    cmd.args(["bench", "sched", "pipe", "-l", &loops.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("failed to run {perf} under taskset"))?;
+    let hook = started(child.id());
+    let out = child.wait_with_output().context("waiting for perf")?;
+    hook?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "perf failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_suffix("usecs/op")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .with_context(|| format!("no `usecs/op` in perf output: {text}"))
+}
+
+/// The two tasks doing the ping-pong: perf itself and its forked child (found within ~200 ms).
+fn bench_tasks(pid: u32) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        let children = children_of(pid);
+        if !children.is_empty() || Instant::now() > deadline {
+            return std::iter::once(pid).chain(children).collect();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Processes whose parent is `pid` (scans /proc; works without CONFIG_PROC_CHILDREN).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .is_some_and(|s| {
+                    // Fields after the `(comm)`: state, ppid, ...
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                        == Some(pid)
+                })
+        })
+        .collect()
+}
+
+/// The running helper example with the probe attached.
+struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Helper {
+    fn start(path: &Path, mode: &str, stats: bool) -> Result<Helper> {
+        let mut cmd = Command::new(path);
+        cmd.args(["--mode", mode]);
+        if !stats {
+            cmd.arg("--no-stats");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("failed to start {}", path.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("helper pipes missing");
+        };
+        let mut h = Helper {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        };
+        let line = h.read_line()?;
+        if !line.starts_with("ready") {
+            let mut err = String::new();
+            if let Some(mut e) = h.child.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut err).ok();
+            }
+            let _ = h.child.wait();
+            bail!("probe helper ({mode}) failed: {}", err.trim());
+        }
+        Ok(h)
+    }
+
+    fn read_line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .context("reading from the probe helper")?;
+        Ok(line.trim().to_string())
+    }
+
+    fn command(&mut self, cmd: &str) -> Result<String> {
+        writeln!(self.stdin, "{cmd}").context("writing to the probe helper")?;
+        let answer = self.read_line()?;
+        if let Some(e) = answer.strip_prefix("error ") {
+            bail!("probe helper: {cmd}: {e}");
+        }
+        Ok(answer)
+    }
+
+    /// (run_time_ns, run_count) of the attached program.
+    fn stats(&mut self) -> Result<(u64, u64)> {
+        let line = self.command("stats")?;
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("run_time_ns="), field("run_count=")))
+    }
+
+    fn stop(mut self) -> Result<()> {
+        writeln!(self.stdin, "quit").ok();
+        drop(self.stdin);
+        let status = self.child.wait().context("waiting for the probe helper")?;
+        if !status.success() {
+            bail!("probe helper exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+/// `<dir of pinflow_bin>/examples/sched_probe`, built (same profile) if missing.
+fn helper_path(pinflow_bin: &Path) -> Result<PathBuf> {
+    let dir = pinflow_bin
+        .parent()
+        .with_context(|| format!("{} has no parent directory", pinflow_bin.display()))?;
+    let helper = dir.join("examples").join("sched_probe");
+    if helper.exists() {
+        return Ok(helper);
+    }
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?;
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+    cargo
+        .current_dir(workspace)
+        .args(["build", "-p", "pinflow", "--example", "sched_probe"]);
+    if release {
+        cargo.arg("--release");
+    }
+    let status = cargo
+        .status()
+        .context("failed to run cargo build --example sched_probe")?;
+    if !status.success() || !helper.exists() {
+        bail!(
+            "building the sched_probe example failed (expected {})",
+            helper.display()
+        );
+    }
+    Ok(helper)
+}
+
+fn env_u64(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// The `q` quantile (0..=1, nearest rank) of the finite values.
+fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((v.len() - 1) as f64 * q).round() as usize;
+    v.get(rank).copied()
+}
+
+fn report(samples: &[Samples]) {
+    let base = &samples[0].usecs_per_op;
+    let base_p25 = quantile(base, 0.25);
+    println!();
+    println!(
+        "{:<30} {:>8} {:>8} {:>8} {:>11} {:>13} {:>11}",
+        "scenario", "med µs/op", "p25", "min", "+ns/sw p25", "+ns/sw paired", "bpf ns/run"
+    );
+    for (sc, s) in SCENARIOS.iter().zip(samples) {
+        if let Some(why) = &s.skipped {
+            println!("{:<30} skipped: {why}", sc.name);
+            continue;
+        }
+        let v = &s.usecs_per_op;
+        let p25 = quantile(v, 0.25);
+        // Paired: each run's difference to the baseline run of the same repetition and index.
+        let diffs: Vec<f64> = v.iter().zip(base).map(|(x, b)| (x - b) * 1000.0).collect();
+        let probe = sc.mode.is_some();
+        let added_p25 = match (p25, base_p25) {
+            (Some(a), Some(b)) if probe => Some((a - b) * 1000.0 / 2.0),
+            _ => None,
+        };
+        let paired = if probe {
+            quantile(&diffs, 0.5).map(|d| d / 2.0)
+        } else {
+            None
+        };
+        let (rt, rc) = s
+            .bpf
+            .iter()
+            .fold((0u64, 0u64), |(a, b), (x, y)| (a + x, b + y));
+        let fmt = |v: Option<f64>, prec: usize| {
+            v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"))
+        };
+        println!(
+            "{:<30} {:>8} {:>8} {:>8} {:>11} {:>13} {:>11}",
+            sc.name,
+            fmt(quantile(v, 0.5), 3),
+            fmt(p25, 3),
+            fmt(quantile(v, 0.0), 3),
+            fmt(added_p25, 1),
+            fmt(paired, 1),
+            fmt((rc > 0).then(|| rt as f64 / rc as f64), 1),
+        );
+    }
+    println!(
+        "\n+ns/sw: added ns per context switch (one op = one pipe round trip = 2 switches on CPU 0); \
+         p25: from lower quartiles, paired: median of per-run differences to the baseline run of the \
+         same repetition. bpf ns/run: kernel run_time_ns/run_cnt over the perf runs (all CPUs), \
+         itself inflated by the statistics' clock reads."
+    );
+}
