@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Path of the pinflow binary under test: `$PINFLOW_BIN`, else the workspace's `target/{release,debug}/pinflow`.
+/// Path of the pinflow binary under test: `$PINFLOW_BIN`, else the newer of the workspace's
+/// `target/{release,debug}/pinflow`.
 pub fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("PINFLOW_BIN") {
         return PathBuf::from(p);
@@ -14,13 +15,17 @@ pub fn bin() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    for profile in ["release", "debug"] {
-        let p = target.join(profile).join("pinflow");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("pinflow binary not found: build it (`cargo build -p pinflow`) or set PINFLOW_BIN");
+    ["release", "debug"]
+        .into_iter()
+        .map(|profile| target.join(profile).join("pinflow"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| {
+            panic!(
+                "pinflow binary not found: build it (`cargo build -p pinflow`) or set PINFLOW_BIN"
+            )
+        })
 }
 
 /// A running `pinflow serve`.
