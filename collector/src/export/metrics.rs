@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 
 /// A label value escaped for the text exposition (prometheus-client 0.24 writes values verbatim).
 #[derive(Debug)]
-struct Lv<'a>(&'a str);
+pub(crate) struct Lv<'a>(pub(crate) &'a str);
 
 impl EncodeLabelValue for Lv<'_> {
     fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -117,9 +117,11 @@ pub fn openmetrics_to_prometheus(om: &str) -> String {
     out
 }
 
-type Res = Result<(), std::fmt::Error>;
+/// Result of an encoding step.
+pub(crate) type Res = Result<(), std::fmt::Error>;
 
-fn gauge<'a, const N: usize>(
+/// Encodes one gauge family from `(labels, value)` rows.
+pub(crate) fn gauge<'a, const N: usize>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -132,7 +134,8 @@ fn gauge<'a, const N: usize>(
     Ok(())
 }
 
-fn counter<'a, const N: usize>(
+/// Encodes one counter family (OpenMetrics appends `_total`) from `(labels, value)` rows.
+pub(crate) fn counter<'a, const N: usize>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
