@@ -1,1 +1,2 @@
 //! Detectors: pure functions from the host model to findings.
+pub mod flows;
