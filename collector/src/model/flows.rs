@@ -36,6 +36,22 @@ pub enum FlowAction {
         /// Table to resubmit to, `None` = the current one.
         table: Option<u8>,
     },
+    /// `conjunction(id,clause/n_clauses)`; `clause` is 1-based as printed.
+    Conjunction {
+        /// Conjunction id (matched by `conj_id=` in another flow).
+        id: u32,
+        /// Clause number, 1-based.
+        clause: u8,
+        /// Number of clauses.
+        n_clauses: u8,
+    },
+    /// `ct(...)`: send to conntrack, optionally recirculating to `table`.
+    Ct {
+        /// Whether the connection is committed.
+        commit: bool,
+        /// `table=` to recirculate to, `None` = no recirculation.
+        table: Option<u8>,
+    },
     /// Any other action, carried as its rendered text.
     Other(String),
 }
@@ -64,6 +80,28 @@ pub struct FlowEntry {
     pub n_packets: u64,
     /// Bytes matched (from the last dump).
     pub n_bytes: u64,
+}
+
+impl FlowEntry {
+    /// The flow's identity in its bridge: table, priority and match (OpenFlow's own identity rule).
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            table: self.table,
+            priority: self.priority,
+            matches: self.matches.clone(),
+        }
+    }
+}
+
+/// Identity of a flow within a bridge: OpenFlow identifies a flow by table, priority and match.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct FlowKey {
+    /// OpenFlow table id.
+    pub table: u8,
+    /// Priority.
+    pub priority: u16,
+    /// Normalized match, sorted by field name (as in [`FlowEntry::matches`]).
+    pub matches: Vec<FieldMatch>,
 }
 
 /// An OVS port as known from OVSDB and OpenFlow port descriptions.

@@ -2,6 +2,8 @@
 
 pub mod health;
 pub mod libvirt;
+pub mod openflow;
+pub mod ovsdb;
 pub mod procfs;
 pub mod sched_bpf;
 

@@ -1,0 +1,1088 @@
+//! Dirty-flow detection: the rules of DESIGN.md ("Dirty-flow rules") over an incrementally maintained
+//! index of every bridge's OpenFlow tables and ports. Pure: no I/O, time is passed in.
+//!
+//! # Index
+//! Per bridge, flows live in a slab addressed by a small id, with a map from the hash of their
+//! [`FlowKey`] (table, priority, match: OpenFlow's identity of a flow) to id, and reverse maps from referenced ofports
+//! (`output`/`enqueue`, `in_port`), target tables and cookies to flow ids. Per table, flows are grouped
+//! by match *shape* (the set of fields and masks they match on); each group hashes its flows'
+//! projection onto shapes of interest (its own shape, the shapes that may cover it, the shapes it
+//! shares fields with). "Which higher-priority flow covers this one" and "which same-priority flow
+//! overlaps this one" are then one hash look-up per shape group, not a table scan.
+//!
+//! # Incremental evaluation
+//! Adding or removing one flow re-evaluates only: that flow; the lower-priority flows it covers (or
+//! covered); the same-priority flows it overlaps with different actions; the flows jumping to its table
+//! when the table becomes empty or non-empty; the flows of a cookie whose ownership changed. Setting
+//! ports re-evaluates only flows that reference an ofport that appeared or disappeared. The cost of one
+//! change is O(shape groups in the table + affected flows); a table whose flows all have distinct shapes
+//! degrades towards a scan.
+//!
+//! # Cookies
+//! A bridge owns its configured cookies plus, when learning is on, the current agent generation: the
+//! non-zero cookie held by the most flows (ties: the cookie seen most recently). When another cookie
+//! takes over (a Neutron agent restart re-installs its flows with a new cookie, then deletes the old
+//! ones), the old generation stays owned for the grace period, so the clean-up window raises nothing.
+//! Flows with a foreign cookie are tolerated for the grace period after they appear. With
+//! `cookie_generation_window_secs`, every cookie whose first flow appeared within that window of the
+//! generation's first flow belongs to the generation too (agents whose extensions use cookies of
+//! their own); at collector start all present cookies look simultaneous, so they all count as one
+//! generation until the agent's next restart.
+
+mod bucket;
+pub mod rules;
+mod shape;
+#[cfg(test)]
+mod tests;
+
+pub use crate::model::flows::FlowKey;
+pub use rules::{
+    BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, UserRule,
+};
+
+use crate::model::flows::{Bridge, FieldMatch, FlowAction, FlowEntry, OvsPort};
+use bucket::{Bucket, FastHasher, FastMap, FastSet, FlowId};
+use rules::RuleSet;
+use shape::{Shape, project};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{Hash, Hasher};
+use std::time::Instant;
+
+/// VLAN id Neutron tags quarantined ports with.
+pub const DEAD_VLAN: u16 = 4095;
+
+/// The key of `flow` with its match sorted (so the decoder's field order does not matter).
+fn key_of(flow: &FlowEntry) -> FlowKey {
+    let mut key = flow.key();
+    key.matches.sort();
+    key
+}
+
+/// One dirty flow (or, for `dead_vlan`, one port) under one rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirtyFinding<'a> {
+    /// Bridge name.
+    pub bridge: &'a str,
+    /// Rule name (`rule` label value).
+    pub rule: &'a str,
+    /// Table of the flow; `None` for port findings (`dead_vlan`).
+    pub table: Option<u8>,
+    /// Cookie of the flow; `None` for port findings.
+    pub cookie: Option<u64>,
+    /// The flow in `ovs-ofctl` text form, or `port NAME tag=4095` for `dead_vlan`.
+    pub flow_text: &'a str,
+}
+
+/// Whether an ofport number is a reserved port (`IN_PORT`, `TABLE`, `NORMAL`, `FLOOD`, `ALL`,
+/// `CONTROLLER`, `LOCAL`, `ANY`/`NONE`), in OpenFlow 1.0 (16-bit) or 1.1+ (32-bit) numbering.
+pub fn is_reserved_port(port: u32) -> bool {
+    (0xff00..=0xffff).contains(&port) || port >= 0xffff_ff00
+}
+
+type ShapeId = u32;
+/// Projections of a group's flows onto one shape: projected key → flows.
+type ProjMap = FastMap<Vec<u8>, Bucket>;
+
+#[derive(Debug)]
+struct FlowRec {
+    entry: FlowEntry,
+    shape: ShapeId,
+    conj: bool,
+    actions_hash: u64,
+    added: Instant,
+    /// Bits of the rules this flow is dirty under.
+    dirty: u64,
+    /// Bits of the user rules (they depend on the flow alone).
+    user: u64,
+    /// When a stale-cookie re-check is scheduled.
+    timer_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct ShapeGroup {
+    shape: Shape,
+    /// Whether the group holds conjunctive flows (kept apart: they cover and conflict with nothing).
+    conj: bool,
+    len: usize,
+    /// Projections of the group's flows onto shapes (always holds the group's own shape).
+    proj: FastMap<Shape, ProjMap>,
+    /// Cached intersections of this group's shape with other groups' shapes (ids are never reused).
+    inter: FastMap<ShapeId, Shape>,
+}
+
+/// The projection map of a group's flows onto `c`, built from the group's own-shape map on first use
+/// (and maintained by insert/remove after that).
+fn proj_onto<'a>(
+    proj: &'a mut FastMap<Shape, ProjMap>,
+    own: &Shape,
+    c: &Shape,
+    flows: &[Option<FlowRec>],
+) -> Option<&'a ProjMap> {
+    if !proj.contains_key(c) {
+        let mut map = ProjMap::default();
+        let ids = proj.get(own).into_iter().flat_map(|m| m.values());
+        for &(prio, ah, id) in ids.flat_map(Bucket::iter) {
+            let rec = flows.get(id as usize).and_then(Option::as_ref);
+            if let Some(k) = rec.and_then(|r| project(&r.entry.matches, c)) {
+                map.entry(k).or_default().insert((prio, ah, id));
+            }
+        }
+        proj.insert(c.clone(), map);
+    }
+    proj.get(c)
+}
+
+#[derive(Debug, Default)]
+struct TableIdx {
+    groups: FastMap<ShapeId, ShapeGroup>,
+    /// Shape → group id, for ordinary (`[0]`) and conjunctive (`[1]`) flows.
+    ids: [FastMap<Shape, ShapeId>; 2],
+    next: ShapeId,
+    len: usize,
+}
+
+#[derive(Debug)]
+enum Timer {
+    Flow(FlowId),
+    Cookie(u64),
+}
+
+#[derive(Debug, Default)]
+struct BridgeIndex {
+    flows: Vec<Option<FlowRec>>,
+    free: Vec<FlowId>,
+    /// Flow ids by the hash of their key; collisions are resolved against the stored flows, so keys
+    /// are not stored twice.
+    by_key: FastMap<u64, KeyIds>,
+    n_flows: usize,
+    tables: BTreeMap<u8, TableIdx>,
+    /// Ofports the bridge has; `None` until ports are known (then port rules stay silent).
+    ports: Option<BTreeSet<u32>>,
+    /// Ports tagged with the dead VLAN: name → finding text.
+    dead_vlan: BTreeMap<String, String>,
+    by_out_port: FastMap<u32, FastSet<FlowId>>,
+    by_in_port: FastMap<u32, FastSet<FlowId>>,
+    by_goto: FastMap<u8, FastSet<FlowId>>,
+    by_cookie: FastMap<u64, FastSet<FlowId>>,
+    /// Non-zero cookies: flow count and when the cookie (re)appeared.
+    cookies: FastMap<u64, (usize, Instant)>,
+    ranking: BTreeSet<(usize, Instant, u64)>,
+    learned: Option<u64>,
+    /// When the learned cookie's first flow appeared.
+    learned_since: Option<Instant>,
+    /// Superseded generations: cookie → (when it was superseded, when its first flow appeared).
+    superseded: FastMap<u64, (Instant, Instant)>,
+    configured: Vec<u64>,
+    timers: BTreeMap<Instant, Vec<Timer>>,
+    /// Dirty flows per rule bit.
+    counts: Vec<usize>,
+    /// User-rule bits in scope for this bridge.
+    user_scope: u64,
+}
+
+/// Whether the flow is one clause of a conjunctive match (only `conjunction` actions): such flows
+/// overlap by design and never match on their own, so they neither cover nor conflict with others.
+fn conjunctive(flow: &FlowEntry) -> bool {
+    !flow.actions.is_empty()
+        && flow
+            .actions
+            .iter()
+            .all(|a| matches!(a, FlowAction::Conjunction { .. }))
+}
+
+fn actions_hash(actions: &[FlowAction]) -> u64 {
+    let mut h = FastHasher::default();
+    actions.hash(&mut h);
+    h.finish()
+}
+
+fn in_port(flow: &FlowEntry) -> Option<u32> {
+    let m = flow
+        .matches
+        .iter()
+        .find(|m| m.field == "in_port" && m.mask.is_none())?;
+    (m.value.len() <= 4).then(|| m.value.iter().fold(0u32, |a, b| (a << 8) | u32::from(*b)))
+}
+
+fn out_ports(flow: &FlowEntry) -> impl Iterator<Item = u32> + '_ {
+    flow.actions.iter().filter_map(|a| match a {
+        FlowAction::Output(p) | FlowAction::Enqueue(p) if !is_reserved_port(*p) => Some(*p),
+        _ => None,
+    })
+}
+
+fn goto_targets(flow: &FlowEntry) -> impl Iterator<Item = u8> + '_ {
+    flow.actions.iter().filter_map(|a| match a {
+        FlowAction::GotoTable(t) => Some(*t),
+        FlowAction::Resubmit { table: Some(t), .. } | FlowAction::Ct { table: Some(t), .. } => {
+            Some(*t)
+        }
+        _ => None,
+    })
+}
+
+/// The flows whose keys share one hash (almost always one).
+#[derive(Debug)]
+enum KeyIds {
+    One(FlowId),
+    Many(Vec<FlowId>),
+}
+
+impl KeyIds {
+    fn ids(&self) -> &[FlowId] {
+        match self {
+            KeyIds::One(id) => std::slice::from_ref(id),
+            KeyIds::Many(v) => v,
+        }
+    }
+}
+
+/// Hash of a flow's identity (table, priority, sorted match).
+fn key_hash(table: u8, priority: u16, matches: &[FieldMatch]) -> u64 {
+    let mut h = FastHasher::default();
+    h.write_u8(table);
+    h.write_u16(priority);
+    matches.hash(&mut h);
+    h.finish()
+}
+
+/// Whether cookies whose first flows appeared at `a` and `b` belong to one agent generation.
+fn same_generation(rules: &RuleSet, a: Instant, b: Instant) -> bool {
+    !rules.generation_window.is_zero()
+        && a.max(b).duration_since(a.min(b)) <= rules.generation_window
+}
+
+enum StaleState {
+    Fresh,
+    Stale,
+    Pending(Instant),
+}
+
+impl BridgeIndex {
+    fn new(rules: &RuleSet, name: &str) -> BridgeIndex {
+        let user_scope = rules
+            .user
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.applies_to_bridge(name))
+            .fold(0, |m, (i, _)| m | RuleSet::user_bit(i));
+        BridgeIndex {
+            configured: rules.configured_cookies(name),
+            counts: vec![0; 64],
+            user_scope,
+            ..BridgeIndex::default()
+        }
+    }
+
+    fn rec(&self, id: FlowId) -> Option<&FlowRec> {
+        self.flows.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// The id of the flow with this identity (`matches` sorted).
+    fn find(&self, table: u8, priority: u16, matches: &[FieldMatch]) -> Option<FlowId> {
+        let ids = self.by_key.get(&key_hash(table, priority, matches))?;
+        ids.ids().iter().copied().find(|id| {
+            self.rec(*id).is_some_and(|r| {
+                r.entry.table == table && r.entry.priority == priority && r.entry.matches == matches
+            })
+        })
+    }
+
+    fn key_link(&mut self, h: u64, id: FlowId) {
+        match self.by_key.get_mut(&h) {
+            None => {
+                self.by_key.insert(h, KeyIds::One(id));
+            }
+            Some(KeyIds::One(other)) => {
+                let other = *other;
+                self.by_key.insert(h, KeyIds::Many(vec![other, id]));
+            }
+            Some(KeyIds::Many(v)) => v.push(id),
+        }
+        self.n_flows += 1;
+    }
+
+    fn key_unlink(&mut self, h: u64, id: FlowId) {
+        let now_empty = match self.by_key.get_mut(&h) {
+            None => return,
+            Some(KeyIds::One(other)) => *other == id,
+            Some(KeyIds::Many(v)) => {
+                v.retain(|x| *x != id);
+                v.is_empty()
+            }
+        };
+        if now_empty {
+            self.by_key.remove(&h);
+        }
+        self.n_flows = self.n_flows.saturating_sub(1);
+    }
+
+    fn upsert(&mut self, rules: &RuleSet, mut flow: FlowEntry, now: Instant) {
+        flow.matches.sort();
+        let mut added = now;
+        if let Some(id) = self.find(flow.table, flow.priority, &flow.matches) {
+            if let Some(old) = self.rec(id) {
+                if old.entry == flow {
+                    return;
+                }
+                if old.entry.cookie == flow.cookie {
+                    if old.entry.actions == flow.actions {
+                        // Only counters, timeouts or text changed (a re-dump): nothing else is affected.
+                        let user = self.user_bits(rules, &flow);
+                        if let Some(Some(r)) = self.flows.get_mut(id as usize) {
+                            r.entry = flow;
+                            r.user = user;
+                        }
+                        self.evaluate(rules, id, now);
+                        return;
+                    }
+                    added = old.added;
+                }
+            }
+            self.remove_id(rules, id, now);
+        }
+        self.insert(rules, flow, added, now);
+    }
+
+    /// Bits of the in-scope user rules that `flow` matches.
+    fn user_bits(&self, rules: &RuleSet, flow: &FlowEntry) -> u64 {
+        rules
+            .user
+            .iter()
+            .enumerate()
+            .filter(|(i, u)| self.user_scope & RuleSet::user_bit(*i) != 0 && u.matches(flow))
+            .fold(0, |m, (i, _)| m | RuleSet::user_bit(i))
+    }
+
+    fn insert(&mut self, rules: &RuleSet, flow: FlowEntry, added: Instant, now: Instant) {
+        let shape_key = Shape::of(&flow.matches);
+        let ah = actions_hash(&flow.actions);
+        let user = self.user_bits(rules, &flow);
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.flows.push(None);
+                FlowId::try_from(self.flows.len() - 1).unwrap_or(FlowId::MAX)
+            }
+        };
+        let (t, prio) = (flow.table, flow.priority);
+        let table = self.tables.entry(t).or_default();
+        let was_empty = table.len == 0;
+        let conj = conjunctive(&flow);
+        let ids = &mut table.ids[usize::from(conj)];
+        let shape = match ids.get(&shape_key) {
+            Some(s) => *s,
+            None => {
+                let s = table.next;
+                table.next = table.next.wrapping_add(1);
+                ids.insert(shape_key.clone(), s);
+                let mut proj = FastMap::default();
+                proj.insert(shape_key.clone(), ProjMap::default());
+                table.groups.insert(
+                    s,
+                    ShapeGroup {
+                        shape: shape_key.clone(),
+                        conj,
+                        len: 0,
+                        proj,
+                        inter: FastMap::default(),
+                    },
+                );
+                s
+            }
+        };
+        if let Some(g) = table.groups.get_mut(&shape) {
+            for (c, map) in &mut g.proj {
+                if let Some(k) = project(&flow.matches, c) {
+                    map.entry(k).or_default().insert((prio, ah, id));
+                }
+            }
+            g.len += 1;
+        }
+        table.len += 1;
+        for p in out_ports(&flow) {
+            self.by_out_port.entry(p).or_default().insert(id);
+        }
+        if let Some(p) = in_port(&flow) {
+            self.by_in_port.entry(p).or_default().insert(id);
+        }
+        for tt in goto_targets(&flow) {
+            self.by_goto.entry(tt).or_default().insert(id);
+        }
+        self.by_cookie.entry(flow.cookie).or_default().insert(id);
+        let cookie = flow.cookie;
+        self.key_link(key_hash(t, prio, &flow.matches), id);
+        let matches = flow.matches.clone();
+        if let Some(slot) = self.flows.get_mut(id as usize) {
+            *slot = Some(FlowRec {
+                entry: flow,
+                shape,
+                conj,
+                actions_hash: ah,
+                added,
+                dirty: 0,
+                user: 0,
+                timer_at: None,
+            });
+        }
+        let mut affected = if conj {
+            Vec::new()
+        } else {
+            self.related(rules, t, shape, &shape_key, &matches, prio, ah, id, true)
+        };
+        if was_empty && let Some(ids) = self.by_goto.get(&t) {
+            affected.extend(ids.iter().copied());
+        }
+        affected.extend(self.cookie_delta(rules, cookie, 1, now));
+        if let Some(Some(r)) = self.flows.get_mut(id as usize) {
+            r.user = user;
+        }
+        self.evaluate(rules, id, now);
+        self.evaluate_all(rules, affected, now);
+    }
+
+    fn remove_id(&mut self, rules: &RuleSet, id: FlowId, now: Instant) {
+        let Some(rec) = self.flows.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(id);
+        self.key_unlink(
+            key_hash(rec.entry.table, rec.entry.priority, &rec.entry.matches),
+            id,
+        );
+        for (bit, c) in self.counts.iter_mut().enumerate() {
+            if rec.dirty & (1 << bit) != 0 {
+                *c = c.saturating_sub(1);
+            }
+        }
+        let (t, prio, ah) = (rec.entry.table, rec.entry.priority, rec.actions_hash);
+        let mut table_now_empty = false;
+        if let Some(table) = self.tables.get_mut(&t) {
+            if let Some(g) = table.groups.get_mut(&rec.shape) {
+                for (c, map) in &mut g.proj {
+                    if let Some(k) = project(&rec.entry.matches, c)
+                        && let Some(b) = map.get_mut(&k)
+                    {
+                        b.remove(&(prio, ah, id));
+                        if b.is_empty() {
+                            map.remove(&k);
+                        }
+                    }
+                }
+                g.len = g.len.saturating_sub(1);
+                if g.len == 0
+                    && let Some(g) = table.groups.remove(&rec.shape)
+                {
+                    table.ids[usize::from(rec.conj)].remove(&g.shape);
+                }
+            }
+            table.len = table.len.saturating_sub(1);
+            table_now_empty = table.len == 0;
+            if table_now_empty {
+                self.tables.remove(&t);
+            }
+        }
+        let unlink = |m: &mut FastMap<u32, FastSet<FlowId>>, k: u32| {
+            if let Some(s) = m.get_mut(&k) {
+                s.remove(&id);
+                if s.is_empty() {
+                    m.remove(&k);
+                }
+            }
+        };
+        for p in out_ports(&rec.entry) {
+            unlink(&mut self.by_out_port, p);
+        }
+        if let Some(p) = in_port(&rec.entry) {
+            unlink(&mut self.by_in_port, p);
+        }
+        for tt in goto_targets(&rec.entry) {
+            if let Some(s) = self.by_goto.get_mut(&tt) {
+                s.remove(&id);
+                if s.is_empty() {
+                    self.by_goto.remove(&tt);
+                }
+            }
+        }
+        if let Some(s) = self.by_cookie.get_mut(&rec.entry.cookie) {
+            s.remove(&id);
+            if s.is_empty() {
+                self.by_cookie.remove(&rec.entry.cookie);
+            }
+        }
+        let mut affected = if rec.conj {
+            Vec::new()
+        } else {
+            self.related(
+                rules,
+                t,
+                rec.shape,
+                &Shape::of(&rec.entry.matches),
+                &rec.entry.matches,
+                prio,
+                ah,
+                id,
+                false,
+            )
+        };
+        if table_now_empty && let Some(ids) = self.by_goto.get(&t) {
+            affected.extend(ids.iter().copied());
+        }
+        affected.extend(self.cookie_delta(rules, rec.entry.cookie, -1, now));
+        self.evaluate_all(rules, affected, now);
+    }
+
+    /// Flows whose `unreachable`/`ambiguous_priority` verdict may change when a flow with this table,
+    /// shape, match, priority and actions hash is added (`adding`) or removed.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "internal helper; the flow parts are borrowed from different places"
+    )]
+    fn related(
+        &mut self,
+        rules: &RuleSet,
+        t: u8,
+        sid: ShapeId,
+        shape: &Shape,
+        matches: &[FieldMatch],
+        prio: u16,
+        ah: u64,
+        id: FlowId,
+        adding: bool,
+    ) -> Vec<FlowId> {
+        let unreach = rules.enabled(BuiltinRule::Unreachable);
+        let ambig = rules.enabled(BuiltinRule::AmbiguousPriority);
+        let mut out = Vec::new();
+        let BridgeIndex { flows, tables, .. } = self;
+        let flows: &[Option<FlowRec>] = flows;
+        let Some(table) = tables.get_mut(&t) else {
+            return out;
+        };
+        let own_key = project(matches, shape).unwrap_or_default();
+        // Only flows whose verdict can flip: on add, those not yet flagged; on remove, flagged ones.
+        let flips = |fid: FlowId, bit: u64| {
+            fid != id
+                && flows
+                    .get(fid as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|r| (r.dirty & bit != 0) != adding)
+        };
+        for g in table.groups.values_mut() {
+            let ShapeGroup {
+                shape: gs,
+                proj,
+                inter,
+                conj,
+                ..
+            } = g;
+            let c = inter.entry(sid).or_insert_with(|| shape.intersect(gs));
+            // The changed flow covers this group's flows when the intersection is its whole shape.
+            if unreach && c == shape {
+                let bit = BuiltinRule::Unreachable.bit();
+                if let Some(b) = proj_onto(proj, gs, c, flows).and_then(|m| m.get(&own_key)) {
+                    out.extend(b.below(prio).into_iter().filter(|f| flips(*f, bit)));
+                }
+            }
+            if ambig && !*conj {
+                let bit = BuiltinRule::AmbiguousPriority.bit();
+                if let Some(k) = project(matches, c)
+                    && let Some(b) = proj_onto(proj, gs, c, flows).and_then(|m| m.get(&k))
+                {
+                    out.extend(
+                        b.same_prio_other_actions(prio, ah)
+                            .into_iter()
+                            .filter(|f| flips(*f, bit)),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Updates the count of `cookie` by `delta`; returns flows to re-evaluate if the learned agent
+    /// generation changed.
+    fn cookie_delta(
+        &mut self,
+        rules: &RuleSet,
+        cookie: u64,
+        delta: isize,
+        now: Instant,
+    ) -> Vec<FlowId> {
+        if cookie == 0 || !rules.learn_cookies || !rules.enabled(BuiltinRule::StaleCookie) {
+            return Vec::new();
+        }
+        let entry = self.cookies.entry(cookie).or_insert((0, now));
+        self.ranking.remove(&(entry.0, entry.1, cookie));
+        entry.0 = entry.0.saturating_add_signed(delta);
+        if entry.0 == 0 {
+            self.cookies.remove(&cookie);
+        } else {
+            self.ranking.insert((entry.0, entry.1, cookie));
+        }
+        let best = self.ranking.last().map(|e| e.2);
+        if best == self.learned {
+            return Vec::new();
+        }
+        let mut affected = Vec::new();
+        if let Some(old) = self.learned {
+            self.superseded
+                .insert(old, (now, self.learned_since.unwrap_or(now)));
+            // No timer when the grace period is too long to represent: the generation stays owned.
+            if let Some(at) = now.checked_add(rules.grace) {
+                self.timers.entry(at).or_default().push(Timer::Cookie(old));
+            }
+        }
+        self.learned = best;
+        self.learned_since = best.and_then(|c| self.first_seen(c));
+        if let Some(new) = best {
+            self.superseded.remove(&new);
+            affected.extend(self.generation_flows(rules, new, self.learned_since));
+        }
+        affected
+    }
+
+    /// When the first flow of (non-zero, learned) cookie `c` appeared.
+    fn first_seen(&self, c: u64) -> Option<Instant> {
+        self.cookies.get(&c).map(|e| e.1)
+    }
+
+    /// Flows of `cookie` and, with a generation window, of every cookie first seen within the window
+    /// of `since` (the generation's first flow).
+    fn generation_flows(
+        &self,
+        rules: &RuleSet,
+        cookie: u64,
+        since: Option<Instant>,
+    ) -> Vec<FlowId> {
+        let mut cookies = vec![cookie];
+        if let Some(g) = since {
+            cookies.extend(
+                self.cookies
+                    .iter()
+                    .filter(|(_, e)| same_generation(rules, e.1, g))
+                    .map(|(c, _)| *c),
+            );
+        }
+        cookies.sort_unstable();
+        cookies.dedup();
+        cookies
+            .iter()
+            .filter_map(|c| self.by_cookie.get(c))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    fn stale_state(&self, rules: &RuleSet, rec: &FlowRec, now: Instant) -> StaleState {
+        if self.configured.is_empty() && self.learned.is_none() {
+            return StaleState::Fresh;
+        }
+        let c = rec.entry.cookie;
+        let first = self.first_seen(c);
+        let same_gen = |since: Instant| first.is_some_and(|f| same_generation(rules, f, since));
+        let owned = self.configured.contains(&c)
+            || self.learned == Some(c)
+            || self.learned_since.is_some_and(same_gen)
+            || self.superseded.iter().any(|(sc, (switched, since))| {
+                (*sc == c || same_gen(*since))
+                    && switched
+                        .checked_add(rules.grace)
+                        .is_none_or(|end| now < end)
+            });
+        if owned {
+            return StaleState::Fresh;
+        }
+        let Some(due) = rec.added.checked_add(rules.grace) else {
+            return StaleState::Fresh;
+        };
+        if now >= due {
+            StaleState::Stale
+        } else {
+            StaleState::Pending(due)
+        }
+    }
+
+    fn shadowed(&self, rec: &FlowRec) -> bool {
+        let Some(table) = self.tables.get(&rec.entry.table) else {
+            return false;
+        };
+        table.groups.values().filter(|g| !g.conj).any(|g| {
+            project(&rec.entry.matches, &g.shape)
+                .and_then(|k| g.proj.get(&g.shape)?.get(&k))
+                .is_some_and(|b| b.any_above(rec.entry.priority))
+        })
+    }
+
+    fn ambiguous(&mut self, id: FlowId) -> bool {
+        let BridgeIndex { flows, tables, .. } = self;
+        let flows: &[Option<FlowRec>] = flows;
+        let Some(rec) = flows.get(id as usize).and_then(Option::as_ref) else {
+            return false;
+        };
+        if rec.conj {
+            return false;
+        }
+        let Some(table) = tables.get_mut(&rec.entry.table) else {
+            return false;
+        };
+        let (p, ah) = (rec.entry.priority, rec.actions_hash);
+        table.groups.values_mut().filter(|g| !g.conj).any(|g| {
+            let ShapeGroup {
+                shape: gs,
+                proj,
+                inter,
+                ..
+            } = g;
+            let c = inter
+                .entry(rec.shape)
+                .or_insert_with(|| Shape::of(&rec.entry.matches).intersect(gs));
+            let Some(k) = project(&rec.entry.matches, c) else {
+                return false;
+            };
+            proj_onto(proj, gs, c, flows)
+                .and_then(|m| m.get(&k))
+                .is_some_and(|b| b.conflicts(p, ah))
+        })
+    }
+
+    fn evaluate_all(&mut self, rules: &RuleSet, mut ids: Vec<FlowId>, now: Instant) {
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            self.evaluate(rules, id, now);
+        }
+    }
+
+    /// Recomputes every rule for one flow and keeps the per-rule counts in step.
+    fn evaluate(&mut self, rules: &RuleSet, id: FlowId, now: Instant) {
+        let Some(rec) = self.rec(id) else {
+            return;
+        };
+        let mut bits = rec.user;
+        let e = &rec.entry;
+        if let Some(ports) = &self.ports {
+            if rules.enabled(BuiltinRule::OutputToMissingPort)
+                && out_ports(e).any(|p| !ports.contains(&p))
+            {
+                bits |= BuiltinRule::OutputToMissingPort.bit();
+            }
+            if rules.enabled(BuiltinRule::InPortMissing)
+                && in_port(e).is_some_and(|p| !is_reserved_port(p) && !ports.contains(&p))
+            {
+                bits |= BuiltinRule::InPortMissing.bit();
+            }
+        }
+        if rules.enabled(BuiltinRule::GotoEmptyTable)
+            && goto_targets(e).any(|t| self.tables.get(&t).is_none_or(|t| t.len == 0))
+        {
+            bits |= BuiltinRule::GotoEmptyTable.bit();
+        }
+        let mut timer = None;
+        if rules.enabled(BuiltinRule::StaleCookie) {
+            match self.stale_state(rules, rec, now) {
+                StaleState::Fresh => {}
+                StaleState::Stale => bits |= BuiltinRule::StaleCookie.bit(),
+                StaleState::Pending(at) if rec.timer_at != Some(at) => timer = Some(at),
+                StaleState::Pending(_) => {}
+            }
+        }
+        if rules.enabled(BuiltinRule::Unreachable) && self.shadowed(rec) {
+            bits |= BuiltinRule::Unreachable.bit();
+        }
+        if rules.enabled(BuiltinRule::AmbiguousPriority) && self.ambiguous(id) {
+            bits |= BuiltinRule::AmbiguousPriority.bit();
+        }
+        let Some(Some(rec)) = self.flows.get_mut(id as usize) else {
+            return;
+        };
+        let old = std::mem::replace(&mut rec.dirty, bits);
+        if let Some(at) = timer {
+            rec.timer_at = Some(at);
+            self.timers.entry(at).or_default().push(Timer::Flow(id));
+        }
+        if old != bits {
+            for (bit, c) in self.counts.iter_mut().enumerate() {
+                let m = 1u64 << bit;
+                match (old & m != 0, bits & m != 0) {
+                    (false, true) => *c += 1,
+                    (true, false) => *c = c.saturating_sub(1),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, rules: &RuleSet, now: Instant) {
+        while let Some(entry) = self.timers.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            let mut ids = Vec::new();
+            for timer in entry.remove() {
+                match timer {
+                    Timer::Flow(id) => ids.push(id),
+                    Timer::Cookie(c) => {
+                        let entry = self.superseded.get(&c).copied();
+                        if entry.is_some_and(|(switched, _)| {
+                            switched
+                                .checked_add(rules.grace)
+                                .is_some_and(|end| now >= end)
+                        }) {
+                            self.superseded.remove(&c);
+                        }
+                        ids.extend(self.generation_flows(rules, c, entry.map(|e| e.1)));
+                    }
+                }
+            }
+            self.evaluate_all(rules, ids, now);
+        }
+    }
+
+    fn set_ports(&mut self, rules: &RuleSet, ports: &BTreeMap<String, OvsPort>, now: Instant) {
+        let new: BTreeSet<u32> = ports.values().filter_map(|p| p.ofport).collect();
+        self.dead_vlan = ports
+            .values()
+            .filter(|p| p.tag == Some(DEAD_VLAN))
+            .map(|p| (p.name.clone(), format!("port {} tag={DEAD_VLAN}", p.name)))
+            .collect();
+        let changed: Vec<u32> = match &self.ports {
+            None => self
+                .by_out_port
+                .keys()
+                .chain(self.by_in_port.keys())
+                .copied()
+                .collect(),
+            Some(old) => old.symmetric_difference(&new).copied().collect(),
+        };
+        self.ports = Some(new);
+        let ids: Vec<FlowId> = changed
+            .iter()
+            .flat_map(|p| {
+                self.by_out_port
+                    .get(p)
+                    .into_iter()
+                    .chain(self.by_in_port.get(p))
+                    .flatten()
+                    .copied()
+            })
+            .collect();
+        self.evaluate_all(rules, ids, now);
+    }
+}
+
+/// The dirty-flow detector: an index of every bridge's flows and ports with the current findings.
+#[derive(Debug)]
+pub struct DirtyFlowIndex {
+    rules: RuleSet,
+    bridges: BTreeMap<String, BridgeIndex>,
+}
+
+impl DirtyFlowIndex {
+    /// An empty index for a validated configuration.
+    pub fn new(config: &DirtyFlowConfig) -> Result<DirtyFlowIndex, FlowConfigError> {
+        Ok(DirtyFlowIndex {
+            rules: RuleSet::compile(config)?,
+            bridges: BTreeMap::new(),
+        })
+    }
+
+    fn bridge(&mut self, bridge: &str) -> &mut BridgeIndex {
+        let rules = &self.rules;
+        self.bridges
+            .entry(bridge.to_string())
+            .or_insert_with(|| BridgeIndex::new(rules, bridge))
+    }
+
+    /// Adds a flow, or replaces the flow with the same [`FlowKey`] (a changed cookie restarts its
+    /// grace period). Re-evaluates only the flows this change can affect.
+    pub fn upsert_flow(&mut self, bridge: &str, flow: FlowEntry, now: Instant) {
+        self.tick(now);
+        let rules = &self.rules;
+        self.bridges
+            .entry(bridge.to_string())
+            .or_insert_with(|| BridgeIndex::new(rules, bridge))
+            .upsert(rules, flow, now);
+    }
+
+    /// Removes the flow with `key`; returns whether it was present.
+    pub fn remove_flow(&mut self, bridge: &str, key: &FlowKey, now: Instant) -> bool {
+        self.tick(now);
+        let rules = &self.rules;
+        let Some(b) = self.bridges.get_mut(bridge) else {
+            return false;
+        };
+        let mut matches = key.matches.clone();
+        matches.sort();
+        match b.find(key.table, key.priority, &matches) {
+            Some(id) => {
+                b.remove_id(rules, id, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces all flows of `bridge` with a full dump: flows not in `flows` are removed, the rest
+    /// upserted (unchanged flows cost a hash look-up and keep their age).
+    pub fn replace_flows(
+        &mut self,
+        bridge: &str,
+        flows: impl IntoIterator<Item = FlowEntry>,
+        now: Instant,
+    ) {
+        let flows: Vec<FlowEntry> = flows.into_iter().collect();
+        let keep: HashSet<FlowKey> = flows.iter().map(key_of).collect();
+        let gone: Vec<FlowKey> = self
+            .bridge(bridge)
+            .flows
+            .iter()
+            .flatten()
+            .map(|r| key_of(&r.entry))
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in &gone {
+            self.remove_flow(bridge, k, now);
+        }
+        for f in flows {
+            self.upsert_flow(bridge, f, now);
+        }
+    }
+
+    /// Sets the ports of `bridge` (from OVSDB): ofports for the port rules, tags for `dead_vlan`.
+    /// Until this is called for a bridge, `output_to_missing_port` and `in_port_missing` stay silent.
+    pub fn set_ports(&mut self, bridge: &str, ports: &BTreeMap<String, OvsPort>, now: Instant) {
+        self.tick(now);
+        let rules = &self.rules;
+        self.bridges
+            .entry(bridge.to_string())
+            .or_insert_with(|| BridgeIndex::new(rules, bridge))
+            .set_ports(rules, ports, now);
+    }
+
+    /// Applies an OVSDB snapshot's bridges: [`DirtyFlowIndex::set_ports`] for each, and
+    /// [`DirtyFlowIndex::remove_bridge`] for indexed bridges OVSDB no longer has. Call it only while the
+    /// OVSDB source is connected (its last state after a disconnect is stale).
+    pub fn sync_bridges(&mut self, bridges: &BTreeMap<String, Bridge>, now: Instant) {
+        let gone: Vec<String> = self
+            .bridges
+            .keys()
+            .filter(|b| !bridges.contains_key(*b))
+            .cloned()
+            .collect();
+        for b in gone {
+            self.remove_bridge(&b);
+        }
+        for (name, bridge) in bridges {
+            self.set_ports(name, &bridge.ports, now);
+        }
+    }
+
+    /// Forgets a bridge (it disappeared from OVSDB) with its flows and findings.
+    pub fn remove_bridge(&mut self, bridge: &str) -> bool {
+        self.bridges.remove(bridge).is_some()
+    }
+
+    /// Advances time: flows whose grace period ended and superseded cookie generations are re-checked.
+    /// Call it periodically (every second is plenty); every mutating call also does it.
+    pub fn tick(&mut self, now: Instant) {
+        let rules = &self.rules;
+        for b in self.bridges.values_mut() {
+            b.tick(rules, now);
+        }
+    }
+
+    /// Every current finding, bridge by bridge (`dead_vlan` ports first, then flows in index order).
+    pub fn findings(&self) -> impl Iterator<Item = DirtyFinding<'_>> + '_ {
+        let rules = &self.rules;
+        let dead = rules.enabled(BuiltinRule::DeadVlan);
+        self.bridges.iter().flat_map(move |(name, b)| {
+            let ports = b
+                .dead_vlan
+                .values()
+                .filter(move |_| dead)
+                .map(move |text| DirtyFinding {
+                    bridge: name,
+                    rule: BuiltinRule::DeadVlan.name(),
+                    table: None,
+                    cookie: None,
+                    flow_text: text,
+                });
+            let flows = b.flows.iter().flatten().flat_map(move |r| {
+                (0..64u32)
+                    .filter(move |bit| r.dirty & (1u64 << bit) != 0)
+                    .filter_map(move |bit| {
+                        Some(DirtyFinding {
+                            bridge: name,
+                            rule: rules.name_of_bit(bit)?,
+                            table: Some(r.entry.table),
+                            cookie: Some(r.entry.cookie),
+                            flow_text: &r.entry.text,
+                        })
+                    })
+            });
+            ports.chain(flows)
+        })
+    }
+
+    /// Dirty-flow counts per (bridge, rule): every enabled built-in rule for every known bridge, and
+    /// every user rule for the bridges in its scope, 0 when clean (`pinflow_ovs_dirty_flows`).
+    pub fn counts(&self) -> BTreeMap<(String, String), usize> {
+        let mut out = BTreeMap::new();
+        for (name, b) in &self.bridges {
+            for r in &self.rules.builtins {
+                let n = match r {
+                    BuiltinRule::DeadVlan => b.dead_vlan.len(),
+                    r => b.counts.get(*r as usize).copied().unwrap_or(0),
+                };
+                out.insert((name.clone(), r.name().to_string()), n);
+            }
+            for (i, u) in self.rules.user.iter().enumerate() {
+                if b.user_scope & RuleSet::user_bit(i) != 0 {
+                    let n = b
+                        .counts
+                        .get(BuiltinRule::ALL.len() + i)
+                        .copied()
+                        .unwrap_or(0);
+                    out.insert((name.clone(), u.name.clone()), n);
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of flows per (bridge, table) (`pinflow_ovs_flows`).
+    pub fn flow_counts(&self) -> BTreeMap<(String, u8), usize> {
+        self.bridges
+            .iter()
+            .flat_map(|(name, b)| {
+                b.tables
+                    .iter()
+                    .map(move |(t, ti)| ((name.clone(), *t), ti.len))
+            })
+            .collect()
+    }
+
+    /// Total flows of `bridge`.
+    pub fn len(&self, bridge: &str) -> usize {
+        self.bridges.get(bridge).map_or(0, |b| b.n_flows)
+    }
+
+    /// Whether no bridge holds any flow.
+    pub fn is_empty(&self) -> bool {
+        self.bridges.values().all(|b| b.n_flows == 0)
+    }
+
+    /// The learned agent generation (cookie) of `bridge`, if any.
+    pub fn learned_cookie(&self, bridge: &str) -> Option<u64> {
+        self.bridges.get(bridge).and_then(|b| b.learned)
+    }
+
+    /// Names of the enabled rules (built-in, then user rules).
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.rules
+            .builtins
+            .iter()
+            .map(|r| r.name())
+            .chain(self.rules.user.iter().map(|u| u.name.as_str()))
+    }
+}

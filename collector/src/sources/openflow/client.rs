@@ -1,0 +1,858 @@
+//! Async OpenFlow 1.3 client for ovs-vswitchd's per-bridge management socket, and the per-bridge
+//! mirror loop ([`run_bridge`]) the daemon runs.
+//!
+//! Session order: HELLO (OF1.3 only) → FEATURES → flow monitor (add/delete/modify, with actions)
+//! → PORT_DESC → full flow dump with counters. The monitor is started *before* the dump so that
+//! no change is lost: updates that arrive during the dump are queued and applied after it (each
+//! carries the full flow, so replaying them over the dump converges to the switch's state).
+//! After that, cost is proportional to flow changes. ECHO requests are answered at any time.
+
+use super::render::{FlowStats, FlowUpdate, decode_flow_stats, decode_flow_updates};
+use super::wire::{
+    self, Features, MAX_MESSAGE_LEN, Message, MultipartReply, NXFMF_ACTIONS, NXFMF_ADD,
+    NXFMF_DELETE, NXFMF_MODIFY, OFP13_VERSION, OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST, OFPT_ERROR,
+    OFPT_EXPERIMENTER, OFPT_FEATURES_REPLY, OFPT_HELLO, OFPT_MULTIPART_REPLY, ONF_EXPERIMENTER,
+    ONFST13_FLOW_MONITOR, ONFT13_FLOW_MONITOR_PAUSED, ONFT13_FLOW_MONITOR_RESUMED, OfError,
+    OfResult, PortDesc, Rd,
+};
+use crate::model::flows::{FlowEntry, FlowKey};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch};
+
+const OFPT_PORT_STATUS: u8 = 12;
+
+/// An asynchronous event from a monitoring connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorEvent {
+    /// A flow changed.
+    Flow(FlowUpdate),
+    /// A port was added (reason 0), deleted (1) or modified (2).
+    Port {
+        /// `OFPPR_*` reason.
+        reason: u8,
+        /// The port description.
+        port: PortDesc,
+    },
+    /// The switch paused updates (its send buffer filled); a resync is advisable after `Resumed`.
+    Paused,
+    /// The switch resumed updates.
+    Resumed,
+}
+
+/// One OpenFlow 1.3 connection to `<run_dir>/<bridge>.mgmt`.
+#[derive(Debug)]
+pub struct OpenFlowClient {
+    path: PathBuf,
+    stream: UnixStream,
+    rbuf: Vec<u8>,
+    next_xid: u32,
+    max_message_len: usize,
+    features: Features,
+    monitoring: bool,
+    pending: VecDeque<MonitorEvent>,
+    max_pending: usize,
+    timeout: Duration,
+    last_rx: Instant,
+}
+
+impl OpenFlowClient {
+    /// Connects, negotiates OpenFlow 1.3 and reads the switch features, within `timeout`.
+    pub async fn connect(path: impl AsRef<Path>, timeout: Duration) -> OfResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        let stream = tokio::time::timeout(timeout, UnixStream::connect(&path))
+            .await
+            .map_err(|_| OfError::Timeout("connect"))?
+            .map_err(|source| OfError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let mut c = OpenFlowClient {
+            path,
+            stream,
+            rbuf: Vec::with_capacity(128 * 1024),
+            next_xid: 1,
+            max_message_len: MAX_MESSAGE_LEN,
+            features: Features::default(),
+            monitoring: false,
+            pending: VecDeque::new(),
+            max_pending: 1_000_000,
+            timeout,
+            last_rx: Instant::now(),
+        };
+        tokio::time::timeout(timeout, c.handshake())
+            .await
+            .map_err(|_| OfError::Timeout("HELLO/FEATURES"))??;
+        Ok(c)
+    }
+
+    async fn handshake(&mut self) -> OfResult<()> {
+        let xid = self.xid();
+        self.send(&wire::encode_hello(xid)).await?;
+        let hello = self.recv_raw().await?;
+        if hello.header.msg_type == OFPT_ERROR {
+            return Err(OfError::Switch(wire::ErrorMsg::parse(&hello.body)?));
+        }
+        if hello.header.msg_type != OFPT_HELLO {
+            return Err(OfError::Malformed(format!(
+                "expected HELLO, got message type {}",
+                hello.header.msg_type
+            )));
+        }
+        let bitmap = wire::hello_bitmap(&hello.body);
+        let ok = if bitmap != 0 {
+            bitmap & (1 << OFP13_VERSION) != 0
+        } else {
+            hello.header.version >= OFP13_VERSION
+        };
+        if !ok {
+            return Err(OfError::Version {
+                version: hello.header.version,
+                bitmap,
+            });
+        }
+        let xid = self.xid();
+        self.send(&wire::encode_features_request(xid)).await?;
+        loop {
+            let m = self.recv().await?;
+            if m.header.msg_type == OFPT_FEATURES_REPLY {
+                self.features = Features::parse(&m.body)?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Limits the size of a single message (default and maximum 65 535 bytes).
+    pub fn set_max_message_len(&mut self, n: usize) {
+        self.max_message_len = n.clamp(wire::HEADER_LEN, MAX_MESSAGE_LEN);
+    }
+
+    /// Limits how many monitor events may queue up while a request is outstanding.
+    pub fn set_max_pending(&mut self, n: usize) {
+        self.max_pending = n.max(1);
+    }
+
+    /// Switch features from the handshake.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn xid(&mut self) -> u32 {
+        let x = self.next_xid;
+        self.next_xid = self.next_xid.wrapping_add(1).max(1);
+        x
+    }
+
+    fn io_err(&self, source: std::io::Error) -> OfError {
+        OfError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> OfResult<()> {
+        let r = self.stream.write_all(bytes).await;
+        r.map_err(|e| self.io_err(e))
+    }
+
+    /// Next complete message, no handling.
+    async fn recv_raw(&mut self) -> OfResult<Message> {
+        loop {
+            if let Some(m) = wire::take_message(&mut self.rbuf, self.max_message_len)? {
+                return Ok(m);
+            }
+            self.rbuf.reserve(64 * 1024);
+            let n = self.stream.read_buf(&mut self.rbuf).await;
+            match n {
+                Ok(0) => return Err(OfError::Closed),
+                Ok(_) => self.last_rx = Instant::now(),
+                Err(e) => return Err(self.io_err(e)),
+            }
+        }
+    }
+
+    /// Next message that is not an echo request or a monitor event (those are handled/queued).
+    async fn recv(&mut self) -> OfResult<Message> {
+        loop {
+            let m = self.recv_raw().await?;
+            match m.header.msg_type {
+                OFPT_ECHO_REQUEST => {
+                    let reply = wire::encode_echo_reply(m.header.xid, &m.body);
+                    self.send(&reply).await?;
+                }
+                OFPT_ECHO_REPLY => {}
+                OFPT_ERROR => return Err(OfError::Switch(wire::ErrorMsg::parse(&m.body)?)),
+                _ => {
+                    if let Some(events) = self.as_event(&m)? {
+                        if self.pending.len() + events.len() > self.max_pending {
+                            return Err(OfError::Malformed(format!(
+                                "more than {} monitor events queued during a request",
+                                self.max_pending
+                            )));
+                        }
+                        self.pending.extend(events);
+                        continue;
+                    }
+                    return Ok(m);
+                }
+            }
+        }
+    }
+
+    /// Decodes an asynchronous monitor/port message, or `None` if `m` is something else.
+    fn as_event(&self, m: &Message) -> OfResult<Option<Vec<MonitorEvent>>> {
+        match m.header.msg_type {
+            OFPT_MULTIPART_REPLY if self.monitoring => {
+                let mp = MultipartReply::parse(&m.body)?;
+                if mp.experimenter != Some((ONF_EXPERIMENTER, ONFST13_FLOW_MONITOR)) {
+                    return Ok(None);
+                }
+                let mut ups = Vec::new();
+                decode_flow_updates(mp.body, &mut ups)?;
+                Ok(Some(ups.into_iter().map(MonitorEvent::Flow).collect()))
+            }
+            OFPT_EXPERIMENTER => {
+                let mut r = Rd::new(&m.body, "experimenter message");
+                let exp = r.u32()?;
+                let ty = r.u32()?;
+                Ok(match (exp, ty) {
+                    (ONF_EXPERIMENTER, ONFT13_FLOW_MONITOR_PAUSED) => {
+                        Some(vec![MonitorEvent::Paused])
+                    }
+                    (ONF_EXPERIMENTER, ONFT13_FLOW_MONITOR_RESUMED) => {
+                        Some(vec![MonitorEvent::Resumed])
+                    }
+                    _ => Some(Vec::new()),
+                })
+            }
+            OFPT_PORT_STATUS => {
+                let mut r = Rd::new(&m.body, "port status");
+                let reason = r.u8()?;
+                r.skip(7)?;
+                let mut ports = wire::parse_port_descs(r.rest())?;
+                Ok(Some(match ports.pop() {
+                    Some(port) => vec![MonitorEvent::Port { reason, port }],
+                    None => Vec::new(),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Sends a multipart request and feeds each reply body (for `xid`) to `f` until the last one.
+    async fn multipart(
+        &mut self,
+        xid: u32,
+        req: Vec<u8>,
+        mut f: impl FnMut(&MultipartReply<'_>) -> OfResult<()>,
+    ) -> OfResult<()> {
+        self.send(&req).await?;
+        loop {
+            let m = self.recv().await?;
+            if m.header.msg_type != OFPT_MULTIPART_REPLY || m.header.xid != xid {
+                continue;
+            }
+            let mp = MultipartReply::parse(&m.body)?;
+            f(&mp)?;
+            if !mp.more() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Port descriptions (the bridge's ofport set, including LOCAL).
+    pub async fn port_descs(&mut self) -> OfResult<Vec<PortDesc>> {
+        let xid = self.xid();
+        let req = wire::encode_port_desc_request(xid);
+        let mut out = Vec::new();
+        let t = self.timeout;
+        tokio::time::timeout(
+            t,
+            self.multipart(xid, req, |mp| {
+                out.extend(wire::parse_port_descs(mp.body)?);
+                Ok(())
+            }),
+        )
+        .await
+        .map_err(|_| OfError::Timeout("PORT_DESC reply"))??;
+        Ok(out)
+    }
+
+    /// Full dump of every table with counters. Fails with [`OfError::TooManyFlows`] past `max_flows`.
+    pub async fn dump_flows(&mut self, max_flows: usize) -> OfResult<Vec<FlowStats>> {
+        let xid = self.xid();
+        let req = wire::encode_flow_stats_request(xid);
+        let mut out = Vec::new();
+        let t = self.timeout;
+        tokio::time::timeout(
+            t,
+            self.multipart(xid, req, |mp| {
+                decode_flow_stats(mp.body, &mut out)?;
+                if out.len() > max_flows {
+                    return Err(OfError::TooManyFlows(max_flows));
+                }
+                Ok(())
+            }),
+        )
+        .await
+        .map_err(|_| OfError::Timeout("flow dump"))??;
+        Ok(out)
+    }
+
+    /// Starts the ONF (OF1.3) flow monitor for all tables: added, deleted and modified flows, with
+    /// actions. Later changes arrive through [`next_event`](Self::next_event).
+    pub async fn start_monitor(&mut self) -> OfResult<()> {
+        let xid = self.xid();
+        let flags = NXFMF_ADD | NXFMF_DELETE | NXFMF_MODIFY | NXFMF_ACTIONS;
+        let req = wire::encode_flow_monitor_request(xid, 1, flags);
+        self.send(&req).await?;
+        self.monitoring = true;
+        // The switch answers the request itself with an (empty, as no INITIAL was asked)
+        // monitor reply; `recv` queues it as events, so wait until something was queued or a
+        // reply for another purpose arrives. Checking for errors needs one round trip: an echo.
+        let echo_xid = self.xid();
+        self.send(&wire::encode_echo_request(echo_xid)).await?;
+        let t = self.timeout;
+        tokio::time::timeout(t, async {
+            loop {
+                let m = self.recv_raw().await?;
+                match m.header.msg_type {
+                    OFPT_ECHO_REPLY if m.header.xid == echo_xid => return Ok(()),
+                    OFPT_ECHO_REQUEST => {
+                        let reply = wire::encode_echo_reply(m.header.xid, &m.body);
+                        self.send(&reply).await?;
+                    }
+                    OFPT_ERROR => return Err(OfError::Switch(wire::ErrorMsg::parse(&m.body)?)),
+                    _ => {
+                        if let Some(ev) = self.as_event(&m)? {
+                            self.pending.extend(ev);
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|_| OfError::Timeout("flow monitor start"))?
+    }
+
+    /// Next asynchronous event (queued ones first). Returns [`OfError::Closed`] when the switch
+    /// goes away.
+    pub async fn next_event(&mut self) -> OfResult<MonitorEvent> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            let m = self.recv().await?;
+            if let Some(ev) = self.as_event(&m)? {
+                self.pending.extend(ev);
+            }
+        }
+    }
+
+    /// Liveness probe for idle connections: sends an ECHO_REQUEST when nothing was received for
+    /// `interval`, and fails with [`OfError::Timeout`] when nothing (not even the echo reply)
+    /// arrived for twice that.
+    pub async fn keepalive(&mut self, interval: Duration) -> OfResult<()> {
+        let idle = self.last_rx.elapsed();
+        if idle > interval * 2 {
+            return Err(OfError::Timeout("echo reply (switch unresponsive)"));
+        }
+        if idle > interval {
+            let xid = self.xid();
+            self.send(&wire::encode_echo_request(xid)).await?;
+        }
+        Ok(())
+    }
+
+    /// Drains events that are already queued (no I/O).
+    pub fn take_queued(&mut self) -> Vec<MonitorEvent> {
+        self.pending.drain(..).collect()
+    }
+}
+
+/// One-shot dump for `pinflow flows --bridge B`: switch features, port descriptions and every
+/// flow with counters. Printing `" {}"` with each [`FlowEntry::text`] gives exactly the lines of
+/// `ovs-ofctl -O OpenFlow13 --no-stats --no-names dump-flows B`; [`super::stats_line`] gives the
+/// form with statistics.
+pub async fn dump_bridge(
+    run_dir: &Path,
+    bridge: &str,
+    timeout: Duration,
+    max_flows: usize,
+) -> OfResult<(Features, Vec<PortDesc>, Vec<FlowStats>)> {
+    let path = run_dir.join(format!("{bridge}.mgmt"));
+    let mut c = OpenFlowClient::connect(&path, timeout).await?;
+    let ports = c.port_descs().await?;
+    let flows = c.dump_flows(max_flows).await?;
+    Ok((c.features(), ports, flows))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-bridge mirror.
+
+/// Settings of one bridge's mirror loop.
+#[derive(Clone, Debug)]
+pub struct BridgeConfig {
+    /// OVS run directory (where `<bridge>.mgmt` lives), e.g. `/run/openvswitch`.
+    pub run_dir: PathBuf,
+    /// Bridge name.
+    pub bridge: String,
+    /// Refuse to mirror more flows than this (memory bound); the session fails with a clear error.
+    pub max_flows: usize,
+    /// Timeout of each request (connect, handshake, dump).
+    pub request_timeout: Duration,
+    /// First reconnect delay; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Minimum interval between two published snapshots (changes are still sent at once).
+    /// Publishing copies the table's index (pointers only, O(flows)); consumers that need cost
+    /// proportional to changes use the [`FlowChange`] stream instead.
+    pub publish_interval: Duration,
+    /// Idle time after which the switch is probed with an ECHO_REQUEST (dead after twice that).
+    pub probe_interval: Duration,
+}
+
+impl BridgeConfig {
+    /// Defaults for `bridge` under `run_dir`: 1 000 000 flows, 30 s timeout, 0.5–30 s backoff,
+    /// snapshots at most every 200 ms, echo probe after 30 s idle.
+    pub fn new(run_dir: impl Into<PathBuf>, bridge: impl Into<String>) -> Self {
+        Self {
+            run_dir: run_dir.into(),
+            bridge: bridge.into(),
+            max_flows: 1_000_000,
+            request_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            publish_interval: Duration::from_millis(200),
+            probe_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// `<run_dir>/<bridge>.mgmt`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.mgmt", self.bridge))
+    }
+}
+
+/// The mirrored flow table of a bridge.
+/// Keys and entries are shared (`Arc`) so that publishing a snapshot copies pointers only.
+pub type FlowTable = BTreeMap<Arc<FlowKey>, Arc<FlowEntry>>;
+
+/// A published state of one bridge.
+#[derive(Clone, Debug, Default)]
+pub struct BridgeSnapshot {
+    /// Bridge name.
+    pub bridge: String,
+    /// Whether the OpenFlow session is up and the table is in sync.
+    pub connected: bool,
+    /// Why the session is down (last error), if it is.
+    pub error: Option<String>,
+    /// Datapath id from FEATURES.
+    pub datapath_id: u64,
+    /// Increases on every full resync (initial dump, reconnect).
+    pub generation: u64,
+    /// Ports by OpenFlow port number (OF1.3 numbering, LOCAL = 0xfffffffe).
+    pub ports: BTreeMap<u32, PortDesc>,
+    /// Flows (counters as of the last dump; monitor updates keep the previous counters).
+    pub flows: Arc<FlowTable>,
+    /// When this snapshot was taken.
+    pub taken: Option<Instant>,
+}
+
+/// A change of one bridge's mirror, sent as it happens.
+#[derive(Clone, Debug)]
+pub enum FlowChange {
+    /// A full dump replaced the table (`generation` as in [`BridgeSnapshot`]).
+    Resynced {
+        /// New generation.
+        generation: u64,
+        /// Flows in the table.
+        flows: usize,
+    },
+    /// A flow appeared.
+    Added(Arc<FlowEntry>),
+    /// A flow's actions/cookie/timeouts changed.
+    Modified(Arc<FlowEntry>),
+    /// A flow was removed.
+    Deleted(Arc<FlowEntry>),
+    /// The port set changed.
+    PortsChanged,
+    /// The session ended; the mirror is stale until the next `Resynced`.
+    Disconnected {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Mirrors one bridge until `shutdown` becomes true: connects, dumps, follows the flow monitor,
+/// reconnects with exponential backoff after any error (ovs-vswitchd restart, bridge deleted and
+/// re-created, protocol error), rebuilding the state from a fresh dump each time.
+///
+/// Snapshots go to `snapshots` (rate-limited by `publish_interval`); every individual change goes
+/// to `changes` when given (a full channel drops nothing: the loop waits, so size it generously).
+pub async fn run_bridge(
+    cfg: BridgeConfig,
+    snapshots: watch::Sender<Arc<BridgeSnapshot>>,
+    changes: Option<mpsc::Sender<FlowChange>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut state = BridgeSnapshot {
+        bridge: cfg.bridge.clone(),
+        ..Default::default()
+    };
+    let mut backoff = cfg.backoff_min;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let res = tokio::select! {
+            r = session(&cfg, &mut state, &snapshots, changes.as_ref()) => r,
+            _ = shutdown.changed() => return,
+        };
+        let err = match res {
+            Ok(()) => "session ended".to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(bridge = %cfg.bridge, error = %err, "OpenFlow session down");
+        state.connected = false;
+        state.error = Some(err.clone());
+        state.taken = Some(Instant::now());
+        snapshots.send_replace(Arc::new(state.clone()));
+        if let Some(tx) = &changes {
+            let _ = tx.send(FlowChange::Disconnected { error: err }).await;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = cfg.backoff_min;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+}
+
+async fn session(
+    cfg: &BridgeConfig,
+    state: &mut BridgeSnapshot,
+    snapshots: &watch::Sender<Arc<BridgeSnapshot>>,
+    changes: Option<&mpsc::Sender<FlowChange>>,
+) -> OfResult<()> {
+    let mut c = OpenFlowClient::connect(cfg.socket_path(), cfg.request_timeout).await?;
+    c.start_monitor().await?;
+    let ports = c.port_descs().await?;
+    let dump = c.dump_flows(cfg.max_flows).await?;
+    let mut table = FlowTable::new();
+    for f in dump {
+        table.insert(Arc::new(f.entry.key()), Arc::new(f.entry));
+    }
+    state.datapath_id = c.features().datapath_id;
+    state.ports = ports.into_iter().map(|p| (p.port_no, p)).collect();
+    state.flows = Arc::new(table);
+    state.generation += 1;
+    state.connected = true;
+    state.error = None;
+    // Replay updates that raced with the dump.
+    for ev in c.take_queued() {
+        apply(state, ev, changes, cfg.max_flows).await?;
+    }
+    state.taken = Some(Instant::now());
+    snapshots.send_replace(Arc::new(state.clone()));
+    if let Some(tx) = changes {
+        let _ = tx
+            .send(FlowChange::Resynced {
+                generation: state.generation,
+                flows: state.flows.len(),
+            })
+            .await;
+    }
+    let mut dirty = false;
+    let mut tick = tokio::time::interval(cfg.publish_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = c.next_event() => {
+                let ev = ev?;
+                if matches!(ev, MonitorEvent::Resumed) {
+                    // Updates were dropped while paused; rebuild from a fresh session.
+                    return Err(OfError::MonitorPaused);
+                }
+                apply(state, ev, changes, cfg.max_flows).await?;
+                dirty = true;
+            }
+            _ = tick.tick() => {
+                c.keepalive(cfg.probe_interval).await?;
+                if dirty {
+                    state.taken = Some(Instant::now());
+                    snapshots.send_replace(Arc::new(state.clone()));
+                    dirty = false;
+                }
+            }
+        }
+    }
+}
+
+async fn apply(
+    state: &mut BridgeSnapshot,
+    ev: MonitorEvent,
+    changes: Option<&mpsc::Sender<FlowChange>>,
+    max_flows: usize,
+) -> OfResult<()> {
+    let change = match ev {
+        MonitorEvent::Flow(FlowUpdate::Added(e)) | MonitorEvent::Flow(FlowUpdate::Modified(e)) => {
+            let key = e.key();
+            let flows = Arc::make_mut(&mut state.flows);
+            let old = flows.get(&key).cloned();
+            let mut e = e;
+            if let Some(o) = &old {
+                e.n_packets = o.n_packets;
+                e.n_bytes = o.n_bytes;
+            }
+            let e = Arc::new(e);
+            flows.insert(Arc::new(key), e.clone());
+            if flows.len() > max_flows {
+                return Err(OfError::TooManyFlows(max_flows));
+            }
+            if old.is_some() {
+                FlowChange::Modified(e)
+            } else {
+                FlowChange::Added(e)
+            }
+        }
+        MonitorEvent::Flow(FlowUpdate::Deleted(e)) => {
+            let key = e.key();
+            let flows = Arc::make_mut(&mut state.flows);
+            let old = flows.remove(&key);
+            FlowChange::Deleted(old.unwrap_or_else(|| Arc::new(e)))
+        }
+        MonitorEvent::Flow(FlowUpdate::Abbreviated { .. }) => return Ok(()),
+        MonitorEvent::Port { reason, port } => {
+            if reason == 1 {
+                state.ports.remove(&port.port_no);
+            } else {
+                state.ports.insert(port.port_no, port);
+            }
+            FlowChange::PortsChanged
+        }
+        MonitorEvent::Paused | MonitorEvent::Resumed => return Ok(()),
+    };
+    if let Some(tx) = changes {
+        let _ = tx.send(change).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openflow/");
+        std::fs::read(format!("{p}{name}")).unwrap()
+    }
+
+    async fn read_msg(s: &mut UnixStream) -> Message {
+        let mut buf = Vec::new();
+        loop {
+            if let Some(m) = wire::take_message(&mut buf, MAX_MESSAGE_LEN).unwrap() {
+                return m;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "client hung up");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn with_xid(mut msg: Vec<u8>, xid: u32) -> Vec<u8> {
+        msg[4..8].copy_from_slice(&xid.to_be_bytes());
+        msg
+    }
+
+    /// Messages of a captured switch→client stream (header+body bytes), HELLO excluded.
+    fn captured(name: &str) -> Vec<Vec<u8>> {
+        let mut buf = fixture(name);
+        let mut out = Vec::new();
+        while let Some(m) = wire::take_message(&mut buf, MAX_MESSAGE_LEN).unwrap() {
+            if m.header.msg_type == OFPT_MULTIPART_REPLY {
+                let mut v = buf_header(&m);
+                v.extend_from_slice(&m.body);
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    fn buf_header(m: &Message) -> Vec<u8> {
+        let mut v = vec![m.header.version, m.header.msg_type];
+        v.extend_from_slice(&m.header.length.to_be_bytes());
+        v.extend_from_slice(&m.header.xid.to_be_bytes());
+        v
+    }
+
+    /// A fake switch: handshake, then `script` decides what to send for the first request.
+    async fn fake_switch(
+        hello: Vec<u8>,
+        script: impl FnOnce(UnixStream, u32) -> futures_util::future::BoxFuture<'static, ()>
+        + Send
+        + 'static,
+    ) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("br-test.mgmt");
+        let l = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let _ = read_msg(&mut s).await; // HELLO
+            s.write_all(&hello).await.unwrap();
+            if hello[0] != OFP13_VERSION {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+            let f = read_msg(&mut s).await; // FEATURES_REQUEST
+            let mut feat = vec![4, OFPT_FEATURES_REPLY, 0, 32];
+            feat.extend_from_slice(&f.header.xid.to_be_bytes());
+            feat.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 42, 0, 0, 1, 0, 254, 0, 0, 0]);
+            feat.extend_from_slice(&[0, 0, 0, 0x4f, 0, 0, 0, 0]);
+            s.write_all(&feat).await.unwrap();
+            let req = read_msg(&mut s).await;
+            script(s, req.header.xid).await;
+        });
+        (dir, path)
+    }
+
+    fn hello13() -> Vec<u8> {
+        wire::encode_hello(1)
+    }
+
+    #[tokio::test]
+    async fn dump_with_echo_in_the_middle() {
+        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                s.write_all(&wire::encode_echo_request(77)).await.unwrap();
+                let echo = read_msg(&mut s).await;
+                assert_eq!(
+                    (echo.header.msg_type, echo.header.xid),
+                    (OFPT_ECHO_REPLY, 77)
+                );
+                for m in captured("neutron-dump.of13.bin") {
+                    s.write_all(&with_xid(m, xid)).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(c.features().datapath_id, 42);
+        let flows = c.dump_flows(1000).await.unwrap();
+        assert_eq!(flows.len(), 601);
+    }
+
+    #[tokio::test]
+    async fn error_reply_is_a_clear_error() {
+        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                let mut e = vec![4, OFPT_ERROR, 0, 20];
+                e.extend_from_slice(&xid.to_be_bytes());
+                e.extend_from_slice(&[0, 1, 0, 2, 4, 18, 0, 64]);
+                e.extend_from_slice(&xid.to_be_bytes());
+                s.write_all(&e).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let err = c.dump_flows(1000).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("OFPET_BAD_REQUEST/OFPBRC_BAD_MULTIPART"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_truncation_limits_and_versions_fail_cleanly() {
+        // A header announcing a length shorter than itself.
+        let (_d, path) = fake_switch(hello13(), |mut s, _| {
+            Box::pin(async move {
+                s.write_all(&[4, 19, 0, 3, 0, 0, 0, 1]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(c.dump_flows(10).await, Err(OfError::Malformed(_))));
+
+        // The switch dies in the middle of a reply.
+        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                let m = with_xid(captured("neutron-dump.of13.bin").remove(0), xid);
+                s.write_all(&m[..m.len() / 2]).await.unwrap();
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(c.dump_flows(10).await, Err(OfError::Closed)));
+
+        // More flows than allowed.
+        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                for m in captured("neutron-dump.of13.bin") {
+                    if s.write_all(&with_xid(m, xid)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(
+            c.dump_flows(10).await,
+            Err(OfError::TooManyFlows(10))
+        ));
+
+        // A switch that only speaks OpenFlow 1.0.
+        let hello10 = vec![1, 0, 0, 16, 0, 0, 0, 1, 0, 1, 0, 8, 0, 0, 0, 2];
+        let (_d, path) = fake_switch(hello10, |_, _| Box::pin(async {})).await;
+        let err = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OfError::Version {
+                    version: 1,
+                    bitmap: 2
+                }
+            ),
+            "{err}"
+        );
+
+        // Nobody listening.
+        let err = OpenFlowClient::connect("/nonexistent/br.mgmt", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/br.mgmt"), "{err}");
+    }
+}

@@ -1,0 +1,1598 @@
+//! OXM / NXM match fields: the field table, match decoding into a normalized form, and the
+//! `ovs-ofctl` rendering of a match.
+//!
+//! OVS encodes OF1.3 matches with OXM basic-class headers (0x8000) where OpenFlow defines the field,
+//! Nicira NXM_0/NXM_1 headers (0x0000/0x0001) for its own fields (registers, tunnel, conntrack,
+//! `conj_id`, `pkt_mark`, …), the packet-register class 0x8001 for `xreg`, and ONF experimenter
+//! headers for `tcp_flags`/`actset_output`. All of them are normalized here into [`Key`]s that
+//! mirror OVS's internal flow layout (e.g. `vlan_vid`+`vlan_pcp` become one `vlan_tci`, `xreg1`
+//! becomes `reg2`+`reg3`), because `ovs-ofctl` renders from that layout.
+
+use super::wire::{ONF_EXPERIMENTER, OfError, OfResult, Rd, pad8};
+use crate::model::flows::FieldMatch;
+use std::fmt::Write as _;
+
+/// How a field's value is printed by `ovs-ofctl` (OVS's `mf_string`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fmt {
+    /// `0x…` hex (zero prints as `0`).
+    Hex,
+    /// Unsigned decimal.
+    Dec,
+    /// Ethernet address.
+    Eth,
+    /// IPv4 address.
+    Ipv4,
+    /// IPv6 address.
+    Ipv6,
+    /// OpenFlow port (16-bit OVS numbering or 32-bit OF1.1+ numbering, by width).
+    Port,
+    /// `ip_frag` keywords.
+    Frag,
+    /// TCP flag names.
+    TcpFlags,
+    /// Conntrack state flag names.
+    CtState,
+}
+
+/// Normalized match keys, following OVS's flow layout (what `ovs-ofctl` renders from).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    /// Ingress port, OF1.3 (32-bit) numbering.
+    InPort,
+    /// 802.1Q TCI (with the CFI/present bit 0x1000).
+    VlanTci,
+    /// Ethernet source.
+    DlSrc,
+    /// Ethernet destination.
+    DlDst,
+    /// Ethertype.
+    DlType,
+    /// IPv4 source or ARP SPA.
+    NwSrc,
+    /// IPv4 destination or ARP TPA.
+    NwDst,
+    /// IPv6 source.
+    Ipv6Src,
+    /// IPv6 destination.
+    Ipv6Dst,
+    /// IPv6 flow label.
+    Ipv6Label,
+    /// IP protocol or ARP opcode (low 8 bits).
+    NwProto,
+    /// IP TOS DSCP bits (value in the TOS byte position, mask 0xfc).
+    NwTos,
+    /// IP ECN bits.
+    NwEcn,
+    /// IP TTL.
+    NwTtl,
+    /// IP fragment bits (1 = any fragment, 2 = later fragment).
+    NwFrag,
+    /// ARP SHA or ND SLL.
+    ArpSha,
+    /// ARP THA or ND TLL.
+    ArpTha,
+    /// L4 source port or ICMP type.
+    TpSrc,
+    /// L4 destination port or ICMP code.
+    TpDst,
+    /// ND target.
+    NdTarget,
+    /// TCP flags.
+    TcpFlags,
+    /// MPLS label.
+    MplsLabel,
+    /// MPLS traffic class.
+    MplsTc,
+    /// MPLS bottom of stack.
+    MplsBos,
+    /// 32-bit register N.
+    Reg(u8),
+    /// Tunnel id.
+    TunId,
+    /// Tunnel IPv4 source.
+    TunSrc,
+    /// Tunnel IPv4 destination.
+    TunDst,
+    /// Tunnel IPv6 source.
+    TunIpv6Src,
+    /// Tunnel IPv6 destination.
+    TunIpv6Dst,
+    /// OpenFlow metadata.
+    Metadata,
+    /// Packet mark.
+    PktMark,
+    /// Conjunction id.
+    ConjId,
+    /// Conntrack state.
+    CtState,
+    /// Conntrack zone.
+    CtZone,
+    /// Conntrack mark.
+    CtMark,
+    /// Conntrack label.
+    CtLabel,
+    /// Conntrack original-direction IP protocol.
+    CtNwProto,
+    /// Conntrack original IPv4 source.
+    CtNwSrc,
+    /// Conntrack original IPv4 destination.
+    CtNwDst,
+    /// Conntrack original IPv6 source.
+    CtIpv6Src,
+    /// Conntrack original IPv6 destination.
+    CtIpv6Dst,
+    /// Conntrack original L4 source port.
+    CtTpSrc,
+    /// Conntrack original L4 destination port.
+    CtTpDst,
+    /// Action-set output port.
+    ActsetOutput,
+    /// Recirculation id.
+    RecircId,
+    /// Datapath hash.
+    DpHash,
+    /// A field this decoder does not know; index into [`Match::unknown`].
+    Unknown(u16),
+}
+
+/// How a wire field maps onto [`Key`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// One key, same width.
+    Simple(Key),
+    /// NXM 16-bit in_port.
+    InPort16,
+    /// OXM 32-bit in_port.
+    InPort32,
+    /// OXM VLAN_VID (13 bits incl. OFPVID_PRESENT).
+    VlanVid,
+    /// OXM VLAN_PCP.
+    VlanPcp,
+    /// OXM IP_DSCP (6 bits, shifted into the TOS byte).
+    Dscp,
+    /// NXM IP_TOS (TOS byte, DSCP bits only).
+    Tos,
+    /// 8-bit ICMP type/code stored in a 16-bit transport key.
+    Small(Key),
+    /// 16-bit ARP opcode stored in `NwProto`.
+    ArpOp,
+    /// 64-bit `xregN` = `reg(2N)` ‖ `reg(2N+1)`.
+    Xreg(u8),
+    /// 128-bit `xxregN` = `reg(4N)` … `reg(4N+3)`.
+    Xxreg(u8),
+}
+
+/// One known wire field.
+#[derive(Clone, Copy, Debug)]
+pub struct FieldInfo {
+    /// OXM/NXM class.
+    pub class: u16,
+    /// Field number within the class.
+    pub field: u8,
+    /// Experimenter id for class 0xffff, else 0.
+    pub experimenter: u32,
+    /// Value width in bytes.
+    pub bytes: u8,
+    /// Significant bits (what `[]` spans in a subfield).
+    pub n_bits: u16,
+    /// Name `ovs-ofctl` prints for subfields (`NXM_NX_REG0`, `OXM_OF_METADATA`, …).
+    pub nxm_name: &'static str,
+    /// OVS's field name (`reg0`, `eth_src`, `vlan_vid`, …), used by `set_field` and `learn`.
+    pub name: &'static str,
+    /// Value format.
+    pub fmt: Fmt,
+    /// Normalization into match keys.
+    pub norm: Norm,
+}
+
+#[expect(clippy::too_many_arguments, reason = "a table row constructor")]
+const fn f(
+    class: u16,
+    field: u8,
+    bytes: u8,
+    n_bits: u16,
+    nxm_name: &'static str,
+    name: &'static str,
+    fmt: Fmt,
+    norm: Norm,
+) -> FieldInfo {
+    FieldInfo {
+        class,
+        field,
+        experimenter: 0,
+        bytes,
+        n_bits,
+        nxm_name,
+        name,
+        fmt,
+        norm,
+    }
+}
+
+const fn onf(
+    field: u8,
+    bytes: u8,
+    n_bits: u16,
+    nxm_name: &'static str,
+    name: &'static str,
+    fmt: Fmt,
+    norm: Norm,
+) -> FieldInfo {
+    FieldInfo {
+        class: 0xffff,
+        field,
+        experimenter: ONF_EXPERIMENTER,
+        bytes,
+        n_bits,
+        nxm_name,
+        name,
+        fmt,
+        norm,
+    }
+}
+
+use Fmt::{CtState as FCt, Dec, Eth, Frag, Hex, Ipv4, Ipv6, Port, TcpFlags as FTcp};
+use Norm::Simple as S;
+
+macro_rules! regs {
+    ($($i:literal),*) => {
+        [$(f(1, $i, 4, 32, concat!("NXM_NX_REG", $i), concat!("reg", $i), Hex, S(Key::Reg($i)))),*]
+    };
+}
+
+const REGS: [FieldInfo; 16] = regs!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+
+#[rustfmt::skip]
+const XREGS: [FieldInfo; 8] = [
+    f(0x8001, 0, 8, 64, "OXM_OF_PKT_REG0", "xreg0", Hex, Norm::Xreg(0)),
+    f(0x8001, 1, 8, 64, "OXM_OF_PKT_REG1", "xreg1", Hex, Norm::Xreg(1)),
+    f(0x8001, 2, 8, 64, "OXM_OF_PKT_REG2", "xreg2", Hex, Norm::Xreg(2)),
+    f(0x8001, 3, 8, 64, "OXM_OF_PKT_REG3", "xreg3", Hex, Norm::Xreg(3)),
+    f(0x8001, 4, 8, 64, "OXM_OF_PKT_REG4", "xreg4", Hex, Norm::Xreg(4)),
+    f(0x8001, 5, 8, 64, "OXM_OF_PKT_REG5", "xreg5", Hex, Norm::Xreg(5)),
+    f(0x8001, 6, 8, 64, "OXM_OF_PKT_REG6", "xreg6", Hex, Norm::Xreg(6)),
+    f(0x8001, 7, 8, 64, "OXM_OF_PKT_REG7", "xreg7", Hex, Norm::Xreg(7)),
+];
+
+#[rustfmt::skip]
+const FIELDS: &[FieldInfo] = &[
+    // NXM_OF (class 0x0000)
+    f(0, 0, 2, 16, "NXM_OF_IN_PORT", "in_port", Port, Norm::InPort16),
+    f(0, 1, 6, 48, "NXM_OF_ETH_DST", "eth_dst", Eth, S(Key::DlDst)),
+    f(0, 2, 6, 48, "NXM_OF_ETH_SRC", "eth_src", Eth, S(Key::DlSrc)),
+    f(0, 3, 2, 16, "NXM_OF_ETH_TYPE", "eth_type", Hex, S(Key::DlType)),
+    f(0, 4, 2, 16, "NXM_OF_VLAN_TCI", "vlan_tci", Hex, S(Key::VlanTci)),
+    f(0, 5, 1, 8, "NXM_OF_IP_TOS", "nw_tos", Dec, Norm::Tos),
+    f(0, 6, 1, 8, "NXM_OF_IP_PROTO", "nw_proto", Dec, S(Key::NwProto)),
+    f(0, 7, 4, 32, "NXM_OF_IP_SRC", "ip_src", Ipv4, S(Key::NwSrc)),
+    f(0, 8, 4, 32, "NXM_OF_IP_DST", "ip_dst", Ipv4, S(Key::NwDst)),
+    f(0, 9, 2, 16, "NXM_OF_TCP_SRC", "tcp_src", Dec, S(Key::TpSrc)),
+    f(0, 10, 2, 16, "NXM_OF_TCP_DST", "tcp_dst", Dec, S(Key::TpDst)),
+    f(0, 11, 2, 16, "NXM_OF_UDP_SRC", "udp_src", Dec, S(Key::TpSrc)),
+    f(0, 12, 2, 16, "NXM_OF_UDP_DST", "udp_dst", Dec, S(Key::TpDst)),
+    f(0, 13, 1, 8, "NXM_OF_ICMP_TYPE", "icmp_type", Dec, Norm::Small(Key::TpSrc)),
+    f(0, 14, 1, 8, "NXM_OF_ICMP_CODE", "icmp_code", Dec, Norm::Small(Key::TpDst)),
+    f(0, 15, 2, 16, "NXM_OF_ARP_OP", "arp_op", Dec, Norm::ArpOp),
+    f(0, 16, 4, 32, "NXM_OF_ARP_SPA", "arp_spa", Ipv4, S(Key::NwSrc)),
+    f(0, 17, 4, 32, "NXM_OF_ARP_TPA", "arp_tpa", Ipv4, S(Key::NwDst)),
+    // NXM_NX (class 0x0001); registers are in REGS.
+    f(1, 16, 8, 64, "NXM_NX_TUN_ID", "tun_id", Hex, S(Key::TunId)),
+    f(1, 17, 6, 48, "NXM_NX_ARP_SHA", "arp_sha", Eth, S(Key::ArpSha)),
+    f(1, 18, 6, 48, "NXM_NX_ARP_THA", "arp_tha", Eth, S(Key::ArpTha)),
+    f(1, 19, 16, 128, "NXM_NX_IPV6_SRC", "ipv6_src", Ipv6, S(Key::Ipv6Src)),
+    f(1, 20, 16, 128, "NXM_NX_IPV6_DST", "ipv6_dst", Ipv6, S(Key::Ipv6Dst)),
+    f(1, 21, 1, 8, "NXM_NX_ICMPV6_TYPE", "icmpv6_type", Dec, Norm::Small(Key::TpSrc)),
+    f(1, 22, 1, 8, "NXM_NX_ICMPV6_CODE", "icmpv6_code", Dec, Norm::Small(Key::TpDst)),
+    f(1, 23, 16, 128, "NXM_NX_ND_TARGET", "nd_target", Ipv6, S(Key::NdTarget)),
+    f(1, 24, 6, 48, "NXM_NX_ND_SLL", "nd_sll", Eth, S(Key::ArpSha)),
+    f(1, 25, 6, 48, "NXM_NX_ND_TLL", "nd_tll", Eth, S(Key::ArpTha)),
+    f(1, 26, 1, 2, "NXM_NX_IP_FRAG", "ip_frag", Frag, S(Key::NwFrag)),
+    f(1, 27, 4, 20, "NXM_NX_IPV6_LABEL", "ipv6_label", Hex, S(Key::Ipv6Label)),
+    f(1, 28, 1, 2, "NXM_NX_IP_ECN", "nw_ecn", Dec, S(Key::NwEcn)),
+    f(1, 29, 1, 8, "NXM_NX_IP_TTL", "nw_ttl", Dec, S(Key::NwTtl)),
+    f(1, 31, 4, 32, "NXM_NX_TUN_IPV4_SRC", "tun_src", Ipv4, S(Key::TunSrc)),
+    f(1, 32, 4, 32, "NXM_NX_TUN_IPV4_DST", "tun_dst", Ipv4, S(Key::TunDst)),
+    f(1, 33, 4, 32, "NXM_NX_PKT_MARK", "pkt_mark", Hex, S(Key::PktMark)),
+    f(1, 34, 2, 12, "NXM_NX_TCP_FLAGS", "tcp_flags", FTcp, S(Key::TcpFlags)),
+    f(1, 35, 4, 32, "NXM_NX_DP_HASH", "dp_hash", Hex, S(Key::DpHash)),
+    f(1, 36, 4, 32, "NXM_NX_RECIRC_ID", "recirc_id", Dec, S(Key::RecircId)),
+    f(1, 37, 4, 32, "NXM_NX_CONJ_ID", "conj_id", Dec, S(Key::ConjId)),
+    f(1, 105, 4, 32, "NXM_NX_CT_STATE", "ct_state", FCt, S(Key::CtState)),
+    f(1, 106, 2, 16, "NXM_NX_CT_ZONE", "ct_zone", Hex, S(Key::CtZone)),
+    f(1, 107, 4, 32, "NXM_NX_CT_MARK", "ct_mark", Hex, S(Key::CtMark)),
+    f(1, 108, 16, 128, "NXM_NX_CT_LABEL", "ct_label", Hex, S(Key::CtLabel)),
+    f(1, 109, 16, 128, "NXM_NX_TUN_IPV6_SRC", "tun_ipv6_src", Ipv6, S(Key::TunIpv6Src)),
+    f(1, 110, 16, 128, "NXM_NX_TUN_IPV6_DST", "tun_ipv6_dst", Ipv6, S(Key::TunIpv6Dst)),
+    f(1, 111, 16, 128, "NXM_NX_XXREG0", "xxreg0", Hex, Norm::Xxreg(0)),
+    f(1, 112, 16, 128, "NXM_NX_XXREG1", "xxreg1", Hex, Norm::Xxreg(1)),
+    f(1, 113, 16, 128, "NXM_NX_XXREG2", "xxreg2", Hex, Norm::Xxreg(2)),
+    f(1, 114, 16, 128, "NXM_NX_XXREG3", "xxreg3", Hex, Norm::Xxreg(3)),
+    f(1, 115, 1, 8, "NXM_NX_CT_NW_PROTO", "ct_nw_proto", Dec, S(Key::CtNwProto)),
+    f(1, 116, 4, 32, "NXM_NX_CT_NW_SRC", "ct_nw_src", Ipv4, S(Key::CtNwSrc)),
+    f(1, 117, 4, 32, "NXM_NX_CT_NW_DST", "ct_nw_dst", Ipv4, S(Key::CtNwDst)),
+    f(1, 118, 16, 128, "NXM_NX_CT_IPV6_SRC", "ct_ipv6_src", Ipv6, S(Key::CtIpv6Src)),
+    f(1, 119, 16, 128, "NXM_NX_CT_IPV6_DST", "ct_ipv6_dst", Ipv6, S(Key::CtIpv6Dst)),
+    f(1, 120, 2, 16, "NXM_NX_CT_TP_SRC", "ct_tp_src", Dec, S(Key::CtTpSrc)),
+    f(1, 121, 2, 16, "NXM_NX_CT_TP_DST", "ct_tp_dst", Dec, S(Key::CtTpDst)),
+    // OXM basic (class 0x8000)
+    f(0x8000, 0, 4, 32, "OXM_OF_IN_PORT", "in_port_oxm", Port, Norm::InPort32),
+    f(0x8000, 2, 8, 64, "OXM_OF_METADATA", "metadata", Hex, S(Key::Metadata)),
+    f(0x8000, 3, 6, 48, "NXM_OF_ETH_DST", "eth_dst", Eth, S(Key::DlDst)),
+    f(0x8000, 4, 6, 48, "NXM_OF_ETH_SRC", "eth_src", Eth, S(Key::DlSrc)),
+    f(0x8000, 5, 2, 16, "NXM_OF_ETH_TYPE", "eth_type", Hex, S(Key::DlType)),
+    f(0x8000, 6, 2, 12, "OXM_OF_VLAN_VID", "vlan_vid", Dec, Norm::VlanVid),
+    f(0x8000, 7, 1, 3, "OXM_OF_VLAN_PCP", "vlan_pcp", Dec, Norm::VlanPcp),
+    f(0x8000, 8, 1, 6, "OXM_OF_IP_DSCP", "ip_dscp", Dec, Norm::Dscp),
+    f(0x8000, 9, 1, 2, "NXM_NX_IP_ECN", "nw_ecn", Dec, S(Key::NwEcn)),
+    f(0x8000, 10, 1, 8, "NXM_OF_IP_PROTO", "nw_proto", Dec, S(Key::NwProto)),
+    f(0x8000, 11, 4, 32, "NXM_OF_IP_SRC", "ip_src", Ipv4, S(Key::NwSrc)),
+    f(0x8000, 12, 4, 32, "NXM_OF_IP_DST", "ip_dst", Ipv4, S(Key::NwDst)),
+    f(0x8000, 13, 2, 16, "NXM_OF_TCP_SRC", "tcp_src", Dec, S(Key::TpSrc)),
+    f(0x8000, 14, 2, 16, "NXM_OF_TCP_DST", "tcp_dst", Dec, S(Key::TpDst)),
+    f(0x8000, 15, 2, 16, "NXM_OF_UDP_SRC", "udp_src", Dec, S(Key::TpSrc)),
+    f(0x8000, 16, 2, 16, "NXM_OF_UDP_DST", "udp_dst", Dec, S(Key::TpDst)),
+    f(0x8000, 17, 2, 16, "OXM_OF_SCTP_SRC", "sctp_src", Dec, S(Key::TpSrc)),
+    f(0x8000, 18, 2, 16, "OXM_OF_SCTP_DST", "sctp_dst", Dec, S(Key::TpDst)),
+    f(0x8000, 19, 1, 8, "NXM_OF_ICMP_TYPE", "icmp_type", Dec, Norm::Small(Key::TpSrc)),
+    f(0x8000, 20, 1, 8, "NXM_OF_ICMP_CODE", "icmp_code", Dec, Norm::Small(Key::TpDst)),
+    f(0x8000, 21, 2, 16, "NXM_OF_ARP_OP", "arp_op", Dec, Norm::ArpOp),
+    f(0x8000, 22, 4, 32, "NXM_OF_ARP_SPA", "arp_spa", Ipv4, S(Key::NwSrc)),
+    f(0x8000, 23, 4, 32, "NXM_OF_ARP_TPA", "arp_tpa", Ipv4, S(Key::NwDst)),
+    f(0x8000, 24, 6, 48, "NXM_NX_ARP_SHA", "arp_sha", Eth, S(Key::ArpSha)),
+    f(0x8000, 25, 6, 48, "NXM_NX_ARP_THA", "arp_tha", Eth, S(Key::ArpTha)),
+    f(0x8000, 26, 16, 128, "NXM_NX_IPV6_SRC", "ipv6_src", Ipv6, S(Key::Ipv6Src)),
+    f(0x8000, 27, 16, 128, "NXM_NX_IPV6_DST", "ipv6_dst", Ipv6, S(Key::Ipv6Dst)),
+    f(0x8000, 28, 4, 20, "NXM_NX_IPV6_LABEL", "ipv6_label", Hex, S(Key::Ipv6Label)),
+    f(0x8000, 29, 1, 8, "NXM_NX_ICMPV6_TYPE", "icmpv6_type", Dec, Norm::Small(Key::TpSrc)),
+    f(0x8000, 30, 1, 8, "NXM_NX_ICMPV6_CODE", "icmpv6_code", Dec, Norm::Small(Key::TpDst)),
+    f(0x8000, 31, 16, 128, "NXM_NX_ND_TARGET", "nd_target", Ipv6, S(Key::NdTarget)),
+    f(0x8000, 32, 6, 48, "NXM_NX_ND_SLL", "nd_sll", Eth, S(Key::ArpSha)),
+    f(0x8000, 33, 6, 48, "NXM_NX_ND_TLL", "nd_tll", Eth, S(Key::ArpTha)),
+    f(0x8000, 34, 4, 20, "OXM_OF_MPLS_LABEL", "mpls_label", Dec, S(Key::MplsLabel)),
+    f(0x8000, 35, 1, 3, "OXM_OF_MPLS_TC", "mpls_tc", Dec, S(Key::MplsTc)),
+    f(0x8000, 36, 1, 1, "OXM_OF_MPLS_BOS", "mpls_bos", Dec, S(Key::MplsBos)),
+    f(0x8000, 38, 8, 64, "NXM_NX_TUN_ID", "tun_id", Hex, S(Key::TunId)),
+    // ONF experimenter OXMs that OVS uses on OF1.3.
+    onf(42, 2, 12, "ONFOXM_ET_TCP_FLAGS", "tcp_flags", FTcp, S(Key::TcpFlags)),
+    onf(43, 4, 32, "ONFOXM_ET_ACTSET_OUTPUT", "actset_output", Port, S(Key::ActsetOutput)),
+];
+
+/// Looks up a wire field by class, field number and experimenter id.
+pub fn field_info(class: u16, field: u8, experimenter: u32) -> Option<&'static FieldInfo> {
+    static INDEX: std::sync::OnceLock<[Option<&'static FieldInfo>; 384]> =
+        std::sync::OnceLock::new();
+    let slot = |class: u16, field: u8| -> Option<usize> {
+        let base = match class {
+            0 => 0,
+            1 => 128,
+            0x8000 => 256,
+            _ => return None,
+        };
+        Some(base + (field as usize & 0x7f))
+    };
+    match class {
+        1 if field < 16 => REGS.get(field as usize),
+        0x8001 => XREGS.get(field as usize),
+        0xffff => FIELDS
+            .iter()
+            .find(|i| i.class == class && i.field == field && i.experimenter == experimenter),
+        _ => {
+            let idx = INDEX.get_or_init(|| {
+                let mut t = [None; 384];
+                for i in FIELDS {
+                    if let Some(sl) = slot(i.class, i.field)
+                        && let Some(e) = t.get_mut(sl)
+                    {
+                        *e = Some(i);
+                    }
+                }
+                t
+            });
+            slot(class, field).and_then(|sl| idx.get(sl).copied().flatten())
+        }
+    }
+}
+
+/// A parsed OXM/NXM header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OxmHeader {
+    /// Class.
+    pub class: u16,
+    /// Field number.
+    pub field: u8,
+    /// Whether a mask follows the value.
+    pub has_mask: bool,
+    /// Payload length (excluding the 4-byte header, including the experimenter id).
+    pub length: u8,
+    /// Experimenter id for class 0xffff.
+    pub experimenter: u32,
+}
+
+impl OxmHeader {
+    /// Reads a header (4 bytes, or 8 for experimenter class).
+    pub fn read(r: &mut Rd<'_>) -> OfResult<OxmHeader> {
+        let h = r.u32()?;
+        let class = (h >> 16) as u16;
+        let experimenter = if class == 0xffff { r.u32()? } else { 0 };
+        Ok(OxmHeader {
+            class,
+            field: ((h >> 9) & 0x7f) as u8,
+            has_mask: h & 0x100 != 0,
+            length: (h & 0xff) as u8,
+            experimenter,
+        })
+    }
+
+    /// Payload bytes after the experimenter id.
+    pub fn payload_len(&self) -> usize {
+        let exp = if self.class == 0xffff { 4 } else { 0 };
+        (self.length as usize).saturating_sub(exp)
+    }
+
+    /// The known field, if any.
+    pub fn info(&self) -> Option<&'static FieldInfo> {
+        field_info(self.class, self.field, self.experimenter)
+    }
+
+    /// Name for subfield rendering: the known NXM/OXM name or a raw form.
+    pub fn subfield_name(&self, out: &mut String) {
+        match self.info() {
+            Some(i) => out.push_str(i.nxm_name),
+            None if self.class == 0xffff => {
+                let _ = write!(out, "experimenter_{:08x}_{}", self.experimenter, self.field);
+            }
+            None => {
+                let _ = write!(out, "oxm_{:04x}_{}", self.class, self.field);
+            }
+        }
+    }
+
+    /// Bits of the field (for `[]` in subfields); unknown fields use the payload width.
+    pub fn n_bits(&self) -> u16 {
+        match self.info() {
+            Some(i) => i.n_bits,
+            None => {
+                let div = if self.has_mask { 2 } else { 1 };
+                (self.payload_len() / div * 8) as u16
+            }
+        }
+    }
+}
+
+/// One normalized match entry: value and mask right-aligned in a u128.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// Which field.
+    pub key: Key,
+    /// Value (already masked).
+    pub value: u128,
+    /// Mask (all ones of the key's width for an exact match).
+    pub mask: u128,
+}
+
+/// A field this decoder does not know, kept raw.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UnknownField {
+    /// Class.
+    pub class: u16,
+    /// Field number.
+    pub field: u8,
+    /// Experimenter id (class 0xffff).
+    pub experimenter: u32,
+    /// Value bytes.
+    pub value: Vec<u8>,
+    /// Mask bytes when present.
+    pub mask: Option<Vec<u8>>,
+}
+
+/// A decoded match, normalized to OVS's flow layout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Match {
+    /// Known fields, sorted by key.
+    pub entries: Vec<Entry>,
+    /// Unknown fields, in wire order.
+    pub unknown: Vec<UnknownField>,
+}
+
+/// Width in bytes of a key's value.
+pub fn key_bytes(key: Key) -> usize {
+    use Key::*;
+    match key {
+        InPort | NwSrc | NwDst | Ipv6Label | Reg(_) | TunSrc | TunDst | PktMark | ConjId
+        | CtState | CtMark | CtNwSrc | CtNwDst | ActsetOutput | RecircId | DpHash | MplsLabel => 4,
+        VlanTci | DlType | TpSrc | TpDst | TcpFlags | CtZone | CtTpSrc | CtTpDst => 2,
+        DlSrc | DlDst | ArpSha | ArpTha => 6,
+        Ipv6Src | Ipv6Dst | NdTarget | TunIpv6Src | TunIpv6Dst | CtLabel | CtIpv6Src
+        | CtIpv6Dst => 16,
+        NwProto | NwTos | NwEcn | NwTtl | NwFrag | MplsTc | MplsBos | CtNwProto => 1,
+        TunId | Metadata => 8,
+        Unknown(_) => 0,
+    }
+}
+
+/// The mask of an exact match on `key` (narrower than its byte width for some fields).
+pub fn key_full_mask(key: Key) -> u128 {
+    match key {
+        Key::Ipv6Label | Key::MplsLabel => 0xfffff,
+        Key::TcpFlags => 0xfff,
+        k => ones(key_bytes(k)),
+    }
+}
+
+fn ones(bytes: usize) -> u128 {
+    if bytes >= 16 {
+        u128::MAX
+    } else {
+        (1u128 << (bytes * 8)) - 1
+    }
+}
+
+fn be(b: &[u8]) -> u128 {
+    b.iter().fold(0u128, |a, &x| (a << 8) | x as u128)
+}
+
+impl Match {
+    /// The entry for `key`, if matched.
+    pub fn get(&self, key: Key) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.key == key)
+    }
+
+    /// (value, mask) for `key`, zeros when not matched.
+    pub fn vm(&self, key: Key) -> (u128, u128) {
+        self.get(key).map(|e| (e.value, e.mask)).unwrap_or((0, 0))
+    }
+
+    fn merge(&mut self, key: Key, value: u128, mask: u128) {
+        if mask == 0 {
+            return;
+        }
+        if let Some(e) = self.entries.iter_mut().find(|e| e.key == key) {
+            e.value = (e.value & !mask) | (value & mask);
+            e.mask |= mask;
+        } else {
+            self.entries.push(Entry {
+                key,
+                value: value & mask,
+                mask,
+            });
+        }
+    }
+
+    fn add(&mut self, info: &FieldInfo, value: u128, mask: Option<u128>) {
+        let full = ones(info.bytes as usize);
+        let m = mask.unwrap_or(full);
+        match info.norm {
+            Norm::Simple(k) => {
+                let km = mask.unwrap_or(key_full_mask(k)) & ones(key_bytes(k));
+                self.merge(k, value, km)
+            }
+            Norm::InPort16 => {
+                let v = value as u32;
+                let p = if v >= 0xff00 { v | 0xffff_0000 } else { v };
+                self.merge(Key::InPort, p as u128, 0xffff_ffff);
+            }
+            Norm::InPort32 => self.merge(Key::InPort, value, 0xffff_ffff),
+            Norm::VlanVid => self.merge(Key::VlanTci, value & 0x1fff, m & 0x1fff),
+            Norm::VlanPcp => self.merge(Key::VlanTci, ((value & 7) << 13) | 0x1000, 0xf000),
+            Norm::Dscp => self.merge(Key::NwTos, (value & 0x3f) << 2, 0xfc),
+            Norm::Tos => self.merge(Key::NwTos, value & 0xfc, m & 0xfc),
+            Norm::Small(k) => self.merge(k, value, 0xffff),
+            Norm::ArpOp => self.merge(Key::NwProto, value & 0xff, 0xff),
+            Norm::Xreg(n) => {
+                let base = n * 2;
+                self.merge(Key::Reg(base), value >> 32, (m >> 32) & 0xffff_ffff);
+                self.merge(Key::Reg(base + 1), value & 0xffff_ffff, m & 0xffff_ffff);
+            }
+            Norm::Xxreg(n) => {
+                let base = n * 4;
+                for i in 0..4u8 {
+                    let sh = 96 - 32 * i as u32;
+                    self.merge(
+                        Key::Reg(base + i),
+                        (value >> sh) & 0xffff_ffff,
+                        (m >> sh) & 0xffff_ffff,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Decodes a sequence of OXM/NXM TLVs (no `ofp_match` header).
+    pub fn decode_tlvs(buf: &[u8]) -> OfResult<Match> {
+        let mut m = Match::default();
+        m.decode_tlvs_into(buf)?;
+        Ok(m)
+    }
+
+    /// Like [`decode_tlvs`](Self::decode_tlvs), reusing this match's buffers.
+    pub fn decode_tlvs_into(&mut self, buf: &[u8]) -> OfResult<()> {
+        self.entries.clear();
+        self.unknown.clear();
+        let m = self;
+        let mut r = Rd::new(buf, "OXM field");
+        while !r.is_empty() {
+            let h = OxmHeader::read(&mut r)?;
+            let payload = r.take(h.payload_len())?;
+            let (v, mk) = if h.has_mask {
+                if payload.len() % 2 != 0 {
+                    return Err(OfError::Malformed(format!(
+                        "masked OXM field {:#06x}:{} has odd length {}",
+                        h.class,
+                        h.field,
+                        payload.len()
+                    )));
+                }
+                let (a, b) = payload.split_at(payload.len() / 2);
+                (a, Some(b))
+            } else {
+                (payload, None)
+            };
+            match h.info() {
+                Some(info) if v.len() == info.bytes as usize => {
+                    m.add(info, be(v), mk.map(be));
+                }
+                Some(info) => {
+                    return Err(OfError::Malformed(format!(
+                        "OXM field {} has {} value bytes, expected {}",
+                        info.name,
+                        v.len(),
+                        info.bytes
+                    )));
+                }
+                None => m.unknown.push(UnknownField {
+                    class: h.class,
+                    field: h.field,
+                    experimenter: h.experimenter,
+                    value: v.to_vec(),
+                    mask: mk.map(<[u8]>::to_vec),
+                }),
+            }
+        }
+        m.entries.sort_unstable_by_key(|e| e.key);
+        Ok(())
+    }
+
+    /// Decodes an `ofp_match` (type OXM) at the reader and consumes its padding.
+    pub fn read_ofp_match(r: &mut Rd<'_>) -> OfResult<Match> {
+        let mtype = r.u16()?;
+        let len = r.u16()? as usize;
+        if mtype != 1 {
+            return Err(OfError::Malformed(format!(
+                "match type {mtype} is not OXM (1)"
+            )));
+        }
+        if len < 4 {
+            return Err(OfError::Malformed(format!("match length {len} < 4")));
+        }
+        let tlvs = r.take(len - 4)?;
+        let mut m = Match::default();
+        m.decode_tlvs_into(tlvs)?;
+        r.skip(pad8(len) - len)?;
+        Ok(m)
+    }
+
+    /// Like [`read_ofp_match`](Self::read_ofp_match), reusing this match's buffers.
+    pub fn read_ofp_match_into(&mut self, r: &mut Rd<'_>) -> OfResult<()> {
+        let mtype = r.u16()?;
+        let len = r.u16()? as usize;
+        if mtype != 1 {
+            return Err(OfError::Malformed(format!(
+                "match type {mtype} is not OXM (1)"
+            )));
+        }
+        if len < 4 {
+            return Err(OfError::Malformed(format!("match length {len} < 4")));
+        }
+        let tlvs = r.take(len - 4)?;
+        self.decode_tlvs_into(tlvs)?;
+        r.skip(pad8(len) - len)?;
+        Ok(())
+    }
+
+    /// Normalized [`FieldMatch`] list (named as `ovs-ofctl` names them, sorted by name).
+    pub fn field_matches(&self) -> Vec<FieldMatch> {
+        let dl_type = self.vm(Key::DlType).0 as u16;
+        let nw_proto = self.vm(Key::NwProto).0 as u8;
+        let mut out = Vec::with_capacity(self.entries.len() + self.unknown.len());
+        for e in &self.entries {
+            let n = key_bytes(e.key);
+            let full = key_full_mask(e.key);
+            let name = key_name(e.key, dl_type, nw_proto);
+            let value = e.value.to_be_bytes()[16 - n..].to_vec();
+            let mask = (e.mask != full).then(|| e.mask.to_be_bytes()[16 - n..].to_vec());
+            out.push(FieldMatch {
+                field: name.into_owned(),
+                value,
+                mask,
+            });
+        }
+        for u in &self.unknown {
+            out.push(FieldMatch {
+                field: unknown_name(u),
+                value: u.value.clone(),
+                mask: u.mask.clone(),
+            });
+        }
+        out.sort();
+        out
+    }
+}
+
+/// Dense slot of a key (for per-flow lookup tables); `None` for unknown fields.
+fn slot(k: Key) -> Option<usize> {
+    Some(match k {
+        Key::InPort => 0,
+        Key::VlanTci => 1,
+        Key::DlSrc => 2,
+        Key::DlDst => 3,
+        Key::DlType => 4,
+        Key::NwSrc => 5,
+        Key::NwDst => 6,
+        Key::Ipv6Src => 7,
+        Key::Ipv6Dst => 8,
+        Key::Ipv6Label => 9,
+        Key::NwProto => 10,
+        Key::NwTos => 11,
+        Key::NwEcn => 12,
+        Key::NwTtl => 13,
+        Key::NwFrag => 14,
+        Key::ArpSha => 15,
+        Key::ArpTha => 16,
+        Key::TpSrc => 17,
+        Key::TpDst => 18,
+        Key::NdTarget => 19,
+        Key::TcpFlags => 20,
+        Key::MplsLabel => 21,
+        Key::MplsTc => 22,
+        Key::MplsBos => 23,
+        Key::TunId => 24,
+        Key::TunSrc => 25,
+        Key::TunDst => 26,
+        Key::TunIpv6Src => 27,
+        Key::TunIpv6Dst => 28,
+        Key::Metadata => 29,
+        Key::PktMark => 30,
+        Key::ConjId => 31,
+        Key::CtState => 32,
+        Key::CtZone => 33,
+        Key::CtMark => 34,
+        Key::CtLabel => 35,
+        Key::CtNwProto => 36,
+        Key::CtNwSrc => 37,
+        Key::CtNwDst => 38,
+        Key::CtIpv6Src => 39,
+        Key::CtIpv6Dst => 40,
+        Key::CtTpSrc => 41,
+        Key::CtTpDst => 42,
+        Key::ActsetOutput => 43,
+        Key::RecircId => 44,
+        Key::DpHash => 45,
+        Key::Reg(i) => 46 + (i as usize & 15),
+        Key::Unknown(_) => return None,
+    })
+}
+
+const N_SLOTS: usize = 62;
+
+fn unknown_name(u: &UnknownField) -> String {
+    if u.class == 0xffff {
+        format!("experimenter_{:08x}_{}", u.experimenter, u.field)
+    } else {
+        format!("oxm_{:04x}_{}", u.class, u.field)
+    }
+}
+
+const REG_NAMES: [&str; 16] = [
+    "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7", "reg8", "reg9", "reg10",
+    "reg11", "reg12", "reg13", "reg14", "reg15",
+];
+
+/// The `ovs-ofctl` match name of a key in the context of the flow's `dl_type`/`nw_proto`.
+pub fn key_name(k: Key, dl_type: u16, nw_proto: u8) -> std::borrow::Cow<'static, str> {
+    use std::borrow::Cow::Borrowed as B;
+    let arp = dl_type == 0x0806 || dl_type == 0x8035;
+    let icmp = (dl_type == 0x0800 && nw_proto == 1) || (dl_type == 0x86dd && nw_proto == 58);
+    let nd = dl_type == 0x86dd && nw_proto == 58;
+    match k {
+        Key::InPort => B("in_port"),
+        Key::VlanTci => B("vlan_tci"),
+        Key::DlSrc => B("dl_src"),
+        Key::DlDst => B("dl_dst"),
+        Key::DlType => B("dl_type"),
+        Key::NwSrc if arp => B("arp_spa"),
+        Key::NwDst if arp => B("arp_tpa"),
+        Key::NwSrc => B("nw_src"),
+        Key::NwDst => B("nw_dst"),
+        Key::Ipv6Src => B("ipv6_src"),
+        Key::Ipv6Dst => B("ipv6_dst"),
+        Key::Ipv6Label => B("ipv6_label"),
+        Key::NwProto if arp => B("arp_op"),
+        Key::NwProto => B("nw_proto"),
+        Key::NwTos => B("nw_tos"),
+        Key::NwEcn => B("nw_ecn"),
+        Key::NwTtl => B("nw_ttl"),
+        Key::NwFrag => B("nw_frag"),
+        Key::ArpSha if nd => B("nd_sll"),
+        Key::ArpTha if nd => B("nd_tll"),
+        Key::ArpSha => B("arp_sha"),
+        Key::ArpTha => B("arp_tha"),
+        Key::TpSrc if icmp => B("icmp_type"),
+        Key::TpDst if icmp => B("icmp_code"),
+        Key::TpSrc => B("tp_src"),
+        Key::TpDst => B("tp_dst"),
+        Key::NdTarget => B("nd_target"),
+        Key::TcpFlags => B("tcp_flags"),
+        Key::MplsLabel => B("mpls_label"),
+        Key::MplsTc => B("mpls_tc"),
+        Key::MplsBos => B("mpls_bos"),
+        Key::Reg(i) => REG_NAMES
+            .get(i as usize)
+            .map(|s| B(*s))
+            .unwrap_or_else(|| std::borrow::Cow::Owned(format!("reg{i}"))),
+        Key::TunId => B("tun_id"),
+        Key::TunSrc => B("tun_src"),
+        Key::TunDst => B("tun_dst"),
+        Key::TunIpv6Src => B("tun_ipv6_src"),
+        Key::TunIpv6Dst => B("tun_ipv6_dst"),
+        Key::Metadata => B("metadata"),
+        Key::PktMark => B("pkt_mark"),
+        Key::ConjId => B("conj_id"),
+        Key::CtState => B("ct_state"),
+        Key::CtZone => B("ct_zone"),
+        Key::CtMark => B("ct_mark"),
+        Key::CtLabel => B("ct_label"),
+        Key::CtNwProto => B("ct_nw_proto"),
+        Key::CtNwSrc => B("ct_nw_src"),
+        Key::CtNwDst => B("ct_nw_dst"),
+        Key::CtIpv6Src => B("ct_ipv6_src"),
+        Key::CtIpv6Dst => B("ct_ipv6_dst"),
+        Key::CtTpSrc => B("ct_tp_src"),
+        Key::CtTpDst => B("ct_tp_dst"),
+        Key::ActsetOutput => B("actset_output"),
+        Key::RecircId => B("recirc_id"),
+        Key::DpHash => B("dp_hash"),
+        Key::Unknown(_) => B("unknown"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value formatting helpers shared with the action renderer.
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `v` in decimal (allocation-free fast path for the renderer).
+pub fn push_dec(out: &mut String, v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        if let Some(b) = buf.get_mut(i) {
+            *b = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    for &b in buf.get(i..).unwrap_or_default() {
+        out.push(b as char);
+    }
+}
+
+/// Appends `0x` and `v` in lowercase hex without leading zeros (`0x0` for zero).
+pub fn push_hex(out: &mut String, v: u128) {
+    out.push_str("0x");
+    let digits = if v == 0 {
+        1
+    } else {
+        (128 - v.leading_zeros()).div_ceil(4)
+    };
+    for d in (0..digits).rev() {
+        out.push(HEX[((v >> (d * 4)) & 0xf) as usize] as char);
+    }
+}
+
+/// C `%#x`: `0` for zero, else `0x…`.
+pub fn c_hex(out: &mut String, v: u128) {
+    if v == 0 {
+        out.push('0');
+    } else {
+        push_hex(out, v);
+    }
+}
+
+/// Ethernet address `xx:xx:xx:xx:xx:xx` from the low 48 bits.
+pub fn fmt_eth(out: &mut String, v: u128) {
+    let b = (v as u64).to_be_bytes();
+    for (i, x) in b.iter().skip(2).enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push(HEX[(x >> 4) as usize] as char);
+        out.push(HEX[(x & 0xf) as usize] as char);
+    }
+}
+
+/// Dotted-quad IPv4 from the low 32 bits.
+pub fn fmt_ipv4(out: &mut String, v: u128) {
+    let b = (v as u32).to_be_bytes();
+    for (i, x) in b.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_dec(out, *x as u64);
+    }
+}
+
+/// IPv6 text form (as `inet_ntop` prints it).
+pub fn fmt_ipv6(out: &mut String, v: u128) {
+    let _ = write!(out, "{}", std::net::Ipv6Addr::from(v));
+}
+
+fn cidr_len(mask: u128, bits: u32) -> Option<u32> {
+    let m = mask << (128 - bits);
+    let n = m.leading_ones();
+    (m.count_ones() == n).then_some(n)
+}
+
+/// Port in OF1.3 32-bit numbering as `ovs-ofctl` prints it (reserved ports by name).
+pub fn fmt_port(out: &mut String, port: u32) {
+    let p16 = if port >= 0xffff_ff00 {
+        port & 0xffff
+    } else {
+        port
+    };
+    let name = match p16 {
+        0xfff7 => Some("UNSET"),
+        0xfff8 => Some("IN_PORT"),
+        0xfff9 => Some("TABLE"),
+        0xfffa => Some("NORMAL"),
+        0xfffb => Some("FLOOD"),
+        0xfffc => Some("ALL"),
+        0xfffd => Some("CONTROLLER"),
+        0xfffe => Some("LOCAL"),
+        0xffff => Some("ANY"),
+        _ => None,
+    };
+    match name {
+        Some(n) => out.push_str(n),
+        None => {
+            push_dec(out, p16 as u64);
+        }
+    }
+}
+
+/// The name of a reserved port (NORMAL, LOCAL, …) in OF1.3 numbering, if reserved.
+pub fn reserved_port_name(port: u32) -> Option<&'static str> {
+    if port < 0xffff_fff7 {
+        return None;
+    }
+    Some(match port & 0xffff {
+        0xfff7 => "UNSET",
+        0xfff8 => "IN_PORT",
+        0xfff9 => "TABLE",
+        0xfffa => "NORMAL",
+        0xfffb => "FLOOD",
+        0xfffc => "ALL",
+        0xfffd => "CONTROLLER",
+        0xfffe => "LOCAL",
+        _ => "ANY",
+    })
+}
+
+fn ct_state_bit(bit: u32) -> Option<&'static str> {
+    Some(match bit {
+        0x01 => "new",
+        0x02 => "est",
+        0x04 => "rel",
+        0x08 => "rpl",
+        0x10 => "inv",
+        0x20 => "trk",
+        0x40 => "snat",
+        0x80 => "dnat",
+        _ => return None,
+    })
+}
+
+fn tcp_flag_bit(bit: u32) -> Option<&'static str> {
+    Some(match bit {
+        0x001 => "fin",
+        0x002 => "syn",
+        0x004 => "rst",
+        0x008 => "psh",
+        0x010 => "ack",
+        0x020 => "urg",
+        0x040 => "ece",
+        0x080 => "cwr",
+        0x100 => "ns",
+        0x200 => "[200]",
+        0x400 => "[400]",
+        0x800 => "[800]",
+        _ => return None,
+    })
+}
+
+fn fmt_flags(out: &mut String, names: fn(u32) -> Option<&'static str>, flags: u32, del: char) {
+    if flags == 0 {
+        out.push('0');
+        return;
+    }
+    let mut bad = 0u32;
+    let mut f = flags;
+    let start = out.len();
+    while f != 0 {
+        let bit = f & f.wrapping_neg();
+        match names(bit) {
+            Some(s) => {
+                out.push_str(s);
+                out.push(del);
+            }
+            None => bad |= bit,
+        }
+        f &= !bit;
+    }
+    if bad != 0 {
+        let _ = write!(out, "{bad:#x}{del}");
+    }
+    if out.len() > start && out.ends_with(del) {
+        out.pop();
+    }
+}
+
+fn fmt_flags_masked(
+    out: &mut String,
+    names: fn(u32) -> Option<&'static str>,
+    flags: u32,
+    mask: u32,
+    max: u32,
+) {
+    if mask == max {
+        fmt_flags(out, names, flags, '|');
+        return;
+    }
+    if mask == 0 {
+        out.push_str("0/0");
+        return;
+    }
+    let mut m = mask;
+    while m != 0 {
+        let bit = m & m.wrapping_neg();
+        out.push(if flags & bit != 0 { '+' } else { '-' });
+        out.push_str(names(bit).unwrap_or("[Unknown]"));
+        m &= !bit;
+    }
+}
+
+/// Formats a field value (and optional mask) the way OVS's `mf_format` does.
+pub fn mf_format(out: &mut String, info: &FieldInfo, value: u128, mask: Option<u128>) {
+    let full = ones(info.bytes as usize);
+    let mask = mask.filter(|m| *m != full);
+    match info.fmt {
+        Fmt::Hex => {
+            c_hex(out, value);
+            if let Some(m) = mask {
+                out.push('/');
+                c_hex(out, m);
+            }
+        }
+        Fmt::Dec => {
+            let _ = write!(out, "{value}");
+            if let Some(m) = mask {
+                let _ = write!(out, "/{m:#x}");
+            }
+        }
+        Fmt::Eth => {
+            fmt_eth(out, value);
+            if let Some(m) = mask {
+                out.push('/');
+                fmt_eth(out, m);
+            }
+        }
+        Fmt::Ipv4 => {
+            fmt_ipv4(out, value);
+            if let Some(m) = mask {
+                match cidr_len(m, 32) {
+                    Some(n) => {
+                        let _ = write!(out, "/{n}");
+                    }
+                    None => {
+                        out.push('/');
+                        fmt_ipv4(out, m);
+                    }
+                }
+            }
+        }
+        Fmt::Ipv6 => {
+            fmt_ipv6(out, value);
+            if let Some(m) = mask {
+                match cidr_len(m, 128) {
+                    Some(n) => {
+                        let _ = write!(out, "/{n}");
+                    }
+                    None => {
+                        out.push('/');
+                        fmt_ipv6(out, m);
+                    }
+                }
+            }
+        }
+        Fmt::Port => {
+            let p = value as u32;
+            let p = if info.bytes == 2 && p >= 0xff00 {
+                p | 0xffff_0000
+            } else {
+                p
+            };
+            fmt_port(out, p);
+        }
+        Fmt::Frag => fmt_frag(out, value as u8, mask.map(|m| m as u8).unwrap_or(3)),
+        Fmt::TcpFlags => fmt_flags_masked(
+            out,
+            tcp_flag_bit,
+            value as u32,
+            mask.map(|m| m as u32).unwrap_or(0xfff),
+            0xfff,
+        ),
+        Fmt::CtState => fmt_flags_masked(
+            out,
+            ct_state_bit,
+            value as u32,
+            mask.map(|m| m as u32).unwrap_or(u32::MAX),
+            u32::MAX,
+        ),
+    }
+}
+
+fn fmt_frag(out: &mut String, v: u8, m: u8) {
+    out.push_str(match m & 3 {
+        3 => {
+            if v & 2 != 0 {
+                "later"
+            } else if v & 1 != 0 {
+                "first"
+            } else {
+                "no"
+            }
+        }
+        1 => {
+            if v & 1 != 0 {
+                "yes"
+            } else {
+                "no"
+            }
+        }
+        2 => {
+            if v & 2 != 0 {
+                "later"
+            } else {
+                "not_later"
+            }
+        }
+        _ => "0/0",
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Match rendering (`match_format` order).
+
+fn put_u32_masked(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        out.push_str(name);
+        out.push('=');
+        c_hex(out, e.value);
+        if e.mask != 0xffff_ffff {
+            out.push('/');
+            c_hex(out, e.mask);
+        }
+        out.push(',');
+    }
+}
+
+fn put_be64_masked(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        out.push_str(name);
+        out.push('=');
+        c_hex(out, e.value);
+        if e.mask != u64::MAX as u128 {
+            out.push('/');
+            c_hex(out, e.mask);
+        }
+        out.push(',');
+    }
+}
+
+fn put_be16_masked(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        out.push_str(name);
+        out.push('=');
+        if e.mask == 0xffff {
+            push_dec(out, e.value as u64);
+        } else {
+            push_hex(out, e.value);
+            out.push('/');
+            push_hex(out, e.mask);
+        }
+        out.push(',');
+    }
+}
+
+fn put_eth_masked(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        out.push_str(name);
+        out.push('=');
+        fmt_eth(out, e.value);
+        if e.mask != ones(6) {
+            out.push('/');
+            fmt_eth(out, e.mask);
+        }
+        out.push(',');
+    }
+}
+
+fn put_ip_masked(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        out.push_str(name);
+        out.push('=');
+        fmt_ipv4(out, e.value);
+        if e.mask != 0xffff_ffff {
+            match cidr_len(e.mask, 32) {
+                Some(n) => {
+                    let _ = write!(out, "/{n}");
+                }
+                None => {
+                    out.push('/');
+                    fmt_ipv4(out, e.mask);
+                }
+            }
+        }
+        out.push(',');
+    }
+}
+
+fn put_ipv6_masked(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        out.push_str(name);
+        out.push('=');
+        fmt_ipv6(out, e.value);
+        if e.mask != u128::MAX {
+            match cidr_len(e.mask, 128) {
+                Some(n) => {
+                    let _ = write!(out, "/{n}");
+                }
+                None => {
+                    out.push('/');
+                    fmt_ipv6(out, e.mask);
+                }
+            }
+        }
+        out.push(',');
+    }
+}
+
+/// Appends the match in `ovs-ofctl` form, preceded by `priority=N,` unless it is 32768.
+/// Nothing is appended for a catch-all match at the default priority.
+pub fn render_match(out: &mut String, m: &Match, priority: u16) {
+    let start = out.len();
+    if priority != 32768 {
+        out.push_str("priority=");
+        push_dec(out, priority as u64);
+        out.push(',');
+    }
+    let mut index = [u8::MAX; N_SLOTS];
+    for (i, e) in m.entries.iter().enumerate() {
+        if let Some(sl) = slot(e.key)
+            && let Some(x) = index.get_mut(sl)
+        {
+            *x = i.min(254) as u8;
+        }
+    }
+    let g = |k: Key| -> Option<&Entry> {
+        let i = *index.get(slot(k)?)?;
+        m.entries.get(i as usize)
+    };
+    put_u32_masked(out, "pkt_mark", g(Key::PktMark));
+    put_u32_masked(out, "recirc_id", g(Key::RecircId));
+    put_u32_masked(out, "dp_hash", g(Key::DpHash));
+    if let Some(e) = g(Key::ConjId) {
+        let _ = write!(out, "conj_id={},", e.value);
+    }
+    if let Some(e) = g(Key::ActsetOutput) {
+        out.push_str("actset_output=");
+        fmt_port(out, e.value as u32);
+        out.push(',');
+    }
+    if let Some(e) = g(Key::CtState) {
+        out.push_str("ct_state=");
+        // OVS keeps ct_state in 8 bits; a full mask prints as `a|b|…` (or `0`).
+        fmt_flags_masked(
+            out,
+            ct_state_bit,
+            e.value as u32,
+            e.mask as u32 & 0xff,
+            0xff,
+        );
+        out.push(',');
+    }
+    put_be16_masked(out, "ct_zone", g(Key::CtZone));
+    put_u32_masked(out, "ct_mark", g(Key::CtMark));
+    if let Some(e) = g(Key::CtLabel) {
+        out.push_str("ct_label=");
+        let _ = write!(out, "{:#x}", e.value);
+        if e.mask != u128::MAX {
+            let _ = write!(out, "/{:#x}", e.mask);
+        }
+        out.push(',');
+    }
+    put_ip_masked(out, "ct_nw_src", g(Key::CtNwSrc));
+    put_ipv6_masked(out, "ct_ipv6_src", g(Key::CtIpv6Src));
+    put_ip_masked(out, "ct_nw_dst", g(Key::CtNwDst));
+    put_ipv6_masked(out, "ct_ipv6_dst", g(Key::CtIpv6Dst));
+    if let Some(e) = g(Key::CtNwProto) {
+        let _ = write!(out, "ct_nw_proto={},", e.value);
+        put_be16_masked(out, "ct_tp_src", g(Key::CtTpSrc));
+        put_be16_masked(out, "ct_tp_dst", g(Key::CtTpDst));
+    }
+
+    let dl_type_e = g(Key::DlType);
+    let dl_type = dl_type_e.map(|e| e.value as u16).unwrap_or(0);
+    let proto_e = g(Key::NwProto);
+    let nw_proto = proto_e.map(|e| e.value as u8).unwrap_or(0);
+    let mut skip_type = false;
+    let mut skip_proto = false;
+    if dl_type_e.is_some() {
+        skip_type = true;
+        let kw = match dl_type {
+            0x0800 => {
+                if proto_e.is_some() {
+                    skip_proto = true;
+                    match nw_proto {
+                        1 => "icmp",
+                        6 => "tcp",
+                        17 => "udp",
+                        132 => "sctp",
+                        _ => {
+                            skip_proto = false;
+                            "ip"
+                        }
+                    }
+                } else {
+                    "ip"
+                }
+            }
+            0x86dd => {
+                if proto_e.is_some() {
+                    skip_proto = true;
+                    match nw_proto {
+                        58 => "icmp6",
+                        6 => "tcp6",
+                        17 => "udp6",
+                        132 => "sctp6",
+                        _ => {
+                            skip_proto = false;
+                            "ipv6"
+                        }
+                    }
+                } else {
+                    "ipv6"
+                }
+            }
+            0x0806 => "arp",
+            0x8035 => "rarp",
+            0x8847 => "mpls",
+            0x8848 => "mplsm",
+            _ => {
+                skip_type = false;
+                ""
+            }
+        };
+        if !kw.is_empty() {
+            out.push_str(kw);
+            out.push(',');
+        }
+    }
+    for e in m.entries.iter().filter(|e| matches!(e.key, Key::Reg(_))) {
+        if let Key::Reg(i) = e.key {
+            let name = REG_NAMES.get(i as usize).copied().unwrap_or("reg?");
+            put_u32_masked(out, name, Some(e));
+        }
+    }
+    put_be64_masked(out, "tun_id", g(Key::TunId));
+    put_ip_masked(out, "tun_src", g(Key::TunSrc));
+    put_ip_masked(out, "tun_dst", g(Key::TunDst));
+    put_ipv6_masked(out, "tun_ipv6_src", g(Key::TunIpv6Src));
+    put_ipv6_masked(out, "tun_ipv6_dst", g(Key::TunIpv6Dst));
+    put_be64_masked(out, "metadata", g(Key::Metadata));
+    if let Some(e) = g(Key::InPort) {
+        out.push_str("in_port=");
+        fmt_port(out, e.value as u32);
+        out.push(',');
+    }
+    if let Some(e) = g(Key::VlanTci) {
+        let (tci, mask) = (e.value as u16, e.mask as u16);
+        let vid_mask = mask & 0x0fff;
+        let pcp_mask = mask & 0xe000;
+        let cfi = mask & 0x1000;
+        if cfi != 0
+            && tci & 0x1000 != 0
+            && (vid_mask == 0 || vid_mask == 0x0fff)
+            && (pcp_mask == 0 || pcp_mask == 0xe000)
+            && (vid_mask != 0 || pcp_mask != 0)
+        {
+            if vid_mask != 0 {
+                out.push_str("dl_vlan=");
+                push_dec(out, (tci & 0x0fff) as u64);
+                out.push(',');
+            }
+            if pcp_mask != 0 {
+                let _ = write!(out, "dl_vlan_pcp={},", tci >> 13);
+            }
+        } else if mask == 0xffff {
+            let _ = write!(out, "vlan_tci={tci:#06x},");
+        } else {
+            let _ = write!(out, "vlan_tci={tci:#06x}/{mask:#06x},");
+        }
+    }
+    put_eth_masked(out, "dl_src", g(Key::DlSrc));
+    put_eth_masked(out, "dl_dst", g(Key::DlDst));
+    if !skip_type && let Some(e) = dl_type_e {
+        let _ = write!(out, "dl_type={:#06x},", e.value);
+    }
+    let arp = dl_type == 0x0806 || dl_type == 0x8035;
+    if dl_type == 0x86dd {
+        put_ipv6_masked(out, "ipv6_src", g(Key::Ipv6Src));
+        put_ipv6_masked(out, "ipv6_dst", g(Key::Ipv6Dst));
+        if let Some(e) = g(Key::Ipv6Label) {
+            if e.mask == 0xfffff {
+                let _ = write!(out, "ipv6_label={:#07x},", e.value);
+            } else {
+                let _ = write!(out, "ipv6_label={:#07x}/{:#07x},", e.value, e.mask);
+            }
+        }
+    } else if arp {
+        put_ip_masked(out, "arp_spa", g(Key::NwSrc));
+        put_ip_masked(out, "arp_tpa", g(Key::NwDst));
+    } else {
+        put_ip_masked(out, "nw_src", g(Key::NwSrc));
+        put_ip_masked(out, "nw_dst", g(Key::NwDst));
+    }
+    if !skip_proto && let Some(e) = proto_e {
+        let name = if arp { "arp_op" } else { "nw_proto" };
+        let _ = write!(out, "{name}={},", e.value);
+    }
+    if arp {
+        put_eth_masked(out, "arp_sha", g(Key::ArpSha));
+        put_eth_masked(out, "arp_tha", g(Key::ArpTha));
+    }
+    if let Some(e) = g(Key::NwTos) {
+        let _ = write!(out, "nw_tos={},", e.value & 0xfc);
+    }
+    if let Some(e) = g(Key::NwEcn) {
+        let _ = write!(out, "nw_ecn={},", e.value & 3);
+    }
+    if let Some(e) = g(Key::NwTtl) {
+        let _ = write!(out, "nw_ttl={},", e.value);
+    }
+    if let Some(e) = g(Key::MplsLabel) {
+        let _ = write!(out, "mpls_label={},", e.value);
+    }
+    if let Some(e) = g(Key::MplsTc) {
+        let _ = write!(out, "mpls_tc={},", e.value);
+    }
+    if let Some(e) = g(Key::MplsBos) {
+        let _ = write!(out, "mpls_bos={},", e.value);
+    }
+    if let Some(e) = g(Key::NwFrag) {
+        out.push_str("nw_frag=");
+        fmt_frag(out, e.value as u8, e.mask as u8);
+        out.push(',');
+    }
+    if dl_type == 0x0800 && nw_proto == 1 {
+        put_be16_masked(out, "icmp_type", g(Key::TpSrc));
+        put_be16_masked(out, "icmp_code", g(Key::TpDst));
+    } else if dl_type == 0x86dd && nw_proto == 58 {
+        put_be16_masked(out, "icmp_type", g(Key::TpSrc));
+        put_be16_masked(out, "icmp_code", g(Key::TpDst));
+        put_ipv6_masked(out, "nd_target", g(Key::NdTarget));
+        put_eth_masked(out, "nd_sll", g(Key::ArpSha));
+        put_eth_masked(out, "nd_tll", g(Key::ArpTha));
+    } else {
+        put_be16_masked(out, "tp_src", g(Key::TpSrc));
+        put_be16_masked(out, "tp_dst", g(Key::TpDst));
+    }
+    if (dl_type == 0x0800 || dl_type == 0x86dd)
+        && nw_proto == 6
+        && let Some(e) = g(Key::TcpFlags)
+    {
+        out.push_str("tcp_flags=");
+        fmt_flags_masked(out, tcp_flag_bit, e.value as u32, e.mask as u32, 0xfff);
+        out.push(',');
+    }
+    for u in &m.unknown {
+        out.push_str(&unknown_name(u));
+        out.push_str("=0x");
+        for b in &u.value {
+            let _ = write!(out, "{b:02x}");
+        }
+        if let Some(mk) = &u.mask {
+            out.push_str("/0x");
+            for b in mk {
+                let _ = write!(out, "{b:02x}");
+            }
+        }
+        out.push(',');
+    }
+    if out.len() > start && out.ends_with(',') {
+        out.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tlv(class: u16, field: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let h = ((class as u32) << 16)
+            | ((field as u32) << 9)
+            | if masked { 0x100 } else { 0 }
+            | payload.len() as u32;
+        let mut v = h.to_be_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn render(m: &Match, prio: u16) -> String {
+        let mut s = String::new();
+        render_match(&mut s, m, prio);
+        s
+    }
+
+    #[test]
+    fn vlan_forms() {
+        let m = Match::decode_tlvs(&tlv(0x8000, 6, &[0x10, 0x64], false)).unwrap();
+        assert_eq!(render(&m, 4), "priority=4,dl_vlan=100");
+        let m = Match::decode_tlvs(&tlv(0x8000, 6, &[0, 0], false)).unwrap();
+        assert_eq!(render(&m, 3), "priority=3,vlan_tci=0x0000/0x1fff");
+        let mut b = tlv(0x8000, 6, &[0x10, 0, 0x10, 0], true);
+        b.extend(tlv(0x8000, 7, &[5], false));
+        let m = Match::decode_tlvs(&b).unwrap();
+        assert_eq!(render(&m, 21), "priority=21,dl_vlan_pcp=5");
+    }
+
+    #[test]
+    fn protocol_keywords_and_order() {
+        let mut b = tlv(0x8000, 5, &[0x08, 0x00], false);
+        b.extend(tlv(0x8000, 10, &[6], false));
+        b.extend(tlv(0x8000, 14, &[0, 22], false));
+        b.extend(tlv(1, 105, &[0, 0, 0, 1, 0, 0, 0, 3], true));
+        b.extend(tlv(1, 5, &[0, 0, 0, 0xa], false));
+        let m = Match::decode_tlvs(&b).unwrap();
+        assert_eq!(
+            render(&m, 74),
+            "priority=74,ct_state=+new-est,tcp,reg5=0xa,tp_dst=22"
+        );
+        let fm = m.field_matches();
+        assert!(fm.iter().any(|f| f.field == "dl_type" && f.value == [8, 0]));
+        assert!(fm.iter().any(|f| f.field == "tp_dst" && f.value == [0, 22]));
+    }
+
+    #[test]
+    fn xreg_splits_and_unknown_is_kept() {
+        let mut b = tlv(0x8001, 1, &[0, 0, 0, 1, 0, 0, 0, 2], false);
+        b.extend(tlv(0x7777, 3, &[1, 2], false));
+        let m = Match::decode_tlvs(&b).unwrap();
+        assert_eq!(
+            render(&m, 8),
+            "priority=8,reg2=0x1,reg3=0x2,oxm_7777_3=0x0102"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(Match::decode_tlvs(&[0x80, 0x00, 0x0c, 0x02, 0x1f]).is_err());
+        assert!(Match::decode_tlvs(&tlv(0x8000, 6, &[1, 2, 3], true)).is_err());
+        assert!(Match::decode_tlvs(&tlv(0x8000, 6, &[1, 2, 3], false)).is_err());
+        assert!(Match::decode_tlvs(&[0xff, 0xff, 0x00, 0x08, 0, 0]).is_err());
+    }
+}

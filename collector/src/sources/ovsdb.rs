@@ -1,0 +1,931 @@
+//! OVSDB source: bridges, ports, ofports, VLAN tags and Neutron/Nova `external_ids` of Open vSwitch,
+//! read from `<ovs-run-dir>/db.sock` with the JSON-RPC `monitor` method of RFC 7047.
+//!
+//! The source keeps a private replica of the monitored rows ([`OvsdbState`]): the monitor reply fills
+//! it, `update` notifications change it incrementally, and each batch of changes publishes a fresh
+//! [`OvsdbSnapshot`] through a `tokio::sync::watch` channel. The connection answers the server's
+//! `echo` probes, probes an idle server itself, and on any failure (server restart, garbage or
+//! oversized JSON, a malformed update) drops the connection, counts the error in the
+//! [`SourceRegistry`] under [`SOURCE`], and reconnects with exponential backoff; the replica is rebuilt
+//! from the next monitor reply, so no state survives from the old connection.
+
+use crate::model::flows::{Bridge, OvsPort};
+use crate::sources::health::SourceRegistry;
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+/// Source name in `pinflow_source_*` metrics.
+pub const SOURCE: &str = "ovsdb";
+
+/// The monitor id this client registers (echoed in every `update` notification).
+const MONITOR_ID: &str = "pinflow";
+
+/// Errors of the OVSDB source. None of them is fatal to the daemon: the source reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum OvsdbError {
+    /// The socket could not be connected (OVS not running or not installed here).
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reading or writing the connection failed.
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server closed the connection (`pending`: bytes of an unfinished message that were lost).
+    #[error("ovsdb-server closed the connection ({pending} bytes of a truncated message pending)")]
+    Closed {
+        /// Bytes of an incomplete message buffered when the connection closed.
+        pending: usize,
+    },
+    /// Neither data nor an echo reply arrived within the probe interval.
+    #[error("ovsdb-server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The byte stream is not a sequence of JSON objects.
+    #[error("garbage on the connection at byte {offset}: {detail}")]
+    Garbage {
+        /// Offset of the bad byte in the buffered data.
+        offset: usize,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A JSON value failed to parse.
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A message exceeded the buffer bound.
+    #[error("message larger than {limit} bytes")]
+    MessageTooLarge {
+        /// The bound.
+        limit: usize,
+    },
+    /// The server answered the monitor request with an error.
+    #[error("ovsdb-server refused the monitor request: {0}")]
+    Rpc(String),
+    /// A JSON-RPC message or table update does not have the shape RFC 7047 prescribes.
+    #[error("malformed OVSDB message: {0}")]
+    Malformed(String),
+}
+
+impl OvsdbError {
+    /// Whether the error means "no server to talk to" rather than a fault of a live connection.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, OvsdbError::Connect { .. })
+    }
+}
+
+fn malformed(what: impl Into<String>) -> OvsdbError {
+    OvsdbError::Malformed(what.into())
+}
+
+/// Splits a byte stream into top-level JSON texts (OVSDB's JSON-RPC has no other framing), without
+/// re-parsing incomplete data, and with a bound on the buffered bytes.
+#[derive(Debug)]
+pub struct JsonFramer {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already scanned.
+    scanned: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    limit: usize,
+}
+
+impl JsonFramer {
+    /// A framer that refuses messages (and buffered data) larger than `limit` bytes.
+    pub fn new(limit: usize) -> JsonFramer {
+        JsonFramer {
+            buf: Vec::new(),
+            scanned: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            limit,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) -> Result<(), OvsdbError> {
+        if self.buf.len() + data.len() > self.limit {
+            return Err(OvsdbError::MessageTooLarge { limit: self.limit });
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The next complete message, `None` if more bytes are needed. After an error the framer must be
+    /// discarded (the stream position is lost).
+    pub fn next_message(&mut self) -> Result<Option<Value>, OvsdbError> {
+        while let Some(&b) = self.buf.get(self.scanned) {
+            let at = self.scanned;
+            self.scanned += 1;
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b' ' | b'\t' | b'\r' | b'\n' if self.depth == 0 => {}
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' if self.depth > 0 => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        let value =
+                            serde_json::from_slice(self.buf.get(..=at).unwrap_or_default())?;
+                        self.buf.drain(..=at);
+                        self.scanned = 0;
+                        return Ok(Some(value));
+                    }
+                }
+                b'"' if self.depth > 0 => self.in_string = true,
+                _ if self.depth > 0 => {}
+                other => {
+                    return Err(OvsdbError::Garbage {
+                        offset: at,
+                        detail: format!(
+                            "unexpected byte {:?} outside a JSON object",
+                            char::from(other)
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Bytes currently buffered.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// Decoders of RFC 7047's JSON notation for OVSDB values.
+mod decode {
+    use serde_json::Value;
+
+    /// A `["uuid", "…"]` reference.
+    pub(super) fn uuid(v: &Value) -> Option<&str> {
+        match v.as_array()?.as_slice() {
+            [tag, id] if tag == "uuid" => id.as_str(),
+            _ => None,
+        }
+    }
+
+    /// The atoms of a set: `["set", [a, …]]`, or a single atom standing for a one-element set.
+    pub(super) fn set(v: &Value) -> Vec<&Value> {
+        match v.as_array().map(Vec::as_slice) {
+            Some([tag, Value::Array(items)]) if tag == "set" => items.iter().collect(),
+            _ => vec![v],
+        }
+    }
+
+    /// The integer of a scalar column that may be empty (`["set", []]`).
+    pub(super) fn opt_int(v: Option<&Value>) -> Option<i64> {
+        let v = v?;
+        v.as_i64().or_else(|| match set(v).as_slice() {
+            [one] => one.as_i64(),
+            _ => None,
+        })
+    }
+
+    /// Look up `key` in a `["map", [[k, v], …]]` of strings.
+    pub(super) fn map_get<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {
+        match v?.as_array()?.as_slice() {
+            [tag, Value::Array(pairs)] if tag == "map" => {
+                pairs.iter().find_map(|p| match p.as_array()?.as_slice() {
+                    [k, v] if k == key => v.as_str(),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A replica of the monitored OVSDB rows: table → row UUID → column → value (OVSDB JSON notation).
+#[derive(Clone, Debug, Default)]
+pub struct OvsdbState {
+    tables: BTreeMap<String, HashMap<String, Map<String, Value>>>,
+}
+
+/// What one `apply_update` changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpdateStats {
+    /// Rows inserted.
+    pub inserted: usize,
+    /// Rows modified.
+    pub modified: usize,
+    /// Rows deleted.
+    pub deleted: usize,
+}
+
+impl OvsdbState {
+    /// An empty replica.
+    pub fn new() -> OvsdbState {
+        OvsdbState::default()
+    }
+
+    /// Applies a `<table-updates>` object (the monitor reply or the second parameter of an `update`
+    /// notification). The whole object is validated first: a malformed one changes nothing.
+    ///
+    /// Per RFC 7047 a row update with `new` inserts or modifies the row (`new` carries every monitored
+    /// column; columns are merged so a server that sends only changed columns works too) and a row update
+    /// with only `old` deletes it.
+    pub fn apply_update(&mut self, table_updates: &Value) -> Result<UpdateStats, OvsdbError> {
+        let tables = table_updates
+            .as_object()
+            .ok_or_else(|| malformed("table-updates is not an object"))?;
+        let mut ops = Vec::new();
+        for (table, rows) in tables {
+            let rows = rows
+                .as_object()
+                .ok_or_else(|| malformed(format!("table-update of {table} is not an object")))?;
+            for (uuid, update) in rows {
+                let update = update.as_object().ok_or_else(|| {
+                    malformed(format!("row-update {table}/{uuid} is not an object"))
+                })?;
+                let new = match update.get("new") {
+                    None => None,
+                    Some(Value::Object(o)) => Some(o),
+                    Some(_) => {
+                        return Err(malformed(format!(
+                            "{table}/{uuid}: \"new\" is not an object"
+                        )));
+                    }
+                };
+                if new.is_none() && !update.get("old").is_some_and(Value::is_object) {
+                    return Err(malformed(format!(
+                        "{table}/{uuid}: neither \"new\" nor \"old\""
+                    )));
+                }
+                ops.push((table, uuid, new));
+            }
+        }
+        let mut stats = UpdateStats::default();
+        for (table, uuid, new) in ops {
+            let rows = self.tables.entry(table.clone()).or_default();
+            match new {
+                Some(new) => match rows.get_mut(uuid) {
+                    Some(row) => {
+                        row.extend(new.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        stats.modified += 1;
+                    }
+                    None => {
+                        rows.insert(uuid.clone(), new.clone());
+                        stats.inserted += 1;
+                    }
+                },
+                None => {
+                    if rows.remove(uuid).is_some() {
+                        stats.deleted += 1;
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Forgets every row (before a new monitor reply).
+    pub fn clear(&mut self) {
+        self.tables.clear();
+    }
+
+    /// Number of rows of `table`.
+    pub fn rows(&self, table: &str) -> usize {
+        self.tables.get(table).map_or(0, HashMap::len)
+    }
+
+    fn row(&self, table: &str, uuid: &str) -> Option<&Map<String, Value>> {
+        self.tables.get(table)?.get(uuid)
+    }
+
+    /// `Open_vSwitch.ovs_version`, if set.
+    pub fn ovs_version(&self) -> Option<&str> {
+        self.tables
+            .get("Open_vSwitch")?
+            .values()
+            .find_map(|r| r.get("ovs_version")?.as_str())
+    }
+
+    /// The bridges with their ports, keyed by bridge name.
+    ///
+    /// Each *interface* becomes one [`OvsPort`] keyed by interface name (a bond port has several
+    /// interfaces, each with its own ofport); the VLAN tag comes from its port. Rows that reference
+    /// missing rows (a transient state between two updates) are skipped, not errors.
+    pub fn bridges(&self) -> BTreeMap<String, Bridge> {
+        let mut out = BTreeMap::new();
+        let Some(bridges) = self.tables.get("Bridge") else {
+            return out;
+        };
+        for row in bridges.values() {
+            let Some(name) = row.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let mut bridge = Bridge {
+                name: name.to_string(),
+                ports: BTreeMap::new(),
+            };
+            let port_ids = row.get("ports").map(decode::set).unwrap_or_default();
+            for port in port_ids.into_iter().filter_map(decode::uuid) {
+                let Some(prow) = self.row("Port", port) else {
+                    continue;
+                };
+                let tag = decode::opt_int(prow.get("tag")).and_then(|t| u16::try_from(t).ok());
+                let iface_ids = prow.get("interfaces").map(decode::set).unwrap_or_default();
+                for iface in iface_ids.into_iter().filter_map(decode::uuid) {
+                    let Some(irow) = self.row("Interface", iface) else {
+                        continue;
+                    };
+                    let Some(iname) = irow.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let ext = irow.get("external_ids");
+                    let port = OvsPort {
+                        name: iname.to_string(),
+                        ofport: decode::opt_int(irow.get("ofport"))
+                            .and_then(|p| u32::try_from(p).ok()),
+                        tag,
+                        iface_id: decode::map_get(ext, "iface-id").map(str::to_string),
+                        vm_uuid: decode::map_get(ext, "vm-uuid").map(str::to_string),
+                        attached_mac: decode::map_get(ext, "attached-mac").map(str::to_string),
+                        kind: irow
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    };
+                    bridge.ports.insert(port.name.clone(), port);
+                }
+            }
+            out.insert(name.to_string(), bridge);
+        }
+        out
+    }
+}
+
+/// What the source publishes: the bridges as of the last update.
+#[derive(Clone, Debug, Default)]
+pub struct OvsdbSnapshot {
+    /// Bridges with their ports, keyed by bridge name.
+    pub bridges: BTreeMap<String, Bridge>,
+    /// Whether the connection is up and synchronized. While `false`, `bridges` is the last known state
+    /// (kept so that detectors do not see every port vanish during an ovsdb-server restart).
+    pub connected: bool,
+    /// Incremented with every published change (0 = never synchronized).
+    pub generation: u64,
+}
+
+/// Tunables of [`run_ovsdb_with`]; [`OvsdbOptions::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct OvsdbOptions {
+    /// Directory holding `db.sock` (`--ovs-run-dir`, default `/run/openvswitch`).
+    pub run_dir: PathBuf,
+    /// First reconnect delay; doubled per failed attempt up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest reconnect delay.
+    pub max_backoff: Duration,
+    /// After this long without data an `echo` probe is sent; without an answer for as long again,
+    /// the connection is reset.
+    pub probe_interval: Duration,
+    /// Bound of one message (and of the receive buffer).
+    pub max_message_bytes: usize,
+}
+
+impl OvsdbOptions {
+    /// Defaults: backoff 50 ms … 5 s, probe after 30 s idle, 64 MiB message bound.
+    pub fn new(run_dir: impl Into<PathBuf>) -> OvsdbOptions {
+        OvsdbOptions {
+            run_dir: run_dir.into(),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(30),
+            max_message_bytes: 64 << 20,
+        }
+    }
+
+    /// `<run_dir>/db.sock`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join("db.sock")
+    }
+}
+
+/// Whether the source can run on this host (for `pinflow check`): `<run_dir>/db.sock` exists and is a
+/// socket. `Err` carries the reason.
+pub fn can_run(run_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = run_dir.join("db.sock");
+    match std::fs::metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => Ok(()),
+        Ok(_) => Err(format!("{} is not a socket", path.display())),
+        Err(e) => Err(format!(
+            "no OVSDB socket at {} ({e}); is ovsdb-server running?",
+            path.display()
+        )),
+    }
+}
+
+/// The `monitor` request for the tables and columns pinflow reads.
+pub fn monitor_request(id: u64) -> Value {
+    json!({
+        "id": id,
+        "method": "monitor",
+        "params": ["Open_vSwitch", MONITOR_ID, {
+            "Open_vSwitch": {"columns": ["bridges", "ovs_version"]},
+            "Bridge": {"columns": ["name", "ports"]},
+            "Port": {"columns": ["name", "interfaces", "tag"]},
+            "Interface": {"columns": ["name", "ofport", "type", "external_ids"]},
+        }],
+    })
+}
+
+/// Runs the OVSDB source until every receiver of `tx` is dropped (or the task is aborted), with
+/// default options for `run_dir`. Never returns an error: failures are reported through `health`
+/// (`pinflow_source_up{source="ovsdb"}`, `pinflow_source_errors_total`) and retried.
+pub async fn run_ovsdb(run_dir: PathBuf, tx: watch::Sender<OvsdbSnapshot>, health: SourceRegistry) {
+    run_ovsdb_with(OvsdbOptions::new(run_dir), tx, health).await;
+}
+
+/// Runs the OVSDB source with explicit options; see the module documentation.
+pub async fn run_ovsdb_with(
+    opts: OvsdbOptions,
+    tx: watch::Sender<OvsdbSnapshot>,
+    health: SourceRegistry,
+) {
+    let mut backoff = opts.min_backoff;
+    let mut last_error = String::new();
+    loop {
+        let mut synced = false;
+        let end = session(&opts, &tx, &health, &mut synced).await;
+        let err = match end {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if tx.is_closed() {
+            return;
+        }
+        if synced {
+            backoff = opts.min_backoff;
+        }
+        let reason = err.to_string();
+        if !err.is_unavailable() {
+            health.errors(SOURCE, 1);
+        }
+        if reason != last_error {
+            tracing::warn!(source = SOURCE, "{reason}; reconnecting");
+            last_error = reason.clone();
+        }
+        health.down(SOURCE, reason);
+        tx.send_if_modified(|s| std::mem::replace(&mut s.connected, false));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = tx.closed() => return,
+        }
+        backoff = (backoff * 2).min(opts.max_backoff);
+    }
+}
+
+async fn send(stream: &mut UnixStream, msg: &Value) -> Result<(), OvsdbError> {
+    stream.write_all(msg.to_string().as_bytes()).await?;
+    Ok(())
+}
+
+async fn connect(path: &Path) -> Result<UnixStream, OvsdbError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| OvsdbError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// One connection: monitor, then follow updates. `Ok(())` only when nobody listens any more.
+async fn session(
+    opts: &OvsdbOptions,
+    tx: &watch::Sender<OvsdbSnapshot>,
+    health: &SourceRegistry,
+    synced: &mut bool,
+) -> Result<(), OvsdbError> {
+    let started = Instant::now();
+    let mut stream = connect(&opts.socket_path()).await?;
+    const MONITOR_REQ: u64 = 0;
+    send(&mut stream, &monitor_request(MONITOR_REQ)).await?;
+    let mut framer = JsonFramer::new(opts.max_message_bytes);
+    let mut state = OvsdbState::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut probe_sent = false;
+    let mut echo_seq = 0u64;
+    loop {
+        let read = tokio::select! {
+            r = tokio::time::timeout(opts.probe_interval, stream.read(&mut chunk)) => r,
+            () = tx.closed() => return Ok(()),
+        };
+        let n = match read {
+            Err(_) if probe_sent => return Err(OvsdbError::Timeout(opts.probe_interval * 2)),
+            Err(_) => {
+                echo_seq += 1;
+                send(
+                    &mut stream,
+                    &json!({"id": format!("echo-{echo_seq}"), "method": "echo", "params": []}),
+                )
+                .await?;
+                probe_sent = true;
+                continue;
+            }
+            Ok(Ok(0)) => {
+                return Err(OvsdbError::Closed {
+                    pending: framer.buffered(),
+                });
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        probe_sent = false;
+        framer.push(chunk.get(..n).unwrap_or_default())?;
+        let mut changed = false;
+        while let Some(msg) = framer.next_message()? {
+            let took = started.elapsed();
+            match classify(&msg)? {
+                Message::Reply { id, result } if id == &json!(MONITOR_REQ) => {
+                    state.clear();
+                    state.apply_update(result)?;
+                    *synced = true;
+                    changed = true;
+                    health.up(
+                        SOURCE,
+                        format!("monitoring {}", opts.socket_path().display()),
+                        took,
+                    );
+                }
+                Message::Reply { .. } => {}
+                Message::Error { id, error } if id == &json!(MONITOR_REQ) => {
+                    return Err(OvsdbError::Rpc(error.to_string()));
+                }
+                Message::Error { error, .. } => {
+                    tracing::debug!(source = SOURCE, "error reply: {error}");
+                }
+                Message::Update { table_updates } => {
+                    if !*synced {
+                        return Err(malformed("update before the monitor reply"));
+                    }
+                    state.apply_update(table_updates)?;
+                    changed = true;
+                }
+                Message::Echo { id, params } => {
+                    send(
+                        &mut stream,
+                        &json!({"id": id, "result": params, "error": null}),
+                    )
+                    .await?;
+                }
+                Message::OtherRequest { id, method } => {
+                    let error = format!("pinflow does not implement {method:?}");
+                    send(
+                        &mut stream,
+                        &json!({"id": id, "result": null, "error": error}),
+                    )
+                    .await?;
+                }
+                Message::OtherNotification => {}
+            }
+        }
+        if changed {
+            let bridges = state.bridges();
+            tx.send_modify(|s| {
+                s.bridges = bridges;
+                s.connected = true;
+                s.generation += 1;
+            });
+            health.up(
+                SOURCE,
+                format!(
+                    "{} bridges, {} interfaces{}",
+                    state.rows("Bridge"),
+                    state.rows("Interface"),
+                    state
+                        .ovs_version()
+                        .map(|v| format!(", OVS {v}"))
+                        .unwrap_or_default()
+                ),
+                started.elapsed(),
+            );
+        }
+        if tx.is_closed() {
+            return Ok(());
+        }
+    }
+}
+
+/// A JSON-RPC 1.0 message as OVSDB uses it.
+#[derive(Debug)]
+enum Message<'a> {
+    Reply { id: &'a Value, result: &'a Value },
+    Error { id: &'a Value, error: &'a Value },
+    Update { table_updates: &'a Value },
+    Echo { id: &'a Value, params: &'a Value },
+    OtherRequest { id: &'a Value, method: &'a str },
+    OtherNotification,
+}
+
+fn classify(msg: &Value) -> Result<Message<'_>, OvsdbError> {
+    let obj = msg
+        .as_object()
+        .ok_or_else(|| malformed("JSON-RPC message is not an object"))?;
+    let id = obj.get("id").unwrap_or(&Value::Null);
+    match obj.get("method") {
+        Some(method) => {
+            let method = method
+                .as_str()
+                .ok_or_else(|| malformed("method is not a string"))?;
+            let params = obj.get("params").unwrap_or(&Value::Null);
+            match (method, id.is_null()) {
+                ("echo", false) => Ok(Message::Echo { id, params }),
+                ("update", true) => {
+                    let table_updates = match params.as_array().map(Vec::as_slice) {
+                        Some([mid, tu]) if mid == MONITOR_ID => tu,
+                        Some([_, _]) => return Ok(Message::OtherNotification),
+                        _ => {
+                            return Err(malformed(
+                                "update params are not [monitor-id, table-updates]",
+                            ));
+                        }
+                    };
+                    Ok(Message::Update { table_updates })
+                }
+                (_, false) => Ok(Message::OtherRequest { id, method }),
+                (_, true) => Ok(Message::OtherNotification),
+            }
+        }
+        None => match obj.get("error") {
+            Some(error) if !error.is_null() => Ok(Message::Error { id, error }),
+            _ => Ok(Message::Reply {
+                id,
+                result: obj
+                    .get("result")
+                    .ok_or_else(|| malformed("reply without result or error"))?,
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture() -> Value {
+        serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ovsdb/capture.json"
+        )))
+        .expect("fixture parses")
+    }
+
+    /// The table-updates of the first message of capture step `step`.
+    fn updates(cap: &Value, step: &str) -> Value {
+        let msg = &cap[step][0];
+        match classify(msg).expect("classify") {
+            Message::Reply { result, .. } => result.clone(),
+            Message::Update { table_updates } => table_updates.clone(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replays_captured_monitor_session() {
+        let cap = capture();
+        let mut st = OvsdbState::new();
+        let s = st.apply_update(&updates(&cap, "initial")).unwrap();
+        assert_eq!(s.inserted, 6);
+        let b = st.bridges();
+        let p1 = &b["pfo-br0"].ports["pfo-p1"];
+        assert_eq!(p1.ofport, Some(1));
+        assert_eq!(p1.tag, Some(5));
+        assert_eq!(p1.iface_id.as_deref(), Some("abc"));
+        assert_eq!(p1.vm_uuid.as_deref(), Some("vm1"));
+        assert_eq!(p1.attached_mac.as_deref(), Some("fa:16:3e:00:00:01"));
+        assert_eq!(p1.kind, "dummy");
+        let local = &b["pfo-br0"].ports["pfo-br0"];
+        assert_eq!(
+            (local.ofport, local.tag, local.kind.as_str()),
+            (Some(65534), None, "internal")
+        );
+
+        st.apply_update(&updates(&cap, "add_port")).unwrap();
+        let p2 = st.bridges()["pfo-br0"].ports["pfo-p2"].clone();
+        assert_eq!((p2.ofport, p2.tag, p2.iface_id), (Some(2), None, None));
+
+        st.apply_update(&updates(&cap, "dead_vlan")).unwrap();
+        assert_eq!(st.bridges()["pfo-br0"].ports["pfo-p2"].tag, Some(4095));
+
+        st.apply_update(&updates(&cap, "iface_id")).unwrap();
+        let p2 = st.bridges()["pfo-br0"].ports["pfo-p2"].clone();
+        assert_eq!(p2.iface_id.as_deref(), Some("port-2"));
+        assert_eq!(p2.vm_uuid.as_deref(), Some("vm-2"));
+
+        let s = st.apply_update(&updates(&cap, "del_port")).unwrap();
+        assert_eq!((s.deleted, s.modified), (2, 1));
+        let b = st.bridges();
+        assert!(!b["pfo-br0"].ports.contains_key("pfo-p1"));
+        assert_eq!(b["pfo-br0"].ports.len(), 2);
+
+        st.apply_update(&updates(&cap, "add_br")).unwrap();
+        let b = st.bridges();
+        assert_eq!(b.keys().collect::<Vec<_>>(), ["pfo-br0", "pfo-br1"]);
+        assert_eq!(b["pfo-br1"].ports["pfo-br1"].ofport, Some(65534));
+    }
+
+    #[test]
+    fn bonds_failed_ofports_and_dangling_refs() {
+        let mut st = OvsdbState::new();
+        st.apply_update(&json!({
+            "Bridge": {"b1": {"new": {"name": "br-ex", "ports": ["set", [["uuid", "p1"], ["uuid", "p-missing"]]]}}},
+            "Port": {"p1": {"new": {"name": "bond0", "tag": ["set", [7]],
+                "interfaces": ["set", [["uuid", "i1"], ["uuid", "i2"], ["uuid", "i3"]]]}}},
+            "Interface": {
+                "i1": {"new": {"name": "eth0", "ofport": 3, "type": "", "external_ids": ["map", []]}},
+                "i2": {"new": {"name": "eth1", "ofport": -1, "type": "", "external_ids": ["map", []]}},
+                "i3": {"new": {"name": "eth2", "ofport": ["set", []], "type": ""}}
+            }
+        }))
+        .unwrap();
+        let b = st.bridges();
+        let ports = &b["br-ex"].ports;
+        assert_eq!(ports.len(), 3);
+        assert_eq!(
+            (ports["eth0"].ofport, ports["eth0"].tag),
+            (Some(3), Some(7))
+        );
+        assert_eq!(ports["eth1"].ofport, None);
+        assert_eq!(ports["eth2"].ofport, None);
+    }
+
+    #[test]
+    fn malformed_updates_change_nothing() {
+        let mut st = OvsdbState::new();
+        st.apply_update(&json!({"Bridge": {"b1": {"new": {"name": "br0", "ports": ["set", []]}}}}))
+            .unwrap();
+        for bad in [
+            json!([]),
+            json!({"Bridge": []}),
+            json!({"Bridge": {"b1": 5}}),
+            json!({"Bridge": {"b1": {}}}),
+            json!({"Bridge": {"b2": {"new": {"name": "x"}}, "b1": {"new": 1}}}),
+        ] {
+            assert!(
+                matches!(st.apply_update(&bad), Err(OvsdbError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(st.bridges().len(), 1);
+        assert_eq!(st.rows("Bridge"), 1);
+    }
+
+    #[test]
+    fn framer_splits_reassembles_and_rejects() {
+        let mut f = JsonFramer::new(1 << 10);
+        let stream =
+            br#"{"id":1,"result":{"s":"a}\"{["}}  [1,[2]]{"method":"echo","params":[],"id":"x"}"#;
+        // Feed byte by byte: messages come out exactly when complete.
+        let mut got = Vec::new();
+        for b in stream.iter() {
+            f.push(&[*b]).unwrap();
+            while let Some(v) = f.next_message().unwrap() {
+                got.push(v);
+            }
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0]["result"]["s"], "a}\"{[");
+        assert_eq!(f.buffered(), 0);
+
+        let mut f = JsonFramer::new(1 << 10);
+        f.push(b"  hello").unwrap();
+        assert!(matches!(
+            f.next_message(),
+            Err(OvsdbError::Garbage { offset: 2, .. })
+        ));
+
+        let mut f = JsonFramer::new(1 << 10);
+        f.push(b"{\"a\": tru}").unwrap();
+        assert!(matches!(f.next_message(), Err(OvsdbError::Json(_))));
+
+        let mut f = JsonFramer::new(16);
+        f.push(b"{\"a\": \"0123").unwrap();
+        assert!(f.next_message().unwrap().is_none());
+        assert!(matches!(
+            f.push(b"456789"),
+            Err(OvsdbError::MessageTooLarge { limit: 16 })
+        ));
+    }
+
+    #[test]
+    fn classifies_json_rpc() {
+        let echo = json!({"id": "e1", "method": "echo", "params": [1]});
+        assert!(matches!(classify(&echo), Ok(Message::Echo { .. })));
+        let upd = json!({"id": null, "method": "update", "params": ["pinflow", {}]});
+        assert!(matches!(classify(&upd), Ok(Message::Update { .. })));
+        let other = json!({"id": null, "method": "update", "params": ["someone", {}]});
+        assert!(matches!(classify(&other), Ok(Message::OtherNotification)));
+        let bad = json!({"id": null, "method": "update", "params": 3});
+        assert!(classify(&bad).is_err());
+        let err = json!({"id": 0, "result": null, "error": "unknown database"});
+        assert!(matches!(classify(&err), Ok(Message::Error { .. })));
+        let req = json!({"id": 9, "method": "lock", "params": ["x"]});
+        assert!(matches!(
+            classify(&req),
+            Ok(Message::OtherRequest { method: "lock", .. })
+        ));
+        assert!(classify(&json!([1])).is_err());
+        assert!(classify(&json!({"id": 1})).is_err());
+    }
+
+    /// A fake ovsdb-server on a socketpair-backed listener: checks echo replies, garbage handling and
+    /// reconnection without OVS installed.
+    #[tokio::test]
+    async fn fake_server_echo_garbage_and_reconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(can_run(dir.path()).unwrap_err().contains("no OVSDB socket"));
+        let listener = tokio::net::UnixListener::bind(dir.path().join("db.sock")).unwrap();
+        assert_eq!(can_run(dir.path()), Ok(()));
+        let (tx, mut rx) = watch::channel(OvsdbSnapshot::default());
+        let health = SourceRegistry::default();
+        let mut opts = OvsdbOptions::new(dir.path());
+        opts.min_backoff = Duration::from_millis(10);
+        let task = tokio::spawn(run_ovsdb_with(opts, tx, health.clone()));
+        let initial = json!({"id": 0, "error": null, "result": {
+            "Bridge": {"b1": {"new": {"name": "br0", "ports": ["uuid", "p1"]}}},
+            "Port": {"p1": {"new": {"name": "p1", "interfaces": ["uuid", "i1"], "tag": 4095}}},
+            "Interface": {"i1": {"new": {"name": "p1", "ofport": 1, "type": "", "external_ids": ["map", []]}}}
+        }});
+
+        // Connection 1: monitor request, initial reply split in two writes, echo, then garbage.
+        let (mut c, _) = listener.accept().await.unwrap();
+        let mut framer = JsonFramer::new(1 << 20);
+        let req = read_msg(&mut c, &mut framer).await;
+        assert_eq!(req["method"], "monitor");
+        let text = initial.to_string();
+        let (a, b) = text.split_at(text.len() / 2);
+        c.write_all(a.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.write_all(b.as_bytes()).await.unwrap();
+        rx.wait_for(|s| s.connected).await.unwrap();
+        assert_eq!(rx.borrow().bridges["br0"].ports["p1"].tag, Some(4095));
+        c.write_all(br#"{"id":"e","method":"echo","params":["hi"]}"#)
+            .await
+            .unwrap();
+        let reply = read_msg(&mut c, &mut framer).await;
+        assert_eq!(reply, json!({"id": "e", "result": ["hi"], "error": null}));
+        c.write_all(b"\x00garbage").await.unwrap();
+        rx.wait_for(|s| !s.connected).await.unwrap();
+        assert!(
+            rx.borrow().bridges.contains_key("br0"),
+            "last state kept while down"
+        );
+        assert_eq!(health.snapshot()[SOURCE].errors_total, 1);
+        assert!(!health.snapshot()[SOURCE].up);
+
+        // Connection 2: state rebuilt from the new reply (the port is gone).
+        let (mut c, _) = listener.accept().await.unwrap();
+        let mut framer = JsonFramer::new(1 << 20);
+        let _ = read_msg(&mut c, &mut framer).await;
+        let initial2 = json!({"id": 0, "error": null, "result": {
+            "Bridge": {"b1": {"new": {"name": "br0", "ports": ["set", []]}}}
+        }});
+        c.write_all(initial2.to_string().as_bytes()).await.unwrap();
+        rx.wait_for(|s| s.connected).await.unwrap();
+        assert!(rx.borrow().bridges["br0"].ports.is_empty());
+        let upd = json!({"id": null, "method": "update", "params": ["pinflow",
+            {"Bridge": {"b2": {"new": {"name": "br1", "ports": ["set", []]}}}}]});
+        c.write_all(upd.to_string().as_bytes()).await.unwrap();
+        rx.wait_for(|s| s.bridges.contains_key("br1"))
+            .await
+            .unwrap();
+        assert!(health.snapshot()[SOURCE].up);
+        // Nobody listens any more: the source stops by itself.
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("source stops when its receivers are gone")
+            .expect("source task does not panic");
+    }
+
+    async fn read_msg(c: &mut UnixStream, framer: &mut JsonFramer) -> Value {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(v) = framer.next_message().unwrap() {
+                return v;
+            }
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "client closed");
+            framer.push(&buf[..n]).unwrap();
+        }
+    }
+}
