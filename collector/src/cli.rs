@@ -57,6 +57,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the OpenFlow flows of the bridges as `ovs-ofctl -O OpenFlow13 dump-flows` does, once.
+    Flows(FlowsArgs),
+}
+
+/// Flags of `flows`.
+#[derive(Clone, Debug, Args)]
+pub struct FlowsArgs {
+    /// Only this bridge (default: every bridge in OVSDB).
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Only dirty flows, as a table with the rule that flags each (one-shot: `stale_cookie` needs
+    /// the grace period of a running collector; see /api/v1/flows/dirty).
+    #[arg(long)]
+    pub dirty: bool,
+    /// Leave out duration and counters (like `ovs-ofctl --no-stats`).
+    #[arg(long = "no-stats")]
+    pub no_stats: bool,
 }
 
 /// Flags of `serve`.

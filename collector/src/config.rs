@@ -1,15 +1,37 @@
 //! pinflow's configuration file (TOML). Every field has a default; unknown keys are errors naming the key.
 
+use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Pinning drift detection.
     pub pinning: PinningConfig,
+    /// Dirty-flow rules (`[flows]`, with `[[flows.user_rules]]`).
+    pub flows: DirtyFlowConfig,
+    /// Exposition limits.
+    pub export: ExportConfig,
+}
+
+/// `[export]`: bounds on what /metrics carries.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Most `pinflow_ovs_dirty_flow_info` series per host; the rest are counted in
+    /// `pinflow_ovs_dirty_flow_info_dropped` (all of them are in `/api/v1/flows/dirty`).
+    pub dirty_flow_info_limit: usize,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            dirty_flow_info_limit: 20,
+        }
+    }
 }
 
 /// `[pinning]`: how often and how strictly pinning is checked.
@@ -118,6 +140,7 @@ impl Config {
                 p.placement_window_seconds
             )));
         }
+        DirtyFlowIndex::new(&self.flows).map_err(|e| ConfigError::Value(format!("flows: {e}")))?;
         Ok(())
     }
 }
@@ -128,7 +151,10 @@ mod tests {
 
     #[test]
     fn empty_file_is_all_defaults() {
-        assert_eq!(Config::parse("").unwrap(), Config::default());
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.pinning, PinningConfig::default());
+        assert_eq!(c.export, ExportConfig::default());
+        assert!(c.flows.user_rules.is_empty());
     }
 
     #[test]
@@ -147,6 +173,24 @@ mod tests {
         assert!(e.contains("intervall"), "{e}");
         let e = Config::parse("[pinnning]\n").unwrap_err().to_string();
         assert!(e.contains("pinnning"), "{e}");
+    }
+
+    #[test]
+    fn flow_rules_are_validated() {
+        let c = Config::parse(
+            "[flows]\nstale_cookie_grace_secs = 30\n[[flows.user_rules]]\nname = \"no-flood\"\nregex = \"actions=FLOOD\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.flows.stale_cookie_grace_secs, 30);
+        assert_eq!(c.flows.user_rules.len(), 1);
+        let e = Config::parse("[[flows.user_rules]]\nname = \"x\"\nregex = \"(\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("flows"), "{e}");
+        let e = Config::parse("[export]\ndirty_flow_limit = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dirty_flow_limit"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use pinflow::cli::{Cli, Command, ServeArgs, SourceArgs};
+use pinflow::cli::{Cli, Command, FlowsArgs, ServeArgs, SourceArgs};
 use pinflow::config::Config;
 use pinflow::engine::{self, PinningEngine, PinningInputs};
 use pinflow::export::{http, metrics::BuildInfo, table};
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve(&cli.sources, a),
         Some(Command::Check) => check(&cli.sources),
         Some(Command::Pinning { json }) => pinning(&cli.sources, json),
+        Some(Command::Flows(a)) => flows(&cli.sources, &a),
     };
     match result {
         Ok(code) => code,
@@ -83,11 +84,16 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
         eng.pass();
         tokio::spawn(eng.run(inputs.libvirt_state_dir.clone()));
+        tokio::spawn(engine::flows::run(
+            config.flows.clone(),
+            s.ovs_run_dir.clone(),
+            state.clone(),
+        ));
         let build = BuildInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: kernel_release(),
         };
-        let router = http::router(state, build);
+        let router = http::router(state, build, config.export.clone());
         http::serve(args.listen, router, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -155,6 +161,13 @@ fn check(s: &SourceArgs) -> anyhow::Result<ExitCode> {
             Err(e) => println!("sched_bpf   down   {e}"),
         }
     }
+    match pinflow::sources::ovsdb::can_run(&s.ovs_run_dir) {
+        Ok(()) => println!(
+            "ovsdb       up     {}",
+            s.ovs_run_dir.join("db.sock").display()
+        ),
+        Err(e) => println!("ovsdb       down   {e}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -174,4 +187,107 @@ fn pinning(s: &SourceArgs, json: bool) -> anyhow::Result<ExitCode> {
         println!("(placement needs the eBPF probe of `pinflow serve`; see /api/v1/pinning)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bridges from OVSDB (one-shot: waits up to 5 s for the first complete snapshot).
+async fn ovsdb_bridges(
+    run_dir: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, pinflow::model::flows::Bridge>> {
+    use pinflow::sources::ovsdb;
+    ovsdb::can_run(run_dir).map_err(|e| anyhow::anyhow!(e))?;
+    let (tx, mut rx) = tokio::sync::watch::channel(ovsdb::OvsdbSnapshot::default());
+    let task = tokio::spawn(ovsdb::run_ovsdb(
+        run_dir.to_path_buf(),
+        tx,
+        Default::default(),
+    ));
+    let snap = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        rx.wait_for(|s| s.connected),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("OVSDB at {} did not answer within 5 s", run_dir.display()))?
+    .map_err(|_| anyhow::anyhow!("OVSDB client stopped"))?
+    .clone();
+    task.abort();
+    Ok(snap.bridges)
+}
+
+fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
+    use pinflow::detect::flows::DirtyFlowIndex;
+    use pinflow::sources::openflow;
+    let config = Config::load(s.config.as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    rt.block_on(async {
+        let bridges = match (&a.bridge, a.dirty) {
+            (Some(b), false) => std::iter::once((b.clone(), Default::default())).collect(),
+            _ => {
+                let mut all = ovsdb_bridges(&s.ovs_run_dir).await?;
+                if let Some(b) = &a.bridge {
+                    all.retain(|name, _| name == b);
+                    anyhow::ensure!(!all.is_empty(), "bridge {b} is not in OVSDB");
+                }
+                all
+            }
+        };
+        let mut index = DirtyFlowIndex::new(&config.flows)?;
+        let now = std::time::Instant::now();
+        index.sync_bridges(&bridges, now);
+        let mut out = String::new();
+        for name in bridges.keys() {
+            let (_, _, flows) = openflow::dump_bridge(
+                &s.ovs_run_dir,
+                name,
+                std::time::Duration::from_secs(10),
+                1_000_000,
+            )
+            .await
+            .with_context(|| format!("cannot dump flows of {name}"))?;
+            if a.dirty {
+                index.replace_flows(name, flows.into_iter().map(|f| f.entry), now);
+            } else {
+                for f in &flows {
+                    out.push(' ');
+                    out.push_str(&if a.no_stats {
+                        f.entry.text.clone()
+                    } else {
+                        openflow::stats_line(f)
+                    });
+                    out.push('\n');
+                }
+            }
+        }
+        if a.dirty {
+            let mut rows = vec![["BRIDGE", "RULE", "TABLE", "COOKIE", "FLOW"].map(String::from)];
+            let mut findings: Vec<_> = index.findings().collect();
+            findings.sort_by(|a, b| {
+                (a.bridge, a.rule, a.table, a.flow_text).cmp(&(
+                    b.bridge,
+                    b.rule,
+                    b.table,
+                    b.flow_text,
+                ))
+            });
+            for f in findings {
+                rows.push([
+                    f.bridge.to_string(),
+                    f.rule.to_string(),
+                    f.table.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+                    f.cookie
+                        .map(|c| format!("{c:#x}"))
+                        .unwrap_or_else(|| "-".into()),
+                    f.flow_text.to_string(),
+                ]);
+            }
+            out = table::align(&rows);
+            if rows.len() == 1 {
+                out.push_str("no dirty flows\n");
+            }
+        }
+        print!("{out}");
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -4,6 +4,7 @@
 //! source and never sees a half-updated report.
 
 use crate::detect::pinning::PinningReport;
+use crate::engine::flows::FlowsReport;
 use crate::sources::SourceRegistry;
 use std::sync::{Arc, RwLock};
 
@@ -23,6 +24,7 @@ pub struct BpfProgramCost {
 pub struct SharedState {
     pinning: Arc<RwLock<Arc<PinningReport>>>,
     bpf: Arc<RwLock<Arc<Vec<BpfProgramCost>>>>,
+    flows: Arc<RwLock<Arc<FlowsReport>>>,
     /// Per-source health.
     pub sources: SourceRegistry,
 }
@@ -36,6 +38,16 @@ impl SharedState {
     /// Replaces the pinning report.
     pub fn set_pinning(&self, r: PinningReport) {
         write(&self.pinning, r);
+    }
+
+    /// The current dirty-flow report.
+    pub fn flows(&self) -> Arc<FlowsReport> {
+        read(&self.flows)
+    }
+
+    /// Replaces the dirty-flow report.
+    pub fn set_flows(&self, r: FlowsReport) {
+        write(&self.flows, r);
     }
 
     /// The current eBPF program costs.

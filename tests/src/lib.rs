@@ -6,6 +6,7 @@
 //! is a failure.
 
 pub mod libvirt;
+pub mod ovs;
 pub mod pinflow;
 pub mod scrape;
 

@@ -51,7 +51,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<()> {
         eprintln!("libvirt testbed unavailable: {e:#} (libvirt tests will skip or fail)");
     }
     step("tests: unit + integration (one test at a time: they share the host's CPUs)");
-    let mut args = vec!["test", "--workspace"];
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     if let Some(f) = &a.filter {
         args.push(f);
     }

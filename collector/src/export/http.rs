@@ -1,5 +1,6 @@
 //! HTTP server: `/metrics` (OpenMetrics), `/healthz`, `/api/v1/pinning`, `/api/v1/flows/dirty`.
 
+use crate::config::ExportConfig;
 use crate::export::metrics;
 use crate::state::SharedState;
 use axum::Router;
@@ -19,14 +20,16 @@ struct App {
 }
 
 /// The router with every endpoint.
-pub fn router(state: SharedState, build: metrics::BuildInfo) -> Router {
-    let registry = Arc::new(metrics::registry(state.clone(), build));
+pub fn router(state: SharedState, build: metrics::BuildInfo, limits: ExportConfig) -> Router {
+    let registry = Arc::new(metrics::registry(state.clone(), build, limits));
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/pinning", get(api_pinning))
         .route("/api/v1/sources", get(api_sources))
+        .route("/api/v1/flows", get(api_flows))
+        .route("/api/v1/flows/dirty", get(api_flows_dirty))
         .with_state(App { state, registry })
 }
 
@@ -51,6 +54,7 @@ async fn index() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         "<html><body><h1>pinflow</h1><ul><li><a href=\"/metrics\">/metrics</a></li>\
          <li><a href=\"/api/v1/pinning\">/api/v1/pinning</a></li>\
+         <li><a href=\"/api/v1/flows/dirty\">/api/v1/flows/dirty</a></li>\
          <li><a href=\"/api/v1/sources\">/api/v1/sources</a></li></ul></body></html>\n",
     )
 }
@@ -83,6 +87,16 @@ async fn serve_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
 
 async fn api_pinning(State(app): State<App>) -> Response {
     axum::Json(app.state.pinning().as_ref().clone()).into_response()
+}
+
+/// Bridges, dirty counts, ports and dirty flows.
+async fn api_flows(State(app): State<App>) -> Response {
+    axum::Json(app.state.flows().as_ref().clone()).into_response()
+}
+
+/// Every dirty flow: bridge, table, rule, the flow text, the instance.
+async fn api_flows_dirty(State(app): State<App>) -> Response {
+    axum::Json(app.state.flows().dirty.clone()).into_response()
 }
 
 async fn api_sources(State(app): State<App>) -> Response {

@@ -3,7 +3,9 @@
 //! A custom `prometheus_client` collector encodes the latest reports at scrape time: nothing is
 //! computed per scrape, and series of vanished domains or healed drifts disappear with the report.
 
+use crate::config::ExportConfig;
 use crate::detect::pinning::PinningReport;
+use crate::engine::flows::FlowsReport;
 use crate::state::SharedState;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -47,6 +49,7 @@ pub struct BuildInfo {
 pub struct PinflowCollector {
     state: SharedStateHandle,
     build: BuildInfo,
+    limits: ExportConfig,
 }
 
 /// `SharedState` wrapper with a `Debug` impl (required by `Collector`).
@@ -60,11 +63,12 @@ impl std::fmt::Debug for SharedStateHandle {
 }
 
 /// A registry holding pinflow's collector.
-pub fn registry(state: SharedState, build: BuildInfo) -> Registry {
+pub fn registry(state: SharedState, build: BuildInfo, limits: ExportConfig) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(PinflowCollector {
         state: SharedStateHandle(state),
         build,
+        limits,
     }));
     r
 }
@@ -152,6 +156,7 @@ impl Collector for PinflowCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.state.0;
         encode_pinning(&mut enc, &state.pinning())?;
+        encode_flows(&mut enc, &state.flows(), &self.limits)?;
         encode_self(&mut enc, state, &self.build)
     }
 }
@@ -249,6 +254,96 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     )
 }
 
+fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportConfig) -> Res {
+    let tables: Vec<(&str, String, usize)> = r
+        .bridges
+        .iter()
+        .flat_map(|(b, s)| {
+            s.flows_per_table
+                .iter()
+                .map(move |(t, n)| (b.as_str(), t.to_string(), *n))
+        })
+        .collect();
+    gauge(
+        enc,
+        "pinflow_ovs_flows",
+        "OpenFlow flows per bridge and table (mirrored with the OVS flow monitor)",
+        tables
+            .iter()
+            .map(|(b, t, n)| ([("bridge", Lv(b)), ("table", Lv(t))], *n as f64)),
+    )?;
+    gauge(
+        enc,
+        "pinflow_ovs_dirty_flows",
+        "Dirty flows per bridge and rule (every enabled rule, 0 when clean)",
+        r.dirty_counts.iter().flat_map(|(b, rules)| {
+            rules
+                .iter()
+                .map(move |(rule, n)| ([("bridge", Lv(b)), ("rule", Lv(rule))], *n as f64))
+        }),
+    )?;
+    let shown: Vec<(String, String, &crate::engine::flows::DirtyFlow)> = r
+        .dirty
+        .iter()
+        .take(limits.dirty_flow_info_limit)
+        .map(|d| {
+            (
+                d.table.map(|t| t.to_string()).unwrap_or_default(),
+                d.cookie.map(|c| format!("{c:#x}")).unwrap_or_default(),
+                d,
+            )
+        })
+        .collect();
+    gauge(
+        enc,
+        "pinflow_ovs_dirty_flow_info",
+        "A dirty flow in ovs-ofctl form (capped; see pinflow_ovs_dirty_flow_info_dropped)",
+        shown.iter().map(|(table, cookie, d)| {
+            (
+                [
+                    ("bridge", Lv(&d.bridge)),
+                    ("rule", Lv(&d.rule)),
+                    ("table", Lv(table)),
+                    ("cookie", Lv(cookie)),
+                    ("flow", Lv(&d.flow)),
+                ],
+                1.0,
+            )
+        }),
+    )?;
+    gauge(
+        enc,
+        "pinflow_ovs_dirty_flow_info_dropped",
+        "Dirty flows not listed in pinflow_ovs_dirty_flow_info because of the per-host cap",
+        [(
+            [] as [(&str, Lv<'_>); 0],
+            r.dirty.len().saturating_sub(limits.dirty_flow_info_limit) as f64,
+        )],
+    )?;
+    let ports: Vec<(String, &crate::engine::flows::PortInfo)> = r
+        .ports
+        .iter()
+        .map(|p| (p.ofport.map(|o| o.to_string()).unwrap_or_default(), p))
+        .collect();
+    gauge(
+        enc,
+        "pinflow_ovs_port_info",
+        "OVS port with its ofport, Neutron port id and libvirt domain (empty when not an instance's)",
+        ports.iter().map(|(of, p)| {
+            (
+                [
+                    ("bridge", Lv(&p.bridge)),
+                    ("port", Lv(&p.port)),
+                    ("ofport", Lv(of)),
+                    ("iface_id", Lv(&p.iface_id)),
+                    ("domain", Lv(&p.domain)),
+                ],
+                1.0,
+            )
+        }),
+    )
+}
+
 fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildInfo) -> Res {
     let sources = state.sources.snapshot();
     gauge(
@@ -318,6 +413,7 @@ mod tests {
                 uuid: "u".into(),
                 nova: None,
                 pinned: true,
+                interfaces: vec![],
                 drifted_vcpus: Check::ALL
                     .iter()
                     .map(|c| (*c, u32::from(*c == Check::Affinity)))
@@ -347,14 +443,23 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let reg = registry(state_with_drift("a\"b\\c\nd"), build());
+        let reg = registry(
+            state_with_drift("a\"b\\c\nd"),
+            build(),
+            ExportConfig::default(),
+        );
         let text = render(&reg).unwrap();
         assert!(text.contains(r#"actual="a\"b\\c\nd""#), "{text}");
     }
 
     #[test]
     fn every_check_is_exported_and_counters_get_total() {
-        let text = render(&registry(state_with_drift("1"), build())).unwrap();
+        let text = render(&registry(
+            state_with_drift("1"),
+            build(),
+            ExportConfig::default(),
+        ))
+        .unwrap();
         for c in Check::ALL {
             assert!(
                 text.contains(&format!(
@@ -376,7 +481,12 @@ mod tests {
 
     #[test]
     fn prometheus_text_names_counter_families_with_total() {
-        let om = render(&registry(state_with_drift("1"), build())).unwrap();
+        let om = render(&registry(
+            state_with_drift("1"),
+            build(),
+            ExportConfig::default(),
+        ))
+        .unwrap();
         let text = openmetrics_to_prometheus(&om);
         assert!(
             text.contains("# TYPE pinflow_vcpu_offpin_seconds_total counter\n"),

@@ -24,6 +24,10 @@ pub mod source {
     pub const PROCFS: &str = "procfs";
     /// The eBPF sched_switch placement probe.
     pub const SCHED_BPF: &str = "sched_bpf";
+    /// OVSDB (bridges, ports).
+    pub const OVSDB: &str = crate::sources::ovsdb::SOURCE;
+    /// OpenFlow sessions to every bridge.
+    pub const OPENFLOW: &str = "openflow";
 }
 
 /// Where the pinning sources read from.

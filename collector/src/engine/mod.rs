@@ -1,0 +1,9 @@
+//! Pipelines that tie sources to detectors and publish reports into the shared state.
+//!
+//! - [`pinning`]: libvirt inventory + procfs/cgroupfs + eBPF placement → pinning checks.
+//! - [`flows`]: OVSDB + OpenFlow mirrors → dirty-flow rules.
+
+pub mod flows;
+pub mod pinning;
+
+pub use pinning::{PinningEngine, PinningInputs, observe, snapshot_once, source};
