@@ -140,7 +140,7 @@ impl Config {
                 p.placement_window_seconds
             )));
         }
-        DirtyFlowIndex::new(&self.flows).map_err(|e| ConfigError::Value(format!("flows: {e}")))?;
+        DirtyFlowIndex::new(&self.flows).map_err(|e| ConfigError::Value(e.to_string()))?;
         Ok(())
     }
 }
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn flow_rules_are_validated() {
         let c = Config::parse(
-            "[flows]\nstale_cookie_grace_secs = 30\n[[flows.user_rules]]\nname = \"no-flood\"\nregex = \"actions=FLOOD\"\n",
+            "[flows]\nstale_cookie_grace_secs = 30\n[[flows.user_rules]]\nname = \"no_flood\"\nregex = \"actions=FLOOD\"\n",
         )
         .unwrap();
         assert_eq!(c.flows.stale_cookie_grace_secs, 30);
@@ -191,6 +191,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dirty_flow_limit"), "{e}");
+    }
+
+    #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml block") + 8;
+        let len = readme[start..].find("```").expect("closed block");
+        let c = Config::parse(&readme[start..start + len]).unwrap();
+        assert_eq!(c.flows.user_rules.len(), 1);
+        assert_eq!(c.export.dirty_flow_info_limit, 20);
     }
 
     #[test]
