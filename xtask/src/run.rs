@@ -4,6 +4,7 @@ use crate::setup::setup;
 use crate::util::{cargo, step, workspace_root};
 use anyhow::{Context as _, bail};
 use pinflow_tests::libvirt::{self, DomainSpec, RunningDomain};
+use pinflow_tests::ovs::Ovs;
 use pinflow_tests::scrape::http_get;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ fn pinflow_bin(profile: &str) -> PathBuf {
 struct Testbed {
     daemons: libvirt::Daemons,
     domains: Vec<RunningDomain>,
+    ovs: Ovs,
     pinflow: Option<Child>,
 }
 
@@ -47,9 +49,25 @@ impl Testbed {
     fn up(listen: SocketAddr) -> anyhow::Result<Testbed> {
         step("libvirt: starting virtlogd + libvirtd (if not running)");
         let daemons = libvirt::ensure_daemons()?;
+        step(
+            "ovs: private ovsdb-server + ovs-vswitchd (userspace datapath) with a Neutron-like br-int",
+        );
+        let ovs = Ovs::start();
+        ovs.add_bridge(
+            "br-int",
+            &[
+                ("tap-web1", 1),
+                ("tap-batch1", 2),
+                ("patch-tun", 3),
+                ("int-br-ex", 4),
+            ],
+        );
+        let flows = workspace_root().join("tests/fixtures/br-int-clean.flows");
+        ovs.ofctl(&["replace-flows", "br-int", &flows.to_string_lossy()]);
         let mut tb = Testbed {
             daemons,
             domains: Vec::new(),
+            ovs,
             pinflow: None,
         };
         for spec in testbed_domains() {
@@ -58,7 +76,13 @@ impl Testbed {
         }
         step(&format!("pinflow: serving on {listen}"));
         let child = Command::new(pinflow_bin("release"))
-            .args(["serve", "--web.listen-address", &listen.to_string()])
+            .args([
+                "serve",
+                "--web.listen-address",
+                &listen.to_string(),
+                "--ovs-run-dir",
+            ])
+            .arg(tb.ovs.run_dir())
             .spawn()
             .context("cannot start pinflow")?;
         tb.pinflow = Some(child);
@@ -136,6 +160,17 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         "  echo 0-1 > /sys/fs/cgroup/cpuset$CG/vcpu0/cpuset.cpus; taskset -pc 1 <TID of 'CPU 0/KVM'>"
     );
     println!("  virsh vcpupin instance-00000001 0 0 --live   # repair");
+    let run_dir = tb.ovs.run_dir();
+    println!("Insert a dirty flow into br-int (an output to a port that does not exist):");
+    println!(
+        "  OVS_RUNDIR={} ovs-ofctl -O OpenFlow13 add-flow br-int 'table=60,priority=50,dl_dst=fa:16:3e:00:00:99,actions=output:77'",
+        run_dir.display()
+    );
+    println!(
+        "  {} flows --dirty --ovs-run-dir {}",
+        pinflow_bin("release").display(),
+        run_dir.display()
+    );
     println!(
         "Ctrl-C stops pinflow, destroys the domains and stops the daemons this command started."
     );
