@@ -367,6 +367,22 @@ impl RunningDomain {
     }
 }
 
+impl RunningDomain {
+    /// Moves thread `tid` into the domain's `leaf` cpuset cgroup (`emulator`, `vcpu0`, …) behind
+    /// libvirt's back (v1 `tasks`, v2 `cgroup.threads`).
+    pub fn move_thread_to_cgroup(&self, tid: u32, leaf: &str) {
+        let dir = self.cpuset_cgroup_dir().join(leaf);
+        let v1 = dir.join("tasks");
+        let file = if v1.exists() {
+            v1
+        } else {
+            dir.join("cgroup.threads")
+        };
+        std::fs::write(&file, tid.to_string())
+            .unwrap_or_else(|e| panic!("move {tid} to {}: {e}", file.display()));
+    }
+}
+
 impl Drop for RunningDomain {
     fn drop(&mut self) {
         remove(&self.name);

@@ -73,6 +73,13 @@ fn expect_drift_allowing(
     }
 }
 
+/// Repairs vCPU 0 the way an operator does (`virsh vcpupin --live`) and expects every drift gone.
+fn repair_vcpu0(pf: &Pinflow, domain: &str, cpu: &str) {
+    libvirt::virsh(&["vcpupin", domain, "0", cpu, "--live"]).expect("repair");
+    let s = expect_drift(pf, domain, &[]);
+    assert_counts(&s, domain, &[]);
+}
+
 /// 1.0 when the domain currently has a `placement` drift row.
 fn placement_seen(s: &[Sample], domain: &str) -> f64 {
     f64::from(u8::from(
@@ -193,9 +200,7 @@ fn affinity_drift_behind_a_widened_cgroup_and_its_repair() {
         &[("affinity", 1.0), ("cpuset", 1.0), ("placement", placed)],
     );
 
-    libvirt::virsh(&["vcpupin", "pf-aff", "0", "0", "--live"]).expect("repair");
-    let s = expect_drift(&pf, "pf-aff", &[]);
-    assert_counts(&s, "pf-aff", &[]);
+    repair_vcpu0(&pf, "pf-aff", "0");
 }
 
 #[test]
@@ -235,9 +240,7 @@ fn cgroup_cpuset_changed_behind_libvirts_back() {
         ],
     );
 
-    libvirt::virsh(&["vcpupin", "pf-cpuset", "0", "0", "--live"]).expect("repair");
-    let s = expect_drift(&pf, "pf-cpuset", &[]);
-    assert_counts(&s, "pf-cpuset", &[]);
+    repair_vcpu0(&pf, "pf-cpuset", "0");
 }
 
 #[test]
@@ -248,21 +251,12 @@ fn vcpu_thread_moved_into_the_emulator_cgroup() {
     let pf = Pinflow::start(CONFIG, &[]);
     let dom = start(&DomainSpec::pinned("pf-cgroup", &["0"]));
     expect_drift(&pf, "pf-cgroup", &[]);
-    let cg = dom.cpuset_cgroup_dir();
-    let tid = dom.vcpu_tid(0).to_string();
-    let tasks = |leaf: &str| {
-        let v1 = cg.join(leaf).join("tasks");
-        if v1.exists() {
-            v1
-        } else {
-            cg.join(leaf).join("cgroup.threads")
-        }
-    };
-    write(&tasks("emulator"), &tid);
+    let tid = dom.vcpu_tid(0);
+    dom.move_thread_to_cgroup(tid, "emulator");
     let s = expect_drift(&pf, "pf-cgroup", &[row("0", "cgroup", "vcpu0", "emulator")]);
     assert_counts(&s, "pf-cgroup", &[("cgroup", 1.0)]);
 
-    write(&tasks("vcpu0"), &tid);
+    dom.move_thread_to_cgroup(tid, "vcpu0");
     let s = expect_drift(&pf, "pf-cgroup", &[]);
     assert_counts(&s, "pf-cgroup", &[]);
 }
@@ -438,19 +432,10 @@ fn scrape_answers_while_libvirtd_is_stopped() {
     }
     // pinflow still follows drift made while libvirtd is stopped (a move that keeps the thread on
     // its pCPU, so only the cgroup check fires).
-    let cg = dom.cpuset_cgroup_dir();
-    let tid = dom.vcpu_tid(0).to_string();
-    let tasks = |leaf: &str| {
-        let v1 = cg.join(leaf).join("tasks");
-        if v1.exists() {
-            v1
-        } else {
-            cg.join(leaf).join("cgroup.threads")
-        }
-    };
-    write(&tasks("emulator"), &tid);
+    let tid = dom.vcpu_tid(0);
+    dom.move_thread_to_cgroup(tid, "emulator");
     expect_drift(&pf, "pf-hung", &[row("0", "cgroup", "vcpu0", "emulator")]);
     drop(resume);
-    write(&tasks("vcpu0"), &tid);
+    dom.move_thread_to_cgroup(tid, "vcpu0");
     expect_drift(&pf, "pf-hung", &[]);
 }
