@@ -80,6 +80,10 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             None
         };
+        // Loading parsed the kernel's BTF (several MiB, now freed): hand that heap back to the OS
+        // so the long-running daemon's RSS reflects what it keeps.
+        // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
+        unsafe { libc::malloc_trim(0) };
         let inputs = inputs(s);
         let mut eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
         eng.pass();

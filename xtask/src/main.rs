@@ -30,7 +30,11 @@ enum Cmd {
     /// Run every test (lint, unit, privileged integration against real daemons, promtool).
     Test(test::TestArgs),
     /// Measure pinflow's costs (sched_switch overhead, RSS, /metrics latency).
-    Bench,
+    Bench {
+        /// Skip the sched_switch overhead benchmark (the slow part, ~8 min).
+        #[arg(long)]
+        skip_sched: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,7 +43,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Setup => setup::setup(),
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
-        Cmd::Bench => bench(),
+        Cmd::Bench { skip_sched } => bench(skip_sched),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
