@@ -54,7 +54,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn bench() -> anyhow::Result<()> {
+fn bench(skip_sched: bool) -> anyhow::Result<()> {
     setup::setup()?;
     util::cargo(&[
         "build",
@@ -64,6 +64,8 @@ fn bench() -> anyhow::Result<()> {
         "--bins",
         "--examples",
     ])?;
-    bench_sched::run(&util::workspace_root().join("target/release/pinflow"))?;
+    if !skip_sched {
+        bench_sched::run(&util::workspace_root().join("target/release/pinflow"))?;
+    }
     run::bench_serve()
 }
