@@ -3,14 +3,17 @@
 //! - `setup`: install what a fresh Debian 12 machine lacks (idempotent, prints each step).
 //! - `run`: a real libvirt/KVM testbed with pinflow serving on 127.0.0.1:9105 until Ctrl-C.
 //! - `test`: lint + unit tests + privileged integration tests against the real testbeds.
-//! - `bench`: measured costs (eBPF per context switch, RSS, /metrics latency).
+//! - `bench`: measured costs (eBPF per context switch, RSS, /metrics latency, OpenFlow dumps and
+//!   mirrors against `ovs-ofctl` + parse).
 
+mod bench_flows;
 mod bench_sched;
 mod run;
 mod setup;
 mod test;
 mod util;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// pinflow developer tasks.
@@ -29,12 +32,17 @@ enum Cmd {
     Run(run::RunArgs),
     /// Run every test (lint, unit, privileged integration against real daemons, promtool).
     Test(test::TestArgs),
-    /// Measure pinflow's costs (sched_switch overhead, RSS, /metrics latency).
-    Bench {
-        /// Skip the sched_switch overhead benchmark (the slow part, ~8 min).
-        #[arg(long)]
-        skip_sched: bool,
-    },
+    /// Measure pinflow's costs (sched_switch overhead, RSS, /metrics latency, OpenFlow tables).
+    Bench(BenchArgs),
+}
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Run only one part: `sched` (eBPF probe), `serve` (testbed RSS and /metrics) or `flows`
+    /// (OpenFlow dumps and mirrors, issue 3).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,7 +51,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Setup => setup::setup(),
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
-        Cmd::Bench { skip_sched } => bench(skip_sched),
+        Cmd::Bench(a) => bench(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -54,18 +62,51 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn bench(skip_sched: bool) -> anyhow::Result<()> {
-    setup::setup()?;
-    util::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "pinflow",
-        "--bins",
-        "--examples",
-    ])?;
-    if !skip_sched {
-        bench_sched::run(&util::workspace_root().join("target/release/pinflow"))?;
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let part = |p: &str| a.only.as_deref().is_none_or(|o| o == p);
+    if let Some(o) = &a.only {
+        anyhow::ensure!(
+            ["sched", "serve", "flows"].contains(&o.as_str()),
+            "unknown bench part {o:?} (sched, serve, flows)"
+        );
     }
-    run::bench_serve()
+    setup::setup()?;
+    // `PINFLOW_BIN` measures another, already built binary (e.g. a baseline) with the same harness.
+    let bin = match std::env::var_os("PINFLOW_BIN") {
+        Some(b) => std::path::PathBuf::from(b),
+        None => {
+            util::cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "pinflow",
+                "--bins",
+                "--examples",
+            ])?;
+            util::workspace_root().join("target/release/pinflow")
+        }
+    };
+    if part("sched") {
+        bench_sched::run(&bin)?;
+    }
+    if part("serve") {
+        run::bench_serve()?;
+    }
+    if part("flows") {
+        if cfg!(debug_assertions) {
+            // The cron job's text parse is measured in this process: run the flow bench from an
+            // optimized xtask so that the baseline is not slowed down by a debug build.
+            util::cargo(&["build", "--release", "-p", "xtask"])?;
+            let xtask = util::workspace_root().join("target/release/xtask");
+            let st = std::process::Command::new(&xtask)
+                .args(["bench", "--only", "flows"])
+                .env("PINFLOW_BIN", &bin)
+                .status()
+                .with_context(|| format!("cannot run {}", xtask.display()))?;
+            anyhow::ensure!(st.success(), "the flow bench failed ({st})");
+        } else {
+            bench_flows::run(&bin)?;
+        }
+    }
+    Ok(())
 }

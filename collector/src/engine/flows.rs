@@ -7,7 +7,7 @@
 
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
 use crate::engine::source;
-use crate::model::flows::{Bridge, FlowEntry};
+use crate::model::flows::Bridge;
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange};
 use crate::sources::ovsdb::{self, OvsdbSnapshot};
 use crate::state::SharedState;
@@ -124,10 +124,10 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
                 dirty = true;
             }
             Some((bridge, change)) = change_rx.recv() => {
-                apply_change(&mut index, &tasks, &bridge, change, &state).await;
+                apply_change(&mut index, &tasks, &bridge, change, &state);
                 // Drain what is queued before publishing once.
                 while let Ok((b, c)) = change_rx.try_recv() {
-                    apply_change(&mut index, &tasks, &b, c, &state).await;
+                    apply_change(&mut index, &tasks, &b, c, &state);
                 }
                 dirty = true;
             }
@@ -177,12 +177,11 @@ fn sync_tasks(
                 }
             }
         });
-        tokio::spawn(openflow::run_bridge(
-            BridgeConfig::new(run_dir, name.clone()),
-            snap_tx,
-            Some(tx),
-            stop_rx,
-        ));
+        let mut cfg = BridgeConfig::new(run_dir, name.clone());
+        // The index follows the change stream and gets the table with each resync; snapshots
+        // without the table let the mirror update it in place.
+        cfg.snapshot_flows = false;
+        tokio::spawn(openflow::run_bridge(cfg, snap_tx, Some(tx), stop_rx));
         tasks.insert(
             name.clone(),
             BridgeTask {
@@ -193,7 +192,8 @@ fn sync_tasks(
     }
 }
 
-async fn apply_change(
+/// Applies one mirror change to the index. Entries are shared with the mirror (`Arc`), never copied.
+fn apply_change(
     index: &mut DirtyFlowIndex,
     tasks: &HashMap<String, BridgeTask>,
     bridge: &str,
@@ -202,25 +202,13 @@ async fn apply_change(
 ) {
     let now = Instant::now();
     match change {
-        FlowChange::Resynced { generation, .. } => {
-            let Some(t) = tasks.get(bridge) else { return };
-            let mut rx = t.snapshots.clone();
-            // The snapshot of this generation is published right after the event.
-            let snap = match tokio::time::timeout(
-                Duration::from_secs(5),
-                rx.wait_for(|s| s.generation >= generation),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s.clone(),
-                _ => return,
-            };
-            let flows: Vec<FlowEntry> = snap.flows.values().map(|e| FlowEntry::clone(e)).collect();
-            index.replace_flows(bridge, flows, now);
+        FlowChange::Resynced { table, .. } => {
+            if !tasks.contains_key(bridge) {
+                return;
+            }
+            index.replace_flows(bridge, table.values().cloned(), now);
         }
-        FlowChange::Added(f) | FlowChange::Modified(f) => {
-            index.upsert_flow(bridge, FlowEntry::clone(&f), now)
-        }
+        FlowChange::Added(f) | FlowChange::Modified(f) => index.upsert_flow(bridge, f, now),
         FlowChange::Deleted(f) => {
             index.remove_flow(bridge, &f.key(), now);
         }

@@ -3,19 +3,388 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// One match field of a flow, normalized: `ovs-ofctl` field name, value and optional mask (same length).
+/// One match field of a flow, normalized: `ovs-ofctl` field name, value, mask and width.
 ///
-/// Values are big-endian bytes as on the wire, so detectors can compare any field generically
-/// (`value & mask`). Prerequisite fields implied by protocol keywords (`ip` ⇒ `dl_type=0x0800`) are
-/// present as their own fields.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// Values are right-aligned big-endian integers of `len` bytes as on the wire, so detectors can
+/// compare any field generically (`value & mask`). An exact match has every bit of `len` bytes set in
+/// `mask` (see [`FieldMatch::is_exact`]). Prerequisite fields implied by protocol keywords (`ip` ⇒
+/// `dl_type=0x0800`) are present as their own fields. Plain data: no heap allocation per field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct FieldMatch {
     /// Field name as `ovs-ofctl` spells it (`in_port`, `dl_vlan`, `nw_dst`, `reg0`, `tun_id`, …).
-    pub field: String,
-    /// Value bytes, big-endian.
-    pub value: Vec<u8>,
-    /// Mask bytes (same length as `value`); `None` means exact match.
-    pub mask: Option<Vec<u8>>,
+    pub field: &'static str,
+    /// Value (already masked for masked matches), right-aligned.
+    pub value: u128,
+    /// Mask, right-aligned; all ones of `len` bytes for an exact match.
+    pub mask: u128,
+    /// Width of the field in bytes (1..=16).
+    pub len: u8,
+}
+
+impl FieldMatch {
+    /// An exact match of a `len`-byte field (`len` is clamped to 1..=16, `value` to its width).
+    pub fn exact(field: &'static str, value: u128, len: u8) -> FieldMatch {
+        let len = len.clamp(1, 16);
+        FieldMatch {
+            field,
+            value: value & width_mask(len),
+            mask: width_mask(len),
+            len,
+        }
+    }
+
+    /// A masked match of a `len`-byte field (value and mask are cut to its width).
+    pub fn masked(field: &'static str, value: u128, mask: u128, len: u8) -> FieldMatch {
+        let len = len.clamp(1, 16);
+        let mask = mask & width_mask(len);
+        FieldMatch {
+            field,
+            value: value & mask,
+            mask,
+            len,
+        }
+    }
+
+    /// Whether every bit of the field is matched.
+    pub fn is_exact(&self) -> bool {
+        self.mask == width_mask(self.len)
+    }
+
+    /// All ones of this field's width (the mask of an exact match).
+    pub fn full_mask(&self) -> u128 {
+        width_mask(self.len)
+    }
+}
+
+/// All ones over `len` bytes (`len` ≥ 16 gives all 128 bits).
+pub fn width_mask(len: u8) -> u128 {
+    if len >= 16 {
+        u128::MAX
+    } else {
+        (1u128 << (u32::from(len) * 8)) - 1
+    }
+}
+
+/// Field names that `ovs-ofctl` prints in matches (sorted, for binary search); a field's position is
+/// its one-byte id in [`Matches`]' encoding. Other names are interned at run time.
+const KNOWN_FIELDS: &[&str] = &[
+    "actset_output",
+    "arp_op",
+    "arp_sha",
+    "arp_spa",
+    "arp_tha",
+    "arp_tpa",
+    "conj_id",
+    "ct_ipv6_dst",
+    "ct_ipv6_src",
+    "ct_label",
+    "ct_mark",
+    "ct_nw_dst",
+    "ct_nw_proto",
+    "ct_nw_src",
+    "ct_state",
+    "ct_tp_dst",
+    "ct_tp_src",
+    "ct_zone",
+    "dl_dst",
+    "dl_src",
+    "dl_type",
+    "dl_vlan",
+    "dl_vlan_pcp",
+    "dp_hash",
+    "icmp_code",
+    "icmp_type",
+    "in_port",
+    "ipv6_dst",
+    "ipv6_label",
+    "ipv6_src",
+    "metadata",
+    "mpls_bos",
+    "mpls_label",
+    "mpls_tc",
+    "nd_sll",
+    "nd_target",
+    "nd_tll",
+    "nw_dst",
+    "nw_ecn",
+    "nw_frag",
+    "nw_proto",
+    "nw_src",
+    "nw_tos",
+    "nw_ttl",
+    "pkt_mark",
+    "recirc_id",
+    "reg0",
+    "reg1",
+    "reg10",
+    "reg11",
+    "reg12",
+    "reg13",
+    "reg14",
+    "reg15",
+    "reg2",
+    "reg3",
+    "reg4",
+    "reg5",
+    "reg6",
+    "reg7",
+    "reg8",
+    "reg9",
+    "tcp_flags",
+    "tp_dst",
+    "tp_src",
+    "tun_dst",
+    "tun_id",
+    "tun_ipv6_dst",
+    "tun_ipv6_src",
+    "tun_src",
+    "unknown",
+    "vlan_tci",
+];
+
+/// How many other names (unknown OXM/NXM fields, test names) can be interned; later ones read as
+/// `unknown`. Bounded: interned names live for the whole process.
+const MAX_INTERNED: usize = 255 - KNOWN_FIELDS.len();
+
+static INTERNED: [std::sync::OnceLock<&'static str>; 256] =
+    [const { std::sync::OnceLock::new() }; 256];
+static INTERN_LOCK: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// Recently seen `&'static` names → id, keyed by address and length (decoders pass the same
+/// static strings over and over; this spares a string search per field). Packed as
+/// `address << 16 | length << 8 | id`; 0 is empty.
+static ID_CACHE: [std::sync::atomic::AtomicU64; 64] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 64];
+
+fn cached_field_id(name: &'static str) -> u8 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let addr = name.as_ptr() as u64 & 0xffff_ffff_ffff;
+    let len = name.len() as u64;
+    if len > 0xff {
+        return field_id(name);
+    }
+    let slot = ((addr >> 3) ^ (addr >> 9) ^ len) as usize % ID_CACHE.len();
+    let tag = addr << 16 | len << 8;
+    if let Some(c) = ID_CACHE.get(slot) {
+        let v = c.load(Relaxed);
+        if v != 0 && v & !0xff == tag {
+            return (v & 0xff) as u8;
+        }
+        let id = field_id(name);
+        c.store(tag | u64::from(id), Relaxed);
+        return id;
+    }
+    field_id(name)
+}
+
+fn field_id(name: &str) -> u8 {
+    if let Ok(i) = KNOWN_FIELDS.binary_search(&name) {
+        return i as u8;
+    }
+    let unknown = KNOWN_FIELDS.binary_search(&"unknown").unwrap_or(0) as u8;
+    let mut n = match INTERN_LOCK.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    for i in 0..*n {
+        if INTERNED
+            .get(i)
+            .and_then(|c| c.get())
+            .is_some_and(|s| *s == name)
+        {
+            return (KNOWN_FIELDS.len() + i) as u8;
+        }
+    }
+    if *n >= MAX_INTERNED {
+        return unknown;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    if let Some(cell) = INTERNED.get(*n) {
+        let _ = cell.set(leaked);
+    }
+    *n += 1;
+    (KNOWN_FIELDS.len() + *n - 1) as u8
+}
+
+/// The `&'static` spelling of a field name (interning names `ovs-ofctl` does not print).
+pub fn intern_field(name: &str) -> &'static str {
+    field_name(field_id(name))
+}
+
+fn field_name(id: u8) -> &'static str {
+    let id = usize::from(id);
+    KNOWN_FIELDS.get(id).copied().unwrap_or_else(|| {
+        INTERNED
+            .get(id - KNOWN_FIELDS.len())
+            .and_then(|c| c.get().copied())
+            .unwrap_or("unknown")
+    })
+}
+
+const MASKED: u8 = 0x80;
+
+/// A flow's normalized match: its [`FieldMatch`]es sorted by field name (then value), in a compact
+/// byte encoding (one byte of field id, one of width/flags, the value bytes and, for masked fields,
+/// the mask bytes) held in one shared allocation. Cloning is a reference-count increment, so a flow
+/// and its [`FlowKey`] share the same bytes. Equality and hashing work on the encoding, which is
+/// canonical; ordering is that of the field lists.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Matches(std::sync::Arc<[u8]>);
+
+impl Default for Matches {
+    fn default() -> Self {
+        Matches::new(std::iter::empty())
+    }
+}
+
+impl Matches {
+    /// Encodes `fields` (in any order; they are sorted).
+    pub fn new(fields: impl IntoIterator<Item = FieldMatch>) -> Matches {
+        let mut v: Vec<FieldMatch> = fields.into_iter().collect();
+        Matches::from_fields(&mut v)
+    }
+
+    /// Encodes `fields`, sorting the slice in place (lets decoders reuse one buffer).
+    pub fn from_fields(fields: &mut [FieldMatch]) -> Matches {
+        fields.sort_unstable();
+        let mut buf = [0u8; 512];
+        let mut n = 0;
+        let mut heap: Vec<u8> = Vec::new();
+        for f in fields.iter() {
+            let len = f.len.clamp(1, 16);
+            let exact = f.mask == width_mask(len);
+            let mut rec = [0u8; 34];
+            rec[0] = cached_field_id(f.field);
+            rec[1] = len | if exact { 0 } else { MASKED };
+            let l = usize::from(len);
+            rec[2..2 + l].copy_from_slice(&f.value.to_be_bytes()[16 - l..]);
+            let mut end = 2 + l;
+            if !exact {
+                rec[end..end + l].copy_from_slice(&f.mask.to_be_bytes()[16 - l..]);
+                end += l;
+            }
+            if heap.is_empty() && n + end <= buf.len() {
+                buf[n..n + end].copy_from_slice(&rec[..end]);
+                n += end;
+            } else {
+                if heap.is_empty() {
+                    heap.extend_from_slice(&buf[..n]);
+                }
+                heap.extend_from_slice(&rec[..end]);
+            }
+        }
+        if heap.is_empty() {
+            Matches(std::sync::Arc::from(&buf[..n]))
+        } else {
+            Matches(std::sync::Arc::from(heap))
+        }
+    }
+
+    /// The fields, sorted by name.
+    pub fn iter(&self) -> MatchesIter<'_> {
+        MatchesIter { rest: &self.0 }
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether the match is empty (matches every packet).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first field named `field`, if matched.
+    pub fn get(&self, field: &str) -> Option<FieldMatch> {
+        self.iter().find(|m| m.field == field)
+    }
+
+    /// Encoded size in bytes (for memory accounting).
+    pub fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl From<Vec<FieldMatch>> for Matches {
+    fn from(mut v: Vec<FieldMatch>) -> Matches {
+        Matches::from_fields(&mut v)
+    }
+}
+
+impl<'a> IntoIterator for &'a Matches {
+    type Item = FieldMatch;
+    type IntoIter = MatchesIter<'a>;
+    fn into_iter(self) -> MatchesIter<'a> {
+        self.iter()
+    }
+}
+
+impl PartialOrd for Matches {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Matches {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.0 == other.0 {
+            return std::cmp::Ordering::Equal;
+        }
+        self.iter().cmp(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Matches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Matches {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+/// Iterator over the fields of [`Matches`].
+#[derive(Clone, Debug)]
+pub struct MatchesIter<'a> {
+    rest: &'a [u8],
+}
+
+fn be(b: &[u8]) -> u128 {
+    b.iter().fold(0u128, |a, &x| (a << 8) | u128::from(x))
+}
+
+impl Iterator for MatchesIter<'_> {
+    type Item = FieldMatch;
+
+    fn next(&mut self) -> Option<FieldMatch> {
+        let (&id, rest) = self.rest.split_first()?;
+        let (&lf, rest) = rest.split_first()?;
+        let len = lf & !MASKED;
+        let l = usize::from(len);
+        let masked = lf & MASKED != 0;
+        let need = if masked { 2 * l } else { l };
+        let Some(body) = rest.get(..need) else {
+            self.rest = &[];
+            return None;
+        };
+        self.rest = rest.get(need..).unwrap_or_default();
+        let value = be(body.get(..l).unwrap_or_default());
+        let mask = if masked {
+            be(body.get(l..).unwrap_or_default())
+        } else {
+            width_mask(len)
+        };
+        Some(FieldMatch {
+            field: field_name(id),
+            value,
+            mask,
+            len,
+        })
+    }
 }
 
 /// The parts of a flow's actions that detectors reason about. Everything else is `Other`.
@@ -65,10 +434,10 @@ pub struct FlowEntry {
     pub priority: u16,
     /// Cookie.
     pub cookie: u64,
-    /// Normalized match, sorted by field name.
-    pub matches: Vec<FieldMatch>,
+    /// Normalized match, sorted by field name (shared with the flow's [`FlowKey`]).
+    pub matches: Matches,
     /// Semantic actions, in order.
-    pub actions: Vec<FlowAction>,
+    pub actions: Box<[FlowAction]>,
     /// The flow in `ovs-ofctl -O OpenFlow13 dump-flows --no-stats` text form (cookie, table, priority,
     /// match, `actions=`), exactly as ovs-ofctl prints it.
     pub text: String,
@@ -84,6 +453,7 @@ pub struct FlowEntry {
 
 impl FlowEntry {
     /// The flow's identity in its bridge: table, priority and match (OpenFlow's own identity rule).
+    /// Cheap: the key shares the entry's match bytes.
     pub fn key(&self) -> FlowKey {
         FlowKey {
             table: self.table,
@@ -100,8 +470,8 @@ pub struct FlowKey {
     pub table: u8,
     /// Priority.
     pub priority: u16,
-    /// Normalized match, sorted by field name (as in [`FlowEntry::matches`]).
-    pub matches: Vec<FieldMatch>,
+    /// Normalized match (the same bytes as the entry's [`FlowEntry::matches`]).
+    pub matches: Matches,
 }
 
 /// An OVS port as known from OVSDB and OpenFlow port descriptions.

@@ -83,6 +83,8 @@ const SMALL: usize = 16;
 /// The flows of one shape group that share one projection, ordered by (priority, actions hash, id).
 #[derive(Debug)]
 pub(crate) enum Bucket {
+    /// One flow, inline (most buckets: no allocation).
+    One(Entry),
     /// Sorted vector.
     Small(Vec<Entry>),
     /// Ordered set.
@@ -96,8 +98,25 @@ impl Default for Bucket {
 }
 
 impl Bucket {
+    /// The entries of a vector-like bucket (`One`, `Small`), `None` for `Large`.
+    fn slice(&self) -> Option<&[Entry]> {
+        match self {
+            Bucket::One(e) => Some(std::slice::from_ref(e)),
+            Bucket::Small(v) => Some(v),
+            Bucket::Large(_) => None,
+        }
+    }
+
     pub(crate) fn insert(&mut self, e: Entry) {
         match self {
+            Bucket::One(x) => {
+                if *x != e {
+                    let mut v = vec![*x, e];
+                    v.sort_unstable();
+                    *self = Bucket::Small(v);
+                }
+            }
+            Bucket::Small(v) if v.is_empty() => *self = Bucket::One(e),
             Bucket::Small(v) => {
                 if let Err(pos) = v.binary_search(&e) {
                     v.insert(pos, e);
@@ -114,9 +133,17 @@ impl Bucket {
 
     pub(crate) fn remove(&mut self, e: &Entry) {
         match self {
+            Bucket::One(x) => {
+                if x == e {
+                    *self = Bucket::Small(Vec::new());
+                }
+            }
             Bucket::Small(v) => {
                 if let Ok(pos) = v.binary_search(e) {
                     v.remove(pos);
+                }
+                if let [one] = v.as_slice() {
+                    *self = Bucket::One(*one);
                 }
             }
             Bucket::Large(s) => {
@@ -130,43 +157,47 @@ impl Bucket {
 
     pub(crate) fn is_empty(&self) -> bool {
         match self {
-            Bucket::Small(v) => v.is_empty(),
             Bucket::Large(s) => s.is_empty(),
+            _ => self.slice().is_none_or(<[Entry]>::is_empty),
         }
     }
 
     /// Every entry, in order.
     pub(crate) fn iter(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
         match self {
-            Bucket::Small(v) => Box::new(v.iter()),
             Bucket::Large(s) => Box::new(s.iter()),
+            _ => Box::new(self.slice().unwrap_or_default().iter()),
         }
     }
 
     /// Whether some entry has a priority above `prio`.
     pub(crate) fn any_above(&self, prio: u16) -> bool {
         match self {
-            Bucket::Small(v) => v.last().is_some_and(|e| e.0 > prio),
             Bucket::Large(s) => s.last().is_some_and(|e| e.0 > prio),
+            _ => self
+                .slice()
+                .and_then(<[Entry]>::last)
+                .is_some_and(|e| e.0 > prio),
         }
     }
 
     /// Flows with a priority below `prio`.
     pub(crate) fn below(&self, prio: u16) -> Vec<FlowId> {
         match self {
-            Bucket::Small(v) => v.iter().take_while(|e| e.0 < prio).map(|e| e.2).collect(),
             Bucket::Large(s) => s.range(..(prio, 0, 0)).map(|e| e.2).collect(),
+            _ => self
+                .slice()
+                .unwrap_or_default()
+                .iter()
+                .take_while(|e| e.0 < prio)
+                .map(|e| e.2)
+                .collect(),
         }
     }
 
     /// Flows with priority `prio` and an actions hash other than `ah`.
     pub(crate) fn same_prio_other_actions(&self, prio: u16, ah: u64) -> Vec<FlowId> {
         match self {
-            Bucket::Small(v) => v
-                .iter()
-                .filter(|e| e.0 == prio && e.1 != ah)
-                .map(|e| e.2)
-                .collect(),
             Bucket::Large(s) => s
                 .range((Included((prio, 0, 0)), Excluded((prio, ah, 0))))
                 .chain(s.range((
@@ -175,13 +206,19 @@ impl Bucket {
                 )))
                 .map(|e| e.2)
                 .collect(),
+            _ => self
+                .slice()
+                .unwrap_or_default()
+                .iter()
+                .filter(|e| e.0 == prio && e.1 != ah)
+                .map(|e| e.2)
+                .collect(),
         }
     }
 
     /// Whether some flow has priority `prio` and an actions hash other than `ah`.
     pub(crate) fn conflicts(&self, prio: u16, ah: u64) -> bool {
         match self {
-            Bucket::Small(v) => v.iter().any(|e| e.0 == prio && e.1 != ah),
             Bucket::Large(s) => {
                 s.range((Included((prio, 0, 0)), Excluded((prio, ah, 0))))
                     .next()
@@ -193,6 +230,11 @@ impl Bucket {
                     .next()
                     .is_some()
             }
+            _ => self
+                .slice()
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.0 == prio && e.1 != ah),
         }
     }
 }
@@ -238,5 +280,27 @@ mod tests {
         assert!(matches!(small, Bucket::Small(_)));
         assert_eq!(small.iter().count(), 4);
         assert!(!small.is_empty());
+    }
+
+    #[test]
+    fn single_entry_buckets_stay_inline() {
+        let mut b = Bucket::default();
+        assert!(b.is_empty());
+        b.insert((5, 1, 7));
+        assert!(matches!(b, Bucket::One(_)));
+        b.insert((5, 1, 7));
+        assert!(matches!(b, Bucket::One(_)));
+        assert!(b.any_above(4) && !b.any_above(5));
+        assert_eq!(b.below(6), vec![7]);
+        assert!(b.conflicts(5, 2) && !b.conflicts(5, 1));
+        b.insert((3, 1, 8));
+        assert_eq!(
+            b.iter().copied().collect::<Vec<_>>(),
+            [(3, 1, 8), (5, 1, 7)]
+        );
+        b.remove(&(5, 1, 7));
+        assert!(matches!(b, Bucket::One((3, 1, 8))));
+        b.remove(&(3, 1, 8));
+        assert!(b.is_empty());
     }
 }

@@ -40,22 +40,21 @@ pub use rules::{
     BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, UserRule,
 };
 
-use crate::model::flows::{Bridge, FieldMatch, FlowAction, FlowEntry, OvsPort};
+use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort};
 use bucket::{Bucket, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
 use shape::{Shape, project};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// VLAN id Neutron tags quarantined ports with.
 pub const DEAD_VLAN: u16 = 4095;
 
-/// The key of `flow` with its match sorted (so the decoder's field order does not matter).
+/// The key of `flow` ([`Matches`] are canonical: sorted at construction, shared with the entry).
 fn key_of(flow: &FlowEntry) -> FlowKey {
-    let mut key = flow.key();
-    key.matches.sort();
-    key
+    flow.key()
 }
 
 /// One dirty flow (or, for `dead_vlan`, one port) under one rule.
@@ -81,11 +80,12 @@ pub fn is_reserved_port(port: u32) -> bool {
 
 type ShapeId = u32;
 /// Projections of a group's flows onto one shape: projected key → flows.
-type ProjMap = FastMap<Vec<u8>, Bucket>;
+type ProjMap = FastMap<Box<[u8]>, Bucket>;
 
 #[derive(Debug)]
 struct FlowRec {
-    entry: FlowEntry,
+    /// The entry, shared with the OpenFlow mirror (never copied into the index).
+    entry: Arc<FlowEntry>,
     shape: ShapeId,
     conj: bool,
     actions_hash: u64,
@@ -176,6 +176,8 @@ struct BridgeIndex {
     timers: BTreeMap<Instant, Vec<Timer>>,
     /// Dirty flows per rule bit.
     counts: Vec<usize>,
+    /// Ids of the flows dirty under some rule (so listing findings does not scan every flow).
+    dirty_ids: BTreeSet<FlowId>,
     /// User-rule bits in scope for this bridge.
     user_scope: u64,
 }
@@ -200,8 +202,8 @@ fn in_port(flow: &FlowEntry) -> Option<u32> {
     let m = flow
         .matches
         .iter()
-        .find(|m| m.field == "in_port" && m.mask.is_none())?;
-    (m.value.len() <= 4).then(|| m.value.iter().fold(0u32, |a, b| (a << 8) | u32::from(*b)))
+        .find(|m| m.field == "in_port" && m.is_exact())?;
+    (m.len <= 4).then_some(m.value as u32)
 }
 
 fn out_ports(flow: &FlowEntry) -> impl Iterator<Item = u32> + '_ {
@@ -238,7 +240,7 @@ impl KeyIds {
 }
 
 /// Hash of a flow's identity (table, priority, sorted match).
-fn key_hash(table: u8, priority: u16, matches: &[FieldMatch]) -> u64 {
+fn key_hash(table: u8, priority: u16, matches: &Matches) -> u64 {
     let mut h = FastHasher::default();
     h.write_u8(table);
     h.write_u16(priority);
@@ -279,11 +281,13 @@ impl BridgeIndex {
     }
 
     /// The id of the flow with this identity (`matches` sorted).
-    fn find(&self, table: u8, priority: u16, matches: &[FieldMatch]) -> Option<FlowId> {
+    fn find(&self, table: u8, priority: u16, matches: &Matches) -> Option<FlowId> {
         let ids = self.by_key.get(&key_hash(table, priority, matches))?;
         ids.ids().iter().copied().find(|id| {
             self.rec(*id).is_some_and(|r| {
-                r.entry.table == table && r.entry.priority == priority && r.entry.matches == matches
+                r.entry.table == table
+                    && r.entry.priority == priority
+                    && r.entry.matches == *matches
             })
         })
     }
@@ -317,12 +321,11 @@ impl BridgeIndex {
         self.n_flows = self.n_flows.saturating_sub(1);
     }
 
-    fn upsert(&mut self, rules: &RuleSet, mut flow: FlowEntry, now: Instant) {
-        flow.matches.sort();
+    fn upsert(&mut self, rules: &RuleSet, flow: Arc<FlowEntry>, now: Instant) {
         let mut added = now;
         if let Some(id) = self.find(flow.table, flow.priority, &flow.matches) {
             if let Some(old) = self.rec(id) {
-                if old.entry == flow {
+                if *old.entry == *flow {
                     return;
                 }
                 if old.entry.cookie == flow.cookie {
@@ -354,7 +357,7 @@ impl BridgeIndex {
             .fold(0, |m, (i, _)| m | RuleSet::user_bit(i))
     }
 
-    fn insert(&mut self, rules: &RuleSet, flow: FlowEntry, added: Instant, now: Instant) {
+    fn insert(&mut self, rules: &RuleSet, flow: Arc<FlowEntry>, added: Instant, now: Instant) {
         let shape_key = Shape::of(&flow.matches);
         let ah = actions_hash(&flow.actions);
         let user = self.user_bits(rules, &flow);
@@ -446,6 +449,7 @@ impl BridgeIndex {
             return;
         };
         self.free.push(id);
+        self.dirty_ids.remove(&id);
         self.key_unlink(
             key_hash(rec.entry.table, rec.entry.priority, &rec.entry.matches),
             id,
@@ -544,7 +548,7 @@ impl BridgeIndex {
         t: u8,
         sid: ShapeId,
         shape: &Shape,
-        matches: &[FieldMatch],
+        matches: &Matches,
         prio: u16,
         ah: u64,
         id: FlowId,
@@ -796,6 +800,11 @@ impl BridgeIndex {
             return;
         };
         let old = std::mem::replace(&mut rec.dirty, bits);
+        if bits != 0 {
+            self.dirty_ids.insert(id);
+        } else if old != 0 {
+            self.dirty_ids.remove(&id);
+        }
         if let Some(at) = timer {
             rec.timer_at = Some(at);
             self.timers.entry(at).or_default().push(Timer::Flow(id));
@@ -895,7 +904,10 @@ impl DirtyFlowIndex {
 
     /// Adds a flow, or replaces the flow with the same [`FlowKey`] (a changed cookie restarts its
     /// grace period). Re-evaluates only the flows this change can affect.
-    pub fn upsert_flow(&mut self, bridge: &str, flow: FlowEntry, now: Instant) {
+    ///
+    /// The index keeps the entry itself (pass the mirror's `Arc` to share it; no copy is made).
+    pub fn upsert_flow(&mut self, bridge: &str, flow: impl Into<Arc<FlowEntry>>, now: Instant) {
+        let flow = flow.into();
         self.tick(now);
         let rules = &self.rules;
         self.bridges
@@ -911,9 +923,7 @@ impl DirtyFlowIndex {
         let Some(b) = self.bridges.get_mut(bridge) else {
             return false;
         };
-        let mut matches = key.matches.clone();
-        matches.sort();
-        match b.find(key.table, key.priority, &matches) {
+        match b.find(key.table, key.priority, &key.matches) {
             Some(id) => {
                 b.remove_id(rules, id, now);
                 true
@@ -923,15 +933,31 @@ impl DirtyFlowIndex {
     }
 
     /// Replaces all flows of `bridge` with a full dump: flows not in `flows` are removed, the rest
-    /// upserted (unchanged flows cost a hash look-up and keep their age).
-    pub fn replace_flows(
+    /// upserted (unchanged flows cost a hash look-up and keep their age). Entries are kept, not
+    /// copied: pass the mirror's `Arc`s to share them.
+    pub fn replace_flows<F: Into<Arc<FlowEntry>>>(
         &mut self,
         bridge: &str,
-        flows: impl IntoIterator<Item = FlowEntry>,
+        flows: impl IntoIterator<Item = F>,
         now: Instant,
     ) {
-        let flows: Vec<FlowEntry> = flows.into_iter().collect();
-        let keep: HashSet<FlowKey> = flows.iter().map(key_of).collect();
+        let flows: Vec<Arc<FlowEntry>> = flows.into_iter().map(Into::into).collect();
+        if self.bridge(bridge).n_flows == 0 {
+            // First load: nothing to remove, and no key set to build. Size the slab once (no
+            // doubling copies of a large table).
+            let b = self.bridge(bridge);
+            b.flows
+                .reserve_exact(flows.len().saturating_sub(b.free.len()));
+            for f in flows {
+                self.upsert_flow(bridge, f, now);
+            }
+            // The slab grew by doubling; give back the unused tail of a large first load.
+            if let Some(b) = self.bridges.get_mut(bridge) {
+                b.flows.shrink_to_fit();
+            }
+            return;
+        }
+        let keep: HashSet<FlowKey> = flows.iter().map(|f| key_of(f)).collect();
         let gone: Vec<FlowKey> = self
             .bridge(bridge)
             .flows
@@ -1007,19 +1033,23 @@ impl DirtyFlowIndex {
                     cookie: None,
                     flow_text: text,
                 });
-            let flows = b.flows.iter().flatten().flat_map(move |r| {
-                (0..64u32)
-                    .filter(move |bit| r.dirty & (1u64 << bit) != 0)
-                    .filter_map(move |bit| {
-                        Some(DirtyFinding {
-                            bridge: name,
-                            rule: rules.name_of_bit(bit)?,
-                            table: Some(r.entry.table),
-                            cookie: Some(r.entry.cookie),
-                            flow_text: &r.entry.text,
+            let flows = b
+                .dirty_ids
+                .iter()
+                .filter_map(|id| b.rec(*id))
+                .flat_map(move |r| {
+                    (0..64u32)
+                        .filter(move |bit| r.dirty & (1u64 << bit) != 0)
+                        .filter_map(move |bit| {
+                            Some(DirtyFinding {
+                                bridge: name,
+                                rule: rules.name_of_bit(bit)?,
+                                table: Some(r.entry.table),
+                                cookie: Some(r.entry.cookie),
+                                flow_text: &r.entry.text,
+                            })
                         })
-                    })
-            });
+                });
             ports.chain(flows)
         })
     }

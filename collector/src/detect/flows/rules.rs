@@ -276,10 +276,10 @@ impl CondValue {
 
     /// Whether `flow` constrains `field` to within this value/mask.
     fn holds(&self, flow: &FlowEntry, field: &str) -> bool {
-        let Some(m) = flow.matches.iter().find(|m| m.field == field) else {
+        let Some(m) = flow.matches.get(field) else {
             return false;
         };
-        let len = m.value.len();
+        let len = usize::from(m.len).min(16);
         let (Some(v), Some(mask)) = (
             self.value.widen(len),
             match &self.mask {
@@ -289,13 +289,11 @@ impl CondValue {
         ) else {
             return false;
         };
-        let fmask = m.mask.clone().unwrap_or_else(|| vec![0xff; len]);
-        if fmask.len() != len {
-            return false;
-        }
+        let (value, fmask) = (m.value.to_be_bytes(), m.mask.to_be_bytes());
+        let (value, fmask) = (&value[16 - len..], &fmask[16 - len..]);
         mask.iter()
-            .zip(&fmask)
-            .zip(m.value.iter().zip(&v))
+            .zip(fmask)
+            .zip(value.iter().zip(&v))
             .all(|((c, f), (fv, cv))| c & !f == 0 && (fv & c) == (cv & c))
     }
 }

@@ -5,19 +5,18 @@ use super::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::model::flows::FieldMatch;
+
 /// An exact match field of `len` bytes.
-fn m(field: &str, value: u128, len: usize) -> FieldMatch {
-    FieldMatch {
-        field: field.into(),
-        value: value.to_be_bytes()[16 - len..].to_vec(),
-        mask: None,
-    }
+fn m(field: &'static str, value: u128, len: usize) -> FieldMatch {
+    FieldMatch::exact(field, value, len as u8)
 }
 
 /// A masked match field of `len` bytes.
-fn mm(field: &str, value: u128, mask: u128, len: usize) -> FieldMatch {
+fn mm(field: &'static str, value: u128, mask: u128, len: usize) -> FieldMatch {
     FieldMatch {
-        mask: Some(mask.to_be_bytes()[16 - len..].to_vec()),
+        value,
+        mask,
         ..m(field, value, len)
     }
 }
@@ -48,10 +47,7 @@ fn flow(
 ) -> FlowEntry {
     let mtext: Vec<String> = matches
         .iter()
-        .map(|f| {
-            let v = f.value.iter().fold(0u128, |a, b| (a << 8) | u128::from(*b));
-            format!("{}={v}", f.field)
-        })
+        .map(|f| format!("{}={}", f.field, f.value))
         .collect();
     let atext: Vec<String> = actions
         .iter()
@@ -70,8 +66,8 @@ fn flow(
             mtext.join(","),
             atext.join(",")
         ),
-        matches,
-        actions,
+        matches: matches.into(),
+        actions: actions.into(),
         idle_timeout: 0,
         hard_timeout: 0,
         n_packets: 0,
@@ -883,7 +879,7 @@ fn replace_flows_resyncs_and_keeps_counts_consistent() {
     idx.replace_flows(BR, v2, now);
     assert_eq!(idx.len(BR), 1);
     assert!(idx.counts().values().all(|n| *n == 0), "{:?}", idx.counts());
-    idx.replace_flows(BR, Vec::new(), now);
+    idx.replace_flows(BR, Vec::<FlowEntry>::new(), now);
     assert!(idx.is_empty());
 }
 
@@ -1065,17 +1061,11 @@ fn brute_unreachable(f: &FlowEntry, all: &[FlowEntry]) -> bool {
             && !conjunctive(g)
             && g.matches.iter().all(|gm| {
                 f.matches.iter().any(|fm| {
-                    let full = vec![0xff; fm.value.len()];
-                    let (gmask, fmask) = (
-                        gm.mask.as_ref().unwrap_or(&full),
-                        fm.mask.as_ref().unwrap_or(&full),
-                    );
+                    let (gmask, fmask) = (gm.mask, fm.mask);
                     fm.field == gm.field
-                        && fm.value.len() == gm.value.len()
-                        && (0..fm.value.len()).all(|i| {
-                            gmask[i] & !fmask[i] == 0
-                                && fm.value[i] & gmask[i] == gm.value[i] & gmask[i]
-                        })
+                        && fm.len == gm.len
+                        && gmask & !fmask == 0
+                        && fm.value & gmask == gm.value & gmask
                 })
             })
     })
@@ -1094,15 +1084,8 @@ fn brute_ambiguous(f: &FlowEntry, all: &[FlowEntry]) -> bool {
                         .iter()
                         .filter(|gm| gm.field == fm.field)
                         .all(|gm| {
-                            let full = vec![0xff; fm.value.len()];
-                            let (gmask, fmask) = (
-                                gm.mask.as_ref().unwrap_or(&full),
-                                fm.mask.as_ref().unwrap_or(&full),
-                            );
-                            (0..fm.value.len()).all(|i| {
-                                fm.value[i] & fmask[i] & gmask[i]
-                                    == gm.value[i] & fmask[i] & gmask[i]
-                            })
+                            let (gmask, fmask) = (gm.mask, fm.mask);
+                            fm.value & fmask & gmask == gm.value & fmask & gmask
                         })
                 })
         })
@@ -1211,18 +1194,27 @@ fn key_hash_collisions_are_resolved() {
     let now = Instant::now();
     let rules = RuleSet::compile(&DirtyFlowConfig::default()).unwrap();
     let mut b = BridgeIndex::new(&rules, BR);
-    b.upsert(&rules, flow(0, 1, 0, vec![in_port(1)], vec![out(1)]), now);
-    b.upsert(&rules, flow(0, 2, 0, vec![in_port(1)], vec![out(1)]), now);
-    let (h1, h2) = (key_hash(0, 1, &[in_port(1)]), key_hash(0, 2, &[in_port(1)]));
-    let id1 = b.find(0, 1, &[in_port(1)]).unwrap();
-    let id2 = b.find(0, 2, &[in_port(1)]).unwrap();
+    b.upsert(
+        &rules,
+        flow(0, 1, 0, vec![in_port(1)], vec![out(1)]).into(),
+        now,
+    );
+    b.upsert(
+        &rules,
+        flow(0, 2, 0, vec![in_port(1)], vec![out(1)]).into(),
+        now,
+    );
+    let key = Matches::new([in_port(1)]);
+    let (h1, h2) = (key_hash(0, 1, &key), key_hash(0, 2, &key));
+    let id1 = b.find(0, 1, &key).unwrap();
+    let id2 = b.find(0, 2, &key).unwrap();
     // Put the second flow under the first one's hash as if both keys collided.
     b.key_unlink(h2, id2);
     b.key_link(h1, id2);
     assert!(matches!(b.by_key.get(&h1), Some(KeyIds::Many(v)) if v.len() == 2));
-    assert_eq!(b.find(0, 1, &[in_port(1)]), Some(id1));
+    assert_eq!(b.find(0, 1, &key), Some(id1));
     b.key_unlink(h1, id1);
-    assert_eq!(b.find(0, 1, &[in_port(1)]), None);
+    assert_eq!(b.find(0, 1, &key), None);
     b.key_unlink(h1, id2);
     assert!(b.by_key.is_empty());
 }

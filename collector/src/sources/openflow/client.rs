@@ -308,6 +308,35 @@ impl OpenFlowClient {
         Ok(out)
     }
 
+    /// Full dump like [`dump_flows`](Self::dump_flows), handing each flow to `f` as it is decoded
+    /// (one reply's worth of flows is buffered at a time, so a large table is never held twice).
+    pub async fn dump_flows_each(
+        &mut self,
+        max_flows: usize,
+        mut f: impl FnMut(FlowStats),
+    ) -> OfResult<usize> {
+        let xid = self.xid();
+        let req = wire::encode_flow_stats_request(xid);
+        let mut buf = Vec::new();
+        let mut n = 0usize;
+        let t = self.timeout;
+        tokio::time::timeout(
+            t,
+            self.multipart(xid, req, |mp| {
+                decode_flow_stats(mp.body, &mut buf)?;
+                n += buf.len();
+                if n > max_flows {
+                    return Err(OfError::TooManyFlows(max_flows));
+                }
+                buf.drain(..).for_each(&mut f);
+                Ok(())
+            }),
+        )
+        .await
+        .map_err(|_| OfError::Timeout("flow dump"))??;
+        Ok(n)
+    }
+
     /// Starts the ONF (OF1.3) flow monitor for all tables: added, deleted and modified flows, with
     /// actions. Later changes arrive through [`next_event`](Self::next_event).
     pub async fn start_monitor(&mut self) -> OfResult<()> {
@@ -420,6 +449,11 @@ pub struct BridgeConfig {
     pub publish_interval: Duration,
     /// Idle time after which the switch is probed with an ECHO_REQUEST (dead after twice that).
     pub probe_interval: Duration,
+    /// Whether published snapshots carry the flow table (default). Consumers that follow the
+    /// [`FlowChange`] stream turn this off: they get the table once per resync in
+    /// [`FlowChange::Resynced`], and the mirror then updates its table in place instead of copying
+    /// its index whenever a change follows a published snapshot.
+    pub snapshot_flows: bool,
 }
 
 impl BridgeConfig {
@@ -435,6 +469,7 @@ impl BridgeConfig {
             backoff_max: Duration::from_secs(30),
             publish_interval: Duration::from_millis(200),
             probe_interval: Duration::from_secs(30),
+            snapshot_flows: true,
         }
     }
 
@@ -445,8 +480,9 @@ impl BridgeConfig {
 }
 
 /// The mirrored flow table of a bridge.
-/// Keys and entries are shared (`Arc`) so that publishing a snapshot copies pointers only.
-pub type FlowTable = BTreeMap<Arc<FlowKey>, Arc<FlowEntry>>;
+/// Entries are shared (`Arc`) and each key shares its entry's match bytes, so a flow is stored once
+/// and publishing a snapshot copies pointers only.
+pub type FlowTable = BTreeMap<FlowKey, Arc<FlowEntry>>;
 
 /// A published state of one bridge.
 #[derive(Clone, Debug, Default)]
@@ -478,6 +514,8 @@ pub enum FlowChange {
         generation: u64,
         /// Flows in the table.
         flows: usize,
+        /// The table as dumped (plus the updates that raced with the dump).
+        table: Arc<FlowTable>,
     },
     /// A flow appeared.
     Added(Arc<FlowEntry>),
@@ -528,7 +566,7 @@ pub async fn run_bridge(
         state.connected = false;
         state.error = Some(err.clone());
         state.taken = Some(Instant::now());
-        snapshots.send_replace(Arc::new(state.clone()));
+        publish(&cfg, &state, &snapshots);
         if let Some(tx) = &changes {
             let _ = tx.send(FlowChange::Disconnected { error: err }).await;
         }
@@ -552,11 +590,11 @@ async fn session(
     let mut c = OpenFlowClient::connect(cfg.socket_path(), cfg.request_timeout).await?;
     c.start_monitor().await?;
     let ports = c.port_descs().await?;
-    let dump = c.dump_flows(cfg.max_flows).await?;
     let mut table = FlowTable::new();
-    for f in dump {
-        table.insert(Arc::new(f.entry.key()), Arc::new(f.entry));
-    }
+    c.dump_flows_each(cfg.max_flows, |f| {
+        table.insert(f.entry.key(), Arc::new(f.entry));
+    })
+    .await?;
     state.datapath_id = c.features().datapath_id;
     state.ports = ports.into_iter().map(|p| (p.port_no, p)).collect();
     state.flows = Arc::new(table);
@@ -568,12 +606,13 @@ async fn session(
         apply(state, ev, changes, cfg.max_flows).await?;
     }
     state.taken = Some(Instant::now());
-    snapshots.send_replace(Arc::new(state.clone()));
+    publish(cfg, state, snapshots);
     if let Some(tx) = changes {
         let _ = tx
             .send(FlowChange::Resynced {
                 generation: state.generation,
                 flows: state.flows.len(),
+                table: state.flows.clone(),
             })
             .await;
     }
@@ -595,12 +634,35 @@ async fn session(
                 c.keepalive(cfg.probe_interval).await?;
                 if dirty {
                     state.taken = Some(Instant::now());
-                    snapshots.send_replace(Arc::new(state.clone()));
+                    publish(cfg, state, snapshots);
                     dirty = false;
                 }
             }
         }
     }
+}
+
+/// Publishes the mirror's state (with or without its table, per [`BridgeConfig::snapshot_flows`]).
+fn publish(
+    cfg: &BridgeConfig,
+    state: &BridgeSnapshot,
+    snapshots: &watch::Sender<Arc<BridgeSnapshot>>,
+) {
+    let snap = if cfg.snapshot_flows {
+        state.clone()
+    } else {
+        BridgeSnapshot {
+            bridge: state.bridge.clone(),
+            connected: state.connected,
+            error: state.error.clone(),
+            datapath_id: state.datapath_id,
+            generation: state.generation,
+            ports: state.ports.clone(),
+            flows: Arc::default(),
+            taken: state.taken,
+        }
+    };
+    snapshots.send_replace(Arc::new(snap));
 }
 
 async fn apply(
@@ -620,7 +682,9 @@ async fn apply(
                 e.n_bytes = o.n_bytes;
             }
             let e = Arc::new(e);
-            flows.insert(Arc::new(key), e.clone());
+            // Re-key too, so that the key shares the new entry's match bytes.
+            flows.remove(&key);
+            flows.insert(key, e.clone());
             if flows.len() > max_flows {
                 return Err(OfError::TooManyFlows(max_flows));
             }

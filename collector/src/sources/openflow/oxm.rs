@@ -9,7 +9,7 @@
 //! becomes `reg2`+`reg3`), because `ovs-ofctl` renders from that layout.
 
 use super::wire::{ONF_EXPERIMENTER, OfError, OfResult, Rd, pad8};
-use crate::model::flows::FieldMatch;
+use crate::model::flows::{FieldMatch, Matches, intern_field, width_mask};
 use std::fmt::Write as _;
 
 /// How a field's value is printed by `ovs-ofctl` (OVS's `mf_string`).
@@ -690,32 +690,54 @@ impl Match {
         Ok(())
     }
 
-    /// Normalized [`FieldMatch`] list (named as `ovs-ofctl` names them, sorted by name).
-    pub fn field_matches(&self) -> Vec<FieldMatch> {
+    /// Normalized match (fields named as `ovs-ofctl` names them, sorted by name).
+    pub fn field_matches(&self) -> Matches {
+        self.field_matches_with(&mut Vec::new())
+    }
+
+    /// Like [`field_matches`](Self::field_matches), reusing `scratch` (no per-field allocation).
+    ///
+    /// Unknown fields wider than 16 bytes (no OVS field is) are folded into a 16-byte exact value
+    /// derived from their value and mask, so they still tell flows apart.
+    pub fn field_matches_with(&self, scratch: &mut Vec<FieldMatch>) -> Matches {
         let dl_type = self.vm(Key::DlType).0 as u16;
         let nw_proto = self.vm(Key::NwProto).0 as u8;
-        let mut out = Vec::with_capacity(self.entries.len() + self.unknown.len());
+        scratch.clear();
         for e in &self.entries {
-            let n = key_bytes(e.key);
+            let n = key_bytes(e.key).clamp(1, 16) as u8;
             let full = key_full_mask(e.key);
-            let name = key_name(e.key, dl_type, nw_proto);
-            let value = e.value.to_be_bytes()[16 - n..].to_vec();
-            let mask = (e.mask != full).then(|| e.mask.to_be_bytes()[16 - n..].to_vec());
-            out.push(FieldMatch {
-                field: name.into_owned(),
-                value,
-                mask,
-            });
+            let field = match key_name(e.key, dl_type, nw_proto) {
+                std::borrow::Cow::Borrowed(b) => b,
+                std::borrow::Cow::Owned(o) => intern_field(&o),
+            };
+            let mask = if e.mask == full {
+                width_mask(n)
+            } else {
+                e.mask
+            };
+            scratch.push(FieldMatch::masked(field, e.value, mask, n));
         }
         for u in &self.unknown {
-            out.push(FieldMatch {
-                field: unknown_name(u),
-                value: u.value.clone(),
-                mask: u.mask.clone(),
-            });
+            let field = intern_field(&unknown_name(u));
+            let fm = if u.value.len() <= 16
+                && u.mask.as_ref().is_none_or(|m| m.len() == u.value.len())
+            {
+                let n = u.value.len().max(1) as u8;
+                match &u.mask {
+                    None => FieldMatch::exact(field, be(&u.value), n),
+                    Some(m) => FieldMatch::masked(field, be(&u.value), be(m), n),
+                }
+            } else {
+                let mut h: u128 = 0xcbf2_9ce4_8422_2325;
+                for b in u.value.iter().chain(u.mask.iter().flatten()) {
+                    h = (h ^ u128::from(*b))
+                        .wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+                }
+                FieldMatch::exact(field, h, 16)
+            };
+            scratch.push(fm);
         }
-        out.sort();
-        out
+        Matches::from_fields(scratch)
     }
 }
 
@@ -1573,8 +1595,14 @@ mod tests {
             "priority=74,ct_state=+new-est,tcp,reg5=0xa,tp_dst=22"
         );
         let fm = m.field_matches();
-        assert!(fm.iter().any(|f| f.field == "dl_type" && f.value == [8, 0]));
-        assert!(fm.iter().any(|f| f.field == "tp_dst" && f.value == [0, 22]));
+        assert!(
+            fm.iter()
+                .any(|f| f.field == "dl_type" && f.value == 0x0800 && f.len == 2)
+        );
+        assert!(
+            fm.iter()
+                .any(|f| f.field == "tp_dst" && f.value == 22 && f.len == 2)
+        );
     }
 
     #[test]

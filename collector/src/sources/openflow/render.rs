@@ -42,6 +42,7 @@ pub enum FlowUpdate {
 struct Scratch {
     text: String,
     actions: Vec<crate::model::flows::FlowAction>,
+    fields: Vec<crate::model::flows::FieldMatch>,
 }
 
 /// Builds the `--no-stats` text and the entry from decoded parts.
@@ -100,7 +101,7 @@ fn build_entry(
         table,
         priority,
         cookie,
-        matches: m.field_matches(),
+        matches: m.field_matches_with(&mut scratch.fields),
         // Exact-size copies: the scratch buffers are reused for the next flow.
         actions: scratch.actions.drain(..).collect(),
         text: text.as_str().to_owned(),
