@@ -8,6 +8,7 @@ use pinflow::engine::{self, PinningEngine, PinningInputs};
 use pinflow::export::{http, metrics::BuildInfo, table};
 use pinflow::sources::sched_bpf::SchedProbe;
 use pinflow::state::SharedState;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -253,15 +254,16 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
             if a.dirty {
                 index.replace_flows(name, flows.into_iter().map(|f| f.entry), now);
             } else {
+                // Stream: a 100 000-flow table is not built up as one string first.
+                let mut w = std::io::BufWriter::new(std::io::stdout().lock());
                 for f in &flows {
-                    out.push(' ');
-                    out.push_str(&if a.no_stats {
-                        f.entry.text.clone()
+                    if a.no_stats {
+                        writeln!(w, " {}", f.entry.text)?;
                     } else {
-                        openflow::stats_line(f)
-                    });
-                    out.push('\n');
+                        writeln!(w, " {}", openflow::stats_line(f))?;
+                    }
                 }
+                w.flush()?;
             }
         }
         if a.dirty {

@@ -35,6 +35,10 @@ pub struct DirtyFlow {
     pub domain: Option<String>,
 }
 
+/// Most dirty flows a report carries (the API's list; counts are always complete). Bounds memory
+/// when a whole table turns dirty, e.g. while a bridge's ports are unknown.
+pub const MAX_REPORTED_DIRTY_FLOWS: usize = 10_000;
+
 /// An OVS port joined to the instance it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PortInfo {
@@ -68,8 +72,10 @@ pub struct FlowsReport {
     pub bridges: BTreeMap<String, BridgeStatus>,
     /// Dirty count per (bridge, rule): every enabled rule for every bridge.
     pub dirty_counts: BTreeMap<String, BTreeMap<String, usize>>,
-    /// Every dirty flow, ordered by bridge, rule, table.
+    /// Dirty flows ordered by bridge, rule, table, text; the first [`MAX_REPORTED_DIRTY_FLOWS`].
     pub dirty: Vec<DirtyFlow>,
+    /// How many dirty flows there are in all (`dirty` may hold fewer).
+    pub dirty_total: usize,
     /// Ports joined to instances.
     pub ports: Vec<PortInfo>,
 }
@@ -278,7 +284,14 @@ fn publish(
             .or_default()
             .insert(rule, n);
     }
-    for f in index.findings() {
+    // Sort references first and copy only what the report keeps: a bridge where every flow is
+    // dirty (no ports known yet) must not copy 100 000 flow texts on every publish.
+    let mut findings: Vec<_> = index.findings().collect();
+    report.dirty_total = findings.len();
+    findings.sort_unstable_by(|a, b| {
+        (a.bridge, a.rule, a.table, a.flow_text).cmp(&(b.bridge, b.rule, b.table, b.flow_text))
+    });
+    for f in findings.into_iter().take(MAX_REPORTED_DIRTY_FLOWS) {
         let domain = flow_ports(f.flow_text).find_map(|p| port_domain.get(&(f.bridge, p)).cloned());
         report.dirty.push(DirtyFlow {
             bridge: f.bridge.to_string(),
@@ -289,9 +302,6 @@ fn publish(
             domain,
         });
     }
-    report.dirty.sort_by(|a, b| {
-        (&a.bridge, &a.rule, a.table, &a.flow).cmp(&(&b.bridge, &b.rule, b.table, &b.flow))
-    });
     for ((bridge, table), n) in index.flow_counts() {
         report
             .bridges

@@ -317,7 +317,7 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
         "Dirty flows not listed in pinflow_ovs_dirty_flow_info because of the per-host cap",
         [(
             [] as [(&str, Lv<'_>); 0],
-            r.dirty.len().saturating_sub(limits.dirty_flow_info_limit) as f64,
+            r.dirty_total.saturating_sub(limits.dirty_flow_info_limit) as f64,
         )],
     )?;
     let ports: Vec<(String, &crate::engine::flows::PortInfo)> = r
