@@ -15,203 +15,27 @@
 use pinflow::sources::openflow::{
     BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, run_bridge,
 };
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use pinflow_tests::ovs::Ovs;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 const BRIDGE: &str = "pfofbr0";
 
-fn have(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-}
-
-fn skip_reason() -> Option<String> {
-    for b in [
-        "ovsdb-server",
-        "ovsdb-tool",
-        "ovs-vswitchd",
-        "ovs-vsctl",
-        "ovs-ofctl",
-    ] {
-        if !have(b) {
-            return Some(format!(
-                "{b} not found in PATH (apt-get install openvswitch-switch)"
-            ));
-        }
-    }
-    if !Path::new("/usr/share/openvswitch/vswitch.ovsschema").is_file() {
-        return Some("vswitch.ovsschema not found".into());
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    None
-}
-
 fn should_skip() -> bool {
-    if let Some(why) = skip_reason() {
-        if std::env::var("PINFLOW_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
-            panic!("PINFLOW_REQUIRE_PRIVILEGED=1 but cannot run: {why}");
-        }
-        eprintln!("SKIPPED openflow_real: {why}");
-        return true;
-    }
-    false
+    !pinflow_tests::ovs::available("openflow_real")
 }
 
-struct Ovs {
-    dir: tempfile::TempDir,
+/// A private OVS with the test bridge and three dummy ports (ofports 1–3).
+fn start_ovs() -> Ovs {
+    let ovs = Ovs::start();
+    add_bridge(&ovs);
+    ovs
 }
 
-impl Ovs {
-    fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        let d = self.dir.path();
-        c.env("OVS_RUNDIR", d.join("run"))
-            .env("OVS_DBDIR", d.join("db"))
-            .env("OVS_LOGDIR", d.join("log"))
-            .env("OVS_SYSCONFDIR", d.join("etc"));
-        c
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> String {
-        let out = self.cmd(program).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn vsctl(&self, args: &[&str]) {
-        let db = format!("--db=unix:{}", self.run_dir().join("db.sock").display());
-        let mut all = vec![db.as_str(), "--timeout=20"];
-        all.extend_from_slice(args);
-        self.run("ovs-vsctl", &all);
-    }
-
-    fn ofctl(&self, args: &[&str]) -> String {
-        let mut all = vec!["-O", "OpenFlow13"];
-        all.extend_from_slice(args);
-        self.run("ovs-ofctl", &all)
-    }
-
-    fn start() -> Ovs {
-        let dir = tempfile::Builder::new()
-            .prefix("pfof")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let ovs = Ovs { dir };
-        for sub in ["run", "db", "log", "etc/openvswitch"] {
-            std::fs::create_dir_all(ovs.dir.path().join(sub)).unwrap();
-        }
-        let db = ovs.dir.path().join("db/conf.db");
-        ovs.run(
-            "ovsdb-tool",
-            &[
-                "create",
-                db.to_str().unwrap(),
-                "/usr/share/openvswitch/vswitch.ovsschema",
-            ],
-        );
-        let run = ovs.run_dir();
-        ovs.run(
-            "ovsdb-server",
-            &[
-                db.to_str().unwrap(),
-                &format!("--remote=punix:{}", run.join("db.sock").display()),
-                &format!("--pidfile={}", run.join("ovsdb-server.pid").display()),
-                "--detach",
-                &format!(
-                    "--log-file={}",
-                    ovs.dir.path().join("log/ovsdb-server.log").display()
-                ),
-            ],
-        );
-        ovs.vsctl(&["--no-wait", "init"]);
-        ovs.start_vswitchd();
-        ovs.add_bridge();
-        ovs
-    }
-
-    fn start_vswitchd(&self) {
-        let run = self.run_dir();
-        self.run(
-            "ovs-vswitchd",
-            &[
-                &format!("unix:{}", run.join("db.sock").display()),
-                "--enable-dummy",
-                "--disable-system",
-                &format!("--pidfile={}", run.join("ovs-vswitchd.pid").display()),
-                "--detach",
-                &format!(
-                    "--log-file={}",
-                    self.dir.path().join("log/ovs-vswitchd.log").display()
-                ),
-            ],
-        );
-    }
-
-    fn add_bridge(&self) {
-        self.vsctl(&[
-            "add-br",
-            BRIDGE,
-            "--",
-            "set",
-            "bridge",
-            BRIDGE,
-            "datapath_type=dummy",
-            "fail-mode=secure",
-            "protocols=OpenFlow10,OpenFlow13",
-        ]);
-        for i in 1..=3 {
-            let name = format!("pfofp{i}");
-            let req = format!("ofport_request={i}");
-            self.vsctl(&[
-                "add-port",
-                BRIDGE,
-                &name,
-                "--",
-                "set",
-                "interface",
-                &name,
-                "type=dummy",
-                &req,
-            ]);
-        }
-    }
-
-    fn stop(&self, daemon: &str) {
-        let pidfile = self.run_dir().join(format!("{daemon}.pid"));
-        if let Ok(pid) = std::fs::read_to_string(&pidfile)
-            && let Ok(pid) = pid.trim().parse::<i32>()
-        {
-            // SAFETY: plain kill(2) of a daemon this test started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let t = Instant::now();
-            while Path::new(&format!("/proc/{pid}")).exists()
-                && t.elapsed() < Duration::from_secs(5)
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-impl Drop for Ovs {
-    fn drop(&mut self) {
-        self.stop("ovs-vswitchd");
-        self.stop("ovsdb-server");
-    }
+fn add_bridge(ovs: &Ovs) {
+    ovs.add_bridge(BRIDGE, &[("pfofp1", 1), ("pfofp2", 2), ("pfofp3", 3)]);
 }
 
 fn sorted_lines(s: &str) -> Vec<String> {
@@ -264,7 +88,7 @@ async fn openflow_against_real_ovs() {
     if should_skip() {
         return;
     }
-    let ovs = Ovs::start();
+    let ovs = start_ovs();
     let flows = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/openflow/neutron-flows.txt"
@@ -421,7 +245,7 @@ async fn openflow_against_real_ovs() {
         Duration::from_secs(5),
     )
     .await;
-    ovs.add_bridge();
+    add_bridge(&ovs);
     ovs.ofctl(&["add-flow", BRIDGE, "table=0,priority=1,actions=NORMAL"]);
     wait_snapshot(&mut snap_rx, "re-created bridge mirrored", |s| {
         s.connected
@@ -507,8 +331,8 @@ fn bench_dump_vs_ovs_ofctl() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let ovs = Ovs::start();
-    let file = ovs.dir.path().join("bench-flows.txt");
+    let ovs = start_ovs();
+    let file = ovs.dir().join("bench-flows.txt");
     std::fs::write(&file, synthetic_flows(n)).unwrap();
     let t = Instant::now();
     ovs.ofctl(&["add-flows", BRIDGE, file.to_str().unwrap()]);

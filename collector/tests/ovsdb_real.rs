@@ -7,156 +7,12 @@
 use pinflow::model::flows::OvsPort;
 use pinflow::sources::SourceRegistry;
 use pinflow::sources::ovsdb::{OvsdbOptions, OvsdbSnapshot, SOURCE, run_ovsdb_with};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use pinflow_tests::ovs::Ovs;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
-const BINARIES: [&str; 4] = ["ovsdb-tool", "ovsdb-server", "ovs-vsctl", "ovs-vswitchd"];
 /// How long the state may lag behind a change.
 const FOLLOW: Duration = Duration::from_secs(1);
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// `Some(reason)` when the test cannot run here; panics instead under `PINFLOW_REQUIRE_PRIVILEGED=1`.
-fn skip_reason() -> Option<String> {
-    let mut missing: Vec<String> = BINARIES
-        .iter()
-        .filter(|b| find_binary(b).is_none())
-        .map(|b| b.to_string())
-        .collect();
-    if !Path::new(SCHEMA).is_file() {
-        missing.push(SCHEMA.to_string());
-    }
-    if missing.is_empty() {
-        return None;
-    }
-    let reason = format!("OVS not installed (missing {})", missing.join(", "));
-    if std::env::var_os("PINFLOW_REQUIRE_PRIVILEGED").is_some_and(|v| v == "1") {
-        panic!("{reason}, but PINFLOW_REQUIRE_PRIVILEGED=1");
-    }
-    Some(reason)
-}
-
-/// A private OVS: its files live in a temp dir; daemons are stopped on drop.
-struct Ovs {
-    dir: tempfile::TempDir,
-}
-
-impl Ovs {
-    fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        let d = self.dir.path();
-        c.env("OVS_RUNDIR", d.join("run"))
-            .env("OVS_DBDIR", d.join("db"))
-            .env("OVS_LOGDIR", d.join("log"))
-            .env("OVS_SYSCONFDIR", d.join("etc"));
-        c
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let out = self
-            .cmd(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn vsctl(&self, args: &[&str]) {
-        let db = format!("--db=unix:{}", self.run_dir().join("db.sock").display());
-        let mut all = vec![db.as_str(), "--timeout=10"];
-        all.extend_from_slice(args);
-        self.run("ovs-vsctl", &all);
-    }
-
-    fn start() -> Ovs {
-        let dir = tempfile::Builder::new()
-            .prefix("pf-ovsdb-test")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
-        for sub in ["run", "db", "log", "etc/openvswitch"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
-        }
-        let ovs = Ovs { dir };
-        let db = ovs.dir.path().join("db/conf.db");
-        ovs.run("ovsdb-tool", &["create", &db.to_string_lossy(), SCHEMA]);
-        ovs.start_ovsdb_server();
-        ovs.vsctl(&["--no-wait", "init"]);
-        let run = ovs.run_dir();
-        ovs.run(
-            "ovs-vswitchd",
-            &[
-                "--enable-dummy",
-                "--disable-system",
-                &format!("unix:{}", run.join("db.sock").display()),
-                &format!("--pidfile={}", run.join("ovs-vswitchd.pid").display()),
-                "--detach",
-                &format!(
-                    "--log-file={}",
-                    ovs.dir.path().join("log/ovs-vswitchd.log").display()
-                ),
-            ],
-        );
-        ovs
-    }
-
-    fn start_ovsdb_server(&self) {
-        let run = self.run_dir();
-        self.run(
-            "ovsdb-server",
-            &[
-                &self.dir.path().join("db/conf.db").to_string_lossy(),
-                &format!("--remote=punix:{}", run.join("db.sock").display()),
-                &format!("--pidfile={}", run.join("ovsdb-server.pid").display()),
-                "--detach",
-                &format!(
-                    "--log-file={}",
-                    self.dir.path().join("log/ovsdb-server.log").display()
-                ),
-            ],
-        );
-    }
-
-    /// Stops one daemon by the pid in its pidfile and waits until it is gone.
-    fn stop(&self, daemon: &str) {
-        let pidfile = self.run_dir().join(format!("{daemon}.pid"));
-        let Some(pid) = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        else {
-            return;
-        };
-        // SAFETY: plain kill(2) on a pid this test started.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Ovs {
-    fn drop(&mut self) {
-        self.stop("ovs-vswitchd");
-        self.stop("ovsdb-server");
-    }
-}
 
 /// Waits up to [`FOLLOW`] for `pred`; panics with `what` and the last state otherwise.
 async fn follows(
@@ -184,8 +40,7 @@ fn port<'a>(s: &'a OvsdbSnapshot, bridge: &str, name: &str) -> Option<&'a OvsPor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ovsdb_state_follows_real_server() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("SKIP ovsdb_state_follows_real_server: {reason}");
+    if !pinflow_tests::ovs::available("ovsdb_real") {
         return;
     }
     let ovs = Ovs::start();

@@ -6,6 +6,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// OVS's database schema (from Debian's openvswitch-common).
+pub const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+
+/// Whether a private OVS can run here; prints SKIP (or panics under `PINFLOW_REQUIRE_PRIVILEGED=1`).
+pub fn available(test: &str) -> bool {
+    crate::require_privileged(
+        test,
+        &[
+            "ovsdb-tool",
+            "ovsdb-server",
+            "ovs-vswitchd",
+            "ovs-vsctl",
+            "ovs-ofctl",
+            SCHEMA,
+        ],
+    )
+}
+
 /// A running private OVS; both daemons are stopped on drop.
 pub struct Ovs {
     dir: tempfile::TempDir,
@@ -55,7 +73,13 @@ impl Ovs {
         self.dir.path().join("run")
     }
 
-    fn cmd(&self, program: &str) -> Command {
+    /// The instance's directory (database, logs, run dir).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `Command` for an OVS tool, with this instance's `OVS_*DIR` environment.
+    pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         let d = self.dir.path();
         c.env("OVS_RUNDIR", d.join("run"))
@@ -93,6 +117,24 @@ impl Ovs {
         let mut all = vec!["-O", "OpenFlow13"];
         all.extend_from_slice(args);
         self.run("ovs-ofctl", &all)
+    }
+
+    /// Starts ovsdb-server on the existing database (also after [`Ovs::stop`]).
+    pub fn start_ovsdb_server(&self) {
+        let run = self.run_dir();
+        self.run(
+            "ovsdb-server",
+            &[
+                &self.dir.path().join("db/conf.db").to_string_lossy(),
+                &format!("--remote=punix:{}", run.join("db.sock").display()),
+                &format!("--pidfile={}", run.join("ovsdb-server.pid").display()),
+                "--detach",
+                &format!(
+                    "--log-file={}",
+                    self.dir.path().join("log/ovsdb-server.log").display()
+                ),
+            ],
+        );
     }
 
     /// Starts ovs-vswitchd (userspace datapath only).
