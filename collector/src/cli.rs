@@ -57,6 +57,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print flows once. With `--datapath`: the kernel datapath's megaflows, like `ovs-dpctl dump-flows`.
+    Flows(FlowsArgs),
+}
+
+/// Flags of `flows`.
+#[derive(Clone, Debug, Args)]
+pub struct FlowsArgs {
+    /// Dump the OVS kernel datapath's megaflows over generic netlink (as `ovs-dpctl dump-flows` prints them).
+    #[arg(long)]
+    pub datapath: bool,
+    /// Print only the number of megaflows and the time the dump and decode took.
+    #[arg(long)]
+    pub count: bool,
+    /// Write every received netlink datagram, hex-encoded one per line, to this file (test fixtures).
+    #[arg(long)]
+    pub capture: Option<PathBuf>,
 }
 
 /// Flags of `serve`.

@@ -2,10 +2,11 @@
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use pinflow::cli::{Cli, Command, ServeArgs, SourceArgs};
+use pinflow::cli::{Cli, Command, FlowsArgs, ServeArgs, SourceArgs};
 use pinflow::config::Config;
 use pinflow::engine::{self, PinningEngine, PinningInputs};
 use pinflow::export::{http, metrics::BuildInfo, table};
+use pinflow::sources::ovs_dp;
 use pinflow::sources::sched_bpf::SchedProbe;
 use pinflow::state::SharedState;
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(a)) => serve(&cli.sources, a),
         Some(Command::Check) => check(&cli.sources),
         Some(Command::Pinning { json }) => pinning(&cli.sources, json),
+        Some(Command::Flows(a)) => flows(&a),
     };
     match result {
         Ok(code) => code,
@@ -79,6 +81,35 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             None
         };
+        if config.datapath.enabled {
+            let dp_state = state.clone();
+            let d = &config.datapath;
+            let poll = ovs_dp::PollConfig {
+                flow_interval: std::time::Duration::from_secs_f64(d.flow_dump_interval_seconds),
+                ebpf: d.ebpf,
+                ..Default::default()
+            };
+            let health = pinflow::detect::datapath::HealthConfig {
+                flow_limit: d.flow_limit,
+                flow_limit_ratio: d.flow_limit_ratio,
+                storm_upcalls_per_second: d.upcall_storm_per_second,
+            };
+            if !d.ebpf {
+                state.sources.down(
+                    pinflow::sources::ovs_dp_bpf::SOURCE,
+                    "disabled in config (datapath.ebpf = false)",
+                );
+            }
+            std::thread::Builder::new()
+                .name("ovs-datapath".into())
+                .spawn(move || ovs_dp::run_blocking(dp_state, poll, health))
+                .context("cannot start the OVS datapath poller")?;
+        } else {
+            state.sources.down(
+                ovs_dp::SOURCE,
+                "disabled in config (datapath.enabled = false)",
+            );
+        }
         let inputs = inputs(s);
         let mut eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
         eng.pass();
@@ -147,6 +178,20 @@ fn check(s: &SourceArgs) -> anyhow::Result<ExitCode> {
         if proc_ok { "up  " } else { "down" },
         s.proc_root.display()
     );
+    match ovs_dp::DatapathClient::open().and_then(|mut c| {
+        c.resolve()?;
+        c.datapaths()
+    }) {
+        Ok(d) => println!(
+            "ovs_datapath up     {} datapath(s): {}",
+            d.len(),
+            d.iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => println!("ovs_datapath down   {e}"),
+    }
     if !config.pinning.ebpf {
         println!("sched_bpf   off    disabled in config");
     } else {
@@ -172,6 +217,55 @@ fn pinning(s: &SourceArgs, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", table::pinning_table(&report));
         println!("(placement needs the eBPF probe of `pinflow serve`; see /api/v1/pinning)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel's monotonic clock in ms (the clock of `OVS_FLOW_ATTR_USED`).
+fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+fn flows(a: &FlowsArgs) -> anyhow::Result<ExitCode> {
+    if !a.datapath {
+        anyhow::bail!("only `pinflow flows --datapath` is available in this build");
+    }
+    let t0 = std::time::Instant::now();
+    let mut client = ovs_dp::DatapathClient::open()?;
+    if a.capture.is_some() {
+        client.capture();
+    }
+    let dps = client.datapaths()?;
+    let mut all = Vec::new();
+    for dp in &dps {
+        client.megaflows(dp.ifindex, |f| all.push(f))?;
+    }
+    let took = t0.elapsed();
+    if let Some(p) = &a.capture {
+        let mut text = String::new();
+        for d in client.captured() {
+            for b in d {
+                text.push_str(&format!("{b:02x}"));
+            }
+            text.push('\n');
+        }
+        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if a.count {
+        println!(
+            "{} megaflows in {} datapath(s), dumped and decoded in {:.3} s",
+            all.len(),
+            dps.len(),
+            took.as_secs_f64()
+        );
+    } else {
+        print!("{}", ovs_dp::render::render_megaflows(&all, monotonic_ms()));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,3 +1,4 @@
 //! Detectors: pure functions from the host model to findings.
 
+pub mod datapath;
 pub mod pinning;

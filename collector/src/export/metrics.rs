@@ -152,6 +152,7 @@ impl Collector for PinflowCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.state.0;
         encode_pinning(&mut enc, &state.pinning())?;
+        super::datapath::encode_datapath(&mut enc, &state.datapath(), &state.datapath_events())?;
         encode_self(&mut enc, state, &self.build)
     }
 }
@@ -287,7 +288,9 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
             1.0,
         )],
     )?;
-    let bpf = state.bpf_costs();
+    let ev = state.datapath_events();
+    let sched = state.bpf_costs();
+    let bpf: Vec<&crate::state::BpfProgramCost> = sched.iter().chain(ev.programs.iter()).collect();
     counter(
         enc,
         "pinflow_bpf_run_seconds",

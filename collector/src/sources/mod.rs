@@ -2,7 +2,10 @@
 
 pub mod health;
 pub mod libvirt;
+pub mod ovs_dp;
+pub mod ovs_dp_bpf;
 pub mod procfs;
+pub mod rtnl;
 pub mod sched_bpf;
 
 pub use health::{SourceHealth, SourceRegistry};
