@@ -4,4 +4,5 @@
 //! of BPF map keys and values.
 #![no_std]
 
+pub mod ovs_dp;
 pub mod sched;

@@ -2,6 +2,8 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod ovs_dp;
+#[cfg(target_arch = "bpf")]
 mod sched_switch;
 
 #[cfg(target_arch = "bpf")]

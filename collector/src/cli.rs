@@ -57,7 +57,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the OpenFlow flows of the bridges as `ovs-ofctl -O OpenFlow13 dump-flows` does, once.
+    /// Print flows once: the bridges' OpenFlow flows as `ovs-ofctl -O OpenFlow13 dump-flows` prints
+    /// them, or with `--datapath` the kernel datapath's megaflows as `ovs-dpctl dump-flows` does.
     Flows(FlowsArgs),
 }
 
@@ -74,6 +75,15 @@ pub struct FlowsArgs {
     /// Leave out duration and counters (like `ovs-ofctl --no-stats`).
     #[arg(long = "no-stats")]
     pub no_stats: bool,
+    /// Dump the OVS kernel datapath's megaflows over generic netlink (as `ovs-dpctl dump-flows` prints them).
+    #[arg(long)]
+    pub datapath: bool,
+    /// Print only the number of megaflows and the time the dump and decode took.
+    #[arg(long)]
+    pub count: bool,
+    /// Write every received netlink datagram, hex-encoded one per line, to this file (test fixtures).
+    #[arg(long)]
+    pub capture: Option<PathBuf>,
 }
 
 /// Flags of `serve`.

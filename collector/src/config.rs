@@ -15,6 +15,8 @@ pub struct Config {
     pub flows: DirtyFlowConfig,
     /// Exposition limits.
     pub export: ExportConfig,
+    /// OVS kernel datapath source and health checks.
+    pub datapath: DatapathConfig,
 }
 
 /// `[export]`: bounds on what /metrics carries.
@@ -30,6 +32,37 @@ impl Default for ExportConfig {
     fn default() -> Self {
         Self {
             dirty_flow_info_limit: 20,
+        }
+    }
+}
+
+/// `[datapath]`: the OVS kernel datapath source (genetlink + eBPF) and its health checks.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatapathConfig {
+    /// Poll the kernel datapath at all.
+    pub enabled: bool,
+    /// Attach the datapath eBPF programs (upcalls per port, actions, OVS drop reasons).
+    pub ebpf: bool,
+    /// Seconds between megaflow dumps (drop-flow checks); datapath/vport stats are polled every second.
+    pub flow_dump_interval_seconds: f64,
+    /// ovs-vswitchd's megaflow limit (`other_config:flow-limit`), for the `flow_limit` check.
+    pub flow_limit: u64,
+    /// Fraction of `flow_limit` that makes the `flow_limit` check unhealthy.
+    pub flow_limit_ratio: f64,
+    /// Upcalls per second from one port that make an `upcall_storm`.
+    pub upcall_storm_per_second: f64,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ebpf: true,
+            flow_dump_interval_seconds: 5.0,
+            flow_limit: 200_000,
+            flow_limit_ratio: 0.9,
+            upcall_storm_per_second: 1000.0,
         }
     }
 }
@@ -141,6 +174,19 @@ impl Config {
             )));
         }
         DirtyFlowIndex::new(&self.flows).map_err(|e| ConfigError::Value(e.to_string()))?;
+        let d = &self.datapath;
+        if !(1.0..=3600.0).contains(&d.flow_dump_interval_seconds) {
+            return Err(ConfigError::Value(format!(
+                "datapath.flow_dump_interval_seconds = {} (must be 1..=3600)",
+                d.flow_dump_interval_seconds
+            )));
+        }
+        if !(0.0..=1.0).contains(&d.flow_limit_ratio) || d.upcall_storm_per_second <= 0.0 {
+            return Err(ConfigError::Value(
+                "datapath.flow_limit_ratio must be 0..=1 and datapath.upcall_storm_per_second > 0"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }

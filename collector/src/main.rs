@@ -6,6 +6,7 @@ use pinflow::cli::{Cli, Command, FlowsArgs, ServeArgs, SourceArgs};
 use pinflow::config::Config;
 use pinflow::engine::{self, PinningEngine, PinningInputs};
 use pinflow::export::{http, metrics::BuildInfo, table};
+use pinflow::sources::ovs_dp;
 use pinflow::sources::sched_bpf::SchedProbe;
 use pinflow::state::SharedState;
 use std::io::Write as _;
@@ -85,6 +86,35 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         // so the long-running daemon's RSS reflects what it keeps.
         // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
         unsafe { libc::malloc_trim(0) };
+        if config.datapath.enabled {
+            let dp_state = state.clone();
+            let d = &config.datapath;
+            let poll = ovs_dp::PollConfig {
+                flow_interval: std::time::Duration::from_secs_f64(d.flow_dump_interval_seconds),
+                ebpf: d.ebpf,
+                ..Default::default()
+            };
+            let health = pinflow::detect::datapath::HealthConfig {
+                flow_limit: d.flow_limit,
+                flow_limit_ratio: d.flow_limit_ratio,
+                storm_upcalls_per_second: d.upcall_storm_per_second,
+            };
+            if !d.ebpf {
+                state.sources.down(
+                    pinflow::sources::ovs_dp_bpf::SOURCE,
+                    "disabled in config (datapath.ebpf = false)",
+                );
+            }
+            std::thread::Builder::new()
+                .name("ovs-datapath".into())
+                .spawn(move || ovs_dp::run_blocking(dp_state, poll, health))
+                .context("cannot start the OVS datapath poller")?;
+        } else {
+            state.sources.down(
+                ovs_dp::SOURCE,
+                "disabled in config (datapath.enabled = false)",
+            );
+        }
         let inputs = inputs(s);
         let mut eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
         eng.pass();
@@ -158,6 +188,20 @@ fn check(s: &SourceArgs) -> anyhow::Result<ExitCode> {
         if proc_ok { "up  " } else { "down" },
         s.proc_root.display()
     );
+    match ovs_dp::DatapathClient::open().and_then(|mut c| {
+        c.resolve()?;
+        c.datapaths()
+    }) {
+        Ok(d) => println!(
+            "ovs_datapath up     {} datapath(s): {}",
+            d.len(),
+            d.iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => println!("ovs_datapath down   {e}"),
+    }
     if !config.pinning.ebpf {
         println!("sched_bpf   off    disabled in config");
     } else {
@@ -220,6 +264,9 @@ async fn ovsdb_bridges(
 
 fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
     use pinflow::detect::flows::DirtyFlowIndex;
+    if a.datapath {
+        return datapath_flows(a);
+    }
     use pinflow::sources::openflow;
     let config = Config::load(s.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -296,4 +343,51 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
         print!("{out}");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The kernel's monotonic clock in ms (the clock of `OVS_FLOW_ATTR_USED`).
+fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// `pinflow flows --datapath`: the kernel datapath's megaflows over generic netlink.
+fn datapath_flows(a: &FlowsArgs) -> anyhow::Result<ExitCode> {
+    let t0 = std::time::Instant::now();
+    let mut client = ovs_dp::DatapathClient::open()?;
+    if a.capture.is_some() {
+        client.capture();
+    }
+    let dps = client.datapaths()?;
+    let mut all = Vec::new();
+    for dp in &dps {
+        client.megaflows(dp.ifindex, |f| all.push(f))?;
+    }
+    let took = t0.elapsed();
+    if let Some(p) = &a.capture {
+        let mut text = String::new();
+        for d in client.captured() {
+            for b in d {
+                text.push_str(&format!("{b:02x}"));
+            }
+            text.push('\n');
+        }
+        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if a.count {
+        println!(
+            "{} megaflows in {} datapath(s), dumped and decoded in {:.3} s",
+            all.len(),
+            dps.len(),
+            took.as_secs_f64()
+        );
+    } else {
+        print!("{}", ovs_dp::render::render_megaflows(&all, monotonic_ms()));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 
 use crate::detect::pinning::PinningReport;
 use crate::engine::flows::FlowsReport;
+use crate::model::datapath::{DatapathEvents, DatapathReport};
 use crate::sources::SourceRegistry;
 use std::sync::{Arc, RwLock};
 
@@ -19,12 +20,29 @@ pub struct BpfProgramCost {
     pub run_count: u64,
 }
 
+/// One interface of a local instance (from libvirt's live XML).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalInterface {
+    /// Guest MAC address.
+    pub mac: String,
+    /// Host-side device (tap) name.
+    pub target_dev: String,
+    /// libvirt domain name.
+    pub domain: String,
+}
+
+/// Interfaces of every local instance.
+pub type LocalMacs = Vec<LocalInterface>;
+
 /// Everything the exporters serve.
 #[derive(Clone, Default)]
 pub struct SharedState {
     pinning: Arc<RwLock<Arc<PinningReport>>>,
     bpf: Arc<RwLock<Arc<Vec<BpfProgramCost>>>>,
     flows: Arc<RwLock<Arc<FlowsReport>>>,
+    datapath: Arc<RwLock<Arc<DatapathReport>>>,
+    datapath_events: Arc<RwLock<Arc<DatapathEvents>>>,
+    local_macs: Arc<RwLock<Arc<LocalMacs>>>,
     /// Per-source health.
     pub sources: SourceRegistry,
 }
@@ -58,6 +76,38 @@ impl SharedState {
     /// Replaces the eBPF program costs.
     pub fn set_bpf_costs(&self, c: Vec<BpfProgramCost>) {
         write(&self.bpf, c);
+    }
+}
+
+impl SharedState {
+    /// The current OVS kernel datapath report (genetlink).
+    pub fn datapath(&self) -> Arc<DatapathReport> {
+        read(&self.datapath)
+    }
+
+    /// Replaces the OVS kernel datapath report.
+    pub fn set_datapath(&self, r: DatapathReport) {
+        write(&self.datapath, r);
+    }
+
+    /// The current datapath eBPF counts.
+    pub fn datapath_events(&self) -> Arc<DatapathEvents> {
+        read(&self.datapath_events)
+    }
+
+    /// Interfaces of local instances (MAC, tap, domain), from libvirt.
+    pub fn local_macs(&self) -> Arc<LocalMacs> {
+        read(&self.local_macs)
+    }
+
+    /// Replaces the local instance interfaces.
+    pub fn set_local_macs(&self, m: LocalMacs) {
+        write(&self.local_macs, m);
+    }
+
+    /// Replaces the datapath eBPF counts.
+    pub fn set_datapath_events(&self, e: DatapathEvents) {
+        write(&self.datapath_events, e);
     }
 }
 

@@ -3,6 +3,7 @@
 //! - `setup`: install what a fresh Debian 12 machine lacks (idempotent, prints each step).
 //! - `run`: a real libvirt/KVM testbed with pinflow serving on 127.0.0.1:9105 until Ctrl-C.
 //! - `test`: lint + unit tests + privileged integration tests against the real testbeds.
+//! - `vm-test`: the OVS kernel-datapath guest (QEMU/TCG) with pinflow inside; pass/fail.
 //! - `bench`: measured costs (eBPF per context switch, RSS, /metrics latency, OpenFlow dumps and
 //!   mirrors against `ovs-ofctl` + parse).
 
@@ -12,6 +13,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -32,6 +34,8 @@ enum Cmd {
     Run(run::RunArgs),
     /// Run every test (lint, unit, privileged integration against real daemons, promtool).
     Test(test::TestArgs),
+    /// Boot the OVS kernel-datapath guest (QEMU, TCG), run the scenarios inside, check pinflow.
+    VmTest(vm::VmTestArgs),
     /// Measure pinflow's costs (sched_switch overhead, RSS, /metrics latency, OpenFlow tables).
     Bench(BenchArgs),
 }
@@ -51,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Setup => setup::setup(),
         Cmd::Run(a) => run::run(a),
         Cmd::Test(a) => test::test(a),
+        Cmd::VmTest(a) => vm::vm_test(a),
         Cmd::Bench(a) => bench(a),
     };
     match r {

@@ -17,6 +17,9 @@ pub struct RunArgs {
     /// Where pinflow serves.
     #[arg(long = "web.listen-address", default_value = "127.0.0.1:9105")]
     listen: SocketAddr,
+    /// Boot the OVS kernel-datapath guest instead, with pinflow's /metrics forwarded to the address.
+    #[arg(long)]
+    vm: bool,
 }
 
 /// The testbed's domains: what a Nova host with `cpu_dedicated_set=0` and `cpu_shared_set=1` runs.
@@ -134,6 +137,9 @@ fn wait_for_ctrl_c() {
 /// `cargo xtask run`.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     setup()?;
+    if a.vm {
+        return crate::vm::run_vm(a.listen);
+    }
     step("building pinflow (release)");
     cargo(&["build", "--release", "-p", "pinflow", "--bin", "pinflow"])?;
     // Block Ctrl-C before starting anything so it reaches us (and the teardown) rather than killing us.

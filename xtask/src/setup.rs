@@ -20,6 +20,13 @@ const PACKAGES: &[&str] = &[
     "openvswitch-switch",
     "iproute2",
     "ethtool",
+    // OVS kernel-datapath guest (cargo xtask vm-test): initramfs tools and the guest's userspace.
+    "busybox-static",
+    "cpio",
+    "zstd",
+    "kmod",
+    "dash",
+    "iputils-ping",
     // Prometheus + promtool for scrape checks.
     "prometheus",
     "prometheus-alertmanager",

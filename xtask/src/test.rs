@@ -60,5 +60,10 @@ pub fn test(a: TestArgs) -> anyhow::Result<()> {
     if let Ok(d) = &daemons {
         libvirt::stop_daemons(d);
     }
-    r
+    r?;
+    if a.filter.as_deref().is_some_and(|f| !f.contains("vm")) {
+        return Ok(());
+    }
+    step("tests: OVS kernel datapath in a QEMU guest (cargo xtask vm-test)");
+    crate::vm::vm_test(crate::vm::VmTestArgs::default())
 }

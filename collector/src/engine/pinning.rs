@@ -120,6 +120,18 @@ impl PinningEngine {
         let domains: Vec<Domain> = self.inventory.domains().cloned().collect();
         let mut observations = Vec::with_capacity(domains.len());
         let mut proc_errors = 0u64;
+        self.state.set_local_macs(
+            domains
+                .iter()
+                .flat_map(|d| {
+                    d.interfaces.iter().map(|i| crate::state::LocalInterface {
+                        mac: i.mac.clone(),
+                        target_dev: i.target_dev.clone(),
+                        domain: d.name.clone(),
+                    })
+                })
+                .collect(),
+        );
         for d in domains {
             let (obs, errs) = observe(&self.hostfs, d);
             proc_errors += errs;

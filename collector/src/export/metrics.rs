@@ -157,6 +157,7 @@ impl Collector for PinflowCollector {
         let state = &self.state.0;
         encode_pinning(&mut enc, &state.pinning())?;
         encode_flows(&mut enc, &state.flows(), &self.limits)?;
+        super::datapath::encode_datapath(&mut enc, &state.datapath(), &state.datapath_events())?;
         encode_self(&mut enc, state, &self.build)
     }
 }
@@ -382,7 +383,9 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
             1.0,
         )],
     )?;
-    let bpf = state.bpf_costs();
+    let ev = state.datapath_events();
+    let sched = state.bpf_costs();
+    let bpf: Vec<&crate::state::BpfProgramCost> = sched.iter().chain(ev.programs.iter()).collect();
     counter(
         enc,
         "pinflow_bpf_run_seconds",

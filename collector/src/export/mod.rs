@@ -1,5 +1,6 @@
 //! Exporters: Prometheus /metrics, the JSON API and CLI tables. They only read [`crate::state`].
 
+pub mod datapath;
 pub mod http;
 pub mod metrics;
 pub mod table;

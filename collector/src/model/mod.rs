@@ -2,6 +2,7 @@
 //!
 //! Sources fill it, detectors read it. It lives only in memory.
 
+pub mod datapath;
 pub mod flows;
 pub mod pinning;
 

@@ -1,0 +1,243 @@
+//! Datapath health: pure checks over successive [`DatapathReport`]s and eBPF counts.
+//!
+//! | check | unhealthy when |
+//! |---|---|
+//! | `flow_limit` | megaflows ≥ `flow_limit_ratio` × the flow limit (ovs-vswitchd's `other_config:flow-limit`, default 200 000) |
+//! | `lost_upcalls` | the datapath lost upcalls since the previous poll |
+//! | `upcall_storm` | ports whose upcall rate exceeds `storm_upcalls_per_second` |
+//! | `drop_local_mac` | megaflows that drop, carried packets, and match a local instance's MAC as Ethernet destination exactly |
+
+use crate::model::datapath::{Datapath, Megaflow};
+use crate::sources::ovs_dp::uapi::key;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Thresholds of the datapath checks.
+#[derive(Clone, Debug)]
+pub struct HealthConfig {
+    /// The megaflow limit ovs-vswitchd enforces (`other_config:flow-limit`).
+    pub flow_limit: u64,
+    /// Fraction of the limit that counts as unhealthy.
+    pub flow_limit_ratio: f64,
+    /// Upcalls per second from one port that count as a storm.
+    pub storm_upcalls_per_second: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            flow_limit: 200_000,
+            flow_limit_ratio: 0.9,
+            storm_upcalls_per_second: 100.0,
+        }
+    }
+}
+
+/// Names of the checks (the `check` label).
+pub const CHECKS: [&str; 4] = [
+    "flow_limit",
+    "lost_upcalls",
+    "upcall_storm",
+    "drop_local_mac",
+];
+
+/// Findings for one datapath.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DatapathHealth {
+    /// Datapath name.
+    pub datapath: String,
+    /// Offending items per check, in [`CHECKS`] order (0 = healthy).
+    pub counts: [u64; 4],
+    /// Ports in an upcall storm, with their rate (upcalls/s).
+    pub storm_ports: Vec<(String, f64)>,
+    /// Drop megaflows aimed at local instances: (MAC, domain, packets).
+    pub drop_local_macs: Vec<(String, String, u64)>,
+}
+
+/// Remembers the previous sample to turn counters into rates and deltas.
+#[derive(Debug, Default)]
+pub struct HealthTracker {
+    lost: HashMap<String, u64>,
+    upcalls: HashMap<(String, String), (u64, Instant)>,
+}
+
+impl HealthTracker {
+    /// Evaluates every check. `upcalls` are per (datapath, port) totals (kernel vport stats or
+    /// eBPF); `drop_local` holds the findings of [`drop_flows_to_local_macs`] per datapath.
+    pub fn evaluate(
+        &mut self,
+        cfg: &HealthConfig,
+        dps: &[Datapath],
+        upcalls: &[(String, String, u64)],
+        drop_local: &HashMap<String, Vec<(String, String, u64)>>,
+        now: Instant,
+    ) -> Vec<DatapathHealth> {
+        let mut out = Vec::new();
+        for dp in dps {
+            let mut h = DatapathHealth {
+                datapath: dp.name.clone(),
+                ..Default::default()
+            };
+            let limit = cfg.flow_limit as f64 * cfg.flow_limit_ratio;
+            h.counts[0] = u64::from(dp.flows as f64 >= limit);
+            let prev = self.lost.insert(dp.name.clone(), dp.lost);
+            h.counts[1] = prev.map_or(0, |p| dp.lost.saturating_sub(p));
+            for (d, port, n) in upcalls.iter().filter(|(d, _, _)| d == &dp.name) {
+                let k = (d.clone(), port.clone());
+                if let Some((pn, pt)) = self.upcalls.insert(k, (*n, now)) {
+                    let secs = now.saturating_duration_since(pt).as_secs_f64();
+                    if secs > 0.0 {
+                        let rate = n.saturating_sub(pn) as f64 / secs;
+                        if rate > cfg.storm_upcalls_per_second {
+                            h.storm_ports.push((port.clone(), rate));
+                        }
+                    }
+                }
+            }
+            h.counts[2] = h.storm_ports.len() as u64;
+            h.drop_local_macs = drop_local.get(&dp.name).cloned().unwrap_or_default();
+            h.counts[3] = h.drop_local_macs.len() as u64;
+            out.push(h);
+        }
+        self.lost.retain(|n, _| dps.iter().any(|d| &d.name == n));
+        self.upcalls
+            .retain(|(n, _), _| dps.iter().any(|d| &d.name == n));
+        out
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut m {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(m)
+}
+
+/// Drop megaflows that carried packets and match one of `macs` (MAC → domain) as their exact
+/// Ethernet destination: (MAC, domain, packets).
+pub fn drop_flows_to_local_macs(
+    flows: &[Megaflow],
+    macs: &HashMap<[u8; 6], String>,
+) -> Vec<(String, String, u64)> {
+    flows
+        .iter()
+        .filter_map(|f| drop_flow_to_local_mac(f, macs))
+        .collect()
+}
+
+/// One megaflow of [`drop_flows_to_local_macs`]: Some((MAC, domain, packets)) when it is one.
+pub fn drop_flow_to_local_mac(
+    f: &Megaflow,
+    macs: &HashMap<[u8; 6], String>,
+) -> Option<(String, String, u64)> {
+    if !f.is_drop() || f.packets == 0 || macs.is_empty() {
+        return None;
+    }
+    {
+        let k = f.key.iter().find(|a| a.kind == key::ETHERNET)?;
+        let exact = f.mask.is_empty()
+            || f.mask
+                .iter()
+                .find(|a| a.kind == key::ETHERNET)
+                .and_then(|m| m.value.get(6..12))
+                .is_some_and(|d| d.iter().all(|&b| b == 0xff));
+        let dst = k.value.get(6..12)?;
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(dst);
+        let domain = macs.get(&mac).filter(|_| exact)?;
+        let text = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        Some((text, domain.clone(), f.packets))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::datapath::RawAttr;
+    use std::time::Duration;
+
+    fn dp(flows: u64, lost: u64) -> Datapath {
+        Datapath {
+            name: "ovs-system".into(),
+            flows,
+            lost,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flow_limit_lost_and_storms() {
+        let cfg = HealthConfig::default();
+        let mut t = HealthTracker::default();
+        let t0 = Instant::now();
+        let up = |n| vec![("ovs-system".to_string(), "tap1".to_string(), n)];
+        let none = HashMap::new();
+        let h = t.evaluate(&cfg, &[dp(10, 5)], &up(0), &none, t0);
+        assert_eq!(h[0].counts, [0, 0, 0, 0], "first sample has no deltas");
+        let h = t.evaluate(
+            &cfg,
+            &[dp(190_000, 7)],
+            &up(5_000),
+            &none,
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(h[0].counts, [1, 2, 1, 0]);
+        assert_eq!(h[0].storm_ports, vec![("tap1".to_string(), 5_000.0)]);
+        let h = t.evaluate(
+            &cfg,
+            &[dp(10, 7)],
+            &up(5_010),
+            &none,
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(h[0].counts, [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn drop_flow_for_a_local_mac() {
+        let mac = parse_mac("fa:16:3e:00:00:01").unwrap();
+        let mut eth = vec![0u8; 6];
+        eth.extend_from_slice(&mac);
+        let mut mask = vec![0u8; 6];
+        mask.extend_from_slice(&[0xff; 6]);
+        let flow = |actions: Vec<RawAttr>, mask_dst: Vec<u8>, packets| Megaflow {
+            key: vec![RawAttr {
+                kind: key::ETHERNET,
+                value: eth.clone(),
+            }],
+            mask: vec![RawAttr {
+                kind: key::ETHERNET,
+                value: mask_dst,
+            }],
+            actions,
+            packets,
+            ..Default::default()
+        };
+        let output = vec![RawAttr {
+            kind: 1,
+            value: 1u32.to_ne_bytes().to_vec(),
+        }];
+        let flows = [
+            flow(Vec::new(), mask.clone(), 3),
+            flow(Vec::new(), vec![0; 12], 3),
+            flow(output, mask.clone(), 3),
+            flow(Vec::new(), mask, 0),
+        ];
+        let macs = HashMap::from([(mac, "instance-1".to_string())]);
+        assert_eq!(
+            drop_flows_to_local_macs(&flows, &macs),
+            vec![("fa:16:3e:00:00:01".into(), "instance-1".into(), 3)]
+        );
+        assert_eq!(parse_mac("fa:16:3e:00:00"), None);
+        assert_eq!(parse_mac("fa:16:3e:00:00:01:02"), None);
+        assert_eq!(parse_mac("zz:16:3e:00:00:01"), None);
+    }
+}

@@ -1,0 +1,353 @@
+//! Loader of the OVS kernel-datapath eBPF probe (`collector-ebpf/src/ovs_dp.rs`): upcalls per
+//! datapath and ingress port, executed actions per type, and Open vSwitch drop reasons per port.
+//!
+//! The probe needs the `openvswitch` module's tracepoints: [`DatapathProbe::load`] fails with
+//! [`OvsBpfError::ModuleAbsent`] until they exist, and the datapath poller retries while a
+//! datapath exists. Attached tracepoints pin the module, so the poller drops the probe when the
+//! last datapath goes away: `rmmod openvswitch` then works, and a reload is picked up again.
+//!
+//! Drop reasons (`OVS_DROP_*`, net/openvswitch/drop.h) exist from Linux 6.6; older kernels report
+//! no OVS drops through `kfree_skb`, and `pinflow_ovs_drops_total` stays empty there.
+
+use crate::model::datapath::DatapathEvents;
+use crate::sources::sched_bpf::{btf, ebpf_object, tracefs};
+use crate::state::BpfProgramCost;
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use collector_common::ovs_dp::{self as layout, DropKey, UpcallKey, name_bytes};
+use collector_common::sched;
+use std::path::Path;
+
+/// Source name in `pinflow_source_*`.
+pub const SOURCE: &str = "ovs_datapath_bpf";
+
+/// Why the probe could not be loaded or read.
+#[derive(Debug, thiserror::Error)]
+pub enum OvsBpfError {
+    /// The binary embeds no eBPF object.
+    #[error("eBPF object not built (this binary was built with PINFLOW_SKIP_EBPF=1)")]
+    NotBuilt,
+    /// The openvswitch module (and its tracepoints) is not loaded.
+    #[error("openvswitch tracepoints absent (module not loaded): {0}")]
+    ModuleAbsent(String),
+    /// Kernel BTF lacks a struct member the drop program reads.
+    #[error("kernel BTF: {0}")]
+    Btf(String),
+    /// Loading or attaching failed.
+    #[error("{what}: {reason}")]
+    Load {
+        /// The step.
+        what: &'static str,
+        /// The error chain.
+        reason: String,
+    },
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Names of the Open vSwitch drop reasons in the order of drop.h (Linux 6.6 … 6.12), from
+/// `SKB_DROP_REASON_SUBSYS_OPENVSWITCH << 16 | 1` on. Unknown values print as `unknown:<n>`.
+const OVS_DROP_REASONS: &[&str] = &[
+    "last_action",
+    "action_error",
+    "explicit",
+    "explicit_with_error",
+    "meter",
+    "recursion_limit",
+    "resubmit_limit",
+    "frag_l2_too_long",
+    "frag_invalid_proto",
+    "conntrack",
+    "ip_ttl",
+];
+
+/// Label value of an `skb_drop_reason` of the Open vSwitch subsystem.
+pub fn drop_reason_name(reason: u32) -> String {
+    let idx = (reason & 0xffff) as usize;
+    match idx.checked_sub(1).and_then(|i| OVS_DROP_REASONS.get(i)) {
+        Some(n) => (*n).to_string(),
+        None => format!("unknown:{reason:#x}"),
+    }
+}
+
+/// `OVS_ACTION_ATTR_*` names for `pinflow_ovs_datapath_actions_total`.
+pub fn action_name(t: u32) -> String {
+    let n = match t {
+        1 => "output",
+        2 => "userspace",
+        3 => "set",
+        4 => "push_vlan",
+        5 => "pop_vlan",
+        6 => "sample",
+        7 => "recirc",
+        8 => "hash",
+        9 => "push_mpls",
+        10 => "pop_mpls",
+        11 => "set_masked",
+        12 => "ct",
+        13 => "trunc",
+        14 => "push_eth",
+        15 => "pop_eth",
+        16 => "ct_clear",
+        17 => "push_nsh",
+        18 => "pop_nsh",
+        19 => "meter",
+        20 => "clone",
+        21 => "check_pkt_len",
+        22 => "add_mpls",
+        23 => "dec_ttl",
+        24 => "drop",
+        25 => "psample",
+        _ => return format!("unknown:{t}"),
+    };
+    n.to_string()
+}
+
+/// The attached probe; dropping it detaches the programs and frees the maps.
+pub struct DatapathProbe {
+    ebpf: Ebpf,
+    upcalls: BpfHashMap<MapData, UpcallKey, u64>,
+    drops: Option<BpfHashMap<MapData, DropKey, u64>>,
+    actions: Array<MapData, u64>,
+    programs: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for DatapathProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatapathProbe")
+            .field("programs", &self.programs)
+            .finish()
+    }
+}
+
+fn field(category: &str, name: &str, f: &str) -> Result<u32, String> {
+    let path = tracefs::format_path(category, name).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(tracefs::parse_field(&text, f)
+        .map_err(|e| e.to_string())?
+        .offset)
+}
+
+impl DatapathProbe {
+    /// Loads the object and attaches the datapath programs (the drop program only where the
+    /// kernel's `kfree_skb` record has a `reason`).
+    pub fn load() -> Result<Self, OvsBpfError> {
+        if ebpf_object().is_empty() {
+            return Err(OvsBpfError::NotBuilt);
+        }
+        let up_dp =
+            field("openvswitch", "ovs_dp_upcall", "dp_name").map_err(OvsBpfError::ModuleAbsent)?;
+        let up_dev =
+            field("openvswitch", "ovs_dp_upcall", "dev_name").map_err(OvsBpfError::ModuleAbsent)?;
+        let ex_type = field("openvswitch", "ovs_do_execute_action", "action_type")
+            .map_err(OvsBpfError::ModuleAbsent)?;
+        // Drops: optional (needs the reason field and BTF offsets).
+        let kfree = (|| -> Result<(u32, u32, u32, u32), String> {
+            let skb = field("skb", "kfree_skb", "skbaddr")?;
+            let reason = field("skb", "kfree_skb", "reason")?;
+            let vmlinux = Path::new(btf::VMLINUX_BTF);
+            let dev = btf::member_offset_in_file(vmlinux, "sk_buff", "dev")
+                .map_err(|e| format!("sk_buff.dev: {e}"))?;
+            let name = btf::member_offset_in_file(vmlinux, "net_device", "name")
+                .map_err(|e| format!("net_device.name: {e}"))?;
+            Ok((skb, reason, dev.offset, name.offset))
+        })();
+        if let Err(e) = &kfree {
+            tracing::info!("OVS drop reasons unavailable: {e}");
+        }
+        let (kf_skb, kf_reason, skb_dev, netdev_name) = kfree.clone().unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(layout::GLOBAL_UPCALL_DP_NAME, &up_dp, true)
+            .override_global(layout::GLOBAL_UPCALL_DEV_NAME, &up_dev, true)
+            .override_global(layout::GLOBAL_EXEC_ACTION_TYPE, &ex_type, true)
+            .override_global(layout::GLOBAL_KFREE_SKB, &kf_skb, true)
+            .override_global(layout::GLOBAL_KFREE_REASON, &kf_reason, true)
+            .override_global(layout::GLOBAL_SKB_DEV, &skb_dev, true)
+            .override_global(layout::GLOBAL_NETDEV_NAME, &netdev_name, true)
+            // The object also holds the sched probe's maps: keep their copies here tiny.
+            .map_max_entries(sched::WATCH_MAP, 1)
+            .map_max_entries(sched::STATS_MAP, 1)
+            .map_max_entries(sched::FILTER_MAP, 1);
+        let mut ebpf = loader.load(ebpf_object()).map_err(|e| OvsBpfError::Load {
+            what: "loading the eBPF object",
+            reason: chain(&e),
+        })?;
+        let mut programs = Vec::new();
+        let mut attach =
+            |ebpf: &mut Ebpf, prog: &'static str, cat: &str, tp: &str| -> Result<(), OvsBpfError> {
+                let err = |what: &'static str| {
+                    move |e: aya::programs::ProgramError| OvsBpfError::Load {
+                        what,
+                        reason: format!("{prog}: {}", chain(&e)),
+                    }
+                };
+                let p: &mut TracePoint = ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| OvsBpfError::Load {
+                        what: "eBPF object",
+                        reason: format!("program {prog} missing"),
+                    })?
+                    .try_into()
+                    .map_err(err("program type"))?;
+                p.load().map_err(err("loading"))?;
+                p.attach(cat, tp).map_err(err("attaching"))?;
+                programs.push(prog);
+                Ok(())
+            };
+        attach(
+            &mut ebpf,
+            layout::PROG_UPCALL,
+            "openvswitch",
+            "ovs_dp_upcall",
+        )?;
+        attach(
+            &mut ebpf,
+            layout::PROG_EXEC,
+            "openvswitch",
+            "ovs_do_execute_action",
+        )?;
+        let drops_on = kfree.is_ok()
+            && match attach(&mut ebpf, layout::PROG_KFREE, "skb", "kfree_skb") {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!("OVS drop reasons unavailable: {e}");
+                    false
+                }
+            };
+        let take = |ebpf: &mut Ebpf, m: &'static str| {
+            ebpf.take_map(m).ok_or_else(|| OvsBpfError::Load {
+                what: "eBPF object",
+                reason: format!("map {m} missing"),
+            })
+        };
+        let map_err = |m: &'static str| {
+            move |e: aya::maps::MapError| OvsBpfError::Load {
+                what: "map",
+                reason: format!("{m}: {}", chain(&e)),
+            }
+        };
+        let upcalls = BpfHashMap::try_from(take(&mut ebpf, layout::UPCALL_MAP)?)
+            .map_err(map_err(layout::UPCALL_MAP))?;
+        let actions = Array::try_from(take(&mut ebpf, layout::ACTION_MAP)?)
+            .map_err(map_err(layout::ACTION_MAP))?;
+        let drops = if drops_on {
+            Some(
+                BpfHashMap::try_from(take(&mut ebpf, layout::DROP_MAP)?)
+                    .map_err(map_err(layout::DROP_MAP))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            ebpf,
+            upcalls,
+            drops,
+            actions,
+            programs,
+        })
+    }
+
+    /// Whether the drop-reason program is attached.
+    pub fn drops_attached(&self) -> bool {
+        self.drops.is_some()
+    }
+
+    /// Current counts. Keys that fail to read are skipped.
+    pub fn read(&self) -> DatapathEvents {
+        let s = |b: &[u8; layout::NAME_LEN]| String::from_utf8_lossy(name_bytes(b)).into_owned();
+        let mut ev = DatapathEvents::default();
+        for (k, v) in self.upcalls.iter().flatten() {
+            ev.upcalls.push((s(&k.dp), s(&k.dev), v));
+        }
+        if let Some(d) = &self.drops {
+            for (k, v) in d.iter().flatten() {
+                ev.drops.push((s(&k.dev), drop_reason_name(k.reason), v));
+            }
+        }
+        for t in 0..layout::ACTION_SLOTS {
+            if let Ok(n) = self.actions.get(&t, 0)
+                && n > 0
+            {
+                ev.actions.push((action_name(t), n));
+            }
+        }
+        ev.upcalls.sort();
+        ev.drops.sort();
+        ev.programs = self.program_stats();
+        ev
+    }
+
+    /// Per program: run time and count from the kernel's BPF statistics (when enabled).
+    pub fn program_stats(&self) -> Vec<BpfProgramCost> {
+        self.programs
+            .iter()
+            .filter_map(|name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(BpfProgramCost {
+                    program: (*name).to_string(),
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_object_has_the_datapath_programs() {
+        let data = ebpf_object();
+        if data.is_empty() {
+            println!("SKIP: built with PINFLOW_SKIP_EBPF=1, no eBPF object embedded");
+            return;
+        }
+        let obj = aya_obj::Object::parse(data).expect("embedded eBPF object parses");
+        for p in [layout::PROG_UPCALL, layout::PROG_EXEC, layout::PROG_KFREE] {
+            assert!(obj.programs.contains_key(p), "program {p} missing");
+        }
+        for m in [layout::UPCALL_MAP, layout::DROP_MAP, layout::ACTION_MAP] {
+            assert!(obj.maps.contains_key(m), "map {m} missing");
+        }
+    }
+
+    #[test]
+    fn drop_reasons_and_actions_have_bounded_names() {
+        assert_eq!(drop_reason_name(3 << 16 | 1), "last_action");
+        assert_eq!(drop_reason_name(3 << 16 | 3), "explicit");
+        assert_eq!(drop_reason_name(3 << 16 | 11), "ip_ttl");
+        assert_eq!(drop_reason_name(3 << 16 | 99), "unknown:0x30063");
+        assert_eq!(drop_reason_name(3 << 16), "unknown:0x30000");
+        assert_eq!(action_name(1), "output");
+        assert_eq!(action_name(24), "drop");
+        assert_eq!(action_name(31), "unknown:31");
+    }
+
+    /// Without the openvswitch module (this project's hosts), loading says why, without panicking.
+    #[test]
+    fn load_without_the_module_is_a_clear_error() {
+        if Path::new("/sys/kernel/tracing/events/openvswitch").exists()
+            || Path::new("/sys/kernel/debug/tracing/events/openvswitch").exists()
+        {
+            println!("SKIP: this host has the openvswitch tracepoints");
+            return;
+        }
+        match DatapathProbe::load() {
+            Err(OvsBpfError::ModuleAbsent(_) | OvsBpfError::NotBuilt) => {}
+            other => panic!("expected ModuleAbsent, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! `cargo xtask vm-test` and `cargo xtask run --vm`: the OVS *kernel* datapath guest.
+//!
+//! The host has no `openvswitch.ko`, so the kernel datapath is tested in a VM: Debian's stock
+//! kernel (`linux-image-amd64`, fetched with `apt-get download`) with `openvswitch.ko` and its
+//! dependencies, booted under QEMU with TCG (KVM cannot boot Linux on these machines) from a
+//! self-contained initramfs that carries busybox, dash, bash, the host's OVS binaries and their
+//! shared libraries, and the freshly built release `pinflow` with its libraries (the guest's
+//! userspace *is* the host's Debian 12 userspace, so the host's libraries fit).
+//!
+//! The guest runs `xtask/guest/scenario.sh` (kernel-datapath OVS with netns ports, traffic, a drop
+//! flow, an output to a missing port, an upcall storm, faults) and reports through a 9p share
+//! (`out.log`, `rc`, captured files) and the serial console (`console.log`), all under
+//! `<target>/vm/`.
+
+use crate::util::{cargo, output, sh, step, workspace_root};
+use anyhow::{Context as _, bail};
+use pinflow_tests::REQUIRE_PRIVILEGED;
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Flags of `cargo xtask vm-test`.
+#[derive(clap::Args)]
+pub struct VmTestArgs {
+    /// Give up on the guest after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Also run the megaflow dump benchmark (10 000 / 100 000 flows) in the guest.
+    #[arg(long)]
+    bench: bool,
+    /// Debian kernel package to boot (default: what `linux-image-amd64` depends on, Debian 12's
+    /// 6.1). E.g. `linux-image-6.12.100+deb12-amd64` for OVS drop reasons (Linux ≥ 6.6).
+    #[arg(long, env = "PINFLOW_VM_KERNEL")]
+    kernel: Option<String>,
+}
+
+impl Default for VmTestArgs {
+    fn default() -> Self {
+        Self {
+            timeout: 600,
+            bench: false,
+            kernel: std::env::var("PINFLOW_VM_KERNEL").ok(),
+        }
+    }
+}
+
+/// Host commands the guest build and boot need.
+const HOST_COMMANDS: &[&str] = &[
+    "qemu-system-x86_64",
+    "busybox",
+    "cpio",
+    "zstd",
+    "depmod",
+    "modinfo",
+    "dpkg-deb",
+    "apt-get",
+    "ovs-vswitchd",
+    "ovs-dpctl",
+    "ldd",
+    "bash",
+    "dash",
+];
+
+/// Userspace binaries copied into the guest (with their shared libraries).
+const GUEST_BINS: &[&str] = &[
+    "/usr/sbin/ovsdb-server",
+    "/usr/sbin/ovs-vswitchd",
+    "/usr/bin/ovs-vsctl",
+    "/usr/bin/ovs-ofctl",
+    "/usr/bin/ovs-appctl",
+    "/usr/bin/ovs-dpctl",
+    "/usr/bin/ovsdb-tool",
+    "/usr/sbin/ip",
+    "/usr/bin/kmod",
+    "/usr/bin/ping",
+    "/usr/bin/dash",
+    "/usr/bin/bash",
+];
+
+/// Optional binaries (copied when the host has them).
+const GUEST_OPTIONAL_BINS: &[&str] = &["/usr/sbin/bpftool", "/usr/sbin/ethtool"];
+
+/// Kernel modules the guest loads (their dependencies are added).
+const GUEST_MODULES: &[&str] = &[
+    "openvswitch",
+    "veth",
+    "crc32c_generic",
+    "9p",
+    "9pnet_virtio",
+    "virtio_pci",
+    "virtio_net",
+    "tun",
+];
+
+fn require_privileged() -> bool {
+    std::env::var(REQUIRE_PRIVILEGED).is_ok_and(|v| v == "1")
+}
+
+fn command_exists(c: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {c} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Skips (Ok) with a printed reason, or fails when skips are forbidden.
+fn skip(reason: &str) -> anyhow::Result<()> {
+    if require_privileged() {
+        bail!("vm-test cannot run: {reason} ({REQUIRE_PRIVILEGED}=1 forbids skipping)");
+    }
+    eprintln!("SKIP vm-test: {reason}");
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// A built guest: kernel image and initramfs.
+struct Guest {
+    vmlinuz: PathBuf,
+    initramfs: PathBuf,
+}
+
+/// `cargo xtask vm-test`.
+pub fn vm_test(a: VmTestArgs) -> anyhow::Result<()> {
+    let missing: Vec<&str> = HOST_COMMANDS
+        .iter()
+        .copied()
+        .filter(|c| !command_exists(c))
+        .collect();
+    if !missing.is_empty() {
+        return skip(&format!(
+            "missing host commands: {} (run `cargo xtask setup`)",
+            missing.join(", ")
+        ));
+    }
+    let work = target_dir().join("vm");
+    fs::create_dir_all(&work)?;
+    let kernel = match kernel_package(&work, a.kernel.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return skip(&format!("kernel package unavailable: {e:#}")),
+    };
+    step("vm-test: building pinflow (release)");
+    cargo(&["build", "--release", "-p", "pinflow", "--bin", "pinflow"])?;
+    let t_build = Instant::now();
+    let guest = build_guest(&work, &kernel, &target_dir().join("release/pinflow"))?;
+    step(&format!(
+        "vm-test: guest built in {:.1?}",
+        t_build.elapsed()
+    ));
+    let share = work.join("share");
+    let _ = fs::remove_dir_all(&share);
+    fs::create_dir_all(&share)?;
+    step("vm-test: booting the guest under QEMU (TCG); this takes ~1 min");
+    let t0 = Instant::now();
+    let mut extra = String::new();
+    if a.bench {
+        extra.push_str(" pinflow.bench=1");
+    }
+    let finished = boot_batch(&guest, &share, &extra, Duration::from_secs(a.timeout))?;
+    let took = t0.elapsed();
+    let log = fs::read_to_string(share.join("out.log")).unwrap_or_default();
+    let console = share.join("console.log");
+    println!("{log}");
+    let rc = fs::read_to_string(share.join("rc"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    match (finished, rc) {
+        (_, Some(0)) => {
+            println!(
+                "vm-test: PASS (boot to pass {:.1} s; logs in {})",
+                took.as_secs_f64(),
+                share.display()
+            );
+            Ok(())
+        }
+        (_, Some(n)) => bail!(
+            "vm-test: FAIL, {n} failed check(s) (guest log above; console {})",
+            console.display()
+        ),
+        (fin, None) => {
+            let c = fs::read_to_string(&console).unwrap_or_default();
+            let tail: Vec<&str> = c.lines().rev().take(40).collect();
+            for l in tail.iter().rev() {
+                eprintln!("console| {l}");
+            }
+            bail!(
+                "vm-test: FAIL, the guest {} without a result (console {})",
+                if fin { "stopped" } else { "timed out" },
+                console.display()
+            )
+        }
+    }
+}
+
+/// `cargo xtask run --vm`: the guest interactively, pinflow's /metrics forwarded to `listen`.
+pub fn run_vm(listen: SocketAddr) -> anyhow::Result<()> {
+    let work = target_dir().join("vm");
+    fs::create_dir_all(&work)?;
+    let kernel = kernel_package(&work, std::env::var("PINFLOW_VM_KERNEL").ok().as_deref())?;
+    step("building pinflow (release)");
+    cargo(&["build", "--release", "-p", "pinflow", "--bin", "pinflow"])?;
+    let guest = build_guest(&work, &kernel, &target_dir().join("release/pinflow"))?;
+    step(&format!(
+        "booting the guest; pinflow's /metrics will be at http://{listen}/metrics; `poweroff -f` ends"
+    ));
+    let fwd = format!(
+        "user,id=n0,hostfwd=tcp:{}:{}-10.0.2.15:9105",
+        listen.ip(),
+        listen.port()
+    );
+    let st = qemu(&guest, None, "pinflow.mode=interactive")
+        .args(["-netdev", &fwd, "-device", "virtio-net-pci,netdev=n0"])
+        .status()
+        .context("cannot run qemu-system-x86_64")?;
+    if !st.success() {
+        bail!("qemu exited with {st}");
+    }
+    Ok(())
+}
+
+/// The stock kernel package (`linux-image-<version>-amd64`), downloaded and unpacked once.
+struct KernelPackage {
+    version: String,
+    root: PathBuf,
+}
+
+fn kernel_package(work: &Path, wanted: Option<&str>) -> anyhow::Result<KernelPackage> {
+    let pkg = match wanted {
+        Some(p) => p.to_string(),
+        None => {
+            let deps = output("apt-cache", &["depends", "linux-image-amd64"]).unwrap_or_default();
+            deps.lines()
+                .filter_map(|l| l.trim().strip_prefix("Depends: "))
+                .find(|p| {
+                    p.starts_with("linux-image-")
+                        && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit)
+                })
+                .map(str::to_string)
+                .context("apt-cache knows no linux-image-amd64 (run `apt-get update`)")?
+        }
+    };
+    let version = pkg.trim_start_matches("linux-image-").to_string();
+    let debs = work.join("debs");
+    fs::create_dir_all(&debs)?;
+    let have_deb = |d: &Path| -> Option<PathBuf> {
+        fs::read_dir(d).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+        })
+    };
+    let deb = match have_deb(&debs) {
+        Some(d) => d,
+        None => {
+            step(&format!("vm: apt-get download {pkg}"));
+            let st = Command::new("apt-get")
+                .args(["download", &pkg])
+                .current_dir(&debs)
+                .status()
+                .context("cannot run apt-get download")?;
+            if !st.success() {
+                bail!("apt-get download {pkg} failed ({st})");
+            }
+            have_deb(&debs).context("apt-get download left no .deb")?
+        }
+    };
+    let root = work.join("kernel");
+    if !root.join("lib/modules").join(&version).is_dir() {
+        let _ = fs::remove_dir_all(&root);
+        sh(
+            "dpkg-deb",
+            &["-x", &deb.to_string_lossy(), &root.to_string_lossy()],
+        )?;
+    }
+    Ok(KernelPackage { version, root })
+}
+
+/// Copies `src` (following symlinks) to `root/<dst>` and makes the parent directories.
+fn put(root: &Path, src: &Path, dst: &str) -> anyhow::Result<()> {
+    let to = root.join(dst.trim_start_matches('/'));
+    if let Some(p) = to.parent() {
+        fs::create_dir_all(p)?;
+    }
+    fs::copy(src, &to).with_context(|| format!("cannot copy {} into the guest", src.display()))?;
+    Ok(())
+}
+
+/// Copies a binary and every shared library `ldd` resolves for it.
+fn put_with_libs(root: &Path, bin: &Path, dst: &str) -> anyhow::Result<()> {
+    put(root, bin, dst)?;
+    let real = fs::canonicalize(bin)?;
+    let Some(ldd) = output("ldd", &[&real.to_string_lossy()]) else {
+        return Ok(()); // static
+    };
+    for l in ldd.lines() {
+        let lib = match l.split_once("=>") {
+            Some((_, r)) => r.split_whitespace().next(),
+            None => l.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        if let Some(lib) = lib.filter(|p| p.starts_with('/')) {
+            let dst = root.join(lib.trim_start_matches('/'));
+            if !dst.exists() {
+                put(root, Path::new(lib), lib)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds module `name` and its dependencies (from `modinfo -F depends`).
+fn add_module(
+    root: &Path,
+    kernel: &KernelPackage,
+    index: &BTreeMap<String, PathBuf>,
+    name: &str,
+    seen: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let key = name.replace('-', "_");
+    if seen.contains(&key) {
+        return Ok(());
+    }
+    seen.push(key.clone());
+    let Some(path) = index.get(&key) else {
+        eprintln!("vm: module {name} not found (built in?)");
+        return Ok(());
+    };
+    let base = kernel.root.join("lib/modules").join(&kernel.version);
+    let rel = path.strip_prefix(&base).unwrap_or(path);
+    put(
+        root,
+        path,
+        &format!("lib/modules/{}/{}", kernel.version, rel.display()),
+    )?;
+    let deps = output("modinfo", &["-F", "depends", &path.to_string_lossy()]).unwrap_or_default();
+    for d in deps.trim().split(',').filter(|d| !d.is_empty()) {
+        add_module(root, kernel, index, d, seen)?;
+    }
+    Ok(())
+}
+
+fn module_index(dir: &Path, out: &mut BTreeMap<String, PathBuf>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            module_index(&p, out);
+        } else if let Some(n) = p.file_name().and_then(|n| n.to_str())
+            && let Some(stem) = [".ko", ".ko.xz", ".ko.zst"]
+                .iter()
+                .find_map(|suffix| n.strip_suffix(suffix))
+        {
+            out.insert(stem.replace('-', "_"), p.clone());
+        }
+    }
+}
+
+fn build_guest(work: &Path, kernel: &KernelPackage, pinflow: &Path) -> anyhow::Result<Guest> {
+    step("vm: building the initramfs");
+    let root = work.join("initroot");
+    let _ = fs::remove_dir_all(&root);
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "lib64", "proc", "sys", "dev", "tmp", "run", "etc",
+        "mnt/host", "root", "var/log",
+    ] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    std::os::unix::fs::symlink("../run", root.join("var/run"))?;
+    let busybox = output("sh", &["-c", "command -v busybox"]).unwrap_or_default();
+    put(&root, Path::new(busybox.trim()), "/bin/busybox")?;
+    let applets = output(busybox.trim(), &["--list"]).unwrap_or_default();
+    for a in applets
+        .lines()
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+    {
+        let l = root.join("bin").join(a);
+        if !l.exists() {
+            std::os::unix::fs::symlink("busybox", &l)?;
+        }
+    }
+    for b in GUEST_BINS {
+        put_with_libs(&root, Path::new(b), b)?;
+    }
+    for b in GUEST_OPTIONAL_BINS {
+        if Path::new(b).exists() {
+            put_with_libs(&root, Path::new(b), b)?;
+        }
+    }
+    // dash as /bin/sh (busybox sh prefers its own applets over PATH), bash for /dev/udp traffic.
+    let _ = fs::remove_file(root.join("bin/sh"));
+    std::os::unix::fs::symlink("../usr/bin/dash", root.join("bin/sh"))?;
+    let _ = fs::remove_file(root.join("bin/bash"));
+    std::os::unix::fs::symlink("../usr/bin/bash", root.join("bin/bash"))?;
+    for t in ["modprobe", "insmod", "lsmod", "rmmod", "modinfo", "depmod"] {
+        let l = root.join("sbin").join(t);
+        let _ = fs::remove_file(&l);
+        std::os::unix::fs::symlink("../usr/bin/kmod", &l)?;
+    }
+    put_with_libs(&root, pinflow, "/usr/bin/pinflow")?;
+    put(
+        &root,
+        Path::new("/usr/share/openvswitch/vswitch.ovsschema"),
+        "/usr/share/openvswitch/vswitch.ovsschema",
+    )?;
+    let guest_dir = workspace_root().join("xtask/guest");
+    for (src, dst) in [
+        ("init", "/init"),
+        ("scenario.sh", "/scenario.sh"),
+        ("bench.sh", "/usr/bin/pinflow-bench.sh"),
+    ] {
+        let s = guest_dir.join(src);
+        if s.exists() {
+            put(&root, &s, dst)?;
+            fs::set_permissions(
+                root.join(dst.trim_start_matches('/')),
+                fs::Permissions::from_mode(0o755),
+            )?;
+        }
+    }
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    // Kernel modules + dependencies.
+    let mods = kernel.root.join("lib/modules").join(&kernel.version);
+    let mut index = BTreeMap::new();
+    module_index(&mods.join("kernel"), &mut index);
+    let mut seen = Vec::new();
+    for m in GUEST_MODULES {
+        add_module(&root, kernel, &index, m, &mut seen)?;
+    }
+    for f in [
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
+        let s = mods.join(f);
+        if s.exists() {
+            put(&root, &s, &format!("lib/modules/{}/{f}", kernel.version))?;
+        }
+    }
+    sh("depmod", &["-b", &root.to_string_lossy(), &kernel.version])?;
+    let initramfs = work.join("initramfs.img");
+    sh(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "cd '{}' && find . | cpio -o -H newc --quiet | zstd -q -3 -T0 -f -o '{}'",
+                root.display(),
+                initramfs.display()
+            ),
+        ],
+    )?;
+    let vmlinuz = work.join("vmlinuz");
+    fs::copy(
+        kernel
+            .root
+            .join("boot")
+            .join(format!("vmlinuz-{}", kernel.version)),
+        &vmlinuz,
+    )
+    .context("the kernel package has no /boot/vmlinuz")?;
+    Ok(Guest { vmlinuz, initramfs })
+}
+
+/// The QEMU command line for the guest (TCG; optional 9p share; extra kernel arguments).
+fn qemu(g: &Guest, share: Option<&Path>, append: &str) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    let mut cmdline = format!("console=ttyS0 panic=-1 quiet loglevel=3 {append}");
+    c.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-m",
+        "1536",
+    ]);
+    if let Some(s) = share {
+        c.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag=host,security_model=none,id=host",
+            s.display()
+        ));
+        cmdline.push_str(" pinflow.9p=1");
+    }
+    c.arg("-kernel")
+        .arg(&g.vmlinuz)
+        .arg("-initrd")
+        .arg(&g.initramfs)
+        .args(["-append", &cmdline])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ]);
+    c
+}
+
+/// Boots the guest non-interactively; true when it powered off before the timeout.
+fn boot_batch(g: &Guest, share: &Path, append: &str, timeout: Duration) -> anyhow::Result<bool> {
+    let console = fs::File::create(share.join("console.log"))?;
+    let mut child = qemu(g, Some(share), append)
+        .arg("-net")
+        .arg("none")
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .spawn()
+        .context("cannot run qemu-system-x86_64")?;
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(true);
+        }
+        if t0.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
