@@ -145,6 +145,9 @@ pub struct DomainSpec {
     pub nova: Option<NovaSpec>,
     /// Boot a one-instruction guest (`jmp $`) so vCPU 0 burns its CPU; otherwise it idles in firmware.
     pub spin: bool,
+    /// Host tap devices of the domain's NICs (`<interface type='ethernet'><target dev>`), as Nova
+    /// names them for OVS ports (`tapXXXXXXXX-XX`).
+    pub taps: Vec<String>,
 }
 
 impl DomainSpec {
@@ -158,6 +161,7 @@ impl DomainSpec {
             emulator_pin: (!pins.is_empty()).then(|| pins.join(",")),
             nova: None,
             spin: false,
+            taps: Vec::new(),
         }
     }
 
@@ -240,6 +244,15 @@ impl DomainSpec {
         );
         // (`<cpu>` above: QEMU 7.2 on this virtualised KVM aborts setting MSR 0x10a with plain
         // host-passthrough, hence arch-capabilities off.)
+        for (i, tap) in self.taps.iter().enumerate() {
+            let _ = writeln!(
+                x,
+                "    <interface type='ethernet'><mac address='fa:16:3e:00:{:02x}:{:02x}'/>\
+                 <target dev='{tap}'/><model type='virtio'/><rom enabled='no'/></interface>",
+                self.uuid.len() % 256,
+                i
+            );
+        }
         if self.spin {
             let _ = writeln!(
                 x,

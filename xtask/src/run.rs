@@ -24,13 +24,15 @@ pub struct RunArgs {
 
 /// The testbed's domains: what a Nova host with `cpu_dedicated_set=0` and `cpu_shared_set=1` runs.
 pub fn testbed_domains() -> Vec<DomainSpec> {
-    let dedicated =
+    let mut dedicated =
         DomainSpec::pinned("instance-00000001", &["0"]).with_nova("web-1", "demo", "m1.dedicated");
+    dedicated.taps = vec!["tap-web1".into()];
     let mut shared =
         DomainSpec::pinned("instance-00000002", &[]).with_nova("batch-1", "demo", "m1.shared");
     shared.pins = vec![None, None];
     shared.vcpu_cpuset = Some("1".into());
     shared.emulator_pin = Some("1".into());
+    shared.taps = vec!["tap-batch1".into()];
     vec![dedicated, shared]
 }
 
@@ -65,6 +67,18 @@ impl Testbed {
                 ("int-br-ex", 4),
             ],
         );
+        // As Neutron's OVS agent tags instance ports (the domains' taps are below).
+        for (tap, port_id) in [
+            ("tap-web1", "6f1b0c2e-0001"),
+            ("tap-batch1", "6f1b0c2e-0002"),
+        ] {
+            ovs.vsctl(&[
+                "set",
+                "interface",
+                tap,
+                &format!("external_ids:iface-id={port_id}"),
+            ]);
+        }
         let flows = workspace_root().join("tests/fixtures/br-int-clean.flows");
         ovs.ofctl(&["replace-flows", "br-int", &flows.to_string_lossy()]);
         let mut tb = Testbed {
