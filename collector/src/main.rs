@@ -305,7 +305,7 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
                 let mut w = std::io::BufWriter::new(std::io::stdout().lock());
                 for f in &flows {
                     if a.no_stats {
-                        writeln!(w, " {}", f.entry.text)?;
+                        writeln!(w, " {}", f.text)?;
                     } else {
                         writeln!(w, " {}", openflow::stats_line(f))?;
                     }
@@ -315,16 +315,12 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
         }
         if a.dirty {
             let mut rows = vec![["BRIDGE", "RULE", "TABLE", "COOKIE", "FLOW"].map(String::from)];
-            let mut findings: Vec<_> = index.findings().collect();
-            findings.sort_by(|a, b| {
-                (a.bridge, a.rule, a.table, a.flow_text).cmp(&(
-                    b.bridge,
-                    b.rule,
-                    b.table,
-                    b.flow_text,
-                ))
+            // Render each finding's text once (it is not stored), then sort by it.
+            let mut findings: Vec<_> = index.findings().map(|f| (f, f.flow_text())).collect();
+            findings.sort_by(|(a, at), (b, bt)| {
+                (a.bridge, a.rule, a.table, at).cmp(&(b.bridge, b.rule, b.table, bt))
             });
-            for f in findings {
+            for (f, text) in findings {
                 rows.push([
                     f.bridge.to_string(),
                     f.rule.to_string(),
@@ -332,7 +328,7 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
                     f.cookie
                         .map(|c| format!("{c:#x}"))
                         .unwrap_or_else(|| "-".into()),
-                    f.flow_text.to_string(),
+                    text.into_owned(),
                 ]);
             }
             out = table::align(&rows);

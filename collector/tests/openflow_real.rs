@@ -13,7 +13,7 @@
 //! `PINFLOW_REQUIRE_PRIVILEGED=1`, which turns the skip into a failure.
 
 use pinflow::sources::openflow::{
-    BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, run_bridge,
+    BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, TaggedChange, run_bridge,
 };
 use pinflow_tests::ovs::Ovs;
 use std::path::Path;
@@ -49,7 +49,7 @@ fn sorted_lines(s: &str) -> Vec<String> {
 }
 
 async fn expect_change(
-    rx: &mut mpsc::Receiver<FlowChange>,
+    rx: &mut mpsc::Receiver<TaggedChange>,
     what: &str,
     pred: impl Fn(&FlowChange) -> bool,
     within: Duration,
@@ -58,7 +58,10 @@ async fn expect_change(
     loop {
         let left = within.saturating_sub(t.elapsed());
         match tokio::time::timeout(left, rx.recv()).await {
-            Ok(Some(c)) if pred(&c) => return t.elapsed(),
+            Ok(Some((bridge, c))) if pred(&c) => {
+                assert_eq!(&*bridge, BRIDGE, "change tagged with the wrong bridge");
+                return t.elapsed();
+            }
             Ok(Some(_)) => continue,
             Ok(None) => panic!("change channel closed while waiting for {what}"),
             Err(_) => panic!("no {what} within {within:?}"),
@@ -116,7 +119,7 @@ async fn openflow_against_real_ovs() {
     let ours = sorted_lines(
         &dump
             .iter()
-            .map(|f| f.entry.text.clone())
+            .map(|f| f.entry.text())
             .collect::<Vec<_>>()
             .join("\n"),
     );
@@ -180,7 +183,7 @@ async fn openflow_against_real_ovs() {
     let t = expect_change(
         &mut ch_rx,
         "ADDED event",
-        |c| matches!(c, FlowChange::Added(e) if e.text == "cookie=0x77, table=30, priority=7,ip,nw_dst=10.1.2.3 actions=output:2"),
+        |c| matches!(c, FlowChange::Added(e) if e.text() == "cookie=0x77, table=30, priority=7,ip,nw_dst=10.1.2.3 actions=output:2"),
         Duration::from_secs(1),
     )
     .await;
@@ -193,7 +196,7 @@ async fn openflow_against_real_ovs() {
     let t = expect_change(
         &mut ch_rx,
         "MODIFIED event",
-        |c| matches!(c, FlowChange::Modified(e) if e.text.ends_with("actions=output:3")),
+        |c| matches!(c, FlowChange::Modified(e) if e.text().ends_with("actions=output:3")),
         Duration::from_secs(1),
     )
     .await;
@@ -251,7 +254,7 @@ async fn openflow_against_real_ovs() {
         s.connected
             && s.flows
                 .values()
-                .any(|f| f.text == "priority=1 actions=NORMAL")
+                .any(|f| f.text() == "priority=1 actions=NORMAL")
     })
     .await;
 

@@ -8,7 +8,7 @@
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
 use crate::engine::source;
 use crate::model::flows::Bridge;
-use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange};
+use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
 use crate::sources::ovsdb::{self, OvsdbSnapshot};
 use crate::state::SharedState;
 use serde::Serialize;
@@ -80,6 +80,9 @@ pub struct FlowsReport {
     pub ports: Vec<PortInfo>,
 }
 
+/// Least time between two published reports while changes arrive.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A running bridge mirror: its snapshot receiver and the switch that stops it.
 struct BridgeTask {
     snapshots: watch::Receiver<Arc<BridgeSnapshot>>,
@@ -103,7 +106,9 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
         db_tx,
         state.sources.clone(),
     ));
-    let (change_tx, mut change_rx) = mpsc::channel::<(String, FlowChange)>(4096);
+    // One channel for the mirrors of all bridges: each change carries its bridge's name, so no
+    // per-bridge forwarding task (and no extra wake-up per change) sits in between.
+    let (change_tx, mut change_rx) = mpsc::channel::<TaggedChange>(4096);
     let mut tasks: HashMap<String, BridgeTask> = HashMap::new();
     let mut bridges: BTreeMap<String, Bridge> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -112,7 +117,10 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     let mut last_publish = Instant::now() - Duration::from_secs(1);
     loop {
         let timeout = if dirty {
-            Duration::from_millis(100)
+            // Wake up when the next publish is due, not a full interval later.
+            PUBLISH_INTERVAL
+                .saturating_sub(last_publish.elapsed())
+                .max(Duration::from_millis(1))
         } else {
             Duration::from_secs(3600)
         };
@@ -143,7 +151,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
             }
             _ = tokio::time::sleep(timeout) => {}
         }
-        if dirty && last_publish.elapsed() >= Duration::from_millis(100) {
+        if dirty && last_publish.elapsed() >= PUBLISH_INTERVAL {
             publish(&index, &tasks, &bridges, &state);
             last_publish = Instant::now();
             dirty = false;
@@ -156,7 +164,7 @@ fn sync_tasks(
     tasks: &mut HashMap<String, BridgeTask>,
     bridges: &BTreeMap<String, Bridge>,
     run_dir: &std::path::Path,
-    change_tx: &mpsc::Sender<(String, FlowChange)>,
+    change_tx: &mpsc::Sender<TaggedChange>,
     index: &mut DirtyFlowIndex,
 ) {
     tasks.retain(|name, t| {
@@ -173,21 +181,16 @@ fn sync_tasks(
         }
         let (snap_tx, snap_rx) = watch::channel(Arc::new(BridgeSnapshot::default()));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (tx, mut rx) = mpsc::channel::<FlowChange>(1024);
-        let forward = change_tx.clone();
-        let bridge = name.clone();
-        tokio::spawn(async move {
-            while let Some(c) = rx.recv().await {
-                if forward.send((bridge.clone(), c)).await.is_err() {
-                    break;
-                }
-            }
-        });
         let mut cfg = BridgeConfig::new(run_dir, name.clone());
         // The index follows the change stream and gets the table with each resync; snapshots
         // without the table let the mirror update it in place.
         cfg.snapshot_flows = false;
-        tokio::spawn(openflow::run_bridge(cfg, snap_tx, Some(tx), stop_rx));
+        tokio::spawn(openflow::run_bridge(
+            cfg,
+            snap_tx,
+            Some(change_tx.clone()),
+            stop_rx,
+        ));
         tasks.insert(
             name.clone(),
             BridgeTask {
@@ -284,23 +287,36 @@ fn publish(
             .or_default()
             .insert(rule, n);
     }
-    // Sort references first and copy only what the report keeps: a bridge where every flow is
-    // dirty (no ports known yet) must not copy 100 000 flow texts on every publish.
+    // Sort references first and render only what the report keeps: flow texts are not stored, and
+    // a bridge where every flow is dirty (no ports known yet) must not render 100 000 flows on
+    // every publish. Findings are ordered by (bridge, rule, table) without their text; only the
+    // groups that reach into the first MAX_REPORTED_DIRTY_FLOWS are rendered and sorted by text.
     let mut findings: Vec<_> = index.findings().collect();
     report.dirty_total = findings.len();
-    findings.sort_unstable_by(|a, b| {
-        (a.bridge, a.rule, a.table, a.flow_text).cmp(&(b.bridge, b.rule, b.table, b.flow_text))
-    });
-    for f in findings.into_iter().take(MAX_REPORTED_DIRTY_FLOWS) {
-        let domain = flow_ports(f.flow_text).find_map(|p| port_domain.get(&(f.bridge, p)).cloned());
-        report.dirty.push(DirtyFlow {
-            bridge: f.bridge.to_string(),
-            rule: f.rule.to_string(),
-            table: f.table,
-            cookie: f.cookie,
-            flow: f.flow_text.to_string(),
-            domain,
-        });
+    findings.sort_unstable_by(|a, b| (a.bridge, a.rule, a.table).cmp(&(b.bridge, b.rule, b.table)));
+    let mut rest = findings.as_slice();
+    while !rest.is_empty() && report.dirty.len() < MAX_REPORTED_DIRTY_FLOWS {
+        let Some(first) = rest.first() else { break };
+        let group_len = rest
+            .iter()
+            .position(|f| (f.bridge, f.rule, f.table) != (first.bridge, first.rule, first.table))
+            .unwrap_or(rest.len());
+        let (group, tail) = rest.split_at(group_len);
+        rest = tail;
+        let mut group: Vec<_> = group.iter().map(|f| (f, f.flow_text())).collect();
+        group.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        let room = MAX_REPORTED_DIRTY_FLOWS - report.dirty.len();
+        for (f, text) in group.into_iter().take(room) {
+            let domain = flow_ports(&text).find_map(|p| port_domain.get(&(f.bridge, p)).cloned());
+            report.dirty.push(DirtyFlow {
+                bridge: f.bridge.to_string(),
+                rule: f.rule.to_string(),
+                table: f.table,
+                cookie: f.cookie,
+                flow: text.into_owned(),
+                domain,
+            });
+        }
     }
     for ((bridge, table), n) in index.flow_counts() {
         report

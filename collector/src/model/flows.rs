@@ -395,7 +395,7 @@ pub enum FlowAction {
     /// `enqueue:N:Q`.
     Enqueue(u32),
     /// Output to a reserved port (`NORMAL`, `LOCAL`, `IN_PORT`, `CONTROLLER`, `FLOOD`, `ALL`, …).
-    Reserved(String),
+    Reserved(&'static str),
     /// `goto_table:T` (OpenFlow 1.1+ instruction).
     GotoTable(u8),
     /// `resubmit(port,table)` (Nicira); either part may be absent.
@@ -421,12 +421,27 @@ pub enum FlowAction {
         /// `table=` to recirculate to, `None` = no recirculation.
         table: Option<u8>,
     },
-    /// Any other action, carried as its rendered text.
-    Other(String),
+    /// Any other action, carried as its rendered text (exact-size: one per flow is kept).
+    Other(Box<str>),
+}
+
+/// What a flow's `ovs-ofctl` text is rendered from (the text itself is not stored: at 100 000
+/// flows it was the largest part of a flow's memory).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FlowSource {
+    /// The flow's wire form, compact: flow-mod flags (2 bytes, big-endian), the length of the OXM
+    /// match TLVs (2 bytes, big-endian), the TLVs (no `ofp_match` header or padding), then the
+    /// OpenFlow 1.3 instructions as received. Rendering decodes it with the same code as the
+    /// decoder, so the text is exactly what the decoder would have printed.
+    Wire(Box<[u8]>),
+    /// The text as given (flows built by hand, e.g. in tests).
+    Text(Box<str>),
 }
 
 /// One OpenFlow flow entry as dumped or reported by a flow monitor.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+///
+/// Its `ovs-ofctl dump-flows --no-stats` text is rendered on demand by [`FlowEntry::text`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowEntry {
     /// OpenFlow table id.
     pub table: u8,
@@ -438,9 +453,8 @@ pub struct FlowEntry {
     pub matches: Matches,
     /// Semantic actions, in order.
     pub actions: Box<[FlowAction]>,
-    /// The flow in `ovs-ofctl -O OpenFlow13 dump-flows --no-stats` text form (cookie, table, priority,
-    /// match, `actions=`), exactly as ovs-ofctl prints it.
-    pub text: String,
+    /// What [`FlowEntry::text`] renders the `ovs-ofctl` text from.
+    pub source: FlowSource,
     /// Idle timeout, seconds (0 = none).
     pub idle_timeout: u16,
     /// Hard timeout, seconds (0 = none).
@@ -451,7 +465,32 @@ pub struct FlowEntry {
     pub n_bytes: u64,
 }
 
+impl Serialize for FlowEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("FlowEntry", 10)?;
+        st.serialize_field("table", &self.table)?;
+        st.serialize_field("priority", &self.priority)?;
+        st.serialize_field("cookie", &self.cookie)?;
+        st.serialize_field("matches", &self.matches)?;
+        st.serialize_field("actions", &self.actions)?;
+        st.serialize_field("text", &self.text())?;
+        st.serialize_field("idle_timeout", &self.idle_timeout)?;
+        st.serialize_field("hard_timeout", &self.hard_timeout)?;
+        st.serialize_field("n_packets", &self.n_packets)?;
+        st.serialize_field("n_bytes", &self.n_bytes)?;
+        st.end()
+    }
+}
+
 impl FlowEntry {
+    /// The flow in `ovs-ofctl -O OpenFlow13 dump-flows --no-stats` text form (cookie, table,
+    /// priority, match, `actions=`), exactly as ovs-ofctl prints it. Rendered on each call (a few
+    /// microseconds): callers that need it repeatedly should keep the string.
+    pub fn text(&self) -> String {
+        crate::sources::openflow::render::flow_text(self)
+    }
+
     /// The flow's identity in its bridge: table, priority and match (OpenFlow's own identity rule).
     /// Cheap: the key shares the entry's match bytes.
     pub fn key(&self) -> FlowKey {

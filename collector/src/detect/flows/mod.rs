@@ -44,6 +44,7 @@ use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort};
 use bucket::{Bucket, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
 use shape::{Shape, project};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -68,8 +69,28 @@ pub struct DirtyFinding<'a> {
     pub table: Option<u8>,
     /// Cookie of the flow; `None` for port findings.
     pub cookie: Option<u64>,
-    /// The flow in `ovs-ofctl` text form, or `port NAME tag=4095` for `dead_vlan`.
-    pub flow_text: &'a str,
+    /// What was flagged: the flow, or the port for `dead_vlan`.
+    pub subject: FindingSubject<'a>,
+}
+
+/// What a [`DirtyFinding`] flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FindingSubject<'a> {
+    /// A port, as `port NAME tag=4095` (`dead_vlan`).
+    Port(&'a str),
+    /// A flow.
+    Flow(&'a FlowEntry),
+}
+
+impl<'a> DirtyFinding<'a> {
+    /// The flow in `ovs-ofctl` text form (rendered on each call, see [`FlowEntry::text`]), or
+    /// `port NAME tag=4095` for `dead_vlan`.
+    pub fn flow_text(&self) -> Cow<'a, str> {
+        match self.subject {
+            FindingSubject::Port(t) => Cow::Borrowed(t),
+            FindingSubject::Flow(f) => Cow::Owned(f.text()),
+        }
+    }
 }
 
 /// Whether an ofport number is a reserved port (`IN_PORT`, `TABLE`, `NORMAL`, `FLOOD`, `ALL`,
@@ -94,8 +115,9 @@ struct FlowRec {
     dirty: u64,
     /// Bits of the user rules (they depend on the flow alone).
     user: u64,
-    /// When a stale-cookie re-check is scheduled.
-    timer_at: Option<Instant>,
+    /// Whether its stale-cookie re-check is scheduled (always at `added + grace`: the grace period
+    /// is fixed for the index's lifetime, so the instant need not be kept).
+    timer_set: bool,
 }
 
 #[derive(Debug)]
@@ -425,7 +447,7 @@ impl BridgeIndex {
                 added,
                 dirty: 0,
                 user: 0,
-                timer_at: None,
+                timer_set: false,
             });
         }
         let mut affected = if conj {
@@ -786,7 +808,7 @@ impl BridgeIndex {
             match self.stale_state(rules, rec, now) {
                 StaleState::Fresh => {}
                 StaleState::Stale => bits |= BuiltinRule::StaleCookie.bit(),
-                StaleState::Pending(at) if rec.timer_at != Some(at) => timer = Some(at),
+                StaleState::Pending(at) if !rec.timer_set => timer = Some(at),
                 StaleState::Pending(_) => {}
             }
         }
@@ -806,7 +828,7 @@ impl BridgeIndex {
             self.dirty_ids.remove(&id);
         }
         if let Some(at) = timer {
-            rec.timer_at = Some(at);
+            rec.timer_set = true;
             self.timers.entry(at).or_default().push(Timer::Flow(id));
         }
         if old != bits {
@@ -1031,7 +1053,7 @@ impl DirtyFlowIndex {
                     rule: BuiltinRule::DeadVlan.name(),
                     table: None,
                     cookie: None,
-                    flow_text: text,
+                    subject: FindingSubject::Port(text),
                 });
             let flows = b
                 .dirty_ids
@@ -1046,7 +1068,7 @@ impl DirtyFlowIndex {
                                 rule: rules.name_of_bit(bit)?,
                                 table: Some(r.entry.table),
                                 cookie: Some(r.entry.cookie),
-                                flow_text: &r.entry.text,
+                                subject: FindingSubject::Flow(&r.entry),
                             })
                         })
                 });

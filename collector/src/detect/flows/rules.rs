@@ -328,7 +328,7 @@ impl CompiledUserRule {
             return false;
         }
         if let Some(re) = &self.regex
-            && !re.is_match(&flow.text)
+            && !re.is_match(&flow.text())
         {
             return false;
         }

@@ -5,7 +5,7 @@ use super::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::model::flows::FieldMatch;
+use crate::model::flows::{FieldMatch, FlowSource};
 
 /// An exact match field of `len` bytes.
 fn m(field: &'static str, value: u128, len: usize) -> FieldMatch {
@@ -61,10 +61,13 @@ fn flow(
         table,
         priority,
         cookie,
-        text: format!(
-            "cookie={cookie:#x}, table={table}, priority={priority},{} actions={}",
-            mtext.join(","),
-            atext.join(",")
+        source: FlowSource::Text(
+            format!(
+                "cookie={cookie:#x}, table={table}, priority={priority},{} actions={}",
+                mtext.join(","),
+                atext.join(",")
+            )
+            .into(),
         ),
         matches: matches.into(),
         actions: actions.into(),
@@ -105,7 +108,7 @@ fn dirty_texts(idx: &DirtyFlowIndex, rule: &str) -> Vec<String> {
     let mut v: Vec<String> = idx
         .findings()
         .filter(|f| f.rule == rule)
-        .map(|f| f.flow_text.to_string())
+        .map(|f| f.flow_text().into_owned())
         .collect();
     v.sort();
     v
@@ -135,7 +138,7 @@ fn output_to_missing_port() {
             0,
             vec![],
             vec![
-                FlowAction::Reserved("NORMAL".into()),
+                FlowAction::Reserved("NORMAL"),
                 out(0xffff_fffd),
                 out(0xfffe),
             ],
@@ -166,7 +169,7 @@ fn output_to_missing_port() {
         .findings()
         .filter(|f| f.rule == "output_to_missing_port")
         .collect();
-    assert!(f[0].flow_text.contains("priority=11"), "{f:?}");
+    assert!(f[0].flow_text().contains("priority=11"), "{f:?}");
     assert_eq!(f[0].table, Some(0));
 }
 
@@ -491,10 +494,7 @@ fn unreachable() {
         vec![out(3)],
     );
     idx.upsert_flow(BR, wide.clone(), now);
-    assert_eq!(
-        dirty_texts(&idx, "unreachable"),
-        vec![specific.text.clone()]
-    );
+    assert_eq!(dirty_texts(&idx, "unreachable"), vec![specific.text()]);
     // Same priority does not shadow.
     idx.remove_flow(BR, &key_of(&wide), now);
     assert_eq!(count(&idx, BR, "unreachable"), 0);
@@ -570,7 +570,7 @@ fn ambiguous_priority() {
     let got = dirty_texts(&idx, "ambiguous_priority");
     // b overlaps a, the nw_proto flow and in_port=2,ip (all ip at prio 50, different actions).
     assert_eq!(got.len(), 4, "{got:?}");
-    assert!(got.contains(&a.text) && got.contains(&b.text));
+    assert!(got.contains(&a.text()) && got.contains(&b.text()));
     idx.remove_flow(BR, &key_of(&b), now);
     assert_eq!(count(&idx, BR, "ambiguous_priority"), 0);
     // Masked overlap: 10.0.0.0/8 vs 10.1.0.0/16 on otherwise equal matches.
@@ -718,7 +718,7 @@ fn dead_vlan() {
     assert_eq!(count(&idx, BR, "dead_vlan"), 1);
     let f: Vec<_> = idx.findings().collect();
     assert_eq!(f.len(), 1);
-    assert_eq!(f[0].flow_text, "port tap1 tag=4095");
+    assert_eq!(f[0].flow_text(), "port tap1 tag=4095");
     assert_eq!((f[0].table, f[0].cookie), (None, None));
     idx.set_ports(BR, &ports(&[("tap1", 1, Some(7)), ("tap2", 2, None)]), now);
     assert_eq!(count(&idx, BR, "dead_vlan"), 0);
@@ -827,7 +827,7 @@ fn counts_present_for_every_rule_and_bridge() {
     idx.set_ports("br-ex", &ports(&[("eth0", 1, None)]), now);
     idx.upsert_flow(
         BR,
-        flow(0, 0, 0, vec![], vec![FlowAction::Reserved("NORMAL".into())]),
+        flow(0, 0, 0, vec![], vec![FlowAction::Reserved("NORMAL")]),
         now,
     );
     let c = idx.counts();
@@ -1153,16 +1153,16 @@ fn incremental_index_matches_brute_force() {
                 ),
                 ("ambiguous_priority", brute_ambiguous),
             ] {
-                let mut want: Vec<&str> = all
+                let mut want: Vec<String> = all
                     .iter()
                     .filter(|f| brute(f, &all))
-                    .map(|f| f.text.as_str())
+                    .map(|f| f.text())
                     .collect();
                 want.sort_unstable();
-                let mut got: Vec<&str> = idx
+                let mut got: Vec<String> = idx
                     .findings()
                     .filter(|x| x.rule == rule)
-                    .map(|x| x.flow_text)
+                    .map(|x| x.flow_text().into_owned())
                     .collect();
                 got.sort_unstable();
                 assert_eq!(got, want, "{rule}, round {round} step {step}");

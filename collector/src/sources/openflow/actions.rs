@@ -67,7 +67,7 @@ pub fn decode_instructions(
     };
     if let Some(m) = meter {
         let _ = write!(text, "meter:{m}");
-        acts.push(FlowAction::Other(format!("meter:{m}")));
+        acts.push(FlowAction::Other(format!("meter:{m}").into()));
     }
     if let Some(a) = apply {
         sep(text);
@@ -96,7 +96,7 @@ pub fn decode_instructions(
             text.push('/');
             c_hex(text, m as u128);
         }
-        let s = text.get(s0..).unwrap_or_default().to_string();
+        let s: Box<str> = text.get(s0..).unwrap_or_default().into();
         acts.push(FlowAction::Other(s));
     }
     if let Some(t) = goto {
@@ -111,7 +111,7 @@ pub fn decode_instructions(
         let _ = write!(text, "unknown_instruction(type={ty},");
         hex_bytes(text, body);
         text.push(')');
-        let s = text.get(s0..).unwrap_or_default().to_string();
+        let s: Box<str> = text.get(s0..).unwrap_or_default().into();
         acts.push(FlowAction::Other(s));
     }
     if text.len() == start {
@@ -149,7 +149,7 @@ pub fn decode_actions(buf: &[u8], text: &mut String, acts: &mut Vec<FlowAction>)
         match sem {
             Sem::Done => {}
             Sem::Other => {
-                let s = text.get(s0..).unwrap_or_default().to_string();
+                let s: Box<str> = text.get(s0..).unwrap_or_default().into();
                 acts.push(FlowAction::Other(s));
             }
         }
@@ -171,7 +171,7 @@ fn output(port: u32, max_len: u16, text: &mut String, acts: &mut Vec<FlowAction>
             if port == OFPP_CONTROLLER {
                 let _ = write!(text, ":{max_len}");
             }
-            acts.push(FlowAction::Reserved(name.to_string()));
+            acts.push(FlowAction::Reserved(name));
         }
         None if port >= 0xff00 => {
             fmt_port(text, port);
@@ -732,7 +732,7 @@ fn controller(
         }
         text.push(')');
     }
-    acts.push(FlowAction::Reserved("CONTROLLER".into()));
+    acts.push(FlowAction::Reserved("CONTROLLER"));
 }
 
 fn hash_fields(f: u16) -> &'static str {
@@ -1080,7 +1080,7 @@ mod tests {
         let (t, a) = render(&b);
         assert_eq!(t, "output:5,NORMAL,resubmit(,60),resubmit:5");
         assert_eq!(a[0], FlowAction::Output(5));
-        assert_eq!(a[1], FlowAction::Reserved("NORMAL".into()));
+        assert_eq!(a[1], FlowAction::Reserved("NORMAL"));
         assert_eq!(
             a[2],
             FlowAction::Resubmit {
@@ -1096,7 +1096,7 @@ mod tests {
         assert_eq!(t, "drop");
         let (t, a) = render(&act(99, &[1, 2, 3, 4]));
         assert_eq!(t, "unknown_action(type=99,0x01020304)");
-        assert!(matches!(&a[0], FlowAction::Other(s) if s == &t));
+        assert!(matches!(&a[0], FlowAction::Other(s) if **s == *t));
     }
 
     #[test]

@@ -532,18 +532,38 @@ pub enum FlowChange {
     },
 }
 
+/// A [`FlowChange`] tagged with the name of the bridge it happened on (what [`run_bridge`] sends).
+pub type TaggedChange = (Arc<str>, FlowChange);
+
+/// The sending half of a change channel with the bridge's tag.
+struct ChangeTx {
+    tag: Arc<str>,
+    tx: mpsc::Sender<TaggedChange>,
+}
+
+impl ChangeTx {
+    /// Sends one change (a closed channel is ignored: the mirror keeps the snapshots going).
+    async fn send(&self, change: FlowChange) {
+        let _ = self.tx.send((self.tag.clone(), change)).await;
+    }
+}
+
 /// Mirrors one bridge until `shutdown` becomes true: connects, dumps, follows the flow monitor,
 /// reconnects with exponential backoff after any error (ovs-vswitchd restart, bridge deleted and
 /// re-created, protocol error), rebuilding the state from a fresh dump each time.
 ///
 /// Snapshots go to `snapshots` (rate-limited by `publish_interval`); every individual change goes
-/// to `changes` when given (a full channel drops nothing: the loop waits, so size it generously).
+/// to `changes` when given, tagged with the bridge name ([`BridgeConfig::bridge`]), so that the
+/// mirrors of all bridges can share one channel (a full channel drops nothing: the loop waits, so
+/// size it generously).
 pub async fn run_bridge(
     cfg: BridgeConfig,
     snapshots: watch::Sender<Arc<BridgeSnapshot>>,
-    changes: Option<mpsc::Sender<FlowChange>>,
+    changes: Option<mpsc::Sender<TaggedChange>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let tag: Arc<str> = Arc::from(cfg.bridge.as_str());
+    let changes = changes.map(|tx| ChangeTx { tag, tx });
     let mut state = BridgeSnapshot {
         bridge: cfg.bridge.clone(),
         ..Default::default()
@@ -568,7 +588,7 @@ pub async fn run_bridge(
         state.taken = Some(Instant::now());
         publish(&cfg, &state, &snapshots);
         if let Some(tx) = &changes {
-            let _ = tx.send(FlowChange::Disconnected { error: err }).await;
+            tx.send(FlowChange::Disconnected { error: err }).await;
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = cfg.backoff_min;
@@ -585,7 +605,7 @@ async fn session(
     cfg: &BridgeConfig,
     state: &mut BridgeSnapshot,
     snapshots: &watch::Sender<Arc<BridgeSnapshot>>,
-    changes: Option<&mpsc::Sender<FlowChange>>,
+    changes: Option<&ChangeTx>,
 ) -> OfResult<()> {
     let mut c = OpenFlowClient::connect(cfg.socket_path(), cfg.request_timeout).await?;
     c.start_monitor().await?;
@@ -608,13 +628,12 @@ async fn session(
     state.taken = Some(Instant::now());
     publish(cfg, state, snapshots);
     if let Some(tx) = changes {
-        let _ = tx
-            .send(FlowChange::Resynced {
-                generation: state.generation,
-                flows: state.flows.len(),
-                table: state.flows.clone(),
-            })
-            .await;
+        tx.send(FlowChange::Resynced {
+            generation: state.generation,
+            flows: state.flows.len(),
+            table: state.flows.clone(),
+        })
+        .await;
     }
     let mut dirty = false;
     let mut tick = tokio::time::interval(cfg.publish_interval);
@@ -668,7 +687,7 @@ fn publish(
 async fn apply(
     state: &mut BridgeSnapshot,
     ev: MonitorEvent,
-    changes: Option<&mpsc::Sender<FlowChange>>,
+    changes: Option<&ChangeTx>,
     max_flows: usize,
 ) -> OfResult<()> {
     let change = match ev {
@@ -712,7 +731,7 @@ async fn apply(
         MonitorEvent::Paused | MonitorEvent::Resumed => return Ok(()),
     };
     if let Some(tx) = changes {
-        let _ = tx.send(change).await;
+        tx.send(change).await;
     }
     Ok(())
 }

@@ -29,8 +29,8 @@ pub mod render;
 pub mod wire;
 
 pub use client::{
-    BridgeConfig, BridgeSnapshot, FlowChange, FlowTable, MonitorEvent, OpenFlowClient, dump_bridge,
-    run_bridge,
+    BridgeConfig, BridgeSnapshot, FlowChange, FlowTable, MonitorEvent, OpenFlowClient,
+    TaggedChange, dump_bridge, run_bridge,
 };
 pub use render::{FlowStats, FlowUpdate, decode_flow_stats, decode_flow_updates, stats_line};
 pub use wire::{ErrorMsg, Features, OfError, OfResult, PortDesc};

@@ -4,14 +4,17 @@
 use super::actions::decode_instructions;
 use super::oxm::{Match, push_dec, push_hex, render_match};
 use super::wire::{OfError, OfResult, Rd};
-use crate::model::flows::FlowEntry;
+use crate::model::flows::{FlowEntry, FlowSource};
 use std::fmt::Write as _;
 
 /// A flow from a flow-stats dump, with the statistics that are not part of [`FlowEntry`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowStats {
-    /// The flow (its `text` is the `--no-stats` form).
+    /// The flow.
     pub entry: FlowEntry,
+    /// The flow's `--no-stats` text, rendered while decoding (what [`FlowEntry::text`] renders
+    /// again on demand; a dump is short-lived, so it keeps the text it has already rendered).
+    pub text: String,
     /// Seconds since the flow was installed.
     pub duration_sec: u32,
     /// Nanoseconds part of the duration.
@@ -45,7 +48,126 @@ struct Scratch {
     fields: Vec<crate::model::flows::FieldMatch>,
 }
 
-/// Builds the `--no-stats` text and the entry from decoded parts.
+/// The header fields a flow's text shows besides its match and instructions.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    table: u8,
+    priority: u16,
+    cookie: u64,
+    idle_timeout: u16,
+    hard_timeout: u16,
+    flags: u16,
+}
+
+/// Writes the `--no-stats` text of a flow into `text` (cleared first), collecting its semantic
+/// actions into `actions` (cleared first).
+fn render_into(
+    h: Head,
+    m: &Match,
+    instructions: &[u8],
+    text: &mut String,
+    actions: &mut Vec<crate::model::flows::FlowAction>,
+) -> OfResult<()> {
+    text.clear();
+    if h.cookie != 0 {
+        text.push_str("cookie=");
+        push_hex(text, h.cookie as u128);
+        text.push_str(", ");
+    }
+    if h.table != 0 {
+        text.push_str("table=");
+        push_dec(text, h.table as u64);
+        text.push_str(", ");
+    }
+    if h.idle_timeout != 0 {
+        let _ = write!(text, "idle_timeout={}, ", h.idle_timeout);
+    }
+    if h.hard_timeout != 0 {
+        let _ = write!(text, "hard_timeout={}, ", h.hard_timeout);
+    }
+    for (bit, name) in [
+        (1u16, "send_flow_rem "),
+        (2, "check_overlap "),
+        (4, "reset_counts "),
+        (8, "no_packet_counts "),
+        (16, "no_byte_counts "),
+    ] {
+        if h.flags & bit != 0 {
+            text.push_str(name);
+        }
+    }
+    let before = text.len();
+    render_match(text, m, h.priority);
+    if text.len() != before {
+        text.push(' ');
+    }
+    text.push_str("actions=");
+    actions.clear();
+    decode_instructions(instructions, text, actions)
+}
+
+/// The OXM TLVs of the `ofp_match` at the start of `buf` (which must have decoded already).
+fn match_tlvs(buf: &[u8]) -> &[u8] {
+    let len = buf
+        .get(2..4)
+        .map_or(4, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    buf.get(4..len).unwrap_or_default()
+}
+
+/// The compact wire form stored in [`FlowSource::Wire`].
+fn wire_source(flags: u16, tlvs: &[u8], instructions: &[u8]) -> OfResult<FlowSource> {
+    let tlv_len = u16::try_from(tlvs.len())
+        .map_err(|_| OfError::Malformed(format!("match of {} bytes", tlvs.len())))?;
+    let mut v = Vec::with_capacity(4 + tlvs.len() + instructions.len());
+    v.extend_from_slice(&flags.to_be_bytes());
+    v.extend_from_slice(&tlv_len.to_be_bytes());
+    v.extend_from_slice(tlvs);
+    v.extend_from_slice(instructions);
+    Ok(FlowSource::Wire(v.into_boxed_slice()))
+}
+
+/// Renders a flow's `ovs-ofctl -O OpenFlow13 dump-flows --no-stats` text from its
+/// [`FlowSource`] (see [`FlowEntry::text`]). A wire form that no longer decodes (impossible for
+/// entries built by the decoder, which decoded it once) renders as a comment saying so.
+pub fn flow_text(e: &FlowEntry) -> String {
+    match &e.source {
+        FlowSource::Text(t) => t.to_string(),
+        FlowSource::Wire(w) => render_wire(e, w).unwrap_or_else(|err| {
+            format!(
+                "table={}, priority={} <undecodable flow: {err}>",
+                e.table, e.priority
+            )
+        }),
+    }
+}
+
+fn render_wire(e: &FlowEntry, w: &[u8]) -> OfResult<String> {
+    let mut r = Rd::new(w, "stored flow");
+    let flags = r.u16()?;
+    let tlv_len = usize::from(r.u16()?);
+    let tlvs = r.take(tlv_len)?;
+    let m = Match::decode_tlvs(tlvs)?;
+    let mut text = String::with_capacity(128);
+    let mut actions = Vec::new();
+    render_into(
+        Head {
+            table: e.table,
+            priority: e.priority,
+            cookie: e.cookie,
+            idle_timeout: e.idle_timeout,
+            hard_timeout: e.hard_timeout,
+            flags,
+        },
+        &m,
+        r.rest(),
+        &mut text,
+        &mut actions,
+    )?;
+    Ok(text)
+}
+
+/// Builds the entry from decoded parts (rendering its text once, which validates the instructions
+/// and yields the semantic actions; the text itself is not kept).
 #[expect(clippy::too_many_arguments, reason = "mirrors the wire fields")]
 fn build_entry(
     table: u8,
@@ -55,48 +177,26 @@ fn build_entry(
     hard_timeout: u16,
     flags: u16,
     m: &Match,
+    tlvs: &[u8],
     instructions: &[u8],
     n_packets: u64,
     n_bytes: u64,
     scratch: &mut Scratch,
 ) -> OfResult<FlowEntry> {
-    let text = &mut scratch.text;
-    text.clear();
-    if cookie != 0 {
-        text.push_str("cookie=");
-        push_hex(text, cookie as u128);
-        text.push_str(", ");
-    }
-    if table != 0 {
-        text.push_str("table=");
-        push_dec(text, table as u64);
-        text.push_str(", ");
-    }
-    if idle_timeout != 0 {
-        let _ = write!(text, "idle_timeout={idle_timeout}, ");
-    }
-    if hard_timeout != 0 {
-        let _ = write!(text, "hard_timeout={hard_timeout}, ");
-    }
-    for (bit, name) in [
-        (1u16, "send_flow_rem "),
-        (2, "check_overlap "),
-        (4, "reset_counts "),
-        (8, "no_packet_counts "),
-        (16, "no_byte_counts "),
-    ] {
-        if flags & bit != 0 {
-            text.push_str(name);
-        }
-    }
-    let before = text.len();
-    render_match(text, m, priority);
-    if text.len() != before {
-        text.push(' ');
-    }
-    text.push_str("actions=");
-    scratch.actions.clear();
-    decode_instructions(instructions, text, &mut scratch.actions)?;
+    render_into(
+        Head {
+            table,
+            priority,
+            cookie,
+            idle_timeout,
+            hard_timeout,
+            flags,
+        },
+        m,
+        instructions,
+        &mut scratch.text,
+        &mut scratch.actions,
+    )?;
     Ok(FlowEntry {
         table,
         priority,
@@ -104,7 +204,7 @@ fn build_entry(
         matches: m.field_matches_with(&mut scratch.fields),
         // Exact-size copies: the scratch buffers are reused for the next flow.
         actions: scratch.actions.drain(..).collect(),
-        text: text.as_str().to_owned(),
+        source: wire_source(flags, tlvs, instructions)?,
         idle_timeout,
         hard_timeout,
         n_packets,
@@ -140,6 +240,7 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
         let cookie = f.u64()?;
         let packets = f.u64()?;
         let bytes = f.u64()?;
+        let mbuf = f.rest();
         m.read_ofp_match_into(&mut f)?;
         let entry = build_entry(
             table,
@@ -149,6 +250,7 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
             hard,
             flags,
             &m,
+            match_tlvs(mbuf),
             f.rest(),
             packets,
             bytes,
@@ -156,6 +258,7 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
         )?;
         out.push(FlowStats {
             entry,
+            text: scratch.text.as_str().to_owned(),
             duration_sec,
             duration_nsec,
             flags,
@@ -197,6 +300,7 @@ pub fn decode_flow_updates(body: &[u8], out: &mut Vec<FlowUpdate>) -> OfResult<(
         let table = u.u8()?;
         u.skip(1)?;
         let cookie = u.u64()?;
+        let mbuf = u.rest();
         let m = Match::read_ofp_match(&mut u)?;
         let entry = build_entry(
             table,
@@ -206,6 +310,7 @@ pub fn decode_flow_updates(body: &[u8], out: &mut Vec<FlowUpdate>) -> OfResult<(
             hard,
             0,
             &m,
+            match_tlvs(mbuf),
             u.rest(),
             0,
             0,
@@ -224,14 +329,15 @@ pub fn decode_flow_updates(body: &[u8], out: &mut Vec<FlowUpdate>) -> OfResult<(
 /// (`cookie=…, duration=…s, table=…, n_packets=…, n_bytes=…, …`), without the leading space.
 pub fn stats_line(f: &FlowStats) -> String {
     let e = &f.entry;
-    let mut rest = e.text.as_str();
+    let text = &f.text;
+    let mut rest = text.as_str();
     if e.cookie != 0 {
         rest = rest.split_once(", ").map(|(_, r)| r).unwrap_or(rest);
     }
     if e.table != 0 {
         rest = rest.split_once(", ").map(|(_, r)| r).unwrap_or(rest);
     }
-    let mut s = String::with_capacity(e.text.len() + 64);
+    let mut s = String::with_capacity(text.len() + 64);
     let _ = write!(s, "cookie={:#x}, duration={}", e.cookie, f.duration_sec);
     if f.duration_nsec > 0 {
         let frac = format!("{:09}", f.duration_nsec);
@@ -276,7 +382,12 @@ mod tests {
             let mp = MultipartReply::parse(&body).unwrap();
             decode_flow_stats(mp.body, &mut flows).unwrap();
         }
-        let mut ours: Vec<String> = flows.iter().map(|f| f.entry.text.clone()).collect();
+        let mut ours: Vec<String> = flows.iter().map(|f| f.entry.text()).collect();
+        // The text rendered while decoding and the one rendered on demand from the stored
+        // wire form are the same.
+        for (f, t) in flows.iter().zip(&ours) {
+            assert_eq!(&f.text, t);
+        }
         let expected = String::from_utf8(fixture("neutron-dump.ofctl.txt")).unwrap();
         let mut theirs: Vec<String> = expected.lines().map(|l| l.trim().to_string()).collect();
         ours.sort();
@@ -315,11 +426,11 @@ mod tests {
                 FlowUpdate::Deleted(c),
             ] => {
                 assert_eq!(
-                    a.text,
+                    a.text(),
                     format!("{m}ct(commit,zone=NXM_NX_REG6[0..15]),resubmit(,31)")
                 );
-                assert_eq!(b.text, format!("{m}output:3"));
-                assert_eq!(c.text, b.text);
+                assert_eq!(b.text(), format!("{m}output:3"));
+                assert_eq!(c.text(), b.text());
                 assert_eq!(a.key(), c.key());
             }
             other => panic!("unexpected updates {other:#?}"),
@@ -336,7 +447,7 @@ mod tests {
             let mp = MultipartReply::parse(&body).unwrap();
             decode_flow_stats(mp.body, &mut flows).unwrap();
         }
-        let ours: Vec<String> = flows.iter().map(|f| f.entry.text.clone()).collect();
+        let ours: Vec<String> = flows.iter().map(|f| f.entry.text()).collect();
         let expected = String::from_utf8(fixture("edge-dump.ofctl.txt")).unwrap();
         let theirs: Vec<String> = expected.lines().map(|l| l.trim().to_string()).collect();
         assert_eq!(ours, theirs);
@@ -407,7 +518,7 @@ mod tests {
                         decode_flow_stats(b, &mut out).unwrap();
                     }
                 }
-                let keys: usize = out.iter().map(|f| f.entry.text.len()).sum();
+                let keys: usize = out.iter().map(|f| f.entry.text().len()).sum();
                 assert!(keys > 0);
                 let took = cpu_now() - t;
                 cold.get_or_insert(took);
