@@ -76,6 +76,22 @@ fn malformed_state_files_are_counted_and_the_good_domain_keeps_being_served() {
         select(&s, "pinflow_source_up", &[("source", "sched_bpf")])[0].value,
         0.0
     );
+    // No OVS on this path: the OVS sources say so instead of claiming to be up.
+    for src in ["ovsdb", "openflow"] {
+        let down = wait_for(Duration::from_secs(5), || {
+            let s = pf.scrape();
+            (select(&s, "pinflow_source_up", &[("source", src)])
+                .first()?
+                .value
+                == 0.0)
+                .then_some(())
+        });
+        assert!(
+            down.is_some(),
+            "{src} must be down without OVS\n{}",
+            pf.log()
+        );
+    }
     let before = errors(&pf);
     assert!(before >= 1.0, "the truncated file is counted: {before}");
     assert!(

@@ -101,6 +101,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
         }
     };
     let (db_tx, mut db_rx) = watch::channel(OvsdbSnapshot::default());
+    let mut db_connected = false;
     tokio::spawn(ovsdb::run_ovsdb(
         run_dir.clone(),
         db_tx,
@@ -130,6 +131,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
                     return;
                 }
                 let snap = db_rx.borrow_and_update().clone();
+                db_connected = snap.connected;
                 if snap.connected {
                     bridges = snap.bridges;
                     index.sync_bridges(&bridges, Instant::now());
@@ -152,7 +154,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
             _ = tokio::time::sleep(timeout) => {}
         }
         if dirty && last_publish.elapsed() >= PUBLISH_INTERVAL {
-            publish(&index, &tasks, &bridges, &state);
+            publish(&index, &tasks, &bridges, db_connected, &state);
             last_publish = Instant::now();
             dirty = false;
         }
@@ -244,6 +246,7 @@ fn publish(
     index: &DirtyFlowIndex,
     tasks: &HashMap<String, BridgeTask>,
     bridges: &BTreeMap<String, Bridge>,
+    db_connected: bool,
     state: &SharedState,
 ) {
     let t0 = Instant::now();
@@ -339,7 +342,12 @@ fn publish(
             ));
         }
     }
-    if down.is_empty() {
+    if tasks.is_empty() && !db_connected {
+        // No bridge list yet: nothing was read, so the source is not up.
+        state
+            .sources
+            .down(source::OPENFLOW, "waiting for OVSDB to list the bridges");
+    } else if down.is_empty() {
         state.sources.up(
             source::OPENFLOW,
             format!("{} bridge(s)", tasks.len()),
