@@ -290,25 +290,36 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
         index.sync_bridges(&bridges, now);
         let mut out = String::new();
         for name in bridges.keys() {
-            let (_, _, flows) = openflow::dump_bridge(
-                &s.ovs_run_dir,
-                name,
-                std::time::Duration::from_secs(10),
-                1_000_000,
-            )
-            .await
-            .with_context(|| format!("cannot dump flows of {name}"))?;
+            let timeout = std::time::Duration::from_secs(10);
             if a.dirty {
+                let (_, _, flows) = openflow::dump_bridge(&s.ovs_run_dir, name, timeout, 1_000_000)
+                    .await
+                    .with_context(|| format!("cannot dump flows of {name}"))?;
                 index.replace_flows(name, flows.into_iter().map(|f| f.entry), now);
             } else {
-                // Stream: a 100 000-flow table is not built up as one string first.
+                // Stream each flow out as it is decoded: a 100 000-flow table is never held in memory.
+                let path = s.ovs_run_dir.join(format!("{name}.mgmt"));
+                let mut client = openflow::OpenFlowClient::connect(&path, timeout)
+                    .await
+                    .with_context(|| format!("cannot connect to {}", path.display()))?;
                 let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                for f in &flows {
-                    if a.no_stats {
-                        writeln!(w, " {}", f.text)?;
-                    } else {
-                        writeln!(w, " {}", openflow::stats_line(f))?;
-                    }
+                let mut write_error = None;
+                client
+                    .dump_flows_each(1_000_000, |f| {
+                        if write_error.is_some() {
+                            return;
+                        }
+                        let r = if a.no_stats {
+                            writeln!(w, " {}", f.text)
+                        } else {
+                            writeln!(w, " {}", openflow::stats_line(&f))
+                        };
+                        write_error = r.err();
+                    })
+                    .await
+                    .with_context(|| format!("cannot dump flows of {name}"))?;
+                if let Some(e) = write_error {
+                    return Err(e.into());
                 }
                 w.flush()?;
             }
