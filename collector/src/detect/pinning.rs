@@ -125,8 +125,6 @@ pub struct DomainReport {
     pub nova: Option<NovaInstance>,
     /// Whether any vCPU is pinned.
     pub pinned: bool,
-    /// Host-side tap devices of the domain's interfaces (to join OVS ports).
-    pub interfaces: Vec<String>,
     /// Drifted vCPU count per check (every check present).
     pub drifted_vcpus: BTreeMap<Check, u32>,
     /// Every current drift.
@@ -345,12 +343,6 @@ fn evaluate_domain(
         uuid: d.uuid.clone(),
         nova: d.nova.clone(),
         pinned: d.is_pinned(),
-        interfaces: d
-            .interfaces
-            .iter()
-            .map(|i| i.target_dev.clone())
-            .filter(|t| !t.is_empty())
-            .collect(),
         drifted_vcpus,
         drifts,
         vcpus,

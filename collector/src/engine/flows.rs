@@ -251,15 +251,18 @@ fn publish(
 ) {
     let t0 = Instant::now();
     let pinning = state.pinning();
-    // tap name → domain, vm uuid → domain
-    let mut by_dev: HashMap<&str, &str> = HashMap::new();
-    let mut by_uuid: HashMap<&str, &str> = HashMap::new();
-    for d in &pinning.domains {
-        by_uuid.insert(d.uuid.as_str(), d.domain.as_str());
-        for dev in &d.interfaces {
-            by_dev.insert(dev.as_str(), d.domain.as_str());
-        }
-    }
+    // tap name → domain (the same interface list the datapath source joins on), vm uuid → domain
+    let local = state.local_macs();
+    let by_dev: HashMap<&str, &str> = local
+        .iter()
+        .filter(|i| !i.target_dev.is_empty())
+        .map(|i| (i.target_dev.as_str(), i.domain.as_str()))
+        .collect();
+    let by_uuid: HashMap<&str, &str> = pinning
+        .domains
+        .iter()
+        .map(|d| (d.uuid.as_str(), d.domain.as_str()))
+        .collect();
     let mut report = FlowsReport::default();
     let mut port_domain: HashMap<(&str, u32), String> = HashMap::new();
     for (bname, b) in bridges {

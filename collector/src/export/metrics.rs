@@ -416,7 +416,6 @@ mod tests {
                 uuid: "u".into(),
                 nova: None,
                 pinned: true,
-                interfaces: vec![],
                 drifted_vcpus: Check::ALL
                     .iter()
                     .map(|c| (*c, u32::from(*c == Check::Affinity)))
