@@ -5,6 +5,7 @@
 //! print SKIP and return — unless `PINFLOW_REQUIRE_PRIVILEGED=1` (set by `.ci/run`), where a skip
 //! is a failure.
 
+pub mod captured;
 pub mod libvirt;
 pub mod ovs;
 pub mod pinflow;

@@ -1,16 +1,12 @@
 //! pinflow end to end on captured host state (no privileges needed): a real libvirt 9 status file
 //! and the matching procfs/cgroupfs tree, plus malformed files dropped into the state dir while it runs.
 
+use pinflow_tests::captured::CapturedHost;
 use pinflow_tests::pinflow::{Pinflow, bin};
 use pinflow_tests::scrape::select;
 use pinflow_tests::wait_for;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../collector/tests/fixtures")
-}
 
 const NO_EBPF: &str = "[pinning]\ninterval_seconds = 0.2\nebpf = false\n";
 
@@ -25,30 +21,11 @@ fn errors(pf: &Pinflow) -> f64 {
 
 #[test]
 fn malformed_state_files_are_counted_and_the_good_domain_keeps_being_served() {
-    let state = tempfile::tempdir().expect("tempdir");
-    let f = fixtures();
-    std::fs::copy(
-        f.join("libvirt/run-libvirt-qemu/fx-nova.xml"),
-        state.path().join("fx-nova.xml"),
-    )
-    .expect("copy");
-    std::fs::copy(
-        f.join("libvirt/bad/truncated.xml"),
-        state.path().join("broken.xml"),
-    )
-    .expect("copy");
-    let hostfs = f.join("hostfs/v1-libvirt");
-    let pf = Pinflow::start(
-        NO_EBPF,
-        &[
-            "--libvirt-state-dir",
-            &state.path().to_string_lossy(),
-            "--proc-root",
-            &hostfs.join("proc").to_string_lossy(),
-            "--sys-root",
-            &hostfs.join("sys").to_string_lossy(),
-        ],
-    );
+    let host = CapturedHost::new();
+    host.add("libvirt/bad/truncated.xml", "broken.xml");
+    let args = host.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pf = Pinflow::start(NO_EBPF, &args);
     let s = pf.scrape();
     let info = select(&s, "pinflow_instance_info", &[("domain", "fx-nova")]);
     assert_eq!(
@@ -102,7 +79,7 @@ fn malformed_state_files_are_counted_and_the_good_domain_keeps_being_served() {
 
     // Another garbage file arrives: counted once, the good domain stays.
     std::fs::write(
-        state.path().join("garbage.xml"),
+        host.state.path().join("garbage.xml"),
         "<domstatus><vcpus><vcpu id='x'",
     )
     .expect("write");
@@ -129,7 +106,7 @@ fn malformed_state_files_are_counted_and_the_good_domain_keeps_being_served() {
     );
 
     // The domain's file disappears (domain destroyed): its series go.
-    std::fs::remove_file(state.path().join("fx-nova.xml")).expect("rm");
+    std::fs::remove_file(host.state.path().join("fx-nova.xml")).expect("rm");
     let gone = wait_for(Duration::from_secs(5), || {
         select(
             &pf.scrape(),
@@ -147,25 +124,14 @@ fn malformed_state_files_are_counted_and_the_good_domain_keeps_being_served() {
 
 #[test]
 fn pinning_table_and_json_from_captured_state() {
-    let f = fixtures();
-    let hostfs = f.join("hostfs/v1-libvirt");
-    let state = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
-        f.join("libvirt/run-libvirt-qemu/fx-nova.xml"),
-        state.path().join("fx-nova.xml"),
-    )
-    .expect("copy");
+    let host = CapturedHost::new();
     let args = |extra: &[&str]| {
-        let mut c = Command::new(bin());
-        c.arg("pinning")
+        Command::new(bin())
+            .arg("pinning")
             .args(extra)
-            .arg("--libvirt-state-dir")
-            .arg(state.path())
-            .arg("--proc-root")
-            .arg(hostfs.join("proc"))
-            .arg("--sys-root")
-            .arg(hostfs.join("sys"));
-        c.output().expect("run pinflow pinning")
+            .args(host.args())
+            .output()
+            .expect("run pinflow pinning")
     };
     let out = args(&[]);
     assert!(out.status.success());

@@ -3,6 +3,7 @@
 //! an agent bug would, observed on pinflow's /metrics and /api/v1/flows/dirty, then repaired; an
 //! ovs-vswitchd restart; and `pinflow flows` against `ovs-ofctl dump-flows` on several hundred flows.
 
+use pinflow_tests::captured::CapturedHost;
 use pinflow_tests::ovs::Ovs;
 use pinflow_tests::pinflow::{Pinflow, bin};
 use pinflow_tests::scrape::{Sample, select};
@@ -62,26 +63,17 @@ fn load_clean(ovs: &Ovs) {
     ovs.ofctl(&["replace-flows", "br-int", &flows.to_string_lossy()]);
 }
 
-/// pinflow with the libvirt fixture (so fx-nova owns tapfx000a1) and a short stale-cookie grace.
-fn pinflow_on(ovs: &Ovs, state: &tempfile::TempDir) -> Pinflow {
-    let fx = root().join("collector/tests/fixtures");
-    std::fs::copy(
-        fx.join("libvirt/run-libvirt-qemu/fx-nova.xml"),
-        state.path().join("fx-nova.xml"),
-    )
-    .expect("copy");
+/// pinflow on the captured host (so fx-nova owns tapfx000a1) and a short stale-cookie grace.
+fn pinflow_on(ovs: &Ovs, host: &CapturedHost) -> Pinflow {
+    let mut args = vec![
+        "--ovs-run-dir".to_string(),
+        ovs.run_dir().to_string_lossy().into_owned(),
+    ];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Pinflow::start(
         "[pinning]\nebpf = false\n[flows]\nstale_cookie_grace_secs = 1\n",
-        &[
-            "--ovs-run-dir",
-            &ovs.run_dir().to_string_lossy(),
-            "--libvirt-state-dir",
-            &state.path().to_string_lossy(),
-            "--proc-root",
-            &fx.join("hostfs/v1-libvirt/proc").to_string_lossy(),
-            "--sys-root",
-            &fx.join("hostfs/v1-libvirt/sys").to_string_lossy(),
-        ],
+        &args,
     )
 }
 
@@ -137,8 +129,8 @@ fn each_anomaly_rises_to_its_exact_count_and_falls_when_fixed() {
         return;
     }
     let ovs = br_int();
-    let state = tempfile::tempdir().expect("tempdir");
-    let pf = pinflow_on(&ovs, &state);
+    let host = CapturedHost::new();
+    let pf = pinflow_on(&ovs, &host);
     let (s, took) = expect_clean(&pf);
     eprintln!("clean table mirrored {took:?} after start");
     assert_eq!(
@@ -281,8 +273,8 @@ fn ovs_vswitchd_restart_and_agent_resync_are_followed() {
         return;
     }
     let ovs = br_int();
-    let state = tempfile::tempdir().expect("tempdir");
-    let pf = pinflow_on(&ovs, &state);
+    let host = CapturedHost::new();
+    let pf = pinflow_on(&ovs, &host);
     let (s, _) = expect_clean(&pf);
     let errors_before =
         select(&s, "pinflow_source_errors_total", &[("source", "openflow")])[0].value;
