@@ -15,6 +15,8 @@
 //! - (d) RSS of `pinflow serve` with the 100 000 flows mirrored.
 //!
 //! Knobs (environment): `PINFLOW_BENCH_FLOWS_STEADY_SECS` (steady-state phase length, default 30).
+//! `PINFLOW_BENCH_FLOWS_HOLD=FILE`: set up the 100 000-flow bridge, write its run dir to FILE and
+//! keep it up until FILE is removed (for profiling by hand).
 //! Needs root and the OVS daemons and tools (`ovsdb-server`, `ovs-vswitchd`, `ovs-vsctl`, `ovs-ofctl`).
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -542,6 +544,20 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     ovs.vsctl(&refs);
     let vs = vswitchd_pid(&ovs)?;
 
+    if let Some(hold) = std::env::var_os("PINFLOW_BENCH_FLOWS_HOLD") {
+        // Profiling aid: leave the 100 000-flow bridge up until the named file is removed.
+        load_flows(&ovs, 100_000)?;
+        std::fs::write(&hold, ovs.run_dir().to_string_lossy().as_bytes())?;
+        println!(
+            "OVS run dir {} ({BRIDGE}, 100 000 flows); remove {} to stop",
+            ovs.run_dir().display(),
+            Path::new(&hold).display()
+        );
+        while Path::new(&hold).exists() {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        return Ok(());
+    }
     let mut rows: Vec<[String; 4]> = Vec::new();
     let mut costs = Vec::new();
     for n in [10_000usize, 100_000] {
