@@ -53,8 +53,9 @@ fn kernel_release() -> String {
 
 fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(s.config.as_deref())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: the daemon's work is small and event-driven, and a second
+    // worker only adds cross-thread wake-ups (each costs more than most events' own work).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;

@@ -15,6 +15,7 @@
 //! - (d) RSS of `pinflow serve` with the 100 000 flows mirrored.
 //!
 //! Knobs (environment): `PINFLOW_BENCH_FLOWS_STEADY_SECS` (steady-state phase length, default 30).
+//! `PINFLOW_BENCH_FLOWS_QUICK=1`: skip the one-shot dump comparison.
 //! `PINFLOW_BENCH_FLOWS_HOLD=FILE`: set up the 100 000-flow bridge, write its run dir to FILE and
 //! keep it up until FILE is removed (for profiling by hand).
 //! Needs root and the OVS daemons and tools (`ovsdb-server`, `ovs-vswitchd`, `ovs-vsctl`, `ovs-ofctl`).
@@ -467,10 +468,141 @@ impl Drop for Serve {
     }
 }
 
-/// Applies 10 changes per second for `secs` (add, then delete, of churn flows), calling `during`
-/// once per change slot with the elapsed time.
+/// A persistent OpenFlow 1.3 connection that applies flow changes, as a Neutron agent does (one
+/// long-lived controller connection): a `FLOW_MOD` plus a barrier per change. Driving the churn
+/// through `ovs-ofctl` instead would cost ovs-vswitchd a connection set-up per change, several times
+/// the change itself, and bury the collectors' share in that noise.
+struct FlowMods {
+    sock: std::os::unix::net::UnixStream,
+    xid: u32,
+}
+
+const OFP13: u8 = 4;
+
+impl FlowMods {
+    fn connect(ovs: &Ovs) -> Result<FlowMods> {
+        let path = ovs.run_dir().join(format!("{BRIDGE}.mgmt"));
+        let sock = std::os::unix::net::UnixStream::connect(&path)
+            .with_context(|| format!("connect {}", path.display()))?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut c = FlowMods { sock, xid: 0 };
+        c.send(0, &[])?; // HELLO
+        let (t, _) = c.recv()?;
+        ensure!(t == 0, "expected HELLO from the switch, got type {t}");
+        Ok(c)
+    }
+
+    /// Sends a request with a new xid.
+    fn send(&mut self, msg_type: u8, body: &[u8]) -> Result<u32> {
+        self.xid += 1;
+        self.send_xid(msg_type, self.xid, body)?;
+        Ok(self.xid)
+    }
+
+    fn send_xid(&mut self, msg_type: u8, xid: u32, body: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let len = u16::try_from(8 + body.len())?;
+        let mut m = vec![OFP13, msg_type];
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend_from_slice(&xid.to_be_bytes());
+        m.extend_from_slice(body);
+        self.sock.write_all(&m)?;
+        Ok(())
+    }
+
+    /// Reads one message: (type, xid).
+    fn recv(&mut self) -> Result<(u8, u32)> {
+        let mut h = [0u8; 8];
+        self.sock.read_exact(&mut h)?;
+        let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let mut body = vec![0u8; len.saturating_sub(8)];
+        self.sock.read_exact(&mut body)?;
+        if h[1] == 1 {
+            bail!(
+                "switch sent OpenFlow error {:02x?}",
+                &body[..body.len().min(4)]
+            );
+        }
+        Ok((h[1], u32::from_be_bytes([h[4], h[5], h[6], h[7]])))
+    }
+
+    /// Sends a barrier and waits for its reply (so the change is applied, and errors surface).
+    fn barrier(&mut self) -> Result<()> {
+        let xid = self.send(20, &[])?;
+        loop {
+            match self.recv()? {
+                (21, x) if x == xid => return Ok(()),
+                (2, x) => self.send_xid(3, x, &[])?, // echo reply
+                _ => {}
+            }
+        }
+    }
+
+    /// Adds (`add`) or strictly deletes churn flow `slot`:
+    /// `table=82,priority=76,ct_state=+new-est,tcp,reg5=P,nw_src=192.168.S.S,tp_dst=443,actions=output:P`.
+    fn churn_flow(&mut self, slot: u32, add: bool) -> Result<()> {
+        let port = slot % PORTS + 1;
+        let oxm = |out: &mut Vec<u8>, class: u16, field: u8, value: &[u8], mask: Option<&[u8]>| {
+            out.extend_from_slice(&class.to_be_bytes());
+            out.push(field << 1 | u8::from(mask.is_some()));
+            out.push((value.len() * if mask.is_some() { 2 } else { 1 }) as u8);
+            out.extend_from_slice(value);
+            if let Some(m) = mask {
+                out.extend_from_slice(m);
+            }
+        };
+        let mut fields = Vec::new();
+        oxm(&mut fields, 0x8000, 5, &0x0800u16.to_be_bytes(), None); // eth_type
+        oxm(&mut fields, 0x8000, 10, &[6], None); // ip_proto
+        oxm(
+            &mut fields,
+            0x8000,
+            11,
+            &[192, 168, (slot >> 8) as u8, slot as u8],
+            None,
+        ); // ipv4_src
+        oxm(&mut fields, 0x8000, 14, &443u16.to_be_bytes(), None); // tcp_dst
+        oxm(&mut fields, 0x0001, 5, &port.to_be_bytes(), None); // NXM_NX_REG5
+        oxm(
+            &mut fields,
+            0x0001,
+            105,
+            &1u32.to_be_bytes(),
+            Some(&3u32.to_be_bytes()),
+        ); // ct_state=+new-est
+        let mut b = Vec::new();
+        b.extend_from_slice(&COOKIE.to_be_bytes());
+        b.extend_from_slice(&0u64.to_be_bytes()); // cookie mask
+        b.push(82); // table
+        b.push(if add { 0 } else { 4 }); // OFPFC_ADD / OFPFC_DELETE_STRICT
+        b.extend_from_slice(&[0, 0, 0, 0]); // idle, hard timeout
+        b.extend_from_slice(&76u16.to_be_bytes()); // priority
+        b.extend_from_slice(&u32::MAX.to_be_bytes()); // buffer id: none
+        b.extend_from_slice(&u32::MAX.to_be_bytes()); // out_port: any
+        b.extend_from_slice(&u32::MAX.to_be_bytes()); // out_group: any
+        b.extend_from_slice(&[0, 0, 0, 0]); // flags, pad
+        b.extend_from_slice(&1u16.to_be_bytes()); // OFPMT_OXM
+        b.extend_from_slice(&u16::try_from(4 + fields.len())?.to_be_bytes());
+        b.extend_from_slice(&fields);
+        b.resize(b.len() + (8 - (4 + fields.len()) % 8) % 8, 0);
+        if add {
+            b.extend_from_slice(&4u16.to_be_bytes()); // OFPIT_APPLY_ACTIONS
+            b.extend_from_slice(&24u16.to_be_bytes());
+            b.extend_from_slice(&[0; 4]);
+            b.extend_from_slice(&0u16.to_be_bytes()); // OFPAT_OUTPUT
+            b.extend_from_slice(&16u16.to_be_bytes());
+            b.extend_from_slice(&port.to_be_bytes());
+            b.extend_from_slice(&[0; 8]); // max_len, pad
+        }
+        self.send(14, &b)?; // OFPT_FLOW_MOD
+        self.barrier()
+    }
+}
+
+/// Applies 10 changes per second for `secs` (add, then strict delete, of churn flows) over one
+/// persistent OpenFlow connection, calling `during` once per change slot with the elapsed time.
 fn churn(ovs: &Ovs, secs: u64, mut during: impl FnMut(Duration)) -> Result<()> {
-    let mgmt = BRIDGE;
+    let mut conn = FlowMods::connect(ovs)?;
     let t0 = Instant::now();
     let total = secs * 10;
     for i in 0..total {
@@ -478,19 +610,7 @@ fn churn(ovs: &Ovs, secs: u64, mut during: impl FnMut(Duration)) -> Result<()> {
         if let Some(wait) = due.checked_sub(t0.elapsed()) {
             std::thread::sleep(wait);
         }
-        let slot = (i / 2 % 250) as u32;
-        let flow = format!(
-            "table=82,priority=76,ct_state=+new-est,tcp,reg5={:#x},nw_src=192.168.{}.{},tp_dst=443",
-            slot % PORTS + 1,
-            slot >> 8,
-            slot & 0xff
-        );
-        let st = if i % 2 == 0 {
-            ofctl_cmd(ovs, &["add-flow", mgmt, &format!("cookie={COOKIE:#x},{flow},actions=ct(commit,zone=NXM_NX_REG6[0..15]),output:{}", slot % PORTS + 1)]).status()?
-        } else {
-            ofctl_cmd(ovs, &["--strict", "del-flows", mgmt, &flow]).status()?
-        };
-        ensure!(st.success(), "ovs-ofctl change failed");
+        conn.churn_flow((i / 2 % 250) as u32, i % 2 == 0)?;
         during(t0.elapsed());
     }
     Ok(())
@@ -560,7 +680,12 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     }
     let mut rows: Vec<[String; 4]> = Vec::new();
     let mut costs = Vec::new();
-    for n in [10_000usize, 100_000] {
+    // `PINFLOW_BENCH_FLOWS_QUICK=1`: only the serve parts (RSS, latency, steady state).
+    let quick = std::env::var_os("PINFLOW_BENCH_FLOWS_QUICK").is_some();
+    if quick {
+        load_flows(&ovs, 100_000)?;
+    }
+    for n in [10_000usize, 100_000].into_iter().filter(|_| !quick) {
         crate::util::step(&format!(
             "flow bench: {n} flows, {REPS} dumps by each client"
         ));

@@ -3,14 +3,16 @@
 //!
 //! Event-driven end to end: OVSDB `update` notifications and OpenFlow flow-monitor events feed the
 //! index, which re-evaluates only the flows a change can affect. A report is published at most every
-//! 100 ms while changes arrive, and once a second for grace-period expiry (`stale_cookie`).
+//! 50 ms while changes arrive, and when a grace period (`stale_cookie`) ends; nothing runs while
+//! nothing changes.
 
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
+use crate::detect::pinning::PinningReport;
 use crate::engine::source;
 use crate::model::flows::Bridge;
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
 use crate::sources::ovsdb::{self, OvsdbSnapshot};
-use crate::state::SharedState;
+use crate::state::{LocalMacs, SharedState};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -76,12 +78,16 @@ pub struct FlowsReport {
     pub dirty: Vec<DirtyFlow>,
     /// How many dirty flows there are in all (`dirty` may hold fewer).
     pub dirty_total: usize,
-    /// Ports joined to instances.
-    pub ports: Vec<PortInfo>,
+    /// Ports joined to instances (shared between reports until a port or an instance changes).
+    pub ports: Arc<Vec<PortInfo>>,
 }
 
-/// Least time between two published reports while changes arrive.
-const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// Least time between two published reports while changes arrive. A change after a quieter
+/// spell is published at once (no extra wake-up); bursts are coalesced.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Longest sleep of an idle pipeline (nothing to publish, no grace period running).
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
 /// A running bridge mirror: its snapshot receiver and the switch that stops it.
 struct BridgeTask {
@@ -112,19 +118,19 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     let (change_tx, mut change_rx) = mpsc::channel::<TaggedChange>(4096);
     let mut tasks: HashMap<String, BridgeTask> = HashMap::new();
     let mut bridges: BTreeMap<String, Bridge> = BTreeMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut db_generation = 0u64;
+    let mut join = PortJoin::default();
     let mut dirty = true;
-    let mut last_publish = Instant::now() - Duration::from_secs(1);
+    let mut last_publish = Instant::now() - PUBLISH_INTERVAL;
     loop {
-        let timeout = if dirty {
-            // Wake up when the next publish is due, not a full interval later.
-            PUBLISH_INTERVAL
-                .saturating_sub(last_publish.elapsed())
-                .max(Duration::from_millis(1))
-        } else {
-            Duration::from_secs(3600)
-        };
+        // No periodic tick: sleep until the next publish is due (after a change) or the index's
+        // next grace-period deadline, whichever comes first; an idle host costs no wake-ups.
+        let publish_due = dirty.then(|| last_publish + PUBLISH_INTERVAL);
+        let wake = publish_due
+            .into_iter()
+            .chain(index.next_deadline())
+            .min()
+            .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
         tokio::select! {
             changed = db_rx.changed() => {
                 if changed.is_err() {
@@ -134,6 +140,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
                 db_connected = snap.connected;
                 if snap.connected {
                     bridges = snap.bridges;
+                    db_generation += 1;
                     index.sync_bridges(&bridges, Instant::now());
                     sync_tasks(&mut tasks, &bridges, &run_dir, &change_tx, &mut index);
                 }
@@ -147,14 +154,16 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
                 }
                 dirty = true;
             }
-            _ = tick.tick() => {
-                index.tick(Instant::now());
-                dirty = true;
-            }
-            _ = tokio::time::sleep(timeout) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        if index.next_deadline().is_some_and(|d| d <= now) {
+            index.tick(now);
+            dirty = true;
         }
         if dirty && last_publish.elapsed() >= PUBLISH_INTERVAL {
-            publish(&index, &tasks, &bridges, db_connected, &state);
+            join.refresh(&bridges, db_generation, &state);
+            publish(&index, &tasks, &join, db_connected, &state);
             last_publish = Instant::now();
             dirty = false;
         }
@@ -242,50 +251,92 @@ fn flow_ports(text: &str) -> impl Iterator<Item = u32> + '_ {
         .filter_map(|n| n.parse().ok())
 }
 
+/// The port → instance join, rebuilt only when its inputs change (not on every flow change).
+#[derive(Default)]
+struct PortJoin {
+    /// What it was built from: OVSDB generation, the interface list and the pinning report it read
+    /// (held, so that their addresses cannot be reused by newer ones).
+    built_from: Option<(u64, Arc<LocalMacs>, Arc<PinningReport>)>,
+    ports: Arc<Vec<PortInfo>>,
+    /// bridge → ofport → domain.
+    domains: HashMap<String, HashMap<u32, String>>,
+}
+
+impl PortJoin {
+    /// Brings the join up to date with `bridges` (OVSDB generation `db_generation`) and the
+    /// instances the pinning engine last published.
+    fn refresh(
+        &mut self,
+        bridges: &BTreeMap<String, Bridge>,
+        db_generation: u64,
+        state: &SharedState,
+    ) {
+        let pinning = state.pinning();
+        // tap name → domain (the same interface list the datapath source joins on), vm uuid → domain
+        let local = state.local_macs();
+        if self.built_from.as_ref().is_some_and(|(g, l, p)| {
+            *g == db_generation && Arc::ptr_eq(l, &local) && Arc::ptr_eq(p, &pinning)
+        }) {
+            return;
+        }
+        let by_dev: HashMap<&str, &str> = local
+            .iter()
+            .filter(|i| !i.target_dev.is_empty())
+            .map(|i| (i.target_dev.as_str(), i.domain.as_str()))
+            .collect();
+        let by_uuid: HashMap<&str, &str> = pinning
+            .domains
+            .iter()
+            .map(|d| (d.uuid.as_str(), d.domain.as_str()))
+            .collect();
+        let mut ports = Vec::new();
+        self.domains.clear();
+        for (bname, b) in bridges {
+            for p in b.ports.values() {
+                let domain = by_dev
+                    .get(p.name.as_str())
+                    .or_else(|| p.vm_uuid.as_deref().and_then(|u| by_uuid.get(u)))
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                if let Some(of) = p.ofport
+                    && !domain.is_empty()
+                {
+                    self.domains
+                        .entry(bname.clone())
+                        .or_default()
+                        .insert(of, domain.clone());
+                }
+                ports.push(PortInfo {
+                    bridge: bname.clone(),
+                    port: p.name.clone(),
+                    ofport: p.ofport,
+                    iface_id: p.iface_id.clone().unwrap_or_default(),
+                    domain,
+                });
+            }
+        }
+        self.ports = Arc::new(ports);
+        self.built_from = Some((db_generation, local.clone(), pinning.clone()));
+    }
+
+    /// The domain owning `ofport` on `bridge`, if any.
+    fn domain(&self, bridge: &str, ofport: u32) -> Option<&String> {
+        self.domains.get(bridge)?.get(&ofport)
+    }
+}
+
 fn publish(
     index: &DirtyFlowIndex,
     tasks: &HashMap<String, BridgeTask>,
-    bridges: &BTreeMap<String, Bridge>,
+    join: &PortJoin,
     db_connected: bool,
     state: &SharedState,
 ) {
     let t0 = Instant::now();
-    let pinning = state.pinning();
-    // tap name → domain (the same interface list the datapath source joins on), vm uuid → domain
-    let local = state.local_macs();
-    let by_dev: HashMap<&str, &str> = local
-        .iter()
-        .filter(|i| !i.target_dev.is_empty())
-        .map(|i| (i.target_dev.as_str(), i.domain.as_str()))
-        .collect();
-    let by_uuid: HashMap<&str, &str> = pinning
-        .domains
-        .iter()
-        .map(|d| (d.uuid.as_str(), d.domain.as_str()))
-        .collect();
-    let mut report = FlowsReport::default();
-    let mut port_domain: HashMap<(&str, u32), String> = HashMap::new();
-    for (bname, b) in bridges {
-        for p in b.ports.values() {
-            let domain = by_dev
-                .get(p.name.as_str())
-                .or_else(|| p.vm_uuid.as_deref().and_then(|u| by_uuid.get(u)))
-                .map(|d| d.to_string())
-                .unwrap_or_default();
-            if let Some(of) = p.ofport
-                && !domain.is_empty()
-            {
-                port_domain.insert((bname.as_str(), of), domain.clone());
-            }
-            report.ports.push(PortInfo {
-                bridge: bname.clone(),
-                port: p.name.clone(),
-                ofport: p.ofport,
-                iface_id: p.iface_id.clone().unwrap_or_default(),
-                domain,
-            });
-        }
-    }
+    let mut report = FlowsReport {
+        ports: join.ports.clone(),
+        ..Default::default()
+    };
     for ((bridge, rule), n) in index.counts() {
         report
             .dirty_counts
@@ -313,7 +364,7 @@ fn publish(
         group.sort_unstable_by(|a, b| a.1.cmp(&b.1));
         let room = MAX_REPORTED_DIRTY_FLOWS - report.dirty.len();
         for (f, text) in group.into_iter().take(room) {
-            let domain = flow_ports(&text).find_map(|p| port_domain.get(&(f.bridge, p)).cloned());
+            let domain = flow_ports(&text).find_map(|p| join.domain(f.bridge, p).cloned());
             report.dirty.push(DirtyFlow {
                 bridge: f.bridge.to_string(),
                 rule: f.rule.to_string(),

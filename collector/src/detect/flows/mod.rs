@@ -1031,12 +1031,20 @@ impl DirtyFlowIndex {
     }
 
     /// Advances time: flows whose grace period ended and superseded cookie generations are re-checked.
-    /// Call it periodically (every second is plenty); every mutating call also does it.
+    /// Call it at [`next_deadline`](Self::next_deadline); every mutating call also does it.
     pub fn tick(&mut self, now: Instant) {
         let rules = &self.rules;
         for b in self.bridges.values_mut() {
             b.tick(rules, now);
         }
+    }
+
+    /// When [`tick`](Self::tick) next has work: the earliest grace-period end, if any is pending.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.bridges
+            .values()
+            .filter_map(|b| b.timers.first_key_value().map(|(t, _)| *t))
+            .min()
     }
 
     /// Every current finding, bridge by bridge (`dead_vlan` ports first, then flows in index order).

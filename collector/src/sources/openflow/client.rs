@@ -380,9 +380,20 @@ impl OpenFlowClient {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(e);
             }
-            let m = self.recv().await?;
-            if let Some(ev) = self.as_event(&m)? {
-                self.pending.extend(ev);
+            // Not `recv`: that one keeps reading past events (it waits for a reply), which
+            // would hold each event back until the next message or a cancellation.
+            let m = self.recv_raw().await?;
+            match m.header.msg_type {
+                OFPT_ECHO_REQUEST => {
+                    let reply = wire::encode_echo_reply(m.header.xid, &m.body);
+                    self.send(&reply).await?;
+                }
+                OFPT_ERROR => return Err(OfError::Switch(wire::ErrorMsg::parse(&m.body)?)),
+                _ => {
+                    if let Some(ev) = self.as_event(&m)? {
+                        self.pending.extend(ev);
+                    }
+                }
             }
         }
     }
@@ -497,8 +508,9 @@ pub struct BridgeSnapshot {
     pub datapath_id: u64,
     /// Increases on every full resync (initial dump, reconnect).
     pub generation: u64,
-    /// Ports by OpenFlow port number (OF1.3 numbering, LOCAL = 0xfffffffe).
-    pub ports: BTreeMap<u32, PortDesc>,
+    /// Ports by OpenFlow port number (OF1.3 numbering, LOCAL = 0xfffffffe); shared by snapshots
+    /// until a port changes.
+    pub ports: Arc<BTreeMap<u32, PortDesc>>,
     /// Flows (counters as of the last dump; monitor updates keep the previous counters).
     pub flows: Arc<FlowTable>,
     /// When this snapshot was taken.
@@ -616,7 +628,7 @@ async fn session(
     })
     .await?;
     state.datapath_id = c.features().datapath_id;
-    state.ports = ports.into_iter().map(|p| (p.port_no, p)).collect();
+    state.ports = Arc::new(ports.into_iter().map(|p| (p.port_no, p)).collect());
     state.flows = Arc::new(table);
     state.generation += 1;
     state.connected = true;
@@ -635,10 +647,16 @@ async fn session(
         })
         .await;
     }
+    // No periodic tick: an idle mirror sleeps until its liveness probe is due; after a change it
+    // wakes once more, when the next snapshot may be published.
     let mut dirty = false;
-    let mut tick = tokio::time::interval(cfg.publish_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_publish = Instant::now();
     loop {
+        let wake = if dirty {
+            last_publish + cfg.publish_interval
+        } else {
+            Instant::now() + cfg.probe_interval / 2
+        };
         tokio::select! {
             ev = c.next_event() => {
                 let ev = ev?;
@@ -646,13 +664,16 @@ async fn session(
                     // Updates were dropped while paused; rebuild from a fresh session.
                     return Err(OfError::MonitorPaused);
                 }
+                // Without the table in its snapshots, only a port change alters what they show.
+                let shown = cfg.snapshot_flows || matches!(ev, MonitorEvent::Port { .. });
                 apply(state, ev, changes, cfg.max_flows).await?;
-                dirty = true;
+                dirty |= shown;
             }
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(wake.into()) => {
                 c.keepalive(cfg.probe_interval).await?;
                 if dirty {
-                    state.taken = Some(Instant::now());
+                    last_publish = Instant::now();
+                    state.taken = Some(last_publish);
                     publish(cfg, state, snapshots);
                     dirty = false;
                 }
@@ -721,10 +742,11 @@ async fn apply(
         }
         MonitorEvent::Flow(FlowUpdate::Abbreviated { .. }) => return Ok(()),
         MonitorEvent::Port { reason, port } => {
+            let ports = Arc::make_mut(&mut state.ports);
             if reason == 1 {
-                state.ports.remove(&port.port_no);
+                ports.remove(&port.port_no);
             } else {
-                state.ports.insert(port.port_no, port);
+                ports.insert(port.port_no, port);
             }
             FlowChange::PortsChanged
         }

@@ -242,6 +242,12 @@ fn poll_once(
     Ok(())
 }
 
+/// The openvswitch module's sysfs directory (present while the module is loaded).
+const MODULE_SYSFS: &str = "/sys/module/openvswitch";
+
+/// How often the OVS families are looked up while the module is not loaded.
+const FAMILY_REPROBE: Duration = Duration::from_secs(10);
+
 /// Polls the kernel datapath forever (blocking; run it on its own thread), publishing a
 /// [`DatapathReport`] and the source's health into `state`.
 pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfig) {
@@ -253,7 +259,17 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
     let mut drop_local = HashMap::new();
     let mut tracker = HealthTracker::default();
     report.flow_limit = health_cfg.flow_limit;
+    // When the last poll found no OVS family, the next probe (a dump of every generic netlink
+    // family) waits until the module shows up in sysfs or FAMILY_REPROBE has passed (a module
+    // built into the kernel has no sysfs directory).
+    let mut no_family_since: Option<Instant> = None;
     loop {
+        if no_family_since.is_some_and(|t| t.elapsed() < FAMILY_REPROBE)
+            && !std::path::Path::new(MODULE_SYSFS).exists()
+        {
+            std::thread::sleep(cfg.interval);
+            continue;
+        }
         let t0 = Instant::now();
         let c = match &mut client {
             Some(c) => Ok(c),
@@ -274,6 +290,10 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
                 &mut drop_local,
             )
         });
+        no_family_since = match &r {
+            Err(OvsDpError::NoFamily(_)) => Some(t0),
+            _ => None,
+        };
         match r {
             Ok(()) => {
                 let detail = format!("{} datapath(s)", report.datapaths.len());
