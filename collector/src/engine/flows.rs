@@ -203,7 +203,7 @@ fn sync_tasks(
     }
 }
 
-/// Applies one mirror change to the index. Entries are shared with the mirror (`Arc`), never copied.
+/// Applies one mirror change to the index (which keeps the entries: the mirror holds no table).
 fn apply_change(
     index: &mut DirtyFlowIndex,
     tasks: &HashMap<String, BridgeTask>,
@@ -217,7 +217,7 @@ fn apply_change(
             if !tasks.contains_key(bridge) {
                 return;
             }
-            index.replace_flows(bridge, table.values().cloned(), now);
+            index.replace_flows(bridge, table, now);
         }
         FlowChange::Added(f) | FlowChange::Modified(f) => index.upsert_flow(bridge, f, now),
         FlowChange::Deleted(f) => {

@@ -114,16 +114,26 @@ fn match_tlvs(buf: &[u8]) -> &[u8] {
     buf.get(4..len).unwrap_or_default()
 }
 
-/// The compact wire form stored in [`FlowSource::Wire`].
-fn wire_source(flags: u16, tlvs: &[u8], instructions: &[u8]) -> OfResult<FlowSource> {
+/// The header of the compact wire form of [`FlowSource::Wire`] (flags, TLV length); the TLVs and
+/// instructions follow it.
+fn wire_head(flags: u16, tlvs: &[u8]) -> OfResult<[u8; 4]> {
     let tlv_len = u16::try_from(tlvs.len())
         .map_err(|_| OfError::Malformed(format!("match of {} bytes", tlvs.len())))?;
-    let mut v = Vec::with_capacity(4 + tlvs.len() + instructions.len());
-    v.extend_from_slice(&flags.to_be_bytes());
-    v.extend_from_slice(&tlv_len.to_be_bytes());
-    v.extend_from_slice(tlvs);
-    v.extend_from_slice(instructions);
-    Ok(FlowSource::Wire(v.into_boxed_slice()))
+    let [a, b] = flags.to_be_bytes();
+    let [c, d] = tlv_len.to_be_bytes();
+    Ok([a, b, c, d])
+}
+
+/// The semantic actions of a stored wire form ([`FlowEntry::actions`]).
+pub fn wire_actions(w: &[u8]) -> OfResult<Vec<crate::model::flows::FlowAction>> {
+    let mut r = Rd::new(w, "stored flow");
+    r.skip(2)?;
+    let tlv_len = usize::from(r.u16()?);
+    r.skip(tlv_len)?;
+    let mut text = String::new();
+    let mut actions = Vec::new();
+    decode_instructions(r.rest(), &mut text, &mut actions)?;
+    Ok(actions)
 }
 
 /// Renders a flow's `ovs-ofctl -O OpenFlow13 dump-flows --no-stats` text from its
@@ -131,8 +141,8 @@ fn wire_source(flags: u16, tlvs: &[u8], instructions: &[u8]) -> OfResult<FlowSou
 /// entries built by the decoder, which decoded it once) renders as a comment saying so.
 pub fn flow_text(e: &FlowEntry) -> String {
     match &e.source {
-        FlowSource::Text(t) => t.to_string(),
-        FlowSource::Wire(w) => render_wire(e, w).unwrap_or_else(|err| {
+        FlowSource::Text(t) => t.text.to_string(),
+        FlowSource::Wire => render_wire(e, e.wire()).unwrap_or_else(|err| {
             format!(
                 "table={}, priority={} <undecodable flow: {err}>",
                 e.table, e.priority
@@ -197,14 +207,14 @@ fn build_entry(
         &mut scratch.text,
         &mut scratch.actions,
     )?;
+    let head = wire_head(flags, tlvs)?;
     Ok(FlowEntry {
         table,
         priority,
         cookie,
-        matches: m.field_matches_with(&mut scratch.fields),
-        // Exact-size copies: the scratch buffers are reused for the next flow.
-        actions: scratch.actions.drain(..).collect(),
-        source: wire_source(flags, tlvs, instructions)?,
+        // One allocation: the match with the wire form as its tail.
+        matches: m.field_matches_tail(&mut scratch.fields, &[&head, tlvs, instructions]),
+        source: FlowSource::Wire,
         idle_timeout,
         hard_timeout,
         n_packets,
