@@ -528,7 +528,8 @@ impl FlowSource {
 
 /// One OpenFlow flow entry as dumped or reported by a flow monitor.
 ///
-/// Stored compactly: the header fields inline, the normalized match and (for decoded flows) the
+/// Counters are not part of it (a dump's [`FlowStats`](crate::sources::openflow::FlowStats) has
+/// them). Stored compactly: the header fields inline, the normalized match and (for decoded flows) the
 /// wire form in one shared allocation. Its `ovs-ofctl dump-flows --no-stats` text is rendered on
 /// demand by [`FlowEntry::text`], its semantic actions decoded by [`FlowEntry::actions`]. Cloning
 /// is cheap (a reference-count increment).
@@ -549,10 +550,6 @@ pub struct FlowEntry {
     pub idle_timeout: u16,
     /// Hard timeout, seconds (0 = none).
     pub hard_timeout: u16,
-    /// Packets matched (from the last dump; monitors do not update it).
-    pub n_packets: u64,
-    /// Bytes matched (from the last dump).
-    pub n_bytes: u64,
 }
 
 impl PartialEq for FlowEntry {
@@ -562,8 +559,6 @@ impl PartialEq for FlowEntry {
             && self.cookie == o.cookie
             && self.idle_timeout == o.idle_timeout
             && self.hard_timeout == o.hard_timeout
-            && self.n_packets == o.n_packets
-            && self.n_bytes == o.n_bytes
             && self.source == o.source
             && self.matches == o.matches
             && (self.matches.same_bytes(&o.matches) || self.matches.tail() == o.matches.tail())
@@ -575,7 +570,7 @@ impl Eq for FlowEntry {}
 impl Serialize for FlowEntry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("FlowEntry", 10)?;
+        let mut st = s.serialize_struct("FlowEntry", 8)?;
         st.serialize_field("table", &self.table)?;
         st.serialize_field("priority", &self.priority)?;
         st.serialize_field("cookie", &self.cookie)?;
@@ -584,8 +579,6 @@ impl Serialize for FlowEntry {
         st.serialize_field("text", &self.text())?;
         st.serialize_field("idle_timeout", &self.idle_timeout)?;
         st.serialize_field("hard_timeout", &self.hard_timeout)?;
-        st.serialize_field("n_packets", &self.n_packets)?;
-        st.serialize_field("n_bytes", &self.n_bytes)?;
         st.end()
     }
 }

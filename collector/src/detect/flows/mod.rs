@@ -146,8 +146,6 @@ struct FlowRec {
     added: Stamp,
     /// Bits of the rules this flow is dirty under.
     dirty: u64,
-    /// Bits of the user rules (they depend on the flow alone).
-    user: u64,
     /// Whether its stale-cookie re-check is scheduled (always at `added + grace`: the grace period
     /// is fixed for the index's lifetime, so the instant need not be kept).
     timer_set: bool,
@@ -235,6 +233,9 @@ struct BridgeIndex {
     dirty_ids: BTreeSet<FlowId>,
     /// User-rule bits in scope for this bridge.
     user_scope: u64,
+    /// Bits of the user rules each flow matches (they depend on the flow alone), for the flows
+    /// that match some: most match none, so a side map costs less than a field per flow.
+    user: FastMap<FlowId, u64>,
 }
 
 /// Whether the flow is one clause of a conjunctive match (only `conjunction` actions): such flows
@@ -374,8 +375,8 @@ impl BridgeIndex {
                         let user = self.user_bits(rules, &flow);
                         if let Some(Some(r)) = self.flows.get_mut(id as usize) {
                             r.entry = flow;
-                            r.user = user;
                         }
+                        self.set_user(id, user);
                         self.evaluate(rules, id, now);
                         return;
                     }
@@ -385,6 +386,15 @@ impl BridgeIndex {
             self.remove_id(rules, id, now);
         }
         self.insert(rules, flow, added, now);
+    }
+
+    /// Records the user-rule bits of flow `id` (only non-zero ones are kept).
+    fn set_user(&mut self, id: FlowId, bits: u64) {
+        if bits == 0 {
+            self.user.remove(&id);
+        } else {
+            self.user.insert(id, bits);
+        }
     }
 
     /// Bits of the in-scope user rules that `flow` matches.
@@ -466,7 +476,6 @@ impl BridgeIndex {
                 actions_hash: ah,
                 added,
                 dirty: 0,
-                user: 0,
                 timer_set: false,
             });
         }
@@ -480,9 +489,7 @@ impl BridgeIndex {
             affected.extend(ids.iter().copied());
         }
         affected.extend(self.cookie_delta(rules, cookie, 1, now));
-        if let Some(Some(r)) = self.flows.get_mut(id as usize) {
-            r.user = user;
-        }
+        self.set_user(id, user);
         self.evaluate(rules, id, now);
         self.evaluate_all(rules, affected, now);
     }
@@ -493,6 +500,7 @@ impl BridgeIndex {
         };
         self.free.push(id);
         self.dirty_ids.remove(&id);
+        self.user.remove(&id);
         self.key_unlink(
             key_hash(rec.entry.table, rec.entry.priority, &rec.entry.matches),
             id,
@@ -815,7 +823,7 @@ impl BridgeIndex {
         let Some(rec) = self.rec(id) else {
             return;
         };
-        let mut bits = rec.user;
+        let mut bits = self.user.get(&id).copied().unwrap_or(0);
         let e = &rec.entry;
         let needs_actions = rules.enabled(BuiltinRule::GotoEmptyTable)
             || (self.ports.is_some() && rules.enabled(BuiltinRule::OutputToMissingPort));

@@ -499,8 +499,8 @@ pub struct BridgeSnapshot {
     pub generation: u64,
     /// Ports by OpenFlow port number (OF1.3 numbering, LOCAL = 0xfffffffe).
     pub ports: BTreeMap<u32, PortDesc>,
-    /// Flows (counters as of the last dump; monitor updates keep the previous counters). Empty
-    /// when the mirror keeps no table ([`BridgeConfig::snapshot_flows`] off).
+    /// Flows (without counters). Empty when the mirror keeps no table
+    /// ([`BridgeConfig::snapshot_flows`] off).
     pub flows: Arc<FlowTable>,
     /// Number of flows mirrored (also without a table: then counted from the dump and the
     /// monitor's add/delete events, which may over-count a flow added while the dump ran).
@@ -726,11 +726,6 @@ async fn apply(
             let key = e.key();
             let flows = Arc::make_mut(&mut state.flows);
             let old = flows.get(&key).cloned();
-            let mut e = e;
-            if let Some(o) = &old {
-                e.n_packets = o.n_packets;
-                e.n_bytes = o.n_bytes;
-            }
             // Re-key too, so that the key shares the new entry's match bytes.
             flows.remove(&key);
             flows.insert(key, Arc::new(e.clone()));

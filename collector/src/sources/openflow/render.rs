@@ -19,6 +19,10 @@ pub struct FlowStats {
     pub duration_sec: u32,
     /// Nanoseconds part of the duration.
     pub duration_nsec: u32,
+    /// Packets matched.
+    pub n_packets: u64,
+    /// Bytes matched.
+    pub n_bytes: u64,
     /// Flow-mod flags (`OFPFF_*`).
     pub flags: u16,
 }
@@ -189,8 +193,6 @@ fn build_entry(
     m: &Match,
     tlvs: &[u8],
     instructions: &[u8],
-    n_packets: u64,
-    n_bytes: u64,
     scratch: &mut Scratch,
 ) -> OfResult<FlowEntry> {
     render_into(
@@ -217,8 +219,6 @@ fn build_entry(
         source: FlowSource::Wire,
         idle_timeout,
         hard_timeout,
-        n_packets,
-        n_bytes,
     })
 }
 
@@ -262,8 +262,6 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
             &m,
             match_tlvs(mbuf),
             f.rest(),
-            packets,
-            bytes,
             &mut scratch,
         )?;
         out.push(FlowStats {
@@ -271,6 +269,8 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
             text: scratch.text.as_str().to_owned(),
             duration_sec,
             duration_nsec,
+            n_packets: packets,
+            n_bytes: bytes,
             flags,
         });
     }
@@ -322,8 +322,6 @@ pub fn decode_flow_updates(body: &[u8], out: &mut Vec<FlowUpdate>) -> OfResult<(
             &m,
             match_tlvs(mbuf),
             u.rest(),
-            0,
-            0,
             &mut scratch,
         )?;
         out.push(match event {
@@ -357,7 +355,7 @@ pub fn stats_line(f: &FlowStats) -> String {
     let _ = write!(
         s,
         "s, table={}, n_packets={}, n_bytes={}, {rest}",
-        e.table, e.n_packets, e.n_bytes
+        e.table, f.n_packets, f.n_bytes
     );
     s
 }
