@@ -75,7 +75,7 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefau
 pub(crate) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
 /// One bucket entry: (priority, actions hash, flow id).
-type Entry = (u16, u64, FlowId);
+pub(crate) type Entry = (u16, u64, FlowId);
 
 /// Buckets up to this size are sorted slices (most buckets hold one flow); larger ones are B-trees.
 const SMALL: usize = 16;
@@ -169,6 +169,24 @@ impl Bucket {
                     *self = Bucket::Small(v.into_boxed_slice());
                 }
             }
+        }
+    }
+
+    /// The lowest entry.
+    pub(crate) fn first(&self) -> Option<&Entry> {
+        match self {
+            Bucket::Large(s) => s.first(),
+            _ => self.slice().and_then(<[Entry]>::first),
+        }
+    }
+
+    /// Whether the bucket holds `e`.
+    pub(crate) fn contains(&self, e: &Entry) -> bool {
+        match self {
+            Bucket::Large(s) => s.contains(e),
+            _ => self
+                .slice()
+                .is_some_and(|v| v.binary_search(e).is_ok()),
         }
     }
 

@@ -41,7 +41,7 @@ pub use rules::{
 };
 
 use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort};
-use bucket::{Bucket, FastHasher, FastMap, FastSet, FlowId};
+use bucket::{Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
 use shape::{Projection, Shape, project_hash};
 use std::borrow::Cow;
@@ -99,10 +99,55 @@ pub fn is_reserved_port(port: u32) -> bool {
 }
 
 type ShapeId = u32;
-/// Projections of a group's flows onto one shape: hash of the projection ([`project_hash`]) →
-/// flows. Look-ups check each flow's real projection ([`Projection::same_as`]), so a collision
-/// never relates flows that do not relate.
-type ProjMap = FastMap<u64, Bucket>;
+/// Projections of a group's flows onto one shape: buckets of the flows whose projections share one
+/// hash ([`project_hash`]). The hash is not stored but recomputed from a bucket's first flow, so an
+/// entry costs its 24-byte bucket only. Look-ups check each flow's real projection
+/// ([`Projection::same_as`]), so a collision never relates flows that do not relate.
+#[derive(Debug, Default)]
+struct ProjMap(hashbrown::HashTable<Bucket>);
+
+/// The projection hash of a bucket's flows onto `c` (that of its first flow, which is indexed).
+fn bucket_hash(flows: &[Option<FlowRec>], b: &Bucket, c: &Shape) -> u64 {
+    b.first()
+        .and_then(|e| flows.get(e.2 as usize))
+        .and_then(Option::as_ref)
+        .and_then(|r| project_hash(&r.entry.matches, c))
+        .unwrap_or(0)
+}
+
+impl ProjMap {
+    /// The bucket of projection hash `h` (onto `c`).
+    fn get(&self, flows: &[Option<FlowRec>], c: &Shape, h: u64) -> Option<&Bucket> {
+        self.0.find(h, |b| bucket_hash(flows, b, c) == h)
+    }
+
+    /// Adds `e` (a flow already in `flows`) under projection hash `h`.
+    fn insert(&mut self, flows: &[Option<FlowRec>], c: &Shape, h: u64, e: Entry) {
+        match self.0.find_mut(h, |b| bucket_hash(flows, b, c) == h) {
+            Some(b) => b.insert(e),
+            None => {
+                self.0
+                    .insert_unique(h, Bucket::One(e), |b| bucket_hash(flows, b, c));
+            }
+        }
+    }
+
+    /// Removes `e` (filed under projection hash `h`; its flow may already be gone from the slab).
+    fn remove(&mut self, h: u64, e: &Entry) {
+        if let Ok(mut occ) = self.0.find_entry(h, |b| b.contains(e)) {
+            let b = occ.get_mut();
+            b.remove(e);
+            if b.is_empty() {
+                occ.remove();
+            }
+        }
+    }
+
+    /// Every bucket.
+    fn buckets(&self) -> impl Iterator<Item = &Bucket> + '_ {
+        self.0.iter()
+    }
+}
 
 /// A point in time as nanoseconds from a process-wide origin (8 bytes instead of an `Instant`'s 16:
 /// the index keeps one per flow).
@@ -173,11 +218,11 @@ fn proj_onto<'a>(
 ) -> Option<&'a ProjMap> {
     if !proj.contains_key(c) {
         let mut map = ProjMap::default();
-        let ids = proj.get(own).into_iter().flat_map(|m| m.values());
+        let ids = proj.get(own).into_iter().flat_map(ProjMap::buckets);
         for &(prio, ah, id) in ids.flat_map(Bucket::iter) {
             let rec = flows.get(id as usize).and_then(Option::as_ref);
             if let Some(k) = rec.and_then(|r| project_hash(&r.entry.matches, c)) {
-                map.entry(k).or_default().insert((prio, ah, id));
+                map.insert(flows, c, k, (prio, ah, id));
             }
         }
         proj.insert(c.clone(), map);
@@ -409,7 +454,7 @@ impl BridgeIndex {
 
     fn insert(&mut self, rules: &RuleSet, flow: FlowEntry, added: Stamp, now: Instant) {
         let shape_key = Shape::of(&flow.matches);
-        let actions = flow.actions();
+        let actions = flow.actions().into_owned();
         let ah = actions_hash(&actions);
         let user = self.user_bits(rules, &flow);
         let id = match self.free.pop() {
@@ -420,7 +465,8 @@ impl BridgeIndex {
             }
         };
         let (t, prio) = (flow.table, flow.priority);
-        let table = self.tables.entry(t).or_default();
+        let BridgeIndex { tables, flows, .. } = self;
+        let table = tables.entry(t).or_default();
         let was_empty = table.len == 0;
         let conj = conjunctive(&actions);
         let ids = &mut table.ids[usize::from(conj)];
@@ -445,30 +491,12 @@ impl BridgeIndex {
                 s
             }
         };
-        if let Some(g) = table.groups.get_mut(&shape) {
-            for (c, map) in &mut g.proj {
-                if let Some(k) = project_hash(&flow.matches, c) {
-                    map.entry(k).or_default().insert((prio, ah, id));
-                }
-            }
-            g.len += 1;
-        }
-        table.len += 1;
-        for p in out_ports(&actions) {
-            self.by_out_port.entry(p).or_default().insert(id);
-        }
-        if let Some(p) = in_port(&flow) {
-            self.by_in_port.entry(p).or_default().insert(id);
-        }
-        for tt in goto_targets(&actions) {
-            self.by_goto.entry(tt).or_default().insert(id);
-        }
-        drop(actions);
-        self.by_cookie.entry(flow.cookie).or_default().insert(id);
+        // Into the slab first: projection maps rehash from the flows they index.
         let cookie = flow.cookie;
         let kh = key_hash(t, prio, &flow.matches);
         let matches = flow.matches.clone();
-        if let Some(slot) = self.flows.get_mut(id as usize) {
+        let in_p = in_port(&flow);
+        if let Some(slot) = flows.get_mut(id as usize) {
             *slot = Some(FlowRec {
                 entry: flow,
                 shape,
@@ -479,6 +507,26 @@ impl BridgeIndex {
                 timer_set: false,
             });
         }
+        if let Some(g) = table.groups.get_mut(&shape) {
+            for (c, map) in &mut g.proj {
+                if let Some(k) = project_hash(&matches, c) {
+                    map.insert(flows, c, k, (prio, ah, id));
+                }
+            }
+            g.len += 1;
+        }
+        table.len += 1;
+        for p in out_ports(&actions) {
+            self.by_out_port.entry(p).or_default().insert(id);
+        }
+        if let Some(p) = in_p {
+            self.by_in_port.entry(p).or_default().insert(id);
+        }
+        for tt in goto_targets(&actions) {
+            self.by_goto.entry(tt).or_default().insert(id);
+        }
+        drop(actions);
+        self.by_cookie.entry(cookie).or_default().insert(id);
         self.key_link(kh, id);
         let mut affected = if conj {
             Vec::new()
@@ -515,13 +563,8 @@ impl BridgeIndex {
         if let Some(table) = self.tables.get_mut(&t) {
             if let Some(g) = table.groups.get_mut(&rec.shape) {
                 for (c, map) in &mut g.proj {
-                    if let Some(k) = project_hash(&rec.entry.matches, c)
-                        && let Some(b) = map.get_mut(&k)
-                    {
-                        b.remove(&(prio, ah, id));
-                        if b.is_empty() {
-                            map.remove(&k);
-                        }
+                    if let Some(k) = project_hash(&rec.entry.matches, c) {
+                        map.remove(k, &(prio, ah, id));
                     }
                 }
                 g.len = g.len.saturating_sub(1);
@@ -637,7 +680,9 @@ impl BridgeIndex {
             // The changed flow covers this group's flows when the intersection is its whole shape.
             if unreach && c == shape {
                 let bit = BuiltinRule::Unreachable.bit();
-                if let Some(b) = proj_onto(proj, gs, c, flows).and_then(|m| m.get(&own_key.hash)) {
+                if let Some(b) =
+                    proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, own_key.hash))
+                {
                     out.extend(b.below(prio, |f| {
                         flips(f, bit) && same_projection(flows, f, &own_key, c)
                     }));
@@ -646,7 +691,8 @@ impl BridgeIndex {
             if ambig && !*conj {
                 let bit = BuiltinRule::AmbiguousPriority.bit();
                 if let Some(k) = Projection::of(matches, c)
-                    && let Some(b) = proj_onto(proj, gs, c, flows).and_then(|m| m.get(&k.hash))
+                    && let Some(b) =
+                        proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, k.hash))
                 {
                     out.extend(b.same_prio_other_actions(prio, ah, |f| {
                         flips(f, bit) && same_projection(flows, f, &k, c)
@@ -768,7 +814,7 @@ impl BridgeIndex {
             Projection::of(&rec.entry.matches, &g.shape).is_some_and(|k| {
                 g.proj
                     .get(&g.shape)
-                    .and_then(|m| m.get(&k.hash))
+                    .and_then(|m| m.get(&self.flows, &g.shape, k.hash))
                     .is_some_and(|b| {
                         b.any_above(rec.entry.priority, |f| {
                             same_projection(&self.flows, f, &k, &g.shape)
@@ -805,7 +851,7 @@ impl BridgeIndex {
                 return false;
             };
             proj_onto(proj, gs, c, flows)
-                .and_then(|m| m.get(&k.hash))
+                .and_then(|m| m.get(flows, c, k.hash))
                 .is_some_and(|b| b.conflicts(p, ah, |f| same_projection(flows, f, &k, c)))
         })
     }
