@@ -184,8 +184,8 @@ fn sync_tasks(
         let (snap_tx, snap_rx) = watch::channel(Arc::new(BridgeSnapshot::default()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut cfg = BridgeConfig::new(run_dir, name.clone());
-        // The index follows the change stream and gets the table with each resync; snapshots
-        // without the table let the mirror update it in place.
+        // The index follows the change stream and gets the dump with each resync: the mirror
+        // keeps no table (the index is the only copy of the flows).
         cfg.snapshot_flows = false;
         tokio::spawn(openflow::run_bridge(
             cfg,

@@ -2,13 +2,21 @@
 //! index of every bridge's OpenFlow tables and ports. Pure: no I/O, time is passed in.
 //!
 //! # Index
-//! Per bridge, flows live in a slab addressed by a small id, with a map from the hash of their
-//! [`FlowKey`] (table, priority, match: OpenFlow's identity of a flow) to id, and reverse maps from referenced ofports
-//! (`output`/`enqueue`, `in_port`), target tables and cookies to flow ids. Per table, flows are grouped
-//! by match *shape* (the set of fields and masks they match on); each group hashes its flows'
+//! Per bridge, flows live in a slab addressed by a small id: the index is where the daemon keeps its
+//! flows (the OpenFlow mirror holds no table of its own), each as a compact [`FlowEntry`] whose match
+//! and wire form share one allocation, with the few per-flow facts the rules need (shape group,
+//! actions hash, age as an 8-byte stamp, dirty bits). Semantic actions are decoded from the wire
+//! form when a flow is (re-)evaluated, not stored. A raw hash table of ids, hashed by their
+//! [`FlowKey`] (table, priority, match: OpenFlow's identity of a flow) and compared against the
+//! slab, finds a flow by key (4 bytes a flow); reverse maps lead from referenced ofports
+//! (`output`/`enqueue`, `in_port`), target tables and cookies to flow ids. Per table, flows are
+//! grouped by match *shape* (the set of fields and masks they match on); each group hashes its flows'
 //! projection onto shapes of interest (its own shape, the shapes that may cover it, the shapes it
 //! shares fields with). "Which higher-priority flow covers this one" and "which same-priority flow
-//! overlaps this one" are then one hash look-up per shape group, not a table scan.
+//! overlaps this one" are then one hash look-up per shape group, not a table scan. Projection maps
+//! store neither the projected values nor their hash (a bucket's hash is recomputed from its first
+//! flow): every look-up checks the candidates' real projections, so a hash collision never yields a
+//! finding.
 //!
 //! # Incremental evaluation
 //! Adding or removing one flow re-evaluates only: that flow; the lower-priority flows it covers (or
@@ -1019,7 +1027,8 @@ impl DirtyFlowIndex {
     /// Adds a flow, or replaces the flow with the same [`FlowKey`] (a changed cookie restarts its
     /// grace period). Re-evaluates only the flows this change can affect.
     ///
-    /// The index keeps the entry itself (pass the mirror's `Arc` to share it; no copy is made).
+    /// The index keeps the entry itself (an `Arc` is unwrapped; entries share their storage, so a
+    /// clone is no copy).
     pub fn upsert_flow(&mut self, bridge: &str, flow: impl Into<FlowEntry>, now: Instant) {
         let flow = flow.into();
         self.tick(now);
@@ -1047,8 +1056,7 @@ impl DirtyFlowIndex {
     }
 
     /// Replaces all flows of `bridge` with a full dump: flows not in `flows` are removed, the rest
-    /// upserted (unchanged flows cost a hash look-up and keep their age). Entries are kept, not
-    /// copied: pass the mirror's `Arc`s to share them.
+    /// upserted (unchanged flows cost a hash look-up and keep their age). Entries are kept as given.
     pub fn replace_flows<F: Into<FlowEntry>>(
         &mut self,
         bridge: &str,
@@ -1071,7 +1079,7 @@ impl DirtyFlowIndex {
             }
             return;
         }
-        let keep: HashSet<FlowKey> = flows.iter().map(|f| key_of(f)).collect();
+        let keep: HashSet<FlowKey> = flows.iter().map(key_of).collect();
         let gone: Vec<FlowKey> = self
             .bridge(bridge)
             .flows

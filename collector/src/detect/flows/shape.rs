@@ -161,7 +161,10 @@ mod tests {
     #[test]
     fn width_mismatch_does_not_project() {
         let m = Matches::new([FieldMatch::exact("reg0", 0x0102, 2)]);
-        assert_eq!(project_hash(&m, &Shape(vec![("reg0", 4, 0xffff_ffff)])), None);
+        assert_eq!(
+            project_hash(&m, &Shape(vec![("reg0", 4, 0xffff_ffff)])),
+            None
+        );
         let s2 = Shape(vec![("reg0", 2, 0xffff)]);
         assert!(Projection::of(&m, &s2).unwrap().same_as(&m, &s2));
     }

@@ -1191,16 +1191,8 @@ fn key_hash_collisions_are_resolved() {
     let now = Instant::now();
     let rules = RuleSet::compile(&DirtyFlowConfig::default()).unwrap();
     let mut b = BridgeIndex::new(&rules, BR);
-    b.upsert(
-        &rules,
-        flow(0, 1, 0, vec![in_port(1)], vec![out(1)]).into(),
-        now,
-    );
-    b.upsert(
-        &rules,
-        flow(0, 2, 0, vec![in_port(1)], vec![out(1)]).into(),
-        now,
-    );
+    b.upsert(&rules, flow(0, 1, 0, vec![in_port(1)], vec![out(1)]), now);
+    b.upsert(&rules, flow(0, 2, 0, vec![in_port(1)], vec![out(1)]), now);
     let key = Matches::new([in_port(1)]);
     let (h1, h2) = (key_hash(0, 1, &key), key_hash(0, 2, &key));
     let id1 = b.find(0, 1, &key).unwrap();
@@ -1214,4 +1206,50 @@ fn key_hash_collisions_are_resolved() {
     assert_eq!(b.find(0, 1, &key), None);
     b.key_unlink(h1, id2);
     assert!(b.by_key.is_empty());
+}
+
+#[test]
+fn projection_hash_collisions_never_relate_flows() {
+    let now = Instant::now();
+    let rules = RuleSet::compile(&DirtyFlowConfig::default()).unwrap();
+    let mut b = BridgeIndex::new(&rules, BR);
+    let (ma, mb, mc) = (
+        vec![m("reg0", 1, 4)],
+        vec![m("reg0", 2, 4)],
+        vec![m("reg0", 3, 4)],
+    );
+    b.upsert(&rules, flow(0, 10, 0, ma.clone(), vec![out(1)]), now);
+    b.upsert(&rules, flow(0, 5, 0, mb.clone(), vec![out(2)]), now);
+    b.upsert(&rules, flow(0, 5, 0, mc.clone(), vec![out(3)]), now);
+    let id = |b: &BridgeIndex, prio, ms: &[FieldMatch]| {
+        b.find(0, prio, &Matches::new(ms.iter().copied())).unwrap()
+    };
+    let (ia, ib, ic) = (id(&b, 10, &ma), id(&b, 5, &mb), id(&b, 5, &mc));
+    let entry = |b: &BridgeIndex, i: FlowId| {
+        let r = b.rec(i).unwrap();
+        (r.entry.priority, r.actions_hash, i)
+    };
+    // A bucket's hash is that of its first (lowest) entry: file the others under the hash of the
+    // lower of B and C, as if all three projections hashed alike.
+    let (lo, hi) = {
+        let (eb, ec) = (entry(&b, ib), entry(&b, ic));
+        (eb.min(ec), eb.max(ec))
+    };
+    let ea = entry(&b, ia);
+    let (lo_id, sid) = (lo.2, b.rec(lo.2).unwrap().shape);
+    let lo_matches = b.rec(lo_id).unwrap().entry.matches.clone();
+    let shape = Shape::of(&lo_matches);
+    let h = project_hash(&lo_matches, &shape).unwrap();
+    let BridgeIndex { tables, flows, .. } = &mut b;
+    let g = tables.get_mut(&0).unwrap().groups.get_mut(&sid).unwrap();
+    let map = g.proj.get_mut(&shape).unwrap();
+    map.insert(flows, &shape, h, ea);
+    map.insert(flows, &shape, h, hi);
+    assert_eq!(map.get(flows, &shape, h).unwrap().iter().count(), 3);
+    // A (higher priority) does not cover it, the other (same priority, other actions) does not
+    // overlap it: their real projections differ.
+    b.evaluate(&rules, lo_id, now);
+    let dirty = b.rec(lo_id).unwrap().dirty;
+    assert_eq!(dirty & BuiltinRule::Unreachable.bit(), 0);
+    assert_eq!(dirty & BuiltinRule::AmbiguousPriority.bit(), 0);
 }

@@ -449,10 +449,10 @@ pub struct BridgeConfig {
     pub publish_interval: Duration,
     /// Idle time after which the switch is probed with an ECHO_REQUEST (dead after twice that).
     pub probe_interval: Duration,
-    /// Whether published snapshots carry the flow table (default). Consumers that follow the
-    /// [`FlowChange`] stream turn this off: they get the table once per resync in
-    /// [`FlowChange::Resynced`], and the mirror then updates its table in place instead of copying
-    /// its index whenever a change follows a published snapshot.
+    /// Whether the mirror keeps a flow table and publishes it in its snapshots (default).
+    /// Consumers that follow the [`FlowChange`] stream turn this off: they get the dump once per
+    /// resync in [`FlowChange::Resynced`] and every change after it, and the mirror then holds no
+    /// flow at all (it tells additions from modifications by the switch's own verdict).
     pub snapshot_flows: bool,
 }
 
