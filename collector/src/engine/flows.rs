@@ -193,8 +193,8 @@ fn sync_tasks(
         let (snap_tx, snap_rx) = watch::channel(Arc::new(BridgeSnapshot::default()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut cfg = BridgeConfig::new(run_dir, name.clone());
-        // The index follows the change stream and gets the table with each resync; snapshots
-        // without the table let the mirror update it in place.
+        // The index follows the change stream and gets the dump with each resync: the mirror
+        // keeps no table (the index is the only copy of the flows).
         cfg.snapshot_flows = false;
         tokio::spawn(openflow::run_bridge(
             cfg,
@@ -212,7 +212,7 @@ fn sync_tasks(
     }
 }
 
-/// Applies one mirror change to the index. Entries are shared with the mirror (`Arc`), never copied.
+/// Applies one mirror change to the index (which keeps the entries: the mirror holds no table).
 fn apply_change(
     index: &mut DirtyFlowIndex,
     tasks: &HashMap<String, BridgeTask>,
@@ -226,7 +226,7 @@ fn apply_change(
             if !tasks.contains_key(bridge) {
                 return;
             }
-            index.replace_flows(bridge, table.values().cloned(), now);
+            index.replace_flows(bridge, table, now);
         }
         FlowChange::Added(f) | FlowChange::Modified(f) => index.upsert_flow(bridge, f, now),
         FlowChange::Deleted(f) => {

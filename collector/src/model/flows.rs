@@ -228,8 +228,27 @@ const MASKED: u8 = 0x80;
 /// the mask bytes) held in one shared allocation. Cloning is a reference-count increment, so a flow
 /// and its [`FlowKey`] share the same bytes. Equality and hashing work on the encoding, which is
 /// canonical; ordering is that of the field lists.
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// The allocation may carry a *tail* after the encoding (see [`Matches::tail`]): a decoded flow keeps
+/// its wire form there, so a flow's match and wire form cost one allocation. The tail takes no part
+/// in equality, hashing or ordering. Layout: the encoding's length (2 bytes, big-endian), the
+/// encoding, the tail.
+#[derive(Clone)]
 pub struct Matches(std::sync::Arc<[u8]>);
+
+impl PartialEq for Matches {
+    fn eq(&self, other: &Self) -> bool {
+        self.enc() == other.enc()
+    }
+}
+
+impl Eq for Matches {}
+
+impl std::hash::Hash for Matches {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.enc().hash(state);
+    }
+}
 
 impl Default for Matches {
     fn default() -> Self {
@@ -246,9 +265,15 @@ impl Matches {
 
     /// Encodes `fields`, sorting the slice in place (lets decoders reuse one buffer).
     pub fn from_fields(fields: &mut [FieldMatch]) -> Matches {
+        Matches::from_fields_with_tail(fields, &[])
+    }
+
+    /// Like [`Matches::from_fields`], appending the concatenation of `tail` after the encoding in
+    /// the same allocation (see [`Matches::tail`]).
+    pub fn from_fields_with_tail(fields: &mut [FieldMatch], tail: &[&[u8]]) -> Matches {
         fields.sort_unstable();
         let mut buf = [0u8; 512];
-        let mut n = 0;
+        let mut n = 2;
         let mut heap: Vec<u8> = Vec::new();
         for f in fields.iter() {
             let len = f.len.clamp(1, 16);
@@ -273,16 +298,53 @@ impl Matches {
                 heap.extend_from_slice(&rec[..end]);
             }
         }
-        if heap.is_empty() {
-            Matches(std::sync::Arc::from(&buf[..n]))
+        let enc: &mut [u8] = if heap.is_empty() {
+            buf.get_mut(..n).unwrap_or_default()
         } else {
-            Matches(std::sync::Arc::from(heap))
+            &mut heap
+        };
+        let enc_len = u16::try_from(enc.len().saturating_sub(2)).unwrap_or(u16::MAX);
+        if let Some(h) = enc.get_mut(..2) {
+            h.copy_from_slice(&enc_len.to_be_bytes());
         }
+        // One exact-size allocation holding the encoding and the tail (assembled on the stack
+        // when small, as nearly all flows are).
+        let tail_len: usize = tail.iter().map(|t| t.len()).sum();
+        let total = enc.len() + tail_len;
+        let mut small = [0u8; 1024];
+        if let Some(dst) = small.get_mut(..total) {
+            let (head, mut rest) = dst.split_at_mut(enc.len());
+            head.copy_from_slice(enc);
+            for t in tail {
+                let (d, r) = rest.split_at_mut(t.len());
+                d.copy_from_slice(t);
+                rest = r;
+            }
+            return Matches(std::sync::Arc::from(&*dst));
+        }
+        let mut v = Vec::with_capacity(total);
+        v.extend_from_slice(enc);
+        tail.iter().for_each(|t| v.extend_from_slice(t));
+        Matches(std::sync::Arc::from(v))
+    }
+
+    /// The encoding (without the length prefix and the tail).
+    fn enc(&self) -> &[u8] {
+        let len = self
+            .0
+            .get(..2)
+            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+        self.0.get(2..2 + len).unwrap_or_default()
+    }
+
+    /// The bytes stored after the encoding (a decoded flow's wire form; empty otherwise).
+    pub fn tail(&self) -> &[u8] {
+        self.0.get(2 + self.enc().len()..).unwrap_or_default()
     }
 
     /// The fields, sorted by name.
     pub fn iter(&self) -> MatchesIter<'_> {
-        MatchesIter { rest: &self.0 }
+        MatchesIter { rest: self.enc() }
     }
 
     /// Number of fields.
@@ -292,7 +354,7 @@ impl Matches {
 
     /// Whether the match is empty (matches every packet).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.enc().is_empty()
     }
 
     /// The first field named `field`, if matched.
@@ -300,9 +362,15 @@ impl Matches {
         self.iter().find(|m| m.field == field)
     }
 
-    /// Encoded size in bytes (for memory accounting).
+    /// Encoded size in bytes (for memory accounting; the tail not included).
     pub fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.enc().len()
+    }
+
+    /// Whether both share the same allocation and tail bytes (used by [`FlowEntry`]'s equality,
+    /// which unlike the match's own equality must see the wire form).
+    fn same_bytes(&self, other: &Matches) -> bool {
+        self.0 == other.0
     }
 }
 
@@ -328,7 +396,7 @@ impl PartialOrd for Matches {
 
 impl Ord for Matches {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if self.0 == other.0 {
+        if self.enc() == other.enc() {
             return std::cmp::Ordering::Equal;
         }
         self.iter().cmp(other.iter())
@@ -425,23 +493,47 @@ pub enum FlowAction {
     Other(Box<str>),
 }
 
-/// What a flow's `ovs-ofctl` text is rendered from (the text itself is not stored: at 100 000
-/// flows it was the largest part of a flow's memory).
+/// What a flow's `ovs-ofctl` text and semantic actions come from (the text itself is not stored: at
+/// 100 000 flows it was the largest part of a flow's memory).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum FlowSource {
-    /// The flow's wire form, compact: flow-mod flags (2 bytes, big-endian), the length of the OXM
-    /// match TLVs (2 bytes, big-endian), the TLVs (no `ofp_match` header or padding), then the
-    /// OpenFlow 1.3 instructions as received. Rendering decodes it with the same code as the
-    /// decoder, so the text is exactly what the decoder would have printed.
-    Wire(Box<[u8]>),
-    /// The text as given (flows built by hand, e.g. in tests).
-    Text(Box<str>),
+    /// The flow's wire form, kept in the tail of its [`FlowEntry::matches`] allocation (see
+    /// [`FlowEntry::wire`]): flow-mod flags (2 bytes, big-endian), the length of the OXM match TLVs
+    /// (2 bytes, big-endian), the TLVs (no `ofp_match` header or padding), then the OpenFlow 1.3
+    /// instructions as received. Rendering decodes it with the same code as the decoder, so the
+    /// text is exactly what the decoder would have printed; the actions are decoded on demand too.
+    Wire,
+    /// The text and actions as given (flows built by hand, e.g. in tests).
+    Text(Box<TextFlow>),
+}
+
+/// A hand-built flow's text and semantic actions ([`FlowSource::Text`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TextFlow {
+    /// The `ovs-ofctl` text.
+    pub text: Box<str>,
+    /// Semantic actions, in order.
+    pub actions: Box<[FlowAction]>,
+}
+
+impl FlowSource {
+    /// A hand-built source: `text` as [`FlowEntry::text`] returns it, with these actions.
+    pub fn text(text: impl Into<Box<str>>, actions: impl Into<Box<[FlowAction]>>) -> FlowSource {
+        FlowSource::Text(Box::new(TextFlow {
+            text: text.into(),
+            actions: actions.into(),
+        }))
+    }
 }
 
 /// One OpenFlow flow entry as dumped or reported by a flow monitor.
 ///
-/// Its `ovs-ofctl dump-flows --no-stats` text is rendered on demand by [`FlowEntry::text`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Counters are not part of it (a dump's [`FlowStats`](crate::sources::openflow::FlowStats) has
+/// them). Stored compactly: the header fields inline, the normalized match and (for decoded flows) the
+/// wire form in one shared allocation. Its `ovs-ofctl dump-flows --no-stats` text is rendered on
+/// demand by [`FlowEntry::text`], its semantic actions decoded by [`FlowEntry::actions`]. Cloning
+/// is cheap (a reference-count increment).
+#[derive(Clone, Debug)]
 pub struct FlowEntry {
     /// OpenFlow table id.
     pub table: u8,
@@ -449,36 +541,44 @@ pub struct FlowEntry {
     pub priority: u16,
     /// Cookie.
     pub cookie: u64,
-    /// Normalized match, sorted by field name (shared with the flow's [`FlowKey`]).
+    /// Normalized match, sorted by field name (shared with the flow's [`FlowKey`]); its tail holds
+    /// the wire form of a [`FlowSource::Wire`] flow.
     pub matches: Matches,
-    /// Semantic actions, in order.
-    pub actions: Box<[FlowAction]>,
-    /// What [`FlowEntry::text`] renders the `ovs-ofctl` text from.
+    /// What [`FlowEntry::text`] and [`FlowEntry::actions`] decode.
     pub source: FlowSource,
     /// Idle timeout, seconds (0 = none).
     pub idle_timeout: u16,
     /// Hard timeout, seconds (0 = none).
     pub hard_timeout: u16,
-    /// Packets matched (from the last dump; monitors do not update it).
-    pub n_packets: u64,
-    /// Bytes matched (from the last dump).
-    pub n_bytes: u64,
 }
+
+impl PartialEq for FlowEntry {
+    fn eq(&self, o: &Self) -> bool {
+        self.table == o.table
+            && self.priority == o.priority
+            && self.cookie == o.cookie
+            && self.idle_timeout == o.idle_timeout
+            && self.hard_timeout == o.hard_timeout
+            && self.source == o.source
+            && self.matches == o.matches
+            && (self.matches.same_bytes(&o.matches) || self.matches.tail() == o.matches.tail())
+    }
+}
+
+impl Eq for FlowEntry {}
 
 impl Serialize for FlowEntry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("FlowEntry", 10)?;
+        let mut st = s.serialize_struct("FlowEntry", 8)?;
         st.serialize_field("table", &self.table)?;
         st.serialize_field("priority", &self.priority)?;
         st.serialize_field("cookie", &self.cookie)?;
         st.serialize_field("matches", &self.matches)?;
-        st.serialize_field("actions", &self.actions)?;
+        st.serialize_field("actions", &self.actions())?;
         st.serialize_field("text", &self.text())?;
         st.serialize_field("idle_timeout", &self.idle_timeout)?;
         st.serialize_field("hard_timeout", &self.hard_timeout)?;
-        st.serialize_field("n_packets", &self.n_packets)?;
-        st.serialize_field("n_bytes", &self.n_bytes)?;
         st.end()
     }
 }
@@ -491,6 +591,44 @@ impl FlowEntry {
         crate::sources::openflow::render::flow_text(self)
     }
 
+    /// The semantic actions, in order: decoded from the wire form on each call (no text is
+    /// rendered), or the hand-built ones. A wire form that no longer decodes (impossible for
+    /// entries built by the decoder, which decoded it once) gives no actions.
+    pub fn actions(&self) -> std::borrow::Cow<'_, [FlowAction]> {
+        match &self.source {
+            FlowSource::Text(t) => std::borrow::Cow::Borrowed(&t.actions),
+            FlowSource::Wire => std::borrow::Cow::Owned(
+                crate::sources::openflow::render::wire_actions(self.wire()).unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// The stored wire form of a [`FlowSource::Wire`] flow (empty for hand-built flows).
+    pub fn wire(&self) -> &[u8] {
+        match self.source {
+            FlowSource::Wire => self.matches.tail(),
+            FlowSource::Text(_) => &[],
+        }
+    }
+
+    /// The OpenFlow 1.3 instructions of the wire form (empty for hand-built flows).
+    fn instructions(&self) -> &[u8] {
+        let w = self.wire();
+        let tlv_len = w
+            .get(2..4)
+            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+        w.get(4 + tlv_len..).unwrap_or_default()
+    }
+
+    /// Whether both flows have the same actions (compares the instructions' bytes when both are
+    /// decoded flows, the semantic actions otherwise).
+    pub fn same_actions(&self, other: &FlowEntry) -> bool {
+        match (&self.source, &other.source) {
+            (FlowSource::Wire, FlowSource::Wire) => self.instructions() == other.instructions(),
+            _ => self.actions() == other.actions(),
+        }
+    }
+
     /// The flow's identity in its bridge: table, priority and match (OpenFlow's own identity rule).
     /// Cheap: the key shares the entry's match bytes.
     pub fn key(&self) -> FlowKey {
@@ -499,6 +637,12 @@ impl FlowEntry {
             priority: self.priority,
             matches: self.matches.clone(),
         }
+    }
+}
+
+impl From<std::sync::Arc<FlowEntry>> for FlowEntry {
+    fn from(a: std::sync::Arc<FlowEntry>) -> FlowEntry {
+        std::sync::Arc::unwrap_or_clone(a)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::ops::Bound::{Excluded, Included};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 
 /// Flow id inside one bridge index.
 pub(crate) type FlowId = u32;
@@ -75,30 +75,39 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefau
 pub(crate) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
 /// One bucket entry: (priority, actions hash, flow id).
-type Entry = (u16, u64, FlowId);
+pub(crate) type Entry = (u16, u64, FlowId);
 
-/// Buckets up to this size are sorted vectors (most buckets hold one flow); larger ones are B-trees.
+/// Buckets up to this size are sorted slices (most buckets hold one flow); larger ones are B-trees.
 const SMALL: usize = 16;
 
-/// The flows of one shape group that share one projection, ordered by (priority, actions hash, id).
+/// The flows of one shape group whose projections share one hash, ordered by (priority, actions
+/// hash, id). Projection maps are keyed by the hash only, so a bucket may (very rarely) mix flows
+/// of different projections: every query takes a `keep` predicate that tells the flows of the
+/// asked-for projection apart, and answers from those only.
+///
+/// 24 bytes: the entry inline for a single flow, else one pointer-sized allocation.
 #[derive(Debug)]
 pub(crate) enum Bucket {
     /// One flow, inline (most buckets: no allocation).
     One(Entry),
-    /// Sorted vector.
-    Small(Vec<Entry>),
+    /// Sorted, exact-size slice (2..=`SMALL` flows; empty only transiently).
+    Small(Box<[Entry]>),
     /// Ordered set.
-    Large(BTreeSet<Entry>),
+    #[expect(
+        clippy::box_collection,
+        reason = "boxed, the set takes 8 bytes instead of 24: keeps every bucket at 24 bytes"
+    )]
+    Large(Box<BTreeSet<Entry>>),
 }
 
 impl Default for Bucket {
     fn default() -> Self {
-        Bucket::Small(Vec::new())
+        Bucket::Small(Box::default())
     }
 }
 
 impl Bucket {
-    /// The entries of a vector-like bucket (`One`, `Small`), `None` for `Large`.
+    /// The entries of a slice-like bucket (`One`, `Small`), `None` for `Large`.
     fn slice(&self) -> Option<&[Entry]> {
         match self {
             Bucket::One(e) => Some(std::slice::from_ref(e)),
@@ -113,16 +122,21 @@ impl Bucket {
                 if *x != e {
                     let mut v = vec![*x, e];
                     v.sort_unstable();
-                    *self = Bucket::Small(v);
+                    *self = Bucket::Small(v.into_boxed_slice());
                 }
             }
             Bucket::Small(v) if v.is_empty() => *self = Bucket::One(e),
             Bucket::Small(v) => {
                 if let Err(pos) = v.binary_search(&e) {
-                    v.insert(pos, e);
-                }
-                if v.len() > SMALL {
-                    *self = Bucket::Large(v.drain(..).collect());
+                    let mut w = Vec::with_capacity(v.len() + 1);
+                    w.extend_from_slice(v.get(..pos).unwrap_or_default());
+                    w.push(e);
+                    w.extend_from_slice(v.get(pos..).unwrap_or_default());
+                    *self = if w.len() > SMALL {
+                        Bucket::Large(Box::new(w.into_iter().collect()))
+                    } else {
+                        Bucket::Small(w.into_boxed_slice())
+                    };
                 }
             }
             Bucket::Large(s) => {
@@ -135,23 +149,46 @@ impl Bucket {
         match self {
             Bucket::One(x) => {
                 if x == e {
-                    *self = Bucket::Small(Vec::new());
+                    *self = Bucket::default();
                 }
             }
             Bucket::Small(v) => {
                 if let Ok(pos) = v.binary_search(e) {
-                    v.remove(pos);
-                }
-                if let [one] = v.as_slice() {
-                    *self = Bucket::One(*one);
+                    let w: Vec<Entry> = v
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != pos)
+                        .map(|(_, x)| *x)
+                        .collect();
+                    *self = match w.as_slice() {
+                        [one] => Bucket::One(*one),
+                        _ => Bucket::Small(w.into_boxed_slice()),
+                    };
                 }
             }
             Bucket::Large(s) => {
                 s.remove(e);
                 if s.len() <= SMALL / 2 {
-                    *self = Bucket::Small(std::mem::take(s).into_iter().collect());
+                    let v: Vec<Entry> = std::mem::take(&mut **s).into_iter().collect();
+                    *self = Bucket::Small(v.into_boxed_slice());
                 }
             }
+        }
+    }
+
+    /// The lowest entry.
+    pub(crate) fn first(&self) -> Option<&Entry> {
+        match self {
+            Bucket::Large(s) => s.first(),
+            _ => self.slice().and_then(<[Entry]>::first),
+        }
+    }
+
+    /// Whether the bucket holds `e`.
+    pub(crate) fn contains(&self, e: &Entry) -> bool {
+        match self {
+            Bucket::Large(s) => s.contains(e),
+            _ => self.slice().is_some_and(|v| v.binary_search(e).is_ok()),
         }
     }
 
@@ -170,72 +207,77 @@ impl Bucket {
         }
     }
 
-    /// Whether some entry has a priority above `prio`.
-    pub(crate) fn any_above(&self, prio: u16) -> bool {
+    /// Entries with priority `prio` and an actions hash other than `ah`.
+    fn same_prio_other(&self, prio: u16, ah: u64) -> Box<dyn Iterator<Item = &Entry> + '_> {
         match self {
-            Bucket::Large(s) => s.last().is_some_and(|e| e.0 > prio),
-            _ => self
-                .slice()
-                .and_then(<[Entry]>::last)
-                .is_some_and(|e| e.0 > prio),
+            Bucket::Large(s) => Box::new(
+                s.range((Included((prio, 0, 0)), Excluded((prio, ah, 0))))
+                    .chain(s.range((
+                        Excluded((prio, ah, FlowId::MAX)),
+                        Included((prio, u64::MAX, FlowId::MAX)),
+                    ))),
+            ),
+            _ => Box::new(
+                self.slice()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(move |e| e.0 == prio && e.1 != ah),
+            ),
         }
     }
 
-    /// Flows with a priority below `prio`.
-    pub(crate) fn below(&self, prio: u16) -> Vec<FlowId> {
+    /// Whether some kept flow has a priority above `prio`.
+    pub(crate) fn any_above(&self, prio: u16, keep: impl Fn(FlowId) -> bool) -> bool {
         match self {
-            Bucket::Large(s) => s.range(..(prio, 0, 0)).map(|e| e.2).collect(),
+            Bucket::Large(s) => s
+                .range((Excluded((prio, u64::MAX, FlowId::MAX)), Unbounded))
+                .rev()
+                .any(|e| keep(e.2)),
+            _ => self
+                .slice()
+                .unwrap_or_default()
+                .iter()
+                .rev()
+                .take_while(|e| e.0 > prio)
+                .any(|e| keep(e.2)),
+        }
+    }
+
+    /// Kept flows with a priority below `prio`.
+    pub(crate) fn below(&self, prio: u16, keep: impl Fn(FlowId) -> bool) -> Vec<FlowId> {
+        match self {
+            Bucket::Large(s) => s
+                .range(..(prio, 0, 0))
+                .map(|e| e.2)
+                .filter(|id| keep(*id))
+                .collect(),
             _ => self
                 .slice()
                 .unwrap_or_default()
                 .iter()
                 .take_while(|e| e.0 < prio)
                 .map(|e| e.2)
+                .filter(|id| keep(*id))
                 .collect(),
         }
     }
 
-    /// Flows with priority `prio` and an actions hash other than `ah`.
-    pub(crate) fn same_prio_other_actions(&self, prio: u16, ah: u64) -> Vec<FlowId> {
-        match self {
-            Bucket::Large(s) => s
-                .range((Included((prio, 0, 0)), Excluded((prio, ah, 0))))
-                .chain(s.range((
-                    Excluded((prio, ah, FlowId::MAX)),
-                    Included((prio, u64::MAX, FlowId::MAX)),
-                )))
-                .map(|e| e.2)
-                .collect(),
-            _ => self
-                .slice()
-                .unwrap_or_default()
-                .iter()
-                .filter(|e| e.0 == prio && e.1 != ah)
-                .map(|e| e.2)
-                .collect(),
-        }
+    /// Kept flows with priority `prio` and an actions hash other than `ah`.
+    pub(crate) fn same_prio_other_actions(
+        &self,
+        prio: u16,
+        ah: u64,
+        keep: impl Fn(FlowId) -> bool,
+    ) -> Vec<FlowId> {
+        self.same_prio_other(prio, ah)
+            .map(|e| e.2)
+            .filter(|id| keep(*id))
+            .collect()
     }
 
-    /// Whether some flow has priority `prio` and an actions hash other than `ah`.
-    pub(crate) fn conflicts(&self, prio: u16, ah: u64) -> bool {
-        match self {
-            Bucket::Large(s) => {
-                s.range((Included((prio, 0, 0)), Excluded((prio, ah, 0))))
-                    .next()
-                    .is_some()
-                    || s.range((
-                        Excluded((prio, ah, FlowId::MAX)),
-                        Included((prio, u64::MAX, FlowId::MAX)),
-                    ))
-                    .next()
-                    .is_some()
-            }
-            _ => self
-                .slice()
-                .unwrap_or_default()
-                .iter()
-                .any(|e| e.0 == prio && e.1 != ah),
-        }
+    /// Whether some kept flow has priority `prio` and an actions hash other than `ah`.
+    pub(crate) fn conflicts(&self, prio: u16, ah: u64, keep: impl Fn(FlowId) -> bool) -> bool {
+        self.same_prio_other(prio, ah).any(|e| keep(e.2))
     }
 }
 
@@ -243,6 +285,10 @@ impl Bucket {
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+
+    fn all(_: FlowId) -> bool {
+        true
+    }
 
     #[test]
     fn hasher_spreads_keys_differing_in_last_bytes() {
@@ -260,7 +306,7 @@ mod tests {
     #[test]
     fn small_and_large_buckets_agree() {
         let mut small = Bucket::default();
-        let mut large = Bucket::Large(BTreeSet::new());
+        let mut large = Bucket::Large(Box::default());
         for i in 0..40u32 {
             let e = ((i % 5) as u16 * 10, u64::from(i % 3), i);
             small.insert(e);
@@ -268,10 +314,13 @@ mod tests {
         }
         assert!(matches!(small, Bucket::Large(_)));
         for b in [&small, &large] {
-            assert!(b.any_above(30) && !b.any_above(40));
-            assert_eq!(b.below(10).len(), 8);
-            assert_eq!(b.same_prio_other_actions(20, 1).len(), 5);
-            assert!(b.conflicts(20, 1));
+            assert!(b.any_above(30, all) && !b.any_above(40, all));
+            assert!(!b.any_above(30, |id| id % 5 != 4));
+            assert_eq!(b.below(10, all).len(), 8);
+            assert_eq!(b.below(10, |id| id < 20).len(), 4);
+            assert_eq!(b.same_prio_other_actions(20, 1, all).len(), 5);
+            assert!(b.conflicts(20, 1, all));
+            assert!(!b.conflicts(20, 1, |_| false));
         }
         for i in 0..36u32 {
             let e = ((i % 5) as u16 * 10, u64::from(i % 3), i);
@@ -290,9 +339,9 @@ mod tests {
         assert!(matches!(b, Bucket::One(_)));
         b.insert((5, 1, 7));
         assert!(matches!(b, Bucket::One(_)));
-        assert!(b.any_above(4) && !b.any_above(5));
-        assert_eq!(b.below(6), vec![7]);
-        assert!(b.conflicts(5, 2) && !b.conflicts(5, 1));
+        assert!(b.any_above(4, all) && !b.any_above(5, all));
+        assert_eq!(b.below(6, all), vec![7]);
+        assert!(b.conflicts(5, 2, all) && !b.conflicts(5, 1, all));
         b.insert((3, 1, 8));
         assert_eq!(
             b.iter().copied().collect::<Vec<_>>(),

@@ -2,13 +2,21 @@
 //! index of every bridge's OpenFlow tables and ports. Pure: no I/O, time is passed in.
 //!
 //! # Index
-//! Per bridge, flows live in a slab addressed by a small id, with a map from the hash of their
-//! [`FlowKey`] (table, priority, match: OpenFlow's identity of a flow) to id, and reverse maps from referenced ofports
-//! (`output`/`enqueue`, `in_port`), target tables and cookies to flow ids. Per table, flows are grouped
-//! by match *shape* (the set of fields and masks they match on); each group hashes its flows'
+//! Per bridge, flows live in a slab addressed by a small id: the index is where the daemon keeps its
+//! flows (the OpenFlow mirror holds no table of its own), each as a compact [`FlowEntry`] whose match
+//! and wire form share one allocation, with the few per-flow facts the rules need (shape group,
+//! actions hash, age as an 8-byte stamp, dirty bits). Semantic actions are decoded from the wire
+//! form when a flow is (re-)evaluated, not stored. A raw hash table of ids, hashed by their
+//! [`FlowKey`] (table, priority, match: OpenFlow's identity of a flow) and compared against the
+//! slab, finds a flow by key (4 bytes a flow); reverse maps lead from referenced ofports
+//! (`output`/`enqueue`, `in_port`), target tables and cookies to flow ids. Per table, flows are
+//! grouped by match *shape* (the set of fields and masks they match on); each group hashes its flows'
 //! projection onto shapes of interest (its own shape, the shapes that may cover it, the shapes it
 //! shares fields with). "Which higher-priority flow covers this one" and "which same-priority flow
-//! overlaps this one" are then one hash look-up per shape group, not a table scan.
+//! overlaps this one" are then one hash look-up per shape group, not a table scan. Projection maps
+//! store neither the projected values nor their hash (a bucket's hash is recomputed from its first
+//! flow): every look-up checks the candidates' real projections, so a hash collision never yields a
+//! finding.
 //!
 //! # Incremental evaluation
 //! Adding or removing one flow re-evaluates only: that flow; the lower-priority flows it covers (or
@@ -41,14 +49,13 @@ pub use rules::{
 };
 
 use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort};
-use bucket::{Bucket, FastHasher, FastMap, FastSet, FlowId};
+use bucket::{Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
-use shape::{Shape, project};
+use shape::{Projection, Shape, project_hash};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// VLAN id Neutron tags quarantined ports with.
 pub const DEAD_VLAN: u16 = 4095;
@@ -100,21 +107,98 @@ pub fn is_reserved_port(port: u32) -> bool {
 }
 
 type ShapeId = u32;
-/// Projections of a group's flows onto one shape: projected key → flows.
-type ProjMap = FastMap<Box<[u8]>, Bucket>;
+/// Projections of a group's flows onto one shape: buckets of the flows whose projections share one
+/// hash ([`project_hash`]). The hash is not stored but recomputed from a bucket's first flow, so an
+/// entry costs its 24-byte bucket only. Look-ups check each flow's real projection
+/// ([`Projection::same_as`]), so a collision never relates flows that do not relate.
+#[derive(Debug, Default)]
+struct ProjMap(hashbrown::HashTable<Bucket>);
+
+/// The projection hash of a bucket's flows onto `c` (that of its first flow, which is indexed).
+fn bucket_hash(flows: &[Option<FlowRec>], b: &Bucket, c: &Shape) -> u64 {
+    b.first()
+        .and_then(|e| flows.get(e.2 as usize))
+        .and_then(Option::as_ref)
+        .and_then(|r| project_hash(&r.entry.matches, c))
+        .unwrap_or(0)
+}
+
+impl ProjMap {
+    /// The bucket of projection hash `h` (onto `c`).
+    fn get(&self, flows: &[Option<FlowRec>], c: &Shape, h: u64) -> Option<&Bucket> {
+        self.0.find(h, |b| bucket_hash(flows, b, c) == h)
+    }
+
+    /// Adds `e` (a flow already in `flows`) under projection hash `h`.
+    fn insert(&mut self, flows: &[Option<FlowRec>], c: &Shape, h: u64, e: Entry) {
+        match self.0.find_mut(h, |b| bucket_hash(flows, b, c) == h) {
+            Some(b) => b.insert(e),
+            None => {
+                self.0
+                    .insert_unique(h, Bucket::One(e), |b| bucket_hash(flows, b, c));
+            }
+        }
+    }
+
+    /// Removes `e` (filed under projection hash `h`; its flow may already be gone from the slab).
+    fn remove(&mut self, h: u64, e: &Entry) {
+        if let Ok(mut occ) = self.0.find_entry(h, |b| b.contains(e)) {
+            let b = occ.get_mut();
+            b.remove(e);
+            if b.is_empty() {
+                occ.remove();
+            }
+        }
+    }
+
+    /// Every bucket.
+    fn buckets(&self) -> impl Iterator<Item = &Bucket> + '_ {
+        self.0.iter()
+    }
+}
+
+/// A point in time as nanoseconds from a process-wide origin (8 bytes instead of an `Instant`'s 16:
+/// the index keeps one per flow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp(i64);
+
+fn origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+impl Stamp {
+    fn of(t: Instant) -> Stamp {
+        let o = origin();
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        if t >= o {
+            Stamp(nanos(t.duration_since(o)))
+        } else {
+            Stamp(-nanos(o.duration_since(t)))
+        }
+    }
+
+    fn instant(self) -> Instant {
+        let o = origin();
+        let d = Duration::from_nanos(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            o.checked_add(d).unwrap_or(o)
+        } else {
+            o.checked_sub(d).unwrap_or(o)
+        }
+    }
+}
 
 #[derive(Debug)]
 struct FlowRec {
-    /// The entry, shared with the OpenFlow mirror (never copied into the index).
-    entry: Arc<FlowEntry>,
+    /// The entry (the index is where the daemon keeps its flows: the mirror holds no table).
+    entry: FlowEntry,
     shape: ShapeId,
     conj: bool,
     actions_hash: u64,
-    added: Instant,
+    added: Stamp,
     /// Bits of the rules this flow is dirty under.
     dirty: u64,
-    /// Bits of the user rules (they depend on the flow alone).
-    user: u64,
     /// Whether its stale-cookie re-check is scheduled (always at `added + grace`: the grace period
     /// is fixed for the index's lifetime, so the instant need not be kept).
     timer_set: bool,
@@ -142,11 +226,11 @@ fn proj_onto<'a>(
 ) -> Option<&'a ProjMap> {
     if !proj.contains_key(c) {
         let mut map = ProjMap::default();
-        let ids = proj.get(own).into_iter().flat_map(|m| m.values());
+        let ids = proj.get(own).into_iter().flat_map(ProjMap::buckets);
         for &(prio, ah, id) in ids.flat_map(Bucket::iter) {
             let rec = flows.get(id as usize).and_then(Option::as_ref);
-            if let Some(k) = rec.and_then(|r| project(&r.entry.matches, c)) {
-                map.entry(k).or_default().insert((prio, ah, id));
+            if let Some(k) = rec.and_then(|r| project_hash(&r.entry.matches, c)) {
+                map.insert(flows, c, k, (prio, ah, id));
             }
         }
         proj.insert(c.clone(), map);
@@ -173,9 +257,9 @@ enum Timer {
 struct BridgeIndex {
     flows: Vec<Option<FlowRec>>,
     free: Vec<FlowId>,
-    /// Flow ids by the hash of their key; collisions are resolved against the stored flows, so keys
-    /// are not stored twice.
-    by_key: FastMap<u64, KeyIds>,
+    /// Flow ids, hashed by their key ([`key_hash`]) and compared against the stored flows: 4 bytes
+    /// a flow, keys are not stored twice.
+    by_key: hashbrown::HashTable<FlowId>,
     n_flows: usize,
     tables: BTreeMap<u8, TableIdx>,
     /// Ofports the bridge has; `None` until ports are known (then port rules stay silent).
@@ -202,14 +286,16 @@ struct BridgeIndex {
     dirty_ids: BTreeSet<FlowId>,
     /// User-rule bits in scope for this bridge.
     user_scope: u64,
+    /// Bits of the user rules each flow matches (they depend on the flow alone), for the flows
+    /// that match some: most match none, so a side map costs less than a field per flow.
+    user: FastMap<FlowId, u64>,
 }
 
 /// Whether the flow is one clause of a conjunctive match (only `conjunction` actions): such flows
 /// overlap by design and never match on their own, so they neither cover nor conflict with others.
-fn conjunctive(flow: &FlowEntry) -> bool {
-    !flow.actions.is_empty()
-        && flow
-            .actions
+fn conjunctive(actions: &[FlowAction]) -> bool {
+    !actions.is_empty()
+        && actions
             .iter()
             .all(|a| matches!(a, FlowAction::Conjunction { .. }))
 }
@@ -228,37 +314,21 @@ fn in_port(flow: &FlowEntry) -> Option<u32> {
     (m.len <= 4).then_some(m.value as u32)
 }
 
-fn out_ports(flow: &FlowEntry) -> impl Iterator<Item = u32> + '_ {
-    flow.actions.iter().filter_map(|a| match a {
+fn out_ports(actions: &[FlowAction]) -> impl Iterator<Item = u32> + '_ {
+    actions.iter().filter_map(|a| match a {
         FlowAction::Output(p) | FlowAction::Enqueue(p) if !is_reserved_port(*p) => Some(*p),
         _ => None,
     })
 }
 
-fn goto_targets(flow: &FlowEntry) -> impl Iterator<Item = u8> + '_ {
-    flow.actions.iter().filter_map(|a| match a {
+fn goto_targets(actions: &[FlowAction]) -> impl Iterator<Item = u8> + '_ {
+    actions.iter().filter_map(|a| match a {
         FlowAction::GotoTable(t) => Some(*t),
         FlowAction::Resubmit { table: Some(t), .. } | FlowAction::Ct { table: Some(t), .. } => {
             Some(*t)
         }
         _ => None,
     })
-}
-
-/// The flows whose keys share one hash (almost always one).
-#[derive(Debug)]
-enum KeyIds {
-    One(FlowId),
-    Many(Vec<FlowId>),
-}
-
-impl KeyIds {
-    fn ids(&self) -> &[FlowId] {
-        match self {
-            KeyIds::One(id) => std::slice::from_ref(id),
-            KeyIds::Many(v) => v,
-        }
-    }
 }
 
 /// Hash of a flow's identity (table, priority, sorted match).
@@ -268,6 +338,15 @@ fn key_hash(table: u8, priority: u16, matches: &Matches) -> u64 {
     h.write_u16(priority);
     matches.hash(&mut h);
     h.finish()
+}
+
+/// Whether flow `id` projects onto `shape` as `k` does (a bucket's flows share the hash of their
+/// projection only).
+fn same_projection(flows: &[Option<FlowRec>], id: FlowId, k: &Projection, shape: &Shape) -> bool {
+    flows
+        .get(id as usize)
+        .and_then(Option::as_ref)
+        .is_some_and(|r| k.same_as(&r.entry.matches, shape))
 }
 
 /// Whether cookies whose first flows appeared at `a` and `b` belong to one agent generation.
@@ -304,60 +383,53 @@ impl BridgeIndex {
 
     /// The id of the flow with this identity (`matches` sorted).
     fn find(&self, table: u8, priority: u16, matches: &Matches) -> Option<FlowId> {
-        let ids = self.by_key.get(&key_hash(table, priority, matches))?;
-        ids.ids().iter().copied().find(|id| {
-            self.rec(*id).is_some_and(|r| {
-                r.entry.table == table
-                    && r.entry.priority == priority
-                    && r.entry.matches == *matches
+        self.by_key
+            .find(key_hash(table, priority, matches), |id| {
+                self.rec(*id).is_some_and(|r| {
+                    r.entry.table == table
+                        && r.entry.priority == priority
+                        && r.entry.matches == *matches
+                })
             })
-        })
+            .copied()
     }
 
+    /// Links flow `id` (already in the slab) under its key.
     fn key_link(&mut self, h: u64, id: FlowId) {
-        match self.by_key.get_mut(&h) {
-            None => {
-                self.by_key.insert(h, KeyIds::One(id));
-            }
-            Some(KeyIds::One(other)) => {
-                let other = *other;
-                self.by_key.insert(h, KeyIds::Many(vec![other, id]));
-            }
-            Some(KeyIds::Many(v)) => v.push(id),
-        }
+        let BridgeIndex { flows, by_key, .. } = self;
+        by_key.insert_unique(h, id, |other| {
+            flows
+                .get(*other as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |r| {
+                    key_hash(r.entry.table, r.entry.priority, &r.entry.matches)
+                })
+        });
         self.n_flows += 1;
     }
 
     fn key_unlink(&mut self, h: u64, id: FlowId) {
-        let now_empty = match self.by_key.get_mut(&h) {
-            None => return,
-            Some(KeyIds::One(other)) => *other == id,
-            Some(KeyIds::Many(v)) => {
-                v.retain(|x| *x != id);
-                v.is_empty()
-            }
-        };
-        if now_empty {
-            self.by_key.remove(&h);
+        if let Ok(e) = self.by_key.find_entry(h, |x| *x == id) {
+            e.remove();
+            self.n_flows = self.n_flows.saturating_sub(1);
         }
-        self.n_flows = self.n_flows.saturating_sub(1);
     }
 
-    fn upsert(&mut self, rules: &RuleSet, flow: Arc<FlowEntry>, now: Instant) {
-        let mut added = now;
+    fn upsert(&mut self, rules: &RuleSet, flow: FlowEntry, now: Instant) {
+        let mut added = Stamp::of(now);
         if let Some(id) = self.find(flow.table, flow.priority, &flow.matches) {
             if let Some(old) = self.rec(id) {
-                if *old.entry == *flow {
+                if old.entry == flow {
                     return;
                 }
                 if old.entry.cookie == flow.cookie {
-                    if old.entry.actions == flow.actions {
+                    if old.entry.same_actions(&flow) {
                         // Only counters, timeouts or text changed (a re-dump): nothing else is affected.
                         let user = self.user_bits(rules, &flow);
                         if let Some(Some(r)) = self.flows.get_mut(id as usize) {
                             r.entry = flow;
-                            r.user = user;
                         }
+                        self.set_user(id, user);
                         self.evaluate(rules, id, now);
                         return;
                     }
@@ -367,6 +439,15 @@ impl BridgeIndex {
             self.remove_id(rules, id, now);
         }
         self.insert(rules, flow, added, now);
+    }
+
+    /// Records the user-rule bits of flow `id` (only non-zero ones are kept).
+    fn set_user(&mut self, id: FlowId, bits: u64) {
+        if bits == 0 {
+            self.user.remove(&id);
+        } else {
+            self.user.insert(id, bits);
+        }
     }
 
     /// Bits of the in-scope user rules that `flow` matches.
@@ -379,9 +460,10 @@ impl BridgeIndex {
             .fold(0, |m, (i, _)| m | RuleSet::user_bit(i))
     }
 
-    fn insert(&mut self, rules: &RuleSet, flow: Arc<FlowEntry>, added: Instant, now: Instant) {
+    fn insert(&mut self, rules: &RuleSet, flow: FlowEntry, added: Stamp, now: Instant) {
         let shape_key = Shape::of(&flow.matches);
-        let ah = actions_hash(&flow.actions);
+        let actions = flow.actions().into_owned();
+        let ah = actions_hash(&actions);
         let user = self.user_bits(rules, &flow);
         let id = match self.free.pop() {
             Some(id) => id,
@@ -391,9 +473,10 @@ impl BridgeIndex {
             }
         };
         let (t, prio) = (flow.table, flow.priority);
-        let table = self.tables.entry(t).or_default();
+        let BridgeIndex { tables, flows, .. } = self;
+        let table = tables.entry(t).or_default();
         let was_empty = table.len == 0;
-        let conj = conjunctive(&flow);
+        let conj = conjunctive(&actions);
         let ids = &mut table.ids[usize::from(conj)];
         let shape = match ids.get(&shape_key) {
             Some(s) => *s,
@@ -416,29 +499,12 @@ impl BridgeIndex {
                 s
             }
         };
-        if let Some(g) = table.groups.get_mut(&shape) {
-            for (c, map) in &mut g.proj {
-                if let Some(k) = project(&flow.matches, c) {
-                    map.entry(k).or_default().insert((prio, ah, id));
-                }
-            }
-            g.len += 1;
-        }
-        table.len += 1;
-        for p in out_ports(&flow) {
-            self.by_out_port.entry(p).or_default().insert(id);
-        }
-        if let Some(p) = in_port(&flow) {
-            self.by_in_port.entry(p).or_default().insert(id);
-        }
-        for tt in goto_targets(&flow) {
-            self.by_goto.entry(tt).or_default().insert(id);
-        }
-        self.by_cookie.entry(flow.cookie).or_default().insert(id);
+        // Into the slab first: projection maps rehash from the flows they index.
         let cookie = flow.cookie;
-        self.key_link(key_hash(t, prio, &flow.matches), id);
+        let kh = key_hash(t, prio, &flow.matches);
         let matches = flow.matches.clone();
-        if let Some(slot) = self.flows.get_mut(id as usize) {
+        let in_p = in_port(&flow);
+        if let Some(slot) = flows.get_mut(id as usize) {
             *slot = Some(FlowRec {
                 entry: flow,
                 shape,
@@ -446,10 +512,30 @@ impl BridgeIndex {
                 actions_hash: ah,
                 added,
                 dirty: 0,
-                user: 0,
                 timer_set: false,
             });
         }
+        if let Some(g) = table.groups.get_mut(&shape) {
+            for (c, map) in &mut g.proj {
+                if let Some(k) = project_hash(&matches, c) {
+                    map.insert(flows, c, k, (prio, ah, id));
+                }
+            }
+            g.len += 1;
+        }
+        table.len += 1;
+        for p in out_ports(&actions) {
+            self.by_out_port.entry(p).or_default().insert(id);
+        }
+        if let Some(p) = in_p {
+            self.by_in_port.entry(p).or_default().insert(id);
+        }
+        for tt in goto_targets(&actions) {
+            self.by_goto.entry(tt).or_default().insert(id);
+        }
+        drop(actions);
+        self.by_cookie.entry(cookie).or_default().insert(id);
+        self.key_link(kh, id);
         let mut affected = if conj {
             Vec::new()
         } else {
@@ -459,9 +545,7 @@ impl BridgeIndex {
             affected.extend(ids.iter().copied());
         }
         affected.extend(self.cookie_delta(rules, cookie, 1, now));
-        if let Some(Some(r)) = self.flows.get_mut(id as usize) {
-            r.user = user;
-        }
+        self.set_user(id, user);
         self.evaluate(rules, id, now);
         self.evaluate_all(rules, affected, now);
     }
@@ -472,6 +556,7 @@ impl BridgeIndex {
         };
         self.free.push(id);
         self.dirty_ids.remove(&id);
+        self.user.remove(&id);
         self.key_unlink(
             key_hash(rec.entry.table, rec.entry.priority, &rec.entry.matches),
             id,
@@ -486,13 +571,8 @@ impl BridgeIndex {
         if let Some(table) = self.tables.get_mut(&t) {
             if let Some(g) = table.groups.get_mut(&rec.shape) {
                 for (c, map) in &mut g.proj {
-                    if let Some(k) = project(&rec.entry.matches, c)
-                        && let Some(b) = map.get_mut(&k)
-                    {
-                        b.remove(&(prio, ah, id));
-                        if b.is_empty() {
-                            map.remove(&k);
-                        }
+                    if let Some(k) = project_hash(&rec.entry.matches, c) {
+                        map.remove(k, &(prio, ah, id));
                     }
                 }
                 g.len = g.len.saturating_sub(1);
@@ -516,13 +596,14 @@ impl BridgeIndex {
                 }
             }
         };
-        for p in out_ports(&rec.entry) {
+        let actions = rec.entry.actions();
+        for p in out_ports(&actions) {
             unlink(&mut self.by_out_port, p);
         }
         if let Some(p) = in_port(&rec.entry) {
             unlink(&mut self.by_in_port, p);
         }
-        for tt in goto_targets(&rec.entry) {
+        for tt in goto_targets(&actions) {
             if let Some(s) = self.by_goto.get_mut(&tt) {
                 s.remove(&id);
                 if s.is_empty() {
@@ -584,7 +665,9 @@ impl BridgeIndex {
         let Some(table) = tables.get_mut(&t) else {
             return out;
         };
-        let own_key = project(matches, shape).unwrap_or_default();
+        let Some(own_key) = Projection::of(matches, shape) else {
+            return out;
+        };
         // Only flows whose verdict can flip: on add, those not yet flagged; on remove, flagged ones.
         let flips = |fid: FlowId, bit: u64| {
             fid != id
@@ -605,20 +688,23 @@ impl BridgeIndex {
             // The changed flow covers this group's flows when the intersection is its whole shape.
             if unreach && c == shape {
                 let bit = BuiltinRule::Unreachable.bit();
-                if let Some(b) = proj_onto(proj, gs, c, flows).and_then(|m| m.get(&own_key)) {
-                    out.extend(b.below(prio).into_iter().filter(|f| flips(*f, bit)));
+                if let Some(b) =
+                    proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, own_key.hash))
+                {
+                    out.extend(b.below(prio, |f| {
+                        flips(f, bit) && same_projection(flows, f, &own_key, c)
+                    }));
                 }
             }
             if ambig && !*conj {
                 let bit = BuiltinRule::AmbiguousPriority.bit();
-                if let Some(k) = project(matches, c)
-                    && let Some(b) = proj_onto(proj, gs, c, flows).and_then(|m| m.get(&k))
+                if let Some(k) = Projection::of(matches, c)
+                    && let Some(b) =
+                        proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, k.hash))
                 {
-                    out.extend(
-                        b.same_prio_other_actions(prio, ah)
-                            .into_iter()
-                            .filter(|f| flips(*f, bit)),
-                    );
+                    out.extend(b.same_prio_other_actions(prio, ah, |f| {
+                        flips(f, bit) && same_projection(flows, f, &k, c)
+                    }));
                 }
             }
         }
@@ -718,7 +804,7 @@ impl BridgeIndex {
         if owned {
             return StaleState::Fresh;
         }
-        let Some(due) = rec.added.checked_add(rules.grace) else {
+        let Some(due) = rec.added.instant().checked_add(rules.grace) else {
             return StaleState::Fresh;
         };
         if now >= due {
@@ -733,9 +819,16 @@ impl BridgeIndex {
             return false;
         };
         table.groups.values().filter(|g| !g.conj).any(|g| {
-            project(&rec.entry.matches, &g.shape)
-                .and_then(|k| g.proj.get(&g.shape)?.get(&k))
-                .is_some_and(|b| b.any_above(rec.entry.priority))
+            Projection::of(&rec.entry.matches, &g.shape).is_some_and(|k| {
+                g.proj
+                    .get(&g.shape)
+                    .and_then(|m| m.get(&self.flows, &g.shape, k.hash))
+                    .is_some_and(|b| {
+                        b.any_above(rec.entry.priority, |f| {
+                            same_projection(&self.flows, f, &k, &g.shape)
+                        })
+                    })
+            })
         })
     }
 
@@ -762,12 +855,12 @@ impl BridgeIndex {
             let c = inter
                 .entry(rec.shape)
                 .or_insert_with(|| Shape::of(&rec.entry.matches).intersect(gs));
-            let Some(k) = project(&rec.entry.matches, c) else {
+            let Some(k) = Projection::of(&rec.entry.matches, c) else {
                 return false;
             };
             proj_onto(proj, gs, c, flows)
-                .and_then(|m| m.get(&k))
-                .is_some_and(|b| b.conflicts(p, ah))
+                .and_then(|m| m.get(flows, c, k.hash))
+                .is_some_and(|b| b.conflicts(p, ah, |f| same_projection(flows, f, &k, c)))
         })
     }
 
@@ -784,11 +877,18 @@ impl BridgeIndex {
         let Some(rec) = self.rec(id) else {
             return;
         };
-        let mut bits = rec.user;
+        let mut bits = self.user.get(&id).copied().unwrap_or(0);
         let e = &rec.entry;
+        let needs_actions = rules.enabled(BuiltinRule::GotoEmptyTable)
+            || (self.ports.is_some() && rules.enabled(BuiltinRule::OutputToMissingPort));
+        let actions = if needs_actions {
+            e.actions()
+        } else {
+            Cow::Borrowed(&[][..])
+        };
         if let Some(ports) = &self.ports {
             if rules.enabled(BuiltinRule::OutputToMissingPort)
-                && out_ports(e).any(|p| !ports.contains(&p))
+                && out_ports(&actions).any(|p| !ports.contains(&p))
             {
                 bits |= BuiltinRule::OutputToMissingPort.bit();
             }
@@ -799,7 +899,7 @@ impl BridgeIndex {
             }
         }
         if rules.enabled(BuiltinRule::GotoEmptyTable)
-            && goto_targets(e).any(|t| self.tables.get(&t).is_none_or(|t| t.len == 0))
+            && goto_targets(&actions).any(|t| self.tables.get(&t).is_none_or(|t| t.len == 0))
         {
             bits |= BuiltinRule::GotoEmptyTable.bit();
         }
@@ -927,8 +1027,9 @@ impl DirtyFlowIndex {
     /// Adds a flow, or replaces the flow with the same [`FlowKey`] (a changed cookie restarts its
     /// grace period). Re-evaluates only the flows this change can affect.
     ///
-    /// The index keeps the entry itself (pass the mirror's `Arc` to share it; no copy is made).
-    pub fn upsert_flow(&mut self, bridge: &str, flow: impl Into<Arc<FlowEntry>>, now: Instant) {
+    /// The index keeps the entry itself (an `Arc` is unwrapped; entries share their storage, so a
+    /// clone is no copy).
+    pub fn upsert_flow(&mut self, bridge: &str, flow: impl Into<FlowEntry>, now: Instant) {
         let flow = flow.into();
         self.tick(now);
         let rules = &self.rules;
@@ -955,15 +1056,14 @@ impl DirtyFlowIndex {
     }
 
     /// Replaces all flows of `bridge` with a full dump: flows not in `flows` are removed, the rest
-    /// upserted (unchanged flows cost a hash look-up and keep their age). Entries are kept, not
-    /// copied: pass the mirror's `Arc`s to share them.
-    pub fn replace_flows<F: Into<Arc<FlowEntry>>>(
+    /// upserted (unchanged flows cost a hash look-up and keep their age). Entries are kept as given.
+    pub fn replace_flows<F: Into<FlowEntry>>(
         &mut self,
         bridge: &str,
         flows: impl IntoIterator<Item = F>,
         now: Instant,
     ) {
-        let flows: Vec<Arc<FlowEntry>> = flows.into_iter().map(Into::into).collect();
+        let flows: Vec<FlowEntry> = flows.into_iter().map(Into::into).collect();
         if self.bridge(bridge).n_flows == 0 {
             // First load: nothing to remove, and no key set to build. Size the slab once (no
             // doubling copies of a large table).
@@ -979,7 +1079,7 @@ impl DirtyFlowIndex {
             }
             return;
         }
-        let keep: HashSet<FlowKey> = flows.iter().map(|f| key_of(f)).collect();
+        let keep: HashSet<FlowKey> = flows.iter().map(key_of).collect();
         let gone: Vec<FlowKey> = self
             .bridge(bridge)
             .flows

@@ -5,7 +5,9 @@
 //! share. Grouping flows by shape and hashing their projection onto a shared shape turns
 //! "which flows cover / overlap this one" into a few hash look-ups instead of a scan of the table.
 
+use super::bucket::FastHasher;
 use crate::model::flows::Matches;
+use std::hash::Hasher;
 
 /// The fields of a match with their effective masks (all ones of the field's width for exact
 /// matches) and widths in bytes, sorted by field name.
@@ -51,34 +53,84 @@ impl Shape {
     }
 }
 
-/// Projects a match onto `shape`: the concatenated masked values of the shape's fields (each
-/// `len` bytes, big-endian).
+/// Calls `f` with the masked value of each of the shape's fields in `matches`, in shape order.
 ///
-/// `None` when the match lacks one of the fields or does not constrain all of its masked bits
-/// (then no flow of that shape relates to it through this projection).
-pub(crate) fn project(matches: &Matches, shape: &Shape) -> Option<Box<[u8]>> {
-    let size: usize = shape.0.iter().map(|(_, len, _)| usize::from(*len)).sum();
-    let mut key = Vec::with_capacity(size);
+/// Returns `false` (having called `f` for a prefix only) when the match lacks one of the fields or
+/// does not constrain all of its masked bits (then no flow of that shape relates to it through this
+/// projection).
+fn for_each_projected(matches: &Matches, shape: &Shape, mut f: impl FnMut(u128)) -> bool {
     let mut it = matches.iter().peekable();
     for (field, len, cmask) in &shape.0 {
         // Both lists are sorted by field name: merge instead of searching.
         let m = loop {
-            let m = it.peek()?;
+            let Some(m) = it.peek() else {
+                return false;
+            };
             match m.field.cmp(field) {
                 std::cmp::Ordering::Less => {
                     it.next();
                 }
                 std::cmp::Ordering::Equal => break *m,
-                std::cmp::Ordering::Greater => return None,
+                std::cmp::Ordering::Greater => return false,
             }
         };
         if m.len != *len || cmask & !m.mask != 0 {
-            return None;
+            return false;
         }
-        let l = usize::from(*len).min(16);
-        key.extend_from_slice(&(m.value & cmask).to_be_bytes()[16 - l..]);
+        f(m.value & cmask);
     }
-    Some(key.into_boxed_slice())
+    true
+}
+
+fn hash_value(h: &mut FastHasher, v: u128) {
+    h.write_u64(v as u64);
+    h.write_u64((v >> 64) as u64);
+}
+
+/// Hash of the projection of a match onto `shape` (what the index keys projection maps by: equal
+/// projections have equal hashes; unequal ones are told apart by [`Projection::same_as`]).
+/// `None` when the match does not project (see [`Projection::of`]).
+pub(crate) fn project_hash(matches: &Matches, shape: &Shape) -> Option<u64> {
+    let mut h = FastHasher::default();
+    for_each_projected(matches, shape, |v| hash_value(&mut h, v)).then(|| h.finish())
+}
+
+/// The projection of a match onto a shape: the masked values of the shape's fields, with their
+/// hash ([`project_hash`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Projection {
+    /// [`project_hash`] of the match.
+    pub(crate) hash: u64,
+    vals: Vec<u128>,
+}
+
+impl Projection {
+    /// Projects `matches` onto `shape`; `None` when the match lacks one of the shape's fields or
+    /// does not constrain all of its masked bits.
+    pub(crate) fn of(matches: &Matches, shape: &Shape) -> Option<Projection> {
+        let mut vals = Vec::with_capacity(shape.0.len());
+        let mut h = FastHasher::default();
+        for_each_projected(matches, shape, |v| {
+            hash_value(&mut h, v);
+            vals.push(v);
+        })
+        .then(|| Projection {
+            hash: h.finish(),
+            vals,
+        })
+    }
+
+    /// Whether `other` projects onto `shape` (the shape this projection was taken on) to the same
+    /// values: the check that makes a hash collision harmless.
+    pub(crate) fn same_as(&self, other: &Matches, shape: &Shape) -> bool {
+        let mut i = 0;
+        let mut same = true;
+        let projects = for_each_projected(other, shape, |v| {
+            same &= self.vals.get(i) == Some(&v);
+            i += 1;
+        });
+        projects && same && i == self.vals.len()
+    }
 }
 
 #[cfg(test)]
@@ -93,23 +145,27 @@ mod tests {
             FieldMatch::exact("dl_type", 0x0800, 2),
             FieldMatch::exact("nw_dst", 0x0a01_0203, 4),
         ]);
+        let other = Matches::new([FieldMatch::exact("nw_dst", 0x0b01_0203, 4)]);
         let (sw, sn) = (Shape::of(&wide), Shape::of(&narrow));
         // A flow of shape sw can cover one of shape sn (their intersection is all of sw), not back.
         assert_eq!(sw.intersect(&sn), sw);
         assert_ne!(sn.intersect(&sw), sn);
-        assert_eq!(project(&narrow, &sw).as_deref(), Some(&[10, 0, 0, 0][..]));
-        assert_eq!(project(&wide, &sn), None);
-        assert_eq!(sw.intersect(&sn), sw);
+        let p = Projection::of(&narrow, &sw).unwrap();
+        assert!(p.same_as(&wide, &sw) && p.same_as(&narrow, &sw) && !p.same_as(&other, &sw));
+        assert_eq!(project_hash(&wide, &sw), Some(p.hash));
+        assert_eq!(Projection::of(&wide, &sn), None);
+        assert_eq!(project_hash(&wide, &sn), None);
         assert_eq!(Shape::of(&Matches::default()), Shape::default());
     }
 
     #[test]
     fn width_mismatch_does_not_project() {
         let m = Matches::new([FieldMatch::exact("reg0", 0x0102, 2)]);
-        assert_eq!(project(&m, &Shape(vec![("reg0", 4, 0xffff_ffff)])), None);
         assert_eq!(
-            project(&m, &Shape(vec![("reg0", 2, 0xffff)])).as_deref(),
-            Some(&[1, 2][..])
+            project_hash(&m, &Shape(vec![("reg0", 4, 0xffff_ffff)])),
+            None
         );
+        let s2 = Shape(vec![("reg0", 2, 0xffff)]);
+        assert!(Projection::of(&m, &s2).unwrap().same_as(&m, &s2));
     }
 }

@@ -61,20 +61,17 @@ fn flow(
         table,
         priority,
         cookie,
-        source: FlowSource::Text(
+        source: FlowSource::text(
             format!(
                 "cookie={cookie:#x}, table={table}, priority={priority},{} actions={}",
                 mtext.join(","),
                 atext.join(",")
-            )
-            .into(),
+            ),
+            actions,
         ),
         matches: matches.into(),
-        actions: actions.into(),
         idle_timeout: 0,
         hard_timeout: 0,
-        n_packets: 0,
-        n_bytes: 0,
     }
 }
 
@@ -869,9 +866,9 @@ fn replace_flows_resyncs_and_keeps_counts_consistent() {
     idx.replace_flows(BR, v1, now);
     assert_eq!(count(&idx, BR, "output_to_missing_port"), 1);
     assert_eq!(count(&idx, BR, "in_port_missing"), 1);
-    // A re-dump with new counters changes nothing.
+    // A re-dump with a new timeout changes nothing.
     let mut redump = flow(0, 10, 0, vec![in_port(1)], vec![out(9)]);
-    redump.n_packets = 42;
+    redump.idle_timeout = 42;
     idx.upsert_flow(BR, redump, now);
     assert_eq!(idx.len(BR), 2);
     assert_eq!(count(&idx, BR, "output_to_missing_port"), 1);
@@ -1058,7 +1055,7 @@ fn brute_unreachable(f: &FlowEntry, all: &[FlowEntry]) -> bool {
     all.iter().any(|g| {
         g.table == f.table
             && g.priority > f.priority
-            && !conjunctive(g)
+            && !conjunctive(&g.actions())
             && g.matches.iter().all(|gm| {
                 f.matches.iter().any(|fm| {
                     let (gmask, fmask) = (gm.mask, fm.mask);
@@ -1073,12 +1070,12 @@ fn brute_unreachable(f: &FlowEntry, all: &[FlowEntry]) -> bool {
 
 /// Brute-force reference for `ambiguous_priority`.
 fn brute_ambiguous(f: &FlowEntry, all: &[FlowEntry]) -> bool {
-    !conjunctive(f)
+    !conjunctive(&f.actions())
         && all.iter().any(|g| {
             g.table == f.table
                 && g.priority == f.priority
-                && g.actions != f.actions
-                && !conjunctive(g)
+                && g.actions() != f.actions()
+                && !conjunctive(&g.actions())
                 && f.matches.iter().all(|fm| {
                     g.matches
                         .iter()
@@ -1172,7 +1169,7 @@ fn incremental_index_matches_brute_force() {
             let tables: HashSet<u8> = all.iter().map(|f| f.table).collect();
             let goto = all
                 .iter()
-                .filter(|f| f.actions.contains(&FlowAction::GotoTable(1)) && !tables.contains(&1))
+                .filter(|f| f.actions().contains(&FlowAction::GotoTable(1)) && !tables.contains(&1))
                 .count();
             assert_eq!(
                 count(&idx, BR, "goto_empty_table"),
@@ -1194,16 +1191,8 @@ fn key_hash_collisions_are_resolved() {
     let now = Instant::now();
     let rules = RuleSet::compile(&DirtyFlowConfig::default()).unwrap();
     let mut b = BridgeIndex::new(&rules, BR);
-    b.upsert(
-        &rules,
-        flow(0, 1, 0, vec![in_port(1)], vec![out(1)]).into(),
-        now,
-    );
-    b.upsert(
-        &rules,
-        flow(0, 2, 0, vec![in_port(1)], vec![out(1)]).into(),
-        now,
-    );
+    b.upsert(&rules, flow(0, 1, 0, vec![in_port(1)], vec![out(1)]), now);
+    b.upsert(&rules, flow(0, 2, 0, vec![in_port(1)], vec![out(1)]), now);
     let key = Matches::new([in_port(1)]);
     let (h1, h2) = (key_hash(0, 1, &key), key_hash(0, 2, &key));
     let id1 = b.find(0, 1, &key).unwrap();
@@ -1211,10 +1200,56 @@ fn key_hash_collisions_are_resolved() {
     // Put the second flow under the first one's hash as if both keys collided.
     b.key_unlink(h2, id2);
     b.key_link(h1, id2);
-    assert!(matches!(b.by_key.get(&h1), Some(KeyIds::Many(v)) if v.len() == 2));
+    assert_eq!(b.by_key.iter_hash(h1).count(), 2);
     assert_eq!(b.find(0, 1, &key), Some(id1));
     b.key_unlink(h1, id1);
     assert_eq!(b.find(0, 1, &key), None);
     b.key_unlink(h1, id2);
     assert!(b.by_key.is_empty());
+}
+
+#[test]
+fn projection_hash_collisions_never_relate_flows() {
+    let now = Instant::now();
+    let rules = RuleSet::compile(&DirtyFlowConfig::default()).unwrap();
+    let mut b = BridgeIndex::new(&rules, BR);
+    let (ma, mb, mc) = (
+        vec![m("reg0", 1, 4)],
+        vec![m("reg0", 2, 4)],
+        vec![m("reg0", 3, 4)],
+    );
+    b.upsert(&rules, flow(0, 10, 0, ma.clone(), vec![out(1)]), now);
+    b.upsert(&rules, flow(0, 5, 0, mb.clone(), vec![out(2)]), now);
+    b.upsert(&rules, flow(0, 5, 0, mc.clone(), vec![out(3)]), now);
+    let id = |b: &BridgeIndex, prio, ms: &[FieldMatch]| {
+        b.find(0, prio, &Matches::new(ms.iter().copied())).unwrap()
+    };
+    let (ia, ib, ic) = (id(&b, 10, &ma), id(&b, 5, &mb), id(&b, 5, &mc));
+    let entry = |b: &BridgeIndex, i: FlowId| {
+        let r = b.rec(i).unwrap();
+        (r.entry.priority, r.actions_hash, i)
+    };
+    // A bucket's hash is that of its first (lowest) entry: file the others under the hash of the
+    // lower of B and C, as if all three projections hashed alike.
+    let (lo, hi) = {
+        let (eb, ec) = (entry(&b, ib), entry(&b, ic));
+        (eb.min(ec), eb.max(ec))
+    };
+    let ea = entry(&b, ia);
+    let (lo_id, sid) = (lo.2, b.rec(lo.2).unwrap().shape);
+    let lo_matches = b.rec(lo_id).unwrap().entry.matches.clone();
+    let shape = Shape::of(&lo_matches);
+    let h = project_hash(&lo_matches, &shape).unwrap();
+    let BridgeIndex { tables, flows, .. } = &mut b;
+    let g = tables.get_mut(&0).unwrap().groups.get_mut(&sid).unwrap();
+    let map = g.proj.get_mut(&shape).unwrap();
+    map.insert(flows, &shape, h, ea);
+    map.insert(flows, &shape, h, hi);
+    assert_eq!(map.get(flows, &shape, h).unwrap().iter().count(), 3);
+    // A (higher priority) does not cover it, the other (same priority, other actions) does not
+    // overlap it: their real projections differ.
+    b.evaluate(&rules, lo_id, now);
+    let dirty = b.rec(lo_id).unwrap().dirty;
+    assert_eq!(dirty & BuiltinRule::Unreachable.bit(), 0);
+    assert_eq!(dirty & BuiltinRule::AmbiguousPriority.bit(), 0);
 }

@@ -460,10 +460,10 @@ pub struct BridgeConfig {
     pub publish_interval: Duration,
     /// Idle time after which the switch is probed with an ECHO_REQUEST (dead after twice that).
     pub probe_interval: Duration,
-    /// Whether published snapshots carry the flow table (default). Consumers that follow the
-    /// [`FlowChange`] stream turn this off: they get the table once per resync in
-    /// [`FlowChange::Resynced`], and the mirror then updates its table in place instead of copying
-    /// its index whenever a change follows a published snapshot.
+    /// Whether the mirror keeps a flow table and publishes it in its snapshots (default).
+    /// Consumers that follow the [`FlowChange`] stream turn this off: they get the dump once per
+    /// resync in [`FlowChange::Resynced`] and every change after it, and the mirror then holds no
+    /// flow at all (it tells additions from modifications by the switch's own verdict).
     pub snapshot_flows: bool,
 }
 
@@ -511,30 +511,39 @@ pub struct BridgeSnapshot {
     /// Ports by OpenFlow port number (OF1.3 numbering, LOCAL = 0xfffffffe); shared by snapshots
     /// until a port changes.
     pub ports: Arc<BTreeMap<u32, PortDesc>>,
-    /// Flows (counters as of the last dump; monitor updates keep the previous counters).
+    /// Flows (without counters). Empty when the mirror keeps no table
+    /// ([`BridgeConfig::snapshot_flows`] off).
     pub flows: Arc<FlowTable>,
+    /// Number of flows mirrored (also without a table: then counted from the dump and the
+    /// monitor's add/delete events, which may over-count a flow added while the dump ran).
+    pub n_flows: usize,
     /// When this snapshot was taken.
     pub taken: Option<Instant>,
+    /// Whether the mirror keeps its table ([`BridgeConfig::snapshot_flows`]).
+    keep_table: bool,
 }
 
 /// A change of one bridge's mirror, sent as it happens.
 #[derive(Clone, Debug)]
 pub enum FlowChange {
-    /// A full dump replaced the table (`generation` as in [`BridgeSnapshot`]).
+    /// A full dump replaced the table (`generation` as in [`BridgeSnapshot`]). Updates that raced
+    /// with the dump follow as their own changes.
     Resynced {
         /// New generation.
         generation: u64,
-        /// Flows in the table.
+        /// Flows in the dump.
         flows: usize,
-        /// The table as dumped (plus the updates that raced with the dump).
-        table: Arc<FlowTable>,
+        /// The flows as dumped (entries are cheap to clone: they share their storage).
+        table: Vec<FlowEntry>,
     },
-    /// A flow appeared.
-    Added(Arc<FlowEntry>),
+    /// A flow appeared. Without a mirrored table ([`BridgeConfig::snapshot_flows`] off), this is
+    /// the switch's own add/modify verdict, so a flow added while the dump ran may come as `Added`
+    /// although the dump had it.
+    Added(FlowEntry),
     /// A flow's actions/cookie/timeouts changed.
-    Modified(Arc<FlowEntry>),
+    Modified(FlowEntry),
     /// A flow was removed.
-    Deleted(Arc<FlowEntry>),
+    Deleted(FlowEntry),
     /// The port set changed.
     PortsChanged,
     /// The session ended; the mirror is stale until the next `Resynced`.
@@ -578,6 +587,7 @@ pub async fn run_bridge(
     let changes = changes.map(|tx| ChangeTx { tag, tx });
     let mut state = BridgeSnapshot {
         bridge: cfg.bridge.clone(),
+        keep_table: cfg.snapshot_flows,
         ..Default::default()
     };
     let mut backoff = cfg.backoff_min;
@@ -622,31 +632,41 @@ async fn session(
     let mut c = OpenFlowClient::connect(cfg.socket_path(), cfg.request_timeout).await?;
     c.start_monitor().await?;
     let ports = c.port_descs().await?;
+    // The dump goes to the table (when kept) and to the change stream (when followed); a mirror
+    // without a table holds no flow at all, its consumer (the dirty-flow index) keeps them.
     let mut table = FlowTable::new();
-    c.dump_flows_each(cfg.max_flows, |f| {
-        table.insert(f.entry.key(), Arc::new(f.entry));
-    })
-    .await?;
+    let mut dumped = Vec::new();
+    let n = c
+        .dump_flows_each(cfg.max_flows, |f| {
+            if cfg.snapshot_flows {
+                table.insert(f.entry.key(), Arc::new(f.entry.clone()));
+            }
+            if changes.is_some() {
+                dumped.push(f.entry);
+            }
+        })
+        .await?;
     state.datapath_id = c.features().datapath_id;
     state.ports = Arc::new(ports.into_iter().map(|p| (p.port_no, p)).collect());
     state.flows = Arc::new(table);
+    state.n_flows = n;
     state.generation += 1;
     state.connected = true;
     state.error = None;
+    if let Some(tx) = changes {
+        tx.send(FlowChange::Resynced {
+            generation: state.generation,
+            flows: n,
+            table: dumped,
+        })
+        .await;
+    }
     // Replay updates that raced with the dump.
     for ev in c.take_queued() {
         apply(state, ev, changes, cfg.max_flows).await?;
     }
     state.taken = Some(Instant::now());
     publish(cfg, state, snapshots);
-    if let Some(tx) = changes {
-        tx.send(FlowChange::Resynced {
-            generation: state.generation,
-            flows: state.flows.len(),
-            table: state.flows.clone(),
-        })
-        .await;
-    }
     // No periodic tick: an idle mirror sleeps until its liveness probe is due; after a change it
     // wakes once more, when the next snapshot may be published.
     let mut dirty = false;
@@ -699,7 +719,9 @@ fn publish(
             generation: state.generation,
             ports: state.ports.clone(),
             flows: Arc::default(),
+            n_flows: state.n_flows,
             taken: state.taken,
+            keep_table: false,
         }
     };
     snapshots.send_replace(Arc::new(snap));
@@ -712,19 +734,23 @@ async fn apply(
     max_flows: usize,
 ) -> OfResult<()> {
     let change = match ev {
+        // No table: the switch's verdict says whether the flow is new.
+        MonitorEvent::Flow(FlowUpdate::Added(e)) if !state.keep_table => {
+            state.n_flows += 1;
+            if state.n_flows > max_flows {
+                return Err(OfError::TooManyFlows(max_flows));
+            }
+            FlowChange::Added(e)
+        }
+        MonitorEvent::Flow(FlowUpdate::Modified(e)) if !state.keep_table => FlowChange::Modified(e),
         MonitorEvent::Flow(FlowUpdate::Added(e)) | MonitorEvent::Flow(FlowUpdate::Modified(e)) => {
             let key = e.key();
             let flows = Arc::make_mut(&mut state.flows);
             let old = flows.get(&key).cloned();
-            let mut e = e;
-            if let Some(o) = &old {
-                e.n_packets = o.n_packets;
-                e.n_bytes = o.n_bytes;
-            }
-            let e = Arc::new(e);
             // Re-key too, so that the key shares the new entry's match bytes.
             flows.remove(&key);
-            flows.insert(key, e.clone());
+            flows.insert(key, Arc::new(e.clone()));
+            state.n_flows = flows.len();
             if flows.len() > max_flows {
                 return Err(OfError::TooManyFlows(max_flows));
             }
@@ -734,11 +760,16 @@ async fn apply(
                 FlowChange::Added(e)
             }
         }
+        MonitorEvent::Flow(FlowUpdate::Deleted(e)) if !state.keep_table => {
+            state.n_flows = state.n_flows.saturating_sub(1);
+            FlowChange::Deleted(e)
+        }
         MonitorEvent::Flow(FlowUpdate::Deleted(e)) => {
             let key = e.key();
             let flows = Arc::make_mut(&mut state.flows);
             let old = flows.remove(&key);
-            FlowChange::Deleted(old.unwrap_or_else(|| Arc::new(e)))
+            state.n_flows = flows.len();
+            FlowChange::Deleted(old.map_or(e, FlowEntry::from))
         }
         MonitorEvent::Flow(FlowUpdate::Abbreviated { .. }) => return Ok(()),
         MonitorEvent::Port { reason, port } => {

@@ -700,6 +700,12 @@ impl Match {
     /// Unknown fields wider than 16 bytes (no OVS field is) are folded into a 16-byte exact value
     /// derived from their value and mask, so they still tell flows apart.
     pub fn field_matches_with(&self, scratch: &mut Vec<FieldMatch>) -> Matches {
+        self.field_matches_tail(scratch, &[])
+    }
+
+    /// Like [`field_matches_with`](Self::field_matches_with), storing `tail` after the encoding
+    /// (see [`Matches::tail`]).
+    pub fn field_matches_tail(&self, scratch: &mut Vec<FieldMatch>, tail: &[&[u8]]) -> Matches {
         let dl_type = self.vm(Key::DlType).0 as u16;
         let nw_proto = self.vm(Key::NwProto).0 as u8;
         scratch.clear();
@@ -737,7 +743,7 @@ impl Match {
             };
             scratch.push(fm);
         }
-        Matches::from_fields(scratch)
+        Matches::from_fields_with_tail(scratch, tail)
     }
 }
 

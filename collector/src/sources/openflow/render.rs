@@ -19,6 +19,10 @@ pub struct FlowStats {
     pub duration_sec: u32,
     /// Nanoseconds part of the duration.
     pub duration_nsec: u32,
+    /// Packets matched.
+    pub n_packets: u64,
+    /// Bytes matched.
+    pub n_bytes: u64,
     /// Flow-mod flags (`OFPFF_*`).
     pub flags: u16,
 }
@@ -114,16 +118,26 @@ fn match_tlvs(buf: &[u8]) -> &[u8] {
     buf.get(4..len).unwrap_or_default()
 }
 
-/// The compact wire form stored in [`FlowSource::Wire`].
-fn wire_source(flags: u16, tlvs: &[u8], instructions: &[u8]) -> OfResult<FlowSource> {
+/// The header of the compact wire form of [`FlowSource::Wire`] (flags, TLV length); the TLVs and
+/// instructions follow it.
+fn wire_head(flags: u16, tlvs: &[u8]) -> OfResult<[u8; 4]> {
     let tlv_len = u16::try_from(tlvs.len())
         .map_err(|_| OfError::Malformed(format!("match of {} bytes", tlvs.len())))?;
-    let mut v = Vec::with_capacity(4 + tlvs.len() + instructions.len());
-    v.extend_from_slice(&flags.to_be_bytes());
-    v.extend_from_slice(&tlv_len.to_be_bytes());
-    v.extend_from_slice(tlvs);
-    v.extend_from_slice(instructions);
-    Ok(FlowSource::Wire(v.into_boxed_slice()))
+    let [a, b] = flags.to_be_bytes();
+    let [c, d] = tlv_len.to_be_bytes();
+    Ok([a, b, c, d])
+}
+
+/// The semantic actions of a stored wire form ([`FlowEntry::actions`]).
+pub fn wire_actions(w: &[u8]) -> OfResult<Vec<crate::model::flows::FlowAction>> {
+    let mut r = Rd::new(w, "stored flow");
+    r.skip(2)?;
+    let tlv_len = usize::from(r.u16()?);
+    r.skip(tlv_len)?;
+    let mut text = String::new();
+    let mut actions = Vec::new();
+    decode_instructions(r.rest(), &mut text, &mut actions)?;
+    Ok(actions)
 }
 
 /// Renders a flow's `ovs-ofctl -O OpenFlow13 dump-flows --no-stats` text from its
@@ -131,8 +145,8 @@ fn wire_source(flags: u16, tlvs: &[u8], instructions: &[u8]) -> OfResult<FlowSou
 /// entries built by the decoder, which decoded it once) renders as a comment saying so.
 pub fn flow_text(e: &FlowEntry) -> String {
     match &e.source {
-        FlowSource::Text(t) => t.to_string(),
-        FlowSource::Wire(w) => render_wire(e, w).unwrap_or_else(|err| {
+        FlowSource::Text(t) => t.text.to_string(),
+        FlowSource::Wire => render_wire(e, e.wire()).unwrap_or_else(|err| {
             format!(
                 "table={}, priority={} <undecodable flow: {err}>",
                 e.table, e.priority
@@ -179,8 +193,6 @@ fn build_entry(
     m: &Match,
     tlvs: &[u8],
     instructions: &[u8],
-    n_packets: u64,
-    n_bytes: u64,
     scratch: &mut Scratch,
 ) -> OfResult<FlowEntry> {
     render_into(
@@ -197,18 +209,16 @@ fn build_entry(
         &mut scratch.text,
         &mut scratch.actions,
     )?;
+    let head = wire_head(flags, tlvs)?;
     Ok(FlowEntry {
         table,
         priority,
         cookie,
-        matches: m.field_matches_with(&mut scratch.fields),
-        // Exact-size copies: the scratch buffers are reused for the next flow.
-        actions: scratch.actions.drain(..).collect(),
-        source: wire_source(flags, tlvs, instructions)?,
+        // One allocation: the match with the wire form as its tail.
+        matches: m.field_matches_tail(&mut scratch.fields, &[&head, tlvs, instructions]),
+        source: FlowSource::Wire,
         idle_timeout,
         hard_timeout,
-        n_packets,
-        n_bytes,
     })
 }
 
@@ -252,8 +262,6 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
             &m,
             match_tlvs(mbuf),
             f.rest(),
-            packets,
-            bytes,
             &mut scratch,
         )?;
         out.push(FlowStats {
@@ -261,6 +269,8 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
             text: scratch.text.as_str().to_owned(),
             duration_sec,
             duration_nsec,
+            n_packets: packets,
+            n_bytes: bytes,
             flags,
         });
     }
@@ -312,8 +322,6 @@ pub fn decode_flow_updates(body: &[u8], out: &mut Vec<FlowUpdate>) -> OfResult<(
             &m,
             match_tlvs(mbuf),
             u.rest(),
-            0,
-            0,
             &mut scratch,
         )?;
         out.push(match event {
@@ -347,7 +355,7 @@ pub fn stats_line(f: &FlowStats) -> String {
     let _ = write!(
         s,
         "s, table={}, n_packets={}, n_bytes={}, {rest}",
-        e.table, e.n_packets, e.n_bytes
+        e.table, f.n_packets, f.n_bytes
     );
     s
 }
