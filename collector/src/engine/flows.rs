@@ -7,14 +7,14 @@
 //! nothing changes.
 
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
-use crate::detect::pinning::PinningReport;
 use crate::engine::source;
 use crate::model::flows::Bridge;
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
 use crate::sources::ovsdb::{self, OvsdbSnapshot};
-use crate::state::{LocalMacs, SharedState};
+use crate::state::SharedState;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -254,9 +254,10 @@ fn flow_ports(text: &str) -> impl Iterator<Item = u32> + '_ {
 /// The port → instance join, rebuilt only when its inputs change (not on every flow change).
 #[derive(Default)]
 struct PortJoin {
-    /// What it was built from: OVSDB generation, the interface list and the pinning report it read
-    /// (held, so that their addresses cannot be reused by newer ones).
-    built_from: Option<(u64, Arc<LocalMacs>, Arc<PinningReport>)>,
+    /// What it was built from: OVSDB generation and a hash of the (tap, domain) and (uuid,
+    /// domain) pairs it joined on (the pinning engine republishes those every pass, mostly
+    /// unchanged).
+    built_from: Option<(u64, u64)>,
     ports: Arc<Vec<PortInfo>>,
     /// bridge → ofport → domain.
     domains: HashMap<String, HashMap<u32, String>>,
@@ -274,9 +275,15 @@ impl PortJoin {
         let pinning = state.pinning();
         // tap name → domain (the same interface list the datapath source joins on), vm uuid → domain
         let local = state.local_macs();
-        if self.built_from.as_ref().is_some_and(|(g, l, p)| {
-            *g == db_generation && Arc::ptr_eq(l, &local) && Arc::ptr_eq(p, &pinning)
-        }) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for i in local.iter() {
+            (&i.target_dev, &i.domain).hash(&mut h);
+        }
+        for d in &pinning.domains {
+            (&d.uuid, &d.domain).hash(&mut h);
+        }
+        let key = (db_generation, h.finish());
+        if self.built_from == Some(key) {
             return;
         }
         let by_dev: HashMap<&str, &str> = local
@@ -316,7 +323,7 @@ impl PortJoin {
             }
         }
         self.ports = Arc::new(ports);
-        self.built_from = Some((db_generation, local.clone(), pinning.clone()));
+        self.built_from = Some(key);
     }
 
     /// The domain owning `ofport` on `bridge`, if any.

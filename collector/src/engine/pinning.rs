@@ -85,7 +85,13 @@ impl PinningEngine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    // Without domains there are no threads to poll: libvirt's own changes (a
+                    // domain starting, the directory appearing) arrive through the watch.
+                    if self.nothing_to_poll() {
+                        continue;
+                    }
+                }
                 Some(()) = changes.recv() => {
                     // Coalesce a burst of events (libvirt writes several files per start).
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -94,6 +100,11 @@ impl PinningEngine {
             }
             self.pass();
         }
+    }
+
+    /// Whether a tick would find nothing new: no domain known, and the state directory readable.
+    fn nothing_to_poll(&self) -> bool {
+        self.inventory.domains().next().is_none() && !self.last_errors.contains_key("libvirt-dir")
     }
 
     /// One full pass: refresh inventory, observe threads, sync the eBPF watch set, detect, publish.

@@ -180,8 +180,8 @@ fn render_wire(e: &FlowEntry, w: &[u8]) -> OfResult<String> {
     Ok(text)
 }
 
-/// Builds the entry from decoded parts (rendering its text once, which validates the instructions
-/// and yields the semantic actions; the text itself is not kept).
+/// Builds the entry from decoded parts (decoding its instructions once, which validates them; the
+/// text is not kept).
 #[expect(clippy::too_many_arguments, reason = "mirrors the wire fields")]
 fn build_entry(
     table: u8,
@@ -195,20 +195,11 @@ fn build_entry(
     instructions: &[u8],
     scratch: &mut Scratch,
 ) -> OfResult<FlowEntry> {
-    render_into(
-        Head {
-            table,
-            priority,
-            cookie,
-            idle_timeout,
-            hard_timeout,
-            flags,
-        },
-        m,
-        instructions,
-        &mut scratch.text,
-        &mut scratch.actions,
-    )?;
+    // Decoding the instructions once validates them (the text is rendered later, on demand,
+    // from the stored wire form with this same decoder).
+    scratch.text.clear();
+    scratch.actions.clear();
+    decode_instructions(instructions, &mut scratch.text, &mut scratch.actions)?;
     let head = wire_head(flags, tlvs)?;
     Ok(FlowEntry {
         table,

@@ -245,6 +245,9 @@ fn poll_once(
 /// The openvswitch module's sysfs directory (present while the module is loaded).
 const MODULE_SYSFS: &str = "/sys/module/openvswitch";
 
+/// How often sysfs is checked for the module while it is not loaded.
+const MODULE_CHECK: Duration = Duration::from_secs(2);
+
 /// How often the OVS families are looked up while the module is not loaded.
 const FAMILY_REPROBE: Duration = Duration::from_secs(10);
 
@@ -267,7 +270,7 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
         if no_family_since.is_some_and(|t| t.elapsed() < FAMILY_REPROBE)
             && !std::path::Path::new(MODULE_SYSFS).exists()
         {
-            std::thread::sleep(cfg.interval);
+            std::thread::sleep(cfg.interval.max(MODULE_CHECK));
             continue;
         }
         let t0 = Instant::now();
