@@ -625,6 +625,43 @@ mod tests {
         assert!(decode_flow_stats(&mp.body[..100], &mut v).is_err());
     }
 
+    /// One-shot line rendering of a captured switch→client dump stream (multipart FLOW replies),
+    /// e.g. of the 100 000-flow bench bridge. Run in release with `PINFLOW_BENCH_DUMP=<file>`:
+    /// `cargo test --release -p pinflow --lib bench_line_renderer -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark; needs PINFLOW_BENCH_DUMP"]
+    fn bench_line_renderer() {
+        let Ok(path) = std::env::var("PINFLOW_BENCH_DUMP") else {
+            return;
+        };
+        let bodies: Vec<Vec<u8>> = replies(&std::fs::read(path).unwrap())
+            .into_iter()
+            .map(|b| MultipartReply::parse(&b).unwrap().body.to_vec())
+            .collect();
+        for stats in [false, true] {
+            let mut best = std::time::Duration::MAX;
+            let mut lines = LineRenderer::default();
+            let mut text = String::new();
+            let mut n = 0;
+            for _ in 0..7 {
+                let t = cpu_now();
+                n = 0;
+                for b in &bodies {
+                    n += lines.push_flow_stats(b, stats, &mut text).unwrap();
+                    if text.len() > 1 << 20 {
+                        text.clear();
+                    }
+                }
+                best = best.min(cpu_now() - t);
+            }
+            eprintln!(
+                "LineRenderer (stats: {stats}) {n} flows: best of 7 {:.1} ms CPU ({:.0} ns/flow)",
+                best.as_secs_f64() * 1e3,
+                best.as_nanos() as f64 / n as f64
+            );
+        }
+    }
+
     fn cpu_now() -> std::time::Duration {
         let mut ts = libc::timespec {
             tv_sec: 0,
