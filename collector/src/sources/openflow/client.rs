@@ -924,6 +924,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn raw_dump_streams_every_reply_in_place() {
+        // All replies in one write (several messages per socket read), an echo request and an
+        // unrelated reply between them.
+        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                let mut all = Vec::new();
+                for (i, m) in captured("neutron-dump.of13.bin").into_iter().enumerate() {
+                    if i == 1 {
+                        all.extend_from_slice(&wire::encode_echo_request(77));
+                        all.extend_from_slice(&with_xid(m.clone(), xid.wrapping_add(9)));
+                    }
+                    all.extend_from_slice(&with_xid(m, xid));
+                }
+                s.write_all(&all).await.unwrap();
+                let echo = read_msg(&mut s).await;
+                assert_eq!(
+                    (echo.header.msg_type, echo.header.xid),
+                    (OFPT_ECHO_REPLY, 77)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut lines = crate::sources::openflow::render::LineRenderer::default();
+        let mut text = String::new();
+        let mut n = 0;
+        c.dump_flows_raw(|body| {
+            n += lines.push_flow_stats(body, false, &mut text)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, 601);
+        let want = String::from_utf8(
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/openflow/neutron-dump.ofctl.txt"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let mut ours: Vec<&str> = text.lines().map(str::trim).collect();
+        let mut theirs: Vec<&str> = want.lines().map(str::trim).collect();
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        assert_eq!(ours, theirs);
+
+        // A reply over the size limit is refused, not buffered.
+        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                for m in captured("neutron-dump.of13.bin") {
+                    if s.write_all(&with_xid(m, xid)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        c.set_max_message_len(1024);
+        let err = c.dump_flows_raw(|_| Ok(())).await.unwrap_err();
+        assert!(matches!(err, OfError::TooLarge { max: 1024, .. }), "{err}");
+    }
+
+    #[tokio::test]
     async fn error_reply_is_a_clear_error() {
         let (_d, path) = fake_switch(hello13(), |mut s, xid| {
             Box::pin(async move {

@@ -595,6 +595,86 @@ mod tests {
     }
 
     #[test]
+    fn line_renderer_prints_what_the_decoder_prints() {
+        for name in ["neutron-dump.of13.bin", "edge-dump.of13.bin"] {
+            let mut lines = LineRenderer::default();
+            let (mut plain, mut stats) = (String::new(), String::new());
+            let (mut want_plain, mut want_stats) = (String::new(), String::new());
+            for body in replies(&fixture(name)) {
+                let mp = MultipartReply::parse(&body).unwrap();
+                let mut flows = Vec::new();
+                decode_flow_stats(mp.body, &mut flows).unwrap();
+                for f in &flows {
+                    want_plain.push_str(&format!(" {}\n", f.text));
+                    want_stats.push_str(&format!(" {}\n", stats_line(f)));
+                }
+                let n = lines.push_flow_stats(mp.body, false, &mut plain).unwrap();
+                assert_eq!(n, flows.len());
+                lines.push_flow_stats(mp.body, true, &mut stats).unwrap();
+            }
+            assert!(plain.lines().count() > 10, "{name}");
+            assert_eq!(plain, want_plain, "{name}");
+            assert_eq!(stats, want_stats, "{name}");
+        }
+    }
+
+    #[test]
+    fn stats_lines_format_durations_like_stats_line() {
+        let bodies = replies(&fixture("neutron-dump.of13.bin"));
+        let mp = MultipartReply::parse(&bodies[0]).unwrap();
+        let len = usize::from(u16::from_be_bytes([mp.body[0], mp.body[1]]));
+        let mut one = mp.body[..len].to_vec();
+        let mut lines = LineRenderer::default();
+        for nsec in [
+            0,
+            1,
+            5,
+            500_000_000,
+            123_456_789,
+            999_999_999,
+            1_000_000_000,
+            u32::MAX,
+        ] {
+            // ofp_flow_stats: length, table, pad, duration_sec, duration_nsec, ...
+            one[8..12].copy_from_slice(&nsec.to_be_bytes());
+            let mut flows = Vec::new();
+            decode_flow_stats(&one, &mut flows).unwrap();
+            let mut out = String::new();
+            lines.push_flow_stats(&one, true, &mut out).unwrap();
+            assert_eq!(out, format!(" {}\n", stats_line(&flows[0])), "nsec {nsec}");
+        }
+    }
+
+    #[test]
+    fn line_renderer_fails_cleanly_on_truncated_and_garbage_input() {
+        let bodies = replies(&fixture("neutron-dump.of13.bin"));
+        let mp = MultipartReply::parse(&bodies[0]).unwrap();
+        let mut lines = LineRenderer::default();
+        for stats in [false, true] {
+            for cut in (0..mp.body.len().min(4096)).step_by(7) {
+                let mut out = String::from("kept\n");
+                match lines.push_flow_stats(&mp.body[..cut], stats, &mut out) {
+                    // Whole lines only: the failing flow's partial line is removed.
+                    Ok(n) => assert_eq!(out.lines().count(), n + 1),
+                    Err(_) => assert!(out.starts_with("kept\n") && out.ends_with('\n')),
+                }
+            }
+            let mut garbage = mp.body[..2048].to_vec();
+            for i in (0..garbage.len()).step_by(13) {
+                garbage[i] ^= 0xa5;
+                let mut out = String::new();
+                let _ = lines.push_flow_stats(&garbage, stats, &mut out);
+            }
+            let mut out = String::new();
+            assert!(
+                lines
+                    .push_flow_stats(&mp.body[..100], stats, &mut out)
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
     fn captured_port_desc_decodes() {
         let bodies = replies(&fixture("port-desc.of13.bin"));
         let mp = MultipartReply::parse(&bodies[0]).unwrap();
