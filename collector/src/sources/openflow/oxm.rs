@@ -909,6 +909,19 @@ pub fn push_dec(out: &mut String, v: u64) {
 
 /// Appends `0x` and `v` in lowercase hex without leading zeros (`0x0` for zero).
 pub fn push_hex(out: &mut String, v: u128) {
+    if let Ok(v) = u64::try_from(v) {
+        // Most values: 64-bit shifts are cheaper than 128-bit ones.
+        out.push_str("0x");
+        let digits = if v == 0 {
+            1
+        } else {
+            (64 - v.leading_zeros()).div_ceil(4)
+        };
+        for d in (0..digits).rev() {
+            out.push(HEX[((v >> (d * 4)) & 0xf) as usize] as char);
+        }
+        return;
+    }
     out.push_str("0x");
     let digits = if v == 0 {
         1
