@@ -81,6 +81,13 @@ fn push_text(
     text: &mut String,
     actions: &mut Vec<crate::model::flows::FlowAction>,
 ) -> OfResult<()> {
+    push_head_and_match(h, m, text);
+    actions.clear();
+    decode_instructions(instructions, text, actions)
+}
+
+/// Appends a flow's text up to and including `actions=`.
+fn push_head_and_match(h: Head, m: &Match, text: &mut String) {
     if h.cookie != 0 {
         text.push_str("cookie=");
         push_hex(text, h.cookie as u128);
@@ -114,8 +121,6 @@ fn push_text(
         text.push(' ');
     }
     text.push_str("actions=");
-    actions.clear();
-    decode_instructions(instructions, text, actions)
 }
 
 /// The OXM TLVs of the `ofp_match` at the start of `buf` (which must have decoded already).
@@ -286,6 +291,30 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
 pub struct LineRenderer {
     m: Match,
     actions: Vec<crate::model::flows::FlowAction>,
+    /// Rendered instruction lists by their bytes, direct-mapped: a flow's actions text depends
+    /// on its instruction bytes alone, and a table repeats a few hundred distinct ones.
+    cache: Vec<Option<(Vec<u8>, String)>>,
+}
+
+/// Slots of [`LineRenderer`]'s actions cache (a power of two).
+const ACTIONS_CACHE_SLOTS: usize = 2048;
+
+/// Cheap hash of instruction bytes (for the actions cache slot).
+fn slot_hash(b: &[u8]) -> usize {
+    let mut h = b.len() as u64;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(a)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    for &x in words.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(x)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    // Fold, mix once more and keep the top bits (they depend on every input bit).
+    h ^= h >> 29;
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> (64 - ACTIONS_CACHE_SLOTS.trailing_zeros())) as usize
 }
 
 impl LineRenderer {
@@ -360,8 +389,34 @@ impl LineRenderer {
             h.cookie = 0;
             h.table = 0;
         }
-        push_text(h, &self.m, f.rest(), out, &mut self.actions)?;
+        push_head_and_match(h, &self.m, out);
+        self.push_actions(f.rest(), out)?;
         out.push('\n');
+        Ok(())
+    }
+
+    /// Appends the actions text of `instructions`, from the cache when they were seen before.
+    fn push_actions(&mut self, instructions: &[u8], out: &mut String) -> OfResult<()> {
+        if self.cache.is_empty() {
+            self.cache.resize_with(ACTIONS_CACHE_SLOTS, || None);
+        }
+        let slot = self.cache.get_mut(slot_hash(instructions));
+        if let Some(Some((bytes, text))) = &slot
+            && bytes.as_slice() == instructions
+        {
+            out.push_str(text);
+            return Ok(());
+        }
+        let start = out.len();
+        self.actions.clear();
+        decode_instructions(instructions, out, &mut self.actions)?;
+        if let Some(slot) = slot {
+            let (bytes, text) = slot.get_or_insert_with(Default::default);
+            bytes.clear();
+            bytes.extend_from_slice(instructions);
+            text.clear();
+            text.push_str(out.get(start..).unwrap_or_default());
+        }
         Ok(())
     }
 }
@@ -615,6 +670,17 @@ mod tests {
             assert!(plain.lines().count() > 10, "{name}");
             assert_eq!(plain, want_plain, "{name}");
             assert_eq!(stats, want_stats, "{name}");
+            // Again with every actions text cached, and with a fresh renderer per reply.
+            let (mut again, mut fresh) = (String::new(), String::new());
+            for body in replies(&fixture(name)) {
+                let mp = MultipartReply::parse(&body).unwrap();
+                lines.push_flow_stats(mp.body, false, &mut again).unwrap();
+                LineRenderer::default()
+                    .push_flow_stats(mp.body, false, &mut fresh)
+                    .unwrap();
+            }
+            assert_eq!(again, want_plain, "{name}");
+            assert_eq!(fresh, want_plain, "{name}");
         }
     }
 
