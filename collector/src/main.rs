@@ -344,7 +344,7 @@ async fn print_dump(
 ) -> anyhow::Result<()> {
     use pinflow::sources::openflow::{OfError, render::LineRenderer};
     const MAX_FLOWS: usize = 1_000_000;
-    const CHUNK: usize = 1 << 20;
+    const CHUNK: usize = 1 << 18;
     let mut lines = LineRenderer::default();
     let mut text = String::with_capacity(2 * CHUNK);
     let mut stdout = std::io::stdout().lock();
