@@ -294,6 +294,8 @@ pub struct LineRenderer {
     /// Rendered instruction lists by their bytes, direct-mapped: a flow's actions text depends
     /// on its instruction bytes alone, and a table repeats a few hundred distinct ones.
     cache: Vec<Option<(Vec<u8>, String)>>,
+    /// The last cookie and its hex text (flows of one agent share a cookie).
+    cookie_hex: (u64, String),
 }
 
 /// Slots of [`LineRenderer`]'s actions cache (a power of two).
@@ -374,21 +376,32 @@ impl LineRenderer {
             hard_timeout,
             flags,
         };
+        if self.cookie_hex.1.is_empty() || self.cookie_hex.0 != cookie {
+            self.cookie_hex.0 = cookie;
+            self.cookie_hex.1.clear();
+            push_hex(&mut self.cookie_hex.1, u128::from(cookie));
+        }
+        let cookie_hex = self.cookie_hex.1.as_str();
         out.push(' ');
         if stats {
             // Same text as `stats_line`: cookie and table move to the statistics prefix.
             push_stats_prefix(
                 out,
-                cookie,
+                cookie_hex,
                 duration_sec,
                 duration_nsec,
                 table,
                 packets,
                 bytes,
             );
-            h.cookie = 0;
             h.table = 0;
+        } else if cookie != 0 {
+            // What `push_head_and_match` prints first.
+            out.push_str("cookie=");
+            out.push_str(cookie_hex);
+            out.push_str(", ");
         }
+        h.cookie = 0;
         push_head_and_match(h, &self.m, out);
         self.push_actions(f.rest(), out)?;
         out.push('\n');
@@ -424,7 +437,7 @@ impl LineRenderer {
 /// `cookie=…, duration=…s, table=…, n_packets=…, n_bytes=…, ` (the start of a [`stats_line`]).
 fn push_stats_prefix(
     s: &mut String,
-    cookie: u64,
+    cookie_hex: &str,
     duration_sec: u32,
     duration_nsec: u32,
     table: u8,
@@ -432,7 +445,7 @@ fn push_stats_prefix(
     bytes: u64,
 ) {
     s.push_str("cookie=");
-    push_hex(s, u128::from(cookie));
+    s.push_str(cookie_hex);
     s.push_str(", duration=");
     push_dec(s, u64::from(duration_sec));
     if duration_nsec > 999_999_999 {
