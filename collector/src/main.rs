@@ -298,31 +298,13 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot dump flows of {name}"))?;
                 index.replace_flows(name, flows.into_iter().map(|f| f.entry), now);
             } else {
-                // Stream each flow out as it is decoded: a 100 000-flow table is never held in memory.
                 let path = s.ovs_run_dir.join(format!("{name}.mgmt"));
                 let mut client = openflow::OpenFlowClient::connect(&path, timeout)
                     .await
                     .with_context(|| format!("cannot connect to {}", path.display()))?;
-                let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                let mut write_error = None;
-                client
-                    .dump_flows_each(1_000_000, |f| {
-                        if write_error.is_some() {
-                            return;
-                        }
-                        let r = if a.no_stats {
-                            writeln!(w, " {}", f.text)
-                        } else {
-                            writeln!(w, " {}", openflow::stats_line(&f))
-                        };
-                        write_error = r.err();
-                    })
+                print_dump(&mut client, !a.no_stats)
                     .await
                     .with_context(|| format!("cannot dump flows of {name}"))?;
-                if let Some(e) = write_error {
-                    return Err(e.into());
-                }
-                w.flush()?;
             }
         }
         if a.dirty {
@@ -351,6 +333,48 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
         print!("{out}");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Prints every flow of the bridge behind `client` as `ovs-ofctl -O OpenFlow13 dump-flows` does
+/// (with statistics when `stats`). Each reply is rendered straight from the socket buffer into
+/// one text buffer, written out in large chunks: no flow is kept and nothing is allocated per
+/// flow, so a 100 000-flow table costs a few tens of ms.
+async fn print_dump(
+    client: &mut pinflow::sources::openflow::OpenFlowClient,
+    stats: bool,
+) -> anyhow::Result<()> {
+    use pinflow::sources::openflow::{OfError, render::LineRenderer};
+    const MAX_FLOWS: usize = 1_000_000;
+    const CHUNK: usize = 1 << 18;
+    let mut lines = LineRenderer::default();
+    let mut text = String::with_capacity(2 * CHUNK);
+    let mut stdout = std::io::stdout().lock();
+    let mut n = 0usize;
+    let mut write_error = None;
+    let dumped = client
+        .dump_flows_raw(|body| {
+            n += lines.push_flow_stats(body, stats, &mut text)?;
+            if n > MAX_FLOWS {
+                return Err(OfError::TooManyFlows(MAX_FLOWS));
+            }
+            if text.len() >= CHUNK {
+                if let Err(e) = stdout.write_all(text.as_bytes()) {
+                    write_error = Some(e);
+                    // Not shown: the write error is reported instead.
+                    return Err(OfError::Closed);
+                }
+                text.clear();
+            }
+            Ok(())
+        })
+        .await;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    dumped?;
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }
 
 /// The kernel's monotonic clock in ms (the clock of `OVS_FLOW_ATTR_USED`).

@@ -311,14 +311,15 @@ fn subfield(text: &mut String, h: &OxmHeader, ofs: u16, n_bits: u16) {
     if ofs == 0 && n_bits == h.n_bits() {
         text.push_str("[]");
     } else if n_bits == 1 {
-        let _ = write!(text, "[{ofs}]");
+        text.push('[');
+        push_dec(text, u64::from(ofs));
+        text.push(']');
     } else {
-        let _ = write!(
-            text,
-            "[{}..{}]",
-            ofs,
-            (ofs as u32 + n_bits as u32).saturating_sub(1)
-        );
+        text.push('[');
+        push_dec(text, u64::from(ofs));
+        text.push_str("..");
+        push_dec(text, (u64::from(ofs) + u64::from(n_bits)).saturating_sub(1));
+        text.push(']');
     }
 }
 
@@ -774,7 +775,9 @@ fn ct(b: &mut Rd<'_>, text: &mut String, acts: &mut Vec<FlowAction>) -> OfResult
         text.push_str("force,");
     }
     if table != 0xff {
-        let _ = write!(text, "table={table},");
+        text.push_str("table=");
+        push_dec(text, u64::from(table));
+        text.push(',');
     }
     if zone_src != 0 {
         let bytes = zone_src.to_be_bytes();

@@ -25,6 +25,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
 const OFPT_PORT_STATUS: u8 = 12;
+/// Bytes a socket read may add to the receive buffer (a 100 000-flow dump is ~15 MB).
+const READ_CHUNK: usize = 256 * 1024;
 
 /// An asynchronous event from a monitoring connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,13 +172,21 @@ impl OpenFlowClient {
             if let Some(m) = wire::take_message(&mut self.rbuf, self.max_message_len)? {
                 return Ok(m);
             }
-            self.rbuf.reserve(64 * 1024);
-            let n = self.stream.read_buf(&mut self.rbuf).await;
-            match n {
-                Ok(0) => return Err(OfError::Closed),
-                Ok(_) => self.last_rx = Instant::now(),
-                Err(e) => return Err(self.io_err(e)),
+            self.fill().await?;
+        }
+    }
+
+    /// Reads what the socket has (at most [`READ_CHUNK`] bytes) onto the end of the receive buffer.
+    async fn fill(&mut self) -> OfResult<()> {
+        self.rbuf.reserve(READ_CHUNK);
+        let n = self.stream.read_buf(&mut self.rbuf).await;
+        match n {
+            Ok(0) => Err(OfError::Closed),
+            Ok(_) => {
+                self.last_rx = Instant::now();
+                Ok(())
             }
+            Err(e) => Err(self.io_err(e)),
         }
     }
 
@@ -184,26 +194,35 @@ impl OpenFlowClient {
     async fn recv(&mut self) -> OfResult<Message> {
         loop {
             let m = self.recv_raw().await?;
-            match m.header.msg_type {
-                OFPT_ECHO_REQUEST => {
-                    let reply = wire::encode_echo_reply(m.header.xid, &m.body);
-                    self.send(&reply).await?;
-                }
-                OFPT_ECHO_REPLY => {}
-                OFPT_ERROR => return Err(OfError::Switch(wire::ErrorMsg::parse(&m.body)?)),
-                _ => {
-                    if let Some(events) = self.as_event(&m)? {
-                        if self.pending.len() + events.len() > self.max_pending {
-                            return Err(OfError::Malformed(format!(
-                                "more than {} monitor events queued during a request",
-                                self.max_pending
-                            )));
-                        }
-                        self.pending.extend(events);
-                        continue;
+            if let Some(m) = self.absorb(m).await? {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// Handles `m` if it needs no caller: answers an echo request, drops an echo reply, queues
+    /// monitor events (`Ok(None)`), fails on a switch error; hands anything else back.
+    async fn absorb(&mut self, m: Message) -> OfResult<Option<Message>> {
+        match m.header.msg_type {
+            OFPT_ECHO_REQUEST => {
+                let reply = wire::encode_echo_reply(m.header.xid, &m.body);
+                self.send(&reply).await?;
+                Ok(None)
+            }
+            OFPT_ECHO_REPLY => Ok(None),
+            OFPT_ERROR => Err(OfError::Switch(wire::ErrorMsg::parse(&m.body)?)),
+            _ => {
+                if let Some(events) = self.as_event(&m)? {
+                    if self.pending.len() + events.len() > self.max_pending {
+                        return Err(OfError::Malformed(format!(
+                            "more than {} monitor events queued during a request",
+                            self.max_pending
+                        )));
                     }
-                    return Ok(m);
+                    self.pending.extend(events);
+                    return Ok(None);
                 }
+                Ok(Some(m))
             }
         }
     }
@@ -249,6 +268,7 @@ impl OpenFlowClient {
     }
 
     /// Sends a multipart request and feeds each reply body (for `xid`) to `f` until the last one.
+    /// Replies are decoded in place in the receive buffer (no copy per message).
     async fn multipart(
         &mut self,
         xid: u32,
@@ -257,16 +277,59 @@ impl OpenFlowClient {
     ) -> OfResult<()> {
         self.send(&req).await?;
         loop {
-            let m = self.recv().await?;
-            if m.header.msg_type != OFPT_MULTIPART_REPLY || m.header.xid != xid {
-                continue;
+            let (done, others) = self.scan_replies(xid, &mut f)?;
+            for m in others {
+                // Echoes, errors and monitor events are handled; anything else is not awaited.
+                let _ignored = self.absorb(m).await?;
             }
-            let mp = MultipartReply::parse(&m.body)?;
-            f(&mp)?;
-            if !mp.more() {
+            if done {
                 return Ok(());
             }
+            self.fill().await?;
         }
+    }
+
+    /// Feeds the complete replies for `xid` in the receive buffer to `f` in place, up to the last
+    /// one (then returns `true`), and drops the consumed bytes from the buffer (one move per
+    /// call, not per message). Other messages are returned, in order, for [`absorb`](Self::absorb).
+    fn scan_replies(
+        &mut self,
+        xid: u32,
+        f: &mut impl FnMut(&MultipartReply<'_>) -> OfResult<()>,
+    ) -> OfResult<(bool, Vec<Message>)> {
+        let mut off = 0;
+        let mut done = false;
+        let mut others = Vec::new();
+        let monitor = self
+            .monitoring
+            .then_some((ONF_EXPERIMENTER, ONFST13_FLOW_MONITOR));
+        let mut scan = || -> OfResult<()> {
+            while !done {
+                let buf = self.rbuf.get(off..).unwrap_or_default();
+                let Some(h) = wire::peek_message(buf, self.max_message_len)? else {
+                    return Ok(());
+                };
+                let len = usize::from(h.length);
+                let body = buf.get(wire::HEADER_LEN..len).unwrap_or_default();
+                off += len;
+                if h.msg_type == OFPT_MULTIPART_REPLY && h.xid == xid {
+                    let mp = MultipartReply::parse(body)?;
+                    if monitor.is_none() || mp.experimenter != monitor {
+                        f(&mp)?;
+                        done = !mp.more();
+                        continue;
+                    }
+                }
+                others.push(Message {
+                    header: h,
+                    body: body.to_vec(),
+                });
+            }
+            Ok(())
+        };
+        let r = scan();
+        self.rbuf.drain(..off);
+        r.map(|()| (done, others))
     }
 
     /// Port descriptions (the bridge's ofport set, including LOCAL).
@@ -335,6 +398,22 @@ impl OpenFlowClient {
         .await
         .map_err(|_| OfError::Timeout("flow dump"))??;
         Ok(n)
+    }
+
+    /// Full dump with counters for one-shot use, feeding the body of each `OFPMP_FLOW` reply (a run
+    /// of `ofp_flow_stats`) to `f` straight from the receive buffer: nothing is decoded or kept
+    /// here ([`LineRenderer`](super::render::LineRenderer) prints such bodies as `ovs-ofctl` does).
+    /// An error from `f` ends the dump.
+    pub async fn dump_flows_raw(
+        &mut self,
+        mut f: impl FnMut(&[u8]) -> OfResult<()>,
+    ) -> OfResult<()> {
+        let xid = self.xid();
+        let req = wire::encode_flow_stats_request(xid);
+        let t = self.timeout;
+        tokio::time::timeout(t, self.multipart(xid, req, |mp| f(mp.body)))
+            .await
+            .map_err(|_| OfError::Timeout("flow dump"))?
     }
 
     /// Starts the ONF (OF1.3) flow monitor for all tables: added, deleted and modified flows, with
@@ -895,6 +974,76 @@ mod tests {
         assert_eq!(c.features().datapath_id, 42);
         let flows = c.dump_flows(1000).await.unwrap();
         assert_eq!(flows.len(), 601);
+    }
+
+    #[tokio::test]
+    async fn raw_dump_streams_every_reply_in_place() {
+        // All replies in one write (several messages per socket read), an echo request and an
+        // unrelated reply between them.
+        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                let mut all = Vec::new();
+                for (i, m) in captured("neutron-dump.of13.bin").into_iter().enumerate() {
+                    if i == 1 {
+                        all.extend_from_slice(&wire::encode_echo_request(77));
+                        all.extend_from_slice(&with_xid(m.clone(), xid.wrapping_add(9)));
+                    }
+                    all.extend_from_slice(&with_xid(m, xid));
+                }
+                s.write_all(&all).await.unwrap();
+                let echo = read_msg(&mut s).await;
+                assert_eq!(
+                    (echo.header.msg_type, echo.header.xid),
+                    (OFPT_ECHO_REPLY, 77)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut lines = crate::sources::openflow::render::LineRenderer::default();
+        let mut text = String::new();
+        let mut n = 0;
+        c.dump_flows_raw(|body| {
+            n += lines.push_flow_stats(body, false, &mut text)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, 601);
+        let want = String::from_utf8(
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/openflow/neutron-dump.ofctl.txt"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let mut ours: Vec<&str> = text.lines().map(str::trim).collect();
+        let mut theirs: Vec<&str> = want.lines().map(str::trim).collect();
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        assert_eq!(ours, theirs);
+
+        // A reply over the size limit is refused, not buffered.
+        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                for m in captured("neutron-dump.of13.bin") {
+                    if s.write_all(&with_xid(m, xid)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .await;
+        let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
+            .await
+            .unwrap();
+        c.set_max_message_len(1024);
+        let err = c.dump_flows_raw(|_| Ok(())).await.unwrap_err();
+        assert!(matches!(err, OfError::TooLarge { max: 1024, .. }), "{err}");
     }
 
     #[tokio::test]

@@ -16,7 +16,9 @@
 //!
 //! Use: the daemon spawns one [`run_bridge`] task per bridge (from OVSDB's bridge list) and
 //! reads [`BridgeSnapshot`]s from its watch channel (and, optionally, every [`FlowChange`] from
-//! an mpsc channel); `pinflow flows --bridge B` calls [`dump_bridge`] once.
+//! an mpsc channel); `pinflow flows --bridge B` streams one dump through
+//! [`OpenFlowClient::dump_flows_raw`] and [`render::LineRenderer`] (no flow is kept).
+//! `pinflow flows --dirty` calls [`dump_bridge`] once per bridge.
 //!
 //! Layout: [`wire`] framing and fixed messages, [`oxm`] match fields, [`actions`] instructions and
 //! actions, [`render`] flow entries and the `ovs-ofctl` line, [`client`] the async client and the

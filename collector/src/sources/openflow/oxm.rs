@@ -529,6 +529,10 @@ fn ones(bytes: usize) -> u128 {
 }
 
 fn be(b: &[u8]) -> u128 {
+    if b.len() <= 8 {
+        // Most fields: a 64-bit accumulator is cheaper than a 128-bit one.
+        return u128::from(b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x)));
+    }
     b.iter().fold(0u128, |a, &x| (a << 8) | x as u128)
 }
 
@@ -911,6 +915,19 @@ pub fn push_dec(out: &mut String, v: u64) {
 
 /// Appends `0x` and `v` in lowercase hex without leading zeros (`0x0` for zero).
 pub fn push_hex(out: &mut String, v: u128) {
+    if let Ok(v) = u64::try_from(v) {
+        // Most values: 64-bit shifts are cheaper than 128-bit ones.
+        out.push_str("0x");
+        let digits = if v == 0 {
+            1
+        } else {
+            (64 - v.leading_zeros()).div_ceil(4)
+        };
+        for d in (0..digits).rev() {
+            out.push(HEX[((v >> (d * 4)) & 0xf) as usize] as char);
+        }
+        return;
+    }
     out.push_str("0x");
     let digits = if v == 0 {
         1
@@ -945,12 +962,18 @@ pub fn fmt_eth(out: &mut String, v: u128) {
 
 /// Dotted-quad IPv4 from the low 32 bits.
 pub fn fmt_ipv4(out: &mut String, v: u128) {
-    let b = (v as u32).to_be_bytes();
-    for (i, x) in b.iter().enumerate() {
+    out.reserve(15);
+    for (i, x) in (v as u32).to_be_bytes().into_iter().enumerate() {
         if i > 0 {
             out.push('.');
         }
-        push_dec(out, *x as u64);
+        if x >= 100 {
+            out.push(char::from(b'0' + x / 100));
+        }
+        if x >= 10 {
+            out.push(char::from(b'0' + x / 10 % 10));
+        }
+        out.push(char::from(b'0' + x % 10));
     }
 }
 

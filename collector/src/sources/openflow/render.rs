@@ -73,6 +73,25 @@ fn render_into(
     actions: &mut Vec<crate::model::flows::FlowAction>,
 ) -> OfResult<()> {
     text.clear();
+    push_text(h, m, instructions, text, actions)
+}
+
+/// Appends the `--no-stats` text of a flow to `text`, collecting its semantic actions into
+/// `actions` (cleared first).
+fn push_text(
+    h: Head,
+    m: &Match,
+    instructions: &[u8],
+    text: &mut String,
+    actions: &mut Vec<crate::model::flows::FlowAction>,
+) -> OfResult<()> {
+    push_head_and_match(h, m, text);
+    actions.clear();
+    decode_instructions(instructions, text, actions)
+}
+
+/// Appends a flow's text up to and including `actions=`.
+fn push_head_and_match(h: Head, m: &Match, text: &mut String) {
     if h.cookie != 0 {
         text.push_str("cookie=");
         push_hex(text, h.cookie as u128);
@@ -106,8 +125,6 @@ fn render_into(
         text.push(' ');
     }
     text.push_str("actions=");
-    actions.clear();
-    decode_instructions(instructions, text, actions)
 }
 
 /// The OXM TLVs of the `ofp_match` at the start of `buf` (which must have decoded already).
@@ -266,6 +283,198 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
         });
     }
     Ok(())
+}
+
+/// Renders flow-stats replies straight to `ovs-ofctl` lines, for one-shot dumps (`pinflow flows`):
+/// no [`FlowEntry`] is built and nothing is allocated per flow (the match and the action list are
+/// reused from flow to flow).
+#[derive(Debug, Default)]
+pub struct LineRenderer {
+    m: Match,
+    actions: Vec<crate::model::flows::FlowAction>,
+    /// Rendered instruction lists by their bytes, direct-mapped: a flow's actions text depends
+    /// on its instruction bytes alone, and a table repeats a few hundred distinct ones.
+    cache: Vec<Option<(Vec<u8>, String)>>,
+    /// The last cookie and its hex text (flows of one agent share a cookie).
+    cookie_hex: (u64, String),
+}
+
+/// Slots of [`LineRenderer`]'s actions cache (a power of two).
+const ACTIONS_CACHE_SLOTS: usize = 2048;
+
+/// Cheap hash of instruction bytes (for the actions cache slot).
+fn slot_hash(b: &[u8]) -> usize {
+    let mut h = b.len() as u64;
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(a)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    for &x in words.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(x)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    // Fold, mix once more and keep the top bits (they depend on every input bit).
+    h ^= h >> 29;
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> (64 - ACTIONS_CACHE_SLOTS.trailing_zeros())) as usize
+}
+
+impl LineRenderer {
+    /// Appends one line per flow of the body of an `OFPMP_FLOW` reply to `out`: `" <flow>\n"`,
+    /// where `<flow>` is the [`FlowStats::text`] (`ovs-ofctl -O OpenFlow13 --no-stats dump-flows`)
+    /// or, with `stats`, the [`stats_line`]. Returns the number of flows; on an error, `out` is
+    /// left as it was before the failing flow.
+    pub fn push_flow_stats(
+        &mut self,
+        body: &[u8],
+        stats: bool,
+        out: &mut String,
+    ) -> OfResult<usize> {
+        let mut r = Rd::new(body, "ofp_flow_stats");
+        let mut n = 0;
+        while !r.is_empty() {
+            let start = out.len();
+            let res = self.push_one(&mut r, stats, out);
+            if res.is_err() {
+                out.truncate(start);
+            }
+            res?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Decodes the `ofp_flow_stats` at the reader and appends its line.
+    fn push_one(&mut self, r: &mut Rd<'_>, stats: bool, out: &mut String) -> OfResult<()> {
+        let mut peek = *r;
+        let length = peek.u16()? as usize;
+        if length < 56 {
+            return Err(OfError::Malformed(format!(
+                "flow stats entry length {length} < 56"
+            )));
+        }
+        let mut f = Rd::new(r.take(length)?, "ofp_flow_stats");
+        f.skip(2)?;
+        let table = f.u8()?;
+        f.skip(1)?;
+        let duration_sec = f.u32()?;
+        let duration_nsec = f.u32()?;
+        let priority = f.u16()?;
+        let idle_timeout = f.u16()?;
+        let hard_timeout = f.u16()?;
+        let flags = f.u16()?;
+        f.skip(4)?;
+        let cookie = f.u64()?;
+        let packets = f.u64()?;
+        let bytes = f.u64()?;
+        self.m.read_ofp_match_into(&mut f)?;
+        let mut h = Head {
+            table,
+            priority,
+            cookie,
+            idle_timeout,
+            hard_timeout,
+            flags,
+        };
+        if self.cookie_hex.1.is_empty() || self.cookie_hex.0 != cookie {
+            self.cookie_hex.0 = cookie;
+            self.cookie_hex.1.clear();
+            push_hex(&mut self.cookie_hex.1, u128::from(cookie));
+        }
+        let cookie_hex = self.cookie_hex.1.as_str();
+        out.push(' ');
+        if stats {
+            // Same text as `stats_line`: cookie and table move to the statistics prefix.
+            push_stats_prefix(
+                out,
+                cookie_hex,
+                duration_sec,
+                duration_nsec,
+                table,
+                packets,
+                bytes,
+            );
+            h.table = 0;
+        } else if cookie != 0 {
+            // What `push_head_and_match` prints first.
+            out.push_str("cookie=");
+            out.push_str(cookie_hex);
+            out.push_str(", ");
+        }
+        h.cookie = 0;
+        push_head_and_match(h, &self.m, out);
+        self.push_actions(f.rest(), out)?;
+        out.push('\n');
+        Ok(())
+    }
+
+    /// Appends the actions text of `instructions`, from the cache when they were seen before.
+    fn push_actions(&mut self, instructions: &[u8], out: &mut String) -> OfResult<()> {
+        if self.cache.is_empty() {
+            self.cache.resize_with(ACTIONS_CACHE_SLOTS, || None);
+        }
+        let slot = self.cache.get_mut(slot_hash(instructions));
+        if let Some(Some((bytes, text))) = &slot
+            && bytes.as_slice() == instructions
+        {
+            out.push_str(text);
+            return Ok(());
+        }
+        let start = out.len();
+        self.actions.clear();
+        decode_instructions(instructions, out, &mut self.actions)?;
+        if let Some(slot) = slot {
+            let (bytes, text) = slot.get_or_insert_with(Default::default);
+            bytes.clear();
+            bytes.extend_from_slice(instructions);
+            text.clear();
+            text.push_str(out.get(start..).unwrap_or_default());
+        }
+        Ok(())
+    }
+}
+
+/// `cookie=…, duration=…s, table=…, n_packets=…, n_bytes=…, ` (the start of a [`stats_line`]).
+fn push_stats_prefix(
+    s: &mut String,
+    cookie_hex: &str,
+    duration_sec: u32,
+    duration_nsec: u32,
+    table: u8,
+    packets: u64,
+    bytes: u64,
+) {
+    s.push_str("cookie=");
+    s.push_str(cookie_hex);
+    s.push_str(", duration=");
+    push_dec(s, u64::from(duration_sec));
+    if duration_nsec > 999_999_999 {
+        // Not a valid nanosecond count; printed as `stats_line` prints it.
+        let frac = format!("{duration_nsec:09}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    } else if duration_nsec > 0 {
+        // Nine digits, trailing zeros dropped.
+        let mut digits = [b'0'; 9];
+        let mut v = duration_nsec;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+        s.push('.');
+        for &d in digits.get(..end).unwrap_or_default() {
+            s.push(char::from(d));
+        }
+    }
+    s.push_str("s, table=");
+    push_dec(s, u64::from(table));
+    s.push_str(", n_packets=");
+    push_dec(s, packets);
+    s.push_str(", n_bytes=");
+    push_dec(s, bytes);
+    s.push_str(", ");
 }
 
 /// Decodes the body of an ONF flow-monitor reply (`nx_flow_update_*` records with OF1.3 matches
@@ -453,6 +662,97 @@ mod tests {
     }
 
     #[test]
+    fn line_renderer_prints_what_the_decoder_prints() {
+        for name in ["neutron-dump.of13.bin", "edge-dump.of13.bin"] {
+            let mut lines = LineRenderer::default();
+            let (mut plain, mut stats) = (String::new(), String::new());
+            let (mut want_plain, mut want_stats) = (String::new(), String::new());
+            for body in replies(&fixture(name)) {
+                let mp = MultipartReply::parse(&body).unwrap();
+                let mut flows = Vec::new();
+                decode_flow_stats(mp.body, &mut flows).unwrap();
+                for f in &flows {
+                    want_plain.push_str(&format!(" {}\n", f.text));
+                    want_stats.push_str(&format!(" {}\n", stats_line(f)));
+                }
+                let n = lines.push_flow_stats(mp.body, false, &mut plain).unwrap();
+                assert_eq!(n, flows.len());
+                lines.push_flow_stats(mp.body, true, &mut stats).unwrap();
+            }
+            assert!(plain.lines().count() > 10, "{name}");
+            assert_eq!(plain, want_plain, "{name}");
+            assert_eq!(stats, want_stats, "{name}");
+            // Again with every actions text cached, and with a fresh renderer per reply.
+            let (mut again, mut fresh) = (String::new(), String::new());
+            for body in replies(&fixture(name)) {
+                let mp = MultipartReply::parse(&body).unwrap();
+                lines.push_flow_stats(mp.body, false, &mut again).unwrap();
+                LineRenderer::default()
+                    .push_flow_stats(mp.body, false, &mut fresh)
+                    .unwrap();
+            }
+            assert_eq!(again, want_plain, "{name}");
+            assert_eq!(fresh, want_plain, "{name}");
+        }
+    }
+
+    #[test]
+    fn stats_lines_format_durations_like_stats_line() {
+        let bodies = replies(&fixture("neutron-dump.of13.bin"));
+        let mp = MultipartReply::parse(&bodies[0]).unwrap();
+        let len = usize::from(u16::from_be_bytes([mp.body[0], mp.body[1]]));
+        let mut one = mp.body[..len].to_vec();
+        let mut lines = LineRenderer::default();
+        for nsec in [
+            0,
+            1,
+            5,
+            500_000_000,
+            123_456_789,
+            999_999_999,
+            1_000_000_000,
+            u32::MAX,
+        ] {
+            // ofp_flow_stats: length, table, pad, duration_sec, duration_nsec, ...
+            one[8..12].copy_from_slice(&nsec.to_be_bytes());
+            let mut flows = Vec::new();
+            decode_flow_stats(&one, &mut flows).unwrap();
+            let mut out = String::new();
+            lines.push_flow_stats(&one, true, &mut out).unwrap();
+            assert_eq!(out, format!(" {}\n", stats_line(&flows[0])), "nsec {nsec}");
+        }
+    }
+
+    #[test]
+    fn line_renderer_fails_cleanly_on_truncated_and_garbage_input() {
+        let bodies = replies(&fixture("neutron-dump.of13.bin"));
+        let mp = MultipartReply::parse(&bodies[0]).unwrap();
+        let mut lines = LineRenderer::default();
+        for stats in [false, true] {
+            for cut in (0..mp.body.len().min(4096)).step_by(7) {
+                let mut out = String::from("kept\n");
+                match lines.push_flow_stats(&mp.body[..cut], stats, &mut out) {
+                    // Whole lines only: the failing flow's partial line is removed.
+                    Ok(n) => assert_eq!(out.lines().count(), n + 1),
+                    Err(_) => assert!(out.starts_with("kept\n") && out.ends_with('\n')),
+                }
+            }
+            let mut garbage = mp.body[..2048].to_vec();
+            for i in (0..garbage.len()).step_by(13) {
+                garbage[i] ^= 0xa5;
+                let mut out = String::new();
+                let _ = lines.push_flow_stats(&garbage, stats, &mut out);
+            }
+            let mut out = String::new();
+            assert!(
+                lines
+                    .push_flow_stats(&mp.body[..100], stats, &mut out)
+                    .is_err()
+            );
+        }
+    }
+
+    #[test]
     fn captured_port_desc_decodes() {
         let bodies = replies(&fixture("port-desc.of13.bin"));
         let mp = MultipartReply::parse(&bodies[0]).unwrap();
@@ -481,6 +781,43 @@ mod tests {
         }
         let mut v = Vec::new();
         assert!(decode_flow_stats(&mp.body[..100], &mut v).is_err());
+    }
+
+    /// One-shot line rendering of a captured switch→client dump stream (multipart FLOW replies),
+    /// e.g. of the 100 000-flow bench bridge. Run in release with `PINFLOW_BENCH_DUMP=<file>`:
+    /// `cargo test --release -p pinflow --lib bench_line_renderer -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark; needs PINFLOW_BENCH_DUMP"]
+    fn bench_line_renderer() {
+        let Ok(path) = std::env::var("PINFLOW_BENCH_DUMP") else {
+            return;
+        };
+        let bodies: Vec<Vec<u8>> = replies(&std::fs::read(path).unwrap())
+            .into_iter()
+            .map(|b| MultipartReply::parse(&b).unwrap().body.to_vec())
+            .collect();
+        for stats in [false, true] {
+            let mut best = std::time::Duration::MAX;
+            let mut lines = LineRenderer::default();
+            let mut text = String::new();
+            let mut n = 0;
+            for _ in 0..7 {
+                let t = cpu_now();
+                n = 0;
+                for b in &bodies {
+                    n += lines.push_flow_stats(b, stats, &mut text).unwrap();
+                    if text.len() > 1 << 20 {
+                        text.clear();
+                    }
+                }
+                best = best.min(cpu_now() - t);
+            }
+            eprintln!(
+                "LineRenderer (stats: {stats}) {n} flows: best of 7 {:.1} ms CPU ({:.0} ns/flow)",
+                best.as_secs_f64() * 1e3,
+                best.as_nanos() as f64 / n as f64
+            );
+        }
     }
 
     fn cpu_now() -> std::time::Duration {
@@ -532,6 +869,32 @@ mod tests {
                 best.as_secs_f64() * 1e3,
                 best.as_nanos() as f64 / n as f64
             );
+            // The one-shot path of `pinflow flows`: lines straight into a reused buffer.
+            for stats in [false, true] {
+                let mut best = std::time::Duration::MAX;
+                let mut lines = LineRenderer::default();
+                let mut text = String::new();
+                for _ in 0..5 {
+                    let t = cpu_now();
+                    let mut n = 0;
+                    for _ in 0..rounds {
+                        for b in &bodies {
+                            n += lines.push_flow_stats(b, stats, &mut text).unwrap();
+                            if text.len() > 1 << 20 {
+                                text.clear();
+                            }
+                        }
+                    }
+                    best = best.min(cpu_now() - t);
+                    assert_eq!(n, rounds * per_round);
+                }
+                eprintln!(
+                    "LineRenderer (stats: {stats}) {} flows: best of 5 {:.1} ms CPU ({:.0} ns/flow)",
+                    rounds * per_round,
+                    best.as_secs_f64() * 1e3,
+                    best.as_nanos() as f64 / (rounds * per_round) as f64
+                );
+            }
         }
     }
 }

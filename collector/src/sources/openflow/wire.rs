@@ -248,10 +248,10 @@ pub struct Message {
     pub body: Vec<u8>,
 }
 
-/// Splits complete messages off the front of a receive buffer, enforcing a size limit.
-///
-/// Returns `Ok(None)` when `buf` does not yet hold a whole message; consumed bytes are drained.
-pub fn take_message(buf: &mut Vec<u8>, max_len: usize) -> OfResult<Option<Message>> {
+/// The header of the complete message at the start of `buf` (its `length` bytes are all there),
+/// enforcing a size limit; `Ok(None)` when `buf` does not yet hold a whole message. Nothing is
+/// copied: the body is `buf[HEADER_LEN..length]`.
+pub fn peek_message(buf: &[u8], max_len: usize) -> OfResult<Option<Header>> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -263,6 +263,17 @@ pub fn take_message(buf: &mut Vec<u8>, max_len: usize) -> OfResult<Option<Messag
     if buf.len() < len {
         return Ok(None);
     }
+    Ok(Some(header))
+}
+
+/// Splits complete messages off the front of a receive buffer, enforcing a size limit.
+///
+/// Returns `Ok(None)` when `buf` does not yet hold a whole message; consumed bytes are drained.
+pub fn take_message(buf: &mut Vec<u8>, max_len: usize) -> OfResult<Option<Message>> {
+    let Some(header) = peek_message(buf, max_len)? else {
+        return Ok(None);
+    };
+    let len = header.length as usize;
     let body = buf.get(HEADER_LEN..len).unwrap_or_default().to_vec();
     buf.drain(..len);
     Ok(Some(Message { header, body }))
