@@ -931,7 +931,9 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         String::new(),
     ]);
     rows.push([
-        format!("steady {steady_secs} s: ovs-vswitchd with {MONITORS} bare monitors (incl. changes)"),
+        format!(
+            "steady {steady_secs} s: ovs-vswitchd with {MONITORS} bare monitors (incl. changes)"
+        ),
         "-".into(),
         format!("{} ({} per monitor)", ms(vs_monitors), ms(vs_per_monitor)),
         String::new(),

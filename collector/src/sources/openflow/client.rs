@@ -460,20 +460,10 @@ impl OpenFlowClient {
                 return Ok(e);
             }
             // Not `recv`: that one keeps reading past events (it waits for a reply), which
-            // would hold each event back until the next message or a cancellation.
+            // would hold each event back until the next message or a cancellation. Replies
+            // nobody waits for are dropped.
             let m = self.recv_raw().await?;
-            match m.header.msg_type {
-                OFPT_ECHO_REQUEST => {
-                    let reply = wire::encode_echo_reply(m.header.xid, &m.body);
-                    self.send(&reply).await?;
-                }
-                OFPT_ERROR => return Err(OfError::Switch(wire::ErrorMsg::parse(&m.body)?)),
-                _ => {
-                    if let Some(ev) = self.as_event(&m)? {
-                        self.pending.extend(ev);
-                    }
-                }
-            }
+            self.absorb(m).await?;
         }
     }
 
