@@ -3,8 +3,8 @@
 //!
 //! Event-driven end to end: OVSDB `update` notifications and OpenFlow flow-monitor events feed the
 //! index, which re-evaluates only the flows a change can affect. A report is published at most every
-//! 50 ms while changes arrive, and when a grace period (`stale_cookie`) ends; nothing runs while
-//! nothing changes.
+//! 50 ms while findings, ports or sessions change (and when a grace period of `stale_cookie` ends),
+//! at most every second while only flow counts do; nothing runs while nothing changes.
 
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
 use crate::engine::source;
@@ -86,6 +86,10 @@ pub struct FlowsReport {
 /// spell is published at once (no extra wake-up); bursts are coalesced.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Longest delay of a report whose only news is flow counts (`pinflow_ovs_flows`): busy tables
+/// change all the time, and a count a second late misleads nobody.
+const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Longest sleep of an idle pipeline (nothing to publish, no grace period running).
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
@@ -120,12 +124,20 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     let mut bridges: BTreeMap<String, Bridge> = BTreeMap::new();
     let mut db_generation = 0u64;
     let mut join = PortJoin::default();
-    let mut dirty = true;
+    // `dirty`: the report is out of date; `urgent`: by more than flow counts (findings, ports,
+    // sessions), so it goes out within PUBLISH_INTERVAL rather than COUNTS_INTERVAL.
+    let (mut dirty, mut urgent) = (true, true);
+    let mut published_findings = index.findings_generation();
     let mut last_publish = Instant::now() - PUBLISH_INTERVAL;
     loop {
         // No periodic tick: sleep until the next publish is due (after a change) or the index's
         // next grace-period deadline, whichever comes first; an idle host costs no wake-ups.
-        let publish_due = dirty.then(|| last_publish + PUBLISH_INTERVAL);
+        let interval = if urgent {
+            PUBLISH_INTERVAL
+        } else {
+            COUNTS_INTERVAL
+        };
+        let publish_due = dirty.then(|| last_publish + interval);
         let wake = publish_due
             .into_iter()
             .chain(index.next_deadline())
@@ -144,13 +156,13 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
                     index.sync_bridges(&bridges, Instant::now());
                     sync_tasks(&mut tasks, &bridges, &run_dir, &change_tx, &mut index);
                 }
-                dirty = true;
+                (dirty, urgent) = (true, true);
             }
             Some((bridge, change)) = change_rx.recv() => {
-                apply_change(&mut index, &tasks, &bridge, change, &state);
+                urgent |= apply_change(&mut index, &tasks, &bridge, change, &state);
                 // Drain what is queued before publishing once.
                 while let Ok((b, c)) = change_rx.try_recv() {
-                    apply_change(&mut index, &tasks, &b, c, &state);
+                    urgent |= apply_change(&mut index, &tasks, &b, c, &state);
                 }
                 dirty = true;
             }
@@ -161,11 +173,19 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
             index.tick(now);
             dirty = true;
         }
-        if dirty && last_publish.elapsed() >= PUBLISH_INTERVAL {
+        // A finding that appeared or went away is what operators wait for: publish it promptly.
+        urgent |= index.findings_generation() != published_findings;
+        let interval = if urgent {
+            PUBLISH_INTERVAL
+        } else {
+            COUNTS_INTERVAL
+        };
+        if dirty && last_publish.elapsed() >= interval {
             join.refresh(&bridges, db_generation, &state);
             publish(&index, &tasks, &join, db_connected, &state);
+            published_findings = index.findings_generation();
             last_publish = Instant::now();
-            dirty = false;
+            (dirty, urgent) = (false, false);
         }
     }
 }
@@ -212,30 +232,36 @@ fn sync_tasks(
     }
 }
 
-/// Applies one mirror change to the index (which keeps the entries: the mirror holds no table).
+/// Applies one mirror change to the index (which keeps the entries: the mirror holds no table);
+/// returns whether it changed more than flow counts (a session or port change).
 fn apply_change(
     index: &mut DirtyFlowIndex,
     tasks: &HashMap<String, BridgeTask>,
     bridge: &str,
     change: FlowChange,
     state: &SharedState,
-) {
+) -> bool {
     let now = Instant::now();
     match change {
         FlowChange::Resynced { table, .. } => {
-            if !tasks.contains_key(bridge) {
-                return;
+            if tasks.contains_key(bridge) {
+                index.replace_flows(bridge, table, now);
             }
-            index.replace_flows(bridge, table, now);
+            true
         }
-        FlowChange::Added(f) | FlowChange::Modified(f) => index.upsert_flow(bridge, f, now),
+        FlowChange::Added(f) | FlowChange::Modified(f) => {
+            index.upsert_flow(bridge, f, now);
+            false
+        }
         FlowChange::Deleted(f) => {
             index.remove_flow(bridge, &f.key(), now);
+            false
         }
-        FlowChange::PortsChanged => {}
+        FlowChange::PortsChanged => true,
         FlowChange::Disconnected { error } => {
             state.sources.errors(source::OPENFLOW, 1);
             tracing::warn!(bridge, "OpenFlow session ended: {error}");
+            true
         }
     }
 }

@@ -284,6 +284,8 @@ struct BridgeIndex {
     counts: Vec<usize>,
     /// Ids of the flows dirty under some rule (so listing findings does not scan every flow).
     dirty_ids: BTreeSet<FlowId>,
+    /// Bumped whenever a finding appears or goes away.
+    findings_changes: u64,
     /// User-rule bits in scope for this bridge.
     user_scope: u64,
     /// Bits of the user rules each flow matches (they depend on the flow alone), for the flows
@@ -555,6 +557,9 @@ impl BridgeIndex {
             return;
         };
         self.free.push(id);
+        if rec.dirty != 0 {
+            self.findings_changes += 1;
+        }
         self.dirty_ids.remove(&id);
         self.user.remove(&id);
         self.key_unlink(
@@ -922,6 +927,9 @@ impl BridgeIndex {
             return;
         };
         let old = std::mem::replace(&mut rec.dirty, bits);
+        if old != bits {
+            self.findings_changes += 1;
+        }
         if bits != 0 {
             self.dirty_ids.insert(id);
         } else if old != 0 {
@@ -971,6 +979,7 @@ impl BridgeIndex {
 
     fn set_ports(&mut self, rules: &RuleSet, ports: &BTreeMap<String, OvsPort>, now: Instant) {
         let new: BTreeSet<u32> = ports.values().filter_map(|p| p.ofport).collect();
+        self.findings_changes += 1;
         self.dead_vlan = ports
             .values()
             .filter(|p| p.tag == Some(DEAD_VLAN))
@@ -1145,6 +1154,16 @@ impl DirtyFlowIndex {
             .values()
             .filter_map(|b| b.timers.first_key_value().map(|(t, _)| *t))
             .min()
+    }
+
+    /// A number that changes whenever a finding appears or goes away (compare for inequality: it
+    /// may also go down, when a bridge is removed).
+    pub fn findings_generation(&self) -> u64 {
+        self.bridges
+            .values()
+            .fold(self.bridges.len() as u64, |g, b| {
+                g.wrapping_add(b.findings_changes)
+            })
     }
 
     /// Every current finding, bridge by bridge (`dead_vlan` ports first, then flows in index order).

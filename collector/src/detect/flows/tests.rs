@@ -171,6 +171,25 @@ fn output_to_missing_port() {
 }
 
 #[test]
+fn findings_generation_moves_with_findings_not_with_clean_flows() {
+    let now = Instant::now();
+    let mut idx = index();
+    idx.set_ports(BR, &ports(&[("a", 1, None)]), now);
+    let g0 = idx.findings_generation();
+    // Clean flows come and go: the exporter may publish their counts lazily.
+    idx.upsert_flow(BR, flow(0, 10, 0, vec![in_port(1)], vec![out(1)]), now);
+    idx.remove_flow(BR, &flow(0, 10, 0, vec![in_port(1)], vec![]).key(), now);
+    assert_eq!(idx.findings_generation(), g0);
+    // A dirty flow appears, then goes away: both are news.
+    idx.upsert_flow(BR, flow(0, 11, 0, vec![], vec![out(9)]), now);
+    let g1 = idx.findings_generation();
+    assert_ne!(g1, g0);
+    idx.remove_flow(BR, &flow(0, 11, 0, vec![], vec![]).key(), now);
+    assert_ne!(idx.findings_generation(), g1);
+    assert_eq!(count(&idx, BR, "output_to_missing_port"), 0);
+}
+
+#[test]
 fn in_port_missing() {
     let now = Instant::now();
     let mut idx = index();
