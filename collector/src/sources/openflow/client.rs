@@ -907,6 +907,20 @@ mod tests {
         v
     }
 
+    /// A fake switch that answers the first request with the captured Neutron dump.
+    async fn dump_replaying_switch() -> (tempfile::TempDir, PathBuf) {
+        fake_switch(hello13(), |mut s, xid| {
+            Box::pin(async move {
+                for m in captured("neutron-dump.of13.bin") {
+                    if s.write_all(&with_xid(m, xid)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .await
+    }
+
     /// A fake switch: handshake, then `script` decides what to send for the first request.
     async fn fake_switch(
         hello: Vec<u8>,
@@ -1018,16 +1032,7 @@ mod tests {
         assert_eq!(ours, theirs);
 
         // A reply over the size limit is refused, not buffered.
-        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
-            Box::pin(async move {
-                for m in captured("neutron-dump.of13.bin") {
-                    if s.write_all(&with_xid(m, xid)).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        })
-        .await;
+        let (_d, path) = dump_replaying_switch().await;
         let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
             .await
             .unwrap();
@@ -1089,16 +1094,7 @@ mod tests {
         assert!(matches!(c.dump_flows(10).await, Err(OfError::Closed)));
 
         // More flows than allowed.
-        let (_d, path) = fake_switch(hello13(), |mut s, xid| {
-            Box::pin(async move {
-                for m in captured("neutron-dump.of13.bin") {
-                    if s.write_all(&with_xid(m, xid)).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        })
-        .await;
+        let (_d, path) = dump_replaying_switch().await;
         let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
             .await
             .unwrap();

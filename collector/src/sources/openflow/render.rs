@@ -227,6 +227,56 @@ fn build_entry(
     })
 }
 
+/// The fixed fields of one `ofp_flow_stats`.
+struct StatsHead {
+    table: u8,
+    duration_sec: u32,
+    duration_nsec: u32,
+    priority: u16,
+    idle_timeout: u16,
+    hard_timeout: u16,
+    flags: u16,
+    cookie: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+/// Takes the `ofp_flow_stats` at `r`: its fixed fields, and a reader over the rest of it (the
+/// match, then the instructions).
+fn take_flow_stats<'a>(r: &mut Rd<'a>) -> OfResult<(StatsHead, Rd<'a>)> {
+    let mut peek = *r;
+    let length = peek.u16()? as usize;
+    if length < 56 {
+        return Err(OfError::Malformed(format!(
+            "flow stats entry length {length} < 56"
+        )));
+    }
+    let mut f = Rd::new(r.take(length)?, "ofp_flow_stats");
+    f.skip(2)?;
+    let table = f.u8()?;
+    f.skip(1)?;
+    let duration_sec = f.u32()?;
+    let duration_nsec = f.u32()?;
+    let priority = f.u16()?;
+    let idle_timeout = f.u16()?;
+    let hard_timeout = f.u16()?;
+    let flags = f.u16()?;
+    f.skip(4)?;
+    let head = StatsHead {
+        table,
+        duration_sec,
+        duration_nsec,
+        priority,
+        idle_timeout,
+        hard_timeout,
+        flags,
+        cookie: f.u64()?,
+        packets: f.u64()?,
+        bytes: f.u64()?,
+    };
+    Ok((head, f))
+}
+
 /// Decodes the body of an `OFPMP_FLOW` reply (a sequence of `ofp_flow_stats`), appending flows.
 pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> {
     let mut r = Rd::new(body, "ofp_flow_stats");
@@ -234,27 +284,21 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
     let mut scratch = Scratch::default();
     out.reserve(body.len() / 120);
     while !r.is_empty() {
-        let mut peek = r;
-        let length = peek.u16()? as usize;
-        if length < 56 {
-            return Err(OfError::Malformed(format!(
-                "flow stats entry length {length} < 56"
-            )));
-        }
-        let mut f = Rd::new(r.take(length)?, "ofp_flow_stats");
-        f.skip(2)?;
-        let table = f.u8()?;
-        f.skip(1)?;
-        let duration_sec = f.u32()?;
-        let duration_nsec = f.u32()?;
-        let priority = f.u16()?;
-        let idle = f.u16()?;
-        let hard = f.u16()?;
-        let flags = f.u16()?;
-        f.skip(4)?;
-        let cookie = f.u64()?;
-        let packets = f.u64()?;
-        let bytes = f.u64()?;
+        let (
+            StatsHead {
+                table,
+                duration_sec,
+                duration_nsec,
+                priority,
+                idle_timeout: idle,
+                hard_timeout: hard,
+                flags,
+                cookie,
+                packets,
+                bytes,
+            },
+            mut f,
+        ) = take_flow_stats(&mut r)?;
         let mbuf = f.rest();
         m.read_ofp_match_into(&mut f)?;
         let entry = build_entry(
@@ -343,27 +387,21 @@ impl LineRenderer {
 
     /// Decodes the `ofp_flow_stats` at the reader and appends its line.
     fn push_one(&mut self, r: &mut Rd<'_>, stats: bool, out: &mut String) -> OfResult<()> {
-        let mut peek = *r;
-        let length = peek.u16()? as usize;
-        if length < 56 {
-            return Err(OfError::Malformed(format!(
-                "flow stats entry length {length} < 56"
-            )));
-        }
-        let mut f = Rd::new(r.take(length)?, "ofp_flow_stats");
-        f.skip(2)?;
-        let table = f.u8()?;
-        f.skip(1)?;
-        let duration_sec = f.u32()?;
-        let duration_nsec = f.u32()?;
-        let priority = f.u16()?;
-        let idle_timeout = f.u16()?;
-        let hard_timeout = f.u16()?;
-        let flags = f.u16()?;
-        f.skip(4)?;
-        let cookie = f.u64()?;
-        let packets = f.u64()?;
-        let bytes = f.u64()?;
+        let (
+            StatsHead {
+                table,
+                duration_sec,
+                duration_nsec,
+                priority,
+                idle_timeout,
+                hard_timeout,
+                flags,
+                cookie,
+                packets,
+                bytes,
+            },
+            mut f,
+        ) = take_flow_stats(r)?;
         self.m.read_ofp_match_into(&mut f)?;
         let mut h = Head {
             table,
