@@ -1,8 +1,9 @@
 //! The pinning pipeline: libvirt inventory + procfs/cgroupfs + eBPF placement → detector → shared state.
 //!
-//! Runs as one task. A pass happens on every libvirt state-dir change (inotify) and on a short tick
-//! (`pinning.interval_seconds`, default 1 s) for changes libvirt never hears of (affinity, cgroups).
-//! Each pass only reads the threads of running domains; the scrape just encodes the last report.
+//! Runs as one task. A pass happens on every libvirt state-dir change (inotify) and, while there
+//! are domains, on a short tick (`pinning.interval_seconds`, default 1 s) for changes libvirt never
+//! hears of (affinity, cgroups). Each pass only reads the threads of running domains; the scrape
+//! just encodes the last report.
 
 use crate::config::PinningConfig;
 use crate::cpuset::CpuSet;
@@ -78,7 +79,7 @@ impl PinningEngine {
         }
     }
 
-    /// Runs passes forever: on libvirt changes and on every tick.
+    /// Runs passes forever: on libvirt changes, and on every tick while there are domains.
     pub async fn run(mut self, libvirt_state_dir: PathBuf) {
         let mut changes = libvirt::watch_state_dir(libvirt_state_dir);
         let mut tick = tokio::time::interval(self.cfg.interval());
