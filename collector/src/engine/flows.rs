@@ -90,6 +90,15 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 /// change all the time, and a count a second late misleads nobody.
 const COUNTS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Least time between two reports: short when findings, ports or sessions changed (`urgent`).
+fn publish_delay(urgent: bool) -> Duration {
+    if urgent {
+        PUBLISH_INTERVAL
+    } else {
+        COUNTS_INTERVAL
+    }
+}
+
 /// Longest sleep of an idle pipeline (nothing to publish, no grace period running).
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
@@ -132,12 +141,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     loop {
         // No periodic tick: sleep until the next publish is due (after a change) or the index's
         // next grace-period deadline, whichever comes first; an idle host costs no wake-ups.
-        let interval = if urgent {
-            PUBLISH_INTERVAL
-        } else {
-            COUNTS_INTERVAL
-        };
-        let publish_due = dirty.then(|| last_publish + interval);
+        let publish_due = dirty.then(|| last_publish + publish_delay(urgent));
         let wake = publish_due
             .into_iter()
             .chain(index.next_deadline())
@@ -175,12 +179,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
         }
         // A finding that appeared or went away is what operators wait for: publish it promptly.
         urgent |= index.findings_generation() != published_findings;
-        let interval = if urgent {
-            PUBLISH_INTERVAL
-        } else {
-            COUNTS_INTERVAL
-        };
-        if dirty && last_publish.elapsed() >= interval {
+        if dirty && last_publish.elapsed() >= publish_delay(urgent) {
             join.refresh(&bridges, db_generation, &state);
             publish(&index, &tasks, &join, db_connected, &state);
             published_findings = index.findings_generation();
