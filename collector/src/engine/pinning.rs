@@ -103,9 +103,13 @@ impl PinningEngine {
         }
     }
 
+    /// The `last_errors` key of the state directory's own error.
+    const DIR_ERROR_KEY: &'static str = "libvirt-dir";
+
     /// Whether a tick would find nothing new: no domain known, and the state directory readable.
     fn nothing_to_poll(&self) -> bool {
-        self.inventory.domains().next().is_none() && !self.last_errors.contains_key("libvirt-dir")
+        self.inventory.domains().next().is_none()
+            && !self.last_errors.contains_key(Self::DIR_ERROR_KEY)
     }
 
     /// One full pass: refresh inventory, observe threads, sync the eBPF watch set, detect, publish.
@@ -115,9 +119,9 @@ impl PinningEngine {
         let refresh = self.inventory.refresh();
         if let Some(e) = &refresh.dir_error {
             sources.down(source::LIBVIRT, e.clone());
-            self.log_once("libvirt-dir", e);
+            self.log_once(Self::DIR_ERROR_KEY, e);
         } else {
-            self.last_errors.remove("libvirt-dir");
+            self.last_errors.remove(Self::DIR_ERROR_KEY);
             sources.up(source::LIBVIRT, "", t0.elapsed());
         }
         if !refresh.errors.is_empty() {
