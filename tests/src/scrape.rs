@@ -92,6 +92,13 @@ fn parse_line(line: &str) -> Option<Sample> {
     })
 }
 
+/// The value of `pinflow_source_up{source}`, if the scrape has it.
+pub fn source_up(samples: &[Sample], source: &str) -> Option<f64> {
+    select(samples, "pinflow_source_up", &[("source", source)])
+        .first()
+        .map(|s| s.value)
+}
+
 /// Samples named `name` whose labels include every `(k, v)` of `want`.
 pub fn select<'a>(samples: &'a [Sample], name: &str, want: &[(&str, &str)]) -> Vec<&'a Sample> {
     samples

@@ -3,7 +3,7 @@
 
 use pinflow_tests::captured::CapturedHost;
 use pinflow_tests::pinflow::{Pinflow, bin};
-use pinflow_tests::scrape::select;
+use pinflow_tests::scrape::{select, source_up};
 use pinflow_tests::wait_for;
 use std::process::Command;
 use std::time::Duration;
@@ -45,23 +45,13 @@ fn malformed_state_files_are_counted_and_the_good_domain_keeps_being_served() {
         );
         assert_eq!(v[0].value, 0.0, "{check}");
     }
-    assert_eq!(
-        select(&s, "pinflow_source_up", &[("source", "libvirt")])[0].value,
-        1.0
-    );
-    assert_eq!(
-        select(&s, "pinflow_source_up", &[("source", "sched_bpf")])[0].value,
-        0.0
-    );
+    assert_eq!(source_up(&s, "libvirt"), Some(1.0));
+    assert_eq!(source_up(&s, "sched_bpf"), Some(0.0));
     // No OVS on this path: the OVS sources say so instead of claiming to be up.
     for src in ["ovsdb", "openflow"] {
         let down = wait_for(Duration::from_secs(5), || {
             let s = pf.scrape();
-            (select(&s, "pinflow_source_up", &[("source", src)])
-                .first()?
-                .value
-                == 0.0)
-                .then_some(())
+            (source_up(&s, src)? == 0.0).then_some(())
         });
         assert!(
             down.is_some(),

@@ -6,7 +6,7 @@
 use pinflow_tests::captured::CapturedHost;
 use pinflow_tests::ovs::Ovs;
 use pinflow_tests::pinflow::{Pinflow, bin};
-use pinflow_tests::scrape::{Sample, select};
+use pinflow_tests::scrape::{Sample, select, source_up};
 use pinflow_tests::{require_privileged, wait_for};
 use std::path::PathBuf;
 use std::process::Command;
@@ -133,14 +133,8 @@ fn each_anomaly_rises_to_its_exact_count_and_falls_when_fixed() {
     let pf = pinflow_on(&ovs, &host);
     let (s, took) = expect_clean(&pf);
     eprintln!("clean table mirrored {took:?} after start");
-    assert_eq!(
-        select(&s, "pinflow_source_up", &[("source", "ovsdb")])[0].value,
-        1.0
-    );
-    assert_eq!(
-        select(&s, "pinflow_source_up", &[("source", "openflow")])[0].value,
-        1.0
-    );
+    assert_eq!(source_up(&s, "ovsdb"), Some(1.0));
+    assert_eq!(source_up(&s, "openflow"), Some(1.0));
     let port = select(
         &s,
         "pinflow_ovs_port_info",
@@ -282,7 +276,7 @@ fn ovs_vswitchd_restart_and_agent_resync_are_followed() {
     ovs.stop("ovs-vswitchd");
     let down = wait_for(WAIT, || {
         let s = pf.scrape();
-        (select(&s, "pinflow_source_up", &[("source", "openflow")])[0].value == 0.0).then_some(())
+        (source_up(&s, "openflow") == Some(0.0)).then_some(())
     });
     assert!(
         down.is_some(),
@@ -304,9 +298,7 @@ fn ovs_vswitchd_restart_and_agent_resync_are_followed() {
     // A restarted ovs-vswitchd has empty tables until the agent re-installs them.
     let empty = wait_for(WAIT, || {
         let s = pf.scrape();
-        (select(&s, "pinflow_source_up", &[("source", "openflow")])[0].value == 1.0
-            && flow_count(&s) == 0.0)
-            .then_some(())
+        (source_up(&s, "openflow") == Some(1.0) && flow_count(&s) == 0.0).then_some(())
     });
     assert!(
         empty.is_some(),

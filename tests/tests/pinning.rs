@@ -4,7 +4,7 @@
 
 use pinflow_tests::libvirt::{self, DomainSpec, RunningDomain};
 use pinflow_tests::pinflow::Pinflow;
-use pinflow_tests::scrape::{Sample, select};
+use pinflow_tests::scrape::{Sample, select, source_up};
 use pinflow_tests::{require_privileged, run, wait_for};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -146,10 +146,7 @@ fn domains_appear_with_nova_metadata_and_disappear_when_destroyed() {
     assert_eq!(info[0].value, 1.0);
     assert_counts(&s, "pf-life", &[]);
     assert!(drift_rows(&s, "pf-life").is_empty());
-    assert_eq!(
-        select(&s, "pinflow_source_up", &[("source", "libvirt")])[0].value,
-        1.0
-    );
+    assert_eq!(source_up(&s, "libvirt"), Some(1.0));
     assert!(
         !select(
             &s,
@@ -309,9 +306,8 @@ fn busy_vcpu_running_off_its_pin_is_placement_drift() {
     spec.spin = true;
     let dom = start(&spec);
     let s = expect_drift(&pf, "pf-spin", &[]);
-    let up = select(&s, "pinflow_source_up", &[("source", "sched_bpf")]);
     assert_eq!(
-        up.first().map(|x| x.value),
+        source_up(&s, "sched_bpf"),
         Some(1.0),
         "eBPF probe not up:\n{}",
         pf.log()
