@@ -2,9 +2,14 @@
 //!
 //! `PINFLOW_SKIP_EBPF=1` writes an empty placeholder instead, so `cargo check`/clippy work on a
 //! machine without bpf-linker; the loader then refuses with "eBPF object not built".
+//!
+//! It also records the git revision and the rustc version for `pinflow --version` and
+//! `pinflow_build_info` (`PINFLOW_REVISION` overrides the revision when building outside git).
 use std::path::PathBuf;
+use std::process::Command;
 
 fn main() -> anyhow::Result<()> {
+    build_facts();
     println!("cargo:rerun-if-env-changed=PINFLOW_SKIP_EBPF");
     if std::env::var_os("PINFLOW_SKIP_EBPF").is_some_and(|v| v == "1") {
         let out = PathBuf::from(std::env::var("OUT_DIR")?).join("pinflow-ebpf");
@@ -27,4 +32,44 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
+}
+
+/// Sets `PINFLOW_GIT_REVISION` and `PINFLOW_RUSTC_VERSION` for the crate.
+fn build_facts() {
+    println!("cargo:rerun-if-env-changed=PINFLOW_REVISION");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let revision = std::env::var("PINFLOW_REVISION")
+        .ok()
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    // Re-run when HEAD moves (a commit, a checkout).
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            let common = git(&["rev-parse", "--git-common-dir"]).unwrap_or(dir.clone());
+            let common = if common.starts_with('/') {
+                common
+            } else {
+                format!("{dir}/../{common}")
+            };
+            println!("cargo:rerun-if-changed={common}/{r}");
+            println!("cargo:rerun-if-changed={common}/packed-refs");
+        }
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc_version = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "rustc unknown".into());
+    println!("cargo:rustc-env=PINFLOW_GIT_REVISION={revision}");
+    println!("cargo:rustc-env=PINFLOW_RUSTC_VERSION={rustc_version}");
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// pinflow: dirty OVS flows and vCPU pinning drift on OpenStack/KVM hypervisors.
 #[derive(Debug, Parser)]
-#[command(name = "pinflow", version, about)]
+#[command(name = "pinflow", version = crate::build_info::VERSION_LINE, long_version = crate::build_info::LONG_VERSION, about)]
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -14,6 +14,9 @@ pub struct Cli {
     /// Source flags (also accepted after the subcommand).
     #[command(flatten)]
     pub sources: SourceArgs,
+    /// Logging flags.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Flags every subcommand takes: where the sources live and the config file.
@@ -42,6 +45,9 @@ pub struct SourceArgs {
         default_value = "/run/openvswitch"
     )]
     pub ovs_run_dir: PathBuf,
+    /// Which collectors run.
+    #[command(flatten)]
+    pub collectors: CollectorArgs,
 }
 
 /// Subcommands.
@@ -60,6 +66,14 @@ pub enum Command {
     /// Print flows once: the bridges' OpenFlow flows as `ovs-ofctl -O OpenFlow13 dump-flows` prints
     /// them, or with `--datapath` the kernel datapath's megaflows as `ovs-dpctl dump-flows` does.
     Flows(FlowsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 /// Flags of `flows`.
@@ -86,18 +100,167 @@ pub struct FlowsArgs {
     pub capture: Option<PathBuf>,
 }
 
-/// Flags of `serve`.
+/// Flags of `serve` (exporter-toolkit conventions).
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
-    /// Address to serve on.
-    #[arg(long = "web.listen-address", default_value = "127.0.0.1:9105")]
-    pub listen: SocketAddr,
+    /// Address to serve on: `:PORT` (every interface), `HOST:PORT`, `[IPv6]:PORT`. Repeat the flag
+    /// to listen on several addresses.
+    #[arg(
+        long = "web.listen-address",
+        value_name = "[HOST]:PORT",
+        default_value = "127.0.0.1:9105",
+        value_parser = ListenAddress::parse,
+        action = clap::ArgAction::Append
+    )]
+    pub listen: Vec<ListenAddress>,
+    /// Path under which metrics are served.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = parse_path)]
+    pub telemetry_path: String,
+    /// exporter-toolkit web config (YAML): TLS certificate and key, client CA, basic-auth users
+    /// with bcrypt hashes.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
+    /// Do not serve /api/v1 (it carries Nova names, project ids and flow texts).
+    #[arg(long = "web.disable-api")]
+    pub disable_api: bool,
 }
 
 impl Default for ServeArgs {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9105)),
+            listen: vec![ListenAddress::Addr(SocketAddr::from((
+                [127, 0, 0, 1],
+                9105,
+            )))],
+            telemetry_path: "/metrics".into(),
+            web_config: None,
+            disable_api: false,
         }
     }
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.len() > 1 && !s.contains(['?', '#', ' ']) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an absolute URL path such as /metrics"
+        ))
+    }
+}
+
+/// One `--web.listen-address` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `:PORT`: every interface (IPv6 and IPv4 where the host has IPv6, else IPv4).
+    Any(u16),
+    /// A literal address.
+    Addr(SocketAddr),
+    /// `HOST:PORT` with a host name, resolved when the server binds.
+    Host(String, u16),
+}
+
+impl ListenAddress {
+    /// Parses `:PORT`, `HOST:PORT` or `[IPv6]:PORT`.
+    pub fn parse(s: &str) -> Result<ListenAddress, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddress::Addr(a));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: expected [HOST]:PORT, e.g. :9105 or 127.0.0.1:9105"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
+        if host.is_empty() {
+            return Ok(ListenAddress::Any(port));
+        }
+        let valid_name = host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if host.starts_with('[') || !valid_name {
+            return Err(format!(
+                "{s:?}: {host:?} is neither an IP address nor a host name"
+            ));
+        }
+        Ok(ListenAddress::Host(host.to_string(), port))
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Any(p) => write!(f, ":{p}"),
+            ListenAddress::Addr(a) => write!(f, "{a}"),
+            ListenAddress::Host(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+/// `--collector.<area>` / `--no-collector.<area>`: which pipelines run (all by default). A host
+/// without OVS runs with `--no-collector.flows --no-collector.datapath`, and reports nothing about
+/// those sources instead of reporting them down forever.
+#[derive(Clone, Debug, Default, Args)]
+pub struct CollectorArgs {
+    /// Turn the pinning collector on (default): libvirt, procfs/cgroupfs, the sched_switch probe.
+    #[arg(
+        long = "collector.pinning",
+        global = true,
+        overrides_with = "no_pinning"
+    )]
+    pinning: bool,
+    /// Turn the pinning collector off.
+    #[arg(
+        long = "no-collector.pinning",
+        global = true,
+        overrides_with = "pinning"
+    )]
+    no_pinning: bool,
+    /// Turn the flows collector on (default): OVSDB and OpenFlow, dirty-flow rules.
+    #[arg(long = "collector.flows", global = true, overrides_with = "no_flows")]
+    flows: bool,
+    /// Turn the flows collector off.
+    #[arg(long = "no-collector.flows", global = true, overrides_with = "flows")]
+    no_flows: bool,
+    /// Turn the datapath collector on (default): the OVS kernel datapath over genetlink and eBPF.
+    #[arg(
+        long = "collector.datapath",
+        global = true,
+        overrides_with = "no_datapath"
+    )]
+    datapath: bool,
+    /// Turn the datapath collector off.
+    #[arg(
+        long = "no-collector.datapath",
+        global = true,
+        overrides_with = "datapath"
+    )]
+    no_datapath: bool,
+}
+
+impl CollectorArgs {
+    /// Whether the pinning pipeline runs.
+    pub fn pinning(&self) -> bool {
+        !self.no_pinning
+    }
+    /// Whether the flows pipeline runs.
+    pub fn flows(&self) -> bool {
+        !self.no_flows
+    }
+    /// Whether the datapath pipeline runs.
+    pub fn datapath(&self) -> bool {
+        !self.no_datapath
+    }
+}
+
+/// `--log.level`, `--log.format`.
+#[derive(Clone, Debug, Args)]
+pub struct LogArgs {
+    /// Least severe level logged: debug, info, warn, error (`RUST_LOG` overrides it with a full
+    /// tracing filter).
+    #[arg(long = "log.level", global = true, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    pub level: String,
+    /// Log line format on stderr.
+    #[arg(long = "log.format", global = true, default_value = "logfmt", value_parser = ["logfmt", "json"])]
+    pub format: String,
 }

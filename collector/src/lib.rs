@@ -3,6 +3,7 @@
 //! Data flows one way: [`sources`] read the host into the [`model`], [`detect`] turns the model into
 //! findings, [`export`] serves them (Prometheus `/metrics`, JSON API, CLI tables).
 
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod cpuset;

@@ -5,28 +5,42 @@ use clap::Parser as _;
 use pinflow::cli::{Cli, Command, FlowsArgs, ServeArgs, SourceArgs};
 use pinflow::config::Config;
 use pinflow::engine::{self, PinningEngine, PinningInputs};
-use pinflow::export::{http, metrics::BuildInfo, table};
+use pinflow::export::http::{self, RouterOptions};
+use pinflow::export::web_config::WebConfig;
+use pinflow::export::{metrics::BuildInfo, table};
 use pinflow::sources::ovs_dp;
 use pinflow::sources::sched_bpf::SchedProbe;
 use pinflow::state::SharedState;
 use std::io::Write as _;
 use std::process::ExitCode;
 
+/// The static (musl) build uses mimalloc: musl's own allocator is several times slower for the
+/// flow mirror's many small allocations.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(&cli.log);
     let result = match cli.command {
         None => serve(&cli.sources, ServeArgs::default()),
         Some(Command::Serve(a)) => serve(&cli.sources, a),
         Some(Command::Check) => check(&cli.sources),
         Some(Command::Pinning { json }) => pinning(&cli.sources, json),
         Some(Command::Flows(a)) => flows(&cli.sources, &a),
+        Some(Command::Completion { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pinflow", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Man) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,
@@ -34,6 +48,35 @@ fn main() -> ExitCode {
             eprintln!("pinflow: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs to stderr at `--log.level` (`RUST_LOG` overrides it) as logfmt or JSON lines.
+fn init_logging(log: &pinflow::cli::LogArgs) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let registry = tracing_subscriber::registry().with(filter);
+    if log.format == "json" {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(
+                tracing_logfmt::builder()
+                    .with_span_name(false)
+                    .with_span_path(false)
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
     }
 }
 
@@ -53,6 +96,20 @@ fn kernel_release() -> String {
 
 fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(s.config.as_deref())?;
+    let web = args
+        .web_config
+        .as_deref()
+        .map(WebConfig::load)
+        .transpose()?;
+    let on = &s.collectors;
+    tracing::info!(
+        version = pinflow::build_info::VERSION,
+        revision = pinflow::build_info::REVISION,
+        pinning = on.pinning(),
+        flows = on.flows(),
+        datapath = on.datapath(),
+        "starting pinflow"
+    );
     // One thread runs every task: the daemon's work is small and event-driven, and a second
     // worker only adds cross-thread wake-ups (each costs more than most events' own work).
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -61,7 +118,9 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("failed to start the async runtime")?;
     rt.block_on(async move {
         let state = SharedState::default();
-        let probe = if config.pinning.ebpf {
+        let probe = if !on.pinning() {
+            None
+        } else if config.pinning.ebpf {
             match SchedProbe::load() {
                 Ok(mut p) => {
                     tracing::info!(mode = %p.mode(), "eBPF sched_switch probe attached");
@@ -83,11 +142,8 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             None
         };
-        // Loading parsed the kernel's BTF (several MiB, now freed): hand that heap back to the OS
-        // so the long-running daemon's RSS reflects what it keeps.
-        // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
-        unsafe { libc::malloc_trim(0) };
-        if config.datapath.enabled {
+        release_free_heap();
+        if on.datapath() && config.datapath.enabled {
             let dp_state = state.clone();
             let d = &config.datapath;
             let poll = ovs_dp::PollConfig {
@@ -110,29 +166,54 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .name("ovs-datapath".into())
                 .spawn(move || ovs_dp::run_blocking(dp_state, poll, health))
                 .context("cannot start the OVS datapath poller")?;
-        } else {
+        } else if on.datapath() {
             state.sources.down(
                 ovs_dp::SOURCE,
                 "disabled in config (datapath.enabled = false)",
             );
         }
-        let inputs = inputs(s);
-        let mut eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
-        eng.pass();
-        tokio::spawn(eng.run(inputs.libvirt_state_dir.clone()));
-        tokio::spawn(engine::flows::run(
-            config.flows.clone(),
-            s.ovs_run_dir.clone(),
-            state.clone(),
-        ));
-        let build = BuildInfo {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            kernel: kernel_release(),
+        if on.pinning() {
+            let inputs = inputs(s);
+            let mut eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
+            eng.pass();
+            tokio::spawn(eng.run(inputs.libvirt_state_dir.clone()));
+        }
+        if on.flows() {
+            tokio::spawn(engine::flows::run(
+                config.flows.clone(),
+                s.ovs_run_dir.clone(),
+                state.clone(),
+            ));
+        }
+        let options = RouterOptions {
+            telemetry_path: args.telemetry_path.clone(),
+            disable_api: args.disable_api,
         };
-        let router = http::router(state, build, config.export.clone());
-        http::serve(args.listen, router, shutdown_signal()).await
+        let router = http::router(
+            state,
+            BuildInfo::current(kernel_release()),
+            config.export.clone(),
+            &options,
+            web.as_ref(),
+        );
+        http::serve(&args.listen, router, web.as_ref(), shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Hands the heap freed after loading the eBPF probes (the kernel's BTF, several MiB) back to the
+/// OS, so that the long-running daemon's RSS reflects what it keeps.
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    #[cfg(target_env = "musl")]
+    // SAFETY: mi_collect only returns mimalloc's free pages to the OS.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
 }
 
 async fn shutdown_signal() {

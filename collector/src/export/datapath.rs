@@ -202,10 +202,7 @@ mod tests {
         });
         let text = render(&registry(
             st,
-            BuildInfo {
-                version: "0".into(),
-                kernel: "6.1".into(),
-            },
+            BuildInfo::current("6.1".into()),
             crate::config::ExportConfig::default(),
         ))
         .unwrap();

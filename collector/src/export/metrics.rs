@@ -40,8 +40,25 @@ impl EncodeLabelValue for Lv<'_> {
 pub struct BuildInfo {
     /// pinflow version.
     pub version: String,
+    /// Git revision it was built from.
+    pub revision: String,
+    /// rustc that built it.
+    pub rustc: String,
     /// Running kernel release.
     pub kernel: String,
+}
+
+impl BuildInfo {
+    /// This binary's build facts on a kernel of release `kernel`.
+    pub fn current(kernel: String) -> BuildInfo {
+        use crate::build_info;
+        BuildInfo {
+            version: build_info::VERSION.into(),
+            revision: build_info::REVISION.into(),
+            rustc: build_info::RUSTC.into(),
+            kernel,
+        }
+    }
 }
 
 /// The collector registered in the registry; encodes the shared state on each scrape.
@@ -374,10 +391,12 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
     gauge(
         enc,
         "pinflow_build_info",
-        "pinflow version and the running kernel",
+        "pinflow version, git revision, the rustc that built it and the running kernel",
         [(
             [
                 ("version", Lv(&build.version)),
+                ("revision", Lv(&build.revision)),
+                ("rustc", Lv(&build.rustc)),
                 ("kernel", Lv(&build.kernel)),
             ],
             1.0,
@@ -437,10 +456,7 @@ mod tests {
     }
 
     fn build() -> BuildInfo {
-        BuildInfo {
-            version: "0.1.0".into(),
-            kernel: "6.18".into(),
-        }
+        BuildInfo::current("6.18".into())
     }
 
     #[test]

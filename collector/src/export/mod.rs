@@ -4,3 +4,4 @@ pub mod datapath;
 pub mod http;
 pub mod metrics;
 pub mod table;
+pub mod web_config;
