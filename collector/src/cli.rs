@@ -71,9 +71,12 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
+    /// Print the man page (roff) of pinflow, or of one subcommand.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// The subcommand (e.g. serve), for its page `pinflow-<subcommand>(1)`.
+        subcommand: Option<String>,
+    },
 }
 
 /// Flags of `flows`.

@@ -34,13 +34,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "pinflow", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Man) => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(Into::into)
-        }
+        Some(Command::Man { subcommand }) => man_page(subcommand.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -49,6 +43,23 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `pinflow man [SUBCOMMAND]`: the roff page of pinflow or of `pinflow-<subcommand>`.
+fn man_page(subcommand: Option<&str>) -> anyhow::Result<ExitCode> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let page = match subcommand {
+        None => cmd,
+        Some(name) => {
+            let sub = cmd
+                .find_subcommand(name)
+                .ok_or_else(|| anyhow::anyhow!("no subcommand {name:?}"))?
+                .clone();
+            sub.name(format!("pinflow-{name}").leak() as &str)
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut std::io::stdout())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Logs to stderr at `--log.level` (`RUST_LOG` overrides it) as logfmt or JSON lines.

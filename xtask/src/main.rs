@@ -4,11 +4,13 @@
 //! - `run`: a real libvirt/KVM testbed with pinflow serving on 127.0.0.1:9105 until Ctrl-C.
 //! - `test`: lint + unit tests + privileged integration tests against the real testbeds.
 //! - `vm-test`: the OVS kernel-datapath guest (QEMU/TCG) with pinflow inside; pass/fail.
+//! - `dist`: the static musl binary, man page and completions in target/pinflow-dist (and the image).
 //! - `bench`: measured costs (eBPF per context switch, RSS, /metrics latency, OpenFlow dumps and
 //!   mirrors against `ovs-ofctl` + parse).
 
 mod bench_flows;
 mod bench_sched;
+mod dist;
 mod run;
 mod setup;
 mod test;
@@ -36,6 +38,9 @@ enum Cmd {
     Test(test::TestArgs),
     /// Boot the OVS kernel-datapath guest (QEMU, TCG), run the scenarios inside, check pinflow.
     VmTest(vm::VmTestArgs),
+    /// Build the shipped artifacts into target/pinflow-dist: static musl binary, man page, completions
+    /// (and with --image the container image).
+    Dist(dist::DistArgs),
     /// Measure pinflow's costs (sched_switch overhead, RSS, /metrics latency, OpenFlow tables).
     Bench(BenchArgs),
 }
@@ -57,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Test(a) => test::test(a),
         Cmd::VmTest(a) => vm::vm_test(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::Dist(a) => dist::dist(&a).map(|_| ()),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

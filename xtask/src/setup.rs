@@ -30,6 +30,12 @@ const PACKAGES: &[&str] = &[
     // Prometheus + promtool for scrape checks.
     "prometheus",
     "prometheus-alertmanager",
+    // Shipping: the static musl build (C parts of ring and mimalloc), the image, its runtime
+    // (Debian's crun refuses this host's hybrid cgroups), bcrypt hashes for the web-config test.
+    "musl-tools",
+    "podman",
+    "runc",
+    "apache2-utils",
     // Benchmarks and eBPF inspection.
     "linux-perf",
     "bpftool",
@@ -44,7 +50,9 @@ fn installed(pkg: &str) -> bool {
 pub fn setup() -> anyhow::Result<()> {
     apt()?;
     rust_src()?;
+    musl_target()?;
     bpf_linker()?;
+    python_tools()?;
     tracefs()?;
     Ok(())
 }
@@ -102,6 +110,31 @@ fn rust_src() -> anyhow::Result<()> {
     sh(
         "rustup",
         &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )
+}
+
+fn musl_target() -> anyhow::Result<()> {
+    let have = output("rustup", &["target", "list", "--installed"])
+        .is_some_and(|s| s.lines().any(|l| l.trim() == crate::dist::TARGET));
+    if have {
+        step("rust target x86_64-unknown-linux-musl: present");
+        return Ok(());
+    }
+    step("rust target x86_64-unknown-linux-musl: installing (static build)");
+    sh("rustup", &["target", "add", crate::dist::TARGET])
+}
+
+/// Offline Kubernetes schema validation of deploy/kubernetes (PyPI `kubernetes-validate`, which
+/// carries the API schemas).
+fn python_tools() -> anyhow::Result<()> {
+    if output("kubernetes-validate", &["--version"]).is_some() {
+        step("kubernetes-validate: present");
+        return Ok(());
+    }
+    step("kubernetes-validate (PyPI): installing");
+    sh(
+        "python3",
+        &["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"],
     )
 }
 

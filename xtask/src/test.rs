@@ -45,6 +45,11 @@ pub fn test(a: TestArgs) -> anyhow::Result<()> {
         .map_or_else(|| workspace_root().join("target"), PathBuf::from);
     // SAFETY: as above.
     unsafe { std::env::set_var("PINFLOW_BIN", target.join("debug/pinflow")) };
+    // The shipped artifacts: the deploy tests run the static binary and the image exactly as
+    // deploy/kubernetes describes them.
+    let dist = crate::dist::dist(&crate::dist::DistArgs { image: true })?;
+    // SAFETY: as above.
+    unsafe { std::env::set_var("PINFLOW_DIST_DIR", &dist) };
     step("testbed: libvirt daemons");
     let daemons = libvirt::ensure_daemons();
     if let Err(e) = &daemons {

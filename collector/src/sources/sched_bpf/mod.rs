@@ -102,14 +102,46 @@ pub struct ProgramStats {
     pub run_count: u64,
 }
 
+/// Which of the capabilities eBPF tracing needs this process lacks, read from its own
+/// `CapEff` (so the error names what to grant, e.g. in a container's capability list).
+pub fn missing_bpf_capabilities() -> String {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        });
+    let Some(eff) = eff else {
+        return "needs CAP_BPF and CAP_PERFMON".into();
+    };
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(c, _)| !has(*c) && !has(CAP_SYS_ADMIN))
+        .map(|(_, n)| n)
+        .collect();
+    if missing.is_empty() {
+        "has CAP_BPF and CAP_PERFMON; a seccomp profile or LSM may block bpf()".into()
+    } else {
+        format!(
+            "missing {}: needs CAP_BPF and CAP_PERFMON",
+            missing.join(" and ")
+        )
+    }
+}
+
 /// Why the probe could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedProbeError {
     /// The binary embeds an empty placeholder instead of the eBPF object.
     #[error("eBPF object not built (this binary was built with PINFLOW_SKIP_EBPF=1)")]
     NotBuilt,
-    /// The kernel refused BPF (needs root, or CAP_BPF + CAP_PERFMON).
-    #[error("permission denied loading eBPF (run as root or with CAP_BPF and CAP_PERFMON): {0}")]
+    /// The kernel refused BPF (needs CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN).
+    #[error("permission denied loading eBPF ({hint}): {0}", hint = missing_bpf_capabilities())]
     PermissionDenied(String),
     /// Kernel BTF is missing or unusable (needed by tp_btf and raw_tp to read `task_struct.pid`).
     #[error("kernel BTF unavailable: {0}")]
@@ -278,7 +310,7 @@ impl SchedProbe {
             return Err(SchedProbeError::NotBuilt);
         }
         let mut failures = Vec::new();
-        let mut all_denied = true;
+        let mut any_denied = false;
         for mode in AttachMode::ALL {
             match Self::attach(mode) {
                 Ok(probe) => return Ok(probe),
@@ -286,12 +318,14 @@ impl SchedProbe {
                     return Err(SchedProbeError::PermissionDenied(f.reason));
                 }
                 Err(f) => {
-                    all_denied &= f.kind == FailureKind::ProgramDenied;
+                    any_denied |= f.kind == FailureKind::ProgramDenied;
                     failures.push((mode, f.reason));
                 }
             }
         }
-        if all_denied {
+        // A mode the kernel refused for lack of privilege is the one to fix (the others may fail
+        // for their own reasons, e.g. no tracefs for the classic tracepoint).
+        if any_denied {
             return Err(SchedProbeError::PermissionDenied(fmt_failures(&failures)));
         }
         Err(SchedProbeError::AllModesFailed(failures))

@@ -1,0 +1,690 @@
+//! deploy/ run as shipped: the Kubernetes manifests rendered by kustomize and validated offline,
+//! the static binary and the FROM-scratch image (built by `cargo xtask dist --image`) run by podman
+//! on the real testbed with exactly the DaemonSet's args, mounts, capabilities, seccomp and
+//! read-only root, each capability shown to be needed, and the systemd unit verified.
+
+use pinflow_tests::libvirt::{self, DomainSpec};
+use pinflow_tests::ovs::Ovs;
+use pinflow_tests::scrape::{self, source_up};
+use pinflow_tests::{require_privileged, run, wait_for};
+use serde_yaml_ng::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `target/pinflow-dist` (made by `cargo xtask dist --image`; `cargo xtask test` runs it first).
+fn dist_dir() -> PathBuf {
+    std::env::var_os("PINFLOW_DIST_DIR").map_or_else(
+        || {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root().join("target"), PathBuf::from)
+                .join("pinflow-dist")
+        },
+        PathBuf::from,
+    )
+}
+
+const IMAGE: &str = concat!("localhost/pinflow:", env!("CARGO_PKG_VERSION"));
+
+/// Every document `kubectl kustomize <dir>` renders.
+fn kustomize(dir: &str) -> Vec<Value> {
+    let text = run(
+        "kubectl",
+        &["kustomize", &root().join(dir).to_string_lossy()],
+    );
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML"))
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in the rendered manifests"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a container runtime is told about the pinflow container.
+struct PodSpec {
+    args: Vec<String>,
+    caps: Vec<String>,
+    read_only_root: bool,
+    host_network: bool,
+    host_pid: bool,
+    no_new_privs: bool,
+    seccomp: String,
+    user: String,
+    /// (host path or ConfigMap name, mount path, read-only, is ConfigMap)
+    mounts: Vec<(String, String, bool, bool)>,
+    config_maps: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn pod_spec(docs: &[Value]) -> PodSpec {
+    let ds = kind(docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    let volumes: BTreeMap<String, &Value> = pod["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .map(|v| (v["name"].as_str().expect("name").to_string(), v))
+        .collect();
+    let mounts = c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .map(|m| {
+            let v = volumes[m["name"].as_str().expect("mount name")];
+            let (src, cm) = match v["hostPath"]["path"].as_str() {
+                Some(p) => (p.to_string(), false),
+                None => (
+                    v["configMap"]["name"]
+                        .as_str()
+                        .expect("hostPath or configMap")
+                        .to_string(),
+                    true,
+                ),
+            };
+            (
+                src,
+                m["mountPath"].as_str().expect("mountPath").to_string(),
+                m["readOnly"].as_bool().unwrap_or(false),
+                cm,
+            )
+        })
+        .collect();
+    let config_maps = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("ConfigMap"))
+        .map(|d| {
+            let data = d["data"]
+                .as_mapping()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.as_str().unwrap_or_default().to_string(),
+                                v.as_str().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                data,
+            )
+        })
+        .collect();
+    PodSpec {
+        args: strings(&c["args"]),
+        caps: strings(&sc["capabilities"]["add"]),
+        read_only_root: sc["readOnlyRootFilesystem"].as_bool() == Some(true),
+        host_network: pod["hostNetwork"].as_bool() == Some(true),
+        host_pid: pod["hostPID"].as_bool() == Some(true),
+        no_new_privs: sc["allowPrivilegeEscalation"].as_bool() == Some(false),
+        seccomp: sc["seccompProfile"]["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        user: format!(
+            "{}:{}",
+            sc["runAsUser"].as_i64().unwrap_or(0),
+            sc["runAsGroup"].as_i64().unwrap_or(0)
+        ),
+        mounts,
+        config_maps,
+    }
+}
+
+#[test]
+fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
+    if !require_privileged("kustomize_renders_…", &["kubectl", "kubernetes-validate"]) {
+        return;
+    }
+    let docs = kustomize("deploy/kubernetes");
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for want in [
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "DaemonSet",
+        "PodMonitor",
+        "ServiceMonitor",
+        "PrometheusRule",
+    ] {
+        assert!(kinds.contains(&want), "{want} missing from {kinds:?}");
+    }
+    assert_eq!(
+        kind(&docs, "ServiceAccount")["automountServiceAccountToken"].as_bool(),
+        Some(false)
+    );
+    assert_eq!(
+        kind(&docs, "Service")["spec"]["clusterIP"].as_str(),
+        Some("None")
+    );
+    let ds = kind(&docs, "DaemonSet");
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let sc = &c["securityContext"];
+    assert!(sc["privileged"].is_null(), "privileged in the default");
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    let spec = pod_spec(&docs);
+    assert_eq!(spec.caps, ["BPF", "PERFMON"], "the documented minimal set");
+    assert!(spec.read_only_root && spec.no_new_privs && spec.host_network);
+    assert!(
+        !spec.host_pid,
+        "hostPID is not needed: /host/proc is mounted"
+    );
+    assert_eq!(spec.seccomp, "RuntimeDefault");
+    for (src, dst, ro, _) in &spec.mounts {
+        assert!(ro, "{src} is mounted read-write at {dst}");
+    }
+    assert!(
+        c["resources"]["limits"]["memory"].is_string()
+            && c["resources"]["requests"]["memory"].is_string()
+    );
+    // The config the DaemonSet mounts loads.
+    let toml = spec
+        .config_maps
+        .values()
+        .find_map(|d| d.get("pinflow.toml"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("pinflow.toml");
+    std::fs::write(&cfg, toml.expect("pinflow.toml in a ConfigMap")).expect("write");
+    let out = pinflow(&["check", "--config", &cfg.to_string_lossy()]);
+    assert!(out.contains("config      ok"), "{out}");
+    // Every core resource against the Kubernetes API schema (strict: unknown fields fail).
+    for dir in ["deploy/kubernetes", "deploy/kubernetes/overlays/privileged"] {
+        let text = run(
+            "kubectl",
+            &["kustomize", &root().join(dir).to_string_lossy()],
+        );
+        let f = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(f.path(), &text).expect("write");
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--no-warn"])
+            .arg(f.path())
+            .output()
+            .expect("kubernetes-validate");
+        let report = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{dir}: {report}");
+        for k in [
+            "namespace",
+            "serviceaccount",
+            "configmap",
+            "service",
+            "daemonset",
+        ] {
+            assert!(
+                report.contains(&format!("passed for resource {k}/")),
+                "{dir}: {k} not validated:\n{report}"
+            );
+        }
+    }
+    let privileged = kustomize("deploy/kubernetes/overlays/privileged");
+    let psc = &kind(&privileged, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(psc["privileged"].as_bool(), Some(true));
+}
+
+/// Output of the binary under test (the debug build of this workspace).
+fn pinflow(args: &[&str]) -> String {
+    let out = Command::new(pinflow_tests::pinflow::bin())
+        .args(args)
+        .output()
+        .expect("run pinflow");
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn static_binary_has_no_dynamic_section_and_the_image_only_the_binary() {
+    if !require_privileged("static_binary_…", &["readelf", "podman"]) {
+        return;
+    }
+    let bin = dist_dir().join("pinflow");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo xtask dist --image`",
+        bin.display()
+    );
+    let out = run("readelf", &["-d", &bin.to_string_lossy()]);
+    assert!(out.contains("There is no dynamic section"), "{out}");
+    let hdr = run("readelf", &["-lW", &bin.to_string_lossy()]);
+    assert!(!hdr.contains("INTERP"), "{hdr}");
+    let size = std::fs::metadata(&bin).expect("stat").len();
+    assert!(
+        size < 15_000_000,
+        "static binary is {size} bytes (goal ≤ 15 MB)"
+    );
+    let version = run(&bin.to_string_lossy(), &["--version"]);
+    assert!(
+        version.contains("revision: ") && version.contains("rustc: rustc "),
+        "{version}"
+    );
+    for f in [
+        "pinflow-serve.1",
+        "completions/pinflow.bash",
+        "completions/_pinflow",
+        "completions/pinflow.fish",
+    ] {
+        // roff escapes the dashes.
+        let text = std::fs::read_to_string(dist_dir().join(f))
+            .expect(f)
+            .replace("\\-", "-");
+        assert!(
+            text.contains("web.listen-address"),
+            "{f} lacks the serve flags"
+        );
+    }
+    // The image holds one file: the binary (FROM scratch).
+    let image_size: u64 = run(
+        "podman",
+        &["image", "inspect", "--format", "{{.Size}}", IMAGE],
+    )
+    .trim()
+    .parse()
+    .expect("image size");
+    assert!(
+        image_size < 15_000_000 && image_size >= size,
+        "image {image_size} bytes, binary {size}"
+    );
+    let id = run("podman", &["create", IMAGE]).trim().to_string();
+    let export = Command::new("podman")
+        .args(["export", &id])
+        .output()
+        .expect("podman export");
+    run("podman", &["rm", &id]);
+    let listing = tar_listing(&export.stdout);
+    let files: Vec<&String> = listing
+        .iter()
+        .filter(|p| {
+            !p.ends_with('/')
+                && ![
+                    "etc/hostname",
+                    "etc/hosts",
+                    "etc/resolv.conf",
+                    "run/.containerenv",
+                ]
+                .contains(&p.as_str())
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [&"pinflow".to_string()],
+        "image content: {listing:?}"
+    );
+}
+
+/// Names in a tar stream.
+fn tar_listing(tar: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 512 <= tar.len() {
+        let h = &tar[off..off + 512];
+        if h.iter().all(|&b| b == 0) {
+            break;
+        }
+        let name = String::from_utf8_lossy(&h[..100])
+            .trim_end_matches('\0')
+            .trim_start_matches("./")
+            .to_string();
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&h[124..136]).trim_matches(|c: char| c == '\0' || c == ' '),
+            8,
+        )
+        .unwrap_or(0);
+        if !name.is_empty() {
+            out.push(name);
+        }
+        off += 512 + size.div_ceil(512) * 512;
+    }
+    out
+}
+
+/// The container runtime's RuntimeDefault seccomp profile as current runtimes ship it. Debian 12's
+/// podman profile (containers-common 0.50) allows `bpf`/`perf_event_open` only with
+/// CAP_SYS_ADMIN; containerd ≥ 1.7 and containers-common ≥ 0.51 also allow them with
+/// CAP_BPF/CAP_PERFMON. This adds exactly those two conditional rules to Debian's profile.
+fn runtime_default_seccomp(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string("/usr/share/containers/seccomp.json")
+        .expect("podman's seccomp profile");
+    let mut profile: serde_json::Value = serde_json::from_str(&text).expect("seccomp JSON");
+    let rules = profile["syscalls"].as_array_mut().expect("syscalls");
+    let modern = [("bpf", "CAP_BPF"), ("perf_event_open", "CAP_PERFMON")];
+    // Debian's rule "ERRNO for these unless CAP_SYS_ADMIN" loses the two syscalls…
+    for r in rules.iter_mut() {
+        if let Some(names) = r["names"].as_array_mut() {
+            names.retain(|n| !modern.iter().any(|(s, _)| n.as_str() == Some(*s)));
+        }
+    }
+    // …which get the current runtimes' rules: allowed with CAP_SYS_ADMIN or their own capability.
+    for (syscall, cap) in modern {
+        for (action, caps_key, caps) in [
+            ("SCMP_ACT_ALLOW", "includes", vec!["CAP_SYS_ADMIN"]),
+            ("SCMP_ACT_ALLOW", "includes", vec![cap]),
+            ("SCMP_ACT_ERRNO", "excludes", vec!["CAP_SYS_ADMIN", cap]),
+        ] {
+            let mut rule = serde_json::json!({
+                "names": [syscall], "action": action, "args": [],
+                "includes": {}, "excludes": {}
+            });
+            rule[caps_key] = serde_json::json!({ "caps": caps });
+            if action == "SCMP_ACT_ERRNO" {
+                rule["errnoRet"] = serde_json::json!(1);
+            }
+            rules.push(rule);
+        }
+    }
+    let p = dir.join("runtime-default.json");
+    std::fs::write(&p, profile.to_string()).expect("write seccomp profile");
+    p
+}
+
+/// A pinflow container run as the DaemonSet describes it (minus `drop` capabilities), killed on drop.
+struct Container {
+    child: Child,
+    name: String,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Host paths of the testbed for the manifest's host paths (the private OVS runs in its own run
+/// directory; everything else is the host's own).
+fn run_container(
+    spec: &PodSpec,
+    host_paths: &BTreeMap<&str, PathBuf>,
+    drop: &[&str],
+    work: &Path,
+    name: &str,
+) -> Container {
+    let mut c = Command::new("podman");
+    c.args(["run", "--rm", "--name", name, "--runtime", "runc"])
+        .args([
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .args(["--user", &spec.user, "--cap-drop=ALL"]);
+    let caps: Vec<String> = spec
+        .caps
+        .iter()
+        .filter(|c| !drop.contains(&c.as_str()))
+        .map(|c| format!("CAP_{c}"))
+        .collect();
+    if !caps.is_empty() {
+        c.arg(format!("--cap-add={}", caps.join(",")));
+    }
+    if spec.read_only_root {
+        c.arg("--read-only");
+    }
+    if spec.host_network {
+        c.arg("--network=host");
+    }
+    if spec.host_pid {
+        c.arg("--pid=host");
+    }
+    if spec.no_new_privs {
+        c.args(["--security-opt", "no-new-privileges"]);
+    }
+    assert_eq!(
+        spec.seccomp, "RuntimeDefault",
+        "only RuntimeDefault is modelled"
+    );
+    c.arg("--security-opt").arg(format!(
+        "seccomp={}",
+        runtime_default_seccomp(work).display()
+    ));
+    for (src, dst, ro, is_cm) in &spec.mounts {
+        let host = if *is_cm {
+            let d = work.join(format!("configmap-{src}"));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            for (k, v) in &spec.config_maps[src] {
+                std::fs::write(d.join(k), v).expect("write configmap file");
+            }
+            d
+        } else {
+            host_paths
+                .get(src.as_str())
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from(src))
+        };
+        c.arg("-v").arg(format!(
+            "{}:{dst}{}",
+            host.display(),
+            if *ro { ":ro" } else { "" }
+        ));
+    }
+    c.arg(IMAGE).args(&spec.args);
+    let log = std::fs::File::create(work.join(format!("{name}.log"))).expect("log");
+    let child = c
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("podman run");
+    Container {
+        child,
+        name: name.to_string(),
+    }
+}
+
+/// The address the DaemonSet's `--web.listen-address=:PORT` serves on, from this host.
+fn listen_port(spec: &PodSpec) -> u16 {
+    spec.args
+        .iter()
+        .find_map(|a| a.strip_prefix("--web.listen-address=:"))
+        .and_then(|p| p.parse().ok())
+        .expect("--web.listen-address=:PORT in the DaemonSet's args")
+}
+
+fn scrape_sources(addr: SocketAddr) -> Option<BTreeMap<String, serde_json::Value>> {
+    let (status, body) = scrape::http_get(addr, "/api/v1/sources", Duration::from_secs(2)).ok()?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+#[test]
+fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabilities() {
+    if !require_privileged(
+        "image_runs_on_the_testbed_…",
+        &["podman", "runc", "kubectl", "virsh", "ovs-vswitchd"],
+    ) {
+        return;
+    }
+    let docs = kustomize("deploy/kubernetes");
+    let spec = pod_spec(&docs);
+    libvirt::ensure_daemons().expect("libvirt testbed");
+    let _dom = libvirt::start(&DomainSpec::pinned("pf-deploy", &["0"]).with_nova(
+        "deploy-vm",
+        "qa",
+        "m1.tiny",
+    ))
+    .expect("domain");
+    let ovs = Ovs::start();
+    ovs.add_bridge("br-int", &[("tapdeploy", 1)]);
+    ovs.ofctl(&["add-flow", "br-int", "table=0,priority=1,actions=NORMAL"]);
+    let work = tempfile::tempdir().expect("tempdir");
+    // The manifest's host paths are the host's own, except OVS's run dir: the test's private OVS.
+    let host_paths = BTreeMap::from([("/run/openvswitch", ovs.run_dir())]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listen_port(&spec)));
+    let log = |name: &str| {
+        std::fs::read_to_string(work.path().join(format!("{name}.log"))).unwrap_or_default()
+    };
+
+    let c = run_container(&spec, &host_paths, &[], work.path(), "pinflow-deploy-test");
+    let want_up = ["libvirt", "procfs", "sched_bpf", "ovsdb", "openflow"];
+    let up = wait_for(Duration::from_secs(20), || {
+        let s = scrape_sources(addr)?;
+        want_up
+            .iter()
+            .all(|k| s.get(*k).and_then(|h| h["up"].as_bool()) == Some(true))
+            .then_some(s)
+    });
+    assert!(
+        up.is_some(),
+        "sources not all up: {:?}\n{}",
+        scrape_sources(addr),
+        log("pinflow-deploy-test")
+    );
+    let metrics = scrape::parse(
+        &scrape::http_get(addr, "/metrics", Duration::from_secs(2))
+            .expect("scrape")
+            .1,
+    );
+    for s in want_up {
+        assert_eq!(source_up(&metrics, s), Some(1.0), "{s}");
+    }
+    let info = scrape::select(
+        &metrics,
+        "pinflow_instance_info",
+        &[("domain", "pf-deploy")],
+    );
+    assert_eq!(
+        info.len(),
+        1,
+        "the domain is seen through /host/proc without hostPID"
+    );
+    assert_eq!(info[0].labels["name"], "deploy-vm");
+    assert_eq!(
+        scrape::select(&metrics, "pinflow_ovs_flows", &[("bridge", "br-int")]).len(),
+        1,
+        "br-int mirrored over the read-only OVS run dir"
+    );
+    // The container has exactly the two capabilities, and a read-only root.
+    let status = run(
+        "podman",
+        &["exec", "pinflow-deploy-test", "/pinflow", "--version"],
+    );
+    assert!(status.contains("revision"), "{status}");
+    let inspect = run(
+        "podman",
+        &[
+            "inspect",
+            "--format",
+            "{{.EffectiveCaps}} {{.HostConfig.ReadonlyRootfs}}",
+            "pinflow-deploy-test",
+        ],
+    );
+    assert_eq!(inspect.trim(), "[CAP_BPF CAP_PERFMON] true");
+    drop(c);
+    let _ = wait_for(Duration::from_secs(10), || {
+        scrape_sources(addr).is_none().then_some(())
+    });
+
+    // Each capability is needed: without it the eBPF source says so and names it; the rest runs.
+    for cap in &spec.caps {
+        let name = format!("pinflow-deploy-no-{}", cap.to_lowercase());
+        let _c = run_container(&spec, &host_paths, &[cap.as_str()], work.path(), &name);
+        let s = wait_for(Duration::from_secs(20), || {
+            let s = scrape_sources(addr)?;
+            let ready = s.get("procfs").and_then(|h| h["up"].as_bool()) == Some(true)
+                && s.get("sched_bpf").is_some();
+            ready.then_some(s)
+        })
+        .unwrap_or_else(|| panic!("no answer without CAP_{cap}\n{}", log(&name)))
+        .0;
+        let bpf = &s["sched_bpf"];
+        assert_eq!(
+            bpf["up"].as_bool(),
+            Some(false),
+            "sched_bpf up without CAP_{cap}"
+        );
+        let detail = bpf["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(&format!("missing CAP_{cap}:")),
+            "without CAP_{cap}, sched_bpf says {detail:?}"
+        );
+        assert_eq!(s["libvirt"]["up"].as_bool(), Some(true));
+        drop(_c);
+        let _ = wait_for(Duration::from_secs(10), || {
+            scrape_sources(addr).is_none().then_some(())
+        });
+    }
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    if !require_privileged("systemd_unit_…", &["systemd-analyze"]) {
+        return;
+    }
+    let unit = root().join("deploy/systemd/pinflow.service");
+    let text = std::fs::read_to_string(&unit).expect("deploy/systemd/pinflow.service");
+    for want in [
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON",
+        "AmbientCapabilities=CAP_BPF CAP_PERFMON",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "MemoryMax=",
+    ] {
+        assert!(text.contains(want), "{want} missing from the unit");
+    }
+    // ExecStart must exist for `verify`: a root with the binary where the unit expects it.
+    let exec = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("ExecStart");
+    let r = tempfile::tempdir().expect("tempdir");
+    let bin_in_root = r.path().join(exec.trim_start_matches('/'));
+    std::fs::create_dir_all(bin_in_root.parent().expect("dir")).expect("mkdir");
+    std::fs::copy(pinflow_tests::pinflow::bin(), &bin_in_root).expect("copy binary");
+    let units = r.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&units).expect("mkdir");
+    std::fs::copy(&unit, units.join("pinflow.service")).expect("copy unit");
+    // The host's own units (multi-user.target, sysinit.target…) for the dependencies.
+    let lib = r.path().join("usr/lib/systemd");
+    std::fs::create_dir_all(&lib).expect("mkdir");
+    run(
+        "cp",
+        &["-r", "/usr/lib/systemd/system", &lib.to_string_lossy()],
+    );
+    // `Documentation=man:pinflow(1)` is checked with `man`: the page `cargo xtask dist` made.
+    let man = r.path().join("man/man1");
+    std::fs::create_dir_all(&man).expect("mkdir");
+    std::fs::copy(dist_dir().join("pinflow.1"), man.join("pinflow.1")).expect("man page");
+    let out = Command::new("systemd-analyze")
+        .env("MANPATH", r.path().join("man"))
+        .arg("verify")
+        .arg(format!("--root={}", r.path().display()))
+        .arg("/etc/systemd/system/pinflow.service")
+        .output()
+        .expect("systemd-analyze");
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify: {report}");
+    assert!(
+        !report.contains("pinflow.service:"),
+        "systemd-analyze has remarks on the unit: {report}"
+    );
+}
