@@ -620,9 +620,9 @@ pub const BUILD_INFO: Family = Family {
     name: "pinflow_build_info",
     kind: Kind::Gauge,
     labels: &["version", "revision", "rustc", "kernel"],
-    help: "pinflow version and the running kernel",
+    help: "pinflow version, git revision and compiler, and the running kernel",
     notes: "`revision` is the git revision and `rustc` the compiler version of the build; `kernel` the running kernel release.",
-    example: "count by (version, kernel) (pinflow_build_info)",
+    example: "count by (version, revision, kernel) (pinflow_build_info)",
     presence: Presence::Always,
     area: Area::SelfMetrics,
     series: series(0, 0, 1, "nothing (one series)"),
@@ -758,7 +758,9 @@ pub fn markdown() -> String {
          Join Nova's names onto anything with a `domain` label:\n\
          `* on (instance, domain) group_left (name, project) pinflow_instance_info`.\n\
          Join a dirty-flow rule's severity (`broken` or `suspect`):\n\
-         `* on (instance, rule) group_left (severity) pinflow_ovs_dirty_flow_rule_info`.\n\n",
+         `* on (instance, rule) group_left (severity) pinflow_ovs_dirty_flow_rule_info`.\n\n\
+         Every example query below is run through a real Prometheus scraping the testbed, and so is every\n\
+         query of the Grafana dashboard `deploy/grafana/pinflow.json` (`tests/tests/dashboard.rs`).\n\n",
     );
     s.push_str("| family | type | labels | present |\n|---|---|---|---|\n");
     for f in ALL {
