@@ -756,6 +756,24 @@ fn check_dashboard_shape(d: &Value, queries: &[Query]) {
         (Some("datasource"), Some("prometheus"))
     );
     let mut titles = BTreeSet::new();
+    // Panels must not overlap on Grafana's 24-column grid.
+    let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for p in d["panels"].as_array().expect("panels") {
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64().unwrap_or(0),
+            g["y"].as_u64().unwrap_or(0),
+            g["w"].as_u64().unwrap_or(0),
+            g["h"].as_u64().unwrap_or(0),
+        );
+        let t = p["title"].as_str().unwrap_or_default();
+        assert!(w > 0 && h > 0 && x + w <= 24, "{t:?}: gridPos {g}");
+        for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+            if let Some(other) = cells.insert(cell, t.to_string()) {
+                panic!("panels {t:?} and {other:?} overlap");
+            }
+        }
+    }
     fn walk<'a>(panels: &'a [Value], titles: &mut BTreeSet<&'a str>) {
         for p in panels {
             let t = p["title"].as_str().unwrap_or_default();
@@ -861,7 +879,6 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let dash = load_dashboard();
     let mut queries = Vec::new();
     panel_queries(dash["panels"].as_array().expect("panels"), &mut queries);
-    check_dashboard_shape(&dash, &queries);
 
     libvirt::ensure_daemons().expect("libvirt testbed");
     let ovs = br_int();
@@ -1027,6 +1044,21 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     drop(dom_b);
     drop(dom_a);
     drop(ovs);
+}
+
+#[test]
+fn dashboard_is_grafana_json_that_names_only_known_metrics() {
+    let dash = load_dashboard();
+    let mut queries = Vec::new();
+    panel_queries(dash["panels"].as_array().expect("panels"), &mut queries);
+    check_dashboard_shape(&dash, &queries);
+    let bad: Vec<String> = queries
+        .iter()
+        .filter_map(|q| {
+            unknown_metrics(&substitute(&q.expr)).map(|e| format!("{:?}: {e}", q.panel))
+        })
+        .collect();
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
 #[test]
