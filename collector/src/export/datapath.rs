@@ -1,5 +1,6 @@
 //! Prometheus series of the OVS kernel datapath (genetlink polls and the datapath eBPF programs).
 
+use super::families;
 use super::metrics::{Lv, Res, counter, gauge};
 use crate::model::datapath::{DatapathEvents, DatapathReport};
 use prometheus_client::encoding::DescriptorEncoder;
@@ -14,15 +15,13 @@ pub fn encode_datapath(
     let dps = &r.datapaths;
     gauge(
         enc,
-        "pinflow_ovs_datapath_flows",
-        "Megaflows installed in the OVS kernel datapath",
+        &families::DATAPATH_FLOWS,
         dps.iter()
             .map(|d| ([("datapath", Lv(&d.name))], d.flows as f64)),
     )?;
     counter(
         enc,
-        "pinflow_ovs_datapath_lookups",
-        "Kernel datapath lookups: hit a megaflow, missed (upcall), lost (upcall dropped)",
+        &families::DATAPATH_LOOKUPS,
         dps.iter().flat_map(|d| {
             [("hit", d.hit), ("missed", d.missed), ("lost", d.lost)]
                 .map(|(r, v)| ([("datapath", Lv(&d.name)), ("result", Lv(r))], v as f64))
@@ -30,44 +29,38 @@ pub fn encode_datapath(
     )?;
     gauge(
         enc,
-        "pinflow_ovs_datapath_masks",
-        "Masks (classifier subtables) of the kernel datapath; each lookup may probe all of them",
+        &families::DATAPATH_MASKS,
         dps.iter()
             .map(|d| ([("datapath", Lv(&d.name))], f64::from(d.masks))),
     )?;
     counter(
         enc,
-        "pinflow_ovs_datapath_mask_hits",
-        "Masks probed by lookups that hit (mask_hits / hits = masks probed per packet)",
+        &families::DATAPATH_MASK_HITS,
         dps.iter()
             .map(|d| ([("datapath", Lv(&d.name))], d.mask_hit as f64)),
     )?;
     counter(
         enc,
-        "pinflow_ovs_datapath_mask_cache_hits",
-        "Lookups answered by the per-CPU mask cache",
+        &families::DATAPATH_MASK_CACHE_HITS,
         dps.iter()
             .map(|d| ([("datapath", Lv(&d.name))], d.cache_hit as f64)),
     )?;
     gauge(
         enc,
-        "pinflow_ovs_datapath_drop_flows",
-        "Megaflows whose action is drop and that carried packets (last megaflow dump)",
+        &families::DATAPATH_DROP_FLOWS,
         r.drop_flows
             .iter()
             .map(|(d, n)| ([("datapath", Lv(d))], *n as f64)),
     )?;
     gauge(
         enc,
-        "pinflow_ovs_datapath_flow_limit",
-        "Megaflow limit the flow_limit check compares the flow count against (ovs-vswitchd's flow-limit)",
+        &families::DATAPATH_FLOW_LIMIT,
         dps.iter()
             .map(|d| ([("datapath", Lv(&d.name))], r.flow_limit as f64)),
     )?;
     gauge(
         enc,
-        "pinflow_ovs_datapath_unhealthy",
-        "Datapath health per check (0 = healthy): flow_limit (1 near the limit), lost_upcalls (lost since the last poll), upcall_storm (ports above the upcall rate), drop_local_mac (drop megaflows aimed at local instances)",
+        &families::DATAPATH_UNHEALTHY,
         r.health.iter().flat_map(|h| {
             crate::detect::datapath::CHECKS
                 .iter()
@@ -91,8 +84,7 @@ pub fn encode_datapath(
         .collect();
     gauge(
         enc,
-        "pinflow_ovs_vport_info",
-        "Datapath port with its number, type, ifindex (rtnetlink) and local instance (libvirt tap); join on port",
+        &families::VPORT_INFO,
         info.iter().map(|(d, v, no, ifx)| {
             (
                 [
@@ -111,8 +103,7 @@ pub fn encode_datapath(
     // counters cover rx/tx packets): the budget is 12 series per instance, pinning uses 9.
     counter(
         enc,
-        "pinflow_ovs_vport_dropped",
-        "Packets the kernel datapath dropped or failed on the port (vport rx+tx dropped and errors)",
+        &families::VPORT_DROPPED,
         vports().map(|(d, v)| {
             let s = &v.stats;
             (
@@ -138,24 +129,21 @@ pub fn encode_datapath(
     }
     counter(
         enc,
-        "pinflow_ovs_upcalls",
-        "Packets the kernel datapath sent to userspace (megaflow misses and userspace actions), per ingress port",
+        &families::UPCALLS,
         upcalls
             .iter()
             .map(|(d, p, n)| ([("datapath", Lv(d)), ("port", Lv(p))], *n as f64)),
     )?;
     counter(
         enc,
-        "pinflow_ovs_datapath_actions",
-        "Actions the kernel datapath executed, per OVS_ACTION_ATTR type (eBPF; empty action lists, i.e. drops, are not actions)",
+        &families::DATAPATH_ACTIONS,
         ev.actions
             .iter()
             .map(|(a, n)| ([("action", Lv(a))], *n as f64)),
     )?;
     counter(
         enc,
-        "pinflow_ovs_drops",
-        "Packets the OVS kernel datapath dropped, per ingress port and drop reason (eBPF)",
+        &families::DROPS,
         ev.drops
             .iter()
             .map(|(p, r, n)| ([("port", Lv(p)), ("reason", Lv(r))], *n as f64)),
@@ -223,5 +211,6 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want}:\n{text}");
         }
+        crate::export::metrics::tests::assert_samples_match_the_table(&text);
     }
 }

@@ -3,6 +3,7 @@
 //! A custom `prometheus_client` collector encodes the latest reports at scrape time: nothing is
 //! computed per scrape, and series of vanished domains or healed drifts disappear with the report.
 
+use super::families::{self, Family};
 use crate::config::ExportConfig;
 use crate::detect::pinning::PinningReport;
 use crate::engine::flows::FlowsReport;
@@ -141,28 +142,37 @@ pub fn openmetrics_to_prometheus(om: &str) -> String {
 /// Result of an encoding step.
 pub(crate) type Res = Result<(), std::fmt::Error>;
 
-/// Encodes one gauge family from `(labels, value)` rows.
+/// Encodes one gauge family (name and help from the family table) from `(labels, value)` rows.
 pub(crate) fn gauge<'a, const N: usize>(
     enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
+    family: &Family,
     rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
 ) -> Res {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let mut m = enc.encode_descriptor(
+        family.descriptor_name(),
+        family.help,
+        None,
+        MetricType::Gauge,
+    )?;
     for (labels, v) in rows {
         ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
     }
     Ok(())
 }
 
-/// Encodes one counter family (OpenMetrics appends `_total`) from `(labels, value)` rows.
+/// Encodes one counter family (the table's name without `_total`, which OpenMetrics appends)
+/// from `(labels, value)` rows.
 pub(crate) fn counter<'a, const N: usize>(
     enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
+    family: &Family,
     rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
 ) -> Res {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    let mut m = enc.encode_descriptor(
+        family.descriptor_name(),
+        family.help,
+        None,
+        MetricType::Counter,
+    )?;
     for (labels, v) in rows {
         ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
     }
@@ -182,8 +192,7 @@ impl Collector for PinflowCollector {
 fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     gauge(
         enc,
-        "pinflow_instance_info",
-        "Running libvirt domain with its Nova metadata (empty when absent); join on domain",
+        &families::INSTANCE_INFO,
         r.domains.iter().map(|d| {
             let n = d.nova.as_ref();
             let f = |g: fn(&crate::model::NovaInstance) -> &str| Lv(n.map(g).unwrap_or(""));
@@ -203,8 +212,7 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     )?;
     gauge(
         enc,
-        "pinflow_domain_drifted_vcpus",
-        "vCPUs of the domain currently drifting, per pinning check",
+        &families::DOMAIN_DRIFTED_VCPUS,
         r.domains.iter().flat_map(|d| {
             d.drifted_vcpus.iter().map(|(c, n)| {
                 (
@@ -216,8 +224,7 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     )?;
     gauge(
         enc,
-        "pinflow_vcpu_pinning_drift",
-        "Present (1) only while this vCPU (or the emulator threads) drifts for this check",
+        &families::VCPU_PINNING_DRIFT,
         r.domains.iter().flat_map(|d| {
             d.drifts.iter().map(|x| {
                 (
@@ -235,8 +242,7 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     )?;
     counter(
         enc,
-        "pinflow_vcpu_offpin_seconds",
-        "CPU time the domain's vCPU threads ran on pCPUs outside their pin sets (eBPF sched_switch)",
+        &families::VCPU_OFFPIN_SECONDS,
         r.domains.iter().filter_map(|d| {
             d.offpin_seconds_total
                 .map(|v| ([("domain", Lv(&d.domain))], v))
@@ -244,8 +250,7 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     )?;
     counter(
         enc,
-        "pinflow_vcpu_migrations",
-        "Migrations of the domain's vCPU threads between pCPUs (eBPF sched_switch)",
+        &families::VCPU_MIGRATIONS,
         r.domains.iter().filter_map(|d| {
             d.migrations_total
                 .map(|v| ([("domain", Lv(&d.domain))], v as f64))
@@ -253,8 +258,7 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     )?;
     counter(
         enc,
-        "pinflow_vcpu_wait_seconds",
-        "Time the domain's vCPU threads waited runnable for a pCPU (schedstat)",
+        &families::VCPU_WAIT_SECONDS,
         r.domains
             .iter()
             .map(|d| ([("domain", Lv(&d.domain))], d.wait_seconds_total)),
@@ -266,8 +270,7 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
         .collect();
     gauge(
         enc,
-        "pinflow_pcpu_pinned_vcpus",
-        "Pinned vCPUs of all domains on this host CPU (CPUs without any are omitted)",
+        &families::PCPU_PINNED_VCPUS,
         cpus.iter().map(|(c, n)| ([("cpu", Lv(c))], f64::from(*n))),
     )
 }
@@ -284,16 +287,14 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
         .collect();
     gauge(
         enc,
-        "pinflow_ovs_flows",
-        "OpenFlow flows per bridge and table (mirrored with the OVS flow monitor)",
+        &families::OVS_FLOWS,
         tables
             .iter()
             .map(|(b, t, n)| ([("bridge", Lv(b)), ("table", Lv(t))], *n as f64)),
     )?;
     gauge(
         enc,
-        "pinflow_ovs_dirty_flows",
-        "Dirty flows per bridge and rule (every enabled rule, 0 when clean)",
+        &families::OVS_DIRTY_FLOWS,
         r.dirty_counts.iter().flat_map(|(b, rules)| {
             rules
                 .iter()
@@ -314,8 +315,7 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
         .collect();
     gauge(
         enc,
-        "pinflow_ovs_dirty_flow_info",
-        "A dirty flow in ovs-ofctl form (capped; see pinflow_ovs_dirty_flow_info_dropped)",
+        &families::OVS_DIRTY_FLOW_INFO,
         shown.iter().map(|(table, cookie, d)| {
             (
                 [
@@ -331,8 +331,7 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
     )?;
     gauge(
         enc,
-        "pinflow_ovs_dirty_flow_info_dropped",
-        "Dirty flows not listed in pinflow_ovs_dirty_flow_info because of the per-host cap",
+        &families::OVS_DIRTY_FLOW_INFO_DROPPED,
         [(
             [] as [(&str, Lv<'_>); 0],
             r.dirty_total.saturating_sub(limits.dirty_flow_info_limit) as f64,
@@ -345,8 +344,7 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
         .collect();
     gauge(
         enc,
-        "pinflow_ovs_port_info",
-        "OVS port with its ofport, Neutron port id and libvirt domain (empty when not an instance's)",
+        &families::OVS_PORT_INFO,
         ports.iter().map(|(of, p)| {
             (
                 [
@@ -366,32 +364,28 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
     let sources = state.sources.snapshot();
     gauge(
         enc,
-        "pinflow_source_up",
-        "Whether the source delivered data on its last attempt",
+        &families::SOURCE_UP,
         sources
             .iter()
             .map(|(s, h)| ([("source", Lv(s))], if h.up { 1.0 } else { 0.0 })),
     )?;
     counter(
         enc,
-        "pinflow_source_errors",
-        "Errors of the source (bad input, I/O, protocol) since start",
+        &families::SOURCE_ERRORS,
         sources
             .iter()
             .map(|(s, h)| ([("source", Lv(s))], h.errors_total as f64)),
     )?;
     gauge(
         enc,
-        "pinflow_collect_duration_seconds",
-        "Duration of the source's last collection",
+        &families::COLLECT_DURATION,
         sources
             .iter()
             .map(|(s, h)| ([("source", Lv(s))], h.last_duration.as_secs_f64())),
     )?;
     gauge(
         enc,
-        "pinflow_build_info",
-        "pinflow version, git revision, the rustc that built it and the running kernel",
+        &families::BUILD_INFO,
         [(
             [
                 ("version", Lv(&build.version)),
@@ -407,22 +401,20 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
     let bpf: Vec<&crate::state::BpfProgramCost> = sched.iter().chain(ev.programs.iter()).collect();
     counter(
         enc,
-        "pinflow_bpf_run_seconds",
-        "CPU time spent in the eBPF program (kernel BPF stats)",
+        &families::BPF_RUN_SECONDS,
         bpf.iter()
             .map(|p| ([("program", Lv(&p.program))], p.run_time_ns as f64 / 1e9)),
     )?;
     counter(
         enc,
-        "pinflow_bpf_runs",
-        "Runs of the eBPF program (kernel BPF stats)",
+        &families::BPF_RUNS,
         bpf.iter()
             .map(|p| ([("program", Lv(&p.program))], p.run_count as f64)),
     )
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::detect::pinning::{Check, DomainReport, Drift, PinningReport};
     use std::collections::BTreeMap;
@@ -459,6 +451,88 @@ mod tests {
         BuildInfo::current("6.18".into())
     }
 
+    /// Asserts that every sample of `text` belongs to a family of the table and carries exactly
+    /// the label names the table gives it; returns the sample names seen.
+    pub(crate) fn assert_samples_match_the_table(text: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, labels) = sample_label_names(line);
+            let f = families::by_name(&name)
+                .unwrap_or_else(|| panic!("{name} is not in the family table: {line}"));
+            assert!(
+                families::exported(f),
+                "{name} is exported now: delete it from families::NOT_YET_EXPORTED"
+            );
+            let mut want = families::exported_labels(f);
+            want.sort_unstable();
+            let mut have: Vec<&str> = labels.iter().map(String::as_str).collect();
+            have.sort_unstable();
+            assert_eq!(
+                have, want,
+                "{name}: labels differ from the family table (a label listed in \
+                 families::NOT_YET_EXPORTED that is exported now must be deleted there): {line}"
+            );
+            seen.push(name);
+        }
+        seen
+    }
+
+    /// Name and label names of one exposition sample line.
+    fn sample_label_names(line: &str) -> (String, Vec<String>) {
+        let Some(open) = line.find('{') else {
+            return (line.split(' ').next().unwrap_or("").to_string(), vec![]);
+        };
+        let mut labels = Vec::new();
+        let mut rest = &line[open + 1..];
+        while let Some((key, after)) = rest.split_once("=\"") {
+            labels.push(key.trim_start_matches(',').to_string());
+            let mut escaped = false;
+            let end = after
+                .char_indices()
+                .find(|(_, c)| {
+                    let close = *c == '"' && !escaped;
+                    escaped = *c == '\\' && !escaped;
+                    close
+                })
+                .map_or(after.len(), |(i, _)| i);
+            rest = &after[(end + 1).min(after.len())..];
+        }
+        (line[..open].to_string(), labels)
+    }
+
+    #[test]
+    fn every_family_is_described_from_the_table_with_its_type() {
+        let text = render(&registry(
+            state_with_drift("1"),
+            build(),
+            ExportConfig::default(),
+        ))
+        .unwrap();
+        let types: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, k)| (n.to_string(), k.to_string()))
+            .collect();
+        let want: Vec<(String, String)> = families::ALL
+            .iter()
+            .filter(|f| families::exported(f))
+            .map(|f| (f.descriptor_name().to_string(), f.kind.as_str().to_string()))
+            .collect();
+        assert_eq!(types, want);
+        for f in families::ALL.iter().filter(|f| families::exported(f)) {
+            let help = format!("# HELP {} {}\n", f.descriptor_name(), f.help);
+            assert!(text.contains(&help), "{help}");
+        }
+        let seen = assert_samples_match_the_table(&text);
+        for name in [
+            "pinflow_vcpu_pinning_drift",
+            "pinflow_vcpu_offpin_seconds_total",
+        ] {
+            assert!(seen.iter().any(|s| s == name), "{name}: {text}");
+        }
+    }
+
     #[test]
     fn label_values_are_escaped() {
         let reg = registry(
@@ -468,6 +542,7 @@ mod tests {
         );
         let text = render(&reg).unwrap();
         assert!(text.contains(r#"actual="a\"b\\c\nd""#), "{text}");
+        assert_samples_match_the_table(&text);
     }
 
     #[test]
