@@ -4,7 +4,7 @@
 //! ovs-vswitchd restart; and `pinflow flows` against `ovs-ofctl dump-flows` on several hundred flows.
 
 use pinflow_tests::captured::CapturedHost;
-use pinflow_tests::ovs::Ovs;
+use pinflow_tests::ovs::{Ovs, mask_durations};
 use pinflow_tests::pinflow::{Pinflow, bin};
 use pinflow_tests::scrape::{Sample, select, source_up};
 use pinflow_tests::{require_privileged, wait_for};
@@ -364,6 +364,37 @@ fn flows_command_prints_what_ovs_ofctl_prints() {
     );
     eprintln!(
         "pinflow flows = ovs-ofctl dump-flows on {} lines",
+        want.len()
+    );
+
+    // With statistics (the default of both): equal once the flows' ages, which move between the
+    // two dumps, are masked; each age must have ovs-ofctl's shape (`401.490s`, never `401.49s`).
+    let want = sorted(&mask_durations(&ovs.ofctl(&[
+        "--no-names",
+        "dump-flows",
+        "br-nt",
+    ])));
+    let out = Command::new(bin())
+        .args(["flows", "--bridge", "br-nt", "--ovs-run-dir"])
+        .arg(ovs.run_dir())
+        .output()
+        .expect("pinflow flows");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = sorted(&mask_durations(&String::from_utf8_lossy(&out.stdout)));
+    let diff: Vec<_> = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a != b)
+        .take(5)
+        .collect();
+    assert!(
+        diff.is_empty() && got.len() == want.len(),
+        "with statistics: {} vs {} lines; first differences: {diff:#?}",
+        got.len(),
         want.len()
     );
 
