@@ -298,14 +298,17 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
     gauge(
         enc,
         "pinflow_ovs_dirty_flow_info",
-        "A dirty flow in ovs-ofctl form (capped; see pinflow_ovs_dirty_flow_info_dropped)",
+        "A dirty flow in ovs-ofctl form with its rule's severity and the port and instance it refers to (capped; see pinflow_ovs_dirty_flow_info_dropped)",
         shown.iter().map(|(table, cookie, d)| {
             (
                 [
                     ("bridge", Lv(&d.bridge)),
                     ("rule", Lv(&d.rule)),
+                    ("severity", Lv(d.severity)),
                     ("table", Lv(table)),
                     ("cookie", Lv(cookie)),
+                    ("port", Lv(d.port().map_or("", |p| p.port.as_str()))),
+                    ("domain", Lv(d.port().map_or("", |p| p.domain.as_str()))),
                     ("flow", Lv(&d.flow)),
                 ],
                 1.0,
