@@ -4,7 +4,7 @@
 //! computed per scrape, and series of vanished domains or healed drifts disappear with the report.
 
 use crate::config::ExportConfig;
-use crate::detect::pinning::PinningReport;
+use crate::detect::pinning::{PinKind, PinningReport};
 use crate::engine::flows::FlowsReport;
 use crate::state::SharedState;
 use prometheus_client::collector::Collector;
@@ -199,6 +199,22 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     )?;
     gauge(
         enc,
+        "pinflow_domain_vcpus",
+        "vCPUs of the domain per pin kind: dedicated (<vcpupin> alone on its pCPU), shared (<vcpupin> to a pCPU set or a pCPU shared with other vCPUs), floating (<vcpu cpuset>), none; only kinds the domain has",
+        r.domains.iter().flat_map(|d| {
+            PinKind::ALL.into_iter().filter_map(move |k| {
+                let n = d.vcpus.iter().filter(|v| v.kind == k).count();
+                (n > 0).then(|| {
+                    (
+                        [("domain", Lv(&d.domain)), ("kind", Lv(k.as_str()))],
+                        n as f64,
+                    )
+                })
+            })
+        }),
+    )?;
+    gauge(
+        enc,
         "pinflow_vcpu_pinning_drift",
         "Present (1) only while this vCPU (or the emulator threads) drifts for this check",
         r.domains.iter().flat_map(|d| {
@@ -250,7 +266,7 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     gauge(
         enc,
         "pinflow_pcpu_pinned_vcpus",
-        "Pinned vCPUs of all domains on this host CPU (CPUs without any are omitted)",
+        "vCPUs of all domains pinned to this host CPU with <vcpupin> (floating <vcpu cpuset> vCPUs are not counted; CPUs without any are omitted)",
         cpus.iter().map(|(c, n)| ([("cpu", Lv(c))], f64::from(*n))),
     )
 }
@@ -408,7 +424,7 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::pinning::{Check, DomainReport, Drift, PinningReport};
+    use crate::detect::pinning::{Check, DomainReport, Drift, PinKind, PinningReport, VcpuReport};
     use std::collections::BTreeMap;
 
     fn state_with_drift(actual: &str) -> SharedState {
@@ -428,8 +444,23 @@ mod tests {
                     vcpu: "0".into(),
                     expected: "0".into(),
                     actual: actual.into(),
+                    owners: vec![],
                 }],
-                vcpus: vec![],
+                vcpus: [PinKind::Dedicated, PinKind::Floating, PinKind::Floating]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, kind)| VcpuReport {
+                        vcpu: i as u32,
+                        tid: None,
+                        kind,
+                        pin: None,
+                        affinity: None,
+                        cgroup_cpus: None,
+                        cgroup: None,
+                        last_cpu: None,
+                        offpin_seconds: None,
+                    })
+                    .collect(),
                 offpin_seconds_total: Some(1.5),
                 migrations_total: Some(3),
                 wait_seconds_total: 0.25,
@@ -481,6 +512,16 @@ mod tests {
             text.contains("pinflow_vcpu_migrations_total{domain=\"instance-1\"} 3"),
             "{text}"
         );
+        // vCPUs per pin kind: only the kinds the domain has.
+        assert!(
+            text.contains("pinflow_domain_vcpus{domain=\"instance-1\",kind=\"dedicated\"} 1.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pinflow_domain_vcpus{domain=\"instance-1\",kind=\"floating\"} 2.0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("kind=\"shared\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 

@@ -4,9 +4,11 @@ use crate::detect::pinning::PinningReport;
 use crate::engine::flows::DirtyFlow;
 use std::fmt::Write as _;
 
-/// Renders the pinning report: one row per vCPU, then every drift.
+/// Renders the pinning report: one row per vCPU (`PIN` says what the pin is: `dedicated`,
+/// `shared`, `floating` or `none`; `PIN-CPUS` its pCPUs), then every drift (an overlap's
+/// `ACTUAL` lists every owner with its pCPUs, not the bounded label of the metric).
 pub fn pinning_table(r: &PinningReport) -> String {
-    let mut rows: Vec<[String; 9]> = vec![
+    let mut rows: Vec<[String; 10]> = vec![
         [
             "DOMAIN",
             "NAME",
@@ -14,6 +16,7 @@ pub fn pinning_table(r: &PinningReport) -> String {
             "VCPU",
             "TID",
             "PIN",
+            "PIN-CPUS",
             "AFFINITY",
             "CGROUP-CPUS",
             "LAST-CPU",
@@ -31,10 +34,8 @@ pub fn pinning_table(r: &PinningReport) -> String {
                     .unwrap_or_else(|| "-".into()),
                 v.vcpu.to_string(),
                 opt(v.tid.map(|t| t.to_string())),
-                v.pin
-                    .as_ref()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "floating".into()),
+                v.kind.to_string(),
+                opt(v.pin.as_ref().map(|p| p.to_string())),
                 opt(v.affinity.as_ref().map(|p| p.to_string())),
                 opt(v.cgroup_cpus.as_ref().map(|p| p.to_string())),
                 opt(v.last_cpu.map(|c| c.to_string())),
@@ -58,7 +59,15 @@ pub fn pinning_table(r: &PinningReport) -> String {
                 x.vcpu.clone(),
                 x.check.to_string(),
                 x.expected.clone(),
-                x.actual.clone(),
+                if x.owners.is_empty() {
+                    x.actual.clone()
+                } else {
+                    x.owners
+                        .iter()
+                        .map(|o| format!("{} ({})", o.cpus, o.domain))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             ]);
         }
         out.push_str("\nDRIFT\n");
