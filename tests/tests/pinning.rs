@@ -581,3 +581,61 @@ fn pin_kinds_and_bounded_overlap_labels_on_real_domains() {
     drop(f);
     drop(a);
 }
+
+/// The thread of `dom`'s QEMU process named `comm`, if any.
+fn thread_named(dom: &RunningDomain, comm: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{}/task", dom.pid()))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Moves `tid` into the domain's own cgroup (which allows every CPU) and lets it run on pCPUs
+/// 0-1, as a thread outside libvirt's emulator placement would; returns its affinity as the
+/// kernel reports it.
+fn unconfine(dom: &RunningDomain, tid: u32) -> String {
+    dom.move_thread_to_cgroup(tid, "");
+    run("taskset", &["-p", "-c", "0-1", &tid.to_string()]);
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string()
+}
+
+/// KVM's NX huge-page recovery worker is a thread of the QEMU process on Linux ≥ 6.13 (a
+/// `PF_USER_WORKER`), but kernel code, not an emulator thread: reaching another domain's
+/// dedicated pCPU, it raises no overlap. A real emulator thread (QEMU's monitor I/O thread) moved
+/// the same way does.
+#[test]
+fn kvm_kernel_worker_is_not_an_emulator_thread() {
+    if !privileged("kvm_kernel_worker_is_not_an_emulator_thread") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let a = start(&DomainSpec::pinned("pfo-kw-a", &["0"]));
+    let b = start(&DomainSpec::pinned("pfo-kw-b", &["1"]));
+    expect_drift(&pf, "pfo-kw-b", &[]);
+    // (comm is cut to 15 bytes: `kvm-nx-lpage-recovery`)
+    let worker = thread_named(&b, "kvm-nx-lpage-re").unwrap_or_else(|| {
+        panic!("no kvm-nx-lpage-recovery thread in pfo-kw-b's QEMU process (Linux ≥ 6.13 with NX huge pages)")
+    });
+    assert_eq!(unconfine(&b, worker), "0-1");
+    // Two pinning passes (0.5 s each) later, still no drift.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = expect_drift(&pf, "pfo-kw-b", &[]);
+    assert_counts(&s, "pfo-kw-b", &[]);
+
+    let io = thread_named(&b, "IO mon_iothread").expect("QEMU's monitor I/O thread");
+    assert_eq!(unconfine(&b, io), "0-1");
+    expect_drift(
+        &pf,
+        "pfo-kw-b",
+        &[row("emulator", "overlap", "1", "0 (pfo-kw-a)")],
+    );
+    drop(b);
+    drop(a);
+}
