@@ -799,4 +799,34 @@ mod tests {
             )]
         );
     }
+
+    #[test]
+    fn overlap_label_stays_short_at_sixty_domains() {
+        // 60 domains each dedicated to one pCPU, one domain floating over all of them.
+        let mut obs: Vec<_> = (0..60u32)
+            .map(|i| {
+                healthy(
+                    &format!("instance-{i:08x}"),
+                    1000 + 10 * i,
+                    &[&i.to_string()],
+                )
+            })
+            .collect();
+        let mut f = healthy("instance-000000ff", 9001, &["0-59"]);
+        f.domain.as_mut().unwrap().vcpus[0].pin = None;
+        f.domain.as_mut().unwrap().emulator_pin = None;
+        obs.push(f);
+        let r = evaluate(&obs);
+        let d = r
+            .domains
+            .iter()
+            .find(|d| d.domain == "instance-000000ff")
+            .unwrap();
+        let label = &d.drifts[0].actual;
+        assert_eq!(
+            label,
+            "0-59 (instance-00000000, instance-00000001, instance-00000002 +57 more)"
+        );
+        assert_eq!(d.drifts[0].owners.len(), 60);
+    }
 }
