@@ -905,6 +905,28 @@ mod tests {
     }
 
     #[test]
+    fn cookies_above_2_pow_53_survive_json() {
+        let c = 0x6a1b_2c3d_4e5f_6071u64;
+        let f = flow(0, 1, c, vec![], vec![FlowAction::Reserved("NORMAL")]);
+        assert_eq!(
+            serde_json::to_value(&f).unwrap()["cookie"],
+            "0x6a1b2c3d4e5f6071"
+        );
+        let d = DirtyFlow {
+            bridge: "br-int".into(),
+            rule: "stale_cookie".into(),
+            severity: "suspect",
+            table: Some(0),
+            cookie: Some(c),
+            flow: String::new(),
+            ports: vec![],
+            domain: None,
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(text.contains(r#""cookie":"0x6a1b2c3d4e5f6071""#), "{text}");
+    }
+
+    #[test]
     fn severity_per_rule() {
         for r in [
             "output_to_missing_port",
