@@ -278,6 +278,7 @@ fn each_anomaly_rises_to_its_exact_count_and_falls_when_fixed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("pinflow flows --dirty:\n{text}");
     let header: Vec<&str> = text
         .lines()
         .next()
