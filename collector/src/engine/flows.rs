@@ -926,6 +926,69 @@ mod tests {
         assert!(text.contains(r#""cookie":"0x6a1b2c3d4e5f6071""#), "{text}");
     }
 
+    /// The multipart reply bodies of a captured switch→client byte stream.
+    fn replies(name: &str) -> Vec<Vec<u8>> {
+        use crate::sources::openflow::wire;
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openflow/");
+        let mut buf = std::fs::read(format!("{p}{name}")).unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = wire::take_message(&mut buf, wire::MAX_MESSAGE_LEN).unwrap() {
+            if m.header.msg_type == wire::OFPT_MULTIPART_REPLY {
+                out.push(m.body);
+            }
+        }
+        out
+    }
+
+    /// The ports a dirty flow names come from the decoded match and actions of real flows: a
+    /// Neutron ingress flow that carries the port only in `load:…->NXM_NX_REG5[]`, an egress flow
+    /// with `in_port` and the same port in reg5, and a flow matching `reg5`. Also times the join
+    /// input against rendering the text, which a published finding needs anyway.
+    #[test]
+    fn captured_flows_name_their_ports_from_match_and_actions() {
+        let mut flows = Vec::new();
+        for body in replies("neutron-dump.of13.bin") {
+            let mp = openflow::wire::MultipartReply::parse(&body).unwrap();
+            openflow::decode_flow_stats(mp.body, &mut flows).unwrap();
+        }
+        let by_text = |want: &str| {
+            flows
+                .iter()
+                .map(|f| &f.entry)
+                .find(|e| e.text() == want)
+                .unwrap_or_else(|| panic!("no flow {want}"))
+        };
+        let ingress = by_text(
+            "cookie=0x9e2c5b1a0d3f4e71, table=60, priority=90,dl_vlan=1,dl_dst=fa:16:3e:00:00:00 actions=load:0xa->NXM_NX_REG5[],load:0x1->NXM_NX_REG6[],pop_vlan,resubmit(,81)",
+        );
+        assert_eq!(referenced_ports(ingress), [(10, PortRef::PortRegister)]);
+        let egress = by_text(
+            "cookie=0x9e2c5b1a0d3f4e71, table=60, priority=100,in_port=11 actions=load:0xb->NXM_NX_REG5[],load:0x2->NXM_NX_REG6[],resubmit(,71)",
+        );
+        assert_eq!(referenced_ports(egress), [(11, PortRef::InPort)]);
+        let reg_match = flows
+            .iter()
+            .map(|f| &f.entry)
+            .find(|e| e.matches.get("reg5").is_some() && e.matches.get("in_port").is_none())
+            .expect("a flow matching reg5 only");
+        let want = u32::try_from(reg_match.matches.get("reg5").unwrap().value).unwrap();
+        assert!(
+            referenced_ports(reg_match).contains(&(want, PortRef::PortRegister)),
+            "{}",
+            reg_match.text()
+        );
+        let t = std::time::Instant::now();
+        let n: usize = flows.iter().map(|f| referenced_ports(&f.entry).len()).sum();
+        let ports = t.elapsed();
+        let t = std::time::Instant::now();
+        let bytes: usize = flows.iter().map(|f| f.entry.text().len()).sum();
+        let texts = t.elapsed();
+        eprintln!(
+            "{} flows: ports ({n}) in {ports:?}, texts ({bytes} B) in {texts:?}",
+            flows.len()
+        );
+    }
+
     #[test]
     fn severity_per_rule() {
         for r in [
