@@ -137,7 +137,7 @@ pub struct Drift {
     /// What libvirt/Nova expect (CPU list, cgroup name…).
     pub expected: String,
     /// What pinflow found. For `overlap`: the foreign dedicated pCPUs the thread(s) may run on
-    /// and at most [`MAX_LABELLED_OWNERS`] of their owners, sorted (`"0-1 (a, b, c +2 more)"`),
+    /// and at most three of their owners, sorted (`"0-1 (a, b, c +2 more)"`),
     /// so the label stays short and does not change when unrelated domains come and go.
     pub actual: String,
     /// For `overlap`: every owner with its pCPUs the thread(s) may run on (the full list).
@@ -155,7 +155,7 @@ pub struct OverlapOwner {
 }
 
 /// Most owners an `overlap` drift's `actual` label names (the rest are counted as `+N more`).
-pub const MAX_LABELLED_OWNERS: usize = 3;
+pub(crate) const MAX_LABELLED_OWNERS: usize = 3;
 
 /// One vCPU's expected and actual placement.
 #[derive(Clone, Debug, Serialize)]

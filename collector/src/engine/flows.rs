@@ -5,6 +5,11 @@
 //! index, which re-evaluates only the flows a change can affect. A report is published at most every
 //! 50 ms while findings, ports or sessions change (and when a grace period of `stale_cookie` ends),
 //! at most every second while only flow counts do; nothing runs while nothing changes.
+//!
+//! Every published finding names what it hurts: the ports its flow refers to (read from the
+//! structured match and actions: `in_port`, outputs, Neutron's port register `reg5`), each joined
+//! to its OVSDB port, Neutron port id and instance (`PortJoin`). Ports deleted from OVSDB are
+//! remembered (bounded) so that the flows they leave behind still say whose they were.
 
 use crate::detect::flows::{
     DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, is_reserved_port,
@@ -100,7 +105,7 @@ pub struct FlowPort {
 ///
 /// Interim: the rule engine will carry each rule's severity (user rules may set `suspect`); this
 /// function stands in for it until then.
-pub fn severity(rule: &str) -> &'static str {
+pub(crate) fn severity(rule: &str) -> &'static str {
     match rule {
         "unreachable" | "ambiguous_priority" | "stale_cookie" => "suspect",
         _ => "broken",
@@ -405,24 +410,24 @@ struct PortRecord {
 
 /// Most deleted ports remembered per host (oldest forgotten first): enough for the flows an agent
 /// leaks while instances come and go, bounded whatever the churn.
-pub const MAX_REMEMBERED_PORTS: usize = 4096;
+pub(crate) const MAX_REMEMBERED_PORTS: usize = 4096;
 
 /// A libvirt domain as the port join needs it.
 #[derive(Clone, Debug, Default)]
-pub struct InstanceRef {
+pub(crate) struct InstanceRef {
     /// libvirt domain name.
-    pub domain: String,
+    pub(crate) domain: String,
     /// Domain (Nova instance) UUID.
-    pub uuid: String,
+    pub(crate) uuid: String,
     /// Nova display name, empty when unknown.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// The port → instance join, rebuilt only when its inputs change (not on every flow change), with
 /// a bounded memory of recently deleted ports so that a flow leaked by a deleted port still names
 /// the instance it belonged to.
 #[derive(Default)]
-pub struct PortJoin {
+pub(crate) struct PortJoin {
     /// What it was built from: OVSDB generation and a hash of the (tap, domain) and (uuid,
     /// domain, name) triples it joined on (the pinning engine republishes those every pass,
     /// mostly unchanged).
@@ -464,7 +469,7 @@ impl PortJoin {
     /// Brings the join up to date with `bridges` (OVSDB generation `db_generation`), the local
     /// instances' interfaces (tap → domain) and the instances (uuid → domain, Nova name). Ports
     /// that were joined before and are gone now are remembered as deleted.
-    pub fn refresh_from(
+    pub(crate) fn refresh_from(
         &mut self,
         bridges: &BTreeMap<String, Bridge>,
         db_generation: u64,
@@ -566,7 +571,7 @@ impl PortJoin {
     }
 
     /// Ports joined (for `pinflow_ovs_port_info`).
-    pub fn ports(&self) -> Arc<Vec<PortInfo>> {
+    pub(crate) fn ports(&self) -> Arc<Vec<PortInfo>> {
         self.ports.clone()
     }
 
@@ -629,7 +634,7 @@ fn dead_vlan_port_name(text: &str) -> Option<&str> {
 /// each joined to its ports and instance, and the number of findings in all. Only the findings
 /// kept are rendered: a bridge where every flow is dirty (no ports known yet) must not render
 /// 100 000 flows on every publish.
-pub fn dirty_flows(
+pub(crate) fn dirty_flows(
     index: &DirtyFlowIndex,
     join: &PortJoin,
     limit: usize,
@@ -751,7 +756,7 @@ pub fn load_dump_aged(
 
 /// The libvirt domains of this host for a one-shot command: their interfaces (tap → domain) and
 /// Nova names, read once from libvirt's live state files. Unreadable files are logged.
-pub fn instances_once(
+pub(crate) fn instances_once(
     libvirt_state_dir: &std::path::Path,
 ) -> (Vec<crate::state::LocalInterface>, Vec<InstanceRef>) {
     let mut inv = crate::sources::libvirt::LibvirtInventory::new(libvirt_state_dir.to_path_buf());
