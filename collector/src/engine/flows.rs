@@ -34,7 +34,7 @@ pub struct DirtyFlow {
     pub bridge: String,
     /// Rule that flagged it.
     pub rule: String,
-    /// `broken` (the flow cannot do what it says) or `suspect` (a heuristic), see [`severity`].
+    /// `broken` (the flow cannot do what it says) or `suspect` (a heuristic): its rule's severity.
     pub severity: &'static str,
     /// OpenFlow table (`None` for port findings such as `dead_vlan`).
     pub table: Option<u8>,
