@@ -330,7 +330,16 @@ fn each_anomaly_rises_to_its_exact_count_and_falls_when_fixed() {
 
     // Neutron's quarantine VLAN on a port.
     ovs.vsctl(&["set", "port", "tapb", "tag=4095"]);
-    expect_dirty(&pf, &[("dead_vlan", 1.0)]);
+    let (s, _) = expect_dirty(&pf, &[("dead_vlan", 1.0)]);
+    let info = select(&s, "pinflow_ovs_dirty_flow_info", &[("rule", "dead_vlan")]);
+    assert_eq!(info[0].labels["port"], "tapb");
+    assert_eq!(info[0].labels["severity"], "broken");
+    let api: serde_json::Value =
+        serde_json::from_str(&pf.get("/api/v1/flows/dirty")).expect("json");
+    assert_eq!(api[0]["rule"], "dead_vlan");
+    assert_eq!(api[0]["cookie"], serde_json::Value::Null);
+    assert_eq!(api[0]["ports"][0]["port"], "tapb");
+    assert_eq!(api[0]["ports"][0]["ofport"], 2);
     ovs.vsctl(&["remove", "port", "tapb", "tag", "4095"]);
     expect_dirty(&pf, &[]);
 
