@@ -388,7 +388,7 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
                 let (_, _, flows) = openflow::dump_bridge(&s.ovs_run_dir, name, timeout, 1_000_000)
                     .await
                     .with_context(|| format!("cannot dump flows of {name}"))?;
-                index.replace_flows(name, flows.into_iter().map(|f| f.entry), now);
+                engine::flows::load_dump_aged(&mut index, name, flows, now);
             } else {
                 let path = s.ovs_run_dir.join(format!("{name}.mgmt"));
                 let mut client = openflow::OpenFlowClient::connect(&path, timeout)
@@ -400,27 +400,8 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if a.dirty {
-            let mut rows = vec![["BRIDGE", "RULE", "TABLE", "COOKIE", "FLOW"].map(String::from)];
-            // Render each finding's text once (it is not stored), then sort by it.
-            let mut findings: Vec<_> = index.findings().map(|f| (f, f.flow_text())).collect();
-            findings.sort_by(|(a, at), (b, bt)| {
-                (a.bridge, a.rule, a.table, at).cmp(&(b.bridge, b.rule, b.table, bt))
-            });
-            for (f, text) in findings {
-                rows.push([
-                    f.bridge.to_string(),
-                    f.rule.to_string(),
-                    f.table.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                    f.cookie
-                        .map(|c| format!("{c:#x}"))
-                        .unwrap_or_else(|| "-".into()),
-                    text.into_owned(),
-                ]);
-            }
-            out = table::align(&rows);
-            if rows.len() == 1 {
-                out.push_str("no dirty flows\n");
-            }
+            let dirty = engine::flows::dirty_flows_once(&index, &bridges, &s.libvirt_state_dir);
+            out = table::dirty_flows_table(&dirty);
         }
         print!("{out}");
         Ok(ExitCode::SUCCESS)

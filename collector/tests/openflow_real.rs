@@ -4,7 +4,9 @@
 //! 1. A Neutron-like table (`tests/fixtures/openflow/neutron-flows.txt`: VLAN tagging per port,
 //!    cookies, ARP/ND spoofing tables, conntrack firewall with `ct`/`conjunction`, `learn`,
 //!    resubmit chains, br-tun/br-ex style flows) is dumped by pinflow and diffed line by line
-//!    against `ovs-ofctl -O OpenFlow13 --no-stats --no-names dump-flows`.
+//!    against `ovs-ofctl -O OpenFlow13 --no-stats --no-names dump-flows`, then with statistics
+//!    against `ovs-ofctl -O OpenFlow13 --no-names dump-flows` (ages masked after checking their
+//!    shape), and the same reply bytes with chosen ages against `ovs-ofctl ofp-print` (exact).
 //! 2. The flow monitor: add/modify/delete flows with `ovs-ofctl` and expect each event within 1 s.
 //! 3. ovs-vswitchd restarting and the bridge being deleted and re-created: the mirror reconnects
 //!    and is rebuilt.
@@ -15,7 +17,7 @@
 use pinflow::sources::openflow::{
     BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, TaggedChange, run_bridge,
 };
-use pinflow_tests::ovs::Ovs;
+use pinflow_tests::ovs::{Ovs, mask_durations};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +48,44 @@ fn sorted_lines(s: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// The `ofp_flow_stats` records of flow-dump reply bodies, one byte vector each.
+fn split_flow_stats(bodies: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for b in bodies {
+        let mut rest = b.as_slice();
+        while rest.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            assert!(
+                len >= 56 && len <= rest.len(),
+                "bad ofp_flow_stats length {len}"
+            );
+            out.push(rest[..len].to_vec());
+            rest = &rest[len..];
+        }
+    }
+    out
+}
+
+/// What `ovs-ofctl ofp-print` prints for an OpenFlow 1.3 `OFPMP_FLOW` reply with this body: its
+/// flow lines, trimmed.
+fn ofp_print_flow_reply(ovs: &Ovs, body: &[u8]) -> Vec<String> {
+    let len = u16::try_from(16 + body.len()).expect("reply fits one message");
+    let mut msg = vec![4u8, 19];
+    msg.extend_from_slice(&len.to_be_bytes());
+    msg.extend_from_slice(&7u32.to_be_bytes());
+    msg.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    msg.extend_from_slice(body);
+    let hex: String = msg.iter().map(|b| format!("{b:02x}")).collect();
+    let out = ovs.run("ovs-ofctl", &["ofp-print", &hex]);
+    let mut lines = out.lines();
+    let head = lines.next().unwrap_or_default();
+    assert!(head.starts_with("OFPST_FLOW reply (OF1.3)"), "{out}");
+    lines
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 async fn expect_change(
@@ -146,12 +186,93 @@ async fn openflow_against_real_ovs() {
         "expected several hundred flows, got {}",
         ours.len()
     );
-    // Counters are present in the stats form.
-    let stats = pinflow::sources::openflow::stats_line(&dump[0]);
-    assert!(
-        stats.contains("n_packets=") && stats.contains("duration="),
-        "{stats}"
+    // 1b. With statistics, as `ovs-ofctl dump-flows` prints them by default: the one-shot line
+    // renderer and `stats_line` against ovs-ofctl on the same switch. Only the flows' ages move
+    // between the two dumps (no traffic crosses the dummy bridge: counters stay 0 and are
+    // compared); each age is masked after checking it has ovs-ofctl's shape.
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let mut rendered = String::new();
+    let mut lines = pinflow::sources::openflow::render::LineRenderer::default();
+    c.dump_flows_raw(|body| {
+        bodies.push(body.to_vec());
+        lines.push_flow_stats(body, true, &mut rendered).map(|_| ())
+    })
+    .await
+    .unwrap();
+    let theirs_stats = ovs.ofctl(&["--no-names", "dump-flows", BRIDGE]);
+    let decoded: Vec<String> = dump
+        .iter()
+        .map(pinflow::sources::openflow::stats_line)
+        .collect();
+    let theirs_masked = sorted_lines(&mask_durations(&theirs_stats));
+    for (who, text) in [
+        ("line renderer", rendered.clone()),
+        ("stats_line", decoded.join("\n")),
+    ] {
+        let ours_masked = sorted_lines(&mask_durations(&text));
+        let diffs: Vec<_> = ours_masked
+            .iter()
+            .zip(&theirs_masked)
+            .filter(|(a, b)| a != b)
+            .take(5)
+            .collect();
+        assert!(
+            diffs.is_empty() && ours_masked.len() == theirs_masked.len(),
+            "{who}: {} vs {} lines; differences (pinflow, ovs-ofctl): {diffs:#?}",
+            ours_masked.len(),
+            theirs_masked.len()
+        );
+    }
+    eprintln!(
+        "stats dump diff: {} lines equal with only durations masked",
+        theirs_masked.len()
     );
+
+    // 1c. Durations exactly: the very bytes pinflow received, with chosen ages, printed by
+    // `ovs-ofctl ofp-print` (OVS's own decoder and printer) and by pinflow.
+    let mut flow_stats = split_flow_stats(&bodies);
+    assert_eq!(flow_stats.len(), ours.len());
+    flow_stats.truncate(40);
+    for (sec, nsec) in [
+        (401, 490_000_000),
+        (0, 0),
+        (12, 1_000_000),
+        (12, 120_000_000),
+        (3, 5),
+        (3, 123_456_789),
+        (3, 120_000_001),
+        (86_400, 999_999_999),
+    ] {
+        let mut body = Vec::new();
+        for f in &flow_stats {
+            let mut f = f.clone();
+            // ofp_flow_stats: length, table_id, pad, duration_sec, duration_nsec, ...
+            f[4..8].copy_from_slice(&u32::to_be_bytes(sec));
+            f[8..12].copy_from_slice(&u32::to_be_bytes(nsec));
+            body.extend_from_slice(&f);
+        }
+        let mut ours = String::new();
+        pinflow::sources::openflow::render::LineRenderer::default()
+            .push_flow_stats(&body, true, &mut ours)
+            .unwrap();
+        let theirs = ofp_print_flow_reply(&ovs, &body);
+        let ours: Vec<&str> = ours.lines().map(str::trim).collect();
+        assert_eq!(ours, theirs, "duration {sec} s {nsec} ns");
+        let want = format!(
+            "duration={}",
+            match (sec, nsec) {
+                (401, 490_000_000) => "401.490s",
+                (0, 0) => "0s",
+                (12, 1_000_000) => "12.001s",
+                (12, 120_000_000) => "12.120s",
+                (3, 5) => "3.000000005s",
+                (3, 123_456_789) => "3.123456789s",
+                (3, 120_000_001) => "3.120000001s",
+                _ => "86400.999999999s",
+            }
+        );
+        assert!(ours.iter().all(|l| l.contains(&want)), "{want}: {ours:#?}");
+    }
     drop(c);
 
     // 2. The mirror loop and the flow monitor.

@@ -130,7 +130,8 @@ fn pinning_table_and_json_from_captured_state() {
         .lines()
         .find(|l| l.starts_with("fx-nova") && l.contains("11435"))
         .unwrap_or_else(|| panic!("{table}"));
-    // DOMAIN NAME PROJECT VCPU TID PIN AFFINITY CGROUP-CPUS LAST-CPU (the display name has spaces)
+    // DOMAIN NAME PROJECT VCPU TID PIN PIN-CPUS AFFINITY CGROUP-CPUS LAST-CPU (the display name
+    // has spaces)
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         cols[..5],
@@ -139,7 +140,7 @@ fn pinning_table_and_json_from_captured_state() {
     );
     assert_eq!(
         cols[5..],
-        ["p", "0", "11435", "0", "0", "0", "0"],
+        ["p", "0", "11435", "dedicated", "0", "0", "0", "0"],
         "{table}"
     );
     assert!(table.contains("no pinning drift"), "{table}");
@@ -152,6 +153,46 @@ fn pinning_table_and_json_from_captured_state() {
     assert_eq!(d["nova"]["project_id"], "a1b2c3d4e5f60718293a4b5c6d7e8f90");
     assert_eq!(d["vcpus"].as_array().map(Vec::len), Some(2));
     assert_eq!(d["drifted_vcpus"]["affinity"], 0);
+    assert_eq!(d["pinned"], true);
+    assert_eq!(d["vcpus"][0]["kind"], "dedicated");
+
+    // A domain floating over <vcpu cpuset='1'> (Nova's shared policy) joins: its vCPUs are
+    // `floating`, not pinned, and may run on fx-nova's dedicated pCPU 1 (overlap).
+    host.add("libvirt/run-libvirt-qemu/fx-cpuset.xml", "fx-cpuset.xml");
+    let out = args(&[]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with("fx-cpuset "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // DOMAIN NAME PROJECT VCPU TID PIN PIN-CPUS …, then the drift rows.
+    assert_eq!(
+        rows[0][..7],
+        ["fx-cpuset", "-", "-", "0", "11558", "floating", "1"],
+        "{table}"
+    );
+    assert_eq!(
+        rows[1][..7],
+        ["fx-cpuset", "-", "-", "1", "11559", "floating", "1"],
+        "{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[..] == ["fx-cpuset", "0", "overlap", "1", "1", "(fx-nova)"]),
+        "{table}"
+    );
+    let out = args(&["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = &v["domains"][0];
+    assert_eq!(d["domain"], "fx-cpuset");
+    assert_eq!(d["pinned"], false);
+    assert_eq!(d["vcpus"][1]["kind"], "floating");
+    assert_eq!(
+        d["drifts"][0]["owners"],
+        serde_json::json!([{"domain": "fx-nova", "cpus": "1"}])
+    );
 }
 
 #[test]

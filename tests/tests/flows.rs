@@ -4,7 +4,7 @@
 //! ovs-vswitchd restart; and `pinflow flows` against `ovs-ofctl dump-flows` on several hundred flows.
 
 use pinflow_tests::captured::CapturedHost;
-use pinflow_tests::ovs::Ovs;
+use pinflow_tests::ovs::{Ovs, mask_durations};
 use pinflow_tests::pinflow::{Pinflow, bin};
 use pinflow_tests::scrape::{Sample, select, source_up};
 use pinflow_tests::{require_privileged, wait_for};
@@ -227,17 +227,99 @@ fn each_anomaly_rises_to_its_exact_count_and_falls_when_fixed() {
     );
     assert_eq!(info[0].labels["table"], "0");
     assert_eq!(info[0].labels["cookie"], c);
+    assert_eq!(info[0].labels["severity"], "broken");
+    assert_eq!(info[0].labels["port"], "tapfx000a1");
+    assert_eq!(info[0].labels["domain"], "fx-nova");
     let api: serde_json::Value =
         serde_json::from_str(&pf.get("/api/v1/flows/dirty")).expect("json");
     let f = &api[0];
     assert_eq!(f["bridge"], "br-int");
     assert_eq!(f["rule"], "output_to_missing_port");
+    assert_eq!(f["severity"], "broken");
     assert_eq!(f["table"], 0);
+    // Cookies are hex strings: 0x6a1b2c3d4e5f6071 > 2^53 would not survive as a JSON number.
+    assert_eq!(f["cookie"], c);
     assert_eq!(f["domain"], "fx-nova");
     assert_eq!(
         f["flow"],
         format!("cookie={c}, priority=11,in_port=1,dl_vlan=7 actions=output:66")
     );
+    assert_eq!(
+        f["ports"],
+        serde_json::json!([
+            {"ofport": 1, "via": "in_port", "port": "tapfx000a1", "iface_id": "7d0b1c2e-port-a",
+             "domain": "fx-nova", "name": "fx display & name", "deleted": false},
+            {"ofport": 66, "via": "output", "port": "", "iface_id": "", "domain": "", "name": "",
+             "deleted": false},
+        ])
+    );
+
+    // `pinflow flows --dirty` on the same switch and host: every rule's findings with the port
+    // and instance, `stale_cookie` included (a one-shot run ages flows by their duration).
+    ovs.ofctl(&[
+        "add-flow",
+        "br-int",
+        "cookie=0xdead,table=60,priority=30,dl_dst=fa:16:3e:00:00:97,actions=NORMAL",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let cfg = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(cfg.path(), "[flows]\nstale_cookie_grace_secs = 1\n").expect("config");
+    let out = Command::new(bin())
+        .args(["flows", "--dirty", "--bridge", "br-int", "--config"])
+        .arg(cfg.path())
+        .arg("--ovs-run-dir")
+        .arg(ovs.run_dir())
+        .args(host.args())
+        .output()
+        .expect("pinflow flows --dirty");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("pinflow flows --dirty:\n{text}");
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "BRIDGE", "RULE", "SEVERITY", "TABLE", "COOKIE", "PORT", "INSTANCE", "FLOW"
+        ],
+        "{text}"
+    );
+    let row = |rule: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(rule))
+            .unwrap_or_else(|| panic!("no {rule} row in\n{text}"))
+            .to_string()
+    };
+    let missing = row("output_to_missing_port");
+    assert!(
+        missing.contains("broken")
+            && missing.contains(" tapfx000a1 ")
+            && missing.contains(" fx-nova (fx display & name) ")
+            && missing.ends_with("priority=11,in_port=1,dl_vlan=7 actions=output:66"),
+        "{missing}"
+    );
+    let stale = row("stale_cookie");
+    assert!(
+        stale.contains("suspect")
+            && stale.contains(" 0xdead ")
+            && stale.ends_with("priority=30,dl_dst=fa:16:3e:00:00:97 actions=NORMAL"),
+        "{stale}"
+    );
+    assert_eq!(text.lines().count(), 3, "{text}");
+    ovs.ofctl(&[
+        "--strict",
+        "del-flows",
+        "br-int",
+        "table=60,priority=30,dl_dst=fa:16:3e:00:00:97",
+    ]);
     ovs.ofctl(&[
         "--strict",
         "del-flows",
@@ -248,7 +330,16 @@ fn each_anomaly_rises_to_its_exact_count_and_falls_when_fixed() {
 
     // Neutron's quarantine VLAN on a port.
     ovs.vsctl(&["set", "port", "tapb", "tag=4095"]);
-    expect_dirty(&pf, &[("dead_vlan", 1.0)]);
+    let (s, _) = expect_dirty(&pf, &[("dead_vlan", 1.0)]);
+    let info = select(&s, "pinflow_ovs_dirty_flow_info", &[("rule", "dead_vlan")]);
+    assert_eq!(info[0].labels["port"], "tapb");
+    assert_eq!(info[0].labels["severity"], "broken");
+    let api: serde_json::Value =
+        serde_json::from_str(&pf.get("/api/v1/flows/dirty")).expect("json");
+    assert_eq!(api[0]["rule"], "dead_vlan");
+    assert_eq!(api[0]["cookie"], serde_json::Value::Null);
+    assert_eq!(api[0]["ports"][0]["port"], "tapb");
+    assert_eq!(api[0]["ports"][0]["ofport"], 2);
     ovs.vsctl(&["remove", "port", "tapb", "tag", "4095"]);
     expect_dirty(&pf, &[]);
 
@@ -259,6 +350,43 @@ fn each_anomaly_rises_to_its_exact_count_and_falls_when_fixed() {
         &[("in_port_missing", 7.0), ("output_to_missing_port", 1.0)],
     );
     assert!(select(&s, "pinflow_ovs_port_info", &[("port", "tapb")]).is_empty());
+
+    // The leaked-flow case: the instance's port is deleted under its flows. They still say whose
+    // they were, from OVSDB's last known state.
+    ovs.vsctl(&["del-port", "br-int", "tapfx000a1"]);
+    let (s, _) = expect_dirty(
+        &pf,
+        &[("in_port_missing", 14.0), ("output_to_missing_port", 2.0)],
+    );
+    let info = select(&s, "pinflow_ovs_dirty_flow_info", &[("domain", "fx-nova")]);
+    assert_eq!(info.len(), 8, "7 flows from and 1 to fx-nova's port");
+    assert!(
+        info.iter()
+            .all(|x| x.labels["port"] == "tapfx000a1" && x.labels["severity"] == "broken")
+    );
+    assert_eq!(
+        select(&s, "pinflow_ovs_dirty_flow_info", &[("port", "tapb")]).len(),
+        8
+    );
+    let api: serde_json::Value =
+        serde_json::from_str(&pf.get("/api/v1/flows/dirty")).expect("json");
+    let leaked: Vec<&serde_json::Value> = api
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|f| f["ports"][0]["ofport"] == 1)
+        .collect();
+    assert_eq!(leaked.len(), 8, "{api:#}");
+    for f in leaked {
+        assert_eq!(
+            f["ports"][0],
+            serde_json::json!({"ofport": 1, "via": f["ports"][0]["via"], "port": "tapfx000a1",
+                "iface_id": "7d0b1c2e-port-a", "domain": "fx-nova", "name": "fx display & name",
+                "deleted": true}),
+            "{f:#}"
+        );
+        assert_eq!(f["domain"], "fx-nova");
+    }
 }
 
 #[test]
@@ -364,6 +492,37 @@ fn flows_command_prints_what_ovs_ofctl_prints() {
     );
     eprintln!(
         "pinflow flows = ovs-ofctl dump-flows on {} lines",
+        want.len()
+    );
+
+    // With statistics (the default of both): equal once the flows' ages, which move between the
+    // two dumps, are masked; each age must have ovs-ofctl's shape (`401.490s`, never `401.49s`).
+    let want = sorted(&mask_durations(&ovs.ofctl(&[
+        "--no-names",
+        "dump-flows",
+        "br-nt",
+    ])));
+    let out = Command::new(bin())
+        .args(["flows", "--bridge", "br-nt", "--ovs-run-dir"])
+        .arg(ovs.run_dir())
+        .output()
+        .expect("pinflow flows");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = sorted(&mask_durations(&String::from_utf8_lossy(&out.stdout)));
+    let diff: Vec<_> = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| a != b)
+        .take(5)
+        .collect();
+    assert!(
+        diff.is_empty() && got.len() == want.len(),
+        "with statistics: {} vs {} lines; first differences: {diff:#?}",
+        got.len(),
         want.len()
     );
 

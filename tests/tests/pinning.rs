@@ -101,6 +101,16 @@ fn assert_counts(s: &[Sample], domain: &str, want: &[(&str, f64)]) {
     }
 }
 
+/// `pinflow_domain_vcpus` of `domain`: (kind, vCPUs), sorted.
+fn vcpu_kinds(s: &[Sample], domain: &str) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = select(s, "pinflow_domain_vcpus", &[("domain", domain)])
+        .into_iter()
+        .map(|x| (x.labels["kind"].clone(), x.value))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 fn privileged(test: &str) -> bool {
     if !require_privileged(test, &["virsh", "taskset", "/usr/sbin/libvirtd"]) {
         return false;
@@ -289,6 +299,10 @@ fn two_domains_pinned_onto_the_same_pcpu_overlap() {
         select(&s, "pinflow_pcpu_pinned_vcpus", &[("cpu", "0")])[0].value,
         2.0
     );
+    // Two vCPUs pinned to one pCPU: neither pin is dedicated any more.
+    for d in ["pf-ov-a", "pf-ov-b"] {
+        assert_eq!(vcpu_kinds(&s, d), [("shared".to_string(), 1.0)], "{d}");
+    }
 
     drop(b);
     let s = expect_drift(&pf, "pf-ov-a", &[]);
@@ -434,4 +448,194 @@ fn scrape_answers_while_libvirtd_is_stopped() {
     drop(resume);
     dom.move_thread_to_cgroup(tid, "vcpu0");
     expect_drift(&pf, "pf-hung", &[]);
+}
+
+/// Pin kinds on real domains: one vCPU pinned alone (dedicated), a domain floating over
+/// `<vcpu cpuset>` (Nova's shared policy: floating, not pinned, not counted per pCPU), then four
+/// more domains pinned onto the same pCPU: the floating domain's overlap label names the pCPU
+/// and three owners `+1 more`, the API and `pinflow pinning` all four.
+#[test]
+fn pin_kinds_and_bounded_overlap_labels_on_real_domains() {
+    if !privileged("pin_kinds_and_bounded_overlap_labels_on_real_domains") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let a = start(&DomainSpec::pinned("pfo-kind-a", &["0"]));
+    let mut spec = DomainSpec::pinned("pfo-kind-f", &[]);
+    spec.pins = vec![None, None, None];
+    spec.vcpu_cpuset = Some("1".into());
+    let f = start(&spec);
+    let s = expect_drift(&pf, "pfo-kind-f", &[]);
+    expect_drift(&pf, "pfo-kind-a", &[]);
+    assert_eq!(
+        vcpu_kinds(&s, "pfo-kind-a"),
+        [("dedicated".to_string(), 1.0)]
+    );
+    assert_eq!(
+        vcpu_kinds(&s, "pfo-kind-f"),
+        [("floating".to_string(), 3.0)]
+    );
+    // The three floating vCPUs on pCPU 1 are not pinned there.
+    assert!(
+        select(&s, "pinflow_pcpu_pinned_vcpus", &[("cpu", "1")]).is_empty(),
+        "{:?}",
+        select(&s, "pinflow_pcpu_pinned_vcpus", &[])
+    );
+    let api: serde_json::Value = serde_json::from_str(&pf.get("/api/v1/pinning")).expect("json");
+    let dom = |name: &str| {
+        api["domains"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["domain"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in {api:#}"))
+    };
+    assert_eq!(dom("pfo-kind-f")["pinned"], false);
+    assert_eq!(dom("pfo-kind-f")["vcpus"][2]["kind"], "floating");
+    assert_eq!(dom("pfo-kind-a")["pinned"], true);
+    assert_eq!(dom("pfo-kind-a")["vcpus"][0]["kind"], "dedicated");
+    let out = run(
+        &pinflow_tests::pinflow::bin().to_string_lossy(),
+        &["pinning"],
+    );
+    let kinds: Vec<(String, String)> = out
+        .lines()
+        .filter(|l| l.starts_with("pfo-kind-"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|c| c.len() >= 7 && c[3].parse::<u32>().is_ok())
+        .map(|c| (c[0].to_string(), format!("{} {}", c[5], c[6])))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("pfo-kind-a".to_string(), "dedicated 0".to_string()),
+            ("pfo-kind-f".to_string(), "floating 1".to_string()),
+            ("pfo-kind-f".to_string(), "floating 1".to_string()),
+            ("pfo-kind-f".to_string(), "floating 1".to_string()),
+        ],
+        "{out}"
+    );
+
+    // Widen the floating domain's reach to pCPU 0, where four domains are now pinned.
+    let others: Vec<RunningDomain> = ["b", "c", "d"]
+        .iter()
+        .map(|n| start(&DomainSpec::pinned(&format!("pfo-kind-{n}"), &["0"])))
+        .collect();
+    for v in 0..3 {
+        libvirt::virsh(&["vcpupin", "pfo-kind-f", &v.to_string(), "0-1", "--live"])
+            .expect("vcpupin");
+    }
+    libvirt::virsh(&["emulatorpin", "pfo-kind-f", "0-1", "--live"]).expect("emulatorpin");
+    let label = "0 (pfo-kind-a, pfo-kind-b, pfo-kind-c +1 more)";
+    let s = expect_drift(
+        &pf,
+        "pfo-kind-f",
+        &[
+            row("0", "overlap", "0-1", label),
+            row("1", "overlap", "0-1", label),
+            row("2", "overlap", "0-1", label),
+            row("emulator", "overlap", "0-1", label),
+        ],
+    );
+    // `virsh vcpupin` turned the floating set into real pins over two pCPUs: shared.
+    assert_eq!(vcpu_kinds(&s, "pfo-kind-f"), [("shared".to_string(), 3.0)]);
+    assert_eq!(vcpu_kinds(&s, "pfo-kind-a"), [("shared".to_string(), 1.0)]);
+    let api: serde_json::Value = serde_json::from_str(&pf.get("/api/v1/pinning")).expect("json");
+    let f_api = api["domains"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["domain"] == "pfo-kind-f"))
+        .cloned()
+        .expect("pfo-kind-f");
+    let owners: Vec<String> = f_api["drifts"][0]["owners"]
+        .as_array()
+        .expect("owners")
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}",
+                o["domain"].as_str().unwrap_or(""),
+                o["cpus"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            "pfo-kind-a 0",
+            "pfo-kind-b 0",
+            "pfo-kind-c 0",
+            "pfo-kind-d 0"
+        ],
+        "{f_api:#}"
+    );
+    let out = run(
+        &pinflow_tests::pinflow::bin().to_string_lossy(),
+        &["pinning"],
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("pfo-kind-f")
+            && l.contains("overlap")
+            && l.ends_with("0 (pfo-kind-a), 0 (pfo-kind-b), 0 (pfo-kind-c), 0 (pfo-kind-d)")),
+        "{out}"
+    );
+    drop(others);
+    drop(f);
+    drop(a);
+}
+
+/// The thread of `dom`'s QEMU process named `comm`, if any.
+fn thread_named(dom: &RunningDomain, comm: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{}/task", dom.pid()))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Moves `tid` into the domain's own cgroup (which allows every CPU) and lets it run on pCPUs
+/// 0-1, as a thread outside libvirt's emulator placement would; returns its affinity as the
+/// kernel reports it.
+fn unconfine(dom: &RunningDomain, tid: u32) -> String {
+    dom.move_thread_to_cgroup(tid, "");
+    run("taskset", &["-p", "-c", "0-1", &tid.to_string()]);
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_string()
+}
+
+/// KVM's NX huge-page recovery worker is a thread of the QEMU process on Linux ≥ 6.13 (a
+/// `PF_USER_WORKER`), but kernel code, not an emulator thread: reaching another domain's
+/// dedicated pCPU, it raises no overlap. A real emulator thread (QEMU's monitor I/O thread) moved
+/// the same way does.
+#[test]
+fn kvm_kernel_worker_is_not_an_emulator_thread() {
+    if !privileged("kvm_kernel_worker_is_not_an_emulator_thread") {
+        return;
+    }
+    let pf = Pinflow::start(CONFIG, &[]);
+    let a = start(&DomainSpec::pinned("pfo-kw-a", &["0"]));
+    let b = start(&DomainSpec::pinned("pfo-kw-b", &["1"]));
+    expect_drift(&pf, "pfo-kw-b", &[]);
+    // (comm is cut to 15 bytes: `kvm-nx-lpage-recovery`)
+    let worker = thread_named(&b, "kvm-nx-lpage-re").unwrap_or_else(|| {
+        panic!("no kvm-nx-lpage-recovery thread in pfo-kw-b's QEMU process (Linux ≥ 6.13 with NX huge pages)")
+    });
+    assert_eq!(unconfine(&b, worker), "0-1");
+    // Two pinning passes (0.5 s each) later, still no drift.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = expect_drift(&pf, "pfo-kw-b", &[]);
+    assert_counts(&s, "pfo-kw-b", &[]);
+
+    let io = thread_named(&b, "IO mon_iothread").expect("QEMU's monitor I/O thread");
+    assert_eq!(unconfine(&b, io), "0-1");
+    expect_drift(
+        &pf,
+        "pfo-kw-b",
+        &[row("emulator", "overlap", "1", "0 (pfo-kw-a)")],
+    );
+    drop(b);
+    drop(a);
 }

@@ -54,6 +54,53 @@ impl fmt::Display for Check {
     }
 }
 
+/// What a vCPU's pin is (`pinflow pinning`'s `PIN` column, `kind` in the JSON and in
+/// `pinflow_domain_vcpus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinKind {
+    /// `<vcpupin>` to one pCPU that no other vCPU is pinned to (Nova's dedicated policy).
+    Dedicated,
+    /// `<vcpupin>` to several pCPUs, or to a pCPU other vCPUs are pinned to as well.
+    Shared,
+    /// `<vcpu cpuset>`: a set the vCPU floats over with others (Nova's shared policy); never a
+    /// dedicated pCPU, even a one-CPU set.
+    Floating,
+    /// No pin at all: the vCPU may run anywhere.
+    None,
+}
+
+impl PinKind {
+    /// Every kind, in label order.
+    pub const ALL: [PinKind; 4] = [
+        PinKind::Dedicated,
+        PinKind::Shared,
+        PinKind::Floating,
+        PinKind::None,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinKind::Dedicated => "dedicated",
+            PinKind::Shared => "shared",
+            PinKind::Floating => "floating",
+            PinKind::None => "none",
+        }
+    }
+
+    /// Whether the vCPU is pinned with `<vcpupin>` (dedicated or shared).
+    pub fn is_vcpupin(self) -> bool {
+        matches!(self, PinKind::Dedicated | PinKind::Shared)
+    }
+}
+
+impl fmt::Display for PinKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// eBPF placement of one thread, as seen by the detector.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PlacementSample {
@@ -89,9 +136,26 @@ pub struct Drift {
     pub vcpu: String,
     /// What libvirt/Nova expect (CPU list, cgroup name…).
     pub expected: String,
-    /// What pinflow found.
+    /// What pinflow found. For `overlap`: the foreign dedicated pCPUs the thread(s) may run on
+    /// and at most three of their owners, sorted (`"0-1 (a, b, c +2 more)"`),
+    /// so the label stays short and does not change when unrelated domains come and go.
     pub actual: String,
+    /// For `overlap`: every owner with its pCPUs the thread(s) may run on (the full list).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<OverlapOwner>,
 }
+
+/// A domain owning dedicated pCPUs another domain's thread may run on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OverlapOwner {
+    /// The owner's libvirt domain name.
+    pub domain: String,
+    /// Its dedicated pCPUs within the overlapping thread's reach.
+    pub cpus: CpuSet,
+}
+
+/// Most owners an `overlap` drift's `actual` label names (the rest are counted as `+N more`).
+pub(crate) const MAX_LABELLED_OWNERS: usize = 3;
 
 /// One vCPU's expected and actual placement.
 #[derive(Clone, Debug, Serialize)]
@@ -100,7 +164,9 @@ pub struct VcpuReport {
     pub vcpu: u32,
     /// Host thread id.
     pub tid: Option<u32>,
-    /// Pin set from libvirt (`None` = floating).
+    /// What the pin is.
+    pub kind: PinKind,
+    /// Pin set from libvirt (`<vcpupin>`, or `<vcpu cpuset>` when floating; `None` = no pin).
     pub pin: Option<CpuSet>,
     /// Thread affinity.
     pub affinity: Option<CpuSet>,
@@ -123,7 +189,8 @@ pub struct DomainReport {
     pub uuid: String,
     /// Nova metadata, if any.
     pub nova: Option<NovaInstance>,
-    /// Whether any vCPU is pinned.
+    /// Whether any vCPU is pinned with `<vcpupin>` (dedicated or shared; never for a floating
+    /// `<vcpu cpuset>`).
     pub pinned: bool,
     /// Drifted vCPU count per check (every check present).
     pub drifted_vcpus: BTreeMap<Check, u32>,
@@ -144,7 +211,8 @@ pub struct DomainReport {
 pub struct PinningReport {
     /// One report per running domain, sorted by domain name.
     pub domains: Vec<DomainReport>,
-    /// Pinned vCPUs (of all domains) per host CPU; only CPUs with at least one.
+    /// vCPUs pinned with `<vcpupin>` (of all domains) per host CPU; only CPUs with at least one.
+    /// Floating vCPUs (`<vcpu cpuset>`) are not pinned and not counted.
     pub pcpu_pinned_vcpus: BTreeMap<u32, u32>,
 }
 
@@ -177,29 +245,70 @@ fn may_run_on<'a>(
         .or(configured)
 }
 
-/// Foreign dedicated pCPUs within `cpus`, rendered `"1 (instance-b)"`, or `None` when there are none.
+/// Foreign dedicated pCPUs within `cpus`, by owner (other than `me`); adds to `hits`.
 fn foreign_dedicated(
     cpus: &CpuSet,
     me: &str,
     owners: &BTreeMap<u32, BTreeSet<String>>,
-) -> Option<String> {
-    let mut hits: BTreeMap<&str, CpuSet> = BTreeMap::new();
+    hits: &mut BTreeMap<String, CpuSet>,
+) {
     for cpu in cpus.iter() {
         if let Some(names) = owners.get(&cpu) {
             for n in names.iter().filter(|n| n.as_str() != me) {
-                hits.entry(n.as_str()).or_default().insert(cpu);
+                hits.entry(n.clone()).or_default().insert(cpu);
             }
         }
     }
+}
+
+/// The `actual` label of an overlap: the union of the owners' pCPUs, then at most
+/// [`MAX_LABELLED_OWNERS`] owners in name order and how many more there are.
+fn overlap_label(hits: &BTreeMap<String, CpuSet>) -> String {
+    let cpus: CpuSet = hits.values().flat_map(CpuSet::iter).collect();
+    let mut list = hits
+        .keys()
+        .take(MAX_LABELLED_OWNERS)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = hits.len().saturating_sub(MAX_LABELLED_OWNERS);
+    if more > 0 {
+        list.push_str(&format!(" +{more} more"));
+    }
+    format!("{cpus} ({list})")
+}
+
+/// The overlap drift of `vcpu` for `hits` (`None` when there are none).
+fn overlap_drift(vcpu: String, expected: String, hits: BTreeMap<String, CpuSet>) -> Option<Drift> {
     if hits.is_empty() {
         return None;
     }
-    Some(
-        hits.iter()
-            .map(|(n, c)| format!("{c} ({n})"))
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
+    Some(Drift {
+        check: Check::Overlap,
+        vcpu,
+        expected,
+        actual: overlap_label(&hits),
+        owners: hits
+            .into_iter()
+            .map(|(domain, cpus)| OverlapOwner { domain, cpus })
+            .collect(),
+    })
+}
+
+/// What each vCPU's pin is, given how many `<vcpupin>` vCPUs each pCPU holds host-wide.
+fn pin_kind(v: &crate::model::VcpuSpec, vcpupins: &BTreeMap<u32, u32>) -> PinKind {
+    match &v.pin {
+        None => PinKind::None,
+        Some(_) if v.shared_set => PinKind::Floating,
+        Some(pin) => {
+            let alone = pin.len() == 1 && pin.iter().all(|c| vcpupins.get(&c) == Some(&1));
+            if alone {
+                PinKind::Dedicated
+            } else {
+                PinKind::Shared
+            }
+        }
+    }
 }
 
 /// The domain's cgroup: the parent of the QEMU main thread's `emulator` cgroup (libvirt's layout).
@@ -211,16 +320,17 @@ fn domain_cgroup(main_cgroup: Option<&str>) -> Option<&str> {
 pub fn evaluate(obs: &[DomainObservation]) -> PinningReport {
     let owners = dedicated_pcpus(obs);
     let mut report = PinningReport::default();
-    for o in obs {
-        let Some(d) = &o.domain else { continue };
-        for v in &d.vcpus {
-            if let Some(pin) = &v.pin {
-                for cpu in pin.iter() {
-                    *report.pcpu_pinned_vcpus.entry(cpu).or_default() += 1;
-                }
+    for d in obs.iter().filter_map(|o| o.domain.as_ref()) {
+        for v in d.vcpus.iter().filter(|v| !v.shared_set) {
+            for cpu in v.pin.iter().flat_map(CpuSet::iter) {
+                *report.pcpu_pinned_vcpus.entry(cpu).or_default() += 1;
             }
         }
-        report.domains.push(evaluate_domain(o, d, &owners));
+    }
+    for o in obs {
+        let Some(d) = &o.domain else { continue };
+        let r = evaluate_domain(o, d, &owners, &report.pcpu_pinned_vcpus);
+        report.domains.push(r);
     }
     report.domains.sort_by(|a, b| a.domain.cmp(&b.domain));
     report
@@ -230,6 +340,7 @@ fn evaluate_domain(
     o: &DomainObservation,
     d: &Domain,
     owners: &BTreeMap<u32, BTreeSet<String>>,
+    vcpupins: &BTreeMap<u32, u32>,
 ) -> DomainReport {
     let mut drifts = Vec::new();
     let mut vcpus = Vec::new();
@@ -238,6 +349,7 @@ fn evaluate_domain(
     let have_bpf = !o.placement.is_empty();
     let (mut offpin_ns, mut migrations) = (0u64, 0u64);
     let vcpu_tids: BTreeSet<u32> = d.vcpus.iter().filter_map(|v| v.tid).collect();
+    let mut kinds = Vec::with_capacity(d.vcpus.len());
 
     for v in &d.vcpus {
         let state = v.tid.and_then(|t| o.threads.get(&t));
@@ -249,6 +361,7 @@ fn evaluate_domain(
                 vcpu: id.clone(),
                 expected,
                 actual,
+                owners: Vec::new(),
             });
         };
         if let Some(s) = state {
@@ -291,15 +404,18 @@ fn evaluate_domain(
                 drift(Check::Placement, pin.to_string(), actual);
             }
         }
-        if let Some(cpus) = may_run_on(state, v.pin.as_ref())
-            && let Some(foreign) = foreign_dedicated(cpus, &d.name, owners)
-        {
+        if let Some(cpus) = may_run_on(state, v.pin.as_ref()) {
+            let mut hits = BTreeMap::new();
+            foreign_dedicated(cpus, &d.name, owners, &mut hits);
             let expected = v.pin.as_ref().map(ToString::to_string).unwrap_or_default();
-            drift(Check::Overlap, expected, foreign);
+            drifts.extend(overlap_drift(id.clone(), expected, hits));
         }
+        let kind = pin_kind(v, vcpupins);
+        kinds.push(kind);
         vcpus.push(VcpuReport {
             vcpu: v.id,
             tid: v.tid,
+            kind,
             pin: v.pin.clone(),
             affinity: state.map(|s| s.affinity.clone()),
             cgroup_cpus: state.and_then(|s| s.cgroup_cpus.clone()),
@@ -311,28 +427,25 @@ fn evaluate_domain(
         });
     }
 
-    // Emulator threads: every other thread of the QEMU process. A domain's emulator sharing its own
-    // dedicated pCPUs is fine (Nova's `share` policy); only other domains' pCPUs count.
-    let mut emulator_foreign: BTreeSet<String> = BTreeSet::new();
-    for s in o.threads.values().filter(|s| !vcpu_tids.contains(&s.tid)) {
-        if let Some(cpus) = may_run_on(Some(s), d.emulator_pin.as_ref())
-            && let Some(f) = foreign_dedicated(cpus, &d.name, owners)
-        {
-            emulator_foreign.insert(f);
+    // Emulator threads: every other thread of the QEMU process, except kernel workers living in
+    // it (`kvm-nx-lpage-recovery`). A domain's emulator sharing its own dedicated pCPUs is fine
+    // (Nova's `share` policy); only other domains' pCPUs count. One drift for all of them.
+    let mut emulator_hits = BTreeMap::new();
+    for s in o
+        .threads
+        .values()
+        .filter(|s| !vcpu_tids.contains(&s.tid) && !s.kernel_worker)
+    {
+        if let Some(cpus) = may_run_on(Some(s), d.emulator_pin.as_ref()) {
+            foreign_dedicated(cpus, &d.name, owners, &mut emulator_hits);
         }
     }
-    if !emulator_foreign.is_empty() {
-        drifts.push(Drift {
-            check: Check::Overlap,
-            vcpu: "emulator".into(),
-            expected: d
-                .emulator_pin
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            actual: emulator_foreign.into_iter().collect::<Vec<_>>().join("; "),
-        });
-    }
+    let expected = d
+        .emulator_pin
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    drifts.extend(overlap_drift("emulator".into(), expected, emulator_hits));
 
     let mut drifted_vcpus: BTreeMap<Check, u32> = Check::ALL.iter().map(|c| (*c, 0)).collect();
     for dr in drifts.iter().filter(|d| d.vcpu != "emulator") {
@@ -342,7 +455,7 @@ fn evaluate_domain(
         domain: d.name.clone(),
         uuid: d.uuid.clone(),
         nova: d.nova.clone(),
-        pinned: d.is_pinned(),
+        pinned: kinds.iter().any(|k| k.is_vcpupin()),
         drifted_vcpus,
         drifts,
         vcpus,
@@ -389,6 +502,7 @@ mod tests {
                     cgroup_cpus: v.pin.clone(),
                     run_ns: 10,
                     wait_ns: 500_000_000,
+                    kernel_worker: false,
                 },
             );
         }
@@ -552,5 +666,167 @@ mod tests {
         assert!(f.iter().any(|d| d.1 == "emulator"));
         // the emulator entry does not count as a drifted vCPU
         assert_eq!(r.domains[1].drifted_vcpus[&Check::Overlap], 1);
+    }
+
+    fn kinds(r: &PinningReport, dom: &str) -> Vec<PinKind> {
+        let d = r.domains.iter().find(|d| d.domain == dom).unwrap();
+        d.vcpus.iter().map(|v| v.kind).collect()
+    }
+
+    /// A domain whose vCPUs float over `<vcpu cpuset=set>` (Nova's shared policy).
+    fn floating(name: &str, base: u32, n: usize, set: &str) -> DomainObservation {
+        let mut o = healthy(name, base, &vec![set; n]);
+        for v in &mut o.domain.as_mut().unwrap().vcpus {
+            v.shared_set = true;
+        }
+        o
+    }
+
+    #[test]
+    fn pin_kinds_say_what_the_pin_is() {
+        let mut none = healthy("n", 501, &["0-3"]);
+        none.domain.as_mut().unwrap().vcpus[0].pin = None;
+        let r = evaluate(&[
+            // vCPU 0 alone on pCPU 0; vCPU 1 shares pCPU 1 with s's vCPU 0.
+            healthy("d", 101, &["0", "1"]),
+            healthy("s", 201, &["1", "2-3"]),
+            floating("f", 301, 2, "3"),
+            none,
+        ]);
+        assert_eq!(kinds(&r, "d"), [PinKind::Dedicated, PinKind::Shared]);
+        assert_eq!(kinds(&r, "s"), [PinKind::Shared, PinKind::Shared]);
+        assert_eq!(kinds(&r, "f"), [PinKind::Floating, PinKind::Floating]);
+        assert_eq!(kinds(&r, "n"), [PinKind::None]);
+        let pinned: Vec<bool> = r.domains.iter().map(|d| d.pinned).collect();
+        // d, f, n, s (sorted by name): a floating set is no pin.
+        assert_eq!(pinned, [true, false, false, true]);
+        // Only <vcpupin> vCPUs count: f's two floating vCPUs on pCPU 3 do not.
+        assert_eq!(
+            r.pcpu_pinned_vcpus,
+            BTreeMap::from([(0, 1), (1, 2), (2, 1), (3, 1)])
+        );
+        let j = serde_json::to_value(&r.domains[1]).unwrap();
+        assert_eq!(j["pinned"], false);
+        assert_eq!(j["vcpus"][0]["kind"], "floating");
+    }
+
+    #[test]
+    fn floating_vcpus_are_not_counted_as_pinned_at_scale() {
+        // 60 domains of 3 vCPUs floating over pCPU 1: nothing is pinned there (it was 180).
+        let obs: Vec<_> = (0..60)
+            .map(|i| floating(&format!("f{i:02}"), 1000 + 10 * i, 3, "1"))
+            .collect();
+        let r = evaluate(&obs);
+        assert!(r.pcpu_pinned_vcpus.is_empty(), "{:?}", r.pcpu_pinned_vcpus);
+        assert!(r.domains.iter().all(|d| !d.pinned && d.drifts.is_empty()));
+    }
+
+    #[test]
+    fn overlap_labels_are_bounded_sorted_and_stable() {
+        // A floating domain over pCPUs 0-5, each dedicated to another domain.
+        let mut obs: Vec<_> = ["o5", "o1", "o4", "o0", "o2", "o3"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| healthy(n, 100 * (i as u32 + 1) + 1, &[&n[1..]]))
+            .collect();
+        let mut f = healthy("f", 901, &["0-5"]);
+        f.domain.as_mut().unwrap().vcpus[0].pin = None;
+        f.domain.as_mut().unwrap().emulator_pin = None;
+        obs.push(f.clone());
+        let r = evaluate(&obs);
+        let want_label = "0-5 (o0, o1, o2 +3 more)";
+        let d = r.domains.iter().find(|d| d.domain == "f").unwrap();
+        let vcpu0 = d.drifts.iter().find(|x| x.vcpu == "0").unwrap();
+        assert_eq!(vcpu0.actual, want_label);
+        let owners: Vec<(&str, String)> = vcpu0
+            .owners
+            .iter()
+            .map(|o| (o.domain.as_str(), o.cpus.to_string()))
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                ("o0", "0".into()),
+                ("o1", "1".into()),
+                ("o2", "2".into()),
+                ("o3", "3".into()),
+                ("o4", "4".into()),
+                ("o5", "5".into())
+            ]
+        );
+        // The emulator (same reach) has one drift with the same bounded label.
+        let emu: Vec<_> = d.drifts.iter().filter(|x| x.vcpu == "emulator").collect();
+        assert_eq!(emu.len(), 1);
+        assert_eq!(emu[0].actual, want_label);
+        // An unrelated domain starting elsewhere changes no label.
+        obs.push(healthy("z", 9001, &["9"]));
+        let r2 = evaluate(&obs);
+        let d2 = r2.domains.iter().find(|d| d.domain == "f").unwrap();
+        assert_eq!(d2.drifts, d.drifts);
+        // Fewer owners than the cap: all named, no "+0 more".
+        let r3 = evaluate(&[healthy("a", 101, &["0"]), healthy("b", 201, &["1"]), f]);
+        let d3 = r3.domains.iter().find(|d| d.domain == "f").unwrap();
+        assert_eq!(d3.drifts[0].actual, "0-1 (a, b)");
+    }
+
+    #[test]
+    fn kernel_workers_in_the_qemu_process_are_not_emulator_threads() {
+        // KVM's NX huge-page recovery worker lives in b's QEMU process (Linux ≥ 6.13) and may
+        // run anywhere, a's dedicated pCPU 0 included: no overlap for b.
+        let mut b = healthy("b", 201, &["1"]);
+        b.threads.insert(
+            250,
+            ThreadState {
+                tid: 250,
+                comm: "kvm-nx-lpage-re".into(),
+                affinity: cpus("0-1"),
+                kernel_worker: true,
+                ..Default::default()
+            },
+        );
+        let r = evaluate(&[healthy("a", 101, &["0"]), b.clone()]);
+        assert!(drifts(&r, "b").is_empty(), "{:?}", drifts(&r, "b"));
+        // The same thread, were it QEMU's own, would overlap.
+        b.threads.get_mut(&250).unwrap().kernel_worker = false;
+        let r = evaluate(&[healthy("a", 101, &["0"]), b]);
+        assert_eq!(
+            drifts(&r, "b"),
+            vec![(
+                Check::Overlap,
+                "emulator".into(),
+                "1".into(),
+                "0 (a)".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn overlap_label_stays_short_at_sixty_domains() {
+        // 60 domains each dedicated to one pCPU, one domain floating over all of them.
+        let mut obs: Vec<_> = (0..60u32)
+            .map(|i| {
+                healthy(
+                    &format!("instance-{i:08x}"),
+                    1000 + 10 * i,
+                    &[&i.to_string()],
+                )
+            })
+            .collect();
+        let mut f = healthy("instance-000000ff", 9001, &["0-59"]);
+        f.domain.as_mut().unwrap().vcpus[0].pin = None;
+        f.domain.as_mut().unwrap().emulator_pin = None;
+        obs.push(f);
+        let r = evaluate(&obs);
+        let d = r
+            .domains
+            .iter()
+            .find(|d| d.domain == "instance-000000ff")
+            .unwrap();
+        let label = &d.drifts[0].actual;
+        assert_eq!(
+            label,
+            "0-59 (instance-00000000, instance-00000001, instance-00000002 +57 more)"
+        );
+        assert_eq!(d.drifts[0].owners.len(), 60);
     }
 }

@@ -5,10 +5,17 @@
 //! index, which re-evaluates only the flows a change can affect. A report is published at most every
 //! 50 ms while findings, ports or sessions change (and when a grace period of `stale_cookie` ends),
 //! at most every second while only flow counts do; nothing runs while nothing changes.
+//!
+//! Every published finding names what it hurts: the ports its flow refers to (read from the
+//! structured match and actions: `in_port`, outputs, Neutron's port register `reg5`), each joined
+//! to its OVSDB port, Neutron port id and instance (`PortJoin`). Ports deleted from OVSDB are
+//! remembered (bounded) so that the flows they leave behind still say whose they were.
 
-use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
+use crate::detect::flows::{
+    DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, is_reserved_port,
+};
 use crate::engine::source;
-use crate::model::flows::Bridge;
+use crate::model::flows::{Bridge, FlowAction, FlowEntry};
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
 use crate::sources::ovsdb::{self, OvsdbSnapshot};
 use crate::state::SharedState;
@@ -27,14 +34,82 @@ pub struct DirtyFlow {
     pub bridge: String,
     /// Rule that flagged it.
     pub rule: String,
+    /// `broken` (the flow cannot do what it says) or `suspect` (a heuristic): its rule's severity.
+    pub severity: &'static str,
     /// OpenFlow table (`None` for port findings such as `dead_vlan`).
     pub table: Option<u8>,
-    /// Cookie (`None` for port findings).
+    /// Cookie (`None` for port findings), served as a hex string (`"0x6a1b2c3d4e5f6071"`, as
+    /// ovs-ofctl prints it): a JSON number loses precision above 2^53.
+    #[serde(serialize_with = "serialize_cookie")]
     pub cookie: Option<u64>,
     /// The flow as `ovs-ofctl dump-flows --no-stats` prints it (or `port NAME tag=4095`).
     pub flow: String,
-    /// libvirt domain whose port the flow matches on or outputs to, if any.
+    /// The ports the flow refers to, in order: `in_port`, then outputs, then Neutron's port
+    /// register; each joined to its OVSDB port and instance (from OVSDB's last known state when
+    /// the port is already gone). For `dead_vlan`, the quarantined port.
+    pub ports: Vec<FlowPort>,
+    /// The instance the finding hurts: the libvirt domain of [`DirtyFlow::port`], if any.
     pub domain: Option<String>,
+}
+
+impl DirtyFlow {
+    /// The port a finding is labelled with: the first referenced port whose name is known
+    /// (`pinflow_ovs_dirty_flow_info`'s `port` label; its `domain` label is that port's domain).
+    pub fn port(&self) -> Option<&FlowPort> {
+        self.ports.iter().find(|p| !p.port.is_empty())
+    }
+}
+
+fn serialize_cookie<S: serde::Serializer>(c: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match c {
+        Some(c) => s.serialize_str(&format!("{c:#x}")),
+        None => s.serialize_none(),
+    }
+}
+
+/// How a flow refers to a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortRef {
+    /// It matches `in_port=N`.
+    InPort,
+    /// It outputs (`output:N`, `enqueue:N:Q`) to the port.
+    Output,
+    /// It matches or loads Neutron's port register: in the OVS firewall driver `reg5` holds the
+    /// ofport of the instance port a packet comes from or goes to.
+    PortRegister,
+}
+
+/// A port a dirty flow refers to, joined to OVSDB and the instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowPort {
+    /// OpenFlow port number the flow names (`None` for a `dead_vlan` port without one).
+    pub ofport: Option<u32>,
+    /// How the flow refers to it (`None` for a `dead_vlan` port).
+    pub via: Option<PortRef>,
+    /// OVSDB port name; empty when no port with this ofport is known, now or recently.
+    pub port: String,
+    /// Neutron port id (`external_ids:iface-id`), empty when unknown.
+    pub iface_id: String,
+    /// libvirt domain of the port, empty when none.
+    pub domain: String,
+    /// Nova's display name of that instance, empty when unknown.
+    pub name: String,
+    /// Whether the port is gone from OVSDB: the other fields are its last known state.
+    pub deleted: bool,
+}
+
+/// Severity of a rule (decided for every rule; `pinflow_ovs_dirty_flow_rule_info`): `broken` when
+/// a flow it flags cannot do what it says (missing port, empty table, dead VLAN; user rules by
+/// default), `suspect` for the heuristics (`unreachable`, `ambiguous_priority`, `stale_cookie`).
+///
+/// Interim: the rule engine will carry each rule's severity (user rules may set `suspect`); this
+/// function stands in for it until then.
+pub(crate) fn severity(rule: &str) -> &'static str {
+    match rule {
+        "unreachable" | "ambiguous_priority" | "stale_cookie" => "suspect",
+        _ => "broken",
+    }
 }
 
 /// Most dirty flows a report carries (the API's list; counts are always complete). Bounds memory
@@ -265,27 +340,107 @@ fn apply_change(
     }
 }
 
-/// Ofport numbers a flow's text mentions as `in_port=N` or `output:N` (for naming the instance).
-fn flow_ports(text: &str) -> impl Iterator<Item = u32> + '_ {
-    text.split([',', ' '])
-        .filter_map(|tok| {
-            tok.strip_prefix("in_port=")
-                .or_else(|| tok.strip_prefix("actions=output:"))
-                .or_else(|| tok.strip_prefix("output:"))
-        })
-        .filter_map(|n| n.parse().ok())
+/// The ofports `flow` refers to, in label order: `in_port`, outputs and enqueues, then Neutron's
+/// port register (`reg5`) matched or loaded — read from the structured match and actions, never
+/// from the rendered text. Reserved ports (`LOCAL`, `NORMAL`, …) and repeats are left out.
+pub(crate) fn referenced_ports(flow: &FlowEntry) -> Vec<(u32, PortRef)> {
+    let mut out: Vec<(u32, PortRef)> = Vec::new();
+    let mut push = |p: u32, via| {
+        if !is_reserved_port(p) && !out.iter().any(|(q, _)| *q == p) {
+            out.push((p, via));
+        }
+    };
+    let exact = |field: &str| {
+        flow.matches
+            .get(field)
+            .filter(|m| m.is_exact())
+            .and_then(|m| u32::try_from(m.value).ok())
+    };
+    if let Some(p) = exact("in_port") {
+        push(p, PortRef::InPort);
+    }
+    let actions = flow.actions();
+    for a in actions.iter() {
+        if let FlowAction::Output(p) | FlowAction::Enqueue(p) = a {
+            push(*p, PortRef::Output);
+        }
+    }
+    if let Some(p) = exact(PORT_REGISTER) {
+        push(p, PortRef::PortRegister);
+    }
+    for a in actions.iter() {
+        if let FlowAction::Other(text) = a
+            && let Some(p) = port_register_load(text)
+        {
+            push(p, PortRef::PortRegister);
+        }
+    }
+    out
 }
 
-/// The port → instance join, rebuilt only when its inputs change (not on every flow change).
+/// Neutron's port register (`REG_PORT = 5` of its OVS firewall driver).
+const PORT_REGISTER: &str = "reg5";
+
+/// The value one action loads into the whole port register (`load:0x10->NXM_NX_REG5[]`, as
+/// ovs-ofctl prints an OpenFlow 1.3 set-field of a register, or `set_field:0x10->reg5`); `None`
+/// for any other action or a partial load.
+fn port_register_load(action: &str) -> Option<u32> {
+    let value = action
+        .strip_prefix("load:")
+        .and_then(|r| r.strip_suffix("->NXM_NX_REG5[]"))
+        .or_else(|| {
+            action
+                .strip_prefix("set_field:")
+                .and_then(|r| r.strip_suffix("->reg5"))
+        })?;
+    match value.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => value.parse().ok(),
+    }
+}
+
+/// A port as the join last knew it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PortRecord {
+    port: String,
+    iface_id: String,
+    domain: String,
+    name: String,
+}
+
+/// Most deleted ports remembered per host (oldest forgotten first): enough for the flows an agent
+/// leaks while instances come and go, bounded whatever the churn.
+pub(crate) const MAX_REMEMBERED_PORTS: usize = 4096;
+
+/// A libvirt domain as the port join needs it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct InstanceRef {
+    /// libvirt domain name.
+    pub(crate) domain: String,
+    /// Domain (Nova instance) UUID.
+    pub(crate) uuid: String,
+    /// Nova display name, empty when unknown.
+    pub(crate) name: String,
+}
+
+/// The port → instance join, rebuilt only when its inputs change (not on every flow change), with
+/// a bounded memory of recently deleted ports so that a flow leaked by a deleted port still names
+/// the instance it belonged to.
 #[derive(Default)]
-struct PortJoin {
+pub(crate) struct PortJoin {
     /// What it was built from: OVSDB generation and a hash of the (tap, domain) and (uuid,
-    /// domain) pairs it joined on (the pinning engine republishes those every pass, mostly
-    /// unchanged).
+    /// domain, name) triples it joined on (the pinning engine republishes those every pass,
+    /// mostly unchanged).
     built_from: Option<(u64, u64)>,
     ports: Arc<Vec<PortInfo>>,
-    /// bridge → ofport → domain.
-    domains: HashMap<String, HashMap<u32, String>>,
+    /// (bridge, ofport) → the port now in OVSDB.
+    current: HashMap<(String, u32), PortRecord>,
+    /// (bridge, port name) → ofport, for port findings.
+    by_name: HashMap<(String, String), Option<u32>>,
+    /// (bridge, ofport) → last known state of ports gone from OVSDB, at most
+    /// [`MAX_REMEMBERED_PORTS`]; `deleted_order` holds their keys oldest first.
+    deleted: HashMap<(String, u32), PortRecord>,
+    deleted_order: std::collections::VecDeque<(String, u32)>,
 }
 
 impl PortJoin {
@@ -298,14 +453,35 @@ impl PortJoin {
         state: &SharedState,
     ) {
         let pinning = state.pinning();
-        // tap name → domain (the same interface list the datapath source joins on), vm uuid → domain
         let local = state.local_macs();
+        let instances: Vec<InstanceRef> = pinning
+            .domains
+            .iter()
+            .map(|d| InstanceRef {
+                domain: d.domain.clone(),
+                uuid: d.uuid.clone(),
+                name: d.nova.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+            })
+            .collect();
+        self.refresh_from(bridges, db_generation, &local, &instances);
+    }
+
+    /// Brings the join up to date with `bridges` (OVSDB generation `db_generation`), the local
+    /// instances' interfaces (tap → domain) and the instances (uuid → domain, Nova name). Ports
+    /// that were joined before and are gone now are remembered as deleted.
+    pub(crate) fn refresh_from(
+        &mut self,
+        bridges: &BTreeMap<String, Bridge>,
+        db_generation: u64,
+        local: &[crate::state::LocalInterface],
+        instances: &[InstanceRef],
+    ) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        for i in local.iter() {
+        for i in local {
             (&i.target_dev, &i.domain).hash(&mut h);
         }
-        for d in &pinning.domains {
-            (&d.uuid, &d.domain).hash(&mut h);
+        for d in instances {
+            (&d.uuid, &d.domain, &d.name).hash(&mut h);
         }
         let key = (db_generation, h.finish());
         if self.built_from == Some(key) {
@@ -316,13 +492,17 @@ impl PortJoin {
             .filter(|i| !i.target_dev.is_empty())
             .map(|i| (i.target_dev.as_str(), i.domain.as_str()))
             .collect();
-        let by_uuid: HashMap<&str, &str> = pinning
-            .domains
+        let by_uuid: HashMap<&str, &str> = instances
             .iter()
             .map(|d| (d.uuid.as_str(), d.domain.as_str()))
             .collect();
+        let names: HashMap<&str, &str> = instances
+            .iter()
+            .map(|d| (d.domain.as_str(), d.name.as_str()))
+            .collect();
         let mut ports = Vec::new();
-        self.domains.clear();
+        let mut current = HashMap::new();
+        self.by_name.clear();
         for (bname, b) in bridges {
             for p in b.ports.values() {
                 let domain = by_dev
@@ -330,31 +510,170 @@ impl PortJoin {
                     .or_else(|| p.vm_uuid.as_deref().and_then(|u| by_uuid.get(u)))
                     .map(|d| d.to_string())
                     .unwrap_or_default();
-                if let Some(of) = p.ofport
-                    && !domain.is_empty()
-                {
-                    self.domains
-                        .entry(bname.clone())
-                        .or_default()
-                        .insert(of, domain.clone());
+                let iface_id = p.iface_id.clone().unwrap_or_default();
+                self.by_name
+                    .insert((bname.clone(), p.name.clone()), p.ofport);
+                if let Some(of) = p.ofport {
+                    current.insert(
+                        (bname.clone(), of),
+                        PortRecord {
+                            port: p.name.clone(),
+                            iface_id: iface_id.clone(),
+                            name: names
+                                .get(domain.as_str())
+                                .map(|n| n.to_string())
+                                .unwrap_or_default(),
+                            domain: domain.clone(),
+                        },
+                    );
                 }
                 ports.push(PortInfo {
                     bridge: bname.clone(),
                     port: p.name.clone(),
                     ofport: p.ofport,
-                    iface_id: p.iface_id.clone().unwrap_or_default(),
+                    iface_id,
                     domain,
                 });
             }
+        }
+        // Ports that went away keep their last known state; a port that (re)appears with an
+        // ofport is current again.
+        let old = std::mem::replace(&mut self.current, current);
+        for (k, rec) in old {
+            if !self.current.contains_key(&k) {
+                self.remember_deleted(k, rec);
+            }
+        }
+        let back: Vec<(String, u32)> = self
+            .current
+            .keys()
+            .filter(|k| self.deleted.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in back {
+            self.deleted.remove(&k);
+            self.deleted_order.retain(|x| *x != k);
         }
         self.ports = Arc::new(ports);
         self.built_from = Some(key);
     }
 
-    /// The domain owning `ofport` on `bridge`, if any.
-    fn domain(&self, bridge: &str, ofport: u32) -> Option<&String> {
-        self.domains.get(bridge)?.get(&ofport)
+    fn remember_deleted(&mut self, k: (String, u32), rec: PortRecord) {
+        if self.deleted.insert(k.clone(), rec).is_none() {
+            self.deleted_order.push_back(k);
+        }
+        while self.deleted.len() > MAX_REMEMBERED_PORTS {
+            let Some(oldest) = self.deleted_order.pop_front() else {
+                break;
+            };
+            self.deleted.remove(&oldest);
+        }
     }
+
+    /// Ports joined (for `pinflow_ovs_port_info`).
+    pub(crate) fn ports(&self) -> Arc<Vec<PortInfo>> {
+        self.ports.clone()
+    }
+
+    /// `ofport` on `bridge`, referred to `via`, joined: the current port, else the last known
+    /// state of a deleted one, else only the number.
+    fn port(&self, bridge: &str, ofport: u32, via: Option<PortRef>) -> FlowPort {
+        let k = (bridge.to_string(), ofport);
+        let (rec, deleted) = match self.current.get(&k) {
+            Some(r) => (Some(r), false),
+            None => (self.deleted.get(&k), true),
+        };
+        let rec = rec.cloned().unwrap_or_default();
+        FlowPort {
+            ofport: Some(ofport),
+            via,
+            deleted: deleted && !rec.port.is_empty(),
+            port: rec.port,
+            iface_id: rec.iface_id,
+            domain: rec.domain,
+            name: rec.name,
+        }
+    }
+
+    /// The port named `name` on `bridge` (for port findings such as `dead_vlan`).
+    fn port_by_name(&self, bridge: &str, name: &str) -> Option<FlowPort> {
+        let of = *self.by_name.get(&(bridge.to_string(), name.to_string()))?;
+        Some(match of {
+            Some(of) => FlowPort {
+                via: None,
+                ..self.port(bridge, of, None)
+            },
+            None => FlowPort {
+                port: name.to_string(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// The ports `finding` refers to, joined.
+    fn finding_ports(&self, finding: &DirtyFinding<'_>) -> Vec<FlowPort> {
+        match finding.subject {
+            FindingSubject::Flow(f) => referenced_ports(f)
+                .into_iter()
+                .map(|(of, via)| self.port(finding.bridge, of, Some(via)))
+                .collect(),
+            FindingSubject::Port(text) => dead_vlan_port_name(text)
+                .and_then(|n| self.port_by_name(finding.bridge, n))
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+/// The port name of a port finding's text (`port NAME tag=4095`).
+fn dead_vlan_port_name(text: &str) -> Option<&str> {
+    text.strip_prefix("port ")?.split(' ').next()
+}
+
+/// The first `limit` current findings of `index` (ordered by bridge, rule, table, flow text),
+/// each joined to its ports and instance, and the number of findings in all. Only the findings
+/// kept are rendered: a bridge where every flow is dirty (no ports known yet) must not render
+/// 100 000 flows on every publish.
+pub(crate) fn dirty_flows(
+    index: &DirtyFlowIndex,
+    join: &PortJoin,
+    limit: usize,
+) -> (Vec<DirtyFlow>, usize) {
+    let mut out = Vec::new();
+    // Findings are ordered by (bridge, rule, table) without their text; only the groups that
+    // reach into the first `limit` are rendered and sorted by text.
+    let mut findings: Vec<_> = index.findings().collect();
+    let total = findings.len();
+    findings.sort_unstable_by(|a, b| (a.bridge, a.rule, a.table).cmp(&(b.bridge, b.rule, b.table)));
+    let mut rest = findings.as_slice();
+    while !rest.is_empty() && out.len() < limit {
+        let Some(first) = rest.first() else { break };
+        let group_len = rest
+            .iter()
+            .position(|f| (f.bridge, f.rule, f.table) != (first.bridge, first.rule, first.table))
+            .unwrap_or(rest.len());
+        let (group, tail) = rest.split_at(group_len);
+        rest = tail;
+        let mut group: Vec<_> = group.iter().map(|f| (f, f.flow_text())).collect();
+        group.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        let room = limit - out.len();
+        for (f, text) in group.into_iter().take(room) {
+            let ports = join.finding_ports(f);
+            let mut d = DirtyFlow {
+                bridge: f.bridge.to_string(),
+                rule: f.rule.to_string(),
+                severity: severity(f.rule),
+                table: f.table,
+                cookie: f.cookie,
+                flow: text.into_owned(),
+                ports,
+                domain: None,
+            };
+            d.domain = d.port().map(|p| p.domain.clone()).filter(|d| !d.is_empty());
+            out.push(d);
+        }
+    }
+    (out, total)
 }
 
 fn publish(
@@ -366,7 +685,7 @@ fn publish(
 ) {
     let t0 = Instant::now();
     let mut report = FlowsReport {
-        ports: join.ports.clone(),
+        ports: join.ports(),
         ..Default::default()
     };
     for ((bridge, rule), n) in index.counts() {
@@ -376,37 +695,7 @@ fn publish(
             .or_default()
             .insert(rule, n);
     }
-    // Sort references first and render only what the report keeps: flow texts are not stored, and
-    // a bridge where every flow is dirty (no ports known yet) must not render 100 000 flows on
-    // every publish. Findings are ordered by (bridge, rule, table) without their text; only the
-    // groups that reach into the first MAX_REPORTED_DIRTY_FLOWS are rendered and sorted by text.
-    let mut findings: Vec<_> = index.findings().collect();
-    report.dirty_total = findings.len();
-    findings.sort_unstable_by(|a, b| (a.bridge, a.rule, a.table).cmp(&(b.bridge, b.rule, b.table)));
-    let mut rest = findings.as_slice();
-    while !rest.is_empty() && report.dirty.len() < MAX_REPORTED_DIRTY_FLOWS {
-        let Some(first) = rest.first() else { break };
-        let group_len = rest
-            .iter()
-            .position(|f| (f.bridge, f.rule, f.table) != (first.bridge, first.rule, first.table))
-            .unwrap_or(rest.len());
-        let (group, tail) = rest.split_at(group_len);
-        rest = tail;
-        let mut group: Vec<_> = group.iter().map(|f| (f, f.flow_text())).collect();
-        group.sort_unstable_by(|a, b| a.1.cmp(&b.1));
-        let room = MAX_REPORTED_DIRTY_FLOWS - report.dirty.len();
-        for (f, text) in group.into_iter().take(room) {
-            let domain = flow_ports(&text).find_map(|p| join.domain(f.bridge, p).cloned());
-            report.dirty.push(DirtyFlow {
-                bridge: f.bridge.to_string(),
-                rule: f.rule.to_string(),
-                table: f.table,
-                cookie: f.cookie,
-                flow: text.into_owned(),
-                domain,
-            });
-        }
-    }
+    (report.dirty, report.dirty_total) = dirty_flows(index, join, MAX_REPORTED_DIRTY_FLOWS);
     for ((bridge, table), n) in index.flow_counts() {
         report
             .bridges
@@ -446,17 +735,452 @@ fn publish(
     state.set_flows(report);
 }
 
+/// Loads a one-shot dump of `bridge` into `index`, each flow aged by the switch's `duration`
+/// (installed that long before `now`), oldest first, then advances the index to `now`: a
+/// one-shot command sees what a long-running daemon would, `stale_cookie` included.
+pub fn load_dump_aged(
+    index: &mut DirtyFlowIndex,
+    bridge: &str,
+    mut flows: Vec<openflow::FlowStats>,
+    now: Instant,
+) {
+    let age = |f: &openflow::FlowStats| Duration::new(u64::from(f.duration_sec), f.duration_nsec);
+    flows.sort_by_key(|f| std::cmp::Reverse(age(f)));
+    index.replace_flows(bridge, std::iter::empty::<FlowEntry>(), now);
+    for f in flows {
+        let installed = now.checked_sub(age(&f)).unwrap_or(now);
+        index.upsert_flow(bridge, f.entry, installed);
+    }
+    index.tick(now);
+}
+
+/// The libvirt domains of this host for a one-shot command: their interfaces (tap → domain) and
+/// Nova names, read once from libvirt's live state files. Unreadable files are logged.
+pub(crate) fn instances_once(
+    libvirt_state_dir: &std::path::Path,
+) -> (Vec<crate::state::LocalInterface>, Vec<InstanceRef>) {
+    let mut inv = crate::sources::libvirt::LibvirtInventory::new(libvirt_state_dir.to_path_buf());
+    let refresh = inv.refresh();
+    if let Some(e) = &refresh.dir_error {
+        tracing::warn!("libvirt state: {e} (ports are not joined to instances)");
+    }
+    for (f, e) in &refresh.errors {
+        tracing::warn!("libvirt state {f}: {e}");
+    }
+    let mut local = Vec::new();
+    let mut instances = Vec::new();
+    for d in inv.domains() {
+        local.extend(d.interfaces.iter().map(|i| crate::state::LocalInterface {
+            mac: i.mac.clone(),
+            target_dev: i.target_dev.clone(),
+            domain: d.name.clone(),
+        }));
+        instances.push(InstanceRef {
+            domain: d.name.clone(),
+            uuid: d.uuid.clone(),
+            name: d.nova.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+        });
+    }
+    (local, instances)
+}
+
+/// Every current finding of `index` joined to the ports of `bridges` and the host's instances
+/// (for `pinflow flows --dirty`).
+pub fn dirty_flows_once(
+    index: &DirtyFlowIndex,
+    bridges: &BTreeMap<String, Bridge>,
+    libvirt_state_dir: &std::path::Path,
+) -> Vec<DirtyFlow> {
+    let (local, instances) = instances_once(libvirt_state_dir);
+    let mut join = PortJoin::default();
+    join.refresh_from(bridges, 0, &local, &instances);
+    dirty_flows(index, &join, usize::MAX).0
+}
+
 #[cfg(test)]
 mod tests {
-    use super::flow_ports;
+    use super::*;
+    use crate::model::flows::{FieldMatch, FlowSource, OvsPort};
+    use crate::state::LocalInterface;
+
+    fn flow(
+        table: u8,
+        priority: u16,
+        cookie: u64,
+        m: Vec<FieldMatch>,
+        a: Vec<FlowAction>,
+    ) -> FlowEntry {
+        FlowEntry {
+            table,
+            priority,
+            cookie,
+            source: FlowSource::text(format!("table={table}, priority={priority} {m:?} {a:?}"), a),
+            matches: m.into(),
+            idle_timeout: 0,
+            hard_timeout: 0,
+        }
+    }
+
+    fn in_port(p: u32) -> FieldMatch {
+        FieldMatch::exact("in_port", u128::from(p), 4)
+    }
+
+    fn bridge(ports: &[(&str, u32, &str)]) -> BTreeMap<String, Bridge> {
+        let ports = ports
+            .iter()
+            .map(|(name, of, iface)| {
+                (
+                    name.to_string(),
+                    OvsPort {
+                        name: name.to_string(),
+                        ofport: Some(*of),
+                        iface_id: (!iface.is_empty()).then(|| iface.to_string()),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        BTreeMap::from([(
+            "br-int".to_string(),
+            Bridge {
+                name: "br-int".into(),
+                ports,
+            },
+        )])
+    }
+
+    fn vm(tap: &str, domain: &str) -> (LocalInterface, InstanceRef) {
+        (
+            LocalInterface {
+                mac: String::new(),
+                target_dev: tap.into(),
+                domain: domain.into(),
+            },
+            InstanceRef {
+                domain: domain.into(),
+                uuid: format!("uuid-{domain}"),
+                name: format!("nova-{domain}"),
+            },
+        )
+    }
 
     #[test]
-    fn ports_named_by_a_flow() {
-        let p: Vec<u32> =
-            flow_ports("cookie=0x1, table=0, priority=10,in_port=5,dl_vlan=3 actions=output:7")
-                .collect();
-        assert_eq!(p, vec![5, 7]);
-        let p: Vec<u32> = flow_ports("priority=1,in_port=LOCAL actions=NORMAL").collect();
-        assert!(p.is_empty());
+    fn ports_come_from_match_and_actions_in_label_order() {
+        let f = flow(
+            0,
+            10,
+            1,
+            vec![
+                in_port(5),
+                FieldMatch::exact("reg5", 9, 4),
+                FieldMatch::exact("dl_vlan", 3, 2),
+            ],
+            vec![
+                FlowAction::Output(7),
+                FlowAction::Reserved("LOCAL"),
+                FlowAction::Output(0xffff_fffe),
+                FlowAction::Enqueue(8),
+                FlowAction::Output(5),
+                FlowAction::Other("load:0x11->NXM_NX_REG5[]".into()),
+                FlowAction::Other("load:0x12->NXM_NX_REG5[0..15]".into()),
+                FlowAction::Other("set_field:18->reg5".into()),
+                FlowAction::Other("load:0x13->NXM_NX_REG6[]".into()),
+            ],
+        );
+        assert_eq!(
+            referenced_ports(&f),
+            vec![
+                (5, PortRef::InPort),
+                (7, PortRef::Output),
+                (8, PortRef::Output),
+                (9, PortRef::PortRegister),
+                (0x11, PortRef::PortRegister),
+                (18, PortRef::PortRegister),
+            ]
+        );
+        // A masked reg5 match names no single port; no ports at all is an empty list.
+        let f = flow(
+            0,
+            1,
+            0,
+            vec![FieldMatch::masked("reg5", 0x10, 0xf0, 4)],
+            vec![FlowAction::Reserved("NORMAL")],
+        );
+        assert!(referenced_ports(&f).is_empty());
+    }
+
+    #[test]
+    fn cookies_above_2_pow_53_survive_json() {
+        let c = 0x6a1b_2c3d_4e5f_6071u64;
+        let f = flow(0, 1, c, vec![], vec![FlowAction::Reserved("NORMAL")]);
+        assert_eq!(
+            serde_json::to_value(&f).unwrap()["cookie"],
+            "0x6a1b2c3d4e5f6071"
+        );
+        let d = DirtyFlow {
+            bridge: "br-int".into(),
+            rule: "stale_cookie".into(),
+            severity: "suspect",
+            table: Some(0),
+            cookie: Some(c),
+            flow: String::new(),
+            ports: vec![],
+            domain: None,
+        };
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(text.contains(r#""cookie":"0x6a1b2c3d4e5f6071""#), "{text}");
+    }
+
+    /// The multipart reply bodies of a captured switch→client byte stream.
+    fn replies(name: &str) -> Vec<Vec<u8>> {
+        use crate::sources::openflow::wire;
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openflow/");
+        let mut buf = std::fs::read(format!("{p}{name}")).unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = wire::take_message(&mut buf, wire::MAX_MESSAGE_LEN).unwrap() {
+            if m.header.msg_type == wire::OFPT_MULTIPART_REPLY {
+                out.push(m.body);
+            }
+        }
+        out
+    }
+
+    /// The ports a dirty flow names come from the decoded match and actions of real flows: a
+    /// Neutron ingress flow that carries the port only in `load:…->NXM_NX_REG5[]`, an egress flow
+    /// with `in_port` and the same port in reg5, and a flow matching `reg5`. Also times the join
+    /// input against rendering the text, which a published finding needs anyway.
+    #[test]
+    fn captured_flows_name_their_ports_from_match_and_actions() {
+        let mut flows = Vec::new();
+        for body in replies("neutron-dump.of13.bin") {
+            let mp = openflow::wire::MultipartReply::parse(&body).unwrap();
+            openflow::decode_flow_stats(mp.body, &mut flows).unwrap();
+        }
+        let by_text = |want: &str| {
+            flows
+                .iter()
+                .map(|f| &f.entry)
+                .find(|e| e.text() == want)
+                .unwrap_or_else(|| panic!("no flow {want}"))
+        };
+        let ingress = by_text(
+            "cookie=0x9e2c5b1a0d3f4e71, table=60, priority=90,dl_vlan=1,dl_dst=fa:16:3e:00:00:00 actions=load:0xa->NXM_NX_REG5[],load:0x1->NXM_NX_REG6[],pop_vlan,resubmit(,81)",
+        );
+        assert_eq!(referenced_ports(ingress), [(10, PortRef::PortRegister)]);
+        let egress = by_text(
+            "cookie=0x9e2c5b1a0d3f4e71, table=60, priority=100,in_port=11 actions=load:0xb->NXM_NX_REG5[],load:0x2->NXM_NX_REG6[],resubmit(,71)",
+        );
+        assert_eq!(referenced_ports(egress), [(11, PortRef::InPort)]);
+        let reg_match = flows
+            .iter()
+            .map(|f| &f.entry)
+            .find(|e| e.matches.get("reg5").is_some() && e.matches.get("in_port").is_none())
+            .expect("a flow matching reg5 only");
+        let want = u32::try_from(reg_match.matches.get("reg5").unwrap().value).unwrap();
+        assert!(
+            referenced_ports(reg_match).contains(&(want, PortRef::PortRegister)),
+            "{}",
+            reg_match.text()
+        );
+        let t = std::time::Instant::now();
+        let n: usize = flows.iter().map(|f| referenced_ports(&f.entry).len()).sum();
+        let ports = t.elapsed();
+        let t = std::time::Instant::now();
+        let bytes: usize = flows.iter().map(|f| f.entry.text().len()).sum();
+        let texts = t.elapsed();
+        eprintln!(
+            "{} flows: ports ({n}) in {ports:?}, texts ({bytes} B) in {texts:?}",
+            flows.len()
+        );
+    }
+
+    #[test]
+    fn severity_per_rule() {
+        for r in [
+            "output_to_missing_port",
+            "in_port_missing",
+            "goto_empty_table",
+            "dead_vlan",
+            "my_rule",
+        ] {
+            assert_eq!(severity(r), "broken", "{r}");
+        }
+        for r in ["unreachable", "ambiguous_priority", "stale_cookie"] {
+            assert_eq!(severity(r), "suspect", "{r}");
+        }
+    }
+
+    /// The leaked-flow case: a port is deleted under its flows; the findings still name the
+    /// port, its Neutron port and its instance from OVSDB's last known state.
+    #[test]
+    fn findings_name_ports_and_instances_even_after_the_port_is_deleted() {
+        let cfg = DirtyFlowConfig::default();
+        let mut index = DirtyFlowIndex::new(&cfg).unwrap();
+        let now = Instant::now();
+        let (l1, i1) = vm("tapa", "instance-a");
+        let (local, instances) = (vec![l1], vec![i1]);
+        let mut b = bridge(&[("tapa", 5, "port-a"), ("tapb", 6, "")]);
+        index.sync_bridges(&b, now);
+        index.upsert_flow(
+            "br-int",
+            flow(0, 10, 0, vec![in_port(5)], vec![FlowAction::Output(6)]),
+            now,
+        );
+        index.upsert_flow(
+            "br-int",
+            flow(0, 9, 0, vec![in_port(6)], vec![FlowAction::Output(77)]),
+            now,
+        );
+        let mut join = PortJoin::default();
+        join.refresh_from(&b, 1, &local, &instances);
+        let (d, total) = dirty_flows(&index, &join, 100);
+        assert_eq!(total, 1);
+        assert_eq!(d[0].rule, "output_to_missing_port");
+        assert_eq!(d[0].severity, "broken");
+        assert_eq!(d[0].port().map(|p| p.port.as_str()), Some("tapb"));
+        assert_eq!(d[0].domain, None);
+        assert_eq!(
+            d[0].ports[1],
+            FlowPort {
+                ofport: Some(77),
+                via: Some(PortRef::Output),
+                ..Default::default()
+            }
+        );
+
+        // tapa deleted (the instance's libvirt domain is gone too).
+        b.get_mut("br-int").unwrap().ports.remove("tapa");
+        index.sync_bridges(&b, now);
+        join.refresh_from(&b, 2, &[], &[]);
+        let (d, total) = dirty_flows(&index, &join, 100);
+        assert_eq!(total, 2);
+        let leaked = d.iter().find(|f| f.rule == "in_port_missing").unwrap();
+        assert_eq!(
+            leaked.ports[0],
+            FlowPort {
+                ofport: Some(5),
+                via: Some(PortRef::InPort),
+                port: "tapa".into(),
+                iface_id: "port-a".into(),
+                domain: "instance-a".into(),
+                name: "nova-instance-a".into(),
+                deleted: true,
+            }
+        );
+        assert_eq!(leaked.domain.as_deref(), Some("instance-a"));
+        assert_eq!(leaked.ports[1].port, "tapb");
+        assert!(!leaked.ports[1].deleted);
+        // Served as JSON: the cookie as a hex string, the ports as objects.
+        let j = serde_json::to_value(leaked).unwrap();
+        assert_eq!(j["cookie"], "0x0");
+        assert_eq!(j["severity"], "broken");
+        assert_eq!(j["ports"][0]["via"], "in_port");
+        assert_eq!(j["ports"][0]["name"], "nova-instance-a");
+
+        // A new port taking ofport 5 is current again: the memory no longer speaks for it.
+        b.get_mut("br-int").unwrap().ports.insert(
+            "tapc".into(),
+            OvsPort {
+                name: "tapc".into(),
+                ofport: Some(5),
+                ..Default::default()
+            },
+        );
+        join.refresh_from(&b, 3, &[], &[]);
+        assert_eq!(join.port("br-int", 5, None).port, "tapc");
+        assert!(!join.port("br-int", 5, None).deleted);
+        assert!(join.deleted.is_empty() && join.deleted_order.is_empty());
+    }
+
+    #[test]
+    fn deleted_port_memory_is_bounded_oldest_first() {
+        let mut join = PortJoin::default();
+        let n = MAX_REMEMBERED_PORTS as u32 + 10;
+        let names: Vec<String> = (1..=n).map(|i| format!("tap{i}")).collect();
+        let all: Vec<(&str, u32, &str)> = names
+            .iter()
+            .zip(1..)
+            .map(|(s, i)| (s.as_str(), i, ""))
+            .collect();
+        join.refresh_from(&bridge(&all), 1, &[], &[]);
+        join.refresh_from(&bridge(&[]), 2, &[], &[]);
+        assert_eq!(join.deleted.len(), MAX_REMEMBERED_PORTS);
+        assert_eq!(join.deleted_order.len(), MAX_REMEMBERED_PORTS);
+        // Which ones were forgotten depends on map order within one refresh; every remembered
+        // one is still named.
+        let named = (1..=n)
+            .filter(|of| join.port("br-int", *of, None).deleted)
+            .count();
+        assert_eq!(named, MAX_REMEMBERED_PORTS);
+        // Later deletions push out earlier ones.
+        join.refresh_from(&bridge(&[("late", n + 1, "")]), 3, &[], &[]);
+        join.refresh_from(&bridge(&[]), 4, &[], &[]);
+        assert!(join.port("br-int", n + 1, None).deleted);
+        assert_eq!(join.deleted.len(), MAX_REMEMBERED_PORTS);
+    }
+
+    #[test]
+    fn dead_vlan_findings_name_their_port() {
+        let cfg = DirtyFlowConfig::default();
+        let mut index = DirtyFlowIndex::new(&cfg).unwrap();
+        let mut b = bridge(&[("tapa", 5, "port-a")]);
+        b.get_mut("br-int")
+            .unwrap()
+            .ports
+            .get_mut("tapa")
+            .unwrap()
+            .tag = Some(4095);
+        index.sync_bridges(&b, Instant::now());
+        let (l, i) = vm("tapa", "instance-a");
+        let mut join = PortJoin::default();
+        join.refresh_from(&b, 1, &[l], &[i]);
+        let (d, _) = dirty_flows(&index, &join, 100);
+        assert_eq!(d[0].rule, "dead_vlan");
+        assert_eq!(d[0].ports[0].port, "tapa");
+        assert_eq!(d[0].ports[0].ofport, Some(5));
+        assert_eq!(d[0].domain.as_deref(), Some("instance-a"));
+        assert_eq!(
+            serde_json::to_value(&d[0]).unwrap()["cookie"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn one_shot_dump_ages_flows_by_their_duration() {
+        let cfg = DirtyFlowConfig::default();
+        let mut index = DirtyFlowIndex::new(&cfg).unwrap();
+        let now = Instant::now();
+        index.sync_bridges(&bridge(&[("tapa", 5, "")]), now);
+        let stats = |prio: u16, cookie: u64, secs: u32| openflow::FlowStats {
+            entry: flow(
+                0,
+                prio,
+                cookie,
+                vec![in_port(5)],
+                vec![FlowAction::Reserved("NORMAL")],
+            ),
+            duration_sec: secs,
+            duration_nsec: 490_000_000,
+            n_packets: 0,
+            n_bytes: 0,
+            flags: 0,
+        };
+        // The agent's generation (0x1, most flows), a dead one older than the grace period
+        // (120 s by default) and a young foreign cookie still within it.
+        let dump = vec![
+            stats(1, 0x1, 4000),
+            stats(2, 0x1, 4000),
+            stats(3, 0x1, 4000),
+            stats(4, 0xdead, 3000),
+            stats(5, 0xbeef, 30),
+        ];
+        load_dump_aged(&mut index, "br-int", dump, now);
+        let stale: Vec<u64> = index
+            .findings()
+            .filter(|f| f.rule == "stale_cookie")
+            .filter_map(|f| f.cookie)
+            .collect();
+        assert_eq!(stale, vec![0xdead]);
+        assert_eq!(index.len("br-int"), 5);
     }
 }

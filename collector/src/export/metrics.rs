@@ -5,7 +5,7 @@
 
 use super::families::{self, Family};
 use crate::config::ExportConfig;
-use crate::detect::pinning::PinningReport;
+use crate::detect::pinning::{PinKind, PinningReport};
 use crate::engine::flows::FlowsReport;
 use crate::state::SharedState;
 use prometheus_client::collector::Collector;
@@ -224,6 +224,21 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     )?;
     gauge(
         enc,
+        &families::DOMAIN_VCPUS,
+        r.domains.iter().flat_map(|d| {
+            PinKind::ALL.into_iter().filter_map(move |k| {
+                let n = d.vcpus.iter().filter(|v| v.kind == k).count();
+                (n > 0).then(|| {
+                    (
+                        [("domain", Lv(&d.domain)), ("kind", Lv(k.as_str()))],
+                        n as f64,
+                    )
+                })
+            })
+        }),
+    )?;
+    gauge(
+        enc,
         &families::VCPU_PINNING_DRIFT,
         r.domains.iter().flat_map(|d| {
             d.drifts.iter().map(|x| {
@@ -321,8 +336,11 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
                 [
                     ("bridge", Lv(&d.bridge)),
                     ("rule", Lv(&d.rule)),
+                    ("severity", Lv(d.severity)),
                     ("table", Lv(table)),
                     ("cookie", Lv(cookie)),
+                    ("port", Lv(d.port().map_or("", |p| p.port.as_str()))),
+                    ("domain", Lv(d.port().map_or("", |p| p.domain.as_str()))),
                     ("flow", Lv(&d.flow)),
                 ],
                 1.0,
@@ -416,7 +434,7 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::detect::pinning::{Check, DomainReport, Drift, PinningReport};
+    use crate::detect::pinning::{Check, DomainReport, Drift, PinKind, PinningReport, VcpuReport};
     use std::collections::BTreeMap;
 
     fn state_with_drift(actual: &str) -> SharedState {
@@ -436,8 +454,23 @@ pub(crate) mod tests {
                     vcpu: "0".into(),
                     expected: "0".into(),
                     actual: actual.into(),
+                    owners: vec![],
                 }],
-                vcpus: vec![],
+                vcpus: [PinKind::Dedicated, PinKind::Floating, PinKind::Floating]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, kind)| VcpuReport {
+                        vcpu: i as u32,
+                        tid: None,
+                        kind,
+                        pin: None,
+                        affinity: None,
+                        cgroup_cpus: None,
+                        cgroup: None,
+                        last_cpu: None,
+                        offpin_seconds: None,
+                    })
+                    .collect(),
                 offpin_seconds_total: Some(1.5),
                 migrations_total: Some(3),
                 wait_seconds_total: 0.25,
@@ -569,6 +602,16 @@ pub(crate) mod tests {
             text.contains("pinflow_vcpu_migrations_total{domain=\"instance-1\"} 3"),
             "{text}"
         );
+        // vCPUs per pin kind: only the kinds the domain has.
+        assert!(
+            text.contains("pinflow_domain_vcpus{domain=\"instance-1\",kind=\"dedicated\"} 1.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pinflow_domain_vcpus{domain=\"instance-1\",kind=\"floating\"} 2.0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("kind=\"shared\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 

@@ -1,11 +1,14 @@
-//! Plain-text tables for a person at a terminal (`pinflow pinning`).
+//! Plain-text tables for a person at a terminal (`pinflow pinning`, `pinflow flows --dirty`).
 
 use crate::detect::pinning::PinningReport;
+use crate::engine::flows::DirtyFlow;
 use std::fmt::Write as _;
 
-/// Renders the pinning report: one row per vCPU, then every drift.
+/// Renders the pinning report: one row per vCPU (`PIN` says what the pin is: `dedicated`,
+/// `shared`, `floating` or `none`; `PIN-CPUS` its pCPUs), then every drift (an overlap's
+/// `ACTUAL` lists every owner with its pCPUs, not the bounded label of the metric).
 pub fn pinning_table(r: &PinningReport) -> String {
-    let mut rows: Vec<[String; 9]> = vec![
+    let mut rows: Vec<[String; 10]> = vec![
         [
             "DOMAIN",
             "NAME",
@@ -13,6 +16,7 @@ pub fn pinning_table(r: &PinningReport) -> String {
             "VCPU",
             "TID",
             "PIN",
+            "PIN-CPUS",
             "AFFINITY",
             "CGROUP-CPUS",
             "LAST-CPU",
@@ -30,10 +34,8 @@ pub fn pinning_table(r: &PinningReport) -> String {
                     .unwrap_or_else(|| "-".into()),
                 v.vcpu.to_string(),
                 opt(v.tid.map(|t| t.to_string())),
-                v.pin
-                    .as_ref()
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "floating".into()),
+                v.kind.to_string(),
+                opt(v.pin.as_ref().map(|p| p.to_string())),
                 opt(v.affinity.as_ref().map(|p| p.to_string())),
                 opt(v.cgroup_cpus.as_ref().map(|p| p.to_string())),
                 opt(v.last_cpu.map(|c| c.to_string())),
@@ -57,11 +59,66 @@ pub fn pinning_table(r: &PinningReport) -> String {
                 x.vcpu.clone(),
                 x.check.to_string(),
                 x.expected.clone(),
-                x.actual.clone(),
+                if x.owners.is_empty() {
+                    x.actual.clone()
+                } else {
+                    x.owners
+                        .iter()
+                        .map(|o| format!("{} ({})", o.cpus, o.domain))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             ]);
         }
         out.push_str("\nDRIFT\n");
         out.push_str(&align(&rows));
+    }
+    out
+}
+
+/// Renders dirty flows (as ordered): bridge, rule, severity, table, cookie, the port the finding
+/// is labelled with (`(deleted)` when it is gone from OVSDB, its ofport when no name is known)
+/// and that port's instance (libvirt domain and Nova name), then the flow text.
+pub fn dirty_flows_table(flows: &[DirtyFlow]) -> String {
+    let mut rows = vec![
+        [
+            "BRIDGE", "RULE", "SEVERITY", "TABLE", "COOKIE", "PORT", "INSTANCE", "FLOW",
+        ]
+        .map(String::from),
+    ];
+    for f in flows {
+        let port = f.port().or_else(|| f.ports.first());
+        rows.push([
+            f.bridge.clone(),
+            f.rule.clone(),
+            f.severity.to_string(),
+            f.table.map_or_else(|| "-".into(), |t| t.to_string()),
+            f.cookie.map_or_else(|| "-".into(), |c| format!("{c:#x}")),
+            port.map_or_else(
+                || "-".into(),
+                |p| match (p.port.as_str(), p.ofport) {
+                    ("", Some(of)) => format!("ofport {of} (unknown)"),
+                    ("", None) => "-".into(),
+                    (name, _) if p.deleted => format!("{name} (deleted)"),
+                    (name, _) => name.to_string(),
+                },
+            ),
+            port.filter(|p| !p.domain.is_empty()).map_or_else(
+                || "-".into(),
+                |p| {
+                    if p.name.is_empty() {
+                        p.domain.clone()
+                    } else {
+                        format!("{} ({})", p.domain, p.name)
+                    }
+                },
+            ),
+            f.flow.clone(),
+        ]);
+    }
+    let mut out = align(&rows);
+    if flows.is_empty() {
+        out.push_str("no dirty flows\n");
     }
     out
 }

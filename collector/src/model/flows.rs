@@ -573,7 +573,8 @@ impl Serialize for FlowEntry {
         let mut st = s.serialize_struct("FlowEntry", 8)?;
         st.serialize_field("table", &self.table)?;
         st.serialize_field("priority", &self.priority)?;
-        st.serialize_field("cookie", &self.cookie)?;
+        // As ovs-ofctl prints it: a JSON number loses precision above 2^53.
+        st.serialize_field("cookie", &format!("{:#x}", self.cookie))?;
         st.serialize_field("matches", &self.matches)?;
         st.serialize_field("actions", &self.actions())?;
         st.serialize_field("text", &self.text())?;

@@ -69,9 +69,9 @@ pub struct Domain {
 }
 
 impl Domain {
-    /// Whether any vCPU is pinned.
+    /// Whether any vCPU is pinned with `<vcpupin>` (a floating `<vcpu cpuset>` is no pin).
     pub fn is_pinned(&self) -> bool {
-        self.vcpus.iter().any(|v| v.pin.is_some())
+        self.vcpus.iter().any(|v| v.pin.is_some() && !v.shared_set)
     }
 }
 
@@ -94,4 +94,8 @@ pub struct ThreadState {
     pub run_ns: u64,
     /// Time spent runnable but waiting for a CPU, ns (`schedstat` field 2).
     pub wait_ns: u64,
+    /// Kernel code, not QEMU's (`/proc/TID/stat` flags): a kernel thread (`PF_KTHREAD`) or a
+    /// kernel worker living in the QEMU process (`PF_USER_WORKER`) other than a vhost I/O worker,
+    /// such as `kvm-nx-lpage-recovery` (a thread of the VM process since Linux 6.13).
+    pub kernel_worker: bool,
 }

@@ -113,7 +113,9 @@ impl HostFs {
 
         let stat_path = task.join("stat");
         let stat = self.read_task_file(&stat_path, pid, tid)?;
-        let (comm, last_cpu) = parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
+        let (comm, last_cpu, flags) =
+            parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
+        let kernel_worker = is_kernel_worker(&comm, flags);
 
         let sched_path = task.join("schedstat");
         let (run_ns, wait_ns) = match self.read_task_file(&sched_path, pid, tid) {
@@ -148,6 +150,7 @@ impl HostFs {
             cgroup_cpus,
             run_ns,
             wait_ns,
+            kernel_worker,
         })
     }
 
@@ -301,7 +304,7 @@ fn parse_affinity(status: &str) -> Result<CpuSet, String> {
 
 /// Thread name and last CPU from a `stat` line. The name sits in parentheses and may itself contain spaces
 /// and `)`, so fields are counted after the *last* `)`. The last CPU is field 39 (`processor`).
-fn parse_stat(stat: &str) -> Result<(String, Option<u32>), String> {
+fn parse_stat(stat: &str) -> Result<(String, Option<u32>, u32), String> {
     let open = stat.find('(').ok_or("no '(' before the thread name")?;
     let close = stat.rfind(')').ok_or("no ')' after the thread name")?;
     let comm = stat
@@ -309,7 +312,7 @@ fn parse_stat(stat: &str) -> Result<(String, Option<u32>), String> {
         .ok_or("')' before '('")?
         .to_string();
     let rest = stat.get(close + 1..).unwrap_or("");
-    // `rest` starts at field 3 (state), so field 39 is the 37th.
+    // `rest` starts at field 3 (state), so field N is the (N-3)th.
     let last_cpu = match rest.split_whitespace().nth(39 - 3) {
         Some(v) => Some(
             v.parse::<u32>()
@@ -320,7 +323,26 @@ fn parse_stat(stat: &str) -> Result<(String, Option<u32>), String> {
     if rest.split_whitespace().next().is_none() {
         return Err("no fields after the thread name".into());
     }
-    Ok((comm, last_cpu))
+    let flags = match rest.split_whitespace().nth(9 - 3) {
+        Some(v) => v
+            .parse::<u32>()
+            .map_err(|_| format!("flags field {v:?} is not a number"))?,
+        None => 0,
+    };
+    Ok((comm, last_cpu, flags))
+}
+
+/// `PF_KTHREAD` (include/linux/sched.h): a kernel thread (child of kthreadd, no mm of its own).
+const PF_KTHREAD: u32 = 0x0020_0000;
+/// `PF_USER_WORKER`: a kernel worker cloned into a user process (vhost workers, and since Linux
+/// 6.13 KVM's `kvm-nx-lpage-recovery`).
+const PF_USER_WORKER: u32 = 0x0000_4000;
+
+/// Whether a thread runs kernel code rather than the process's own: `PF_KTHREAD`, or a
+/// `PF_USER_WORKER` that is not a vhost worker (`vhost-PID`: it moves the guest's packets, as
+/// the emulator's I/O threads do, so it stays counted with them).
+fn is_kernel_worker(comm: &str, flags: u32) -> bool {
+    flags & PF_KTHREAD != 0 || (flags & PF_USER_WORKER != 0 && !comm.starts_with("vhost-"))
 }
 
 /// Run and wait nanoseconds from `schedstat` (`run_ns wait_ns timeslices`).

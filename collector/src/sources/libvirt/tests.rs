@@ -161,6 +161,8 @@ fn vcpu_cpuset_applies_to_every_vcpu() {
             interfaces: vec![],
         }
     );
+    // A floating set is no pin, even of one CPU.
+    assert!(!d.is_pinned());
 }
 
 #[test]

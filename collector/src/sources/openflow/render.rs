@@ -469,6 +469,28 @@ impl LineRenderer {
     }
 }
 
+/// A flow's age as `ovs-ofctl` prints it (OVS `ofp_print_duration`): whole seconds without
+/// decimals; a fraction that is whole milliseconds with exactly three decimals (`401.490s`: OVS
+/// keeps millisecond precision, so dumps line up); any other fraction with as many of its nine
+/// nanosecond digits as it needs (trailing zeros dropped). Values that are not valid nanosecond
+/// counts (≥ 10⁹) are printed the same way OVS prints them, digit for digit.
+pub(crate) fn push_duration(s: &mut String, sec: u32, nsec: u32) {
+    push_dec(s, u64::from(sec));
+    if nsec > 0 {
+        let msec = nsec / 1_000_000;
+        s.push('.');
+        if msec * 1_000_000 == nsec {
+            let _ = write!(s, "{msec:03}");
+        } else {
+            let start = s.len();
+            let _ = write!(s, "{nsec:09}");
+            let end = s.trim_end_matches('0').len().max(start);
+            s.truncate(end);
+        }
+    }
+    s.push('s');
+}
+
 /// `cookie=…, duration=…s, table=…, n_packets=…, n_bytes=…, ` (the start of a [`stats_line`]).
 fn push_stats_prefix(
     s: &mut String,
@@ -482,27 +504,8 @@ fn push_stats_prefix(
     s.push_str("cookie=");
     s.push_str(cookie_hex);
     s.push_str(", duration=");
-    push_dec(s, u64::from(duration_sec));
-    if duration_nsec > 999_999_999 {
-        // Not a valid nanosecond count; printed as `stats_line` prints it.
-        let frac = format!("{duration_nsec:09}");
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    } else if duration_nsec > 0 {
-        // Nine digits, trailing zeros dropped.
-        let mut digits = [b'0'; 9];
-        let mut v = duration_nsec;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-        let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
-        s.push('.');
-        for &d in digits.get(..end).unwrap_or_default() {
-            s.push(char::from(d));
-        }
-    }
-    s.push_str("s, table=");
+    push_duration(s, duration_sec, duration_nsec);
+    s.push_str(", table=");
     push_dec(s, u64::from(table));
     s.push_str(", n_packets=");
     push_dec(s, packets);
@@ -580,15 +583,11 @@ pub fn stats_line(f: &FlowStats) -> String {
         rest = rest.split_once(", ").map(|(_, r)| r).unwrap_or(rest);
     }
     let mut s = String::with_capacity(text.len() + 64);
-    let _ = write!(s, "cookie={:#x}, duration={}", e.cookie, f.duration_sec);
-    if f.duration_nsec > 0 {
-        let frac = format!("{:09}", f.duration_nsec);
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    }
+    let _ = write!(s, "cookie={:#x}, duration=", e.cookie);
+    push_duration(&mut s, f.duration_sec, f.duration_nsec);
     let _ = write!(
         s,
-        "s, table={}, n_packets={}, n_bytes={}, {rest}",
+        ", table={}, n_packets={}, n_bytes={}, {rest}",
         e.table, f.n_packets, f.n_bytes
     );
     s
@@ -749,6 +748,31 @@ mod tests {
             let mut out = String::new();
             lines.push_flow_stats(&one, true, &mut out).unwrap();
             assert_eq!(out, format!(" {}\n", stats_line(&flows[0])), "nsec {nsec}");
+        }
+    }
+
+    #[test]
+    fn durations_render_like_ofp_print_duration() {
+        // (sec, nsec, what OVS's ofp_print_duration prints): whole ms → 3 decimals, finer →
+        // trailing zeros dropped, none → no decimals, out-of-range nsec printed digit for digit.
+        for (sec, nsec, want) in [
+            (401, 490_000_000, "401.490s"),
+            (0, 0, "0s"),
+            (7, 1_000_000, "7.001s"),
+            (7, 500_000_000, "7.500s"),
+            (7, 999_000_000, "7.999s"),
+            (7, 1, "7.000000001s"),
+            (7, 5, "7.000000005s"),
+            (7, 123_456_789, "7.123456789s"),
+            (7, 123_450_000, "7.12345s"),
+            (7, 999_999_999, "7.999999999s"),
+            (7, 1_000_000_000, "7.1000s"),
+            (7, u32::MAX, "7.4294967295s"),
+            (u32::MAX, 10_000_000, "4294967295.010s"),
+        ] {
+            let mut s = String::new();
+            push_duration(&mut s, sec, nsec);
+            assert_eq!(s, want, "{sec} s {nsec} ns");
         }
     }
 

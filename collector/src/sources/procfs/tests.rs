@@ -38,6 +38,7 @@ fn ts(
         cgroup_cpus: Some(cpus(cgroup_cpus)),
         run_ns,
         wait_ns,
+        kernel_worker: false,
     }
 }
 
@@ -344,4 +345,35 @@ fn garbage_is_a_parse_error_not_a_panic() {
     assert!(matches!(fs.thread(7, 8), Err(ProcError::Parse { .. })));
     std::fs::write(task.join("status"), "x".repeat(MAX_FILE_BYTES as usize + 1)).expect("write");
     assert!(matches!(fs.thread(7, 8), Err(ProcError::Io { .. })));
+}
+
+#[test]
+fn kernel_workers_are_told_apart_by_their_stat_flags() {
+    // /proc/TID/stat lines (field 9 is `flags`) with the flags Linux 6.18 showed for the threads
+    // of a QEMU/KVM process on the testbed: its main thread, a vCPU thread, KVM's NX huge-page
+    // recovery worker (comm truncated to 15 bytes; PF_USER_WORKER set), plus a vhost worker and
+    // a kernel thread proper (PF_KTHREAD).
+    let line = |comm: &str, flags: u32| {
+        let mut f = format!("4242 ({comm}) S 1 4242 4242 0 -1 {flags} 0 0 0");
+        for _ in 13..=52 {
+            f.push_str(" 0");
+        }
+        f
+    };
+    for (comm, flags, kernel) in [
+        ("qemu-system-x86", 0x0040_0140, false),
+        ("CPU 0/KVM", 0x0040_0040, false),
+        (
+            "kvm-nx-lpage-recovery",
+            0x0020_8040 & !0x0020_0000 | 0x4000,
+            true,
+        ),
+        ("vhost-4242", 0x0000_4040, false),
+        ("kworker/0:1", 0x0420_8060, true),
+    ] {
+        let (c, _, f) = parse_stat(&line(comm, flags)).expect("parses");
+        assert_eq!((c.as_str(), f), (comm, flags));
+        assert_eq!(is_kernel_worker(&c, f), kernel, "{comm}");
+    }
+    assert!(parse_stat("1 (x) S 1 1 1 0 -1 notanumber").is_err());
 }
