@@ -459,10 +459,19 @@ impl Serve {
     }
 
     fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// Peak RSS so far (`VmHWM`).
+    fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
@@ -730,8 +739,15 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     let mut costs = Vec::new();
     // `PINFLOW_BENCH_FLOWS_QUICK=1`: only the serve parts (RSS, latency, steady state).
     let quick = std::env::var_os("PINFLOW_BENCH_FLOWS_QUICK").is_some();
+    // `PINFLOW_BENCH_FLOWS_SERVE_N` (quick mode only): mirror this many flows instead of 100 000
+    // (sizing the memory limit, e.g. 200 000).
+    let serve_n: usize = std::env::var("PINFLOW_BENCH_FLOWS_SERVE_N")
+        .ok()
+        .filter(|_| quick)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     if quick {
-        load_flows(&ovs, 100_000)?;
+        load_flows(&ovs, serve_n)?;
     }
     for n in [10_000usize, 100_000].into_iter().filter(|_| !quick) {
         crate::util::step(&format!(
@@ -742,16 +758,23 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         costs.push((n, c));
     }
 
-    crate::util::step("flow bench: pinflow serve mirroring 100 000 flows");
+    crate::util::step(&format!(
+        "flow bench: pinflow serve mirroring {serve_n} flows"
+    ));
     let serve = Serve::start(pinflow_bin, &ovs)?;
     let t0 = Instant::now();
     ensure!(
-        wait_until(Duration::from_secs(60), || serve.flows() >= 100_000.0),
-        "pinflow did not mirror 100 000 flows in 60 s"
+        wait_until(Duration::from_secs(120), || serve.flows() >= serve_n as f64),
+        "pinflow did not mirror {serve_n} flows in 120 s"
     );
     let mirror_time = t0.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     let rss_mib = serve.rss_kib() as f64 / 1024.0;
+    println!(
+        "mirrored {serve_n} flows in {:.2} s: RSS {rss_mib:.1} MiB, peak (VmHWM) {:.1} MiB",
+        mirror_time.as_secs_f64(),
+        serve.peak_rss_kib() as f64 / 1024.0
+    );
     let dirty_rules: Vec<(String, f64)> = select(
         &serve.samples(),
         "pinflow_ovs_dirty_flows",
