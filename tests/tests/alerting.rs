@@ -1190,3 +1190,67 @@ fn two_prometheus_replicas_page_once_for_a_dirty_flow() {
         assert_eq!(held.len(), 1, "peer {p}: {held:?}");
     }
 }
+
+/// targetLabel → sourceLabels of the relabelings that set `labels`, from a Prometheus
+/// `relabel_configs` list (snake_case) or a prometheus-operator `relabelings` list (camelCase).
+fn relabel_sources(list: &Yaml, snake: bool) -> BTreeMap<String, Yaml> {
+    let (source, target) = if snake {
+        ("source_labels", "target_label")
+    } else {
+        ("sourceLabels", "targetLabel")
+    };
+    list.as_sequence()
+        .expect("relabelings")
+        .iter()
+        .filter_map(|r| {
+            let t = r[target].as_str()?;
+            ["instance", "zone", "rack"]
+                .contains(&t)
+                .then(|| (t.to_string(), r[source].clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn pod_and_service_monitors_relabel_like_the_scrape_config() {
+    let plain = read_yaml("prometheus/scrape-config.yml");
+    let job = &plain["scrape_configs"][0];
+    assert_eq!(job["job_name"], "pinflow");
+    let want = relabel_sources(&job["relabel_configs"], true);
+    assert_eq!(
+        want.len(),
+        3,
+        "instance, zone and rack set in scrape-config.yml: {want:?}"
+    );
+    for (file, endpoints) in [
+        (
+            "kubernetes/monitoring/podmonitor.yaml",
+            "podMetricsEndpoints",
+        ),
+        ("kubernetes/monitoring/servicemonitor.yaml", "endpoints"),
+    ] {
+        let m = read_yaml(file);
+        assert_eq!(m["metadata"]["namespace"], "pinflow", "{file}");
+        assert_eq!(
+            m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"], "pinflow",
+            "{file}"
+        );
+        assert_eq!(m["spec"]["attachMetadata"]["node"], true, "{file}");
+        let ep = &m["spec"][endpoints];
+        assert_eq!(ep.as_sequence().map(Vec::len), Some(1), "{file}");
+        assert_eq!(ep[0]["port"], "metrics", "{file}");
+        let r = &ep[0]["relabelings"];
+        assert_eq!(
+            relabel_sources(r, false),
+            want,
+            "{file}: same labels as scrape-config.yml"
+        );
+        assert!(
+            r.as_sequence()
+                .expect("relabelings")
+                .iter()
+                .any(|x| x["targetLabel"] == "job" && x["replacement"] == "pinflow"),
+            "{file}: job=\"pinflow\", which the rules select on"
+        );
+    }
+}
