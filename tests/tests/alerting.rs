@@ -5,9 +5,11 @@
 //! real pinflow that watches a private Open vSwitch. A webhook receiver in the test counts what
 //! Alertmanager sends.
 //!
-//! Debian's Prometheus is built without Kubernetes service discovery, so where a test needs the
-//! Kubernetes scrape config it replaces `kubernetes_sd_configs` (and nothing else) by a `file_sd`
-//! file holding the `__meta_kubernetes_*` labels pod discovery would give (the one stand-in here).
+//! Two stand-ins, named as such: the rack failure posts its 1 241 alerts to the Alertmanager API the
+//! way Prometheus's notifier does (labels taken from the rules file), since 40 real hosts cannot fail
+//! here; and Debian's Prometheus is built without Kubernetes service discovery, so where a test needs
+//! the Kubernetes scrape config it replaces `kubernetes_sd_configs` (and nothing else) by a `file_sd`
+//! file holding the `__meta_kubernetes_*` labels pod discovery would give.
 
 use pinflow_tests::captured::CapturedHost;
 use pinflow_tests::ovs::{self, Ovs};
