@@ -18,7 +18,7 @@ use pinflow_tests::scrape::{http_get, select};
 use pinflow_tests::{require_privileged, wait_for};
 use serde_json::{Value as Json, json};
 use serde_yaml_ng::{Mapping, Value as Yaml};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -862,6 +862,48 @@ fn shipped_scrape_configs_label_series_with_node_rack_and_zone() {
         }
         assert_eq!(info["name"], "fx display & name");
     }
+    // The example targets file as shipped: every host a target named after it, with its group's
+    // rack and zone (the names do not resolve here; the target labels are what is checked).
+    let example = serde_json::to_value(&example).expect("example as JSON");
+    let want: BTreeSet<(String, String, String)> = example
+        .as_array()
+        .expect("target groups")
+        .iter()
+        .flat_map(|g| {
+            g["targets"].as_array().expect("targets").iter().map(|t| {
+                let t = t.as_str().expect("target");
+                let host = t.rsplit_once(':').map_or(t, |(h, _)| h);
+                let l = |k: &str| g["labels"][k].as_str().expect("label").to_string();
+                (host.to_string(), l("rack"), l("zone"))
+            })
+        })
+        .collect();
+    assert_eq!(want.len(), 5, "example targets: {want:?}");
+    let ex = Prometheus::start(&runnable_prometheus_config(
+        "prometheus/scrape-config-file-sd.yml",
+        dir.path(),
+        &example,
+        "c",
+        &[nowhere],
+    ));
+    let mut last = BTreeSet::new();
+    let same = wait_for(Duration::from_secs(30), || {
+        let v = get_json(ex.web, "/api/v1/targets")?;
+        last = v["data"]["activeTargets"]
+            .as_array()?
+            .iter()
+            .map(|t| {
+                let l = |k: &str| t["labels"][k].as_str().unwrap_or("").to_string();
+                (l("instance"), l("rack"), l("zone"))
+            })
+            .collect();
+        (last == want).then_some(())
+    });
+    assert!(
+        same.is_some(),
+        "targets {last:?}, want {want:?}\n{}",
+        ex.log()
+    );
 }
 
 #[test]
