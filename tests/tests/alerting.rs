@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const RULES: &str = "prometheus/pinflow.rules.yml";
-const PROMETHEUS_RULE: &str = "kubernetes/monitoring/prometheusrule.yaml";
+const PROMETHEUS_RULE: &str = "kubernetes/base/monitoring/prometheusrule.yaml";
 const RUNBOOK: &str = "https://example.invalid/pinflow/blob/main/docs/alerts.md#";
 /// Alertmanager timers in the tests (the shipped 30s/5m/4h would make them minutes long).
 const GROUP_WAIT: &str = "1s";
@@ -1268,10 +1268,13 @@ fn pod_and_service_monitors_relabel_like_the_scrape_config() {
     );
     for (file, endpoints) in [
         (
-            "kubernetes/monitoring/podmonitor.yaml",
+            "kubernetes/base/monitoring/podmonitor.yaml",
             "podMetricsEndpoints",
         ),
-        ("kubernetes/monitoring/servicemonitor.yaml", "endpoints"),
+        (
+            "kubernetes/base/monitoring/servicemonitor.yaml",
+            "endpoints",
+        ),
     ] {
         let m = read_yaml(file);
         assert_eq!(m["metadata"]["namespace"], "pinflow", "{file}");
