@@ -1004,19 +1004,31 @@ fn rack_failure_pages_once_on_a_two_peer_alertmanager_cluster() {
         assert_eq!(state("active"), 1, "peer {p} active");
     }
 
-    // A host of a healthy rack fails: it still pages, once.
-    let other = alert(
-        "PinflowDown",
-        &[
+    // A host of a healthy rack fails (with what its instances raise): its host alert still pages,
+    // once; its instance alerts are held back by it.
+    let host = |h: &'static str| {
+        [
             ("job", "pinflow"),
-            ("instance", "hv-r03-05"),
+            ("instance", h),
             ("zone", "z1"),
             ("rack", "r03"),
-        ],
-    );
+        ]
+    };
+    let mut batch = vec![alert("PinflowDown", &host("hv-r03-05"))];
+    for d in 0..30 {
+        let domain = format!("instance-r03-05-{d:02}");
+        batch.push(alert(
+            "VcpuPinningDrift",
+            &[
+                &host("hv-r03-05")[..],
+                &[("domain", domain.as_str()), ("check", "cpuset")],
+            ]
+            .concat(),
+        ));
+    }
     for _replica in ["a", "b"] {
-        am.post(0, std::slice::from_ref(&other));
-        am.post(1, std::slice::from_ref(&other));
+        am.post(0, &batch);
+        am.post(1, &batch);
     }
     assert!(
         hook.wait_for(2, Duration::from_secs(30)).is_some(),
@@ -1030,12 +1042,12 @@ fn rack_failure_pages_once_on_a_two_peer_alertmanager_cluster() {
         got.len(),
         per_peer(&am, &got)
     );
-    assert_eq!(
-        got.len(),
-        2,
-        "{:#?}",
-        got.iter().map(|n| n.group_labels()).collect::<Vec<_>>()
-    );
+    let summary = |got: &[Notification]| -> Vec<(String, BTreeMap<String, String>, usize)> {
+        got.iter()
+            .map(|n| (n.path.clone(), n.group_labels(), n.alerts().len()))
+            .collect()
+    };
+    assert_eq!(got.len(), 2, "{:#?}", summary(&got));
     assert_eq!(got[1].path, "oncall");
     assert_eq!(
         got[1].group_labels(),
@@ -1047,6 +1059,95 @@ fn rack_failure_pages_once_on_a_two_peer_alertmanager_cluster() {
     );
     assert_eq!(got[1].alerts().len(), 1);
     assert_eq!(got[1].alerts()[0]["labels"]["instance"], "hv-r03-05");
+
+    // The other two inhibitions: a lost kernel datapath holds back the host's flow alerts, an
+    // overlap the plain drift of the same instance. Each source pages once; no target does.
+    let overlap = [&host("hv-r03-07")[..], &[("domain", "instance-r03-07-00")]].concat();
+    let batch = vec![
+        alert(
+            "OvsDatapathLost",
+            &[&host("hv-r03-06")[..], &[("source", "ovs_datapath")]].concat(),
+        ),
+        alert(
+            "OvsDirtyFlows",
+            &[
+                &host("hv-r03-06")[..],
+                &[("bridge", "br-int"), ("rule", "output_to_missing_port")],
+            ]
+            .concat(),
+        ),
+        alert(
+            "OvsDirtyFlowsSuspect",
+            &[
+                &host("hv-r03-06")[..],
+                &[("bridge", "br-int"), ("rule", "stale_cookie")],
+            ]
+            .concat(),
+        ),
+        alert(
+            "OvsDatapathUnhealthy",
+            &[
+                &host("hv-r03-06")[..],
+                &[("datapath", "ovs-system"), ("check", "lost_upcalls")],
+            ]
+            .concat(),
+        ),
+        alert(
+            "PcpuSharedBetweenInstances",
+            &[&overlap[..], &[("check", "overlap")]].concat(),
+        ),
+        alert(
+            "VcpuPinningDrift",
+            &[&overlap[..], &[("check", "affinity")]].concat(),
+        ),
+    ];
+    for _replica in ["a", "b"] {
+        am.post(0, &batch);
+        am.post(1, &batch);
+    }
+    assert!(
+        hook.wait_for(4, Duration::from_secs(30)).is_some(),
+        "{:#?}\n{}",
+        summary(&hook.notifications()),
+        am.logs()
+    );
+    std::thread::sleep(SETTLE);
+    let got = hook.notifications();
+    eprintln!(
+        "after a lost datapath and an overlap: {} notification(s) in total, per peer {:?}",
+        got.len(),
+        per_peer(&am, &got)
+    );
+    assert_eq!(got.len(), 4, "{:#?}", summary(&got));
+    let mut last: Vec<_> = summary(&got[2..]);
+    last.sort();
+    assert_eq!(
+        last,
+        [
+            (
+                "oncall".to_string(),
+                labels(&[
+                    ("alertname", "OvsDatapathLost"),
+                    ("zone", "z1"),
+                    ("rack", "r03")
+                ]),
+                1
+            ),
+            (
+                "oncall".to_string(),
+                labels(&[("instance", "hv-r03-07")]),
+                1
+            ),
+        ]
+    );
+    let inst = got[2..]
+        .iter()
+        .find(|n| n.group_labels().contains_key("instance"))
+        .expect("the overlap's notification");
+    assert_eq!(
+        inst.alerts()[0]["labels"]["alertname"],
+        "PcpuSharedBetweenInstances"
+    );
 }
 
 #[test]
