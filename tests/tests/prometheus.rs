@@ -1,5 +1,5 @@
-//! A real Prometheus scraping a real pinflow, `promtool` on the exposition, the deploy/ rules and
-//! the Alertmanager config.
+//! A real Prometheus scraping a real pinflow and `promtool` on the exposition (the deploy/ rules,
+//! scrape configs and Alertmanager config are checked in alerting.rs).
 
 use pinflow_tests::libvirt::{self, DomainSpec};
 use pinflow_tests::pinflow::{Pinflow, free_addr};
@@ -163,57 +163,4 @@ fn prometheus_scrapes_pinflow_openmetrics() {
     });
     assert!(rec.is_some(), "no samples scraped");
     drop(prom);
-}
-
-#[test]
-fn deploy_rules_and_configs_pass_their_checkers() {
-    if !require_privileged(
-        "deploy_rules_and_configs_pass_their_checkers",
-        &["promtool", "amtool"],
-    ) {
-        return;
-    }
-    let d = deploy();
-    let (ok, out) = promtool(
-        &[
-            "check",
-            "rules",
-            &d.join("prometheus/pinflow.rules.yml").to_string_lossy(),
-        ],
-        None,
-    );
-    assert!(ok, "{out}");
-    let (ok, out) = promtool(
-        &[
-            "check",
-            "config",
-            &d.join("prometheus/scrape-config.yml").to_string_lossy(),
-        ],
-        None,
-    );
-    assert!(ok, "{out}");
-    let out = Command::new("promtool")
-        .args(["test", "rules", "pinflow.rules.test.yml"])
-        .current_dir(d.join("prometheus"))
-        .output()
-        .expect("promtool test rules");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("amtool")
-        .args([
-            "check-config",
-            &d.join("alertmanager/alertmanager.yml").to_string_lossy(),
-        ])
-        .output()
-        .expect("amtool");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
