@@ -147,10 +147,8 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         } else {
-            state.sources.down(
-                engine::source::SCHED_BPF,
-                "disabled in config (pinning.ebpf = false)",
-            );
+            // Switched off in the config: like a switched-off collector, it reports nothing
+            // (reporting it down would raise PinflowSourceDown forever on purpose-built hosts).
             None
         };
         release_free_heap();
@@ -167,21 +165,10 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 flow_limit_ratio: d.flow_limit_ratio,
                 storm_upcalls_per_second: d.upcall_storm_per_second,
             };
-            if !d.ebpf {
-                state.sources.down(
-                    pinflow::sources::ovs_dp_bpf::SOURCE,
-                    "disabled in config (datapath.ebpf = false)",
-                );
-            }
             std::thread::Builder::new()
                 .name("ovs-datapath".into())
                 .spawn(move || ovs_dp::run_blocking(dp_state, poll, health))
                 .context("cannot start the OVS datapath poller")?;
-        } else if on.datapath() {
-            state.sources.down(
-                ovs_dp::SOURCE,
-                "disabled in config (datapath.enabled = false)",
-            );
         }
         if on.pinning() {
             let inputs = inputs(s);

@@ -158,7 +158,10 @@ fn pod_spec(docs: &[Value]) -> PodSpec {
 
 #[test]
 fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
-    if !require_privileged("kustomize_renders_…", &["kubectl", "kubernetes-validate"]) {
+    if !require_privileged(
+        "kustomize_renders_…",
+        &["kubectl", "kubernetes-validate", "node"],
+    ) {
         return;
     }
     let docs = kustomize("deploy/kubernetes");
@@ -170,11 +173,15 @@ fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
         "Service",
         "DaemonSet",
         "PodMonitor",
-        "ServiceMonitor",
         "PrometheusRule",
     ] {
         assert!(kinds.contains(&want), "{want} missing from {kinds:?}");
     }
+    // One scrape per pod: a ServiceMonitor as well would scrape every series twice.
+    assert!(
+        !kinds.contains(&"ServiceMonitor"),
+        "PodMonitor and ServiceMonitor both rendered"
+    );
     assert_eq!(
         kind(&docs, "ServiceAccount")["automountServiceAccountToken"].as_bool(),
         Some(false)
@@ -242,9 +249,61 @@ fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
             );
         }
     }
+    // The prometheus-operator objects (the rendered ones and the ServiceMonitor alternative)
+    // against the operator's CRD schemas.
+    let mut crs: Vec<serde_json::Value> = docs
+        .iter()
+        .filter(|d| {
+            d["apiVersion"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("monitoring.coreos.com/"))
+        })
+        .map(|d| serde_json::to_value(d).expect("JSON"))
+        .collect();
+    let sm = std::fs::read_to_string(
+        root().join("deploy/kubernetes/base/monitoring/servicemonitor.yaml"),
+    )
+    .expect("servicemonitor.yaml");
+    let sm: Value = serde_yaml_ng::from_str(&sm).expect("ServiceMonitor YAML");
+    crs.push(serde_json::to_value(&sm).expect("JSON"));
+    assert_eq!(crs.len(), 3, "PodMonitor, PrometheusRule, ServiceMonitor");
+    let report = crd_validate(&serde_json::Value::Array(crs.clone()));
+    assert!(report.0, "{}", report.1);
+    // …and the check can fail: a wrongly typed field is caught.
+    crs[0]["spec"]["podMetricsEndpoints"][0]["interval"] = serde_json::json!(15);
+    assert!(
+        !crd_validate(&serde_json::Value::Array(crs)).0,
+        "a numeric interval passed"
+    );
     let privileged = kustomize("deploy/kubernetes/overlays/privileged");
     let psc = &kind(&privileged, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(psc["privileged"].as_bool(), Some(true));
+}
+
+/// Runs tests/crd-schema/validate.mjs (npm `@kubernetes-models/prometheus-operator`, installed by
+/// `cargo xtask setup`) on `docs`: (all valid, report).
+fn crd_validate(docs: &serde_json::Value) -> (bool, String) {
+    use std::io::Write as _;
+    let dir = root().join("tests/crd-schema");
+    let mut child = Command::new("node")
+        .arg("validate.mjs")
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(docs.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("node output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// Output of the binary under test (the debug build of this workspace).
@@ -607,7 +666,7 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
         let s = wait_for(Duration::from_secs(20), || {
             let s = scrape_sources(addr)?;
             let ready = s.get("procfs").and_then(|h| h["up"].as_bool()) == Some(true)
-                && s.get("sched_bpf").is_some();
+                && s.contains_key("sched_bpf");
             ready.then_some(s)
         })
         .unwrap_or_else(|| panic!("no answer without CAP_{cap}\n{}", log(&name)))

@@ -124,18 +124,37 @@ fn musl_target() -> anyhow::Result<()> {
     sh("rustup", &["target", "add", crate::dist::TARGET])
 }
 
-/// Offline Kubernetes schema validation of deploy/kubernetes (PyPI `kubernetes-validate`, which
-/// carries the API schemas).
+/// Offline schema validation of deploy/kubernetes: PyPI `kubernetes-validate` (the Kubernetes API
+/// schemas) and npm `@kubernetes-models/prometheus-operator` (the operator's CRD schemas, pinned
+/// by tests/crd-schema/package-lock.json).
 fn python_tools() -> anyhow::Result<()> {
     if output("kubernetes-validate", &["--version"]).is_some() {
         step("kubernetes-validate: present");
+    } else {
+        step("kubernetes-validate (PyPI): installing");
+        sh(
+            "python3",
+            &["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"],
+        )?;
+    }
+    let dir = crate::util::workspace_root().join("tests/crd-schema");
+    if dir
+        .join("node_modules/@kubernetes-models/prometheus-operator")
+        .exists()
+    {
+        step("prometheus-operator CRD schemas (npm): present");
         return Ok(());
     }
-    step("kubernetes-validate (PyPI): installing");
-    sh(
-        "python3",
-        &["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"],
-    )
+    step("prometheus-operator CRD schemas (npm): installing");
+    let st = std::process::Command::new("npm")
+        .args(["ci", "--silent", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("cannot run npm")?;
+    if !st.success() {
+        bail!("npm ci in {} failed ({st})", dir.display());
+    }
+    Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
