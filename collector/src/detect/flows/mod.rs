@@ -39,6 +39,7 @@
 
 mod bucket;
 pub mod rules;
+mod semantics;
 mod shape;
 #[cfg(test)]
 mod tests;
@@ -195,7 +196,8 @@ struct FlowRec {
     entry: FlowEntry,
     shape: ShapeId,
     conj: bool,
-    actions_hash: u64,
+    /// Id of the flow's exact action list ([`BridgeIndex::actions`]): equal ids, equal actions.
+    actions_id: u64,
     added: Stamp,
     /// Bits of the rules this flow is dirty under.
     dirty: u64,
@@ -291,21 +293,36 @@ struct BridgeIndex {
     /// Bits of the user rules each flow matches (they depend on the flow alone), for the flows
     /// that match some: most match none, so a side map costs less than a field per flow.
     user: FastMap<FlowId, u64>,
+    /// Distinct action lists: id and number of flows. `ambiguous_priority` compares flows' actions
+    /// by these ids, so equal ids mean equal actions, never a hash that happened to agree.
+    actions: FastMap<Box<[FlowAction]>, (u64, usize)>,
+    next_actions_id: u64,
 }
 
-/// Whether the flow is one clause of a conjunctive match (only `conjunction` actions): such flows
-/// overlap by design and never match on their own, so they neither cover nor conflict with others.
+/// Whether the flow is one clause of a conjunctive match (only `conjunction` actions, and `note`s,
+/// which ovs-fields(7) allows beside them): such flows overlap by design and never match on their
+/// own, so they neither cover nor conflict with others.
 fn conjunctive(actions: &[FlowAction]) -> bool {
-    !actions.is_empty()
-        && actions
-            .iter()
-            .all(|a| matches!(a, FlowAction::Conjunction { .. }))
+    actions
+        .iter()
+        .any(|a| matches!(a, FlowAction::Conjunction { .. }))
+        && actions.iter().all(|a| match a {
+            FlowAction::Conjunction { .. } => true,
+            FlowAction::Other(t) => t.starts_with("note:"),
+            _ => false,
+        })
 }
 
-fn actions_hash(actions: &[FlowAction]) -> u64 {
-    let mut h = FastHasher::default();
-    actions.hash(&mut h);
-    h.finish()
+/// Whether the flow is kept apart from coverage and overlap look-ups: a conjunction clause, or a
+/// match no packet can satisfy (it covers and meets nothing; it is itself `unreachable`).
+fn inert(actions: &[FlowAction], matches: &Matches) -> bool {
+    conjunctive(actions) || !semantics::satisfiable(matches)
+}
+
+/// Whether a shape matches on `conj_id`: such a flow is reached through its conjunction only, so it
+/// never competes with flows that do not (ovs-fields(7), "Conjunctive Match Fields").
+fn shape_has_conj_id(shape: &Shape) -> bool {
+    shape.0.iter().any(|f| f.0 == "conj_id")
 }
 
 fn in_port(flow: &FlowEntry) -> Option<u32> {
@@ -349,6 +366,15 @@ fn same_projection(flows: &[Option<FlowRec>], id: FlowId, k: &Projection, shape:
         .get(id as usize)
         .and_then(Option::as_ref)
         .is_some_and(|r| k.same_as(&r.entry.matches, shape))
+}
+
+/// Whether flow `id`'s prerequisites admit a packet that also meets `other` (see
+/// [`semantics::Prereq`]).
+fn meets(flows: &[Option<FlowRec>], id: FlowId, other: semantics::Prereq) -> bool {
+    flows
+        .get(id as usize)
+        .and_then(Option::as_ref)
+        .is_some_and(|r| semantics::Prereq::of(&r.entry.matches).compatible(other))
 }
 
 /// Whether cookies whose first flows appeared at `a` and `b` belong to one agent generation.
@@ -443,6 +469,28 @@ impl BridgeIndex {
         self.insert(rules, flow, added, now);
     }
 
+    /// The id of the action list `actions`, counting one more flow with it.
+    fn intern_actions(&mut self, actions: &[FlowAction]) -> u64 {
+        if let Some(e) = self.actions.get_mut(actions) {
+            e.1 += 1;
+            return e.0;
+        }
+        let id = self.next_actions_id;
+        self.next_actions_id += 1;
+        self.actions.insert(actions.into(), (id, 1));
+        id
+    }
+
+    /// Counts one flow with `actions` less (forgetting the list with its last flow).
+    fn release_actions(&mut self, actions: &[FlowAction]) {
+        if let Some(e) = self.actions.get_mut(actions) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                self.actions.remove(actions);
+            }
+        }
+    }
+
     /// Records the user-rule bits of flow `id` (only non-zero ones are kept).
     fn set_user(&mut self, id: FlowId, bits: u64) {
         if bits == 0 {
@@ -465,7 +513,7 @@ impl BridgeIndex {
     fn insert(&mut self, rules: &RuleSet, flow: FlowEntry, added: Stamp, now: Instant) {
         let shape_key = Shape::of(&flow.matches);
         let actions = flow.actions().into_owned();
-        let ah = actions_hash(&actions);
+        let ah = self.intern_actions(&actions);
         let user = self.user_bits(rules, &flow);
         let id = match self.free.pop() {
             Some(id) => id,
@@ -478,7 +526,7 @@ impl BridgeIndex {
         let BridgeIndex { tables, flows, .. } = self;
         let table = tables.entry(t).or_default();
         let was_empty = table.len == 0;
-        let conj = conjunctive(&actions);
+        let conj = inert(&actions, &flow.matches);
         let ids = &mut table.ids[usize::from(conj)];
         let shape = match ids.get(&shape_key) {
             Some(s) => *s,
@@ -511,7 +559,7 @@ impl BridgeIndex {
                 entry: flow,
                 shape,
                 conj,
-                actions_hash: ah,
+                actions_id: ah,
                 added,
                 dirty: 0,
                 timer_set: false,
@@ -571,7 +619,7 @@ impl BridgeIndex {
                 *c = c.saturating_sub(1);
             }
         }
-        let (t, prio, ah) = (rec.entry.table, rec.entry.priority, rec.actions_hash);
+        let (t, prio, ah) = (rec.entry.table, rec.entry.priority, rec.actions_id);
         let mut table_now_empty = false;
         if let Some(table) = self.tables.get_mut(&t) {
             if let Some(g) = table.groups.get_mut(&rec.shape) {
@@ -602,6 +650,7 @@ impl BridgeIndex {
             }
         };
         let actions = rec.entry.actions();
+        self.release_actions(&actions);
         for p in out_ports(&actions) {
             unlink(&mut self.by_out_port, p);
         }
@@ -673,6 +722,8 @@ impl BridgeIndex {
         let Some(own_key) = Projection::of(matches, shape) else {
             return out;
         };
+        let own_conj_id = shape_has_conj_id(shape);
+        let own_prereq = semantics::Prereq::of(matches);
         // Only flows whose verdict can flip: on add, those not yet flagged; on remove, flagged ones.
         let flips = |fid: FlowId, bit: u64| {
             fid != id
@@ -701,14 +752,16 @@ impl BridgeIndex {
                     }));
                 }
             }
-            if ambig && !*conj {
+            if ambig && !*conj && shape_has_conj_id(gs) == own_conj_id {
                 let bit = BuiltinRule::AmbiguousPriority.bit();
                 if let Some(k) = Projection::of(matches, c)
                     && let Some(b) =
                         proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, k.hash))
                 {
                     out.extend(b.same_prio_other_actions(prio, ah, |f| {
-                        flips(f, bit) && same_projection(flows, f, &k, c)
+                        flips(f, bit)
+                            && same_projection(flows, f, &k, c)
+                            && meets(flows, f, own_prereq)
                     }));
                 }
             }
@@ -820,6 +873,10 @@ impl BridgeIndex {
     }
 
     fn shadowed(&self, rec: &FlowRec) -> bool {
+        if !semantics::satisfiable(&rec.entry.matches) {
+            // No packet can match it: it is unreachable whatever else the table holds.
+            return true;
+        }
         let Some(table) = self.tables.get(&rec.entry.table) else {
             return false;
         };
@@ -849,24 +906,35 @@ impl BridgeIndex {
         let Some(table) = tables.get_mut(&rec.entry.table) else {
             return false;
         };
-        let (p, ah) = (rec.entry.priority, rec.actions_hash);
-        table.groups.values_mut().filter(|g| !g.conj).any(|g| {
-            let ShapeGroup {
-                shape: gs,
-                proj,
-                inter,
-                ..
-            } = g;
-            let c = inter
-                .entry(rec.shape)
-                .or_insert_with(|| Shape::of(&rec.entry.matches).intersect(gs));
-            let Some(k) = Projection::of(&rec.entry.matches, c) else {
-                return false;
-            };
-            proj_onto(proj, gs, c, flows)
-                .and_then(|m| m.get(flows, c, k.hash))
-                .is_some_and(|b| b.conflicts(p, ah, |f| same_projection(flows, f, &k, c)))
-        })
+        let (p, ah) = (rec.entry.priority, rec.actions_id);
+        let own_shape = Shape::of(&rec.entry.matches);
+        let own_conj_id = shape_has_conj_id(&own_shape);
+        let own_prereq = semantics::Prereq::of(&rec.entry.matches);
+        table
+            .groups
+            .values_mut()
+            .filter(|g| !g.conj && shape_has_conj_id(&g.shape) == own_conj_id)
+            .any(|g| {
+                let ShapeGroup {
+                    shape: gs,
+                    proj,
+                    inter,
+                    ..
+                } = g;
+                let c = inter
+                    .entry(rec.shape)
+                    .or_insert_with(|| own_shape.intersect(gs));
+                let Some(k) = Projection::of(&rec.entry.matches, c) else {
+                    return false;
+                };
+                proj_onto(proj, gs, c, flows)
+                    .and_then(|m| m.get(flows, c, k.hash))
+                    .is_some_and(|b| {
+                        b.conflicts(p, ah, |f| {
+                            same_projection(flows, f, &k, c) && meets(flows, f, own_prereq)
+                        })
+                    })
+            })
     }
 
     fn evaluate_all(&mut self, rules: &RuleSet, mut ids: Vec<FlowId>, now: Instant) {
