@@ -6,7 +6,7 @@
 //! 50 ms while findings, ports or sessions change (and when a grace period of `stale_cookie` ends),
 //! at most every second while only flow counts do; nothing runs while nothing changes.
 
-use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
+use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex, Severity};
 use crate::engine::source;
 use crate::model::flows::Bridge;
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
@@ -80,6 +80,8 @@ pub struct FlowsReport {
     pub dirty_total: usize,
     /// Ports joined to instances (shared between reports until a port or an instance changes).
     pub ports: Arc<Vec<PortInfo>>,
+    /// Severity of every enabled rule, built-in and user (`pinflow_ovs_dirty_flow_rule_info`).
+    pub rule_severity: BTreeMap<String, Severity>,
 }
 
 /// Least time between two published reports while changes arrive. A change after a quieter
@@ -242,9 +244,14 @@ fn apply_change(
 ) -> bool {
     let now = Instant::now();
     match change {
-        FlowChange::Resynced { table, .. } => {
+        FlowChange::Resynced { table, ages, .. } => {
             if tasks.contains_key(bridge) {
-                index.replace_flows(bridge, table, now);
+                // Aged by the switch's `duration`, so a restart of pinflow changes no verdict.
+                let aged = table
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| (f, ages.get(i).copied().unwrap_or_default()));
+                index.replace_flows_aged(bridge, aged, now);
             }
             true
         }
@@ -367,6 +374,10 @@ fn publish(
     let t0 = Instant::now();
     let mut report = FlowsReport {
         ports: join.ports.clone(),
+        rule_severity: index
+            .rule_severities()
+            .map(|(r, s)| (r.to_string(), s))
+            .collect(),
         ..Default::default()
     };
     for ((bridge, rule), n) in index.counts() {

@@ -283,6 +283,14 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
                 .map(move |(rule, n)| ([("bridge", Lv(b)), ("rule", Lv(rule))], *n as f64))
         }),
     )?;
+    gauge(
+        enc,
+        "pinflow_ovs_dirty_flow_rule_info",
+        "Every enabled dirty-flow rule with its severity (broken: the flow cannot work; suspect: a heuristic)",
+        r.rule_severity
+            .iter()
+            .map(|(rule, s)| ([("rule", Lv(rule)), ("severity", Lv(s.name()))], 1.0)),
+    )?;
     let shown: Vec<(String, String, &crate::engine::flows::DirtyFlow)> = r
         .dirty
         .iter()

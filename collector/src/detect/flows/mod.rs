@@ -46,7 +46,8 @@ mod tests;
 
 pub use crate::model::flows::FlowKey;
 pub use rules::{
-    BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, UserRule,
+    BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, Severity,
+    UserRule,
 };
 
 use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort};
@@ -73,6 +74,8 @@ pub struct DirtyFinding<'a> {
     pub bridge: &'a str,
     /// Rule name (`rule` label value).
     pub rule: &'a str,
+    /// The rule's severity (`broken` or `suspect`).
+    pub severity: Severity,
     /// Table of the flow; `None` for port findings (`dead_vlan`).
     pub table: Option<u8>,
     /// Cookie of the flow; `None` for port findings.
@@ -179,14 +182,12 @@ impl Stamp {
         }
     }
 
-    fn instant(self) -> Instant {
-        let o = origin();
-        let d = Duration::from_nanos(self.0.unsigned_abs());
-        if self.0 >= 0 {
-            o.checked_add(d).unwrap_or(o)
-        } else {
-            o.checked_sub(d).unwrap_or(o)
-        }
+    /// `age` before this point.
+    fn minus(self, age: Duration) -> Stamp {
+        Stamp(
+            self.0
+                .saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX)),
+        )
     }
 }
 
@@ -443,11 +444,16 @@ impl BridgeIndex {
         }
     }
 
-    fn upsert(&mut self, rules: &RuleSet, flow: FlowEntry, now: Instant) {
-        let mut added = Stamp::of(now);
+    /// Adds or replaces a flow; `reported` is when the switch says it was installed (from its
+    /// `duration` in a dump), `None` for a flow that appears now (a flow-monitor event).
+    fn upsert(&mut self, rules: &RuleSet, flow: FlowEntry, now: Instant, reported: Option<Stamp>) {
+        let mut added = reported.unwrap_or_else(|| Stamp::of(now));
         if let Some(id) = self.find(flow.table, flow.priority, &flow.matches) {
             if let Some(old) = self.rec(id) {
                 if old.entry == flow {
+                    if reported.is_some_and(|r| r != old.added) {
+                        self.restamp(rules, id, added, now);
+                    }
                     return;
                 }
                 if old.entry.cookie == flow.cookie {
@@ -458,15 +464,31 @@ impl BridgeIndex {
                             r.entry = flow;
                         }
                         self.set_user(id, user);
-                        self.evaluate(rules, id, now);
+                        if reported.is_some() {
+                            self.restamp(rules, id, added, now);
+                        } else {
+                            self.evaluate(rules, id, now);
+                        }
                         return;
                     }
-                    added = old.added;
+                    if reported.is_none() {
+                        added = old.added;
+                    }
                 }
             }
             self.remove_id(rules, id, now);
         }
         self.insert(rules, flow, added, now);
+    }
+
+    /// Sets when flow `id` was installed (the switch's word) and re-checks it.
+    fn restamp(&mut self, rules: &RuleSet, id: FlowId, added: Stamp, now: Instant) {
+        if let Some(Some(r)) = self.flows.get_mut(id as usize) {
+            r.added = added;
+            // A grace period that ends at another instant needs its own timer.
+            r.timer_set = false;
+        }
+        self.evaluate(rules, id, now);
     }
 
     /// The id of the action list `actions`, counting one more flow with it.
@@ -862,13 +884,20 @@ impl BridgeIndex {
         if owned {
             return StaleState::Fresh;
         }
-        let Some(due) = rec.added.instant().checked_add(rules.grace) else {
+        // In stamps: a flow the switch installed before pinflow started is older than the origin.
+        let Some(due) = i64::try_from(rules.grace.as_nanos())
+            .ok()
+            .and_then(|g| rec.added.0.checked_add(g))
+        else {
             return StaleState::Fresh;
         };
-        if now >= due {
-            StaleState::Stale
-        } else {
-            StaleState::Pending(due)
+        let left = due.saturating_sub(Stamp::of(now).0);
+        if left <= 0 {
+            return StaleState::Stale;
+        }
+        match now.checked_add(Duration::from_nanos(left.unsigned_abs())) {
+            Some(at) => StaleState::Pending(at),
+            None => StaleState::Fresh,
         }
     }
 
@@ -1113,7 +1142,25 @@ impl DirtyFlowIndex {
         self.bridges
             .entry(bridge.to_string())
             .or_insert_with(|| BridgeIndex::new(rules, bridge))
-            .upsert(rules, flow, now);
+            .upsert(rules, flow, now, None);
+    }
+
+    /// Adds or replaces a flow the switch reports to be `age` old (its `duration` in a dump):
+    /// `stale_cookie` times it from its installation, not from when pinflow first saw it.
+    pub fn upsert_flow_aged(
+        &mut self,
+        bridge: &str,
+        flow: impl Into<FlowEntry>,
+        age: Duration,
+        now: Instant,
+    ) {
+        let flow = flow.into();
+        self.tick(now);
+        let rules = &self.rules;
+        self.bridges
+            .entry(bridge.to_string())
+            .or_insert_with(|| BridgeIndex::new(rules, bridge))
+            .upsert(rules, flow, now, Some(Stamp::of(now).minus(age)));
     }
 
     /// Removes the flow with `key`; returns whether it was present.
@@ -1140,15 +1187,43 @@ impl DirtyFlowIndex {
         flows: impl IntoIterator<Item = F>,
         now: Instant,
     ) {
-        let flows: Vec<FlowEntry> = flows.into_iter().map(Into::into).collect();
+        self.replace(bridge, flows.into_iter().map(|f| (f.into(), None)), now);
+    }
+
+    /// [`replace_flows`](Self::replace_flows) with each flow's age as the switch reports it (its
+    /// `duration`): every flow, unchanged ones too, is aged from its installation on the switch,
+    /// so `stale_cookie` gives the same verdicts right after pinflow (re)starts as before.
+    pub fn replace_flows_aged<F: Into<FlowEntry>>(
+        &mut self,
+        bridge: &str,
+        flows: impl IntoIterator<Item = (F, Duration)>,
+        now: Instant,
+    ) {
+        let at = Stamp::of(now);
+        self.replace(
+            bridge,
+            flows
+                .into_iter()
+                .map(|(f, age)| (f.into(), Some(at.minus(age)))),
+            now,
+        );
+    }
+
+    fn replace(
+        &mut self,
+        bridge: &str,
+        flows: impl Iterator<Item = (FlowEntry, Option<Stamp>)>,
+        now: Instant,
+    ) {
+        let flows: Vec<(FlowEntry, Option<Stamp>)> = flows.collect();
         if self.bridge(bridge).n_flows == 0 {
             // First load: nothing to remove, and no key set to build. Size the slab once (no
             // doubling copies of a large table).
             let b = self.bridge(bridge);
             b.flows
                 .reserve_exact(flows.len().saturating_sub(b.free.len()));
-            for f in flows {
-                self.upsert_flow(bridge, f, now);
+            for (f, at) in flows {
+                self.upsert_stamped(bridge, f, at, now);
             }
             // The slab grew by doubling; give back the unused tail of a large first load.
             if let Some(b) = self.bridges.get_mut(bridge) {
@@ -1156,7 +1231,7 @@ impl DirtyFlowIndex {
             }
             return;
         }
-        let keep: HashSet<FlowKey> = flows.iter().map(key_of).collect();
+        let keep: HashSet<FlowKey> = flows.iter().map(|(f, _)| key_of(f)).collect();
         let gone: Vec<FlowKey> = self
             .bridge(bridge)
             .flows
@@ -1168,9 +1243,18 @@ impl DirtyFlowIndex {
         for k in &gone {
             self.remove_flow(bridge, k, now);
         }
-        for f in flows {
-            self.upsert_flow(bridge, f, now);
+        for (f, at) in flows {
+            self.upsert_stamped(bridge, f, at, now);
         }
+    }
+
+    fn upsert_stamped(&mut self, bridge: &str, flow: FlowEntry, at: Option<Stamp>, now: Instant) {
+        self.tick(now);
+        let rules = &self.rules;
+        self.bridges
+            .entry(bridge.to_string())
+            .or_insert_with(|| BridgeIndex::new(rules, bridge))
+            .upsert(rules, flow, now, at);
     }
 
     /// Sets the ports of `bridge` (from OVSDB): ofports for the port rules, tags for `dead_vlan`.
@@ -1246,6 +1330,7 @@ impl DirtyFlowIndex {
                 .map(move |text| DirtyFinding {
                     bridge: name,
                     rule: BuiltinRule::DeadVlan.name(),
+                    severity: BuiltinRule::DeadVlan.severity(),
                     table: None,
                     cookie: None,
                     subject: FindingSubject::Port(text),
@@ -1258,9 +1343,11 @@ impl DirtyFlowIndex {
                     (0..64u32)
                         .filter(move |bit| r.dirty & (1u64 << bit) != 0)
                         .filter_map(move |bit| {
+                            let (rule, severity) = rules.rule_of_bit(bit)?;
                             Some(DirtyFinding {
                                 bridge: name,
-                                rule: rules.name_of_bit(bit)?,
+                                rule,
+                                severity,
                                 table: Some(r.entry.table),
                                 cookie: Some(r.entry.cookie),
                                 subject: FindingSubject::Flow(&r.entry),
@@ -1326,10 +1413,21 @@ impl DirtyFlowIndex {
 
     /// Names of the enabled rules (built-in, then user rules).
     pub fn rule_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.rule_severities().map(|(n, _)| n)
+    }
+
+    /// Every enabled rule (built-in, then user rules) with its severity
+    /// (`pinflow_ovs_dirty_flow_rule_info`).
+    pub fn rule_severities(&self) -> impl Iterator<Item = (&str, Severity)> + '_ {
         self.rules
             .builtins
             .iter()
-            .map(|r| r.name())
-            .chain(self.rules.user.iter().map(|u| u.name.as_str()))
+            .map(|r| (r.name(), r.severity()))
+            .chain(
+                self.rules
+                    .user
+                    .iter()
+                    .map(|u| (u.name.as_str(), u.severity)),
+            )
     }
 }

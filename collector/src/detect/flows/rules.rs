@@ -57,8 +57,50 @@ impl BuiltinRule {
         1 << (self as u32)
     }
 
+    /// How sure a finding of this rule is: `broken` when the flow cannot do what it says (a missing
+    /// port, an empty table, the dead VLAN), `suspect` for the heuristics.
+    pub fn severity(self) -> Severity {
+        match self {
+            BuiltinRule::OutputToMissingPort
+            | BuiltinRule::InPortMissing
+            | BuiltinRule::GotoEmptyTable
+            | BuiltinRule::DeadVlan => Severity::Broken,
+            BuiltinRule::StaleCookie
+            | BuiltinRule::Unreachable
+            | BuiltinRule::AmbiguousPriority => Severity::Suspect,
+        }
+    }
+
     fn from_name(name: &str) -> Option<BuiltinRule> {
         BuiltinRule::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// How sure the findings of a rule are (`severity` label of `pinflow_ovs_dirty_flow_rule_info`):
+/// page on `broken` at once, review `suspect` in working hours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The flow cannot do what it says (it outputs to a missing port, jumps into an empty table…).
+    #[default]
+    Broken,
+    /// A heuristic: probably a mistake or a leftover, worth a look.
+    Suspect,
+}
+
+impl Severity {
+    /// The `severity` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Broken => "broken",
+            Severity::Suspect => "suspect",
+        }
+    }
+}
+
+impl serde::Serialize for Severity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -117,6 +159,9 @@ pub struct UserRule {
     /// Conditions on match fields; all must hold.
     #[serde(default)]
     pub fields: Vec<FieldCondition>,
+    /// Severity of the rule's findings (`"broken"`, the default, or `"suspect"`).
+    #[serde(default)]
+    pub severity: Severity,
 }
 
 /// A condition on one match field of a flow.
@@ -310,6 +355,7 @@ struct CompiledCondition {
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledUserRule {
     pub(crate) name: String,
+    pub(crate) severity: Severity,
     bridges: Vec<String>,
     tables: Vec<u8>,
     regex: Option<Regex>,
@@ -439,6 +485,7 @@ impl RuleSet {
                 .collect::<Result<Vec<_>, FlowConfigError>>()?;
             user.push(CompiledUserRule {
                 name: r.name.clone(),
+                severity: r.severity,
                 bridges: r.bridges.clone(),
                 tables: r.tables.clone(),
                 regex,
@@ -482,15 +529,15 @@ impl RuleSet {
         1 << (BuiltinRule::ALL.len() + i)
     }
 
-    /// Name of the rule with bit number `bit`.
-    pub(crate) fn name_of_bit(&self, bit: u32) -> Option<&str> {
+    /// Name and severity of the rule with bit number `bit`.
+    pub(crate) fn rule_of_bit(&self, bit: u32) -> Option<(&str, Severity)> {
         let b = usize::try_from(bit).ok()?;
         match BuiltinRule::ALL.get(b) {
-            Some(r) => Some(r.name()),
+            Some(r) => Some((r.name(), r.severity())),
             None => self
                 .user
                 .get(b - BuiltinRule::ALL.len())
-                .map(|u| u.name.as_str()),
+                .map(|u| (u.name.as_str(), u.severity)),
         }
     }
 }

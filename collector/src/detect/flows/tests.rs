@@ -1320,8 +1320,18 @@ fn key_hash_collisions_are_resolved() {
     let now = Instant::now();
     let rules = RuleSet::compile(&DirtyFlowConfig::default()).unwrap();
     let mut b = BridgeIndex::new(&rules, BR);
-    b.upsert(&rules, flow(0, 1, 0, vec![in_port(1)], vec![out(1)]), now);
-    b.upsert(&rules, flow(0, 2, 0, vec![in_port(1)], vec![out(1)]), now);
+    b.upsert(
+        &rules,
+        flow(0, 1, 0, vec![in_port(1)], vec![out(1)]),
+        now,
+        None,
+    );
+    b.upsert(
+        &rules,
+        flow(0, 2, 0, vec![in_port(1)], vec![out(1)]),
+        now,
+        None,
+    );
     let key = Matches::new([in_port(1)]);
     let (h1, h2) = (key_hash(0, 1, &key), key_hash(0, 2, &key));
     let id1 = b.find(0, 1, &key).unwrap();
@@ -1347,9 +1357,9 @@ fn projection_hash_collisions_never_relate_flows() {
         vec![m("reg0", 2, 4)],
         vec![m("reg0", 3, 4)],
     );
-    b.upsert(&rules, flow(0, 10, 0, ma.clone(), vec![out(1)]), now);
-    b.upsert(&rules, flow(0, 5, 0, mb.clone(), vec![out(2)]), now);
-    b.upsert(&rules, flow(0, 5, 0, mc.clone(), vec![out(3)]), now);
+    b.upsert(&rules, flow(0, 10, 0, ma.clone(), vec![out(1)]), now, None);
+    b.upsert(&rules, flow(0, 5, 0, mb.clone(), vec![out(2)]), now, None);
+    b.upsert(&rules, flow(0, 5, 0, mc.clone(), vec![out(3)]), now, None);
     let id = |b: &BridgeIndex, prio, ms: &[FieldMatch]| {
         b.find(0, prio, &Matches::new(ms.iter().copied())).unwrap()
     };
@@ -1538,4 +1548,92 @@ fn ambiguous_priority_compares_actions_exactly() {
     b.release_actions(&[other("a")]);
     b.release_actions(&[other("a")]);
     assert!(!b.actions.contains_key(&[other("a")][..]));
+}
+
+/// `stale_cookie` ages flows by the switch's `duration`: a fresh index (pinflow restarted) sees a
+/// foreign flow older than the grace period as stale at once, and one younger when its grace ends.
+#[test]
+fn stale_cookie_ages_by_reported_duration() {
+    let now = Instant::now();
+    let dump = || {
+        let mut v: Vec<(FlowEntry, Duration)> = (1..=3)
+            .map(|i| {
+                let f = flow(0, 10, 0xa, vec![in_port(i)], vec![out(1)]);
+                (f, Duration::from_secs(3600))
+            })
+            .collect();
+        v.push((
+            flow(0, 10, 0xb, vec![in_port(7)], vec![out(1)]),
+            Duration::from_secs(121),
+        ));
+        v.push((
+            flow(0, 10, 0xc, vec![in_port(8)], vec![out(1)]),
+            Duration::from_secs(60),
+        ));
+        v
+    };
+    for restart in 0..2 {
+        let t0 = now + Duration::from_secs(restart * 1000);
+        let mut idx = index();
+        idx.replace_flows_aged(BR, dump(), t0);
+        let stale = dirty_texts(&idx, "stale_cookie");
+        assert_eq!(stale.len(), 1, "restart {restart}: {stale:?}");
+        assert!(stale[0].contains("cookie=0xb"), "{stale:?}");
+        let due = idx.next_deadline().expect("0xc's grace is running");
+        assert_eq!(due, t0 + Duration::from_secs(60));
+        idx.tick(due);
+        assert_eq!(count(&idx, BR, "stale_cookie"), 2);
+        assert_eq!(
+            idx.findings().next().map(|f| f.severity),
+            Some(Severity::Suspect)
+        );
+    }
+    // A re-dump that reports a younger age (the flow was re-installed) re-times it.
+    let mut idx = index();
+    idx.replace_flows_aged(BR, dump(), now);
+    let young: Vec<(FlowEntry, Duration)> = dump()
+        .into_iter()
+        .map(|(f, age)| {
+            let age = if f.cookie == 0xb { Duration::ZERO } else { age };
+            (f, age)
+        })
+        .collect();
+    idx.replace_flows_aged(BR, young, now);
+    assert_eq!(count(&idx, BR, "stale_cookie"), 0);
+    // Flows from the monitor are new: they start their grace period when they arrive.
+    idx.upsert_flow(BR, flow(0, 10, 0xd, vec![in_port(9)], vec![out(1)]), now);
+    assert_eq!(count(&idx, BR, "stale_cookie"), 0);
+}
+
+/// Every finding carries its rule's severity; user rules default to `broken`.
+#[test]
+fn findings_carry_severity() {
+    let now = Instant::now();
+    let cfg: DirtyFlowConfig = toml::from_str(
+        "[[user_rules]]\nname = \"flood\"\nregex = \"FLOOD\"\n\
+         [[user_rules]]\nname = \"odd\"\nregex = \"FLOOD\"\nseverity = \"suspect\"\n",
+    )
+    .unwrap();
+    let mut idx = DirtyFlowIndex::new(&cfg).unwrap();
+    let mut f = flow(0, 1, 0, vec![], vec![out(9)]);
+    f.source = FlowSource::text("priority=1 actions=FLOOD,output:9", vec![out(9)]);
+    idx.set_ports(BR, &ports(&[("a", 1, Some(DEAD_VLAN))]), now);
+    idx.upsert_flow(BR, f, now);
+    let got: BTreeSet<(&str, Severity)> = idx.findings().map(|f| (f.rule, f.severity)).collect();
+    let want: BTreeSet<(&str, Severity)> = [
+        ("dead_vlan", Severity::Broken),
+        ("output_to_missing_port", Severity::Broken),
+        ("flood", Severity::Broken),
+        ("odd", Severity::Suspect),
+    ]
+    .into();
+    assert_eq!(got, want);
+    let sev: BTreeMap<&str, Severity> = idx.rule_severities().collect();
+    assert_eq!(sev.len(), 9);
+    assert_eq!(sev["unreachable"], Severity::Suspect);
+    assert_eq!(sev["goto_empty_table"], Severity::Broken);
+    let bad: Result<DirtyFlowConfig, _> =
+        toml::from_str("[[user_rules]]\nname = \"x\"\nregex = \"a\"\nseverity = \"page\"\n");
+    let e = bad.unwrap_err().to_string();
+    assert!(e.contains("broken") && e.contains("suspect"), "{e}");
 }
