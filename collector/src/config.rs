@@ -233,6 +233,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("flows"), "{e}");
+        let e = Config::parse(
+            "[[flows.user_rules]]\nname = \"typo\"\nfields = [{ field = \"nw_dstt\", present = false }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("typo") && e.contains("nw_dstt") && e.contains("nw_dst/ip_dst"),
+            "{e}"
+        );
         let e = Config::parse("[export]\ndirty_flow_limit = 3\n")
             .unwrap_err()
             .to_string();

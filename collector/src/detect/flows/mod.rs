@@ -38,6 +38,7 @@
 //! generation until the agent's next restart.
 
 mod bucket;
+mod fields;
 pub mod rules;
 mod semantics;
 mod shape;

@@ -1,11 +1,11 @@
 //! Configuration of the dirty-flow rules: built-in rule names, owned cookies, the stale-cookie grace
 //! period and user rules (regular expressions and field conditions over a flow).
 
-use crate::model::flows::FlowEntry;
+use super::fields;
+use crate::model::flows::{FlowEntry, width_mask};
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// The built-in dirty-flow rules of DESIGN.md; [`BuiltinRule::name`] is the `rule` label value.
@@ -214,138 +214,66 @@ pub enum FlowConfigError {
         /// Compiler error.
         source: regex::Error,
     },
-    /// A field condition's value cannot be parsed.
-    #[error("flows.user_rules.{rule}.fields.{field}: bad value {value:?}")]
+    /// A field condition names a field `ovs-ofctl` does not know.
+    #[error(
+        "flows.user_rules.{rule}.fields: unknown field {field:?} (accepted spellings: {accepted})"
+    )]
+    UnknownField {
+        /// Rule name.
+        rule: String,
+        /// The offending field name.
+        field: String,
+        /// Every accepted spelling.
+        accepted: String,
+    },
+    /// A field condition's value is not of the field's kind.
+    #[error(
+        "flows.user_rules.{rule}.fields.{field}: bad value {value:?}: want {want} (the field is spelled {spellings})"
+    )]
     BadValue {
         /// Rule name.
         rule: String,
-        /// Field name.
+        /// Field name as written.
         field: String,
         /// The offending value.
         value: String,
+        /// What a value of this field looks like.
+        want: String,
+        /// The field's accepted spellings.
+        spellings: String,
     },
     /// Too many user rules.
     #[error("flows.user_rules: at most {MAX_USER_RULES} rules")]
     TooManyRules,
 }
 
-/// A parsed value of a field condition; its width is only known against a flow's field.
-#[derive(Clone, Debug, PartialEq)]
-enum CondBytes {
-    Int(u128),
-    Bytes(Vec<u8>),
-    Prefix(u32),
-}
-
-impl CondBytes {
-    fn parse(s: &str, allow_prefix: bool) -> Option<CondBytes> {
-        let s = s.trim();
-        if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            return u128::from_str_radix(hex, 16).ok().map(CondBytes::Int);
-        }
-        if allow_prefix {
-            return s.parse().ok().map(CondBytes::Prefix);
-        }
-        if let Ok(n) = s.parse::<u128>() {
-            return Some(CondBytes::Int(n));
-        }
-        if let Ok(ip) = s.parse::<Ipv4Addr>() {
-            return Some(CondBytes::Bytes(ip.octets().to_vec()));
-        }
-        if let Ok(ip) = s.parse::<Ipv6Addr>() {
-            return Some(CondBytes::Bytes(ip.octets().to_vec()));
-        }
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() == 6 {
-            let mac: Option<Vec<u8>> = parts
-                .iter()
-                .map(|p| u8::from_str_radix(p, 16).ok())
-                .collect();
-            return mac.map(CondBytes::Bytes);
-        }
-        None
-    }
-
-    /// The value as `len` big-endian bytes, `None` if it does not fit.
-    fn widen(&self, len: usize) -> Option<Vec<u8>> {
-        match self {
-            CondBytes::Int(n) => {
-                let bytes = n.to_be_bytes();
-                let cut = bytes.len().checked_sub(len)?;
-                bytes[..cut]
-                    .iter()
-                    .all(|b| *b == 0)
-                    .then(|| bytes[cut..].to_vec())
-            }
-            CondBytes::Bytes(b) => (b.len() == len).then(|| b.clone()),
-            CondBytes::Prefix(n) => {
-                let n = usize::try_from(*n).ok()?;
-                (n <= len * 8).then(|| {
-                    (0..len)
-                        .map(|i| {
-                            let ones = n.saturating_sub(i * 8).min(8);
-                            if ones == 0 { 0 } else { 0xffu8 << (8 - ones) }
-                        })
-                        .collect()
-                })
-            }
-        }
-    }
-}
-
-/// A parsed `value[/mask]`.
-#[derive(Clone, Debug)]
+/// A condition's value and mask on the canonical field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CondValue {
-    value: CondBytes,
-    mask: Option<CondBytes>,
+    value: u128,
+    mask: u128,
 }
 
 impl CondValue {
-    fn parse(s: &str) -> Option<CondValue> {
-        // IPv6 addresses contain ':' but never '/', so '/' always separates the mask.
-        match s.split_once('/') {
-            Some((v, m)) => Some(CondValue {
-                value: CondBytes::parse(v, false)?,
-                mask: Some(
-                    CondBytes::parse(m, false)
-                        .filter(|_| m.contains(['.', ':', 'x', 'X']))
-                        .or_else(|| CondBytes::parse(m, true))?,
-                ),
-            }),
-            None => Some(CondValue {
-                value: CondBytes::parse(s, false)?,
-                mask: None,
-            }),
-        }
-    }
-
-    /// Whether `flow` constrains `field` to within this value/mask.
+    /// Whether `flow` constrains `field` to within this value/mask: it matches every bit of the
+    /// mask (within the field's width), to the same values.
     fn holds(&self, flow: &FlowEntry, field: &str) -> bool {
         let Some(m) = flow.matches.get(field) else {
             return false;
         };
-        let len = usize::from(m.len).min(16);
-        let (Some(v), Some(mask)) = (
-            self.value.widen(len),
-            match &self.mask {
-                Some(mask) => mask.widen(len),
-                None => Some(vec![0xff; len]),
-            },
-        ) else {
+        let width = width_mask(m.len);
+        if self.value & !width != 0 {
             return false;
-        };
-        let (value, fmask) = (m.value.to_be_bytes(), m.mask.to_be_bytes());
-        let (value, fmask) = (&value[16 - len..], &fmask[16 - len..]);
-        mask.iter()
-            .zip(fmask)
-            .zip(value.iter().zip(&v))
-            .all(|((c, f), (fv, cv))| c & !f == 0 && (fv & c) == (cv & c))
+        }
+        let mask = self.mask & width;
+        mask & !m.mask == 0 && m.value & mask == self.value & mask
     }
 }
 
 #[derive(Clone, Debug)]
 struct CompiledCondition {
-    field: String,
+    /// The canonical field (what flows carry).
+    field: &'static str,
     present: Option<bool>,
     equals: Option<CondValue>,
     not_equals: Option<CondValue>,
@@ -381,10 +309,10 @@ impl CompiledUserRule {
         self.conditions.iter().all(|c| {
             let present = flow.matches.iter().any(|m| m.field == c.field);
             c.present.is_none_or(|p| p == present)
-                && c.equals.as_ref().is_none_or(|v| v.holds(flow, &c.field))
+                && c.equals.as_ref().is_none_or(|v| v.holds(flow, c.field))
                 && c.not_equals
                     .as_ref()
-                    .is_none_or(|v| !v.holds(flow, &c.field))
+                    .is_none_or(|v| !v.holds(flow, c.field))
         })
     }
 }
@@ -460,26 +388,36 @@ impl RuleSet {
                     rule: r.name.clone(),
                     source,
                 })?;
-            let parse = |c: &FieldCondition, v: &Option<String>| {
-                v.as_deref()
-                    .map(|s| {
-                        CondValue::parse(s).ok_or_else(|| FlowConfigError::BadValue {
-                            rule: r.name.clone(),
-                            field: c.field.clone(),
-                            value: s.to_string(),
-                        })
-                    })
-                    .transpose()
-            };
             let conditions = r
                 .fields
                 .iter()
                 .map(|c| {
+                    let f =
+                        fields::lookup(&c.field).ok_or_else(|| FlowConfigError::UnknownField {
+                            rule: r.name.clone(),
+                            field: c.field.clone(),
+                            accepted: fields::accepted(),
+                        })?;
+                    let parse = |v: &Option<String>| {
+                        v.as_deref()
+                            .map(|s| {
+                                fields::parse_value(f.kind, s)
+                                    .map(|(value, mask)| CondValue { value, mask })
+                                    .ok_or_else(|| FlowConfigError::BadValue {
+                                        rule: r.name.clone(),
+                                        field: c.field.clone(),
+                                        value: s.to_string(),
+                                        want: f.kind.describe(),
+                                        spellings: fields::spellings(f.canon),
+                                    })
+                            })
+                            .transpose()
+                    };
                     Ok(CompiledCondition {
-                        field: c.field.clone(),
+                        field: f.canon,
                         present: c.present,
-                        equals: parse(c, &c.equals)?,
-                        not_equals: parse(c, &c.not_equals)?,
+                        equals: parse(&c.equals)?,
+                        not_equals: parse(&c.not_equals)?,
                     })
                 })
                 .collect::<Result<Vec<_>, FlowConfigError>>()?;
@@ -547,16 +485,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cond_values_parse_and_widen() {
-        let v = CondValue::parse("10.0.0.0/8").unwrap();
-        assert_eq!(v.value.widen(4), Some(vec![10, 0, 0, 0]));
-        assert_eq!(v.mask.unwrap().widen(4), Some(vec![255, 0, 0, 0]));
-        let v = CondValue::parse("0x1/0xff").unwrap();
-        assert_eq!(v.value.widen(2), Some(vec![0, 1]));
-        assert_eq!(CondBytes::Int(300).widen(1), None);
-        assert!(CondValue::parse("fa:16:3e:00:00:01").is_some());
-        assert!(CondValue::parse("fe80::1/64").is_some());
-        assert!(CondValue::parse("bogus").is_none());
+    fn field_conditions_name_rule_field_and_spellings() {
+        let compile = |fields: &str| {
+            let cfg: DirtyFlowConfig = toml::from_str(&format!(
+                "[[user_rules]]\nname = \"r1\"\nfields = [{fields}]"
+            ))
+            .unwrap();
+            RuleSet::compile(&cfg)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let e = compile("{ field = \"nw_dstt\", present = false }").unwrap_err();
+        assert!(
+            e.contains("r1") && e.contains("nw_dstt") && e.contains("nw_dst/ip_dst"),
+            "{e}"
+        );
+        let e = compile("{ field = \"nw_dst\", equals = \"fa:16:3e:00:00:01\" }").unwrap_err();
+        assert!(
+            e.contains("r1") && e.contains("nw_dst") && e.contains("IPv4") && e.contains("ip_dst"),
+            "{e}"
+        );
+        let e = compile("{ field = \"tcp_dst\", not_equals = \"70000\" }").unwrap_err();
+        assert!(e.contains("tp_dst/tcp_dst/udp_dst/sctp_dst"), "{e}");
+        assert!(compile("{ field = \"ct_state\", equals = \"+trk+est\" }").is_ok());
+        assert!(compile("{ field = \"eth_type\", equals = \"0x86dd\" }").is_ok());
     }
 
     #[test]

@@ -766,7 +766,13 @@ fn user_rules_regex_and_fields_scoped() {
     idx.upsert_flow("br-ex", flow(0, 6000, 0, vec![], vec![out(1)]), now);
     idx.upsert_flow(
         BR,
-        flow(0, 10, 0, vec![m("dl_vlan", 100, 2)], vec![out(1)]),
+        flow(
+            0,
+            10,
+            0,
+            vec![mm("vlan_tci", 0x1064, 0x1fff, 2)],
+            vec![out(1)],
+        ),
         now,
     );
     idx.upsert_flow(
@@ -775,14 +781,20 @@ fn user_rules_regex_and_fields_scoped() {
             0,
             11,
             0,
-            vec![m("dl_vlan", 100, 2), in_port(1)],
+            vec![mm("vlan_tci", 0x1064, 0x1fff, 2), in_port(1)],
             vec![out(1)],
         ),
         now,
     );
     idx.upsert_flow(
         BR,
-        flow(0, 12, 0, vec![m("dl_vlan", 101, 2)], vec![out(1)]),
+        flow(
+            0,
+            12,
+            0,
+            vec![mm("vlan_tci", 0x1065, 0x1fff, 2)],
+            vec![out(1)],
+        ),
         now,
     );
     idx.upsert_flow(
@@ -1636,4 +1648,88 @@ fn findings_carry_severity() {
         toml::from_str("[[user_rules]]\nname = \"x\"\nregex = \"a\"\nseverity = \"page\"\n");
     let e = bad.unwrap_err().to_string();
     assert!(e.contains("broken") && e.contains("suspect"), "{e}");
+}
+
+/// User-rule conditions written with any `ovs-ofctl` spelling match the decoder's canonical field.
+#[test]
+fn user_rule_field_aliases_match_decoded_flows() {
+    let now = Instant::now();
+    let cfg: DirtyFlowConfig = toml::from_str(
+        r#"
+        [[user_rules]]
+        name = "vlan_vid"
+        fields = [ { field = "vlan_vid", equals = "0x1064" } ]
+        [[user_rules]]
+        name = "dl_vlan"
+        fields = [ { field = "dl_vlan", equals = "100" } ]
+        [[user_rules]]
+        name = "ssh"
+        fields = [ { field = "tcp_dst", equals = "22" }, { field = "eth_type", equals = "0x0800" } ]
+        [[user_rules]]
+        name = "dns"
+        fields = [ { field = "udp_dst", equals = "53" } ]
+        [[user_rules]]
+        name = "nd"
+        fields = [ { field = "icmpv6_type", equals = "135" } ]
+        [[user_rules]]
+        name = "est"
+        fields = [ { field = "ct_state", equals = "+trk+est" } ]
+        [[user_rules]]
+        name = "fa16"
+        fields = [ { field = "eth_src", equals = "fa:16:3e:00:00:00/ff:ff:ff:00:00:00" } ]
+        "#,
+    )
+    .unwrap();
+    let mut idx = DirtyFlowIndex::new(&cfg).unwrap();
+    let tcp = |port| vec![ip(), m("nw_proto", 6, 1), m("tp_dst", port, 2)];
+    idx.upsert_flow(
+        BR,
+        flow(0, 1, 0, vec![mm("vlan_tci", 0x1064, 0x1fff, 2)], vec![]),
+        now,
+    );
+    idx.upsert_flow(BR, flow(0, 2, 0, tcp(22), vec![]), now);
+    idx.upsert_flow(BR, flow(0, 3, 0, tcp(53), vec![]), now);
+    idx.upsert_flow(
+        BR,
+        flow(
+            0,
+            4,
+            0,
+            vec![
+                m("dl_type", 0x86dd, 2),
+                m("nw_proto", 58, 1),
+                m("icmp_type", 135, 2),
+            ],
+            vec![],
+        ),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 5, 0, vec![mm("ct_state", 0x22, 0x22, 4)], vec![]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 6, 0, vec![mm("ct_state", 0x20, 0x20, 4)], vec![]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 7, 0, vec![m("dl_src", 0xfa16_3e12_3456, 6)], vec![]),
+        now,
+    );
+    let c = idx.counts();
+    for (rule, n) in [
+        ("vlan_vid", 1),
+        ("dl_vlan", 1),
+        ("ssh", 1),
+        // tp_dst=53 is both TCP and UDP to the decoder's field: udp_dst names the same field.
+        ("dns", 1),
+        ("nd", 1),
+        ("est", 1),
+        ("fa16", 1),
+    ] {
+        assert_eq!(c.get(&(BR.into(), rule.into())), Some(&n), "{rule}");
+    }
 }
