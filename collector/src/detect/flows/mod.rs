@@ -903,6 +903,12 @@ impl BridgeIndex {
     }
 
     fn shadowed(&self, rec: &FlowRec) -> bool {
+        if rec.entry.matches.is_empty() {
+            // A table's catch-all default: agents override it with a higher catch-all and leave it
+            // (Neutron's explicitly_egress_direct in br-int table 60, DVR in br-phys table 0).
+            // The flows with a match that a catch-all shadows are still reported.
+            return false;
+        }
         if !semantics::satisfiable(&rec.entry.matches) {
             // No packet can match it: it is unreachable whatever else the table holds.
             return true;

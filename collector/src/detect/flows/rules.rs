@@ -1,7 +1,7 @@
 //! Configuration of the dirty-flow rules: built-in rule names, owned cookies, the stale-cookie grace
 //! period and user rules (regular expressions and field conditions over a flow).
 
-use super::fields;
+use super::{fields, semantics};
 use crate::model::flows::{FlowEntry, width_mask};
 use regex::Regex;
 use serde::Deserialize;
@@ -256,9 +256,10 @@ struct CondValue {
 
 impl CondValue {
     /// Whether `flow` constrains `field` to within this value/mask: it matches every bit of the
-    /// mask (within the field's width), to the same values.
+    /// mask (within the field's width), to the same values. A `ct_state` match counts with the
+    /// flags it implies (`+new` is `+trk`, `-est`, `-inv`… too).
     fn holds(&self, flow: &FlowEntry, field: &str) -> bool {
-        let Some(m) = flow.matches.get(field) else {
+        let Some(m) = flow.matches.get(field).map(semantics::semantic) else {
             return false;
         };
         let width = width_mask(m.len);

@@ -1143,10 +1143,14 @@ fn brute_satisfiable(f: &FlowEntry) -> bool {
     !brute_ct_states(f).is_empty() && brute_common_packet(f, f)
 }
 
-/// Brute-force reference for `unreachable`: no packet can match `f`, or some satisfiable ordinary
+/// Brute-force reference for `unreachable`: `f` has a match, and no packet can match it, or some satisfiable ordinary
 /// flow of higher priority in the same table covers it: every other field bit it matches on `f`
 /// matches alike, and every `ct_state` conntrack can give a packet of `f` satisfies it.
 fn brute_unreachable(f: &FlowEntry, all: &[FlowEntry]) -> bool {
+    if f.matches.is_empty() {
+        // A catch-all default is never reported.
+        return false;
+    }
     if !brute_satisfiable(f) {
         return true;
     }
