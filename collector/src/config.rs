@@ -259,6 +259,23 @@ mod tests {
     }
 
     #[test]
+    fn every_readme_toml_example_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("```").map(|(t, _)| t))
+            .collect();
+        assert!(
+            blocks.len() >= 2,
+            "README has the config and user-rule examples"
+        );
+        for b in blocks {
+            Config::parse(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
+    }
+
+    #[test]
     fn out_of_range_values_are_rejected() {
         let e = Config::parse("[pinning]\ninterval_seconds = 0\n")
             .unwrap_err()

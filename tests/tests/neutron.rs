@@ -165,14 +165,16 @@ fn mirrored(pf: &Pinflow, counts: &BTreeMap<String, usize>) -> Vec<Sample> {
     .unwrap_or_else(|| panic!("bridges {counts:?} not mirrored\n{}", pf.log()))
 }
 
+/// A real overlap a stock table has: bridge, rule, count, what each finding's flow text contains.
+type Known = (&'static str, &'static str, f64, &'static str);
+
+/// A stock host: name, (bridge, fixture) for br-int, br-tun, br-ex, its known real overlaps.
+type Host<'a> = (&'a str, [(&'a str, &'a str); 3], &'a [Known]);
+
 /// Loads a stock host and expects every rule at 0 on every bridge except the `known` real overlaps
 /// (bridge, rule, count, what each such finding's flow text contains); returns (flows, findings
 /// that are not known ones).
-fn stock_host(
-    name: &str,
-    tables: &[(&str, &str)],
-    known: &[(&str, &str, f64, &str)],
-) -> (usize, f64) {
+fn stock_host(name: &str, tables: &[(&str, &str)], known: &[Known]) -> (usize, f64) {
     let (ovs, counts) = host(tables);
     let pf = pinflow(&ovs, 1);
     let s = mirrored(&pf, &counts);
@@ -242,7 +244,7 @@ fn stock_neutron_tables_raise_nothing() {
         6.0,
         "table=94, priority=12,",
     )];
-    let hosts: [(&str, [(&str, &str); 3], &[(&str, &str, f64, &str)]); 3] = [
+    let hosts: [Host; 3] = [
         (
             "ovs firewall, default",
             [

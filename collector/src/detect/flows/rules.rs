@@ -166,12 +166,13 @@ pub struct UserRule {
 
 /// A condition on one match field of a flow.
 ///
-/// Values are decimal or `0x` hex integers, MAC (`aa:bb:cc:dd:ee:ff`), IPv4 or IPv6 addresses, each
-/// optionally followed by `/mask` (same formats) or `/N` (prefix length).
+/// The field may be named by any spelling `ovs-ofctl` accepts (`dl_vlan`, `vlan_vid`, `tcp_dst`,
+/// `eth_type`, …); values are parsed by the field's kind as `ovs-ofctl` parses them (integers with
+/// `/mask`, MACs, IPv4/IPv6 with `/prefix` or `/mask`, `+flag-flag`, …). See the README.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldCondition {
-    /// Field name as `ovs-ofctl` spells it (`in_port`, `dl_vlan`, `reg0`, …).
+    /// Field name as `ovs-ofctl` spells it, aliases included (`in_port`, `dl_vlan`, `tcp_dst`, `reg0`, …).
     pub field: String,
     /// Whether the flow must (true) or must not (false) match on the field at all.
     #[serde(default)]
