@@ -5,7 +5,7 @@
 //! Per bridge, flows live in a slab addressed by a small id: the index is where the daemon keeps its
 //! flows (the OpenFlow mirror holds no table of its own), each as a compact [`FlowEntry`] whose match
 //! and wire form share one allocation, with the few per-flow facts the rules need (shape group,
-//! actions hash, age as an 8-byte stamp, dirty bits). Semantic actions are decoded from the wire
+//! the id of its exact action list, age as an 8-byte stamp, dirty bits). Semantic actions are decoded from the wire
 //! form when a flow is (re-)evaluated, not stored. A raw hash table of ids, hashed by their
 //! [`FlowKey`] (table, priority, match: OpenFlow's identity of a flow) and compared against the
 //! slab, finds a flow by key (4 bytes a flow); reverse maps lead from referenced ofports
@@ -17,6 +17,14 @@
 //! store neither the projected values nor their hash (a bucket's hash is recomputed from its first
 //! flow): every look-up checks the candidates' real projections, so a hash collision never yields a
 //! finding.
+//!
+//! # Semantics
+//! Shapes and projections take each match as the `semantics` module reads it: a `ct_state` match with every
+//! flag it implies (so `+est` covers `+trk-new-inv`, and `+inv` never meets `+est`); flows whose
+//! match no packet can satisfy are kept apart (and are `unreachable` on their own). Candidates found
+//! through a projection are then checked for compatible prerequisites and conjunctions (`conj_id`
+//! flows only meet `conj_id` flows). `ambiguous_priority` compares action lists by interned ids,
+//! exactly.
 //!
 //! # Incremental evaluation
 //! Adding or removing one flow re-evaluates only: that flow; the lower-priority flows it covers (or
@@ -943,8 +951,11 @@ impl BridgeIndex {
             return false;
         };
         let (p, ah) = (rec.entry.priority, rec.actions_id);
-        let own_shape = Shape::of(&rec.entry.matches);
-        let own_conj_id = shape_has_conj_id(&own_shape);
+        let own_conj_id = rec
+            .entry
+            .matches
+            .iter()
+            .any(|m| m.field == "conj_id" && m.mask != 0);
         let own_prereq = semantics::Prereq::of(&rec.entry.matches);
         table
             .groups
@@ -959,7 +970,7 @@ impl BridgeIndex {
                 } = g;
                 let c = inter
                     .entry(rec.shape)
-                    .or_insert_with(|| own_shape.intersect(gs));
+                    .or_insert_with(|| Shape::of(&rec.entry.matches).intersect(gs));
                 let Some(k) = Projection::of(&rec.entry.matches, c) else {
                     return false;
                 };
