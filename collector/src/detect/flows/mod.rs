@@ -170,6 +170,10 @@ impl ProjMap {
     }
 }
 
+/// Differences between a flow's recorded and reported installation time below this are dump
+/// latency, not a re-installation (1 s).
+const RESTAMP_TOLERANCE_NS: u64 = 1_000_000_000;
+
 /// A point in time as nanoseconds from a process-wide origin (8 bytes instead of an `Instant`'s 16:
 /// the index keeps one per flow).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -460,12 +464,15 @@ impl BridgeIndex {
         if let Some(id) = self.find(flow.table, flow.priority, &flow.matches) {
             if let Some(old) = self.rec(id) {
                 if old.entry == flow {
-                    if reported.is_some_and(|r| r != old.added) {
+                    // A re-dump reports the same installation give or take the dump's latency:
+                    // only a flow the switch re-installed (or first seen before its dump) is re-timed.
+                    if reported.is_some_and(|r| r.0.abs_diff(old.added.0) > RESTAMP_TOLERANCE_NS) {
                         self.restamp(rules, id, added, now);
                     }
                     return;
                 }
                 if old.entry.cookie == flow.cookie {
+                    let old_added = old.added;
                     if old.entry.same_actions(&flow) {
                         // Only counters, timeouts or text changed (a re-dump): nothing else is affected.
                         let user = self.user_bits(rules, &flow);
@@ -473,7 +480,9 @@ impl BridgeIndex {
                             r.entry = flow;
                         }
                         self.set_user(id, user);
-                        if reported.is_some() {
+                        if reported
+                            .is_some_and(|r| r.0.abs_diff(old_added.0) > RESTAMP_TOLERANCE_NS)
+                        {
                             self.restamp(rules, id, added, now);
                         } else {
                             self.evaluate(rules, id, now);
