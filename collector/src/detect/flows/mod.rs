@@ -5,8 +5,8 @@
 //! Per bridge, flows live in a slab addressed by a small id: the index is where the daemon keeps its
 //! flows (the OpenFlow mirror holds no table of its own), each as a compact [`FlowEntry`] whose match
 //! and wire form share one allocation, with the few per-flow facts the rules need (shape group,
-//! the id of its exact action list, age as an 8-byte stamp, dirty bits). Semantic actions are decoded from the wire
-//! form when a flow is (re-)evaluated, not stored. A raw hash table of ids, hashed by their
+//! the id of its exact action list, age as an 8-byte stamp, dirty bits). Semantic actions are
+//! decoded from the wire form when a flow is (re-)evaluated, not stored. A raw hash table of ids, hashed by their
 //! [`FlowKey`] (table, priority, match: OpenFlow's identity of a flow) and compared against the
 //! slab, finds a flow by key (4 bytes a flow); reverse maps lead from referenced ofports
 //! (`output`/`enqueue`, `in_port`), target tables and cookies to flow ids. Per table, flows are
@@ -19,9 +19,9 @@
 //! finding.
 //!
 //! # Semantics
-//! Shapes and projections take each match as the `semantics` module reads it: a `ct_state` match with every
-//! flag it implies (so `+est` covers `+trk-new-inv`, and `+inv` never meets `+est`); flows whose
-//! match no packet can satisfy are kept apart (and are `unreachable` on their own). Candidates found
+//! Shapes and projections take each match as the `semantics` module reads it: a `ct_state` match
+//! with every flag it implies (so `+est` covers `+trk-new-inv`, and `+inv` never meets `+est`);
+//! flows whose match no packet can satisfy are kept apart (and are `unreachable` on their own). Candidates found
 //! through a projection are then checked for compatible prerequisites and conjunctions (`conj_id`
 //! flows only meet `conj_id` flows). `ambiguous_priority` compares action lists by interned ids,
 //! exactly.
