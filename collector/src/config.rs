@@ -233,6 +233,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("flows"), "{e}");
+        let e = Config::parse(
+            "[[flows.user_rules]]\nname = \"typo\"\nfields = [{ field = \"nw_dstt\", present = false }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("typo") && e.contains("nw_dstt") && e.contains("nw_dst/ip_dst"),
+            "{e}"
+        );
         let e = Config::parse("[export]\ndirty_flow_limit = 3\n")
             .unwrap_err()
             .to_string();
@@ -247,6 +256,23 @@ mod tests {
         let c = Config::parse(&readme[start..start + len]).unwrap();
         assert_eq!(c.flows.user_rules.len(), 1);
         assert_eq!(c.export.dirty_flow_info_limit, 20);
+    }
+
+    #[test]
+    fn every_readme_toml_example_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split_once("```").map(|(t, _)| t))
+            .collect();
+        assert!(
+            blocks.len() >= 2,
+            "README has the config and user-rule examples"
+        );
+        for b in blocks {
+            Config::parse(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
     }
 
     #[test]

@@ -56,9 +56,6 @@ enum Empty {
     NoDatapathBpf,
     /// Cannot return data on this testbed at all (the reason says why).
     NotHere,
-    /// Names a family of `families::NOT_YET_EXPORTED` (another branch exports it): must stay empty
-    /// until then; once it returns data, change the entry to what it needs.
-    NotYetExported,
 }
 
 /// Dashboard panels whose queries may return no data here, and why.
@@ -81,8 +78,8 @@ const EXPECTED_EMPTY: &[(&str, Empty, &str)] = &[
     ),
     (
         "Broken dirty flows",
-        Empty::NotYetExported,
-        "joins pinflow_ovs_dirty_flow_rule_info (issue 9's branch); then it is a Finding",
+        Empty::Finding,
+        "no broken dirty flow on a healthy testbed",
     ),
     (
         "Sources down",
@@ -543,7 +540,7 @@ impl Testbed {
             Empty::NoSchedBpf => self.sched_bpf,
             Empty::NoKernelDatapath => self.kernel_datapath,
             Empty::NoDatapathBpf => self.datapath_bpf,
-            Empty::NotHere | Empty::NotYetExported => false,
+            Empty::NotHere => false,
         }
     }
 
@@ -600,11 +597,6 @@ fn run_queries(
             None if n == 0 && !target_down => {
                 failures.push(format!("{:?}: no data\n    {expr}", q.panel));
             }
-            Some((Empty::NotYetExported, _)) if n > 0 => failures.push(format!(
-                "{:?}: returns data, so what it joins is exported now: change its EXPECTED_EMPTY \
-                 entry from NotYetExported to what it needs\n    {expr}",
-                q.panel
-            )),
             Some((why, reason)) if n == 0 && tb.must_have_data(why, findings, target_down) => {
                 failures.push(format!(
                     "{:?}: expected empty only while {reason} ({why:?}), but has no data now\n    {expr}",

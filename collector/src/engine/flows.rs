@@ -12,7 +12,7 @@
 //! remembered (bounded) so that the flows they leave behind still say whose they were.
 
 use crate::detect::flows::{
-    DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, is_reserved_port,
+    DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, Severity, is_reserved_port,
 };
 use crate::engine::source;
 use crate::model::flows::{Bridge, FlowAction, FlowEntry};
@@ -99,19 +99,6 @@ pub struct FlowPort {
     pub deleted: bool,
 }
 
-/// Severity of a rule (decided for every rule; `pinflow_ovs_dirty_flow_rule_info`): `broken` when
-/// a flow it flags cannot do what it says (missing port, empty table, dead VLAN; user rules by
-/// default), `suspect` for the heuristics (`unreachable`, `ambiguous_priority`, `stale_cookie`).
-///
-/// Interim: the rule engine will carry each rule's severity (user rules may set `suspect`); this
-/// function stands in for it until then.
-pub(crate) fn severity(rule: &str) -> &'static str {
-    match rule {
-        "unreachable" | "ambiguous_priority" | "stale_cookie" => "suspect",
-        _ => "broken",
-    }
-}
-
 /// Most dirty flows a report carries (the API's list; counts are always complete). Bounds memory
 /// when a whole table turns dirty, e.g. while a bridge's ports are unknown.
 pub const MAX_REPORTED_DIRTY_FLOWS: usize = 10_000;
@@ -155,6 +142,8 @@ pub struct FlowsReport {
     pub dirty_total: usize,
     /// Ports joined to instances (shared between reports until a port or an instance changes).
     pub ports: Arc<Vec<PortInfo>>,
+    /// Severity of every enabled rule, built-in and user (`pinflow_ovs_dirty_flow_rule_info`).
+    pub rule_severity: BTreeMap<String, Severity>,
 }
 
 /// Least time between two published reports while changes arrive. A change after a quieter
@@ -317,9 +306,14 @@ fn apply_change(
 ) -> bool {
     let now = Instant::now();
     match change {
-        FlowChange::Resynced { table, .. } => {
+        FlowChange::Resynced { table, ages, .. } => {
             if tasks.contains_key(bridge) {
-                index.replace_flows(bridge, table, now);
+                // Aged by the switch's `duration`, so a restart of pinflow changes no verdict.
+                let aged = table
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| (f, ages.get(i).copied().unwrap_or_default()));
+                index.replace_flows_aged(bridge, aged, now);
             }
             true
         }
@@ -662,7 +656,7 @@ pub(crate) fn dirty_flows(
             let mut d = DirtyFlow {
                 bridge: f.bridge.to_string(),
                 rule: f.rule.to_string(),
-                severity: severity(f.rule),
+                severity: f.severity.name(),
                 table: f.table,
                 cookie: f.cookie,
                 flow: text.into_owned(),
@@ -686,6 +680,10 @@ fn publish(
     let t0 = Instant::now();
     let mut report = FlowsReport {
         ports: join.ports(),
+        rule_severity: index
+            .rule_severities()
+            .map(|(r, s)| (r.to_string(), s))
+            .collect(),
         ..Default::default()
     };
     for ((bridge, rule), n) in index.counts() {
@@ -992,22 +990,6 @@ mod tests {
             "{} flows: ports ({n}) in {ports:?}, texts ({bytes} B) in {texts:?}",
             flows.len()
         );
-    }
-
-    #[test]
-    fn severity_per_rule() {
-        for r in [
-            "output_to_missing_port",
-            "in_port_missing",
-            "goto_empty_table",
-            "dead_vlan",
-            "my_rule",
-        ] {
-            assert_eq!(severity(r), "broken", "{r}");
-        }
-        for r in ["unreachable", "ambiguous_priority", "stale_cookie"] {
-            assert_eq!(severity(r), "suspect", "{r}");
-        }
     }
 
     /// The leaked-flow case: a port is deleted under its flows; the findings still name the

@@ -316,6 +316,13 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
                 .map(move |(rule, n)| ([("bridge", Lv(b)), ("rule", Lv(rule))], *n as f64))
         }),
     )?;
+    gauge(
+        enc,
+        &families::OVS_DIRTY_FLOW_RULE_INFO,
+        r.rule_severity
+            .iter()
+            .map(|(rule, s)| ([("rule", Lv(rule)), ("severity", Lv(s.name()))], 1.0)),
+    )?;
     let shown: Vec<(String, String, &crate::engine::flows::DirtyFlow)> = r
         .dirty
         .iter()

@@ -5,8 +5,8 @@
 //! Per bridge, flows live in a slab addressed by a small id: the index is where the daemon keeps its
 //! flows (the OpenFlow mirror holds no table of its own), each as a compact [`FlowEntry`] whose match
 //! and wire form share one allocation, with the few per-flow facts the rules need (shape group,
-//! actions hash, age as an 8-byte stamp, dirty bits). Semantic actions are decoded from the wire
-//! form when a flow is (re-)evaluated, not stored. A raw hash table of ids, hashed by their
+//! the id of its exact action list, age as an 8-byte stamp, dirty bits). Semantic actions are
+//! decoded from the wire form when a flow is (re-)evaluated, not stored. A raw hash table of ids, hashed by their
 //! [`FlowKey`] (table, priority, match: OpenFlow's identity of a flow) and compared against the
 //! slab, finds a flow by key (4 bytes a flow); reverse maps lead from referenced ofports
 //! (`output`/`enqueue`, `in_port`), target tables and cookies to flow ids. Per table, flows are
@@ -17,6 +17,14 @@
 //! store neither the projected values nor their hash (a bucket's hash is recomputed from its first
 //! flow): every look-up checks the candidates' real projections, so a hash collision never yields a
 //! finding.
+//!
+//! # Semantics
+//! Shapes and projections take each match as the `semantics` module reads it: a `ct_state` match
+//! with every flag it implies (so `+est` covers `+trk-new-inv`, and `+inv` never meets `+est`);
+//! flows whose match no packet can satisfy are kept apart (and are `unreachable` on their own). Candidates found
+//! through a projection are then checked for compatible prerequisites and conjunctions (`conj_id`
+//! flows only meet `conj_id` flows). `ambiguous_priority` compares action lists by interned ids,
+//! exactly.
 //!
 //! # Incremental evaluation
 //! Adding or removing one flow re-evaluates only: that flow; the lower-priority flows it covers (or
@@ -38,14 +46,17 @@
 //! generation until the agent's next restart.
 
 mod bucket;
+mod fields;
 pub mod rules;
+mod semantics;
 mod shape;
 #[cfg(test)]
 mod tests;
 
 pub use crate::model::flows::FlowKey;
 pub use rules::{
-    BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, UserRule,
+    BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, Severity,
+    UserRule,
 };
 
 use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort};
@@ -72,6 +83,8 @@ pub struct DirtyFinding<'a> {
     pub bridge: &'a str,
     /// Rule name (`rule` label value).
     pub rule: &'a str,
+    /// The rule's severity (`broken` or `suspect`).
+    pub severity: Severity,
     /// Table of the flow; `None` for port findings (`dead_vlan`).
     pub table: Option<u8>,
     /// Cookie of the flow; `None` for port findings.
@@ -157,6 +170,10 @@ impl ProjMap {
     }
 }
 
+/// Differences between a flow's recorded and reported installation time below this are dump
+/// latency, not a re-installation (1 s).
+const RESTAMP_TOLERANCE_NS: u64 = 1_000_000_000;
+
 /// A point in time as nanoseconds from a process-wide origin (8 bytes instead of an `Instant`'s 16:
 /// the index keeps one per flow).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,14 +195,12 @@ impl Stamp {
         }
     }
 
-    fn instant(self) -> Instant {
-        let o = origin();
-        let d = Duration::from_nanos(self.0.unsigned_abs());
-        if self.0 >= 0 {
-            o.checked_add(d).unwrap_or(o)
-        } else {
-            o.checked_sub(d).unwrap_or(o)
-        }
+    /// `age` before this point.
+    fn minus(self, age: Duration) -> Stamp {
+        Stamp(
+            self.0
+                .saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX)),
+        )
     }
 }
 
@@ -195,7 +210,8 @@ struct FlowRec {
     entry: FlowEntry,
     shape: ShapeId,
     conj: bool,
-    actions_hash: u64,
+    /// Id of the flow's exact action list ([`BridgeIndex::actions`]): equal ids, equal actions.
+    actions_id: u64,
     added: Stamp,
     /// Bits of the rules this flow is dirty under.
     dirty: u64,
@@ -291,21 +307,36 @@ struct BridgeIndex {
     /// Bits of the user rules each flow matches (they depend on the flow alone), for the flows
     /// that match some: most match none, so a side map costs less than a field per flow.
     user: FastMap<FlowId, u64>,
+    /// Distinct action lists: id and number of flows. `ambiguous_priority` compares flows' actions
+    /// by these ids, so equal ids mean equal actions, never a hash that happened to agree.
+    actions: FastMap<Box<[FlowAction]>, (u64, usize)>,
+    next_actions_id: u64,
 }
 
-/// Whether the flow is one clause of a conjunctive match (only `conjunction` actions): such flows
-/// overlap by design and never match on their own, so they neither cover nor conflict with others.
+/// Whether the flow is one clause of a conjunctive match (only `conjunction` actions, and `note`s,
+/// which ovs-fields(7) allows beside them): such flows overlap by design and never match on their
+/// own, so they neither cover nor conflict with others.
 fn conjunctive(actions: &[FlowAction]) -> bool {
-    !actions.is_empty()
-        && actions
-            .iter()
-            .all(|a| matches!(a, FlowAction::Conjunction { .. }))
+    actions
+        .iter()
+        .any(|a| matches!(a, FlowAction::Conjunction { .. }))
+        && actions.iter().all(|a| match a {
+            FlowAction::Conjunction { .. } => true,
+            FlowAction::Other(t) => t.starts_with("note:"),
+            _ => false,
+        })
 }
 
-fn actions_hash(actions: &[FlowAction]) -> u64 {
-    let mut h = FastHasher::default();
-    actions.hash(&mut h);
-    h.finish()
+/// Whether the flow is kept apart from coverage and overlap look-ups: a conjunction clause, or a
+/// match no packet can satisfy (it covers and meets nothing; it is itself `unreachable`).
+fn inert(actions: &[FlowAction], matches: &Matches) -> bool {
+    conjunctive(actions) || !semantics::satisfiable(matches)
+}
+
+/// Whether a shape matches on `conj_id`: such a flow is reached through its conjunction only, so it
+/// never competes with flows that do not (ovs-fields(7), "Conjunctive Match Fields").
+fn shape_has_conj_id(shape: &Shape) -> bool {
+    shape.0.iter().any(|f| f.0 == "conj_id")
 }
 
 fn in_port(flow: &FlowEntry) -> Option<u32> {
@@ -349,6 +380,15 @@ fn same_projection(flows: &[Option<FlowRec>], id: FlowId, k: &Projection, shape:
         .get(id as usize)
         .and_then(Option::as_ref)
         .is_some_and(|r| k.same_as(&r.entry.matches, shape))
+}
+
+/// Whether flow `id`'s prerequisites admit a packet that also meets `other` (see
+/// [`semantics::Prereq`]).
+fn meets(flows: &[Option<FlowRec>], id: FlowId, other: semantics::Prereq) -> bool {
+    flows
+        .get(id as usize)
+        .and_then(Option::as_ref)
+        .is_some_and(|r| semantics::Prereq::of(&r.entry.matches).compatible(other))
 }
 
 /// Whether cookies whose first flows appeared at `a` and `b` belong to one agent generation.
@@ -417,14 +457,22 @@ impl BridgeIndex {
         }
     }
 
-    fn upsert(&mut self, rules: &RuleSet, flow: FlowEntry, now: Instant) {
-        let mut added = Stamp::of(now);
+    /// Adds or replaces a flow; `reported` is when the switch says it was installed (from its
+    /// `duration` in a dump), `None` for a flow that appears now (a flow-monitor event).
+    fn upsert(&mut self, rules: &RuleSet, flow: FlowEntry, now: Instant, reported: Option<Stamp>) {
+        let mut added = reported.unwrap_or_else(|| Stamp::of(now));
         if let Some(id) = self.find(flow.table, flow.priority, &flow.matches) {
             if let Some(old) = self.rec(id) {
                 if old.entry == flow {
+                    // A re-dump reports the same installation give or take the dump's latency:
+                    // only a flow the switch re-installed (or first seen before its dump) is re-timed.
+                    if reported.is_some_and(|r| r.0.abs_diff(old.added.0) > RESTAMP_TOLERANCE_NS) {
+                        self.restamp(rules, id, added, now);
+                    }
                     return;
                 }
                 if old.entry.cookie == flow.cookie {
+                    let old_added = old.added;
                     if old.entry.same_actions(&flow) {
                         // Only counters, timeouts or text changed (a re-dump): nothing else is affected.
                         let user = self.user_bits(rules, &flow);
@@ -432,15 +480,55 @@ impl BridgeIndex {
                             r.entry = flow;
                         }
                         self.set_user(id, user);
-                        self.evaluate(rules, id, now);
+                        if reported
+                            .is_some_and(|r| r.0.abs_diff(old_added.0) > RESTAMP_TOLERANCE_NS)
+                        {
+                            self.restamp(rules, id, added, now);
+                        } else {
+                            self.evaluate(rules, id, now);
+                        }
                         return;
                     }
-                    added = old.added;
+                    if reported.is_none() {
+                        added = old.added;
+                    }
                 }
             }
             self.remove_id(rules, id, now);
         }
         self.insert(rules, flow, added, now);
+    }
+
+    /// Sets when flow `id` was installed (the switch's word) and re-checks it.
+    fn restamp(&mut self, rules: &RuleSet, id: FlowId, added: Stamp, now: Instant) {
+        if let Some(Some(r)) = self.flows.get_mut(id as usize) {
+            r.added = added;
+            // A grace period that ends at another instant needs its own timer.
+            r.timer_set = false;
+        }
+        self.evaluate(rules, id, now);
+    }
+
+    /// The id of the action list `actions`, counting one more flow with it.
+    fn intern_actions(&mut self, actions: &[FlowAction]) -> u64 {
+        if let Some(e) = self.actions.get_mut(actions) {
+            e.1 += 1;
+            return e.0;
+        }
+        let id = self.next_actions_id;
+        self.next_actions_id += 1;
+        self.actions.insert(actions.into(), (id, 1));
+        id
+    }
+
+    /// Counts one flow with `actions` less (forgetting the list with its last flow).
+    fn release_actions(&mut self, actions: &[FlowAction]) {
+        if let Some(e) = self.actions.get_mut(actions) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                self.actions.remove(actions);
+            }
+        }
     }
 
     /// Records the user-rule bits of flow `id` (only non-zero ones are kept).
@@ -465,7 +553,7 @@ impl BridgeIndex {
     fn insert(&mut self, rules: &RuleSet, flow: FlowEntry, added: Stamp, now: Instant) {
         let shape_key = Shape::of(&flow.matches);
         let actions = flow.actions().into_owned();
-        let ah = actions_hash(&actions);
+        let ah = self.intern_actions(&actions);
         let user = self.user_bits(rules, &flow);
         let id = match self.free.pop() {
             Some(id) => id,
@@ -478,7 +566,7 @@ impl BridgeIndex {
         let BridgeIndex { tables, flows, .. } = self;
         let table = tables.entry(t).or_default();
         let was_empty = table.len == 0;
-        let conj = conjunctive(&actions);
+        let conj = inert(&actions, &flow.matches);
         let ids = &mut table.ids[usize::from(conj)];
         let shape = match ids.get(&shape_key) {
             Some(s) => *s,
@@ -511,7 +599,7 @@ impl BridgeIndex {
                 entry: flow,
                 shape,
                 conj,
-                actions_hash: ah,
+                actions_id: ah,
                 added,
                 dirty: 0,
                 timer_set: false,
@@ -571,7 +659,7 @@ impl BridgeIndex {
                 *c = c.saturating_sub(1);
             }
         }
-        let (t, prio, ah) = (rec.entry.table, rec.entry.priority, rec.actions_hash);
+        let (t, prio, ah) = (rec.entry.table, rec.entry.priority, rec.actions_id);
         let mut table_now_empty = false;
         if let Some(table) = self.tables.get_mut(&t) {
             if let Some(g) = table.groups.get_mut(&rec.shape) {
@@ -602,6 +690,7 @@ impl BridgeIndex {
             }
         };
         let actions = rec.entry.actions();
+        self.release_actions(&actions);
         for p in out_ports(&actions) {
             unlink(&mut self.by_out_port, p);
         }
@@ -673,6 +762,8 @@ impl BridgeIndex {
         let Some(own_key) = Projection::of(matches, shape) else {
             return out;
         };
+        let own_conj_id = shape_has_conj_id(shape);
+        let own_prereq = semantics::Prereq::of(matches);
         // Only flows whose verdict can flip: on add, those not yet flagged; on remove, flagged ones.
         let flips = |fid: FlowId, bit: u64| {
             fid != id
@@ -701,14 +792,16 @@ impl BridgeIndex {
                     }));
                 }
             }
-            if ambig && !*conj {
+            if ambig && !*conj && shape_has_conj_id(gs) == own_conj_id {
                 let bit = BuiltinRule::AmbiguousPriority.bit();
                 if let Some(k) = Projection::of(matches, c)
                     && let Some(b) =
                         proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, k.hash))
                 {
                     out.extend(b.same_prio_other_actions(prio, ah, |f| {
-                        flips(f, bit) && same_projection(flows, f, &k, c)
+                        flips(f, bit)
+                            && same_projection(flows, f, &k, c)
+                            && meets(flows, f, own_prereq)
                     }));
                 }
             }
@@ -809,17 +902,34 @@ impl BridgeIndex {
         if owned {
             return StaleState::Fresh;
         }
-        let Some(due) = rec.added.instant().checked_add(rules.grace) else {
+        // In stamps: a flow the switch installed before pinflow started is older than the origin.
+        let Some(due) = i64::try_from(rules.grace.as_nanos())
+            .ok()
+            .and_then(|g| rec.added.0.checked_add(g))
+        else {
             return StaleState::Fresh;
         };
-        if now >= due {
-            StaleState::Stale
-        } else {
-            StaleState::Pending(due)
+        let left = due.saturating_sub(Stamp::of(now).0);
+        if left <= 0 {
+            return StaleState::Stale;
+        }
+        match now.checked_add(Duration::from_nanos(left.unsigned_abs())) {
+            Some(at) => StaleState::Pending(at),
+            None => StaleState::Fresh,
         }
     }
 
     fn shadowed(&self, rec: &FlowRec) -> bool {
+        if rec.entry.matches.is_empty() {
+            // A table's catch-all default: agents override it with a higher catch-all and leave it
+            // (Neutron's explicitly_egress_direct in br-int table 60, DVR in br-phys table 0).
+            // The flows with a match that a catch-all shadows are still reported.
+            return false;
+        }
+        if !semantics::satisfiable(&rec.entry.matches) {
+            // No packet can match it: it is unreachable whatever else the table holds.
+            return true;
+        }
         let Some(table) = self.tables.get(&rec.entry.table) else {
             return false;
         };
@@ -849,24 +959,38 @@ impl BridgeIndex {
         let Some(table) = tables.get_mut(&rec.entry.table) else {
             return false;
         };
-        let (p, ah) = (rec.entry.priority, rec.actions_hash);
-        table.groups.values_mut().filter(|g| !g.conj).any(|g| {
-            let ShapeGroup {
-                shape: gs,
-                proj,
-                inter,
-                ..
-            } = g;
-            let c = inter
-                .entry(rec.shape)
-                .or_insert_with(|| Shape::of(&rec.entry.matches).intersect(gs));
-            let Some(k) = Projection::of(&rec.entry.matches, c) else {
-                return false;
-            };
-            proj_onto(proj, gs, c, flows)
-                .and_then(|m| m.get(flows, c, k.hash))
-                .is_some_and(|b| b.conflicts(p, ah, |f| same_projection(flows, f, &k, c)))
-        })
+        let (p, ah) = (rec.entry.priority, rec.actions_id);
+        let own_conj_id = rec
+            .entry
+            .matches
+            .iter()
+            .any(|m| m.field == "conj_id" && m.mask != 0);
+        let own_prereq = semantics::Prereq::of(&rec.entry.matches);
+        table
+            .groups
+            .values_mut()
+            .filter(|g| !g.conj && shape_has_conj_id(&g.shape) == own_conj_id)
+            .any(|g| {
+                let ShapeGroup {
+                    shape: gs,
+                    proj,
+                    inter,
+                    ..
+                } = g;
+                let c = inter
+                    .entry(rec.shape)
+                    .or_insert_with(|| Shape::of(&rec.entry.matches).intersect(gs));
+                let Some(k) = Projection::of(&rec.entry.matches, c) else {
+                    return false;
+                };
+                proj_onto(proj, gs, c, flows)
+                    .and_then(|m| m.get(flows, c, k.hash))
+                    .is_some_and(|b| {
+                        b.conflicts(p, ah, |f| {
+                            same_projection(flows, f, &k, c) && meets(flows, f, own_prereq)
+                        })
+                    })
+            })
     }
 
     fn evaluate_all(&mut self, rules: &RuleSet, mut ids: Vec<FlowId>, now: Instant) {
@@ -1045,7 +1169,25 @@ impl DirtyFlowIndex {
         self.bridges
             .entry(bridge.to_string())
             .or_insert_with(|| BridgeIndex::new(rules, bridge))
-            .upsert(rules, flow, now);
+            .upsert(rules, flow, now, None);
+    }
+
+    /// Adds or replaces a flow the switch reports to be `age` old (its `duration` in a dump):
+    /// `stale_cookie` times it from its installation, not from when pinflow first saw it.
+    pub fn upsert_flow_aged(
+        &mut self,
+        bridge: &str,
+        flow: impl Into<FlowEntry>,
+        age: Duration,
+        now: Instant,
+    ) {
+        let flow = flow.into();
+        self.tick(now);
+        let rules = &self.rules;
+        self.bridges
+            .entry(bridge.to_string())
+            .or_insert_with(|| BridgeIndex::new(rules, bridge))
+            .upsert(rules, flow, now, Some(Stamp::of(now).minus(age)));
     }
 
     /// Removes the flow with `key`; returns whether it was present.
@@ -1072,15 +1214,43 @@ impl DirtyFlowIndex {
         flows: impl IntoIterator<Item = F>,
         now: Instant,
     ) {
-        let flows: Vec<FlowEntry> = flows.into_iter().map(Into::into).collect();
+        self.replace(bridge, flows.into_iter().map(|f| (f.into(), None)), now);
+    }
+
+    /// [`replace_flows`](Self::replace_flows) with each flow's age as the switch reports it (its
+    /// `duration`): every flow, unchanged ones too, is aged from its installation on the switch,
+    /// so `stale_cookie` gives the same verdicts right after pinflow (re)starts as before.
+    pub fn replace_flows_aged<F: Into<FlowEntry>>(
+        &mut self,
+        bridge: &str,
+        flows: impl IntoIterator<Item = (F, Duration)>,
+        now: Instant,
+    ) {
+        let at = Stamp::of(now);
+        self.replace(
+            bridge,
+            flows
+                .into_iter()
+                .map(|(f, age)| (f.into(), Some(at.minus(age)))),
+            now,
+        );
+    }
+
+    fn replace(
+        &mut self,
+        bridge: &str,
+        flows: impl Iterator<Item = (FlowEntry, Option<Stamp>)>,
+        now: Instant,
+    ) {
+        let flows: Vec<(FlowEntry, Option<Stamp>)> = flows.collect();
         if self.bridge(bridge).n_flows == 0 {
             // First load: nothing to remove, and no key set to build. Size the slab once (no
             // doubling copies of a large table).
             let b = self.bridge(bridge);
             b.flows
                 .reserve_exact(flows.len().saturating_sub(b.free.len()));
-            for f in flows {
-                self.upsert_flow(bridge, f, now);
+            for (f, at) in flows {
+                self.upsert_stamped(bridge, f, at, now);
             }
             // The slab grew by doubling; give back the unused tail of a large first load.
             if let Some(b) = self.bridges.get_mut(bridge) {
@@ -1088,7 +1258,7 @@ impl DirtyFlowIndex {
             }
             return;
         }
-        let keep: HashSet<FlowKey> = flows.iter().map(key_of).collect();
+        let keep: HashSet<FlowKey> = flows.iter().map(|(f, _)| key_of(f)).collect();
         let gone: Vec<FlowKey> = self
             .bridge(bridge)
             .flows
@@ -1100,9 +1270,18 @@ impl DirtyFlowIndex {
         for k in &gone {
             self.remove_flow(bridge, k, now);
         }
-        for f in flows {
-            self.upsert_flow(bridge, f, now);
+        for (f, at) in flows {
+            self.upsert_stamped(bridge, f, at, now);
         }
+    }
+
+    fn upsert_stamped(&mut self, bridge: &str, flow: FlowEntry, at: Option<Stamp>, now: Instant) {
+        self.tick(now);
+        let rules = &self.rules;
+        self.bridges
+            .entry(bridge.to_string())
+            .or_insert_with(|| BridgeIndex::new(rules, bridge))
+            .upsert(rules, flow, now, at);
     }
 
     /// Sets the ports of `bridge` (from OVSDB): ofports for the port rules, tags for `dead_vlan`.
@@ -1178,6 +1357,7 @@ impl DirtyFlowIndex {
                 .map(move |text| DirtyFinding {
                     bridge: name,
                     rule: BuiltinRule::DeadVlan.name(),
+                    severity: BuiltinRule::DeadVlan.severity(),
                     table: None,
                     cookie: None,
                     subject: FindingSubject::Port(text),
@@ -1190,9 +1370,11 @@ impl DirtyFlowIndex {
                     (0..64u32)
                         .filter(move |bit| r.dirty & (1u64 << bit) != 0)
                         .filter_map(move |bit| {
+                            let (rule, severity) = rules.rule_of_bit(bit)?;
                             Some(DirtyFinding {
                                 bridge: name,
-                                rule: rules.name_of_bit(bit)?,
+                                rule,
+                                severity,
                                 table: Some(r.entry.table),
                                 cookie: Some(r.entry.cookie),
                                 subject: FindingSubject::Flow(&r.entry),
@@ -1258,10 +1440,21 @@ impl DirtyFlowIndex {
 
     /// Names of the enabled rules (built-in, then user rules).
     pub fn rule_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.rule_severities().map(|(n, _)| n)
+    }
+
+    /// Every enabled rule (built-in, then user rules) with its severity
+    /// (`pinflow_ovs_dirty_flow_rule_info`).
+    pub fn rule_severities(&self) -> impl Iterator<Item = (&str, Severity)> + '_ {
         self.rules
             .builtins
             .iter()
-            .map(|r| r.name())
-            .chain(self.rules.user.iter().map(|u| u.name.as_str()))
+            .map(|r| (r.name(), r.severity()))
+            .chain(
+                self.rules
+                    .user
+                    .iter()
+                    .map(|u| (u.name.as_str(), u.severity)),
+            )
     }
 }

@@ -1,11 +1,11 @@
 //! Configuration of the dirty-flow rules: built-in rule names, owned cookies, the stale-cookie grace
 //! period and user rules (regular expressions and field conditions over a flow).
 
-use crate::model::flows::FlowEntry;
+use super::{fields, semantics};
+use crate::model::flows::{FlowEntry, width_mask};
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// The built-in dirty-flow rules of DESIGN.md; [`BuiltinRule::name`] is the `rule` label value.
@@ -57,8 +57,50 @@ impl BuiltinRule {
         1 << (self as u32)
     }
 
+    /// How sure a finding of this rule is: `broken` when the flow cannot do what it says (a missing
+    /// port, an empty table, the dead VLAN), `suspect` for the heuristics.
+    pub fn severity(self) -> Severity {
+        match self {
+            BuiltinRule::OutputToMissingPort
+            | BuiltinRule::InPortMissing
+            | BuiltinRule::GotoEmptyTable
+            | BuiltinRule::DeadVlan => Severity::Broken,
+            BuiltinRule::StaleCookie
+            | BuiltinRule::Unreachable
+            | BuiltinRule::AmbiguousPriority => Severity::Suspect,
+        }
+    }
+
     fn from_name(name: &str) -> Option<BuiltinRule> {
         BuiltinRule::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// How sure the findings of a rule are (`severity` label of `pinflow_ovs_dirty_flow_rule_info`):
+/// page on `broken` at once, review `suspect` in working hours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The flow cannot do what it says (it outputs to a missing port, jumps into an empty table…).
+    #[default]
+    Broken,
+    /// A heuristic: probably a mistake or a leftover, worth a look.
+    Suspect,
+}
+
+impl Severity {
+    /// The `severity` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Broken => "broken",
+            Severity::Suspect => "suspect",
+        }
+    }
+}
+
+impl serde::Serialize for Severity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -117,16 +159,20 @@ pub struct UserRule {
     /// Conditions on match fields; all must hold.
     #[serde(default)]
     pub fields: Vec<FieldCondition>,
+    /// Severity of the rule's findings (`"broken"`, the default, or `"suspect"`).
+    #[serde(default)]
+    pub severity: Severity,
 }
 
 /// A condition on one match field of a flow.
 ///
-/// Values are decimal or `0x` hex integers, MAC (`aa:bb:cc:dd:ee:ff`), IPv4 or IPv6 addresses, each
-/// optionally followed by `/mask` (same formats) or `/N` (prefix length).
+/// The field may be named by any spelling `ovs-ofctl` accepts (`dl_vlan`, `vlan_vid`, `tcp_dst`,
+/// `eth_type`, …); values are parsed by the field's kind as `ovs-ofctl` parses them (integers with
+/// `/mask`, MACs, IPv4/IPv6 with `/prefix` or `/mask`, `+flag-flag`, …). See the README.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldCondition {
-    /// Field name as `ovs-ofctl` spells it (`in_port`, `dl_vlan`, `reg0`, …).
+    /// Field name as `ovs-ofctl` spells it, aliases included (`in_port`, `dl_vlan`, `tcp_dst`, `reg0`, …).
     pub field: String,
     /// Whether the flow must (true) or must not (false) match on the field at all.
     #[serde(default)]
@@ -169,138 +215,67 @@ pub enum FlowConfigError {
         /// Compiler error.
         source: regex::Error,
     },
-    /// A field condition's value cannot be parsed.
-    #[error("flows.user_rules.{rule}.fields.{field}: bad value {value:?}")]
+    /// A field condition names a field `ovs-ofctl` does not know.
+    #[error(
+        "flows.user_rules.{rule}.fields: unknown field {field:?} (accepted spellings: {accepted})"
+    )]
+    UnknownField {
+        /// Rule name.
+        rule: String,
+        /// The offending field name.
+        field: String,
+        /// Every accepted spelling.
+        accepted: String,
+    },
+    /// A field condition's value is not of the field's kind.
+    #[error(
+        "flows.user_rules.{rule}.fields.{field}: bad value {value:?}: want {want} (the field is spelled {spellings})"
+    )]
     BadValue {
         /// Rule name.
         rule: String,
-        /// Field name.
+        /// Field name as written.
         field: String,
         /// The offending value.
         value: String,
+        /// What a value of this field looks like.
+        want: String,
+        /// The field's accepted spellings.
+        spellings: String,
     },
     /// Too many user rules.
     #[error("flows.user_rules: at most {MAX_USER_RULES} rules")]
     TooManyRules,
 }
 
-/// A parsed value of a field condition; its width is only known against a flow's field.
-#[derive(Clone, Debug, PartialEq)]
-enum CondBytes {
-    Int(u128),
-    Bytes(Vec<u8>),
-    Prefix(u32),
-}
-
-impl CondBytes {
-    fn parse(s: &str, allow_prefix: bool) -> Option<CondBytes> {
-        let s = s.trim();
-        if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            return u128::from_str_radix(hex, 16).ok().map(CondBytes::Int);
-        }
-        if allow_prefix {
-            return s.parse().ok().map(CondBytes::Prefix);
-        }
-        if let Ok(n) = s.parse::<u128>() {
-            return Some(CondBytes::Int(n));
-        }
-        if let Ok(ip) = s.parse::<Ipv4Addr>() {
-            return Some(CondBytes::Bytes(ip.octets().to_vec()));
-        }
-        if let Ok(ip) = s.parse::<Ipv6Addr>() {
-            return Some(CondBytes::Bytes(ip.octets().to_vec()));
-        }
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() == 6 {
-            let mac: Option<Vec<u8>> = parts
-                .iter()
-                .map(|p| u8::from_str_radix(p, 16).ok())
-                .collect();
-            return mac.map(CondBytes::Bytes);
-        }
-        None
-    }
-
-    /// The value as `len` big-endian bytes, `None` if it does not fit.
-    fn widen(&self, len: usize) -> Option<Vec<u8>> {
-        match self {
-            CondBytes::Int(n) => {
-                let bytes = n.to_be_bytes();
-                let cut = bytes.len().checked_sub(len)?;
-                bytes[..cut]
-                    .iter()
-                    .all(|b| *b == 0)
-                    .then(|| bytes[cut..].to_vec())
-            }
-            CondBytes::Bytes(b) => (b.len() == len).then(|| b.clone()),
-            CondBytes::Prefix(n) => {
-                let n = usize::try_from(*n).ok()?;
-                (n <= len * 8).then(|| {
-                    (0..len)
-                        .map(|i| {
-                            let ones = n.saturating_sub(i * 8).min(8);
-                            if ones == 0 { 0 } else { 0xffu8 << (8 - ones) }
-                        })
-                        .collect()
-                })
-            }
-        }
-    }
-}
-
-/// A parsed `value[/mask]`.
-#[derive(Clone, Debug)]
+/// A condition's value and mask on the canonical field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CondValue {
-    value: CondBytes,
-    mask: Option<CondBytes>,
+    value: u128,
+    mask: u128,
 }
 
 impl CondValue {
-    fn parse(s: &str) -> Option<CondValue> {
-        // IPv6 addresses contain ':' but never '/', so '/' always separates the mask.
-        match s.split_once('/') {
-            Some((v, m)) => Some(CondValue {
-                value: CondBytes::parse(v, false)?,
-                mask: Some(
-                    CondBytes::parse(m, false)
-                        .filter(|_| m.contains(['.', ':', 'x', 'X']))
-                        .or_else(|| CondBytes::parse(m, true))?,
-                ),
-            }),
-            None => Some(CondValue {
-                value: CondBytes::parse(s, false)?,
-                mask: None,
-            }),
-        }
-    }
-
-    /// Whether `flow` constrains `field` to within this value/mask.
+    /// Whether `flow` constrains `field` to within this value/mask: it matches every bit of the
+    /// mask (within the field's width), to the same values. A `ct_state` match counts with the
+    /// flags it implies (`+new` is `+trk`, `-est`, `-inv`… too).
     fn holds(&self, flow: &FlowEntry, field: &str) -> bool {
-        let Some(m) = flow.matches.get(field) else {
+        let Some(m) = flow.matches.get(field).map(semantics::semantic) else {
             return false;
         };
-        let len = usize::from(m.len).min(16);
-        let (Some(v), Some(mask)) = (
-            self.value.widen(len),
-            match &self.mask {
-                Some(mask) => mask.widen(len),
-                None => Some(vec![0xff; len]),
-            },
-        ) else {
+        let width = width_mask(m.len);
+        if self.value & !width != 0 {
             return false;
-        };
-        let (value, fmask) = (m.value.to_be_bytes(), m.mask.to_be_bytes());
-        let (value, fmask) = (&value[16 - len..], &fmask[16 - len..]);
-        mask.iter()
-            .zip(fmask)
-            .zip(value.iter().zip(&v))
-            .all(|((c, f), (fv, cv))| c & !f == 0 && (fv & c) == (cv & c))
+        }
+        let mask = self.mask & width;
+        mask & !m.mask == 0 && m.value & mask == self.value & mask
     }
 }
 
 #[derive(Clone, Debug)]
 struct CompiledCondition {
-    field: String,
+    /// The canonical field (what flows carry).
+    field: &'static str,
     present: Option<bool>,
     equals: Option<CondValue>,
     not_equals: Option<CondValue>,
@@ -310,6 +285,7 @@ struct CompiledCondition {
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledUserRule {
     pub(crate) name: String,
+    pub(crate) severity: Severity,
     bridges: Vec<String>,
     tables: Vec<u8>,
     regex: Option<Regex>,
@@ -335,10 +311,10 @@ impl CompiledUserRule {
         self.conditions.iter().all(|c| {
             let present = flow.matches.iter().any(|m| m.field == c.field);
             c.present.is_none_or(|p| p == present)
-                && c.equals.as_ref().is_none_or(|v| v.holds(flow, &c.field))
+                && c.equals.as_ref().is_none_or(|v| v.holds(flow, c.field))
                 && c.not_equals
                     .as_ref()
-                    .is_none_or(|v| !v.holds(flow, &c.field))
+                    .is_none_or(|v| !v.holds(flow, c.field))
         })
     }
 }
@@ -414,31 +390,42 @@ impl RuleSet {
                     rule: r.name.clone(),
                     source,
                 })?;
-            let parse = |c: &FieldCondition, v: &Option<String>| {
-                v.as_deref()
-                    .map(|s| {
-                        CondValue::parse(s).ok_or_else(|| FlowConfigError::BadValue {
-                            rule: r.name.clone(),
-                            field: c.field.clone(),
-                            value: s.to_string(),
-                        })
-                    })
-                    .transpose()
-            };
             let conditions = r
                 .fields
                 .iter()
                 .map(|c| {
+                    let f =
+                        fields::lookup(&c.field).ok_or_else(|| FlowConfigError::UnknownField {
+                            rule: r.name.clone(),
+                            field: c.field.clone(),
+                            accepted: fields::accepted(),
+                        })?;
+                    let parse = |v: &Option<String>| {
+                        v.as_deref()
+                            .map(|s| {
+                                fields::parse_value(f.kind, s)
+                                    .map(|(value, mask)| CondValue { value, mask })
+                                    .ok_or_else(|| FlowConfigError::BadValue {
+                                        rule: r.name.clone(),
+                                        field: c.field.clone(),
+                                        value: s.to_string(),
+                                        want: f.kind.describe(),
+                                        spellings: fields::spellings(f.canon),
+                                    })
+                            })
+                            .transpose()
+                    };
                     Ok(CompiledCondition {
-                        field: c.field.clone(),
+                        field: f.canon,
                         present: c.present,
-                        equals: parse(c, &c.equals)?,
-                        not_equals: parse(c, &c.not_equals)?,
+                        equals: parse(&c.equals)?,
+                        not_equals: parse(&c.not_equals)?,
                     })
                 })
                 .collect::<Result<Vec<_>, FlowConfigError>>()?;
             user.push(CompiledUserRule {
                 name: r.name.clone(),
+                severity: r.severity,
                 bridges: r.bridges.clone(),
                 tables: r.tables.clone(),
                 regex,
@@ -482,15 +469,15 @@ impl RuleSet {
         1 << (BuiltinRule::ALL.len() + i)
     }
 
-    /// Name of the rule with bit number `bit`.
-    pub(crate) fn name_of_bit(&self, bit: u32) -> Option<&str> {
+    /// Name and severity of the rule with bit number `bit`.
+    pub(crate) fn rule_of_bit(&self, bit: u32) -> Option<(&str, Severity)> {
         let b = usize::try_from(bit).ok()?;
         match BuiltinRule::ALL.get(b) {
-            Some(r) => Some(r.name()),
+            Some(r) => Some((r.name(), r.severity())),
             None => self
                 .user
                 .get(b - BuiltinRule::ALL.len())
-                .map(|u| u.name.as_str()),
+                .map(|u| (u.name.as_str(), u.severity)),
         }
     }
 }
@@ -500,16 +487,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cond_values_parse_and_widen() {
-        let v = CondValue::parse("10.0.0.0/8").unwrap();
-        assert_eq!(v.value.widen(4), Some(vec![10, 0, 0, 0]));
-        assert_eq!(v.mask.unwrap().widen(4), Some(vec![255, 0, 0, 0]));
-        let v = CondValue::parse("0x1/0xff").unwrap();
-        assert_eq!(v.value.widen(2), Some(vec![0, 1]));
-        assert_eq!(CondBytes::Int(300).widen(1), None);
-        assert!(CondValue::parse("fa:16:3e:00:00:01").is_some());
-        assert!(CondValue::parse("fe80::1/64").is_some());
-        assert!(CondValue::parse("bogus").is_none());
+    fn field_conditions_name_rule_field_and_spellings() {
+        let compile = |fields: &str| {
+            let cfg: DirtyFlowConfig = toml::from_str(&format!(
+                "[[user_rules]]\nname = \"r1\"\nfields = [{fields}]"
+            ))
+            .unwrap();
+            RuleSet::compile(&cfg)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let e = compile("{ field = \"nw_dstt\", present = false }").unwrap_err();
+        assert!(
+            e.contains("r1") && e.contains("nw_dstt") && e.contains("nw_dst/ip_dst"),
+            "{e}"
+        );
+        let e = compile("{ field = \"nw_dst\", equals = \"fa:16:3e:00:00:01\" }").unwrap_err();
+        assert!(
+            e.contains("r1") && e.contains("nw_dst") && e.contains("IPv4") && e.contains("ip_dst"),
+            "{e}"
+        );
+        let e = compile("{ field = \"tcp_dst\", not_equals = \"70000\" }").unwrap_err();
+        assert!(e.contains("tp_dst/tcp_dst/udp_dst/sctp_dst"), "{e}");
+        assert!(compile("{ field = \"ct_state\", equals = \"+trk+est\" }").is_ok());
+        assert!(compile("{ field = \"eth_type\", equals = \"0x86dd\" }").is_ok());
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! "which flows cover / overlap this one" into a few hash look-ups instead of a scan of the table.
 
 use super::bucket::FastHasher;
+use super::semantics::semantic;
 use crate::model::flows::Matches;
 use std::hash::Hasher;
 
 /// The fields of a match with their effective masks (all ones of the field's width for exact
 /// matches) and widths in bytes, sorted by field name.
 ///
-/// Fields whose mask is all zeros are left out: they constrain nothing.
+/// Fields whose mask is all zeros are left out: they constrain nothing. Fields are taken as the index
+/// compares them ([`semantic`]: a `ct_state` match with every flag it implies).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub(crate) struct Shape(pub(crate) Vec<(&'static str, u8, u128)>);
 
@@ -21,6 +23,7 @@ impl Shape {
     pub(crate) fn of(matches: &Matches) -> Shape {
         let mut fields: Vec<(&'static str, u8, u128)> = matches
             .iter()
+            .map(semantic)
             .filter(|m| m.mask != 0)
             .map(|m| (m.field, m.len, m.mask))
             .collect();
@@ -59,7 +62,7 @@ impl Shape {
 /// does not constrain all of its masked bits (then no flow of that shape relates to it through this
 /// projection).
 fn for_each_projected(matches: &Matches, shape: &Shape, mut f: impl FnMut(u128)) -> bool {
-    let mut it = matches.iter().peekable();
+    let mut it = matches.iter().map(semantic).peekable();
     for (field, len, cmask) in &shape.0 {
         // Both lists are sorted by field name: merge instead of searching.
         let m = loop {

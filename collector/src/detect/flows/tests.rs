@@ -514,10 +514,16 @@ fn unreachable() {
     // Same priority does not shadow.
     idx.remove_flow(BR, &key_of(&wide), now);
     assert_eq!(count(&idx, BR, "unreachable"), 0);
-    // A higher catch-all shadows everything below it.
+    // A higher catch-all shadows every flow with a match below it; the lower catch-all default it
+    // overrides is not reported (agents override defaults this way and leave them).
     let catch = flow(1, 150, 0, vec![], vec![out(3)]);
     idx.upsert_flow(BR, catch.clone(), now);
-    assert_eq!(count(&idx, BR, "unreachable"), 5);
+    assert_eq!(count(&idx, BR, "unreachable"), 4);
+    assert!(
+        dirty_texts(&idx, "unreachable")
+            .iter()
+            .all(|t| !t.contains("priority=0,"))
+    );
     idx.remove_flow(BR, &key_of(&catch), now);
     assert_eq!(count(&idx, BR, "unreachable"), 0);
     // The lower flow arriving after the shadowing flow is caught as well.
@@ -766,7 +772,13 @@ fn user_rules_regex_and_fields_scoped() {
     idx.upsert_flow("br-ex", flow(0, 6000, 0, vec![], vec![out(1)]), now);
     idx.upsert_flow(
         BR,
-        flow(0, 10, 0, vec![m("dl_vlan", 100, 2)], vec![out(1)]),
+        flow(
+            0,
+            10,
+            0,
+            vec![mm("vlan_tci", 0x1064, 0x1fff, 2)],
+            vec![out(1)],
+        ),
         now,
     );
     idx.upsert_flow(
@@ -775,14 +787,20 @@ fn user_rules_regex_and_fields_scoped() {
             0,
             11,
             0,
-            vec![m("dl_vlan", 100, 2), in_port(1)],
+            vec![mm("vlan_tci", 0x1064, 0x1fff, 2), in_port(1)],
             vec![out(1)],
         ),
         now,
     );
     idx.upsert_flow(
         BR,
-        flow(0, 12, 0, vec![m("dl_vlan", 101, 2)], vec![out(1)]),
+        flow(
+            0,
+            12,
+            0,
+            vec![mm("vlan_tci", 0x1065, 0x1fff, 2)],
+            vec![out(1)],
+        ),
         now,
     );
     idx.upsert_flow(
@@ -1068,14 +1086,90 @@ fn hundred_thousand_flows_scale() {
     );
 }
 
-/// Brute-force reference for `unreachable`: some ordinary flow of higher priority in the same table
-/// covers every bit `f` matches on.
+/// Whether conntrack can give a packet the `ct_state` value `s` (ovs-fields(7): no flag without
+/// `trk`; `inv` only with `trk`; `new` neither with `est` nor with `rpl`), over the eight defined flags.
+fn brute_ct_valid(s: u128) -> bool {
+    let has = |f: u128| s & f != 0;
+    (s == 0 || has(0x20))
+        && (!has(0x10) || s & !0x30 == 0)
+        && !(has(0x01) && has(0x02))
+        && !(has(0x01) && has(0x08))
+}
+
+/// Valid `ct_state` values a flow admits (all valid ones when it does not match on `ct_state`).
+fn brute_ct_states(f: &FlowEntry) -> Vec<u128> {
+    (0..256u128)
+        .filter(|s| brute_ct_valid(*s))
+        .filter(|s| {
+            f.matches
+                .get("ct_state")
+                .is_none_or(|c| s & c.mask == c.value & c.mask)
+        })
+        .collect()
+}
+
+/// (Ethertype, IP protocol) pairs covering every value the random tables use.
+fn brute_packets() -> Vec<(u128, Option<u128>)> {
+    let mut v = Vec::new();
+    for eth in [0x0800, 0x86dd] {
+        for p in [1, 6, 17, 58, 99] {
+            v.push((eth, Some(p)));
+        }
+    }
+    v.extend([(0x0806, None), (0x1234, None)]);
+    v
+}
+
+/// Whether a field of the random tables exists in (and, for `dl_type`/`nw_proto`, matches) a packet
+/// of this Ethertype and protocol (ovs-fields(7) prerequisites, written out per field).
+fn brute_applies(m: &FieldMatch, eth: u128, proto: Option<u128>) -> bool {
+    let ip = eth == 0x0800 || eth == 0x86dd;
+    match m.field {
+        "dl_type" => m.value == eth & m.mask,
+        "nw_proto" => proto.is_some_and(|p| m.value == p & m.mask),
+        "nw_dst" => eth == 0x0800,
+        "tp_dst" => ip && matches!(proto, Some(6 | 17 | 132)),
+        "arp_op" => eth == 0x0806 || eth == 0x8035,
+        _ => true,
+    }
+}
+
+/// Packets (of [`brute_packets`]) both flows' prerequisites admit.
+fn brute_common_packet(f: &FlowEntry, g: &FlowEntry) -> bool {
+    brute_packets().into_iter().any(|(eth, p)| {
+        f.matches
+            .iter()
+            .chain(g.matches.iter())
+            .all(|m| brute_applies(&m, eth, p))
+    })
+}
+
+/// Whether some packet can match the flow.
+fn brute_satisfiable(f: &FlowEntry) -> bool {
+    !brute_ct_states(f).is_empty() && brute_common_packet(f, f)
+}
+
+/// Brute-force reference for `unreachable`: `f` has a match, and no packet can match it, or some satisfiable ordinary
+/// flow of higher priority in the same table covers it: every other field bit it matches on `f`
+/// matches alike, and every `ct_state` conntrack can give a packet of `f` satisfies it.
 fn brute_unreachable(f: &FlowEntry, all: &[FlowEntry]) -> bool {
+    if f.matches.is_empty() {
+        // A catch-all default is never reported.
+        return false;
+    }
+    if !brute_satisfiable(f) {
+        return true;
+    }
+    let f_states = brute_ct_states(f);
     all.iter().any(|g| {
         g.table == f.table
             && g.priority > f.priority
             && !conjunctive(&g.actions())
+            && brute_satisfiable(g)
             && g.matches.iter().all(|gm| {
+                if gm.field == "ct_state" {
+                    return f_states.iter().all(|s| s & gm.mask == gm.value & gm.mask);
+                }
                 f.matches.iter().any(|fm| {
                     let (gmask, fmask) = (gm.mask, fm.mask);
                     fm.field == gm.field
@@ -1087,18 +1181,26 @@ fn brute_unreachable(f: &FlowEntry, all: &[FlowEntry]) -> bool {
     })
 }
 
-/// Brute-force reference for `ambiguous_priority`.
+/// Brute-force reference for `ambiguous_priority`: another ordinary flow of the same table and
+/// priority with other actions, and a packet both match (shared field bits agree, a valid
+/// `ct_state` and a protocol both admit, both or neither reached through a conjunction).
 fn brute_ambiguous(f: &FlowEntry, all: &[FlowEntry]) -> bool {
+    let conj_id = |x: &FlowEntry| x.matches.get("conj_id").is_some();
     !conjunctive(&f.actions())
         && all.iter().any(|g| {
             g.table == f.table
                 && g.priority == f.priority
                 && g.actions() != f.actions()
                 && !conjunctive(&g.actions())
+                && conj_id(f) == conj_id(g)
+                && brute_ct_states(f)
+                    .iter()
+                    .any(|s| brute_ct_states(g).contains(s))
+                && brute_common_packet(f, g)
                 && f.matches.iter().all(|fm| {
                     g.matches
                         .iter()
-                        .filter(|gm| gm.field == fm.field)
+                        .filter(|gm| gm.field == fm.field && fm.field != "ct_state")
                         .all(|gm| {
                             let (gmask, fmask) = (gm.mask, fm.mask);
                             fm.value & fmask & gmask == gm.value & fmask & gmask
@@ -1141,6 +1243,36 @@ fn incremental_index_matches_brute_force() {
                 let mask = [0xff00_0000u128, 0xffff_0000, 0xffff_ffff][rnd(3) as usize];
                 let v = [0x0a00_0000u128, 0x0a01_0000, 0x0a01_0001, 0x0b00_0000][rnd(4) as usize];
                 matches.push(mm("nw_dst", v & mask, mask, 4));
+            }
+            if rnd(2) == 0 {
+                // (value, mask): +trk, -trk, +est, +new-est, +inv+trk, +est-rel-rpl, +trk-inv,
+                // +rpl, +new+rpl (impossible), +inv+est (impossible), +trk-new-est.
+                let (v, mask) = [
+                    (0x20, 0x20),
+                    (0x00, 0x20),
+                    (0x02, 0x02),
+                    (0x01, 0x03),
+                    (0x30, 0x30),
+                    (0x02, 0x0e),
+                    (0x20, 0x30),
+                    (0x08, 0x08),
+                    (0x09, 0x09),
+                    (0x12, 0x12),
+                    (0x20, 0x23),
+                ][rnd(11) as usize];
+                matches.push(mm("ct_state", v, mask, 4));
+            }
+            if rnd(5) == 0 {
+                matches.push(m("tp_dst", [80, 53][rnd(2) as usize], 2));
+            }
+            if rnd(5) == 0 {
+                matches.push(m("nw_proto", [6, 17][rnd(2) as usize], 1));
+            }
+            if rnd(8) == 0 {
+                matches.push(m("arp_op", 1, 2));
+            }
+            if rnd(8) == 0 {
+                matches.push(m("conj_id", 1 + u128::from(rnd(2)), 4));
             }
             let actions = match rnd(4) {
                 0 => vec![out(1)],
@@ -1210,8 +1342,18 @@ fn key_hash_collisions_are_resolved() {
     let now = Instant::now();
     let rules = RuleSet::compile(&DirtyFlowConfig::default()).unwrap();
     let mut b = BridgeIndex::new(&rules, BR);
-    b.upsert(&rules, flow(0, 1, 0, vec![in_port(1)], vec![out(1)]), now);
-    b.upsert(&rules, flow(0, 2, 0, vec![in_port(1)], vec![out(1)]), now);
+    b.upsert(
+        &rules,
+        flow(0, 1, 0, vec![in_port(1)], vec![out(1)]),
+        now,
+        None,
+    );
+    b.upsert(
+        &rules,
+        flow(0, 2, 0, vec![in_port(1)], vec![out(1)]),
+        now,
+        None,
+    );
     let key = Matches::new([in_port(1)]);
     let (h1, h2) = (key_hash(0, 1, &key), key_hash(0, 2, &key));
     let id1 = b.find(0, 1, &key).unwrap();
@@ -1237,16 +1379,16 @@ fn projection_hash_collisions_never_relate_flows() {
         vec![m("reg0", 2, 4)],
         vec![m("reg0", 3, 4)],
     );
-    b.upsert(&rules, flow(0, 10, 0, ma.clone(), vec![out(1)]), now);
-    b.upsert(&rules, flow(0, 5, 0, mb.clone(), vec![out(2)]), now);
-    b.upsert(&rules, flow(0, 5, 0, mc.clone(), vec![out(3)]), now);
+    b.upsert(&rules, flow(0, 10, 0, ma.clone(), vec![out(1)]), now, None);
+    b.upsert(&rules, flow(0, 5, 0, mb.clone(), vec![out(2)]), now, None);
+    b.upsert(&rules, flow(0, 5, 0, mc.clone(), vec![out(3)]), now, None);
     let id = |b: &BridgeIndex, prio, ms: &[FieldMatch]| {
         b.find(0, prio, &Matches::new(ms.iter().copied())).unwrap()
     };
     let (ia, ib, ic) = (id(&b, 10, &ma), id(&b, 5, &mb), id(&b, 5, &mc));
     let entry = |b: &BridgeIndex, i: FlowId| {
         let r = b.rec(i).unwrap();
-        (r.entry.priority, r.actions_hash, i)
+        (r.entry.priority, r.actions_id, i)
     };
     // A bucket's hash is that of its first (lowest) entry: file the others under the hash of the
     // lower of B and C, as if all three projections hashed alike.
@@ -1271,4 +1413,333 @@ fn projection_hash_collisions_never_relate_flows() {
     let dirty = b.rec(lo_id).unwrap().dirty;
     assert_eq!(dirty & BuiltinRule::Unreachable.bit(), 0);
     assert_eq!(dirty & BuiltinRule::AmbiguousPriority.bit(), 0);
+}
+
+/// `ct_state` exclusions keep Neutron's equal-priority firewall flows apart; a real overlap is still
+/// found, and coverage understands what a flag implies.
+#[test]
+fn ct_state_semantics_in_overlap_and_coverage() {
+    let now = Instant::now();
+    let ct = |v: u128, mask: u128| mm("ct_state", v, mask, 4);
+    let mut idx = index();
+    // +inv+trk → drop and +est-rel-rpl+trk → accept, same priority: never one packet.
+    idx.upsert_flow(BR, flow(72, 50, 0, vec![ip(), ct(0x30, 0x30)], vec![]), now);
+    idx.upsert_flow(
+        BR,
+        flow(72, 50, 0, vec![ip(), ct(0x22, 0x2e)], vec![out(1)]),
+        now,
+    );
+    // +new-est (implies -rpl) vs +rpl, same priority: exclusive too.
+    idx.upsert_flow(
+        BR,
+        flow(73, 50, 0, vec![ip(), ct(0x01, 0x03)], vec![out(1)]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(73, 50, 0, vec![ip(), ct(0x08, 0x08)], vec![out(2)]),
+        now,
+    );
+    assert_eq!(count(&idx, BR, "ambiguous_priority"), 0);
+    // But +trk-inv overlaps +est: both flagged.
+    idx.upsert_flow(
+        BR,
+        flow(72, 50, 0, vec![ip(), ct(0x20, 0x30)], vec![out(2)]),
+        now,
+    );
+    assert_eq!(count(&idx, BR, "ambiguous_priority"), 2);
+    // A higher +trk flow covers a lower +est one (+est implies +trk), not a lower -trk one.
+    let mut idx = index();
+    idx.upsert_flow(BR, flow(5, 90, 0, vec![ct(0x20, 0x20)], vec![out(1)]), now);
+    idx.upsert_flow(
+        BR,
+        flow(5, 10, 0, vec![ip(), ct(0x02, 0x02)], vec![out(2)]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(5, 10, 0, vec![ip(), ct(0x00, 0x20)], vec![out(3)]),
+        now,
+    );
+    assert_eq!(
+        dirty_texts(&idx, "unreachable"),
+        ["cookie=0x0, table=5, priority=10,dl_type=2048,ct_state=2 actions=output:2"]
+    );
+    // A flow no packet can match (+inv+est) is unreachable on its own and meets nothing.
+    idx.upsert_flow(BR, flow(6, 10, 0, vec![ct(0x12, 0x12)], vec![out(1)]), now);
+    idx.upsert_flow(BR, flow(6, 10, 0, vec![], vec![out(2)]), now);
+    assert_eq!(count(&idx, BR, "unreachable"), 2);
+    assert_eq!(count(&idx, BR, "ambiguous_priority"), 0);
+}
+
+/// Prerequisites: flows whose fields need different protocols never overlap; same protocol does.
+#[test]
+fn prerequisites_in_overlap() {
+    let now = Instant::now();
+    let mut idx = index();
+    idx.upsert_flow(
+        BR,
+        flow(0, 10, 0, vec![m("arp_op", 1, 2)], vec![out(1)]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 10, 0, vec![m("nw_proto", 6, 1)], vec![out(2)]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 10, 0, vec![m("ipv6_src", 1, 16)], vec![out(3)]),
+        now,
+    );
+    assert_eq!(
+        count(&idx, BR, "ambiguous_priority"),
+        2,
+        "{:?}",
+        dirty_texts(&idx, "ambiguous_priority")
+    );
+    // nw_proto=6 (IPv4 or IPv6) and ipv6_src overlap; arp_op meets neither.
+    assert!(
+        dirty_texts(&idx, "ambiguous_priority")
+            .iter()
+            .all(|t| !t.contains("arp_op"))
+    );
+}
+
+/// `conj_id` flows compete only with other `conj_id` flows; a real `conj_id` clash is still found.
+#[test]
+fn conj_id_flows_are_not_conflicts() {
+    let now = Instant::now();
+    let mut idx = index();
+    idx.upsert_flow(
+        BR,
+        flow(82, 70, 0, vec![ip(), m("conj_id", 7, 4)], vec![out(1)]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(82, 70, 0, vec![ip(), m("reg5", 2, 4)], vec![out(2)]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(82, 70, 0, vec![ip(), m("conj_id", 8, 4)], vec![out(3)]),
+        now,
+    );
+    assert_eq!(count(&idx, BR, "ambiguous_priority"), 0);
+    idx.upsert_flow(
+        BR,
+        flow(82, 70, 0, vec![m("conj_id", 7, 4)], vec![out(4)]),
+        now,
+    );
+    assert_eq!(count(&idx, BR, "ambiguous_priority"), 2);
+}
+
+/// Action lists are told apart exactly: flows differing only in an `Other` action's text conflict,
+/// identical ones do not, whatever their hashes.
+#[test]
+fn ambiguous_priority_compares_actions_exactly() {
+    let now = Instant::now();
+    let other = |t: &str| FlowAction::Other(t.into());
+    let mut idx = index();
+    idx.upsert_flow(
+        BR,
+        flow(0, 5, 0, vec![in_port(1)], vec![other("set_field:1->reg5")]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 5, 0, vec![ip()], vec![other("set_field:1->reg5")]),
+        now,
+    );
+    assert_eq!(count(&idx, BR, "ambiguous_priority"), 0);
+    idx.upsert_flow(
+        BR,
+        flow(0, 5, 0, vec![arp()], vec![other("set_field:2->reg5")]),
+        now,
+    );
+    assert_eq!(count(&idx, BR, "ambiguous_priority"), 2);
+    let rules = RuleSet::compile(&DirtyFlowConfig::default()).unwrap();
+    let mut b = BridgeIndex::new(&rules, BR);
+    let (x, y) = (
+        b.intern_actions(&[other("a")]),
+        b.intern_actions(&[other("b")]),
+    );
+    assert_ne!(x, y);
+    assert_eq!(b.intern_actions(&[other("a")]), x);
+    b.release_actions(&[other("a")]);
+    b.release_actions(&[other("a")]);
+    assert!(!b.actions.contains_key(&[other("a")][..]));
+}
+
+/// `stale_cookie` ages flows by the switch's `duration`: a fresh index (pinflow restarted) sees a
+/// foreign flow older than the grace period as stale at once, and one younger when its grace ends.
+#[test]
+fn stale_cookie_ages_by_reported_duration() {
+    let now = Instant::now();
+    let dump = || {
+        let mut v: Vec<(FlowEntry, Duration)> = (1..=3)
+            .map(|i| {
+                let f = flow(0, 10, 0xa, vec![in_port(i)], vec![out(1)]);
+                (f, Duration::from_secs(3600))
+            })
+            .collect();
+        v.push((
+            flow(0, 10, 0xb, vec![in_port(7)], vec![out(1)]),
+            Duration::from_secs(121),
+        ));
+        v.push((
+            flow(0, 10, 0xc, vec![in_port(8)], vec![out(1)]),
+            Duration::from_secs(60),
+        ));
+        v
+    };
+    for restart in 0..2 {
+        let t0 = now + Duration::from_secs(restart * 1000);
+        let mut idx = index();
+        idx.replace_flows_aged(BR, dump(), t0);
+        let stale = dirty_texts(&idx, "stale_cookie");
+        assert_eq!(stale.len(), 1, "restart {restart}: {stale:?}");
+        assert!(stale[0].contains("cookie=0xb"), "{stale:?}");
+        let due = idx.next_deadline().expect("0xc's grace is running");
+        assert_eq!(due, t0 + Duration::from_secs(60));
+        idx.tick(due);
+        assert_eq!(count(&idx, BR, "stale_cookie"), 2);
+        assert_eq!(
+            idx.findings().next().map(|f| f.severity),
+            Some(Severity::Suspect)
+        );
+    }
+    // A re-dump that reports a younger age (the flow was re-installed) re-times it.
+    let mut idx = index();
+    idx.replace_flows_aged(BR, dump(), now);
+    let young: Vec<(FlowEntry, Duration)> = dump()
+        .into_iter()
+        .map(|(f, age)| {
+            let age = if f.cookie == 0xb { Duration::ZERO } else { age };
+            (f, age)
+        })
+        .collect();
+    idx.replace_flows_aged(BR, young, now);
+    assert_eq!(count(&idx, BR, "stale_cookie"), 0);
+    // Flows from the monitor are new: they start their grace period when they arrive.
+    idx.upsert_flow(BR, flow(0, 10, 0xd, vec![in_port(9)], vec![out(1)]), now);
+    assert_eq!(count(&idx, BR, "stale_cookie"), 0);
+}
+
+/// Every finding carries its rule's severity; user rules default to `broken`.
+#[test]
+fn findings_carry_severity() {
+    let now = Instant::now();
+    let cfg: DirtyFlowConfig = toml::from_str(
+        "[[user_rules]]\nname = \"flood\"\nregex = \"FLOOD\"\n\
+         [[user_rules]]\nname = \"odd\"\nregex = \"FLOOD\"\nseverity = \"suspect\"\n",
+    )
+    .unwrap();
+    let mut idx = DirtyFlowIndex::new(&cfg).unwrap();
+    let mut f = flow(0, 1, 0, vec![], vec![out(9)]);
+    f.source = FlowSource::text("priority=1 actions=FLOOD,output:9", vec![out(9)]);
+    idx.set_ports(BR, &ports(&[("a", 1, Some(DEAD_VLAN))]), now);
+    idx.upsert_flow(BR, f, now);
+    let got: BTreeSet<(&str, Severity)> = idx.findings().map(|f| (f.rule, f.severity)).collect();
+    let want: BTreeSet<(&str, Severity)> = [
+        ("dead_vlan", Severity::Broken),
+        ("output_to_missing_port", Severity::Broken),
+        ("flood", Severity::Broken),
+        ("odd", Severity::Suspect),
+    ]
+    .into();
+    assert_eq!(got, want);
+    let sev: BTreeMap<&str, Severity> = idx.rule_severities().collect();
+    assert_eq!(sev.len(), 9);
+    assert_eq!(sev["unreachable"], Severity::Suspect);
+    assert_eq!(sev["goto_empty_table"], Severity::Broken);
+    let bad: Result<DirtyFlowConfig, _> =
+        toml::from_str("[[user_rules]]\nname = \"x\"\nregex = \"a\"\nseverity = \"page\"\n");
+    let e = bad.unwrap_err().to_string();
+    assert!(e.contains("broken") && e.contains("suspect"), "{e}");
+}
+
+/// User-rule conditions written with any `ovs-ofctl` spelling match the decoder's canonical field.
+#[test]
+fn user_rule_field_aliases_match_decoded_flows() {
+    let now = Instant::now();
+    let cfg: DirtyFlowConfig = toml::from_str(
+        r#"
+        [[user_rules]]
+        name = "vlan_vid"
+        fields = [ { field = "vlan_vid", equals = "0x1064" } ]
+        [[user_rules]]
+        name = "dl_vlan"
+        fields = [ { field = "dl_vlan", equals = "100" } ]
+        [[user_rules]]
+        name = "ssh"
+        fields = [ { field = "tcp_dst", equals = "22" }, { field = "eth_type", equals = "0x0800" } ]
+        [[user_rules]]
+        name = "dns"
+        fields = [ { field = "udp_dst", equals = "53" } ]
+        [[user_rules]]
+        name = "nd"
+        fields = [ { field = "icmpv6_type", equals = "135" } ]
+        [[user_rules]]
+        name = "est"
+        fields = [ { field = "ct_state", equals = "+trk+est" } ]
+        [[user_rules]]
+        name = "fa16"
+        fields = [ { field = "eth_src", equals = "fa:16:3e:00:00:00/ff:ff:ff:00:00:00" } ]
+        "#,
+    )
+    .unwrap();
+    let mut idx = DirtyFlowIndex::new(&cfg).unwrap();
+    let tcp = |port| vec![ip(), m("nw_proto", 6, 1), m("tp_dst", port, 2)];
+    idx.upsert_flow(
+        BR,
+        flow(0, 1, 0, vec![mm("vlan_tci", 0x1064, 0x1fff, 2)], vec![]),
+        now,
+    );
+    idx.upsert_flow(BR, flow(0, 2, 0, tcp(22), vec![]), now);
+    idx.upsert_flow(BR, flow(0, 3, 0, tcp(53), vec![]), now);
+    idx.upsert_flow(
+        BR,
+        flow(
+            0,
+            4,
+            0,
+            vec![
+                m("dl_type", 0x86dd, 2),
+                m("nw_proto", 58, 1),
+                m("icmp_type", 135, 2),
+            ],
+            vec![],
+        ),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 5, 0, vec![mm("ct_state", 0x22, 0x22, 4)], vec![]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 6, 0, vec![mm("ct_state", 0x20, 0x20, 4)], vec![]),
+        now,
+    );
+    idx.upsert_flow(
+        BR,
+        flow(0, 7, 0, vec![m("dl_src", 0xfa16_3e12_3456, 6)], vec![]),
+        now,
+    );
+    let c = idx.counts();
+    for (rule, n) in [
+        ("vlan_vid", 1),
+        ("dl_vlan", 1),
+        ("ssh", 1),
+        // tp_dst=53 is both TCP and UDP to the decoder's field: udp_dst names the same field.
+        ("dns", 1),
+        ("nd", 1),
+        ("est", 1),
+        ("fa16", 1),
+    ] {
+        assert_eq!(c.get(&(BR.into(), rule.into())), Some(&n), "{rule}");
+    }
 }

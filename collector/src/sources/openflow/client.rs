@@ -604,6 +604,8 @@ pub enum FlowChange {
         flows: usize,
         /// The flows as dumped (entries are cheap to clone: they share their storage).
         table: Vec<FlowEntry>,
+        /// Each flow's age as the switch reported it (`duration`), index for index with `table`.
+        ages: Vec<Duration>,
     },
     /// A flow appeared. Without a mirrored table ([`BridgeConfig::snapshot_flows`] off), this is
     /// the switch's own add/modify verdict, so a flow added while the dump ran may come as `Added`
@@ -705,12 +707,17 @@ async fn session(
     // without a table holds no flow at all, its consumer (the dirty-flow index) keeps them.
     let mut table = FlowTable::new();
     let mut dumped = Vec::new();
+    let mut ages = Vec::new();
     let n = c
         .dump_flows_each(cfg.max_flows, |f| {
             if cfg.snapshot_flows {
                 table.insert(f.entry.key(), Arc::new(f.entry.clone()));
             }
             if changes.is_some() {
+                ages.push(Duration::new(
+                    u64::from(f.duration_sec),
+                    f.duration_nsec.min(999_999_999),
+                ));
                 dumped.push(f.entry);
             }
         })
@@ -727,6 +734,7 @@ async fn session(
             generation: state.generation,
             flows: n,
             table: dumped,
+            ages,
         })
         .await;
     }
