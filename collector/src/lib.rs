@@ -13,3 +13,5 @@ pub mod export;
 pub mod model;
 pub mod sources;
 pub mod state;
+#[doc(hidden)]
+pub mod fuzzing;

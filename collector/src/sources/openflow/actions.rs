@@ -127,8 +127,30 @@ fn hex_bytes(out: &mut String, b: &[u8]) {
     }
 }
 
+/// Deepest nesting of action lists inside actions (`clone(...)`, `ct(exec(...))`) that is decoded;
+/// deeper is malformed. Real flows nest two or three levels (OVN's `clone`); without a cap, a
+/// 64 KiB message could nest ~4 000 levels and recurse off the end of a task's stack. At this cap
+/// the decoder fits in 1 MiB of stack even unoptimized (tested in a thread with that much; tokio's
+/// worker threads have 2 MiB).
+pub const MAX_ACTION_NESTING: usize = 32;
+
 /// Decodes an action list, appending comma-separated text (no trailing comma) and semantics.
 pub fn decode_actions(buf: &[u8], text: &mut String, acts: &mut Vec<FlowAction>) -> OfResult<()> {
+    decode_actions_at(buf, text, acts, 0)
+}
+
+/// [`decode_actions`] for a list nested `depth` levels inside other actions.
+fn decode_actions_at(
+    buf: &[u8],
+    text: &mut String,
+    acts: &mut Vec<FlowAction>,
+    depth: usize,
+) -> OfResult<()> {
+    if depth > MAX_ACTION_NESTING {
+        return Err(OfError::Malformed(format!(
+            "actions nested more than {MAX_ACTION_NESTING} levels deep"
+        )));
+    }
     let mut r = Rd::new(buf, "action");
     let mut first = true;
     while !r.is_empty() {
@@ -145,7 +167,7 @@ pub fn decode_actions(buf: &[u8], text: &mut String, acts: &mut Vec<FlowAction>)
         }
         first = false;
         let s0 = text.len();
-        let sem = decode_one(ty, body, text, acts)?;
+        let sem = decode_one(ty, body, text, acts, depth)?;
         match sem {
             Sem::Done => {}
             Sem::Other => {
@@ -190,6 +212,7 @@ fn decode_one(
     body: &[u8],
     text: &mut String,
     acts: &mut Vec<FlowAction>,
+    depth: usize,
 ) -> OfResult<Sem> {
     let mut b = Rd::new(body, "action");
     match ty {
@@ -255,7 +278,7 @@ fn decode_one(
             let exp = b.u32()?;
             if exp == NX_EXPERIMENTER {
                 let subtype = b.u16()?;
-                decode_nx(subtype, b, text, acts)
+                decode_nx(subtype, b, text, acts, depth)
             } else {
                 let _ = write!(text, "experimenter_action(experimenter={exp:#010x},");
                 hex_bytes(text, b.rest());
@@ -332,6 +355,7 @@ fn decode_nx(
     mut b: Rd<'_>,
     text: &mut String,
     acts: &mut Vec<FlowAction>,
+    depth: usize,
 ) -> OfResult<Sem> {
     match subtype {
         1 | 14 | 44 => {
@@ -623,16 +647,23 @@ fn decode_nx(
             let clause = b.u8()?;
             let n = b.u8()?;
             let id = b.u32()?;
-            let _ = write!(text, "conjunction({id},{}/{n})", clause as u32 + 1);
+            // OVS refuses the same (`OFPERR_NXBAC_BAD_CONJUNCTION`): 2..=64 clauses, the clause
+            // index (0-based on the wire) below their number. Checked before `clause + 1`.
+            if !(2..=64).contains(&n) || clause >= n {
+                return Err(OfError::Malformed(format!(
+                    "conjunction clause {clause} of {n} clauses"
+                )));
+            }
+            let _ = write!(text, "conjunction({id},{}/{n})", u32::from(clause) + 1);
             acts.push(FlowAction::Conjunction {
                 id,
-                clause: clause + 1,
+                clause: clause.saturating_add(1),
                 n_clauses: n,
             });
             Ok(Sem::Done)
         }
         35 => {
-            ct(&mut b, text, acts)?;
+            ct(&mut b, text, acts, depth)?;
             Ok(Sem::Done)
         }
         36 => {
@@ -658,7 +689,7 @@ fn decode_nx(
             b.skip(6)?;
             text.push_str("clone(");
             let mut inner = Vec::new();
-            decode_actions(b.rest(), text, &mut inner)?;
+            decode_actions_at(b.rest(), text, &mut inner, depth + 1)?;
             text.push(')');
             acts.extend(
                 inner
@@ -759,7 +790,12 @@ fn mp_alg(a: u16) -> &'static str {
     }
 }
 
-fn ct(b: &mut Rd<'_>, text: &mut String, acts: &mut Vec<FlowAction>) -> OfResult<()> {
+fn ct(
+    b: &mut Rd<'_>,
+    text: &mut String,
+    acts: &mut Vec<FlowAction>,
+    depth: usize,
+) -> OfResult<()> {
     let flags = b.u16()?;
     let zone_src = b.u32()?;
     let zone = b.u16()?;
@@ -810,7 +846,7 @@ fn ct(b: &mut Rd<'_>, text: &mut String, acts: &mut Vec<FlowAction>) -> OfResult
     if !exec_start.is_empty() {
         text.push_str("exec(");
         let mut inner = Vec::new();
-        decode_actions(exec_start, text, &mut inner)?;
+        decode_actions_at(exec_start, text, &mut inner, depth + 1)?;
         text.push_str("),");
     }
     match alg {
@@ -1091,6 +1127,70 @@ mod tests {
                 table: Some(60)
             }
         );
+    }
+
+    fn conjunction(clause: u8, n: u8) -> Vec<u8> {
+        nx(34, &[clause, n, 0, 0, 0, 7])
+    }
+
+    #[test]
+    fn conjunction_clause_out_of_range_is_malformed_not_an_overflow() {
+        let (t, a) = render(&conjunction(1, 2));
+        assert_eq!(t, "conjunction(7,2/2)");
+        assert_eq!(
+            a,
+            [FlowAction::Conjunction {
+                id: 7,
+                clause: 2,
+                n_clauses: 2
+            }]
+        );
+        // clause 255 used to overflow `clause + 1` (a panic with overflow checks on).
+        for (clause, n) in [(255, 255), (255, 64), (2, 2), (0, 1), (0, 65), (0, 0)] {
+            let (mut t, mut a) = (String::new(), Vec::new());
+            let err = decode_actions(&conjunction(clause, n), &mut t, &mut a).unwrap_err();
+            assert!(err.to_string().contains("conjunction clause"), "{err}");
+        }
+    }
+
+    /// `clone(clone(…(output:1)…))` nested `levels` deep.
+    fn nested_clones(levels: usize) -> Vec<u8> {
+        let mut b = act(0, &[0, 0, 0, 1, 0xff, 0xff, 0, 0, 0, 0, 0, 0]);
+        for _ in 0..levels {
+            let mut body = vec![0; 6];
+            body.extend(&b);
+            b = nx(42, &body);
+        }
+        b
+    }
+
+    #[test]
+    fn action_nesting_is_capped() {
+        // At the cap it decodes, in a thread with a small stack.
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(|| {
+                let (t, a) = render(&nested_clones(MAX_ACTION_NESTING));
+                assert_eq!(t.matches("clone(").count(), MAX_ACTION_NESTING);
+                assert_eq!(a.first(), Some(&FlowAction::Output(1)));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // One level more is malformed; so is what a 64 KiB message can hold (~4 000 levels),
+        // without recursing into it.
+        for levels in [MAX_ACTION_NESTING + 1, 4000] {
+            let (mut t, mut a) = (String::new(), Vec::new());
+            let err = decode_actions(&nested_clones(levels), &mut t, &mut a).unwrap_err();
+            assert!(err.to_string().contains("nested more than"), "{err}");
+        }
+        // ct(exec(...)) counts as nesting too.
+        let mut ct = vec![0u8; 14];
+        ct[8] = 0xff; // table: none
+        ct.extend(nested_clones(MAX_ACTION_NESTING));
+        let (mut t, mut a) = (String::new(), Vec::new());
+        let err = decode_actions(&nx(35, &ct), &mut t, &mut a).unwrap_err();
+        assert!(err.to_string().contains("nested more than"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! Fuzz target: `pinflow::fuzzing::openflow_flow_stats` (see collector/src/fuzzing.rs for what it exercises).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pinflow::fuzzing::openflow_flow_stats(data));
