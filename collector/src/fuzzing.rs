@@ -59,7 +59,11 @@ pub fn openflow_flow_stats(data: &[u8]) {
     multipart_replies(data, |mp| match mp.mp_type {
         wire::OFPMP_FLOW => {
             let mut flows = Vec::new();
-            let _ = render::decode_flow_stats(mp.body, &mut flows);
+            let mut bad = Vec::new();
+            let _ = render::decode_flow_stats(mp.body, &mut flows, &mut bad);
+            for b in &bad {
+                let _ = b.raw_hex();
+            }
             for f in &flows {
                 let _ = render::stats_line(f);
                 let _ = f.entry.actions();
@@ -79,7 +83,7 @@ pub fn openflow_flow_stats(data: &[u8]) {
 pub fn openflow_flow_monitor(data: &[u8]) {
     multipart_replies(data, |mp| {
         let mut ups = Vec::new();
-        let _ = render::decode_flow_updates(mp.body, &mut ups);
+        let _ = render::decode_flow_updates(mp.body, &mut ups, &mut Vec::new());
         for u in &ups {
             match u {
                 render::FlowUpdate::Added(e)
@@ -183,9 +187,12 @@ pub fn cpuset(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    for set in [s.parse::<crate::cpuset::CpuSet>(), crate::cpuset::CpuSet::from_hex_mask(s)]
-        .into_iter()
-        .flatten()
+    for set in [
+        s.parse::<crate::cpuset::CpuSet>(),
+        crate::cpuset::CpuSet::from_hex_mask(s),
+    ]
+    .into_iter()
+    .flatten()
     {
         let text = set.to_string();
         let back: Result<crate::cpuset::CpuSet, _> = text.parse();

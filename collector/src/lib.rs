@@ -10,8 +10,9 @@ pub mod cpuset;
 pub mod detect;
 pub mod engine;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod limits;
 pub mod model;
 pub mod sources;
 pub mod state;
-#[doc(hidden)]
-pub mod fuzzing;

@@ -372,9 +372,14 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
         for name in bridges.keys() {
             let timeout = std::time::Duration::from_secs(10);
             if a.dirty {
-                let (_, _, flows) = openflow::dump_bridge(&s.ovs_run_dir, name, timeout, 1_000_000)
-                    .await
-                    .with_context(|| format!("cannot dump flows of {name}"))?;
+                let (_, _, flows) = openflow::dump_bridge(
+                    &s.ovs_run_dir,
+                    name,
+                    timeout,
+                    pinflow::limits::MAX_FLOWS_PER_BRIDGE,
+                )
+                .await
+                .with_context(|| format!("cannot dump flows of {name}"))?;
                 engine::flows::load_dump_aged(&mut index, name, flows, now);
             } else {
                 let path = s.ovs_run_dir.join(format!("{name}.mgmt"));

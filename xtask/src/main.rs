@@ -11,6 +11,7 @@
 mod bench_flows;
 mod bench_sched;
 mod dist;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -41,6 +42,8 @@ enum Cmd {
     /// Build the shipped artifacts into target/pinflow-dist: static musl binary, man page, completions
     /// (and with --image the container image).
     Dist(dist::DistArgs),
+    /// Build the cargo-fuzz targets (nightly, overflow checks on) and run each for `--time N` s.
+    Fuzz(fuzz::FuzzArgs),
     /// Measure pinflow's costs (sched_switch overhead, RSS, /metrics latency, OpenFlow tables).
     Bench(BenchArgs),
 }
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Cmd::VmTest(a) => vm::vm_test(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Dist(a) => dist::dist(&a).map(|_| ()),
+        Cmd::Fuzz(a) => fuzz::fuzz(&a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

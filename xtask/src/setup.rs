@@ -52,6 +52,7 @@ pub fn setup() -> anyhow::Result<()> {
     rust_src()?;
     musl_target()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     python_tools()?;
     tracefs()?;
     Ok(())
@@ -179,6 +180,30 @@ fn bpf_linker() -> anyhow::Result<()> {
         .context("cannot run cargo install")?;
     if !st.success() {
         bail!("installing bpf-linker failed ({st})");
+    }
+    Ok(())
+}
+
+/// cargo-fuzz (libFuzzer driver) for `cargo xtask fuzz`; the targets build with nightly.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if output("cargo", &["+nightly", "fuzz", "--version"]).is_some() {
+        step("cargo-fuzz: present");
+        return Ok(());
+    }
+    step("cargo-fuzz: installing (~2 min)");
+    let st = std::process::Command::new("cargo")
+        .args([
+            "+stable",
+            "install",
+            "cargo-fuzz",
+            "--version",
+            "0.13.2",
+            "--locked",
+        ])
+        .status()
+        .context("cannot run cargo install")?;
+    if !st.success() {
+        bail!("installing cargo-fuzz failed ({st})");
     }
     Ok(())
 }

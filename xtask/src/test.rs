@@ -39,6 +39,15 @@ pub fn test(a: TestArgs) -> anyhow::Result<()> {
             "warnings",
         ])?;
     }
+    if a.filter.is_none() {
+        // Every decoder under libFuzzer for a few seconds (regressions of fixed findings, and
+        // panics/overflows a change introduces); `cargo xtask fuzz --time N` runs them longer.
+        step("fuzz: every target, 8 s each");
+        crate::fuzz::fuzz(&crate::fuzz::FuzzArgs {
+            time: 8,
+            targets: Vec::new(),
+        })?;
+    }
     step("build: pinflow (with its eBPF object)");
     cargo(&["build", "-p", "pinflow", "--bins", "--examples"])?;
     let target = std::env::var_os("CARGO_TARGET_DIR")

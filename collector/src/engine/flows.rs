@@ -326,6 +326,25 @@ fn apply_change(
             false
         }
         FlowChange::PortsChanged => true,
+        FlowChange::Undecodable(u) => {
+            // Skipped, never indexed: one bad flow costs neither the dump nor the session.
+            state.sources.errors(source::OPENFLOW, 1);
+            tracing::warn!(
+                bridge,
+                table = u.table,
+                priority = u.priority,
+                cookie = format_args!("{:#x}", u.cookie),
+                raw = u.raw_hex(),
+                "skipped a flow that does not decode: {}",
+                u.error
+            );
+            false
+        }
+        FlowChange::UndecodableDropped(n) => {
+            state.sources.errors(source::OPENFLOW, n as u64);
+            tracing::warn!(bridge, "skipped {n} more flows that do not decode");
+            false
+        }
         FlowChange::Disconnected { error } => {
             state.sources.errors(source::OPENFLOW, 1);
             tracing::warn!(bridge, "OpenFlow session ended: {error}");
@@ -952,7 +971,7 @@ mod tests {
         let mut flows = Vec::new();
         for body in replies("neutron-dump.of13.bin") {
             let mp = openflow::wire::MultipartReply::parse(&body).unwrap();
-            openflow::decode_flow_stats(mp.body, &mut flows).unwrap();
+            openflow::decode_flow_stats(mp.body, &mut flows, &mut Vec::new()).unwrap();
         }
         let by_text = |want: &str| {
             flows

@@ -409,7 +409,7 @@ impl OvsdbOptions {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             probe_interval: Duration::from_secs(30),
-            max_message_bytes: 64 << 20,
+            max_message_bytes: crate::limits::MAX_OVSDB_MESSAGE_BYTES,
         }
     }
 

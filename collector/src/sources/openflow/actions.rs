@@ -790,12 +790,7 @@ fn mp_alg(a: u16) -> &'static str {
     }
 }
 
-fn ct(
-    b: &mut Rd<'_>,
-    text: &mut String,
-    acts: &mut Vec<FlowAction>,
-    depth: usize,
-) -> OfResult<()> {
+fn ct(b: &mut Rd<'_>, text: &mut String, acts: &mut Vec<FlowAction>, depth: usize) -> OfResult<()> {
     let flags = b.u16()?;
     let zone_src = b.u32()?;
     let zone = b.u16()?;

@@ -7,7 +7,9 @@
 //! carries the full flow, so replaying them over the dump converges to the switch's state).
 //! After that, cost is proportional to flow changes. ECHO requests are answered at any time.
 
-use super::render::{FlowStats, FlowUpdate, decode_flow_stats, decode_flow_updates};
+use super::render::{
+    FlowStats, FlowUpdate, UndecodableFlow, decode_flow_stats, decode_flow_updates,
+};
 use super::wire::{
     self, Features, MAX_MESSAGE_LEN, Message, MultipartReply, NXFMF_ACTIONS, NXFMF_ADD,
     NXFMF_DELETE, NXFMF_MODIFY, OFP13_VERSION, OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST, OFPT_ERROR,
@@ -40,6 +42,8 @@ pub enum MonitorEvent {
         /// The port description.
         port: PortDesc,
     },
+    /// A flow update that does not decode (skipped; see [`UndecodableFlow`]).
+    Undecodable(UndecodableFlow),
     /// The switch paused updates (its send buffer filled); a resync is advisable after `Resumed`.
     Paused,
     /// The switch resumed updates.
@@ -60,6 +64,24 @@ pub struct OpenFlowClient {
     max_pending: usize,
     timeout: Duration,
     last_rx: Instant,
+    /// Flows of the last dump that did not decode (taken with [`OpenFlowClient::take_undecodable`]):
+    /// the first [`MAX_UNDECODABLE_KEPT`] raw, and how many there were in all.
+    undecodable: (Vec<UndecodableFlow>, usize),
+}
+
+/// Undecodable flows of one dump kept raw (the rest are only counted).
+pub const MAX_UNDECODABLE_KEPT: usize = 32;
+
+/// Moves `bad` into `kept` up to [`MAX_UNDECODABLE_KEPT`], counting all of them in `total`.
+fn keep_undecodable(
+    kept: &mut Vec<UndecodableFlow>,
+    total: &mut usize,
+    bad: &mut Vec<UndecodableFlow>,
+) {
+    *total += bad.len();
+    let room = MAX_UNDECODABLE_KEPT.saturating_sub(kept.len());
+    kept.extend(bad.drain(..).take(room));
+    bad.clear();
 }
 
 impl OpenFlowClient {
@@ -82,9 +104,10 @@ impl OpenFlowClient {
             features: Features::default(),
             monitoring: false,
             pending: VecDeque::new(),
-            max_pending: 1_000_000,
+            max_pending: crate::limits::MAX_PENDING_MONITOR_EVENTS,
             timeout,
             last_rx: Instant::now(),
+            undecodable: (Vec::new(), 0),
         };
         tokio::time::timeout(timeout, c.handshake())
             .await
@@ -235,9 +258,12 @@ impl OpenFlowClient {
                 if mp.experimenter != Some((ONF_EXPERIMENTER, ONFST13_FLOW_MONITOR)) {
                     return Ok(None);
                 }
-                let mut ups = Vec::new();
-                decode_flow_updates(mp.body, &mut ups)?;
-                Ok(Some(ups.into_iter().map(MonitorEvent::Flow).collect()))
+                let (mut ups, mut bad) = (Vec::new(), Vec::new());
+                decode_flow_updates(mp.body, &mut ups, &mut bad)?;
+                let mut events: Vec<MonitorEvent> =
+                    ups.into_iter().map(MonitorEvent::Flow).collect();
+                events.extend(bad.into_iter().map(MonitorEvent::Undecodable));
+                Ok(Some(events))
             }
             OFPT_EXPERIMENTER => {
                 let mut r = Rd::new(&m.body, "experimenter message");
@@ -355,11 +381,13 @@ impl OpenFlowClient {
         let xid = self.xid();
         let req = wire::encode_flow_stats_request(xid);
         let mut out = Vec::new();
+        let (mut bad, mut kept, mut total) = (Vec::new(), Vec::new(), 0);
         let t = self.timeout;
         tokio::time::timeout(
             t,
             self.multipart(xid, req, |mp| {
-                decode_flow_stats(mp.body, &mut out)?;
+                decode_flow_stats(mp.body, &mut out, &mut bad)?;
+                keep_undecodable(&mut kept, &mut total, &mut bad);
                 if out.len() > max_flows {
                     return Err(OfError::TooManyFlows(max_flows));
                 }
@@ -368,7 +396,14 @@ impl OpenFlowClient {
         )
         .await
         .map_err(|_| OfError::Timeout("flow dump"))??;
+        self.undecodable = (kept, total);
         Ok(out)
+    }
+
+    /// The flows of the last dump that did not decode (skipped by the dump, see
+    /// [`UndecodableFlow`]): the first [`MAX_UNDECODABLE_KEPT`] of them, and how many in all.
+    pub fn take_undecodable(&mut self) -> (Vec<UndecodableFlow>, usize) {
+        std::mem::take(&mut self.undecodable)
     }
 
     /// Full dump like [`dump_flows`](Self::dump_flows), handing each flow to `f` as it is decoded
@@ -381,12 +416,14 @@ impl OpenFlowClient {
         let xid = self.xid();
         let req = wire::encode_flow_stats_request(xid);
         let mut buf = Vec::new();
+        let (mut bad, mut kept, mut total) = (Vec::new(), Vec::new(), 0);
         let mut n = 0usize;
         let t = self.timeout;
         tokio::time::timeout(
             t,
             self.multipart(xid, req, |mp| {
-                decode_flow_stats(mp.body, &mut buf)?;
+                decode_flow_stats(mp.body, &mut buf, &mut bad)?;
+                keep_undecodable(&mut kept, &mut total, &mut bad);
                 n += buf.len();
                 if n > max_flows {
                     return Err(OfError::TooManyFlows(max_flows));
@@ -397,6 +434,7 @@ impl OpenFlowClient {
         )
         .await
         .map_err(|_| OfError::Timeout("flow dump"))??;
+        self.undecodable = (kept, total);
         Ok(n)
     }
 
@@ -537,13 +575,13 @@ pub struct BridgeConfig {
 }
 
 impl BridgeConfig {
-    /// Defaults for `bridge` under `run_dir`: 1 000 000 flows, 30 s timeout, 0.5–30 s backoff,
+    /// Defaults for `bridge` under `run_dir`: [`crate::limits::MAX_FLOWS_PER_BRIDGE`] flows, 30 s timeout, 0.5–30 s backoff,
     /// snapshots at most every 200 ms, echo probe after 30 s idle.
     pub fn new(run_dir: impl Into<PathBuf>, bridge: impl Into<String>) -> Self {
         Self {
             run_dir: run_dir.into(),
             bridge: bridge.into(),
-            max_flows: 1_000_000,
+            max_flows: crate::limits::MAX_FLOWS_PER_BRIDGE,
             request_timeout: Duration::from_secs(30),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -588,6 +626,11 @@ pub struct BridgeSnapshot {
     pub n_flows: usize,
     /// When this snapshot was taken.
     pub taken: Option<Instant>,
+    /// The last [`MAX_UNDECODABLE_KEPT`] flows the switch sent that did not decode (skipped,
+    /// carried raw).
+    pub undecodable: Arc<Vec<UndecodableFlow>>,
+    /// Flows that did not decode since the mirror started (dumps and updates).
+    pub undecodable_total: u64,
     /// Whether the mirror keeps its table ([`BridgeConfig::snapshot_flows`]).
     keep_table: bool,
 }
@@ -617,6 +660,10 @@ pub enum FlowChange {
     Deleted(FlowEntry),
     /// The port set changed.
     PortsChanged,
+    /// A flow the switch sent did not decode: skipped, carried raw (see [`UndecodableFlow`]).
+    Undecodable(UndecodableFlow),
+    /// More flows of a dump did not decode than are carried raw: this many more.
+    UndecodableDropped(usize),
     /// The session ended; the mirror is stale until the next `Resynced`.
     Disconnected {
         /// Why.
@@ -722,6 +769,7 @@ async fn session(
             }
         })
         .await?;
+    let (undecodable, n_undecodable) = c.take_undecodable();
     state.datapath_id = c.features().datapath_id;
     state.ports = Arc::new(ports.into_iter().map(|p| (p.port_no, p)).collect());
     state.flows = Arc::new(table);
@@ -737,6 +785,22 @@ async fn session(
             ages,
         })
         .await;
+    }
+    if n_undecodable > 0 {
+        state.undecodable_total += n_undecodable as u64;
+        let kept = undecodable.len();
+        for u in undecodable {
+            remember_undecodable(state, u.clone());
+            if let Some(tx) = changes {
+                tx.send(FlowChange::Undecodable(u)).await;
+            }
+        }
+        if let Some(tx) = changes
+            && n_undecodable > kept
+        {
+            tx.send(FlowChange::UndecodableDropped(n_undecodable - kept))
+                .await;
+        }
     }
     // Replay updates that raced with the dump.
     for ev in c.take_queued() {
@@ -779,6 +843,15 @@ async fn session(
     }
 }
 
+/// Keeps `u` among the bridge's last [`MAX_UNDECODABLE_KEPT`] undecodable flows.
+fn remember_undecodable(state: &mut BridgeSnapshot, u: UndecodableFlow) {
+    let list = Arc::make_mut(&mut state.undecodable);
+    if list.len() >= MAX_UNDECODABLE_KEPT {
+        list.remove(0);
+    }
+    list.push(u);
+}
+
 /// Publishes the mirror's state (with or without its table, per [`BridgeConfig::snapshot_flows`]).
 fn publish(
     cfg: &BridgeConfig,
@@ -798,6 +871,8 @@ fn publish(
             flows: Arc::default(),
             n_flows: state.n_flows,
             taken: state.taken,
+            undecodable: state.undecodable.clone(),
+            undecodable_total: state.undecodable_total,
             keep_table: false,
         }
     };
@@ -857,6 +932,11 @@ async fn apply(
                 ports.insert(port.port_no, port);
             }
             FlowChange::PortsChanged
+        }
+        MonitorEvent::Undecodable(u) => {
+            state.undecodable_total += 1;
+            remember_undecodable(state, u.clone());
+            FlowChange::Undecodable(u)
         }
         MonitorEvent::Paused | MonitorEvent::Resumed => return Ok(()),
     };

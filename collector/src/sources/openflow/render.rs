@@ -41,6 +41,49 @@ pub enum FlowUpdate {
     },
 }
 
+/// A flow the switch sent that does not decode (a malformed or unsupported match or instruction):
+/// it is skipped — never applied to the mirror or the dirty-flow index, and never the end of the
+/// dump or the session — counted in `pinflow_source_errors_total{source="openflow"}`, and carried
+/// raw so it can be shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UndecodableFlow {
+    /// Table id from the entry's fixed part.
+    pub table: u8,
+    /// Priority from the entry's fixed part.
+    pub priority: u16,
+    /// Cookie from the entry's fixed part.
+    pub cookie: u64,
+    /// Why it does not decode.
+    pub error: String,
+    /// The entry as received (`ofp_flow_stats` or `nx_flow_update_full`), truncated to
+    /// [`UndecodableFlow::MAX_RAW`] bytes.
+    pub raw: Box<[u8]>,
+}
+
+impl UndecodableFlow {
+    /// Bytes of the raw entry kept.
+    pub const MAX_RAW: usize = 1024;
+
+    fn new(table: u8, priority: u16, cookie: u64, error: &OfError, raw: &[u8]) -> Self {
+        Self {
+            table,
+            priority,
+            cookie,
+            error: error.to_string(),
+            raw: raw.get(..Self::MAX_RAW).unwrap_or(raw).into(),
+        }
+    }
+
+    /// The raw entry in hex (what a log line or the API shows).
+    pub fn raw_hex(&self) -> String {
+        let mut s = String::with_capacity(self.raw.len() * 2);
+        for b in &self.raw {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+}
+
 /// Reusable buffers for decoding many flows (keeps per-flow allocations exact-sized).
 #[derive(Debug, Default)]
 struct Scratch {
@@ -278,12 +321,19 @@ fn take_flow_stats<'a>(r: &mut Rd<'a>) -> OfResult<(StatsHead, Rd<'a>)> {
 }
 
 /// Decodes the body of an `OFPMP_FLOW` reply (a sequence of `ofp_flow_stats`), appending flows.
-pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> {
+/// An entry whose match or instructions do not decode goes to `bad` and the rest still decode; an
+/// error is returned only when the framing itself is broken (the next entry cannot be found).
+pub fn decode_flow_stats(
+    body: &[u8],
+    out: &mut Vec<FlowStats>,
+    bad: &mut Vec<UndecodableFlow>,
+) -> OfResult<()> {
     let mut r = Rd::new(body, "ofp_flow_stats");
     let mut m = Match::default();
     let mut scratch = Scratch::default();
     out.reserve(body.len() / 120);
     while !r.is_empty() {
+        let r_start = body.len() - r.len();
         let (
             StatsHead {
                 table,
@@ -300,19 +350,28 @@ pub fn decode_flow_stats(body: &[u8], out: &mut Vec<FlowStats>) -> OfResult<()> 
             mut f,
         ) = take_flow_stats(&mut r)?;
         let mbuf = f.rest();
-        m.read_ofp_match_into(&mut f)?;
-        let entry = build_entry(
-            table,
-            priority,
-            cookie,
-            idle,
-            hard,
-            flags,
-            &m,
-            match_tlvs(mbuf),
-            f.rest(),
-            &mut scratch,
-        )?;
+        let entry = m.read_ofp_match_into(&mut f).and_then(|()| {
+            build_entry(
+                table,
+                priority,
+                cookie,
+                idle,
+                hard,
+                flags,
+                &m,
+                match_tlvs(mbuf),
+                f.rest(),
+                &mut scratch,
+            )
+        });
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let raw = body.get(r_start..body.len() - r.len()).unwrap_or_default();
+                bad.push(UndecodableFlow::new(table, priority, cookie, &e, raw));
+                continue;
+            }
+        };
         out.push(FlowStats {
             entry,
             duration_sec,
@@ -515,8 +574,13 @@ fn push_stats_prefix(
 }
 
 /// Decodes the body of an ONF flow-monitor reply (`nx_flow_update_*` records with OF1.3 matches
-/// and instructions), appending updates.
-pub fn decode_flow_updates(body: &[u8], out: &mut Vec<FlowUpdate>) -> OfResult<()> {
+/// and instructions), appending updates. A record whose match or instructions do not decode goes to
+/// `bad` (see [`decode_flow_stats`]).
+pub fn decode_flow_updates(
+    body: &[u8],
+    out: &mut Vec<FlowUpdate>,
+    bad: &mut Vec<UndecodableFlow>,
+) -> OfResult<()> {
     let mut r = Rd::new(body, "flow update");
     let mut scratch = Scratch::default();
     while !r.is_empty() {
@@ -528,7 +592,8 @@ pub fn decode_flow_updates(body: &[u8], out: &mut Vec<FlowUpdate>) -> OfResult<(
                 "flow update length {length} is not a positive multiple of 8"
             )));
         }
-        let mut u = Rd::new(r.take(length)?, "flow update");
+        let record = r.take(length)?;
+        let mut u = Rd::new(record, "flow update");
         u.skip(4)?;
         if event == 3 {
             out.push(FlowUpdate::Abbreviated { xid: u.u32()? });
@@ -548,19 +613,27 @@ pub fn decode_flow_updates(body: &[u8], out: &mut Vec<FlowUpdate>) -> OfResult<(
         u.skip(1)?;
         let cookie = u.u64()?;
         let mbuf = u.rest();
-        let m = Match::read_ofp_match(&mut u)?;
-        let entry = build_entry(
-            table,
-            priority,
-            cookie,
-            idle,
-            hard,
-            0,
-            &m,
-            match_tlvs(mbuf),
-            u.rest(),
-            &mut scratch,
-        )?;
+        let entry = Match::read_ofp_match(&mut u).and_then(|m| {
+            build_entry(
+                table,
+                priority,
+                cookie,
+                idle,
+                hard,
+                0,
+                &m,
+                match_tlvs(mbuf),
+                u.rest(),
+                &mut scratch,
+            )
+        });
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                bad.push(UndecodableFlow::new(table, priority, cookie, &e, record));
+                continue;
+            }
+        };
         out.push(match event {
             0 => FlowUpdate::Added(entry),
             1 => FlowUpdate::Deleted(entry),
@@ -621,7 +694,7 @@ mod tests {
         let mut flows = Vec::new();
         for body in replies(&fixture("neutron-dump.of13.bin")) {
             let mp = MultipartReply::parse(&body).unwrap();
-            decode_flow_stats(mp.body, &mut flows).unwrap();
+            decode_flow_stats(mp.body, &mut flows, &mut Vec::new()).unwrap();
         }
         let mut ours: Vec<String> = flows.iter().map(|f| f.entry.text()).collect();
         let expected = String::from_utf8(fixture("neutron-dump.ofctl.txt")).unwrap();
@@ -642,6 +715,76 @@ mod tests {
         assert_eq!(ours.len(), theirs.len());
     }
 
+    /// The `ofp_flow_stats` entries of a reply body.
+    fn entries(body: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut rest = body;
+        while rest.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            out.push(&rest[..len]);
+            rest = &rest[len..];
+        }
+        out
+    }
+
+    #[test]
+    fn one_undecodable_flow_is_skipped_and_carried_raw_not_the_whole_dump() {
+        let bodies = replies(&fixture("neutron-dump.of13.bin"));
+        let mp = MultipartReply::parse(&bodies[0]).unwrap();
+        let all = entries(mp.body);
+        assert!(all.len() >= 3);
+        let mut body = Vec::new();
+        body.extend_from_slice(all[0]);
+        let mut bad = all[1].to_vec();
+        bad[48..50].copy_from_slice(&0u16.to_be_bytes()); // match type 0: not OXM
+        body.extend_from_slice(&bad);
+        body.extend_from_slice(all[2]);
+        let (mut flows, mut skipped) = (Vec::new(), Vec::new());
+        decode_flow_stats(&body, &mut flows, &mut skipped).unwrap();
+        let mut good = Vec::new();
+        decode_flow_stats(all[0], &mut good, &mut Vec::new()).unwrap();
+        decode_flow_stats(all[2], &mut good, &mut Vec::new()).unwrap();
+        assert_eq!(
+            flows, good,
+            "the flows around the bad one decode as they do alone"
+        );
+        assert_eq!(skipped.len(), 1);
+        let u = &skipped[0];
+        assert_eq!(u.table, bad[2]);
+        assert_eq!(u.priority, u16::from_be_bytes([bad[12], bad[13]]));
+        assert_eq!(&*u.raw, bad.as_slice());
+        assert!(u.error.contains("match type 0"), "{}", u.error);
+        assert!(
+            u.raw_hex()
+                .starts_with(&format!("{:02x}{:02x}", bad[0], bad[1]))
+        );
+        // A broken framing (an entry shorter than its fixed part) still ends the reply.
+        let mut broken = body.clone();
+        broken[0..2].copy_from_slice(&8u16.to_be_bytes());
+        assert!(decode_flow_stats(&broken, &mut Vec::new(), &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn one_undecodable_flow_update_is_skipped() {
+        let bodies = replies(&fixture("monitor-updates.of13.bin"));
+        let mut body = Vec::new();
+        for b in &bodies {
+            body.extend_from_slice(MultipartReply::parse(b).unwrap().body);
+        }
+        let mut ups = Vec::new();
+        decode_flow_updates(&body, &mut ups, &mut Vec::new()).unwrap();
+        assert_eq!(ups.len(), 3);
+        // Break the first record's match type: it alone is skipped.
+        let mut broken = body.clone();
+        broken[24..26].copy_from_slice(&0u16.to_be_bytes());
+        let (mut ups2, mut skipped) = (Vec::new(), Vec::new());
+        decode_flow_updates(&broken, &mut ups2, &mut skipped).unwrap();
+        assert_eq!(ups2, ups[1..]);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].priority, 7);
+        assert_eq!(skipped[0].table, 30);
+    }
+
     #[test]
     fn captured_monitor_updates_decode() {
         let mut ups = Vec::new();
@@ -651,7 +794,7 @@ mod tests {
                 mp.experimenter,
                 Some((wire::ONF_EXPERIMENTER, wire::ONFST13_FLOW_MONITOR))
             );
-            decode_flow_updates(mp.body, &mut ups).unwrap();
+            decode_flow_updates(mp.body, &mut ups, &mut Vec::new()).unwrap();
         }
         let m =
             "cookie=0x5, table=30, priority=7,ct_state=+est-rel,tcp,reg5=0x5,tp_dst=22 actions=";
@@ -672,8 +815,8 @@ mod tests {
             other => panic!("unexpected updates {other:#?}"),
         }
         let mut v = Vec::new();
-        assert!(decode_flow_updates(&[0, 8, 0, 9, 0, 0, 0, 0], &mut v).is_err());
-        assert!(decode_flow_updates(&[0, 7, 0, 0], &mut v).is_err());
+        assert!(decode_flow_updates(&[0, 8, 0, 9, 0, 0, 0, 0], &mut v, &mut Vec::new()).is_err());
+        assert!(decode_flow_updates(&[0, 7, 0, 0], &mut v, &mut Vec::new()).is_err());
     }
 
     #[test]
@@ -681,7 +824,7 @@ mod tests {
         let mut flows = Vec::new();
         for body in replies(&fixture("edge-dump.of13.bin")) {
             let mp = MultipartReply::parse(&body).unwrap();
-            decode_flow_stats(mp.body, &mut flows).unwrap();
+            decode_flow_stats(mp.body, &mut flows, &mut Vec::new()).unwrap();
         }
         let ours: Vec<String> = flows.iter().map(|f| f.entry.text()).collect();
         let expected = String::from_utf8(fixture("edge-dump.ofctl.txt")).unwrap();
@@ -698,7 +841,7 @@ mod tests {
             for body in replies(&fixture(name)) {
                 let mp = MultipartReply::parse(&body).unwrap();
                 let mut flows = Vec::new();
-                decode_flow_stats(mp.body, &mut flows).unwrap();
+                decode_flow_stats(mp.body, &mut flows, &mut Vec::new()).unwrap();
                 for f in &flows {
                     want_plain.push_str(&format!(" {}\n", f.entry.text()));
                     want_stats.push_str(&format!(" {}\n", stats_line(f)));
@@ -744,7 +887,7 @@ mod tests {
             // ofp_flow_stats: length, table, pad, duration_sec, duration_nsec, ...
             one[8..12].copy_from_slice(&nsec.to_be_bytes());
             let mut flows = Vec::new();
-            decode_flow_stats(&one, &mut flows).unwrap();
+            decode_flow_stats(&one, &mut flows, &mut Vec::new()).unwrap();
             let mut out = String::new();
             lines.push_flow_stats(&one, true, &mut out).unwrap();
             assert_eq!(out, format!(" {}\n", stats_line(&flows[0])), "nsec {nsec}");
@@ -824,16 +967,16 @@ mod tests {
         // Every truncation point and a few byte flips must give an error or a result, never panic.
         for cut in (0..mp.body.len().min(4096)).step_by(7) {
             let mut v = Vec::new();
-            let _ = decode_flow_stats(&mp.body[..cut], &mut v);
+            let _ = decode_flow_stats(&mp.body[..cut], &mut v, &mut Vec::new());
         }
         let mut garbage = mp.body[..2048].to_vec();
         for i in (0..garbage.len()).step_by(13) {
             garbage[i] ^= 0xa5;
             let mut v = Vec::new();
-            let _ = decode_flow_stats(&garbage, &mut v);
+            let _ = decode_flow_stats(&garbage, &mut v, &mut Vec::new());
         }
         let mut v = Vec::new();
-        assert!(decode_flow_stats(&mp.body[..100], &mut v).is_err());
+        assert!(decode_flow_stats(&mp.body[..100], &mut v, &mut Vec::new()).is_err());
     }
 
     /// One-shot line rendering of a captured switch→client dump stream (multipart FLOW replies),
@@ -904,7 +1047,7 @@ mod tests {
                 let mut out = Vec::with_capacity(rounds * per_round);
                 for _ in 0..rounds {
                     for b in &bodies {
-                        decode_flow_stats(b, &mut out).unwrap();
+                        decode_flow_stats(b, &mut out, &mut Vec::new()).unwrap();
                     }
                 }
                 let keys: usize = out.iter().map(|f| f.entry.text().len()).sum();
