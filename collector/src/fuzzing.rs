@@ -175,8 +175,8 @@ pub fn genetlink(data: &[u8]) {
         let _ = genl::attr_list(&p.attrs);
         Ok(())
     });
-    let _ = genl::walk_datagram::<netlink_packet_generic::ctrl::GenlCtrl>(data, seq, &mut |m| {
-        let _ = format!("{:?}", m.payload.nlas);
+    let _ = genl::walk_datagram::<genl::CtrlFamily>(data, seq, &mut |m| {
+        let _ = format!("{:?}", m.payload);
         Ok(())
     });
 }

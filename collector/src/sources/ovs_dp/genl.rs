@@ -8,7 +8,6 @@ use netlink_packet_core::{
     DecodeError, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage,
     NetlinkPayload, NlasIterator, ParseableParametrized,
 };
-use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
@@ -66,6 +65,45 @@ impl ParseableParametrized<[u8], GenlHeader> for OvsMessage {
             dp_ifindex: i32::from_ne_bytes(ifindex),
             attrs: attrs.to_vec(),
         })
+    }
+}
+
+/// One family of an `nlctrl` family dump: only its name and id, read with the bounds-checked
+/// [`attrs`] walk. (netlink-packet-generic's `GenlCtrl` parses every attribute, op policies
+/// included, and its policy parser panics on a truncated nested attribute — found by the
+/// `genetlink` fuzz target.)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtrlFamily {
+    /// `CTRL_ATTR_FAMILY_NAME`.
+    pub name: Option<String>,
+    /// `CTRL_ATTR_FAMILY_ID`.
+    pub id: Option<u16>,
+}
+
+/// `CTRL_ATTR_FAMILY_ID`.
+const CTRL_ATTR_FAMILY_ID: u16 = 1;
+/// `CTRL_ATTR_FAMILY_NAME`.
+const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+
+impl ParseableParametrized<[u8], GenlHeader> for CtrlFamily {
+    fn parse_with_param(buf: &[u8], _header: GenlHeader) -> Result<Self, DecodeError> {
+        let mut f = CtrlFamily::default();
+        for a in attrs(buf) {
+            let a = a.map_err(|e| DecodeError::from(e.to_string()))?;
+            match a.kind {
+                CTRL_ATTR_FAMILY_ID => {
+                    if let [x, y] = a.value {
+                        f.id = Some(u16::from_ne_bytes([*x, *y]));
+                    }
+                }
+                CTRL_ATTR_FAMILY_NAME => {
+                    let name = a.value.split(|b| *b == 0).next().unwrap_or_default();
+                    f.name = Some(String::from_utf8_lossy(name).into_owned());
+                }
+                _ => {}
+            }
+        }
+        Ok(f)
     }
 }
 
@@ -164,16 +202,12 @@ impl GenlSocket {
         nl.serialize(&mut out);
         self.send(&out)?;
         let mut all = Vec::new();
-        self.receive::<GenlCtrl>(seq, |m| {
-            let (mut name, mut id) = (None, None);
-            for a in &m.payload.nlas {
-                match a {
-                    GenlCtrlAttrs::FamilyId(i) => id = Some(*i),
-                    GenlCtrlAttrs::FamilyName(n) => name = Some(n.clone()),
-                    _ => {}
-                }
-            }
-            if let (Some(n), Some(i)) = (name, id) {
+        self.receive::<CtrlFamily>(seq, |m| {
+            if let CtrlFamily {
+                name: Some(n),
+                id: Some(i),
+            } = m.payload
+            {
                 all.push((n, i));
             }
             Ok(())

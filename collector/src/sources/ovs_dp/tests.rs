@@ -361,8 +361,7 @@ fn missing_module_is_reported_not_loaded() {
 /// flow dumps. This kernel also sends per-vport upcall statistics and the vport ifindex.
 #[test]
 fn captured_guest_6_12_dumps_decode_by_family() {
-    use netlink_packet_generic::ctrl::GenlCtrl;
-    use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+    use super::genl::CtrlFamily;
     let datagrams: Vec<Vec<u8>> = include_str!("fixtures/guest-6.12-dump.hex")
         .lines()
         .map(|l| {
@@ -377,16 +376,12 @@ fn captured_guest_6_12_dumps_decode_by_family() {
         let ty = u16::from_ne_bytes([d[4], d[5]]);
         let seq = u32::from_ne_bytes([d[8], d[9], d[10], d[11]]);
         if ty == 16 {
-            walk_datagram::<GenlCtrl>(d, seq, &mut |m: GenlMessage<GenlCtrl>| {
-                let (mut name, mut id) = (None, None);
-                for a in &m.payload.nlas {
-                    match a {
-                        GenlCtrlAttrs::FamilyName(n) => name = Some(n.clone()),
-                        GenlCtrlAttrs::FamilyId(i) => id = Some(*i),
-                        _ => {}
-                    }
-                }
-                if let (Some(n), Some(i)) = (name, id) {
+            walk_datagram::<CtrlFamily>(d, seq, &mut |m: GenlMessage<CtrlFamily>| {
+                if let CtrlFamily {
+                    name: Some(n),
+                    id: Some(i),
+                } = m.payload
+                {
                     families.insert(i, n);
                 }
                 Ok(())
@@ -428,4 +423,28 @@ fn captured_guest_6_12_dumps_decode_by_family() {
         norm(&render_megaflows(&flows, 0)),
         norm(include_str!("fixtures/guest-6.12-ovs-dpctl.txt"))
     );
+}
+
+/// Found by the `genetlink` fuzz target: an `nlctrl` family dump whose op-policy attribute is
+/// truncated made netlink-packet-generic's `GenlCtrl` parser panic (slice index out of range). The
+/// family dump is now read with pinflow's own bounds-checked walk: an error or the families that
+/// are whole, never a panic.
+#[test]
+fn truncated_nlctrl_policy_is_not_a_panic() {
+    use super::genl::CtrlFamily;
+    let d: &[u8] = include_bytes!("fixtures/fuzz-nlctrl-truncated-policy.bin");
+    let seq = u32::from_ne_bytes([d[8], d[9], d[10], d[11]]);
+    let mut names = Vec::new();
+    let r = walk_datagram::<CtrlFamily>(d, seq, &mut |m: GenlMessage<CtrlFamily>| {
+        names.push(m.payload.name);
+        Ok(())
+    });
+    // Its first message is a whole `nlctrl` family entry.
+    assert!(
+        r.is_err() || names.first() == Some(&Some("nlctrl".to_string())),
+        "{r:?} {names:?}"
+    );
+    for cut in 0..d.len() {
+        let _ = walk_datagram::<CtrlFamily>(&d[..cut], seq, &mut |_| Ok(()));
+    }
 }
