@@ -314,15 +314,21 @@ pub fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
     (obs, errors)
 }
 
-/// One pass without eBPF, for one-shot commands (`pinflow pinning`).
-pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt::Refresh) {
+/// One pass without eBPF, for one-shot commands (`pinflow pinning`): the report, the libvirt
+/// refresh (with its errors) and the number of unexpected procfs/cgroupfs read errors.
+pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt::Refresh, u64) {
     let mut inv = LibvirtInventory::new(inputs.libvirt_state_dir.clone());
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());
+    let mut proc_errors = 0;
     let obs: Vec<_> = inv
         .domains()
         .cloned()
-        .map(|d| observe(&hostfs, d).0)
+        .map(|d| {
+            let (o, errors) = observe(&hostfs, d);
+            proc_errors += errors;
+            o
+        })
         .collect();
-    (pinning::evaluate(&obs), refresh)
+    (pinning::evaluate(&obs), refresh, proc_errors)
 }
