@@ -8,6 +8,7 @@
 use crate::config::PinningConfig;
 use crate::cpuset::CpuSet;
 use crate::detect::pinning::{self, DomainObservation, PlacementSample};
+use crate::engine::findings_log::FindingsLog;
 use crate::model::Domain;
 use crate::sources::libvirt::{self, LibvirtInventory};
 use crate::sources::procfs::{HostFs, ProcError};
@@ -58,6 +59,7 @@ pub struct PinningEngine {
     watched: HashMap<u32, WatchedThread>,
     last_errors: BTreeMap<String, String>,
     state: SharedState,
+    findings: FindingsLog,
 }
 
 impl PinningEngine {
@@ -76,6 +78,7 @@ impl PinningEngine {
             watched: HashMap::new(),
             last_errors: BTreeMap::new(),
             state,
+            findings: FindingsLog::new("pinning drift"),
         }
     }
 
@@ -175,7 +178,25 @@ impl PinningEngine {
                     .collect()
             });
         }
-        self.state.set_pinning(pinning::evaluate(&observations));
+        let report = pinning::evaluate(&observations);
+        let drifts = |r: &pinning::PinningReport| -> Vec<(String, pinning::Drift)> {
+            r.domains
+                .iter()
+                .flat_map(|d| d.drifts.iter().map(|x| (d.domain.clone(), x.clone())))
+                .collect()
+        };
+        self.findings.changes(
+            &drifts(&self.state.pinning()),
+            &drifts(&report),
+            |(domain, x)| (domain.clone(), x.vcpu.clone(), x.check.to_string()),
+            |(domain, x)| {
+                format!(
+                    "domain={domain} vcpu={} check={} expected={} actual=\"{}\"",
+                    x.vcpu, x.check, x.expected, x.actual
+                )
+            },
+        );
+        self.state.set_pinning(report);
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
