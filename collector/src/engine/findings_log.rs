@@ -17,8 +17,9 @@ pub(crate) struct FindingsLog {
     kind: &'static str,
     tokens: f64,
     refilled: Instant,
-    /// Changes not logged for want of tokens, summarised when tokens are back.
+    /// Changes not logged for want of tokens, summarised at most once a second.
     suppressed: u64,
+    last_summary: Option<Instant>,
 }
 
 impl FindingsLog {
@@ -29,6 +30,7 @@ impl FindingsLog {
             tokens: BURST,
             refilled: Instant::now(),
             suppressed: 0,
+            last_summary: None,
         }
     }
 
@@ -67,7 +69,13 @@ impl FindingsLog {
                 self.suppressed += 1;
             }
         }
-        if self.suppressed > 0 && self.take() {
+        // The summary has its own pace (one a second at most), so a storm's end is summarised
+        // even when the line budget is spent; what is left over goes into the next one.
+        let summary_due = self
+            .last_summary
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1));
+        if self.suppressed > 0 && summary_due {
+            self.last_summary = Some(now);
             tracing::warn!(
                 kind = self.kind,
                 not_logged = self.suppressed,
@@ -98,12 +106,18 @@ mod tests {
         let old: Vec<u32> = Vec::new();
         let new: Vec<u32> = (0..100).collect();
         log.changes(&old, &new, |x| *x, |x| x.to_string());
-        // 20 lines, the last of them spent on the summary: 81 changes not logged.
-        assert_eq!(log.suppressed, 81);
+        // 20 lines logged, the other 80 changes in one summary line.
+        assert_eq!(log.suppressed, 0);
         assert!(log.tokens < 1.0);
-        // Nothing changed: nothing logged, nothing spent.
-        let spent = log.tokens;
-        log.changes(&new, &new, |x| *x, |x| x.to_string());
-        assert!(log.tokens >= spent);
+        // Right after: the budget is spent and the summary not due yet; the count waits.
+        log.changes(&new, &old, |x| *x, |x| x.to_string());
+        assert_eq!(log.suppressed, 100);
+        // A second later, even without a change: summarised, and the count starts over.
+        log.refilled -= std::time::Duration::from_secs(2);
+        log.last_summary = log
+            .last_summary
+            .map(|t| t - std::time::Duration::from_secs(2));
+        log.changes(&old, &old, |x| *x, |x| x.to_string());
+        assert_eq!(log.suppressed, 0);
     }
 }
