@@ -14,6 +14,7 @@ use pinflow::sources::sched_bpf::SchedProbe;
 use pinflow::state::SharedState;
 use std::io::Write as _;
 use std::process::ExitCode;
+use tracing::instrument::WithSubscriber as _;
 
 /// The static (musl) build uses mimalloc: musl's own allocator is several times slower for the
 /// flow mirror's many small allocations.
@@ -514,7 +515,12 @@ async fn ovsdb_bridges(
     ovsdb::can_run(run_dir).map_err(|e| anyhow::anyhow!(e))?;
     let (tx, mut rx) = tokio::sync::watch::channel(ovsdb::OvsdbSnapshot::default());
     let health = pinflow::sources::health::SourceRegistry::default();
-    let task = tokio::spawn(ovsdb::run_ovsdb(run_dir.to_path_buf(), tx, health.clone()));
+    // The client's own state-change log lines are the daemon's; here the outcome is the answer
+    // (or the error naming the reason), so they are not printed.
+    let task = tokio::spawn(
+        ovsdb::run_ovsdb(run_dir.to_path_buf(), tx, health.clone())
+            .with_subscriber(tracing::subscriber::NoSubscriber::default()),
+    );
     let snap = tokio::time::timeout(ONE_SHOT_TIMEOUT, rx.wait_for(|s| s.connected)).await;
     task.abort();
     let why = || {
