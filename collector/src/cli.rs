@@ -6,7 +6,15 @@ use std::path::PathBuf;
 
 /// pinflow: dirty OVS flows and vCPU pinning drift on OpenStack/KVM hypervisors.
 #[derive(Debug, Parser)]
-#[command(name = "pinflow", version = crate::build_info::VERSION_LINE, long_version = crate::build_info::LONG_VERSION, about)]
+#[command(
+    name = "pinflow",
+    version = crate::build_info::VERSION_LINE,
+    long_version = crate::build_info::LONG_VERSION,
+    about,
+    after_help = "Exit status of check, pinning and flows: 0 clean, 1 found something (a source down, \
+                  drift, dirty flows with --dirty), 2 error (invalid config, unreadable sources). \
+                  A closed pipe ends the output quietly."
+)]
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
