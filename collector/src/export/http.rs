@@ -449,6 +449,23 @@ mod tests {
     use std::cell::Cell;
 
     #[test]
+    fn a_connection_beyond_the_cap_closes_the_oldest() {
+        let slots = ConnectionSlots::default();
+        let mut open: Vec<_> = (0..MAX_CONNECTIONS).map(|_| slots.admit()).collect();
+        assert!(open.iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        // The first one ends by itself: its slot is free, nobody is evicted.
+        let (first, _) = open.remove(0);
+        slots.release(first);
+        let mut newer = slots.admit();
+        assert!(open.iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        // Full again: the next one evicts the oldest still open, and only it.
+        let _newest = slots.admit();
+        assert!(open[0].1.try_recv().is_ok(), "the oldest is told to close");
+        assert!(open[1..].iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        assert!(newer.1.try_recv().is_err());
+    }
+
+    #[test]
     fn a_body_is_serialised_once_per_report_version() {
         let cache = JsonCache::<Vec<u32>>::default();
         let calls = Cell::new(0);
