@@ -121,8 +121,10 @@ impl PinningEngine {
         let sources = self.state.sources.clone();
         let refresh = self.inventory.refresh();
         if let Some(e) = &refresh.dir_error {
+            // Logged by the health registry when the source goes down (not once more here).
             sources.down(source::LIBVIRT, e.clone());
-            self.log_once(Self::DIR_ERROR_KEY, e);
+            self.last_errors
+                .insert(Self::DIR_ERROR_KEY.to_string(), e.clone());
         } else {
             self.last_errors.remove(Self::DIR_ERROR_KEY);
             sources.up(source::LIBVIRT, "", t0.elapsed());
