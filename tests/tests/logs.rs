@@ -115,4 +115,14 @@ fn findings_and_source_state_changes_are_logged_once() {
     ovs.start_vswitchd();
     wait_line(&pf, &["OpenFlow session back up", "br-pflog"]);
     wait_line(&pf, &["source back up", "source=openflow"]);
+
+    // /api/v1/sources gives durations in seconds (a number), not serde's {secs, nanos}.
+    let sources: serde_json::Value =
+        serde_json::from_str(&pf.get("/api/v1/sources")).expect("json");
+    let took = &sources["openflow"]["last_duration_seconds"];
+    assert!(
+        took.as_f64().is_some_and(|s| (0.0..10.0).contains(&s)),
+        "{sources:#}"
+    );
+    assert!(sources["openflow"].get("last_duration").is_none());
 }

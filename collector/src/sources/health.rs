@@ -15,11 +15,17 @@ pub struct SourceHealth {
     pub detail: String,
     /// Errors since start.
     pub errors_total: u64,
-    /// Duration of the last collection.
+    /// Duration of the last collection (in `/api/v1/sources` as `last_duration_seconds`).
+    #[serde(rename = "last_duration_seconds", serialize_with = "seconds")]
     pub last_duration: Duration,
     /// Since when the source is down (for the "back up" log line).
     #[serde(skip)]
     down_since: Option<std::time::Instant>,
+}
+
+/// A duration as seconds (a JSON number), as Prometheus and operators read durations.
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Shared table of source health, keyed by source name (`libvirt`, `procfs`, `sched_bpf`, …).
