@@ -83,6 +83,11 @@ impl Pinflow {
         p
     }
 
+    /// The process id (for its RSS in `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// pinflow's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -273,8 +273,10 @@ fn each_anomaly_rises_to_its_exact_count_and_falls_when_fixed() {
         .output()
         .expect("pinflow flows --dirty");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
+    // Exit status 1: dirty flows found (0 would be a clean switch, 2 an error).
+    assert_eq!(
+        out.status.code(),
+        Some(1),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -538,8 +540,10 @@ fn flows_command_prints_what_ovs_ofctl_prints() {
         .output()
         .expect("pinflow flows --dirty");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
+    // Exit status 1: dirty flows found (0 would be a clean switch, 2 an error).
+    assert_eq!(
+        out.status.code(),
+        Some(1),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -14,6 +14,7 @@
 use crate::detect::flows::{
     DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, Severity, is_reserved_port,
 };
+use crate::engine::findings_log::FindingsLog;
 use crate::engine::source;
 use crate::model::flows::{Bridge, FlowAction, FlowEntry};
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
@@ -201,6 +202,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     // sessions), so it goes out within PUBLISH_INTERVAL rather than COUNTS_INTERVAL.
     let (mut dirty, mut urgent) = (true, true);
     let mut published_findings = index.findings_generation();
+    let mut findings = FindingsLog::new("dirty flow");
     let mut last_publish = Instant::now() - PUBLISH_INTERVAL;
     loop {
         // No periodic tick: sleep until the next publish is due (after a change) or the index's
@@ -245,7 +247,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
         urgent |= index.findings_generation() != published_findings;
         if dirty && last_publish.elapsed() >= publish_delay(urgent) {
             join.refresh(&bridges, db_generation, &state);
-            publish(&index, &tasks, &join, db_connected, &state);
+            publish(&index, &tasks, &join, db_connected, &state, &mut findings);
             published_findings = index.findings_generation();
             last_publish = Instant::now();
             (dirty, urgent) = (false, false);
@@ -328,7 +330,8 @@ fn apply_change(
         FlowChange::PortsChanged => true,
         FlowChange::Disconnected { error } => {
             state.sources.errors(source::OPENFLOW, 1);
-            tracing::warn!(bridge, "OpenFlow session ended: {error}");
+            // The mirror itself logs the state change (once, not per retry).
+            tracing::debug!(bridge, "OpenFlow session ended: {error}");
             true
         }
     }
@@ -676,6 +679,7 @@ fn publish(
     join: &PortJoin,
     db_connected: bool,
     state: &SharedState,
+    findings: &mut FindingsLog,
 ) {
     let t0 = Instant::now();
     let mut report = FlowsReport {
@@ -703,12 +707,15 @@ fn publish(
             .insert(table, n);
     }
     let mut down = Vec::new();
+    // Whether every session that is not up is only connecting for the first time (no error).
+    let mut only_starting = true;
     for (name, t) in tasks {
         let snap = t.snapshots.borrow();
         let st = report.bridges.entry(name.clone()).or_default();
         st.connected = snap.connected;
         st.error = snap.error.clone();
         if !snap.connected {
+            only_starting &= snap.error.is_none();
             down.push(format!(
                 "{name}: {}",
                 snap.error.as_deref().unwrap_or("connecting")
@@ -716,10 +723,14 @@ fn publish(
         }
     }
     if tasks.is_empty() && !db_connected {
-        // No bridge list yet: nothing was read, so the source is not up.
+        // No bridge list yet: nothing was read, so the source is not up (OVSDB's own state
+        // says why, and is logged).
         state
             .sources
-            .down(source::OPENFLOW, "waiting for OVSDB to list the bridges");
+            .starting(source::OPENFLOW, "waiting for OVSDB to list the bridges");
+    } else if !down.is_empty() && only_starting {
+        down.sort();
+        state.sources.starting(source::OPENFLOW, down.join("; "));
     } else if down.is_empty() {
         state.sources.up(
             source::OPENFLOW,
@@ -730,6 +741,30 @@ fn publish(
         down.sort();
         state.sources.down(source::OPENFLOW, down.join("; "));
     }
+    findings.changes(
+        &state.flows().dirty,
+        &report.dirty,
+        |f| {
+            (
+                f.bridge.clone(),
+                f.rule.clone(),
+                f.table,
+                f.cookie,
+                f.flow.clone(),
+            )
+        },
+        |f| {
+            format!(
+                "bridge={} rule={} severity={} table={} cookie={} flow=\"{}\"",
+                f.bridge,
+                f.rule,
+                f.severity,
+                f.table.map_or_else(|| "-".into(), |t| t.to_string()),
+                f.cookie.map_or_else(|| "-".into(), |c| format!("{c:#x}")),
+                f.flow
+            )
+        },
+    );
     state.set_flows(report);
 }
 

@@ -3,6 +3,7 @@
 //! - [`pinning`]: libvirt inventory + procfs/cgroupfs + eBPF placement → pinning checks.
 //! - [`flows`]: OVSDB + OpenFlow mirrors → dirty-flow rules.
 
+mod findings_log;
 pub mod flows;
 pub mod pinning;
 

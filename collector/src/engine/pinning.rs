@@ -8,6 +8,7 @@
 use crate::config::PinningConfig;
 use crate::cpuset::CpuSet;
 use crate::detect::pinning::{self, DomainObservation, PlacementSample};
+use crate::engine::findings_log::FindingsLog;
 use crate::model::Domain;
 use crate::sources::libvirt::{self, LibvirtInventory};
 use crate::sources::procfs::{HostFs, ProcError};
@@ -58,6 +59,7 @@ pub struct PinningEngine {
     watched: HashMap<u32, WatchedThread>,
     last_errors: BTreeMap<String, String>,
     state: SharedState,
+    findings: FindingsLog,
 }
 
 impl PinningEngine {
@@ -76,6 +78,7 @@ impl PinningEngine {
             watched: HashMap::new(),
             last_errors: BTreeMap::new(),
             state,
+            findings: FindingsLog::new("pinning drift"),
         }
     }
 
@@ -118,8 +121,10 @@ impl PinningEngine {
         let sources = self.state.sources.clone();
         let refresh = self.inventory.refresh();
         if let Some(e) = &refresh.dir_error {
+            // Logged by the health registry when the source goes down (not once more here).
             sources.down(source::LIBVIRT, e.clone());
-            self.log_once(Self::DIR_ERROR_KEY, e);
+            self.last_errors
+                .insert(Self::DIR_ERROR_KEY.to_string(), e.clone());
         } else {
             self.last_errors.remove(Self::DIR_ERROR_KEY);
             sources.up(source::LIBVIRT, "", t0.elapsed());
@@ -175,7 +180,25 @@ impl PinningEngine {
                     .collect()
             });
         }
-        self.state.set_pinning(pinning::evaluate(&observations));
+        let report = pinning::evaluate(&observations);
+        let drifts = |r: &pinning::PinningReport| -> Vec<(String, pinning::Drift)> {
+            r.domains
+                .iter()
+                .flat_map(|d| d.drifts.iter().map(|x| (d.domain.clone(), x.clone())))
+                .collect()
+        };
+        self.findings.changes(
+            &drifts(&self.state.pinning()),
+            &drifts(&report),
+            |(domain, x)| (domain.clone(), x.vcpu.clone(), x.check.to_string()),
+            |(domain, x)| {
+                format!(
+                    "domain={domain} vcpu={} check={} expected={} actual=\"{}\"",
+                    x.vcpu, x.check, x.expected, x.actual
+                )
+            },
+        );
+        self.state.set_pinning(report);
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
@@ -314,15 +337,21 @@ pub fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
     (obs, errors)
 }
 
-/// One pass without eBPF, for one-shot commands (`pinflow pinning`).
-pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt::Refresh) {
+/// One pass without eBPF, for one-shot commands (`pinflow pinning`): the report, the libvirt
+/// refresh (with its errors) and the number of unexpected procfs/cgroupfs read errors.
+pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt::Refresh, u64) {
     let mut inv = LibvirtInventory::new(inputs.libvirt_state_dir.clone());
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());
+    let mut proc_errors = 0;
     let obs: Vec<_> = inv
         .domains()
         .cloned()
-        .map(|d| observe(&hostfs, d).0)
+        .map(|d| {
+            let (o, errors) = observe(&hostfs, d);
+            proc_errors += errors;
+            o
+        })
         .collect();
-    (pinning::evaluate(&obs), refresh)
+    (pinning::evaluate(&obs), refresh, proc_errors)
 }

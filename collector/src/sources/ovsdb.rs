@@ -481,7 +481,8 @@ pub async fn run_ovsdb_with(
             health.errors(SOURCE, 1);
         }
         if reason != last_error {
-            tracing::warn!(source = SOURCE, "{reason}; reconnecting");
+            // The health registry logs the state change (down with this reason, back up).
+            tracing::debug!(source = SOURCE, "{reason}; reconnecting");
             last_error = reason.clone();
         }
         health.down(SOURCE, reason);

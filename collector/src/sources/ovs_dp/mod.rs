@@ -312,7 +312,8 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
                     client = None;
                 }
                 if msg != last_error {
-                    tracing::warn!("ovs datapath: {msg}");
+                    // The health registry logs the state change at warn level (once).
+                    tracing::debug!("ovs datapath: {msg}");
                     last_error = msg.clone();
                 }
                 state.sources.down(SOURCE, msg);
@@ -391,7 +392,8 @@ impl ProbeSlot {
                 Err(e) => {
                     let msg = e.to_string();
                     if msg != self.last_error {
-                        tracing::warn!("datapath eBPF probe: {msg}");
+                        // The health registry logs the state change at warn level (once).
+                        tracing::debug!("datapath eBPF probe: {msg}");
                         self.last_error = msg.clone();
                     }
                     state.sources.errors(BPF, 1);
