@@ -410,6 +410,13 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
     )?;
     gauge(
         enc,
+        &families::SOURCE_LAST_SUCCESS,
+        sources
+            .iter()
+            .filter_map(|(s, h)| Some(([("source", Lv(s))], h.last_success_unix?))),
+    )?;
+    gauge(
+        enc,
         &families::BUILD_INFO,
         [(
             [
