@@ -282,6 +282,12 @@ fn check(s: &SourceArgs) -> anyhow::Result<ExitCode> {
     for (f, e) in &refresh.errors {
         println!("            error  {f}: {e}");
     }
+    if let Err(e) = pinflow::sources::libvirt::can_watch(&s.libvirt_state_dir) {
+        println!(
+            "            warn   inotify unavailable ({e}): serve falls back to a periodic rescan every {} s",
+            config.pinning.interval_seconds
+        );
+    }
     let proc_ok = s.proc_root.join("self/status").exists();
     println!(
         "procfs      {}   {}",
