@@ -50,6 +50,9 @@ pub struct DirtyFlow {
     pub ports: Vec<FlowPort>,
     /// The instance the finding hurts: the libvirt domain of [`DirtyFlow::port`], if any.
     pub domain: Option<String>,
+    /// Whether the finding comes from the last table seen before the bridge's OpenFlow session
+    /// went down (not current; left out of `/metrics` until the session is back and resynced).
+    pub stale: bool,
 }
 
 impl DirtyFlow {
@@ -662,6 +665,7 @@ pub(crate) fn dirty_flows(
                 flow: text.into_owned(),
                 ports,
                 domain: None,
+                stale: false,
             };
             d.domain = d.port().map(|p| p.domain.clone()).filter(|d| !d.is_empty());
             out.push(d);
@@ -714,6 +718,15 @@ fn publish(
                 snap.error.as_deref().unwrap_or("connecting")
             ));
         }
+    }
+    // Flow findings of a bridge whose session is down come from its last known table: say so.
+    // (Port findings, `dead_vlan`, come from OVSDB and stay current.)
+    for d in &mut report.dirty {
+        d.stale = d.table.is_some()
+            && report
+                .bridges
+                .get(&d.bridge)
+                .is_some_and(|b| !b.connected);
     }
     if tasks.is_empty() && !db_connected {
         // No bridge list yet: nothing was read, so the source is not up.
@@ -924,6 +937,7 @@ mod tests {
             flow: String::new(),
             ports: vec![],
             domain: None,
+            stale: false,
         };
         let text = serde_json::to_string(&d).unwrap();
         assert!(text.contains(r#""cookie":"0x6a1b2c3d4e5f6071""#), "{text}");
