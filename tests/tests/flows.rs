@@ -401,7 +401,11 @@ fn ovs_vswitchd_restart_and_agent_resync_are_followed() {
     let errors_before =
         select(&s, "pinflow_source_errors_total", &[("source", "openflow")])[0].value;
     // A dirty flow before the switch goes away.
-    ovs.ofctl(&["add-flow", "br-int", "table=0,priority=5,in_port=99,actions=drop"]);
+    ovs.ofctl(&[
+        "add-flow",
+        "br-int",
+        "table=0,priority=5,in_port=99,actions=drop",
+    ]);
     expect_dirty(&pf, &[("in_port_missing", 1.0)]);
 
     ovs.stop("ovs-vswitchd");

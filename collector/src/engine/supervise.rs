@@ -36,7 +36,8 @@ impl Default for Supervisor {
     }
 }
 
-fn panic_message(p: &(dyn Any + Send)) -> String {
+/// The text of a panic payload.
+pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())

@@ -315,11 +315,14 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
     gauge(
         enc,
         &families::OVS_DIRTY_FLOWS,
-        r.dirty_counts.iter().filter(|(b, _)| current(b)).flat_map(|(b, rules)| {
-            rules
-                .iter()
-                .map(move |(rule, n)| ([("bridge", Lv(b)), ("rule", Lv(rule))], *n as f64))
-        }),
+        r.dirty_counts
+            .iter()
+            .filter(|(b, _)| current(b))
+            .flat_map(|(b, rules)| {
+                rules
+                    .iter()
+                    .map(move |(rule, n)| ([("bridge", Lv(b)), ("rule", Lv(rule))], *n as f64))
+            }),
     )?;
     gauge(
         enc,
@@ -574,7 +577,11 @@ pub(crate) mod tests {
         };
         let st = SharedState::default();
         st.set_flows(FlowsReport {
-            bridges: [("br-up".into(), bridge(true)), ("br-down".into(), bridge(false))].into(),
+            bridges: [
+                ("br-up".into(), bridge(true)),
+                ("br-down".into(), bridge(false)),
+            ]
+            .into(),
             dirty_counts: ["br-up", "br-down"]
                 .map(|b| (b.to_string(), [("in_port_missing".to_string(), 1)].into()))
                 .into(),
