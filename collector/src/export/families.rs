@@ -634,7 +634,7 @@ pub const SOURCE_LAST_SUCCESS: Family = Family {
     kind: Kind::Gauge,
     labels: &["source"],
     help: "Unix time of the source's last successful collection",
-    notes: "No series until the source's first success. Polled sources (`libvirt`, `procfs`, `sched_bpf` every `pinning.interval_seconds`, `ovs_datapath`) report `pinflow_source_up` 0 and fail `/healthz` once their data is older than 3 intervals plus 1 s: a wedged collector is down, not silently frozen. Event-driven sources (`ovsdb`, `openflow`) update it on every change they publish.",
+    notes: "No series until the source's first success. Polled sources (`libvirt`, `procfs`, `sched_bpf` every `pinning.interval_seconds`, `ovs_datapath`) report `pinflow_source_up` 0 and fail `/healthz` once their data is older than 3 intervals plus 1 s (or 3 of their last collections, if longer): a wedged collector is down, not silently frozen. Event-driven sources (`ovsdb`, `openflow`) update it on every change they publish.",
     example: "time() - pinflow_source_last_success_timestamp_seconds{source=\"procfs\"} > 60",
     presence: Presence::Always,
     area: Area::SelfMetrics,

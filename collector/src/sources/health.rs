@@ -22,7 +22,8 @@ pub struct SourceHealth {
     /// Wall-clock time of the last successful collection, Unix seconds (`None`: never).
     #[serde(rename = "last_success_timestamp_seconds")]
     pub last_success_unix: Option<f64>,
-    /// Data older than this reports the source down (polled sources only), in seconds.
+    /// Data older than this (or than three of its last collections, when that is longer) reports
+    /// the source down (polled sources only), in seconds.
     #[serde(rename = "stale_after_seconds", serialize_with = "opt_seconds")]
     pub stale_after: Option<Duration>,
     /// Whether the source is down because its data went stale (its collector is wedged or gone).
@@ -59,6 +60,9 @@ impl SourceHealth {
         let Some(bound) = h.stale_after else {
             return h;
         };
+        // A source that is slow but working (a big host) is not wedged: the bound grows to three
+        // of its last collections.
+        let bound = bound.max(h.last_duration.saturating_mul(3));
         let since_success = h.last_success.map(|t| now.saturating_duration_since(t));
         let busy_too_long = h
             .busy_since
@@ -185,6 +189,13 @@ mod tests {
                 .detail
                 .starts_with("wedged: collection running for")
         );
+        // A slow collection raises the bound to three of it.
+        r.up("procfs", "", Duration::from_millis(40));
+        r.begin("procfs");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(r.snapshot()["procfs"].up);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!r.snapshot()["procfs"].up);
         // A source without a bound (event-driven) never goes stale by age.
         assert!(s["ovsdb"].up);
         assert_eq!(r.stale().len(), 1);
