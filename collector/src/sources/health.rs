@@ -95,7 +95,7 @@ pub struct SourceRegistry(Arc<Mutex<BTreeMap<&'static str, SourceHealth>>>);
 
 impl SourceRegistry {
     /// The staleness bound of a source polled every `interval`: three intervals plus a second.
-    pub fn bound_for(interval: Duration) -> Duration {
+    pub(crate) fn bound_for(interval: Duration) -> Duration {
         interval
             .saturating_mul(3)
             .saturating_add(Duration::from_secs(1))
@@ -103,7 +103,7 @@ impl SourceRegistry {
 
     /// Refreshes the time of success of an up source whose data is still current without a new
     /// read (an idle poller with nothing to read); a down source stays down.
-    pub fn alive(&self, source: &'static str) {
+    pub(crate) fn alive(&self, source: &'static str) {
         let mut m = self.lock();
         if let Some(h) = m.get_mut(source).filter(|h| h.up) {
             h.last_success = Some(Instant::now());
@@ -133,12 +133,12 @@ impl SourceRegistry {
     }
 
     /// Records that a collection of `source` started (a wedged one is then named as such).
-    pub fn begin(&self, source: &'static str) {
+    pub(crate) fn begin(&self, source: &'static str) {
         self.lock().entry(source).or_default().busy_since = Some(Instant::now());
     }
 
     /// Declares that `source` is polled: data older than `bound` reports it down.
-    pub fn stale_after(&self, source: &'static str, bound: Duration) {
+    pub(crate) fn stale_after(&self, source: &'static str, bound: Duration) {
         self.lock().entry(source).or_default().stale_after = Some(bound);
     }
 
@@ -154,7 +154,7 @@ impl SourceRegistry {
     }
 
     /// Sources whose data went stale or whose collection hangs, with the reason (for `/healthz`).
-    pub fn stale(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn stale(&self) -> Vec<(&'static str, String)> {
         self.snapshot()
             .into_iter()
             .filter(|(_, h)| h.stale)

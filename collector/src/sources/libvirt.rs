@@ -41,7 +41,7 @@ pub const NOVA_NAMESPACES: [&str; 2] = [
 ];
 
 /// How often [`watch_state_dir`] retries when the state directory does not exist (yet).
-pub const WATCH_RETRY: Duration = Duration::from_secs(3);
+pub(crate) const WATCH_RETRY: Duration = Duration::from_secs(3);
 
 /// Why a libvirt status file could not be turned into a [`Domain`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -521,7 +521,7 @@ pub(crate) fn watch_state_dir_every(dir: PathBuf, retry: Duration) -> mpsc::Rece
 /// When inotify itself cannot start (no instances or watches left: `fs.inotify.max_user_*`), the
 /// consumer must rescan periodically instead: that is said once at warn level here.
 #[must_use = "dropping the receiver stops the watch"]
-pub fn watch_state_dir_reporting(
+pub(crate) fn watch_state_dir_reporting(
     dir: PathBuf,
     retry: Duration,
     watching: Arc<AtomicBool>,

@@ -291,7 +291,7 @@ impl DatapathProbe {
     /// Deletes the upcall and drop counts of the ports named `devs` (ports gone from every
     /// datapath), so that the maps keep room for new ports and dead taps' series end. Returns
     /// how many deletions failed.
-    pub fn forget_ports(&mut self, devs: &[String]) -> u64 {
+    pub(crate) fn forget_ports(&mut self, devs: &[String]) -> u64 {
         let gone = |b: &[u8; layout::NAME_LEN]| {
             let name = name_bytes(b);
             devs.iter().any(|d| d.as_bytes() == name)

@@ -131,7 +131,7 @@ const RECV_BUF: usize = 1 << 20;
 
 /// Longest wait for one reply datagram (or to send a request): a kernel that never answers
 /// fails the poll, which then reopens the socket, instead of hanging the datapath thread.
-pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sets `SO_RCVTIMEO` and `SO_SNDTIMEO` of `sock` to `t`.
 fn set_timeouts(sock: &Socket, t: std::time::Duration) -> std::io::Result<()> {
@@ -252,7 +252,8 @@ impl GenlSocket {
     }
 
     /// Replaces the socket's receive and send timeouts ([`IO_TIMEOUT`] by default).
-    pub fn set_io_timeout(&self, t: std::time::Duration) -> Result<(), OvsDpError> {
+    #[cfg(test)]
+    fn set_io_timeout(&self, t: std::time::Duration) -> Result<(), OvsDpError> {
         set_timeouts(&self.sock, t).map_err(OvsDpError::Socket)
     }
 

@@ -12,7 +12,7 @@ pub mod decode;
 pub mod genl;
 pub mod render;
 pub mod uapi;
-pub mod upcalls;
+pub(crate) mod upcalls;
 
 #[cfg(test)]
 mod tests;
@@ -438,7 +438,7 @@ impl ProbeSlot {
                     .map(|(_, dev, _)| dev.clone())
                     .chain(ev.drops.iter().map(|(dev, _, _)| dev.clone()))
                     .collect();
-                let gone = self.stale_keys.to_delete(&in_map, live);
+                let gone = self.stale_keys.gone_ports(&in_map, live);
                 if !gone.is_empty() {
                     let failed = p.forget_ports(&gone);
                     tracing::debug!(ports = ?gone, failed, "pruned eBPF counts of deleted ports");

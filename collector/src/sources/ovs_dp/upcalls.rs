@@ -25,14 +25,14 @@ type Key = (String, String);
 
 /// The upcall series per port, each from the one source chosen when the port was first seen.
 #[derive(Debug, Default)]
-pub struct UpcallSeries {
+pub(crate) struct UpcallSeries {
     chosen: HashMap<Key, Source>,
 }
 
 impl UpcallSeries {
     /// This poll's series from the kernel's per-vport totals (`kernel`, ports that report them)
     /// and the eBPF totals (`ebpf`). Ports in neither are forgotten.
-    pub fn merge(
+    pub(crate) fn merge(
         &mut self,
         kernel: &[(String, String, u64)],
         ebpf: &[(String, String, u64)],
@@ -79,7 +79,7 @@ impl UpcallSeries {
 /// as a vport (a drop on a device outside the datapath, or no device) are never deleted: they
 /// would only be counted again from zero.
 #[derive(Debug, Default)]
-pub struct StaleKeys {
+pub(crate) struct StaleKeys {
     known: HashSet<String>,
     absent_last_poll: HashSet<String>,
 }
@@ -87,7 +87,11 @@ pub struct StaleKeys {
 impl StaleKeys {
     /// Ports to delete from the maps, given the names in the maps and the vports of every
     /// datapath (`live`) of a successful poll.
-    pub fn to_delete(&mut self, in_map: &HashSet<String>, live: &HashSet<String>) -> Vec<String> {
+    pub(crate) fn gone_ports(
+        &mut self,
+        in_map: &HashSet<String>,
+        live: &HashSet<String>,
+    ) -> Vec<String> {
         self.known.extend(live.iter().cloned());
         let absent: HashSet<String> = in_map
             .iter()
@@ -113,7 +117,7 @@ impl StaleKeys {
     }
 
     /// Forgets what was seen (the probe was detached: its maps are gone).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.known.clear();
         self.absent_last_poll.clear();
     }
@@ -166,28 +170,28 @@ mod tests {
         let mut k = StaleKeys::default();
         // tapNew is in the map before the vport dump lists it: kept.
         assert!(
-            k.to_delete(&set(&["tapA", "tapNew"]), &set(&["tapA"]))
+            k.gone_ports(&set(&["tapA", "tapNew"]), &set(&["tapA"]))
                 .is_empty()
         );
         assert!(
-            k.to_delete(&set(&["tapA", "tapNew"]), &set(&["tapA", "tapNew"]))
+            k.gone_ports(&set(&["tapA", "tapNew"]), &set(&["tapA", "tapNew"]))
                 .is_empty()
         );
         // tapA goes: absent once (kept), twice (deleted).
         assert!(
-            k.to_delete(&set(&["tapA", "tapNew"]), &set(&["tapNew"]))
+            k.gone_ports(&set(&["tapA", "tapNew"]), &set(&["tapNew"]))
                 .is_empty()
         );
         assert_eq!(
-            k.to_delete(&set(&["tapA", "tapNew"]), &set(&["tapNew"])),
+            k.gone_ports(&set(&["tapA", "tapNew"]), &set(&["tapNew"])),
             vec!["tapA".to_string()]
         );
         // Deleted: not asked again.
-        assert!(k.to_delete(&set(&["tapNew"]), &set(&["tapNew"])).is_empty());
+        assert!(k.gone_ports(&set(&["tapNew"]), &set(&["tapNew"])).is_empty());
         // A drop counted on a device that never was a vport (or on none: "") stays.
         for _ in 0..3 {
             assert!(
-                k.to_delete(&set(&["", "eth0", "tapNew"]), &set(&["tapNew"]))
+                k.gone_ports(&set(&["", "eth0", "tapNew"]), &set(&["tapNew"]))
                     .is_empty()
             );
         }
