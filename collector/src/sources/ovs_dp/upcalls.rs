@@ -187,7 +187,10 @@ mod tests {
             vec!["tapA".to_string()]
         );
         // Deleted: not asked again.
-        assert!(k.gone_ports(&set(&["tapNew"]), &set(&["tapNew"])).is_empty());
+        assert!(
+            k.gone_ports(&set(&["tapNew"]), &set(&["tapNew"]))
+                .is_empty()
+        );
         // A drop counted on a device that never was a vport (or on none: "") stays.
         for _ in 0..3 {
             assert!(
