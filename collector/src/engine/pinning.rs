@@ -478,14 +478,19 @@ pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt
     (pinning::evaluate(&obs), refresh)
 }
 
+/// Observations built by hand, for the counter tests.
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::model::{ThreadState, VcpuSpec};
 
     /// One pass's observation of domain `name`: `(tid, wait_ns, offpin_ns, migrations)` per
     /// vCPU thread (placement only when `bpf`).
-    fn obs(name: &str, threads: &[(u32, u64, u64, u64)], bpf: bool) -> DomainObservation {
+    pub(super) fn obs(
+        name: &str,
+        threads: &[(u32, u64, u64, u64)],
+        bpf: bool,
+    ) -> DomainObservation {
         let domain = Domain {
             name: name.into(),
             uuid: format!("uuid-{name}"),
@@ -531,6 +536,12 @@ mod tests {
         }
         o
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::obs;
+    use super::*;
 
     /// Runs the passes through evaluate + MonotonicCounters, returning each pass's
     /// `(wait, offpin, migrations)` of domain `d`.
@@ -607,5 +618,110 @@ mod tests {
         assert_eq!(t[0].map(|v| v.1), Some(-1.0));
         // `b` went away after the first pass: it starts over, not from its old 7 s.
         assert_eq!(totals(&passes, "b")[3].map(|v| v.0), Some(1.0));
+    }
+}
+
+/// Fixture-level churn (the real 200-domain/500-tap churn is too slow for CI on these machines):
+/// domains start and stop, vCPU threads exit and are replaced, and no counter ever decreases
+/// while its domain lives, and nothing of a gone domain is kept.
+#[cfg(test)]
+mod churn {
+    use super::tests_support::obs;
+    use super::*;
+
+    /// A small deterministic generator (xorshift), so that failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn two_hundred_domains_churning_never_make_a_counter_decrease() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut counters = MonotonicCounters::default();
+        // Per live domain: its vCPU threads (tid, wait, offpin, migrations).
+        let mut live: BTreeMap<String, Vec<(u32, u64, u64, u64)>> = BTreeMap::new();
+        let mut last: HashMap<String, (f64, f64, u64)> = HashMap::new();
+        let mut next_tid = 1000u32;
+        let mut next_dom = 0u32;
+        for _pass in 0..300 {
+            // Start domains up to ~200, stop some.
+            while live.len() < 200 || rng.below(10) == 0 {
+                let vcpus = 1 + rng.below(4) as usize;
+                let threads = (0..vcpus)
+                    .map(|_| {
+                        next_tid += 1;
+                        (next_tid, 0, 0, 0)
+                    })
+                    .collect();
+                live.insert(format!("instance-{next_dom:05}"), threads);
+                next_dom += 1;
+                if live.len() > 210 {
+                    break;
+                }
+            }
+            for _ in 0..rng.below(6) {
+                let k = rng.below(live.len() as u64) as usize;
+                if let Some(name) = live.keys().nth(k).cloned() {
+                    live.remove(&name);
+                    last.remove(&name);
+                }
+            }
+            // Threads advance; some exit and are replaced (new tid, raw values from 0), some
+            // have their probe entry re-created (raw values restart).
+            for threads in live.values_mut() {
+                for t in threads.iter_mut() {
+                    match rng.below(50) {
+                        0 => {
+                            next_tid += 1;
+                            *t = (next_tid, 0, 0, 0);
+                        }
+                        1 => {
+                            t.2 = 0;
+                            t.3 = 0;
+                        }
+                        _ => {
+                            t.1 += rng.below(1_000_000);
+                            t.2 += rng.below(1_000);
+                            t.3 += rng.below(3);
+                        }
+                    }
+                }
+            }
+            let observations: Vec<DomainObservation> =
+                live.iter().map(|(n, t)| obs(n, t, true)).collect();
+            let mut report = pinning::evaluate(&observations);
+            counters.apply(&observations, &mut report);
+            assert_eq!(report.domains.len(), live.len());
+            for d in &report.domains {
+                let now = (
+                    d.wait_seconds_total,
+                    d.offpin_seconds_total.unwrap_or(0.0),
+                    d.migrations_total.unwrap_or(0),
+                );
+                if let Some(prev) = last.get(&d.domain) {
+                    assert!(
+                        now.0 >= prev.0 && now.1 >= prev.1 && now.2 >= prev.2,
+                        "{}: {prev:?} -> {now:?}",
+                        d.domain
+                    );
+                }
+                last.insert(d.domain.clone(), now);
+            }
+            // Nothing of a stopped domain or an exited thread is kept.
+            assert_eq!(counters.domains.len(), live.len());
+            let tids: usize = live.values().map(Vec::len).sum();
+            let kept: usize = counters.domains.values().map(|c| c.threads.len()).sum();
+            assert_eq!(kept, tids);
+        }
+        assert!(next_dom > 400, "churned {next_dom} domains");
     }
 }

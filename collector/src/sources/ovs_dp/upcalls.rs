@@ -199,4 +199,90 @@ mod tests {
             );
         }
     }
+
+    /// Fixture-level churn of 500 taps (the real one needs the kernel-datapath guest and is too
+    /// slow for CI): taps come and go, the kernel stats of a poll are sometimes missing, the eBPF
+    /// map is only pruned as decided here; no series decreases while its port lives, no series or
+    /// map key of a gone tap survives two polls, and the state stays bounded by the live taps.
+    #[test]
+    fn five_hundred_taps_churning() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut series = UpcallSeries::default();
+        let mut stale = StaleKeys::default();
+        // Live taps: name -> (kernel total, whether this kernel reports per-vport stats).
+        let mut taps: HashMap<String, u64> = HashMap::new();
+        // The eBPF map: name -> count (kept until pruned).
+        let mut map: HashMap<String, u64> = HashMap::new();
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let mut gone_since: HashMap<String, u32> = HashMap::new();
+        let mut next = 0u32;
+        for poll in 0..400u32 {
+            while taps.len() < 500 {
+                taps.insert(format!("tap{next:08x}"), 0);
+                next += 1;
+            }
+            for _ in 0..rnd(20) {
+                let k = rnd(taps.len() as u64) as usize;
+                if let Some(name) = taps.keys().nth(k).cloned() {
+                    taps.remove(&name);
+                    gone_since.insert(name, poll);
+                }
+            }
+            for (name, n) in taps.iter_mut() {
+                let up = rnd(5);
+                *n += up;
+                *map.entry(name.clone()).or_default() += up;
+            }
+            // Half the taps are on a kernel-stats datapath, the rest counted by eBPF only; one
+            // poll in ten loses the kernel stats (a failed dump).
+            let kernel: Vec<(String, String, u64)> = if rnd(10) == 0 {
+                Vec::new()
+            } else {
+                taps.iter()
+                    .filter(|(name, _)| name.ends_with(['0', '2', '4', '6', '8', 'a', 'c', 'e']))
+                    .map(|(name, n)| ("ovs-system".to_string(), name.clone(), *n))
+                    .collect()
+            };
+            let ebpf: Vec<(String, String, u64)> = map
+                .iter()
+                .map(|(name, n)| ("ovs-system".to_string(), name.clone(), *n))
+                .collect();
+            let out = series.merge(&kernel, &ebpf);
+            for (_, port, n) in &out {
+                if taps.contains_key(port) {
+                    if let Some(prev) = last.get(port) {
+                        assert!(n >= prev, "{port}: {prev} -> {n}");
+                    }
+                    last.insert(port.clone(), *n);
+                } else {
+                    // A gone tap's series lasts only until its key is pruned (two polls).
+                    assert!(poll - gone_since[port] < 2, "{port} served after it went");
+                }
+            }
+            // Every tap live now is in the map (counted above): what is kept is bounded by it.
+            assert!(series.chosen.len() <= map.len());
+            let in_map: HashSet<String> = map.keys().cloned().collect();
+            let live: HashSet<String> = taps.keys().cloned().collect();
+            for name in stale.gone_ports(&in_map, &live) {
+                assert!(!taps.contains_key(&name), "live tap {name} pruned");
+                map.remove(&name);
+                last.remove(&name);
+            }
+            // Gone taps stay in the map for two polls at most (at most 19 go per poll).
+            assert!(
+                map.len() <= taps.len() + 40,
+                "map {} for {} taps",
+                map.len(),
+                taps.len()
+            );
+            assert!(stale.known.len() <= map.len());
+        }
+        assert!(next > 3000, "churned {next} taps");
+    }
 }
