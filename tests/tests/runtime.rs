@@ -2,12 +2,14 @@
 //! status file and its procfs/cgroupfs tree, copied so that the test can change it under a running
 //! pinflow):
 //! - a procfs read that blocks (a FIFO in place of a thread's `status`) wedges only the pinning
-//!   thread: `/metrics` keeps answering at once, the source turns stale and `/healthz` names it;
+//!   thread: `/metrics` keeps answering at once, the source turns stale and `/healthz` names it,
+//!   and a dirty flow inserted into a real (private) OVS meanwhile is still found at once;
 //! - a vCPU thread that exits does not take its share out of the domain's counters;
 //! - without inotify (none left in a user namespace whose limit is 0) new domains are still found
 //!   by the periodic rescan, and both `serve` and `check` say so.
 
 use pinflow_tests::captured::{CapturedHost, fixtures};
+use pinflow_tests::ovs::{self, Ovs};
 use pinflow_tests::pinflow::{Pinflow, bin};
 use pinflow_tests::scrape::{Sample, http_get, select, source_up};
 use pinflow_tests::wait_for;
@@ -93,11 +95,7 @@ fn a_wedged_procfs_read_fails_health_but_never_stalls_scrapes() {
     assert!((now() - fresh).abs() < 2.0, "{fresh} vs {}", now());
 
     // Every later read of CPU 1's status blocks (a FIFO without writer blocks in open()).
-    let status = fs.path().join(TASKS).join("11436/status");
-    let original = std::fs::read(&status).expect("status");
-    let fifo = fs.path().join("fifo");
-    mkfifo(&fifo);
-    std::fs::rename(&fifo, &status).expect("rename fifo over status");
+    let unwedge = wedge_status(fs.path());
     let wedged_at = Instant::now();
 
     // Scrapes keep answering promptly while the pass hangs; health fails once the data is
@@ -160,20 +158,80 @@ fn a_wedged_procfs_read_fails_health_but_never_stalls_scrapes() {
     eprintln!("unhealthy after {after:?}; slowest of {scrapes} scrapes while wedged: {worst:?}");
 
     // Unblock: the reader gets the original content, and the file is regular again.
-    let mut w = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&status)
-        .expect("open fifo for writing");
-    let tmp = fs.path().join("status.tmp");
-    std::fs::write(&tmp, &original).expect("write");
-    std::fs::rename(&tmp, &status).expect("restore status");
-    std::io::Write::write_all(&mut w, &original).expect("write fifo");
-    drop(w);
+    unwedge();
     let healthy = wait_for(Duration::from_secs(5), || {
         let (code, _) = http_get(pf.addr, "/healthz", Duration::from_secs(5)).ok()?;
         (code == 200 && source_up(&pf.scrape(), "procfs") == Some(1.0)).then_some(())
     });
     assert!(healthy.is_some(), "procfs did not recover\n{}", pf.log());
+}
+
+/// Replaces CPU 1's `status` in `fs` by a FIFO (every read of it blocks in open()); returns
+/// what unblocks it: the reader gets the original content and the file is regular again.
+fn wedge_status(fs: &Path) -> impl FnOnce() {
+    let status = fs.join(TASKS).join("11436/status");
+    let original = std::fs::read(&status).expect("status");
+    let fifo = fs.join("fifo");
+    mkfifo(&fifo);
+    std::fs::rename(&fifo, &status).expect("rename fifo over status");
+    let tmp = fs.join("status.tmp");
+    move || {
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&status)
+            .expect("open fifo for writing");
+        std::fs::write(&tmp, &original).expect("write");
+        std::fs::rename(&tmp, &status).expect("restore status");
+        std::io::Write::write_all(&mut w, &original).expect("write fifo");
+    }
+}
+
+#[test]
+fn openflow_handling_never_waits_for_a_wedged_pinning_pass() {
+    if !ovs::available("openflow_handling_never_waits_for_a_wedged_pinning_pass") {
+        return;
+    }
+    let sw = Ovs::start();
+    sw.add_bridge("br-int", &[("tapfx000a1", 1)]);
+    let host = CapturedHost::new();
+    let fs = hostfs_copy();
+    let mut a = args(host.state.path(), fs.path());
+    a.extend([
+        "--ovs-run-dir".to_string(),
+        sw.run_dir().to_string_lossy().into_owned(),
+    ]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let pf = Pinflow::start(CONFIG, &a);
+    let connected = wait_for(Duration::from_secs(10), || {
+        (source_up(&pf.scrape(), "openflow") == Some(1.0)).then_some(())
+    });
+    assert!(connected.is_some(), "openflow not up\n{}", pf.log());
+    let unwedge = wedge_status(fs.path());
+    let stuck = wait_for(Duration::from_secs(5), || {
+        let (code, _) = http_get(pf.addr, "/healthz", Duration::from_secs(5)).ok()?;
+        (code == 503).then_some(())
+    });
+    assert!(stuck.is_some(), "pinning pass not wedged\n{}", pf.log());
+    // The pinning thread is stuck; the OpenFlow session and the flow pipeline are not.
+    sw.ofctl(&[
+        "add-flow",
+        "br-int",
+        "table=0,priority=5,in_port=99,actions=drop",
+    ]);
+    let found = wait_for(Duration::from_secs(5), || {
+        let s = pf.scrape();
+        let n = select(
+            &s,
+            "pinflow_ovs_dirty_flows",
+            &[("bridge", "br-int"), ("rule", "in_port_missing")],
+        );
+        (n.first()?.value == 1.0).then_some(())
+    });
+    let (_, took) = found.unwrap_or_else(|| panic!("dirty flow not found\n{}", pf.log()));
+    eprintln!("dirty flow found {took:?} after insertion, pinning pass wedged");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(source_up(&pf.scrape(), "procfs"), Some(0.0));
+    unwedge();
 }
 
 #[test]
