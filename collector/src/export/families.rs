@@ -595,7 +595,7 @@ pub const SOURCE_UP: Family = Family {
     kind: Kind::Gauge,
     labels: &["source"],
     help: "Whether the source delivered data on its last attempt",
-    notes: "`source`: `libvirt`, `procfs`, `sched_bpf`, `ovsdb`, `openflow`, `ovs_datapath`, `ovs_datapath_bpf`. `pinflow check` on the host says why a source is down.",
+    notes: "`source`: `libvirt`, `procfs`, `sched_bpf`, `ovsdb`, `openflow`, `ovs_datapath`, `ovs_datapath_bpf`. `pinflow check` on the host says why a source is down. Also 0 while a polled source's data is stale (its collection hangs: `/api/v1/sources` says `wedged: collection running for …`; see `pinflow_source_last_success_timestamp_seconds`).",
     example: "pinflow_source_up == 0",
     presence: Presence::Always,
     area: Area::SelfMetrics,
