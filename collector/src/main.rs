@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use pinflow::cli::{Cli, Command, FlowsArgs, ServeArgs, SourceArgs};
 use pinflow::config::Config;
+use pinflow::engine::supervise::Supervisor;
 use pinflow::engine::{self, PinningEngine, PinningInputs};
 use pinflow::export::http::{self, RouterOptions};
 use pinflow::export::table::CheckReport;
@@ -151,6 +152,7 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("failed to start the async runtime")?;
     rt.block_on(async move {
         let state = SharedState::default();
+        let mut supervisor = Supervisor::default();
         let probe = if !on.pinning() {
             None
         } else if config.pinning.ebpf {
@@ -187,23 +189,35 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
                 flow_limit_ratio: d.flow_limit_ratio,
                 storm_upcalls_per_second: d.upcall_storm_per_second,
             };
-            std::thread::Builder::new()
-                .name("ovs-datapath".into())
-                .spawn(move || ovs_dp::run_blocking(dp_state, poll, health))
+            supervisor
+                .thread("ovs-datapath", move || {
+                    ovs_dp::run_blocking(dp_state, poll, health)
+                })
                 .context("cannot start the OVS datapath poller")?;
         }
         if on.pinning() {
             let inputs = inputs(s);
-            let mut eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
-            eng.pass();
-            tokio::spawn(eng.run(inputs.libvirt_state_dir.clone()));
+            let eng = PinningEngine::new(config.pinning.clone(), &inputs, probe, state.clone());
+            let first_pass = eng
+                .start(&supervisor)
+                .context("cannot start the pinning thread")?;
+            // Serve the first report when it is quick; a slow procfs must not keep the
+            // endpoints (and /healthz saying so) down.
+            if tokio::time::timeout(FIRST_PASS_WAIT, first_pass)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the first pinning pass is taking longer than {} s; serving without it",
+                    FIRST_PASS_WAIT.as_secs()
+                );
+            }
         }
         if on.flows() {
-            tokio::spawn(engine::flows::run(
-                config.flows.clone(),
-                s.ovs_run_dir.clone(),
-                state.clone(),
-            ));
+            supervisor.task(
+                "flows",
+                engine::flows::run(config.flows.clone(), s.ovs_run_dir.clone(), state.clone()),
+            );
         }
         let options = RouterOptions {
             telemetry_path: args.telemetry_path.clone(),
@@ -216,10 +230,16 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             &options,
             web.as_ref(),
         );
-        http::serve(&args.listen, router, web.as_ref(), shutdown_signal()).await
+        tokio::select! {
+            served = http::serve(&args.listen, router, web.as_ref(), shutdown_signal()) => served,
+            stopped = supervisor.stopped() => Err(anyhow::anyhow!("{stopped}")),
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long `serve` waits for the first pinning pass before it starts serving.
+const FIRST_PASS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Hands the heap freed after loading the eBPF probes (the kernel's BTF, several MiB) back to the
 /// OS, so that the long-running daemon's RSS reflects what it keeps.
@@ -300,13 +320,20 @@ fn check_sources(s: &SourceArgs, config: &Config, report: &mut CheckReport) -> a
             Probe::Ran(match &refresh.dir_error {
                 Some(e) => Err(e.clone()),
                 None => Ok(format!(
-                    "{} running domain(s) in {}{}",
+                    "{} running domain(s) in {}{}{}",
                     domains.domains.len(),
                     s.libvirt_state_dir.display(),
                     if refresh.errors.is_empty() {
                         String::new()
                     } else {
                         format!(", {} unreadable file(s)", refresh.errors.len())
+                    },
+                    match pinflow::sources::libvirt::can_watch(&s.libvirt_state_dir) {
+                        Ok(_) => String::new(),
+                        Err(e) => format!(
+                            "; inotify unavailable ({e}): serve falls back to a periodic rescan every {} s",
+                            config.pinning.interval_seconds
+                        ),
                     }
                 )),
             }),

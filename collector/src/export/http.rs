@@ -132,7 +132,7 @@ pub fn router(
     let mut r = Router::new()
         .route("/", get(move || async move { axum::response::Html(index) }))
         .route(&options.telemetry_path, get(serve_metrics))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(healthz));
     if !options.disable_api {
         r = r
             .route("/api/v1/pinning", get(api_pinning))
@@ -416,6 +416,20 @@ async fn serve_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `ok` (200), or 503 naming every source whose data went stale or whose collection hangs: a
+/// wedged source must fail the health check, not hide behind the last values it published.
+async fn healthz(State(app): State<App>) -> Response {
+    let stale = app.state.sources.stale();
+    if stale.is_empty() {
+        return "ok\n".into_response();
+    }
+    let body: String = stale
+        .iter()
+        .map(|(source, why)| format!("source {source} is down: {why}\n"))
+        .collect();
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 async fn api_pinning(State(app): State<App>) -> Response {

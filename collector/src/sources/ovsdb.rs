@@ -582,6 +582,8 @@ async fn session(
                     changed = true;
                 }
                 Message::Echo { id, params } => {
+                    // The server's inactivity probe: the session, and so the replica, is current.
+                    health.alive(SOURCE);
                     send(
                         &mut stream,
                         &json!({"id": id, "result": params, "error": null}),
