@@ -17,7 +17,6 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use tracing::instrument::WithSubscriber as _;
 
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
