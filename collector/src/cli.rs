@@ -6,7 +6,15 @@ use std::path::PathBuf;
 
 /// pinflow: dirty OVS flows and vCPU pinning drift on OpenStack/KVM hypervisors.
 #[derive(Debug, Parser)]
-#[command(name = "pinflow", version = crate::build_info::VERSION_LINE, long_version = crate::build_info::LONG_VERSION, about)]
+#[command(
+    name = "pinflow",
+    version = crate::build_info::VERSION_LINE,
+    long_version = crate::build_info::LONG_VERSION,
+    about,
+    after_help = "Exit status of check, pinning and flows: 0 clean, 1 found something (a source down, \
+                  drift, dirty flows with --dirty), 2 error (invalid config, unreadable sources). \
+                  A closed pipe ends the output quietly."
+)]
 pub struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -56,8 +64,21 @@ pub enum Command {
     /// Run the collector and serve /metrics and /api/v1 (the default).
     Serve(ServeArgs),
     /// Validate the config and tell which sources can run on this host and why not.
-    Check,
+    ///
+    /// Checks every source the flags and the config switch on, with the probes `serve` uses:
+    /// libvirt, procfs, sched_bpf, ovsdb, openflow (per bridge), ovs_datapath, ovs_datapath_bpf.
+    ///
+    /// Exit status: 0 every source that is on is up; 1 a source that is on is down; 2 the config
+    /// is invalid (or another error).
+    Check {
+        /// Print JSON (config, then every source with its state and detail) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the pinning of every running domain and its drift, once.
+    ///
+    /// Exit status: 0 no drift; 1 drift found; 2 the sources could not be read (libvirt's state
+    /// dir, a state file, procfs/cgroupfs) or another error — then the reason is on stderr.
     Pinning {
         /// Print JSON (the /api/v1/pinning document) instead of a table.
         #[arg(long)]
@@ -65,6 +86,11 @@ pub enum Command {
     },
     /// Print flows once: the bridges' OpenFlow flows as `ovs-ofctl -O OpenFlow13 dump-flows` prints
     /// them, or with `--datapath` the kernel datapath's megaflows as `ovs-dpctl dump-flows` does.
+    ///
+    /// With several bridges, each bridge's flows follow a `==> BRIDGE <==` line.
+    ///
+    /// Exit status: 0 done (with `--dirty`: no dirty flow); 1 with `--dirty`: dirty flows found;
+    /// 2 error (no such bridge, OVS unreachable, …).
     Flows(FlowsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
@@ -92,6 +118,10 @@ pub struct FlowsArgs {
     /// Leave out duration and counters (like `ovs-ofctl --no-stats`).
     #[arg(long = "no-stats")]
     pub no_stats: bool,
+    /// Print JSON: with `--dirty` the /api/v1/flows/dirty document, else every bridge with its
+    /// flows (table, priority, cookie, counters, the `ovs-ofctl` text).
+    #[arg(long, conflicts_with = "datapath")]
+    pub json: bool,
     /// Dump the OVS kernel datapath's megaflows over generic netlink (as `ovs-dpctl dump-flows` prints them).
     #[arg(long)]
     pub datapath: bool,

@@ -116,17 +116,92 @@ pub enum ConfigError {
         /// I/O error.
         source: std::io::Error,
     },
-    /// TOML syntax error or unknown key (the message names it).
+    /// TOML syntax error, unknown key or wrong-typed value: the message starts with the line
+    /// and column and the key's path (`line 2, column 20, pinning.interval_seconds: invalid
+    /// type: string "fast", expected f64`).
     #[error("invalid config {path}: {message}")]
     Parse {
         /// File path.
         path: String,
-        /// Parser message, naming the offending key.
+        /// Where, which key, and the parser's reason.
         message: String,
     },
-    /// A value out of range.
-    #[error("invalid config: {0}")]
-    Value(String),
+    /// A value out of range or a rule that does not compile (the message names the key or the
+    /// rule; `path` is `<text>` when parsed from a string).
+    #[error("invalid config {path}: {message}")]
+    Value {
+        /// File path.
+        path: String,
+        /// Which key or rule, and why.
+        message: String,
+    },
+}
+
+/// Line and column (1-based, in characters) of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
+}
+
+/// The dotted path of the key whose line holds byte `offset` (`pinning.interval_seconds`): the
+/// last `[table]`/`[[array]]` header above it and the key before the line's `=`. `None` on a
+/// header line or a line without `key =`.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..text.floor_char_boundary(offset)];
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.contains(['{', ',']) {
+        return None;
+    }
+    let table = before[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(['[', ']']).trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+/// A TOML error as `line L, column C, KEY: reason` (one line; the key when it can be told).
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let reason = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(span) = e.span() else {
+        return reason;
+    };
+    let (line, col) = line_col(text, span.start);
+    match key_path_at(text, span.start) {
+        Some(key) => format!("line {line}, column {col}, {key}: {reason}"),
+        None => format!("line {line}, column {col}: {reason}"),
+    }
+}
+
+/// The 1-based line of `key` (a dotted path such as `pinning.interval_seconds`) in `text`, if
+/// it is written there as `key = …` under its `[table]`.
+fn line_of_key(text: &str, path: &str) -> Option<usize> {
+    let (table, key) = path.rsplit_once('.').unwrap_or(("", path));
+    let mut current = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            current = l.trim_matches(['[', ']']).trim().to_string();
+        } else if current == table && l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 impl Config {
@@ -139,9 +214,14 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
+        let file = path.display().to_string();
         Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
+                path: file,
+                message,
+            },
+            ConfigError::Value { message, .. } => ConfigError::Value {
+                path: file,
                 message,
             },
             other => other,
@@ -152,40 +232,51 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "<text>".into(),
-            message: e.message().to_string(),
+            message: describe(text, &e),
         })?;
-        c.validate()?;
+        c.validate().map_err(|message| {
+            // Validation names the key first (`pinning.interval_seconds = 0 (…)`): add its line.
+            let key = message.split([' ', ':']).next().unwrap_or_default();
+            let message = match line_of_key(text, key) {
+                Some(line) => format!("line {line}, {message}"),
+                None => message,
+            };
+            ConfigError::Value {
+                path: "<text>".into(),
+                message,
+            }
+        })?;
         Ok(c)
     }
 
-    /// Checks value ranges.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks value ranges; the error starts with the key it is about.
+    pub fn validate(&self) -> Result<(), String> {
         let p = &self.pinning;
         if !(0.05..=3600.0).contains(&p.interval_seconds) {
-            return Err(ConfigError::Value(format!(
+            return Err(format!(
                 "pinning.interval_seconds = {} (must be 0.05..=3600)",
                 p.interval_seconds
-            )));
+            ));
         }
         if !(0.0..=86400.0).contains(&p.placement_window_seconds) {
-            return Err(ConfigError::Value(format!(
+            return Err(format!(
                 "pinning.placement_window_seconds = {} (must be 0..=86400)",
                 p.placement_window_seconds
-            )));
+            ));
         }
-        DirtyFlowIndex::new(&self.flows).map_err(|e| ConfigError::Value(e.to_string()))?;
+        DirtyFlowIndex::new(&self.flows).map_err(|e| format!("flows: {e}"))?;
         let d = &self.datapath;
         if !(1.0..=3600.0).contains(&d.flow_dump_interval_seconds) {
-            return Err(ConfigError::Value(format!(
+            return Err(format!(
                 "datapath.flow_dump_interval_seconds = {} (must be 1..=3600)",
                 d.flow_dump_interval_seconds
-            )));
+            ));
         }
         if !(0.0..=1.0).contains(&d.flow_limit_ratio) || d.upcall_storm_per_second <= 0.0 {
-            return Err(ConfigError::Value(
+            return Err(
                 "datapath.flow_limit_ratio must be 0..=1 and datapath.upcall_storm_per_second > 0"
                     .into(),
-            ));
+            );
         }
         Ok(())
     }
@@ -273,6 +364,49 @@ mod tests {
         for b in blocks {
             Config::parse(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
         }
+    }
+
+    #[test]
+    fn errors_name_line_column_and_key() {
+        let e = Config::parse("[pinning]\nebpf = false\ninterval_seconds = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3, column 20, pinning.interval_seconds: invalid type: string \"fast\", expected f64"),
+            "{e}"
+        );
+        let e = Config::parse("[datapath]\n\nflow_limit = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3, column 14, datapath.flow_limit:"), "{e}");
+        // A syntax error: where, on one line.
+        let e = Config::parse("[pinning\nebpf = false\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1, column 9: invalid table header"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        // Out of range: the key and its line.
+        let e = Config::parse("[export]\n[pinning]\n\ninterval_seconds = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 4, pinning.interval_seconds = 0"), "{e}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("pinflow-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "[pinning]\ninterval_seconds = 0\n").unwrap();
+        let e = Config::load(Some(&f)).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.starts_with(&format!(
+                "invalid config {}: line 2, pinning.interval_seconds",
+                f.display()
+            )),
+            "{e}"
+        );
     }
 
     #[test]

@@ -46,12 +46,26 @@ pub fn free_addr() -> SocketAddr {
 impl Pinflow {
     /// Starts `pinflow serve` with `config` (TOML text) and extra source flags; waits until /healthz answers.
     pub fn start(config: &str, args: &[&str]) -> Pinflow {
+        Self::start_wrapped(&[], config, args)
+    }
+
+    /// [`Pinflow::start`] run through `wrapper` (a command line that ends by executing the
+    /// program and arguments it is given, e.g. `unshare … sh -c '…; exec "$0" "$@"'`).
+    pub fn start_wrapped(wrapper: &[&str], config: &str, args: &[&str]) -> Pinflow {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("pinflow.toml");
         std::fs::write(&cfg, config).expect("write config");
         let log = dir.path().join("pinflow.log");
         let addr = free_addr();
-        let child = Command::new(bin())
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin()),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
+        let child = cmd
             .arg("serve")
             .arg("--web.listen-address")
             .arg(addr.to_string())
@@ -81,6 +95,11 @@ impl Pinflow {
             p.log()
         );
         p
+    }
+
+    /// The process id (for its RSS in `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// pinflow's log so far.

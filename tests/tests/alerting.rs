@@ -121,24 +121,9 @@ impl Drop for Kill {
 // ------------------------------------------------------------------------------------------------
 // HTTP
 
-/// One HTTP/1.0 request; returns (status, body).
+/// One HTTP/1.0 request with a JSON body; returns (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+    pinflow_tests::scrape::http_request(addr, method, path, Some(body), Duration::from_secs(10))
 }
 
 fn get_json(addr: SocketAddr, path: &str) -> Option<Json> {

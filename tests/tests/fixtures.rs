@@ -125,7 +125,8 @@ fn pinning_table_and_json_from_captured_state() {
             .expect("run pinflow pinning")
     };
     let out = args(&[]);
-    assert!(out.status.success());
+    // Exit status 0: sources read, no drift.
+    assert_eq!(out.status.code(), Some(0));
     let table = String::from_utf8_lossy(&out.stdout);
     let row = table
         .lines()
@@ -161,7 +162,8 @@ fn pinning_table_and_json_from_captured_state() {
     // `floating`, not pinned, and may run on fx-nova's dedicated pCPU 1 (overlap).
     host.add("libvirt/run-libvirt-qemu/fx-cpuset.xml", "fx-cpuset.xml");
     let out = args(&[]);
-    assert!(out.status.success());
+    // Exit status 1: drift found.
+    assert_eq!(out.status.code(), Some(1));
     let table = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<Vec<&str>> = table
         .lines()
@@ -185,6 +187,7 @@ fn pinning_table_and_json_from_captured_state() {
         "{table}"
     );
     let out = args(&["--json"]);
+    assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let d = &v["domains"][0];
     assert_eq!(d["domain"], "fx-cpuset");
@@ -218,12 +221,14 @@ fn check_rejects_unknown_config_keys_by_name() {
         .arg(&cfg)
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(0));
+    // Exit status 1: the config is valid, but a source it enables is down.
+    assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("config      ok"), "{text}");
+    let starts = |l: &str, words: [&str; 2]| l.split_whitespace().take(2).eq(words);
+    assert!(text.lines().any(|l| starts(l, ["config", "ok"])), "{text}");
     assert!(
         text.lines()
-            .any(|l| l.starts_with("libvirt     down") && l.contains("/nonexistent-pinflow")),
+            .any(|l| starts(l, ["libvirt", "down"]) && l.contains("/nonexistent-pinflow")),
         "{text}"
     );
 }

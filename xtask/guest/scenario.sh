@@ -149,6 +149,14 @@ echo "--- eBPF per-event cost (kernel BPF stats, as pinflow exports them)"
 scrape; grep -E '^pinflow_bpf_run' /tmp/metrics.txt
 awk -F'[{}" ]+' '/^pinflow_bpf_run_seconds_total/ {t[$3]=$4} /^pinflow_bpf_runs_total/ {n[$3]=$4}
     END {for (p in n) if (n[p] > 0) printf "bpf cost: %s %.0f ns/run over %d runs\n", p, t[p] * 1e9 / n[p], n[p]}' /tmp/metrics.txt
+echo "--- port deleted: its upcall series ends (eBPF counts pruned after two polls)"
+grep -q '^pinflow_ovs_upcalls_total{datapath="ovs-system",port="v2"}' /tmp/metrics.txt || bad "no upcall series of v2 before its deletion"
+ovs-vsctl del-port br0 v2
+sleep 3.5
+scrape
+if grep -q '^pinflow_ovs_upcalls_total{datapath="ovs-system",port="v2"}' /tmp/metrics.txt; then bad "deleted port v2 still has an upcall series"; else ok "deleted port v2's upcall series gone"; fi
+expect_metric '^pinflow_ovs_upcalls_total\{datapath="ovs-system",port="v1"\} [0-9]'
+ovs-vsctl --may-exist add-port br0 v2 -- set interface v2 ofport_request=2
 echo "--- fault: datapath deleted and re-created"
 stop_vswitchd
 ovs-dpctl del-dp ovs-system 2>/dev/null

@@ -14,6 +14,7 @@
 use crate::detect::flows::{
     DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, Severity, is_reserved_port,
 };
+use crate::engine::findings_log::FindingsLog;
 use crate::engine::source;
 use crate::model::flows::{Bridge, FlowAction, FlowEntry};
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
@@ -50,6 +51,9 @@ pub struct DirtyFlow {
     pub ports: Vec<FlowPort>,
     /// The instance the finding hurts: the libvirt domain of [`DirtyFlow::port`], if any.
     pub domain: Option<String>,
+    /// Whether the finding comes from the last table seen before the bridge's OpenFlow session
+    /// went down (not current; left out of `/metrics` until the session is back and resynced).
+    pub stale: bool,
 }
 
 impl DirtyFlow {
@@ -170,7 +174,19 @@ const IDLE_WAKE: Duration = Duration::from_secs(3600);
 struct BridgeTask {
     snapshots: watch::Receiver<Arc<BridgeSnapshot>>,
     stop: watch::Sender<bool>,
+    /// Distinguishes this mirror from a later one of the same bridge.
+    id: u64,
 }
+
+/// A bridge mirror task that ended without being stopped: (bridge, task id, how it ended).
+type DeadMirror = (String, u64, String);
+
+/// Ids of bridge mirror tasks.
+static MIRROR_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How long a mirror task that ended unasked waits before it is restarted (no hot loop when it
+/// fails at once every time).
+const MIRROR_RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// Runs the flow pipeline forever.
 pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
@@ -194,6 +210,8 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     // per-bridge forwarding task (and no extra wake-up per change) sits in between.
     let (change_tx, mut change_rx) = mpsc::channel::<TaggedChange>(4096);
     let mut tasks: HashMap<String, BridgeTask> = HashMap::new();
+    // Mirror tasks are supervised: one that panics or ends unasked is logged and restarted.
+    let (dead_tx, mut dead_rx) = mpsc::unbounded_channel::<DeadMirror>();
     let mut bridges: BTreeMap<String, Bridge> = BTreeMap::new();
     let mut db_generation = 0u64;
     let mut join = PortJoin::default();
@@ -201,6 +219,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     // sessions), so it goes out within PUBLISH_INTERVAL rather than COUNTS_INTERVAL.
     let (mut dirty, mut urgent) = (true, true);
     let mut published_findings = index.findings_generation();
+    let mut findings = FindingsLog::new("dirty flow");
     let mut last_publish = Instant::now() - PUBLISH_INTERVAL;
     loop {
         // No periodic tick: sleep until the next publish is due (after a change) or the index's
@@ -214,6 +233,9 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
         tokio::select! {
             changed = db_rx.changed() => {
                 if changed.is_err() {
+                    // The OVSDB client task is gone (it never returns on its own): end the
+                    // pipeline, whose supervisor takes the process down loudly.
+                    tracing::error!("the OVSDB client task ended");
                     return;
                 }
                 let snap = db_rx.borrow_and_update().clone();
@@ -222,8 +244,18 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
                     bridges = snap.bridges;
                     db_generation += 1;
                     index.sync_bridges(&bridges, Instant::now());
-                    sync_tasks(&mut tasks, &bridges, &run_dir, &change_tx, &mut index);
+                    sync_tasks(&mut tasks, &bridges, &run_dir, &change_tx, &dead_tx, &mut index);
                 }
+                (dirty, urgent) = (true, true);
+            }
+            Some((bridge, id, how)) = dead_rx.recv() => {
+                tracing::error!(bridge, "OpenFlow mirror task {how}; restarting it");
+                state.sources.errors(source::OPENFLOW, 1);
+                // Its findings stay (marked stale) until the new mirror's dump replaces them.
+                if tasks.get(&bridge).is_some_and(|t| t.id == id) {
+                    tasks.remove(&bridge);
+                }
+                sync_tasks(&mut tasks, &bridges, &run_dir, &change_tx, &dead_tx, &mut index);
                 (dirty, urgent) = (true, true);
             }
             Some((bridge, change)) = change_rx.recv() => {
@@ -245,7 +277,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
         urgent |= index.findings_generation() != published_findings;
         if dirty && last_publish.elapsed() >= publish_delay(urgent) {
             join.refresh(&bridges, db_generation, &state);
-            publish(&index, &tasks, &join, db_connected, &state);
+            publish(&index, &tasks, &join, db_connected, &state, &mut findings);
             published_findings = index.findings_generation();
             last_publish = Instant::now();
             (dirty, urgent) = (false, false);
@@ -259,6 +291,7 @@ fn sync_tasks(
     bridges: &BTreeMap<String, Bridge>,
     run_dir: &std::path::Path,
     change_tx: &mpsc::Sender<TaggedChange>,
+    dead_tx: &mpsc::UnboundedSender<DeadMirror>,
     index: &mut DirtyFlowIndex,
 ) {
     tasks.retain(|name, t| {
@@ -279,17 +312,37 @@ fn sync_tasks(
         // The index follows the change stream and gets the dump with each resync: the mirror
         // keeps no table (the index is the only copy of the flows).
         cfg.snapshot_flows = false;
-        tokio::spawn(openflow::run_bridge(
+        let stopped = stop_rx.clone();
+        let mirror = tokio::spawn(openflow::run_bridge(
             cfg,
             snap_tx,
             Some(change_tx.clone()),
             stop_rx,
         ));
+        let id = MIRROR_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (bridge, dead_tx) = (name.clone(), dead_tx.clone());
+        tokio::spawn(async move {
+            let how = match mirror.await {
+                Ok(()) => "ended".to_string(),
+                Err(e) if e.is_panic() => format!(
+                    "panicked: {}",
+                    crate::engine::supervise::panic_message(e.into_panic().as_ref())
+                ),
+                Err(e) => format!("failed: {e}"),
+            };
+            if *stopped.borrow() {
+                return;
+            }
+            tokio::time::sleep(MIRROR_RESTART_DELAY).await;
+            // The pipeline is gone only while shutting down.
+            let _ = dead_tx.send((bridge, id, how));
+        });
         tasks.insert(
             name.clone(),
             BridgeTask {
                 snapshots: snap_rx,
                 stop: stop_tx,
+                id,
             },
         );
     }
@@ -347,7 +400,8 @@ fn apply_change(
         }
         FlowChange::Disconnected { error } => {
             state.sources.errors(source::OPENFLOW, 1);
-            tracing::warn!(bridge, "OpenFlow session ended: {error}");
+            // The mirror itself logs the state change (once, not per retry).
+            tracing::debug!(bridge, "OpenFlow session ended: {error}");
             true
         }
     }
@@ -681,6 +735,7 @@ pub(crate) fn dirty_flows(
                 flow: text.into_owned(),
                 ports,
                 domain: None,
+                stale: false,
             };
             d.domain = d.port().map(|p| p.domain.clone()).filter(|d| !d.is_empty());
             out.push(d);
@@ -695,6 +750,7 @@ fn publish(
     join: &PortJoin,
     db_connected: bool,
     state: &SharedState,
+    findings: &mut FindingsLog,
 ) {
     let t0 = Instant::now();
     let mut report = FlowsReport {
@@ -722,23 +778,35 @@ fn publish(
             .insert(table, n);
     }
     let mut down = Vec::new();
+    // Whether every session that is not up is only connecting for the first time (no error).
+    let mut only_starting = true;
     for (name, t) in tasks {
         let snap = t.snapshots.borrow();
         let st = report.bridges.entry(name.clone()).or_default();
         st.connected = snap.connected;
         st.error = snap.error.clone();
         if !snap.connected {
+            only_starting &= snap.error.is_none();
             down.push(format!(
                 "{name}: {}",
                 snap.error.as_deref().unwrap_or("connecting")
             ));
         }
     }
+    // Flow findings of a bridge whose session is down come from its last known table: say so.
+    // (Port findings, `dead_vlan`, come from OVSDB and stay current.)
+    for d in &mut report.dirty {
+        d.stale = d.table.is_some() && report.bridges.get(&d.bridge).is_some_and(|b| !b.connected);
+    }
     if tasks.is_empty() && !db_connected {
-        // No bridge list yet: nothing was read, so the source is not up.
+        // No bridge list yet: nothing was read, so the source is not up (OVSDB's own state
+        // says why, and is logged).
         state
             .sources
-            .down(source::OPENFLOW, "waiting for OVSDB to list the bridges");
+            .starting(source::OPENFLOW, "waiting for OVSDB to list the bridges");
+    } else if !down.is_empty() && only_starting {
+        down.sort();
+        state.sources.starting(source::OPENFLOW, down.join("; "));
     } else if down.is_empty() {
         state.sources.up(
             source::OPENFLOW,
@@ -749,6 +817,30 @@ fn publish(
         down.sort();
         state.sources.down(source::OPENFLOW, down.join("; "));
     }
+    findings.changes(
+        &state.flows().dirty,
+        &report.dirty,
+        |f| {
+            (
+                f.bridge.clone(),
+                f.rule.clone(),
+                f.table,
+                f.cookie,
+                f.flow.clone(),
+            )
+        },
+        |f| {
+            format!(
+                "bridge={} rule={} severity={} table={} cookie={} flow=\"{}\"",
+                f.bridge,
+                f.rule,
+                f.severity,
+                f.table.map_or_else(|| "-".into(), |t| t.to_string()),
+                f.cookie.map_or_else(|| "-".into(), |c| format!("{c:#x}")),
+                f.flow
+            )
+        },
+    );
     state.set_flows(report);
 }
 
@@ -943,6 +1035,7 @@ mod tests {
             flow: String::new(),
             ports: vec![],
             domain: None,
+            stale: false,
         };
         let text = serde_json::to_string(&d).unwrap();
         assert!(text.contains(r#""cookie":"0x6a1b2c3d4e5f6071""#), "{text}");

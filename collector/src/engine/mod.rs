@@ -2,8 +2,11 @@
 //!
 //! - [`pinning`]: libvirt inventory + procfs/cgroupfs + eBPF placement → pinning checks.
 //! - [`flows`]: OVSDB + OpenFlow mirrors → dirty-flow rules.
+//! - [`supervise`]: no thread or task of theirs stops silently.
 
+mod findings_log;
 pub mod flows;
 pub mod pinning;
+pub mod supervise;
 
 pub use pinning::{PinningEngine, PinningInputs, observe, snapshot_once, source};

@@ -1,13 +1,17 @@
 //! The pinning pipeline: libvirt inventory + procfs/cgroupfs + eBPF placement → detector → shared state.
 //!
-//! Runs as one task. A pass happens on every libvirt state-dir change (inotify) and, while there
-//! are domains, on a short tick (`pinning.interval_seconds`, default 1 s) for changes libvirt never
-//! hears of (affinity, cgroups). Each pass only reads the threads of running domains; the scrape
-//! just encodes the last report.
+//! Runs on a thread of its own (procfs and BPF map reads block; the async thread never waits for
+//! them). A pass happens on every libvirt state-dir change (inotify) and, while there are domains
+//! (or no inotify watch), on a short tick (`pinning.interval_seconds`, default 1 s) for changes
+//! libvirt never hears of (affinity, cgroups). Each pass only reads the threads of running
+//! domains; the scrape just encodes the last report. Per-domain counters are kept monotonic
+//! across thread exits here ([`MonotonicCounters`]).
 
 use crate::config::PinningConfig;
 use crate::cpuset::CpuSet;
 use crate::detect::pinning::{self, DomainObservation, PlacementSample};
+use crate::engine::findings_log::FindingsLog;
+use crate::engine::supervise::Supervisor;
 use crate::model::Domain;
 use crate::sources::libvirt::{self, LibvirtInventory};
 use crate::sources::procfs::{HostFs, ProcError};
@@ -15,6 +19,8 @@ use crate::sources::sched_bpf::SchedProbe;
 use crate::state::{BpfProgramCost, SharedState};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Source names as they appear in `pinflow_source_*{source=…}`.
@@ -58,6 +64,10 @@ pub struct PinningEngine {
     watched: HashMap<u32, WatchedThread>,
     last_errors: BTreeMap<String, String>,
     state: SharedState,
+    findings: FindingsLog,
+    libvirt_state_dir: PathBuf,
+    watching: Arc<AtomicBool>,
+    counters: MonotonicCounters,
 }
 
 impl PinningEngine {
@@ -76,27 +86,80 @@ impl PinningEngine {
             watched: HashMap::new(),
             last_errors: BTreeMap::new(),
             state,
+            findings: FindingsLog::new("pinning drift"),
+            libvirt_state_dir: inputs.libvirt_state_dir.clone(),
+            watching: Arc::new(AtomicBool::new(false)),
+            counters: MonotonicCounters::default(),
         }
     }
 
-    /// Runs passes forever: on libvirt changes, and on every tick while there are domains.
-    pub async fn run(mut self, libvirt_state_dir: PathBuf) {
-        let mut changes = libvirt::watch_state_dir(libvirt_state_dir);
-        let mut tick = tokio::time::interval(self.cfg.interval());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Starts the pipeline: the libvirt state-dir watch as a task on the (async) runtime, and
+    /// every pass — libvirt files, procfs, BPF map syscalls, all of which can block — on a
+    /// supervised thread of its own, so that a slow procfs never stalls scrapes or the OpenFlow
+    /// and OVSDB sessions. Must be called from within the Tokio runtime. The receiver resolves
+    /// when the first pass is published.
+    pub fn start(
+        self,
+        supervisor: &Supervisor,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let dir = self.libvirt_state_dir.clone();
+        let mut changes =
+            libvirt::watch_state_dir_reporting(dir, libvirt::WATCH_RETRY, self.watching.clone());
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        supervisor.task("libvirt-watch", async move {
+            while changes.recv().await.is_some() {
+                // Full: a wake-up is already pending. Disconnected: the pinning thread is gone
+                // and the supervisor says so.
+                if let Err(std::sync::mpsc::TrySendError::Disconnected(())) = tx.try_send(()) {
+                    return;
+                }
+            }
+        });
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        supervisor.thread("pinning", move || self.run_blocking(&rx, first_tx))?;
+        Ok(first_rx)
+    }
+
+    /// Runs passes forever (blocking): on libvirt changes, and on every tick while there are
+    /// domains or no inotify watch (then the tick is the periodic rescan that finds new domains).
+    fn run_blocking(
+        mut self,
+        changes: &std::sync::mpsc::Receiver<()>,
+        first_pass: tokio::sync::oneshot::Sender<()>,
+    ) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let bound = crate::sources::SourceRegistry::bound_for(self.cfg.interval());
+        for s in [source::LIBVIRT, source::PROCFS] {
+            self.state.sources.stale_after(s, bound);
+        }
+        if self.probe.is_some() {
+            self.state.sources.stale_after(source::SCHED_BPF, bound);
+        }
+        self.pass();
+        // Nobody waiting any more is fine: `serve` stops waiting after a while.
+        let _ = first_pass.send(());
         loop {
-            tokio::select! {
-                _ = tick.tick() => {
+            match changes.recv_timeout(self.cfg.interval()) {
+                Ok(()) => {
+                    // Coalesce a burst of events (libvirt writes several files per start).
+                    std::thread::sleep(Duration::from_millis(20));
+                    while changes.try_recv().is_ok() {}
+                }
+                Err(RecvTimeoutError::Timeout) => {
                     // Without domains there are no threads to poll: libvirt's own changes (a
-                    // domain starting, the directory appearing) arrive through the watch.
+                    // domain starting, the directory appearing) arrive through the watch. The
+                    // sources' data is still current: say so, so that only a wedged thread
+                    // goes stale.
                     if self.nothing_to_poll() {
+                        for s in [source::LIBVIRT, source::PROCFS, source::SCHED_BPF] {
+                            self.state.sources.alive(s);
+                        }
                         continue;
                     }
                 }
-                Some(()) = changes.recv() => {
-                    // Coalesce a burst of events (libvirt writes several files per start).
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    while changes.try_recv().is_ok() {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The watch task ended (the supervisor reports it): rescan periodically.
+                    std::thread::sleep(self.cfg.interval());
                 }
             }
             self.pass();
@@ -106,23 +169,33 @@ impl PinningEngine {
     /// The `last_errors` key of the state directory's own error.
     const DIR_ERROR_KEY: &'static str = "libvirt-dir";
 
-    /// Whether a tick would find nothing new: no domain known, and the state directory readable.
+    /// Whether a tick would find nothing new: no domain known, the state directory readable and
+    /// under an inotify watch (without one, every tick rescans the directory).
     fn nothing_to_poll(&self) -> bool {
         self.inventory.domains().next().is_none()
             && !self.last_errors.contains_key(Self::DIR_ERROR_KEY)
+            && self.watching.load(Ordering::Relaxed)
     }
 
     /// One full pass: refresh inventory, observe threads, sync the eBPF watch set, detect, publish.
     pub fn pass(&mut self) {
         let t0 = Instant::now();
         let sources = self.state.sources.clone();
+        sources.begin(source::LIBVIRT);
         let refresh = self.inventory.refresh();
         if let Some(e) = &refresh.dir_error {
+            // Logged by the health registry when the source goes down (not once more here).
             sources.down(source::LIBVIRT, e.clone());
-            self.log_once(Self::DIR_ERROR_KEY, e);
+            self.last_errors
+                .insert(Self::DIR_ERROR_KEY.to_string(), e.clone());
         } else {
             self.last_errors.remove(Self::DIR_ERROR_KEY);
-            sources.up(source::LIBVIRT, "", t0.elapsed());
+            let how = if self.watching.load(Ordering::Relaxed) {
+                ""
+            } else {
+                "periodic rescan (no inotify watch)"
+            };
+            sources.up(source::LIBVIRT, how, t0.elapsed());
         }
         if !refresh.errors.is_empty() {
             sources.errors(source::LIBVIRT, refresh.errors.len() as u64);
@@ -133,6 +206,7 @@ impl PinningEngine {
         }
 
         let t1 = Instant::now();
+        sources.begin(source::PROCFS);
         let domains: Vec<Domain> = self.inventory.domains().cloned().collect();
         let mut observations = Vec::with_capacity(domains.len());
         let mut proc_errors = 0u64;
@@ -159,6 +233,9 @@ impl PinningEngine {
         sources.up(source::PROCFS, "", t1.elapsed());
 
         let t2 = Instant::now();
+        if self.probe.is_some() {
+            sources.begin(source::SCHED_BPF);
+        }
         self.sync_probe(&mut observations);
         if let Some(p) = &self.probe {
             sources.up(source::SCHED_BPF, p.mode().to_string(), t2.elapsed());
@@ -175,7 +252,26 @@ impl PinningEngine {
                     .collect()
             });
         }
-        self.state.set_pinning(pinning::evaluate(&observations));
+        let mut report = pinning::evaluate(&observations);
+        self.counters.apply(&observations, &mut report);
+        let drifts = |r: &pinning::PinningReport| -> Vec<(String, pinning::Drift)> {
+            r.domains
+                .iter()
+                .flat_map(|d| d.drifts.iter().map(|x| (d.domain.clone(), x.clone())))
+                .collect()
+        };
+        self.findings.changes(
+            &drifts(&self.state.pinning()),
+            &drifts(&report),
+            |(domain, x)| (domain.clone(), x.vcpu.clone(), x.check.to_string()),
+            |(domain, x)| {
+                format!(
+                    "domain={domain} vcpu={} check={} expected={} actual=\"{}\"",
+                    x.vcpu, x.check, x.expected, x.actual
+                )
+            },
+        );
+        self.state.set_pinning(report);
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
@@ -279,6 +375,83 @@ impl PinningEngine {
     }
 }
 
+/// Last raw values of one vCPU thread, as read by the previous pass.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadLast {
+    wait_ns: u64,
+    offpin_ns: u64,
+    migrations: u64,
+}
+
+/// A domain's counters, accumulated from per-thread increments.
+#[derive(Debug, Default)]
+struct DomainCounters {
+    threads: HashMap<u32, ThreadLast>,
+    wait_ns: u64,
+    offpin_ns: u64,
+    migrations: u64,
+}
+
+/// What a raw per-thread value added since `last`: the difference, or the whole value when it
+/// went down (a thread id reused, a probe entry re-created): never negative.
+fn increment(cur: u64, last: u64) -> u64 {
+    if cur >= last { cur - last } else { cur }
+}
+
+/// Per-domain counters (`pinflow_vcpu_{wait,offpin}_seconds_total`,
+/// `pinflow_vcpu_migrations_total`) monotonic by construction: each pass adds every vCPU
+/// thread's increment since its last value, so a thread that exits (or a domain whose vCPU
+/// threads are replaced) keeps what it contributed instead of taking it out of the sum.
+/// A domain that is gone is forgotten with its series.
+#[derive(Debug, Default)]
+pub(crate) struct MonotonicCounters {
+    domains: HashMap<String, DomainCounters>,
+}
+
+impl MonotonicCounters {
+    /// Accumulates the pass's raw values and writes the monotonic totals into `report`.
+    pub(crate) fn apply(&mut self, obs: &[DomainObservation], report: &mut pinning::PinningReport) {
+        let mut seen = std::collections::HashSet::new();
+        for o in obs {
+            let Some(d) = &o.domain else { continue };
+            seen.insert(d.name.as_str());
+            let c = self.domains.entry(d.name.clone()).or_default();
+            let tids: Vec<u32> = d.vcpus.iter().filter_map(|v| v.tid).collect();
+            // Only libvirt's current vCPU threads are remembered; one missing from this pass
+            // (a read error) keeps its last value for the next.
+            c.threads.retain(|t, _| tids.contains(t));
+            for tid in tids {
+                let last = c.threads.entry(tid).or_default();
+                if let Some(t) = o.threads.get(&tid) {
+                    c.wait_ns = c.wait_ns.saturating_add(increment(t.wait_ns, last.wait_ns));
+                    last.wait_ns = t.wait_ns;
+                }
+                if let Some(p) = o.placement.get(&tid) {
+                    c.offpin_ns = c
+                        .offpin_ns
+                        .saturating_add(increment(p.offpin_ns_total, last.offpin_ns));
+                    c.migrations = c
+                        .migrations
+                        .saturating_add(increment(p.migrations_total, last.migrations));
+                    last.offpin_ns = p.offpin_ns_total;
+                    last.migrations = p.migrations_total;
+                }
+            }
+        }
+        self.domains.retain(|name, _| seen.contains(name.as_str()));
+        for r in &mut report.domains {
+            let Some(c) = self.domains.get(&r.domain) else {
+                continue;
+            };
+            r.wait_seconds_total = c.wait_ns as f64 / 1e9;
+            if r.offpin_seconds_total.is_some() {
+                r.offpin_seconds_total = Some(c.offpin_ns as f64 / 1e9);
+                r.migrations_total = Some(c.migrations);
+            }
+        }
+    }
+}
+
 /// Reads every thread of the domain's QEMU process. Returns the observation and the number of
 /// unexpected read errors (threads that vanished mid-read are normal and not counted).
 pub fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
@@ -314,15 +487,269 @@ pub fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
     (obs, errors)
 }
 
-/// One pass without eBPF, for one-shot commands (`pinflow pinning`).
-pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt::Refresh) {
+/// One pass without eBPF, for one-shot commands (`pinflow pinning`): the report, the libvirt
+/// refresh (with its errors) and the number of unexpected procfs/cgroupfs read errors.
+pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt::Refresh, u64) {
     let mut inv = LibvirtInventory::new(inputs.libvirt_state_dir.clone());
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());
+    let mut proc_errors = 0;
     let obs: Vec<_> = inv
         .domains()
         .cloned()
-        .map(|d| observe(&hostfs, d).0)
+        .map(|d| {
+            let (o, errors) = observe(&hostfs, d);
+            proc_errors += errors;
+            o
+        })
         .collect();
-    (pinning::evaluate(&obs), refresh)
+    (pinning::evaluate(&obs), refresh, proc_errors)
+}
+
+/// Observations built by hand, for the counter tests.
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+    use crate::model::{ThreadState, VcpuSpec};
+
+    /// One pass's observation of domain `name`: `(tid, wait_ns, offpin_ns, migrations)` per
+    /// vCPU thread (placement only when `bpf`).
+    pub(super) fn obs(
+        name: &str,
+        threads: &[(u32, u64, u64, u64)],
+        bpf: bool,
+    ) -> DomainObservation {
+        let domain = Domain {
+            name: name.into(),
+            uuid: format!("uuid-{name}"),
+            id: Some(1),
+            pid: Some(100),
+            nova: None,
+            vcpus: threads
+                .iter()
+                .enumerate()
+                .map(|(i, t)| VcpuSpec {
+                    id: i as u32,
+                    tid: Some(t.0),
+                    pin: None,
+                    shared_set: false,
+                })
+                .collect(),
+            emulator_pin: None,
+            interfaces: Vec::new(),
+        };
+        let mut o = DomainObservation {
+            domain: Some(domain),
+            ..Default::default()
+        };
+        for &(tid, wait_ns, offpin_ns, migrations) in threads {
+            o.threads.insert(
+                tid,
+                ThreadState {
+                    tid,
+                    wait_ns,
+                    ..Default::default()
+                },
+            );
+            if bpf {
+                o.placement.insert(
+                    tid,
+                    PlacementSample {
+                        offpin_ns_total: offpin_ns,
+                        migrations_total: migrations,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::obs;
+    use super::*;
+
+    /// Runs the passes through evaluate + MonotonicCounters, returning each pass's
+    /// `(wait, offpin, migrations)` of domain `d`.
+    fn totals(passes: &[Vec<DomainObservation>], d: &str) -> Vec<Option<(f64, f64, u64)>> {
+        let mut c = MonotonicCounters::default();
+        passes
+            .iter()
+            .map(|p| {
+                let mut r = pinning::evaluate(p);
+                c.apply(p, &mut r);
+                r.domains.iter().find(|x| x.domain == d).map(|x| {
+                    (
+                        x.wait_seconds_total,
+                        x.offpin_seconds_total.unwrap_or(-1.0),
+                        x.migrations_total.unwrap_or(0),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn counters_never_decrease_across_thread_exits_and_resets() {
+        let passes = vec![
+            vec![obs("a", &[(10, 2 * S, S, 5), (11, 3 * S, 2 * S, 7)], true)],
+            // Thread 11 exits (vCPU unplugged: libvirt lists one vCPU left): its 3 s of wait,
+            // 2 s off-pin and 7 migrations stay in the sums.
+            vec![obs("a", &[(10, 4 * S, S, 6)], true)],
+            // The probe entry of thread 10 is re-created (new pin): raw values restart at 0.
+            vec![obs("a", &[(10, 5 * S, 0, 0)], true)],
+            vec![obs("a", &[(10, 5 * S, S, 2)], true)],
+            // The domain restarts with new vCPU threads whose raw values are small.
+            vec![obs("a", &[(20, S, 0, 1)], true)],
+        ];
+        let t = totals(&passes, "a");
+        let want = [
+            (5.0, 3.0, 12),
+            (7.0, 3.0, 13),
+            (8.0, 3.0, 13),
+            (8.0, 4.0, 15),
+            (9.0, 4.0, 16),
+        ];
+        assert_eq!(t, want.map(Some).to_vec());
+        // What evaluate alone reports (the sums over the threads read this pass) goes backwards.
+        let raw: Vec<f64> = passes
+            .iter()
+            .map(|p| pinning::evaluate(p).domains[0].wait_seconds_total)
+            .collect();
+        assert!(raw.windows(2).any(|w| w[1] < w[0]), "{raw:?}");
+    }
+
+    #[test]
+    fn a_thread_missing_from_one_pass_is_not_counted_twice_and_gone_domains_are_forgotten() {
+        let mut a_missing = obs("a", &[(10, 2 * S, 0, 0), (11, 2 * S, 0, 0)], false);
+        // A read error for thread 11: libvirt still lists it, procfs gave nothing this pass.
+        a_missing.threads.remove(&11);
+        let passes = vec![
+            vec![
+                obs("a", &[(10, S, 0, 0), (11, S, 0, 0)], false),
+                obs("b", &[(30, 7 * S, 0, 0)], false),
+            ],
+            vec![a_missing],
+            vec![obs("a", &[(10, 3 * S, 0, 0), (11, 3 * S, 0, 0)], false)],
+            vec![obs("b", &[(31, S, 0, 0)], false)],
+        ];
+        let t = totals(&passes, "a");
+        assert_eq!(
+            t.iter().map(|x| x.map(|v| v.0)).collect::<Vec<_>>(),
+            vec![Some(2.0), Some(3.0), Some(6.0), None]
+        );
+        // Without the eBPF probe there is no off-pin series.
+        assert_eq!(t[0].map(|v| v.1), Some(-1.0));
+        // `b` went away after the first pass: it starts over, not from its old 7 s.
+        assert_eq!(totals(&passes, "b")[3].map(|v| v.0), Some(1.0));
+    }
+}
+
+/// Fixture-level churn (the real 200-domain/500-tap churn is too slow for CI on these machines):
+/// domains start and stop, vCPU threads exit and are replaced, and no counter ever decreases
+/// while its domain lives, and nothing of a gone domain is kept.
+#[cfg(test)]
+mod churn {
+    use super::tests_support::obs;
+    use super::*;
+
+    /// A small deterministic generator (xorshift), so that failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn two_hundred_domains_churning_never_make_a_counter_decrease() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut counters = MonotonicCounters::default();
+        // Per live domain: its vCPU threads (tid, wait, offpin, migrations).
+        let mut live: BTreeMap<String, Vec<(u32, u64, u64, u64)>> = BTreeMap::new();
+        let mut last: HashMap<String, (f64, f64, u64)> = HashMap::new();
+        let mut next_tid = 1000u32;
+        let mut next_dom = 0u32;
+        for _pass in 0..300 {
+            // Start domains up to ~200, stop some.
+            while live.len() < 200 || rng.below(10) == 0 {
+                let vcpus = 1 + rng.below(4) as usize;
+                let threads = (0..vcpus)
+                    .map(|_| {
+                        next_tid += 1;
+                        (next_tid, 0, 0, 0)
+                    })
+                    .collect();
+                live.insert(format!("instance-{next_dom:05}"), threads);
+                next_dom += 1;
+                if live.len() > 210 {
+                    break;
+                }
+            }
+            for _ in 0..rng.below(6) {
+                let k = rng.below(live.len() as u64) as usize;
+                if let Some(name) = live.keys().nth(k).cloned() {
+                    live.remove(&name);
+                    last.remove(&name);
+                }
+            }
+            // Threads advance; some exit and are replaced (new tid, raw values from 0), some
+            // have their probe entry re-created (raw values restart).
+            for threads in live.values_mut() {
+                for t in threads.iter_mut() {
+                    match rng.below(50) {
+                        0 => {
+                            next_tid += 1;
+                            *t = (next_tid, 0, 0, 0);
+                        }
+                        1 => {
+                            t.2 = 0;
+                            t.3 = 0;
+                        }
+                        _ => {
+                            t.1 += rng.below(1_000_000);
+                            t.2 += rng.below(1_000);
+                            t.3 += rng.below(3);
+                        }
+                    }
+                }
+            }
+            let observations: Vec<DomainObservation> =
+                live.iter().map(|(n, t)| obs(n, t, true)).collect();
+            let mut report = pinning::evaluate(&observations);
+            counters.apply(&observations, &mut report);
+            assert_eq!(report.domains.len(), live.len());
+            for d in &report.domains {
+                let now = (
+                    d.wait_seconds_total,
+                    d.offpin_seconds_total.unwrap_or(0.0),
+                    d.migrations_total.unwrap_or(0),
+                );
+                if let Some(prev) = last.get(&d.domain) {
+                    assert!(
+                        now.0 >= prev.0 && now.1 >= prev.1 && now.2 >= prev.2,
+                        "{}: {prev:?} -> {now:?}",
+                        d.domain
+                    );
+                }
+                last.insert(d.domain.clone(), now);
+            }
+            // Nothing of a stopped domain or an exited thread is kept.
+            assert_eq!(counters.domains.len(), live.len());
+            let tids: usize = live.values().map(Vec::len).sum();
+            let kept: usize = counters.domains.values().map(|c| c.threads.len()).sum();
+            assert_eq!(kept, tids);
+        }
+        assert!(next_dom > 400, "churned {next_dom} domains");
+    }
 }

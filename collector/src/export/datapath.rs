@@ -112,21 +112,13 @@ pub fn encode_datapath(
             )
         }),
     )?;
-    // Upcalls per port: the kernel's per-vport upcall stats when it has them, else eBPF counts.
+    // Upcalls per port, each port from one source for its life (the poller chooses).
     // (Failed upcalls also count in the datapath's `lost` lookups.)
-    let mut upcalls: Vec<(&str, &str, u64)> = Vec::new();
-    for (d, v) in vports() {
-        if let Some((ok, fail)) = v.upcalls {
-            upcalls.push((&d.name, &v.name, ok + fail));
-        }
-    }
-    if upcalls.is_empty() {
-        upcalls = ev
-            .upcalls
-            .iter()
-            .map(|(d, p, n)| (d.as_str(), p.as_str(), *n))
-            .collect();
-    }
+    let upcalls: Vec<(&str, &str, u64)> = r
+        .upcalls
+        .iter()
+        .map(|(d, p, n)| (d.as_str(), p.as_str(), *n))
+        .collect();
     counter(
         enc,
         &families::UPCALLS,
@@ -181,9 +173,11 @@ mod tests {
                 ..Default::default()
             }],
             flow_limit: 200_000,
+            // Chosen per port by the poller (sources::ovs_dp::upcalls); the exporter only encodes.
+            upcalls: vec![("ovs-system".into(), "v1".into(), 300)],
         });
         st.set_datapath_events(DatapathEvents {
-            upcalls: vec![("ovs-system".into(), "v1".into(), 300)],
+            upcalls: vec![("ovs-system".into(), "v1".into(), 5)],
             drops: vec![("v1".into(), "last_action".into(), 4)],
             actions: vec![("output".into(), 7)],
             programs: Vec::new(),

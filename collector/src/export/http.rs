@@ -1,16 +1,24 @@
 //! HTTP server: `/metrics` (OpenMetrics), `/healthz`, `/api/v1/*`, on one or more listen
 //! addresses, plain or TLS, optionally behind basic auth (`--web.config.file`).
 //!
+//! `/api/v1` bodies are serialised once per report version and shared by every request for that
+//! version ([`JsonCache`]): a client polling the API costs a copy of a reference, not a deep
+//! clone and a serialisation of the whole report.
+//!
 //! Connections are accepted by pinflow's own loop (hyper + hyper-util, not `axum::serve`) so that
-//! each one is bounded: at most [`MAX_CONNECTIONS`] at once, the TLS handshake and every request's
-//! headers within [`HEADER_TIMEOUT`].
+//! each one is bounded: at most [`MAX_CONNECTIONS`] at once (a new one closes the oldest, so idle
+//! and slowloris clients cannot lock a scraper out), the TLS handshake and every request's headers
+//! within [`HEADER_TIMEOUT`].
 
 use crate::cli::ListenAddress;
 use crate::config::ExportConfig;
+use crate::detect::pinning::PinningReport;
+use crate::engine::flows::FlowsReport;
 use crate::export::metrics;
 use crate::export::web_config::{BasicAuth, WebConfig, sha256};
 use crate::state::SharedState;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -22,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Connections served at once; more wait in the kernel's accept queue.
+/// Connections open at once; a new one beyond this closes the oldest ([`ConnectionSlots`]).
 pub const MAX_CONNECTIONS: usize = 64;
 /// Time a client has for the TLS handshake and for each request's headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +40,65 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 struct App {
     state: SharedState,
     registry: Arc<Registry>,
+    bodies: Arc<ApiBodies>,
+}
+
+/// The `/api/v1` bodies of the current reports, each serialised once per report version.
+#[derive(Default)]
+struct ApiBodies {
+    pinning: JsonCache<PinningReport>,
+    flows: JsonCache<FlowsReport>,
+    flows_dirty: JsonCache<FlowsReport>,
+}
+
+/// A JSON body serialised once per version of a report and shared (`Bytes` clones are
+/// reference counts) by every request until the report is replaced. The version is the report's
+/// `Arc` itself: the engine publishes a new `Arc` for every change. The cache keeps a `Weak` to
+/// it, which keeps its allocation (not the report) alive, so the address cannot be reused by a
+/// later report while it is compared.
+pub(crate) struct JsonCache<T> {
+    last: std::sync::Mutex<Option<(std::sync::Weak<T>, Bytes)>>,
+}
+
+impl<T> Default for JsonCache<T> {
+    fn default() -> Self {
+        JsonCache {
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<T> JsonCache<T> {
+    /// The body of `report`: the cached bytes when `report` is the version they were made
+    /// from, else `serialise(report)`, which then replaces them.
+    pub(crate) fn body(
+        &self,
+        report: &Arc<T>,
+        serialise: impl FnOnce(&T) -> serde_json::Result<Vec<u8>>,
+    ) -> serde_json::Result<Bytes> {
+        // A poisoned lock only means a panic elsewhere; the slot is replaced whole.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((version, body)) = last.as_ref()
+            && std::ptr::eq(version.as_ptr(), Arc::as_ptr(report))
+        {
+            return Ok(body.clone());
+        }
+        let body = Bytes::from(serialise(report)?);
+        *last = Some((Arc::downgrade(report), body.clone()));
+        Ok(body)
+    }
+}
+
+/// A cached JSON body as a response (500 with the reason when serialising failed).
+fn json_response(body: serde_json::Result<Bytes>) -> Response {
+    match body {
+        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding JSON failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// What the router serves.
@@ -65,7 +132,7 @@ pub fn router(
     let mut r = Router::new()
         .route("/", get(move || async move { axum::response::Html(index) }))
         .route(&options.telemetry_path, get(serve_metrics))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(healthz));
     if !options.disable_api {
         r = r
             .route("/api/v1/pinning", get(api_pinning))
@@ -73,7 +140,11 @@ pub fn router(
             .route("/api/v1/flows", get(api_flows))
             .route("/api/v1/flows/dirty", get(api_flows_dirty));
     }
-    let mut r = r.with_state(App { state, registry });
+    let mut r = r.with_state(App {
+        state,
+        registry,
+        bodies: Arc::default(),
+    });
     if let Some(auth) = web.and_then(|w| w.auth.clone()) {
         r = r.layer(axum::middleware::from_fn_with_state(auth, basic_auth));
     }
@@ -177,7 +248,7 @@ pub async fn serve(
     let tls = web
         .and_then(|w| w.tls.clone())
         .map(tokio_rustls::TlsAcceptor::from);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(ConnectionSlots::default());
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners {
         tasks.spawn(accept_loop(l, router.clone(), tls.clone(), slots.clone()));
@@ -214,12 +285,9 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<ConnectionSlots>,
 ) -> anyhow::Result<()> {
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -229,20 +297,26 @@ async fn accept_loop(
                 continue;
             }
         };
+        let (id, mut evicted) = slots.admit();
         let router = router.clone();
         let tls = tls.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let r = match tls {
-                None => serve_connection(stream, router).await,
+                None => serve_connection(stream, router, &mut evicted).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_connection(s, router).await,
-                        Ok(Err(e)) => Err(e.into()),
-                        Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
+                    let handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
+                    tokio::select! {
+                        h = handshake => match h {
+                            Ok(Ok(s)) => serve_connection(s, router, &mut evicted).await,
+                            Ok(Err(e)) => Err(e.into()),
+                            Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
+                        },
+                        _ = &mut evicted => Err(anyhow::anyhow!("closed for a newer connection")),
                     }
                 }
             };
+            slots.release(id);
             if let Err(e) = r {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
@@ -250,17 +324,71 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection<S>(stream: S, router: Router) -> anyhow::Result<()>
+/// The open connections, oldest first. At [`MAX_CONNECTIONS`], a new connection closes the
+/// oldest one instead of waiting for a free slot: connections that sit idle or trickle their
+/// headers (slowloris) can then never lock a scraper out, they only shorten each other's lives.
+/// The oldest connection finishes a request it is answering (hyper's graceful shutdown) and is
+/// closed at once when idle or still reading headers.
+#[derive(Default)]
+struct ConnectionSlots {
+    /// The last id given out, and the open connections with their eviction signals.
+    open: std::sync::Mutex<(u64, std::collections::VecDeque<OpenConnection>)>,
+}
+
+/// An open connection: its id and the sender that tells it to close.
+type OpenConnection = (u64, tokio::sync::oneshot::Sender<()>);
+
+impl ConnectionSlots {
+    /// Registers a new connection (evicting the oldest when full); returns its id and the
+    /// signal that it is evicted in turn.
+    fn admit(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut g = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, open) = &mut *g;
+        while open.len() >= MAX_CONNECTIONS {
+            if let Some((_, victim)) = open.pop_front() {
+                // The victim may have ended already; then there is nothing to signal.
+                let _ = victim.send(());
+            }
+        }
+        *next += 1;
+        open.push_back((*next, tx));
+        (*next, rx)
+    }
+
+    /// Forgets a connection that ended.
+    fn release(&self, id: u64) {
+        let mut g = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        g.1.retain(|(i, _)| *i != id);
+    }
+}
+
+/// Time an evicted connection has to finish the response it is writing.
+const EVICTION_GRACE: Duration = Duration::from_secs(2);
+
+async fn serve_connection<S>(
+    stream: S,
+    router: Router,
+    evicted: &mut tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(router);
-    hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-        .await?;
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r?,
+        _ = evicted => {
+            conn.as_mut().graceful_shutdown();
+            // Idle or reading headers: closes at once; answering: finishes, within the grace.
+            let _ = tokio::time::timeout(EVICTION_GRACE, conn.as_mut()).await;
+        }
+    }
     Ok(())
 }
 
@@ -290,20 +418,90 @@ async fn serve_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     }
 }
 
+/// `ok` (200), or 503 naming every source whose data went stale or whose collection hangs: a
+/// wedged source must fail the health check, not hide behind the last values it published.
+async fn healthz(State(app): State<App>) -> Response {
+    let stale = app.state.sources.stale();
+    if stale.is_empty() {
+        return "ok\n".into_response();
+    }
+    let body: String = stale
+        .iter()
+        .map(|(source, why)| format!("source {source} is down: {why}\n"))
+        .collect();
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
 async fn api_pinning(State(app): State<App>) -> Response {
-    axum::Json(app.state.pinning().as_ref().clone()).into_response()
+    let report = app.state.pinning();
+    json_response(app.bodies.pinning.body(&report, serde_json::to_vec))
 }
 
 /// Bridges, dirty counts, ports and dirty flows.
 async fn api_flows(State(app): State<App>) -> Response {
-    axum::Json(app.state.flows().as_ref().clone()).into_response()
+    let report = app.state.flows();
+    json_response(app.bodies.flows.body(&report, serde_json::to_vec))
 }
 
 /// Every dirty flow: bridge, table, rule, the flow text, the instance.
 async fn api_flows_dirty(State(app): State<App>) -> Response {
-    axum::Json(app.state.flows().dirty.clone()).into_response()
+    let report = app.state.flows();
+    json_response(
+        app.bodies
+            .flows_dirty
+            .body(&report, |r| serde_json::to_vec(&r.dirty)),
+    )
 }
 
 async fn api_sources(State(app): State<App>) -> Response {
     axum::Json(app.state.sources.snapshot()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_connection_beyond_the_cap_closes_the_oldest() {
+        let slots = ConnectionSlots::default();
+        let mut open: Vec<_> = (0..MAX_CONNECTIONS).map(|_| slots.admit()).collect();
+        assert!(open.iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        // The first one ends by itself: its slot is free, nobody is evicted.
+        let (first, _) = open.remove(0);
+        slots.release(first);
+        let mut newer = slots.admit();
+        assert!(open.iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        // Full again: the next one evicts the oldest still open, and only it.
+        let _newest = slots.admit();
+        assert!(open[0].1.try_recv().is_ok(), "the oldest is told to close");
+        assert!(open[1..].iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        assert!(newer.1.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_body_is_serialised_once_per_report_version() {
+        let cache = JsonCache::<Vec<u32>>::default();
+        let calls = Cell::new(0);
+        let ser = |r: &Vec<u32>| {
+            calls.set(calls.get() + 1);
+            serde_json::to_vec(r)
+        };
+        let v1 = Arc::new(vec![1, 2]);
+        let a = cache.body(&v1, ser).unwrap();
+        let b = cache.body(&v1, ser).unwrap();
+        assert_eq!(&a[..], b"[1,2]");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes are shared");
+        assert_eq!(calls.get(), 1);
+        // A new version (even with equal content) is serialised anew, once.
+        let v2 = Arc::new(vec![3]);
+        assert_eq!(&cache.body(&v2, ser).unwrap()[..], b"[3]");
+        assert_eq!(&cache.body(&v2, ser).unwrap()[..], b"[3]");
+        assert_eq!(calls.get(), 2);
+        // The old version dropped and a new one made: never served the stale body.
+        drop(v1);
+        let v3 = Arc::new(vec![4]);
+        assert_eq!(&cache.body(&v3, ser).unwrap()[..], b"[4]");
+        assert_eq!(calls.get(), 3);
+    }
 }

@@ -291,9 +291,14 @@ fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
 }
 
 fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportConfig) -> Res {
+    // A bridge whose OpenFlow session is down has no current table: its flow counts and dirty
+    // counts are left out (not served as fresh) until the session is back and resynced;
+    // `pinflow_source_up{source="openflow"}` is 0 meanwhile and `/api/v1/flows` marks them stale.
+    let current = |b: &str| r.bridges.get(b).is_none_or(|s| s.connected);
     let tables: Vec<(&str, String, usize)> = r
         .bridges
         .iter()
+        .filter(|(b, _)| current(b))
         .flat_map(|(b, s)| {
             s.flows_per_table
                 .iter()
@@ -310,11 +315,14 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
     gauge(
         enc,
         &families::OVS_DIRTY_FLOWS,
-        r.dirty_counts.iter().flat_map(|(b, rules)| {
-            rules
-                .iter()
-                .map(move |(rule, n)| ([("bridge", Lv(b)), ("rule", Lv(rule))], *n as f64))
-        }),
+        r.dirty_counts
+            .iter()
+            .filter(|(b, _)| current(b))
+            .flat_map(|(b, rules)| {
+                rules
+                    .iter()
+                    .map(move |(rule, n)| ([("bridge", Lv(b)), ("rule", Lv(rule))], *n as f64))
+            }),
     )?;
     gauge(
         enc,
@@ -326,6 +334,7 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
     let shown: Vec<(String, String, &crate::engine::flows::DirtyFlow)> = r
         .dirty
         .iter()
+        .filter(|d| !d.stale)
         .take(limits.dirty_flow_info_limit)
         .map(|d| {
             (
@@ -407,6 +416,13 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
         sources
             .iter()
             .map(|(s, h)| ([("source", Lv(s))], h.last_duration.as_secs_f64())),
+    )?;
+    gauge(
+        enc,
+        &families::SOURCE_LAST_SUCCESS,
+        sources
+            .iter()
+            .filter_map(|(s, h)| Some(([("source", Lv(s))], h.last_success_unix?))),
     )?;
     gauge(
         enc,
@@ -538,6 +554,50 @@ pub(crate) mod tests {
             rest = &after[(end + 1).min(after.len())..];
         }
         (line[..open].to_string(), labels)
+    }
+
+    #[test]
+    fn a_disconnected_bridge_serves_no_flow_counts_or_findings_as_fresh() {
+        use crate::engine::flows::{BridgeStatus, DirtyFlow, FlowsReport};
+        let finding = |bridge: &str, stale: bool| DirtyFlow {
+            bridge: bridge.into(),
+            rule: "in_port_missing".into(),
+            severity: "broken",
+            table: Some(0),
+            cookie: Some(0),
+            flow: format!("priority=5,in_port=99 on {bridge}"),
+            ports: vec![],
+            domain: None,
+            stale,
+        };
+        let bridge = |connected: bool| BridgeStatus {
+            connected,
+            error: None,
+            flows_per_table: [(0u8, 3usize)].into(),
+        };
+        let st = SharedState::default();
+        st.set_flows(FlowsReport {
+            bridges: [
+                ("br-up".into(), bridge(true)),
+                ("br-down".into(), bridge(false)),
+            ]
+            .into(),
+            dirty_counts: ["br-up", "br-down"]
+                .map(|b| (b.to_string(), [("in_port_missing".to_string(), 1)].into()))
+                .into(),
+            dirty: vec![finding("br-down", true), finding("br-up", false)],
+            dirty_total: 2,
+            ..Default::default()
+        });
+        let text = render(&registry(st, build(), ExportConfig::default())).unwrap();
+        for want in [
+            "pinflow_ovs_flows{bridge=\"br-up\",table=\"0\"} 3",
+            "pinflow_ovs_dirty_flows{bridge=\"br-up\",rule=\"in_port_missing\"} 1",
+            "on br-up\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want}:\n{text}");
+        }
+        assert!(!text.contains("br-down"), "{text}");
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct DatapathReport {
     pub health: Vec<crate::detect::datapath::DatapathHealth>,
     /// The flow limit the `flow_limit` check compares against.
     pub flow_limit: u64,
+    /// Upcalls per (datapath, port), each port from one source for its life (kernel vport
+    /// stats, else eBPF): `pinflow_ovs_upcalls_total`.
+    pub upcalls: Vec<(String, String, u64)>,
 }
 
 /// What the datapath eBPF programs counted (totals since they were attached).

@@ -20,6 +20,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -39,7 +41,7 @@ pub const NOVA_NAMESPACES: [&str; 2] = [
 ];
 
 /// How often [`watch_state_dir`] retries when the state directory does not exist (yet).
-const WATCH_RETRY: Duration = Duration::from_secs(3);
+pub(crate) const WATCH_RETRY: Duration = Duration::from_secs(3);
 
 /// Why a libvirt status file could not be turned into a [`Domain`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -512,18 +514,36 @@ pub fn watch_state_dir(dir: PathBuf) -> mpsc::Receiver<()> {
 
 /// [`watch_state_dir`] with a chosen retry interval.
 pub(crate) fn watch_state_dir_every(dir: PathBuf, retry: Duration) -> mpsc::Receiver<()> {
+    watch_state_dir_reporting(dir, retry, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`watch_state_dir`] that keeps `watching` true exactly while an inotify watch is established.
+/// When inotify itself cannot start (no instances or watches left: `fs.inotify.max_user_*`), the
+/// consumer must rescan periodically instead: that is said once at warn level here.
+#[must_use = "dropping the receiver stops the watch"]
+pub(crate) fn watch_state_dir_reporting(
+    dir: PathBuf,
+    retry: Duration,
+    watching: Arc<AtomicBool>,
+) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut announced_error = false;
         loop {
-            match watch_once(&dir, &tx).await {
+            let end = watch_once(&dir, &tx, &watching).await;
+            watching.store(false, Ordering::Relaxed);
+            match end {
                 WatchEnd::ReceiverGone => return,
                 WatchEnd::DirGone => {
                     announced_error = false;
                 }
                 WatchEnd::Failed(e) => {
                     if !announced_error {
-                        tracing::debug!(dir = %dir.display(), error = %e, "libvirt state dir not watchable yet; retrying");
+                        if inotify_unavailable(&e) {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the libvirt state dir with inotify; falling back to a periodic rescan");
+                        } else {
+                            tracing::debug!(dir = %dir.display(), error = %e, "libvirt state dir not watchable yet; retrying");
+                        }
                         announced_error = true;
                     }
                 }
@@ -537,6 +557,25 @@ pub(crate) fn watch_state_dir_every(dir: PathBuf, retry: Duration) -> mpsc::Rece
     rx
 }
 
+/// Whether a watch failed for want of inotify itself (not because the directory is missing yet).
+fn inotify_unavailable(e: &io::Error) -> bool {
+    !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+}
+
+/// Whether inotify can watch `dir` here, as [`watch_state_dir`] would (for `pinflow check`).
+/// `Ok(false)`: the directory does not exist (yet).
+pub fn can_watch(dir: &Path) -> io::Result<bool> {
+    let inotify = Inotify::init()?;
+    match inotify
+        .watches()
+        .add(dir, WatchMask::CREATE | WatchMask::ONLYDIR)
+    {
+        Ok(_) => Ok(true),
+        Err(e) if !inotify_unavailable(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 enum WatchEnd {
     ReceiverGone,
     DirGone,
@@ -544,7 +583,7 @@ enum WatchEnd {
 }
 
 /// One watch session: set up, announce, forward events until the directory goes away or the receiver drops.
-async fn watch_once(dir: &Path, tx: &mpsc::Sender<()>) -> WatchEnd {
+async fn watch_once(dir: &Path, tx: &mpsc::Sender<()>, watching: &AtomicBool) -> WatchEnd {
     let inotify = match Inotify::init() {
         Ok(i) => i,
         Err(e) => return WatchEnd::Failed(e),
@@ -564,6 +603,7 @@ async fn watch_once(dir: &Path, tx: &mpsc::Sender<()>) -> WatchEnd {
         Ok(s) => s,
         Err(e) => return WatchEnd::Failed(e),
     };
+    watching.store(true, Ordering::Relaxed);
     // The directory may have changed while nobody watched: have the consumer look once.
     if notify(tx).is_err() {
         return WatchEnd::ReceiverGone;

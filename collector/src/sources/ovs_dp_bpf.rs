@@ -288,6 +288,33 @@ impl DatapathProbe {
         ev
     }
 
+    /// Deletes the upcall and drop counts of the ports named `devs` (ports gone from every
+    /// datapath), so that the maps keep room for new ports and dead taps' series end. Returns
+    /// how many deletions failed.
+    pub(crate) fn forget_ports(&mut self, devs: &[String]) -> u64 {
+        let gone = |b: &[u8; layout::NAME_LEN]| {
+            let name = name_bytes(b);
+            devs.iter().any(|d| d.as_bytes() == name)
+        };
+        let mut failed = 0;
+        let keys: Vec<UpcallKey> = self
+            .upcalls
+            .keys()
+            .flatten()
+            .filter(|k| gone(&k.dev))
+            .collect();
+        for k in keys {
+            failed += u64::from(self.upcalls.remove(&k).is_err());
+        }
+        if let Some(d) = &mut self.drops {
+            let keys: Vec<DropKey> = d.keys().flatten().filter(|k| gone(&k.dev)).collect();
+            for k in keys {
+                failed += u64::from(d.remove(&k).is_err());
+            }
+        }
+        failed
+    }
+
     /// Per program: run time and count from the kernel's BPF statistics (when enabled).
     pub fn program_stats(&self) -> Vec<BpfProgramCost> {
         self.programs

@@ -481,7 +481,8 @@ pub async fn run_ovsdb_with(
             health.errors(SOURCE, 1);
         }
         if reason != last_error {
-            tracing::warn!(source = SOURCE, "{reason}; reconnecting");
+            // The health registry logs the state change (down with this reason, back up).
+            tracing::debug!(source = SOURCE, "{reason}; reconnecting");
             last_error = reason.clone();
         }
         health.down(SOURCE, reason);
@@ -581,6 +582,8 @@ async fn session(
                     changed = true;
                 }
                 Message::Echo { id, params } => {
+                    // The server's inactivity probe: the session, and so the replica, is current.
+                    health.alive(SOURCE);
                     send(
                         &mut stream,
                         &json!({"id": id, "result": params, "error": null}),

@@ -89,6 +89,47 @@ impl HostFs {
         &self.sys_root
     }
 
+    /// Whether both roots can be read (for `pinflow check` and the one-shot `pinflow pinning`):
+    /// the procfs root lists at least one process and the cgroupfs root (`<sys>/fs/cgroup`) is a
+    /// readable directory. `Ok` says what was found, `Err` why the roots cannot serve.
+    pub fn probe(&self) -> Result<String, String> {
+        let procs = std::fs::read_dir(&self.proc_root)
+            .map_err(|e| format!("cannot read {}: {e}", self.proc_root.display()))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .count();
+        if procs == 0 {
+            return Err(format!(
+                "{} lists no process (not a procfs mount? see --proc-root)",
+                self.proc_root.display()
+            ));
+        }
+        let cgroup = self.sys_root.join("fs/cgroup");
+        let controllers = std::fs::read_dir(&cgroup)
+            .map_err(|e| {
+                format!(
+                    "cannot read cgroupfs at {}: {e} (see --sys-root)",
+                    cgroup.display()
+                )
+            })?
+            .count();
+        let layout = if cgroup.join("cgroup.controllers").exists() {
+            "v2"
+        } else if controllers == 0 {
+            return Err(format!(
+                "{} is empty (cgroupfs not mounted? see --sys-root)",
+                cgroup.display()
+            ));
+        } else {
+            "v1"
+        };
+        Ok(format!(
+            "{} process(es) in {}, cgroup {layout} at {}",
+            procs,
+            self.proc_root.display(),
+            cgroup.display()
+        ))
+    }
+
     /// Thread ids of process `pid` (`/proc/PID/task`), ascending.
     pub fn threads(&self, pid: u32) -> io::Result<Vec<u32>> {
         let mut tids: Vec<u32> =

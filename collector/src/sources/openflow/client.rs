@@ -722,7 +722,13 @@ pub async fn run_bridge(
             Ok(()) => "session ended".to_string(),
             Err(e) => e.to_string(),
         };
-        tracing::warn!(bridge = %cfg.bridge, error = %err, "OpenFlow session down");
+        // Once per state change: when the session goes down (or the first attempt fails), and
+        // again only for a new reason; the retries behind the backoff stay quiet.
+        if state.connected || state.error.is_none() {
+            tracing::warn!(bridge = %cfg.bridge, error = %err, "OpenFlow session down");
+        } else if state.error.as_deref() != Some(err.as_str()) {
+            tracing::warn!(bridge = %cfg.bridge, error = %err, "OpenFlow session still down");
+        }
         state.connected = false;
         state.error = Some(err.clone());
         state.taken = Some(Instant::now());
@@ -775,6 +781,15 @@ async fn session(
     state.flows = Arc::new(table);
     state.n_flows = n;
     state.generation += 1;
+    match &state.error {
+        Some(was) => {
+            tracing::info!(bridge = %cfg.bridge, flows = n, down_because = %was, "OpenFlow session back up")
+        }
+        None if state.generation == 1 => {
+            tracing::info!(bridge = %cfg.bridge, flows = n, "OpenFlow session up")
+        }
+        None => {}
+    }
     state.connected = true;
     state.error = None;
     if let Some(tx) = changes {

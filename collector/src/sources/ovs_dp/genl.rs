@@ -167,6 +167,52 @@ impl std::fmt::Debug for GenlSocket {
 
 const RECV_BUF: usize = 1 << 20;
 
+/// Longest wait for one reply datagram (or to send a request): a kernel that never answers
+/// fails the poll, which then reopens the socket, instead of hanging the datapath thread.
+pub(crate) const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sets `SO_RCVTIMEO` and `SO_SNDTIMEO` of `sock` to `t`.
+fn set_timeouts(sock: &Socket, t: std::time::Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(t.subsec_micros()),
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt reads a timeval we own, of the size we pass, on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// An I/O error of the socket, with a timeout said as such.
+fn socket_error(e: std::io::Error) -> OvsDpError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        return OvsDpError::Socket(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "generic netlink: no reply within {} s",
+                IO_TIMEOUT.as_secs()
+            ),
+        ));
+    }
+    OvsDpError::Socket(e)
+}
+
 impl GenlSocket {
     /// Opens and binds a `NETLINK_GENERIC` socket.
     pub fn open() -> Result<Self, OvsDpError> {
@@ -174,6 +220,7 @@ impl GenlSocket {
         sock.bind_auto().map_err(OvsDpError::Socket)?;
         sock.connect(&SocketAddr::new(0, 0))
             .map_err(OvsDpError::Socket)?;
+        set_timeouts(&sock, IO_TIMEOUT).map_err(OvsDpError::Socket)?;
         let _ = sock.set_ext_ack(true);
         Ok(Self {
             sock,
@@ -238,13 +285,19 @@ impl GenlSocket {
         self.receive::<OvsMessage>(seq, |m| each(m.payload))
     }
 
+    /// Replaces the socket's receive and send timeouts ([`IO_TIMEOUT`] by default).
+    #[cfg(test)]
+    fn set_io_timeout(&self, t: std::time::Duration) -> Result<(), OvsDpError> {
+        set_timeouts(&self.sock, t).map_err(OvsDpError::Socket)
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
     }
 
     fn send(&self, b: &[u8]) -> Result<(), OvsDpError> {
-        self.sock.send(b, 0).map_err(OvsDpError::Socket)?;
+        self.sock.send(b, 0).map_err(socket_error)?;
         Ok(())
     }
 
@@ -262,7 +315,7 @@ impl GenlSocket {
             let n = self
                 .sock
                 .recv(&mut self.buf, libc::MSG_TRUNC)
-                .map_err(OvsDpError::Socket)?;
+                .map_err(socket_error)?;
             if n > self.buf.len() {
                 return Err(OvsDpError::Decode(format!(
                     "netlink datagram of {n} bytes truncated to {}",
@@ -328,4 +381,27 @@ where
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_that_never_comes_times_out_instead_of_hanging() {
+        // A NETLINK_GENERIC socket needs no privileges; nothing was requested, so nothing comes.
+        let mut s = GenlSocket::open().expect("a NETLINK_GENERIC socket needs no privileges");
+        s.set_io_timeout(std::time::Duration::from_millis(100))
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t0 = std::time::Instant::now();
+        let r = s.receive::<GenlCtrl>(12345, |_| Ok(()));
+        let took = t0.elapsed();
+        let Err(OvsDpError::Socket(e)) = r else {
+            panic!("expected a socket timeout, got {r:?}");
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("no reply within"), "{e}");
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    }
 }

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod genl;
 pub mod render;
 pub mod uapi;
+pub(crate) mod upcalls;
 
 #[cfg(test)]
 mod tests;
@@ -261,11 +262,20 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
     let mut probe = ProbeSlot::default();
     let mut drop_local = HashMap::new();
     let mut tracker = HealthTracker::default();
+    let mut upcall_series = upcalls::UpcallSeries::default();
     report.flow_limit = health_cfg.flow_limit;
     // When the last poll found no OVS family, the next probe (a dump of every generic netlink
     // family) waits until the module shows up in sysfs or FAMILY_REPROBE has passed (a module
     // built into the kernel has no sysfs directory).
     let mut no_family_since: Option<Instant> = None;
+    // A poll blocked past this (every socket call is bounded by genl::IO_TIMEOUT, but a dump
+    // makes many) reports the source down as wedged.
+    state.sources.stale_after(
+        SOURCE,
+        crate::sources::SourceRegistry::bound_for(
+            cfg.interval.max(cfg.flow_interval).max(genl::IO_TIMEOUT),
+        ),
+    );
     loop {
         if no_family_since.is_some_and(|t| t.elapsed() < FAMILY_REPROBE)
             && !std::path::Path::new(MODULE_SYSFS).exists()
@@ -274,6 +284,7 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
             continue;
         }
         let t0 = Instant::now();
+        state.sources.begin(SOURCE);
         let c = match &mut client {
             Some(c) => Ok(c),
             None => DatapathClient::open().map(|c| client.insert(c)),
@@ -293,6 +304,7 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
                 &mut drop_local,
             )
         });
+        let r_ok = r.is_ok();
         no_family_since = match &r {
             Err(OvsDpError::NoFamily(_)) => Some(t0),
             _ => None,
@@ -312,7 +324,8 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
                     client = None;
                 }
                 if msg != last_error {
-                    tracing::warn!("ovs datapath: {msg}");
+                    // The health registry logs the state change at warn level (once).
+                    tracing::debug!("ovs datapath: {msg}");
                     last_error = msg.clone();
                 }
                 state.sources.down(SOURCE, msg);
@@ -324,11 +337,20 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
             }
         }
         if cfg.ebpf {
-            probe.tick(&state, !report.datapaths.is_empty());
+            // The vport names of a successful poll: eBPF map keys of ports gone are pruned.
+            let live = r_ok.then(|| {
+                report
+                    .datapaths
+                    .iter()
+                    .flat_map(|d| d.vports.iter().map(|v| v.name.clone()))
+                    .collect()
+            });
+            probe.tick(&state, !report.datapaths.is_empty(), live.as_ref());
         }
         map_vports(&mut report, &local);
-        // Per-port upcall totals: the kernel's vport stats when it has them, else eBPF.
-        let mut upcalls: Vec<(String, String, u64)> = report
+        // Per-port upcall totals, each port from one source for its life: the kernel's vport
+        // stats when it had them when first seen, else eBPF.
+        let kernel: Vec<(String, String, u64)> = report
             .datapaths
             .iter()
             .flat_map(|d| {
@@ -338,13 +360,11 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
                 })
             })
             .collect();
-        if upcalls.is_empty() {
-            upcalls = state.datapath_events().upcalls.clone();
-        }
+        report.upcalls = upcall_series.merge(&kernel, &state.datapath_events().upcalls);
         report.health = tracker.evaluate(
             &health_cfg,
             &report.datapaths,
-            &upcalls,
+            &report.upcalls,
             &drop_local,
             Instant::now(),
         );
@@ -360,15 +380,25 @@ struct ProbeSlot {
     probe: Option<crate::sources::ovs_dp_bpf::DatapathProbe>,
     last_try: Option<Instant>,
     last_error: String,
+    stale_keys: upcalls::StaleKeys,
 }
 
 impl ProbeSlot {
-    fn tick(&mut self, state: &SharedState, have_datapath: bool) {
+    /// Attaches, reads or detaches the probe; `live`: the vport names of a successful poll.
+    fn tick(
+        &mut self,
+        state: &SharedState,
+        have_datapath: bool,
+        live: Option<&std::collections::HashSet<String>>,
+    ) {
         use crate::sources::ovs_dp_bpf::{DatapathProbe, SOURCE as BPF};
         if !have_datapath {
             if self.probe.take().is_some() {
                 tracing::info!("no OVS datapath left: datapath eBPF probe detached");
+                self.stale_keys.reset();
             }
+            // The detached probe's counts are not served as current.
+            state.set_datapath_events(Default::default());
             state.sources.down(
                 BPF,
                 "no OVS kernel datapath (openvswitch module absent or no datapath)",
@@ -391,7 +421,8 @@ impl ProbeSlot {
                 Err(e) => {
                     let msg = e.to_string();
                     if msg != self.last_error {
-                        tracing::warn!("datapath eBPF probe: {msg}");
+                        // The health registry logs the state change at warn level (once).
+                        tracing::debug!("datapath eBPF probe: {msg}");
                         self.last_error = msg.clone();
                     }
                     state.sources.errors(BPF, 1);
@@ -399,9 +430,25 @@ impl ProbeSlot {
                 }
             }
         }
-        if let Some(p) = &self.probe {
+        if let Some(p) = &mut self.probe {
             let t0 = Instant::now();
             let ev = p.read();
+            if let Some(live) = live {
+                let in_map: std::collections::HashSet<String> = ev
+                    .upcalls
+                    .iter()
+                    .map(|(_, dev, _)| dev.clone())
+                    .chain(ev.drops.iter().map(|(dev, _, _)| dev.clone()))
+                    .collect();
+                let gone = self.stale_keys.gone_ports(&in_map, live);
+                if !gone.is_empty() {
+                    let failed = p.forget_ports(&gone);
+                    tracing::debug!(ports = ?gone, failed, "pruned eBPF counts of deleted ports");
+                    if failed > 0 {
+                        state.sources.errors(BPF, failed);
+                    }
+                }
+            }
             let detail = if p.drops_attached() {
                 "upcalls, actions and OVS drop reasons"
             } else {
