@@ -73,7 +73,7 @@ impl ParseableParametrized<[u8], GenlHeader> for OvsMessage {
 /// included, and its policy parser panics on a truncated nested attribute — found by the
 /// `genetlink` fuzz target.)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CtrlFamily {
+pub(crate) struct CtrlFamily {
     /// `CTRL_ATTR_FAMILY_NAME`.
     pub name: Option<String>,
     /// `CTRL_ATTR_FAMILY_ID`.
