@@ -60,6 +60,7 @@ pub fn fuzz(a: &FuzzArgs) -> anyhow::Result<()> {
         }
         a.targets.iter().map(String::as_str).collect()
     };
+    crate::setup::cargo_fuzz()?;
     let root = workspace_root();
     let fuzz_dir = root.join("fuzz");
     step("fuzz: seed corpora from the captured fixtures");

@@ -52,7 +52,6 @@ pub fn setup() -> anyhow::Result<()> {
     rust_src()?;
     musl_target()?;
     bpf_linker()?;
-    cargo_fuzz()?;
     python_tools()?;
     tracefs()?;
     Ok(())
@@ -185,7 +184,7 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 /// cargo-fuzz (libFuzzer driver) for `cargo xtask fuzz`; the targets build with nightly.
-fn cargo_fuzz() -> anyhow::Result<()> {
+pub fn cargo_fuzz() -> anyhow::Result<()> {
     if output("cargo", &["+nightly", "fuzz", "--version"]).is_some() {
         step("cargo-fuzz: present");
         return Ok(());
