@@ -9,6 +9,7 @@ pub mod captured;
 pub mod libvirt;
 pub mod ovs;
 pub mod pinflow;
+pub mod prometheus;
 pub mod scrape;
 
 use std::time::{Duration, Instant};

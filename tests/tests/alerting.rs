@@ -465,18 +465,7 @@ impl Prometheus {
             &["check", "config", &cfg.to_string_lossy()],
             None,
         );
-        let web = free_addr();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log"))
-            .spawn()
-            .expect("start prometheus");
+        let (child, web) = pinflow_tests::prometheus::spawn(&cfg, dir.path());
         Prometheus {
             web,
             _proc: Kill(child),

@@ -14,14 +14,14 @@
 use pinflow::export::families::{self, Family, Presence};
 use pinflow_tests::libvirt::{self, DomainSpec};
 use pinflow_tests::ovs::{self, Ovs};
-use pinflow_tests::pinflow::{Pinflow, free_addr};
+use pinflow_tests::pinflow::Pinflow;
 use pinflow_tests::scrape::{Sample, http_get, parse, select, source_up};
 use pinflow_tests::wait_for;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The testbed's scrape-time labels (set by the Prometheus config below, as deploy/ does).
@@ -254,18 +254,7 @@ impl Prometheus {
             ),
         )
         .expect("prometheus.yml");
-        let addr = free_addr();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log"))
-            .spawn()
-            .expect("start prometheus");
+        let (child, addr) = pinflow_tests::prometheus::spawn(&cfg, dir.path());
         Prometheus {
             addr,
             dir,

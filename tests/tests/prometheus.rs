@@ -2,7 +2,7 @@
 //! scrape configs and Alertmanager config are checked in alerting.rs).
 
 use pinflow_tests::libvirt::{self, DomainSpec};
-use pinflow_tests::pinflow::{Pinflow, free_addr};
+use pinflow_tests::pinflow::Pinflow;
 use pinflow_tests::scrape::{http_get, select};
 use pinflow_tests::{require_privileged, wait_for};
 use std::io::Write as _;
@@ -114,20 +114,8 @@ fn prometheus_scrapes_pinflow_openmetrics() {
         ),
     )
     .expect("config");
-    let web = free_addr();
-    let prom = Kill(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log"))
-            .spawn()
-            .expect("start prometheus"),
-    );
+    let (child, web) = pinflow_tests::prometheus::spawn(&cfg, dir.path());
+    let prom = Kill(child);
     let query = |q: &str| -> Option<serde_json::Value> {
         let path = format!(
             "/api/v1/query?query={}",
