@@ -510,18 +510,7 @@ fn flows_command_prints_what_ovs_ofctl_prints() {
         "a table of several hundred flows: {}",
         want.len()
     );
-    let diff: Vec<_> = got
-        .iter()
-        .zip(&want)
-        .filter(|(a, b)| a != b)
-        .take(5)
-        .collect();
-    assert!(
-        diff.is_empty() && got.len() == want.len(),
-        "{} vs {} lines; first differences: {diff:#?}",
-        got.len(),
-        want.len()
-    );
+    assert_same_lines("without statistics", &got, &want);
     eprintln!(
         "pinflow flows = ovs-ofctl dump-flows on {} lines",
         want.len()
@@ -545,18 +534,7 @@ fn flows_command_prints_what_ovs_ofctl_prints() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got = sorted(&mask_durations(&String::from_utf8_lossy(&out.stdout)));
-    let diff: Vec<_> = got
-        .iter()
-        .zip(&want)
-        .filter(|(a, b)| a != b)
-        .take(5)
-        .collect();
-    assert!(
-        diff.is_empty() && got.len() == want.len(),
-        "with statistics: {} vs {} lines; first differences: {diff:#?}",
-        got.len(),
-        want.len()
-    );
+    assert_same_lines("with statistics", &got, &want);
 
     // --dirty on the same switch: a table with one real anomaly added.
     ovs.ofctl(&[
@@ -582,5 +560,21 @@ fn flows_command_prints_what_ovs_ofctl_prints() {
             .any(|l| l.contains("in_port_missing")
                 && l.contains("priority=1,in_port=9 actions=drop")),
         "{text}"
+    );
+}
+
+/// Asserts that two sorted dumps have the same lines, showing the first differences.
+fn assert_same_lines(what: &str, got: &[String], want: &[String]) {
+    let diff: Vec<_> = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| a != b)
+        .take(5)
+        .collect();
+    assert!(
+        diff.is_empty() && got.len() == want.len(),
+        "{what}: {} vs {} lines; first differences: {diff:#?}",
+        got.len(),
+        want.len()
     );
 }
