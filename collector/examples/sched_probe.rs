@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, Write};
 
-use pinflow::cpuset::CpuSet;
+use pinflow::model::cpuset::CpuSet;
 use pinflow::sources::sched_bpf::{AttachMode, SchedProbe};
 
 fn parse_mode(s: &str) -> Result<AttachMode, String> {

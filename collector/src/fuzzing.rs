@@ -188,16 +188,16 @@ pub fn cpuset(data: &[u8]) {
         return;
     };
     for set in [
-        s.parse::<crate::cpuset::CpuSet>(),
-        crate::cpuset::CpuSet::from_hex_mask(s),
+        s.parse::<crate::model::cpuset::CpuSet>(),
+        crate::model::cpuset::CpuSet::from_hex_mask(s),
     ]
     .into_iter()
     .flatten()
     {
         let text = set.to_string();
-        let back: Result<crate::cpuset::CpuSet, _> = text.parse();
+        let back: Result<crate::model::cpuset::CpuSet, _> = text.parse();
         assert_eq!(back.as_ref(), Ok(&set), "{text:?} does not parse back");
-        let other = crate::cpuset::CpuSet::single(set.len() as u32 % 64);
+        let other = crate::model::cpuset::CpuSet::single(set.len() as u32 % 64);
         let _ = set.intersects(&other);
         let _ = set.intersection(&other);
     }

@@ -6,13 +6,10 @@
 pub mod build_info;
 pub mod cli;
 pub mod config;
-pub mod cpuset;
 pub mod detect;
 pub mod engine;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod limits;
 pub mod model;
 pub mod sources;
-pub mod state;

@@ -10,9 +10,9 @@ use pinflow::export::http::{self, RouterOptions};
 use pinflow::export::table::CheckReport;
 use pinflow::export::web_config::WebConfig;
 use pinflow::export::{metrics::BuildInfo, table};
+use pinflow::model::state::SharedState;
 use pinflow::sources::ovs_dp;
 use pinflow::sources::sched_bpf::SchedProbe;
-use pinflow::state::SharedState;
 use std::io::Write as _;
 use std::process::ExitCode;
 use tracing::instrument::WithSubscriber as _;
@@ -173,7 +173,7 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         if on.datapath() && config.datapath.enabled {
             let dp_state = state.clone();
             let d = &config.datapath;
-            let poll = ovs_dp::PollConfig {
+            let poll = pinflow::engine::datapath::PollConfig {
                 flow_interval: std::time::Duration::from_secs_f64(d.flow_dump_interval_seconds),
                 ebpf: d.ebpf,
                 ..Default::default()
@@ -185,7 +185,7 @@ fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
             };
             supervisor
                 .thread("ovs-datapath", move || {
-                    ovs_dp::run_blocking(dp_state, poll, health)
+                    pinflow::engine::datapath::run_blocking(dp_state, poll, health)
                 })
                 .context("cannot start the OVS datapath poller")?;
         }
@@ -384,7 +384,7 @@ fn check_sources(s: &SourceArgs, config: &Config, report: &mut CheckReport) -> a
             push(src, None, Probe::Off("--no-collector.flows"));
         }
     }
-    use pinflow::sources::ovs_dp_bpf::SOURCE as DP_BPF;
+    use pinflow::sources::ovs_dp::bpf::SOURCE as DP_BPF;
     if !on.datapath() {
         push(ovs_dp::SOURCE, None, Probe::Off("--no-collector.datapath"));
         push(DP_BPF, None, Probe::Off("--no-collector.datapath"));
@@ -414,7 +414,7 @@ fn check_sources(s: &SourceArgs, config: &Config, report: &mut CheckReport) -> a
         } else {
             // As in `serve`: the programs attach only while a datapath exists.
             Probe::Ran(match &dps {
-                Ok(d) if !d.is_empty() => pinflow::sources::ovs_dp_bpf::DatapathProbe::load()
+                Ok(d) if !d.is_empty() => pinflow::sources::ovs_dp::bpf::DatapathProbe::load()
                     .map(|p| {
                         if p.drops_attached() {
                             "upcalls, actions and OVS drop reasons".to_string()
@@ -533,7 +533,7 @@ async fn ovsdb_bridges(
     use pinflow::sources::ovsdb;
     ovsdb::can_run(run_dir).map_err(|e| anyhow::anyhow!(e))?;
     let (tx, mut rx) = tokio::sync::watch::channel(ovsdb::OvsdbSnapshot::default());
-    let health = pinflow::sources::health::SourceRegistry::default();
+    let health = pinflow::model::health::SourceRegistry::default();
     // The client's own state-change log lines are the daemon's; here the outcome is the answer
     // (or the error naming the reason), so they are not printed.
     let task = tokio::spawn(
@@ -620,7 +620,7 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
                     &s.ovs_run_dir,
                     name,
                     timeout,
-                    pinflow::limits::MAX_FLOWS_PER_BRIDGE,
+                    pinflow::model::limits::MAX_FLOWS_PER_BRIDGE,
                 )
                 .await
                 .with_context(|| format!("cannot dump flows of {name}"))?;
@@ -649,7 +649,7 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot connect to {}", path.display()))?;
                 let flows = client
-                    .dump_flows(pinflow::limits::MAX_FLOWS_PER_BRIDGE)
+                    .dump_flows(pinflow::model::limits::MAX_FLOWS_PER_BRIDGE)
                     .await
                     .with_context(|| format!("cannot dump flows of {name}"))?;
                 // Flows that do not decode are skipped by the dump and shown raw here.

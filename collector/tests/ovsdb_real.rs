@@ -5,7 +5,7 @@
 //! `PINFLOW_REQUIRE_PRIVILEGED=1`, which turns the skip into a failure.
 
 use pinflow::model::flows::OvsPort;
-use pinflow::sources::SourceRegistry;
+use pinflow::model::health::SourceRegistry;
 use pinflow::sources::ovsdb::{OvsdbOptions, OvsdbSnapshot, SOURCE, run_ovsdb_with};
 use pinflow_tests::ovs::Ovs;
 use std::time::{Duration, Instant};

@@ -7,13 +7,13 @@
 //! | `upcall_storm` | ports whose upcall rate exceeds `storm_upcalls_per_second` |
 //! | `drop_local_mac` | megaflows that drop, carried packets, and match a local instance's MAC as Ethernet destination exactly |
 
-use crate::model::datapath::{Datapath, Megaflow};
-use crate::sources::ovs_dp::uapi::key;
-use serde::Serialize;
+use crate::model::datapath::attrs::key;
+use crate::model::datapath::{Datapath, DatapathCheck, DatapathHealth, Megaflow};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// Thresholds of the datapath checks.
+/// Thresholds of the datapath checks (from the `[datapath]` config; no defaults of its own, so
+/// that they exist in one place).
 #[derive(Clone, Debug)]
 pub struct HealthConfig {
     /// The megaflow limit ovs-vswitchd enforces (`other_config:flow-limit`).
@@ -22,37 +22,6 @@ pub struct HealthConfig {
     pub flow_limit_ratio: f64,
     /// Upcalls per second from one port that count as a storm.
     pub storm_upcalls_per_second: f64,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self {
-            flow_limit: 200_000,
-            flow_limit_ratio: 0.9,
-            storm_upcalls_per_second: 100.0,
-        }
-    }
-}
-
-/// Names of the checks (the `check` label).
-pub const CHECKS: [&str; 4] = [
-    "flow_limit",
-    "lost_upcalls",
-    "upcall_storm",
-    "drop_local_mac",
-];
-
-/// Findings for one datapath.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct DatapathHealth {
-    /// Datapath name.
-    pub datapath: String,
-    /// Offending items per check, in [`CHECKS`] order (0 = healthy).
-    pub counts: [u64; 4],
-    /// Ports in an upcall storm, with their rate (upcalls/s).
-    pub storm_ports: Vec<(String, f64)>,
-    /// Drop megaflows aimed at local instances: (MAC, domain, packets).
-    pub drop_local_macs: Vec<(String, String, u64)>,
 }
 
 /// Remembers the previous sample to turn counters into rates and deltas.
@@ -79,10 +48,8 @@ impl HealthTracker {
                 datapath: dp.name.clone(),
                 ..Default::default()
             };
-            let limit = cfg.flow_limit as f64 * cfg.flow_limit_ratio;
-            h.counts[0] = u64::from(dp.flows as f64 >= limit);
             let prev = self.lost.insert(dp.name.clone(), dp.lost);
-            h.counts[1] = prev.map_or(0, |p| dp.lost.saturating_sub(p));
+            let lost = prev.map_or(0, |p| dp.lost.saturating_sub(p));
             for (d, port, n) in upcalls.iter().filter(|(d, _, _)| d == &dp.name) {
                 let k = (d.clone(), port.clone());
                 if let Some((pn, pt)) = self.upcalls.insert(k, (*n, now)) {
@@ -95,15 +62,36 @@ impl HealthTracker {
                     }
                 }
             }
-            h.counts[2] = h.storm_ports.len() as u64;
             h.drop_local_macs = drop_local.get(&dp.name).cloned().unwrap_or_default();
-            h.counts[3] = h.drop_local_macs.len() as u64;
+            h.counts = DatapathCheck::ALL
+                .into_iter()
+                .map(|c| (c, count(c, cfg, dp, lost, &h)))
+                .collect();
             out.push(h);
         }
         self.lost.retain(|n, _| dps.iter().any(|d| &d.name == n));
         self.upcalls
             .retain(|(n, _), _| dps.iter().any(|d| &d.name == n));
         out
+    }
+}
+
+/// What `check` finds in one datapath's poll: offending items, 0 when healthy. `lost` is the
+/// upcalls lost since the previous poll; `h` holds the storm ports and local-MAC drop flows.
+fn count(
+    check: DatapathCheck,
+    cfg: &HealthConfig,
+    dp: &Datapath,
+    lost: u64,
+    h: &DatapathHealth,
+) -> u64 {
+    match check {
+        DatapathCheck::FlowLimit => {
+            u64::from(dp.flows as f64 >= cfg.flow_limit as f64 * cfg.flow_limit_ratio)
+        }
+        DatapathCheck::LostUpcalls => lost,
+        DatapathCheck::UpcallStorm => h.storm_ports.len() as u64,
+        DatapathCheck::DropLocalMac => h.drop_local_macs.len() as u64,
     }
 }
 
@@ -173,15 +161,23 @@ mod tests {
         }
     }
 
+    fn counts(h: &DatapathHealth) -> Vec<u64> {
+        DatapathCheck::ALL.iter().map(|c| h.counts[c]).collect()
+    }
+
     #[test]
     fn flow_limit_lost_and_storms() {
-        let cfg = HealthConfig::default();
+        let cfg = HealthConfig {
+            flow_limit: 200_000,
+            flow_limit_ratio: 0.9,
+            storm_upcalls_per_second: 1_000.0,
+        };
         let mut t = HealthTracker::default();
         let t0 = Instant::now();
         let up = |n| vec![("ovs-system".to_string(), "tap1".to_string(), n)];
         let none = HashMap::new();
         let h = t.evaluate(&cfg, &[dp(10, 5)], &up(0), &none, t0);
-        assert_eq!(h[0].counts, [0, 0, 0, 0], "first sample has no deltas");
+        assert_eq!(counts(&h[0]), [0, 0, 0, 0], "first sample has no deltas");
         let h = t.evaluate(
             &cfg,
             &[dp(190_000, 7)],
@@ -189,7 +185,7 @@ mod tests {
             &none,
             t0 + Duration::from_secs(1),
         );
-        assert_eq!(h[0].counts, [1, 2, 1, 0]);
+        assert_eq!(counts(&h[0]), [1, 2, 1, 0]);
         assert_eq!(h[0].storm_ports, vec![("tap1".to_string(), 5_000.0)]);
         let h = t.evaluate(
             &cfg,
@@ -198,7 +194,7 @@ mod tests {
             &none,
             t0 + Duration::from_secs(2),
         );
-        assert_eq!(h[0].counts, [0, 0, 0, 0]);
+        assert_eq!(counts(&h[0]), [0, 0, 0, 0]);
     }
 
     #[test]

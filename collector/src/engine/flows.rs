@@ -12,143 +12,24 @@
 //! remembered (bounded) so that the flows they leave behind still say whose they were.
 
 use crate::detect::flows::{
-    DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, Severity, is_reserved_port,
+    DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, is_reserved_port,
 };
 use crate::engine::findings_log::FindingsLog;
 use crate::engine::source;
-use crate::model::flows::{Bridge, FlowAction, FlowEntry};
+use crate::model::flows::{
+    Bridge, DirtyFlow, FlowAction, FlowEntry, FlowPort, FlowsReport, MAX_REPORTED_DIRTY_FLOWS,
+    PortInfo, PortRef,
+};
+use crate::model::inventory::{HostInventory, InstanceRef, LocalInterface};
+use crate::model::state::SharedState;
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
 use crate::sources::ovsdb::{self, OvsdbSnapshot};
-use crate::state::SharedState;
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-
-/// One dirty flow (or port) as served by `/api/v1/flows/dirty` and `pinflow_ovs_dirty_flow_info`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DirtyFlow {
-    /// Bridge.
-    pub bridge: String,
-    /// Rule that flagged it.
-    pub rule: String,
-    /// `broken` (the flow cannot do what it says) or `suspect` (a heuristic): its rule's severity.
-    pub severity: &'static str,
-    /// OpenFlow table (`None` for port findings such as `dead_vlan`).
-    pub table: Option<u8>,
-    /// Cookie (`None` for port findings), served as a hex string (`"0x6a1b2c3d4e5f6071"`, as
-    /// ovs-ofctl prints it): a JSON number loses precision above 2^53.
-    #[serde(serialize_with = "serialize_cookie")]
-    pub cookie: Option<u64>,
-    /// The flow as `ovs-ofctl dump-flows --no-stats` prints it (or `port NAME tag=4095`).
-    pub flow: String,
-    /// The ports the flow refers to, in order: `in_port`, then outputs, then Neutron's port
-    /// register; each joined to its OVSDB port and instance (from OVSDB's last known state when
-    /// the port is already gone). For `dead_vlan`, the quarantined port.
-    pub ports: Vec<FlowPort>,
-    /// The instance the finding hurts: the libvirt domain of [`DirtyFlow::port`], if any.
-    pub domain: Option<String>,
-    /// Whether the finding comes from the last table seen before the bridge's OpenFlow session
-    /// went down (not current; left out of `/metrics` until the session is back and resynced).
-    pub stale: bool,
-}
-
-impl DirtyFlow {
-    /// The port a finding is labelled with: the first referenced port whose name is known
-    /// (`pinflow_ovs_dirty_flow_info`'s `port` label; its `domain` label is that port's domain).
-    pub fn port(&self) -> Option<&FlowPort> {
-        self.ports.iter().find(|p| !p.port.is_empty())
-    }
-}
-
-fn serialize_cookie<S: serde::Serializer>(c: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-    match c {
-        Some(c) => s.serialize_str(&format!("{c:#x}")),
-        None => s.serialize_none(),
-    }
-}
-
-/// How a flow refers to a port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PortRef {
-    /// It matches `in_port=N`.
-    InPort,
-    /// It outputs (`output:N`, `enqueue:N:Q`) to the port.
-    Output,
-    /// It matches or loads Neutron's port register: in the OVS firewall driver `reg5` holds the
-    /// ofport of the instance port a packet comes from or goes to.
-    PortRegister,
-}
-
-/// A port a dirty flow refers to, joined to OVSDB and the instance.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct FlowPort {
-    /// OpenFlow port number the flow names (`None` for a `dead_vlan` port without one).
-    pub ofport: Option<u32>,
-    /// How the flow refers to it (`None` for a `dead_vlan` port).
-    pub via: Option<PortRef>,
-    /// OVSDB port name; empty when no port with this ofport is known, now or recently.
-    pub port: String,
-    /// Neutron port id (`external_ids:iface-id`), empty when unknown.
-    pub iface_id: String,
-    /// libvirt domain of the port, empty when none.
-    pub domain: String,
-    /// Nova's display name of that instance, empty when unknown.
-    pub name: String,
-    /// Whether the port is gone from OVSDB: the other fields are its last known state.
-    pub deleted: bool,
-}
-
-/// Most dirty flows a report carries (the API's list; counts are always complete). Bounds memory
-/// when a whole table turns dirty, e.g. while a bridge's ports are unknown.
-pub const MAX_REPORTED_DIRTY_FLOWS: usize = 10_000;
-
-/// An OVS port joined to the instance it belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PortInfo {
-    /// Bridge.
-    pub bridge: String,
-    /// Port name (for an instance: its tap device).
-    pub port: String,
-    /// OpenFlow port number.
-    pub ofport: Option<u32>,
-    /// Neutron port id (`external_ids:iface-id`).
-    pub iface_id: String,
-    /// libvirt domain (by the tap name in the domain XML, else `external_ids:vm-uuid`).
-    pub domain: String,
-}
-
-/// State of one bridge's OpenFlow mirror.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct BridgeStatus {
-    /// Whether the OpenFlow session is up and in sync.
-    pub connected: bool,
-    /// Last error, when not connected.
-    pub error: Option<String>,
-    /// Flows per table.
-    pub flows_per_table: BTreeMap<u8, usize>,
-}
-
-/// Everything the flow exporters serve.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct FlowsReport {
-    /// Bridges by name.
-    pub bridges: BTreeMap<String, BridgeStatus>,
-    /// Dirty count per (bridge, rule): every enabled rule for every bridge.
-    pub dirty_counts: BTreeMap<String, BTreeMap<String, usize>>,
-    /// Dirty flows ordered by bridge, rule, table, text; the first [`MAX_REPORTED_DIRTY_FLOWS`].
-    pub dirty: Vec<DirtyFlow>,
-    /// How many dirty flows there are in all (`dirty` may hold fewer).
-    pub dirty_total: usize,
-    /// Ports joined to instances (shared between reports until a port or an instance changes).
-    pub ports: Arc<Vec<PortInfo>>,
-    /// Severity of every enabled rule, built-in and user (`pinflow_ovs_dirty_flow_rule_info`).
-    pub rule_severity: BTreeMap<String, Severity>,
-}
 
 /// Least time between two published reports while changes arrive. A change after a quieter
 /// spell is published at once (no extra wake-up); bursts are coalesced.
@@ -479,17 +360,6 @@ struct PortRecord {
 /// leaks while instances come and go, bounded whatever the churn.
 pub(crate) const MAX_REMEMBERED_PORTS: usize = 4096;
 
-/// A libvirt domain as the port join needs it.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct InstanceRef {
-    /// libvirt domain name.
-    pub(crate) domain: String,
-    /// Domain (Nova instance) UUID.
-    pub(crate) uuid: String,
-    /// Nova display name, empty when unknown.
-    pub(crate) name: String,
-}
-
 /// The port → instance join, rebuilt only when its inputs change (not on every flow change), with
 /// a bounded memory of recently deleted ports so that a flow leaked by a deleted port still names
 /// the instance it belonged to.
@@ -519,18 +389,8 @@ impl PortJoin {
         db_generation: u64,
         state: &SharedState,
     ) {
-        let pinning = state.pinning();
-        let local = state.local_macs();
-        let instances: Vec<InstanceRef> = pinning
-            .domains
-            .iter()
-            .map(|d| InstanceRef {
-                domain: d.domain.clone(),
-                uuid: d.uuid.clone(),
-                name: d.nova.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
-            })
-            .collect();
-        self.refresh_from(bridges, db_generation, &local, &instances);
+        let inv = state.inventory.get();
+        self.refresh_from(bridges, db_generation, &inv.interfaces, &inv.instances);
     }
 
     /// Brings the join up to date with `bridges` (OVSDB generation `db_generation`), the local
@@ -540,7 +400,7 @@ impl PortJoin {
         &mut self,
         bridges: &BTreeMap<String, Bridge>,
         db_generation: u64,
-        local: &[crate::state::LocalInterface],
+        local: &[LocalInterface],
         instances: &[InstanceRef],
     ) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -818,7 +678,7 @@ fn publish(
         state.sources.down(source::OPENFLOW, down.join("; "));
     }
     findings.changes(
-        &state.flows().dirty,
+        &state.flows.get().dirty,
         &report.dirty,
         |f| {
             (
@@ -841,7 +701,7 @@ fn publish(
             )
         },
     );
-    state.set_flows(report);
+    state.flows.set(report);
 }
 
 /// Loads a one-shot dump of `bridge` into `index`, each flow aged by the switch's `duration`
@@ -867,7 +727,7 @@ pub fn load_dump_aged(
 /// Nova names, read once from libvirt's live state files. Unreadable files are logged.
 pub(crate) fn instances_once(
     libvirt_state_dir: &std::path::Path,
-) -> (Vec<crate::state::LocalInterface>, Vec<InstanceRef>) {
+) -> (Vec<LocalInterface>, Vec<InstanceRef>) {
     let mut inv = crate::sources::libvirt::LibvirtInventory::new(libvirt_state_dir.to_path_buf());
     let refresh = inv.refresh();
     if let Some(e) = &refresh.dir_error {
@@ -876,21 +736,11 @@ pub(crate) fn instances_once(
     for (f, e) in &refresh.errors {
         tracing::warn!("libvirt state {f}: {e}");
     }
-    let mut local = Vec::new();
-    let mut instances = Vec::new();
-    for d in inv.domains() {
-        local.extend(d.interfaces.iter().map(|i| crate::state::LocalInterface {
-            mac: i.mac.clone(),
-            target_dev: i.target_dev.clone(),
-            domain: d.name.clone(),
-        }));
-        instances.push(InstanceRef {
-            domain: d.name.clone(),
-            uuid: d.uuid.clone(),
-            name: d.nova.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
-        });
-    }
-    (local, instances)
+    let HostInventory {
+        interfaces,
+        instances,
+    } = HostInventory::from_domains(inv.domains());
+    (interfaces, instances)
 }
 
 /// Every current finding of `index` joined to the ports of `bridges` and the host's instances
@@ -910,7 +760,6 @@ pub fn dirty_flows_once(
 mod tests {
     use super::*;
     use crate::model::flows::{FieldMatch, FlowSource, OvsPort};
-    use crate::state::LocalInterface;
 
     fn flow(
         table: u8,

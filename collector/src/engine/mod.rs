@@ -4,6 +4,7 @@
 //! - [`flows`]: OVSDB + OpenFlow mirrors → dirty-flow rules.
 //! - [`supervise`]: no thread or task of theirs stops silently.
 
+pub mod datapath;
 mod findings_log;
 pub mod flows;
 pub mod pinning;

@@ -8,15 +8,18 @@
 //! across thread exits here ([`MonotonicCounters`]).
 
 use crate::config::PinningConfig;
-use crate::cpuset::CpuSet;
-use crate::detect::pinning::{self, DomainObservation, PlacementSample};
+use crate::detect::pinning;
 use crate::engine::findings_log::FindingsLog;
 use crate::engine::supervise::Supervisor;
 use crate::model::Domain;
+use crate::model::cpuset::CpuSet;
+use crate::model::health::BpfProgramCost;
+use crate::model::inventory::HostInventory;
+use crate::model::pinning::{DomainObservation, PinningReport, PlacementSample};
+use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
 use crate::sources::procfs::{HostFs, ProcError};
 use crate::sources::sched_bpf::SchedProbe;
-use crate::state::{BpfProgramCost, SharedState};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,7 +131,7 @@ impl PinningEngine {
         first_pass: tokio::sync::oneshot::Sender<()>,
     ) {
         use std::sync::mpsc::RecvTimeoutError;
-        let bound = crate::sources::SourceRegistry::bound_for(self.cfg.interval());
+        let bound = crate::model::health::SourceRegistry::bound_for(self.cfg.interval());
         for s in [source::LIBVIRT, source::PROCFS] {
             self.state.sources.stale_after(s, bound);
         }
@@ -210,18 +213,9 @@ impl PinningEngine {
         let domains: Vec<Domain> = self.inventory.domains().cloned().collect();
         let mut observations = Vec::with_capacity(domains.len());
         let mut proc_errors = 0u64;
-        self.state.set_local_macs(
-            domains
-                .iter()
-                .flat_map(|d| {
-                    d.interfaces.iter().map(|i| crate::state::LocalInterface {
-                        mac: i.mac.clone(),
-                        target_dev: i.target_dev.clone(),
-                        domain: d.name.clone(),
-                    })
-                })
-                .collect(),
-        );
+        self.state
+            .inventory
+            .set(HostInventory::from_domains(&domains));
         for d in domains {
             let (obs, errs) = observe(&self.hostfs, d);
             proc_errors += errs;
@@ -239,7 +233,7 @@ impl PinningEngine {
         self.sync_probe(&mut observations);
         if let Some(p) = &self.probe {
             sources.up(source::SCHED_BPF, p.mode().to_string(), t2.elapsed());
-            self.state.set_bpf_costs(if !p.stats_enabled() {
+            self.state.bpf_costs.set(if !p.stats_enabled() {
                 Vec::new()
             } else {
                 p.program_stats()
@@ -254,14 +248,14 @@ impl PinningEngine {
         }
         let mut report = pinning::evaluate(&observations);
         self.counters.apply(&observations, &mut report);
-        let drifts = |r: &pinning::PinningReport| -> Vec<(String, pinning::Drift)> {
+        let drifts = |r: &PinningReport| -> Vec<(String, crate::model::pinning::Drift)> {
             r.domains
                 .iter()
                 .flat_map(|d| d.drifts.iter().map(|x| (d.domain.clone(), x.clone())))
                 .collect()
         };
         self.findings.changes(
-            &drifts(&self.state.pinning()),
+            &drifts(&self.state.pinning.get()),
             &drifts(&report),
             |(domain, x)| (domain.clone(), x.vcpu.clone(), x.check.to_string()),
             |(domain, x)| {
@@ -271,7 +265,7 @@ impl PinningEngine {
                 )
             },
         );
-        self.state.set_pinning(report);
+        self.state.pinning.set(report);
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
@@ -410,7 +404,7 @@ pub(crate) struct MonotonicCounters {
 
 impl MonotonicCounters {
     /// Accumulates the pass's raw values and writes the monotonic totals into `report`.
-    pub(crate) fn apply(&mut self, obs: &[DomainObservation], report: &mut pinning::PinningReport) {
+    pub(crate) fn apply(&mut self, obs: &[DomainObservation], report: &mut PinningReport) {
         let mut seen = std::collections::HashSet::new();
         for o in obs {
             let Some(d) = &o.domain else { continue };
@@ -489,7 +483,7 @@ pub fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
 
 /// One pass without eBPF, for one-shot commands (`pinflow pinning`): the report, the libvirt
 /// refresh (with its errors) and the number of unexpected procfs/cgroupfs read errors.
-pub fn snapshot_once(inputs: &PinningInputs) -> (pinning::PinningReport, libvirt::Refresh, u64) {
+pub fn snapshot_once(inputs: &PinningInputs) -> (PinningReport, libvirt::Refresh, u64) {
     let mut inv = LibvirtInventory::new(inputs.libvirt_state_dir.clone());
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());

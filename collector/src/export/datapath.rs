@@ -62,10 +62,12 @@ pub fn encode_datapath(
         enc,
         &families::DATAPATH_UNHEALTHY,
         r.health.iter().flat_map(|h| {
-            crate::detect::datapath::CHECKS
-                .iter()
-                .zip(h.counts)
-                .map(|(c, n)| ([("datapath", Lv(&h.datapath)), ("check", Lv(c))], n as f64))
+            h.counts.iter().map(|(c, n)| {
+                (
+                    [("datapath", Lv(&h.datapath)), ("check", Lv(c.as_str()))],
+                    *n as f64,
+                )
+            })
         }),
     )?;
     let vports = || {
@@ -145,13 +147,13 @@ pub fn encode_datapath(
 #[cfg(test)]
 mod tests {
     use crate::export::metrics::{BuildInfo, registry, render};
-    use crate::model::datapath::{Datapath, DatapathEvents, DatapathReport, Vport};
-    use crate::state::SharedState;
+    use crate::model::datapath::{Datapath, DatapathCheck, DatapathEvents, DatapathReport, Vport};
+    use crate::model::state::SharedState;
 
     #[test]
     fn datapath_series() {
         let st = SharedState::default();
-        st.set_datapath(DatapathReport {
+        st.datapath.set(DatapathReport {
             datapaths: vec![Datapath {
                 name: "ovs-system".into(),
                 hit: 18,
@@ -167,16 +169,16 @@ mod tests {
                 ..Default::default()
             }],
             drop_flows: vec![("ovs-system".into(), 2)],
-            health: vec![crate::detect::datapath::DatapathHealth {
+            health: vec![crate::model::datapath::DatapathHealth {
                 datapath: "ovs-system".into(),
-                counts: [0, 3, 0, 0],
+                counts: DatapathCheck::ALL.into_iter().zip([0, 3, 0, 0]).collect(),
                 ..Default::default()
             }],
             flow_limit: 200_000,
             // Chosen per port by the poller (sources::ovs_dp::upcalls); the exporter only encodes.
             upcalls: vec![("ovs-system".into(), "v1".into(), 300)],
         });
-        st.set_datapath_events(DatapathEvents {
+        st.datapath_events.set(DatapathEvents {
             upcalls: vec![("ovs-system".into(), "v1".into(), 5)],
             drops: vec![("v1".into(), "last_action".into(), 4)],
             actions: vec![("output".into(), 7)],

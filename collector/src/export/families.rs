@@ -949,7 +949,7 @@ mod tests {
     #[test]
     fn notes_name_every_label_value_of_the_code() {
         use crate::detect::flows::rules::BuiltinRule;
-        use crate::detect::pinning::Check;
+        use crate::model::pinning::Check;
         for c in Check::ALL {
             assert!(
                 DOMAIN_DRIFTED_VCPUS.notes.contains(&format!("`{c}`")),
@@ -961,7 +961,7 @@ mod tests {
             assert!(OVS_DIRTY_FLOWS.notes.contains(&r), "{r}");
             assert!(OVS_DIRTY_FLOW_RULE_INFO.notes.contains(&r), "{r}");
         }
-        for c in crate::detect::datapath::CHECKS {
+        for c in crate::model::datapath::DatapathCheck::ALL {
             assert!(DATAPATH_UNHEALTHY.notes.contains(&format!("`{c}`")), "{c}");
         }
         use crate::engine::pinning::source;
@@ -972,7 +972,7 @@ mod tests {
             crate::sources::ovsdb::SOURCE,
             source::OPENFLOW,
             crate::sources::ovs_dp::SOURCE,
-            crate::sources::ovs_dp_bpf::SOURCE,
+            crate::sources::ovs_dp::bpf::SOURCE,
         ] {
             assert!(SOURCE_UP.notes.contains(&format!("`{src}`")), "{src}");
         }

@@ -12,11 +12,11 @@
 
 use crate::cli::ListenAddress;
 use crate::config::ExportConfig;
-use crate::detect::pinning::PinningReport;
-use crate::engine::flows::FlowsReport;
 use crate::export::metrics;
 use crate::export::web_config::{BasicAuth, WebConfig, sha256};
-use crate::state::SharedState;
+use crate::model::flows::FlowsReport;
+use crate::model::pinning::PinningReport;
+use crate::model::state::SharedState;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -433,19 +433,19 @@ async fn healthz(State(app): State<App>) -> Response {
 }
 
 async fn api_pinning(State(app): State<App>) -> Response {
-    let report = app.state.pinning();
+    let report = app.state.pinning.get();
     json_response(app.bodies.pinning.body(&report, serde_json::to_vec))
 }
 
 /// Bridges, dirty counts, ports and dirty flows.
 async fn api_flows(State(app): State<App>) -> Response {
-    let report = app.state.flows();
+    let report = app.state.flows.get();
     json_response(app.bodies.flows.body(&report, serde_json::to_vec))
 }
 
 /// Every dirty flow: bridge, table, rule, the flow text, the instance.
 async fn api_flows_dirty(State(app): State<App>) -> Response {
-    let report = app.state.flows();
+    let report = app.state.flows.get();
     json_response(
         app.bodies
             .flows_dirty

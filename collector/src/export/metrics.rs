@@ -5,9 +5,9 @@
 
 use super::families::{self, Family};
 use crate::config::ExportConfig;
-use crate::detect::pinning::{PinKind, PinningReport};
-use crate::engine::flows::FlowsReport;
-use crate::state::SharedState;
+use crate::model::flows::FlowsReport;
+use crate::model::pinning::{PinKind, PinningReport};
+use crate::model::state::SharedState;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
@@ -182,9 +182,13 @@ pub(crate) fn counter<'a, const N: usize>(
 impl Collector for PinflowCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.state.0;
-        encode_pinning(&mut enc, &state.pinning())?;
-        encode_flows(&mut enc, &state.flows(), &self.limits)?;
-        super::datapath::encode_datapath(&mut enc, &state.datapath(), &state.datapath_events())?;
+        encode_pinning(&mut enc, &state.pinning.get())?;
+        encode_flows(&mut enc, &state.flows.get(), &self.limits)?;
+        super::datapath::encode_datapath(
+            &mut enc,
+            &state.datapath.get(),
+            &state.datapath_events.get(),
+        )?;
         encode_self(&mut enc, state, &self.build)
     }
 }
@@ -331,7 +335,7 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
             .iter()
             .map(|(rule, s)| ([("rule", Lv(rule)), ("severity", Lv(s.name()))], 1.0)),
     )?;
-    let shown: Vec<(String, String, &crate::engine::flows::DirtyFlow)> = r
+    let shown: Vec<(String, String, &crate::model::flows::DirtyFlow)> = r
         .dirty
         .iter()
         .filter(|d| !d.stale)
@@ -371,7 +375,7 @@ fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportCon
             r.dirty_total.saturating_sub(limits.dirty_flow_info_limit) as f64,
         )],
     )?;
-    let ports: Vec<(String, &crate::engine::flows::PortInfo)> = r
+    let ports: Vec<(String, &crate::model::flows::PortInfo)> = r
         .ports
         .iter()
         .map(|p| (p.ofport.map(|o| o.to_string()).unwrap_or_default(), p))
@@ -437,9 +441,10 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
             1.0,
         )],
     )?;
-    let ev = state.datapath_events();
-    let sched = state.bpf_costs();
-    let bpf: Vec<&crate::state::BpfProgramCost> = sched.iter().chain(ev.programs.iter()).collect();
+    let ev = state.datapath_events.get();
+    let sched = state.bpf_costs.get();
+    let bpf: Vec<&crate::model::health::BpfProgramCost> =
+        sched.iter().chain(ev.programs.iter()).collect();
     counter(
         enc,
         &families::BPF_RUN_SECONDS,
@@ -457,12 +462,12 @@ fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildIn
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::detect::pinning::{Check, DomainReport, Drift, PinKind, PinningReport, VcpuReport};
+    use crate::model::pinning::{Check, DomainReport, Drift, PinKind, PinningReport, VcpuReport};
     use std::collections::BTreeMap;
 
     fn state_with_drift(actual: &str) -> SharedState {
         let st = SharedState::default();
-        st.set_pinning(PinningReport {
+        st.pinning.set(PinningReport {
             domains: vec![DomainReport {
                 domain: "instance-1".into(),
                 uuid: "u".into(),
@@ -558,7 +563,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_disconnected_bridge_serves_no_flow_counts_or_findings_as_fresh() {
-        use crate::engine::flows::{BridgeStatus, DirtyFlow, FlowsReport};
+        use crate::model::flows::{BridgeStatus, DirtyFlow, FlowsReport};
         let finding = |bridge: &str, stale: bool| DirtyFlow {
             bridge: bridge.into(),
             rule: "in_port_missing".into(),
@@ -576,7 +581,7 @@ pub(crate) mod tests {
             flows_per_table: [(0u8, 3usize)].into(),
         };
         let st = SharedState::default();
-        st.set_flows(FlowsReport {
+        st.flows.set(FlowsReport {
             bridges: [
                 ("br-up".into(), bridge(true)),
                 ("br-down".into(), bridge(false)),

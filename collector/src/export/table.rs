@@ -1,8 +1,8 @@
 //! Plain-text tables for a person at a terminal (`pinflow check`, `pinflow pinning`,
 //! `pinflow flows --dirty`), and the report of `pinflow check`.
 
-use crate::detect::pinning::PinningReport;
-use crate::engine::flows::DirtyFlow;
+use crate::model::flows::DirtyFlow;
+use crate::model::pinning::PinningReport;
 use std::fmt::Write as _;
 
 /// Renders the pinning report: one row per vCPU (`PIN` says what the pin is: `dedicated`,

@@ -1,7 +1,10 @@
-//! Model of libvirt domains (expected placement) and their threads (actual placement).
+//! Model of libvirt domains (expected placement), their threads (actual placement), and the
+//! pinning report the pinning pipeline publishes (its checks, drifts and per-vCPU detail).
 
-use crate::cpuset::CpuSet;
+use crate::model::cpuset::CpuSet;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
 
 /// Nova's instance metadata (`<nova:instance>` in the domain XML, namespace 1.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -98,4 +101,210 @@ pub struct ThreadState {
     /// kernel worker living in the QEMU process (`PF_USER_WORKER`) other than a vhost I/O worker,
     /// such as `kvm-nx-lpage-recovery` (a thread of the VM process since Linux 6.13).
     pub kernel_worker: bool,
+}
+
+/// One pinning check (the `check` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Thread affinity differs from the pin set.
+    Affinity,
+    /// The thread's cgroup `cpuset.cpus` differs from the pin set.
+    Cpuset,
+    /// The vCPU thread is not in its domain's `vcpuN` cgroup.
+    Cgroup,
+    /// The thread ran on pCPUs outside its pin set during the last window (eBPF).
+    Placement,
+    /// The thread may run on a pCPU dedicated to another domain.
+    Overlap,
+}
+
+impl Check {
+    /// Every check, in label order.
+    pub const ALL: [Check; 5] = [
+        Check::Affinity,
+        Check::Cpuset,
+        Check::Cgroup,
+        Check::Placement,
+        Check::Overlap,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Affinity => "affinity",
+            Check::Cpuset => "cpuset",
+            Check::Cgroup => "cgroup",
+            Check::Placement => "placement",
+            Check::Overlap => "overlap",
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a vCPU's pin is (`pinflow pinning`'s `PIN` column, `kind` in the JSON and in
+/// `pinflow_domain_vcpus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinKind {
+    /// `<vcpupin>` to one pCPU that no other vCPU is pinned to (Nova's dedicated policy).
+    Dedicated,
+    /// `<vcpupin>` to several pCPUs, or to a pCPU other vCPUs are pinned to as well.
+    Shared,
+    /// `<vcpu cpuset>`: a set the vCPU floats over with others (Nova's shared policy); never a
+    /// dedicated pCPU, even a one-CPU set.
+    Floating,
+    /// No pin at all: the vCPU may run anywhere.
+    None,
+}
+
+impl PinKind {
+    /// Every kind, in label order.
+    pub const ALL: [PinKind; 4] = [
+        PinKind::Dedicated,
+        PinKind::Shared,
+        PinKind::Floating,
+        PinKind::None,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinKind::Dedicated => "dedicated",
+            PinKind::Shared => "shared",
+            PinKind::Floating => "floating",
+            PinKind::None => "none",
+        }
+    }
+
+    /// Whether the vCPU is pinned with `<vcpupin>` (dedicated or shared).
+    pub fn is_vcpupin(self) -> bool {
+        matches!(self, PinKind::Dedicated | PinKind::Shared)
+    }
+}
+
+impl fmt::Display for PinKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// eBPF placement of one thread, as seen by the detector.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PlacementSample {
+    /// CPU time on pCPUs outside the pin set since the thread was first watched, ns.
+    pub offpin_ns_total: u64,
+    /// The part of `offpin_ns_total` accrued during the current detection window, ns.
+    pub offpin_ns_window: u64,
+    /// Migrations between pCPUs since first watched.
+    pub migrations_total: u64,
+    /// CPU the thread was last switched in on.
+    pub last_cpu: u32,
+}
+
+/// Everything observed about one running domain.
+#[derive(Clone, Debug, Default)]
+pub struct DomainObservation {
+    /// libvirt's view (expected placement).
+    pub domain: Option<Domain>,
+    /// Actual state of the QEMU process's threads (vCPU and emulator threads), by tid.
+    pub threads: BTreeMap<u32, ThreadState>,
+    /// cgroup path of the QEMU main thread (libvirt puts it in `<domain cgroup>/emulator`).
+    pub main_cgroup: Option<String>,
+    /// eBPF placement per watched vCPU tid; empty when the sched probe is not running.
+    pub placement: BTreeMap<u32, PlacementSample>,
+}
+
+/// A drift of one vCPU (or the emulator threads) for one check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// Which check.
+    pub check: Check,
+    /// vCPU index, or `emulator`.
+    pub vcpu: String,
+    /// What libvirt/Nova expect (CPU list, cgroup name…).
+    pub expected: String,
+    /// What pinflow found. For `overlap`: the foreign dedicated pCPUs the thread(s) may run on
+    /// and at most three of their owners, sorted (`"0-1 (a, b, c +2 more)"`),
+    /// so the label stays short and does not change when unrelated domains come and go.
+    pub actual: String,
+    /// For `overlap`: every owner with its pCPUs the thread(s) may run on (the full list).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<OverlapOwner>,
+}
+
+/// A domain owning dedicated pCPUs another domain's thread may run on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OverlapOwner {
+    /// The owner's libvirt domain name.
+    pub domain: String,
+    /// Its dedicated pCPUs within the overlapping thread's reach.
+    pub cpus: CpuSet,
+}
+
+/// Most owners an `overlap` drift's `actual` label names (the rest are counted as `+N more`).
+pub(crate) const MAX_LABELLED_OWNERS: usize = 3;
+
+/// One vCPU's expected and actual placement.
+#[derive(Clone, Debug, Serialize)]
+pub struct VcpuReport {
+    /// vCPU index.
+    pub vcpu: u32,
+    /// Host thread id.
+    pub tid: Option<u32>,
+    /// What the pin is.
+    pub kind: PinKind,
+    /// Pin set from libvirt (`<vcpupin>`, or `<vcpu cpuset>` when floating; `None` = no pin).
+    pub pin: Option<CpuSet>,
+    /// Thread affinity.
+    pub affinity: Option<CpuSet>,
+    /// cgroup `cpuset.cpus`.
+    pub cgroup_cpus: Option<CpuSet>,
+    /// cgroup path.
+    pub cgroup: Option<String>,
+    /// Last CPU the thread ran on.
+    pub last_cpu: Option<u32>,
+    /// Off-pin CPU time since watched (eBPF), seconds.
+    pub offpin_seconds: Option<f64>,
+}
+
+/// Findings for one domain.
+#[derive(Clone, Debug, Serialize)]
+pub struct DomainReport {
+    /// libvirt domain name.
+    pub domain: String,
+    /// Domain UUID.
+    pub uuid: String,
+    /// Nova metadata, if any.
+    pub nova: Option<NovaInstance>,
+    /// Whether any vCPU is pinned with `<vcpupin>` (dedicated or shared; never for a floating
+    /// `<vcpu cpuset>`).
+    pub pinned: bool,
+    /// Drifted vCPU count per check (every check present).
+    pub drifted_vcpus: BTreeMap<Check, u32>,
+    /// Every current drift.
+    pub drifts: Vec<Drift>,
+    /// Per-vCPU detail.
+    pub vcpus: Vec<VcpuReport>,
+    /// Sum over vCPU threads of off-pin CPU time (eBPF), seconds; `None` without the probe.
+    pub offpin_seconds_total: Option<f64>,
+    /// Sum over vCPU threads of migrations (eBPF); `None` without the probe.
+    pub migrations_total: Option<u64>,
+    /// Sum over vCPU threads of run-queue wait time (schedstat), seconds.
+    pub wait_seconds_total: f64,
+}
+
+/// The detector's output for the whole host.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PinningReport {
+    /// One report per running domain, sorted by domain name.
+    pub domains: Vec<DomainReport>,
+    /// vCPUs pinned with `<vcpupin>` (of all domains) per host CPU; only CPUs with at least one.
+    /// Floating vCPUs (`<vcpu cpuset>`) are not pinned and not counted.
+    pub pcpu_pinned_vcpus: BTreeMap<u32, u32>,
 }

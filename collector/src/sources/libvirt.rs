@@ -9,7 +9,7 @@
 //! This module owns three things: the pure parser [`parse_domstatus`], the change-tracking
 //! [`LibvirtInventory`] (re-reads only files whose stamp changed), and [`watch_state_dir`] (inotify wake-ups).
 
-use crate::cpuset::{CpuSet, CpuSetError};
+use crate::model::cpuset::{CpuSet, CpuSetError};
 use crate::model::pinning::{Domain, InterfaceSpec, NovaInstance, VcpuSpec};
 use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchMask};

@@ -1,13 +1,9 @@
 //! Sources: everything that reads the host. Each reports whether it is up, its errors and its cost.
 
-pub mod health;
 pub mod libvirt;
 pub mod openflow;
 pub mod ovs_dp;
-pub mod ovs_dp_bpf;
 pub mod ovsdb;
 pub mod procfs;
 pub mod rtnl;
 pub mod sched_bpf;
-
-pub use health::{SourceHealth, SourceRegistry};

@@ -10,7 +10,7 @@
 //! from the next monitor reply, so no state survives from the old connection.
 
 use crate::model::flows::{Bridge, OvsPort};
-use crate::sources::health::SourceRegistry;
+use crate::model::health::SourceRegistry;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -409,7 +409,7 @@ impl OvsdbOptions {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             probe_interval: Duration::from_secs(30),
-            max_message_bytes: crate::limits::MAX_OVSDB_MESSAGE_BYTES,
+            max_message_bytes: crate::model::limits::MAX_OVSDB_MESSAGE_BYTES,
         }
     }
 

@@ -18,7 +18,7 @@
 //! reader for a *task's* `cgroup` file and nothing for cgroupfs/sysfs roots, reads files without a size bound,
 //! and folds "the thread exited" into generic errors. The four formats needed here are a few lines each.
 
-use crate::cpuset::CpuSet;
+use crate::model::cpuset::CpuSet;
 use crate::model::pinning::ThreadState;
 use std::fs::File;
 use std::io::{self, Read};
@@ -203,7 +203,7 @@ impl HostFs {
             source,
         })?;
         text.parse()
-            .map_err(|e: crate::cpuset::CpuSetError| parse_err(&path, e.to_string()))
+            .map_err(|e: crate::model::cpuset::CpuSetError| parse_err(&path, e.to_string()))
     }
 
     fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
@@ -296,7 +296,7 @@ fn read_cpuset(t: &CpusetTarget) -> Result<Option<CpuSet>, ProcError> {
             Ok(s) => s
                 .parse()
                 .map(Some)
-                .map_err(|e: crate::cpuset::CpuSetError| parse_err(&path, e.to_string())),
+                .map_err(|e: crate::model::cpuset::CpuSetError| parse_err(&path, e.to_string())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(ProcError::Io { path, source }),
         }
@@ -335,7 +335,7 @@ fn parse_affinity(status: &str) -> Result<CpuSet, String> {
     if let Some(list) = field("Cpus_allowed_list") {
         return list
             .parse()
-            .map_err(|e: crate::cpuset::CpuSetError| e.to_string());
+            .map_err(|e: crate::model::cpuset::CpuSetError| e.to_string());
     }
     if let Some(mask) = field("Cpus_allowed") {
         return CpuSet::from_hex_mask(mask).map_err(|e| e.to_string());

@@ -55,11 +55,10 @@ mod tests;
 
 pub use crate::model::flows::FlowKey;
 pub use rules::{
-    BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, Severity,
-    UserRule,
+    BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, UserRule,
 };
 
-use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort};
+use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort, Severity};
 use bucket::{Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
 use shape::{Projection, Shape, project_hash};

@@ -2,7 +2,7 @@
 //! period and user rules (regular expressions and field conditions over a flow).
 
 use super::{fields, semantics};
-use crate::model::flows::{FlowEntry, width_mask};
+use crate::model::flows::{FlowEntry, Severity, width_mask};
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -73,34 +73,6 @@ impl BuiltinRule {
 
     fn from_name(name: &str) -> Option<BuiltinRule> {
         BuiltinRule::ALL.into_iter().find(|r| r.name() == name)
-    }
-}
-
-/// How sure the findings of a rule are (`severity` label of `pinflow_ovs_dirty_flow_rule_info`):
-/// page on `broken` at once, review `suspect` in working hours.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// The flow cannot do what it says (it outputs to a missing port, jumps into an empty table…).
-    #[default]
-    Broken,
-    /// A heuristic: probably a mistake or a leftover, worth a look.
-    Suspect,
-}
-
-impl Severity {
-    /// The `severity` label value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Broken => "broken",
-            Severity::Suspect => "suspect",
-        }
-    }
-}
-
-impl serde::Serialize for Severity {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
     }
 }
 

@@ -104,7 +104,7 @@ impl OpenFlowClient {
             features: Features::default(),
             monitoring: false,
             pending: VecDeque::new(),
-            max_pending: crate::limits::MAX_PENDING_MONITOR_EVENTS,
+            max_pending: crate::model::limits::MAX_PENDING_MONITOR_EVENTS,
             timeout,
             last_rx: Instant::now(),
             undecodable: (Vec::new(), 0),
@@ -575,13 +575,13 @@ pub struct BridgeConfig {
 }
 
 impl BridgeConfig {
-    /// Defaults for `bridge` under `run_dir`: [`crate::limits::MAX_FLOWS_PER_BRIDGE`] flows, 30 s timeout, 0.5–30 s backoff,
+    /// Defaults for `bridge` under `run_dir`: [`crate::model::limits::MAX_FLOWS_PER_BRIDGE`] flows, 30 s timeout, 0.5–30 s backoff,
     /// snapshots at most every 200 ms, echo probe after 30 s idle.
     pub fn new(run_dir: impl Into<PathBuf>, bridge: impl Into<String>) -> Self {
         Self {
             run_dir: run_dir.into(),
             bridge: bridge.into(),
-            max_flows: crate::limits::MAX_FLOWS_PER_BRIDGE,
+            max_flows: crate::model::limits::MAX_FLOWS_PER_BRIDGE,
             request_timeout: Duration::from_secs(30),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),

@@ -28,7 +28,7 @@ use collector_common::sched::{
     STATS_MAP, WATCH_MAP,
 };
 
-use crate::cpuset::CpuSet;
+use crate::model::cpuset::CpuSet;
 
 /// The eBPF object built by `build.rs` (empty when built with `PINFLOW_SKIP_EBPF=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pinflow-ebpf"));

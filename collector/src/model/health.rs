@@ -1,3 +1,5 @@
+//! pinflow's own health: per-source state and the kernel-side cost of its eBPF programs.
+//!
 //! Per-source health: up/down with a reason, error count, last collection time, the time of the
 //! last success, and staleness: a polled source whose data is older than its bound reports down
 //! (naming why) even while its own thread is wedged and cannot say so itself. State changes are
@@ -7,6 +9,17 @@ use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+/// Kernel-side cost of one eBPF program (from the kernel's BPF stats).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BpfProgramCost {
+    /// Program name.
+    pub program: String,
+    /// Total run time, ns.
+    pub run_time_ns: u64,
+    /// Number of runs.
+    pub run_count: u64,
+}
 
 /// Health of one source, as exported in `pinflow_source_*`.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -1,7 +1,12 @@
 //! The OVS kernel datapath as the kernel reports it over generic netlink: datapaths with their
 //! lookup statistics, vports with their counters, megaflows, and eBPF-observed upcalls and drops.
 
+pub mod attrs;
+
+use crate::model::health::BpfProgramCost;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
 
 /// One kernel datapath (`ovs-system` on a typical host).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -105,9 +110,7 @@ pub struct Megaflow {
 impl Megaflow {
     /// Whether the flow drops what it matches (no actions, or only an explicit drop).
     pub fn is_drop(&self) -> bool {
-        self.actions
-            .iter()
-            .all(|a| a.kind == crate::sources::ovs_dp::uapi::action::DROP)
+        self.actions.iter().all(|a| a.kind == attrs::action::DROP)
     }
 }
 
@@ -119,7 +122,7 @@ pub struct DatapathReport {
     /// Megaflows per datapath whose action is drop and that carried packets (from the last dump).
     pub drop_flows: Vec<(String, u64)>,
     /// Health findings per datapath.
-    pub health: Vec<crate::detect::datapath::DatapathHealth>,
+    pub health: Vec<DatapathHealth>,
     /// The flow limit the `flow_limit` check compares against.
     pub flow_limit: u64,
     /// Upcalls per (datapath, port), each port from one source for its life (kernel vport
@@ -137,5 +140,58 @@ pub struct DatapathEvents {
     /// Executed actions per action name.
     pub actions: Vec<(String, u64)>,
     /// Kernel-side cost of the datapath programs.
-    pub programs: Vec<crate::state::BpfProgramCost>,
+    pub programs: Vec<BpfProgramCost>,
+}
+
+/// One datapath health check (the `check` label of `pinflow_ovs_datapath_unhealthy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatapathCheck {
+    /// Megaflows near ovs-vswitchd's flow limit.
+    FlowLimit,
+    /// Upcalls lost since the previous poll.
+    LostUpcalls,
+    /// Ports whose upcall rate is a storm.
+    UpcallStorm,
+    /// Drop megaflows aimed at a local instance's MAC.
+    DropLocalMac,
+}
+
+impl DatapathCheck {
+    /// Every check, in label order.
+    pub const ALL: [DatapathCheck; 4] = [
+        DatapathCheck::FlowLimit,
+        DatapathCheck::LostUpcalls,
+        DatapathCheck::UpcallStorm,
+        DatapathCheck::DropLocalMac,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatapathCheck::FlowLimit => "flow_limit",
+            DatapathCheck::LostUpcalls => "lost_upcalls",
+            DatapathCheck::UpcallStorm => "upcall_storm",
+            DatapathCheck::DropLocalMac => "drop_local_mac",
+        }
+    }
+}
+
+impl fmt::Display for DatapathCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Health findings for one datapath.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DatapathHealth {
+    /// Datapath name.
+    pub datapath: String,
+    /// Offending items per check, every check present (0 = healthy).
+    pub counts: BTreeMap<DatapathCheck, u64>,
+    /// Ports in an upcall storm, with their rate (upcalls/s).
+    pub storm_ports: Vec<(String, f64)>,
+    /// Drop megaflows aimed at local instances: (MAC, domain, packets).
+    pub drop_local_macs: Vec<(String, String, u64)>,
 }

@@ -10,8 +10,8 @@
 //! no OVS drops through `kfree_skb`, and `pinflow_ovs_drops_total` stays empty there.
 
 use crate::model::datapath::DatapathEvents;
+use crate::model::health::BpfProgramCost;
 use crate::sources::sched_bpf::{btf, ebpf_object, tracefs};
-use crate::state::BpfProgramCost;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};

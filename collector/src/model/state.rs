@@ -1,0 +1,61 @@
+//! The shared state: one typed slot per report, written by the one pipeline that owns it and read
+//! by the exporters and by the other pipelines (the host inventory).
+//!
+//! Each report is replaced whole (an `Arc` swap), so a reader never waits for a pipeline and
+//! never sees a half-updated report; a reader that wants to know when a report changes
+//! subscribes to its slot.
+
+use crate::model::datapath::{DatapathEvents, DatapathReport};
+use crate::model::flows::FlowsReport;
+use crate::model::health::BpfProgramCost;
+use crate::model::health::SourceRegistry;
+use crate::model::inventory::HostInventory;
+use crate::model::pinning::PinningReport;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The current value of one report: replaced whole, read as a shared snapshot.
+#[derive(Clone)]
+pub struct Slot<T>(watch::Sender<Arc<T>>);
+
+impl<T: Default> Default for Slot<T> {
+    fn default() -> Self {
+        Slot(watch::Sender::new(Arc::new(T::default())))
+    }
+}
+
+impl<T> Slot<T> {
+    /// The current value.
+    pub fn get(&self) -> Arc<T> {
+        self.0.borrow().clone()
+    }
+
+    /// Replaces the value (and wakes subscribers).
+    pub fn set(&self, v: T) {
+        self.0.send_replace(Arc::new(v));
+    }
+
+    /// A receiver that sees each new value.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<T>> {
+        self.0.subscribe()
+    }
+}
+
+/// Everything the pipelines publish and the exporters serve.
+#[derive(Clone, Default)]
+pub struct SharedState {
+    /// Pinning report (pinning pipeline).
+    pub pinning: Slot<PinningReport>,
+    /// Kernel-side cost of the sched eBPF programs (pinning pipeline).
+    pub bpf_costs: Slot<Vec<BpfProgramCost>>,
+    /// Dirty-flow report (flow pipeline).
+    pub flows: Slot<FlowsReport>,
+    /// OVS kernel datapath report (datapath pipeline).
+    pub datapath: Slot<DatapathReport>,
+    /// Datapath eBPF counts (datapath pipeline).
+    pub datapath_events: Slot<DatapathEvents>,
+    /// Local instances and their interfaces (pinning pipeline; joined on by the others).
+    pub inventory: Slot<HostInventory>,
+    /// Per-source health (every source, through its collection guard).
+    pub sources: SourceRegistry,
+}
