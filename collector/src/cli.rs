@@ -284,6 +284,15 @@ impl CollectorArgs {
     pub fn datapath(&self) -> bool {
         !self.no_datapath
     }
+    /// Whether the collector named `name` (`pinning`, `flows`, `datapath`) runs.
+    pub fn enabled(&self, name: &str) -> bool {
+        match name {
+            "pinning" => self.pinning(),
+            "flows" => self.flows(),
+            "datapath" => self.datapath(),
+            _ => false,
+        }
+    }
 }
 
 /// `--log.level`, `--log.format`.

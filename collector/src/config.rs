@@ -1,9 +1,15 @@
 //! pinflow's configuration file (TOML). Every field has a default; unknown keys are errors naming the key.
+//!
+//! Each section is defined next to what it configures (`[pinning]` and `[datapath]` with their
+//! pipelines, `[flows]` with the dirty-flow rules, `[export]` with the exporters); this file
+//! composes them, validates ranges and says which sources the file switches off.
 
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
+use crate::engine::datapath::DatapathConfig;
+use crate::engine::pinning::PinningConfig;
+use crate::export::ExportConfig;
 use serde::Deserialize;
 use std::path::Path;
-use std::time::Duration;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -17,92 +23,6 @@ pub struct Config {
     pub export: ExportConfig,
     /// OVS kernel datapath source and health checks.
     pub datapath: DatapathConfig,
-}
-
-/// `[export]`: bounds on what /metrics carries.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExportConfig {
-    /// Most `pinflow_ovs_dirty_flow_info` series per host; the rest are counted in
-    /// `pinflow_ovs_dirty_flow_info_dropped` (all of them are in `/api/v1/flows/dirty`).
-    pub dirty_flow_info_limit: usize,
-}
-
-impl Default for ExportConfig {
-    fn default() -> Self {
-        Self {
-            dirty_flow_info_limit: 20,
-        }
-    }
-}
-
-/// `[datapath]`: the OVS kernel datapath source (genetlink + eBPF) and its health checks.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatapathConfig {
-    /// Poll the kernel datapath at all.
-    pub enabled: bool,
-    /// Attach the datapath eBPF programs (upcalls per port, actions, OVS drop reasons).
-    pub ebpf: bool,
-    /// Seconds between megaflow dumps (drop-flow checks); datapath/vport stats are polled every second.
-    pub flow_dump_interval_seconds: f64,
-    /// ovs-vswitchd's megaflow limit (`other_config:flow-limit`), for the `flow_limit` check.
-    pub flow_limit: u64,
-    /// Fraction of `flow_limit` that makes the `flow_limit` check unhealthy.
-    pub flow_limit_ratio: f64,
-    /// Upcalls per second from one port that make an `upcall_storm`.
-    pub upcall_storm_per_second: f64,
-}
-
-impl Default for DatapathConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ebpf: true,
-            flow_dump_interval_seconds: 5.0,
-            flow_limit: 200_000,
-            flow_limit_ratio: 0.9,
-            upcall_storm_per_second: 1000.0,
-        }
-    }
-}
-
-/// `[pinning]`: how often and how strictly pinning is checked.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct PinningConfig {
-    /// Seconds between re-reads of procfs/cgroupfs (libvirt changes also trigger a pass at once).
-    pub interval_seconds: f64,
-    /// Seconds of off-pin CPU time history that make a `placement` drift (drift while > 0 in the window).
-    pub placement_window_seconds: f64,
-    /// Load the eBPF `sched_switch` probe for the `placement` check and the off-pin/migration counters.
-    pub ebpf: bool,
-    /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
-    /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).
-    pub bpf_stats: bool,
-}
-
-impl Default for PinningConfig {
-    fn default() -> Self {
-        Self {
-            interval_seconds: 1.0,
-            placement_window_seconds: 5.0,
-            ebpf: true,
-            bpf_stats: false,
-        }
-    }
-}
-
-impl PinningConfig {
-    /// The pass interval as a `Duration` (validated by [`Config::validate`]).
-    pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.interval_seconds)
-    }
-
-    /// The placement window as a `Duration`.
-    pub fn placement_window(&self) -> Duration {
-        Duration::from_secs_f64(self.placement_window_seconds)
-    }
 }
 
 /// A configuration error with the file and the reason.
@@ -249,6 +169,23 @@ impl Config {
         Ok(c)
     }
 
+    /// Why the file switches `source` off, if it does (`pinflow check` shows it; the daemon does
+    /// not start it).
+    pub fn switched_off(&self, source: &str) -> Option<&'static str> {
+        use crate::sources::{ovs_dp, sched_bpf};
+        if source == sched_bpf::SOURCE.name && !self.pinning.ebpf {
+            Some("off in the config ([pinning] ebpf = false)")
+        } else if [ovs_dp::SOURCE.name, ovs_dp::bpf::SOURCE.name].contains(&source)
+            && !self.datapath.enabled
+        {
+            Some("off in the config ([datapath] enabled = false)")
+        } else if source == ovs_dp::bpf::SOURCE.name && !self.datapath.ebpf {
+            Some("off in the config ([datapath] ebpf = false)")
+        } else {
+            None
+        }
+    }
+
     /// Checks value ranges; the error starts with the key it is about.
     pub fn validate(&self) -> Result<(), String> {
         let p = &self.pinning;
@@ -285,6 +222,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn empty_file_is_all_defaults() {

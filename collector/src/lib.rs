@@ -5,6 +5,7 @@
 
 pub mod build_info;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod detect;
 pub mod engine;

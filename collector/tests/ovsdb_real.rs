@@ -127,8 +127,8 @@ async fn ovsdb_state_follows_real_server() {
         port(s, "pft-br0", "pft-p1").is_none() && port(s, "pft-br0", "pft-p2").is_some()
     })
     .await;
-    assert!(health.snapshot()[SOURCE].up);
-    assert_eq!(health.snapshot()[SOURCE].errors_total, 0);
+    assert!(health.snapshot()[SOURCE.name].up);
+    assert_eq!(health.snapshot()[SOURCE.name].errors_total, 0);
 
     // ovsdb-server restart: the loss is noticed, the last state is kept, and the state is rebuilt.
     ovs.stop("ovsdb-server");
@@ -137,7 +137,7 @@ async fn ovsdb_state_follows_real_server() {
         port(&rx.borrow(), "pft-br0", "pft-p2").is_some(),
         "last state kept"
     );
-    assert!(!health.snapshot()[SOURCE].up);
+    assert!(!health.snapshot()[SOURCE.name].up);
     let generation = rx.borrow().generation;
     ovs.start_ovsdb_server();
     follows(&mut rx, "ovsdb-server restarted", |s| {
@@ -150,7 +150,7 @@ async fn ovsdb_state_follows_real_server() {
         port(s, "pft-br0", "pft-p2").is_some_and(|p| p.tag == Some(12))
     })
     .await;
-    let h = &health.snapshot()[SOURCE];
+    let h = &health.snapshot()[SOURCE.name];
     assert!(h.up, "{h:?}");
     assert_eq!(h.errors_total, 1, "one lost connection");
 

@@ -9,8 +9,43 @@ use crate::model::health::SourceRegistry;
 use crate::model::inventory::LocalInterface;
 use crate::model::state::SharedState;
 use crate::sources::ovs_dp::{DatapathClient, OvsDpError, SOURCE, bpf, genl, upcalls};
+use serde::Deserialize;
+
+/// The datapath source's name.
+const NAME: &str = SOURCE.name;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// `[datapath]`: the OVS kernel datapath source (genetlink + eBPF) and its health checks.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatapathConfig {
+    /// Poll the kernel datapath at all.
+    pub enabled: bool,
+    /// Attach the datapath eBPF programs (upcalls per port, actions, OVS drop reasons).
+    pub ebpf: bool,
+    /// Seconds between megaflow dumps (drop-flow checks); datapath/vport stats are polled every second.
+    pub flow_dump_interval_seconds: f64,
+    /// ovs-vswitchd's megaflow limit (`other_config:flow-limit`), for the `flow_limit` check.
+    pub flow_limit: u64,
+    /// Fraction of `flow_limit` that makes the `flow_limit` check unhealthy.
+    pub flow_limit_ratio: f64,
+    /// Upcalls per second from one port that make an `upcall_storm`.
+    pub upcall_storm_per_second: f64,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ebpf: true,
+            flow_dump_interval_seconds: 5.0,
+            flow_limit: 200_000,
+            flow_limit_ratio: 0.9,
+            upcall_storm_per_second: 1000.0,
+        }
+    }
+}
 
 /// How the poller runs.
 #[derive(Clone, Debug)]
@@ -86,6 +121,21 @@ const MODULE_CHECK: Duration = Duration::from_secs(2);
 /// How often the OVS families are looked up while the module is not loaded.
 const FAMILY_REPROBE: Duration = Duration::from_secs(10);
 
+/// Runs the pipeline as `cfg` says, forever (blocking; run it on its own thread).
+pub fn run(state: SharedState, cfg: &DatapathConfig) {
+    let poll = PollConfig {
+        flow_interval: Duration::from_secs_f64(cfg.flow_dump_interval_seconds),
+        ebpf: cfg.ebpf,
+        ..Default::default()
+    };
+    let health = HealthConfig {
+        flow_limit: cfg.flow_limit,
+        flow_limit_ratio: cfg.flow_limit_ratio,
+        storm_upcalls_per_second: cfg.upcall_storm_per_second,
+    };
+    run_blocking(state, poll, health);
+}
+
 /// Polls the kernel datapath forever (blocking; run it on its own thread), publishing a
 /// [`DatapathReport`] and the source's health into `state`.
 pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfig) {
@@ -104,7 +154,7 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
     // A poll blocked past this (every socket call is bounded by genl::IO_TIMEOUT, but a dump
     // makes many) reports the source down as wedged.
     state.sources.stale_after(
-        SOURCE,
+        NAME,
         SourceRegistry::bound_for(cfg.interval.max(cfg.flow_interval).max(genl::IO_TIMEOUT)),
     );
     loop {
@@ -115,7 +165,7 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
             continue;
         }
         let t0 = Instant::now();
-        state.sources.begin(SOURCE);
+        let collection = state.sources.collect(NAME);
         let c = match &mut client {
             Some(c) => Ok(c),
             None => DatapathClient::open().map(|c| client.insert(c)),
@@ -143,18 +193,16 @@ pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfi
         };
         match r {
             Ok(()) => {
-                let detail = format!("{} datapath(s)", report.datapaths.len());
-                state.sources.up(SOURCE, detail, t0.elapsed());
+                collection.ok(format!("{} datapath(s)", report.datapaths.len()));
             }
             Err(e) => {
-                let msg = e.to_string();
                 if !matches!(e, OvsDpError::NoFamily(_)) {
-                    state.sources.errors(SOURCE, 1);
+                    collection.errors(1);
                 }
                 if matches!(e, OvsDpError::Socket(_)) {
                     client = None;
                 }
-                state.sources.down(SOURCE, msg);
+                collection.down(e.to_string());
                 report.datapaths.clear();
                 report.drop_flows.clear();
                 if let Some(c) = &mut client {
@@ -216,7 +264,8 @@ impl ProbeSlot {
         have_datapath: bool,
         live: Option<&std::collections::HashSet<String>>,
     ) {
-        use bpf::{DatapathProbe, SOURCE as BPF};
+        use bpf::{DatapathProbe, NO_DATAPATH, SOURCE};
+        const BPF: &str = SOURCE.name;
         if !have_datapath {
             if self.probe.take().is_some() {
                 tracing::info!("no OVS datapath left: datapath eBPF probe detached");
@@ -224,10 +273,7 @@ impl ProbeSlot {
             }
             // The detached probe's counts are not served as current.
             state.datapath_events.set(Default::default());
-            state.sources.down(
-                BPF,
-                "no OVS kernel datapath (openvswitch module absent or no datapath)",
-            );
+            state.sources.down(BPF, NO_DATAPATH);
             self.last_try = None;
             return;
         }
@@ -243,13 +289,14 @@ impl ProbeSlot {
                     self.probe = Some(p);
                 }
                 Err(e) => {
-                    state.sources.errors(BPF, 1);
-                    state.sources.down(BPF, e.to_string());
+                    let collection = state.sources.collect(BPF);
+                    collection.errors(1);
+                    collection.down(e.to_string());
                 }
             }
         }
         if let Some(p) = &mut self.probe {
-            let t0 = Instant::now();
+            let collection = state.sources.collect(BPF);
             let ev = p.read();
             if let Some(live) = live {
                 let in_map: std::collections::HashSet<String> = ev
@@ -262,18 +309,11 @@ impl ProbeSlot {
                 if !gone.is_empty() {
                     let failed = p.forget_ports(&gone);
                     tracing::debug!(ports = ?gone, failed, "pruned eBPF counts of deleted ports");
-                    if failed > 0 {
-                        state.sources.errors(BPF, failed);
-                    }
+                    collection.errors(failed);
                 }
             }
-            let detail = if p.drops_attached() {
-                "upcalls, actions and OVS drop reasons"
-            } else {
-                "upcalls and actions (no OVS drop reasons on this kernel)"
-            };
             state.datapath_events.set(ev);
-            state.sources.up(BPF, detail, t0.elapsed());
+            collection.ok(p.describe());
         }
     }
 }

@@ -15,7 +15,6 @@ use crate::detect::flows::{
     DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, is_reserved_port,
 };
 use crate::engine::findings_log::FindingsLog;
-use crate::engine::source;
 use crate::model::flows::{
     Bridge, DirtyFlow, FlowAction, FlowEntry, FlowPort, FlowsReport, MAX_REPORTED_DIRTY_FLOWS,
     PortInfo, PortRef,
@@ -76,7 +75,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
         Err(e) => {
             // Config was validated at start-up; this is unreachable in practice, but never panic.
             tracing::error!("dirty-flow rules: {e}");
-            state.sources.down(source::OPENFLOW, e.to_string());
+            state.sources.down(openflow::SOURCE.name, e.to_string());
             return;
         }
     };
@@ -131,7 +130,7 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
             }
             Some((bridge, id, how)) = dead_rx.recv() => {
                 tracing::error!(bridge, "OpenFlow mirror task {how}; restarting it");
-                state.sources.errors(source::OPENFLOW, 1);
+                state.sources.errors(openflow::SOURCE.name, 1);
                 // Its findings stay (marked stale) until the new mirror's dump replaces them.
                 if tasks.get(&bridge).is_some_and(|t| t.id == id) {
                     tasks.remove(&bridge);
@@ -262,7 +261,7 @@ fn apply_change(
         FlowChange::PortsChanged => true,
         FlowChange::Undecodable(u) => {
             // Skipped, never indexed: one bad flow costs neither the dump nor the session.
-            state.sources.errors(source::OPENFLOW, 1);
+            state.sources.errors(openflow::SOURCE.name, 1);
             tracing::warn!(
                 bridge,
                 table = u.table,
@@ -275,12 +274,12 @@ fn apply_change(
             false
         }
         FlowChange::UndecodableDropped(n) => {
-            state.sources.errors(source::OPENFLOW, n as u64);
+            state.sources.errors(openflow::SOURCE.name, n as u64);
             tracing::warn!(bridge, "skipped {n} more flows that do not decode");
             false
         }
         FlowChange::Disconnected { error } => {
-            state.sources.errors(source::OPENFLOW, 1);
+            state.sources.errors(openflow::SOURCE.name, 1);
             // The mirror itself logs the state change (once, not per retry).
             tracing::debug!(bridge, "OpenFlow session ended: {error}");
             true
@@ -661,21 +660,24 @@ fn publish(
     if tasks.is_empty() && !db_connected {
         // No bridge list yet: nothing was read, so the source is not up (OVSDB's own state
         // says why, and is logged).
-        state
-            .sources
-            .starting(source::OPENFLOW, "waiting for OVSDB to list the bridges");
+        state.sources.starting(
+            openflow::SOURCE.name,
+            "waiting for OVSDB to list the bridges",
+        );
     } else if !down.is_empty() && only_starting {
         down.sort();
-        state.sources.starting(source::OPENFLOW, down.join("; "));
+        state
+            .sources
+            .starting(openflow::SOURCE.name, down.join("; "));
     } else if down.is_empty() {
         state.sources.up(
-            source::OPENFLOW,
+            openflow::SOURCE.name,
             format!("{} bridge(s)", tasks.len()),
             t0.elapsed(),
         );
     } else {
         down.sort();
-        state.sources.down(source::OPENFLOW, down.join("; "));
+        state.sources.down(openflow::SOURCE.name, down.join("; "));
     }
     findings.changes(
         &state.flows.get().dirty,

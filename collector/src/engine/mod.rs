@@ -1,7 +1,10 @@
-//! Pipelines that tie sources to detectors and publish reports into the shared state.
+//! Pipelines: each wires its sources to its detectors and is the only writer of its report in
+//! the [`SharedState`]. [`start`] runs every pipeline whose collector is on.
 //!
-//! - [`pinning`]: libvirt inventory + procfs/cgroupfs + eBPF placement → pinning checks.
+//! - [`pinning`]: libvirt inventory + procfs/cgroupfs + eBPF placement → pinning checks; also
+//!   publishes the host inventory the other pipelines join on.
 //! - [`flows`]: OVSDB + OpenFlow mirrors → dirty-flow rules.
+//! - [`datapath`]: the OVS kernel datapath over genetlink + its eBPF probe → datapath checks.
 //! - [`supervise`]: no thread or task of theirs stops silently.
 
 pub mod datapath;
@@ -10,4 +13,63 @@ pub mod flows;
 pub mod pinning;
 pub mod supervise;
 
-pub use pinning::{PinningEngine, PinningInputs, observe, snapshot_once, source};
+use crate::detect::flows::DirtyFlowConfig;
+use crate::model::state::SharedState;
+use crate::sources::HostPaths;
+use datapath::DatapathConfig;
+use pinning::{PinningConfig, PinningEngine};
+use std::time::Duration;
+use supervise::Supervisor;
+
+/// What to run: each pipeline's config section, `None` when its collector is off.
+#[derive(Clone, Debug, Default)]
+pub struct Pipelines {
+    /// The pinning pipeline.
+    pub pinning: Option<PinningConfig>,
+    /// The dirty-flow pipeline.
+    pub flows: Option<DirtyFlowConfig>,
+    /// The datapath pipeline.
+    pub datapath: Option<DatapathConfig>,
+}
+
+/// How long [`start`] waits for the first pinning pass before it returns (a slow procfs must not
+/// keep the endpoints, and `/healthz` saying so, down).
+const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
+
+/// Starts every pipeline of `pipelines` under `supervisor`, publishing into `state`. Returns
+/// once the first pinning report is published, or after [`FIRST_PASS_WAIT`]. Must be called
+/// from within the Tokio runtime.
+pub async fn start(
+    pipelines: Pipelines,
+    host: &HostPaths,
+    state: &SharedState,
+    supervisor: &Supervisor,
+) -> std::io::Result<()> {
+    let probe = pipelines
+        .pinning
+        .as_ref()
+        .and_then(|cfg| pinning::load_probe(cfg, state));
+    if let Some(cfg) = pipelines.datapath.filter(|d| d.enabled) {
+        let state = state.clone();
+        supervisor.thread("ovs-datapath", move || datapath::run(state, &cfg))?;
+    }
+    if let Some(cfg) = pipelines.pinning {
+        let first_pass = PinningEngine::new(cfg, host, probe, state.clone()).start(supervisor)?;
+        if tokio::time::timeout(FIRST_PASS_WAIT, first_pass)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the first pinning pass is taking longer than {} s; serving without it",
+                FIRST_PASS_WAIT.as_secs()
+            );
+        }
+    }
+    if let Some(cfg) = pipelines.flows {
+        supervisor.task(
+            "flows",
+            flows::run(cfg, host.ovs_run_dir.clone(), state.clone()),
+        );
+    }
+    Ok(())
+}

@@ -7,7 +7,8 @@
 //! domains; the scrape just encodes the last report. Per-domain counters are kept monotonic
 //! across thread exits here ([`MonotonicCounters`]).
 
-use crate::config::PinningConfig;
+use serde::Deserialize;
+
 use crate::detect::pinning;
 use crate::engine::findings_log::FindingsLog;
 use crate::engine::supervise::Supervisor;
@@ -20,35 +21,72 @@ use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
 use crate::sources::procfs::{HostFs, ProcError};
 use crate::sources::sched_bpf::SchedProbe;
+use crate::sources::{HostPaths, procfs, sched_bpf};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Source names as they appear in `pinflow_source_*{source=…}`.
-pub mod source {
-    /// libvirt's live state directory.
-    pub const LIBVIRT: &str = "libvirt";
-    /// procfs + cgroupfs thread state.
-    pub const PROCFS: &str = "procfs";
-    /// The eBPF sched_switch placement probe.
-    pub const SCHED_BPF: &str = "sched_bpf";
-    /// OVSDB (bridges, ports).
-    pub const OVSDB: &str = crate::sources::ovsdb::SOURCE;
-    /// OpenFlow sessions to every bridge.
-    pub const OPENFLOW: &str = "openflow";
+/// `[pinning]`: how often and how strictly pinning is checked.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PinningConfig {
+    /// Seconds between re-reads of procfs/cgroupfs (libvirt changes also trigger a pass at once).
+    pub interval_seconds: f64,
+    /// Seconds of off-pin CPU time history that make a `placement` drift (drift while > 0 in the window).
+    pub placement_window_seconds: f64,
+    /// Load the eBPF `sched_switch` probe for the `placement` check and the off-pin/migration counters.
+    pub ebpf: bool,
+    /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
+    /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).
+    pub bpf_stats: bool,
 }
 
-/// Where the pinning sources read from.
-#[derive(Clone, Debug)]
-pub struct PinningInputs {
-    /// libvirt's live state dir (`/run/libvirt/qemu`).
-    pub libvirt_state_dir: PathBuf,
-    /// procfs root (`/proc`).
-    pub proc_root: PathBuf,
-    /// sysfs root (`/sys`).
-    pub sys_root: PathBuf,
+impl Default for PinningConfig {
+    fn default() -> Self {
+        Self {
+            interval_seconds: 1.0,
+            placement_window_seconds: 5.0,
+            ebpf: true,
+            bpf_stats: false,
+        }
+    }
+}
+
+impl PinningConfig {
+    /// The pass interval as a `Duration` (validated by `Config::validate`).
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval_seconds)
+    }
+
+    /// The placement window as a `Duration`.
+    pub fn placement_window(&self) -> Duration {
+        Duration::from_secs_f64(self.placement_window_seconds)
+    }
+}
+
+/// Loads the sched probe when the config asks for it. A probe that cannot load is reported down
+/// (with the reason) and the placement check stays off; switched off in the config, the source
+/// reports nothing (reporting it down would raise `PinflowSourceDown` forever on purpose).
+pub fn load_probe(cfg: &PinningConfig, state: &SharedState) -> Option<SchedProbe> {
+    if !cfg.ebpf {
+        return None;
+    }
+    match SchedProbe::load() {
+        Ok(mut p) => {
+            tracing::info!(mode = %p.mode(), "eBPF sched_switch probe attached");
+            if let Err(e) = p.set_bpf_stats(cfg.bpf_stats) {
+                tracing::warn!("cannot switch kernel BPF stats: {e}");
+            }
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!("eBPF placement probe unavailable, placement check off: {e}");
+            state.sources.down(sched_bpf::SOURCE.name, e.to_string());
+            None
+        }
+    }
 }
 
 /// Off-pin history of one watched thread, for the placement window.
@@ -77,7 +115,7 @@ impl PinningEngine {
     /// Creates the engine; `probe` is the loaded eBPF placement probe, if any.
     pub fn new(
         cfg: PinningConfig,
-        inputs: &PinningInputs,
+        inputs: &HostPaths,
         probe: Option<SchedProbe>,
         state: SharedState,
     ) -> Self {
@@ -132,11 +170,13 @@ impl PinningEngine {
     ) {
         use std::sync::mpsc::RecvTimeoutError;
         let bound = crate::model::health::SourceRegistry::bound_for(self.cfg.interval());
-        for s in [source::LIBVIRT, source::PROCFS] {
+        for s in [libvirt::SOURCE.name, procfs::SOURCE.name] {
             self.state.sources.stale_after(s, bound);
         }
         if self.probe.is_some() {
-            self.state.sources.stale_after(source::SCHED_BPF, bound);
+            self.state
+                .sources
+                .stale_after(sched_bpf::SOURCE.name, bound);
         }
         self.pass();
         // Nobody waiting any more is fine: `serve` stops waiting after a while.
@@ -154,7 +194,11 @@ impl PinningEngine {
                     // sources' data is still current: say so, so that only a wedged thread
                     // goes stale.
                     if self.nothing_to_poll() {
-                        for s in [source::LIBVIRT, source::PROCFS, source::SCHED_BPF] {
+                        for s in [
+                            libvirt::SOURCE.name,
+                            procfs::SOURCE.name,
+                            sched_bpf::SOURCE.name,
+                        ] {
                             self.state.sources.alive(s);
                         }
                         continue;
@@ -182,57 +226,48 @@ impl PinningEngine {
 
     /// One full pass: refresh inventory, observe threads, sync the eBPF watch set, detect, publish.
     pub fn pass(&mut self) {
-        let t0 = Instant::now();
         let sources = self.state.sources.clone();
-        sources.begin(source::LIBVIRT);
+        let collection = sources.collect(libvirt::SOURCE.name);
         let refresh = self.inventory.refresh();
+        collection.errors(refresh.errors.len() as u64);
+        for (file, e) in &refresh.errors {
+            let msg = e.to_string();
+            self.log_once(file, &msg);
+        }
         if let Some(e) = &refresh.dir_error {
             // Logged by the health registry when the source goes down (not once more here).
-            sources.down(source::LIBVIRT, e.clone());
+            collection.down(e.clone());
             self.last_errors
                 .insert(Self::DIR_ERROR_KEY.to_string(), e.clone());
         } else {
             self.last_errors.remove(Self::DIR_ERROR_KEY);
-            let how = if self.watching.load(Ordering::Relaxed) {
+            collection.ok(if self.watching.load(Ordering::Relaxed) {
                 ""
             } else {
                 "periodic rescan (no inotify watch)"
-            };
-            sources.up(source::LIBVIRT, how, t0.elapsed());
-        }
-        if !refresh.errors.is_empty() {
-            sources.errors(source::LIBVIRT, refresh.errors.len() as u64);
-            for (file, e) in &refresh.errors {
-                let msg = e.to_string();
-                self.log_once(file, &msg);
-            }
+            });
         }
 
-        let t1 = Instant::now();
-        sources.begin(source::PROCFS);
+        let collection = sources.collect(procfs::SOURCE.name);
         let domains: Vec<Domain> = self.inventory.domains().cloned().collect();
-        let mut observations = Vec::with_capacity(domains.len());
-        let mut proc_errors = 0u64;
         self.state
             .inventory
             .set(HostInventory::from_domains(&domains));
+        let mut observations = Vec::with_capacity(domains.len());
         for d in domains {
             let (obs, errs) = observe(&self.hostfs, d);
-            proc_errors += errs;
+            collection.errors(errs);
             observations.push(obs);
         }
-        if proc_errors > 0 {
-            sources.errors(source::PROCFS, proc_errors);
-        }
-        sources.up(source::PROCFS, "", t1.elapsed());
+        collection.ok("");
 
-        let t2 = Instant::now();
-        if self.probe.is_some() {
-            sources.begin(source::SCHED_BPF);
-        }
+        let collection = self
+            .probe
+            .is_some()
+            .then(|| sources.collect(sched_bpf::SOURCE.name));
         self.sync_probe(&mut observations);
-        if let Some(p) = &self.probe {
-            sources.up(source::SCHED_BPF, p.mode().to_string(), t2.elapsed());
+        if let (Some(p), Some(collection)) = (&self.probe, collection) {
+            collection.ok(p.mode().to_string());
             self.state.bpf_costs.set(if !p.stats_enabled() {
                 Vec::new()
             } else {
@@ -356,7 +391,7 @@ impl PinningEngine {
             }
         }
         if errors > 0 {
-            self.state.sources.errors(source::SCHED_BPF, errors);
+            self.state.sources.errors(sched_bpf::SOURCE.name, errors);
         }
     }
 
@@ -483,7 +518,7 @@ pub fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
 
 /// One pass without eBPF, for one-shot commands (`pinflow pinning`): the report, the libvirt
 /// refresh (with its errors) and the number of unexpected procfs/cgroupfs read errors.
-pub fn snapshot_once(inputs: &PinningInputs) -> (PinningReport, libvirt::Refresh, u64) {
+pub fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refresh, u64) {
     let mut inv = LibvirtInventory::new(inputs.libvirt_state_dir.clone());
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());

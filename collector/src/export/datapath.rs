@@ -187,7 +187,7 @@ mod tests {
         let text = render(&registry(
             st,
             BuildInfo::current("6.1".into()),
-            crate::config::ExportConfig::default(),
+            crate::export::ExportConfig::default(),
         ))
         .unwrap();
         for want in [

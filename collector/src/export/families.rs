@@ -964,16 +964,7 @@ mod tests {
         for c in crate::model::datapath::DatapathCheck::ALL {
             assert!(DATAPATH_UNHEALTHY.notes.contains(&format!("`{c}`")), "{c}");
         }
-        use crate::engine::pinning::source;
-        for src in [
-            source::LIBVIRT,
-            source::PROCFS,
-            source::SCHED_BPF,
-            crate::sources::ovsdb::SOURCE,
-            source::OPENFLOW,
-            crate::sources::ovs_dp::SOURCE,
-            crate::sources::ovs_dp::bpf::SOURCE,
-        ] {
+        for src in crate::sources::ALL.iter().map(|s| s.name) {
             assert!(SOURCE_UP.notes.contains(&format!("`{src}`")), "{src}");
         }
     }

@@ -11,7 +11,7 @@
 //! within [`HEADER_TIMEOUT`].
 
 use crate::cli::ListenAddress;
-use crate::config::ExportConfig;
+use crate::export::ExportConfig;
 use crate::export::metrics;
 use crate::export::web_config::{BasicAuth, WebConfig, sha256};
 use crate::model::flows::FlowsReport;

@@ -4,7 +4,7 @@
 //! computed per scrape, and series of vanished domains or healed drifts disappear with the report.
 
 use super::families::{self, Family};
-use crate::config::ExportConfig;
+use crate::export::ExportConfig;
 use crate::model::flows::FlowsReport;
 use crate::model::pinning::{PinKind, PinningReport};
 use crate::model::state::SharedState;

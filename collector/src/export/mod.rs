@@ -6,3 +6,22 @@ pub mod http;
 pub mod metrics;
 pub mod table;
 pub mod web_config;
+
+use serde::Deserialize;
+
+/// `[export]`: bounds on what /metrics carries.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Most `pinflow_ovs_dirty_flow_info` series per host; the rest are counted in
+    /// `pinflow_ovs_dirty_flow_info_dropped` (all of them are in `/api/v1/flows/dirty`).
+    pub dirty_flow_info_limit: usize,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            dirty_flow_info_limit: 20,
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Plain-text tables for a person at a terminal (`pinflow check`, `pinflow pinning`,
-//! `pinflow flows --dirty`), and the report of `pinflow check`.
+//! `pinflow flows --dirty`).
 
 use crate::model::flows::DirtyFlow;
+use crate::model::health::CheckReport;
 use crate::model::pinning::PinningReport;
 use std::fmt::Write as _;
 
@@ -124,69 +125,6 @@ pub fn dirty_flows_table(flows: &[DirtyFlow]) -> String {
     out
 }
 
-/// What `pinflow check` found for one source (or one bridge of `openflow`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct SourceCheck {
-    /// Source name as in `pinflow_source_up{source}`.
-    pub source: &'static str,
-    /// The bridge, for `openflow` (one check per bridge).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
-    /// `up`, `down` (enabled but cannot run: `pinflow check` exits 1) or `off` (switched off by
-    /// a flag or the config).
-    pub state: CheckState,
-    /// What was found, or why it is down or off.
-    pub detail: String,
-}
-
-/// The state of one checked source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckState {
-    /// It runs.
-    Up,
-    /// It is enabled but cannot run.
-    Down,
-    /// Switched off (`--no-collector.*`, or the config).
-    Off,
-}
-
-impl CheckState {
-    fn as_str(self) -> &'static str {
-        match self {
-            CheckState::Up => "up",
-            CheckState::Down => "down",
-            CheckState::Off => "off",
-        }
-    }
-}
-
-/// The whole `pinflow check` report (`--json` prints it as is).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct CheckReport {
-    /// The config file (`None`: the defaults).
-    pub config: Option<String>,
-    /// Why the config is invalid (file, line and key), if it is; sources are not checked then.
-    pub config_error: Option<String>,
-    /// One entry per source, in `pinflow check` order.
-    pub sources: Vec<SourceCheck>,
-    /// Unreadable files of the libvirt state dir (`file: reason`).
-    pub libvirt_errors: Vec<String>,
-}
-
-impl CheckReport {
-    /// The exit status: 2 for an invalid config, 1 when a source that is on is down, else 0.
-    pub fn exit_code(&self) -> u8 {
-        if self.config_error.is_some() {
-            2
-        } else if self.sources.iter().any(|c| c.state == CheckState::Down) {
-            1
-        } else {
-            0
-        }
-    }
-}
-
 /// Renders `pinflow check`: the config, then one `SOURCE STATE DETAIL` row per source (an
 /// `openflow` row per bridge, its detail starting with the bridge's name).
 pub fn check_table(r: &CheckReport) -> String {
@@ -203,8 +141,10 @@ pub fn check_table(r: &CheckReport) -> String {
         rows.push([c.source.to_string(), c.state.as_str().to_string(), detail]);
     }
     let mut out = align(&rows);
-    for e in &r.libvirt_errors {
-        let _ = writeln!(out, "  libvirt error: {e}");
+    for c in &r.sources {
+        for p in &c.problems {
+            let _ = writeln!(out, "  {} error: {p}", c.source);
+        }
     }
     out
 }

@@ -216,9 +216,125 @@ impl SourceRegistry {
             .collect()
     }
 
+    /// Starts one collection of `source`: while it runs past the source's staleness bound the
+    /// source reads as wedged, and the returned guard records how it ended (time taken, up or
+    /// down, errors). A guard dropped without an outcome leaves the state as it was.
+    pub fn collect(&self, source: &'static str) -> Collection<'_> {
+        self.begin(source);
+        Collection {
+            registry: self,
+            source,
+            started: Instant::now(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, SourceHealth>> {
         // A poisoned lock only means a panic elsewhere; the table itself is always consistent.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One collection of a source in progress (see [`SourceRegistry::collect`]).
+#[must_use = "a collection records its outcome with ok() or down()"]
+pub struct Collection<'a> {
+    registry: &'a SourceRegistry,
+    source: &'static str,
+    started: Instant,
+}
+
+impl Collection<'_> {
+    /// Counts `n` errors of this collection (the source may still be up: a file that could not
+    /// be read among many that could).
+    pub fn errors(&self, n: u64) {
+        if n > 0 {
+            self.registry.errors(self.source, n);
+        }
+    }
+
+    /// The collection delivered data: the source is up, with `detail` (logged if it was down).
+    pub fn ok(self, detail: impl Into<String>) {
+        self.registry
+            .up(self.source, detail, self.started.elapsed());
+    }
+
+    /// The collection delivered nothing: the source is down for `reason` (logged once when it
+    /// goes down, not on every retry).
+    pub fn down(self, reason: impl Into<String>) {
+        self.registry.down(self.source, reason);
+    }
+}
+
+impl Drop for Collection<'_> {
+    fn drop(&mut self) {
+        // No outcome recorded (ok/down consume the guard after clearing it): not wedged any more.
+        if let Some(h) = self.registry.lock().get_mut(self.source) {
+            h.busy_since = None;
+        }
+    }
+}
+
+/// What `pinflow check` found for one source (or one bridge of `openflow`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SourceCheck {
+    /// Source name as in `pinflow_source_up{source}`.
+    pub source: &'static str,
+    /// The bridge, for `openflow` (one check per bridge).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// `up`, `down` (enabled but cannot run: `pinflow check` exits 1) or `off` (switched off by
+    /// a flag or the config).
+    pub state: CheckState,
+    /// What was found, or why it is down or off.
+    pub detail: String,
+    /// What it could not read although it runs (unreadable files), one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// The state of one checked source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    /// It runs.
+    Up,
+    /// It is enabled but cannot run.
+    Down,
+    /// Switched off (`--no-collector.*`, or the config).
+    Off,
+}
+
+impl CheckState {
+    /// The `STATE` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Up => "up",
+            CheckState::Down => "down",
+            CheckState::Off => "off",
+        }
+    }
+}
+
+/// The whole `pinflow check` report (`--json` prints it as is).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckReport {
+    /// The config file (`None`: the defaults).
+    pub config: Option<String>,
+    /// Why the config is invalid (file, line and key), if it is; sources are not checked then.
+    pub config_error: Option<String>,
+    /// One entry per source, in `pinflow check` order.
+    pub sources: Vec<SourceCheck>,
+}
+
+impl CheckReport {
+    /// The exit status: 2 for an invalid config, 1 when a source that is on is down, else 0.
+    pub fn exit_code(&self) -> u8 {
+        if self.config_error.is_some() {
+            2
+        } else if self.sources.iter().any(|c| c.state == CheckState::Down) {
+            1
+        } else {
+            0
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 use crate::model::cpuset::{CpuSet, CpuSetError};
 use crate::model::pinning::{Domain, InterfaceSpec, NovaInstance, VcpuSpec};
+use crate::sources::{CanRun, HostPaths, SourceDef};
 use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchMask};
 use roxmltree::Node;
@@ -24,6 +25,49 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// The libvirt source: running domains, their Nova metadata, vCPU threads and pins, read from
+/// libvirt's live state files.
+pub const SOURCE: SourceDef = SourceDef {
+    name: "libvirt",
+    collector: "pinning",
+    can_run,
+};
+
+/// Reads the state directory once and says whether inotify can watch it.
+fn can_run(host: &HostPaths) -> Vec<CanRun> {
+    let dir = &host.libvirt_state_dir;
+    let mut inventory = LibvirtInventory::new(dir.clone());
+    let refresh = inventory.refresh();
+    let result = match &refresh.dir_error {
+        Some(e) => Err(e.clone()),
+        None => Ok(format!(
+            "{} running domain(s) in {}{}{}",
+            inventory.domains().count(),
+            dir.display(),
+            if refresh.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", {} unreadable file(s)", refresh.errors.len())
+            },
+            match can_watch(dir) {
+                Ok(_) => String::new(),
+                Err(e) => format!(
+                    "; inotify unavailable ({e}): serve falls back to a periodic rescan every [pinning] interval_seconds"
+                ),
+            }
+        )),
+    };
+    vec![CanRun {
+        bridge: None,
+        result,
+        problems: refresh
+            .errors
+            .iter()
+            .map(|(f, e)| format!("{f}: {e}"))
+            .collect(),
+    }]
+}
 
 /// libvirt's default live state directory for the system QEMU driver.
 pub const DEFAULT_STATE_DIR: &str = "/run/libvirt/qemu";

@@ -1,4 +1,10 @@
-//! Sources: everything that reads the host. Each reports whether it is up, its errors and its cost.
+//! Sources: everything that reads the host, and only reads and decodes it (no detection, no
+//! publishing). Each source is one module (one folder when it has several files, its eBPF side
+//! in `collector-ebpf/` under the same name) that declares itself with a [`SourceDef`]: its name
+//! (the `source` label), the collector that switches it, and a probe that says whether it can run
+//! on this host and, if not, why. [`ALL`] lists them; `pinflow check` and the docs' tests walk it,
+//! and a pipeline in `engine/` runs each through [`SourceRegistry::collect`](crate::model::health::SourceRegistry::collect),
+//! which records its health.
 
 pub mod libvirt;
 pub mod openflow;
@@ -7,3 +13,98 @@ pub mod ovsdb;
 pub mod procfs;
 pub mod rtnl;
 pub mod sched_bpf;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the sources find the host: the flags every subcommand takes.
+#[derive(Clone, Debug)]
+pub struct HostPaths {
+    /// procfs root (`/proc`).
+    pub proc_root: PathBuf,
+    /// sysfs root (`/sys`).
+    pub sys_root: PathBuf,
+    /// libvirt's live state dir (`/run/libvirt/qemu`).
+    pub libvirt_state_dir: PathBuf,
+    /// Open vSwitch's run dir, where `db.sock` and `<bridge>.mgmt` live.
+    pub ovs_run_dir: PathBuf,
+}
+
+impl HostPaths {
+    /// OVSDB's socket.
+    pub fn ovsdb_socket(&self) -> PathBuf {
+        ovsdb_socket(&self.ovs_run_dir)
+    }
+
+    /// The OpenFlow management socket of `bridge`.
+    pub fn bridge_socket(&self, bridge: &str) -> PathBuf {
+        bridge_socket(&self.ovs_run_dir, bridge)
+    }
+}
+
+/// OVSDB's socket in Open vSwitch's run dir (`<run dir>/db.sock`).
+pub fn ovsdb_socket(ovs_run_dir: &Path) -> PathBuf {
+    ovs_run_dir.join("db.sock")
+}
+
+/// The OpenFlow management socket of `bridge` in Open vSwitch's run dir (`<run dir>/<bridge>.mgmt`).
+pub fn bridge_socket(ovs_run_dir: &Path, bridge: &str) -> PathBuf {
+    ovs_run_dir.join(format!("{bridge}.mgmt"))
+}
+
+/// How long a probe waits for a daemon (OVSDB, a switch).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One source, as `pinflow check`, the docs and the pipelines know it.
+pub struct SourceDef {
+    /// The `source` label of `pinflow_source_*`.
+    pub name: &'static str,
+    /// The collector (`--collector.<name>`) whose pipeline runs it.
+    pub collector: &'static str,
+    /// Whether it can run on this host, as the daemon would run it: what it found, or why not
+    /// (one result, or one per bridge).
+    pub can_run: fn(&HostPaths) -> Vec<CanRun>,
+}
+
+/// What a source's probe found.
+#[derive(Clone, Debug)]
+pub struct CanRun {
+    /// The bridge it is about, for per-bridge sources.
+    pub bridge: Option<String>,
+    /// What it found, or why it cannot run.
+    pub result: Result<String, String>,
+    /// What it could not read although it can run (unreadable files), one line each.
+    pub problems: Vec<String>,
+}
+
+impl CanRun {
+    /// One result without a bridge or problems.
+    pub fn of(result: Result<String, String>) -> Vec<CanRun> {
+        vec![CanRun {
+            bridge: None,
+            result,
+            problems: Vec::new(),
+        }]
+    }
+}
+
+/// Runs `f` to completion on a runtime of its own (for the probes of asynchronous sources, which
+/// `pinflow check` calls outside any runtime).
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(f))
+        .map_err(|e| format!("cannot start an async runtime: {e}"))
+}
+
+/// Every source, in `pinflow check` order.
+pub const ALL: &[&SourceDef] = &[
+    &libvirt::SOURCE,
+    &procfs::SOURCE,
+    &sched_bpf::SOURCE,
+    &ovsdb::SOURCE,
+    &openflow::SOURCE,
+    &ovs_dp::SOURCE,
+    &ovs_dp::bpf::SOURCE,
+];

@@ -11,6 +11,7 @@
 
 use crate::model::flows::{Bridge, OvsPort};
 use crate::model::health::SourceRegistry;
+use crate::sources::{CanRun, PROBE_TIMEOUT, SourceDef, block_on};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,53 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 /// Source name in `pinflow_source_*` metrics.
-pub const SOURCE: &str = "ovsdb";
+pub const SOURCE: SourceDef = SourceDef {
+    name: "ovsdb",
+    collector: "flows",
+    can_run: |host| {
+        let db = host.ovsdb_socket();
+        CanRun::of(
+            block_on(bridges_once(&host.ovs_run_dir))
+                .and_then(|r| r)
+                .map(|b| format!("{}, {} bridge(s)", db.display(), b.len())),
+        )
+    },
+};
+
+/// Bridges from OVSDB, once: waits up to [`PROBE_TIMEOUT`] for the first complete snapshot (for
+/// the one-shot commands). The error says why OVSDB did not answer.
+pub async fn bridges_once(run_dir: &Path) -> Result<BTreeMap<String, Bridge>, String> {
+    use tracing::instrument::WithSubscriber as _;
+    can_run(run_dir)?;
+    let (tx, mut rx) = watch::channel(OvsdbSnapshot::default());
+    let health = SourceRegistry::default();
+    // The client's own state-change log lines are the daemon's; here the outcome is the answer
+    // (or the error naming the reason), so they are not printed.
+    let task = tokio::spawn(
+        run_ovsdb(run_dir.to_path_buf(), tx, health.clone())
+            .with_subscriber(tracing::subscriber::NoSubscriber::default()),
+    );
+    let snap = tokio::time::timeout(PROBE_TIMEOUT, rx.wait_for(|s| s.connected)).await;
+    task.abort();
+    let why = || {
+        health
+            .snapshot()
+            .get(SOURCE.name)
+            .map(|h| h.detail.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "no answer".into())
+    };
+    match snap {
+        Err(_) => Err(format!(
+            "OVSDB at {} did not answer within {} s: {}",
+            run_dir.display(),
+            PROBE_TIMEOUT.as_secs(),
+            why()
+        )),
+        Ok(Err(_)) => Err(format!("OVSDB client stopped: {}", why())),
+        Ok(Ok(s)) => Ok(s.bridges.clone()),
+    }
+}
 
 /// The monitor id this client registers (echoed in every `update` notification).
 const MONITOR_ID: &str = "pinflow";
@@ -415,7 +462,7 @@ impl OvsdbOptions {
 
     /// `<run_dir>/db.sock`.
     pub fn socket_path(&self) -> PathBuf {
-        self.run_dir.join("db.sock")
+        super::ovsdb_socket(&self.run_dir)
     }
 }
 
@@ -423,7 +470,7 @@ impl OvsdbOptions {
 /// socket. `Err` carries the reason.
 pub fn can_run(run_dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::FileTypeExt;
-    let path = run_dir.join("db.sock");
+    let path = super::ovsdb_socket(run_dir);
     match std::fs::metadata(&path) {
         Ok(m) if m.file_type().is_socket() => Ok(()),
         Ok(_) => Err(format!("{} is not a socket", path.display())),
@@ -462,7 +509,6 @@ pub async fn run_ovsdb_with(
     health: SourceRegistry,
 ) {
     let mut backoff = opts.min_backoff;
-    let mut last_error = String::new();
     loop {
         let mut synced = false;
         let end = session(&opts, &tx, &health, &mut synced).await;
@@ -478,14 +524,10 @@ pub async fn run_ovsdb_with(
         }
         let reason = err.to_string();
         if !err.is_unavailable() {
-            health.errors(SOURCE, 1);
+            health.errors(SOURCE.name, 1);
         }
-        if reason != last_error {
-            // The health registry logs the state change (down with this reason, back up).
-            tracing::debug!(source = SOURCE, "{reason}; reconnecting");
-            last_error = reason.clone();
-        }
-        health.down(SOURCE, reason);
+        // The health registry logs the state change (down with this reason, back up) once.
+        health.down(SOURCE.name, reason);
         tx.send_if_modified(|s| std::mem::replace(&mut s.connected, false));
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
@@ -562,7 +604,7 @@ async fn session(
                     *synced = true;
                     changed = true;
                     health.up(
-                        SOURCE,
+                        SOURCE.name,
                         format!("monitoring {}", opts.socket_path().display()),
                         took,
                     );
@@ -572,7 +614,7 @@ async fn session(
                     return Err(OvsdbError::Rpc(error.to_string()));
                 }
                 Message::Error { error, .. } => {
-                    tracing::debug!(source = SOURCE, "error reply: {error}");
+                    tracing::debug!(source = SOURCE.name, "error reply: {error}");
                 }
                 Message::Update { table_updates } => {
                     if !*synced {
@@ -583,7 +625,7 @@ async fn session(
                 }
                 Message::Echo { id, params } => {
                     // The server's inactivity probe: the session, and so the replica, is current.
-                    health.alive(SOURCE);
+                    health.alive(SOURCE.name);
                     send(
                         &mut stream,
                         &json!({"id": id, "result": params, "error": null}),
@@ -609,7 +651,7 @@ async fn session(
                 s.generation += 1;
             });
             health.up(
-                SOURCE,
+                SOURCE.name,
                 format!(
                     "{} bridges, {} interfaces{}",
                     state.rows("Bridge"),
@@ -892,8 +934,8 @@ mod tests {
             rx.borrow().bridges.contains_key("br0"),
             "last state kept while down"
         );
-        assert_eq!(health.snapshot()[SOURCE].errors_total, 1);
-        assert!(!health.snapshot()[SOURCE].up);
+        assert_eq!(health.snapshot()[SOURCE.name].errors_total, 1);
+        assert!(!health.snapshot()[SOURCE.name].up);
 
         // Connection 2: state rebuilt from the new reply (the port is gone).
         let (mut c, _) = listener.accept().await.unwrap();
@@ -911,7 +953,7 @@ mod tests {
         rx.wait_for(|s| s.bridges.contains_key("br1"))
             .await
             .unwrap();
-        assert!(health.snapshot()[SOURCE].up);
+        assert!(health.snapshot()[SOURCE.name].up);
         // Nobody listens any more: the source stops by itself.
         drop(rx);
         tokio::time::timeout(Duration::from_secs(1), task)

@@ -20,9 +20,18 @@
 
 use crate::model::cpuset::CpuSet;
 use crate::model::pinning::ThreadState;
+use crate::sources::{CanRun, SourceDef};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+
+/// The procfs source: each vCPU and emulator thread's affinity, last CPU, scheduler times and
+/// cgroup cpuset.
+pub const SOURCE: SourceDef = SourceDef {
+    name: "procfs",
+    collector: "pinning",
+    can_run: |host| CanRun::of(HostFs::new(host.proc_root.clone(), host.sys_root.clone()).probe()),
+};
 
 /// Largest procfs/cgroupfs file read (`status` is ~1.5 KiB; `cgroup` grows with the number of hierarchies).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024;

@@ -536,7 +536,7 @@ pub async fn dump_bridge(
     timeout: Duration,
     max_flows: usize,
 ) -> OfResult<(Features, Vec<PortDesc>, Vec<FlowStats>)> {
-    let path = run_dir.join(format!("{bridge}.mgmt"));
+    let path = crate::sources::bridge_socket(run_dir, bridge);
     let mut c = OpenFlowClient::connect(&path, timeout).await?;
     let ports = c.port_descs().await?;
     let flows = c.dump_flows(max_flows).await?;
@@ -593,7 +593,7 @@ impl BridgeConfig {
 
     /// `<run_dir>/<bridge>.mgmt`.
     pub fn socket_path(&self) -> PathBuf {
-        self.run_dir.join(format!("{}.mgmt", self.bridge))
+        crate::sources::bridge_socket(&self.run_dir, &self.bridge)
     }
 }
 

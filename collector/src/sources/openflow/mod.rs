@@ -27,8 +27,11 @@
 pub mod actions;
 pub mod client;
 pub mod oxm;
+mod probe;
 pub mod render;
 pub mod wire;
+
+pub use probe::SOURCE;
 
 pub use client::{
     BridgeConfig, BridgeSnapshot, FlowChange, FlowTable, MonitorEvent, OpenFlowClient,

@@ -12,6 +12,7 @@
 use crate::model::datapath::DatapathEvents;
 use crate::model::health::BpfProgramCost;
 use crate::sources::sched_bpf::{btf, ebpf_object, tracefs};
+use crate::sources::{CanRun, SourceDef};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
@@ -20,7 +21,22 @@ use collector_common::sched;
 use std::path::Path;
 
 /// Source name in `pinflow_source_*`.
-pub const SOURCE: &str = "ovs_datapath_bpf";
+pub const SOURCE: SourceDef = SourceDef {
+    name: "ovs_datapath_bpf",
+    collector: "datapath",
+    can_run: |_| {
+        // As the daemon runs it: the programs attach only while a datapath exists.
+        CanRun::of(match super::datapaths_once() {
+            Ok(d) if !d.is_empty() => DatapathProbe::load()
+                .map(|p| p.describe().to_string())
+                .map_err(|e| e.to_string()),
+            _ => Err(NO_DATAPATH.to_string()),
+        })
+    },
+};
+
+/// Why the probe is not attached while no datapath exists.
+pub const NO_DATAPATH: &str = "no OVS kernel datapath (openvswitch module absent or no datapath)";
 
 /// Why the probe could not be loaded or read.
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +277,15 @@ impl DatapathProbe {
     /// Whether the drop-reason program is attached.
     pub fn drops_attached(&self) -> bool {
         self.drops.is_some()
+    }
+
+    /// What the attached programs count (the source's detail).
+    pub fn describe(&self) -> &'static str {
+        if self.drops_attached() {
+            "upcalls, actions and OVS drop reasons"
+        } else {
+            "upcalls and actions (no OVS drop reasons on this kernel)"
+        }
     }
 
     /// Current counts. Keys that fail to read are skipped.

@@ -19,10 +19,33 @@ pub(crate) mod upcalls;
 mod tests;
 
 use crate::model::datapath::{Datapath, Megaflow};
+use crate::sources::{CanRun, SourceDef};
 use genl::{GenlSocket, OvsMessage};
 
 /// Source name in `pinflow_source_*`.
-pub const SOURCE: &str = "ovs_datapath";
+pub const SOURCE: SourceDef = SourceDef {
+    name: "ovs_datapath",
+    collector: "datapath",
+    can_run: |_| CanRun::of(datapaths_once().map(|d| describe(&d))),
+};
+
+/// Every datapath, read once (for `pinflow check`).
+pub(crate) fn datapaths_once() -> Result<Vec<Datapath>, String> {
+    DatapathClient::open()
+        .and_then(|mut c| {
+            c.resolve()?;
+            c.datapaths()
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// `2 datapath(s) ovs-system, ovs-netdev`.
+fn describe(dps: &[Datapath]) -> String {
+    let names: Vec<&str> = dps.iter().map(|d| d.name.as_str()).collect();
+    format!("{} datapath(s) {}", dps.len(), names.join(", "))
+        .trim_end()
+        .to_string()
+}
 
 /// Errors of the datapath source.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,20 @@ use collector_common::sched::{
 };
 
 use crate::model::cpuset::CpuSet;
+use crate::sources::{CanRun, SourceDef};
+
+/// The eBPF sched probe: where each pinned vCPU thread actually runs.
+pub const SOURCE: SourceDef = SourceDef {
+    name: "sched_bpf",
+    collector: "pinning",
+    can_run: |_| {
+        CanRun::of(
+            SchedProbe::load()
+                .map(|p| format!("attached as {}", p.mode()))
+                .map_err(|e| e.to_string()),
+        )
+    },
+};
 
 /// The eBPF object built by `build.rs` (empty when built with `PINFLOW_SKIP_EBPF=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pinflow-ebpf"));
