@@ -75,6 +75,7 @@ pub fn name_bytes(n: &[u8; NAME_LEN]) -> &[u8] {
 }
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code)] // aya::Pod is an unsafe trait.
 mod user {
     // SAFETY: #[repr(C)], no padding (explicit `_pad`), bytemuck::Pod.
     unsafe impl aya::Pod for super::UpcallKey {}

@@ -110,6 +110,7 @@ impl Default for PlacementStats {
 }
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code)] // aya::Pod is an unsafe trait.
 mod user {
     // SAFETY: both types are #[repr(C)], have no padding and are bytemuck::Pod.
     unsafe impl aya::Pod for super::PinMask {}

@@ -13,6 +13,7 @@
 //!
 //! Skipped with a printed reason when the OVS binaries are missing or not root, unless
 //! `PINFLOW_REQUIRE_PRIVILEGED=1`, which turns the skip into a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)] // Test code.
 
 use pinflow::sources::openflow::{
     BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, TaggedChange, run_bridge,

@@ -3,6 +3,7 @@
 //!
 //! Skipped with a printed reason when the OVS binaries are missing, unless
 //! `PINFLOW_REQUIRE_PRIVILEGED=1`, which turns the skip into a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)] // Test code.
 
 use pinflow::model::flows::OvsPort;
 use pinflow::model::health::SourceRegistry;

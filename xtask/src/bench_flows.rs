@@ -22,6 +22,7 @@
 //! `PINFLOW_BENCH_FLOWS_HOLD=FILE`: set up the 100 000-flow bridge, write its run dir to FILE and
 //! keep it up until FILE is removed (for profiling by hand).
 //! Needs root and the OVS daemons and tools (`ovsdb-server`, `ovs-vswitchd`, `ovs-vsctl`, `ovs-ofctl`).
+#![allow(unsafe_code)] // clock_gettime, wait4 and geteuid for whole-process measurements.
 
 use anyhow::{Context as _, Result, bail, ensure};
 use pinflow_tests::ovs::Ovs;

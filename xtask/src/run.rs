@@ -1,4 +1,5 @@
 //! `cargo xtask run`: the libvirt/KVM testbed plus a running pinflow, until Ctrl-C.
+#![allow(unsafe_code)] // kill/prctl on the testbed processes xtask starts.
 
 use crate::setup::setup;
 use crate::util::{cargo, step, workspace_root};

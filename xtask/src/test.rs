@@ -1,4 +1,5 @@
 //! `cargo xtask test`: lint, unit tests and privileged integration tests against real daemons.
+#![allow(unsafe_code)] // set_var before any thread is started.
 
 use crate::setup::setup;
 use crate::util::{cargo, step, workspace_root};

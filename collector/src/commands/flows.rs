@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::detect::flows::DirtyFlowIndex;
 use crate::engine::flows;
 use crate::export::table;
+use crate::model::clock::monotonic_ns;
 use crate::model::limits::MAX_FLOWS_PER_BRIDGE;
 use crate::sources::openflow::render::{FlowStats, LineRenderer};
 use crate::sources::openflow::{self, OfError, OpenFlowClient};
@@ -209,17 +210,6 @@ async fn print_dump(client: &mut OpenFlowClient, stats: bool) -> anyhow::Result<
     }
 }
 
-/// The kernel's monotonic clock in ms (the clock of `OVS_FLOW_ATTR_USED`).
-fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
-}
-
 /// `pinflow flows --datapath`: the kernel datapath's megaflows over generic netlink.
 fn datapath_flows(a: &FlowsArgs) -> anyhow::Result<ExitCode> {
     let t0 = std::time::Instant::now();
@@ -251,7 +241,7 @@ fn datapath_flows(a: &FlowsArgs) -> anyhow::Result<ExitCode> {
             took.as_secs_f64()
         )
     } else {
-        render_megaflows(&all, monotonic_ms())
+        render_megaflows(&all, monotonic_ns() / 1_000_000)
     };
     super::emit(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)

@@ -74,6 +74,7 @@ fn kernel_release() -> String {
 /// OS, so that the long-running daemon's RSS reflects what it keeps. The static build keeps musl's
 /// own allocator: measured against mimalloc and jemalloc it alone keeps the RSS of a 100 000-flow
 /// mirror within 10 % of glibc's (docs/deploy.md, "The binary and the image").
+#[allow(unsafe_code)] // malloc_trim has no safe wrapper.
 fn release_free_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.

@@ -10,7 +10,6 @@
 //! and slowloris clients cannot lock a scraper out), the TLS handshake and every request's headers
 //! within [`HEADER_TIMEOUT`].
 
-use crate::cli::ListenAddress;
 use crate::export::ExportConfig;
 use crate::export::metrics;
 use crate::export::web_config::{BasicAuth, WebConfig, sha256};
@@ -29,6 +28,54 @@ use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// One `--web.listen-address` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `:PORT`: every interface (IPv6 and IPv4 where the host has IPv6, else IPv4).
+    Any(u16),
+    /// A literal address.
+    Addr(SocketAddr),
+    /// `HOST:PORT` with a host name, resolved when the server binds.
+    Host(String, u16),
+}
+
+impl ListenAddress {
+    /// Parses `:PORT`, `HOST:PORT` or `[IPv6]:PORT`.
+    pub fn parse(s: &str) -> Result<ListenAddress, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddress::Addr(a));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: expected [HOST]:PORT, e.g. :9105 or 127.0.0.1:9105"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
+        if host.is_empty() {
+            return Ok(ListenAddress::Any(port));
+        }
+        let valid_name = host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        if host.starts_with('[') || !valid_name {
+            return Err(format!(
+                "{s:?}: {host:?} is neither an IP address nor a host name"
+            ));
+        }
+        Ok(ListenAddress::Host(host.to_string(), port))
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Any(p) => write!(f, ":{p}"),
+            ListenAddress::Addr(a) => write!(f, "{a}"),
+            ListenAddress::Host(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
 
 /// Connections open at once; a new one beyond this closes the oldest ([`ConnectionSlots`]).
 pub const MAX_CONNECTIONS: usize = 64;

@@ -1,4 +1,5 @@
-//! Exporters: Prometheus /metrics, the JSON API and CLI tables. They only read [`crate::state`].
+//! Exporters: Prometheus /metrics, the JSON API and CLI tables. They only read the reports in
+//! [`crate::model`] (through [`crate::model::state::SharedState`]) and encode them.
 
 pub mod datapath;
 pub mod families;

@@ -2,6 +2,7 @@
 //! pipelines publish. It imports nothing else of pinflow: sources fill it, detectors read it,
 //! pipelines publish reports into its [`state::SharedState`], exporters encode them.
 
+pub mod clock;
 pub mod cpuset;
 pub mod datapath;
 pub mod flows;

@@ -1016,6 +1016,7 @@ mod tests {
         }
     }
 
+    #[allow(unsafe_code)] // clock_gettime: process CPU time for the measurement.
     fn cpu_now() -> std::time::Duration {
         let mut ts = libc::timespec {
             tv_sec: 0,

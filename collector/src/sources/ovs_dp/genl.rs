@@ -172,6 +172,7 @@ const RECV_BUF: usize = 1 << 20;
 pub(crate) const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sets `SO_RCVTIMEO` and `SO_SNDTIMEO` of `sock` to `t`.
+#[allow(unsafe_code)] // setsockopt has no safe wrapper in netlink-sys.
 fn set_timeouts(sock: &Socket, t: std::time::Duration) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
     let tv = libc::timeval {

@@ -28,6 +28,7 @@ use collector_common::sched::{
     STATS_MAP, WATCH_MAP,
 };
 
+use crate::model::clock::monotonic_ns;
 use crate::model::cpuset::CpuSet;
 use crate::sources::{CanRun, SourceDef};
 
@@ -620,20 +621,4 @@ impl SchedProbe {
             .into_iter()
             .collect()
     }
-}
-
-/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the valid timespec we pass.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
 }

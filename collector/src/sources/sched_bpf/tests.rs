@@ -1,4 +1,5 @@
 //! Tests of the placement probe: the embedded object (unprivileged) and the real kernel (root).
+#![allow(unsafe_code)] // Tests start threads with libc calls to pin and name them.
 
 use std::sync::Mutex;
 use std::sync::mpsc;
