@@ -1,6 +1,17 @@
 //! rtnetlink links: ifindex, name, MAC and controller (master) of every network device, to map
 //! datapath vports ↔ ifindex ↔ tap ↔ instance. Framing and link attributes come from
 //! `netlink-packet-route`; links are re-dumped on each datapath poll (no event subscription).
+//!
+//! The `rtnetlink` crate (0.24.0, built on the same netlink-packet-route 0.34; builds with rustc 1.95) was
+//! measured and rejected (it stays a dev-dependency of the measurement only). Dumping 202 links in a fresh
+//! network namespace, this module takes 1.5 ms per dump (7.5 µs per link); `rtnetlink` yields the same
+//! `LinkMessage`s (turned into [`Link`]s by the same [`link_of`]) with the same ~37 allocations per link, but
+//! needs a tokio runtime and a connection task to be driven from the blocking poller thread, and costs more:
+//! 1.85 ms with a current-thread runtime owned by the poller, 1.9 ms with a new connection per dump, 2.5 ms
+//! when the connection runs on a 2-worker runtime and the poller calls `Handle::block_on`. It would add four
+//! crates (rtnetlink, netlink-proto, nix, futures-channel) to replace ~60 lines of request/reply framing.
+//! Reproduce: `cargo build --release -p pinflow --example crate_choice && sudo
+//! target/release/examples/crate_choice rtnl` (collector/examples/crate_choice.rs).
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
