@@ -3,10 +3,8 @@
 //! A custom `prometheus_client` collector encodes the latest reports at scrape time: nothing is
 //! computed per scrape, and series of vanished domains or healed drifts disappear with the report.
 
-use super::families::{self, Family};
+use super::families::Family;
 use crate::export::ExportConfig;
-use crate::model::flows::FlowsReport;
-use crate::model::pinning::{PinKind, PinningReport};
 use crate::model::state::SharedState;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -182,286 +180,21 @@ pub(crate) fn counter<'a, const N: usize>(
 impl Collector for PinflowCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.state.0;
-        encode_pinning(&mut enc, &state.pinning.get())?;
-        encode_flows(&mut enc, &state.flows.get(), &self.limits)?;
+        super::pinning::encode_pinning(&mut enc, &state.pinning.get())?;
+        super::flows::encode_flows(&mut enc, &state.flows.get(), &self.limits)?;
         super::datapath::encode_datapath(
             &mut enc,
             &state.datapath.get(),
             &state.datapath_events.get(),
         )?;
-        encode_self(&mut enc, state, &self.build)
+        super::health::encode_health(&mut enc, state, &self.build)
     }
-}
-
-fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
-    gauge(
-        enc,
-        &families::INSTANCE_INFO,
-        r.domains.iter().map(|d| {
-            let n = d.nova.as_ref();
-            let f = |g: fn(&crate::model::NovaInstance) -> &str| Lv(n.map(g).unwrap_or(""));
-            (
-                [
-                    ("domain", Lv(&d.domain)),
-                    ("uuid", Lv(&d.uuid)),
-                    ("name", f(|n| &n.name)),
-                    ("project", f(|n| &n.project)),
-                    ("project_id", f(|n| &n.project_id)),
-                    ("user_id", f(|n| &n.user_id)),
-                    ("flavor", f(|n| &n.flavor)),
-                ],
-                1.0,
-            )
-        }),
-    )?;
-    gauge(
-        enc,
-        &families::DOMAIN_DRIFTED_VCPUS,
-        r.domains.iter().flat_map(|d| {
-            d.drifted_vcpus.iter().map(|(c, n)| {
-                (
-                    [("domain", Lv(&d.domain)), ("check", Lv(c.as_str()))],
-                    f64::from(*n),
-                )
-            })
-        }),
-    )?;
-    gauge(
-        enc,
-        &families::DOMAIN_VCPUS,
-        r.domains.iter().flat_map(|d| {
-            PinKind::ALL.into_iter().filter_map(move |k| {
-                let n = d.vcpus.iter().filter(|v| v.kind == k).count();
-                (n > 0).then(|| {
-                    (
-                        [("domain", Lv(&d.domain)), ("kind", Lv(k.as_str()))],
-                        n as f64,
-                    )
-                })
-            })
-        }),
-    )?;
-    gauge(
-        enc,
-        &families::VCPU_PINNING_DRIFT,
-        r.domains.iter().flat_map(|d| {
-            d.drifts.iter().map(|x| {
-                (
-                    [
-                        ("domain", Lv(&d.domain)),
-                        ("vcpu", Lv(&x.vcpu)),
-                        ("check", Lv(x.check.as_str())),
-                        ("expected", Lv(&x.expected)),
-                        ("actual", Lv(&x.actual)),
-                    ],
-                    1.0,
-                )
-            })
-        }),
-    )?;
-    counter(
-        enc,
-        &families::VCPU_OFFPIN_SECONDS,
-        r.domains.iter().filter_map(|d| {
-            d.offpin_seconds_total
-                .map(|v| ([("domain", Lv(&d.domain))], v))
-        }),
-    )?;
-    counter(
-        enc,
-        &families::VCPU_MIGRATIONS,
-        r.domains.iter().filter_map(|d| {
-            d.migrations_total
-                .map(|v| ([("domain", Lv(&d.domain))], v as f64))
-        }),
-    )?;
-    counter(
-        enc,
-        &families::VCPU_WAIT_SECONDS,
-        r.domains
-            .iter()
-            .map(|d| ([("domain", Lv(&d.domain))], d.wait_seconds_total)),
-    )?;
-    let cpus: Vec<(String, u32)> = r
-        .pcpu_pinned_vcpus
-        .iter()
-        .map(|(c, n)| (c.to_string(), *n))
-        .collect();
-    gauge(
-        enc,
-        &families::PCPU_PINNED_VCPUS,
-        cpus.iter().map(|(c, n)| ([("cpu", Lv(c))], f64::from(*n))),
-    )
-}
-
-fn encode_flows(enc: &mut DescriptorEncoder, r: &FlowsReport, limits: &ExportConfig) -> Res {
-    // A bridge whose OpenFlow session is down has no current table: its flow counts and dirty
-    // counts are left out (not served as fresh) until the session is back and resynced;
-    // `pinflow_source_up{source="openflow"}` is 0 meanwhile and `/api/v1/flows` marks them stale.
-    let current = |b: &str| r.bridges.get(b).is_none_or(|s| s.connected);
-    let tables: Vec<(&str, String, usize)> = r
-        .bridges
-        .iter()
-        .filter(|(b, _)| current(b))
-        .flat_map(|(b, s)| {
-            s.flows_per_table
-                .iter()
-                .map(move |(t, n)| (b.as_str(), t.to_string(), *n))
-        })
-        .collect();
-    gauge(
-        enc,
-        &families::OVS_FLOWS,
-        tables
-            .iter()
-            .map(|(b, t, n)| ([("bridge", Lv(b)), ("table", Lv(t))], *n as f64)),
-    )?;
-    gauge(
-        enc,
-        &families::OVS_DIRTY_FLOWS,
-        r.dirty_counts
-            .iter()
-            .filter(|(b, _)| current(b))
-            .flat_map(|(b, rules)| {
-                rules
-                    .iter()
-                    .map(move |(rule, n)| ([("bridge", Lv(b)), ("rule", Lv(rule))], *n as f64))
-            }),
-    )?;
-    gauge(
-        enc,
-        &families::OVS_DIRTY_FLOW_RULE_INFO,
-        r.rule_severity
-            .iter()
-            .map(|(rule, s)| ([("rule", Lv(rule)), ("severity", Lv(s.name()))], 1.0)),
-    )?;
-    let shown: Vec<(String, String, &crate::model::flows::DirtyFlow)> = r
-        .dirty
-        .iter()
-        .filter(|d| !d.stale)
-        .take(limits.dirty_flow_info_limit)
-        .map(|d| {
-            (
-                d.table.map(|t| t.to_string()).unwrap_or_default(),
-                d.cookie.map(|c| format!("{c:#x}")).unwrap_or_default(),
-                d,
-            )
-        })
-        .collect();
-    gauge(
-        enc,
-        &families::OVS_DIRTY_FLOW_INFO,
-        shown.iter().map(|(table, cookie, d)| {
-            (
-                [
-                    ("bridge", Lv(&d.bridge)),
-                    ("rule", Lv(&d.rule)),
-                    ("severity", Lv(d.severity)),
-                    ("table", Lv(table)),
-                    ("cookie", Lv(cookie)),
-                    ("port", Lv(d.port().map_or("", |p| p.port.as_str()))),
-                    ("domain", Lv(d.port().map_or("", |p| p.domain.as_str()))),
-                    ("flow", Lv(&d.flow)),
-                ],
-                1.0,
-            )
-        }),
-    )?;
-    gauge(
-        enc,
-        &families::OVS_DIRTY_FLOW_INFO_DROPPED,
-        [(
-            [] as [(&str, Lv<'_>); 0],
-            r.dirty_total.saturating_sub(limits.dirty_flow_info_limit) as f64,
-        )],
-    )?;
-    let ports: Vec<(String, &crate::model::flows::PortInfo)> = r
-        .ports
-        .iter()
-        .map(|p| (p.ofport.map(|o| o.to_string()).unwrap_or_default(), p))
-        .collect();
-    gauge(
-        enc,
-        &families::OVS_PORT_INFO,
-        ports.iter().map(|(of, p)| {
-            (
-                [
-                    ("bridge", Lv(&p.bridge)),
-                    ("port", Lv(&p.port)),
-                    ("ofport", Lv(of)),
-                    ("iface_id", Lv(&p.iface_id)),
-                    ("domain", Lv(&p.domain)),
-                ],
-                1.0,
-            )
-        }),
-    )
-}
-
-fn encode_self(enc: &mut DescriptorEncoder, state: &SharedState, build: &BuildInfo) -> Res {
-    let sources = state.sources.snapshot();
-    gauge(
-        enc,
-        &families::SOURCE_UP,
-        sources
-            .iter()
-            .map(|(s, h)| ([("source", Lv(s))], if h.up { 1.0 } else { 0.0 })),
-    )?;
-    counter(
-        enc,
-        &families::SOURCE_ERRORS,
-        sources
-            .iter()
-            .map(|(s, h)| ([("source", Lv(s))], h.errors_total as f64)),
-    )?;
-    gauge(
-        enc,
-        &families::COLLECT_DURATION,
-        sources
-            .iter()
-            .map(|(s, h)| ([("source", Lv(s))], h.last_duration.as_secs_f64())),
-    )?;
-    gauge(
-        enc,
-        &families::SOURCE_LAST_SUCCESS,
-        sources
-            .iter()
-            .filter_map(|(s, h)| Some(([("source", Lv(s))], h.last_success_unix?))),
-    )?;
-    gauge(
-        enc,
-        &families::BUILD_INFO,
-        [(
-            [
-                ("version", Lv(&build.version)),
-                ("revision", Lv(&build.revision)),
-                ("rustc", Lv(&build.rustc)),
-                ("kernel", Lv(&build.kernel)),
-            ],
-            1.0,
-        )],
-    )?;
-    let ev = state.datapath_events.get();
-    let sched = state.bpf_costs.get();
-    let bpf: Vec<&crate::model::health::BpfProgramCost> =
-        sched.iter().chain(ev.programs.iter()).collect();
-    counter(
-        enc,
-        &families::BPF_RUN_SECONDS,
-        bpf.iter()
-            .map(|p| ([("program", Lv(&p.program))], p.run_time_ns as f64 / 1e9)),
-    )?;
-    counter(
-        enc,
-        &families::BPF_RUNS,
-        bpf.iter()
-            .map(|p| ([("program", Lv(&p.program))], p.run_count as f64)),
-    )
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::export::families;
     use crate::model::pinning::{Check, DomainReport, Drift, PinKind, PinningReport, VcpuReport};
     use std::collections::BTreeMap;
 

@@ -3,8 +3,11 @@
 
 pub mod datapath;
 pub mod families;
+mod flows;
+mod health;
 pub mod http;
 pub mod metrics;
+mod pinning;
 pub mod table;
 pub mod web_config;
 
