@@ -3,7 +3,7 @@
 //! Pure: input is one [`DomainObservation`] per running domain (libvirt's live XML + procfs/cgroupfs +
 //! eBPF placement), output a [`PinningReport`]. The checks are DESIGN.md's table, one file each
 //! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`): a check is a [`Check`] variant plus
-//! one function `check(domain, subject) -> Option<Finding>` registered in [`run`]. This driver
+//! one function `check(domain, subject) -> Option<Finding>` registered in `run`. This driver
 //! runs every check of [`Check::ALL`] on every vCPU, then on the emulator threads, in that order.
 
 mod affinity;
