@@ -2,6 +2,7 @@
 //! the way real bugs make it (behind libvirt's back, via cgroupfs and sched_setaffinity), observed on
 //! pinflow's real /metrics.
 
+use pinflow::model::pinning::Check;
 use pinflow_tests::libvirt::{self, DomainSpec, RunningDomain};
 use pinflow_tests::pinflow::Pinflow;
 use pinflow_tests::scrape::{Sample, select, source_up};
@@ -57,7 +58,8 @@ fn expect_drift_allowing(
     let mut last = BTreeSet::new();
     let got = wait_for(WAIT, || {
         let s = pf.scrape();
-        let reported = select(&s, "pinflow_domain_drifted_vcpus", &[("domain", domain)]).len() == 5;
+        let reported = select(&s, "pinflow_domain_drifted_vcpus", &[("domain", domain)]).len()
+            == Check::ALL.len();
         last = drift_rows(&s, domain);
         (reported && last.is_superset(&want) && last.is_subset(&allowed)).then_some(s)
     });
@@ -88,7 +90,7 @@ fn placement_seen(s: &[Sample], domain: &str) -> f64 {
 }
 
 fn assert_counts(s: &[Sample], domain: &str, want: &[(&str, f64)]) {
-    for check in ["affinity", "cpuset", "cgroup", "placement", "overlap"] {
+    for check in Check::ALL.map(Check::as_str) {
         let n = want
             .iter()
             .find(|(c, _)| *c == check)

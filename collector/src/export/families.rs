@@ -208,7 +208,12 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
     example: "count by (check) (sum by (instance, check) (pinflow_domain_drifted_vcpus) > 0)",
     presence: Presence::Domain,
     area: Area::Pinning,
-    series: series(5, 0, 0, "running domains × 5 checks"),
+    series: series(
+        crate::model::pinning::Check::ALL.len() as u32,
+        0,
+        0,
+        "running domains × 5 checks",
+    ),
 };
 
 /// `pinflow_domain_vcpus`.

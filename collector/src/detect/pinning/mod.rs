@@ -1,0 +1,231 @@
+//! Pinning drift detector: compares where libvirt placed each vCPU with where it actually is.
+//!
+//! Pure: input is one [`DomainObservation`] per running domain (libvirt's live XML + procfs/cgroupfs +
+//! eBPF placement), output a [`PinningReport`]. The checks are DESIGN.md's table, one file each
+//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`): a check is a [`Check`] variant plus
+//! one function `check(domain, subject) -> Option<Finding>` registered in `run`. This driver
+//! runs every check of [`Check::ALL`] on every vCPU, then on the emulator threads, in that order.
+
+mod affinity;
+mod cgroup;
+mod cpuset;
+mod overlap;
+mod placement;
+#[cfg(test)]
+mod tests;
+
+use crate::model::cpuset::CpuSet;
+use crate::model::pinning::{
+    Check, DomainObservation, DomainReport, Drift, OverlapOwner, PinKind, PinningReport,
+    PlacementSample, VcpuReport,
+};
+use crate::model::{Domain, ThreadState, VcpuSpec};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What every check may read of one domain, and of the host around it.
+pub(super) struct DomainView<'a> {
+    /// The observation (threads, cgroups, eBPF placement).
+    obs: &'a DomainObservation,
+    /// libvirt's view of the domain.
+    domain: &'a Domain,
+    /// Owners of each dedicated pCPU of the host ([`dedicated_pcpus`]).
+    owners: &'a BTreeMap<u32, BTreeSet<String>>,
+}
+
+/// One vCPU as libvirt placed it and as it is.
+#[derive(Clone, Copy)]
+pub(super) struct VcpuView<'a> {
+    /// libvirt's spec (id, tid, pin).
+    spec: &'a VcpuSpec,
+    /// Its thread's actual state, when read.
+    state: Option<&'a ThreadState>,
+    /// Its eBPF placement, when the probe watches it.
+    placement: Option<&'a PlacementSample>,
+}
+
+/// What one check looks at: one vCPU thread, or all emulator threads of the domain together.
+#[derive(Clone, Copy)]
+pub(super) enum Subject<'a> {
+    /// One vCPU (the drift's `vcpu` is its index).
+    Vcpu(VcpuView<'a>),
+    /// The emulator threads (the drift's `vcpu` is `emulator`).
+    Emulator,
+}
+
+impl<'a> Subject<'a> {
+    /// The vCPU, for checks that only look at vCPUs (`let v = subject.vcpu()?;`).
+    fn vcpu(&self) -> Option<&VcpuView<'a>> {
+        match self {
+            Subject::Vcpu(v) => Some(v),
+            Subject::Emulator => None,
+        }
+    }
+}
+
+/// What a check found wrong with a subject (the [`Drift`] without its check and subject).
+pub(super) struct Finding {
+    expected: String,
+    actual: String,
+    owners: Vec<OverlapOwner>,
+}
+
+impl Finding {
+    /// A finding with no overlap owners.
+    fn new(expected: impl ToString, actual: impl ToString) -> Finding {
+        Finding {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+            owners: Vec::new(),
+        }
+    }
+}
+
+/// Runs one check on one subject: the registry of checks (one line per [`Check`]).
+fn run(check: Check, d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
+    match check {
+        Check::Affinity => affinity::check(d, s),
+        Check::Cpuset => cpuset::check(d, s),
+        Check::Cgroup => cgroup::check(d, s),
+        Check::Placement => placement::check(d, s),
+        Check::Overlap => overlap::check(d, s),
+    }
+}
+
+/// Every check's drift for `s`, in [`Check::ALL`] order; `vcpu` labels them.
+fn drifts<'a>(d: &'a DomainView<'a>, s: Subject<'a>, vcpu: String) -> impl Iterator<Item = Drift> {
+    Check::ALL.into_iter().filter_map(move |check| {
+        run(check, d, &s).map(|f| Drift {
+            check,
+            vcpu: vcpu.clone(),
+            expected: f.expected,
+            actual: f.actual,
+            owners: f.owners,
+        })
+    })
+}
+
+/// Owner of each dedicated pCPU: a pCPU some vCPU is pinned to alone (`<vcpupin cpuset='N'>`).
+fn dedicated_pcpus(obs: &[DomainObservation]) -> BTreeMap<u32, BTreeSet<String>> {
+    let mut owners: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    for d in obs.iter().filter_map(|o| o.domain.as_ref()) {
+        for v in &d.vcpus {
+            if let Some(pin) = &v.pin
+                && pin.len() == 1
+                && !v.shared_set
+            {
+                for cpu in pin.iter() {
+                    owners.entry(cpu).or_default().insert(d.name.clone());
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// What each vCPU's pin is, given how many `<vcpupin>` vCPUs each pCPU holds host-wide.
+fn pin_kind(v: &VcpuSpec, vcpupins: &BTreeMap<u32, u32>) -> PinKind {
+    match &v.pin {
+        None => PinKind::None,
+        Some(_) if v.shared_set => PinKind::Floating,
+        Some(pin) => {
+            let alone = pin.len() == 1 && pin.iter().all(|c| vcpupins.get(&c) == Some(&1));
+            if alone {
+                PinKind::Dedicated
+            } else {
+                PinKind::Shared
+            }
+        }
+    }
+}
+
+/// Runs every check on every domain.
+pub fn evaluate(obs: &[DomainObservation]) -> PinningReport {
+    let owners = dedicated_pcpus(obs);
+    let mut report = PinningReport::default();
+    for d in obs.iter().filter_map(|o| o.domain.as_ref()) {
+        for v in d.vcpus.iter().filter(|v| !v.shared_set) {
+            for cpu in v.pin.iter().flat_map(CpuSet::iter) {
+                *report.pcpu_pinned_vcpus.entry(cpu).or_default() += 1;
+            }
+        }
+    }
+    for obs in obs {
+        let Some(domain) = &obs.domain else { continue };
+        let d = DomainView {
+            obs,
+            domain,
+            owners: &owners,
+        };
+        report
+            .domains
+            .push(evaluate_domain(&d, &report.pcpu_pinned_vcpus));
+    }
+    report.domains.sort_by(|a, b| a.domain.cmp(&b.domain));
+    report
+}
+
+/// Every check on every vCPU then on the emulator threads, with the domain's per-vCPU detail.
+fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainReport {
+    let (o, dom) = (d.obs, d.domain);
+    let views: Vec<VcpuView> = dom
+        .vcpus
+        .iter()
+        .map(|spec| VcpuView {
+            spec,
+            state: spec.tid.and_then(|t| o.threads.get(&t)),
+            placement: spec.tid.and_then(|t| o.placement.get(&t)),
+        })
+        .collect();
+    let mut found: Vec<Drift> = Vec::new();
+    let mut drifted_vcpus: BTreeMap<Check, u32> = Check::ALL.iter().map(|c| (*c, 0)).collect();
+    for v in &views {
+        for drift in drifts(d, Subject::Vcpu(*v), v.spec.id.to_string()) {
+            *drifted_vcpus.entry(drift.check).or_default() += 1;
+            found.push(drift);
+        }
+    }
+    // One drift per check for all emulator threads together; not counted as a drifted vCPU.
+    found.extend(drifts(d, Subject::Emulator, "emulator".into()));
+
+    let vcpus: Vec<VcpuReport> = views.iter().map(|v| vcpu_report(v, vcpupins)).collect();
+    let placements = || views.iter().filter_map(|v| v.placement);
+    let offpin_ns = saturating_sum(placements().map(|p| p.offpin_ns_total));
+    let migrations = saturating_sum(placements().map(|p| p.migrations_total));
+    let wait_ns = saturating_sum(views.iter().filter_map(|v| v.state).map(|s| s.wait_ns));
+    let have_bpf = !o.placement.is_empty();
+    DomainReport {
+        domain: dom.name.clone(),
+        uuid: dom.uuid.clone(),
+        nova: dom.nova.clone(),
+        pinned: vcpus.iter().any(|v| v.kind.is_vcpupin()),
+        drifted_vcpus,
+        drifts: found,
+        vcpus,
+        offpin_seconds_total: have_bpf.then(|| offpin_ns as f64 / 1e9),
+        migrations_total: have_bpf.then_some(migrations),
+        wait_seconds_total: wait_ns as f64 / 1e9,
+    }
+}
+
+/// The sum of `values`, saturating at `u64::MAX`.
+fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
+}
+
+/// One vCPU's expected and actual placement.
+fn vcpu_report(v: &VcpuView<'_>, vcpupins: &BTreeMap<u32, u32>) -> VcpuReport {
+    let (spec, state, placement) = (v.spec, v.state, v.placement);
+    VcpuReport {
+        vcpu: spec.id,
+        tid: spec.tid,
+        kind: pin_kind(spec, vcpupins),
+        pin: spec.pin.clone(),
+        affinity: state.map(|s| s.affinity.clone()),
+        cgroup_cpus: state.and_then(|s| s.cgroup_cpus.clone()),
+        cgroup: state.and_then(|s| s.cgroup.clone()),
+        last_cpu: placement
+            .map(|p| p.last_cpu)
+            .or(state.and_then(|s| s.last_cpu)),
+        offpin_seconds: placement.map(|p| p.offpin_ns_total as f64 / 1e9),
+    }
+}

@@ -1,0 +1,183 @@
+//! The driver's tests (every check together), and the fixtures the per-check tests import with
+//! `use super::super::tests::*`.
+
+pub(super) use super::evaluate;
+use super::*;
+use crate::model::VcpuSpec;
+pub(super) use crate::model::pinning::Check;
+
+pub(super) fn cpus(s: &str) -> CpuSet {
+    s.parse().unwrap()
+}
+
+/// A domain `name` whose vCPU i has tid `base+i` and pin `pins[i]`, with healthy threads.
+pub(super) fn healthy(name: &str, base: u32, pins: &[&str]) -> DomainObservation {
+    let id = 1;
+    let root = format!("/machine/qemu-{id}-{name}.libvirt-qemu");
+    let vcpus: Vec<VcpuSpec> = pins
+        .iter()
+        .enumerate()
+        .map(|(i, p)| VcpuSpec {
+            id: i as u32,
+            tid: Some(base + i as u32),
+            pin: Some(cpus(p)),
+            shared_set: false,
+        })
+        .collect();
+    let mut threads = BTreeMap::new();
+    for v in &vcpus {
+        let tid = v.tid.unwrap();
+        threads.insert(
+            tid,
+            ThreadState {
+                tid,
+                comm: format!("CPU {}/KVM", v.id),
+                affinity: v.pin.clone().unwrap(),
+                last_cpu: v.pin.as_ref().unwrap().iter().next(),
+                cgroup: Some(format!("{root}/vcpu{}", v.id)),
+                cgroup_cpus: v.pin.clone(),
+                run_ns: 10,
+                wait_ns: 500_000_000,
+                kernel_worker: false,
+            },
+        );
+    }
+    let emu_pin: CpuSet = pins
+        .iter()
+        .flat_map(|p| cpus(p).iter().collect::<Vec<_>>())
+        .collect();
+    threads.insert(
+        base - 1,
+        ThreadState {
+            tid: base - 1,
+            comm: "qemu-system-x86".into(),
+            affinity: emu_pin.clone(),
+            cgroup: Some(format!("{root}/emulator")),
+            cgroup_cpus: Some(emu_pin.clone()),
+            ..Default::default()
+        },
+    );
+    DomainObservation {
+        domain: Some(Domain {
+            name: name.into(),
+            uuid: format!("uuid-{name}"),
+            id: Some(id),
+            pid: Some(base - 1),
+            nova: None,
+            vcpus,
+            emulator_pin: Some(emu_pin),
+            interfaces: vec![],
+        }),
+        threads,
+        main_cgroup: Some(format!("{root}/emulator")),
+        placement: BTreeMap::new(),
+    }
+}
+
+pub(super) fn drifts(r: &PinningReport, dom: &str) -> Vec<(Check, String, String, String)> {
+    r.domains
+        .iter()
+        .find(|d| d.domain == dom)
+        .unwrap()
+        .drifts
+        .iter()
+        .map(|d| {
+            (
+                d.check,
+                d.vcpu.clone(),
+                d.expected.clone(),
+                d.actual.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn healthy_host_has_no_drift_and_every_check_is_zero() {
+    let r = evaluate(&[
+        healthy("a", 101, &["0", "1"]),
+        healthy("b", 201, &["2", "3"]),
+    ]);
+    for d in &r.domains {
+        assert!(d.drifts.is_empty(), "{d:?}");
+        assert!(d.drifted_vcpus.keys().copied().eq(Check::ALL));
+        assert!(d.drifted_vcpus.values().all(|n| *n == 0));
+        assert_eq!(d.wait_seconds_total, 1.0);
+        assert_eq!(d.offpin_seconds_total, None);
+    }
+    assert_eq!(
+        r.pcpu_pinned_vcpus,
+        BTreeMap::from([(0, 1), (1, 1), (2, 1), (3, 1)])
+    );
+}
+
+#[test]
+fn affinity_and_cpuset_drift() {
+    let mut a = healthy("a", 101, &["0", "1"]);
+    a.threads.get_mut(&101).unwrap().affinity = cpus("1");
+    a.threads.get_mut(&102).unwrap().cgroup_cpus = Some(cpus("0-1"));
+    let r = evaluate(&[a]);
+    assert_eq!(
+        drifts(&r, "a"),
+        vec![
+            (Check::Affinity, "0".into(), "0".into(), "1".into()),
+            (Check::Cpuset, "1".into(), "1".into(), "0-1".into()),
+        ]
+    );
+    let d = &r.domains[0];
+    assert_eq!(d.drifted_vcpus[&Check::Affinity], 1);
+    assert_eq!(d.drifted_vcpus[&Check::Cpuset], 1);
+}
+
+fn kinds(r: &PinningReport, dom: &str) -> Vec<PinKind> {
+    let d = r.domains.iter().find(|d| d.domain == dom).unwrap();
+    d.vcpus.iter().map(|v| v.kind).collect()
+}
+
+/// A domain whose vCPUs float over `<vcpu cpuset=set>` (Nova's shared policy).
+fn floating(name: &str, base: u32, n: usize, set: &str) -> DomainObservation {
+    let mut o = healthy(name, base, &vec![set; n]);
+    for v in &mut o.domain.as_mut().unwrap().vcpus {
+        v.shared_set = true;
+    }
+    o
+}
+
+#[test]
+fn pin_kinds_say_what_the_pin_is() {
+    let mut none = healthy("n", 501, &["0-3"]);
+    none.domain.as_mut().unwrap().vcpus[0].pin = None;
+    let r = evaluate(&[
+        // vCPU 0 alone on pCPU 0; vCPU 1 shares pCPU 1 with s's vCPU 0.
+        healthy("d", 101, &["0", "1"]),
+        healthy("s", 201, &["1", "2-3"]),
+        floating("f", 301, 2, "3"),
+        none,
+    ]);
+    assert_eq!(kinds(&r, "d"), [PinKind::Dedicated, PinKind::Shared]);
+    assert_eq!(kinds(&r, "s"), [PinKind::Shared, PinKind::Shared]);
+    assert_eq!(kinds(&r, "f"), [PinKind::Floating, PinKind::Floating]);
+    assert_eq!(kinds(&r, "n"), [PinKind::None]);
+    let pinned: Vec<bool> = r.domains.iter().map(|d| d.pinned).collect();
+    // d, f, n, s (sorted by name): a floating set is no pin.
+    assert_eq!(pinned, [true, false, false, true]);
+    // Only <vcpupin> vCPUs count: f's two floating vCPUs on pCPU 3 do not.
+    assert_eq!(
+        r.pcpu_pinned_vcpus,
+        BTreeMap::from([(0, 1), (1, 2), (2, 1), (3, 1)])
+    );
+    let j = serde_json::to_value(&r.domains[1]).unwrap();
+    assert_eq!(j["pinned"], false);
+    assert_eq!(j["vcpus"][0]["kind"], "floating");
+}
+
+#[test]
+fn floating_vcpus_are_not_counted_as_pinned_at_scale() {
+    // 60 domains of 3 vCPUs floating over pCPU 1: nothing is pinned there (it was 180).
+    let obs: Vec<_> = (0..60)
+        .map(|i| floating(&format!("f{i:02}"), 1000 + 10 * i, 3, "1"))
+        .collect();
+    let r = evaluate(&obs);
+    assert!(r.pcpu_pinned_vcpus.is_empty(), "{:?}", r.pcpu_pinned_vcpus);
+    assert!(r.domains.iter().all(|d| !d.pinned && d.drifts.is_empty()));
+}
