@@ -703,7 +703,7 @@ fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One flow of `pinflow flows --json`.
-fn flow_json(f: &pinflow::sources::openflow::render::FlowStats, stats: bool) -> serde_json::Value {
+fn flow_json(f: &pinflow::model::openflow::FlowStats, stats: bool) -> serde_json::Value {
     let e = &f.entry;
     let mut v = serde_json::json!({
         "table": e.table,
@@ -729,7 +729,8 @@ async fn print_dump(
     client: &mut pinflow::sources::openflow::OpenFlowClient,
     stats: bool,
 ) -> anyhow::Result<bool> {
-    use pinflow::sources::openflow::{OfError, render::LineRenderer};
+    use pinflow::model::openflow::render::LineRenderer;
+    use pinflow::sources::openflow::OfError;
     const MAX_FLOWS: usize = 1_000_000;
     const CHUNK: usize = 1 << 18;
     let mut lines = LineRenderer::default();

@@ -192,10 +192,13 @@ async fn openflow_against_real_ovs() {
     // compared); each age is masked after checking it has ovs-ofctl's shape.
     let mut bodies: Vec<Vec<u8>> = Vec::new();
     let mut rendered = String::new();
-    let mut lines = pinflow::sources::openflow::render::LineRenderer::default();
+    let mut lines = pinflow::model::openflow::render::LineRenderer::default();
     c.dump_flows_raw(|body| {
         bodies.push(body.to_vec());
-        lines.push_flow_stats(body, true, &mut rendered).map(|_| ())
+        lines
+            .push_flow_stats(body, true, &mut rendered)
+            .map(|_| ())
+            .map_err(Into::into)
     })
     .await
     .unwrap();
@@ -252,7 +255,7 @@ async fn openflow_against_real_ovs() {
             body.extend_from_slice(&f);
         }
         let mut ours = String::new();
-        pinflow::sources::openflow::render::LineRenderer::default()
+        pinflow::model::openflow::render::LineRenderer::default()
             .push_flow_stats(&body, true, &mut ours)
             .unwrap();
         let theirs = ofp_print_flow_reply(&ovs, &body);

@@ -17,10 +17,10 @@ use crate::detect::flows::{
 use crate::engine::findings_log::FindingsLog;
 use crate::engine::source;
 use crate::model::flows::{
-    Bridge, DirtyFlow, FlowAction, FlowEntry, FlowPort, FlowsReport, MAX_REPORTED_DIRTY_FLOWS,
-    PortInfo, PortRef,
+    Bridge, DirtyFlow, FlowPort, FlowsReport, MAX_REPORTED_DIRTY_FLOWS, PortInfo, PortRef,
 };
 use crate::model::inventory::{HostInventory, InstanceRef, LocalInterface};
+use crate::model::openflow::{FlowAction, FlowEntry};
 use crate::model::state::SharedState;
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
 use crate::sources::ovsdb::{self, OvsdbSnapshot};
@@ -759,7 +759,8 @@ pub fn dirty_flows_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::flows::{FieldMatch, FlowSource, OvsPort};
+    use crate::model::flows::OvsPort;
+    use crate::model::openflow::{FieldMatch, FlowSource};
 
     fn flow(
         table: u8,

@@ -7,9 +7,6 @@
 //! carries the full flow, so replaying them over the dump converges to the switch's state).
 //! After that, cost is proportional to flow changes. ECHO requests are answered at any time.
 
-use super::render::{
-    FlowStats, FlowUpdate, UndecodableFlow, decode_flow_stats, decode_flow_updates,
-};
 use super::wire::{
     self, Features, MAX_MESSAGE_LEN, Message, MultipartReply, NXFMF_ACTIONS, NXFMF_ADD,
     NXFMF_DELETE, NXFMF_MODIFY, OFP13_VERSION, OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST, OFPT_ERROR,
@@ -17,7 +14,10 @@ use super::wire::{
     ONFST13_FLOW_MONITOR, ONFT13_FLOW_MONITOR_PAUSED, ONFT13_FLOW_MONITOR_RESUMED, OfError,
     OfResult, PortDesc, Rd,
 };
-use crate::model::flows::{FlowEntry, FlowKey};
+use crate::model::openflow::render::{
+    FlowStats, FlowUpdate, UndecodableFlow, decode_flow_stats, decode_flow_updates,
+};
+use crate::model::openflow::{FlowEntry, FlowKey};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -123,7 +123,7 @@ impl OpenFlowClient {
             return Err(OfError::Switch(wire::ErrorMsg::parse(&hello.body)?));
         }
         if hello.header.msg_type != OFPT_HELLO {
-            return Err(OfError::Malformed(format!(
+            return Err(OfError::malformed(format!(
                 "expected HELLO, got message type {}",
                 hello.header.msg_type
             )));
@@ -237,7 +237,7 @@ impl OpenFlowClient {
             _ => {
                 if let Some(events) = self.as_event(&m)? {
                     if self.pending.len() + events.len() > self.max_pending {
-                        return Err(OfError::Malformed(format!(
+                        return Err(OfError::malformed(format!(
                             "more than {} monitor events queued during a request",
                             self.max_pending
                         )));
@@ -440,7 +440,7 @@ impl OpenFlowClient {
 
     /// Full dump with counters for one-shot use, feeding the body of each `OFPMP_FLOW` reply (a run
     /// of `ofp_flow_stats`) to `f` straight from the receive buffer: nothing is decoded or kept
-    /// here ([`LineRenderer`](super::render::LineRenderer) prints such bodies as `ovs-ofctl` does).
+    /// here ([`LineRenderer`](crate::model::openflow::render::LineRenderer) prints such bodies as `ovs-ofctl` does).
     /// An error from `f` ends the dump.
     pub async fn dump_flows_raw(
         &mut self,
@@ -1110,7 +1110,7 @@ mod tests {
         let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
             .await
             .unwrap();
-        let mut lines = crate::sources::openflow::render::LineRenderer::default();
+        let mut lines = crate::model::openflow::render::LineRenderer::default();
         let mut text = String::new();
         let mut n = 0;
         c.dump_flows_raw(|body| {
@@ -1181,7 +1181,10 @@ mod tests {
         let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
             .await
             .unwrap();
-        assert!(matches!(c.dump_flows(10).await, Err(OfError::Malformed(_))));
+        assert!(matches!(
+            c.dump_flows(10).await,
+            Err(OfError::Decode(wire::DecodeError::Malformed(_)))
+        ));
 
         // The switch dies in the middle of a reply.
         let (_d, path) = fake_switch(hello13(), |mut s, xid| {

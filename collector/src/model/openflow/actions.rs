@@ -6,12 +6,12 @@
 //! does not know is rendered in a clear raw form (`unknown_action(type=…,0x…)`,
 //! `nx_action(subtype=…,0x…)`) and carried as [`FlowAction::Other`]; it never fails the flow.
 
+use super::bytes::{DecodeError, DecodeResult, NX_EXPERIMENTER, Rd};
+use super::flow::FlowAction;
 use super::oxm::{
     FieldInfo, OxmHeader, c_hex, fmt_ipv4, fmt_ipv6, fmt_port, mf_format, push_dec,
     reserved_port_name,
 };
-use super::wire::{NX_EXPERIMENTER, OfError, OfResult, Rd};
-use crate::model::flows::FlowAction;
 use std::fmt::Write as _;
 
 const OFPP_CONTROLLER: u32 = 0xffff_fffd;
@@ -22,7 +22,7 @@ pub fn decode_instructions(
     buf: &[u8],
     text: &mut String,
     acts: &mut Vec<FlowAction>,
-) -> OfResult<()> {
+) -> DecodeResult<()> {
     let mut r = Rd::new(buf, "instruction");
     let mut meter: Option<u32> = None;
     let mut apply: Option<&[u8]> = None;
@@ -35,7 +35,7 @@ pub fn decode_instructions(
         let ty = r.u16()?;
         let len = r.u16()? as usize;
         if len < 4 || !len.is_multiple_of(8) {
-            return Err(OfError::Malformed(format!(
+            return Err(DecodeError::Malformed(format!(
                 "instruction type {ty} has length {len}"
             )));
         }
@@ -135,7 +135,11 @@ fn hex_bytes(out: &mut String, b: &[u8]) {
 pub const MAX_ACTION_NESTING: usize = 32;
 
 /// Decodes an action list, appending comma-separated text (no trailing comma) and semantics.
-pub fn decode_actions(buf: &[u8], text: &mut String, acts: &mut Vec<FlowAction>) -> OfResult<()> {
+pub fn decode_actions(
+    buf: &[u8],
+    text: &mut String,
+    acts: &mut Vec<FlowAction>,
+) -> DecodeResult<()> {
     decode_actions_at(buf, text, acts, 0)
 }
 
@@ -145,9 +149,9 @@ fn decode_actions_at(
     text: &mut String,
     acts: &mut Vec<FlowAction>,
     depth: usize,
-) -> OfResult<()> {
+) -> DecodeResult<()> {
     if depth > MAX_ACTION_NESTING {
-        return Err(OfError::Malformed(format!(
+        return Err(DecodeError::Malformed(format!(
             "actions nested more than {MAX_ACTION_NESTING} levels deep"
         )));
     }
@@ -157,7 +161,7 @@ fn decode_actions_at(
         let ty = r.u16()?;
         let len = r.u16()? as usize;
         if len < 8 || !len.is_multiple_of(8) {
-            return Err(OfError::Malformed(format!(
+            return Err(DecodeError::Malformed(format!(
                 "action type {ty} has length {len}"
             )));
         }
@@ -213,7 +217,7 @@ fn decode_one(
     text: &mut String,
     acts: &mut Vec<FlowAction>,
     depth: usize,
-) -> OfResult<Sem> {
+) -> DecodeResult<Sem> {
     let mut b = Rd::new(body, "action");
     match ty {
         0 => {
@@ -299,7 +303,7 @@ fn be_val(b: &[u8]) -> u128 {
     b.iter().fold(0u128, |a, &x| (a << 8) | x as u128)
 }
 
-fn set_field(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
+fn set_field(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     let h = OxmHeader::read(b)?;
     let payload = b.take(h.payload_len())?;
     let (v, m) = if h.has_mask {
@@ -356,7 +360,7 @@ fn decode_nx(
     text: &mut String,
     acts: &mut Vec<FlowAction>,
     depth: usize,
-) -> OfResult<Sem> {
+) -> DecodeResult<Sem> {
     match subtype {
         1 | 14 | 44 => {
             let port = b.u16()?;
@@ -566,7 +570,7 @@ fn decode_nx(
                 let pt = b.u16()?;
                 let pl = b.u16()? as usize;
                 if pl < 4 {
-                    return Err(OfError::Malformed(format!(
+                    return Err(DecodeError::Malformed(format!(
                         "controller2 property length {pl}"
                     )));
                 }
@@ -650,7 +654,7 @@ fn decode_nx(
             // OVS refuses the same (`OFPERR_NXBAC_BAD_CONJUNCTION`): 2..=64 clauses, the clause
             // index (0-based on the wire) below their number. Checked before `clause + 1`.
             if !(2..=64).contains(&n) || clause >= n {
-                return Err(OfError::Malformed(format!(
+                return Err(DecodeError::Malformed(format!(
                     "conjunction clause {clause} of {n} clauses"
                 )));
             }
@@ -790,7 +794,12 @@ fn mp_alg(a: u16) -> &'static str {
     }
 }
 
-fn ct(b: &mut Rd<'_>, text: &mut String, acts: &mut Vec<FlowAction>, depth: usize) -> OfResult<()> {
+fn ct(
+    b: &mut Rd<'_>,
+    text: &mut String,
+    acts: &mut Vec<FlowAction>,
+    depth: usize,
+) -> DecodeResult<()> {
     let flags = b.u16()?;
     let zone_src = b.u32()?;
     let zone = b.u16()?;
@@ -863,7 +872,7 @@ fn ct(b: &mut Rd<'_>, text: &mut String, acts: &mut Vec<FlowAction>, depth: usiz
     Ok(())
 }
 
-fn nat(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
+fn nat(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     b.skip(2)?;
     let flags = b.u16()?;
     let range = b.u16()?;
@@ -945,7 +954,7 @@ fn nat(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
     Ok(())
 }
 
-fn learn(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
+fn learn(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     let idle = b.u16()?;
     let hard = b.u16()?;
     let prio = b.u16()?;
