@@ -280,6 +280,8 @@ async fn openflow_against_real_ovs() {
 
     // 2. The mirror loop and the flow monitor.
     let mut cfg = BridgeConfig::new(ovs.run_dir(), BRIDGE);
+    // This test reads the mirrored table from the snapshots (the daemon follows changes instead).
+    cfg.snapshot_flows = true;
     cfg.backoff_min = Duration::from_millis(100);
     cfg.backoff_max = Duration::from_millis(500);
     let (snap_tx, mut snap_rx) = watch::channel(Arc::new(BridgeSnapshot::default()));

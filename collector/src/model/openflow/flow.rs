@@ -489,6 +489,20 @@ pub enum FlowAction {
         /// `table=` to recirculate to, `None` = no recirculation.
         table: Option<u8>,
     },
+    /// A write into the 32-bit register `reg<reg>`: the bits set in `mask` take `value`'s, the
+    /// others are kept. Decoded from `NXAST_REG_LOAD` (`load:0x11->NXM_NX_REG5[]`) and from a
+    /// set-field of a register (`OFPAT_SET_FIELD`, `NXAST_REG_LOAD2`: `set_field:0x11->reg5`).
+    Load {
+        /// Register number (`reg0`…`reg15`).
+        reg: u8,
+        /// Value, already shifted into place (`value & !mask == 0`).
+        value: u32,
+        /// Bits written.
+        mask: u32,
+        /// Whether it was a set-field (`ovs-ofctl` prints it `set_field:`) rather than a
+        /// `load:`: kept so that two action lists are equal exactly when they print the same.
+        set_field: bool,
+    },
     /// Any other action, carried as its rendered text (exact-size: one per flow is kept).
     Other(Box<str>),
 }
@@ -503,11 +517,14 @@ pub enum FlowSource {
     /// instructions as received. Rendering decodes it with the same code as the decoder, so the
     /// text is exactly what the decoder would have printed; the actions are decoded on demand too.
     Wire,
-    /// The text and actions as given (flows built by hand, e.g. in tests).
+    /// The text and actions as given: flows built by hand in unit tests (the daemon only ever
+    /// holds decoded flows, so builds other than tests have no such variant).
+    #[cfg(test)]
     Text(Box<TextFlow>),
 }
 
-/// A hand-built flow's text and semantic actions ([`FlowSource::Text`]).
+/// A hand-built flow's text and semantic actions (`FlowSource::Text`, unit tests only).
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TextFlow {
     /// The `ovs-ofctl` text.
@@ -516,6 +533,7 @@ pub struct TextFlow {
     pub actions: Box<[FlowAction]>,
 }
 
+#[cfg(test)]
 impl FlowSource {
     /// A hand-built source: `text` as [`FlowEntry::text`] returns it, with these actions.
     pub fn text(text: impl Into<Box<str>>, actions: impl Into<Box<[FlowAction]>>) -> FlowSource {
@@ -593,10 +611,11 @@ impl FlowEntry {
     }
 
     /// The semantic actions, in order: decoded from the wire form on each call (no text is
-    /// rendered), or the hand-built ones. A wire form that no longer decodes (impossible for
+    /// rendered). A wire form that no longer decodes (impossible for
     /// entries built by the decoder, which decoded it once) gives no actions.
     pub fn actions(&self) -> std::borrow::Cow<'_, [FlowAction]> {
         match &self.source {
+            #[cfg(test)]
             FlowSource::Text(t) => std::borrow::Cow::Borrowed(&t.actions),
             FlowSource::Wire => std::borrow::Cow::Owned(
                 super::render::wire_actions(self.wire()).unwrap_or_default(),
@@ -604,15 +623,16 @@ impl FlowEntry {
         }
     }
 
-    /// The stored wire form of a [`FlowSource::Wire`] flow (empty for hand-built flows).
+    /// The stored wire form of the flow (see [`FlowSource::Wire`]).
     pub fn wire(&self) -> &[u8] {
         match self.source {
             FlowSource::Wire => self.matches.tail(),
+            #[cfg(test)]
             FlowSource::Text(_) => &[],
         }
     }
 
-    /// The OpenFlow 1.3 instructions of the wire form (empty for hand-built flows).
+    /// The OpenFlow 1.3 instructions of the wire form.
     fn instructions(&self) -> &[u8] {
         let w = self.wire();
         let tlv_len = w
@@ -621,11 +641,11 @@ impl FlowEntry {
         w.get(4 + tlv_len..).unwrap_or_default()
     }
 
-    /// Whether both flows have the same actions (compares the instructions' bytes when both are
-    /// decoded flows, the semantic actions otherwise).
+    /// Whether both flows have the same actions (compares the instructions' bytes).
     pub fn same_actions(&self, other: &FlowEntry) -> bool {
         match (&self.source, &other.source) {
             (FlowSource::Wire, FlowSource::Wire) => self.instructions() == other.instructions(),
+            #[cfg(test)]
             _ => self.actions() == other.actions(),
         }
     }

@@ -202,6 +202,7 @@ pub fn wire_actions(w: &[u8]) -> DecodeResult<Vec<super::flow::FlowAction>> {
 /// entries built by the decoder, which decoded it once) renders as a comment saying so.
 pub fn flow_text(e: &FlowEntry) -> String {
     match &e.source {
+        #[cfg(test)]
         FlowSource::Text(t) => t.text.to_string(),
         FlowSource::Wire => render_wire(e, e.wire()).unwrap_or_else(|err| {
             format!(

@@ -567,16 +567,17 @@ pub struct BridgeConfig {
     pub publish_interval: Duration,
     /// Idle time after which the switch is probed with an ECHO_REQUEST (dead after twice that).
     pub probe_interval: Duration,
-    /// Whether the mirror keeps a flow table and publishes it in its snapshots (default).
-    /// Consumers that follow the [`FlowChange`] stream turn this off: they get the dump once per
-    /// resync in [`FlowChange::Resynced`] and every change after it, and the mirror then holds no
-    /// flow at all (it tells additions from modifications by the switch's own verdict).
+    /// Whether the mirror keeps a flow table and publishes it in its snapshots (off by default).
+    /// Off, as the daemon runs it: the consumer follows the [`FlowChange`] stream — the dump once
+    /// per resync in [`FlowChange::Resynced`] and every change after it — and the mirror holds no
+    /// flow at all (it tells additions from modifications by the switch's own verdict), so the
+    /// dirty-flow index is the only copy of the flows. On, snapshots carry the whole table.
     pub snapshot_flows: bool,
 }
 
 impl BridgeConfig {
     /// Defaults for `bridge` under `run_dir`: [`crate::model::limits::MAX_FLOWS_PER_BRIDGE`] flows, 30 s timeout, 0.5–30 s backoff,
-    /// snapshots at most every 200 ms, echo probe after 30 s idle.
+    /// snapshots at most every 200 ms without the flow table, echo probe after 30 s idle.
     pub fn new(run_dir: impl Into<PathBuf>, bridge: impl Into<String>) -> Self {
         Self {
             run_dir: run_dir.into(),
@@ -587,7 +588,7 @@ impl BridgeConfig {
             backoff_max: Duration::from_secs(30),
             publish_interval: Duration::from_millis(200),
             probe_interval: Duration::from_secs(30),
-            snapshot_flows: true,
+            snapshot_flows: false,
         }
     }
 
