@@ -766,15 +766,6 @@ mod tests {
         }
     }
 
-    fn load(reg: u8, value: u32, mask: u32, set_field: bool) -> FlowAction {
-        FlowAction::Load {
-            reg,
-            value,
-            mask,
-            set_field,
-        }
-    }
-
     fn in_port(p: u32) -> FieldMatch {
         FieldMatch::exact("in_port", u128::from(p), 4)
     }
@@ -836,13 +827,13 @@ mod tests {
                 FlowAction::Enqueue(8),
                 FlowAction::Output(5),
                 // load:0x11->NXM_NX_REG5[]
-                load(5, 0x11, u32::MAX, false),
+                FlowAction::load(5, 0x11, u32::MAX, false).unwrap(),
                 // load:0x12->NXM_NX_REG5[0..15]: part of the register names no port
-                load(5, 0x12, 0xffff, false),
+                FlowAction::load(5, 0x12, 0xffff, false).unwrap(),
                 // set_field:18->reg5
-                load(5, 18, u32::MAX, true),
+                FlowAction::load(5, 18, u32::MAX, true).unwrap(),
                 // load:0x13->NXM_NX_REG6[]: another register
-                load(6, 0x13, u32::MAX, false),
+                FlowAction::load(6, 0x13, u32::MAX, false).unwrap(),
             ],
         );
         assert_eq!(

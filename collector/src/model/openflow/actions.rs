@@ -355,14 +355,12 @@ fn register_load(info: &FieldInfo, value: u128, mask: u128, set_field: bool) -> 
     let Norm::Simple(Key::Reg(reg)) = info.norm else {
         return None;
     };
-    let value = u32::try_from(value).ok()?;
-    let mask = u32::try_from(mask).ok()?;
-    (value & !mask == 0).then_some(FlowAction::Load {
+    FlowAction::load(
         reg,
-        value,
-        mask,
+        u32::try_from(value).ok()?,
+        u32::try_from(mask).ok()?,
         set_field,
-    })
+    )
 }
 
 /// `NAME[]`, `NAME[n]` or `NAME[a..b]` as OVS's `mf_format_subfield` prints it.
@@ -1200,12 +1198,7 @@ mod tests {
     }
 
     fn load(reg: u8, value: u32, mask: u32, set_field: bool) -> FlowAction {
-        FlowAction::Load {
-            reg,
-            value,
-            mask,
-            set_field,
-        }
+        FlowAction::load(reg, value, mask, set_field).unwrap()
     }
 
     #[test]

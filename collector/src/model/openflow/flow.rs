@@ -507,6 +507,19 @@ pub enum FlowAction {
     Other(Box<str>),
 }
 
+impl FlowAction {
+    /// A [`FlowAction::Load`] of `value` into the bits of `mask` of `reg<reg>`; `None` when
+    /// `value` has bits outside `mask` (no such load prints as one).
+    pub(crate) fn load(reg: u8, value: u32, mask: u32, set_field: bool) -> Option<FlowAction> {
+        (value & !mask == 0).then_some(FlowAction::Load {
+            reg,
+            value,
+            mask,
+            set_field,
+        })
+    }
+}
+
 /// What a flow's `ovs-ofctl` text and semantic actions come from (the text itself is not stored: at
 /// 100 000 flows it was the largest part of a flow's memory).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
