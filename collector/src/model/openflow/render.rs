@@ -422,9 +422,9 @@ fn slot_hash(b: &[u8]) -> usize {
 
 impl LineRenderer {
     /// Appends one line per flow of the body of an `OFPMP_FLOW` reply to `out`: `" <flow>\n"`,
-    /// where `<flow>` is the [`FlowStats::text`] (`ovs-ofctl -O OpenFlow13 --no-stats dump-flows`)
-    /// or, with `stats`, the [`stats_line`]. Returns the number of flows; on an error, `out` is
-    /// left as it was before the failing flow.
+    /// where `<flow>` is the flow's [`FlowEntry::text`] (`ovs-ofctl -O OpenFlow13 --no-stats
+    /// dump-flows`) or, with `stats`, its [`stats_line`]. Returns the number of flows; on an
+    /// error, `out` is left as it was before the failing flow.
     pub fn push_flow_stats(
         &mut self,
         body: &[u8],
