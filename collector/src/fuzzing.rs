@@ -5,9 +5,9 @@
 //! decoding and rendering path sees the fuzzer's bytes. None of them may panic, overflow (the
 //! targets are built with overflow checks) or run away in time or memory, whatever the input.
 
-use crate::sources::openflow::render::{self, LineRenderer};
+use crate::model::openflow::render::{self, LineRenderer};
+use crate::model::openflow::{actions, oxm};
 use crate::sources::openflow::wire::{self, MultipartReply};
-use crate::sources::openflow::{actions, oxm};
 use crate::sources::ovs_dp::genl::OvsMessage;
 use crate::sources::ovs_dp::{decode, genl};
 
@@ -102,7 +102,7 @@ pub fn openflow_flow_monitor(data: &[u8]) {
 /// TLVs, OF1.3 instructions): the match decoded, rendered and turned into field matches; the
 /// instructions and a bare action list decoded and rendered.
 pub fn oxm_actions(data: &[u8]) {
-    let mut r = wire::Rd::new(data, "fuzz input");
+    let mut r = crate::model::openflow::bytes::Rd::new(data, "fuzz input");
     let (Ok(priority), Ok(tlv_len)) = (r.u16(), r.u16()) else {
         return;
     };

@@ -193,10 +193,13 @@ async fn openflow_against_real_ovs() {
     // compared); each age is masked after checking it has ovs-ofctl's shape.
     let mut bodies: Vec<Vec<u8>> = Vec::new();
     let mut rendered = String::new();
-    let mut lines = pinflow::sources::openflow::render::LineRenderer::default();
+    let mut lines = pinflow::model::openflow::render::LineRenderer::default();
     c.dump_flows_raw(|body| {
         bodies.push(body.to_vec());
-        lines.push_flow_stats(body, true, &mut rendered).map(|_| ())
+        lines
+            .push_flow_stats(body, true, &mut rendered)
+            .map(|_| ())
+            .map_err(Into::into)
     })
     .await
     .unwrap();
@@ -253,7 +256,7 @@ async fn openflow_against_real_ovs() {
             body.extend_from_slice(&f);
         }
         let mut ours = String::new();
-        pinflow::sources::openflow::render::LineRenderer::default()
+        pinflow::model::openflow::render::LineRenderer::default()
             .push_flow_stats(&body, true, &mut ours)
             .unwrap();
         let theirs = ofp_print_flow_reply(&ovs, &body);
@@ -278,6 +281,8 @@ async fn openflow_against_real_ovs() {
 
     // 2. The mirror loop and the flow monitor.
     let mut cfg = BridgeConfig::new(ovs.run_dir(), BRIDGE);
+    // This test reads the mirrored table from the snapshots (the daemon follows changes instead).
+    cfg.snapshot_flows = true;
     cfg.backoff_min = Duration::from_millis(100);
     cfg.backoff_max = Duration::from_millis(500);
     let (snap_tx, mut snap_rx) = watch::channel(Arc::new(BridgeSnapshot::default()));

@@ -16,10 +16,10 @@ use crate::detect::flows::{
 };
 use crate::engine::findings_log::FindingsLog;
 use crate::model::flows::{
-    Bridge, DirtyFlow, FlowAction, FlowEntry, FlowPort, FlowsReport, MAX_REPORTED_DIRTY_FLOWS,
-    PortInfo, PortRef,
+    Bridge, DirtyFlow, FlowPort, FlowsReport, MAX_REPORTED_DIRTY_FLOWS, PortInfo, PortRef,
 };
 use crate::model::inventory::{HostInventory, InstanceRef, LocalInterface};
+use crate::model::openflow::{FlowAction, FlowEntry};
 use crate::model::state::SharedState;
 use crate::sources::openflow::{self, BridgeConfig, BridgeSnapshot, FlowChange, TaggedChange};
 use crate::sources::ovsdb::{self, OvsdbSnapshot};
@@ -188,10 +188,7 @@ fn sync_tasks(
         }
         let (snap_tx, snap_rx) = watch::channel(Arc::new(BridgeSnapshot::default()));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut cfg = BridgeConfig::new(run_dir, name.clone());
-        // The index follows the change stream and gets the dump with each resync: the mirror
-        // keeps no table (the index is the only copy of the flows).
-        cfg.snapshot_flows = false;
+        let cfg = BridgeConfig::new(run_dir, name.clone());
         let stopped = stop_rx.clone();
         let mirror = tokio::spawn(openflow::run_bridge(
             cfg,
@@ -312,39 +309,28 @@ pub(crate) fn referenced_ports(flow: &FlowEntry) -> Vec<(u32, PortRef)> {
             push(*p, PortRef::Output);
         }
     }
-    if let Some(p) = exact(PORT_REGISTER) {
+    let (reg_name, reg) = PORT_REGISTER;
+    if let Some(p) = exact(reg_name) {
         push(p, PortRef::PortRegister);
     }
     for a in actions.iter() {
-        if let FlowAction::Other(text) = a
-            && let Some(p) = port_register_load(text)
+        if let FlowAction::Load {
+            reg: r,
+            value,
+            mask: u32::MAX,
+            ..
+        } = *a
+            && r == reg
         {
-            push(p, PortRef::PortRegister);
+            push(value, PortRef::PortRegister);
         }
     }
     out
 }
 
-/// Neutron's port register (`REG_PORT = 5` of its OVS firewall driver).
-const PORT_REGISTER: &str = "reg5";
-
-/// The value one action loads into the whole port register (`load:0x10->NXM_NX_REG5[]`, as
-/// ovs-ofctl prints an OpenFlow 1.3 set-field of a register, or `set_field:0x10->reg5`); `None`
-/// for any other action or a partial load.
-fn port_register_load(action: &str) -> Option<u32> {
-    let value = action
-        .strip_prefix("load:")
-        .and_then(|r| r.strip_suffix("->NXM_NX_REG5[]"))
-        .or_else(|| {
-            action
-                .strip_prefix("set_field:")
-                .and_then(|r| r.strip_suffix("->reg5"))
-        })?;
-    match value.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-        None => value.parse().ok(),
-    }
-}
+/// Neutron's port register (`REG_PORT = 5` of its OVS firewall driver): its match field name
+/// and its number in [`FlowAction::Load`].
+const PORT_REGISTER: (&str, u8) = ("reg5", 5);
 
 /// A port as the join last knew it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -761,7 +747,8 @@ pub fn dirty_flows_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::flows::{FieldMatch, FlowSource, OvsPort};
+    use crate::model::flows::OvsPort;
+    use crate::model::openflow::{FieldMatch, FlowSource};
 
     fn flow(
         table: u8,
@@ -841,10 +828,14 @@ mod tests {
                 FlowAction::Output(0xffff_fffe),
                 FlowAction::Enqueue(8),
                 FlowAction::Output(5),
-                FlowAction::Other("load:0x11->NXM_NX_REG5[]".into()),
-                FlowAction::Other("load:0x12->NXM_NX_REG5[0..15]".into()),
-                FlowAction::Other("set_field:18->reg5".into()),
-                FlowAction::Other("load:0x13->NXM_NX_REG6[]".into()),
+                // load:0x11->NXM_NX_REG5[]
+                FlowAction::load(5, 0x11, u32::MAX, false).unwrap(),
+                // load:0x12->NXM_NX_REG5[0..15]: part of the register names no port
+                FlowAction::load(5, 0x12, 0xffff, false).unwrap(),
+                // set_field:18->reg5
+                FlowAction::load(5, 18, u32::MAX, true).unwrap(),
+                // load:0x13->NXM_NX_REG6[]: another register
+                FlowAction::load(6, 0x13, u32::MAX, false).unwrap(),
             ],
         );
         assert_eq!(

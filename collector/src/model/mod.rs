@@ -9,6 +9,7 @@ pub mod flows;
 pub mod health;
 pub mod inventory;
 pub mod limits;
+pub mod openflow;
 pub mod pinning;
 pub mod state;
 

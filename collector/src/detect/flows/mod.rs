@@ -53,12 +53,13 @@ mod shape;
 #[cfg(test)]
 mod tests;
 
-pub use crate::model::flows::FlowKey;
+pub use crate::model::openflow::FlowKey;
 pub use rules::{
     BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, UserRule,
 };
 
-use crate::model::flows::{Bridge, FlowAction, FlowEntry, Matches, OvsPort, Severity};
+use crate::model::flows::{Bridge, OvsPort, Severity};
+use crate::model::openflow::{FlowAction, FlowEntry, Matches};
 use bucket::{Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
 use shape::{Projection, Shape, project_hash};

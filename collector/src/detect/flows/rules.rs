@@ -2,7 +2,8 @@
 //! period and user rules (regular expressions and field conditions over a flow).
 
 use super::{fields, semantics};
-use crate::model::flows::{FlowEntry, Severity, width_mask};
+use crate::model::flows::Severity;
+use crate::model::openflow::{FlowEntry, width_mask};
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -16,7 +16,7 @@
 //! fields admit; two flows whose sets are disjoint cannot overlap. The switch always adds the
 //! prerequisites to the flows it reports, so this matters mostly for hand-written flows.
 
-use crate::model::flows::{FieldMatch, Matches};
+use crate::model::openflow::{FieldMatch, Matches};
 
 /// `ct_state` flags (ovs-fields(7)).
 const NEW: u128 = 0x01;

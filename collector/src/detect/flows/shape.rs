@@ -7,7 +7,7 @@
 
 use super::bucket::FastHasher;
 use super::semantics::semantic;
-use crate::model::flows::Matches;
+use crate::model::openflow::Matches;
 use std::hash::Hasher;
 
 /// The fields of a match with their effective masks (all ones of the field's width for exact
@@ -139,7 +139,7 @@ impl Projection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::flows::FieldMatch;
+    use crate::model::openflow::FieldMatch;
 
     #[test]
     fn shape_covers_and_projects() {

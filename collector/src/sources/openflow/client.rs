@@ -7,9 +7,6 @@
 //! carries the full flow, so replaying them over the dump converges to the switch's state).
 //! After that, cost is proportional to flow changes. ECHO requests are answered at any time.
 
-use super::render::{
-    FlowStats, FlowUpdate, UndecodableFlow, decode_flow_stats, decode_flow_updates,
-};
 use super::wire::{
     self, Features, MAX_MESSAGE_LEN, Message, MultipartReply, NXFMF_ACTIONS, NXFMF_ADD,
     NXFMF_DELETE, NXFMF_MODIFY, OFP13_VERSION, OFPT_ECHO_REPLY, OFPT_ECHO_REQUEST, OFPT_ERROR,
@@ -17,7 +14,10 @@ use super::wire::{
     ONFST13_FLOW_MONITOR, ONFT13_FLOW_MONITOR_PAUSED, ONFT13_FLOW_MONITOR_RESUMED, OfError,
     OfResult, PortDesc, Rd,
 };
-use crate::model::flows::{FlowEntry, FlowKey};
+use crate::model::openflow::render::{
+    FlowStats, FlowUpdate, UndecodableFlow, decode_flow_stats, decode_flow_updates,
+};
+use crate::model::openflow::{FlowEntry, FlowKey};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -123,7 +123,7 @@ impl OpenFlowClient {
             return Err(OfError::Switch(wire::ErrorMsg::parse(&hello.body)?));
         }
         if hello.header.msg_type != OFPT_HELLO {
-            return Err(OfError::Malformed(format!(
+            return Err(OfError::malformed(format!(
                 "expected HELLO, got message type {}",
                 hello.header.msg_type
             )));
@@ -237,7 +237,7 @@ impl OpenFlowClient {
             _ => {
                 if let Some(events) = self.as_event(&m)? {
                     if self.pending.len() + events.len() > self.max_pending {
-                        return Err(OfError::Malformed(format!(
+                        return Err(OfError::malformed(format!(
                             "more than {} monitor events queued during a request",
                             self.max_pending
                         )));
@@ -440,7 +440,7 @@ impl OpenFlowClient {
 
     /// Full dump with counters for one-shot use, feeding the body of each `OFPMP_FLOW` reply (a run
     /// of `ofp_flow_stats`) to `f` straight from the receive buffer: nothing is decoded or kept
-    /// here ([`LineRenderer`](super::render::LineRenderer) prints such bodies as `ovs-ofctl` does).
+    /// here ([`LineRenderer`](crate::model::openflow::render::LineRenderer) prints such bodies as `ovs-ofctl` does).
     /// An error from `f` ends the dump.
     pub async fn dump_flows_raw(
         &mut self,
@@ -567,16 +567,17 @@ pub struct BridgeConfig {
     pub publish_interval: Duration,
     /// Idle time after which the switch is probed with an ECHO_REQUEST (dead after twice that).
     pub probe_interval: Duration,
-    /// Whether the mirror keeps a flow table and publishes it in its snapshots (default).
-    /// Consumers that follow the [`FlowChange`] stream turn this off: they get the dump once per
-    /// resync in [`FlowChange::Resynced`] and every change after it, and the mirror then holds no
-    /// flow at all (it tells additions from modifications by the switch's own verdict).
+    /// Whether the mirror keeps a flow table and publishes it in its snapshots (off by default).
+    /// Off, as the daemon runs it: the consumer follows the [`FlowChange`] stream — the dump once
+    /// per resync in [`FlowChange::Resynced`] and every change after it — and the mirror holds no
+    /// flow at all (it tells additions from modifications by the switch's own verdict), so the
+    /// dirty-flow index is the only copy of the flows. On, snapshots carry the whole table.
     pub snapshot_flows: bool,
 }
 
 impl BridgeConfig {
     /// Defaults for `bridge` under `run_dir`: [`crate::model::limits::MAX_FLOWS_PER_BRIDGE`] flows, 30 s timeout, 0.5–30 s backoff,
-    /// snapshots at most every 200 ms, echo probe after 30 s idle.
+    /// snapshots at most every 200 ms without the flow table, echo probe after 30 s idle.
     pub fn new(run_dir: impl Into<PathBuf>, bridge: impl Into<String>) -> Self {
         Self {
             run_dir: run_dir.into(),
@@ -587,7 +588,7 @@ impl BridgeConfig {
             backoff_max: Duration::from_secs(30),
             publish_interval: Duration::from_millis(200),
             probe_interval: Duration::from_secs(30),
-            snapshot_flows: true,
+            snapshot_flows: false,
         }
     }
 
@@ -1110,7 +1111,7 @@ mod tests {
         let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
             .await
             .unwrap();
-        let mut lines = crate::sources::openflow::render::LineRenderer::default();
+        let mut lines = crate::model::openflow::render::LineRenderer::default();
         let mut text = String::new();
         let mut n = 0;
         c.dump_flows_raw(|body| {
@@ -1181,7 +1182,10 @@ mod tests {
         let mut c = OpenFlowClient::connect(&path, Duration::from_secs(5))
             .await
             .unwrap();
-        assert!(matches!(c.dump_flows(10).await, Err(OfError::Malformed(_))));
+        assert!(matches!(
+            c.dump_flows(10).await,
+            Err(OfError::Decode(wire::DecodeError::Malformed(_)))
+        ));
 
         // The switch dies in the middle of a reply.
         let (_d, path) = fake_switch(hello13(), |mut s, xid| {

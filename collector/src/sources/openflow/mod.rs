@@ -8,34 +8,31 @@
 //! Neutron configures bridges with `protocols=OpenFlow10,OpenFlow13` on many deployments; a 1.4
 //! session would be refused there, while OVS 3.1 serves the ONF monitor on every 1.3 bridge.
 //!
-//! The codec is hand-written: no maintained Rust crate decodes OF1.3 together with the Nicira/ONF
-//! extensions OVS actually emits (NXM/ONF match fields such as registers, `ct_state`, `conj_id`,
-//! and actions such as `learn`, `ct`, `conjunction`, `resubmit`, `load`/`move`), and pinflow must
-//! render flows byte-for-byte as `ovs-ofctl` does. All decoding is bounds-checked and returns
-//! [`OfError`]; unknown fields and actions are carried raw, never fatal.
+//! The codec (match fields, actions, flow entries and their `ovs-ofctl` text) is
+//! [`crate::model::openflow`]; this module frames messages and runs the sessions.
 //!
 //! Use: the daemon spawns one [`run_bridge`] task per bridge (from OVSDB's bridge list) and
 //! reads [`BridgeSnapshot`]s from its watch channel (and, optionally, every [`FlowChange`] from
 //! an mpsc channel); `pinflow flows --bridge B` streams one dump through
-//! [`OpenFlowClient::dump_flows_raw`] and [`render::LineRenderer`] (no flow is kept).
+//! [`OpenFlowClient::dump_flows_raw`] and [`LineRenderer`](crate::model::openflow::render::LineRenderer) (no flow is kept).
 //! `pinflow flows --dirty` calls [`dump_bridge`] once per bridge.
 //!
-//! Layout: [`wire`] framing and fixed messages, [`oxm`] match fields, [`actions`] instructions and
-//! actions, [`render`] flow entries and the `ovs-ofctl` line, [`client`] the async client and the
-//! per-bridge mirror loop [`run_bridge`].
+//! Layout: [`wire`] framing and fixed messages, [`client`] the async client and the per-bridge
+//! mirror loop [`run_bridge`].
 
-pub mod actions;
 pub mod client;
-pub mod oxm;
 mod probe;
-pub mod render;
 pub mod wire;
 
-pub use probe::SOURCE;
+#[cfg(test)]
+mod captured_tests;
 
+pub use crate::model::openflow::render::{
+    FlowStats, FlowUpdate, decode_flow_stats, decode_flow_updates, stats_line,
+};
 pub use client::{
     BridgeConfig, BridgeSnapshot, FlowChange, FlowTable, MonitorEvent, OpenFlowClient,
     TaggedChange, dump_bridge, run_bridge,
 };
-pub use render::{FlowStats, FlowUpdate, decode_flow_stats, decode_flow_updates, stats_line};
+pub use probe::SOURCE;
 pub use wire::{ErrorMsg, Features, OfError, OfResult, PortDesc};

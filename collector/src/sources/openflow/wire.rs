@@ -4,6 +4,7 @@
 //! nothing indexes wire data without a bounds check. Encoders build the few requests pinflow sends
 //! (HELLO, ECHO reply, FEATURES, multipart PORT_DESC / FLOW, the ONF flow monitor request).
 
+pub use crate::model::openflow::bytes::{DecodeError, NX_EXPERIMENTER, ONF_EXPERIMENTER, Rd, pad8};
 use std::fmt;
 
 /// OpenFlow 1.3 wire version.
@@ -41,10 +42,6 @@ pub const OFPMP_EXPERIMENTER: u16 = 0xffff;
 /// `OFPMPF_REPLY_MORE`: more replies to this request follow.
 pub const OFPMPF_REPLY_MORE: u16 = 1;
 
-/// ONF experimenter id (`0x4f4e4600`), used by OVS for OF1.3 extensions.
-pub const ONF_EXPERIMENTER: u32 = 0x4f4e_4600;
-/// Nicira experimenter id.
-pub const NX_EXPERIMENTER: u32 = 0x0000_2320;
 /// ONF experimenter multipart type of the OF1.3 flow monitor (`ONFST13_FLOW_MONITOR`).
 pub const ONFST13_FLOW_MONITOR: u32 = 1870;
 /// ONF experimenter message: the switch paused flow-monitor updates (its buffer filled).
@@ -68,19 +65,9 @@ pub const NXFMF_OWN: u16 = 1 << 5;
 /// Errors of the OpenFlow source: wire decoding, protocol and transport.
 #[derive(Debug, thiserror::Error)]
 pub enum OfError {
-    /// A structure ended before its fixed part or its declared length.
-    #[error("truncated OpenFlow data: {what} needs {need} bytes, {have} left")]
-    Truncated {
-        /// What was being decoded.
-        what: &'static str,
-        /// Bytes needed.
-        need: usize,
-        /// Bytes available.
-        have: usize,
-    },
-    /// A length or field value that cannot be right.
-    #[error("malformed OpenFlow data: {0}")]
-    Malformed(String),
+    /// Wire data that does not decode (truncated or malformed).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
     /// A message longer than the configured limit.
     #[error("OpenFlow message of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
@@ -125,86 +112,15 @@ pub enum OfError {
     TooManyFlows(usize),
 }
 
-/// Result alias of this module.
+impl OfError {
+    /// A [`DecodeError::Malformed`] found by the framing or the session.
+    pub(crate) fn malformed(what: String) -> OfError {
+        OfError::Decode(DecodeError::Malformed(what))
+    }
+}
+
+/// Result alias of the OpenFlow source.
 pub type OfResult<T> = Result<T, OfError>;
-
-/// A bounds-checked big-endian reader over a byte slice.
-#[derive(Clone, Copy, Debug)]
-pub struct Rd<'a> {
-    buf: &'a [u8],
-    what: &'static str,
-}
-
-impl<'a> Rd<'a> {
-    /// Reader over `buf`; `what` names the structure in errors.
-    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Self { buf, what }
-    }
-
-    /// Bytes left.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Whether nothing is left.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    /// The remaining bytes.
-    pub fn rest(&self) -> &'a [u8] {
-        self.buf
-    }
-
-    /// Takes the next `n` bytes.
-    pub fn take(&mut self, n: usize) -> OfResult<&'a [u8]> {
-        if self.buf.len() < n {
-            return Err(OfError::Truncated {
-                what: self.what,
-                need: n,
-                have: self.buf.len(),
-            });
-        }
-        let (a, b) = self.buf.split_at(n);
-        self.buf = b;
-        Ok(a)
-    }
-
-    /// Skips `n` bytes.
-    pub fn skip(&mut self, n: usize) -> OfResult<()> {
-        self.take(n).map(|_| ())
-    }
-
-    /// Reads a byte.
-    pub fn u8(&mut self) -> OfResult<u8> {
-        Ok(self.take(1)?[0])
-    }
-
-    /// Reads a big-endian u16.
-    pub fn u16(&mut self) -> OfResult<u16> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    /// Reads a big-endian u32.
-    pub fn u32(&mut self) -> OfResult<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// Reads a big-endian u64.
-    pub fn u64(&mut self) -> OfResult<u64> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
-    }
-}
-
-/// Rounds `n` up to a multiple of 8 (OpenFlow alignment).
-pub fn pad8(n: usize) -> usize {
-    n.div_ceil(8) * 8
-}
 
 /// The OpenFlow header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,7 +146,7 @@ impl Header {
             xid: r.u32()?,
         };
         if (h.length as usize) < HEADER_LEN {
-            return Err(OfError::Malformed(format!(
+            return Err(OfError::malformed(format!(
                 "message length {} is shorter than the header",
                 h.length
             )));
@@ -654,7 +570,7 @@ mod tests {
         let mut short = vec![4, 19, 0, 4, 0, 0, 0, 1];
         assert!(matches!(
             take_message(&mut short, 1000),
-            Err(OfError::Malformed(_))
+            Err(OfError::Decode(DecodeError::Malformed(_)))
         ));
     }
 

@@ -8,8 +8,8 @@
 //! mirror OVS's internal flow layout (e.g. `vlan_vid`+`vlan_pcp` become one `vlan_tci`, `xreg1`
 //! becomes `reg2`+`reg3`), because `ovs-ofctl` renders from that layout.
 
-use super::wire::{ONF_EXPERIMENTER, OfError, OfResult, Rd, pad8};
-use crate::model::flows::{FieldMatch, Matches, intern_field, width_mask};
+use super::bytes::{DecodeError, DecodeResult, ONF_EXPERIMENTER, Rd, pad8};
+use super::flow::{FieldMatch, Matches, intern_field, width_mask};
 use std::fmt::Write as _;
 
 /// How a field's value is printed by `ovs-ofctl` (OVS's `mf_string`).
@@ -411,7 +411,7 @@ pub struct OxmHeader {
 
 impl OxmHeader {
     /// Reads a header (4 bytes, or 8 for experimenter class).
-    pub fn read(r: &mut Rd<'_>) -> OfResult<OxmHeader> {
+    pub fn read(r: &mut Rd<'_>) -> DecodeResult<OxmHeader> {
         let h = r.u32()?;
         let class = (h >> 16) as u16;
         let experimenter = if class == 0xffff { r.u32()? } else { 0 };
@@ -603,14 +603,14 @@ impl Match {
     }
 
     /// Decodes a sequence of OXM/NXM TLVs (no `ofp_match` header).
-    pub fn decode_tlvs(buf: &[u8]) -> OfResult<Match> {
+    pub fn decode_tlvs(buf: &[u8]) -> DecodeResult<Match> {
         let mut m = Match::default();
         m.decode_tlvs_into(buf)?;
         Ok(m)
     }
 
     /// Like [`decode_tlvs`](Self::decode_tlvs), reusing this match's buffers.
-    pub fn decode_tlvs_into(&mut self, buf: &[u8]) -> OfResult<()> {
+    pub fn decode_tlvs_into(&mut self, buf: &[u8]) -> DecodeResult<()> {
         self.entries.clear();
         self.unknown.clear();
         let m = self;
@@ -620,7 +620,7 @@ impl Match {
             let payload = r.take(h.payload_len())?;
             let (v, mk) = if h.has_mask {
                 if payload.len() % 2 != 0 {
-                    return Err(OfError::Malformed(format!(
+                    return Err(DecodeError::Malformed(format!(
                         "masked OXM field {:#06x}:{} has odd length {}",
                         h.class,
                         h.field,
@@ -637,7 +637,7 @@ impl Match {
                     m.add(info, be(v), mk.map(be));
                 }
                 Some(info) => {
-                    return Err(OfError::Malformed(format!(
+                    return Err(DecodeError::Malformed(format!(
                         "OXM field {} has {} value bytes, expected {}",
                         info.name,
                         v.len(),
@@ -658,16 +658,16 @@ impl Match {
     }
 
     /// Decodes an `ofp_match` (type OXM) at the reader and consumes its padding.
-    pub fn read_ofp_match(r: &mut Rd<'_>) -> OfResult<Match> {
+    pub fn read_ofp_match(r: &mut Rd<'_>) -> DecodeResult<Match> {
         let mtype = r.u16()?;
         let len = r.u16()? as usize;
         if mtype != 1 {
-            return Err(OfError::Malformed(format!(
+            return Err(DecodeError::Malformed(format!(
                 "match type {mtype} is not OXM (1)"
             )));
         }
         if len < 4 {
-            return Err(OfError::Malformed(format!("match length {len} < 4")));
+            return Err(DecodeError::Malformed(format!("match length {len} < 4")));
         }
         let tlvs = r.take(len - 4)?;
         let mut m = Match::default();
@@ -677,16 +677,16 @@ impl Match {
     }
 
     /// Like [`read_ofp_match`](Self::read_ofp_match), reusing this match's buffers.
-    pub fn read_ofp_match_into(&mut self, r: &mut Rd<'_>) -> OfResult<()> {
+    pub fn read_ofp_match_into(&mut self, r: &mut Rd<'_>) -> DecodeResult<()> {
         let mtype = r.u16()?;
         let len = r.u16()? as usize;
         if mtype != 1 {
-            return Err(OfError::Malformed(format!(
+            return Err(DecodeError::Malformed(format!(
                 "match type {mtype} is not OXM (1)"
             )));
         }
         if len < 4 {
-            return Err(OfError::Malformed(format!("match length {len} < 4")));
+            return Err(DecodeError::Malformed(format!("match length {len} < 4")));
         }
         let tlvs = r.take(len - 4)?;
         self.decode_tlvs_into(tlvs)?;

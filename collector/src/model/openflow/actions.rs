@@ -6,12 +6,12 @@
 //! does not know is rendered in a clear raw form (`unknown_action(type=…,0x…)`,
 //! `nx_action(subtype=…,0x…)`) and carried as [`FlowAction::Other`]; it never fails the flow.
 
+use super::bytes::{DecodeError, DecodeResult, NX_EXPERIMENTER, Rd};
+use super::flow::FlowAction;
 use super::oxm::{
-    FieldInfo, OxmHeader, c_hex, fmt_ipv4, fmt_ipv6, fmt_port, mf_format, push_dec,
+    FieldInfo, Key, Norm, OxmHeader, c_hex, fmt_ipv4, fmt_ipv6, fmt_port, mf_format, push_dec,
     reserved_port_name,
 };
-use super::wire::{NX_EXPERIMENTER, OfError, OfResult, Rd};
-use crate::model::flows::FlowAction;
 use std::fmt::Write as _;
 
 const OFPP_CONTROLLER: u32 = 0xffff_fffd;
@@ -22,7 +22,7 @@ pub fn decode_instructions(
     buf: &[u8],
     text: &mut String,
     acts: &mut Vec<FlowAction>,
-) -> OfResult<()> {
+) -> DecodeResult<()> {
     let mut r = Rd::new(buf, "instruction");
     let mut meter: Option<u32> = None;
     let mut apply: Option<&[u8]> = None;
@@ -35,7 +35,7 @@ pub fn decode_instructions(
         let ty = r.u16()?;
         let len = r.u16()? as usize;
         if len < 4 || !len.is_multiple_of(8) {
-            return Err(OfError::Malformed(format!(
+            return Err(DecodeError::Malformed(format!(
                 "instruction type {ty} has length {len}"
             )));
         }
@@ -135,7 +135,11 @@ fn hex_bytes(out: &mut String, b: &[u8]) {
 pub const MAX_ACTION_NESTING: usize = 32;
 
 /// Decodes an action list, appending comma-separated text (no trailing comma) and semantics.
-pub fn decode_actions(buf: &[u8], text: &mut String, acts: &mut Vec<FlowAction>) -> OfResult<()> {
+pub fn decode_actions(
+    buf: &[u8],
+    text: &mut String,
+    acts: &mut Vec<FlowAction>,
+) -> DecodeResult<()> {
     decode_actions_at(buf, text, acts, 0)
 }
 
@@ -145,9 +149,9 @@ fn decode_actions_at(
     text: &mut String,
     acts: &mut Vec<FlowAction>,
     depth: usize,
-) -> OfResult<()> {
+) -> DecodeResult<()> {
     if depth > MAX_ACTION_NESTING {
-        return Err(OfError::Malformed(format!(
+        return Err(DecodeError::Malformed(format!(
             "actions nested more than {MAX_ACTION_NESTING} levels deep"
         )));
     }
@@ -157,7 +161,7 @@ fn decode_actions_at(
         let ty = r.u16()?;
         let len = r.u16()? as usize;
         if len < 8 || !len.is_multiple_of(8) {
-            return Err(OfError::Malformed(format!(
+            return Err(DecodeError::Malformed(format!(
                 "action type {ty} has length {len}"
             )));
         }
@@ -177,6 +181,17 @@ fn decode_actions_at(
         }
     }
     Ok(())
+}
+
+/// Pushes a structured load ([`Sem::Done`]), or leaves the action to be carried as text.
+fn push_load(load: Option<FlowAction>, acts: &mut Vec<FlowAction>) -> Sem {
+    match load {
+        Some(a) => {
+            acts.push(a);
+            Sem::Done
+        }
+        None => Sem::Other,
+    }
 }
 
 enum Sem {
@@ -213,7 +228,7 @@ fn decode_one(
     text: &mut String,
     acts: &mut Vec<FlowAction>,
     depth: usize,
-) -> OfResult<Sem> {
+) -> DecodeResult<Sem> {
     let mut b = Rd::new(body, "action");
     match ty {
         0 => {
@@ -270,10 +285,7 @@ fn decode_one(
             text.push_str("dec_ttl");
             Ok(Sem::Other)
         }
-        25 => {
-            set_field(&mut b, text)?;
-            Ok(Sem::Other)
-        }
+        25 => Ok(push_load(set_field(&mut b, text)?, acts)),
         0xffff => {
             let exp = b.u32()?;
             if exp == NX_EXPERIMENTER {
@@ -299,7 +311,9 @@ fn be_val(b: &[u8]) -> u128 {
     b.iter().fold(0u128, |a, &x| (a << 8) | x as u128)
 }
 
-fn set_field(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
+/// Renders a set-field (`OFPAT_SET_FIELD`, `NXAST_REG_LOAD2`); a write into a register is also
+/// returned as a [`FlowAction::Load`].
+fn set_field(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<Option<FlowAction>> {
     let h = OxmHeader::read(b)?;
     let payload = b.take(h.payload_len())?;
     let (v, m) = if h.has_mask {
@@ -311,9 +325,16 @@ fn set_field(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
     text.push_str("set_field:");
     match h.info() {
         Some(info) if info.bytes as usize == v.len() => {
-            mf_format(text, info, be_val(v), m.map(be_val));
+            let (value, mask) = (be_val(v), m.map(be_val));
+            mf_format(text, info, value, mask);
             text.push_str("->");
             text.push_str(info.name);
+            Ok(register_load(
+                info,
+                value,
+                mask.unwrap_or(u128::from(u32::MAX)),
+                true,
+            ))
         }
         _ => {
             hex_bytes(text, v);
@@ -323,9 +344,23 @@ fn set_field(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
             }
             text.push_str("->");
             h.subfield_name(text);
+            Ok(None)
         }
     }
-    Ok(())
+}
+
+/// The [`FlowAction::Load`] of `value` into the bits of `mask` when `info` is a 32-bit register
+/// and the two say exactly what the printed action says (no value bits outside the mask).
+fn register_load(info: &FieldInfo, value: u128, mask: u128, set_field: bool) -> Option<FlowAction> {
+    let Norm::Simple(Key::Reg(reg)) = info.norm else {
+        return None;
+    };
+    FlowAction::load(
+        reg,
+        u32::try_from(value).ok()?,
+        u32::try_from(mask).ok()?,
+        set_field,
+    )
 }
 
 /// `NAME[]`, `NAME[n]` or `NAME[a..b]` as OVS's `mf_format_subfield` prints it.
@@ -356,7 +391,7 @@ fn decode_nx(
     text: &mut String,
     acts: &mut Vec<FlowAction>,
     depth: usize,
-) -> OfResult<Sem> {
+) -> DecodeResult<Sem> {
     match subtype {
         1 | 14 | 44 => {
             let port = b.u16()?;
@@ -425,13 +460,20 @@ fn decode_nx(
             c_hex(text, value as u128);
             text.push_str("->");
             subfield(text, &dst, ofs, n);
-            Ok(Sem::Other)
+            let load = dst
+                .info()
+                .filter(|_| ofs < 32 && n <= 32 - ofs)
+                .and_then(|info| {
+                    let bits = (1u128 << n) - 1;
+                    (u128::from(value) <= bits)
+                        .then(|| register_load(info, u128::from(value) << ofs, bits << ofs, false))
+                        .flatten()
+                });
+            Ok(push_load(load, acts))
         }
         33 => {
             // reg_load2: an OXM TLV, rendered as set_field.
-            b.skip(0)?;
-            set_field(&mut b, text)?;
-            Ok(Sem::Other)
+            Ok(push_load(set_field(&mut b, text)?, acts))
         }
         8 => {
             text.push_str("note:");
@@ -566,7 +608,7 @@ fn decode_nx(
                 let pt = b.u16()?;
                 let pl = b.u16()? as usize;
                 if pl < 4 {
-                    return Err(OfError::Malformed(format!(
+                    return Err(DecodeError::Malformed(format!(
                         "controller2 property length {pl}"
                     )));
                 }
@@ -650,7 +692,7 @@ fn decode_nx(
             // OVS refuses the same (`OFPERR_NXBAC_BAD_CONJUNCTION`): 2..=64 clauses, the clause
             // index (0-based on the wire) below their number. Checked before `clause + 1`.
             if !(2..=64).contains(&n) || clause >= n {
-                return Err(OfError::Malformed(format!(
+                return Err(DecodeError::Malformed(format!(
                     "conjunction clause {clause} of {n} clauses"
                 )));
             }
@@ -694,7 +736,7 @@ fn decode_nx(
             acts.extend(
                 inner
                     .into_iter()
-                    .filter(|a| !matches!(a, FlowAction::Other(_))),
+                    .filter(|a| !matches!(a, FlowAction::Other(_) | FlowAction::Load { .. })),
             );
             Ok(Sem::Other)
         }
@@ -790,7 +832,12 @@ fn mp_alg(a: u16) -> &'static str {
     }
 }
 
-fn ct(b: &mut Rd<'_>, text: &mut String, acts: &mut Vec<FlowAction>, depth: usize) -> OfResult<()> {
+fn ct(
+    b: &mut Rd<'_>,
+    text: &mut String,
+    acts: &mut Vec<FlowAction>,
+    depth: usize,
+) -> DecodeResult<()> {
     let flags = b.u16()?;
     let zone_src = b.u32()?;
     let zone = b.u16()?;
@@ -863,7 +910,7 @@ fn ct(b: &mut Rd<'_>, text: &mut String, acts: &mut Vec<FlowAction>, depth: usiz
     Ok(())
 }
 
-fn nat(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
+fn nat(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     b.skip(2)?;
     let flags = b.u16()?;
     let range = b.u16()?;
@@ -945,7 +992,7 @@ fn nat(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
     Ok(())
 }
 
-fn learn(b: &mut Rd<'_>, text: &mut String) -> OfResult<()> {
+fn learn(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     let idle = b.u16()?;
     let hard = b.u16()?;
     let prio = b.u16()?;
@@ -1122,6 +1169,96 @@ mod tests {
                 table: Some(60)
             }
         );
+    }
+
+    /// `NXAST_REG_LOAD` of `value` into `n` bits at `ofs` of the NXM field `header`.
+    fn reg_load(header: u32, ofs: u16, n: u16, value: u64) -> Vec<u8> {
+        let mut b = ((ofs << 6) | (n - 1)).to_be_bytes().to_vec();
+        b.extend(header.to_be_bytes());
+        b.extend(value.to_be_bytes());
+        nx(7, &b)
+    }
+
+    /// An OXM TLV of a 4-byte field `header`, masked when `mask` is given.
+    fn oxm32(header: u32, value: u32, mask: Option<u32>) -> Vec<u8> {
+        let mut b = header.to_be_bytes().to_vec();
+        b.extend(value.to_be_bytes());
+        if let Some(m) = mask {
+            b.extend(m.to_be_bytes());
+        }
+        b
+    }
+
+    fn set_field_action(tlv: &[u8]) -> Vec<u8> {
+        let mut b = tlv.to_vec();
+        while !(b.len() + 4).is_multiple_of(8) {
+            b.push(0);
+        }
+        act(25, &b)
+    }
+
+    fn load(reg: u8, value: u32, mask: u32, set_field: bool) -> FlowAction {
+        FlowAction::load(reg, value, mask, set_field).unwrap()
+    }
+
+    #[test]
+    fn register_writes_are_structured_and_print_as_ovs_ofctl_does() {
+        const REG5: u32 = 0x0001_0a04;
+        const REG5_MASKED: u32 = 0x0001_0b08;
+        const REG6: u32 = 0x0001_0c04;
+        const VLAN_TCI: u32 = 0x0000_0802;
+        let cases: Vec<(Vec<u8>, &str, FlowAction)> = vec![
+            (
+                reg_load(REG5, 0, 32, 0x11),
+                "load:0x11->NXM_NX_REG5[]",
+                load(5, 0x11, u32::MAX, false),
+            ),
+            (
+                reg_load(REG5, 0, 16, 0x12),
+                "load:0x12->NXM_NX_REG5[0..15]",
+                load(5, 0x12, 0xffff, false),
+            ),
+            (
+                reg_load(REG5, 16, 8, 0x3),
+                "load:0x3->NXM_NX_REG5[16..23]",
+                load(5, 0x3_0000, 0xff_0000, false),
+            ),
+            (
+                reg_load(REG6, 0, 32, 0x13),
+                "load:0x13->NXM_NX_REG6[]",
+                load(6, 0x13, u32::MAX, false),
+            ),
+            (
+                set_field_action(&oxm32(REG5, 0x12, None)),
+                "set_field:0x12->reg5",
+                load(5, 0x12, u32::MAX, true),
+            ),
+            (
+                set_field_action(&oxm32(REG5_MASKED, 0x1200, Some(0xff00))),
+                "set_field:0x1200/0xff00->reg5",
+                load(5, 0x1200, 0xff00, true),
+            ),
+            (
+                nx(33, &oxm32(REG5, 0x14, None)),
+                "set_field:0x14->reg5",
+                load(5, 0x14, u32::MAX, true),
+            ),
+        ];
+        for (bytes, text, action) in cases {
+            let (t, a) = render(&bytes);
+            assert_eq!(t, text);
+            assert_eq!(a, [action], "{text}");
+        }
+        // What a structured load cannot say exactly stays text: a value wider than the loaded
+        // bits, value bits outside a set-field's mask, a field that is not a register.
+        for bytes in [
+            reg_load(REG5, 0, 8, 0x1ff),
+            set_field_action(&oxm32(REG5_MASKED, 0x1234, Some(0xff00))),
+            reg_load(VLAN_TCI, 0, 12, 0x5),
+        ] {
+            let (t, a) = render(&bytes);
+            assert_eq!(a, [FlowAction::Other(t.clone().into())], "{t}");
+        }
     }
 
     fn conjunction(clause: u8, n: u8) -> Vec<u8> {
