@@ -1,7 +1,7 @@
 //! Prometheus series of the OVS kernel datapath (genetlink polls and the datapath eBPF programs).
 
+use super::encode::{Lv, Res, counter, gauge};
 use super::families;
-use super::metrics::{Lv, Res, counter, gauge};
 use crate::model::datapath::{DatapathEvents, DatapathReport};
 use prometheus_client::encoding::DescriptorEncoder;
 
@@ -146,7 +146,8 @@ pub fn encode_datapath(
 
 #[cfg(test)]
 mod tests {
-    use crate::export::metrics::{BuildInfo, registry, render};
+    use crate::export::health::BuildInfo;
+    use crate::export::metrics::{registry, render};
     use crate::model::datapath::{Datapath, DatapathCheck, DatapathEvents, DatapathReport, Vport};
     use crate::model::state::SharedState;
 

@@ -1,8 +1,8 @@
 //! Prometheus exposition of the dirty-flow report (`pinflow_ovs_flows`, `pinflow_ovs_dirty_*`,
 //! `pinflow_ovs_port_info`).
 
+use super::encode::{Lv, Res, gauge};
 use super::families;
-use super::metrics::{Lv, Res, gauge};
 use crate::export::ExportConfig;
 use crate::model::flows::FlowsReport;
 use prometheus_client::encoding::DescriptorEncoder;

@@ -1,10 +1,35 @@
 //! Prometheus exposition of pinflow's own health: per-source state, build info and the cost of
 //! its eBPF programs.
 
+use super::encode::{Lv, Res, counter, gauge};
 use super::families;
-use super::metrics::{Lv, Res, counter, gauge};
-use crate::export::metrics::BuildInfo;
 use crate::model::state::SharedState;
+
+/// Build facts for `pinflow_build_info`.
+#[derive(Clone, Debug)]
+pub struct BuildInfo {
+    /// pinflow version.
+    pub version: String,
+    /// Git revision it was built from.
+    pub revision: String,
+    /// rustc that built it.
+    pub rustc: String,
+    /// Running kernel release.
+    pub kernel: String,
+}
+
+impl BuildInfo {
+    /// This binary's build facts on a kernel of release `kernel`.
+    pub fn current(kernel: String) -> BuildInfo {
+        use crate::build_info;
+        BuildInfo {
+            version: build_info::VERSION.into(),
+            revision: build_info::REVISION.into(),
+            rustc: build_info::RUSTC.into(),
+            kernel,
+        }
+    }
+}
 use prometheus_client::encoding::DescriptorEncoder;
 
 /// Encodes every self-monitoring family.

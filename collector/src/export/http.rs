@@ -169,7 +169,7 @@ impl Default for RouterOptions {
 /// The router with every endpoint, behind basic auth and with the extra headers of `web`.
 pub fn router(
     state: SharedState,
-    build: metrics::BuildInfo,
+    build: super::health::BuildInfo,
     limits: ExportConfig,
     options: &RouterOptions,
     web: Option<&WebConfig>,

@@ -3,62 +3,13 @@
 //! A custom `prometheus_client` collector encodes the latest reports at scrape time: nothing is
 //! computed per scrape, and series of vanished domains or healed drifts disappear with the report.
 
-use super::families::Family;
+use super::health::BuildInfo;
 use crate::export::ExportConfig;
 use crate::model::state::SharedState;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
-};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 use std::fmt::Write as _;
-
-/// A label value escaped for the text exposition (prometheus-client 0.24 writes values verbatim).
-#[derive(Debug)]
-pub(crate) struct Lv<'a>(pub(crate) &'a str);
-
-impl EncodeLabelValue for Lv<'_> {
-    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        for c in self.0.chars() {
-            match c {
-                '\\' => enc.write_str("\\\\")?,
-                '"' => enc.write_str("\\\"")?,
-                '\n' => enc.write_str("\\n")?,
-                c => enc.write_char(c)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Build facts for `pinflow_build_info`.
-#[derive(Clone, Debug)]
-pub struct BuildInfo {
-    /// pinflow version.
-    pub version: String,
-    /// Git revision it was built from.
-    pub revision: String,
-    /// rustc that built it.
-    pub rustc: String,
-    /// Running kernel release.
-    pub kernel: String,
-}
-
-impl BuildInfo {
-    /// This binary's build facts on a kernel of release `kernel`.
-    pub fn current(kernel: String) -> BuildInfo {
-        use crate::build_info;
-        BuildInfo {
-            version: build_info::VERSION.into(),
-            revision: build_info::REVISION.into(),
-            rustc: build_info::RUSTC.into(),
-            kernel,
-        }
-    }
-}
 
 /// The collector registered in the registry; encodes the shared state on each scrape.
 #[derive(Debug)]
@@ -135,46 +86,6 @@ pub fn openmetrics_to_prometheus(om: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Result of an encoding step.
-pub(crate) type Res = Result<(), std::fmt::Error>;
-
-/// Encodes one gauge family (name and help from the family table) from `(labels, value)` rows.
-pub(crate) fn gauge<'a, const N: usize>(
-    enc: &mut DescriptorEncoder,
-    family: &Family,
-    rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
-) -> Res {
-    let mut m = enc.encode_descriptor(
-        family.descriptor_name(),
-        family.help,
-        None,
-        MetricType::Gauge,
-    )?;
-    for (labels, v) in rows {
-        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// Encodes one counter family (the table's name without `_total`, which OpenMetrics appends)
-/// from `(labels, value)` rows.
-pub(crate) fn counter<'a, const N: usize>(
-    enc: &mut DescriptorEncoder,
-    family: &Family,
-    rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
-) -> Res {
-    let mut m = enc.encode_descriptor(
-        family.descriptor_name(),
-        family.help,
-        None,
-        MetricType::Counter,
-    )?;
-    for (labels, v) in rows {
-        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
 }
 
 impl Collector for PinflowCollector {

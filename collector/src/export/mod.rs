@@ -2,9 +2,10 @@
 //! [`crate::model`] (through [`crate::model::state::SharedState`]) and encode them.
 
 pub mod datapath;
+mod encode;
 pub mod families;
 mod flows;
-mod health;
+pub(crate) mod health;
 pub mod http;
 pub mod metrics;
 mod pinning;

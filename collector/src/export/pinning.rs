@@ -1,8 +1,8 @@
 //! Prometheus exposition of the pinning report (`pinflow_instance_info`, `pinflow_domain_*`,
 //! `pinflow_vcpu_*`, `pinflow_pcpu_*`).
 
+use super::encode::{Lv, Res, counter, gauge};
 use super::families;
-use super::metrics::{Lv, Res, counter, gauge};
 use crate::model::pinning::{PinKind, PinningReport};
 use prometheus_client::encoding::DescriptorEncoder;
 

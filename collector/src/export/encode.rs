@@ -1,0 +1,69 @@
+//! The encoders every area's exposition uses: one gauge or counter family from rows of labels and
+//! values, with label values escaped.
+
+use super::families::Family;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use std::fmt::Write as _;
+
+/// A label value escaped for the text exposition (prometheus-client 0.24 writes values verbatim).
+#[derive(Debug)]
+pub(crate) struct Lv<'a>(pub(crate) &'a str);
+
+impl EncodeLabelValue for Lv<'_> {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => enc.write_str("\\\\")?,
+                '"' => enc.write_str("\\\"")?,
+                '\n' => enc.write_str("\\n")?,
+                c => enc.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Result of an encoding step.
+pub(crate) type Res = Result<(), std::fmt::Error>;
+
+/// Encodes one gauge family (name and help from the family table) from `(labels, value)` rows.
+pub(crate) fn gauge<'a, const N: usize>(
+    enc: &mut DescriptorEncoder,
+    family: &Family,
+    rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
+) -> Res {
+    let mut m = enc.encode_descriptor(
+        family.descriptor_name(),
+        family.help,
+        None,
+        MetricType::Gauge,
+    )?;
+    for (labels, v) in rows {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Encodes one counter family (the table's name without `_total`, which OpenMetrics appends)
+/// from `(labels, value)` rows.
+pub(crate) fn counter<'a, const N: usize>(
+    enc: &mut DescriptorEncoder,
+    family: &Family,
+    rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
+) -> Res {
+    let mut m = enc.encode_descriptor(
+        family.descriptor_name(),
+        family.help,
+        None,
+        MetricType::Counter,
+    )?;
+    for (labels, v) in rows {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
