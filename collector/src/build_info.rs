@@ -1,13 +1,13 @@
 //! Build facts: version, git revision and rustc, for `pinflow --version` and `pinflow_build_info`.
 
 /// pinflow's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git revision it was built from (`unknown` outside git).
-pub const REVISION: &str = env!("PINFLOW_GIT_REVISION");
+pub(crate) const REVISION: &str = env!("PINFLOW_GIT_REVISION");
 /// `rustc --version` of the compiler that built it.
-pub const RUSTC: &str = env!("PINFLOW_RUSTC_VERSION");
+pub(crate) const RUSTC: &str = env!("PINFLOW_RUSTC_VERSION");
 /// `pinflow -V`.
-pub const VERSION_LINE: &str = concat!(
+pub(crate) const VERSION_LINE: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (revision ",
     env!("PINFLOW_GIT_REVISION"),
@@ -16,7 +16,7 @@ pub const VERSION_LINE: &str = concat!(
     ")"
 );
 /// `pinflow --version`.
-pub const LONG_VERSION: &str = concat!(
+pub(crate) const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     "\nrevision: ",
     env!("PINFLOW_GIT_REVISION"),

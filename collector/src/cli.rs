@@ -16,52 +16,52 @@ use std::path::PathBuf;
                   drift, dirty flows with --dirty), 2 error (invalid config, unreadable sources). \
                   A closed pipe ends the output quietly."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do (default: serve).
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
     /// Source flags (also accepted after the subcommand).
     #[command(flatten)]
-    pub sources: SourceArgs,
+    pub(crate) sources: SourceArgs,
     /// Logging flags.
     #[command(flatten)]
-    pub log: LogArgs,
+    pub(crate) log: LogArgs,
 }
 
 /// Flags every subcommand takes: where the sources live and the config file.
 #[derive(Clone, Debug, Args)]
-pub struct SourceArgs {
+pub(crate) struct SourceArgs {
     /// TOML config file (every field has a default).
     #[arg(long, global = true, env = "PINFLOW_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// procfs mount to read (a container sees the host's at e.g. /host/proc).
     #[arg(long = "proc-root", global = true, default_value = "/proc")]
-    pub proc_root: PathBuf,
+    pub(crate) proc_root: PathBuf,
     /// sysfs mount to read (cgroupfs is under <sys-root>/fs/cgroup).
     #[arg(long = "sys-root", global = true, default_value = "/sys")]
-    pub sys_root: PathBuf,
+    pub(crate) sys_root: PathBuf,
     /// libvirt's live state directory of QEMU domains.
     #[arg(
         long = "libvirt-state-dir",
         global = true,
         default_value = "/run/libvirt/qemu"
     )]
-    pub libvirt_state_dir: PathBuf,
+    pub(crate) libvirt_state_dir: PathBuf,
     /// Open vSwitch run directory (db.sock, <bridge>.mgmt).
     #[arg(
         long = "ovs-run-dir",
         global = true,
         default_value = "/run/openvswitch"
     )]
-    pub ovs_run_dir: PathBuf,
+    pub(crate) ovs_run_dir: PathBuf,
     /// Which collectors run.
     #[command(flatten)]
-    pub collectors: CollectorArgs,
+    pub(crate) collectors: CollectorArgs,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the collector and serve /metrics and /api/v1 (the default).
     Serve(ServeArgs),
     /// Validate the config and tell which sources can run on this host and why not.
@@ -108,35 +108,35 @@ pub enum Command {
 
 /// Flags of `flows`.
 #[derive(Clone, Debug, Args)]
-pub struct FlowsArgs {
+pub(crate) struct FlowsArgs {
     /// Only this bridge (default: every bridge in OVSDB).
     #[arg(long)]
-    pub bridge: Option<String>,
+    pub(crate) bridge: Option<String>,
     /// Only dirty flows, as a table with the rule that flags each (one-shot: `stale_cookie` needs
     /// the grace period of a running collector; see /api/v1/flows/dirty).
     #[arg(long)]
-    pub dirty: bool,
+    pub(crate) dirty: bool,
     /// Leave out duration and counters (like `ovs-ofctl --no-stats`).
     #[arg(long = "no-stats")]
-    pub no_stats: bool,
+    pub(crate) no_stats: bool,
     /// Print JSON: with `--dirty` the /api/v1/flows/dirty document, else every bridge with its
     /// flows (table, priority, cookie, counters, the `ovs-ofctl` text).
     #[arg(long, conflicts_with = "datapath")]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Dump the OVS kernel datapath's megaflows over generic netlink (as `ovs-dpctl dump-flows` prints them).
     #[arg(long)]
-    pub datapath: bool,
+    pub(crate) datapath: bool,
     /// Print only the number of megaflows and the time the dump and decode took.
     #[arg(long)]
-    pub count: bool,
+    pub(crate) count: bool,
     /// Write every received netlink datagram, hex-encoded one per line, to this file (test fixtures).
     #[arg(long)]
-    pub capture: Option<PathBuf>,
+    pub(crate) capture: Option<PathBuf>,
 }
 
 /// Flags of `serve` (exporter-toolkit conventions).
 #[derive(Clone, Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to serve on: `:PORT` (every interface), `HOST:PORT`, `[IPv6]:PORT`. Repeat the flag
     /// to listen on several addresses.
     #[arg(
@@ -146,17 +146,17 @@ pub struct ServeArgs {
         value_parser = ListenAddress::parse,
         action = clap::ArgAction::Append
     )]
-    pub listen: Vec<ListenAddress>,
+    pub(crate) listen: Vec<ListenAddress>,
     /// Path under which metrics are served.
     #[arg(long = "web.telemetry-path", default_value = "/metrics", value_parser = parse_path)]
-    pub telemetry_path: String,
+    pub(crate) telemetry_path: String,
     /// exporter-toolkit web config (YAML): TLS certificate and key, client CA, basic-auth users
     /// with bcrypt hashes.
     #[arg(long = "web.config.file", value_name = "FILE")]
-    pub web_config: Option<PathBuf>,
+    pub(crate) web_config: Option<PathBuf>,
     /// Do not serve /api/v1 (it carries Nova names, project ids and flow texts).
     #[arg(long = "web.disable-api")]
-    pub disable_api: bool,
+    pub(crate) disable_api: bool,
 }
 
 impl Default for ServeArgs {
@@ -187,7 +187,7 @@ fn parse_path(s: &str) -> Result<String, String> {
 /// without OVS runs with `--no-collector.flows --no-collector.datapath`, and reports nothing about
 /// those sources instead of reporting them down forever.
 #[derive(Clone, Debug, Default, Args)]
-pub struct CollectorArgs {
+pub(crate) struct CollectorArgs {
     /// Turn the pinning collector on (default): libvirt, procfs/cgroupfs, the sched_switch probe.
     #[arg(
         long = "collector.pinning",
@@ -226,19 +226,19 @@ pub struct CollectorArgs {
 
 impl CollectorArgs {
     /// Whether the pinning pipeline runs.
-    pub fn pinning(&self) -> bool {
+    pub(crate) fn pinning(&self) -> bool {
         !self.no_pinning
     }
     /// Whether the flows pipeline runs.
-    pub fn flows(&self) -> bool {
+    pub(crate) fn flows(&self) -> bool {
         !self.no_flows
     }
     /// Whether the datapath pipeline runs.
-    pub fn datapath(&self) -> bool {
+    pub(crate) fn datapath(&self) -> bool {
         !self.no_datapath
     }
     /// Whether the collector named `name` (`pinning`, `flows`, `datapath`) runs.
-    pub fn enabled(&self, name: &str) -> bool {
+    pub(crate) fn enabled(&self, name: &str) -> bool {
         match name {
             "pinning" => self.pinning(),
             "flows" => self.flows(),
@@ -250,12 +250,12 @@ impl CollectorArgs {
 
 /// `--log.level`, `--log.format`.
 #[derive(Clone, Debug, Args)]
-pub struct LogArgs {
+pub(crate) struct LogArgs {
     /// Least severe level logged: debug, info, warn, error (`RUST_LOG` overrides it with a full
     /// tracing filter).
     #[arg(long = "log.level", global = true, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
-    pub level: String,
+    pub(crate) level: String,
     /// Log line format on stderr.
     #[arg(long = "log.format", global = true, default_value = "logfmt", value_parser = ["logfmt", "json"])]
-    pub format: String,
+    pub(crate) format: String,
 }

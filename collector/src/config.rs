@@ -14,20 +14,20 @@ use std::path::Path;
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// Pinning drift detection.
-    pub pinning: PinningConfig,
+    pub(crate) pinning: PinningConfig,
     /// Dirty-flow rules (`[flows]`, with `[[flows.user_rules]]`).
-    pub flows: DirtyFlowConfig,
+    pub(crate) flows: DirtyFlowConfig,
     /// Exposition limits.
-    pub export: ExportConfig,
+    pub(crate) export: ExportConfig,
     /// OVS kernel datapath source and health checks.
-    pub datapath: DatapathConfig,
+    pub(crate) datapath: DatapathConfig,
 }
 
 /// A configuration error with the file and the reason.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
     Read {
@@ -126,7 +126,7 @@ fn line_of_key(text: &str, path: &str) -> Option<usize> {
 
 impl Config {
     /// Reads and validates a config file; `None` gives the defaults.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             return Ok(Config::default());
         };
@@ -149,7 +149,7 @@ impl Config {
     }
 
     /// Parses and validates config text.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
         let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "<text>".into(),
             message: describe(text, &e),
@@ -171,7 +171,7 @@ impl Config {
 
     /// Why the file switches `source` off, if it does (`pinflow check` shows it; the daemon does
     /// not start it).
-    pub fn switched_off(&self, source: &str) -> Option<&'static str> {
+    pub(crate) fn switched_off(&self, source: &str) -> Option<&'static str> {
         use crate::sources::{ovs_dp, sched_bpf};
         if source == sched_bpf::SOURCE.name && !self.pinning.ebpf {
             Some("off in the config ([pinning] ebpf = false)")
@@ -187,7 +187,7 @@ impl Config {
     }
 
     /// Checks value ranges; the error starts with the key it is about.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let p = &self.pinning;
         if !(0.05..=3600.0).contains(&p.interval_seconds) {
             return Err(format!(

@@ -1,14 +1,17 @@
 //! pinflow: a host collector for OpenStack/KVM/Open vSwitch hypervisors.
 //!
 //! Data flows one way: [`sources`] read the host into the [`model`], [`detect`] turns the model into
-//! findings, [`export`] serves them (Prometheus `/metrics`, JSON API, CLI tables).
+//! findings, [`engine`] runs one pipeline per area and publishes reports, [`export`] serves them
+//! (Prometheus `/metrics`, JSON API, CLI tables); [`commands`] are the binary. ARCHITECTURE.md
+//! draws it. Everything is crate-private except what the binary, the fuzz targets, the examples
+//! and the integration tests need.
 
-pub mod build_info;
-pub mod cli;
+mod build_info;
+mod cli;
 pub mod commands;
-pub mod config;
-pub mod detect;
-pub mod engine;
+mod config;
+mod detect;
+mod engine;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -15,18 +15,18 @@ use std::time::Instant;
 /// Thresholds of the datapath checks (from the `[datapath]` config; no defaults of its own, so
 /// that they exist in one place).
 #[derive(Clone, Debug)]
-pub struct HealthConfig {
+pub(crate) struct HealthConfig {
     /// The megaflow limit ovs-vswitchd enforces (`other_config:flow-limit`).
-    pub flow_limit: u64,
+    pub(crate) flow_limit: u64,
     /// Fraction of the limit that counts as unhealthy.
-    pub flow_limit_ratio: f64,
+    pub(crate) flow_limit_ratio: f64,
     /// Upcalls per second from one port that count as a storm.
-    pub storm_upcalls_per_second: f64,
+    pub(crate) storm_upcalls_per_second: f64,
 }
 
 /// Remembers the previous sample to turn counters into rates and deltas.
 #[derive(Debug, Default)]
-pub struct HealthTracker {
+pub(crate) struct HealthTracker {
     lost: HashMap<String, u64>,
     upcalls: HashMap<(String, String), (u64, Instant)>,
 }
@@ -34,7 +34,7 @@ pub struct HealthTracker {
 impl HealthTracker {
     /// Evaluates every check. `upcalls` are per (datapath, port) totals (kernel vport stats or
     /// eBPF); `drop_local` holds the findings of [`drop_flows_to_local_macs`] per datapath.
-    pub fn evaluate(
+    pub(crate) fn evaluate(
         &mut self,
         cfg: &HealthConfig,
         dps: &[Datapath],
@@ -96,7 +96,7 @@ fn count(
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut m = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut m {
@@ -107,7 +107,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// Drop megaflows that carried packets and match one of `macs` (MAC → domain) as their exact
 /// Ethernet destination: (MAC, domain, packets).
-pub fn drop_flows_to_local_macs(
+#[cfg(test)]
+fn drop_flows_to_local_macs(
     flows: &[Megaflow],
     macs: &HashMap<[u8; 6], String>,
 ) -> Vec<(String, String, u64)> {
@@ -118,7 +119,7 @@ pub fn drop_flows_to_local_macs(
 }
 
 /// One megaflow of [`drop_flows_to_local_macs`]: Some((MAC, domain, packets)) when it is one.
-pub fn drop_flow_to_local_mac(
+pub(crate) fn drop_flow_to_local_mac(
     f: &Megaflow,
     macs: &HashMap<[u8; 6], String>,
 ) -> Option<(String, String, u64)> {

@@ -1,5 +1,5 @@
 //! Detectors: pure functions from the host model to findings.
 
-pub mod datapath;
-pub mod flows;
-pub mod pinning;
+pub(crate) mod datapath;
+pub(crate) mod flows;
+pub(crate) mod pinning;

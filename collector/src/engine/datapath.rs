@@ -19,19 +19,19 @@ use std::time::{Duration, Instant};
 /// `[datapath]`: the OVS kernel datapath source (genetlink + eBPF) and its health checks.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct DatapathConfig {
+pub(crate) struct DatapathConfig {
     /// Poll the kernel datapath at all.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Attach the datapath eBPF programs (upcalls per port, actions, OVS drop reasons).
-    pub ebpf: bool,
+    pub(crate) ebpf: bool,
     /// Seconds between megaflow dumps (drop-flow checks); datapath/vport stats are polled every second.
-    pub flow_dump_interval_seconds: f64,
+    pub(crate) flow_dump_interval_seconds: f64,
     /// ovs-vswitchd's megaflow limit (`other_config:flow-limit`), for the `flow_limit` check.
-    pub flow_limit: u64,
+    pub(crate) flow_limit: u64,
     /// Fraction of `flow_limit` that makes the `flow_limit` check unhealthy.
-    pub flow_limit_ratio: f64,
+    pub(crate) flow_limit_ratio: f64,
     /// Upcalls per second from one port that make an `upcall_storm`.
-    pub upcall_storm_per_second: f64,
+    pub(crate) upcall_storm_per_second: f64,
 }
 
 impl Default for DatapathConfig {
@@ -49,15 +49,15 @@ impl Default for DatapathConfig {
 
 /// How the poller runs.
 #[derive(Clone, Debug)]
-pub struct PollConfig {
+pub(crate) struct PollConfig {
     /// Datapath/vport poll interval.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Megaflow dump interval (drop-flow detection); flows are not dumped more often.
-    pub flow_interval: Duration,
+    pub(crate) flow_interval: Duration,
     /// Stop dumping a datapath's megaflows when it holds more than this many.
-    pub max_flows_dumped: u64,
+    pub(crate) max_flows_dumped: u64,
     /// Attach the datapath eBPF programs.
-    pub ebpf: bool,
+    pub(crate) ebpf: bool,
 }
 
 impl Default for PollConfig {
@@ -122,7 +122,7 @@ const MODULE_CHECK: Duration = Duration::from_secs(2);
 const FAMILY_REPROBE: Duration = Duration::from_secs(10);
 
 /// Runs the pipeline as `cfg` says, forever (blocking; run it on its own thread).
-pub fn run(state: SharedState, cfg: &DatapathConfig) {
+pub(crate) fn run(state: SharedState, cfg: &DatapathConfig) {
     let poll = PollConfig {
         flow_interval: Duration::from_secs_f64(cfg.flow_dump_interval_seconds),
         ebpf: cfg.ebpf,
@@ -138,7 +138,7 @@ pub fn run(state: SharedState, cfg: &DatapathConfig) {
 
 /// Polls the kernel datapath forever (blocking; run it on its own thread), publishing a
 /// [`DatapathReport`] and the source's health into `state`.
-pub fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfig) {
+pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfig) {
     let mut client: Option<DatapathClient> = None;
     let mut last_flow_dump = None;
     let mut report = DatapathReport::default();

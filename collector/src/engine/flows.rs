@@ -69,7 +69,7 @@ static MIRROR_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 const MIRROR_RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// Runs the flow pipeline forever.
-pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
+pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     let mut index = match DirtyFlowIndex::new(&cfg) {
         Ok(i) => i,
         Err(e) => {
@@ -101,6 +101,8 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
     let mut published_findings = index.findings_generation();
     let mut findings = FindingsLog::new("dirty flow");
     let mut last_publish = Instant::now() - PUBLISH_INTERVAL;
+    // Instances that come or go rename the ports of findings: republish when they change.
+    let mut inventory = state.inventory.subscribe();
     loop {
         // No periodic tick: sleep until the next publish is due (after a change) or the index's
         // next grace-period deadline, whichever comes first; an idle host costs no wake-ups.
@@ -145,6 +147,9 @@ pub async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedState) {
                     urgent |= apply_change(&mut index, &tasks, &b, c, &state);
                 }
                 dirty = true;
+            }
+            Ok(()) = inventory.changed() => {
+                (dirty, urgent) = (true, true);
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
@@ -695,13 +700,15 @@ fn publish(
 /// Loads a one-shot dump of `bridge` into `index`, each flow aged by the switch's `duration`
 /// (installed that long before `now`), oldest first, then advances the index to `now`: a
 /// one-shot command sees what a long-running daemon would, `stale_cookie` included.
-pub fn load_dump_aged(
+pub(crate) fn load_dump_aged(
     index: &mut DirtyFlowIndex,
     bridge: &str,
-    mut flows: Vec<openflow::FlowStats>,
+    mut flows: Vec<crate::model::openflow::FlowStats>,
     now: Instant,
 ) {
-    let age = |f: &openflow::FlowStats| Duration::new(u64::from(f.duration_sec), f.duration_nsec);
+    let age = |f: &crate::model::openflow::FlowStats| {
+        Duration::new(u64::from(f.duration_sec), f.duration_nsec)
+    };
     flows.sort_by_key(|f| std::cmp::Reverse(age(f)));
     index.replace_flows(bridge, std::iter::empty::<FlowEntry>(), now);
     for f in flows {
@@ -733,7 +740,7 @@ pub(crate) fn instances_once(
 
 /// Every current finding of `index` joined to the ports of `bridges` and the host's instances
 /// (for `pinflow flows --dirty`).
-pub fn dirty_flows_once(
+pub(crate) fn dirty_flows_once(
     index: &DirtyFlowIndex,
     bridges: &BTreeMap<String, Bridge>,
     libvirt_state_dir: &std::path::Path,
@@ -748,7 +755,8 @@ pub fn dirty_flows_once(
 mod tests {
     use super::*;
     use crate::model::flows::OvsPort;
-    use crate::model::openflow::{FieldMatch, FlowSource};
+    use crate::model::openflow::FieldMatch;
+    use crate::model::openflow::flow::FlowSource;
 
     fn flow(
         table: u8,
@@ -906,7 +914,8 @@ mod tests {
         let mut flows = Vec::new();
         for body in replies("neutron-dump.of13.bin") {
             let mp = openflow::wire::MultipartReply::parse(&body).unwrap();
-            openflow::decode_flow_stats(mp.body, &mut flows, &mut Vec::new()).unwrap();
+            crate::model::openflow::render::decode_flow_stats(mp.body, &mut flows, &mut Vec::new())
+                .unwrap();
         }
         let by_text = |want: &str| {
             flows
@@ -1087,7 +1096,7 @@ mod tests {
         let mut index = DirtyFlowIndex::new(&cfg).unwrap();
         let now = Instant::now();
         index.sync_bridges(&bridge(&[("tapa", 5, "")]), now);
-        let stats = |prio: u16, cookie: u64, secs: u32| openflow::FlowStats {
+        let stats = |prio: u16, cookie: u64, secs: u32| crate::model::openflow::FlowStats {
             entry: flow(
                 0,
                 prio,

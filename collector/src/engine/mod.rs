@@ -7,11 +7,11 @@
 //! - [`datapath`]: the OVS kernel datapath over genetlink + its eBPF probe → datapath checks.
 //! - [`supervise`]: no thread or task of theirs stops silently.
 
-pub mod datapath;
+pub(crate) mod datapath;
 mod findings_log;
-pub mod flows;
-pub mod pinning;
-pub mod supervise;
+pub(crate) mod flows;
+pub(crate) mod pinning;
+pub(crate) mod supervise;
 
 use crate::detect::flows::DirtyFlowConfig;
 use crate::model::state::SharedState;
@@ -23,13 +23,13 @@ use supervise::Supervisor;
 
 /// What to run: each pipeline's config section, `None` when its collector is off.
 #[derive(Clone, Debug, Default)]
-pub struct Pipelines {
+pub(crate) struct Pipelines {
     /// The pinning pipeline.
-    pub pinning: Option<PinningConfig>,
+    pub(crate) pinning: Option<PinningConfig>,
     /// The dirty-flow pipeline.
-    pub flows: Option<DirtyFlowConfig>,
+    pub(crate) flows: Option<DirtyFlowConfig>,
     /// The datapath pipeline.
-    pub datapath: Option<DatapathConfig>,
+    pub(crate) datapath: Option<DatapathConfig>,
 }
 
 /// How long [`start`] waits for the first pinning pass before it returns (a slow procfs must not
@@ -39,7 +39,7 @@ const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
 /// Starts every pipeline of `pipelines` under `supervisor`, publishing into `state`. Returns
 /// once the first pinning report is published, or after [`FIRST_PASS_WAIT`]. Must be called
 /// from within the Tokio runtime.
-pub async fn start(
+pub(crate) async fn start(
     pipelines: Pipelines,
     host: &HostPaths,
     state: &SharedState,

@@ -31,16 +31,16 @@ use std::time::{Duration, Instant};
 /// `[pinning]`: how often and how strictly pinning is checked.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct PinningConfig {
+pub(crate) struct PinningConfig {
     /// Seconds between re-reads of procfs/cgroupfs (libvirt changes also trigger a pass at once).
-    pub interval_seconds: f64,
+    pub(crate) interval_seconds: f64,
     /// Seconds of off-pin CPU time history that make a `placement` drift (drift while > 0 in the window).
-    pub placement_window_seconds: f64,
+    pub(crate) placement_window_seconds: f64,
     /// Load the eBPF `sched_switch` probe for the `placement` check and the off-pin/migration counters.
-    pub ebpf: bool,
+    pub(crate) ebpf: bool,
     /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
     /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).
-    pub bpf_stats: bool,
+    pub(crate) bpf_stats: bool,
 }
 
 impl Default for PinningConfig {
@@ -56,12 +56,12 @@ impl Default for PinningConfig {
 
 impl PinningConfig {
     /// The pass interval as a `Duration` (validated by `Config::validate`).
-    pub fn interval(&self) -> Duration {
+    pub(crate) fn interval(&self) -> Duration {
         Duration::from_secs_f64(self.interval_seconds)
     }
 
     /// The placement window as a `Duration`.
-    pub fn placement_window(&self) -> Duration {
+    pub(crate) fn placement_window(&self) -> Duration {
         Duration::from_secs_f64(self.placement_window_seconds)
     }
 }
@@ -69,7 +69,7 @@ impl PinningConfig {
 /// Loads the sched probe when the config asks for it. A probe that cannot load is reported down
 /// (with the reason) and the placement check stays off; switched off in the config, the source
 /// reports nothing (reporting it down would raise `PinflowSourceDown` forever on purpose).
-pub fn load_probe(cfg: &PinningConfig, state: &SharedState) -> Option<SchedProbe> {
+pub(crate) fn load_probe(cfg: &PinningConfig, state: &SharedState) -> Option<SchedProbe> {
     if !cfg.ebpf {
         return None;
     }
@@ -97,7 +97,7 @@ struct WatchedThread {
 }
 
 /// The pinning pipeline's state between passes.
-pub struct PinningEngine {
+pub(crate) struct PinningEngine {
     cfg: PinningConfig,
     inventory: LibvirtInventory,
     hostfs: HostFs,
@@ -113,7 +113,7 @@ pub struct PinningEngine {
 
 impl PinningEngine {
     /// Creates the engine; `probe` is the loaded eBPF placement probe, if any.
-    pub fn new(
+    pub(crate) fn new(
         cfg: PinningConfig,
         inputs: &HostPaths,
         probe: Option<SchedProbe>,
@@ -139,7 +139,7 @@ impl PinningEngine {
     /// supervised thread of its own, so that a slow procfs never stalls scrapes or the OpenFlow
     /// and OVSDB sessions. Must be called from within the Tokio runtime. The receiver resolves
     /// when the first pass is published.
-    pub fn start(
+    pub(crate) fn start(
         self,
         supervisor: &Supervisor,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
@@ -225,7 +225,7 @@ impl PinningEngine {
     }
 
     /// One full pass: refresh inventory, observe threads, sync the eBPF watch set, detect, publish.
-    pub fn pass(&mut self) {
+    pub(crate) fn pass(&mut self) {
         let sources = self.state.sources.clone();
         let collection = sources.collect(libvirt::SOURCE.name);
         let refresh = self.inventory.refresh();
@@ -250,9 +250,10 @@ impl PinningEngine {
 
         let collection = sources.collect(procfs::SOURCE.name);
         let domains: Vec<Domain> = self.inventory.domains().cloned().collect();
+        // Subscribers (the flow pipeline) wake only when an instance or interface changed.
         self.state
             .inventory
-            .set(HostInventory::from_domains(&domains));
+            .set_if_changed(HostInventory::from_domains(&domains));
         let mut observations = Vec::with_capacity(domains.len());
         for d in domains {
             let (obs, errs) = observe(&self.hostfs, d);
@@ -483,7 +484,7 @@ impl MonotonicCounters {
 
 /// Reads every thread of the domain's QEMU process. Returns the observation and the number of
 /// unexpected read errors (threads that vanished mid-read are normal and not counted).
-pub fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
+pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
     let mut obs = DomainObservation::default();
     let mut errors = 0;
     if let Some(pid) = domain.pid {
@@ -518,7 +519,7 @@ pub fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
 
 /// One pass without eBPF, for one-shot commands (`pinflow pinning`): the report, the libvirt
 /// refresh (with its errors) and the number of unexpected procfs/cgroupfs read errors.
-pub fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refresh, u64) {
+pub(crate) fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refresh, u64) {
     let mut inv = LibvirtInventory::new(inputs.libvirt_state_dir.clone());
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());

@@ -10,11 +10,11 @@ use tokio::sync::mpsc;
 
 /// Why a supervised thread or task stopped.
 #[derive(Debug)]
-pub struct Stopped {
+pub(crate) struct Stopped {
     /// Name of the thread or task.
-    pub name: String,
+    pub(crate) name: String,
     /// What happened (`panicked: …` or `returned`).
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl std::fmt::Display for Stopped {
@@ -24,7 +24,7 @@ impl std::fmt::Display for Stopped {
 }
 
 /// Starts supervised threads and tasks; [`Supervisor::stopped`] yields the first one to stop.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     tx: mpsc::UnboundedSender<Stopped>,
     rx: mpsc::UnboundedReceiver<Stopped>,
 }
@@ -56,7 +56,7 @@ fn report(tx: &mpsc::UnboundedSender<Stopped>, name: String, reason: String) {
 
 impl Supervisor {
     /// Runs `f` on a new OS thread named `name`; its return or panic is reported.
-    pub fn thread<F>(&self, name: &str, f: F) -> std::io::Result<()>
+    pub(crate) fn thread<F>(&self, name: &str, f: F) -> std::io::Result<()>
     where
         F: FnOnce() + Send + 'static,
     {
@@ -75,7 +75,7 @@ impl Supervisor {
     }
 
     /// Spawns `fut` on the runtime as task `name`; its end or panic is reported.
-    pub fn task<F>(&self, name: &str, fut: F)
+    pub(crate) fn task<F>(&self, name: &str, fut: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -95,7 +95,7 @@ impl Supervisor {
     }
 
     /// Waits until a supervised thread or task stops.
-    pub async fn stopped(&mut self) -> Stopped {
+    pub(crate) async fn stopped(&mut self) -> Stopped {
         match self.rx.recv().await {
             Some(s) => s,
             // Unreachable while `self` holds a sender; never panic.

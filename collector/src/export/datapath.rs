@@ -7,7 +7,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 /// Encodes `pinflow_ovs_datapath_*`, `pinflow_ovs_vport_*`, `pinflow_ovs_upcalls_total` and
 /// `pinflow_ovs_drops_total`.
-pub fn encode_datapath(
+pub(crate) fn encode_datapath(
     enc: &mut DescriptorEncoder,
     r: &DatapathReport,
     ev: &DatapathEvents,

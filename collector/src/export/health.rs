@@ -7,20 +7,20 @@ use crate::model::state::SharedState;
 
 /// Build facts for `pinflow_build_info`.
 #[derive(Clone, Debug)]
-pub struct BuildInfo {
+pub(crate) struct BuildInfo {
     /// pinflow version.
-    pub version: String,
+    pub(crate) version: String,
     /// Git revision it was built from.
-    pub revision: String,
+    pub(crate) revision: String,
     /// rustc that built it.
-    pub rustc: String,
+    pub(crate) rustc: String,
     /// Running kernel release.
-    pub kernel: String,
+    pub(crate) kernel: String,
 }
 
 impl BuildInfo {
     /// This binary's build facts on a kernel of release `kernel`.
-    pub fn current(kernel: String) -> BuildInfo {
+    pub(crate) fn current(kernel: String) -> BuildInfo {
         use crate::build_info;
         BuildInfo {
             version: build_info::VERSION.into(),

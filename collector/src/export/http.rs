@@ -31,7 +31,7 @@ use std::time::Duration;
 
 /// One `--web.listen-address` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ListenAddress {
+pub(crate) enum ListenAddress {
     /// `:PORT`: every interface (IPv6 and IPv4 where the host has IPv6, else IPv4).
     Any(u16),
     /// A literal address.
@@ -42,7 +42,7 @@ pub enum ListenAddress {
 
 impl ListenAddress {
     /// Parses `:PORT`, `HOST:PORT` or `[IPv6]:PORT`.
-    pub fn parse(s: &str) -> Result<ListenAddress, String> {
+    pub(crate) fn parse(s: &str) -> Result<ListenAddress, String> {
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Ok(ListenAddress::Addr(a));
         }
@@ -78,9 +78,9 @@ impl std::fmt::Display for ListenAddress {
 }
 
 /// Connections open at once; a new one beyond this closes the oldest ([`ConnectionSlots`]).
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Time a client has for the TLS handshake and for each request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -150,11 +150,11 @@ fn json_response(body: serde_json::Result<Bytes>) -> Response {
 
 /// What the router serves.
 #[derive(Clone, Debug)]
-pub struct RouterOptions {
+pub(crate) struct RouterOptions {
     /// Path of the metrics endpoint (`--web.telemetry-path`).
-    pub telemetry_path: String,
+    pub(crate) telemetry_path: String,
     /// Leave out `/api/v1` (`--web.disable-api`).
-    pub disable_api: bool,
+    pub(crate) disable_api: bool,
 }
 
 impl Default for RouterOptions {
@@ -167,7 +167,7 @@ impl Default for RouterOptions {
 }
 
 /// The router with every endpoint, behind basic auth and with the extra headers of `web`.
-pub fn router(
+pub(crate) fn router(
     state: SharedState,
     build: super::health::BuildInfo,
     limits: ExportConfig,
@@ -274,7 +274,7 @@ async fn basic_auth(State(auth): State<Arc<BasicAuth>>, req: Request, next: Next
 
 /// Binds every address (all before serving any, so a bad one stops the start) and serves until
 /// `shutdown` resolves.
-pub async fn serve(
+pub(crate) async fn serve(
     addrs: &[ListenAddress],
     router: Router,
     web: Option<&WebConfig>,

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 /// The collector registered in the registry; encodes the shared state on each scrape.
 #[derive(Debug)]
-pub struct PinflowCollector {
+pub(crate) struct PinflowCollector {
     state: SharedStateHandle,
     build: BuildInfo,
     limits: ExportConfig,
@@ -30,7 +30,7 @@ impl std::fmt::Debug for SharedStateHandle {
 }
 
 /// A registry holding pinflow's collector.
-pub fn registry(state: SharedState, build: BuildInfo, limits: ExportConfig) -> Registry {
+pub(crate) fn registry(state: SharedState, build: BuildInfo, limits: ExportConfig) -> Registry {
     let mut r = Registry::default();
     r.register_collector(Box::new(PinflowCollector {
         state: SharedStateHandle(state),
@@ -41,23 +41,23 @@ pub fn registry(state: SharedState, build: BuildInfo, limits: ExportConfig) -> R
 }
 
 /// Encodes the registry in the OpenMetrics text format.
-pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+pub(crate) fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::with_capacity(16 * 1024);
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
 }
 
 /// Content type of the OpenMetrics text format.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the Prometheus text format 0.0.4.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Rewrites OpenMetrics text into the Prometheus text format 0.0.4, for clients that did not ask for
 /// OpenMetrics (curl, `promtool check metrics`, older scrapers): counter families are named with
 /// their `_total` suffix in `# HELP`/`# TYPE`, and `# UNIT`/`# EOF` lines are dropped. Samples are
 /// identical in both formats.
-pub fn openmetrics_to_prometheus(om: &str) -> String {
+pub(crate) fn openmetrics_to_prometheus(om: &str) -> String {
     let mut out = String::with_capacity(om.len());
     let mut help: Option<&str> = None;
     for line in om.lines() {

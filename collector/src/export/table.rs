@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 /// Renders the pinning report: one row per vCPU (`PIN` says what the pin is: `dedicated`,
 /// `shared`, `floating` or `none`; `PIN-CPUS` its pCPUs), then every drift (an overlap's
 /// `ACTUAL` lists every owner with its pCPUs, not the bounded label of the metric).
-pub fn pinning_table(r: &PinningReport) -> String {
+pub(crate) fn pinning_table(r: &PinningReport) -> String {
     let mut rows: Vec<[String; 10]> = vec![
         [
             "DOMAIN",
@@ -81,7 +81,7 @@ pub fn pinning_table(r: &PinningReport) -> String {
 /// Renders dirty flows (as ordered): bridge, rule, severity, table, cookie, the port the finding
 /// is labelled with (`(deleted)` when it is gone from OVSDB, its ofport when no name is known)
 /// and that port's instance (libvirt domain and Nova name), then the flow text.
-pub fn dirty_flows_table(flows: &[DirtyFlow]) -> String {
+pub(crate) fn dirty_flows_table(flows: &[DirtyFlow]) -> String {
     let mut rows = vec![
         [
             "BRIDGE", "RULE", "SEVERITY", "TABLE", "COOKIE", "PORT", "INSTANCE", "FLOW",
@@ -127,7 +127,7 @@ pub fn dirty_flows_table(flows: &[DirtyFlow]) -> String {
 
 /// Renders `pinflow check`: the config, then one `SOURCE STATE DETAIL` row per source (an
 /// `openflow` row per bridge, its detail starting with the bridge's name).
-pub fn check_table(r: &CheckReport) -> String {
+pub(crate) fn check_table(r: &CheckReport) -> String {
     let config = r.config.as_deref().unwrap_or("(defaults)");
     let mut rows = vec![match &r.config_error {
         None => ["config".into(), "ok".into(), config.to_string()],
@@ -150,7 +150,7 @@ pub fn check_table(r: &CheckReport) -> String {
 }
 
 /// Left-aligns columns with two spaces between them.
-pub fn align<const N: usize>(rows: &[[String; N]]) -> String {
+pub(crate) fn align<const N: usize>(rows: &[[String; N]]) -> String {
     let mut width = [0usize; N];
     for r in rows {
         for (w, c) in width.iter_mut().zip(r) {

@@ -55,13 +55,13 @@ struct HttpServerConfig {
 
 /// A loaded web config.
 #[derive(Clone)]
-pub struct WebConfig {
+pub(crate) struct WebConfig {
     /// TLS settings, when the file enables TLS.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// Basic-auth users, when the file lists any.
-    pub auth: Option<Arc<BasicAuth>>,
+    pub(crate) auth: Option<Arc<BasicAuth>>,
     /// Headers added to every response.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl std::fmt::Debug for WebConfig {
@@ -76,7 +76,7 @@ impl std::fmt::Debug for WebConfig {
 
 /// Basic-auth users (bcrypt hashes) with a cache of verified credentials: bcrypt costs tens of
 /// milliseconds per check by design, and Prometheus sends the same credentials every scrape.
-pub struct BasicAuth {
+pub(crate) struct BasicAuth {
     users: HashMap<String, String>,
     /// user → SHA-256 of the last password that verified against the user's hash.
     verified: Mutex<HashMap<String, [u8; 32]>>,
@@ -85,7 +85,7 @@ pub struct BasicAuth {
 impl BasicAuth {
     /// Whether `user`/`password` is valid. Runs bcrypt (blocking, CPU-heavy) unless the same
     /// credentials verified before: call it off the async thread when `is_cached` says no.
-    pub fn verify(&self, user: &str, password: &str) -> bool {
+    pub(crate) fn verify(&self, user: &str, password: &str) -> bool {
         let digest = sha256(password.as_bytes());
         if self.is_cached(user, &digest) {
             return true;
@@ -105,7 +105,7 @@ impl BasicAuth {
 
     /// Whether these credentials verified before (cheap; safe on the async thread). Comparing
     /// digests leaks nothing useful through timing: a client cannot choose a digest's bytes.
-    pub fn is_cached(&self, user: &str, digest: &[u8; 32]) -> bool {
+    pub(crate) fn is_cached(&self, user: &str, digest: &[u8; 32]) -> bool {
         self.lock().get(user).is_some_and(|d| d == digest)
     }
 
@@ -115,7 +115,7 @@ impl BasicAuth {
 }
 
 /// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -125,7 +125,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// Why a web config cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("web config {path}: {msg}")]
-pub struct WebConfigError {
+pub(crate) struct WebConfigError {
     path: String,
     msg: String,
 }
@@ -133,7 +133,7 @@ pub struct WebConfigError {
 impl WebConfig {
     /// Reads and checks `path` (certificates, keys and hashes are loaded now, so a bad file stops
     /// the start instead of failing every scrape).
-    pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
         let err = |msg: String| WebConfigError {
             path: path.display().to_string(),
             msg,

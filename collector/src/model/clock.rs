@@ -3,7 +3,7 @@
 #![allow(unsafe_code)]
 
 /// `CLOCK_MONOTONIC` in ns (0 if the clock cannot be read, which Linux never does).
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

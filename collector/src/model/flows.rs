@@ -7,37 +7,37 @@ use std::sync::Arc;
 
 /// An OVS port as known from OVSDB and OpenFlow port descriptions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct OvsPort {
+pub(crate) struct OvsPort {
     /// Port (and interface) name.
-    pub name: String,
+    pub(crate) name: String,
     /// OpenFlow port number; `None` while OVS has not assigned one (or -1 = failed).
-    pub ofport: Option<u32>,
+    pub(crate) ofport: Option<u32>,
     /// VLAN tag of the port (`Port.tag`).
-    pub tag: Option<u16>,
+    pub(crate) tag: Option<u16>,
     /// `Interface.external_ids:iface-id` (Neutron port UUID).
-    pub iface_id: Option<String>,
+    pub(crate) iface_id: Option<String>,
     /// `Interface.external_ids:vm-uuid` (Nova instance UUID).
-    pub vm_uuid: Option<String>,
+    pub(crate) vm_uuid: Option<String>,
     /// `Interface.external_ids:attached-mac`.
-    pub attached_mac: Option<String>,
+    pub(crate) attached_mac: Option<String>,
     /// Interface type (`""`, `internal`, `patch`, `vxlan`, `tap`, …).
-    pub kind: String,
+    pub(crate) kind: String,
 }
 
 /// A bridge with its ports (from OVSDB) and flows (from OpenFlow).
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Bridge {
+pub(crate) struct Bridge {
     /// Bridge name.
-    pub name: String,
+    pub(crate) name: String,
     /// Ports by name.
-    pub ports: BTreeMap<String, OvsPort>,
+    pub(crate) ports: BTreeMap<String, OvsPort>,
 }
 
 /// How sure the findings of a rule are (`severity` label of `pinflow_ovs_dirty_flow_rule_info`):
 /// page on `broken` at once, review `suspect` in working hours.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Severity {
+pub(crate) enum Severity {
     /// The flow cannot do what it says (it outputs to a missing port, jumps into an empty table…).
     #[default]
     Broken,
@@ -47,7 +47,7 @@ pub enum Severity {
 
 impl Severity {
     /// The `severity` label value.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Severity::Broken => "broken",
             Severity::Suspect => "suspect",
@@ -63,36 +63,36 @@ impl serde::Serialize for Severity {
 
 /// One dirty flow (or port) as served by `/api/v1/flows/dirty` and `pinflow_ovs_dirty_flow_info`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DirtyFlow {
+pub(crate) struct DirtyFlow {
     /// Bridge.
-    pub bridge: String,
+    pub(crate) bridge: String,
     /// Rule that flagged it.
-    pub rule: String,
+    pub(crate) rule: String,
     /// `broken` (the flow cannot do what it says) or `suspect` (a heuristic): its rule's severity.
-    pub severity: &'static str,
+    pub(crate) severity: &'static str,
     /// OpenFlow table (`None` for port findings such as `dead_vlan`).
-    pub table: Option<u8>,
+    pub(crate) table: Option<u8>,
     /// Cookie (`None` for port findings), served as a hex string (`"0x6a1b2c3d4e5f6071"`, as
     /// ovs-ofctl prints it): a JSON number loses precision above 2^53.
     #[serde(serialize_with = "serialize_cookie")]
-    pub cookie: Option<u64>,
+    pub(crate) cookie: Option<u64>,
     /// The flow as `ovs-ofctl dump-flows --no-stats` prints it (or `port NAME tag=4095`).
-    pub flow: String,
+    pub(crate) flow: String,
     /// The ports the flow refers to, in order: `in_port`, then outputs, then Neutron's port
     /// register; each joined to its OVSDB port and instance (from OVSDB's last known state when
     /// the port is already gone). For `dead_vlan`, the quarantined port.
-    pub ports: Vec<FlowPort>,
+    pub(crate) ports: Vec<FlowPort>,
     /// The instance the finding hurts: the libvirt domain of [`DirtyFlow::port`], if any.
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
     /// Whether the finding comes from the last table seen before the bridge's OpenFlow session
     /// went down (not current; left out of `/metrics` until the session is back and resynced).
-    pub stale: bool,
+    pub(crate) stale: bool,
 }
 
 impl DirtyFlow {
     /// The port a finding is labelled with: the first referenced port whose name is known
     /// (`pinflow_ovs_dirty_flow_info`'s `port` label; its `domain` label is that port's domain).
-    pub fn port(&self) -> Option<&FlowPort> {
+    pub(crate) fn port(&self) -> Option<&FlowPort> {
         self.ports.iter().find(|p| !p.port.is_empty())
     }
 }
@@ -107,7 +107,7 @@ fn serialize_cookie<S: serde::Serializer>(c: &Option<u64>, s: S) -> Result<S::Ok
 /// How a flow refers to a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PortRef {
+pub(crate) enum PortRef {
     /// It matches `in_port=N`.
     InPort,
     /// It outputs (`output:N`, `enqueue:N:Q`) to the port.
@@ -119,66 +119,66 @@ pub enum PortRef {
 
 /// A port a dirty flow refers to, joined to OVSDB and the instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct FlowPort {
+pub(crate) struct FlowPort {
     /// OpenFlow port number the flow names (`None` for a `dead_vlan` port without one).
-    pub ofport: Option<u32>,
+    pub(crate) ofport: Option<u32>,
     /// How the flow refers to it (`None` for a `dead_vlan` port).
-    pub via: Option<PortRef>,
+    pub(crate) via: Option<PortRef>,
     /// OVSDB port name; empty when no port with this ofport is known, now or recently.
-    pub port: String,
+    pub(crate) port: String,
     /// Neutron port id (`external_ids:iface-id`), empty when unknown.
-    pub iface_id: String,
+    pub(crate) iface_id: String,
     /// libvirt domain of the port, empty when none.
-    pub domain: String,
+    pub(crate) domain: String,
     /// Nova's display name of that instance, empty when unknown.
-    pub name: String,
+    pub(crate) name: String,
     /// Whether the port is gone from OVSDB: the other fields are its last known state.
-    pub deleted: bool,
+    pub(crate) deleted: bool,
 }
 
 /// Most dirty flows a report carries (the API's list; counts are always complete). Bounds memory
 /// when a whole table turns dirty, e.g. while a bridge's ports are unknown.
-pub const MAX_REPORTED_DIRTY_FLOWS: usize = 10_000;
+pub(crate) const MAX_REPORTED_DIRTY_FLOWS: usize = 10_000;
 
 /// An OVS port joined to the instance it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PortInfo {
+pub(crate) struct PortInfo {
     /// Bridge.
-    pub bridge: String,
+    pub(crate) bridge: String,
     /// Port name (for an instance: its tap device).
-    pub port: String,
+    pub(crate) port: String,
     /// OpenFlow port number.
-    pub ofport: Option<u32>,
+    pub(crate) ofport: Option<u32>,
     /// Neutron port id (`external_ids:iface-id`).
-    pub iface_id: String,
+    pub(crate) iface_id: String,
     /// libvirt domain (by the tap name in the domain XML, else `external_ids:vm-uuid`).
-    pub domain: String,
+    pub(crate) domain: String,
 }
 
 /// State of one bridge's OpenFlow mirror.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct BridgeStatus {
+pub(crate) struct BridgeStatus {
     /// Whether the OpenFlow session is up and in sync.
-    pub connected: bool,
+    pub(crate) connected: bool,
     /// Last error, when not connected.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Flows per table.
-    pub flows_per_table: BTreeMap<u8, usize>,
+    pub(crate) flows_per_table: BTreeMap<u8, usize>,
 }
 
 /// Everything the flow exporters serve.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct FlowsReport {
+pub(crate) struct FlowsReport {
     /// Bridges by name.
-    pub bridges: BTreeMap<String, BridgeStatus>,
+    pub(crate) bridges: BTreeMap<String, BridgeStatus>,
     /// Dirty count per (bridge, rule): every enabled rule for every bridge.
-    pub dirty_counts: BTreeMap<String, BTreeMap<String, usize>>,
+    pub(crate) dirty_counts: BTreeMap<String, BTreeMap<String, usize>>,
     /// Dirty flows ordered by bridge, rule, table, text; the first [`MAX_REPORTED_DIRTY_FLOWS`].
-    pub dirty: Vec<DirtyFlow>,
+    pub(crate) dirty: Vec<DirtyFlow>,
     /// How many dirty flows there are in all (`dirty` may hold fewer).
-    pub dirty_total: usize,
+    pub(crate) dirty_total: usize,
     /// Ports joined to instances (shared between reports until a port or an instance changes).
-    pub ports: Arc<Vec<PortInfo>>,
+    pub(crate) ports: Arc<Vec<PortInfo>>,
     /// Severity of every enabled rule, built-in and user (`pinflow_ovs_dirty_flow_rule_info`).
-    pub rule_severity: BTreeMap<String, Severity>,
+    pub(crate) rule_severity: BTreeMap<String, Severity>,
 }

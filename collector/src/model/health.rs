@@ -12,36 +12,36 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Kernel-side cost of one eBPF program (from the kernel's BPF stats).
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct BpfProgramCost {
+pub(crate) struct BpfProgramCost {
     /// Program name.
-    pub program: String,
+    pub(crate) program: String,
     /// Total run time, ns.
-    pub run_time_ns: u64,
+    pub(crate) run_time_ns: u64,
     /// Number of runs.
-    pub run_count: u64,
+    pub(crate) run_count: u64,
 }
 
 /// Health of one source, as exported in `pinflow_source_*`.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct SourceHealth {
+pub(crate) struct SourceHealth {
     /// Whether the source delivered data on its last attempt and that data is not stale.
-    pub up: bool,
+    pub(crate) up: bool,
     /// Why it is down (or a note on how it runs, e.g. the eBPF attach mode), for logs and `pinflow check`.
-    pub detail: String,
+    pub(crate) detail: String,
     /// Errors since start.
-    pub errors_total: u64,
+    pub(crate) errors_total: u64,
     /// Duration of the last collection, in seconds.
     #[serde(rename = "last_duration_seconds", serialize_with = "seconds")]
-    pub last_duration: Duration,
+    pub(crate) last_duration: Duration,
     /// Wall-clock time of the last successful collection, Unix seconds (`None`: never).
     #[serde(rename = "last_success_timestamp_seconds")]
-    pub last_success_unix: Option<f64>,
+    pub(crate) last_success_unix: Option<f64>,
     /// Data older than this (or than three of its last collections, when that is longer) reports
     /// the source down (polled sources only), in seconds.
     #[serde(rename = "stale_after_seconds", serialize_with = "opt_seconds")]
-    pub stale_after: Option<Duration>,
+    pub(crate) stale_after: Option<Duration>,
     /// Whether the source is down because its data went stale (its collector is wedged or gone).
-    pub stale: bool,
+    pub(crate) stale: bool,
     #[serde(skip)]
     last_success: Option<Instant>,
     #[serde(skip)]
@@ -108,7 +108,7 @@ impl SourceHealth {
 
 /// Shared table of source health, keyed by source name (`libvirt`, `procfs`, `sched_bpf`, …).
 #[derive(Clone, Default)]
-pub struct SourceRegistry(Arc<Mutex<BTreeMap<&'static str, SourceHealth>>>);
+pub(crate) struct SourceRegistry(Arc<Mutex<BTreeMap<&'static str, SourceHealth>>>);
 
 impl SourceRegistry {
     /// The staleness bound of a source polled every `interval`: three intervals plus a second.
@@ -131,7 +131,7 @@ impl SourceRegistry {
     /// Marks `source` up with a note, recording the collection time and the time of success. Logs
     /// when the source comes up (first time: info; back after being down: info with how long it
     /// was down).
-    pub fn up(&self, source: &'static str, detail: impl Into<String>, took: Duration) {
+    pub(crate) fn up(&self, source: &'static str, detail: impl Into<String>, took: Duration) {
         let mut m = self.lock();
         let known = m.contains_key(source);
         let h = m.entry(source).or_default();
@@ -158,7 +158,7 @@ impl SourceRegistry {
     /// Marks `source` down with a reason (does not count as an error by itself). Logs a warning
     /// when the source goes down, not on every retry while it stays down (a new reason while
     /// down is logged at debug level).
-    pub fn down(&self, source: &'static str, reason: impl Into<String>) {
+    pub(crate) fn down(&self, source: &'static str, reason: impl Into<String>) {
         let mut m = self.lock();
         let known = m.contains_key(source);
         let h = m.entry(source).or_default();
@@ -176,7 +176,7 @@ impl SourceRegistry {
 
     /// Marks `source` down while it is still starting (e.g. connecting for the first time):
     /// like [`down`](Self::down), but not logged as a state change unless it was up.
-    pub fn starting(&self, source: &'static str, note: impl Into<String>) {
+    pub(crate) fn starting(&self, source: &'static str, note: impl Into<String>) {
         let up = self.lock().get(source).is_some_and(|h| h.up);
         if up {
             return self.down(source, note);
@@ -197,12 +197,12 @@ impl SourceRegistry {
     }
 
     /// Counts `n` errors of `source` without changing its up state.
-    pub fn errors(&self, source: &'static str, n: u64) {
+    pub(crate) fn errors(&self, source: &'static str, n: u64) {
         self.lock().entry(source).or_default().errors_total += n;
     }
 
     /// A copy of the table as it stands now (stale sources reported down).
-    pub fn snapshot(&self) -> BTreeMap<&'static str, SourceHealth> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<&'static str, SourceHealth> {
         let now = Instant::now();
         self.lock().iter().map(|(k, h)| (*k, h.at(now))).collect()
     }
@@ -219,7 +219,7 @@ impl SourceRegistry {
     /// Starts one collection of `source`: while it runs past the source's staleness bound the
     /// source reads as wedged, and the returned guard records how it ended (time taken, up or
     /// down, errors). A guard dropped without an outcome leaves the state as it was.
-    pub fn collect(&self, source: &'static str) -> Collection<'_> {
+    pub(crate) fn collect(&self, source: &'static str) -> Collection<'_> {
         self.begin(source);
         Collection {
             registry: self,
@@ -236,7 +236,7 @@ impl SourceRegistry {
 
 /// One collection of a source in progress (see [`SourceRegistry::collect`]).
 #[must_use = "a collection records its outcome with ok() or down()"]
-pub struct Collection<'a> {
+pub(crate) struct Collection<'a> {
     registry: &'a SourceRegistry,
     source: &'static str,
     started: Instant,
@@ -245,21 +245,21 @@ pub struct Collection<'a> {
 impl Collection<'_> {
     /// Counts `n` errors of this collection (the source may still be up: a file that could not
     /// be read among many that could).
-    pub fn errors(&self, n: u64) {
+    pub(crate) fn errors(&self, n: u64) {
         if n > 0 {
             self.registry.errors(self.source, n);
         }
     }
 
     /// The collection delivered data: the source is up, with `detail` (logged if it was down).
-    pub fn ok(self, detail: impl Into<String>) {
+    pub(crate) fn ok(self, detail: impl Into<String>) {
         self.registry
             .up(self.source, detail, self.started.elapsed());
     }
 
     /// The collection delivered nothing: the source is down for `reason` (logged once when it
     /// goes down, not on every retry).
-    pub fn down(self, reason: impl Into<String>) {
+    pub(crate) fn down(self, reason: impl Into<String>) {
         self.registry.down(self.source, reason);
     }
 }
@@ -275,26 +275,26 @@ impl Drop for Collection<'_> {
 
 /// What `pinflow check` found for one source (or one bridge of `openflow`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct SourceCheck {
+pub(crate) struct SourceCheck {
     /// Source name as in `pinflow_source_up{source}`.
-    pub source: &'static str,
+    pub(crate) source: &'static str,
     /// The bridge, for `openflow` (one check per bridge).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
+    pub(crate) bridge: Option<String>,
     /// `up`, `down` (enabled but cannot run: `pinflow check` exits 1) or `off` (switched off by
     /// a flag or the config).
-    pub state: CheckState,
+    pub(crate) state: CheckState,
     /// What was found, or why it is down or off.
-    pub detail: String,
+    pub(crate) detail: String,
     /// What it could not read although it runs (unreadable files), one line each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 /// The state of one checked source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CheckState {
+pub(crate) enum CheckState {
     /// It runs.
     Up,
     /// It is enabled but cannot run.
@@ -305,7 +305,7 @@ pub enum CheckState {
 
 impl CheckState {
     /// The `STATE` column.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CheckState::Up => "up",
             CheckState::Down => "down",
@@ -316,18 +316,18 @@ impl CheckState {
 
 /// The whole `pinflow check` report (`--json` prints it as is).
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct CheckReport {
+pub(crate) struct CheckReport {
     /// The config file (`None`: the defaults).
-    pub config: Option<String>,
+    pub(crate) config: Option<String>,
     /// Why the config is invalid (file, line and key), if it is; sources are not checked then.
-    pub config_error: Option<String>,
+    pub(crate) config_error: Option<String>,
     /// One entry per source, in `pinflow check` order.
-    pub sources: Vec<SourceCheck>,
+    pub(crate) sources: Vec<SourceCheck>,
 }
 
 impl CheckReport {
     /// The exit status: 2 for an invalid config, 1 when a source that is on is down, else 0.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         if self.config_error.is_some() {
             2
         } else if self.sources.iter().any(|c| c.state == CheckState::Down) {

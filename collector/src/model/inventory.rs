@@ -6,38 +6,38 @@ use crate::model::pinning::Domain;
 
 /// One interface of a local instance (from libvirt's live XML).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LocalInterface {
+pub(crate) struct LocalInterface {
     /// Guest MAC address.
-    pub mac: String,
+    pub(crate) mac: String,
     /// Host-side device (tap) name.
-    pub target_dev: String,
+    pub(crate) target_dev: String,
     /// libvirt domain name.
-    pub domain: String,
+    pub(crate) domain: String,
 }
 
 /// A local instance by its names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct InstanceRef {
+pub(crate) struct InstanceRef {
     /// libvirt domain name.
-    pub domain: String,
+    pub(crate) domain: String,
     /// Domain (Nova instance) UUID.
-    pub uuid: String,
+    pub(crate) uuid: String,
     /// Nova display name, empty when unknown.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 /// Every local instance and every interface of theirs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostInventory {
+pub(crate) struct HostInventory {
     /// Interfaces of every local instance.
-    pub interfaces: Vec<LocalInterface>,
+    pub(crate) interfaces: Vec<LocalInterface>,
     /// Every local instance.
-    pub instances: Vec<InstanceRef>,
+    pub(crate) instances: Vec<InstanceRef>,
 }
 
 impl HostInventory {
     /// The inventory of these running domains.
-    pub fn from_domains<'a>(domains: impl IntoIterator<Item = &'a Domain>) -> HostInventory {
+    pub(crate) fn from_domains<'a>(domains: impl IntoIterator<Item = &'a Domain>) -> HostInventory {
         let mut inv = HostInventory::default();
         for d in domains {
             inv.interfaces

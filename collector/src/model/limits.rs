@@ -16,21 +16,22 @@
 
 /// The memory limit of the shipped DaemonSet (`resources.limits.memory`), which the caps are
 /// derived from.
-pub const MEMORY_LIMIT_BYTES: usize = 160 << 20;
+#[cfg(test)]
+pub(crate) const MEMORY_LIMIT_BYTES: usize = 160 << 20;
 
 /// Flows mirrored per bridge (the dump fails with `TooManyFlows` above it): 250 000 × ~340 B is
 /// ~85 MiB, half the memory limit, leaving the rest for the baseline, a resync's transient
 /// buffers and the HTTP API.
-pub const MAX_FLOWS_PER_BRIDGE: usize = 250_000;
+pub(crate) const MAX_FLOWS_PER_BRIDGE: usize = 250_000;
 
 /// Flow-monitor events queued while a request (dump, echo) is outstanding; above it the session
 /// fails and resyncs with a fresh dump (which is what the queue would have converged to anyway).
 /// 50 000 × ~400 B is ~20 MiB.
-pub const MAX_PENDING_MONITOR_EVENTS: usize = 50_000;
+pub(crate) const MAX_PENDING_MONITOR_EVENTS: usize = 50_000;
 
 /// Largest OVSDB JSON-RPC message (and buffered bytes) accepted: 4 MiB of text, ~4 000 interfaces
 /// with Neutron's `external_ids`; parsed, it stays within a few tens of MiB.
-pub const MAX_OVSDB_MESSAGE_BYTES: usize = 4 << 20;
+pub(crate) const MAX_OVSDB_MESSAGE_BYTES: usize = 4 << 20;
 
 #[cfg(test)]
 mod tests {

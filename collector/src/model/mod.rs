@@ -2,15 +2,15 @@
 //! pipelines publish. It imports nothing else of pinflow: sources fill it, detectors read it,
 //! pipelines publish reports into its [`state::SharedState`], exporters encode them.
 
-pub mod clock;
+pub(crate) mod clock;
 pub mod cpuset;
-pub mod datapath;
-pub mod flows;
-pub mod health;
-pub mod inventory;
-pub mod limits;
-pub mod openflow;
+pub(crate) mod datapath;
+pub(crate) mod flows;
+pub(crate) mod health;
+pub(crate) mod inventory;
+pub(crate) mod limits;
+pub(crate) mod openflow;
 pub mod pinning;
-pub mod state;
+pub(crate) mod state;
 
-pub use pinning::{Domain, EmulatorPin, InterfaceSpec, NovaInstance, ThreadState, VcpuSpec};
+pub(crate) use pinning::{Domain, NovaInstance, ThreadState, VcpuSpec};

@@ -8,72 +8,73 @@ use std::fmt;
 
 /// Nova's instance metadata (`<nova:instance>` in the domain XML, namespace 1.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct NovaInstance {
+pub(crate) struct NovaInstance {
     /// Display name (`<nova:name>`).
-    pub name: String,
+    pub(crate) name: String,
     /// Project (tenant) name.
-    pub project: String,
+    pub(crate) project: String,
     /// Project UUID.
-    pub project_id: String,
+    pub(crate) project_id: String,
     /// User name.
-    pub user: String,
+    pub(crate) user: String,
     /// User UUID.
-    pub user_id: String,
+    pub(crate) user_id: String,
     /// Flavor name.
-    pub flavor: String,
+    pub(crate) flavor: String,
 }
 
 /// One vCPU as libvirt placed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct VcpuSpec {
+pub(crate) struct VcpuSpec {
     /// vCPU index inside the guest.
-    pub id: u32,
+    pub(crate) id: u32,
     /// Host thread id of the vCPU thread (`<vcpus><vcpu id pid>` in libvirt's live status).
-    pub tid: Option<u32>,
+    pub(crate) tid: Option<u32>,
     /// The pinned host CPUs (`<vcpupin>`, or `<vcpu cpuset>` for all vCPUs); `None` = floating.
-    pub pin: Option<CpuSet>,
+    pub(crate) pin: Option<CpuSet>,
     /// True when `pin` comes from `<vcpu cpuset>`: a set every vCPU floats over (Nova's shared
     /// policy, `cpu_shared_set`), never a dedicated pCPU even when it holds one CPU.
-    pub shared_set: bool,
+    pub(crate) shared_set: bool,
 }
 
 /// Where the domain's emulator (non-vCPU) threads may run.
-pub type EmulatorPin = Option<CpuSet>;
+pub(crate) type EmulatorPin = Option<CpuSet>;
 
 /// A network interface of the domain (for joining OVS ports to instances).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct InterfaceSpec {
+pub(crate) struct InterfaceSpec {
     /// Host-side device name (`<target dev>`), e.g. `tap1234abcd-ef`.
-    pub target_dev: String,
+    pub(crate) target_dev: String,
     /// Guest MAC address.
-    pub mac: String,
+    pub(crate) mac: String,
 }
 
 /// A running libvirt domain as read from libvirt's live status XML.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Domain {
+pub(crate) struct Domain {
     /// libvirt domain name (e.g. `instance-0000002a`): the `domain` label.
-    pub name: String,
+    pub(crate) name: String,
     /// Domain UUID (Nova's instance UUID).
-    pub uuid: String,
+    pub(crate) uuid: String,
     /// libvirt's numeric domain id of this run (changes on every start).
-    pub id: Option<u32>,
+    pub(crate) id: Option<u32>,
     /// QEMU process id.
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// Nova metadata, when the domain carries it.
-    pub nova: Option<NovaInstance>,
+    pub(crate) nova: Option<NovaInstance>,
     /// vCPUs in index order.
-    pub vcpus: Vec<VcpuSpec>,
+    pub(crate) vcpus: Vec<VcpuSpec>,
     /// `<emulatorpin cpuset>`, else `<vcpu cpuset>` (where libvirt then puts the emulator threads);
     /// `None` when neither is set.
-    pub emulator_pin: EmulatorPin,
+    pub(crate) emulator_pin: EmulatorPin,
     /// Network interfaces.
-    pub interfaces: Vec<InterfaceSpec>,
+    pub(crate) interfaces: Vec<InterfaceSpec>,
 }
 
 impl Domain {
     /// Whether any vCPU is pinned with `<vcpupin>` (a floating `<vcpu cpuset>` is no pin).
-    pub fn is_pinned(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_pinned(&self) -> bool {
         self.vcpus.iter().any(|v| v.pin.is_some() && !v.shared_set)
     }
 }
@@ -151,7 +152,7 @@ impl fmt::Display for Check {
 /// `pinflow_domain_vcpus`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PinKind {
+pub(crate) enum PinKind {
     /// `<vcpupin>` to one pCPU that no other vCPU is pinned to (Nova's dedicated policy).
     Dedicated,
     /// `<vcpupin>` to several pCPUs, or to a pCPU other vCPUs are pinned to as well.
@@ -165,7 +166,7 @@ pub enum PinKind {
 
 impl PinKind {
     /// Every kind, in label order.
-    pub const ALL: [PinKind; 4] = [
+    pub(crate) const ALL: [PinKind; 4] = [
         PinKind::Dedicated,
         PinKind::Shared,
         PinKind::Floating,
@@ -173,7 +174,7 @@ impl PinKind {
     ];
 
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PinKind::Dedicated => "dedicated",
             PinKind::Shared => "shared",
@@ -183,7 +184,7 @@ impl PinKind {
     }
 
     /// Whether the vCPU is pinned with `<vcpupin>` (dedicated or shared).
-    pub fn is_vcpupin(self) -> bool {
+    pub(crate) fn is_vcpupin(self) -> bool {
         matches!(self, PinKind::Dedicated | PinKind::Shared)
     }
 }
@@ -196,55 +197,55 @@ impl fmt::Display for PinKind {
 
 /// eBPF placement of one thread, as seen by the detector.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct PlacementSample {
+pub(crate) struct PlacementSample {
     /// CPU time on pCPUs outside the pin set since the thread was first watched, ns.
-    pub offpin_ns_total: u64,
+    pub(crate) offpin_ns_total: u64,
     /// The part of `offpin_ns_total` accrued during the current detection window, ns.
-    pub offpin_ns_window: u64,
+    pub(crate) offpin_ns_window: u64,
     /// Migrations between pCPUs since first watched.
-    pub migrations_total: u64,
+    pub(crate) migrations_total: u64,
     /// CPU the thread was last switched in on.
-    pub last_cpu: u32,
+    pub(crate) last_cpu: u32,
 }
 
 /// Everything observed about one running domain.
 #[derive(Clone, Debug, Default)]
-pub struct DomainObservation {
+pub(crate) struct DomainObservation {
     /// libvirt's view (expected placement).
-    pub domain: Option<Domain>,
+    pub(crate) domain: Option<Domain>,
     /// Actual state of the QEMU process's threads (vCPU and emulator threads), by tid.
-    pub threads: BTreeMap<u32, ThreadState>,
+    pub(crate) threads: BTreeMap<u32, ThreadState>,
     /// cgroup path of the QEMU main thread (libvirt puts it in `<domain cgroup>/emulator`).
-    pub main_cgroup: Option<String>,
+    pub(crate) main_cgroup: Option<String>,
     /// eBPF placement per watched vCPU tid; empty when the sched probe is not running.
-    pub placement: BTreeMap<u32, PlacementSample>,
+    pub(crate) placement: BTreeMap<u32, PlacementSample>,
 }
 
 /// A drift of one vCPU (or the emulator threads) for one check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Drift {
+pub(crate) struct Drift {
     /// Which check.
-    pub check: Check,
+    pub(crate) check: Check,
     /// vCPU index, or `emulator`.
-    pub vcpu: String,
+    pub(crate) vcpu: String,
     /// What libvirt/Nova expect (CPU list, cgroup name…).
-    pub expected: String,
+    pub(crate) expected: String,
     /// What pinflow found. For `overlap`: the foreign dedicated pCPUs the thread(s) may run on
     /// and at most three of their owners, sorted (`"0-1 (a, b, c +2 more)"`),
     /// so the label stays short and does not change when unrelated domains come and go.
-    pub actual: String,
+    pub(crate) actual: String,
     /// For `overlap`: every owner with its pCPUs the thread(s) may run on (the full list).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub owners: Vec<OverlapOwner>,
+    pub(crate) owners: Vec<OverlapOwner>,
 }
 
 /// A domain owning dedicated pCPUs another domain's thread may run on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct OverlapOwner {
+pub(crate) struct OverlapOwner {
     /// The owner's libvirt domain name.
-    pub domain: String,
+    pub(crate) domain: String,
     /// Its dedicated pCPUs within the overlapping thread's reach.
-    pub cpus: CpuSet,
+    pub(crate) cpus: CpuSet,
 }
 
 /// Most owners an `overlap` drift's `actual` label names (the rest are counted as `+N more`).
@@ -252,59 +253,59 @@ pub(crate) const MAX_LABELLED_OWNERS: usize = 3;
 
 /// One vCPU's expected and actual placement.
 #[derive(Clone, Debug, Serialize)]
-pub struct VcpuReport {
+pub(crate) struct VcpuReport {
     /// vCPU index.
-    pub vcpu: u32,
+    pub(crate) vcpu: u32,
     /// Host thread id.
-    pub tid: Option<u32>,
+    pub(crate) tid: Option<u32>,
     /// What the pin is.
-    pub kind: PinKind,
+    pub(crate) kind: PinKind,
     /// Pin set from libvirt (`<vcpupin>`, or `<vcpu cpuset>` when floating; `None` = no pin).
-    pub pin: Option<CpuSet>,
+    pub(crate) pin: Option<CpuSet>,
     /// Thread affinity.
-    pub affinity: Option<CpuSet>,
+    pub(crate) affinity: Option<CpuSet>,
     /// cgroup `cpuset.cpus`.
-    pub cgroup_cpus: Option<CpuSet>,
+    pub(crate) cgroup_cpus: Option<CpuSet>,
     /// cgroup path.
-    pub cgroup: Option<String>,
+    pub(crate) cgroup: Option<String>,
     /// Last CPU the thread ran on.
-    pub last_cpu: Option<u32>,
+    pub(crate) last_cpu: Option<u32>,
     /// Off-pin CPU time since watched (eBPF), seconds.
-    pub offpin_seconds: Option<f64>,
+    pub(crate) offpin_seconds: Option<f64>,
 }
 
 /// Findings for one domain.
 #[derive(Clone, Debug, Serialize)]
-pub struct DomainReport {
+pub(crate) struct DomainReport {
     /// libvirt domain name.
-    pub domain: String,
+    pub(crate) domain: String,
     /// Domain UUID.
-    pub uuid: String,
+    pub(crate) uuid: String,
     /// Nova metadata, if any.
-    pub nova: Option<NovaInstance>,
+    pub(crate) nova: Option<NovaInstance>,
     /// Whether any vCPU is pinned with `<vcpupin>` (dedicated or shared; never for a floating
     /// `<vcpu cpuset>`).
-    pub pinned: bool,
+    pub(crate) pinned: bool,
     /// Drifted vCPU count per check (every check present).
-    pub drifted_vcpus: BTreeMap<Check, u32>,
+    pub(crate) drifted_vcpus: BTreeMap<Check, u32>,
     /// Every current drift.
-    pub drifts: Vec<Drift>,
+    pub(crate) drifts: Vec<Drift>,
     /// Per-vCPU detail.
-    pub vcpus: Vec<VcpuReport>,
+    pub(crate) vcpus: Vec<VcpuReport>,
     /// Sum over vCPU threads of off-pin CPU time (eBPF), seconds; `None` without the probe.
-    pub offpin_seconds_total: Option<f64>,
+    pub(crate) offpin_seconds_total: Option<f64>,
     /// Sum over vCPU threads of migrations (eBPF); `None` without the probe.
-    pub migrations_total: Option<u64>,
+    pub(crate) migrations_total: Option<u64>,
     /// Sum over vCPU threads of run-queue wait time (schedstat), seconds.
-    pub wait_seconds_total: f64,
+    pub(crate) wait_seconds_total: f64,
 }
 
 /// The detector's output for the whole host.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct PinningReport {
+pub(crate) struct PinningReport {
     /// One report per running domain, sorted by domain name.
-    pub domains: Vec<DomainReport>,
+    pub(crate) domains: Vec<DomainReport>,
     /// vCPUs pinned with `<vcpupin>` (of all domains) per host CPU; only CPUs with at least one.
     /// Floating vCPUs (`<vcpu cpuset>`) are not pinned and not counted.
-    pub pcpu_pinned_vcpus: BTreeMap<u32, u32>,
+    pub(crate) pcpu_pinned_vcpus: BTreeMap<u32, u32>,
 }

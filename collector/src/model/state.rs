@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 /// The current value of one report: replaced whole, read as a shared snapshot.
 #[derive(Clone)]
-pub struct Slot<T>(watch::Sender<Arc<T>>);
+pub(crate) struct Slot<T>(watch::Sender<Arc<T>>);
 
 impl<T: Default> Default for Slot<T> {
     fn default() -> Self {
@@ -26,36 +26,50 @@ impl<T: Default> Default for Slot<T> {
 
 impl<T> Slot<T> {
     /// The current value.
-    pub fn get(&self) -> Arc<T> {
+    pub(crate) fn get(&self) -> Arc<T> {
         self.0.borrow().clone()
     }
 
     /// Replaces the value (and wakes subscribers).
-    pub fn set(&self, v: T) {
+    pub(crate) fn set(&self, v: T) {
         self.0.send_replace(Arc::new(v));
     }
 
+    /// Replaces the value only if it differs, and wakes subscribers only then.
+    pub(crate) fn set_if_changed(&self, v: T)
+    where
+        T: PartialEq,
+    {
+        self.0.send_if_modified(|cur| {
+            let changed = **cur != v;
+            if changed {
+                *cur = Arc::new(v);
+            }
+            changed
+        });
+    }
+
     /// A receiver that sees each new value.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<T>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<T>> {
         self.0.subscribe()
     }
 }
 
 /// Everything the pipelines publish and the exporters serve.
 #[derive(Clone, Default)]
-pub struct SharedState {
+pub(crate) struct SharedState {
     /// Pinning report (pinning pipeline).
-    pub pinning: Slot<PinningReport>,
+    pub(crate) pinning: Slot<PinningReport>,
     /// Kernel-side cost of the sched eBPF programs (pinning pipeline).
-    pub bpf_costs: Slot<Vec<BpfProgramCost>>,
+    pub(crate) bpf_costs: Slot<Vec<BpfProgramCost>>,
     /// Dirty-flow report (flow pipeline).
-    pub flows: Slot<FlowsReport>,
+    pub(crate) flows: Slot<FlowsReport>,
     /// OVS kernel datapath report (datapath pipeline).
-    pub datapath: Slot<DatapathReport>,
+    pub(crate) datapath: Slot<DatapathReport>,
     /// Datapath eBPF counts (datapath pipeline).
-    pub datapath_events: Slot<DatapathEvents>,
+    pub(crate) datapath_events: Slot<DatapathEvents>,
     /// Local instances and their interfaces (pinning pipeline; joined on by the others).
-    pub inventory: Slot<HostInventory>,
+    pub(crate) inventory: Slot<HostInventory>,
     /// Per-source health (every source, through its collection guard).
-    pub sources: SourceRegistry,
+    pub(crate) sources: SourceRegistry,
 }

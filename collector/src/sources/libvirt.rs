@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 /// The libvirt source: running domains, their Nova metadata, vCPU threads and pins, read from
 /// libvirt's live state files.
-pub const SOURCE: SourceDef = SourceDef {
+pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "libvirt",
     collector: "pinning",
     can_run,
@@ -70,16 +70,17 @@ fn can_run(host: &HostPaths) -> Vec<CanRun> {
 }
 
 /// libvirt's default live state directory for the system QEMU driver.
-pub const DEFAULT_STATE_DIR: &str = "/run/libvirt/qemu";
+#[cfg(test)]
+pub(crate) const DEFAULT_STATE_DIR: &str = "/run/libvirt/qemu";
 
 /// Largest status file pinflow reads (real ones are ~10 KiB; QEMU capability flags make up most of it).
-pub const MAX_XML_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_XML_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Most vCPUs accepted per domain (QEMU's own limit is far lower); guards against absurd input.
-pub const MAX_VCPUS: u32 = 8192;
+pub(crate) const MAX_VCPUS: u32 = 8192;
 
 /// Namespace URIs of Nova's instance metadata. Nova writes 1.1; 1.0 has the same fields.
-pub const NOVA_NAMESPACES: [&str; 2] = [
+pub(crate) const NOVA_NAMESPACES: [&str; 2] = [
     "http://openstack.org/xmlns/libvirt/nova/1.1",
     "http://openstack.org/xmlns/libvirt/nova/1.0",
 ];
@@ -89,7 +90,7 @@ pub(crate) const WATCH_RETRY: Duration = Duration::from_secs(3);
 
 /// Why a libvirt status file could not be turned into a [`Domain`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DomainXmlError {
+pub(crate) enum DomainXmlError {
     /// The text is not well-formed XML (or uses a DTD, which is refused); the message carries the position.
     #[error("XML syntax error: {0}")]
     Syntax(#[from] roxmltree::Error),
@@ -136,7 +137,7 @@ pub enum DomainXmlError {
 /// Expected placement follows libvirt's rules: a vCPU's pin is its `<cputune><vcpupin>`, else the
 /// `<vcpu cpuset>` attribute, else none (floating). The emulator pin is `<emulatorpin>`, else `<vcpu cpuset>`
 /// (libvirt confines emulator threads to that set too — observed with libvirt 9.0), else none.
-pub fn parse_domstatus(xml: &str) -> Result<Domain, DomainXmlError> {
+pub(crate) fn parse_domstatus(xml: &str) -> Result<Domain, DomainXmlError> {
     let doc = roxmltree::Document::parse(xml)?;
     let status = doc.root_element();
     if !status.has_tag_name("domstatus") {
@@ -353,7 +354,7 @@ fn cpuset_attr(
 }
 
 /// Reads and parses one status file, refusing files above [`MAX_XML_BYTES`].
-pub fn read_domstatus(path: &Path) -> Result<Domain, DomainXmlError> {
+pub(crate) fn read_domstatus(path: &Path) -> Result<Domain, DomainXmlError> {
     let file = File::open(path).map_err(|e| DomainXmlError::Io(e.to_string()))?;
     let len = file
         .metadata()
@@ -405,35 +406,30 @@ struct Entry {
 
 /// Result of one [`LibvirtInventory::refresh`].
 #[derive(Debug, Default)]
-pub struct Refresh {
+pub(crate) struct Refresh {
     /// Whether the set of domains or any domain's content changed.
-    pub changed: bool,
+    pub(crate) changed: bool,
     /// Files that were (re-)read in this refresh and failed to parse, by file name. A file that stays broken
     /// and unchanged is not reported again (see [`LibvirtInventory::failing`]).
-    pub errors: Vec<(String, DomainXmlError)>,
+    pub(crate) errors: Vec<(String, DomainXmlError)>,
     /// The state directory itself could not be listed (missing, permissions…).
-    pub dir_error: Option<String>,
+    pub(crate) dir_error: Option<String>,
 }
 
 /// The running domains of this host, kept in sync with libvirt's state directory by [`refresh`](Self::refresh).
 #[derive(Debug)]
-pub struct LibvirtInventory {
+pub(crate) struct LibvirtInventory {
     dir: PathBuf,
     files: BTreeMap<String, Entry>,
 }
 
 impl LibvirtInventory {
     /// An empty inventory over `state_dir` (normally [`DEFAULT_STATE_DIR`]); nothing is read until `refresh`.
-    pub fn new(state_dir: PathBuf) -> Self {
+    pub(crate) fn new(state_dir: PathBuf) -> Self {
         Self {
             dir: state_dir,
             files: BTreeMap::new(),
         }
-    }
-
-    /// The state directory this inventory reads.
-    pub fn state_dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Re-reads only files whose (mtime, len, inode) changed and forgets removed ones.
@@ -441,7 +437,7 @@ impl LibvirtInventory {
     /// A file that fails to parse keeps its last good [`Domain`] (if any) and is reported in
     /// [`Refresh::errors`]; other domains are unaffected. A missing directory (libvirt not running, or
     /// `/run` cleared) empties the inventory; any other directory error leaves it as it was. Never panics.
-    pub fn refresh(&mut self) -> Refresh {
+    pub(crate) fn refresh(&mut self) -> Refresh {
         let mut out = Refresh::default();
         let listing = match std::fs::read_dir(&self.dir) {
             Ok(l) => l,
@@ -513,7 +509,7 @@ impl LibvirtInventory {
     }
 
     /// Known domains, sorted by name (a broken file contributes its last good version).
-    pub fn domains(&self) -> impl Iterator<Item = &Domain> {
+    pub(crate) fn domains(&self) -> impl Iterator<Item = &Domain> {
         let mut v: Vec<&Domain> = self
             .files
             .values()
@@ -524,7 +520,8 @@ impl LibvirtInventory {
     }
 
     /// The domain named `name`, if known.
-    pub fn domain(&self, name: &str) -> Option<&Domain> {
+    #[cfg(test)]
+    pub(crate) fn domain(&self, name: &str) -> Option<&Domain> {
         self.files
             .values()
             .filter_map(|e| e.domain.as_ref())
@@ -532,7 +529,8 @@ impl LibvirtInventory {
     }
 
     /// Files whose current version does not parse, with the reason (by file name).
-    pub fn failing(&self) -> impl Iterator<Item = (&str, &DomainXmlError)> {
+    #[cfg(test)]
+    pub(crate) fn failing(&self) -> impl Iterator<Item = (&str, &DomainXmlError)> {
         self.files
             .iter()
             .filter_map(|(n, e)| e.error.as_ref().map(|err| (n.as_str(), err)))
@@ -552,11 +550,13 @@ fn is_status_file_name(name: &str) -> bool {
 /// notification is sent once it is established. The task ends when the receiver is dropped.
 /// Must be called from within a Tokio runtime.
 #[must_use = "dropping the receiver stops the watch"]
-pub fn watch_state_dir(dir: PathBuf) -> mpsc::Receiver<()> {
+#[cfg(test)]
+pub(crate) fn watch_state_dir(dir: PathBuf) -> mpsc::Receiver<()> {
     watch_state_dir_every(dir, WATCH_RETRY)
 }
 
 /// [`watch_state_dir`] with a chosen retry interval.
+#[cfg(test)]
 pub(crate) fn watch_state_dir_every(dir: PathBuf, retry: Duration) -> mpsc::Receiver<()> {
     watch_state_dir_reporting(dir, retry, Arc::new(AtomicBool::new(false)))
 }
@@ -608,7 +608,7 @@ fn inotify_unavailable(e: &io::Error) -> bool {
 
 /// Whether inotify can watch `dir` here, as [`watch_state_dir`] would (for `pinflow check`).
 /// `Ok(false)`: the directory does not exist (yet).
-pub fn can_watch(dir: &Path) -> io::Result<bool> {
+pub(crate) fn can_watch(dir: &Path) -> io::Result<bool> {
     let inotify = Inotify::init()?;
     match inotify
         .watches()

@@ -6,10 +6,10 @@
 //! and a pipeline in `engine/` runs each through [`SourceRegistry::collect`](crate::model::health::SourceRegistry::collect),
 //! which records its health.
 
-pub mod libvirt;
-pub mod openflow;
-pub mod ovs_dp;
-pub mod ovsdb;
+pub(crate) mod libvirt;
+pub(crate) mod openflow;
+pub(crate) mod ovs_dp;
+pub(crate) mod ovsdb;
 pub mod procfs;
 pub mod rtnl;
 pub mod sched_bpf;
@@ -19,67 +19,67 @@ use std::time::Duration;
 
 /// Where the sources find the host: the flags every subcommand takes.
 #[derive(Clone, Debug)]
-pub struct HostPaths {
+pub(crate) struct HostPaths {
     /// procfs root (`/proc`).
-    pub proc_root: PathBuf,
+    pub(crate) proc_root: PathBuf,
     /// sysfs root (`/sys`).
-    pub sys_root: PathBuf,
+    pub(crate) sys_root: PathBuf,
     /// libvirt's live state dir (`/run/libvirt/qemu`).
-    pub libvirt_state_dir: PathBuf,
+    pub(crate) libvirt_state_dir: PathBuf,
     /// Open vSwitch's run dir, where `db.sock` and `<bridge>.mgmt` live.
-    pub ovs_run_dir: PathBuf,
+    pub(crate) ovs_run_dir: PathBuf,
 }
 
 impl HostPaths {
     /// OVSDB's socket.
-    pub fn ovsdb_socket(&self) -> PathBuf {
+    pub(crate) fn ovsdb_socket(&self) -> PathBuf {
         ovsdb_socket(&self.ovs_run_dir)
     }
 
     /// The OpenFlow management socket of `bridge`.
-    pub fn bridge_socket(&self, bridge: &str) -> PathBuf {
+    pub(crate) fn bridge_socket(&self, bridge: &str) -> PathBuf {
         bridge_socket(&self.ovs_run_dir, bridge)
     }
 }
 
 /// OVSDB's socket in Open vSwitch's run dir (`<run dir>/db.sock`).
-pub fn ovsdb_socket(ovs_run_dir: &Path) -> PathBuf {
+pub(crate) fn ovsdb_socket(ovs_run_dir: &Path) -> PathBuf {
     ovs_run_dir.join("db.sock")
 }
 
 /// The OpenFlow management socket of `bridge` in Open vSwitch's run dir (`<run dir>/<bridge>.mgmt`).
-pub fn bridge_socket(ovs_run_dir: &Path, bridge: &str) -> PathBuf {
+pub(crate) fn bridge_socket(ovs_run_dir: &Path, bridge: &str) -> PathBuf {
     ovs_run_dir.join(format!("{bridge}.mgmt"))
 }
 
 /// How long a probe waits for a daemon (OVSDB, a switch).
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One source, as `pinflow check`, the docs and the pipelines know it.
-pub struct SourceDef {
+pub(crate) struct SourceDef {
     /// The `source` label of `pinflow_source_*`.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The collector (`--collector.<name>`) whose pipeline runs it.
-    pub collector: &'static str,
+    pub(crate) collector: &'static str,
     /// Whether it can run on this host, as the daemon would run it: what it found, or why not
     /// (one result, or one per bridge).
-    pub can_run: fn(&HostPaths) -> Vec<CanRun>,
+    pub(crate) can_run: fn(&HostPaths) -> Vec<CanRun>,
 }
 
 /// What a source's probe found.
 #[derive(Clone, Debug)]
-pub struct CanRun {
+pub(crate) struct CanRun {
     /// The bridge it is about, for per-bridge sources.
-    pub bridge: Option<String>,
+    pub(crate) bridge: Option<String>,
     /// What it found, or why it cannot run.
-    pub result: Result<String, String>,
+    pub(crate) result: Result<String, String>,
     /// What it could not read although it can run (unreadable files), one line each.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 impl CanRun {
     /// One result without a bridge or problems.
-    pub fn of(result: Result<String, String>) -> Vec<CanRun> {
+    pub(crate) fn of(result: Result<String, String>) -> Vec<CanRun> {
         vec![CanRun {
             bridge: None,
             result,
@@ -99,7 +99,7 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String
 }
 
 /// Every source, in `pinflow check` order.
-pub const ALL: &[&SourceDef] = &[
+pub(crate) const ALL: &[&SourceDef] = &[
     &libvirt::SOURCE,
     &procfs::SOURCE,
     &sched_bpf::SOURCE,

@@ -21,7 +21,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 /// Source name in `pinflow_source_*` metrics.
-pub const SOURCE: SourceDef = SourceDef {
+pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "ovsdb",
     collector: "flows",
     can_run: |host| {
@@ -36,7 +36,7 @@ pub const SOURCE: SourceDef = SourceDef {
 
 /// Bridges from OVSDB, once: waits up to [`PROBE_TIMEOUT`] for the first complete snapshot (for
 /// the one-shot commands). The error says why OVSDB did not answer.
-pub async fn bridges_once(run_dir: &Path) -> Result<BTreeMap<String, Bridge>, String> {
+pub(crate) async fn bridges_once(run_dir: &Path) -> Result<BTreeMap<String, Bridge>, String> {
     use tracing::instrument::WithSubscriber as _;
     can_run(run_dir)?;
     let (tx, mut rx) = watch::channel(OvsdbSnapshot::default());
@@ -74,7 +74,7 @@ const MONITOR_ID: &str = "pinflow";
 
 /// Errors of the OVSDB source. None of them is fatal to the daemon: the source reconnects.
 #[derive(Debug, thiserror::Error)]
-pub enum OvsdbError {
+pub(crate) enum OvsdbError {
     /// The socket could not be connected (OVS not running or not installed here).
     #[error("cannot connect to {path}: {source}")]
     Connect {
@@ -122,7 +122,7 @@ pub enum OvsdbError {
 
 impl OvsdbError {
     /// Whether the error means "no server to talk to" rather than a fault of a live connection.
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         matches!(self, OvsdbError::Connect { .. })
     }
 }
@@ -134,7 +134,7 @@ fn malformed(what: impl Into<String>) -> OvsdbError {
 /// Splits a byte stream into top-level JSON texts (OVSDB's JSON-RPC has no other framing), without
 /// re-parsing incomplete data, and with a bound on the buffered bytes.
 #[derive(Debug)]
-pub struct JsonFramer {
+pub(crate) struct JsonFramer {
     buf: Vec<u8>,
     /// Bytes of `buf` already scanned.
     scanned: usize,
@@ -146,7 +146,7 @@ pub struct JsonFramer {
 
 impl JsonFramer {
     /// A framer that refuses messages (and buffered data) larger than `limit` bytes.
-    pub fn new(limit: usize) -> JsonFramer {
+    pub(crate) fn new(limit: usize) -> JsonFramer {
         JsonFramer {
             buf: Vec::new(),
             scanned: 0,
@@ -158,7 +158,7 @@ impl JsonFramer {
     }
 
     /// Appends received bytes.
-    pub fn push(&mut self, data: &[u8]) -> Result<(), OvsdbError> {
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), OvsdbError> {
         if self.buf.len() + data.len() > self.limit {
             return Err(OvsdbError::MessageTooLarge { limit: self.limit });
         }
@@ -168,7 +168,7 @@ impl JsonFramer {
 
     /// The next complete message, `None` if more bytes are needed. After an error the framer must be
     /// discarded (the stream position is lost).
-    pub fn next_message(&mut self) -> Result<Option<Value>, OvsdbError> {
+    pub(crate) fn next_message(&mut self) -> Result<Option<Value>, OvsdbError> {
         while let Some(&b) = self.buf.get(self.scanned) {
             let at = self.scanned;
             self.scanned += 1;
@@ -211,7 +211,7 @@ impl JsonFramer {
     }
 
     /// Bytes currently buffered.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.buf.len()
     }
 }
@@ -261,24 +261,24 @@ mod decode {
 
 /// A replica of the monitored OVSDB rows: table → row UUID → column → value (OVSDB JSON notation).
 #[derive(Clone, Debug, Default)]
-pub struct OvsdbState {
+pub(crate) struct OvsdbState {
     tables: BTreeMap<String, HashMap<String, Map<String, Value>>>,
 }
 
 /// What one `apply_update` changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UpdateStats {
+pub(crate) struct UpdateStats {
     /// Rows inserted.
-    pub inserted: usize,
+    pub(crate) inserted: usize,
     /// Rows modified.
-    pub modified: usize,
+    pub(crate) modified: usize,
     /// Rows deleted.
-    pub deleted: usize,
+    pub(crate) deleted: usize,
 }
 
 impl OvsdbState {
     /// An empty replica.
-    pub fn new() -> OvsdbState {
+    pub(crate) fn new() -> OvsdbState {
         OvsdbState::default()
     }
 
@@ -288,7 +288,10 @@ impl OvsdbState {
     /// Per RFC 7047 a row update with `new` inserts or modifies the row (`new` carries every monitored
     /// column; columns are merged so a server that sends only changed columns works too) and a row update
     /// with only `old` deletes it.
-    pub fn apply_update(&mut self, table_updates: &Value) -> Result<UpdateStats, OvsdbError> {
+    pub(crate) fn apply_update(
+        &mut self,
+        table_updates: &Value,
+    ) -> Result<UpdateStats, OvsdbError> {
         let tables = table_updates
             .as_object()
             .ok_or_else(|| malformed("table-updates is not an object"))?;
@@ -343,12 +346,12 @@ impl OvsdbState {
     }
 
     /// Forgets every row (before a new monitor reply).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.tables.clear();
     }
 
     /// Number of rows of `table`.
-    pub fn rows(&self, table: &str) -> usize {
+    pub(crate) fn rows(&self, table: &str) -> usize {
         self.tables.get(table).map_or(0, HashMap::len)
     }
 
@@ -357,7 +360,7 @@ impl OvsdbState {
     }
 
     /// `Open_vSwitch.ovs_version`, if set.
-    pub fn ovs_version(&self) -> Option<&str> {
+    pub(crate) fn ovs_version(&self) -> Option<&str> {
         self.tables
             .get("Open_vSwitch")?
             .values()
@@ -369,7 +372,7 @@ impl OvsdbState {
     /// Each *interface* becomes one [`OvsPort`] keyed by interface name (a bond port has several
     /// interfaces, each with its own ofport); the VLAN tag comes from its port. Rows that reference
     /// missing rows (a transient state between two updates) are skipped, not errors.
-    pub fn bridges(&self) -> BTreeMap<String, Bridge> {
+    pub(crate) fn bridges(&self) -> BTreeMap<String, Bridge> {
         let mut out = BTreeMap::new();
         let Some(bridges) = self.tables.get("Bridge") else {
             return out;
@@ -422,35 +425,35 @@ impl OvsdbState {
 
 /// What the source publishes: the bridges as of the last update.
 #[derive(Clone, Debug, Default)]
-pub struct OvsdbSnapshot {
+pub(crate) struct OvsdbSnapshot {
     /// Bridges with their ports, keyed by bridge name.
-    pub bridges: BTreeMap<String, Bridge>,
+    pub(crate) bridges: BTreeMap<String, Bridge>,
     /// Whether the connection is up and synchronized. While `false`, `bridges` is the last known state
     /// (kept so that detectors do not see every port vanish during an ovsdb-server restart).
-    pub connected: bool,
+    pub(crate) connected: bool,
     /// Incremented with every published change (0 = never synchronized).
-    pub generation: u64,
+    pub(crate) generation: u64,
 }
 
 /// Tunables of [`run_ovsdb_with`]; [`OvsdbOptions::new`] gives the defaults.
 #[derive(Clone, Debug)]
-pub struct OvsdbOptions {
+pub(crate) struct OvsdbOptions {
     /// Directory holding `db.sock` (`--ovs-run-dir`, default `/run/openvswitch`).
-    pub run_dir: PathBuf,
+    pub(crate) run_dir: PathBuf,
     /// First reconnect delay; doubled per failed attempt up to `max_backoff`.
-    pub min_backoff: Duration,
+    pub(crate) min_backoff: Duration,
     /// Longest reconnect delay.
-    pub max_backoff: Duration,
+    pub(crate) max_backoff: Duration,
     /// After this long without data an `echo` probe is sent; without an answer for as long again,
     /// the connection is reset.
-    pub probe_interval: Duration,
+    pub(crate) probe_interval: Duration,
     /// Bound of one message (and of the receive buffer).
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
 }
 
 impl OvsdbOptions {
     /// Defaults: backoff 50 ms … 5 s, probe after 30 s idle, 64 MiB message bound.
-    pub fn new(run_dir: impl Into<PathBuf>) -> OvsdbOptions {
+    pub(crate) fn new(run_dir: impl Into<PathBuf>) -> OvsdbOptions {
         OvsdbOptions {
             run_dir: run_dir.into(),
             min_backoff: Duration::from_millis(50),
@@ -461,14 +464,14 @@ impl OvsdbOptions {
     }
 
     /// `<run_dir>/db.sock`.
-    pub fn socket_path(&self) -> PathBuf {
+    pub(crate) fn socket_path(&self) -> PathBuf {
         super::ovsdb_socket(&self.run_dir)
     }
 }
 
 /// Whether the source can run on this host (for `pinflow check`): `<run_dir>/db.sock` exists and is a
 /// socket. `Err` carries the reason.
-pub fn can_run(run_dir: &Path) -> Result<(), String> {
+pub(crate) fn can_run(run_dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::FileTypeExt;
     let path = super::ovsdb_socket(run_dir);
     match std::fs::metadata(&path) {
@@ -482,7 +485,7 @@ pub fn can_run(run_dir: &Path) -> Result<(), String> {
 }
 
 /// The `monitor` request for the tables and columns pinflow reads.
-pub fn monitor_request(id: u64) -> Value {
+pub(crate) fn monitor_request(id: u64) -> Value {
     json!({
         "id": id,
         "method": "monitor",
@@ -498,12 +501,16 @@ pub fn monitor_request(id: u64) -> Value {
 /// Runs the OVSDB source until every receiver of `tx` is dropped (or the task is aborted), with
 /// default options for `run_dir`. Never returns an error: failures are reported through `health`
 /// (`pinflow_source_up{source="ovsdb"}`, `pinflow_source_errors_total`) and retried.
-pub async fn run_ovsdb(run_dir: PathBuf, tx: watch::Sender<OvsdbSnapshot>, health: SourceRegistry) {
+pub(crate) async fn run_ovsdb(
+    run_dir: PathBuf,
+    tx: watch::Sender<OvsdbSnapshot>,
+    health: SourceRegistry,
+) {
     run_ovsdb_with(OvsdbOptions::new(run_dir), tx, health).await;
 }
 
 /// Runs the OVSDB source with explicit options; see the module documentation.
-pub async fn run_ovsdb_with(
+pub(crate) async fn run_ovsdb_with(
     opts: OvsdbOptions,
     tx: watch::Sender<OvsdbSnapshot>,
     health: SourceRegistry,
@@ -721,6 +728,9 @@ fn classify(msg: &Value) -> Result<Message<'_>, OvsdbError> {
         },
     }
 }
+
+#[cfg(test)]
+mod real_tests;
 
 #[cfg(test)]
 mod tests {

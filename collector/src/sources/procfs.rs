@@ -37,7 +37,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// The procfs source: each vCPU and emulator thread's affinity, last CPU, scheduler times and
 /// cgroup cpuset.
-pub const SOURCE: SourceDef = SourceDef {
+pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "procfs",
     collector: "pinning",
     can_run: |host| CanRun::of(HostFs::new(host.proc_root.clone(), host.sys_root.clone()).probe()),

@@ -47,16 +47,14 @@
 
 mod bucket;
 mod fields;
-pub mod rules;
+pub(crate) mod rules;
 mod semantics;
 mod shape;
 #[cfg(test)]
 mod tests;
 
-pub use crate::model::openflow::FlowKey;
-pub use rules::{
-    BuiltinRule, DirtyFlowConfig, FieldCondition, FlowConfigError, MAX_USER_RULES, UserRule,
-};
+pub(crate) use crate::model::openflow::FlowKey;
+pub(crate) use rules::{BuiltinRule, DirtyFlowConfig, FlowConfigError};
 
 use crate::model::flows::{Bridge, OvsPort, Severity};
 use crate::model::openflow::{FlowAction, FlowEntry, Matches};
@@ -69,7 +67,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 /// VLAN id Neutron tags quarantined ports with.
-pub const DEAD_VLAN: u16 = 4095;
+pub(crate) const DEAD_VLAN: u16 = 4095;
 
 /// The key of `flow` ([`Matches`] are canonical: sorted at construction, shared with the entry).
 fn key_of(flow: &FlowEntry) -> FlowKey {
@@ -78,24 +76,24 @@ fn key_of(flow: &FlowEntry) -> FlowKey {
 
 /// One dirty flow (or, for `dead_vlan`, one port) under one rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DirtyFinding<'a> {
+pub(crate) struct DirtyFinding<'a> {
     /// Bridge name.
-    pub bridge: &'a str,
+    pub(crate) bridge: &'a str,
     /// Rule name (`rule` label value).
-    pub rule: &'a str,
+    pub(crate) rule: &'a str,
     /// The rule's severity (`broken` or `suspect`).
-    pub severity: Severity,
+    pub(crate) severity: Severity,
     /// Table of the flow; `None` for port findings (`dead_vlan`).
-    pub table: Option<u8>,
+    pub(crate) table: Option<u8>,
     /// Cookie of the flow; `None` for port findings.
-    pub cookie: Option<u64>,
+    pub(crate) cookie: Option<u64>,
     /// What was flagged: the flow, or the port for `dead_vlan`.
-    pub subject: FindingSubject<'a>,
+    pub(crate) subject: FindingSubject<'a>,
 }
 
 /// What a [`DirtyFinding`] flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FindingSubject<'a> {
+pub(crate) enum FindingSubject<'a> {
     /// A port, as `port NAME tag=4095` (`dead_vlan`).
     Port(&'a str),
     /// A flow.
@@ -105,7 +103,7 @@ pub enum FindingSubject<'a> {
 impl<'a> DirtyFinding<'a> {
     /// The flow in `ovs-ofctl` text form (rendered on each call, see [`FlowEntry::text`]), or
     /// `port NAME tag=4095` for `dead_vlan`.
-    pub fn flow_text(&self) -> Cow<'a, str> {
+    pub(crate) fn flow_text(&self) -> Cow<'a, str> {
         match self.subject {
             FindingSubject::Port(t) => Cow::Borrowed(t),
             FindingSubject::Flow(f) => Cow::Owned(f.text()),
@@ -115,7 +113,7 @@ impl<'a> DirtyFinding<'a> {
 
 /// Whether an ofport number is a reserved port (`IN_PORT`, `TABLE`, `NORMAL`, `FLOOD`, `ALL`,
 /// `CONTROLLER`, `LOCAL`, `ANY`/`NONE`), in OpenFlow 1.0 (16-bit) or 1.1+ (32-bit) numbering.
-pub fn is_reserved_port(port: u32) -> bool {
+pub(crate) fn is_reserved_port(port: u32) -> bool {
     (0xff00..=0xffff).contains(&port) || port >= 0xffff_ff00
 }
 
@@ -1136,14 +1134,14 @@ impl BridgeIndex {
 
 /// The dirty-flow detector: an index of every bridge's flows and ports with the current findings.
 #[derive(Debug)]
-pub struct DirtyFlowIndex {
+pub(crate) struct DirtyFlowIndex {
     rules: RuleSet,
     bridges: BTreeMap<String, BridgeIndex>,
 }
 
 impl DirtyFlowIndex {
     /// An empty index for a validated configuration.
-    pub fn new(config: &DirtyFlowConfig) -> Result<DirtyFlowIndex, FlowConfigError> {
+    pub(crate) fn new(config: &DirtyFlowConfig) -> Result<DirtyFlowIndex, FlowConfigError> {
         Ok(DirtyFlowIndex {
             rules: RuleSet::compile(config)?,
             bridges: BTreeMap::new(),
@@ -1162,7 +1160,7 @@ impl DirtyFlowIndex {
     ///
     /// The index keeps the entry itself (an `Arc` is unwrapped; entries share their storage, so a
     /// clone is no copy).
-    pub fn upsert_flow(&mut self, bridge: &str, flow: impl Into<FlowEntry>, now: Instant) {
+    pub(crate) fn upsert_flow(&mut self, bridge: &str, flow: impl Into<FlowEntry>, now: Instant) {
         let flow = flow.into();
         self.tick(now);
         let rules = &self.rules;
@@ -1172,26 +1170,8 @@ impl DirtyFlowIndex {
             .upsert(rules, flow, now, None);
     }
 
-    /// Adds or replaces a flow the switch reports to be `age` old (its `duration` in a dump):
-    /// `stale_cookie` times it from its installation, not from when pinflow first saw it.
-    pub fn upsert_flow_aged(
-        &mut self,
-        bridge: &str,
-        flow: impl Into<FlowEntry>,
-        age: Duration,
-        now: Instant,
-    ) {
-        let flow = flow.into();
-        self.tick(now);
-        let rules = &self.rules;
-        self.bridges
-            .entry(bridge.to_string())
-            .or_insert_with(|| BridgeIndex::new(rules, bridge))
-            .upsert(rules, flow, now, Some(Stamp::of(now).minus(age)));
-    }
-
     /// Removes the flow with `key`; returns whether it was present.
-    pub fn remove_flow(&mut self, bridge: &str, key: &FlowKey, now: Instant) -> bool {
+    pub(crate) fn remove_flow(&mut self, bridge: &str, key: &FlowKey, now: Instant) -> bool {
         self.tick(now);
         let rules = &self.rules;
         let Some(b) = self.bridges.get_mut(bridge) else {
@@ -1208,7 +1188,7 @@ impl DirtyFlowIndex {
 
     /// Replaces all flows of `bridge` with a full dump: flows not in `flows` are removed, the rest
     /// upserted (unchanged flows cost a hash look-up and keep their age). Entries are kept as given.
-    pub fn replace_flows<F: Into<FlowEntry>>(
+    pub(crate) fn replace_flows<F: Into<FlowEntry>>(
         &mut self,
         bridge: &str,
         flows: impl IntoIterator<Item = F>,
@@ -1220,7 +1200,7 @@ impl DirtyFlowIndex {
     /// [`replace_flows`](Self::replace_flows) with each flow's age as the switch reports it (its
     /// `duration`): every flow, unchanged ones too, is aged from its installation on the switch,
     /// so `stale_cookie` gives the same verdicts right after pinflow (re)starts as before.
-    pub fn replace_flows_aged<F: Into<FlowEntry>>(
+    pub(crate) fn replace_flows_aged<F: Into<FlowEntry>>(
         &mut self,
         bridge: &str,
         flows: impl IntoIterator<Item = (F, Duration)>,
@@ -1286,7 +1266,12 @@ impl DirtyFlowIndex {
 
     /// Sets the ports of `bridge` (from OVSDB): ofports for the port rules, tags for `dead_vlan`.
     /// Until this is called for a bridge, `output_to_missing_port` and `in_port_missing` stay silent.
-    pub fn set_ports(&mut self, bridge: &str, ports: &BTreeMap<String, OvsPort>, now: Instant) {
+    pub(crate) fn set_ports(
+        &mut self,
+        bridge: &str,
+        ports: &BTreeMap<String, OvsPort>,
+        now: Instant,
+    ) {
         self.tick(now);
         let rules = &self.rules;
         self.bridges
@@ -1298,7 +1283,7 @@ impl DirtyFlowIndex {
     /// Applies an OVSDB snapshot's bridges: [`DirtyFlowIndex::set_ports`] for each, and
     /// [`DirtyFlowIndex::remove_bridge`] for indexed bridges OVSDB no longer has. Call it only while the
     /// OVSDB source is connected (its last state after a disconnect is stale).
-    pub fn sync_bridges(&mut self, bridges: &BTreeMap<String, Bridge>, now: Instant) {
+    pub(crate) fn sync_bridges(&mut self, bridges: &BTreeMap<String, Bridge>, now: Instant) {
         let gone: Vec<String> = self
             .bridges
             .keys()
@@ -1314,13 +1299,13 @@ impl DirtyFlowIndex {
     }
 
     /// Forgets a bridge (it disappeared from OVSDB) with its flows and findings.
-    pub fn remove_bridge(&mut self, bridge: &str) -> bool {
+    pub(crate) fn remove_bridge(&mut self, bridge: &str) -> bool {
         self.bridges.remove(bridge).is_some()
     }
 
     /// Advances time: flows whose grace period ended and superseded cookie generations are re-checked.
     /// Call it at [`next_deadline`](Self::next_deadline); every mutating call also does it.
-    pub fn tick(&mut self, now: Instant) {
+    pub(crate) fn tick(&mut self, now: Instant) {
         let rules = &self.rules;
         for b in self.bridges.values_mut() {
             b.tick(rules, now);
@@ -1328,7 +1313,7 @@ impl DirtyFlowIndex {
     }
 
     /// When [`tick`](Self::tick) next has work: the earliest grace-period end, if any is pending.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.bridges
             .values()
             .filter_map(|b| b.timers.first_key_value().map(|(t, _)| *t))
@@ -1337,7 +1322,7 @@ impl DirtyFlowIndex {
 
     /// A number that changes whenever a finding appears or goes away (compare for inequality: it
     /// may also go down, when a bridge is removed).
-    pub fn findings_generation(&self) -> u64 {
+    pub(crate) fn findings_generation(&self) -> u64 {
         self.bridges
             .values()
             .fold(self.bridges.len() as u64, |g, b| {
@@ -1346,7 +1331,7 @@ impl DirtyFlowIndex {
     }
 
     /// Every current finding, bridge by bridge (`dead_vlan` ports first, then flows in index order).
-    pub fn findings(&self) -> impl Iterator<Item = DirtyFinding<'_>> + '_ {
+    pub(crate) fn findings(&self) -> impl Iterator<Item = DirtyFinding<'_>> + '_ {
         let rules = &self.rules;
         let dead = rules.enabled(BuiltinRule::DeadVlan);
         self.bridges.iter().flat_map(move |(name, b)| {
@@ -1387,7 +1372,7 @@ impl DirtyFlowIndex {
 
     /// Dirty-flow counts per (bridge, rule): every enabled built-in rule for every known bridge, and
     /// every user rule for the bridges in its scope, 0 when clean (`pinflow_ovs_dirty_flows`).
-    pub fn counts(&self) -> BTreeMap<(String, String), usize> {
+    pub(crate) fn counts(&self) -> BTreeMap<(String, String), usize> {
         let mut out = BTreeMap::new();
         for (name, b) in &self.bridges {
             for r in &self.rules.builtins {
@@ -1412,7 +1397,7 @@ impl DirtyFlowIndex {
     }
 
     /// Number of flows per (bridge, table) (`pinflow_ovs_flows`).
-    pub fn flow_counts(&self) -> BTreeMap<(String, u8), usize> {
+    pub(crate) fn flow_counts(&self) -> BTreeMap<(String, u8), usize> {
         self.bridges
             .iter()
             .flat_map(|(name, b)| {
@@ -1424,28 +1409,32 @@ impl DirtyFlowIndex {
     }
 
     /// Total flows of `bridge`.
-    pub fn len(&self, bridge: &str) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self, bridge: &str) -> usize {
         self.bridges.get(bridge).map_or(0, |b| b.n_flows)
     }
 
     /// Whether no bridge holds any flow.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.bridges.values().all(|b| b.n_flows == 0)
     }
 
     /// The learned agent generation (cookie) of `bridge`, if any.
-    pub fn learned_cookie(&self, bridge: &str) -> Option<u64> {
+    #[cfg(test)]
+    pub(crate) fn learned_cookie(&self, bridge: &str) -> Option<u64> {
         self.bridges.get(bridge).and_then(|b| b.learned)
     }
 
     /// Names of the enabled rules (built-in, then user rules).
-    pub fn rule_names(&self) -> impl Iterator<Item = &str> + '_ {
+    #[cfg(test)]
+    pub(crate) fn rule_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.rule_severities().map(|(n, _)| n)
     }
 
     /// Every enabled rule (built-in, then user rules) with its severity
     /// (`pinflow_ovs_dirty_flow_rule_info`).
-    pub fn rule_severities(&self) -> impl Iterator<Item = (&str, Severity)> + '_ {
+    pub(crate) fn rule_severities(&self) -> impl Iterator<Item = (&str, Severity)> + '_ {
         self.rules
             .builtins
             .iter()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// The built-in dirty-flow rules of DESIGN.md; [`BuiltinRule::name`] is the `rule` label value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BuiltinRule {
+pub(crate) enum BuiltinRule {
     /// An `output`/`enqueue` action names an ofport the bridge does not have.
     OutputToMissingPort,
     /// The flow matches `in_port=N` for an ofport the bridge does not have.
@@ -30,7 +30,7 @@ pub enum BuiltinRule {
 
 impl BuiltinRule {
     /// Every built-in rule, in bit order.
-    pub const ALL: [BuiltinRule; 7] = [
+    pub(crate) const ALL: [BuiltinRule; 7] = [
         BuiltinRule::OutputToMissingPort,
         BuiltinRule::InPortMissing,
         BuiltinRule::GotoEmptyTable,
@@ -41,7 +41,7 @@ impl BuiltinRule {
     ];
 
     /// The `rule` label value.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BuiltinRule::OutputToMissingPort => "output_to_missing_port",
             BuiltinRule::InPortMissing => "in_port_missing",
@@ -60,7 +60,7 @@ impl BuiltinRule {
 
     /// How sure a finding of this rule is: `broken` when the flow cannot do what it says (a missing
     /// port, an empty table, the dead VLAN), `suspect` for the heuristics.
-    pub fn severity(self) -> Severity {
+    pub(crate) fn severity(self) -> Severity {
         match self {
             BuiltinRule::OutputToMissingPort
             | BuiltinRule::InPortMissing
@@ -78,26 +78,26 @@ impl BuiltinRule {
 }
 
 /// Most user rules one configuration may define (they share a 64-bit finding mask with the built-ins).
-pub const MAX_USER_RULES: usize = 64 - BuiltinRule::ALL.len();
+pub(crate) const MAX_USER_RULES: usize = 64 - BuiltinRule::ALL.len();
 
 /// The `[flows]` part of the configuration file. Every field has a default; unknown keys are errors.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DirtyFlowConfig {
+pub(crate) struct DirtyFlowConfig {
     /// Built-in rules to switch off, by name (`"ambiguous_priority"`, …).
-    pub disabled_rules: Vec<String>,
+    pub(crate) disabled_rules: Vec<String>,
     /// How long a flow with a foreign cookie (and a superseded agent generation) is tolerated, seconds.
-    pub stale_cookie_grace_secs: u64,
+    pub(crate) stale_cookie_grace_secs: u64,
     /// Learn each bridge's current agent generation (its most common non-zero cookie).
-    pub learn_cookies: bool,
+    pub(crate) learn_cookies: bool,
     /// Cookies whose first flow appeared within this many seconds of the learned cookie's first flow
     /// belong to the same agent generation (0 = the generation is one cookie).
-    pub cookie_generation_window_secs: u64,
+    pub(crate) cookie_generation_window_secs: u64,
     /// Cookies owned per bridge (`"*"` = every bridge), as `"0x…"` hex or decimal strings (TOML integers
     /// cannot hold every 64-bit cookie).
-    pub owned_cookies: BTreeMap<String, Vec<String>>,
+    pub(crate) owned_cookies: BTreeMap<String, Vec<String>>,
     /// User rules.
-    pub user_rules: Vec<UserRule>,
+    pub(crate) user_rules: Vec<UserRule>,
 }
 
 impl Default for DirtyFlowConfig {
@@ -117,24 +117,24 @@ impl Default for DirtyFlowConfig {
 /// expression (if any) and every field condition.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UserRule {
+pub(crate) struct UserRule {
     /// The `rule` label value (`[a-z][a-z0-9_]*`, not a built-in name).
-    pub name: String,
+    pub(crate) name: String,
     /// Bridges the rule applies to; empty = all.
     #[serde(default)]
-    pub bridges: Vec<String>,
+    pub(crate) bridges: Vec<String>,
     /// Tables the rule applies to; empty = all.
     #[serde(default)]
-    pub tables: Vec<u8>,
+    pub(crate) tables: Vec<u8>,
     /// Regular expression searched in the flow's `ovs-ofctl` text.
     #[serde(default)]
-    pub regex: Option<String>,
+    pub(crate) regex: Option<String>,
     /// Conditions on match fields; all must hold.
     #[serde(default)]
-    pub fields: Vec<FieldCondition>,
+    pub(crate) fields: Vec<FieldCondition>,
     /// Severity of the rule's findings (`"broken"`, the default, or `"suspect"`).
     #[serde(default)]
-    pub severity: Severity,
+    pub(crate) severity: Severity,
 }
 
 /// A condition on one match field of a flow.
@@ -144,23 +144,23 @@ pub struct UserRule {
 /// `/mask`, MACs, IPv4/IPv6 with `/prefix` or `/mask`, `+flag-flag`, …). See the README.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FieldCondition {
+pub(crate) struct FieldCondition {
     /// Field name as `ovs-ofctl` spells it, aliases included (`in_port`, `dl_vlan`, `tcp_dst`, `reg0`, …).
-    pub field: String,
+    pub(crate) field: String,
     /// Whether the flow must (true) or must not (false) match on the field at all.
     #[serde(default)]
-    pub present: Option<bool>,
+    pub(crate) present: Option<bool>,
     /// The flow must match on the field, constraining it to this value (under the given mask).
     #[serde(default)]
-    pub equals: Option<String>,
+    pub(crate) equals: Option<String>,
     /// The flow must not constrain the field to this value (absent fields satisfy this).
     #[serde(default)]
-    pub not_equals: Option<String>,
+    pub(crate) not_equals: Option<String>,
 }
 
 /// Errors in the dirty-flow configuration; each names the offending key or value.
 #[derive(Debug, thiserror::Error)]
-pub enum FlowConfigError {
+pub(crate) enum FlowConfigError {
     /// `disabled_rules` names a rule that does not exist.
     #[error("flows.disabled_rules: unknown rule {0:?}")]
     UnknownRule(String),

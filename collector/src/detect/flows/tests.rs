@@ -5,7 +5,8 @@ use super::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::model::openflow::{FieldMatch, FlowSource};
+use crate::model::openflow::FieldMatch;
+use crate::model::openflow::flow::FlowSource;
 
 /// An exact match field of `len` bytes.
 fn m(field: &'static str, value: u128, len: usize) -> FieldMatch {

@@ -139,7 +139,7 @@ fn pin_kind(v: &VcpuSpec, vcpupins: &BTreeMap<u32, u32>) -> PinKind {
 }
 
 /// Runs every check on every domain.
-pub fn evaluate(obs: &[DomainObservation]) -> PinningReport {
+pub(crate) fn evaluate(obs: &[DomainObservation]) -> PinningReport {
     let owners = dedicated_pcpus(obs);
     let mut report = PinningReport::default();
     for d in obs.iter().filter_map(|o| o.domain.as_ref()) {

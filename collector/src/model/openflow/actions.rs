@@ -18,7 +18,7 @@ const OFPP_CONTROLLER: u32 = 0xffff_fffd;
 
 /// Decodes OF1.3 instructions, appending their text to `text` (`drop` when there are no actions)
 /// and their meaning to `acts`.
-pub fn decode_instructions(
+pub(crate) fn decode_instructions(
     buf: &[u8],
     text: &mut String,
     acts: &mut Vec<FlowAction>,
@@ -132,10 +132,10 @@ fn hex_bytes(out: &mut String, b: &[u8]) {
 /// 64 KiB message could nest ~4 000 levels and recurse off the end of a task's stack. At this cap
 /// the decoder fits in 1 MiB of stack even unoptimized (tested in a thread with that much; tokio's
 /// worker threads have 2 MiB).
-pub const MAX_ACTION_NESTING: usize = 32;
+pub(crate) const MAX_ACTION_NESTING: usize = 32;
 
 /// Decodes an action list, appending comma-separated text (no trailing comma) and semantics.
-pub fn decode_actions(
+pub(crate) fn decode_actions(
     buf: &[u8],
     text: &mut String,
     acts: &mut Vec<FlowAction>,

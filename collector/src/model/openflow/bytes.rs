@@ -3,7 +3,7 @@
 
 /// OpenFlow wire data that does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// A structure ended before its fixed part or its declared length.
     #[error("truncated OpenFlow data: {what} needs {need} bytes, {have} left")]
     Truncated {
@@ -20,42 +20,42 @@ pub enum DecodeError {
 }
 
 /// ONF experimenter id (`0x4f4e4600`), used by OVS for OF1.3 extensions.
-pub const ONF_EXPERIMENTER: u32 = 0x4f4e_4600;
+pub(crate) const ONF_EXPERIMENTER: u32 = 0x4f4e_4600;
 /// Nicira experimenter id.
-pub const NX_EXPERIMENTER: u32 = 0x0000_2320;
+pub(crate) const NX_EXPERIMENTER: u32 = 0x0000_2320;
 /// Result alias of the codec.
-pub type DecodeResult<T> = Result<T, DecodeError>;
+pub(crate) type DecodeResult<T> = Result<T, DecodeError>;
 
 /// A bounds-checked big-endian reader over a byte slice.
 #[derive(Clone, Copy, Debug)]
-pub struct Rd<'a> {
+pub(crate) struct Rd<'a> {
     buf: &'a [u8],
     what: &'static str,
 }
 
 impl<'a> Rd<'a> {
     /// Reader over `buf`; `what` names the structure in errors.
-    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+    pub(crate) fn new(buf: &'a [u8], what: &'static str) -> Self {
         Self { buf, what }
     }
 
     /// Bytes left.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.buf.len()
     }
 
     /// Whether nothing is left.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
     /// The remaining bytes.
-    pub fn rest(&self) -> &'a [u8] {
+    pub(crate) fn rest(&self) -> &'a [u8] {
         self.buf
     }
 
     /// Takes the next `n` bytes.
-    pub fn take(&mut self, n: usize) -> DecodeResult<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> DecodeResult<&'a [u8]> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated {
                 what: self.what,
@@ -69,29 +69,29 @@ impl<'a> Rd<'a> {
     }
 
     /// Skips `n` bytes.
-    pub fn skip(&mut self, n: usize) -> DecodeResult<()> {
+    pub(crate) fn skip(&mut self, n: usize) -> DecodeResult<()> {
         self.take(n).map(|_| ())
     }
 
     /// Reads a byte.
-    pub fn u8(&mut self) -> DecodeResult<u8> {
+    pub(crate) fn u8(&mut self) -> DecodeResult<u8> {
         Ok(self.take(1)?[0])
     }
 
     /// Reads a big-endian u16.
-    pub fn u16(&mut self) -> DecodeResult<u16> {
+    pub(crate) fn u16(&mut self) -> DecodeResult<u16> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
     /// Reads a big-endian u32.
-    pub fn u32(&mut self) -> DecodeResult<u32> {
+    pub(crate) fn u32(&mut self) -> DecodeResult<u32> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Reads a big-endian u64.
-    pub fn u64(&mut self) -> DecodeResult<u64> {
+    pub(crate) fn u64(&mut self) -> DecodeResult<u64> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
@@ -100,6 +100,6 @@ impl<'a> Rd<'a> {
 }
 
 /// Rounds `n` up to a multiple of 8 (OpenFlow alignment).
-pub fn pad8(n: usize) -> usize {
+pub(crate) fn pad8(n: usize) -> usize {
     n.div_ceil(8) * 8
 }

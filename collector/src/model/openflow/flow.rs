@@ -10,20 +10,20 @@ use serde::Serialize;
 /// `mask` (see [`FieldMatch::is_exact`]). Prerequisite fields implied by protocol keywords (`ip` ⇒
 /// `dl_type=0x0800`) are present as their own fields. Plain data: no heap allocation per field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct FieldMatch {
+pub(crate) struct FieldMatch {
     /// Field name as `ovs-ofctl` spells it (`in_port`, `dl_vlan`, `nw_dst`, `reg0`, `tun_id`, …).
-    pub field: &'static str,
+    pub(crate) field: &'static str,
     /// Value (already masked for masked matches), right-aligned.
-    pub value: u128,
+    pub(crate) value: u128,
     /// Mask, right-aligned; all ones of `len` bytes for an exact match.
-    pub mask: u128,
+    pub(crate) mask: u128,
     /// Width of the field in bytes (1..=16).
-    pub len: u8,
+    pub(crate) len: u8,
 }
 
 impl FieldMatch {
     /// An exact match of a `len`-byte field (`len` is clamped to 1..=16, `value` to its width).
-    pub fn exact(field: &'static str, value: u128, len: u8) -> FieldMatch {
+    pub(crate) fn exact(field: &'static str, value: u128, len: u8) -> FieldMatch {
         let len = len.clamp(1, 16);
         FieldMatch {
             field,
@@ -34,7 +34,7 @@ impl FieldMatch {
     }
 
     /// A masked match of a `len`-byte field (value and mask are cut to its width).
-    pub fn masked(field: &'static str, value: u128, mask: u128, len: u8) -> FieldMatch {
+    pub(crate) fn masked(field: &'static str, value: u128, mask: u128, len: u8) -> FieldMatch {
         let len = len.clamp(1, 16);
         let mask = mask & width_mask(len);
         FieldMatch {
@@ -46,18 +46,13 @@ impl FieldMatch {
     }
 
     /// Whether every bit of the field is matched.
-    pub fn is_exact(&self) -> bool {
+    pub(crate) fn is_exact(&self) -> bool {
         self.mask == width_mask(self.len)
-    }
-
-    /// All ones of this field's width (the mask of an exact match).
-    pub fn full_mask(&self) -> u128 {
-        width_mask(self.len)
     }
 }
 
 /// All ones over `len` bytes (`len` ≥ 16 gives all 128 bits).
-pub fn width_mask(len: u8) -> u128 {
+pub(crate) fn width_mask(len: u8) -> u128 {
     if len >= 16 {
         u128::MAX
     } else {
@@ -207,7 +202,7 @@ fn field_id(name: &str) -> u8 {
 }
 
 /// The `&'static` spelling of a field name (interning names `ovs-ofctl` does not print).
-pub fn intern_field(name: &str) -> &'static str {
+pub(crate) fn intern_field(name: &str) -> &'static str {
     field_name(field_id(name))
 }
 
@@ -234,7 +229,7 @@ const MASKED: u8 = 0x80;
 /// in equality, hashing or ordering. Layout: the encoding's length (2 bytes, big-endian), the
 /// encoding, the tail.
 #[derive(Clone)]
-pub struct Matches(std::sync::Arc<[u8]>);
+pub(crate) struct Matches(std::sync::Arc<[u8]>);
 
 impl PartialEq for Matches {
     fn eq(&self, other: &Self) -> bool {
@@ -258,19 +253,19 @@ impl Default for Matches {
 
 impl Matches {
     /// Encodes `fields` (in any order; they are sorted).
-    pub fn new(fields: impl IntoIterator<Item = FieldMatch>) -> Matches {
+    pub(crate) fn new(fields: impl IntoIterator<Item = FieldMatch>) -> Matches {
         let mut v: Vec<FieldMatch> = fields.into_iter().collect();
         Matches::from_fields(&mut v)
     }
 
     /// Encodes `fields`, sorting the slice in place (lets decoders reuse one buffer).
-    pub fn from_fields(fields: &mut [FieldMatch]) -> Matches {
+    pub(crate) fn from_fields(fields: &mut [FieldMatch]) -> Matches {
         Matches::from_fields_with_tail(fields, &[])
     }
 
     /// Like [`Matches::from_fields`], appending the concatenation of `tail` after the encoding in
     /// the same allocation (see [`Matches::tail`]).
-    pub fn from_fields_with_tail(fields: &mut [FieldMatch], tail: &[&[u8]]) -> Matches {
+    pub(crate) fn from_fields_with_tail(fields: &mut [FieldMatch], tail: &[&[u8]]) -> Matches {
         fields.sort_unstable();
         let mut buf = [0u8; 512];
         let mut n = 2;
@@ -338,33 +333,23 @@ impl Matches {
     }
 
     /// The bytes stored after the encoding (a decoded flow's wire form; empty otherwise).
-    pub fn tail(&self) -> &[u8] {
+    pub(crate) fn tail(&self) -> &[u8] {
         self.0.get(2 + self.enc().len()..).unwrap_or_default()
     }
 
     /// The fields, sorted by name.
-    pub fn iter(&self) -> MatchesIter<'_> {
+    pub(crate) fn iter(&self) -> MatchesIter<'_> {
         MatchesIter { rest: self.enc() }
     }
 
-    /// Number of fields.
-    pub fn len(&self) -> usize {
-        self.iter().count()
-    }
-
     /// Whether the match is empty (matches every packet).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.enc().is_empty()
     }
 
     /// The first field named `field`, if matched.
-    pub fn get(&self, field: &str) -> Option<FieldMatch> {
+    pub(crate) fn get(&self, field: &str) -> Option<FieldMatch> {
         self.iter().find(|m| m.field == field)
-    }
-
-    /// Encoded size in bytes (for memory accounting; the tail not included).
-    pub fn encoded_len(&self) -> usize {
-        self.enc().len()
     }
 
     /// Whether both share the same allocation and tail bytes (used by [`FlowEntry`]'s equality,
@@ -417,7 +402,7 @@ impl Serialize for Matches {
 
 /// Iterator over the fields of [`Matches`].
 #[derive(Clone, Debug)]
-pub struct MatchesIter<'a> {
+pub(crate) struct MatchesIter<'a> {
     rest: &'a [u8],
 }
 
@@ -457,10 +442,12 @@ impl Iterator for MatchesIter<'_> {
 
 /// The parts of a flow's actions that detectors reason about. Everything else is `Other`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum FlowAction {
+pub(crate) enum FlowAction {
     /// `output:N` (a physical or logical ofport number; reserved ports are `Reserved`).
     Output(u32),
-    /// `enqueue:N:Q`.
+    /// `enqueue:N:Q`: OpenFlow 1.0 only (1.3 says `set_queue` + `output`), so the OF1.3 decoder
+    /// never makes one; the text form of the unit tests does.
+    #[cfg_attr(not(test), allow(dead_code))]
     Enqueue(u32),
     /// Output to a reserved port (`NORMAL`, `LOCAL`, `IN_PORT`, `CONTROLLER`, `FLOOD`, `ALL`, …).
     Reserved(&'static str),
@@ -523,7 +510,7 @@ impl FlowAction {
 /// What a flow's `ovs-ofctl` text and semantic actions come from (the text itself is not stored: at
 /// 100 000 flows it was the largest part of a flow's memory).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum FlowSource {
+pub(crate) enum FlowSource {
     /// The flow's wire form, kept in the tail of its [`FlowEntry::matches`] allocation (see
     /// [`FlowEntry::wire`]): flow-mod flags (2 bytes, big-endian), the length of the OXM match TLVs
     /// (2 bytes, big-endian), the TLVs (no `ofp_match` header or padding), then the OpenFlow 1.3
@@ -539,17 +526,20 @@ pub enum FlowSource {
 /// A hand-built flow's text and semantic actions (`FlowSource::Text`, unit tests only).
 #[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TextFlow {
+pub(crate) struct TextFlow {
     /// The `ovs-ofctl` text.
-    pub text: Box<str>,
+    pub(crate) text: Box<str>,
     /// Semantic actions, in order.
-    pub actions: Box<[FlowAction]>,
+    pub(crate) actions: Box<[FlowAction]>,
 }
 
 #[cfg(test)]
 impl FlowSource {
     /// A hand-built source: `text` as [`FlowEntry::text`] returns it, with these actions.
-    pub fn text(text: impl Into<Box<str>>, actions: impl Into<Box<[FlowAction]>>) -> FlowSource {
+    pub(crate) fn text(
+        text: impl Into<Box<str>>,
+        actions: impl Into<Box<[FlowAction]>>,
+    ) -> FlowSource {
         FlowSource::Text(Box::new(TextFlow {
             text: text.into(),
             actions: actions.into(),
@@ -565,22 +555,22 @@ impl FlowSource {
 /// demand by [`FlowEntry::text`], its semantic actions decoded by [`FlowEntry::actions`]. Cloning
 /// is cheap (a reference-count increment).
 #[derive(Clone, Debug)]
-pub struct FlowEntry {
+pub(crate) struct FlowEntry {
     /// OpenFlow table id.
-    pub table: u8,
+    pub(crate) table: u8,
     /// Priority.
-    pub priority: u16,
+    pub(crate) priority: u16,
     /// Cookie.
-    pub cookie: u64,
+    pub(crate) cookie: u64,
     /// Normalized match, sorted by field name (shared with the flow's [`FlowKey`]); its tail holds
     /// the wire form of a [`FlowSource::Wire`] flow.
-    pub matches: Matches,
+    pub(crate) matches: Matches,
     /// What [`FlowEntry::text`] and [`FlowEntry::actions`] decode.
-    pub source: FlowSource,
+    pub(crate) source: FlowSource,
     /// Idle timeout, seconds (0 = none).
-    pub idle_timeout: u16,
+    pub(crate) idle_timeout: u16,
     /// Hard timeout, seconds (0 = none).
-    pub hard_timeout: u16,
+    pub(crate) hard_timeout: u16,
 }
 
 impl PartialEq for FlowEntry {
@@ -619,14 +609,14 @@ impl FlowEntry {
     /// The flow in `ovs-ofctl -O OpenFlow13 dump-flows --no-stats` text form (cookie, table,
     /// priority, match, `actions=`), exactly as ovs-ofctl prints it. Rendered on each call (a few
     /// microseconds): callers that need it repeatedly should keep the string.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         super::render::flow_text(self)
     }
 
     /// The semantic actions, in order: decoded from the wire form on each call (no text is
     /// rendered). A wire form that no longer decodes (impossible for
     /// entries built by the decoder, which decoded it once) gives no actions.
-    pub fn actions(&self) -> std::borrow::Cow<'_, [FlowAction]> {
+    pub(crate) fn actions(&self) -> std::borrow::Cow<'_, [FlowAction]> {
         match &self.source {
             #[cfg(test)]
             FlowSource::Text(t) => std::borrow::Cow::Borrowed(&t.actions),
@@ -637,7 +627,7 @@ impl FlowEntry {
     }
 
     /// The stored wire form of the flow (see [`FlowSource::Wire`]).
-    pub fn wire(&self) -> &[u8] {
+    pub(crate) fn wire(&self) -> &[u8] {
         match self.source {
             FlowSource::Wire => self.matches.tail(),
             #[cfg(test)]
@@ -655,7 +645,7 @@ impl FlowEntry {
     }
 
     /// Whether both flows have the same actions (compares the instructions' bytes).
-    pub fn same_actions(&self, other: &FlowEntry) -> bool {
+    pub(crate) fn same_actions(&self, other: &FlowEntry) -> bool {
         match (&self.source, &other.source) {
             (FlowSource::Wire, FlowSource::Wire) => self.instructions() == other.instructions(),
             #[cfg(test)]
@@ -665,7 +655,7 @@ impl FlowEntry {
 
     /// The flow's identity in its bridge: table, priority and match (OpenFlow's own identity rule).
     /// Cheap: the key shares the entry's match bytes.
-    pub fn key(&self) -> FlowKey {
+    pub(crate) fn key(&self) -> FlowKey {
         FlowKey {
             table: self.table,
             priority: self.priority,
@@ -682,11 +672,11 @@ impl From<std::sync::Arc<FlowEntry>> for FlowEntry {
 
 /// Identity of a flow within a bridge: OpenFlow identifies a flow by table, priority and match.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct FlowKey {
+pub(crate) struct FlowKey {
     /// OpenFlow table id.
-    pub table: u8,
+    pub(crate) table: u8,
     /// Priority.
-    pub priority: u16,
+    pub(crate) priority: u16,
     /// Normalized match (the same bytes as the entry's [`FlowEntry::matches`]).
-    pub matches: Matches,
+    pub(crate) matches: Matches,
 }

@@ -14,16 +14,11 @@
 //! Layout: [`flow`] the flow types, [`bytes`] the bounds-checked reader, [`oxm`] match fields,
 //! [`actions`] instructions and actions, [`render`] flow entries and the `ovs-ofctl` line.
 
-pub mod actions;
-pub mod bytes;
-pub mod flow;
-pub mod oxm;
-pub mod render;
+pub(crate) mod actions;
+pub(crate) mod bytes;
+pub(crate) mod flow;
+pub(crate) mod oxm;
+pub(crate) mod render;
 
-pub use bytes::{DecodeError, DecodeResult};
-pub use flow::{
-    FieldMatch, FlowAction, FlowEntry, FlowKey, FlowSource, Matches, intern_field, width_mask,
-};
-pub use render::{
-    FlowStats, FlowUpdate, UndecodableFlow, decode_flow_stats, decode_flow_updates, stats_line,
-};
+pub(crate) use flow::{FieldMatch, FlowAction, FlowEntry, FlowKey, Matches, width_mask};
+pub(crate) use render::FlowStats;

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 /// How a field's value is printed by `ovs-ofctl` (OVS's `mf_string`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fmt {
+pub(crate) enum Fmt {
     /// `0x…` hex (zero prints as `0`).
     Hex,
     /// Unsigned decimal.
@@ -37,7 +37,7 @@ pub enum Fmt {
 
 /// Normalized match keys, following OVS's flow layout (what `ovs-ofctl` renders from).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Key {
+pub(crate) enum Key {
     /// Ingress port, OF1.3 (32-bit) numbering.
     InPort,
     /// 802.1Q TCI (with the CFI/present bit 0x1000).
@@ -132,13 +132,11 @@ pub enum Key {
     RecircId,
     /// Datapath hash.
     DpHash,
-    /// A field this decoder does not know; index into [`Match::unknown`].
-    Unknown(u16),
 }
 
 /// How a wire field maps onto [`Key`]s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Norm {
+pub(crate) enum Norm {
     /// One key, same width.
     Simple(Key),
     /// NXM 16-bit in_port.
@@ -165,25 +163,25 @@ pub enum Norm {
 
 /// One known wire field.
 #[derive(Clone, Copy, Debug)]
-pub struct FieldInfo {
+pub(crate) struct FieldInfo {
     /// OXM/NXM class.
-    pub class: u16,
+    pub(crate) class: u16,
     /// Field number within the class.
-    pub field: u8,
+    pub(crate) field: u8,
     /// Experimenter id for class 0xffff, else 0.
-    pub experimenter: u32,
+    pub(crate) experimenter: u32,
     /// Value width in bytes.
-    pub bytes: u8,
+    pub(crate) bytes: u8,
     /// Significant bits (what `[]` spans in a subfield).
-    pub n_bits: u16,
+    pub(crate) n_bits: u16,
     /// Name `ovs-ofctl` prints for subfields (`NXM_NX_REG0`, `OXM_OF_METADATA`, …).
-    pub nxm_name: &'static str,
+    pub(crate) nxm_name: &'static str,
     /// OVS's field name (`reg0`, `eth_src`, `vlan_vid`, …), used by `set_field` and `learn`.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Value format.
-    pub fmt: Fmt,
+    pub(crate) fmt: Fmt,
     /// Normalization into match keys.
-    pub norm: Norm,
+    pub(crate) norm: Norm,
 }
 
 #[expect(clippy::too_many_arguments, reason = "a table row constructor")]
@@ -359,7 +357,7 @@ const FIELDS: &[FieldInfo] = &[
 ];
 
 /// Looks up a wire field by class, field number and experimenter id.
-pub fn field_info(class: u16, field: u8, experimenter: u32) -> Option<&'static FieldInfo> {
+pub(crate) fn field_info(class: u16, field: u8, experimenter: u32) -> Option<&'static FieldInfo> {
     static INDEX: std::sync::OnceLock<[Option<&'static FieldInfo>; 384]> =
         std::sync::OnceLock::new();
     let slot = |class: u16, field: u8| -> Option<usize> {
@@ -396,22 +394,22 @@ pub fn field_info(class: u16, field: u8, experimenter: u32) -> Option<&'static F
 
 /// A parsed OXM/NXM header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OxmHeader {
+pub(crate) struct OxmHeader {
     /// Class.
-    pub class: u16,
+    pub(crate) class: u16,
     /// Field number.
-    pub field: u8,
+    pub(crate) field: u8,
     /// Whether a mask follows the value.
-    pub has_mask: bool,
+    pub(crate) has_mask: bool,
     /// Payload length (excluding the 4-byte header, including the experimenter id).
-    pub length: u8,
+    pub(crate) length: u8,
     /// Experimenter id for class 0xffff.
-    pub experimenter: u32,
+    pub(crate) experimenter: u32,
 }
 
 impl OxmHeader {
     /// Reads a header (4 bytes, or 8 for experimenter class).
-    pub fn read(r: &mut Rd<'_>) -> DecodeResult<OxmHeader> {
+    pub(crate) fn read(r: &mut Rd<'_>) -> DecodeResult<OxmHeader> {
         let h = r.u32()?;
         let class = (h >> 16) as u16;
         let experimenter = if class == 0xffff { r.u32()? } else { 0 };
@@ -425,18 +423,18 @@ impl OxmHeader {
     }
 
     /// Payload bytes after the experimenter id.
-    pub fn payload_len(&self) -> usize {
+    pub(crate) fn payload_len(&self) -> usize {
         let exp = if self.class == 0xffff { 4 } else { 0 };
         (self.length as usize).saturating_sub(exp)
     }
 
     /// The known field, if any.
-    pub fn info(&self) -> Option<&'static FieldInfo> {
+    pub(crate) fn info(&self) -> Option<&'static FieldInfo> {
         field_info(self.class, self.field, self.experimenter)
     }
 
     /// Name for subfield rendering: the known NXM/OXM name or a raw form.
-    pub fn subfield_name(&self, out: &mut String) {
+    pub(crate) fn subfield_name(&self, out: &mut String) {
         match self.info() {
             Some(i) => out.push_str(i.nxm_name),
             None if self.class == 0xffff => {
@@ -449,7 +447,7 @@ impl OxmHeader {
     }
 
     /// Bits of the field (for `[]` in subfields); unknown fields use the payload width.
-    pub fn n_bits(&self) -> u16 {
+    pub(crate) fn n_bits(&self) -> u16 {
         match self.info() {
             Some(i) => i.n_bits,
             None => {
@@ -462,41 +460,41 @@ impl OxmHeader {
 
 /// One normalized match entry: value and mask right-aligned in a u128.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Which field.
-    pub key: Key,
+    pub(crate) key: Key,
     /// Value (already masked).
-    pub value: u128,
+    pub(crate) value: u128,
     /// Mask (all ones of the key's width for an exact match).
-    pub mask: u128,
+    pub(crate) mask: u128,
 }
 
 /// A field this decoder does not know, kept raw.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct UnknownField {
+pub(crate) struct UnknownField {
     /// Class.
-    pub class: u16,
+    pub(crate) class: u16,
     /// Field number.
-    pub field: u8,
+    pub(crate) field: u8,
     /// Experimenter id (class 0xffff).
-    pub experimenter: u32,
+    pub(crate) experimenter: u32,
     /// Value bytes.
-    pub value: Vec<u8>,
+    pub(crate) value: Vec<u8>,
     /// Mask bytes when present.
-    pub mask: Option<Vec<u8>>,
+    pub(crate) mask: Option<Vec<u8>>,
 }
 
 /// A decoded match, normalized to OVS's flow layout.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Match {
+pub(crate) struct Match {
     /// Known fields, sorted by key.
-    pub entries: Vec<Entry>,
+    pub(crate) entries: Vec<Entry>,
     /// Unknown fields, in wire order.
-    pub unknown: Vec<UnknownField>,
+    pub(crate) unknown: Vec<UnknownField>,
 }
 
 /// Width in bytes of a key's value.
-pub fn key_bytes(key: Key) -> usize {
+pub(crate) fn key_bytes(key: Key) -> usize {
     use Key::*;
     match key {
         InPort | NwSrc | NwDst | Ipv6Label | Reg(_) | TunSrc | TunDst | PktMark | ConjId
@@ -507,12 +505,11 @@ pub fn key_bytes(key: Key) -> usize {
         | CtIpv6Dst => 16,
         NwProto | NwTos | NwEcn | NwTtl | NwFrag | MplsTc | MplsBos | CtNwProto => 1,
         TunId | Metadata => 8,
-        Unknown(_) => 0,
     }
 }
 
 /// The mask of an exact match on `key` (narrower than its byte width for some fields).
-pub fn key_full_mask(key: Key) -> u128 {
+pub(crate) fn key_full_mask(key: Key) -> u128 {
     match key {
         Key::Ipv6Label | Key::MplsLabel => 0xfffff,
         Key::TcpFlags => 0xfff,
@@ -538,12 +535,12 @@ fn be(b: &[u8]) -> u128 {
 
 impl Match {
     /// The entry for `key`, if matched.
-    pub fn get(&self, key: Key) -> Option<&Entry> {
+    pub(crate) fn get(&self, key: Key) -> Option<&Entry> {
         self.entries.iter().find(|e| e.key == key)
     }
 
     /// (value, mask) for `key`, zeros when not matched.
-    pub fn vm(&self, key: Key) -> (u128, u128) {
+    pub(crate) fn vm(&self, key: Key) -> (u128, u128) {
         self.get(key).map(|e| (e.value, e.mask)).unwrap_or((0, 0))
     }
 
@@ -603,14 +600,14 @@ impl Match {
     }
 
     /// Decodes a sequence of OXM/NXM TLVs (no `ofp_match` header).
-    pub fn decode_tlvs(buf: &[u8]) -> DecodeResult<Match> {
+    pub(crate) fn decode_tlvs(buf: &[u8]) -> DecodeResult<Match> {
         let mut m = Match::default();
         m.decode_tlvs_into(buf)?;
         Ok(m)
     }
 
     /// Like [`decode_tlvs`](Self::decode_tlvs), reusing this match's buffers.
-    pub fn decode_tlvs_into(&mut self, buf: &[u8]) -> DecodeResult<()> {
+    pub(crate) fn decode_tlvs_into(&mut self, buf: &[u8]) -> DecodeResult<()> {
         self.entries.clear();
         self.unknown.clear();
         let m = self;
@@ -658,7 +655,7 @@ impl Match {
     }
 
     /// Decodes an `ofp_match` (type OXM) at the reader and consumes its padding.
-    pub fn read_ofp_match(r: &mut Rd<'_>) -> DecodeResult<Match> {
+    pub(crate) fn read_ofp_match(r: &mut Rd<'_>) -> DecodeResult<Match> {
         let mtype = r.u16()?;
         let len = r.u16()? as usize;
         if mtype != 1 {
@@ -677,7 +674,7 @@ impl Match {
     }
 
     /// Like [`read_ofp_match`](Self::read_ofp_match), reusing this match's buffers.
-    pub fn read_ofp_match_into(&mut self, r: &mut Rd<'_>) -> DecodeResult<()> {
+    pub(crate) fn read_ofp_match_into(&mut self, r: &mut Rd<'_>) -> DecodeResult<()> {
         let mtype = r.u16()?;
         let len = r.u16()? as usize;
         if mtype != 1 {
@@ -695,7 +692,7 @@ impl Match {
     }
 
     /// Normalized match (fields named as `ovs-ofctl` names them, sorted by name).
-    pub fn field_matches(&self) -> Matches {
+    pub(crate) fn field_matches(&self) -> Matches {
         self.field_matches_with(&mut Vec::new())
     }
 
@@ -703,13 +700,17 @@ impl Match {
     ///
     /// Unknown fields wider than 16 bytes (no OVS field is) are folded into a 16-byte exact value
     /// derived from their value and mask, so they still tell flows apart.
-    pub fn field_matches_with(&self, scratch: &mut Vec<FieldMatch>) -> Matches {
+    pub(crate) fn field_matches_with(&self, scratch: &mut Vec<FieldMatch>) -> Matches {
         self.field_matches_tail(scratch, &[])
     }
 
     /// Like [`field_matches_with`](Self::field_matches_with), storing `tail` after the encoding
     /// (see [`Matches::tail`]).
-    pub fn field_matches_tail(&self, scratch: &mut Vec<FieldMatch>, tail: &[&[u8]]) -> Matches {
+    pub(crate) fn field_matches_tail(
+        &self,
+        scratch: &mut Vec<FieldMatch>,
+        tail: &[&[u8]],
+    ) -> Matches {
         let dl_type = self.vm(Key::DlType).0 as u16;
         let nw_proto = self.vm(Key::NwProto).0 as u8;
         scratch.clear();
@@ -801,7 +802,6 @@ fn slot(k: Key) -> Option<usize> {
         Key::RecircId => 44,
         Key::DpHash => 45,
         Key::Reg(i) => 46 + (i as usize & 15),
-        Key::Unknown(_) => return None,
     })
 }
 
@@ -821,7 +821,7 @@ const REG_NAMES: [&str; 16] = [
 ];
 
 /// The `ovs-ofctl` match name of a key in the context of the flow's `dl_type`/`nw_proto`.
-pub fn key_name(k: Key, dl_type: u16, nw_proto: u8) -> std::borrow::Cow<'static, str> {
+pub(crate) fn key_name(k: Key, dl_type: u16, nw_proto: u8) -> std::borrow::Cow<'static, str> {
     use std::borrow::Cow::Borrowed as B;
     let arp = dl_type == 0x0806 || dl_type == 0x8035;
     let icmp = (dl_type == 0x0800 && nw_proto == 1) || (dl_type == 0x86dd && nw_proto == 58);
@@ -884,7 +884,6 @@ pub fn key_name(k: Key, dl_type: u16, nw_proto: u8) -> std::borrow::Cow<'static,
         Key::ActsetOutput => B("actset_output"),
         Key::RecircId => B("recirc_id"),
         Key::DpHash => B("dp_hash"),
-        Key::Unknown(_) => B("unknown"),
     }
 }
 
@@ -894,7 +893,7 @@ pub fn key_name(k: Key, dl_type: u16, nw_proto: u8) -> std::borrow::Cow<'static,
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `v` in decimal (allocation-free fast path for the renderer).
-pub fn push_dec(out: &mut String, v: u64) {
+pub(crate) fn push_dec(out: &mut String, v: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut v = v;
@@ -914,7 +913,7 @@ pub fn push_dec(out: &mut String, v: u64) {
 }
 
 /// Appends `0x` and `v` in lowercase hex without leading zeros (`0x0` for zero).
-pub fn push_hex(out: &mut String, v: u128) {
+pub(crate) fn push_hex(out: &mut String, v: u128) {
     if let Ok(v) = u64::try_from(v) {
         // Most values: 64-bit shifts are cheaper than 128-bit ones.
         out.push_str("0x");
@@ -940,7 +939,7 @@ pub fn push_hex(out: &mut String, v: u128) {
 }
 
 /// C `%#x`: `0` for zero, else `0x…`.
-pub fn c_hex(out: &mut String, v: u128) {
+pub(crate) fn c_hex(out: &mut String, v: u128) {
     if v == 0 {
         out.push('0');
     } else {
@@ -949,7 +948,7 @@ pub fn c_hex(out: &mut String, v: u128) {
 }
 
 /// Ethernet address `xx:xx:xx:xx:xx:xx` from the low 48 bits.
-pub fn fmt_eth(out: &mut String, v: u128) {
+pub(crate) fn fmt_eth(out: &mut String, v: u128) {
     let b = (v as u64).to_be_bytes();
     for (i, x) in b.iter().skip(2).enumerate() {
         if i > 0 {
@@ -961,7 +960,7 @@ pub fn fmt_eth(out: &mut String, v: u128) {
 }
 
 /// Dotted-quad IPv4 from the low 32 bits.
-pub fn fmt_ipv4(out: &mut String, v: u128) {
+pub(crate) fn fmt_ipv4(out: &mut String, v: u128) {
     out.reserve(15);
     for (i, x) in (v as u32).to_be_bytes().into_iter().enumerate() {
         if i > 0 {
@@ -978,7 +977,7 @@ pub fn fmt_ipv4(out: &mut String, v: u128) {
 }
 
 /// IPv6 text form (as `inet_ntop` prints it).
-pub fn fmt_ipv6(out: &mut String, v: u128) {
+pub(crate) fn fmt_ipv6(out: &mut String, v: u128) {
     let _ = write!(out, "{}", std::net::Ipv6Addr::from(v));
 }
 
@@ -989,7 +988,7 @@ fn cidr_len(mask: u128, bits: u32) -> Option<u32> {
 }
 
 /// Port in OF1.3 32-bit numbering as `ovs-ofctl` prints it (reserved ports by name).
-pub fn fmt_port(out: &mut String, port: u32) {
+pub(crate) fn fmt_port(out: &mut String, port: u32) {
     let p16 = if port >= 0xffff_ff00 {
         port & 0xffff
     } else {
@@ -1016,7 +1015,7 @@ pub fn fmt_port(out: &mut String, port: u32) {
 }
 
 /// The name of a reserved port (NORMAL, LOCAL, …) in OF1.3 numbering, if reserved.
-pub fn reserved_port_name(port: u32) -> Option<&'static str> {
+pub(crate) fn reserved_port_name(port: u32) -> Option<&'static str> {
     if port < 0xffff_fff7 {
         return None;
     }
@@ -1117,7 +1116,7 @@ fn fmt_flags_masked(
 }
 
 /// Formats a field value (and optional mask) the way OVS's `mf_format` does.
-pub fn mf_format(out: &mut String, info: &FieldInfo, value: u128, mask: Option<u128>) {
+pub(crate) fn mf_format(out: &mut String, info: &FieldInfo, value: u128, mask: Option<u128>) {
     let full = ones(info.bytes as usize);
     let mask = mask.filter(|m| *m != full);
     match info.fmt {
@@ -1324,7 +1323,7 @@ fn put_ipv6_masked(out: &mut String, name: &str, e: Option<&Entry>) {
 
 /// Appends the match in `ovs-ofctl` form, preceded by `priority=N,` unless it is 32768.
 /// Nothing is appended for a catch-all match at the default priority.
-pub fn render_match(out: &mut String, m: &Match, priority: u16) {
+pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
     let start = out.len();
     if priority != 32768 {
         out.push_str("priority=");

@@ -9,24 +9,24 @@ use std::fmt::Write as _;
 
 /// A flow from a flow-stats dump, with the statistics that are not part of [`FlowEntry`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FlowStats {
+pub(crate) struct FlowStats {
     /// The flow.
-    pub entry: FlowEntry,
+    pub(crate) entry: FlowEntry,
     /// Seconds since the flow was installed.
-    pub duration_sec: u32,
+    pub(crate) duration_sec: u32,
     /// Nanoseconds part of the duration.
-    pub duration_nsec: u32,
+    pub(crate) duration_nsec: u32,
     /// Packets matched.
-    pub n_packets: u64,
+    pub(crate) n_packets: u64,
     /// Bytes matched.
-    pub n_bytes: u64,
+    pub(crate) n_bytes: u64,
     /// Flow-mod flags (`OFPFF_*`).
-    pub flags: u16,
+    pub(crate) flags: u16,
 }
 
 /// One flow-monitor update.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FlowUpdate {
+pub(crate) enum FlowUpdate {
     /// A flow was added (or was present at monitor start, when requested).
     Added(FlowEntry),
     /// A flow was deleted; the entry is the flow as it was.
@@ -46,23 +46,23 @@ pub enum FlowUpdate {
 /// dump or the session — counted in `pinflow_source_errors_total{source="openflow"}`, and carried
 /// raw so it can be shown.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UndecodableFlow {
+pub(crate) struct UndecodableFlow {
     /// Table id from the entry's fixed part.
-    pub table: u8,
+    pub(crate) table: u8,
     /// Priority from the entry's fixed part.
-    pub priority: u16,
+    pub(crate) priority: u16,
     /// Cookie from the entry's fixed part.
-    pub cookie: u64,
+    pub(crate) cookie: u64,
     /// Why it does not decode.
-    pub error: String,
+    pub(crate) error: String,
     /// The entry as received (`ofp_flow_stats` or `nx_flow_update_full`), truncated to
     /// [`UndecodableFlow::MAX_RAW`] bytes.
-    pub raw: Box<[u8]>,
+    pub(crate) raw: Box<[u8]>,
 }
 
 impl UndecodableFlow {
     /// Bytes of the raw entry kept.
-    pub const MAX_RAW: usize = 1024;
+    pub(crate) const MAX_RAW: usize = 1024;
 
     fn new(table: u8, priority: u16, cookie: u64, error: &DecodeError, raw: &[u8]) -> Self {
         Self {
@@ -75,7 +75,7 @@ impl UndecodableFlow {
     }
 
     /// The raw entry in hex (what a log line or the API shows).
-    pub fn raw_hex(&self) -> String {
+    pub(crate) fn raw_hex(&self) -> String {
         let mut s = String::with_capacity(self.raw.len() * 2);
         for b in &self.raw {
             let _ = write!(s, "{b:02x}");
@@ -186,7 +186,7 @@ fn wire_head(flags: u16, tlvs: &[u8]) -> DecodeResult<[u8; 4]> {
 }
 
 /// The semantic actions of a stored wire form ([`FlowEntry::actions`]).
-pub fn wire_actions(w: &[u8]) -> DecodeResult<Vec<super::flow::FlowAction>> {
+pub(crate) fn wire_actions(w: &[u8]) -> DecodeResult<Vec<super::flow::FlowAction>> {
     let mut r = Rd::new(w, "stored flow");
     r.skip(2)?;
     let tlv_len = usize::from(r.u16()?);
@@ -200,7 +200,7 @@ pub fn wire_actions(w: &[u8]) -> DecodeResult<Vec<super::flow::FlowAction>> {
 /// Renders a flow's `ovs-ofctl -O OpenFlow13 dump-flows --no-stats` text from its
 /// [`FlowSource`] (see [`FlowEntry::text`]). A wire form that no longer decodes (impossible for
 /// entries built by the decoder, which decoded it once) renders as a comment saying so.
-pub fn flow_text(e: &FlowEntry) -> String {
+pub(crate) fn flow_text(e: &FlowEntry) -> String {
     match &e.source {
         #[cfg(test)]
         FlowSource::Text(t) => t.text.to_string(),
@@ -324,7 +324,7 @@ fn take_flow_stats<'a>(r: &mut Rd<'a>) -> DecodeResult<(StatsHead, Rd<'a>)> {
 /// Decodes the body of an `OFPMP_FLOW` reply (a sequence of `ofp_flow_stats`), appending flows.
 /// An entry whose match or instructions do not decode goes to `bad` and the rest still decode; an
 /// error is returned only when the framing itself is broken (the next entry cannot be found).
-pub fn decode_flow_stats(
+pub(crate) fn decode_flow_stats(
     body: &[u8],
     out: &mut Vec<FlowStats>,
     bad: &mut Vec<UndecodableFlow>,
@@ -389,7 +389,7 @@ pub fn decode_flow_stats(
 /// no [`FlowEntry`] is built and nothing is allocated per flow (the match and the action list are
 /// reused from flow to flow).
 #[derive(Debug, Default)]
-pub struct LineRenderer {
+pub(crate) struct LineRenderer {
     m: Match,
     actions: Vec<super::flow::FlowAction>,
     /// Rendered instruction lists by their bytes, direct-mapped: a flow's actions text depends
@@ -425,7 +425,7 @@ impl LineRenderer {
     /// where `<flow>` is the flow's [`FlowEntry::text`] (`ovs-ofctl -O OpenFlow13 --no-stats
     /// dump-flows`) or, with `stats`, its [`stats_line`]. Returns the number of flows; on an
     /// error, `out` is left as it was before the failing flow.
-    pub fn push_flow_stats(
+    pub(crate) fn push_flow_stats(
         &mut self,
         body: &[u8],
         stats: bool,
@@ -577,7 +577,7 @@ fn push_stats_prefix(
 /// Decodes the body of an ONF flow-monitor reply (`nx_flow_update_*` records with OF1.3 matches
 /// and instructions), appending updates. A record whose match or instructions do not decode goes to
 /// `bad` (see [`decode_flow_stats`]).
-pub fn decode_flow_updates(
+pub(crate) fn decode_flow_updates(
     body: &[u8],
     out: &mut Vec<FlowUpdate>,
     bad: &mut Vec<UndecodableFlow>,
@@ -646,7 +646,7 @@ pub fn decode_flow_updates(
 
 /// The flow in `ovs-ofctl -O OpenFlow13 dump-flows` form *with* statistics
 /// (`cookie=…, duration=…s, table=…, n_packets=…, n_bytes=…, …`), without the leading space.
-pub fn stats_line(f: &FlowStats) -> String {
+pub(crate) fn stats_line(f: &FlowStats) -> String {
     let e = &f.entry;
     let text = e.text();
     let mut rest = text.as_str();

@@ -32,7 +32,7 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// An asynchronous event from a monitoring connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MonitorEvent {
+pub(crate) enum MonitorEvent {
     /// A flow changed.
     Flow(FlowUpdate),
     /// A port was added (reason 0), deleted (1) or modified (2).
@@ -52,7 +52,7 @@ pub enum MonitorEvent {
 
 /// One OpenFlow 1.3 connection to `<run_dir>/<bridge>.mgmt`.
 #[derive(Debug)]
-pub struct OpenFlowClient {
+pub(crate) struct OpenFlowClient {
     path: PathBuf,
     stream: UnixStream,
     rbuf: Vec<u8>,
@@ -70,7 +70,7 @@ pub struct OpenFlowClient {
 }
 
 /// Undecodable flows of one dump kept raw (the rest are only counted).
-pub const MAX_UNDECODABLE_KEPT: usize = 32;
+pub(crate) const MAX_UNDECODABLE_KEPT: usize = 32;
 
 /// Moves `bad` into `kept` up to [`MAX_UNDECODABLE_KEPT`], counting all of them in `total`.
 fn keep_undecodable(
@@ -86,7 +86,7 @@ fn keep_undecodable(
 
 impl OpenFlowClient {
     /// Connects, negotiates OpenFlow 1.3 and reads the switch features, within `timeout`.
-    pub async fn connect(path: impl AsRef<Path>, timeout: Duration) -> OfResult<Self> {
+    pub(crate) async fn connect(path: impl AsRef<Path>, timeout: Duration) -> OfResult<Self> {
         let path = path.as_ref().to_path_buf();
         let stream = tokio::time::timeout(timeout, UnixStream::connect(&path))
             .await
@@ -152,23 +152,14 @@ impl OpenFlowClient {
     }
 
     /// Limits the size of a single message (default and maximum 65 535 bytes).
-    pub fn set_max_message_len(&mut self, n: usize) {
+    #[cfg(test)]
+    pub(crate) fn set_max_message_len(&mut self, n: usize) {
         self.max_message_len = n.clamp(wire::HEADER_LEN, MAX_MESSAGE_LEN);
     }
 
-    /// Limits how many monitor events may queue up while a request is outstanding.
-    pub fn set_max_pending(&mut self, n: usize) {
-        self.max_pending = n.max(1);
-    }
-
     /// Switch features from the handshake.
-    pub fn features(&self) -> Features {
+    pub(crate) fn features(&self) -> Features {
         self.features
-    }
-
-    /// Socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn xid(&mut self) -> u32 {
@@ -359,7 +350,7 @@ impl OpenFlowClient {
     }
 
     /// Port descriptions (the bridge's ofport set, including LOCAL).
-    pub async fn port_descs(&mut self) -> OfResult<Vec<PortDesc>> {
+    pub(crate) async fn port_descs(&mut self) -> OfResult<Vec<PortDesc>> {
         let xid = self.xid();
         let req = wire::encode_port_desc_request(xid);
         let mut out = Vec::new();
@@ -377,7 +368,7 @@ impl OpenFlowClient {
     }
 
     /// Full dump of every table with counters. Fails with [`OfError::TooManyFlows`] past `max_flows`.
-    pub async fn dump_flows(&mut self, max_flows: usize) -> OfResult<Vec<FlowStats>> {
+    pub(crate) async fn dump_flows(&mut self, max_flows: usize) -> OfResult<Vec<FlowStats>> {
         let xid = self.xid();
         let req = wire::encode_flow_stats_request(xid);
         let mut out = Vec::new();
@@ -402,13 +393,13 @@ impl OpenFlowClient {
 
     /// The flows of the last dump that did not decode (skipped by the dump, see
     /// [`UndecodableFlow`]): the first [`MAX_UNDECODABLE_KEPT`] of them, and how many in all.
-    pub fn take_undecodable(&mut self) -> (Vec<UndecodableFlow>, usize) {
+    pub(crate) fn take_undecodable(&mut self) -> (Vec<UndecodableFlow>, usize) {
         std::mem::take(&mut self.undecodable)
     }
 
     /// Full dump like [`dump_flows`](Self::dump_flows), handing each flow to `f` as it is decoded
     /// (one reply's worth of flows is buffered at a time, so a large table is never held twice).
-    pub async fn dump_flows_each(
+    pub(crate) async fn dump_flows_each(
         &mut self,
         max_flows: usize,
         mut f: impl FnMut(FlowStats),
@@ -442,7 +433,7 @@ impl OpenFlowClient {
     /// of `ofp_flow_stats`) to `f` straight from the receive buffer: nothing is decoded or kept
     /// here ([`LineRenderer`](crate::model::openflow::render::LineRenderer) prints such bodies as `ovs-ofctl` does).
     /// An error from `f` ends the dump.
-    pub async fn dump_flows_raw(
+    pub(crate) async fn dump_flows_raw(
         &mut self,
         mut f: impl FnMut(&[u8]) -> OfResult<()>,
     ) -> OfResult<()> {
@@ -456,7 +447,7 @@ impl OpenFlowClient {
 
     /// Starts the ONF (OF1.3) flow monitor for all tables: added, deleted and modified flows, with
     /// actions. Later changes arrive through [`next_event`](Self::next_event).
-    pub async fn start_monitor(&mut self) -> OfResult<()> {
+    pub(crate) async fn start_monitor(&mut self) -> OfResult<()> {
         let xid = self.xid();
         let flags = NXFMF_ADD | NXFMF_DELETE | NXFMF_MODIFY | NXFMF_ACTIONS;
         let req = wire::encode_flow_monitor_request(xid, 1, flags);
@@ -492,7 +483,7 @@ impl OpenFlowClient {
 
     /// Next asynchronous event (queued ones first). Returns [`OfError::Closed`] when the switch
     /// goes away.
-    pub async fn next_event(&mut self) -> OfResult<MonitorEvent> {
+    pub(crate) async fn next_event(&mut self) -> OfResult<MonitorEvent> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(e);
@@ -508,7 +499,7 @@ impl OpenFlowClient {
     /// Liveness probe for idle connections: sends an ECHO_REQUEST when nothing was received for
     /// `interval`, and fails with [`OfError::Timeout`] when nothing (not even the echo reply)
     /// arrived for twice that.
-    pub async fn keepalive(&mut self, interval: Duration) -> OfResult<()> {
+    pub(crate) async fn keepalive(&mut self, interval: Duration) -> OfResult<()> {
         let idle = self.last_rx.elapsed();
         if idle > interval * 2 {
             return Err(OfError::Timeout("echo reply (switch unresponsive)"));
@@ -521,7 +512,7 @@ impl OpenFlowClient {
     }
 
     /// Drains events that are already queued (no I/O).
-    pub fn take_queued(&mut self) -> Vec<MonitorEvent> {
+    pub(crate) fn take_queued(&mut self) -> Vec<MonitorEvent> {
         self.pending.drain(..).collect()
     }
 }
@@ -530,7 +521,7 @@ impl OpenFlowClient {
 /// flow with counters. Printing `" {}"` with each [`FlowEntry::text`] gives exactly the lines of
 /// `ovs-ofctl -O OpenFlow13 --no-stats --no-names dump-flows B`; [`super::stats_line`] gives the
 /// form with statistics.
-pub async fn dump_bridge(
+pub(crate) async fn dump_bridge(
     run_dir: &Path,
     bridge: &str,
     timeout: Duration,
@@ -548,37 +539,37 @@ pub async fn dump_bridge(
 
 /// Settings of one bridge's mirror loop.
 #[derive(Clone, Debug)]
-pub struct BridgeConfig {
+pub(crate) struct BridgeConfig {
     /// OVS run directory (where `<bridge>.mgmt` lives), e.g. `/run/openvswitch`.
-    pub run_dir: PathBuf,
+    pub(crate) run_dir: PathBuf,
     /// Bridge name.
-    pub bridge: String,
+    pub(crate) bridge: String,
     /// Refuse to mirror more flows than this (memory bound); the session fails with a clear error.
-    pub max_flows: usize,
+    pub(crate) max_flows: usize,
     /// Timeout of each request (connect, handshake, dump).
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// First reconnect delay; doubles up to `backoff_max`.
-    pub backoff_min: Duration,
+    pub(crate) backoff_min: Duration,
     /// Longest reconnect delay.
-    pub backoff_max: Duration,
+    pub(crate) backoff_max: Duration,
     /// Minimum interval between two published snapshots (changes are still sent at once).
     /// Publishing copies the table's index (pointers only, O(flows)); consumers that need cost
     /// proportional to changes use the [`FlowChange`] stream instead.
-    pub publish_interval: Duration,
+    pub(crate) publish_interval: Duration,
     /// Idle time after which the switch is probed with an ECHO_REQUEST (dead after twice that).
-    pub probe_interval: Duration,
+    pub(crate) probe_interval: Duration,
     /// Whether the mirror keeps a flow table and publishes it in its snapshots (off by default).
     /// Off, as the daemon runs it: the consumer follows the [`FlowChange`] stream — the dump once
     /// per resync in [`FlowChange::Resynced`] and every change after it — and the mirror holds no
     /// flow at all (it tells additions from modifications by the switch's own verdict), so the
     /// dirty-flow index is the only copy of the flows. On, snapshots carry the whole table.
-    pub snapshot_flows: bool,
+    pub(crate) snapshot_flows: bool,
 }
 
 impl BridgeConfig {
     /// Defaults for `bridge` under `run_dir`: [`crate::model::limits::MAX_FLOWS_PER_BRIDGE`] flows, 30 s timeout, 0.5–30 s backoff,
     /// snapshots at most every 200 ms without the flow table, echo probe after 30 s idle.
-    pub fn new(run_dir: impl Into<PathBuf>, bridge: impl Into<String>) -> Self {
+    pub(crate) fn new(run_dir: impl Into<PathBuf>, bridge: impl Into<String>) -> Self {
         Self {
             run_dir: run_dir.into(),
             bridge: bridge.into(),
@@ -593,7 +584,7 @@ impl BridgeConfig {
     }
 
     /// `<run_dir>/<bridge>.mgmt`.
-    pub fn socket_path(&self) -> PathBuf {
+    pub(crate) fn socket_path(&self) -> PathBuf {
         crate::sources::bridge_socket(&self.run_dir, &self.bridge)
     }
 }
@@ -601,51 +592,47 @@ impl BridgeConfig {
 /// The mirrored flow table of a bridge.
 /// Entries are shared (`Arc`) and each key shares its entry's match bytes, so a flow is stored once
 /// and publishing a snapshot copies pointers only.
-pub type FlowTable = BTreeMap<FlowKey, Arc<FlowEntry>>;
+pub(crate) type FlowTable = BTreeMap<FlowKey, Arc<FlowEntry>>;
 
 /// A published state of one bridge.
 #[derive(Clone, Debug, Default)]
-pub struct BridgeSnapshot {
+pub(crate) struct BridgeSnapshot {
     /// Bridge name.
-    pub bridge: String,
+    pub(crate) bridge: String,
     /// Whether the OpenFlow session is up and the table is in sync.
-    pub connected: bool,
+    pub(crate) connected: bool,
     /// Why the session is down (last error), if it is.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Datapath id from FEATURES.
-    pub datapath_id: u64,
+    pub(crate) datapath_id: u64,
     /// Increases on every full resync (initial dump, reconnect).
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// Ports by OpenFlow port number (OF1.3 numbering, LOCAL = 0xfffffffe); shared by snapshots
     /// until a port changes.
-    pub ports: Arc<BTreeMap<u32, PortDesc>>,
+    pub(crate) ports: Arc<BTreeMap<u32, PortDesc>>,
     /// Flows (without counters). Empty when the mirror keeps no table
     /// ([`BridgeConfig::snapshot_flows`] off).
-    pub flows: Arc<FlowTable>,
+    pub(crate) flows: Arc<FlowTable>,
     /// Number of flows mirrored (also without a table: then counted from the dump and the
     /// monitor's add/delete events, which may over-count a flow added while the dump ran).
-    pub n_flows: usize,
+    pub(crate) n_flows: usize,
     /// When this snapshot was taken.
-    pub taken: Option<Instant>,
+    pub(crate) taken: Option<Instant>,
     /// The last [`MAX_UNDECODABLE_KEPT`] flows the switch sent that did not decode (skipped,
     /// carried raw).
-    pub undecodable: Arc<Vec<UndecodableFlow>>,
+    pub(crate) undecodable: Arc<Vec<UndecodableFlow>>,
     /// Flows that did not decode since the mirror started (dumps and updates).
-    pub undecodable_total: u64,
+    pub(crate) undecodable_total: u64,
     /// Whether the mirror keeps its table ([`BridgeConfig::snapshot_flows`]).
     keep_table: bool,
 }
 
 /// A change of one bridge's mirror, sent as it happens.
 #[derive(Clone, Debug)]
-pub enum FlowChange {
-    /// A full dump replaced the table (`generation` as in [`BridgeSnapshot`]). Updates that raced
-    /// with the dump follow as their own changes.
+pub(crate) enum FlowChange {
+    /// A full dump replaced the table. Updates that raced with the dump follow as their own
+    /// changes.
     Resynced {
-        /// New generation.
-        generation: u64,
-        /// Flows in the dump.
-        flows: usize,
         /// The flows as dumped (entries are cheap to clone: they share their storage).
         table: Vec<FlowEntry>,
         /// Each flow's age as the switch reported it (`duration`), index for index with `table`.
@@ -673,7 +660,7 @@ pub enum FlowChange {
 }
 
 /// A [`FlowChange`] tagged with the name of the bridge it happened on (what [`run_bridge`] sends).
-pub type TaggedChange = (Arc<str>, FlowChange);
+pub(crate) type TaggedChange = (Arc<str>, FlowChange);
 
 /// The sending half of a change channel with the bridge's tag.
 struct ChangeTx {
@@ -696,7 +683,7 @@ impl ChangeTx {
 /// to `changes` when given, tagged with the bridge name ([`BridgeConfig::bridge`]), so that the
 /// mirrors of all bridges can share one channel (a full channel drops nothing: the loop waits, so
 /// size it generously).
-pub async fn run_bridge(
+pub(crate) async fn run_bridge(
     cfg: BridgeConfig,
     snapshots: watch::Sender<Arc<BridgeSnapshot>>,
     changes: Option<mpsc::Sender<TaggedChange>>,
@@ -795,8 +782,6 @@ async fn session(
     state.error = None;
     if let Some(tx) = changes {
         tx.send(FlowChange::Resynced {
-            generation: state.generation,
-            flows: n,
             table: dumped,
             ages,
         })

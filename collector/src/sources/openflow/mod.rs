@@ -20,19 +20,17 @@
 //! Layout: [`wire`] framing and fixed messages, [`client`] the async client and the per-bridge
 //! mirror loop [`run_bridge`].
 
-pub mod client;
+pub(crate) mod client;
 mod probe;
-pub mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod captured_tests;
+#[cfg(test)]
+mod real_tests;
 
-pub use crate::model::openflow::render::{
-    FlowStats, FlowUpdate, decode_flow_stats, decode_flow_updates, stats_line,
+pub(crate) use client::{
+    BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, TaggedChange, dump_bridge, run_bridge,
 };
-pub use client::{
-    BridgeConfig, BridgeSnapshot, FlowChange, FlowTable, MonitorEvent, OpenFlowClient,
-    TaggedChange, dump_bridge, run_bridge,
-};
-pub use probe::SOURCE;
-pub use wire::{ErrorMsg, Features, OfError, OfResult, PortDesc};
+pub(crate) use probe::SOURCE;
+pub(crate) use wire::OfError;

@@ -4,7 +4,7 @@ use crate::sources::openflow::{OfError, OpenFlowClient};
 use crate::sources::{CanRun, HostPaths, PROBE_TIMEOUT, SourceDef, block_on, ovsdb};
 
 /// The OpenFlow source: one session per bridge that mirrors its flow tables.
-pub const SOURCE: SourceDef = SourceDef {
+pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "openflow",
     collector: "flows",
     can_run: |host| block_on(can_run(host)).unwrap_or_else(|e| CanRun::of(Err(e))),

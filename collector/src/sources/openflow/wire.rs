@@ -4,67 +4,63 @@
 //! nothing indexes wire data without a bounds check. Encoders build the few requests pinflow sends
 //! (HELLO, ECHO reply, FEATURES, multipart PORT_DESC / FLOW, the ONF flow monitor request).
 
-pub use crate::model::openflow::bytes::{DecodeError, NX_EXPERIMENTER, ONF_EXPERIMENTER, Rd, pad8};
+pub(crate) use crate::model::openflow::bytes::{DecodeError, ONF_EXPERIMENTER, Rd, pad8};
 use std::fmt;
 
 /// OpenFlow 1.3 wire version.
-pub const OFP13_VERSION: u8 = 0x04;
+pub(crate) const OFP13_VERSION: u8 = 0x04;
 /// Size of the OpenFlow header.
-pub const HEADER_LEN: usize = 8;
+pub(crate) const HEADER_LEN: usize = 8;
 /// Largest message the protocol can express (the header's length field is 16 bits).
-pub const MAX_MESSAGE_LEN: usize = 65_535;
+pub(crate) const MAX_MESSAGE_LEN: usize = 65_535;
 
 /// `OFPT_HELLO`.
-pub const OFPT_HELLO: u8 = 0;
+pub(crate) const OFPT_HELLO: u8 = 0;
 /// `OFPT_ERROR`.
-pub const OFPT_ERROR: u8 = 1;
+pub(crate) const OFPT_ERROR: u8 = 1;
 /// `OFPT_ECHO_REQUEST`.
-pub const OFPT_ECHO_REQUEST: u8 = 2;
+pub(crate) const OFPT_ECHO_REQUEST: u8 = 2;
 /// `OFPT_ECHO_REPLY`.
-pub const OFPT_ECHO_REPLY: u8 = 3;
+pub(crate) const OFPT_ECHO_REPLY: u8 = 3;
 /// `OFPT_EXPERIMENTER` (carries e.g. the ONF flow-monitor paused/resumed notices).
-pub const OFPT_EXPERIMENTER: u8 = 4;
+pub(crate) const OFPT_EXPERIMENTER: u8 = 4;
 /// `OFPT_FEATURES_REQUEST`.
-pub const OFPT_FEATURES_REQUEST: u8 = 5;
+pub(crate) const OFPT_FEATURES_REQUEST: u8 = 5;
 /// `OFPT_FEATURES_REPLY`.
-pub const OFPT_FEATURES_REPLY: u8 = 6;
+pub(crate) const OFPT_FEATURES_REPLY: u8 = 6;
 /// `OFPT_MULTIPART_REQUEST`.
-pub const OFPT_MULTIPART_REQUEST: u8 = 18;
+pub(crate) const OFPT_MULTIPART_REQUEST: u8 = 18;
 /// `OFPT_MULTIPART_REPLY`.
-pub const OFPT_MULTIPART_REPLY: u8 = 19;
+pub(crate) const OFPT_MULTIPART_REPLY: u8 = 19;
 
 /// `OFPMP_FLOW` (individual flow statistics).
-pub const OFPMP_FLOW: u16 = 1;
+pub(crate) const OFPMP_FLOW: u16 = 1;
 /// `OFPMP_PORT_DESC`.
-pub const OFPMP_PORT_DESC: u16 = 13;
+pub(crate) const OFPMP_PORT_DESC: u16 = 13;
 /// `OFPMP_EXPERIMENTER`.
-pub const OFPMP_EXPERIMENTER: u16 = 0xffff;
+pub(crate) const OFPMP_EXPERIMENTER: u16 = 0xffff;
 /// `OFPMPF_REPLY_MORE`: more replies to this request follow.
-pub const OFPMPF_REPLY_MORE: u16 = 1;
+pub(crate) const OFPMPF_REPLY_MORE: u16 = 1;
 
 /// ONF experimenter multipart type of the OF1.3 flow monitor (`ONFST13_FLOW_MONITOR`).
-pub const ONFST13_FLOW_MONITOR: u32 = 1870;
+pub(crate) const ONFST13_FLOW_MONITOR: u32 = 1870;
 /// ONF experimenter message: the switch paused flow-monitor updates (its buffer filled).
-pub const ONFT13_FLOW_MONITOR_PAUSED: u32 = 1871;
+pub(crate) const ONFT13_FLOW_MONITOR_PAUSED: u32 = 1871;
 /// ONF experimenter message: the switch resumed flow-monitor updates after sending the backlog.
-pub const ONFT13_FLOW_MONITOR_RESUMED: u32 = 1872;
+pub(crate) const ONFT13_FLOW_MONITOR_RESUMED: u32 = 1872;
 
-/// Flow monitor flag: send the flows that already match at the time of the request.
-pub const NXFMF_INITIAL: u16 = 1 << 0;
 /// Flow monitor flag: report added flows.
-pub const NXFMF_ADD: u16 = 1 << 1;
+pub(crate) const NXFMF_ADD: u16 = 1 << 1;
 /// Flow monitor flag: report deleted flows.
-pub const NXFMF_DELETE: u16 = 1 << 2;
+pub(crate) const NXFMF_DELETE: u16 = 1 << 2;
 /// Flow monitor flag: report modified flows.
-pub const NXFMF_MODIFY: u16 = 1 << 3;
+pub(crate) const NXFMF_MODIFY: u16 = 1 << 3;
 /// Flow monitor flag: include actions in updates.
-pub const NXFMF_ACTIONS: u16 = 1 << 4;
-/// Flow monitor flag: also report changes made over this connection.
-pub const NXFMF_OWN: u16 = 1 << 5;
+pub(crate) const NXFMF_ACTIONS: u16 = 1 << 4;
 
 /// Errors of the OpenFlow source: wire decoding, protocol and transport.
 #[derive(Debug, thiserror::Error)]
-pub enum OfError {
+pub(crate) enum OfError {
     /// Wire data that does not decode (truncated or malformed).
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -120,24 +116,24 @@ impl OfError {
 }
 
 /// Result alias of the OpenFlow source.
-pub type OfResult<T> = Result<T, OfError>;
+pub(crate) type OfResult<T> = Result<T, OfError>;
 
 /// The OpenFlow header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Protocol version.
-    pub version: u8,
+    pub(crate) version: u8,
     /// Message type (`OFPT_*`).
-    pub msg_type: u8,
+    pub(crate) msg_type: u8,
     /// Total length including the header.
-    pub length: u16,
+    pub(crate) length: u16,
     /// Transaction id.
-    pub xid: u32,
+    pub(crate) xid: u32,
 }
 
 impl Header {
     /// Parses a header from the first 8 bytes of `buf`.
-    pub fn parse(buf: &[u8]) -> OfResult<Header> {
+    pub(crate) fn parse(buf: &[u8]) -> OfResult<Header> {
         let mut r = Rd::new(buf, "OpenFlow header");
         let h = Header {
             version: r.u8()?,
@@ -157,17 +153,17 @@ impl Header {
 
 /// One complete OpenFlow message: header and body (the bytes after the header).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
+pub(crate) struct Message {
     /// The header.
-    pub header: Header,
+    pub(crate) header: Header,
     /// Body bytes (length − 8).
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 /// The header of the complete message at the start of `buf` (its `length` bytes are all there),
 /// enforcing a size limit; `Ok(None)` when `buf` does not yet hold a whole message. Nothing is
 /// copied: the body is `buf[HEADER_LEN..length]`.
-pub fn peek_message(buf: &[u8], max_len: usize) -> OfResult<Option<Header>> {
+pub(crate) fn peek_message(buf: &[u8], max_len: usize) -> OfResult<Option<Header>> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -185,7 +181,7 @@ pub fn peek_message(buf: &[u8], max_len: usize) -> OfResult<Option<Header>> {
 /// Splits complete messages off the front of a receive buffer, enforcing a size limit.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole message; consumed bytes are drained.
-pub fn take_message(buf: &mut Vec<u8>, max_len: usize) -> OfResult<Option<Message>> {
+pub(crate) fn take_message(buf: &mut Vec<u8>, max_len: usize) -> OfResult<Option<Message>> {
     let Some(header) = peek_message(buf, max_len)? else {
         return Ok(None);
     };
@@ -210,7 +206,7 @@ fn finish(out: &mut [u8], start: usize) {
 }
 
 /// HELLO offering only OpenFlow 1.3 (with a version-bitmap element).
-pub fn encode_hello(xid: u32) -> Vec<u8> {
+pub(crate) fn encode_hello(xid: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(16);
     let s = put_header(&mut out, OFPT_HELLO, xid);
     // OFPHET_VERSIONBITMAP (1), length 8, bitmap with bit 4 (OF1.3).
@@ -222,7 +218,7 @@ pub fn encode_hello(xid: u32) -> Vec<u8> {
 }
 
 /// Version bitmap offered in a peer's HELLO (0 when it sent none).
-pub fn hello_bitmap(body: &[u8]) -> u32 {
+pub(crate) fn hello_bitmap(body: &[u8]) -> u32 {
     let mut r = Rd::new(body, "HELLO element");
     while r.len() >= 4 {
         let (Ok(t), Ok(l)) = (r.u16(), r.u16()) else {
@@ -249,7 +245,7 @@ pub fn hello_bitmap(body: &[u8]) -> u32 {
 }
 
 /// ECHO_REPLY mirroring a request's xid and payload.
-pub fn encode_echo_reply(xid: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_echo_reply(xid: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     let s = put_header(&mut out, OFPT_ECHO_REPLY, xid);
     out.extend_from_slice(payload);
@@ -258,7 +254,7 @@ pub fn encode_echo_reply(xid: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// ECHO_REQUEST (keepalive probe).
-pub fn encode_echo_request(xid: u32) -> Vec<u8> {
+pub(crate) fn encode_echo_request(xid: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     let s = put_header(&mut out, OFPT_ECHO_REQUEST, xid);
     finish(&mut out, s);
@@ -266,7 +262,7 @@ pub fn encode_echo_request(xid: u32) -> Vec<u8> {
 }
 
 /// FEATURES_REQUEST.
-pub fn encode_features_request(xid: u32) -> Vec<u8> {
+pub(crate) fn encode_features_request(xid: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     let s = put_header(&mut out, OFPT_FEATURES_REQUEST, xid);
     finish(&mut out, s);
@@ -282,14 +278,14 @@ fn multipart_request(xid: u32, mp_type: u16) -> (Vec<u8>, usize) {
 }
 
 /// Multipart PORT_DESC request.
-pub fn encode_port_desc_request(xid: u32) -> Vec<u8> {
+pub(crate) fn encode_port_desc_request(xid: u32) -> Vec<u8> {
     let (mut out, s) = multipart_request(xid, OFPMP_PORT_DESC);
     finish(&mut out, s);
     out
 }
 
 /// Multipart FLOW request for every flow of every table (empty match, any out port/group).
-pub fn encode_flow_stats_request(xid: u32) -> Vec<u8> {
+pub(crate) fn encode_flow_stats_request(xid: u32) -> Vec<u8> {
     let (mut out, s) = multipart_request(xid, OFPMP_FLOW);
     out.push(0xff); // OFPTT_ALL
     out.extend_from_slice(&[0, 0, 0]);
@@ -308,7 +304,7 @@ pub fn encode_flow_stats_request(xid: u32) -> Vec<u8> {
 /// Body layout (ONF experimenter multipart 1870, as OVS 3.1 decodes it): monitor id (u32), flags
 /// (u16), match length (u16), out_port (u32, ANY), table (u8, 0xff = all), 3 pad bytes, then an
 /// OF1.3 `ofp_match` (empty here: all flows).
-pub fn encode_flow_monitor_request(xid: u32, monitor_id: u32, flags: u16) -> Vec<u8> {
+pub(crate) fn encode_flow_monitor_request(xid: u32, monitor_id: u32, flags: u16) -> Vec<u8> {
     let (mut out, s) = multipart_request(xid, OFPMP_EXPERIMENTER);
     out.extend_from_slice(&ONF_EXPERIMENTER.to_be_bytes());
     out.extend_from_slice(&ONFST13_FLOW_MONITOR.to_be_bytes());
@@ -325,22 +321,22 @@ pub fn encode_flow_monitor_request(xid: u32, monitor_id: u32, flags: u16) -> Vec
 
 /// A decoded `OFPT_ERROR`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ErrorMsg {
+pub(crate) struct ErrorMsg {
     /// Error type (`OFPET_*`).
-    pub err_type: u16,
+    pub(crate) err_type: u16,
     /// Error code within the type.
-    pub code: u16,
+    pub(crate) code: u16,
     /// Experimenter id when `err_type` is `OFPET_EXPERIMENTER` (0xffff).
-    pub experimenter: Option<u32>,
+    pub(crate) experimenter: Option<u32>,
     /// Type of the request that failed, taken from the echoed header (if present).
-    pub failed_type: Option<u8>,
+    pub(crate) failed_type: Option<u8>,
     /// Xid of the failed request (if echoed).
-    pub failed_xid: Option<u32>,
+    pub(crate) failed_xid: Option<u32>,
 }
 
 impl ErrorMsg {
     /// Decodes an `OFPT_ERROR` body.
-    pub fn parse(body: &[u8]) -> OfResult<ErrorMsg> {
+    pub(crate) fn parse(body: &[u8]) -> OfResult<ErrorMsg> {
         let mut r = Rd::new(body, "OFPT_ERROR");
         let err_type = r.u16()?;
         let code = r.u16()?;
@@ -436,18 +432,18 @@ impl fmt::Display for ErrorMsg {
 
 /// The FEATURES_REPLY fields pinflow keeps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Features {
+pub(crate) struct Features {
     /// Datapath id.
-    pub datapath_id: u64,
+    pub(crate) datapath_id: u64,
     /// Number of tables.
-    pub n_tables: u8,
+    pub(crate) n_tables: u8,
     /// Capability bits.
-    pub capabilities: u32,
+    pub(crate) capabilities: u32,
 }
 
 impl Features {
     /// Decodes a FEATURES_REPLY body.
-    pub fn parse(body: &[u8]) -> OfResult<Features> {
+    pub(crate) fn parse(body: &[u8]) -> OfResult<Features> {
         let mut r = Rd::new(body, "FEATURES_REPLY");
         let datapath_id = r.u64()?;
         let _n_buffers = r.u32()?;
@@ -464,20 +460,20 @@ impl Features {
 
 /// A multipart reply's fixed part.
 #[derive(Clone, Copy, Debug)]
-pub struct MultipartReply<'a> {
+pub(crate) struct MultipartReply<'a> {
     /// `OFPMP_*` type.
-    pub mp_type: u16,
+    pub(crate) mp_type: u16,
     /// Flags (`OFPMPF_REPLY_MORE`).
-    pub flags: u16,
+    pub(crate) flags: u16,
     /// For experimenter multiparts: (experimenter id, experimenter type).
-    pub experimenter: Option<(u32, u32)>,
+    pub(crate) experimenter: Option<(u32, u32)>,
     /// The body after the fixed parts.
-    pub body: &'a [u8],
+    pub(crate) body: &'a [u8],
 }
 
 impl<'a> MultipartReply<'a> {
     /// Decodes a MULTIPART_REPLY message body.
-    pub fn parse(body: &'a [u8]) -> OfResult<MultipartReply<'a>> {
+    pub(crate) fn parse(body: &'a [u8]) -> OfResult<MultipartReply<'a>> {
         let mut r = Rd::new(body, "MULTIPART_REPLY");
         let mp_type = r.u16()?;
         let flags = r.u16()?;
@@ -496,30 +492,30 @@ impl<'a> MultipartReply<'a> {
     }
 
     /// Whether more replies to the same request follow.
-    pub fn more(&self) -> bool {
+    pub(crate) fn more(&self) -> bool {
         self.flags & OFPMPF_REPLY_MORE != 0
     }
 }
 
 /// An OpenFlow 1.3 port description (`ofp_port`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortDesc {
+pub(crate) struct PortDesc {
     /// OpenFlow port number (OF1.3 numbering: LOCAL is 0xfffffffe).
-    pub port_no: u32,
+    pub(crate) port_no: u32,
     /// Hardware address.
-    pub hw_addr: [u8; 6],
+    pub(crate) hw_addr: [u8; 6],
     /// Interface name.
-    pub name: String,
+    pub(crate) name: String,
     /// `OFPPC_*` config bits (1 = PORT_DOWN).
-    pub config: u32,
+    pub(crate) config: u32,
     /// `OFPPS_*` state bits (1 = LINK_DOWN).
-    pub state: u32,
+    pub(crate) state: u32,
     /// Current speed, kbps.
-    pub curr_speed: u32,
+    pub(crate) curr_speed: u32,
 }
 
 /// Decodes the body of a PORT_DESC multipart reply (a sequence of 64-byte `ofp_port`).
-pub fn parse_port_descs(body: &[u8]) -> OfResult<Vec<PortDesc>> {
+pub(crate) fn parse_port_descs(body: &[u8]) -> OfResult<Vec<PortDesc>> {
     let mut r = Rd::new(body, "ofp_port");
     let mut out = Vec::with_capacity(body.len() / 64);
     while !r.is_empty() {

@@ -21,7 +21,7 @@ use collector_common::sched;
 use std::path::Path;
 
 /// Source name in `pinflow_source_*`.
-pub const SOURCE: SourceDef = SourceDef {
+pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "ovs_datapath_bpf",
     collector: "datapath",
     can_run: |_| {
@@ -36,20 +36,18 @@ pub const SOURCE: SourceDef = SourceDef {
 };
 
 /// Why the probe is not attached while no datapath exists.
-pub const NO_DATAPATH: &str = "no OVS kernel datapath (openvswitch module absent or no datapath)";
+pub(crate) const NO_DATAPATH: &str =
+    "no OVS kernel datapath (openvswitch module absent or no datapath)";
 
 /// Why the probe could not be loaded or read.
 #[derive(Debug, thiserror::Error)]
-pub enum OvsBpfError {
+pub(crate) enum OvsBpfError {
     /// The binary embeds no eBPF object.
     #[error("eBPF object not built (this binary was built with PINFLOW_SKIP_EBPF=1)")]
     NotBuilt,
     /// The openvswitch module (and its tracepoints) is not loaded.
     #[error("openvswitch tracepoints absent (module not loaded): {0}")]
     ModuleAbsent(String),
-    /// Kernel BTF lacks a struct member the drop program reads.
-    #[error("kernel BTF: {0}")]
-    Btf(String),
     /// Loading or attaching failed.
     #[error("{what}: {reason}")]
     Load {
@@ -88,7 +86,7 @@ const OVS_DROP_REASONS: &[&str] = &[
 ];
 
 /// Label value of an `skb_drop_reason` of the Open vSwitch subsystem.
-pub fn drop_reason_name(reason: u32) -> String {
+pub(crate) fn drop_reason_name(reason: u32) -> String {
     let idx = (reason & 0xffff) as usize;
     match idx.checked_sub(1).and_then(|i| OVS_DROP_REASONS.get(i)) {
         Some(n) => (*n).to_string(),
@@ -97,7 +95,7 @@ pub fn drop_reason_name(reason: u32) -> String {
 }
 
 /// `OVS_ACTION_ATTR_*` names for `pinflow_ovs_datapath_actions_total`.
-pub fn action_name(t: u32) -> String {
+pub(crate) fn action_name(t: u32) -> String {
     let n = match t {
         1 => "output",
         2 => "userspace",
@@ -130,7 +128,7 @@ pub fn action_name(t: u32) -> String {
 }
 
 /// The attached probe; dropping it detaches the programs and frees the maps.
-pub struct DatapathProbe {
+pub(crate) struct DatapathProbe {
     ebpf: Ebpf,
     upcalls: BpfHashMap<MapData, UpcallKey, u64>,
     drops: Option<BpfHashMap<MapData, DropKey, u64>>,
@@ -157,7 +155,7 @@ fn field(category: &str, name: &str, f: &str) -> Result<u32, String> {
 impl DatapathProbe {
     /// Loads the object and attaches the datapath programs (the drop program only where the
     /// kernel's `kfree_skb` record has a `reason`).
-    pub fn load() -> Result<Self, OvsBpfError> {
+    pub(crate) fn load() -> Result<Self, OvsBpfError> {
         if ebpf_object().is_empty() {
             return Err(OvsBpfError::NotBuilt);
         }
@@ -275,12 +273,12 @@ impl DatapathProbe {
     }
 
     /// Whether the drop-reason program is attached.
-    pub fn drops_attached(&self) -> bool {
+    pub(crate) fn drops_attached(&self) -> bool {
         self.drops.is_some()
     }
 
     /// What the attached programs count (the source's detail).
-    pub fn describe(&self) -> &'static str {
+    pub(crate) fn describe(&self) -> &'static str {
         if self.drops_attached() {
             "upcalls, actions and OVS drop reasons"
         } else {
@@ -289,7 +287,7 @@ impl DatapathProbe {
     }
 
     /// Current counts. Keys that fail to read are skipped.
-    pub fn read(&self) -> DatapathEvents {
+    pub(crate) fn read(&self) -> DatapathEvents {
         let s = |b: &[u8; layout::NAME_LEN]| String::from_utf8_lossy(name_bytes(b)).into_owned();
         let mut ev = DatapathEvents::default();
         for (k, v) in self.upcalls.iter().flatten() {
@@ -341,7 +339,7 @@ impl DatapathProbe {
     }
 
     /// Per program: run time and count from the kernel's BPF statistics (when enabled).
-    pub fn program_stats(&self) -> Vec<BpfProgramCost> {
+    pub(crate) fn program_stats(&self) -> Vec<BpfProgramCost> {
         self.programs
             .iter()
             .filter_map(|name| {

@@ -19,7 +19,7 @@ fn u64_at(b: &[u8], i: usize) -> Result<u64, OvsDpError> {
 }
 
 /// A native-endian u32 attribute value.
-pub fn u32_of(b: &[u8]) -> Result<u32, OvsDpError> {
+pub(crate) fn u32_of(b: &[u8]) -> Result<u32, OvsDpError> {
     let s = b
         .get(..4)
         .ok_or_else(|| OvsDpError::Decode(format!("u32 attribute of {} bytes", b.len())))?;
@@ -35,7 +35,7 @@ fn string_of(b: &[u8]) -> String {
 }
 
 /// Decodes one `OVS_DP_CMD_NEW` reply.
-pub fn datapath(m: &OvsMessage) -> Result<Datapath, OvsDpError> {
+pub(crate) fn datapath(m: &OvsMessage) -> Result<Datapath, OvsDpError> {
     let mut dp = Datapath {
         ifindex: m.dp_ifindex,
         ..Default::default()
@@ -64,7 +64,7 @@ pub fn datapath(m: &OvsMessage) -> Result<Datapath, OvsDpError> {
 }
 
 /// Decodes one `OVS_VPORT_CMD_NEW` reply.
-pub fn vport(m: &OvsMessage) -> Result<Vport, OvsDpError> {
+pub(crate) fn vport(m: &OvsMessage) -> Result<Vport, OvsDpError> {
     let mut v = Vport::default();
     let mut have_port = false;
     for a in attr_list(&m.attrs)? {
@@ -120,7 +120,7 @@ fn raw_list(b: &[u8]) -> Result<Vec<RawAttr>, OvsDpError> {
 }
 
 /// Decodes one `OVS_FLOW_CMD_NEW` reply (a megaflow).
-pub fn megaflow(m: &OvsMessage) -> Result<Megaflow, OvsDpError> {
+pub(crate) fn megaflow(m: &OvsMessage) -> Result<Megaflow, OvsDpError> {
     let mut f = Megaflow {
         dp_ifindex: m.dp_ifindex,
         ..Default::default()

@@ -14,15 +14,15 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
 /// One OVS generic netlink message body: `struct ovs_header` and raw attributes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OvsMessage {
+pub(crate) struct OvsMessage {
     /// Command (`OVS_*_CMD_*`).
-    pub cmd: u8,
+    pub(crate) cmd: u8,
     /// Family version.
-    pub version: u8,
+    pub(crate) version: u8,
     /// `ovs_header.dp_ifindex`: the datapath's ifindex (0 in requests that name no datapath).
-    pub dp_ifindex: i32,
+    pub(crate) dp_ifindex: i32,
     /// The attributes, unparsed (`nlattr` stream).
-    pub attrs: Vec<u8>,
+    pub(crate) attrs: Vec<u8>,
 }
 
 impl GenlFamily for OvsMessage {
@@ -75,9 +75,9 @@ impl ParseableParametrized<[u8], GenlHeader> for OvsMessage {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CtrlFamily {
     /// `CTRL_ATTR_FAMILY_NAME`.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// `CTRL_ATTR_FAMILY_ID`.
-    pub id: Option<u16>,
+    pub(crate) id: Option<u16>,
 }
 
 /// `CTRL_ATTR_FAMILY_ID`.
@@ -108,7 +108,8 @@ impl ParseableParametrized<[u8], GenlHeader> for CtrlFamily {
 }
 
 /// Appends one attribute (`nlattr` + value + padding) to `out`.
-pub fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+#[cfg(test)]
+pub(crate) fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     let len = 4 + value.len();
     out.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -118,15 +119,15 @@ pub fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 
 /// One decoded attribute: type (flags stripped) and value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Attr<'a> {
+pub(crate) struct Attr<'a> {
     /// Attribute type without `NLA_F_NESTED` / `NLA_F_NET_BYTEORDER`.
-    pub kind: u16,
+    pub(crate) kind: u16,
     /// Value bytes.
-    pub value: &'a [u8],
+    pub(crate) value: &'a [u8],
 }
 
 /// Iterates over an attribute stream; a truncated attribute ends the walk with an error.
-pub fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<Attr<'_>, OvsDpError>> {
+pub(crate) fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<Attr<'_>, OvsDpError>> {
     NlasIterator::new(buf).map(|r| {
         r.map(|nla| {
             let kind = nla.kind() & netlink_packet_core::NLA_TYPE_MASK;
@@ -146,17 +147,17 @@ pub fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<Attr<'_>, OvsDpError>> {
 }
 
 /// Collects an attribute stream, failing on the first truncated attribute.
-pub fn attr_list(buf: &[u8]) -> Result<Vec<Attr<'_>>, OvsDpError> {
+pub(crate) fn attr_list(buf: &[u8]) -> Result<Vec<Attr<'_>>, OvsDpError> {
     attrs(buf).collect()
 }
 
 /// A generic netlink socket.
-pub struct GenlSocket {
+pub(crate) struct GenlSocket {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
     /// When set, every received datagram is appended here (for fixtures: `pinflow flows --datapath --capture`).
-    pub capture: Option<Vec<Vec<u8>>>,
+    pub(crate) capture: Option<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for GenlSocket {
@@ -216,7 +217,7 @@ fn socket_error(e: std::io::Error) -> OvsDpError {
 
 impl GenlSocket {
     /// Opens and binds a `NETLINK_GENERIC` socket.
-    pub fn open() -> Result<Self, OvsDpError> {
+    pub(crate) fn open() -> Result<Self, OvsDpError> {
         let mut sock = Socket::new(NETLINK_GENERIC).map_err(OvsDpError::Socket)?;
         sock.bind_auto().map_err(OvsDpError::Socket)?;
         sock.connect(&SocketAddr::new(0, 0))
@@ -235,7 +236,7 @@ impl GenlSocket {
     ///
     /// A dump, not a `CTRL_CMD_GETFAMILY` by name: asking for a missing family by name makes the
     /// kernel try to load its module, and a monitor must not load `openvswitch.ko` by looking.
-    pub fn families(&mut self) -> Result<Vec<(String, u16)>, OvsDpError> {
+    pub(crate) fn families(&mut self) -> Result<Vec<(String, u16)>, OvsDpError> {
         let mut msg = GenlMessage::from_payload(GenlCtrl {
             cmd: GenlCtrlCmd::GetFamily,
             nlas: Vec::new(),
@@ -265,7 +266,7 @@ impl GenlSocket {
 
     /// Sends a request to an OVS family and calls `each` for every reply message (a dump when
     /// `dump`); returns when the kernel signals the end.
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         family: u16,
         req: OvsMessage,
@@ -337,7 +338,7 @@ impl GenlSocket {
 }
 
 /// Decodes every netlink message in one datagram; true when the reply for `seq` is complete.
-pub fn walk_datagram<F>(
+pub(crate) fn walk_datagram<F>(
     buf: &[u8],
     seq: u32,
     each: &mut impl FnMut(GenlMessage<F>) -> Result<(), OvsDpError>,

@@ -8,11 +8,11 @@
 //! (`struct ovs_header`, `OVS_DP_ATTR_*`, `OVS_VPORT_ATTR_*`, `OVS_FLOW_ATTR_*`, `OVS_KEY_ATTR_*`,
 //! `OVS_ACTION_ATTR_*`) are decoded here ([`uapi`], [`decode`], [`render`]): no crate covers them.
 
-pub mod bpf;
-pub mod decode;
-pub mod genl;
-pub mod render;
-pub mod uapi;
+pub(crate) mod bpf;
+pub(crate) mod decode;
+pub(crate) mod genl;
+pub(crate) mod render;
+pub(crate) mod uapi;
 pub(crate) mod upcalls;
 
 #[cfg(test)]
@@ -23,7 +23,7 @@ use crate::sources::{CanRun, SourceDef};
 use genl::{GenlSocket, OvsMessage};
 
 /// Source name in `pinflow_source_*`.
-pub const SOURCE: SourceDef = SourceDef {
+pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "ovs_datapath",
     collector: "datapath",
     can_run: |_| CanRun::of(datapaths_once().map(|d| describe(&d))),
@@ -49,7 +49,7 @@ fn describe(dps: &[Datapath]) -> String {
 
 /// Errors of the datapath source.
 #[derive(Debug, thiserror::Error)]
-pub enum OvsDpError {
+pub(crate) enum OvsDpError {
     /// The netlink socket failed.
     #[error("generic netlink socket: {0}")]
     Socket(#[source] std::io::Error),
@@ -71,25 +71,25 @@ pub enum OvsDpError {
 
 /// Resolved family ids of the three OVS families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Families {
+pub(crate) struct Families {
     /// `ovs_datapath`.
-    pub datapath: u16,
+    pub(crate) datapath: u16,
     /// `ovs_vport`.
-    pub vport: u16,
+    pub(crate) vport: u16,
     /// `ovs_flow`.
-    pub flow: u16,
+    pub(crate) flow: u16,
 }
 
 /// A client of the kernel datapath.
 #[derive(Debug)]
-pub struct DatapathClient {
+pub(crate) struct DatapathClient {
     sock: GenlSocket,
     families: Option<Families>,
 }
 
 impl DatapathClient {
     /// Opens the generic netlink socket (does not need the module yet).
-    pub fn open() -> Result<Self, OvsDpError> {
+    pub(crate) fn open() -> Result<Self, OvsDpError> {
         Ok(Self {
             sock: GenlSocket::open()?,
             families: None,
@@ -97,17 +97,17 @@ impl DatapathClient {
     }
 
     /// Records every received datagram (for fixtures); see [`DatapathClient::captured`].
-    pub fn capture(&mut self) {
+    pub(crate) fn capture(&mut self) {
         self.sock.capture = Some(Vec::new());
     }
 
     /// The datagrams recorded since [`DatapathClient::capture`].
-    pub fn captured(&mut self) -> Vec<Vec<u8>> {
+    pub(crate) fn captured(&mut self) -> Vec<Vec<u8>> {
         self.sock.capture.take().unwrap_or_default()
     }
 
     /// Resolves the three families (again: ids change when the module is reloaded).
-    pub fn resolve(&mut self) -> Result<Families, OvsDpError> {
+    pub(crate) fn resolve(&mut self) -> Result<Families, OvsDpError> {
         let all = self.sock.families()?;
         let id = |name: &'static str| -> Result<u16, OvsDpError> {
             all.iter()
@@ -133,7 +133,7 @@ impl DatapathClient {
 
     /// Every datapath, as [`datapaths`](Self::datapaths), resolving the family ids again once
     /// when they went stale (the module was reloaded).
-    pub fn datapaths_resolving_again(&mut self) -> Result<Vec<Datapath>, OvsDpError> {
+    pub(crate) fn datapaths_resolving_again(&mut self) -> Result<Vec<Datapath>, OvsDpError> {
         match self.datapaths() {
             Ok(d) => Ok(d),
             Err(OvsDpError::Kernel { .. } | OvsDpError::NoFamily(_)) => {
@@ -145,12 +145,12 @@ impl DatapathClient {
     }
 
     /// Forgets the resolved family ids: the next call resolves them again.
-    pub fn forget_families(&mut self) {
+    pub(crate) fn forget_families(&mut self) {
         self.families = None;
     }
 
     /// Dumps every datapath with its vports.
-    pub fn datapaths(&mut self) -> Result<Vec<Datapath>, OvsDpError> {
+    pub(crate) fn datapaths(&mut self) -> Result<Vec<Datapath>, OvsDpError> {
         let f = self.families()?;
         let mut dps = Vec::new();
         let req = OvsMessage {
@@ -187,7 +187,7 @@ impl DatapathClient {
     }
 
     /// Dumps the megaflows of the datapath with ifindex `dp_ifindex`, calling `each` per flow.
-    pub fn megaflows(
+    pub(crate) fn megaflows(
         &mut self,
         dp_ifindex: i32,
         mut each: impl FnMut(Megaflow),

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 /// Renders megaflows one per line like `ovs-dpctl dump-flows`; `now_ms` is the kernel's
 /// monotonic clock in ms (for `used:`).
-pub fn render_megaflows(flows: &[Megaflow], now_ms: u64) -> String {
+pub(crate) fn render_megaflows(flows: &[Megaflow], now_ms: u64) -> String {
     let mut out = String::with_capacity(flows.len() * 160);
     for f in flows {
         render_megaflow(&mut out, f, now_ms);
@@ -19,7 +19,7 @@ pub fn render_megaflows(flows: &[Megaflow], now_ms: u64) -> String {
 }
 
 /// Appends one megaflow (without newline).
-pub fn render_megaflow(out: &mut String, f: &Megaflow, now_ms: u64) {
+pub(crate) fn render_megaflow(out: &mut String, f: &Megaflow, now_ms: u64) {
     render_key(out, &f.key, &f.mask);
     let _ = write!(out, ", packets:{}, bytes:{}, used:", f.packets, f.bytes);
     match f.used_ms {
@@ -45,7 +45,7 @@ fn is_zero(b: &[u8]) -> bool {
 }
 
 /// Renders a flow key under its mask.
-pub fn render_key(out: &mut String, keys: &[RawAttr], mask: &[RawAttr]) {
+pub(crate) fn render_key(out: &mut String, keys: &[RawAttr], mask: &[RawAttr]) {
     let mut first = true;
     for k in keys {
         let ones = vec![0xffu8; k.value.len()];
@@ -462,7 +462,7 @@ fn tcp_flags(out: &mut String, f: u16) {
 }
 
 /// Renders an action list (`drop` when empty).
-pub fn render_actions(out: &mut String, actions: &[RawAttr]) {
+pub(crate) fn render_actions(out: &mut String, actions: &[RawAttr]) {
     if actions.is_empty() {
         out.push_str("drop");
         return;

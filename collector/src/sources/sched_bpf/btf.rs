@@ -6,7 +6,7 @@
 use std::path::Path;
 
 /// Where the kernel exposes its own BTF.
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const HEADER_MIN: usize = 24;
@@ -35,7 +35,7 @@ const KIND_ENUM64: u8 = 19;
 
 /// Why a member offset could not be read from BTF.
 #[derive(Debug, thiserror::Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     /// The BTF file could not be read (missing file usually means a kernel without `CONFIG_DEBUG_INFO_BTF`).
     #[error("cannot read kernel BTF {path}: {source}")]
     Read {
@@ -69,11 +69,11 @@ pub enum BtfError {
 
 /// A struct member's location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemberLoc {
+pub(crate) struct MemberLoc {
     /// Offset from the start of the struct, bytes.
-    pub offset: u32,
+    pub(crate) offset: u32,
     /// Size of the member's type, bytes (0 when it cannot be sized, e.g. a flexible array).
-    pub size: u32,
+    pub(crate) size: u32,
 }
 
 /// One type record of the type section.
@@ -259,7 +259,11 @@ impl<'a> Btf<'a> {
 }
 
 /// Finds `strukt.member` in the BTF blob `data`.
-pub fn member_offset(data: &[u8], strukt: &str, member: &str) -> Result<MemberLoc, BtfError> {
+pub(crate) fn member_offset(
+    data: &[u8],
+    strukt: &str,
+    member: &str,
+) -> Result<MemberLoc, BtfError> {
     let btf = Btf::parse(data)?;
     let t = btf
         .types
@@ -282,7 +286,7 @@ pub fn member_offset(data: &[u8], strukt: &str, member: &str) -> Result<MemberLo
 }
 
 /// Finds `strukt.member` in the BTF file at `path` (normally [`VMLINUX_BTF`]).
-pub fn member_offset_in_file(
+pub(crate) fn member_offset_in_file(
     path: &Path,
     strukt: &str,
     member: &str,

@@ -33,7 +33,7 @@ use crate::model::cpuset::CpuSet;
 use crate::sources::{CanRun, SourceDef};
 
 /// The eBPF sched probe: where each pinned vCPU thread actually runs.
-pub const SOURCE: SourceDef = SourceDef {
+pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "sched_bpf",
     collector: "pinning",
     can_run: |_| {

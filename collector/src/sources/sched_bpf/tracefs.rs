@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 
 /// Where tracefs may be mounted, in the order the kernel documents them.
-pub const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+pub(crate) const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// Why a tracepoint format could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum FormatError {
+pub(crate) enum FormatError {
     /// No tracefs mount holds the event.
     #[error(
         "tracefs is not mounted (looked for {event} under {mounts}); mount it with \
@@ -40,25 +40,25 @@ pub enum FormatError {
 
 /// One field of a tracepoint record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FieldLoc {
+pub(crate) struct FieldLoc {
     /// Byte offset in the record (common fields included).
-    pub offset: u32,
+    pub(crate) offset: u32,
     /// Size in bytes.
-    pub size: u32,
+    pub(crate) size: u32,
 }
 
 /// Offsets of the fields the placement probe reads from `sched:sched_switch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SchedSwitchFormat {
+pub(crate) struct SchedSwitchFormat {
     /// `prev_pid`.
-    pub prev_pid: FieldLoc,
+    pub(crate) prev_pid: FieldLoc,
     /// `next_pid`.
-    pub next_pid: FieldLoc,
+    pub(crate) next_pid: FieldLoc,
 }
 
 /// Finds `field` in the text of a tracefs `format` file (lines like
 /// `field:pid_t prev_pid; offset:24; size:4; signed:1;`, tab-separated).
-pub fn parse_field(format: &str, field: &str) -> Result<FieldLoc, FormatError> {
+pub(crate) fn parse_field(format: &str, field: &str) -> Result<FieldLoc, FormatError> {
     let err = |reason| FormatError::Field {
         field: field.to_string(),
         reason,
@@ -100,7 +100,7 @@ pub fn parse_field(format: &str, field: &str) -> Result<FieldLoc, FormatError> {
 }
 
 /// Parses the `sched:sched_switch` format; both pid fields must be 4 bytes.
-pub fn parse_sched_switch(format: &str) -> Result<SchedSwitchFormat, FormatError> {
+pub(crate) fn parse_sched_switch(format: &str) -> Result<SchedSwitchFormat, FormatError> {
     let pid = |name: &str| {
         let loc = parse_field(format, name)?;
         if loc.size != 4 {
@@ -118,7 +118,7 @@ pub fn parse_sched_switch(format: &str) -> Result<SchedSwitchFormat, FormatError
 }
 
 /// The `format` file of `category:name` under the first tracefs mount that has it.
-pub fn format_path(category: &str, name: &str) -> Result<PathBuf, FormatError> {
+pub(crate) fn format_path(category: &str, name: &str) -> Result<PathBuf, FormatError> {
     TRACEFS_MOUNTS
         .iter()
         .map(|m| {
@@ -136,7 +136,7 @@ pub fn format_path(category: &str, name: &str) -> Result<PathBuf, FormatError> {
 }
 
 /// Reads and parses this host's `sched:sched_switch` format.
-pub fn read_sched_switch() -> Result<SchedSwitchFormat, FormatError> {
+pub(crate) fn read_sched_switch() -> Result<SchedSwitchFormat, FormatError> {
     let path = format_path("sched", "sched_switch")?;
     let text =
         std::fs::read_to_string(&path).map_err(|source| FormatError::Read { path, source })?;

@@ -15,7 +15,7 @@
 //! `PINFLOW_REQUIRE_PRIVILEGED=1`, which turns the skip into a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)] // Test code.
 
-use pinflow::sources::openflow::{
+use crate::sources::openflow::{
     BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, TaggedChange, run_bridge,
 };
 use pinflow_tests::ovs::{Ovs, mask_durations};
@@ -193,7 +193,7 @@ async fn openflow_against_real_ovs() {
     // compared); each age is masked after checking it has ovs-ofctl's shape.
     let mut bodies: Vec<Vec<u8>> = Vec::new();
     let mut rendered = String::new();
-    let mut lines = pinflow::model::openflow::render::LineRenderer::default();
+    let mut lines = crate::model::openflow::render::LineRenderer::default();
     c.dump_flows_raw(|body| {
         bodies.push(body.to_vec());
         lines
@@ -206,7 +206,7 @@ async fn openflow_against_real_ovs() {
     let theirs_stats = ovs.ofctl(&["--no-names", "dump-flows", BRIDGE]);
     let decoded: Vec<String> = dump
         .iter()
-        .map(pinflow::sources::openflow::stats_line)
+        .map(crate::model::openflow::render::stats_line)
         .collect();
     let theirs_masked = sorted_lines(&mask_durations(&theirs_stats));
     for (who, text) in [
@@ -256,7 +256,7 @@ async fn openflow_against_real_ovs() {
             body.extend_from_slice(&f);
         }
         let mut ours = String::new();
-        pinflow::model::openflow::render::LineRenderer::default()
+        crate::model::openflow::render::LineRenderer::default()
             .push_flow_stats(&body, true, &mut ours)
             .unwrap();
         let theirs = ofp_print_flow_reply(&ovs, &body);

@@ -5,9 +5,9 @@
 //! `PINFLOW_REQUIRE_PRIVILEGED=1`, which turns the skip into a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)] // Test code.
 
-use pinflow::model::flows::OvsPort;
-use pinflow::model::health::SourceRegistry;
-use pinflow::sources::ovsdb::{OvsdbOptions, OvsdbSnapshot, SOURCE, run_ovsdb_with};
+use crate::model::flows::OvsPort;
+use crate::model::health::SourceRegistry;
+use crate::sources::ovsdb::{OvsdbOptions, OvsdbSnapshot, SOURCE, run_ovsdb_with};
 use pinflow_tests::ovs::Ovs;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
