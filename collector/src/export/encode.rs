@@ -37,16 +37,7 @@ pub(crate) fn gauge<'a, const N: usize>(
     family: &Family,
     rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
 ) -> Res {
-    let mut m = enc.encode_descriptor(
-        family.descriptor_name(),
-        family.help,
-        None,
-        MetricType::Gauge,
-    )?;
-    for (labels, v) in rows {
-        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
+    encode(enc, family, MetricType::Gauge, rows, ConstGauge::new)
 }
 
 /// Encodes one counter family (the table's name without `_total`, which OpenMetrics appends)
@@ -56,14 +47,19 @@ pub(crate) fn counter<'a, const N: usize>(
     family: &Family,
     rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
 ) -> Res {
-    let mut m = enc.encode_descriptor(
-        family.descriptor_name(),
-        family.help,
-        None,
-        MetricType::Counter,
-    )?;
+    encode(enc, family, MetricType::Counter, rows, ConstCounter::new)
+}
+
+fn encode<'a, const N: usize, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    family: &Family,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = ([(&'static str, Lv<'a>); N], f64)>,
+    metric: fn(f64) -> M,
+) -> Res {
+    let mut m = enc.encode_descriptor(family.descriptor_name(), family.help, None, kind)?;
     for (labels, v) in rows {
-        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+        metric(v).encode(m.encode_family(&labels)?)?;
     }
     Ok(())
 }
