@@ -210,3 +210,20 @@ pub fn config(data: &[u8]) {
     };
     let _ = crate::config::Config::parse(text);
 }
+
+#[cfg(test)]
+mod tests {
+    /// Inputs that once panicked (found by tests/tests/fuzz_smoke.rs), as hex.
+    #[test]
+    fn past_findings_stay_fixed() {
+        let hex = |s: &str| -> Vec<u8> {
+            (0..s.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        };
+        // A netlink error whose code is i32::MIN: negating it overflowed.
+        super::genetlink(&hex(
+            "240000000200000104000100eb0000000000008024000000100005000400000000000000",
+        ));
+    }
+}

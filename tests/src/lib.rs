@@ -6,6 +6,7 @@
 //! is a failure.
 
 pub mod captured;
+pub mod fuzz_seeds;
 pub mod libvirt;
 pub mod ovs;
 pub mod pinflow;

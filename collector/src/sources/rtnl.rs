@@ -94,8 +94,9 @@ pub fn parse_datagram(buf: &[u8], seq: u32, out: &mut Vec<Link>) -> Result<bool,
             NetlinkPayload::Error(e) => match e.code {
                 None => return Ok(true),
                 Some(c) => {
+                    // The kernel sends -errno; a corrupt i32::MIN must not overflow.
                     return Err(RtnlError::Kernel(std::io::Error::from_raw_os_error(
-                        -c.get(),
+                        c.get().saturating_neg(),
                     )));
                 }
             },

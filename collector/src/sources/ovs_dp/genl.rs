@@ -370,9 +370,11 @@ where
             NetlinkPayload::Error(e) => {
                 return match e.code {
                     None => Ok(true), // ACK
+                    // The kernel sends -errno; a corrupt i32::MIN must not overflow.
                     Some(c) => Err(OvsDpError::Kernel {
-                        errno: -c.get(),
-                        message: std::io::Error::from_raw_os_error(-c.get()).to_string(),
+                        errno: c.get().saturating_neg(),
+                        message: std::io::Error::from_raw_os_error(c.get().saturating_neg())
+                            .to_string(),
                     }),
                 };
             }
