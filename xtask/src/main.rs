@@ -51,8 +51,8 @@ enum Cmd {
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Run only one part: `sched` (eBPF probe), `serve` (testbed RSS and /metrics) or `flows`
-    /// (OpenFlow dumps and mirrors, issue 3).
+    /// Run only one part: `sched` (eBPF probe), `serve` (testbed RSS and /metrics), `flows`
+    /// (OpenFlow dumps and mirrors, issue 3) or `load` (/metrics under HTTP abuse, issue 11).
     #[arg(long)]
     only: Option<String>,
 }
@@ -81,8 +81,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let part = |p: &str| a.only.as_deref().is_none_or(|o| o == p);
     if let Some(o) = &a.only {
         anyhow::ensure!(
-            ["sched", "serve", "flows"].contains(&o.as_str()),
-            "unknown bench part {o:?} (sched, serve, flows)"
+            ["sched", "serve", "flows", "load"].contains(&o.as_str()),
+            "unknown bench part {o:?} (sched, serve, flows, load)"
         );
     }
     setup::setup()?;
@@ -122,6 +122,18 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         } else {
             bench_flows::run(&bin)?;
         }
+    }
+    if part("load") {
+        // tests/tests/load.rs at full size: 1 000 idle connections, 100 slowloris clients, 50
+        // clients on /api/v1/flows with 100 000 flows mirrored; it prints p50/p99 and RSS.
+        let st = std::process::Command::new("cargo")
+            .args(["test", "-p", "pinflow-tests", "--test", "load", "--", "--nocapture"])
+            .env("PINFLOW_LOAD_FULL", "1")
+            .env("PINFLOW_BIN", &bin)
+            .current_dir(util::workspace_root())
+            .status()
+            .context("cannot run the load test")?;
+        anyhow::ensure!(st.success(), "the load bench failed ({st})");
     }
     Ok(())
 }
