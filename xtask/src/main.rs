@@ -127,7 +127,15 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         // tests/tests/load.rs at full size: 1 000 idle connections, 100 slowloris clients, 50
         // clients on /api/v1/flows with 100 000 flows mirrored; it prints p50/p99 and RSS.
         let st = std::process::Command::new("cargo")
-            .args(["test", "-p", "pinflow-tests", "--test", "load", "--", "--nocapture"])
+            .args([
+                "test",
+                "-p",
+                "pinflow-tests",
+                "--test",
+                "load",
+                "--",
+                "--nocapture",
+            ])
             .env("PINFLOW_LOAD_FULL", "1")
             .env("PINFLOW_BIN", &bin)
             .current_dir(util::workspace_root())

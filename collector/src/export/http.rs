@@ -27,6 +27,7 @@ use base64::Engine as _;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// One `--web.listen-address` value.
@@ -344,18 +345,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (id, mut evicted) = slots.admit();
+        let (id, mut evicted, busy) = slots.admit();
         let router = router.clone();
         let tls = tls.clone();
         let slots = slots.clone();
         tokio::spawn(async move {
             let r = match tls {
-                None => serve_connection(stream, router, &mut evicted).await,
+                None => serve_connection(stream, router, &mut evicted, busy).await,
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
                     tokio::select! {
                         h = handshake => match h {
-                            Ok(Ok(s)) => serve_connection(s, router, &mut evicted).await,
+                            Ok(Ok(s)) => serve_connection(s, router, &mut evicted, busy).await,
                             Ok(Err(e)) => Err(e.into()),
                             Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
                         },
@@ -372,41 +373,49 @@ async fn accept_loop(
 }
 
 /// The open connections, oldest first. At [`MAX_CONNECTIONS`], a new connection closes the
-/// oldest one instead of waiting for a free slot: connections that sit idle or trickle their
-/// headers (slowloris) can then never lock a scraper out, they only shorten each other's lives.
-/// The oldest connection finishes a request it is answering (hyper's graceful shutdown) and is
-/// closed at once when idle or still reading headers.
+/// oldest one that is not answering a request (the oldest of all when every one is) instead of
+/// waiting for a free slot: connections that sit idle or trickle their headers (slowloris) can
+/// then never lock a scraper out, they only shorten each other's lives, and a scrape being
+/// answered is not cut off by a flood of new connections. An evicted connection finishes a
+/// request it is answering (hyper's graceful shutdown) and is closed at once when idle or still
+/// reading headers.
 #[derive(Default)]
 struct ConnectionSlots {
     /// The last id given out, and the open connections with their eviction signals.
     open: std::sync::Mutex<(u64, std::collections::VecDeque<OpenConnection>)>,
 }
 
-/// An open connection: its id and the sender that tells it to close.
-type OpenConnection = (u64, tokio::sync::oneshot::Sender<()>);
+/// An open connection: its id, the sender that tells it to close, and whether it is answering
+/// a request.
+type OpenConnection = (u64, tokio::sync::oneshot::Sender<()>, Arc<AtomicBool>);
 
 impl ConnectionSlots {
-    /// Registers a new connection (evicting the oldest when full); returns its id and the
-    /// signal that it is evicted in turn.
-    fn admit(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+    /// Registers a new connection (evicting one when full); returns its id, the signal that it
+    /// is evicted in turn, and the flag its server sets while it answers a request.
+    fn admit(&self) -> (u64, tokio::sync::oneshot::Receiver<()>, Arc<AtomicBool>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let busy = Arc::new(AtomicBool::new(false));
         let mut g = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let (next, open) = &mut *g;
         while open.len() >= MAX_CONNECTIONS {
-            if let Some((_, victim)) = open.pop_front() {
+            let victim = open
+                .iter()
+                .position(|(_, _, busy)| !busy.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            if let Some((_, victim, _)) = open.remove(victim) {
                 // The victim may have ended already; then there is nothing to signal.
                 let _ = victim.send(());
             }
         }
         *next += 1;
-        open.push_back((*next, tx));
-        (*next, rx)
+        open.push_back((*next, tx, busy.clone()));
+        (*next, rx, busy)
     }
 
     /// Forgets a connection that ended.
     fn release(&self, id: u64) {
         let mut g = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        g.1.retain(|(i, _)| *i != id);
+        g.1.retain(|(i, _, _)| *i != id);
     }
 }
 
@@ -417,11 +426,23 @@ async fn serve_connection<S>(
     stream: S,
     router: Router,
     evicted: &mut tokio::sync::oneshot::Receiver<()>,
+    busy: Arc<AtomicBool>,
 ) -> anyhow::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper_util::service::TowerToHyperService::new(router);
+    // `busy` while a request is being answered (from its headers to its response's head).
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        use tower::ServiceExt as _;
+        busy.store(true, Ordering::Relaxed);
+        let busy = busy.clone();
+        let answer = router.clone().oneshot(req);
+        async move {
+            let r = answer.await;
+            busy.store(false, Ordering::Relaxed);
+            r
+        }
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -513,17 +534,29 @@ mod tests {
     fn a_connection_beyond_the_cap_closes_the_oldest() {
         let slots = ConnectionSlots::default();
         let mut open: Vec<_> = (0..MAX_CONNECTIONS).map(|_| slots.admit()).collect();
-        assert!(open.iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        assert!(open.iter_mut().all(|(_, rx, _)| rx.try_recv().is_err()));
         // The first one ends by itself: its slot is free, nobody is evicted.
-        let (first, _) = open.remove(0);
+        let (first, _, _) = open.remove(0);
         slots.release(first);
         let mut newer = slots.admit();
-        assert!(open.iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        assert!(open.iter_mut().all(|(_, rx, _)| rx.try_recv().is_err()));
         // Full again: the next one evicts the oldest still open, and only it.
         let _newest = slots.admit();
         assert!(open[0].1.try_recv().is_ok(), "the oldest is told to close");
-        assert!(open[1..].iter_mut().all(|(_, rx)| rx.try_recv().is_err()));
+        assert!(
+            open[1..]
+                .iter_mut()
+                .all(|(_, rx, _)| rx.try_recv().is_err())
+        );
         assert!(newer.1.try_recv().is_err());
+        // A connection answering a request is passed over: the oldest idle one goes instead.
+        open[1].2.store(true, Ordering::Relaxed);
+        let _another = slots.admit();
+        assert!(open[1].1.try_recv().is_err(), "busy: kept");
+        assert!(
+            open[2].1.try_recv().is_ok(),
+            "the oldest idle one is told to close"
+        );
     }
 
     #[test]
