@@ -267,3 +267,160 @@ fn the_documented_capabilities_are_enough_and_each_is_needed_and_serve_keeps_no_
     );
     eprintln!("as uid 65534: libvirt problems: {problems}");
 }
+
+/// The traced pinflow under `strace` (the wrapper's only child).
+fn traced_pid(strace: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+        .expect("strace's children");
+    let pids: Vec<u32> = children
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert_eq!(pids.len(), 1, "strace runs one child: {pids:?}");
+    pids[0]
+}
+
+/// Open flags that write, create or truncate.
+const WRITING: [&str; 5] = ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"];
+
+#[test]
+fn through_a_testbed_scenario_the_daemon_runs_no_program_and_opens_no_file_for_writing() {
+    if !require_privileged("through_a_testbed_scenario_…", &["strace", "virsh"])
+        || !ovs::available("through_a_testbed_scenario_…")
+    {
+        return;
+    }
+    libvirt::ensure_daemons().expect("libvirt testbed");
+    let ovs = Ovs::start();
+    ovs.add_bridge("br-int", &[("tapst1", 1)]);
+    ovs.ofctl(&["add-flow", "br-int", "table=0,priority=1,actions=NORMAL"]);
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("strace.out");
+    let trace_s = trace.to_string_lossy().into_owned();
+    let pf = Pinflow::start_wrapped(
+        &[
+            "strace",
+            "-f",
+            "-q",
+            "-o",
+            &trace_s,
+            "-e",
+            "trace=execve,execveat,open,openat,openat2,creat",
+            "--",
+        ],
+        "",
+        &["--ovs-run-dir", &run_dir],
+    );
+    let pid = traced_pid(pf.pid());
+    let wait_scrape = |what: &str, f: &dyn Fn(&[scrape::Sample]) -> bool| {
+        let seen = wait_for(Duration::from_secs(20), || {
+            let s = pf.scrape();
+            f(&s).then_some(())
+        });
+        assert!(seen.is_some(), "{what}\n{}", pf.log());
+    };
+    // A domain appears (inotify, libvirt's state file, procfs/cgroupfs, the sched probe's map).
+    let dom = libvirt::start(&DomainSpec::pinned("pf-strace", &["0"]).with_nova(
+        "strace-vm",
+        "qa",
+        "m1.tiny",
+    ))
+    .expect("domain");
+    wait_scrape("the new domain", &|s| {
+        !select(s, "pinflow_instance_info", &[("domain", "pf-strace")]).is_empty()
+    });
+    // Flows and ports change (OVSDB updates, OpenFlow flow monitor), one flow dirty.
+    ovs.vsctl(&[
+        "add-port",
+        "br-int",
+        "tapst2",
+        "--",
+        "set",
+        "Interface",
+        "tapst2",
+        "type=dummy",
+        "ofport_request=2",
+    ]);
+    ovs.ofctl(&[
+        "add-flow",
+        "br-int",
+        "table=0,priority=5,in_port=2,actions=output:77",
+    ]);
+    wait_scrape("the dirty flow", &|s| {
+        select(s, "pinflow_ovs_dirty_flows", &[("bridge", "br-int")])
+            .iter()
+            .any(|x| x.value > 0.0)
+    });
+    for path in [
+        "/healthz",
+        "/api/v1/sources",
+        "/api/v1/pinning",
+        "/api/v1/flows",
+    ] {
+        pf.get(path);
+    }
+    // The domain goes.
+    drop(dom);
+    wait_scrape("the domain gone", &|s| {
+        select(s, "pinflow_instance_info", &[("domain", "pf-strace")]).is_empty()
+    });
+    // SIGTERM ends pinflow cleanly; strace then writes its exit and ends.
+    // SAFETY: kill sends a signal to the pid of our own child's child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let exited = format!("{pid} +++ exited with");
+    let done = wait_for(Duration::from_secs(10), || {
+        let t = std::fs::read_to_string(&trace).ok()?;
+        t.contains(&exited).then_some(t)
+    });
+    let text = done
+        .unwrap_or_else(|| panic!("pinflow did not exit on SIGTERM\n{}", pf.log()))
+        .0;
+    let calls: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("resumed>") && !l.contains("+++") && !l.contains("---"))
+        .collect();
+    let execs: Vec<&&str> = calls
+        .iter()
+        .filter(|l| l.contains(" execve(") || l.contains(" execveat("))
+        .collect();
+    let bin = bin().to_string_lossy().into_owned();
+    assert_eq!(
+        execs.len(),
+        1,
+        "only strace's own execve of pinflow: {execs:#?}"
+    );
+    assert!(
+        execs[0].starts_with(&format!("{pid} execve(\"{bin}\"")),
+        "{}",
+        execs[0]
+    );
+    let opens: Vec<&&str> = calls.iter().filter(|l| !execs.contains(l)).collect();
+    let writing: Vec<&&&str> = opens
+        .iter()
+        .filter(|l| l.contains(" creat(") || WRITING.iter().any(|f| l.contains(f)))
+        .collect();
+    assert!(writing.is_empty(), "opened for writing: {writing:#?}");
+    // The trace covers the scenario: the new domain's state file and its threads in procfs were
+    // read (by the pinning thread), after the start.
+    for want in [
+        "\"/run/libvirt/qemu/pf-strace.xml\"",
+        "/task/",
+        "/sys/fs/cgroup/",
+    ] {
+        assert!(
+            opens.iter().any(|l| l.contains(want)),
+            "no open of {want} traced:\n{text}"
+        );
+    }
+    let threads: std::collections::BTreeSet<&str> = calls
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    eprintln!(
+        "strace: {} execve (pinflow itself), {} opens by {} threads, none for writing",
+        execs.len(),
+        opens.len(),
+        threads.len()
+    );
+}
