@@ -283,7 +283,6 @@ pub(crate) fn bind_all(
     for a in addrs {
         let l = bind(a)?;
         let local = l.local_addr()?;
-        l.set_nonblocking(true)?;
         tracing::info!(
             address = %local,
             tls = web.is_some_and(|w| w.tls.is_some()),
@@ -322,21 +321,43 @@ pub(crate) async fn serve(
 }
 
 /// Binds one `--web.listen-address`. `:PORT` binds `[::]:PORT`, which also takes IPv4 on Linux,
-/// and falls back to `0.0.0.0:PORT` on hosts without IPv6.
+/// and falls back to `0.0.0.0:PORT` on hosts without IPv6. A host name is resolved here, on the
+/// calling thread, and the first of its addresses that binds is taken.
 fn bind(a: &ListenAddress) -> anyhow::Result<std::net::TcpListener> {
-    use std::net::TcpListener;
+    use std::net::ToSocketAddrs as _;
     let r = match a {
-        ListenAddress::Addr(s) => TcpListener::bind(s),
-        ListenAddress::Host(h, p) => TcpListener::bind((h.as_str(), *p)),
-        ListenAddress::Any(p) => match TcpListener::bind(SocketAddr::from(([0u16; 8], *p))) {
+        ListenAddress::Addr(s) => listen_on(*s),
+        ListenAddress::Host(h, p) => (h.as_str(), *p).to_socket_addrs().and_then(|addrs| {
+            let mut last = std::io::Error::other("the name resolves to no address");
+            for addr in addrs {
+                match listen_on(addr) {
+                    Ok(l) => return Ok(l),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }),
+        ListenAddress::Any(p) => match listen_on(SocketAddr::from(([0u16; 8], *p))) {
             Ok(l) => Ok(l),
             Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-                TcpListener::bind(SocketAddr::from(([0u8; 4], *p)))
+                listen_on(SocketAddr::from(([0u8; 4], *p)))
             }
             Err(e) => Err(e),
         },
     };
     r.map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))
+}
+
+/// A non-blocking listening socket on `addr`, as Tokio's `TcpListener::bind` makes it
+/// (`SO_REUSEADDR`, a backlog of 1024; std's `bind` would queue only 128).
+fn listen_on(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 async fn accept_loop(
