@@ -158,8 +158,9 @@ pub(crate) struct ServeArgs {
     #[arg(long = "web.disable-api")]
     pub(crate) disable_api: bool,
     /// Once the start-time eBPF probe is attached and the sockets are open, drop every
-    /// capability except CAP_BPF and CAP_PERFMON (kept only while the datapath collector may
-    /// still attach its eBPF probe), clear the bounding set and set no_new_privs (default).
+    /// capability but CAP_BPF and CAP_PERFMON, which are kept only while the datapath collector
+    /// may still attach its eBPF probe; cut the bounding set to them and set no_new_privs
+    /// (default).
     #[arg(long = "drop-capabilities", overrides_with = "no_drop_capabilities")]
     drop_capabilities: bool,
     /// Keep every capability pinflow was started with.

@@ -76,7 +76,7 @@ pub(super) fn drop_to(keep: &CapsHashSet) -> anyhow::Result<Dropped> {
     let kept: CapsHashSet = keep.intersection(&permitted).copied().collect();
     // The bounding set first: cutting it needs CAP_SETPCAP in the effective set.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
-        for cap in caps::read(None, CapSet::Bounding)?.difference(keep) {
+        for cap in caps::read(None, CapSet::Bounding)?.difference(&kept) {
             caps::drop(None, CapSet::Bounding, *cap)
                 .with_context(|| format!("dropping {cap} from the bounding set"))?;
         }

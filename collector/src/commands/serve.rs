@@ -47,7 +47,8 @@ pub(super) fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
     let listeners = http::bind_all(&args.listen, web.as_ref())?;
     if args.drop_capabilities() {
         let keep = capabilities::needed_after_start(datapath_bpf);
-        let d = capabilities::drop_to(&keep).context("cannot drop capabilities")?;
+        let d = capabilities::drop_to(&keep)
+            .context("cannot drop capabilities (--no-drop-capabilities keeps them)")?;
         tracing::info!(
             kept = d.kept,
             dropped = d.dropped,
