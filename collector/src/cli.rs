@@ -157,6 +157,22 @@ pub(crate) struct ServeArgs {
     /// Do not serve /api/v1 (it carries Nova names, project ids and flow texts).
     #[arg(long = "web.disable-api")]
     pub(crate) disable_api: bool,
+    /// Once the start-time eBPF probe is attached and the sockets are open, drop every
+    /// capability but CAP_BPF and CAP_PERFMON, which are kept only while the datapath collector
+    /// may still attach its eBPF probe; cut the bounding set to them and set no_new_privs
+    /// (default).
+    #[arg(long = "drop-capabilities", overrides_with = "no_drop_capabilities")]
+    drop_capabilities: bool,
+    /// Keep every capability pinflow was started with.
+    #[arg(long = "no-drop-capabilities", overrides_with = "drop_capabilities")]
+    no_drop_capabilities: bool,
+}
+
+impl ServeArgs {
+    /// Whether `serve` drops its capabilities after the start (`--drop-capabilities`, default).
+    pub(crate) fn drop_capabilities(&self) -> bool {
+        !self.no_drop_capabilities
+    }
 }
 
 impl Default for ServeArgs {
@@ -169,6 +185,8 @@ impl Default for ServeArgs {
             telemetry_path: "/metrics".into(),
             web_config: None,
             disable_api: false,
+            drop_capabilities: false,
+            no_drop_capabilities: false,
         }
     }
 }

@@ -121,6 +121,63 @@ impl Pinflow {
     }
 }
 
+/// `CAP_PERFMON`'s bit in the `Cap*` masks of `/proc/PID/status`.
+pub const CAP_PERFMON: u64 = 1 << 38;
+/// `CAP_BPF`'s bit.
+pub const CAP_BPF: u64 = 1 << 39;
+
+/// One thread's capability sets and `no_new_privs`, from `/proc/PID/task/TID/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadPrivileges {
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub name: String,
+    /// `CapInh`.
+    pub inheritable: u64,
+    /// `CapPrm`.
+    pub permitted: u64,
+    /// `CapEff`.
+    pub effective: u64,
+    /// `CapBnd`.
+    pub bounding: u64,
+    /// `CapAmb`.
+    pub ambient: u64,
+    /// `NoNewPrivs: 1`.
+    pub no_new_privs: bool,
+}
+
+/// The privileges of every thread of process `pid` (capabilities are per thread).
+pub fn thread_privileges(pid: u32) -> Vec<ThreadPrivileges> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let e = e.expect("task entry");
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_else(|| panic!("no {k} in {}", e.path().display()))
+        };
+        let mask = |k: &str| u64::from_str_radix(&field(k), 16).expect("hex mask");
+        out.push(ThreadPrivileges {
+            tid: e.file_name().to_string_lossy().parse().expect("tid"),
+            name: field("Name:"),
+            inheritable: mask("CapInh:"),
+            permitted: mask("CapPrm:"),
+            effective: mask("CapEff:"),
+            bounding: mask("CapBnd:"),
+            ambient: mask("CapAmb:"),
+            no_new_privs: field("NoNewPrivs:") == "1",
+        });
+    }
+    out
+}
+
 impl Drop for Pinflow {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -52,6 +52,13 @@ pub fn http_request(
     Ok((status, body.to_string()))
 }
 
+/// `/api/v1/sources` (source name → `{up, detail, …}`), or `None` while pinflow does not answer
+/// it with 200 and JSON.
+pub fn sources(addr: SocketAddr) -> Option<BTreeMap<String, serde_json::Value>> {
+    let (status, body) = http_get(addr, "/api/v1/sources", Duration::from_secs(2)).ok()?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
 /// Parses exposition text into samples (comments skipped).
 pub fn parse(text: &str) -> Vec<Sample> {
     text.lines()

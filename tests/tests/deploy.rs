@@ -570,11 +570,6 @@ fn listen_port(spec: &PodSpec) -> u16 {
         .expect("--web.listen-address=:PORT in the DaemonSet's args")
 }
 
-fn scrape_sources(addr: SocketAddr) -> Option<BTreeMap<String, serde_json::Value>> {
-    let (status, body) = scrape::http_get(addr, "/api/v1/sources", Duration::from_secs(2)).ok()?;
-    (status == 200).then(|| serde_json::from_str(&body).ok())?
-}
-
 #[test]
 fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabilities() {
     if !require_privileged(
@@ -606,7 +601,7 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
     let c = run_container(&spec, &host_paths, &[], work.path(), "pinflow-deploy-test");
     let want_up = ["libvirt", "procfs", "sched_bpf", "ovsdb", "openflow"];
     let up = wait_for(Duration::from_secs(20), || {
-        let s = scrape_sources(addr)?;
+        let s = scrape::sources(addr)?;
         want_up
             .iter()
             .all(|k| s.get(*k).and_then(|h| h["up"].as_bool()) == Some(true))
@@ -615,7 +610,7 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
     assert!(
         up.is_some(),
         "sources not all up: {:?}\n{}",
-        scrape_sources(addr),
+        scrape::sources(addr),
         log("pinflow-deploy-test")
     );
     let metrics = scrape::parse(
@@ -660,7 +655,7 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
     assert_eq!(inspect.trim(), "[CAP_BPF CAP_PERFMON] true");
     drop(c);
     let _ = wait_for(Duration::from_secs(10), || {
-        scrape_sources(addr).is_none().then_some(())
+        scrape::sources(addr).is_none().then_some(())
     });
 
     // Each capability is needed: without it the eBPF source says so and names it; the rest runs.
@@ -668,7 +663,7 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
         let name = format!("pinflow-deploy-no-{}", cap.to_lowercase());
         let _c = run_container(&spec, &host_paths, &[cap.as_str()], work.path(), &name);
         let s = wait_for(Duration::from_secs(20), || {
-            let s = scrape_sources(addr)?;
+            let s = scrape::sources(addr)?;
             let ready = s.get("procfs").and_then(|h| h["up"].as_bool()) == Some(true)
                 && s.contains_key("sched_bpf");
             ready.then_some(s)
@@ -689,7 +684,7 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
         assert_eq!(s["libvirt"]["up"].as_bool(), Some(true));
         drop(_c);
         let _ = wait_for(Duration::from_secs(10), || {
-            scrape_sources(addr).is_none().then_some(())
+            scrape::sources(addr).is_none().then_some(())
         });
     }
 }

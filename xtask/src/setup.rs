@@ -39,6 +39,8 @@ const PACKAGES: &[&str] = &[
     // Benchmarks and eBPF inspection.
     "linux-perf",
     "bpftool",
+    // Least-privilege tests: the daemon traced through a testbed scenario (setpriv is util-linux).
+    "strace",
 ];
 
 fn installed(pkg: &str) -> bool {

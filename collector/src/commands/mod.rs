@@ -5,6 +5,7 @@
 //! - [`check`]: which sources can run here and why not.
 //! - [`pinning`], [`flows`]: one-shot tables for a person at a terminal.
 
+mod capabilities;
 mod check;
 mod flows;
 mod pinning;

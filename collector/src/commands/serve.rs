@@ -2,6 +2,7 @@
 //! `/metrics`, `/healthz` and the JSON API until SIGTERM/SIGINT or until a supervised thread or
 //! task stops.
 
+use super::capabilities;
 use crate::cli::{ServeArgs, SourceArgs};
 use crate::config::Config;
 use crate::engine::supervise::Supervisor;
@@ -35,13 +36,35 @@ pub(super) fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
         datapath: on.datapath().then(|| config.datapath.clone()),
     };
     let host = super::host_paths(s);
+    let datapath_bpf = pipelines
+        .datapath
+        .as_ref()
+        .is_some_and(|d| d.enabled && d.ebpf);
+    // Process setup, while this is the only thread: probes that attach at start, the listening
+    // sockets, then the capabilities (see commands/capabilities.rs).
+    let state = SharedState::default();
+    let probes = engine::load_probes(&pipelines, &state);
+    let listeners = http::bind_all(&args.listen, web.as_ref())?;
+    if args.drop_capabilities() {
+        let keep = capabilities::needed_after_start(datapath_bpf);
+        let d = capabilities::drop_to(&keep)
+            .context("cannot drop capabilities (--no-drop-capabilities keeps them)")?;
+        tracing::info!(
+            kept = d.kept,
+            dropped = d.dropped,
+            bounding = d.bounding,
+            no_new_privs = true,
+            "capabilities dropped"
+        );
+    } else {
+        tracing::warn!("--no-drop-capabilities: keeping every capability pinflow was started with");
+    }
     // One thread runs every task: the daemon's work is small and event-driven, and a second
     // worker only adds cross-thread wake-ups (each costs more than most events' own work).
     let rt = super::current_thread_runtime()?;
     rt.block_on(async move {
-        let state = SharedState::default();
         let mut supervisor = Supervisor::default();
-        engine::start(pipelines, &host, &state, &supervisor)
+        engine::start(pipelines, probes, &host, &state, &supervisor)
             .await
             .context("cannot start the pipelines")?;
         release_free_heap();
@@ -57,7 +80,7 @@ pub(super) fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
             web.as_ref(),
         );
         tokio::select! {
-            served = http::serve(&args.listen, router, web.as_ref(), shutdown_signal()) => served,
+            served = http::serve(listeners, router, web.as_ref(), shutdown_signal()) => served,
             stopped = supervisor.stopped() => Err(anyhow::anyhow!("{stopped}")),
         }
     })?;

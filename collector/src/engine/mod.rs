@@ -16,6 +16,7 @@ pub(crate) mod supervise;
 use crate::detect::flows::DirtyFlowConfig;
 use crate::model::state::SharedState;
 use crate::sources::HostPaths;
+use crate::sources::sched_bpf::SchedProbe;
 use datapath::DatapathConfig;
 use pinning::{PinningConfig, PinningEngine};
 use std::time::Duration;
@@ -36,19 +37,34 @@ pub(crate) struct Pipelines {
 /// keep the endpoints, and `/healthz` saying so, down).
 const FIRST_PASS_WAIT: Duration = Duration::from_secs(5);
 
+/// Loads the eBPF probes that attach at start (the sched probe, when the pinning pipeline and its
+/// `ebpf` key are on), before any thread exists: `serve` drops the capabilities it took once this
+/// and its sockets are done. The datapath probe attaches later, in its poller.
+pub(crate) fn load_probes(pipelines: &Pipelines, state: &SharedState) -> Probes {
+    Probes {
+        sched: pipelines
+            .pinning
+            .as_ref()
+            .and_then(|cfg| pinning::load_probe(cfg, state)),
+    }
+}
+
+/// The probes [`load_probes`] attached, handed to [`start`].
+pub(crate) struct Probes {
+    sched: Option<SchedProbe>,
+}
+
 /// Starts every pipeline of `pipelines` under `supervisor`, publishing into `state`. Returns
 /// once the first pinning report is published, or after [`FIRST_PASS_WAIT`]. Must be called
 /// from within the Tokio runtime.
 pub(crate) async fn start(
     pipelines: Pipelines,
+    probes: Probes,
     host: &HostPaths,
     state: &SharedState,
     supervisor: &Supervisor,
 ) -> std::io::Result<()> {
-    let probe = pipelines
-        .pinning
-        .as_ref()
-        .and_then(|cfg| pinning::load_probe(cfg, state));
+    let probe = probes.sched;
     if let Some(cfg) = pipelines.datapath.filter(|d| d.enabled) {
         let state = state.clone();
         supervisor.thread("ovs-datapath", move || datapath::run(state, &cfg))?;

@@ -273,17 +273,16 @@ async fn basic_auth(State(auth): State<Arc<BasicAuth>>, req: Request, next: Next
     resp
 }
 
-/// Binds every address (all before serving any, so a bad one stops the start) and serves until
-/// `shutdown` resolves.
-pub(crate) async fn serve(
+/// Binds every address, all before serving any (a bad one stops the start). Synchronous, so that
+/// `serve` opens its sockets before the async runtime (and any thread) exists, and then drops
+/// its capabilities (a port below 1024 needs `CAP_NET_BIND_SERVICE` only here).
+pub(crate) fn bind_all(
     addrs: &[ListenAddress],
-    router: Router,
     web: Option<&WebConfig>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::new();
     for a in addrs {
-        let l = bind(a).await?;
+        let l = bind(a)?;
         let local = l.local_addr()?;
         tracing::info!(
             address = %local,
@@ -293,12 +292,23 @@ pub(crate) async fn serve(
         );
         listeners.push(l);
     }
+    Ok(listeners)
+}
+
+/// Serves on `listeners` (from [`bind_all`]) until `shutdown` resolves.
+pub(crate) async fn serve(
+    listeners: Vec<std::net::TcpListener>,
+    router: Router,
+    web: Option<&WebConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let tls = web
         .and_then(|w| w.tls.clone())
         .map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(ConnectionSlots::default());
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners {
+        let l = tokio::net::TcpListener::from_std(l)?;
         tasks.spawn(accept_loop(l, router.clone(), tls.clone(), slots.clone()));
     }
     tokio::select! {
@@ -312,21 +322,43 @@ pub(crate) async fn serve(
 }
 
 /// Binds one `--web.listen-address`. `:PORT` binds `[::]:PORT`, which also takes IPv4 on Linux,
-/// and falls back to `0.0.0.0:PORT` on hosts without IPv6.
-async fn bind(a: &ListenAddress) -> anyhow::Result<tokio::net::TcpListener> {
-    use tokio::net::TcpListener;
+/// and falls back to `0.0.0.0:PORT` on hosts without IPv6. A host name is resolved here, on the
+/// calling thread, and the first of its addresses that binds is taken.
+fn bind(a: &ListenAddress) -> anyhow::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs as _;
     let r = match a {
-        ListenAddress::Addr(s) => TcpListener::bind(s).await,
-        ListenAddress::Host(h, p) => TcpListener::bind((h.as_str(), *p)).await,
-        ListenAddress::Any(p) => match TcpListener::bind(SocketAddr::from(([0u16; 8], *p))).await {
+        ListenAddress::Addr(s) => listen_on(*s),
+        ListenAddress::Host(h, p) => (h.as_str(), *p).to_socket_addrs().and_then(|addrs| {
+            let mut last = std::io::Error::other("the name resolves to no address");
+            for addr in addrs {
+                match listen_on(addr) {
+                    Ok(l) => return Ok(l),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }),
+        ListenAddress::Any(p) => match listen_on(SocketAddr::from(([0u16; 8], *p))) {
             Ok(l) => Ok(l),
             Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-                TcpListener::bind(SocketAddr::from(([0u8; 4], *p))).await
+                listen_on(SocketAddr::from(([0u8; 4], *p)))
             }
             Err(e) => Err(e),
         },
     };
     r.map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))
+}
+
+/// A non-blocking listening socket on `addr`, as Tokio's `TcpListener::bind` makes it
+/// (`SO_REUSEADDR`, a backlog of 1024; std's `bind` would queue only 128).
+fn listen_on(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 async fn accept_loop(

@@ -11,7 +11,7 @@
 
 use crate::model::datapath::DatapathEvents;
 use crate::model::health::BpfProgramCost;
-use crate::sources::sched_bpf::{btf, ebpf_object, tracefs};
+use crate::sources::sched_bpf::{btf, ebpf_object, has_eperm, missing_bpf_capabilities, tracefs};
 use crate::sources::{CanRun, SourceDef};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::TracePoint;
@@ -48,6 +48,9 @@ pub(crate) enum OvsBpfError {
     /// The openvswitch module (and its tracepoints) is not loaded.
     #[error("openvswitch tracepoints absent (module not loaded): {0}")]
     ModuleAbsent(String),
+    /// The kernel refused to load or attach (names the capability this process lacks).
+    #[error("permission denied loading eBPF ({hint}): {0}", hint = missing_bpf_capabilities())]
+    PermissionDenied(String),
     /// Loading or attaching failed.
     #[error("{what}: {reason}")]
     Load {
@@ -56,6 +59,23 @@ pub(crate) enum OvsBpfError {
         /// The error chain.
         reason: String,
     },
+}
+
+/// A load or attach error `e` of step `what`; EPERM is [`OvsBpfError::PermissionDenied`].
+fn failed(
+    what: &'static str,
+    e: &(dyn std::error::Error + 'static),
+    prefix: String,
+) -> OvsBpfError {
+    let reason = format!("{prefix}{what}: {}", chain(e));
+    if has_eperm(e) {
+        OvsBpfError::PermissionDenied(reason)
+    } else {
+        OvsBpfError::Load {
+            what,
+            reason: format!("{prefix}{}", chain(e)),
+        }
+    }
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -193,18 +213,14 @@ impl DatapathProbe {
             .map_max_entries(sched::WATCH_MAP, 1)
             .map_max_entries(sched::STATS_MAP, 1)
             .map_max_entries(sched::FILTER_MAP, 1);
-        let mut ebpf = loader.load(ebpf_object()).map_err(|e| OvsBpfError::Load {
-            what: "loading the eBPF object",
-            reason: chain(&e),
-        })?;
+        let mut ebpf = loader
+            .load(ebpf_object())
+            .map_err(|e| failed("loading the eBPF object", &e, String::new()))?;
         let mut programs = Vec::new();
         let mut attach =
             |ebpf: &mut Ebpf, prog: &'static str, cat: &str, tp: &str| -> Result<(), OvsBpfError> {
                 let err = |what: &'static str| {
-                    move |e: aya::programs::ProgramError| OvsBpfError::Load {
-                        what,
-                        reason: format!("{prog}: {}", chain(&e)),
-                    }
+                    move |e: aya::programs::ProgramError| failed(what, &e, format!("{prog}: "))
                 };
                 let p: &mut TracePoint = ebpf
                     .program_mut(prog)
@@ -357,6 +373,27 @@ impl DatapathProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_load_says_which_capability_is_missing() {
+        let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
+        let e = failed("loading", &eperm, "ovs_dp_upcall: ".into());
+        assert!(matches!(e, OvsBpfError::PermissionDenied(_)), "{e:?}");
+        // The hint is read from this process's CapEff: whichever it has, it names the two.
+        let text = e.to_string();
+        assert!(
+            text.starts_with("permission denied loading eBPF (")
+                && text.contains("CAP_BPF and CAP_PERFMON")
+                && text.ends_with("ovs_dp_upcall: loading: Operation not permitted (os error 1)"),
+            "{text}"
+        );
+        let other = failed(
+            "loading",
+            &std::io::Error::from_raw_os_error(libc::EINVAL),
+            String::new(),
+        );
+        assert!(matches!(other, OvsBpfError::Load { .. }), "{other:?}");
+    }
 
     #[test]
     fn embedded_object_has_the_datapath_programs() {

@@ -234,7 +234,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Whether `EPERM` appears anywhere in the error chain.
-fn has_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn has_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if err
