@@ -5,14 +5,14 @@
 //! renderers (the mirrored [`FlowEntry::text`](crate::model::openflow::flow::FlowEntry::text)
 //! and the streaming [`LineRenderer`]). Fields that OVS refuses to install from a controller are
 //! checked on hand-made flow-stats bytes against `ovs-ofctl ofp-print` (OVS's own decoder and
-//! printer).
+//! printer), and so are the very reply bytes of the dump, with statistics.
 //!
 //! # Checklist
 //!
 //! OVS's field list (`include/openvswitch/meta-flow.h`, `lib/meta-flow.xml`; OVS 3.1 has no
 //! `ovs-ofctl list-fields`) and action list (`lib/ofp-actions.c`), with how each is covered.
 //! "fixture" = a flow in `codec-flows.txt` compared with `dump-flows`; "ofp-print" = bytes
-//! compared with `ovs-ofctl ofp-print` in [`hidden_fields_render_like_ofp_print`].
+//! compared with `ovs-ofctl ofp-print` ([`hidden_fields`]).
 //!
 //! Match fields:
 //!
@@ -67,6 +67,7 @@
 //! `PINFLOW_REQUIRE_PRIVILEGED=1`, which turns the skip into a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code.
 
+use super::real_tests::ofp_print_flow_reply;
 use crate::model::openflow::render::LineRenderer;
 use crate::sources::openflow::OpenFlowClient;
 use pinflow_tests::ovs::Ovs;
@@ -155,8 +156,10 @@ async fn every_field_and_action_renders_like_ovs_ofctl() {
         .await
         .unwrap();
     let mut streamed = String::new();
+    let mut bodies = Vec::new();
     let mut lines = LineRenderer::default();
     c.dump_flows_raw(|body| {
+        bodies.push(body.to_vec());
         lines
             .push_flow_stats(body, false, &mut streamed)
             .map(|_| ())
@@ -180,8 +183,138 @@ async fn every_field_and_action_renders_like_ovs_ofctl() {
             assert!(!line.contains(raw), "raw {raw} in {line}");
         }
     }
+    // The same reply bytes with statistics, printed by `ovs-ofctl ofp-print`: exact.
+    for body in &bodies {
+        let mut ours = String::new();
+        LineRenderer::default()
+            .push_flow_stats(body, true, &mut ours)
+            .unwrap();
+        let ours: Vec<&str> = ours.lines().map(str::trim).collect();
+        assert_eq!(ours, ofp_print_flow_reply(&ovs, body));
+    }
     eprintln!(
         "codec: {} flows covering every field and action equal to ovs-ofctl",
         theirs.len()
     );
+
+    // Fields OVS refuses to install from a controller, on hand-made flows.
+    let mut body = Vec::new();
+    for (i, (tlvs, what)) in hidden_fields().iter().enumerate() {
+        body.extend_from_slice(&flow_stats(u16::try_from(i).unwrap() + 1, tlvs));
+        eprintln!("hand-made flow {}: {what}", i + 1);
+    }
+    let mut ours = String::new();
+    LineRenderer::default()
+        .push_flow_stats(&body, true, &mut ours)
+        .unwrap();
+    let ours: Vec<&str> = ours.lines().map(str::trim).collect();
+    let theirs = ofp_print_flow_reply(&ovs, &body);
+    assert_eq!(ours, theirs);
+    assert_eq!(theirs.len(), hidden_fields().len());
+    for want in [
+        "recirc_id=0x5 ",
+        "dp_hash=0x5/0xf ",
+        "dp_hash=0x7 ",
+        "tun_erspan_idx=0x12 ",
+    ] {
+        assert!(
+            theirs.iter().any(|l| l.contains(want)),
+            "{want}: {theirs:#?}"
+        );
+    }
+    for line in &theirs {
+        assert!(
+            !line.contains("oxm_") && !line.contains("experimenter"),
+            "{line}"
+        );
+    }
+}
+
+/// An OXM/NXM TLV: `class:field`, value and optional mask (experimenter id first for 0xffff).
+fn tlv(class: u16, field: u8, exp: Option<u32>, value: &[u8], mask: Option<&[u8]>) -> Vec<u8> {
+    let mut payload = exp.map(|e| e.to_be_bytes().to_vec()).unwrap_or_default();
+    payload.extend_from_slice(value);
+    if let Some(m) = mask {
+        payload.extend_from_slice(m);
+    }
+    let h = (u32::from(class) << 16)
+        | (u32::from(field) << 9)
+        | if mask.is_some() { 0x100 } else { 0 }
+        | u32::try_from(payload.len()).unwrap();
+    let mut v = h.to_be_bytes().to_vec();
+    v.extend_from_slice(&payload);
+    v
+}
+
+/// Matches a switch never reports for flows a controller adds (OVS refuses `recirc_id` and
+/// `dp_hash` with `OFPBRC_EPERM`; they appear on OVS's own internal flows), and encodings
+/// `ovs-ofctl` never sends (the experimenter-class `dp_hash`, ERSPAN fields of the other
+/// version), each with what it covers.
+fn hidden_fields() -> Vec<(Vec<u8>, &'static str)> {
+    let nx = Some(0x0000_2320);
+    vec![
+        (tlv(1, 36, None, &5u32.to_be_bytes(), None), "recirc_id"),
+        (
+            tlv(
+                1,
+                35,
+                None,
+                &5u32.to_be_bytes(),
+                Some(&0xfu32.to_be_bytes()),
+            ),
+            "dp_hash masked (NXM)",
+        ),
+        (
+            tlv(0xffff, 0, nx, &7u32.to_be_bytes(), None),
+            "dp_hash (NXOXM_ET)",
+        ),
+        (
+            [
+                tlv(0xffff, 12, nx, &[1], None),
+                tlv(0xffff, 13, nx, &[1], None),
+                tlv(0xffff, 11, nx, &0x12u32.to_be_bytes(), None),
+            ]
+            .concat(),
+            "ERSPAN v1: the v2 direction is not shown",
+        ),
+        (
+            [
+                tlv(0xffff, 12, nx, &[2], None),
+                tlv(0xffff, 11, nx, &0x12u32.to_be_bytes(), None),
+                tlv(0xffff, 14, nx, &[0x3f], None),
+            ]
+            .concat(),
+            "ERSPAN v2: the v1 index is not shown",
+        ),
+        (
+            [
+                tlv(1, 36, None, &0u32.to_be_bytes(), None),
+                tlv(1, 33, None, &9u32.to_be_bytes(), None),
+                tlv(1, 37, None, &3u32.to_be_bytes(), None),
+            ]
+            .concat(),
+            "recirc_id=0 with pkt_mark and conj_id",
+        ),
+    ]
+}
+
+/// One `ofp_flow_stats` (OF1.3) with `priority` and cookie `priority`, the match `tlvs` and no
+/// instructions (`actions=drop`).
+fn flow_stats(priority: u16, tlvs: &[u8]) -> Vec<u8> {
+    let match_len = 4 + tlvs.len();
+    let padded = match_len.div_ceil(8) * 8;
+    let len = 48 + padded;
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // table 0, pad
+    f.extend_from_slice(&[0; 8]); // duration
+    f.extend_from_slice(&priority.to_be_bytes());
+    f.extend_from_slice(&[0; 10]); // idle, hard, flags, pad
+    f.extend_from_slice(&u64::from(priority).to_be_bytes()); // cookie
+    f.extend_from_slice(&[0; 16]); // packet and byte counts
+    f.extend_from_slice(&1u16.to_be_bytes()); // OFPMT_OXM
+    f.extend_from_slice(&u16::try_from(match_len).unwrap().to_be_bytes());
+    f.extend_from_slice(tlvs);
+    f.resize(len, 0);
+    f
 }
