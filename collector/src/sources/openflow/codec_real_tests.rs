@@ -72,6 +72,7 @@ use crate::model::openflow::render::LineRenderer;
 use crate::sources::openflow::OpenFlowClient;
 use pinflow_tests::ovs::Ovs;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 const BRIDGE: &str = "pfcodecbr0";
@@ -183,6 +184,9 @@ async fn every_field_and_action_renders_like_ovs_ofctl() {
             assert!(!line.contains(raw), "raw {raw} in {line}");
         }
     }
+    if let Some(dir) = std::env::var_os("PINFLOW_CAPTURE_CODEC_FIXTURE") {
+        capture(Path::new(&dir), &bodies, &theirs);
+    }
     // The same reply bytes with statistics, printed by `ovs-ofctl ofp-print`: exact.
     for body in &bodies {
         let mut ours = String::new();
@@ -228,6 +232,34 @@ async fn every_field_and_action_renders_like_ovs_ofctl() {
             "{line}"
         );
     }
+}
+
+/// Writes the dump as a captured session (`codec-dump.of13.bin`: the `OFPMP_FLOW` reply
+/// messages as the switch sent them) and what `ovs-ofctl` printed for it (`codec-dump.ofctl.txt`,
+/// ordered by cookie) into `dir`, for the tests that run without a switch
+/// (`captured_tests.rs`) and the fuzz seeds. Run with
+/// `PINFLOW_CAPTURE_CODEC_FIXTURE=collector/tests/fixtures/openflow` to refresh them.
+fn capture(dir: &Path, bodies: &[Vec<u8>], theirs: &BTreeMap<String, String>) {
+    let mut stream = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let more = u16::from(i + 1 < bodies.len());
+        let len = u16::try_from(16 + body.len()).unwrap();
+        stream.extend_from_slice(&[4, 19]);
+        stream.extend_from_slice(&len.to_be_bytes());
+        stream.extend_from_slice(&7u32.to_be_bytes());
+        stream.extend_from_slice(&1u16.to_be_bytes()); // OFPMP_FLOW
+        stream.extend_from_slice(&more.to_be_bytes());
+        stream.extend_from_slice(&[0; 4]);
+        stream.extend_from_slice(body);
+    }
+    std::fs::write(dir.join("codec-dump.of13.bin"), stream).unwrap();
+    let mut lines: Vec<&String> = theirs.values().collect();
+    lines.sort_by_key(|l| {
+        let c = l.trim_start_matches("cookie=0x");
+        u64::from_str_radix(c.split(',').next().unwrap_or_default(), 16).unwrap_or(0)
+    });
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("codec-dump.ofctl.txt"), text).unwrap();
 }
 
 /// An OXM/NXM TLV: `class:field`, value and optional mask (experimenter id first for 0xffff).
