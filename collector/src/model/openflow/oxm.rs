@@ -252,32 +252,10 @@ const fn f(
     }
 }
 
-const fn onf(
-    field: u8,
-    bytes: u8,
-    n_bits: u16,
-    nxm_name: &'static str,
-    name: &'static str,
-    fmt: Fmt,
-    norm: Norm,
-) -> FieldInfo {
-    FieldInfo {
-        class: 0xffff,
-        field,
-        experimenter: ONF_EXPERIMENTER,
-        bytes,
-        n_bits,
-        nxm_name,
-        name,
-        fmt,
-        norm,
-    }
-}
-
 /// Experimenter id of OVS's NSH OXM class (`NXOXM_NSH_*`).
 const NSH_EXPERIMENTER: u32 = 0x005a_d650;
 
-/// A Nicira (`NXOXM_ET_*`, 0x00002320) or NSH (`NXOXM_NSH_*`) experimenter OXM.
+/// An experimenter OXM: ONF (`ONFOXM_ET_*`), Nicira (`NXOXM_ET_*`) or NSH (`NXOXM_NSH_*`).
 #[expect(clippy::too_many_arguments, reason = "a table row constructor")]
 const fn exp(
     experimenter: u32,
@@ -451,8 +429,8 @@ const FIELDS: &[FieldInfo] = &[
     exp(NSH_EXPERIMENTER, 9, 4, 32, "NXOXM_NSH_C4", "nsh_c4", Hex, S(Key::NshC(4))),
     exp(NSH_EXPERIMENTER, 10, 1, 8, "NXOXM_NSH_TTL", "nsh_ttl", Dec, S(Key::NshTtl)),
     // ONF experimenter OXMs that OVS uses on OF1.3.
-    onf(42, 2, 12, "ONFOXM_ET_TCP_FLAGS", "tcp_flags", FTcp, S(Key::TcpFlags)),
-    onf(43, 4, 32, "ONFOXM_ET_ACTSET_OUTPUT", "actset_output", Port, S(Key::ActsetOutput)),
+    exp(ONF_EXPERIMENTER, 42, 2, 12, "ONFOXM_ET_TCP_FLAGS", "tcp_flags", FTcp, S(Key::TcpFlags)),
+    exp(ONF_EXPERIMENTER, 43, 4, 32, "ONFOXM_ET_ACTSET_OUTPUT", "actset_output", Port, S(Key::ActsetOutput)),
 ];
 
 /// Looks up a wire field by class, field number and experimenter id.
