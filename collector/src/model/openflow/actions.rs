@@ -10,7 +10,7 @@ use super::bytes::{DecodeError, DecodeResult, NX_EXPERIMENTER, Rd};
 use super::flow::FlowAction;
 use super::oxm::{
     FieldInfo, Key, Norm, OxmHeader, c_hex, fmt_ipv4, fmt_ipv6, fmt_port, mf_format, push_dec,
-    reserved_port_name,
+    put_hex_bytes, reserved_port_name,
 };
 use std::fmt::Write as _;
 
@@ -323,6 +323,16 @@ fn set_field(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<Option<FlowActio
         (payload, None)
     };
     text.push_str("set_field:");
+    if let Some(n) = super::oxm::tun_metadata_index(h.class, h.field) {
+        // A field as wide as the TLV map says: its value (and mask) as big-endian hex.
+        put_hex_bytes(text, v);
+        if let Some(m) = m {
+            text.push('/');
+            put_hex_bytes(text, m);
+        }
+        let _ = write!(text, "->tun_metadata{n}");
+        return Ok(None);
+    }
     match h.info() {
         Some(info) if info.bytes as usize == v.len() => {
             let (value, mask) = (be_val(v), m.map(be_val));
@@ -561,8 +571,43 @@ fn decode_nx(
             subfield(text, &src, ofs, n);
             Ok(Sem::Other)
         }
-        16 => {
-            learn(&mut b, text)?;
+        16 | 45 => {
+            learn(&mut b, text, subtype == 45)?;
+            Ok(Sem::Other)
+        }
+        46 => {
+            encap(&mut b, text)?;
+            Ok(Sem::Other)
+        }
+        47 => {
+            b.skip(2)?;
+            let pt = b.u32()?;
+            text.push_str("decap(");
+            // PT_USE_NEXT_PROTO: the default, printed as `decap()`.
+            if pt != 0x0000_fffe {
+                let _ = write!(text, "packet_type(ns={},type=", pt >> 16);
+                c_hex(text, u128::from(pt & 0xffff));
+                text.push(')');
+            }
+            text.push(')');
+            Ok(Sem::Other)
+        }
+        48 => {
+            text.push_str("dec_nsh_ttl");
+            Ok(Sem::Other)
+        }
+        49 => {
+            let len = b.u16()?;
+            let ofs = b.u16()?;
+            let dst = OxmHeader::read(&mut b)?;
+            let _ = write!(text, "check_pkt_larger({len})->");
+            subfield(text, &dst, ofs, 1);
+            Ok(Sem::Other)
+        }
+        50 => {
+            let h = OxmHeader::read(&mut b)?;
+            text.push_str("delete_field:");
+            field_name(text, &h);
             Ok(Sem::Other)
         }
         17 => {
@@ -594,7 +639,7 @@ fn decode_nx(
             let max_len = b.u16()?;
             let id = b.u16()?;
             let reason = b.u8()?;
-            controller(text, acts, max_len, id, reason, None, false);
+            controller(text, acts, max_len, id, reason, None, false, None);
             Ok(Sem::Done)
         }
         37 => {
@@ -604,6 +649,7 @@ fn decode_nx(
             let mut reason = 1;
             let mut userdata: Option<&[u8]> = None;
             let mut pause = false;
+            let mut meter_id = None;
             while b.len() >= 4 {
                 let pt = b.u16()?;
                 let pl = b.u16()? as usize;
@@ -620,10 +666,13 @@ fn decode_nx(
                     2 => reason = p.u8()?,
                     3 => userdata = Some(p.rest()),
                     4 => pause = true,
+                    5 => meter_id = Some(p.u32()?),
                     _ => {}
                 }
             }
-            controller(text, acts, max_len, id, reason, userdata, pause);
+            // NX_CTLR_NO_METER: no meter.
+            let meter_id = meter_id.filter(|m| *m != u32::MAX);
+            controller(text, acts, max_len, id, reason, userdata, pause, meter_id);
             Ok(Sem::Done)
         }
         21 => {
@@ -753,6 +802,7 @@ fn decode_nx(
     }
 }
 
+#[expect(clippy::too_many_arguments, reason = "the options of one action")]
 fn controller(
     text: &mut String,
     acts: &mut Vec<FlowAction>,
@@ -761,8 +811,14 @@ fn controller(
     reason: u8,
     userdata: Option<&[u8]>,
     pause: bool,
+    meter_id: Option<u32>,
 ) {
-    if reason == 1 && id == 0 && userdata.is_none_or(<[u8]>::is_empty) && !pause {
+    if reason == 1
+        && id == 0
+        && userdata.is_none_or(<[u8]>::is_empty)
+        && !pause
+        && meter_id.is_none()
+    {
         let _ = write!(text, "CONTROLLER:{max_len}");
     } else {
         text.push_str("controller(");
@@ -800,6 +856,9 @@ fn controller(
         }
         if pause {
             text.push_str("pause,");
+        }
+        if let Some(m) = meter_id {
+            let _ = write!(text, "meter_id={m},");
         }
         if text.len() > s && text.ends_with(',') {
             text.pop();
@@ -992,7 +1051,73 @@ fn nat(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     Ok(())
 }
 
-fn learn(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
+/// `encap(...)` (`NXAST_ENCAP`): the new packet type and its properties (NSH MD type, TLVs).
+fn encap(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
+    b.skip(2)?;
+    let pt = b.u32()?;
+    text.push_str("encap(");
+    match pt {
+        0 => text.push_str("ethernet"),
+        0x0001_894f => text.push_str("nsh"),
+        0x0001_8847 => text.push_str("mpls"),
+        0x0001_8848 => text.push_str("mpls_mc"),
+        _ => text.push_str("UNKNOWN"),
+    }
+    let mut first = true;
+    while b.len() >= 4 {
+        let class = b.u16()?;
+        let ty = b.u8()?;
+        let len = usize::from(b.u8()?);
+        if len < 4 {
+            return Err(DecodeError::Malformed(format!(
+                "encap property length {len}"
+            )));
+        }
+        let mut p = Rd::new(b.take(len - 4)?, "encap property");
+        b.skip((len.div_ceil(8) * 8 - len).min(b.len()))?;
+        text.push_str(if first { "(" } else { "," });
+        first = false;
+        match (class, ty) {
+            // OFPPPC_NSH: MD type, TLV.
+            (4, 1) => {
+                let _ = write!(text, "md_type={}", p.u8()?);
+            }
+            (4, 2) => {
+                let tlv_class = p.u16()?;
+                let tlv_type = p.u8()?;
+                let tlv_len = p.u8()?;
+                let _ = write!(text, "tlv({tlv_class:#06x},{tlv_type},");
+                put_hex_bytes(text, p.take(usize::from(tlv_len))?);
+                text.push(')');
+            }
+            _ => {
+                let _ = write!(text, "prop(class={class:#x},type={ty},");
+                hex_bytes(text, p.rest());
+                text.push(')');
+            }
+        }
+    }
+    if !first {
+        text.push(')');
+    }
+    text.push(')');
+    Ok(())
+}
+
+/// OVS's name of a field in `delete_field:` (`mf->name`).
+fn field_name(text: &mut String, h: &OxmHeader) {
+    if let Some(n) = super::oxm::tun_metadata_index(h.class, h.field) {
+        let _ = write!(text, "tun_metadata{n}");
+        return;
+    }
+    match h.info() {
+        Some(i) => text.push_str(i.name),
+        None => h.subfield_name(text),
+    }
+}
+
+/// `NXAST_LEARN` or, with `learn2`, `NXAST_LEARN2` (adds `limit` and `result_dst`).
+fn learn(b: &mut Rd<'_>, text: &mut String, learn2: bool) -> DecodeResult<()> {
     let idle = b.u16()?;
     let hard = b.u16()?;
     let prio = b.u16()?;
@@ -1002,6 +1127,17 @@ fn learn(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     b.skip(1)?;
     let fin_idle = b.u16()?;
     let fin_hard = b.u16()?;
+    let mut limit = 0;
+    let mut result_dst = None;
+    if learn2 {
+        limit = b.u32()?;
+        let ofs = b.u16()?;
+        b.skip(2)?;
+        // NX_LEARN_F_WRITE_RESULT
+        if flags & 4 != 0 {
+            result_dst = Some((OxmHeader::read(b)?, ofs));
+        }
+    }
     let _ = write!(text, "learn(table={table}");
     if idle != 0 {
         let _ = write!(text, ",idle_timeout={idle}");
@@ -1026,6 +1162,13 @@ fn learn(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     }
     if cookie != 0 {
         let _ = write!(text, ",cookie={cookie:#x}");
+    }
+    if limit != 0 {
+        let _ = write!(text, ",limit={limit}");
+    }
+    if let Some((h, ofs)) = result_dst {
+        text.push_str(",result_dst=");
+        subfield(text, &h, ofs, 1);
     }
     while b.len() >= 2 {
         let hdr = b.u16()?;
@@ -1100,24 +1243,6 @@ fn learn(b: &mut Rd<'_>, text: &mut String) -> DecodeResult<()> {
     }
     text.push(')');
     Ok(())
-}
-
-/// OVS's `ds_put_hex`: big-endian bytes as `0x…` without leading zeros, `0` when all zero.
-fn put_hex_bytes(text: &mut String, b: &[u8]) {
-    let mut printed = false;
-    for &x in b {
-        if x != 0 || printed {
-            if printed {
-                let _ = write!(text, "{x:02x}");
-            } else {
-                let _ = write!(text, "0x{x:x}");
-            }
-            printed = true;
-        }
-    }
-    if !printed {
-        text.push('0');
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! mirror OVS's internal flow layout (e.g. `vlan_vid`+`vlan_pcp` become one `vlan_tci`, `xreg1`
 //! becomes `reg2`+`reg3`), because `ovs-ofctl` renders from that layout.
 
-use super::bytes::{DecodeError, DecodeResult, ONF_EXPERIMENTER, Rd, pad8};
+use super::bytes::{DecodeError, DecodeResult, NX_EXPERIMENTER, ONF_EXPERIMENTER, Rd, pad8};
 use super::flow::{FieldMatch, Matches, intern_field, width_mask};
 use std::fmt::Write as _;
 
@@ -33,6 +33,10 @@ pub(crate) enum Fmt {
     TcpFlags,
     /// Conntrack state flag names.
     CtState,
+    /// Tunnel flag names (`+oam`).
+    TnlFlags,
+    /// `(ns,type)` packet type.
+    PacketType,
 }
 
 /// Normalized match keys, following OVS's flow layout (what `ovs-ofctl` renders from).
@@ -132,6 +136,46 @@ pub(crate) enum Key {
     RecircId,
     /// Datapath hash.
     DpHash,
+    /// Packet type (`ns << 16 | type`).
+    PacketType,
+    /// Tunnel flags (bit 0: OAM).
+    TunFlags,
+    /// VXLAN group-based policy id.
+    TunGbpId,
+    /// VXLAN group-based policy flags.
+    TunGbpFlags,
+    /// ERSPAN version.
+    TunErspanVer,
+    /// ERSPAN index (version 1).
+    TunErspanIdx,
+    /// ERSPAN direction (version 2).
+    TunErspanDir,
+    /// ERSPAN hardware id (version 2).
+    TunErspanHwid,
+    /// GTP-U flags.
+    TunGtpuFlags,
+    /// GTP-U message type.
+    TunGtpuMsgtype,
+    /// MPLS TTL.
+    MplsTtl,
+    /// ICMPv6 ND reserved field.
+    NdReserved,
+    /// ICMPv6 ND option type.
+    NdOptionsType,
+    /// NSH flags.
+    NshFlags,
+    /// NSH TTL.
+    NshTtl,
+    /// NSH metadata type.
+    NshMdtype,
+    /// NSH next protocol.
+    NshNp,
+    /// NSH service path id.
+    NshSpi,
+    /// NSH service index.
+    NshSi,
+    /// NSH context header N (1–4).
+    NshC(u8),
 }
 
 /// How a wire field maps onto [`Key`]s.
@@ -208,7 +252,13 @@ const fn f(
     }
 }
 
-const fn onf(
+/// Experimenter id of OVS's NSH OXM class (`NXOXM_NSH_*`).
+const NSH_EXPERIMENTER: u32 = 0x005a_d650;
+
+/// An experimenter OXM: ONF (`ONFOXM_ET_*`), Nicira (`NXOXM_ET_*`) or NSH (`NXOXM_NSH_*`).
+#[expect(clippy::too_many_arguments, reason = "a table row constructor")]
+const fn exp(
+    experimenter: u32,
     field: u8,
     bytes: u8,
     n_bits: u16,
@@ -220,7 +270,7 @@ const fn onf(
     FieldInfo {
         class: 0xffff,
         field,
-        experimenter: ONF_EXPERIMENTER,
+        experimenter,
         bytes,
         n_bits,
         nxm_name,
@@ -306,13 +356,17 @@ const FIELDS: &[FieldInfo] = &[
     f(1, 112, 16, 128, "NXM_NX_XXREG1", "xxreg1", Hex, Norm::Xxreg(1)),
     f(1, 113, 16, 128, "NXM_NX_XXREG2", "xxreg2", Hex, Norm::Xxreg(2)),
     f(1, 114, 16, 128, "NXM_NX_XXREG3", "xxreg3", Hex, Norm::Xxreg(3)),
-    f(1, 115, 1, 8, "NXM_NX_CT_NW_PROTO", "ct_nw_proto", Dec, S(Key::CtNwProto)),
-    f(1, 116, 4, 32, "NXM_NX_CT_NW_SRC", "ct_nw_src", Ipv4, S(Key::CtNwSrc)),
-    f(1, 117, 4, 32, "NXM_NX_CT_NW_DST", "ct_nw_dst", Ipv4, S(Key::CtNwDst)),
-    f(1, 118, 16, 128, "NXM_NX_CT_IPV6_SRC", "ct_ipv6_src", Ipv6, S(Key::CtIpv6Src)),
-    f(1, 119, 16, 128, "NXM_NX_CT_IPV6_DST", "ct_ipv6_dst", Ipv6, S(Key::CtIpv6Dst)),
-    f(1, 120, 2, 16, "NXM_NX_CT_TP_SRC", "ct_tp_src", Dec, S(Key::CtTpSrc)),
-    f(1, 121, 2, 16, "NXM_NX_CT_TP_DST", "ct_tp_dst", Dec, S(Key::CtTpDst)),
+    f(1, 119, 1, 8, "NXM_NX_CT_NW_PROTO", "ct_nw_proto", Dec, S(Key::CtNwProto)),
+    f(1, 120, 4, 32, "NXM_NX_CT_NW_SRC", "ct_nw_src", Ipv4, S(Key::CtNwSrc)),
+    f(1, 121, 4, 32, "NXM_NX_CT_NW_DST", "ct_nw_dst", Ipv4, S(Key::CtNwDst)),
+    f(1, 122, 16, 128, "NXM_NX_CT_IPV6_SRC", "ct_ipv6_src", Ipv6, S(Key::CtIpv6Src)),
+    f(1, 123, 16, 128, "NXM_NX_CT_IPV6_DST", "ct_ipv6_dst", Ipv6, S(Key::CtIpv6Dst)),
+    f(1, 124, 2, 16, "NXM_NX_CT_TP_SRC", "ct_tp_src", Dec, S(Key::CtTpSrc)),
+    f(1, 125, 2, 16, "NXM_NX_CT_TP_DST", "ct_tp_dst", Dec, S(Key::CtTpDst)),
+    f(1, 30, 1, 8, "NXM_NX_MPLS_TTL", "mpls_ttl", Dec, S(Key::MplsTtl)),
+    f(1, 38, 2, 16, "NXM_NX_TUN_GBP_ID", "tun_gbp_id", Dec, S(Key::TunGbpId)),
+    f(1, 39, 1, 8, "NXM_NX_TUN_GBP_FLAGS", "tun_gbp_flags", Hex, S(Key::TunGbpFlags)),
+    f(1, 104, 2, 1, "NXM_NX_TUN_FLAGS", "tun_flags", Fmt::TnlFlags, S(Key::TunFlags)),
     // OXM basic (class 0x8000)
     f(0x8000, 0, 4, 32, "OXM_OF_IN_PORT", "in_port_oxm", Port, Norm::InPort32),
     f(0x8000, 2, 8, 64, "OXM_OF_METADATA", "metadata", Hex, S(Key::Metadata)),
@@ -351,9 +405,32 @@ const FIELDS: &[FieldInfo] = &[
     f(0x8000, 35, 1, 3, "OXM_OF_MPLS_TC", "mpls_tc", Dec, S(Key::MplsTc)),
     f(0x8000, 36, 1, 1, "OXM_OF_MPLS_BOS", "mpls_bos", Dec, S(Key::MplsBos)),
     f(0x8000, 38, 8, 64, "NXM_NX_TUN_ID", "tun_id", Hex, S(Key::TunId)),
+    f(0x8000, 44, 4, 32, "OXM_OF_PACKET_TYPE", "packet_type", Fmt::PacketType, S(Key::PacketType)),
+    // Ericsson class 0x1000 (ND reserved/options type).
+    f(0x1000, 1, 4, 32, "ERICOXM_OF_ICMPV6_ND_RESERVED", "nd_reserved", Dec, S(Key::NdReserved)),
+    f(0x1000, 2, 1, 8, "ERICOXM_OF_ICMPV6_ND_OPTIONS_TYPE", "nd_options_type", Dec, S(Key::NdOptionsType)),
+    // Nicira experimenter OXMs (NXOXM_ET_*).
+    exp(NX_EXPERIMENTER, 0, 4, 32, "NXM_NX_DP_HASH", "dp_hash", Hex, S(Key::DpHash)),
+    exp(NX_EXPERIMENTER, 11, 4, 20, "NXOXM_ET_ERSPAN_IDX", "tun_erspan_idx", Hex, S(Key::TunErspanIdx)),
+    exp(NX_EXPERIMENTER, 12, 1, 4, "NXOXM_ET_ERSPAN_VER", "tun_erspan_ver", Dec, S(Key::TunErspanVer)),
+    exp(NX_EXPERIMENTER, 13, 1, 1, "NXOXM_ET_ERSPAN_DIR", "tun_erspan_dir", Dec, S(Key::TunErspanDir)),
+    exp(NX_EXPERIMENTER, 14, 1, 6, "NXOXM_ET_ERSPAN_HWID", "tun_erspan_hwid", Hex, S(Key::TunErspanHwid)),
+    exp(NX_EXPERIMENTER, 15, 1, 8, "NXOXM_ET_GTPU_FLAGS", "tun_gtpu_flags", Hex, S(Key::TunGtpuFlags)),
+    exp(NX_EXPERIMENTER, 16, 1, 8, "NXOXM_ET_GTPU_MSGTYPE", "tun_gtpu_msgtype", Dec, S(Key::TunGtpuMsgtype)),
+    // NSH (NXOXM_NSH_*).
+    exp(NSH_EXPERIMENTER, 1, 1, 8, "NXOXM_NSH_FLAGS", "nsh_flags", Dec, S(Key::NshFlags)),
+    exp(NSH_EXPERIMENTER, 2, 1, 8, "NXOXM_NSH_MDTYPE", "nsh_mdtype", Dec, S(Key::NshMdtype)),
+    exp(NSH_EXPERIMENTER, 3, 1, 8, "NXOXM_NSH_NP", "nsh_np", Dec, S(Key::NshNp)),
+    exp(NSH_EXPERIMENTER, 4, 4, 24, "NXOXM_NSH_SPI", "nsh_spi", Hex, S(Key::NshSpi)),
+    exp(NSH_EXPERIMENTER, 5, 1, 8, "NXOXM_NSH_SI", "nsh_si", Dec, S(Key::NshSi)),
+    exp(NSH_EXPERIMENTER, 6, 4, 32, "NXOXM_NSH_C1", "nsh_c1", Hex, S(Key::NshC(1))),
+    exp(NSH_EXPERIMENTER, 7, 4, 32, "NXOXM_NSH_C2", "nsh_c2", Hex, S(Key::NshC(2))),
+    exp(NSH_EXPERIMENTER, 8, 4, 32, "NXOXM_NSH_C3", "nsh_c3", Hex, S(Key::NshC(3))),
+    exp(NSH_EXPERIMENTER, 9, 4, 32, "NXOXM_NSH_C4", "nsh_c4", Hex, S(Key::NshC(4))),
+    exp(NSH_EXPERIMENTER, 10, 1, 8, "NXOXM_NSH_TTL", "nsh_ttl", Dec, S(Key::NshTtl)),
     // ONF experimenter OXMs that OVS uses on OF1.3.
-    onf(42, 2, 12, "ONFOXM_ET_TCP_FLAGS", "tcp_flags", FTcp, S(Key::TcpFlags)),
-    onf(43, 4, 32, "ONFOXM_ET_ACTSET_OUTPUT", "actset_output", Port, S(Key::ActsetOutput)),
+    exp(ONF_EXPERIMENTER, 42, 2, 12, "ONFOXM_ET_TCP_FLAGS", "tcp_flags", FTcp, S(Key::TcpFlags)),
+    exp(ONF_EXPERIMENTER, 43, 4, 32, "ONFOXM_ET_ACTSET_OUTPUT", "actset_output", Port, S(Key::ActsetOutput)),
 ];
 
 /// Looks up a wire field by class, field number and experimenter id.
@@ -372,7 +449,7 @@ pub(crate) fn field_info(class: u16, field: u8, experimenter: u32) -> Option<&'s
     match class {
         1 if field < 16 => REGS.get(field as usize),
         0x8001 => XREGS.get(field as usize),
-        0xffff => FIELDS
+        0xffff | 0x1000 => FIELDS
             .iter()
             .find(|i| i.class == class && i.field == field && i.experimenter == experimenter),
         _ => {
@@ -435,6 +512,10 @@ impl OxmHeader {
 
     /// Name for subfield rendering: the known NXM/OXM name or a raw form.
     pub(crate) fn subfield_name(&self, out: &mut String) {
+        if let Some(n) = tun_metadata_index(self.class, self.field) {
+            let _ = write!(out, "NXM_NX_TUN_METADATA{n}");
+            return;
+        }
         match self.info() {
             Some(i) => out.push_str(i.nxm_name),
             None if self.class == 0xffff => {
@@ -448,6 +529,10 @@ impl OxmHeader {
 
     /// Bits of the field (for `[]` in subfields); unknown fields use the payload width.
     pub(crate) fn n_bits(&self) -> u16 {
+        if tun_metadata_index(self.class, self.field).is_some() {
+            // OVS's tun_metadataN are 124 bytes wide whatever the TLV map says.
+            return TUN_METADATA_BITS;
+        }
         match self.info() {
             Some(i) => i.n_bits,
             None => {
@@ -456,6 +541,16 @@ impl OxmHeader {
             }
         }
     }
+}
+
+/// Width OVS gives every `tun_metadataN` field (124 bytes).
+const TUN_METADATA_BITS: u16 = 992;
+
+/// `N` of `tun_metadataN` (`NXM_NX_TUN_METADATA0`–`63`, NXM_NX fields 40–103). These fields
+/// are as wide as the switch's TLV map makes them (up to 124 bytes), so a match keeps them raw
+/// in [`Match::unknown`] under their name.
+pub(crate) fn tun_metadata_index(class: u16, field: u8) -> Option<u8> {
+    (class == 1 && (40..=103).contains(&field)).then(|| field - 40)
 }
 
 /// One normalized match entry: value and mask right-aligned in a u128.
@@ -469,7 +564,7 @@ pub(crate) struct Entry {
     pub(crate) mask: u128,
 }
 
-/// A field this decoder does not know, kept raw.
+/// A field kept raw: one this decoder does not know, or a variable-width `tun_metadataN`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct UnknownField {
     /// Class.
@@ -498,8 +593,13 @@ pub(crate) fn key_bytes(key: Key) -> usize {
     use Key::*;
     match key {
         InPort | NwSrc | NwDst | Ipv6Label | Reg(_) | TunSrc | TunDst | PktMark | ConjId
-        | CtState | CtMark | CtNwSrc | CtNwDst | ActsetOutput | RecircId | DpHash | MplsLabel => 4,
-        VlanTci | DlType | TpSrc | TpDst | TcpFlags | CtZone | CtTpSrc | CtTpDst => 2,
+        | CtState | CtMark | CtNwSrc | CtNwDst | ActsetOutput | RecircId | DpHash | MplsLabel
+        | PacketType | TunErspanIdx | NdReserved | NshSpi | NshC(_) => 4,
+        VlanTci | DlType | TpSrc | TpDst | TcpFlags | CtZone | CtTpSrc | CtTpDst | TunFlags
+        | TunGbpId => 2,
+        TunGbpFlags | TunErspanVer | TunErspanDir | TunErspanHwid | TunGtpuFlags
+        | TunGtpuMsgtype | MplsTtl | NdOptionsType | NshFlags | NshTtl | NshMdtype | NshNp
+        | NshSi => 1,
         DlSrc | DlDst | ArpSha | ArpTha => 6,
         Ipv6Src | Ipv6Dst | NdTarget | TunIpv6Src | TunIpv6Dst | CtLabel | CtIpv6Src
         | CtIpv6Dst => 16,
@@ -511,7 +611,9 @@ pub(crate) fn key_bytes(key: Key) -> usize {
 /// The mask of an exact match on `key` (narrower than its byte width for some fields).
 pub(crate) fn key_full_mask(key: Key) -> u128 {
     match key {
-        Key::Ipv6Label | Key::MplsLabel => 0xfffff,
+        Key::Ipv6Label | Key::MplsLabel | Key::TunErspanIdx => 0xfffff,
+        Key::NshSpi => 0xff_ffff,
+        Key::TunFlags => 1,
         Key::TcpFlags => 0xfff,
         k => ones(key_bytes(k)),
     }
@@ -802,13 +904,35 @@ fn slot(k: Key) -> Option<usize> {
         Key::RecircId => 44,
         Key::DpHash => 45,
         Key::Reg(i) => 46 + (i as usize & 15),
+        Key::PacketType => 62,
+        Key::TunFlags => 63,
+        Key::TunGbpId => 64,
+        Key::TunGbpFlags => 65,
+        Key::TunErspanVer => 66,
+        Key::TunErspanIdx => 67,
+        Key::TunErspanDir => 68,
+        Key::TunErspanHwid => 69,
+        Key::TunGtpuFlags => 70,
+        Key::TunGtpuMsgtype => 71,
+        Key::MplsTtl => 72,
+        Key::NdReserved => 73,
+        Key::NdOptionsType => 74,
+        Key::NshFlags => 75,
+        Key::NshTtl => 76,
+        Key::NshMdtype => 77,
+        Key::NshNp => 78,
+        Key::NshSpi => 79,
+        Key::NshSi => 80,
+        Key::NshC(i) => 81 + (i.wrapping_sub(1) as usize & 3),
     })
 }
 
-const N_SLOTS: usize = 62;
+const N_SLOTS: usize = 85;
 
 fn unknown_name(u: &UnknownField) -> String {
-    if u.class == 0xffff {
+    if let Some(n) = tun_metadata_index(u.class, u.field) {
+        format!("tun_metadata{n}")
+    } else if u.class == 0xffff {
         format!("experimenter_{:08x}_{}", u.experimenter, u.field)
     } else {
         format!("oxm_{:04x}_{}", u.class, u.field)
@@ -884,6 +1008,29 @@ pub(crate) fn key_name(k: Key, dl_type: u16, nw_proto: u8) -> std::borrow::Cow<'
         Key::ActsetOutput => B("actset_output"),
         Key::RecircId => B("recirc_id"),
         Key::DpHash => B("dp_hash"),
+        Key::PacketType => B("packet_type"),
+        Key::TunFlags => B("tun_flags"),
+        Key::TunGbpId => B("tun_gbp_id"),
+        Key::TunGbpFlags => B("tun_gbp_flags"),
+        Key::TunErspanVer => B("tun_erspan_ver"),
+        Key::TunErspanIdx => B("tun_erspan_idx"),
+        Key::TunErspanDir => B("tun_erspan_dir"),
+        Key::TunErspanHwid => B("tun_erspan_hwid"),
+        Key::TunGtpuFlags => B("tun_gtpu_flags"),
+        Key::TunGtpuMsgtype => B("tun_gtpu_msgtype"),
+        Key::MplsTtl => B("mpls_ttl"),
+        Key::NdReserved => B("nd_reserved"),
+        Key::NdOptionsType => B("nd_options_type"),
+        Key::NshFlags => B("nsh_flags"),
+        Key::NshTtl => B("nsh_ttl"),
+        Key::NshMdtype => B("nsh_mdtype"),
+        Key::NshNp => B("nsh_np"),
+        Key::NshSpi => B("nsh_spi"),
+        Key::NshSi => B("nsh_si"),
+        Key::NshC(1) => B("nsh_c1"),
+        Key::NshC(2) => B("nsh_c2"),
+        Key::NshC(3) => B("nsh_c3"),
+        Key::NshC(i) => std::borrow::Cow::Owned(format!("nsh_c{i}")),
     }
 }
 
@@ -1192,7 +1339,42 @@ pub(crate) fn mf_format(out: &mut String, info: &FieldInfo, value: u128, mask: O
             mask.map(|m| m as u32).unwrap_or(u32::MAX),
             u32::MAX,
         ),
+        Fmt::TnlFlags => fmt_flags_masked(
+            out,
+            tnl_flag_bit,
+            value as u32,
+            mask.map(|m| m as u32).unwrap_or(0xffff),
+            0xffff,
+        ),
+        Fmt::PacketType => fmt_packet_type(out, value as u32, mask.map_or(u32::MAX, |m| m as u32)),
     }
+}
+
+fn tnl_flag_bit(bit: u32) -> Option<&'static str> {
+    (bit == 1).then_some("oam")
+}
+
+/// OVS's `format_packet_type_masked` without the `packet_type=` prefix: `(ns,type)`.
+fn fmt_packet_type(out: &mut String, value: u32, mask: u32) {
+    let part = |out: &mut String, v: u32, m: u32| {
+        if m == 0 {
+            out.push('*');
+            return;
+        }
+        if v > 9 {
+            let _ = write!(out, "{v:#x}");
+        } else {
+            push_dec(out, u64::from(v));
+        }
+        if m != 0xffff {
+            let _ = write!(out, "/{m:#x}");
+        }
+    };
+    out.push('(');
+    part(out, value >> 16, mask >> 16);
+    out.push(',');
+    part(out, value & 0xffff, mask & 0xffff);
+    out.push(')');
 }
 
 fn fmt_frag(out: &mut String, v: u8, m: u8) {
@@ -1321,6 +1503,50 @@ fn put_ipv6_masked(out: &mut String, name: &str, e: Option<&Entry>) {
     }
 }
 
+/// `name=V,` in decimal.
+fn put_dec(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        let _ = write!(out, "{name}={},", e.value);
+    }
+}
+
+/// `name=V,` as C's `%#x` (`0` for zero).
+fn put_c_hex(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        out.push_str(name);
+        out.push('=');
+        c_hex(out, e.value);
+        out.push(',');
+    }
+}
+
+/// OVS's `format_uint8_masked`: decimal when exact, else `0xVV/0xMM`.
+fn put_u8_masked(out: &mut String, name: &str, e: Option<&Entry>) {
+    if let Some(e) = e {
+        if e.mask == 0xff {
+            let _ = write!(out, "{name}={},", e.value);
+        } else {
+            let _ = write!(out, "{name}={:#04x}/{:#04x},", e.value, e.mask);
+        }
+    }
+}
+
+/// OVS's `ds_put_hex`: big-endian bytes as `0x…` without leading zeros, `0` when all zero.
+pub(crate) fn put_hex_bytes(out: &mut String, b: &[u8]) {
+    let mut printed = false;
+    for &x in b {
+        if printed {
+            let _ = write!(out, "{x:02x}");
+        } else if x != 0 {
+            let _ = write!(out, "0x{x:x}");
+            printed = true;
+        }
+    }
+    if !printed {
+        out.push('0');
+    }
+}
+
 /// Appends the match in `ovs-ofctl` form, preceded by `priority=N,` unless it is 32768.
 /// Nothing is appended for a catch-all match at the default priority.
 pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
@@ -1386,7 +1612,18 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
     }
 
     let dl_type_e = g(Key::DlType);
-    let dl_type = dl_type_e.map(|e| e.value as u16).unwrap_or(0);
+    let mut dl_type = dl_type_e.map(|e| e.value as u16).unwrap_or(0);
+    if let Some(e) = g(Key::PacketType)
+        && !(e.value == 0 && e.mask as u32 == u32::MAX)
+    {
+        out.push_str("packet_type=");
+        fmt_packet_type(out, e.value as u32, e.mask as u32);
+        out.push(',');
+        // A packet type in the Ethertype namespace stands for the flow's dl_type.
+        if e.value >> 16 == 1 {
+            dl_type = e.value as u16;
+        }
+    }
     let proto_e = g(Key::NwProto);
     let nw_proto = proto_e.map(|e| e.value as u8).unwrap_or(0);
     let mut skip_type = false;
@@ -1453,6 +1690,50 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
     put_ip_masked(out, "tun_dst", g(Key::TunDst));
     put_ipv6_masked(out, "tun_ipv6_src", g(Key::TunIpv6Src));
     put_ipv6_masked(out, "tun_ipv6_dst", g(Key::TunIpv6Dst));
+    put_be16_masked(out, "tun_gbp_id", g(Key::TunGbpId));
+    put_c_hex(out, "tun_gbp_flags", g(Key::TunGbpFlags));
+    let erspan_ver = g(Key::TunErspanVer).map_or(0, |e| e.value);
+    put_dec(out, "tun_erspan_ver", g(Key::TunErspanVer));
+    if erspan_ver == 1 {
+        put_c_hex(out, "tun_erspan_idx", g(Key::TunErspanIdx));
+    }
+    if erspan_ver == 2 {
+        put_dec(out, "tun_erspan_dir", g(Key::TunErspanDir));
+        put_c_hex(out, "tun_erspan_hwid", g(Key::TunErspanHwid));
+    }
+    put_c_hex(out, "gtpu_flags", g(Key::TunGtpuFlags));
+    put_dec(out, "gtpu_msgtype", g(Key::TunGtpuMsgtype));
+    if let Some(e) = g(Key::TunFlags).filter(|e| e.mask & 1 != 0) {
+        out.push_str("tun_flags=");
+        fmt_flags_masked(out, tnl_flag_bit, e.value as u32 & 1, 1, 0xf);
+        out.push(',');
+    }
+    let mut tun_md: Vec<(u8, &UnknownField)> = m
+        .unknown
+        .iter()
+        .filter_map(|u| Some((tun_metadata_index(u.class, u.field)?, u)))
+        .collect();
+    tun_md.sort_by_key(|(n, _)| *n);
+    for (n, u) in tun_md {
+        let _ = write!(out, "tun_metadata{n}");
+        // ovs-ofctl sizes the field to the significant bytes of value and mask (OVS's
+        // `mf_field_len`), so a mask all ones over that width is not printed.
+        let sig = |b: &[u8]| b.len() - b.iter().take_while(|x| **x == 0).count();
+        let width = sig(&u.value).max(u.mask.as_deref().map_or(0, sig));
+        let mask = u
+            .mask
+            .as_deref()
+            .map(|mk| mk.get(mk.len().saturating_sub(width)..).unwrap_or(mk));
+        if !mask.is_some_and(|mk| mk.iter().all(|b| *b == 0)) {
+            out.push('=');
+            put_hex_bytes(out, &u.value);
+            if let Some(mk) = mask.filter(|mk| !mk.iter().all(|b| *b == 0xff)) {
+                out.push('/');
+                put_hex_bytes(out, mk);
+            }
+        }
+        out.push(',');
+    }
     put_be64_masked(out, "metadata", g(Key::Metadata));
     if let Some(e) = g(Key::InPort) {
         out.push_str("in_port=");
@@ -1503,6 +1784,30 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
     } else if arp {
         put_ip_masked(out, "arp_spa", g(Key::NwSrc));
         put_ip_masked(out, "arp_tpa", g(Key::NwDst));
+    } else if dl_type == 0x894f {
+        put_u8_masked(out, "nsh_flags", g(Key::NshFlags));
+        put_u8_masked(out, "nsh_ttl", g(Key::NshTtl));
+        put_u8_masked(out, "nsh_mdtype", g(Key::NshMdtype));
+        put_u8_masked(out, "nsh_np", g(Key::NshNp));
+        if let Some(e) = g(Key::NshSpi) {
+            let _ = write!(out, "nsh_spi={:#x}", e.value);
+            if e.mask != 0xff_ffff {
+                let _ = write!(out, "/{:#x}", e.mask);
+            }
+            out.push(',');
+        }
+        put_u8_masked(out, "nsh_si", g(Key::NshSi));
+        if g(Key::NshMdtype).is_some_and(|e| e.mask == 0xff && e.value == 1) {
+            for i in 1..=4 {
+                if let Some(e) = g(Key::NshC(i)) {
+                    let _ = write!(out, "nsh_c{i}={:#x}", e.value);
+                    if e.mask != 0xffff_ffff {
+                        let _ = write!(out, "/{:#x}", e.mask);
+                    }
+                    out.push(',');
+                }
+            }
+        }
     } else {
         put_ip_masked(out, "nw_src", g(Key::NwSrc));
         put_ip_masked(out, "nw_dst", g(Key::NwDst));
@@ -1530,6 +1835,9 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
     if let Some(e) = g(Key::MplsTc) {
         let _ = write!(out, "mpls_tc={},", e.value);
     }
+    if let Some(e) = g(Key::MplsTtl) {
+        let _ = write!(out, "mpls_ttl={},", e.value);
+    }
     if let Some(e) = g(Key::MplsBos) {
         let _ = write!(out, "mpls_bos={},", e.value);
     }
@@ -1547,6 +1855,14 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
         put_ipv6_masked(out, "nd_target", g(Key::NdTarget));
         put_eth_masked(out, "nd_sll", g(Key::ArpSha));
         put_eth_masked(out, "nd_tll", g(Key::ArpTha));
+        if let Some(e) = g(Key::NdReserved) {
+            if e.mask == 0xffff_ffff {
+                let _ = write!(out, "nd_reserved={},", e.value);
+            } else {
+                let _ = write!(out, "nd_reserved={:#x}/{:#x},", e.value, e.mask);
+            }
+        }
+        put_dec(out, "nd_options_type", g(Key::NdOptionsType));
     } else {
         put_be16_masked(out, "tp_src", g(Key::TpSrc));
         put_be16_masked(out, "tp_dst", g(Key::TpDst));
@@ -1559,7 +1875,11 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
         fmt_flags_masked(out, tcp_flag_bit, e.value as u32, e.mask as u32, 0xfff);
         out.push(',');
     }
-    for u in &m.unknown {
+    for u in m
+        .unknown
+        .iter()
+        .filter(|u| tun_metadata_index(u.class, u.field).is_none())
+    {
         out.push_str(&unknown_name(u));
         out.push_str("=0x");
         for b in &u.value {

@@ -27,6 +27,8 @@ pub(crate) mod wire;
 #[cfg(test)]
 mod captured_tests;
 #[cfg(test)]
+mod codec_real_tests;
+#[cfg(test)]
 mod real_tests;
 
 pub(crate) use client::{

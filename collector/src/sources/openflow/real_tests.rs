@@ -71,7 +71,7 @@ fn split_flow_stats(bodies: &[Vec<u8>]) -> Vec<Vec<u8>> {
 
 /// What `ovs-ofctl ofp-print` prints for an OpenFlow 1.3 `OFPMP_FLOW` reply with this body: its
 /// flow lines, trimmed.
-fn ofp_print_flow_reply(ovs: &Ovs, body: &[u8]) -> Vec<String> {
+pub(super) fn ofp_print_flow_reply(ovs: &Ovs, body: &[u8]) -> Vec<String> {
     let len = u16::try_from(16 + body.len()).expect("reply fits one message");
     let mut msg = vec![4u8, 19];
     msg.extend_from_slice(&len.to_be_bytes());
