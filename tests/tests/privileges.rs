@@ -368,13 +368,29 @@ fn through_a_testbed_scenario_the_daemon_runs_no_program_and_opens_no_file_for_w
     // SIGTERM ends pinflow cleanly; strace then writes its exit and ends.
     // SAFETY: kill sends a signal to the pid of our own child's child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    let exited = format!("{pid} +++ exited with");
+    // strace pads the pid column ("9655  +++ exited with 0 +++"), so match by fields.
+    let exited = |t: &str| {
+        t.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some(pid.to_string().as_str())
+                && w.next() == Some("+++")
+                && w.next() == Some("exited")
+        })
+    };
     let done = wait_for(Duration::from_secs(10), || {
         let t = std::fs::read_to_string(&trace).ok()?;
-        t.contains(&exited).then_some(t)
+        exited(&t).then_some(t)
     });
     let text = done
-        .unwrap_or_else(|| panic!("pinflow did not exit on SIGTERM\n{}", pf.log()))
+        .unwrap_or_else(|| {
+            let t = std::fs::read_to_string(&trace).unwrap_or_default();
+            let tail: Vec<&str> = t.lines().rev().take(15).collect();
+            panic!(
+                "pinflow ({pid}) did not exit on SIGTERM; the trace ends with:\n{}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                pf.log()
+            )
+        })
         .0;
     let calls: Vec<&str> = text
         .lines()
@@ -390,8 +406,13 @@ fn through_a_testbed_scenario_the_daemon_runs_no_program_and_opens_no_file_for_w
         1,
         "only strace's own execve of pinflow: {execs:#?}"
     );
+    // strace pads the pid column: compare the pid and the call separately.
+    let (exec_pid, exec_call) = execs[0].split_once(' ').unwrap_or_default();
     assert!(
-        execs[0].starts_with(&format!("{pid} execve(\"{bin}\"")),
+        exec_pid == pid.to_string()
+            && exec_call
+                .trim_start()
+                .starts_with(&format!("execve(\"{bin}\"")),
         "{}",
         execs[0]
     );
