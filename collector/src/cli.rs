@@ -13,7 +13,8 @@ use std::path::PathBuf;
     long_version = crate::build_info::LONG_VERSION,
     about,
     after_help = "Exit status of check, pinning and flows: 0 clean, 1 found something (a source down, \
-                  drift, dirty flows with --dirty), 2 error (invalid config, unreadable sources). \
+                  drift, dirty flows with --dirty), 2 error (invalid config, unreadable sources, a \
+                  flow that does not decode). \
                   A closed pipe ends the output quietly."
 )]
 pub(crate) struct Cli {

@@ -10,7 +10,7 @@ use crate::export::table;
 use crate::model::clock::monotonic_ns;
 use crate::model::limits::MAX_FLOWS_PER_BRIDGE;
 use crate::model::openflow::FlowStats;
-use crate::model::openflow::render::LineRenderer;
+use crate::model::openflow::render::{LineRenderer, UndecodableFlow};
 use crate::sources::openflow::{self, OfError, OpenFlowClient};
 use crate::sources::ovs_dp::DatapathClient;
 use crate::sources::ovs_dp::render::render_megaflows;
@@ -126,6 +126,7 @@ pub(super) fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let several = bridges.len() > 1;
+        let mut undecodable = 0u64;
         for (i, name) in bridges.keys().enumerate() {
             if several {
                 let sep = if i == 0 { "" } else { "\n" };
@@ -135,12 +136,28 @@ pub(super) fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
             let mut client = openflow::OpenFlowClient::connect(&path, timeout)
                 .await
                 .with_context(|| format!("cannot connect to {}", path.display()))?;
-            let reader_gone = print_dump(&mut client, !a.no_stats)
+            let dumped = print_dump(&mut client, !a.no_stats)
                 .await
                 .with_context(|| format!("cannot dump flows of {name}"))?;
-            if reader_gone {
+            // Skipped, not printed: said on stderr, and the exit status says the table is
+            // incomplete (`--json` carries them raw).
+            for u in &dumped.undecodable {
+                eprintln!(
+                    "pinflow: {name}: a flow does not decode and is not shown (table={} \
+                     priority={} cookie={:#x}): {}",
+                    u.table, u.priority, u.cookie, u.error
+                );
+            }
+            undecodable += dumped.undecodable_total;
+            if dumped.reader_gone {
                 break;
             }
+        }
+        if undecodable > 0 {
+            eprintln!(
+                "pinflow: {undecodable} flow(s) did not decode (raw in `pinflow flows --json`)"
+            );
+            return Ok(ExitCode::from(super::EXIT_ERROR));
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -168,8 +185,8 @@ fn flow_json(f: &FlowStats, stats: bool) -> serde_json::Value {
 /// (with statistics when `stats`). Each reply is rendered straight from the socket buffer into
 /// one text buffer, written out in large chunks: no flow is kept and nothing is allocated per
 /// flow, so a 100 000-flow table costs a few tens of ms.
-/// Returns true when stdout was closed (`| head`): the output ended quietly.
-async fn print_dump(client: &mut OpenFlowClient, stats: bool) -> anyhow::Result<bool> {
+/// Flows that do not decode are skipped (as the daemon skips them) and returned.
+async fn print_dump(client: &mut OpenFlowClient, stats: bool) -> anyhow::Result<Dumped> {
     const MAX_FLOWS: usize = 1_000_000;
     const CHUNK: usize = 1 << 18;
     let mut lines = LineRenderer::default();
@@ -195,8 +212,17 @@ async fn print_dump(client: &mut OpenFlowClient, stats: bool) -> anyhow::Result<
         })
         .await;
     let closed = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
+    let (undecodable, undecodable_total) = lines.take_undecodable();
+    let mut out = Dumped {
+        reader_gone: false,
+        undecodable,
+        undecodable_total,
+    };
     match write_error {
-        Some(e) if closed(&e) => return Ok(true),
+        Some(e) if closed(&e) => {
+            out.reader_gone = true;
+            return Ok(out);
+        }
         Some(e) => return Err(anyhow::anyhow!("cannot write to stdout: {e}")),
         None => {}
     }
@@ -205,10 +231,21 @@ async fn print_dump(client: &mut OpenFlowClient, stats: bool) -> anyhow::Result<
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        Ok(()) => Ok(false),
-        Err(e) if closed(&e) => Ok(true),
-        Err(e) => Err(anyhow::anyhow!("cannot write to stdout: {e}")),
+        Ok(()) => {}
+        Err(e) if closed(&e) => out.reader_gone = true,
+        Err(e) => return Err(anyhow::anyhow!("cannot write to stdout: {e}")),
     }
+    Ok(out)
+}
+
+/// What [`print_dump`] did.
+struct Dumped {
+    /// stdout was closed (`| head`): the output ended quietly.
+    reader_gone: bool,
+    /// The first flows that did not decode (skipped).
+    undecodable: Vec<UndecodableFlow>,
+    /// How many did not decode.
+    undecodable_total: u64,
 }
 
 /// `pinflow flows --datapath`: the kernel datapath's megaflows over generic netlink.

@@ -397,7 +397,13 @@ pub(crate) struct LineRenderer {
     cache: Vec<Option<(Vec<u8>, String)>>,
     /// The last cookie and its hex text (flows of one agent share a cookie).
     cookie_hex: (u64, String),
+    /// Flows that did not decode (skipped, not printed): the first [`MAX_UNDECODABLE_KEPT`],
+    /// and how many in all.
+    undecodable: (Vec<UndecodableFlow>, u64),
 }
+
+/// Undecodable flows a [`LineRenderer`] keeps for its report (the count is always complete).
+const MAX_UNDECODABLE_KEPT: usize = 32;
 
 /// Slots of [`LineRenderer`]'s actions cache (a power of two).
 const ACTIONS_CACHE_SLOTS: usize = 2048;
@@ -423,8 +429,10 @@ fn slot_hash(b: &[u8]) -> usize {
 impl LineRenderer {
     /// Appends one line per flow of the body of an `OFPMP_FLOW` reply to `out`: `" <flow>\n"`,
     /// where `<flow>` is the flow's [`FlowEntry::text`] (`ovs-ofctl -O OpenFlow13 --no-stats
-    /// dump-flows`) or, with `stats`, its [`stats_line`]. Returns the number of flows; on an
-    /// error, `out` is left as it was before the failing flow.
+    /// dump-flows`) or, with `stats`, its [`stats_line`]. Returns the number of flows printed.
+    /// A flow whose match or instructions do not decode is skipped, as the mirror skips it, and
+    /// kept for [`take_undecodable`](Self::take_undecodable); a body whose entries cannot be
+    /// delimited is an error, with `out` left as it was before the failing entry.
     pub(crate) fn push_flow_stats(
         &mut self,
         body: &[u8],
@@ -435,33 +443,51 @@ impl LineRenderer {
         let mut n = 0;
         while !r.is_empty() {
             let start = out.len();
-            let res = self.push_one(&mut r, stats, out);
-            if res.is_err() {
-                out.truncate(start);
+            let rest = r.rest();
+            let (head, f) = take_flow_stats(&mut r)?;
+            let raw = &rest[..rest.len() - r.len()];
+            let (table, priority, cookie) = (head.table, head.priority, head.cookie);
+            match self.push_one(head, f, stats, out) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    out.truncate(start);
+                    let (kept, total) = &mut self.undecodable;
+                    *total += 1;
+                    if kept.len() < MAX_UNDECODABLE_KEPT {
+                        kept.push(UndecodableFlow::new(table, priority, cookie, &e, raw));
+                    }
+                }
             }
-            res?;
-            n += 1;
         }
         Ok(n)
     }
 
-    /// Decodes the `ofp_flow_stats` at the reader and appends its line.
-    fn push_one(&mut self, r: &mut Rd<'_>, stats: bool, out: &mut String) -> DecodeResult<()> {
-        let (
-            StatsHead {
-                table,
-                duration_sec,
-                duration_nsec,
-                priority,
-                idle_timeout,
-                hard_timeout,
-                flags,
-                cookie,
-                packets,
-                bytes,
-            },
-            mut f,
-        ) = take_flow_stats(r)?;
+    /// The flows skipped because they did not decode since the last call (the first few, and
+    /// how many in all).
+    pub(crate) fn take_undecodable(&mut self) -> (Vec<UndecodableFlow>, u64) {
+        std::mem::take(&mut self.undecodable)
+    }
+
+    /// Decodes the rest of one `ofp_flow_stats` (after its fixed head) and appends its line.
+    fn push_one(
+        &mut self,
+        head: StatsHead,
+        mut f: Rd<'_>,
+        stats: bool,
+        out: &mut String,
+    ) -> DecodeResult<()> {
+        let StatsHead {
+            table,
+            duration_sec,
+            duration_nsec,
+            priority,
+            idle_timeout,
+            hard_timeout,
+            flags,
+            cookie,
+            packets,
+            bytes,
+        } = head;
         self.m.read_ofp_match_into(&mut f)?;
         let mut h = Head {
             table,

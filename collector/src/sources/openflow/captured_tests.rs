@@ -277,6 +277,31 @@ fn line_renderer_fails_cleanly_on_truncated_and_garbage_input() {
 }
 
 #[test]
+fn line_renderer_skips_a_flow_that_does_not_decode_and_keeps_it() {
+    let bodies = replies(&fixture("neutron-dump.of13.bin"));
+    let mp = MultipartReply::parse(&bodies[0]).unwrap();
+    let len = |b: &[u8]| usize::from(u16::from_be_bytes([b[0], b[1]]));
+    let first = &mp.body[..len(mp.body)];
+    let second = &mp.body[first.len()..first.len() + len(&mp.body[first.len()..])];
+    // The first flow's ofp_match claims a length shorter than its own header.
+    let mut broken = first.to_vec();
+    broken[50..52].copy_from_slice(&3u16.to_be_bytes());
+    let body = [broken.as_slice(), second, first].concat();
+    let mut lines = LineRenderer::default();
+    let mut out = String::new();
+    assert_eq!(lines.push_flow_stats(&body, false, &mut out).unwrap(), 2);
+    let mut want = String::new();
+    lines.push_flow_stats(second, false, &mut want).unwrap();
+    lines.push_flow_stats(first, false, &mut want).unwrap();
+    assert_eq!(out, want, "the flows around the broken one are printed");
+    let (kept, total) = lines.take_undecodable();
+    assert_eq!(total, 1);
+    assert_eq!(kept[0].priority, u16::from_be_bytes([first[12], first[13]]));
+    assert_eq!(&kept[0].raw[..], &broken[..]);
+    assert_eq!(lines.take_undecodable().1, 0, "taken");
+}
+
+#[test]
 fn captured_port_desc_decodes() {
     let bodies = replies(&fixture("port-desc.of13.bin"));
     let mp = MultipartReply::parse(&bodies[0]).unwrap();
