@@ -100,24 +100,12 @@ pub(super) fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot dump flows of {name}"))?;
                 // Flows that do not decode are skipped by the dump and shown raw here.
                 let (bad, n_bad) = client.take_undecodable();
-                let undecodable: Vec<_> = bad
-                    .iter()
-                    .map(|u| {
-                        serde_json::json!({
-                            "table": u.table,
-                            "priority": u.priority,
-                            "cookie": format!("{:#x}", u.cookie),
-                            "error": u.error,
-                            "raw": u.raw_hex(),
-                        })
-                    })
-                    .collect();
                 let mut bridge = serde_json::json!({
                     "bridge": name,
                     "flows": flows.iter().map(|f| flow_json(f, !a.no_stats)).collect::<Vec<_>>(),
                 });
                 if n_bad > 0 {
-                    bridge["undecodable"] = serde_json::json!(undecodable);
+                    bridge["undecodable"] = serde_json::json!(bad);
                     bridge["undecodable_total"] = serde_json::json!(n_bad);
                 }
                 out.push(bridge);

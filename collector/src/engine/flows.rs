@@ -635,6 +635,8 @@ fn publish(
         let st = report.bridges.entry(name.clone()).or_default();
         st.connected = snap.connected;
         st.error = snap.error.clone();
+        st.undecodable_total = snap.undecodable_total;
+        st.undecodable = snap.undecodable.clone();
         if !snap.connected {
             only_starting &= snap.error.is_none();
             down.push(format!(

@@ -223,6 +223,7 @@ pub(crate) mod tests {
             connected,
             error: None,
             flows_per_table: [(0u8, 3usize)].into(),
+            ..Default::default()
         };
         let st = SharedState::default();
         st.flows.set(FlowsReport {

@@ -164,6 +164,12 @@ pub(crate) struct BridgeStatus {
     pub(crate) error: Option<String>,
     /// Flows per table.
     pub(crate) flows_per_table: BTreeMap<u8, usize>,
+    /// Flows the switch sent that do not decode (skipped, never indexed) since the mirror
+    /// started.
+    pub(crate) undecodable_total: u64,
+    /// The last of them, raw (shared with the mirror's snapshot).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(crate) undecodable: std::sync::Arc<Vec<crate::model::openflow::render::UndecodableFlow>>,
 }
 
 /// Everything the flow exporters serve.

@@ -84,6 +84,21 @@ impl UndecodableFlow {
     }
 }
 
+/// `{table, priority, cookie (hex), error, raw (hex)}`, as `/api/v1/flows` and `pinflow flows
+/// --json` show it.
+impl serde::Serialize for UndecodableFlow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("UndecodableFlow", 5)?;
+        st.serialize_field("table", &self.table)?;
+        st.serialize_field("priority", &self.priority)?;
+        st.serialize_field("cookie", &format!("{:#x}", self.cookie))?;
+        st.serialize_field("error", &self.error)?;
+        st.serialize_field("raw", &self.raw_hex())?;
+        st.end()
+    }
+}
+
 /// Reusable buffers for decoding many flows (keeps per-flow allocations exact-sized).
 #[derive(Debug, Default)]
 struct Scratch {
