@@ -77,7 +77,9 @@ else
 fi
 # A low storm threshold: TCG makes upcalls ~100x slower than hardware.
 printf '[datapath]\nupcall_storm_per_second = 20.0\n' > /tmp/pinflow.toml
-RUST_LOG=info pinflow serve --config /tmp/pinflow.toml --web.listen-address $listen > /tmp/pinflow.log 2>&1 &
+# --no-drop-capabilities: with the drop, the datapath eBPF probe does not attach on the guest's
+# 6.1 kernel (it does with every capability); an open bug of the capability drop (stop 17 note).
+RUST_LOG=info pinflow serve --no-drop-capabilities --config /tmp/pinflow.toml --web.listen-address $listen > /tmp/pinflow.log 2>&1 &
 pf=$!
 wait_metric '^pinflow_source_up\{source="ovs_datapath"\} 1' 20
 
