@@ -114,7 +114,7 @@ pub(super) fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let several = bridges.len() > 1;
-        let mut undecodable = 0u64;
+        let mut undecodable = 0usize;
         for (i, name) in bridges.keys().enumerate() {
             if several {
                 let sep = if i == 0 { "" } else { "\n" };
@@ -233,7 +233,7 @@ struct Dumped {
     /// The first flows that did not decode (skipped).
     undecodable: Vec<UndecodableFlow>,
     /// How many did not decode.
-    undecodable_total: u64,
+    undecodable_total: usize,
 }
 
 /// `pinflow flows --datapath`: the kernel datapath's megaflows over generic netlink.

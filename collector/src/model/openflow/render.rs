@@ -414,11 +414,25 @@ pub(crate) struct LineRenderer {
     cookie_hex: (u64, String),
     /// Flows that did not decode (skipped, not printed): the first [`MAX_UNDECODABLE_KEPT`],
     /// and how many in all.
-    undecodable: (Vec<UndecodableFlow>, u64),
+    undecodable: (Vec<UndecodableFlow>, usize),
 }
 
-/// Undecodable flows a [`LineRenderer`] keeps for its report (the count is always complete).
-const MAX_UNDECODABLE_KEPT: usize = 32;
+/// Undecodable flows of one dump kept raw (the rest are only counted).
+pub(crate) const MAX_UNDECODABLE_KEPT: usize = 32;
+
+/// Keeps `bad` in `kept` up to [`MAX_UNDECODABLE_KEPT`], counting all of them in `total`.
+pub(crate) fn keep_undecodable(
+    kept: &mut Vec<UndecodableFlow>,
+    total: &mut usize,
+    bad: impl IntoIterator<Item = UndecodableFlow>,
+) {
+    for u in bad {
+        *total += 1;
+        if kept.len() < MAX_UNDECODABLE_KEPT {
+            kept.push(u);
+        }
+    }
+}
 
 /// Slots of [`LineRenderer`]'s actions cache (a power of two).
 const ACTIONS_CACHE_SLOTS: usize = 2048;
@@ -467,10 +481,8 @@ impl LineRenderer {
                 Err(e) => {
                     out.truncate(start);
                     let (kept, total) = &mut self.undecodable;
-                    *total += 1;
-                    if kept.len() < MAX_UNDECODABLE_KEPT {
-                        kept.push(UndecodableFlow::new(table, priority, cookie, &e, raw));
-                    }
+                    let bad = UndecodableFlow::new(table, priority, cookie, &e, raw);
+                    keep_undecodable(kept, total, [bad]);
                 }
             }
         }
@@ -479,7 +491,7 @@ impl LineRenderer {
 
     /// The flows skipped because they did not decode since the last call (the first few, and
     /// how many in all).
-    pub(crate) fn take_undecodable(&mut self) -> (Vec<UndecodableFlow>, u64) {
+    pub(crate) fn take_undecodable(&mut self) -> (Vec<UndecodableFlow>, usize) {
         std::mem::take(&mut self.undecodable)
     }
 

@@ -15,7 +15,8 @@ use super::wire::{
     OfResult, PortDesc, Rd,
 };
 use crate::model::openflow::render::{
-    FlowStats, FlowUpdate, UndecodableFlow, decode_flow_stats, decode_flow_updates,
+    FlowStats, FlowUpdate, MAX_UNDECODABLE_KEPT, UndecodableFlow, decode_flow_stats,
+    decode_flow_updates, keep_undecodable,
 };
 use crate::model::openflow::{FlowEntry, FlowKey};
 use std::collections::{BTreeMap, VecDeque};
@@ -67,21 +68,6 @@ pub(crate) struct OpenFlowClient {
     /// Flows of the last dump that did not decode (taken with [`OpenFlowClient::take_undecodable`]):
     /// the first [`MAX_UNDECODABLE_KEPT`] raw, and how many there were in all.
     undecodable: (Vec<UndecodableFlow>, usize),
-}
-
-/// Undecodable flows of one dump kept raw (the rest are only counted).
-pub(crate) const MAX_UNDECODABLE_KEPT: usize = 32;
-
-/// Moves `bad` into `kept` up to [`MAX_UNDECODABLE_KEPT`], counting all of them in `total`.
-fn keep_undecodable(
-    kept: &mut Vec<UndecodableFlow>,
-    total: &mut usize,
-    bad: &mut Vec<UndecodableFlow>,
-) {
-    *total += bad.len();
-    let room = MAX_UNDECODABLE_KEPT.saturating_sub(kept.len());
-    kept.extend(bad.drain(..).take(room));
-    bad.clear();
 }
 
 impl OpenFlowClient {
@@ -378,7 +364,7 @@ impl OpenFlowClient {
             t,
             self.multipart(xid, req, |mp| {
                 decode_flow_stats(mp.body, &mut out, &mut bad)?;
-                keep_undecodable(&mut kept, &mut total, &mut bad);
+                keep_undecodable(&mut kept, &mut total, bad.drain(..));
                 if out.len() > max_flows {
                     return Err(OfError::TooManyFlows(max_flows));
                 }
@@ -414,7 +400,7 @@ impl OpenFlowClient {
             t,
             self.multipart(xid, req, |mp| {
                 decode_flow_stats(mp.body, &mut buf, &mut bad)?;
-                keep_undecodable(&mut kept, &mut total, &mut bad);
+                keep_undecodable(&mut kept, &mut total, bad.drain(..));
                 n += buf.len();
                 if n > max_flows {
                     return Err(OfError::TooManyFlows(max_flows));
