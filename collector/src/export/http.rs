@@ -8,7 +8,14 @@
 //! Connections are accepted by pinflow's own loop (hyper + hyper-util, not `axum::serve`) so that
 //! each one is bounded: at most [`MAX_CONNECTIONS`] at once (a new one closes the oldest, so idle
 //! and slowloris clients cannot lock a scraper out), the TLS handshake and every request's headers
-//! within [`HEADER_TIMEOUT`].
+//! within [`HEADER_TIMEOUT`], and no write stalled longer than [`WRITE_STALL_TIMEOUT`] (a client
+//! that stops reading is cut off).
+//!
+//! `/api/v1` bodies can be megabytes (100 000 mirrored flows are ~3 MiB). On the one async thread,
+//! fifty clients polling them would each write megabytes per turn and a scrape would wait behind
+//! all of them, so at most [`API_BODIES_IN_FLIGHT`] API bodies are written at once, in
+//! [`API_FRAME`]-sized frames; the other API requests wait for a turn. `/metrics` and `/healthz`
+//! never wait for one.
 
 use crate::export::ExportConfig;
 use crate::export::metrics;
@@ -83,12 +90,22 @@ pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Time a client has for the TLS handshake and for each request's headers.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time a connection's write may make no progress (its client stopped reading) before the
+/// connection is closed.
+pub(crate) const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// `/api/v1` bodies being written at once; other API requests wait their turn.
+pub(crate) const API_BODIES_IN_FLIGHT: usize = 2;
+/// Size of the frames an `/api/v1` body is handed to the connection in.
+pub(crate) const API_FRAME: usize = 64 * 1024;
+
 /// What the handlers share.
 #[derive(Clone)]
 struct App {
     state: SharedState,
     registry: Arc<Registry>,
     bodies: Arc<ApiBodies>,
+    /// Turns to write an `/api/v1` body ([`API_BODIES_IN_FLIGHT`]).
+    api_turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// The `/api/v1` bodies of the current reports, each serialised once per report version.
@@ -137,10 +154,52 @@ impl<T> JsonCache<T> {
     }
 }
 
-/// A cached JSON body as a response (500 with the reason when serialising failed).
-fn json_response(body: serde_json::Result<Bytes>) -> Response {
+/// A JSON body that holds one of the API's turns ([`API_BODIES_IN_FLIGHT`]) until the connection
+/// has taken its last frame (or is dropped), and hands itself out in [`API_FRAME`]s.
+struct TurnBody {
+    rest: Bytes,
+    _turn: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for TurnBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.rest.len().min(API_FRAME);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+/// A cached JSON body as a response once a turn to write it is free (500 with the reason when
+/// serialising failed).
+async fn json_response(app: &App, body: serde_json::Result<Bytes>) -> Response {
     match body {
-        Ok(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Ok(rest) => {
+            let Ok(turn) = app.api_turns.clone().acquire_owned().await else {
+                // The semaphore is never closed; answer rather than assume.
+                return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+            };
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::new(TurnBody { rest, _turn: turn }),
+            )
+                .into_response()
+        }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding JSON failed: {e}\n"),
@@ -192,6 +251,7 @@ pub(crate) fn router(
         state,
         registry,
         bodies: Arc::default(),
+        api_turns: Arc::new(tokio::sync::Semaphore::new(API_BODIES_IN_FLIGHT)),
     });
     if let Some(auth) = web.and_then(|w| w.auth.clone()) {
         r = r.layer(axum::middleware::from_fn_with_state(auth, basic_auth));
@@ -377,6 +437,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        let stream = StallTimeout::new(stream, WRITE_STALL_TIMEOUT);
         let (id, mut evicted, busy) = slots.admit();
         let router = router.clone();
         let tls = tls.clone();
@@ -401,6 +462,10 @@ async fn accept_loop(
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
+        // Let the new connection read its request before the next accept can evict it: under a
+        // reconnect storm, a burst of accepts would otherwise evict connections whose tasks never
+        // ran, a scrape among them.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -448,6 +513,106 @@ impl ConnectionSlots {
     fn release(&self, id: u64) {
         let mut g = self.open.lock().unwrap_or_else(|e| e.into_inner());
         g.1.retain(|(i, _, _)| *i != id);
+    }
+}
+
+/// A connection whose writes fail with `TimedOut` once they have made no progress for `limit`
+/// (its client stopped reading): hyper has no write timeout of its own, and a stalled response
+/// would otherwise hold its connection slot, and an API turn, forever.
+struct StallTimeout<S> {
+    io: S,
+    limit: Duration,
+    /// Armed when a write could make no progress; disarmed by any progress.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> StallTimeout<S> {
+    fn new(io: S, limit: Duration) -> Self {
+        StallTimeout {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// `r`, the outcome of a write-side poll; a `Pending` that lasts past the limit becomes an
+    /// error.
+    fn check<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future as _;
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {limit:?}"),
+            )));
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallTimeout<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallTimeout<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.check(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.check(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.check(cx, r)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_shutdown(cx);
+        this.check(cx, r)
     }
 }
 
@@ -534,23 +699,25 @@ async fn healthz(State(app): State<App>) -> Response {
 
 async fn api_pinning(State(app): State<App>) -> Response {
     let report = app.state.pinning.get();
-    json_response(app.bodies.pinning.body(&report, serde_json::to_vec))
+    json_response(&app, app.bodies.pinning.body(&report, serde_json::to_vec)).await
 }
 
 /// Bridges, dirty counts, ports and dirty flows.
 async fn api_flows(State(app): State<App>) -> Response {
     let report = app.state.flows.get();
-    json_response(app.bodies.flows.body(&report, serde_json::to_vec))
+    json_response(&app, app.bodies.flows.body(&report, serde_json::to_vec)).await
 }
 
 /// Every dirty flow: bridge, table, rule, the flow text, the instance.
 async fn api_flows_dirty(State(app): State<App>) -> Response {
     let report = app.state.flows.get();
     json_response(
+        &app,
         app.bodies
             .flows_dirty
             .body(&report, |r| serde_json::to_vec(&r.dirty)),
     )
+    .await
 }
 
 async fn api_sources(State(app): State<App>) -> Response {
@@ -615,5 +782,116 @@ mod tests {
         let v3 = Arc::new(vec![4]);
         assert_eq!(&cache.body(&v3, ser).unwrap()[..], b"[4]");
         assert_eq!(calls.get(), 3);
+    }
+
+    /// A router over empty reports.
+    fn test_router() -> Router {
+        let build = crate::export::health::BuildInfo {
+            version: "0".into(),
+            revision: "r".into(),
+            rustc: "rustc".into(),
+            kernel: "k".into(),
+        };
+        router(
+            SharedState::default(),
+            build,
+            ExportConfig::default(),
+            &RouterOptions::default(),
+            None,
+        )
+    }
+
+    fn get(path: &str) -> Request {
+        Request::builder()
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn api_bodies_take_turns_and_metrics_never_waits_for_one() {
+        use tower::ServiceExt as _;
+        let app = test_router();
+        // Every turn taken by a response whose body nobody reads yet.
+        let mut held = Vec::new();
+        for _ in 0..API_BODIES_IN_FLIGHT {
+            let r = app.clone().oneshot(get("/api/v1/flows")).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            held.push(r);
+        }
+        let mut waiting = Box::pin(app.clone().oneshot(get("/api/v1/pinning")));
+        let soon = Duration::from_millis(200);
+        assert!(
+            tokio::time::timeout(soon, waiting.as_mut()).await.is_err(),
+            "a third API body waits for a turn"
+        );
+        let metrics = tokio::time::timeout(soon, app.clone().oneshot(get("/metrics")))
+            .await
+            .expect("/metrics does not wait for an API turn")
+            .unwrap();
+        assert_eq!(metrics.status(), StatusCode::OK);
+        // Reading one body to its end gives its turn back.
+        let first = held.remove(0);
+        let body = axum::body::to_bytes(first.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert!(body.starts_with(b"{"), "{body:?}");
+        let third = tokio::time::timeout(soon, waiting)
+            .await
+            .expect("turn given back");
+        assert_eq!(third.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_api_body_is_handed_out_in_frames_with_its_exact_length() {
+        use http_body::Body as _;
+        let turns = Arc::new(tokio::sync::Semaphore::new(1));
+        let rest = Bytes::from(vec![7u8; API_FRAME * 2 + 5]);
+        let mut body = TurnBody {
+            rest,
+            _turn: turns.clone().acquire_owned().await.unwrap(),
+        };
+        assert_eq!(body.size_hint().exact(), Some(API_FRAME as u64 * 2 + 5));
+        let mut sizes = Vec::new();
+        while let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        {
+            sizes.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(sizes, [API_FRAME, API_FRAME, 5]);
+        assert_eq!(
+            turns.available_permits(),
+            0,
+            "held until the body is dropped"
+        );
+        drop(body);
+        assert_eq!(turns.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off() {
+        use tokio::io::AsyncWriteExt as _;
+        let (near, _far) = tokio::io::duplex(1024);
+        let mut conn = StallTimeout::new(near, Duration::from_millis(100));
+        let t0 = std::time::Instant::now();
+        let e = conn.write_all(&[0u8; 4096]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+        // A reader that keeps reading is never cut off, however long the whole write takes.
+        let (near, mut far) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let mut total = 0;
+            while total < 64 * 1024 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                total += tokio::io::AsyncReadExt::read(&mut far, &mut buf)
+                    .await
+                    .unwrap();
+            }
+            total
+        });
+        let mut conn = StallTimeout::new(near, Duration::from_millis(100));
+        conn.write_all(&[1u8; 64 * 1024]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 64 * 1024);
     }
 }
