@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: the per-context-switch cost of the eBPF `sched_switch` placement probe.
 //!
 //! Runs `perf bench sched pipe` pinned to CPU 0 (`taskset -c 0`), without the probe and with it
-//! loaded in each attach mode by the helper example `collector/examples/sched_probe.rs`. Scenarios
+//! loaded in each attach mode by the helper example `collector/examples/sched_probe.rs`, and with
+//! the `bpftrace` one-liners an operator would write instead (a count, and a runtime sum, per
+//! thread and CPU on `tracepoint:sched:sched_switch`, beside an empty one: the floor of that
+//! attach type). Scenarios
 //! are interleaved within each repetition (so load drift from other work hits all of them alike);
 //! the report gives the median µs/op per scenario, the median paired difference to the baseline
 //! in ns per op and per context switch (one pipe round trip is two switches on one CPU), and the
@@ -35,64 +38,109 @@ struct Scenario {
     stats: bool,
     /// Whether the benchmark's own two tasks are watched (slow path on every switch).
     watch_bench: bool,
+    /// A `bpftrace` program run instead of pinflow's probe: what an operator would write.
+    bpftrace: Option<&'static str>,
 }
 
-const SCENARIOS: [Scenario; 9] = [
+impl Scenario {
+    /// Whether anything is attached to `sched_switch` (everything but the baseline).
+    fn probed(&self) -> bool {
+        self.mode.is_some() || self.bpftrace.is_some()
+    }
+}
+
+const SCENARIOS: [Scenario; 12] = [
     Scenario {
         name: "baseline (no probe)",
         mode: None,
         stats: false,
         watch_bench: false,
+        bpftrace: None,
     },
     Scenario {
         name: "empty tp_btf program (floor)",
         mode: Some("nop"),
         stats: false,
         watch_bench: false,
+        bpftrace: None,
     },
     Scenario {
         name: "tp_btf",
         mode: Some("tp_btf"),
         stats: false,
         watch_bench: false,
+        bpftrace: None,
     },
     Scenario {
         name: "raw_tp",
         mode: Some("raw_tp"),
         stats: false,
         watch_bench: false,
+        bpftrace: None,
     },
     Scenario {
         name: "tracepoint",
         mode: Some("tracepoint"),
         stats: false,
         watch_bench: false,
+        bpftrace: None,
     },
     Scenario {
         name: "tp_btf + bpf stats",
         mode: Some("tp_btf"),
         stats: true,
         watch_bench: false,
+        bpftrace: None,
     },
     Scenario {
         name: "raw_tp + bpf stats",
         mode: Some("raw_tp"),
         stats: true,
         watch_bench: false,
+        bpftrace: None,
     },
     Scenario {
         name: "tracepoint + bpf stats",
         mode: Some("tracepoint"),
         stats: true,
         watch_bench: false,
+        bpftrace: None,
     },
     Scenario {
         name: "tp_btf, bench watched + stats",
         mode: Some("tp_btf"),
         stats: true,
         watch_bench: true,
+        bpftrace: None,
+    },
+    Scenario {
+        name: "bpftrace: empty tracepoint",
+        mode: None,
+        stats: false,
+        watch_bench: false,
+        bpftrace: Some(BPFTRACE_EMPTY),
+    },
+    Scenario {
+        name: "bpftrace: count per tid, cpu",
+        mode: None,
+        stats: false,
+        watch_bench: false,
+        bpftrace: Some("tracepoint:sched:sched_switch { @[tid, cpu] = count(); }"),
+    },
+    Scenario {
+        name: "bpftrace: runtime per tid, cpu",
+        mode: None,
+        stats: false,
+        watch_bench: false,
+        bpftrace: Some(
+            "tracepoint:sched:sched_switch { if (@start[cpu]) { \
+             @ns[args->prev_pid, cpu] = sum(nsecs - @start[cpu]); } @start[cpu] = nsecs; }",
+        ),
     },
 ];
+
+/// The empty `bpftrace` program: the floor of its attach type (a classic tracepoint).
+const BPFTRACE_EMPTY: &str = "tracepoint:sched:sched_switch { }";
 
 /// (run_time_ns, run_count) accumulated by the program over some perf runs.
 type BpfDelta = (u64, u64);
@@ -140,7 +188,7 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
             if out.skipped.is_some() {
                 continue;
             }
-            if sc.mode == Some("tracepoint") && !tracefs {
+            if (sc.mode == Some("tracepoint") || sc.bpftrace.is_some()) && !tracefs {
                 out.skipped = Some("tracefs not mounted at /sys/kernel/tracing".to_string());
                 continue;
             }
@@ -167,6 +215,14 @@ fn measure(
     runs: u64,
     rt: bool,
 ) -> Result<(Vec<f64>, Option<BpfDelta>)> {
+    if let Some(program) = sc.bpftrace {
+        let tracer = Bpftrace::start(program)?;
+        let us = (0..runs)
+            .map(|_| perf_run(perf, loops, rt, |_| Ok(())))
+            .collect::<Result<_>>();
+        tracer.stop();
+        return Ok((us?, None));
+    }
     let Some(mode) = sc.mode else {
         let us = (0..runs).map(|_| perf_run(perf, loops, rt, |_| Ok(())));
         return Ok((us.collect::<Result<_>>()?, None));
@@ -262,6 +318,50 @@ fn children_of(pid: u32) -> Vec<u32> {
                 })
         })
         .collect()
+}
+
+/// A running `bpftrace` with its program attached.
+struct Bpftrace {
+    child: Child,
+    /// Kept open: bpftrace must not see a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Bpftrace {
+    /// Starts `bpftrace -e program` and waits until it says its probes are attached.
+    fn start(program: &str) -> Result<Bpftrace> {
+        let mut child = Command::new("bpftrace")
+            .args(["-e", program])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run bpftrace (apt install bpftrace)")?;
+        let Some(stdout) = child.stdout.take() else {
+            bail!("bpftrace stdout missing");
+        };
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).context("reading bpftrace")?;
+        if !line.starts_with("Attaching") {
+            let _ = child.kill();
+            let out = child.wait_with_output().context("waiting for bpftrace")?;
+            bail!(
+                "bpftrace did not attach: {}{}",
+                line.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(Bpftrace {
+            child,
+            _stdout: stdout,
+        })
+    }
+
+    /// Kills it (SIGKILL: no map printing; closing its descriptors detaches the program).
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The running helper example with the probe attached.
@@ -403,6 +503,7 @@ fn report(samples: &[Samples]) {
         "{:<30} {:>8} {:>8} {:>8} {:>11} {:>13} {:>11}",
         "scenario", "med µs/op", "p25", "min", "+ns/sw p25", "+ns/sw paired", "bpf ns/run"
     );
+    let mut added = std::collections::HashMap::new();
     for (sc, s) in SCENARIOS.iter().zip(samples) {
         if let Some(why) = &s.skipped {
             println!("{:<30} skipped: {why}", sc.name);
@@ -412,7 +513,7 @@ fn report(samples: &[Samples]) {
         let p25 = quantile(v, 0.25);
         // Paired: each run's difference to the baseline run of the same repetition and index.
         let diffs: Vec<f64> = v.iter().zip(base).map(|(x, b)| (x - b) * 1000.0).collect();
-        let probe = sc.mode.is_some();
+        let probe = sc.probed();
         let added_p25 = match (p25, base_p25) {
             (Some(a), Some(b)) if probe => Some((a - b) * 1000.0 / 2.0),
             _ => None,
@@ -422,6 +523,9 @@ fn report(samples: &[Samples]) {
         } else {
             None
         };
+        if let Some(a) = added_p25 {
+            added.insert(sc.name, a);
+        }
         let (rt, rc) = s
             .bpf
             .iter()
@@ -446,4 +550,26 @@ fn report(samples: &[Samples]) {
          same repetition. bpf ns/run: kernel run_time_ns/run_cnt over the perf runs (all CPUs), \
          itself inflated by the statistics' clock reads."
     );
+    // The goals of issue 13: pinflow at most a third of the cheapest bpftrace one-liner, and
+    // at most 10 ns over the empty program of its own attach type.
+    let pinflow = added.get("tp_btf").copied();
+    let cheapest_bpftrace = SCENARIOS
+        .iter()
+        .filter(|sc| sc.bpftrace.is_some_and(|p| p != BPFTRACE_EMPTY))
+        .filter_map(|sc| added.get(sc.name).copied())
+        .reduce(f64::min);
+    let floor = added.get("empty tp_btf program (floor)").copied();
+    if let (Some(p), Some(b)) = (pinflow, cheapest_bpftrace) {
+        println!(
+            "pinflow (tp_btf) adds {p:.1} ns/switch, the cheapest bpftrace one-liner {b:.1}: \
+             ratio {:.2} (goal ≤ 0.33)",
+            p / b
+        );
+    }
+    if let (Some(p), Some(f)) = (pinflow, floor) {
+        println!(
+            "pinflow over the empty tp_btf program: {:.1} ns/switch (goal ≤ 10)",
+            p - f
+        );
+    }
 }

@@ -39,6 +39,7 @@ const PACKAGES: &[&str] = &[
     // Benchmarks and eBPF inspection.
     "linux-perf",
     "bpftool",
+    "bpftrace",
     // Least-privilege tests: the daemon traced through a testbed scenario (setpriv is util-linux).
     "strace",
 ];
