@@ -55,6 +55,10 @@ pub(crate) struct SourceArgs {
         default_value = "/run/openvswitch"
     )]
     pub(crate) ovs_run_dir: PathBuf,
+    /// Nova's config file, for the host CPU checks against `cpu_dedicated_set`/`cpu_shared_set`
+    /// (optional: without it those checks are not made).
+    #[arg(long = "nova-conf", global = true)]
+    pub(crate) nova_conf: Option<PathBuf>,
     /// Which collectors run.
     #[command(flatten)]
     pub(crate) collectors: CollectorArgs,

@@ -6,6 +6,7 @@
 
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
 use crate::engine::datapath::DatapathConfig;
+use crate::engine::host_cpu::HostCpuConfig;
 use crate::engine::pinning::PinningConfig;
 use crate::export::ExportConfig;
 use serde::Deserialize;
@@ -23,6 +24,8 @@ pub(crate) struct Config {
     pub(crate) export: ExportConfig,
     /// OVS kernel datapath source and health checks.
     pub(crate) datapath: DatapathConfig,
+    /// Host CPU configuration checks (`[host_cpu]`, with the pinning collector).
+    pub(crate) host_cpu: HostCpuConfig,
 }
 
 /// A configuration error with the file and the reason.
@@ -201,6 +204,12 @@ impl Config {
                 p.placement_window_seconds
             ));
         }
+        if !(1.0..=86400.0).contains(&self.host_cpu.reread_seconds) {
+            return Err(format!(
+                "host_cpu.reread_seconds = {} (must be 1..=86400)",
+                self.host_cpu.reread_seconds
+            ));
+        }
         DirtyFlowIndex::new(&self.flows).map_err(|e| format!("flows: {e}"))?;
         let d = &self.datapath;
         if !(1.0..=3600.0).contains(&d.flow_dump_interval_seconds) {
@@ -223,6 +232,14 @@ impl Config {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_example_config_is_valid_and_says_the_defaults() {
+        let text = include_str!("../../deploy/pinflow.example.toml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.host_cpu, crate::engine::host_cpu::HostCpuConfig::default());
+        assert_eq!(c.pinning, PinningConfig::default());
+    }
 
     #[test]
     fn empty_file_is_all_defaults() {

@@ -544,7 +544,7 @@ impl Testbed {
             Presence::SchedBpf | Presence::BpfStats => self.sched_bpf,
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
-            Presence::DropReasons => false,
+            Presence::DropReasons | Presence::HostCpuChecks => false,
         }
     }
 }

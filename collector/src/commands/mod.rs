@@ -52,6 +52,7 @@ fn host_paths(s: &SourceArgs) -> HostPaths {
         sys_root: s.sys_root.clone(),
         libvirt_state_dir: s.libvirt_state_dir.clone(),
         ovs_run_dir: s.ovs_run_dir.clone(),
+        nova_conf: s.nova_conf.clone(),
     }
 }
 

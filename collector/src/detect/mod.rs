@@ -2,4 +2,5 @@
 
 pub(crate) mod datapath;
 pub(crate) mod flows;
+pub(crate) mod host_cpu;
 pub(crate) mod pinning;

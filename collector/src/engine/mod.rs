@@ -5,11 +5,14 @@
 //!   publishes the host inventory the other pipelines join on.
 //! - [`flows`]: OVSDB + OpenFlow mirrors → dirty-flow rules.
 //! - [`datapath`]: the OVS kernel datapath over genetlink + its eBPF probe → datapath checks.
+//! - [`host_cpu`]: nova.conf + the kernel's CPU isolation, against the pinning report → host CPU
+//!   configuration checks (runs with the pinning collector).
 //! - [`supervise`]: no thread or task of theirs stops silently.
 
 pub(crate) mod datapath;
 mod findings_log;
 pub(crate) mod flows;
+pub(crate) mod host_cpu;
 pub(crate) mod pinning;
 pub(crate) mod supervise;
 
@@ -31,6 +34,8 @@ pub(crate) struct Pipelines {
     pub(crate) flows: Option<DirtyFlowConfig>,
     /// The datapath pipeline.
     pub(crate) datapath: Option<DatapathConfig>,
+    /// The host CPU pipeline (on with the pinning collector).
+    pub(crate) host_cpu: Option<host_cpu::HostCpuConfig>,
 }
 
 /// How long [`start`] waits for the first pinning pass before it returns (a slow procfs must not
@@ -80,6 +85,9 @@ pub(crate) async fn start(
                 FIRST_PASS_WAIT.as_secs()
             );
         }
+    }
+    if let Some(cfg) = pipelines.host_cpu {
+        supervisor.task("host_cpu", host_cpu::run(cfg, host.clone(), state.clone()));
     }
     if let Some(cfg) = pipelines.flows {
         supervisor.task(

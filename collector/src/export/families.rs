@@ -48,6 +48,9 @@ pub enum Presence {
     DropReasons,
     /// With `[pinning] bpf_stats = true` (kernel BPF statistics) while an eBPF program is loaded.
     BpfStats,
+    /// Per host CPU check whose inputs are known: the Nova ones with `--nova-conf`, the isolation
+    /// ones when `[host_cpu] require_isolation` asks for them.
+    HostCpuChecks,
     /// Only while something is wrong: expected empty on a healthy host.
     Finding,
 }
@@ -70,6 +73,9 @@ impl Presence {
             Presence::DatapathBpf => "kernel datapath + eBPF on `openvswitch` tracepoints",
             Presence::DropReasons => "kernel datapath + eBPF, Linux ≥ 6.6, after drops",
             Presence::BpfStats => "`[pinning] bpf_stats = true`, per eBPF program",
+            Presence::HostCpuChecks => {
+                "per host CPU check made (`--nova-conf`, `[host_cpu] require_isolation`)"
+            }
             Presence::Finding => "**only while a finding exists** (empty when healthy)",
         }
     }
@@ -123,7 +129,7 @@ pub struct Series {
 }
 
 /// The host the `per_host` numbers are counted for.
-pub const REFERENCE_HOST: &str = "a Neutron OVS-agent hypervisor when healthy: 7 sources, the 7 built-in \
+pub const REFERENCE_HOST: &str = "a Neutron OVS-agent hypervisor when healthy: 8 sources, the 7 built-in \
      dirty-flow rules, 3 bridges (`br-int`, `br-tun`, `br-ex`) with 24 non-empty OpenFlow tables in all, \
      9 OVS ports besides the instances' (no tunnel peers), one kernel datapath with 6 ports besides the instances' \
      executing 6 kinds of actions, `bpf_stats` off";
@@ -301,6 +307,24 @@ pub const PCPU_PINNED_VCPUS: Family = Family {
         0,
         0,
         "host CPUs with pinned vCPUs (at most the host's CPUs)",
+    ),
+};
+
+/// `pinflow_host_cpu_config_problem`.
+pub const HOST_CPU_CONFIG_PROBLEM: Family = Family {
+    name: "pinflow_host_cpu_config_problem",
+    kind: Kind::Gauge,
+    labels: &["problem"],
+    help: "Findings of a host CPU configuration check (0 when fine): Nova's cpu_dedicated_set/cpu_shared_set against each other and the instances' pins, the kernel's isolation of dedicated pCPUs",
+    notes: "`problem`: `dedicated_shared_overlap`, `pinned_outside_dedicated_set` (pins copied from another host by a live migration), `floating_on_dedicated`, and, when `[host_cpu] require_isolation` asks, `dedicated_not_isolated_from_scheduler` / `dedicated_not_isolated_from_irqs`. A check whose inputs are unknown (no `--nova-conf`) has no series: absent is not fine. `/api/v1/host_cpu` names the instances.",
+    example: "pinflow_host_cpu_config_problem > 0",
+    presence: Presence::HostCpuChecks,
+    area: Area::Pinning,
+    series: series(
+        0,
+        0,
+        0,
+        "host CPU checks made (at most 5; none without --nova-conf and an isolation policy)",
     ),
 };
 
@@ -600,11 +624,11 @@ pub const SOURCE_UP: Family = Family {
     kind: Kind::Gauge,
     labels: &["source"],
     help: "Whether the source delivered data on its last attempt",
-    notes: "`source`: `libvirt`, `procfs`, `sched_bpf`, `ovsdb`, `openflow`, `ovs_datapath`, `ovs_datapath_bpf`. `pinflow check` on the host says why a source is down. Also 0 while a polled source's data is stale (its collection hangs: `/api/v1/sources` says `wedged: collection running for …`; see `pinflow_source_last_success_timestamp_seconds`).",
+    notes: "`source`: `libvirt`, `procfs`, `sched_bpf`, `host_cpu`, `ovsdb`, `openflow`, `ovs_datapath`, `ovs_datapath_bpf`. `pinflow check` on the host says why a source is down. Also 0 while a polled source's data is stale (its collection hangs: `/api/v1/sources` says `wedged: collection running for …`; see `pinflow_source_last_success_timestamp_seconds`).",
     example: "pinflow_source_up == 0",
     presence: Presence::Always,
     area: Area::SelfMetrics,
-    series: series(0, 0, 7, "sources (7)"),
+    series: series(0, 0, 8, "sources (8)"),
 };
 
 /// `pinflow_source_errors_total`.
@@ -617,7 +641,7 @@ pub const SOURCE_ERRORS: Family = Family {
     example: "increase(pinflow_source_errors_total[1h]) > 0",
     presence: Presence::Always,
     area: Area::SelfMetrics,
-    series: series(0, 0, 7, "sources (7)"),
+    series: series(0, 0, 8, "sources (8)"),
 };
 
 /// `pinflow_collect_duration_seconds`.
@@ -630,7 +654,7 @@ pub const COLLECT_DURATION: Family = Family {
     example: "max by (source) (max_over_time(pinflow_collect_duration_seconds[1h]))",
     presence: Presence::Always,
     area: Area::SelfMetrics,
-    series: series(0, 0, 7, "sources (7)"),
+    series: series(0, 0, 8, "sources (8)"),
 };
 
 /// `pinflow_source_last_success_timestamp_seconds`.
@@ -639,11 +663,11 @@ pub const SOURCE_LAST_SUCCESS: Family = Family {
     kind: Kind::Gauge,
     labels: &["source"],
     help: "Unix time of the source's last successful collection",
-    notes: "No series until the source's first success. Polled sources (`libvirt`, `procfs`, `sched_bpf` every `pinning.interval_seconds`, `ovs_datapath`) report `pinflow_source_up` 0 and fail `/healthz` once their data is older than 3 intervals plus 1 s (or 3 of their last collections, if longer): a wedged collector is down, not silently frozen. Event-driven sources (`ovsdb`, `openflow`) update it on every change they publish.",
+    notes: "No series until the source's first success. Polled sources (`libvirt`, `procfs`, `sched_bpf` every `pinning.interval_seconds`, `host_cpu` every `host_cpu.reread_seconds`, `ovs_datapath`) report `pinflow_source_up` 0 and fail `/healthz` once their data is older than 3 intervals plus 1 s (or 3 of their last collections, if longer): a wedged collector is down, not silently frozen. Event-driven sources (`ovsdb`, `openflow`) update it on every change they publish.",
     example: "time() - pinflow_source_last_success_timestamp_seconds{source=\"procfs\"} > 60",
     presence: Presence::Always,
     area: Area::SelfMetrics,
-    series: series(0, 0, 7, "sources (7)"),
+    series: series(0, 0, 8, "sources (8)"),
 };
 
 /// `pinflow_build_info`.
@@ -695,6 +719,7 @@ pub const ALL: &[&Family] = &[
     &VCPU_MIGRATIONS,
     &VCPU_WAIT_SECONDS,
     &PCPU_PINNED_VCPUS,
+    &HOST_CPU_CONFIG_PROBLEM,
     &OVS_FLOWS,
     &OVS_DIRTY_FLOWS,
     &OVS_DIRTY_FLOW_RULE_INFO,

@@ -243,6 +243,7 @@ pub(crate) fn router(
     if !options.disable_api {
         r = r
             .route("/api/v1/pinning", get(api_pinning))
+            .route("/api/v1/host_cpu", get(api_host_cpu))
             .route("/api/v1/sources", get(api_sources))
             .route("/api/v1/flows", get(api_flows))
             .route("/api/v1/flows/dirty", get(api_flows_dirty));
@@ -280,6 +281,7 @@ fn index_page(o: &RouterOptions) -> String {
         links.extend(
             [
                 "/api/v1/pinning",
+                "/api/v1/host_cpu",
                 "/api/v1/flows/dirty",
                 "/api/v1/flows",
                 "/api/v1/sources",
@@ -700,6 +702,11 @@ async fn healthz(State(app): State<App>) -> Response {
 async fn api_pinning(State(app): State<App>) -> Response {
     let report = app.state.pinning.get();
     json_response(&app, app.bodies.pinning.body(&report, serde_json::to_vec)).await
+}
+
+/// Nova's CPU sets, the kernel's isolation and each host CPU check's findings.
+async fn api_host_cpu(State(app): State<App>) -> Response {
+    axum::Json(app.state.host_cpu.get()).into_response()
 }
 
 /// Bridges, dirty counts, ports and dirty flows.

@@ -92,6 +92,7 @@ impl Collector for PinflowCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.state.0;
         super::pinning::encode_pinning(&mut enc, &state.pinning.get())?;
+        super::host_cpu::encode_host_cpu(&mut enc, &state.host_cpu.get())?;
         super::flows::encode_flows(&mut enc, &state.flows.get(), &self.limits)?;
         super::datapath::encode_datapath(
             &mut enc,

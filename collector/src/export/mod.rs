@@ -6,6 +6,7 @@ mod encode;
 pub mod families;
 mod flows;
 pub(crate) mod health;
+mod host_cpu;
 pub(crate) mod http;
 pub(crate) mod metrics;
 mod pinning;

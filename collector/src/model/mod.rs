@@ -7,6 +7,7 @@ pub mod cpuset;
 pub(crate) mod datapath;
 pub(crate) mod flows;
 pub(crate) mod health;
+pub(crate) mod host_cpu;
 pub(crate) mod inventory;
 pub(crate) mod limits;
 pub(crate) mod openflow;

@@ -9,6 +9,7 @@ use crate::model::datapath::{DatapathEvents, DatapathReport};
 use crate::model::flows::FlowsReport;
 use crate::model::health::BpfProgramCost;
 use crate::model::health::SourceRegistry;
+use crate::model::host_cpu::HostCpuReport;
 use crate::model::inventory::HostInventory;
 use crate::model::pinning::PinningReport;
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub(crate) struct SharedState {
     pub(crate) datapath: Slot<DatapathReport>,
     /// Datapath eBPF counts (datapath pipeline).
     pub(crate) datapath_events: Slot<DatapathEvents>,
+    /// Host CPU configuration problems (host CPU pipeline).
+    pub(crate) host_cpu: Slot<HostCpuReport>,
     /// Local instances and their interfaces (pinning pipeline; joined on by the others).
     pub(crate) inventory: Slot<HostInventory>,
     /// Per-source health (every source, through its collection guard).

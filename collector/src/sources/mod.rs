@@ -6,6 +6,7 @@
 //! and a pipeline in `engine/` runs each through [`SourceRegistry::collect`](crate::model::health::SourceRegistry::collect),
 //! which records its health.
 
+pub(crate) mod host_cpu;
 pub(crate) mod libvirt;
 pub(crate) mod openflow;
 pub(crate) mod ovs_dp;
@@ -28,6 +29,8 @@ pub(crate) struct HostPaths {
     pub(crate) libvirt_state_dir: PathBuf,
     /// Open vSwitch's run dir, where `db.sock` and `<bridge>.mgmt` live.
     pub(crate) ovs_run_dir: PathBuf,
+    /// Nova's config file (`--nova-conf`), when given.
+    pub(crate) nova_conf: Option<PathBuf>,
 }
 
 impl HostPaths {
@@ -103,6 +106,7 @@ pub(crate) const ALL: &[&SourceDef] = &[
     &libvirt::SOURCE,
     &procfs::SOURCE,
     &sched_bpf::SOURCE,
+    &host_cpu::SOURCE,
     &ovsdb::SOURCE,
     &openflow::SOURCE,
     &ovs_dp::SOURCE,
