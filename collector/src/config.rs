@@ -237,7 +237,10 @@ mod tests {
     fn the_example_config_is_valid_and_says_the_defaults() {
         let text = include_str!("../../deploy/pinflow.example.toml");
         let c = Config::parse(text).unwrap();
-        assert_eq!(c.host_cpu, crate::engine::host_cpu::HostCpuConfig::default());
+        assert_eq!(
+            c.host_cpu,
+            crate::engine::host_cpu::HostCpuConfig::default()
+        );
         assert_eq!(c.pinning, PinningConfig::default());
     }
 

@@ -225,7 +225,11 @@ fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
         "{out}"
     );
     // Every core resource against the Kubernetes API schema (strict: unknown fields fail).
-    for dir in ["deploy/kubernetes", "deploy/kubernetes/overlays/privileged"] {
+    for dir in [
+        "deploy/kubernetes",
+        "deploy/kubernetes/overlays/privileged",
+        "deploy/kubernetes/overlays/nova-conf",
+    ] {
         let text = run(
             "kubectl",
             &["kustomize", &root().join(dir).to_string_lossy()],
@@ -282,6 +286,22 @@ fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
     let privileged = kustomize("deploy/kubernetes/overlays/privileged");
     let psc = &kind(&privileged, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(psc["privileged"].as_bool(), Some(true));
+    // The nova-conf overlay: the flag names the file under the read-only mount.
+    let nova = kustomize("deploy/kubernetes/overlays/nova-conf");
+    let pod = &kind(&nova, "DaemonSet")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert!(
+        c["args"].as_sequence().is_some_and(|a| a
+            .iter()
+            .any(|x| x == "--nova-conf=/host/etc/nova/nova.conf")),
+        "{c:?}"
+    );
+    assert!(
+        c["volumeMounts"].as_sequence().is_some_and(|m| m
+            .iter()
+            .any(|m| m["mountPath"] == "/host/etc/nova" && m["readOnly"].as_bool() == Some(true))),
+        "{c:?}"
+    );
 }
 
 /// Runs tests/crd-schema/validate.mjs (npm `@kubernetes-models/prometheus-operator`, installed by
