@@ -9,6 +9,7 @@
 //!   mirrors against `ovs-ofctl` + parse).
 
 mod bench_flows;
+mod bench_latency;
 mod bench_sched;
 mod dist;
 mod fuzz;
@@ -52,7 +53,8 @@ enum Cmd {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Run only one part: `sched` (eBPF probe), `serve` (testbed RSS and /metrics), `flows`
-    /// (OpenFlow dumps and mirrors, issue 3) or `load` (/metrics under HTTP abuse, issue 11).
+    /// (OpenFlow dumps and mirrors, issue 3), `latency` (fault → /metrics, issue 13) or `load`
+    /// (/metrics under HTTP abuse, issue 11).
     #[arg(long)]
     only: Option<String>,
 }
@@ -81,8 +83,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let part = |p: &str| a.only.as_deref().is_none_or(|o| o == p);
     if let Some(o) = &a.only {
         anyhow::ensure!(
-            ["sched", "serve", "flows", "load"].contains(&o.as_str()),
-            "unknown bench part {o:?} (sched, serve, flows, load)"
+            ["sched", "serve", "flows", "load", "latency"].contains(&o.as_str()),
+            "unknown bench part {o:?} (sched, serve, flows, load, latency)"
         );
     }
     setup::setup()?;
@@ -122,6 +124,9 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         } else {
             bench_flows::run(&bin)?;
         }
+    }
+    if part("latency") {
+        bench_latency::run_bench(&bin)?;
     }
     if part("load") {
         // tests/tests/load.rs at full size: 1 000 idle connections, 100 slowloris clients, 50
