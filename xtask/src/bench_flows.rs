@@ -1019,6 +1019,15 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     println!("\nOpenFlow tables: pinflow vs ovs-ofctl dump-flows + parse (issue 3)");
+    for [what, goal, measured, verdict] in rows.iter().skip(1) {
+        crate::bench_table::add(
+            "flows",
+            what,
+            goal,
+            measured.clone(),
+            (!verdict.is_empty()).then(|| verdict == "met"),
+        );
+    }
     for r in &rows {
         let mut line = String::new();
         for (i, c) in r.iter().enumerate() {

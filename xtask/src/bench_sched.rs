@@ -560,6 +560,13 @@ fn report(samples: &[Samples]) {
         .reduce(f64::min);
     let floor = added.get("empty tp_btf program (floor)").copied();
     if let (Some(p), Some(b)) = (pinflow, cheapest_bpftrace) {
+        crate::bench_table::add(
+            "sched",
+            "ns added per context switch: pinflow's sched_switch probe vs the cheapest bpftrace one-liner",
+            "≤ 1/3",
+            format!("{p:.1} vs {b:.1} ns ({:.2}×)", p / b),
+            Some(p / b <= 1.0 / 3.0),
+        );
         println!(
             "pinflow (tp_btf) adds {p:.1} ns/switch, the cheapest bpftrace one-liner {b:.1}: \
              ratio {:.2} (goal ≤ 0.33)",
@@ -567,6 +574,13 @@ fn report(samples: &[Samples]) {
         );
     }
     if let (Some(p), Some(f)) = (pinflow, floor) {
+        crate::bench_table::add(
+            "sched",
+            "ns per switch over the empty tp_btf program (the floor of its attach type)",
+            "≤ 10 ns",
+            format!("{:.1} ns", p - f),
+            Some(p - f <= 10.0),
+        );
         println!(
             "pinflow over the empty tp_btf program: {:.1} ns/switch (goal ≤ 10)",
             p - f

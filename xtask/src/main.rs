@@ -11,6 +11,7 @@
 mod bench_flows;
 mod bench_latency;
 mod bench_sched;
+mod bench_table;
 mod dist;
 mod fuzz;
 mod run;
@@ -57,6 +58,9 @@ struct BenchArgs {
     /// (/metrics under HTTP abuse, issue 11).
     #[arg(long)]
     only: Option<String>,
+    /// Also write every row of the run as markdown to this file (BENCHMARKS.md).
+    #[arg(long)]
+    write: Option<std::path::PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +92,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         );
     }
     setup::setup()?;
+    bench_table::begin()?;
     // `PINFLOW_BIN` measures another, already built binary (e.g. a baseline) with the same harness.
     let bin = match std::env::var_os("PINFLOW_BIN") {
         Some(b) => std::path::PathBuf::from(b),
@@ -118,6 +123,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             let st = std::process::Command::new(&xtask)
                 .args(["bench", "--only", "flows"])
                 .env("PINFLOW_BIN", &bin)
+                .env("PINFLOW_BENCH_CHILD", "1")
                 .status()
                 .with_context(|| format!("cannot run {}", xtask.display()))?;
             anyhow::ensure!(st.success(), "the flow bench failed ({st})");
@@ -148,5 +154,10 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
             .context("cannot run the load test")?;
         anyhow::ensure!(st.success(), "the load bench failed ({st})");
     }
+    let command = match &a.only {
+        Some(o) => format!("cargo xtask bench --only {o}"),
+        None => "cargo xtask bench".to_string(),
+    };
+    bench_table::finish(&command, a.write.as_ref())?;
     Ok(())
 }
