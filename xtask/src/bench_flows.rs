@@ -241,6 +241,11 @@ fn thread_cpu() -> Duration {
 
 /// Runs a command to completion, returning its stdout and its CPU time (user+sys, from `wait4`).
 fn run_measured(cmd: &mut Command) -> Result<(String, Duration)> {
+    run_measured_rss(cmd).map(|(out, cpu, _)| (out, cpu))
+}
+
+/// [`run_measured`], also returning the command's peak RSS in KiB (`ru_maxrss`).
+fn run_measured_rss(cmd: &mut Command) -> Result<(String, Duration, u64)> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -254,15 +259,16 @@ fn run_measured(cmd: &mut Command) -> Result<(String, Duration)> {
     if let Some(mut e) = child.stderr.take() {
         e.read_to_string(&mut err)?;
     }
-    let (ok, cpu) = wait_rusage(&child)?;
+    let (ok, cpu, rss) = wait_rusage(&child)?;
     if !ok {
         bail!("{cmd:?} failed: {err}");
     }
-    Ok((out, cpu))
+    Ok((out, cpu, rss))
 }
 
-/// Waits for a child with `wait4` and returns (exited successfully, its user+sys CPU).
-fn wait_rusage(child: &Child) -> Result<(bool, Duration)> {
+/// Waits for a child with `wait4` and returns (exited successfully, its user+sys CPU, its peak
+/// RSS in KiB).
+fn wait_rusage(child: &Child) -> Result<(bool, Duration, u64)> {
     let mut status = 0;
     // SAFETY: rusage is plain data that wait4 fills in.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -273,6 +279,7 @@ fn wait_rusage(child: &Child) -> Result<(bool, Duration)> {
     Ok((
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         tv(ru.ru_utime) + tv(ru.ru_stime),
+        u64::try_from(ru.ru_maxrss).unwrap_or(0),
     ))
 }
 
@@ -338,6 +345,9 @@ struct DumpCost {
     pinflow: Duration,
     vswitchd_pinflow: Duration,
     wire_bytes_per_flow: f64,
+    /// Peak RSS of `ovs-ofctl dump-flows` and of `pinflow flows`, KiB (largest of the runs).
+    rss_ofctl_kib: u64,
+    rss_pinflow_kib: u64,
 }
 
 fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
@@ -347,9 +357,11 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
     let (mut ofctl, mut parse, mut vs_of, mut pf, mut vs_pf) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut wire = 0.0;
+    let (mut rss_ofctl, mut rss_pf) = (0, 0);
     for _ in 0..REPS {
         let v0 = proc_cpu(vs);
-        let (text, cpu) = run_measured(&mut ofctl_cmd(ovs, &["dump-flows", mgmt]))?;
+        let (text, cpu, rss) = run_measured_rss(&mut ofctl_cmd(ovs, &["dump-flows", mgmt]))?;
+        rss_ofctl = rss_ofctl.max(rss);
         vs_of.push(proc_cpu(vs).saturating_sub(v0));
         ofctl.push(cpu);
         let t0 = thread_cpu();
@@ -368,7 +380,7 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
         drop(parsed);
 
         let v0 = proc_cpu(vs);
-        let (text, cpu) = run_measured(
+        let (text, cpu, rss) = run_measured_rss(
             Command::new(pinflow_bin)
                 .args([
                     "flows",
@@ -382,6 +394,7 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
         )?;
         vs_pf.push(proc_cpu(vs).saturating_sub(v0));
         pf.push(cpu);
+        rss_pf = rss_pf.max(rss);
         let lines = text.lines().count();
         ensure!(lines == n, "pinflow printed {lines} flows, expected {n}");
     }
@@ -396,6 +409,8 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
         pinflow: median(pf),
         vswitchd_pinflow: median(vs_pf),
         wire_bytes_per_flow: wire,
+        rss_ofctl_kib: rss_ofctl,
+        rss_pinflow_kib: rss_pf,
     })
 }
 
@@ -750,7 +765,7 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     if quick {
         load_flows(&ovs, serve_n)?;
     }
-    for n in [10_000usize, 100_000].into_iter().filter(|_| !quick) {
+    for n in [1_000usize, 10_000, 100_000].into_iter().filter(|_| !quick) {
         crate::util::step(&format!(
             "flow bench: {n} flows, {REPS} dumps by each client"
         ));
@@ -929,6 +944,16 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
             format!("{n} flows: --no-stats text bytes per flow"),
             "-".into(),
             format!("{:.0} B", c.wire_bytes_per_flow),
+            String::new(),
+        ]);
+        rows.push([
+            format!("{n} flows: peak RSS, pinflow flows vs ovs-ofctl dump-flows"),
+            "-".into(),
+            format!(
+                "{:.1} vs {:.1} MiB",
+                c.rss_pinflow_kib as f64 / 1024.0,
+                c.rss_ofctl_kib as f64 / 1024.0
+            ),
             String::new(),
         ]);
         let ratio = cron.as_secs_f64() / c.pinflow.as_secs_f64().max(1e-9);
