@@ -284,7 +284,8 @@ if grep -qi panick /tmp/pinflow.log; then bad "pinflow panicked"; fi
 if [ -x /usr/bin/pinflow-bench.sh ] && grep -q 'pinflow.bench=1' /proc/cmdline; then . /usr/bin/pinflow-bench.sh; fi
 
 echo "--- pinflow log (warnings and errors, first 300 characters)"
-grep -E "^[0-9T:.-]+Z +(WARN|ERROR) " /tmp/pinflow.log | cut -c1-300 | head -20
+grep -E "level=(warn|error) " /tmp/pinflow.log | cut -c1-300 | head -20
+[ -d /mnt/host ] && cp /tmp/pinflow.log /mnt/host/pinflow.log
 echo "--- ovs-vswitchd warnings"; grep -E "ERR|WARN" /var/log/openvswitch/ovs-vswitchd.log | tail -5
 echo "guest scenario: uptime $t0 -> $(up) s, $fails failed check(s)"
 exit $fails
