@@ -24,23 +24,13 @@ pub const DROP_MAP: &str = "OVS_DROPS";
 /// Executed-action counts map name.
 pub const ACTION_MAP: &str = "OVS_ACTIONS";
 
-/// Program on the classic tracepoint `openvswitch:ovs_dp_upcall`.
+/// Program on the raw tracepoint `ovs_dp_upcall`.
 pub const PROG_UPCALL: &str = "pf_ovs_upcall";
-/// Program on the classic tracepoint `openvswitch:ovs_do_execute_action`.
+/// Program on the raw tracepoint `ovs_do_execute_action`.
 pub const PROG_EXEC: &str = "pf_ovs_exec";
-/// Program on the classic tracepoint `skb:kfree_skb`.
+/// Program on the raw tracepoint `kfree_skb`.
 pub const PROG_KFREE: &str = "pf_ovs_kfree";
 
-/// Global: offset of `dp_name` (`__data_loc`) in the `ovs_dp_upcall` record.
-pub const GLOBAL_UPCALL_DP_NAME: &str = "PF_OVS_UP_DP";
-/// Global: offset of `dev_name` (`__data_loc`) in the `ovs_dp_upcall` record.
-pub const GLOBAL_UPCALL_DEV_NAME: &str = "PF_OVS_UP_DEV";
-/// Global: offset of `action_type` in the `ovs_do_execute_action` record.
-pub const GLOBAL_EXEC_ACTION_TYPE: &str = "PF_OVS_EX_TYPE";
-/// Global: offset of `skbaddr` in the `kfree_skb` record.
-pub const GLOBAL_KFREE_SKB: &str = "PF_KF_SKB";
-/// Global: offset of `reason` in the `kfree_skb` record.
-pub const GLOBAL_KFREE_REASON: &str = "PF_KF_REASON";
 /// Global: `offsetof(struct sk_buff, dev)` (kernel BTF).
 pub const GLOBAL_SKB_DEV: &str = "PF_SKB_DEV";
 /// Global: `offsetof(struct net_device, name)` (kernel BTF).
@@ -50,7 +40,8 @@ pub const GLOBAL_NETDEV_NAME: &str = "PF_NETDEV_NAME";
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct UpcallKey {
-    /// Datapath name, NUL-padded.
+    /// Datapath name, NUL-padded: all zero from the kernel program (userspace maps the device
+    /// to its datapath).
     pub dp: [u8; NAME_LEN],
     /// Ingress device name, NUL-padded.
     pub dev: [u8; NAME_LEN],

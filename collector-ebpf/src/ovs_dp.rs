@@ -1,33 +1,28 @@
-//! OVS kernel-datapath probe (layout in `collector_common::ovs_dp`): classic tracepoints
-//! `openvswitch:ovs_dp_upcall` (upcalls per datapath and ingress device),
-//! `openvswitch:ovs_do_execute_action` (executed actions per type) and `skb:kfree_skb` filtered to
-//! the Open vSwitch drop-reason subsystem (drops per device and reason, kernels ≥ 6.6).
+//! OVS kernel-datapath probe (layout in `collector_common::ovs_dp`): raw tracepoints
+//! `ovs_dp_upcall` (upcalls per ingress device), `ovs_do_execute_action` (executed actions per
+//! type) and `kfree_skb` filtered to the Open vSwitch drop-reason subsystem (drops per device and
+//! reason, kernels ≥ 6.6).
 //!
-//! Record offsets come from the tracefs `format` files and struct offsets from kernel BTF, both
-//! set by userspace as globals before load (no CO-RE in Rust eBPF).
+//! Raw tracepoints, not classic ones: attaching a classic tracepoint goes through
+//! `perf_event_open`, which Debian's and Ubuntu's kernels (`perf_event_paranoid` 3, their
+//! default) refuse without `CAP_SYS_ADMIN`, and which needs tracefs; a raw tracepoint needs only
+//! `CAP_BPF` + `CAP_PERFMON`. The programs get the tracepoints' `TP_PROTO` arguments: the
+//! upcall's and the drop's `struct sk_buff *`, whose `dev->name` is read at the struct offsets
+//! userspace sets from kernel BTF (no CO-RE in Rust eBPF), and the executed action's
+//! `struct nlattr *`. The upcall key carries the device only: userspace knows each vport's
+//! datapath and fills the datapath name in.
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{Array, HashMap},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use collector_common::ovs_dp::{
     ACTION_SLOTS, DROP_SUBSYS_OPENVSWITCH, DROP_SUBSYS_SHIFT, DropKey, MAX_PORT_KEYS, NAME_LEN,
     UpcallKey,
 };
 
-#[unsafe(no_mangle)]
-static PF_OVS_UP_DP: u32 = 0;
-#[unsafe(no_mangle)]
-static PF_OVS_UP_DEV: u32 = 0;
-#[unsafe(no_mangle)]
-static PF_OVS_EX_TYPE: u32 = 0;
-#[unsafe(no_mangle)]
-static PF_KF_SKB: u32 = 0;
-#[unsafe(no_mangle)]
-static PF_KF_REASON: u32 = 0;
 #[unsafe(no_mangle)]
 static PF_SKB_DEV: u32 = 0;
 #[unsafe(no_mangle)]
@@ -49,33 +44,38 @@ fn global(v: &'static u32) -> u32 {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-/// `openvswitch:ovs_dp_upcall`.
-#[tracepoint(category = "openvswitch", name = "ovs_dp_upcall")]
-pub fn pf_ovs_upcall(ctx: TracePointContext) -> u32 {
+/// `ovs_dp_upcall(struct datapath *dp, struct sk_buff *skb, const struct sw_flow_key *key,
+/// const struct dp_upcall_info *upcall_info)`.
+#[raw_tracepoint(tracepoint = "ovs_dp_upcall")]
+pub fn pf_ovs_upcall(ctx: RawTracePointContext) -> i32 {
     try_upcall(&ctx).unwrap_or(0)
 }
 
-/// `openvswitch:ovs_do_execute_action`.
-#[tracepoint(category = "openvswitch", name = "ovs_do_execute_action")]
-pub fn pf_ovs_exec(ctx: TracePointContext) -> u32 {
+/// `ovs_do_execute_action(struct datapath *dp, struct sk_buff *skb, struct sw_flow_key *key,
+/// const struct nlattr *attr, int rem)`.
+#[raw_tracepoint(tracepoint = "ovs_do_execute_action")]
+pub fn pf_ovs_exec(ctx: RawTracePointContext) -> i32 {
     try_exec(&ctx).unwrap_or(0)
 }
 
-/// `skb:kfree_skb`, Open vSwitch drop reasons only.
-#[tracepoint(category = "skb", name = "kfree_skb")]
-pub fn pf_ovs_kfree(ctx: TracePointContext) -> u32 {
+/// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason)`, Open vSwitch
+/// drop reasons only.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn pf_ovs_kfree(ctx: RawTracePointContext) -> i32 {
     try_kfree(&ctx).unwrap_or(0)
 }
 
-/// Copies a `__data_loc char[]` string of the record into a NUL-padded buffer.
+/// Copies `skb->dev->name` into a NUL-padded buffer (left empty without a device).
 #[inline(always)]
-fn data_loc_str(ctx: &TracePointContext, field: u32, out: &mut [u8; NAME_LEN]) -> Result<(), u32> {
-    // SAFETY: read_at goes through bpf_probe_read_kernel.
-    let loc: u32 = unsafe { ctx.read_at(field as usize) }.map_err(|_| 0u32)?;
-    let off = (loc & 0xffff) as usize;
-    let src = (ctx.as_ptr() as *const u8).wrapping_add(off);
-    // SAFETY: the helper tolerates any address and stops at NUL or the buffer's end.
-    unsafe { bpf_probe_read_kernel_str_bytes(src, out) }.map_err(|_| 0u32)?;
+fn skb_dev_name(skb: u64, out: &mut [u8; NAME_LEN]) -> Result<(), i32> {
+    let dev_field = (skb as usize as *const u8).wrapping_add(global(&PF_SKB_DEV) as usize);
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    let dev: u64 = unsafe { bpf_probe_read_kernel(dev_field.cast::<u64>()) }.map_err(|_| 0i32)?;
+    if dev != 0 {
+        let name = (dev as usize as *const u8).wrapping_add(global(&PF_NETDEV_NAME) as usize);
+        // SAFETY: the helper tolerates any address and stops at NUL or the buffer's end.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, out) };
+    }
     Ok(())
 }
 
@@ -91,21 +91,25 @@ fn bump<K>(map: &HashMap<K, u64>, key: &K) {
 }
 
 #[inline(always)]
-fn try_upcall(ctx: &TracePointContext) -> Result<u32, u32> {
+fn try_upcall(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let mut k = UpcallKey {
         dp: [0; NAME_LEN],
         dev: [0; NAME_LEN],
     };
-    data_loc_str(ctx, global(&PF_OVS_UP_DP), &mut k.dp)?;
-    data_loc_str(ctx, global(&PF_OVS_UP_DEV), &mut k.dev)?;
+    let skb: u64 = ctx.arg(1);
+    skb_dev_name(skb, &mut k.dev)?;
     bump(&OVS_UPCALLS, &k);
     Ok(0)
 }
 
 #[inline(always)]
-fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
-    // SAFETY: read_at goes through bpf_probe_read_kernel.
-    let t: u32 = unsafe { ctx.read_at(global(&PF_OVS_EX_TYPE) as usize) }.map_err(|_| 0u32)?;
+fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    let attr: u64 = ctx.arg(3);
+    // `nla_type` follows the u16 `nla_len`; the top two bits are flags (`NLA_TYPE_MASK`).
+    let ty = (attr as usize as *const u8).wrapping_add(2);
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    let t =
+        u32::from(unsafe { bpf_probe_read_kernel(ty.cast::<u16>()) }.map_err(|_| 0i32)? & 0x3fff);
     let slot = if t < ACTION_SLOTS {
         t
     } else {
@@ -119,27 +123,17 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
 }
 
 #[inline(always)]
-fn try_kfree(ctx: &TracePointContext) -> Result<u32, u32> {
-    // SAFETY: read_at goes through bpf_probe_read_kernel.
-    let reason: u32 = unsafe { ctx.read_at(global(&PF_KF_REASON) as usize) }.map_err(|_| 0u32)?;
+fn try_kfree(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    let reason = ctx.arg::<u64>(2) as u32;
     if reason >> DROP_SUBSYS_SHIFT != DROP_SUBSYS_OPENVSWITCH {
         return Ok(0);
     }
-    // SAFETY: as above.
-    let skb: u64 = unsafe { ctx.read_at(global(&PF_KF_SKB) as usize) }.map_err(|_| 0u32)?;
     let mut k = DropKey {
         dev: [0; NAME_LEN],
         reason,
         _pad: 0,
     };
-    let dev_field = (skb as usize as *const u8).wrapping_add(global(&PF_SKB_DEV) as usize);
-    // SAFETY: bpf_probe_read_kernel tolerates any address.
-    let dev: u64 = unsafe { bpf_probe_read_kernel(dev_field.cast::<u64>()) }.map_err(|_| 0u32)?;
-    if dev != 0 {
-        let name = (dev as usize as *const u8).wrapping_add(global(&PF_NETDEV_NAME) as usize);
-        // SAFETY: as above.
-        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut k.dev) };
-    }
+    skb_dev_name(ctx.arg(0), &mut k.dev)?;
     bump(&OVS_DROPS, &k);
     Ok(0)
 }

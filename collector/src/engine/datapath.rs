@@ -216,10 +216,10 @@ pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: Heal
                 report
                     .datapaths
                     .iter()
-                    .flat_map(|d| d.vports.iter().map(|v| v.name.clone()))
+                    .flat_map(|d| d.vports.iter().map(|v| (v.name.clone(), d.name.clone())))
                     .collect()
             });
-            probe.tick(&state, !report.datapaths.is_empty(), live.as_ref());
+            probe.tick(&state, !report.datapaths.is_empty(), live);
         }
         map_vports(&mut report, local);
         // Per-port upcall totals, each port from one source for its life: the kernel's vport
@@ -253,16 +253,22 @@ pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: Heal
 struct ProbeSlot {
     probe: Option<bpf::DatapathProbe>,
     last_try: Option<Instant>,
+    /// The last load error logged (each distinct one is logged once).
+    last_error: Option<String>,
+    /// Vport name → datapath name, from the last successful poll (the kernel program keys
+    /// upcalls by device only).
+    dp_of: HashMap<String, String>,
     stale_keys: upcalls::StaleKeys,
 }
 
 impl ProbeSlot {
-    /// Attaches, reads or detaches the probe; `live`: the vport names of a successful poll.
+    /// Attaches, reads or detaches the probe; `live`: the vports (name → datapath) of a
+    /// successful poll.
     fn tick(
         &mut self,
         state: &SharedState,
         have_datapath: bool,
-        live: Option<&std::collections::HashSet<String>>,
+        live: Option<HashMap<String, String>>,
     ) {
         use bpf::{DatapathProbe, NO_DATAPATH, SOURCE};
         const BPF: &str = SOURCE.name;
@@ -286,26 +292,32 @@ impl ProbeSlot {
             match DatapathProbe::load() {
                 Ok(p) => {
                     tracing::info!(drops = p.drops_attached(), "datapath eBPF probe attached");
+                    self.last_error = None;
                     self.probe = Some(p);
                 }
                 Err(e) => {
+                    let reason = e.to_string();
+                    // Logged once per distinct reason (it is retried every 5 s).
+                    if self.last_error.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!("datapath eBPF probe not attached: {reason}");
+                        self.last_error = Some(reason.clone());
+                    }
                     let collection = state.sources.collect(BPF);
                     collection.errors(1);
-                    collection.down(e.to_string());
+                    collection.down(reason);
                 }
             }
         }
+        let fresh = live.is_some();
+        if let Some(live) = live {
+            self.dp_of = live;
+        }
         if let Some(p) = &mut self.probe {
             let collection = state.sources.collect(BPF);
-            let ev = p.read();
-            if let Some(live) = live {
-                let in_map: std::collections::HashSet<String> = ev
-                    .upcalls
-                    .iter()
-                    .map(|(_, dev, _)| dev.clone())
-                    .chain(ev.drops.iter().map(|(dev, _, _)| dev.clone()))
-                    .collect();
-                let gone = self.stale_keys.gone_ports(&in_map, live);
+            let ev = p.read(&self.dp_of);
+            if fresh {
+                let live: std::collections::HashSet<String> = self.dp_of.keys().cloned().collect();
+                let gone = self.stale_keys.gone_ports(&p.devices(), &live);
                 if !gone.is_empty() {
                     let failed = p.forget_ports(&gone);
                     tracing::debug!(ports = ?gone, failed, "pruned eBPF counts of deleted ports");

@@ -1,6 +1,12 @@
 //! Loader of the OVS kernel-datapath eBPF probe (`collector-ebpf/src/ovs_dp.rs`): upcalls per
 //! datapath and ingress port, executed actions per type, and Open vSwitch drop reasons per port.
 //!
+//! The programs attach to raw tracepoints (`BPF_RAW_TRACEPOINT_OPEN`): no tracefs, no
+//! `perf_event_open`, so `CAP_BPF` + `CAP_PERFMON` are enough even where `perf_event_paranoid`
+//! is 3 (Debian's and Ubuntu's default, whose kernels then refuse `perf_event_open` without
+//! `CAP_SYS_ADMIN`: the classic tracepoints this probe used before failed there once
+//! `pinflow serve` had dropped its capabilities).
+//!
 //! The probe needs the `openvswitch` module's tracepoints: [`DatapathProbe::load`] fails with
 //! [`OvsBpfError::ModuleAbsent`] until they exist, and the datapath poller retries while a
 //! datapath exists. Attached tracepoints pin the module, so the poller drops the probe when the
@@ -11,13 +17,14 @@
 
 use crate::model::datapath::DatapathEvents;
 use crate::model::health::BpfProgramCost;
-use crate::sources::sched_bpf::{btf, ebpf_object, has_eperm, missing_bpf_capabilities, tracefs};
+use crate::sources::sched_bpf::{btf, ebpf_object, has_eperm, missing_bpf_capabilities};
 use crate::sources::{CanRun, SourceDef};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use aya::programs::TracePoint;
+use aya::programs::RawTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use collector_common::ovs_dp::{self as layout, DropKey, UpcallKey, name_bytes};
 use collector_common::sched;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Source name in `pinflow_source_*`.
@@ -164,49 +171,35 @@ impl std::fmt::Debug for DatapathProbe {
     }
 }
 
-fn field(category: &str, name: &str, f: &str) -> Result<u32, String> {
-    let path = tracefs::format_path(category, name).map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(tracefs::parse_field(&text, f)
-        .map_err(|e| e.to_string())?
-        .offset)
-}
+/// Where the loaded `openvswitch` module shows.
+const OVS_MODULE: &str = "/sys/module/openvswitch";
 
 impl DatapathProbe {
     /// Loads the object and attaches the datapath programs (the drop program only where the
-    /// kernel's `kfree_skb` record has a `reason`).
+    /// kernel's `kfree_skb` tracepoint passes a drop reason).
     pub(crate) fn load() -> Result<Self, OvsBpfError> {
         if ebpf_object().is_empty() {
             return Err(OvsBpfError::NotBuilt);
         }
-        let up_dp =
-            field("openvswitch", "ovs_dp_upcall", "dp_name").map_err(OvsBpfError::ModuleAbsent)?;
-        let up_dev =
-            field("openvswitch", "ovs_dp_upcall", "dev_name").map_err(OvsBpfError::ModuleAbsent)?;
-        let ex_type = field("openvswitch", "ovs_do_execute_action", "action_type")
-            .map_err(OvsBpfError::ModuleAbsent)?;
-        // Drops: optional (needs the reason field and BTF offsets).
-        let kfree = (|| -> Result<(u32, u32, u32, u32), String> {
-            let skb = field("skb", "kfree_skb", "skbaddr")?;
-            let reason = field("skb", "kfree_skb", "reason")?;
-            let vmlinux = Path::new(btf::VMLINUX_BTF);
-            let dev = btf::member_offset_in_file(vmlinux, "sk_buff", "dev")
-                .map_err(|e| format!("sk_buff.dev: {e}"))?;
-            let name = btf::member_offset_in_file(vmlinux, "net_device", "name")
-                .map_err(|e| format!("net_device.name: {e}"))?;
-            Ok((skb, reason, dev.offset, name.offset))
-        })();
-        if let Err(e) = &kfree {
-            tracing::info!("OVS drop reasons unavailable: {e}");
+        if !Path::new(OVS_MODULE).exists() {
+            return Err(OvsBpfError::ModuleAbsent(format!(
+                "{OVS_MODULE} does not exist"
+            )));
         }
-        let (kf_skb, kf_reason, skb_dev, netdev_name) = kfree.clone().unwrap_or_default();
+        // `skb->dev->name`, read by the upcall and drop programs.
+        let vmlinux = Path::new(btf::VMLINUX_BTF);
+        let offset = |s: &str, m: &str| {
+            btf::member_offset_in_file(vmlinux, s, m)
+                .map(|f| f.offset)
+                .map_err(|e| OvsBpfError::Load {
+                    what: "kernel BTF",
+                    reason: format!("{s}.{m}: {e}"),
+                })
+        };
+        let skb_dev = offset("sk_buff", "dev")?;
+        let netdev_name = offset("net_device", "name")?;
         let mut loader = EbpfLoader::new();
         loader
-            .override_global(layout::GLOBAL_UPCALL_DP_NAME, &up_dp, true)
-            .override_global(layout::GLOBAL_UPCALL_DEV_NAME, &up_dev, true)
-            .override_global(layout::GLOBAL_EXEC_ACTION_TYPE, &ex_type, true)
-            .override_global(layout::GLOBAL_KFREE_SKB, &kf_skb, true)
-            .override_global(layout::GLOBAL_KFREE_REASON, &kf_reason, true)
             .override_global(layout::GLOBAL_SKB_DEV, &skb_dev, true)
             .override_global(layout::GLOBAL_NETDEV_NAME, &netdev_name, true)
             // The object also holds the sched probe's maps: keep their copies here tiny.
@@ -217,44 +210,44 @@ impl DatapathProbe {
             .load(ebpf_object())
             .map_err(|e| failed("loading the eBPF object", &e, String::new()))?;
         let mut programs = Vec::new();
-        let mut attach =
-            |ebpf: &mut Ebpf, prog: &'static str, cat: &str, tp: &str| -> Result<(), OvsBpfError> {
-                let err = |what: &'static str| {
-                    move |e: aya::programs::ProgramError| failed(what, &e, format!("{prog}: "))
-                };
-                let p: &mut TracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| OvsBpfError::Load {
-                        what: "eBPF object",
-                        reason: format!("program {prog} missing"),
-                    })?
-                    .try_into()
-                    .map_err(err("program type"))?;
-                p.load().map_err(err("loading"))?;
-                p.attach(cat, tp).map_err(err("attaching"))?;
-                programs.push(prog);
-                Ok(())
+        let mut attach = |ebpf: &mut Ebpf,
+                          prog: &'static str,
+                          tp: &str|
+         -> Result<(), OvsBpfError> {
+            let err = |what: &'static str| {
+                move |e: aya::programs::ProgramError| failed(what, &e, format!("{prog}: "))
             };
-        attach(
-            &mut ebpf,
-            layout::PROG_UPCALL,
-            "openvswitch",
-            "ovs_dp_upcall",
-        )?;
-        attach(
-            &mut ebpf,
-            layout::PROG_EXEC,
-            "openvswitch",
-            "ovs_do_execute_action",
-        )?;
-        let drops_on = kfree.is_ok()
-            && match attach(&mut ebpf, layout::PROG_KFREE, "skb", "kfree_skb") {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::info!("OVS drop reasons unavailable: {e}");
-                    false
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| OvsBpfError::Load {
+                    what: "eBPF object",
+                    reason: format!("program {prog} missing"),
+                })?
+                .try_into()
+                .map_err(err("program type"))?;
+            p.load().map_err(err("loading"))?;
+            p.attach(tp).map_err(|e| {
+                // No such raw tracepoint: the module (or its tracepoints, Linux < 5.18) is absent.
+                if chain(&e).contains("No such file or directory") {
+                    OvsBpfError::ModuleAbsent(format!("{prog}: raw tracepoint {tp}: {}", chain(&e)))
+                } else {
+                    failed("attaching", &e, format!("{prog}: "))
                 }
-            };
+            })?;
+            programs.push(prog);
+            Ok(())
+        };
+        attach(&mut ebpf, layout::PROG_UPCALL, "ovs_dp_upcall")?;
+        attach(&mut ebpf, layout::PROG_EXEC, "ovs_do_execute_action")?;
+        // Kernels before 5.17 pass no reason: the program's read of the third argument makes the
+        // attach fail there (EINVAL), and drops stay off.
+        let drops_on = match attach(&mut ebpf, layout::PROG_KFREE, "kfree_skb") {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!("OVS drop reasons unavailable: {e}");
+                false
+            }
+        };
         let take = |ebpf: &mut Ebpf, m: &'static str| {
             ebpf.take_map(m).ok_or_else(|| OvsBpfError::Load {
                 what: "eBPF object",
@@ -302,12 +295,17 @@ impl DatapathProbe {
         }
     }
 
-    /// Current counts. Keys that fail to read are skipped.
-    pub(crate) fn read(&self) -> DatapathEvents {
+    /// Current counts. Keys that fail to read are skipped, and so are the upcalls of devices
+    /// that are no vport of `dp_of` (vport name → datapath name, from the last poll): the kernel
+    /// program keys upcalls by device only.
+    pub(crate) fn read(&self, dp_of: &HashMap<String, String>) -> DatapathEvents {
         let s = |b: &[u8; layout::NAME_LEN]| String::from_utf8_lossy(name_bytes(b)).into_owned();
         let mut ev = DatapathEvents::default();
         for (k, v) in self.upcalls.iter().flatten() {
-            ev.upcalls.push((s(&k.dp), s(&k.dev), v));
+            let dev = s(&k.dev);
+            if let Some(dp) = dp_of.get(&dev) {
+                ev.upcalls.push((dp.clone(), dev, v));
+            }
         }
         if let Some(d) = &self.drops {
             for (k, v) in d.iter().flatten() {
@@ -325,6 +323,17 @@ impl DatapathProbe {
         ev.drops.sort();
         ev.programs = self.program_stats();
         ev
+    }
+
+    /// The devices the upcall and drop maps hold counts of.
+    pub(crate) fn devices(&self) -> std::collections::HashSet<String> {
+        let s = |b: &[u8; layout::NAME_LEN]| String::from_utf8_lossy(name_bytes(b)).into_owned();
+        let mut out: std::collections::HashSet<String> =
+            self.upcalls.keys().flatten().map(|k| s(&k.dev)).collect();
+        if let Some(d) = &self.drops {
+            out.extend(d.keys().flatten().map(|k| s(&k.dev)));
+        }
+        out
     }
 
     /// Deletes the upcall and drop counts of the ports named `devs` (ports gone from every
@@ -426,10 +435,8 @@ mod tests {
     /// Without the openvswitch module (this project's hosts), loading says why, without panicking.
     #[test]
     fn load_without_the_module_is_a_clear_error() {
-        if Path::new("/sys/kernel/tracing/events/openvswitch").exists()
-            || Path::new("/sys/kernel/debug/tracing/events/openvswitch").exists()
-        {
-            println!("SKIP: this host has the openvswitch tracepoints");
+        if Path::new(OVS_MODULE).exists() {
+            println!("SKIP: this host has the openvswitch module loaded");
             return;
         }
         match DatapathProbe::load() {

@@ -16,6 +16,8 @@ pub(crate) mod uapi;
 pub(crate) mod upcalls;
 
 #[cfg(test)]
+mod render_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::model::datapath::{Datapath, Megaflow};
