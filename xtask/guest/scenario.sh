@@ -134,6 +134,8 @@ echo "--- /metrics"
 scrape
 grep -E '^pinflow_(ovs_|source_up)' /tmp/metrics.txt
 expect_metric '^pinflow_source_up\{source="ovs_datapath"\} 1'
+# The sched_switch probe passes Debian 12's 6.1 verifier (it once did not: an unbounded pin-mask index).
+expect_metric '^pinflow_source_up\{source="sched_bpf"\} 1'
 expect_metric '^pinflow_ovs_datapath_flows\{datapath="ovs-system"\} [1-9]'
 expect_metric '^pinflow_ovs_datapath_lookups_total\{datapath="ovs-system",result="hit"\} [1-9]'
 expect_metric '^pinflow_ovs_datapath_lookups_total\{datapath="ovs-system",result="missed"\} [1-9]'

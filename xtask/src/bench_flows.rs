@@ -241,11 +241,6 @@ fn thread_cpu() -> Duration {
 
 /// Runs a command to completion, returning its stdout and its CPU time (user+sys, from `wait4`).
 fn run_measured(cmd: &mut Command) -> Result<(String, Duration)> {
-    run_measured_rss(cmd).map(|(out, cpu, _)| (out, cpu))
-}
-
-/// [`run_measured`], also returning the command's peak RSS in KiB (`ru_maxrss`).
-fn run_measured_rss(cmd: &mut Command) -> Result<(String, Duration, u64)> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -259,16 +254,17 @@ fn run_measured_rss(cmd: &mut Command) -> Result<(String, Duration, u64)> {
     if let Some(mut e) = child.stderr.take() {
         e.read_to_string(&mut err)?;
     }
-    let (ok, cpu, rss) = wait_rusage(&child)?;
+    let (ok, cpu) = wait_rusage(&child)?;
     if !ok {
         bail!("{cmd:?} failed: {err}");
     }
-    Ok((out, cpu, rss))
+    Ok((out, cpu))
 }
 
-/// Waits for a child with `wait4` and returns (exited successfully, its user+sys CPU, its peak
-/// RSS in KiB).
-fn wait_rusage(child: &Child) -> Result<(bool, Duration, u64)> {
+/// Waits for a child with `wait4` and returns (exited successfully, its user+sys CPU). Not its
+/// `ru_maxrss`: for a child forked from this process Linux carries this process's peak over the
+/// exec ([`peak_rss_kib`] measures that).
+fn wait_rusage(child: &Child) -> Result<(bool, Duration)> {
     let mut status = 0;
     // SAFETY: rusage is plain data that wait4 fills in.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -279,8 +275,37 @@ fn wait_rusage(child: &Child) -> Result<(bool, Duration, u64)> {
     Ok((
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         tv(ru.ru_utime) + tv(ru.ru_stime),
-        u64::try_from(ru.ru_maxrss).unwrap_or(0),
     ))
+}
+
+/// Peak RSS of `program args` in KiB, measured by GNU time (`%M`): its child is forked from
+/// `time`'s small image, so the figure is the program's own, not this process's carried over.
+fn peak_rss_kib(program: &Path, args: &[&str]) -> Result<u64> {
+    let dir = Scratch::new("rss")?;
+    let out = dir.path().join("maxrss");
+    let st = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&out)
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env("RUST_LOG", "warn")
+        .status()
+        .context("cannot run /usr/bin/time (apt install time)")?;
+    ensure!(
+        st.success(),
+        "{} {args:?} under time: {st}",
+        program.display()
+    );
+    let text = std::fs::read_to_string(&out)?;
+    text.trim()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no %M in {text:?}"))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -357,11 +382,9 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
     let (mut ofctl, mut parse, mut vs_of, mut pf, mut vs_pf) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut wire = 0.0;
-    let (mut rss_ofctl, mut rss_pf) = (0, 0);
     for _ in 0..REPS {
         let v0 = proc_cpu(vs);
-        let (text, cpu, rss) = run_measured_rss(&mut ofctl_cmd(ovs, &["dump-flows", mgmt]))?;
-        rss_ofctl = rss_ofctl.max(rss);
+        let (text, cpu) = run_measured(&mut ofctl_cmd(ovs, &["dump-flows", mgmt]))?;
         vs_of.push(proc_cpu(vs).saturating_sub(v0));
         ofctl.push(cpu);
         let t0 = thread_cpu();
@@ -380,7 +403,7 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
         drop(parsed);
 
         let v0 = proc_cpu(vs);
-        let (text, cpu, rss) = run_measured_rss(
+        let (text, cpu) = run_measured(
             Command::new(pinflow_bin)
                 .args([
                     "flows",
@@ -394,10 +417,28 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
         )?;
         vs_pf.push(proc_cpu(vs).saturating_sub(v0));
         pf.push(cpu);
-        rss_pf = rss_pf.max(rss);
         let lines = text.lines().count();
         ensure!(lines == n, "pinflow printed {lines} flows, expected {n}");
     }
+    let target = format!(
+        "unix:{}",
+        ovs.run_dir().join(format!("{mgmt}.mgmt")).display()
+    );
+    let rss_ofctl = peak_rss_kib(
+        Path::new("ovs-ofctl"),
+        &["-O", "OpenFlow13", "dump-flows", &target],
+    )?;
+    let rss_pf = peak_rss_kib(
+        pinflow_bin,
+        &[
+            "flows",
+            "--ovs-run-dir",
+            &run_dir,
+            "--bridge",
+            BRIDGE,
+            "--no-stats",
+        ],
+    )?;
     // Size of the `--no-stats` text (what the cron job's parser reads, without counters).
     if let Ok((text, _)) = run_measured(&mut ofctl_cmd(ovs, &["--no-stats", "dump-flows", mgmt])) {
         wire = text.len() as f64 / n as f64;
@@ -957,16 +998,21 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
             String::new(),
         ]);
         let ratio = cron.as_secs_f64() / c.pinflow.as_secs_f64().max(1e-9);
-        let goal_ms = if *n == 100_000 {
-            "≤ 50 ms, ≥ 10× below"
-        } else {
-            "≥ 10× below"
+        // Goals of issues 3 and 13: 10 000 and 100 000 flows (at 1 000, process start-up dominates).
+        let goal_ms = match *n {
+            100_000 => "≤ 50 ms, ≥ 10× below",
+            1_000 => "-",
+            _ => "≥ 10× below",
         };
         rows.push([
             format!("{n} flows: pinflow flows --no-stats CPU (whole process)"),
             goal_ms.into(),
             format!("{} ({ratio:.1}× below ofctl+parse)", ms(c.pinflow)),
-            verdict(ratio >= 10.0 && (*n != 100_000 || c.pinflow <= Duration::from_millis(50))),
+            if *n == 1_000 {
+                String::new()
+            } else {
+                verdict(ratio >= 10.0 && (*n != 100_000 || c.pinflow <= Duration::from_millis(50)))
+            },
         ]);
     }
     // pinflow's own CPU (measured on its process alone) plus what its monitor costs ovs-vswitchd

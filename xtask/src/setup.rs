@@ -40,6 +40,8 @@ const PACKAGES: &[&str] = &[
     "linux-perf",
     "bpftool",
     "bpftrace",
+    // Peak RSS of one-shot commands in the flow bench (GNU time's %M).
+    "time",
     // Least-privilege tests: the daemon traced through a testbed scenario (setpriv is util-linux).
     "strace",
 ];
