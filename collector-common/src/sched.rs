@@ -61,7 +61,18 @@ impl PinMask {
     /// Whether `cpu` is in the mask (CPUs at or above [`MAX_CPUS`] never are).
     #[inline(always)]
     pub fn contains(&self, cpu: u32) -> bool {
-        match self.words.get((cpu >> 6) as usize) {
+        if cpu as usize >= MAX_CPUS {
+            return false;
+        }
+        // The index is masked, from a copy LLVM knows nothing about: given the comparison above,
+        // LLVM drops the mask and indexes with the helper's raw 64-bit register, whose upper half
+        // Linux 6.1's verifier cannot bound ("invalid access to map value, value_size=128
+        // off=536870904"). The volatile read keeps the mask, which bounds the index where the
+        // verifier sees it.
+        #[allow(unsafe_code)] // A volatile read of a local: an optimisation barrier, nothing more.
+        // SAFETY: `cpu` is a live local of this function.
+        let index_from = unsafe { core::ptr::read_volatile(&cpu) };
+        match self.words.get((index_from >> 6) as usize & (PIN_WORDS - 1)) {
             Some(w) => (*w >> (cpu & 63)) & 1 != 0,
             None => false,
         }
