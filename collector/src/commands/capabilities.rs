@@ -66,7 +66,16 @@ fn threads() -> anyhow::Result<u32> {
 /// Reduces the process to `keep` (intersected with what it has): see the module docs. Must run
 /// while the process has a single thread.
 pub(super) fn drop_to(keep: &CapsHashSet) -> anyhow::Result<Dropped> {
-    let n = threads()?;
+    // The eBPF loader's short-lived thread (sources/sched_bpf/loader.rs) has been joined, but
+    // the kernel may count it for a moment longer: give it up to 100 ms to be reaped.
+    let mut n = threads()?;
+    for _ in 0..100 {
+        if n == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        n = threads()?;
+    }
     if n != 1 {
         bail!(
             "{n} threads running: capabilities are per thread, so they must be dropped before any other thread starts"

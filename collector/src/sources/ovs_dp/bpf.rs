@@ -21,7 +21,7 @@ use crate::sources::sched_bpf::{btf, ebpf_object, has_eperm, missing_bpf_capabil
 use crate::sources::{CanRun, SourceDef};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::RawTracePoint;
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use collector_common::ovs_dp::{self as layout, DropKey, UpcallKey, name_bytes};
 use collector_common::sched;
 use std::collections::HashMap;
@@ -198,7 +198,7 @@ impl DatapathProbe {
         };
         let skb_dev = offset("sk_buff", "dev")?;
         let netdev_name = offset("net_device", "name")?;
-        let mut loader = EbpfLoader::new();
+        let mut loader = crate::sources::sched_bpf::loader::new_loader("datapath probe");
         loader
             .override_global(layout::GLOBAL_SKB_DEV, &skb_dev, true)
             .override_global(layout::GLOBAL_NETDEV_NAME, &netdev_name, true)

@@ -7,9 +7,11 @@
 //! The program is attached the first way that works on this kernel: `tp_btf/sched_switch`, then
 //! `raw_tracepoint/sched_switch`, then the classic tracepoint `sched:sched_switch` (needs tracefs).
 //! Without CO-RE, `task_struct.pid`'s offset comes from kernel BTF ([`btf`]) and the classic
-//! tracepoint's field offsets from its tracefs `format` file ([`tracefs`]).
+//! tracepoint's field offsets from its tracefs `format` file ([`tracefs`]). aya never parses the
+//! kernel's whole BTF when it can be helped ([`loader`], and a one-type stand-in for `tp_btf`).
 
 pub mod btf;
+pub(crate) mod loader;
 pub mod tracefs;
 
 #[cfg(test)]
@@ -22,7 +24,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf, Endianness};
 use collector_common::sched::{
     self as layout, FILTER_MAP, MAX_CPUS, MAX_WATCHED, PIN_WORDS, PinMask, PlacementStats,
     STATS_MAP, WATCH_MAP,
@@ -365,9 +367,9 @@ impl SchedProbe {
                     kind: FailureKind::NoBtf,
                     reason,
                 };
-                let loc =
-                    btf::member_offset_in_file(Path::new(btf::VMLINUX_BTF), "task_struct", "pid")
-                        .map_err(|e| no_btf(format!("task_struct.pid: {}", chain(&e))))?;
+                let facts = btf::sched_facts_in_file(Path::new(btf::VMLINUX_BTF))
+                    .map_err(|e| no_btf(format!("task_struct.pid: {}", chain(&e))))?;
+                let loc = facts.task_pid;
                 if loc.size != 4 {
                     return Err(no_btf(format!(
                         "task_struct.pid is {} bytes, expected 4",
@@ -376,7 +378,18 @@ impl SchedProbe {
                 }
                 task_pid_off = loc.offset;
                 if mode == AttachMode::TpBtf {
-                    kernel_btf = Some(Btf::from_sys_fs().map_err(|e| no_btf(chain(&e)))?);
+                    // aya only looks the attach target's type id up by name: a stand-in BTF
+                    // holding that one name at its kernel id spares parsing all of vmlinux.
+                    let id = facts.sched_switch_typedef.ok_or_else(|| {
+                        no_btf(format!(
+                            "no typedef {} in kernel BTF",
+                            btf::SCHED_SWITCH_TYPEDEF
+                        ))
+                    })?;
+                    let stub = btf::typedef_stub(btf::SCHED_SWITCH_TYPEDEF, id);
+                    kernel_btf = Some(
+                        Btf::parse(&stub, Endianness::default()).map_err(|e| no_btf(chain(&e)))?,
+                    );
                 }
             }
             AttachMode::Tracepoint => {
@@ -388,7 +401,7 @@ impl SchedProbe {
             }
         }
 
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader::new_loader("sched probe")
             .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true)
             .override_global(layout::GLOBAL_TP_NEXT_PID_OFFSET, &tp_next, true)
             .load(EBPF_OBJECT)
