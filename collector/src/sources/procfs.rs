@@ -1,7 +1,7 @@
 //! Actual thread placement, read from procfs and cgroupfs under configurable roots.
 //!
-//! [`HostFs`] reads, for one thread of one process: the allowed CPUs (`/proc/PID/task/TID/status`,
-//! `Cpus_allowed_list`), its name and last CPU (`stat`), its scheduler run and wait time (`schedstat`), its
+//! [`HostFs`] reads, for one thread of one process: the allowed CPUs (`sched_getaffinity(2)` when the
+//! procfs root is the live `/proc`, else `/proc/PID/task/TID/status`, `Cpus_allowed_list`), its name and last CPU (`stat`), its scheduler run and wait time (`schedstat`), its
 //! cpuset cgroup (`cgroup`) and that cgroup's `cpuset.cpus` in cgroupfs. Roots are injectable
 //! (`--proc-root`, `--sys-root`): a container reads the host's mounts, tests read fixture trees.
 //!
@@ -80,6 +80,9 @@ pub enum ProcError {
 pub struct HostFs {
     proc_root: PathBuf,
     sys_root: PathBuf,
+    /// The procfs root is this process's own `/proc`: thread ids are ours to ask the kernel about
+    /// (affinity by syscall instead of parsing `status`). Fixture trees keep being read as files.
+    live: bool,
 }
 
 impl Default for HostFs {
@@ -92,9 +95,11 @@ impl Default for HostFs {
 impl HostFs {
     /// Reads procfs at `proc_root` (normally `/proc`) and sysfs/cgroupfs at `sys_root` (normally `/sys`).
     pub fn new(proc_root: PathBuf, sys_root: PathBuf) -> Self {
+        let live = proc_root.components().eq(Path::new("/proc").components());
         Self {
             proc_root,
             sys_root,
+            live,
         }
     }
 
@@ -167,15 +172,24 @@ impl HostFs {
         let task = self.task_dir(pid, tid);
         let gone = || ProcError::Gone { pid, tid };
 
-        let status_path = task.join("status");
-        let status = self.read_task_file(&status_path, pid, tid)?;
-        let affinity = parse_affinity(&status).map_err(|reason| parse_err(&status_path, reason))?;
-
+        // `stat` first: reading it under /proc/PID/task proves TID is a thread of PID before the
+        // affinity syscall, which takes any thread id.
         let stat_path = task.join("stat");
         let stat = self.read_task_file(&stat_path, pid, tid)?;
         let (comm, last_cpu, flags) =
             parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
         let kernel_worker = is_kernel_worker(&comm, flags);
+
+        let affinity = match self.live.then(|| syscall_affinity(tid)) {
+            Some(Ok(set)) => set,
+            Some(Err(e)) if e.raw_os_error() == Some(libc::ESRCH) => return Err(gone()),
+            // Not live, or a mask larger than the buffer: the status file says it all.
+            _ => {
+                let status_path = task.join("status");
+                let status = self.read_task_file(&status_path, pid, tid)?;
+                parse_affinity(&status).map_err(|reason| parse_err(&status_path, reason))?
+            }
+        };
 
         let sched_path = task.join("schedstat");
         let (run_ns, wait_ns) = match self.read_task_file(&sched_path, pid, tid) {
@@ -340,6 +354,39 @@ fn relative(path: &str) -> Result<PathBuf, String> {
         }
     }
     Ok(rel)
+}
+
+/// CPUs the kernel's affinity masks can name in [`syscall_affinity`]'s buffer.
+const AFFINITY_WORDS: usize = 128;
+
+/// Thread `tid`'s allowed CPUs from `sched_getaffinity(2)`: one syscall instead of opening,
+/// reading and parsing `status` (~1.5 KiB). The kernel reports the mask restricted to active
+/// CPUs, as the scheduler applies it (`status` also lists offline CPUs that stay in the mask).
+#[allow(unsafe_code)] // sched_getaffinity has no safe wrapper in the workspace's crates.
+fn syscall_affinity(tid: u32) -> io::Result<CpuSet> {
+    let pid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    let mut words = [0u64; AFFINITY_WORDS];
+    // SAFETY: the buffer is valid for writes of its whole size, which is what the kernel is told.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            pid,
+            std::mem::size_of_val(&words),
+            words.as_mut_ptr(),
+        )
+    };
+    // The raw syscall returns the number of bytes it wrote (the kernel's mask size).
+    let written = usize::try_from(rc).map_err(|_| io::Error::last_os_error())?;
+    let used = words.get(..written.div_ceil(8)).unwrap_or(&words);
+    Ok(used
+        .iter()
+        .zip(0u32..)
+        .flat_map(|(&w, i)| {
+            (0..64u32)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| i * 64 + b)
+        })
+        .collect())
 }
 
 /// `Cpus_allowed_list` from a `status` file (falling back to the `Cpus_allowed` hex mask).

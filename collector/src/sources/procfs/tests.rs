@@ -254,6 +254,55 @@ fn live_thread_of_this_process() {
     assert!(!fs.online_cpus().expect("online").is_empty());
 }
 
+/// On the live `/proc` the affinity comes from `sched_getaffinity(2)`: it agrees with `status`,
+/// and follows a change made with `sched_setaffinity(2)`; the same tree under another path name
+/// is read from the file.
+#[test]
+fn live_affinity_by_syscall_matches_status() {
+    let pid = std::process::id();
+    let live = HostFs::default();
+    let files = HostFs::new(PathBuf::from("/proc/self/.."), PathBuf::from("/sys"));
+    assert!(live.live && !files.live);
+    let tid = current_tid();
+    let from_status = |fs: &HostFs| {
+        let text = std::fs::read_to_string(fs.task_dir(pid, tid).join("status")).expect("status");
+        parse_affinity(&text).expect("affinity")
+    };
+    let before = live.thread(pid, tid).expect("own thread").affinity;
+    assert_eq!(before, from_status(&live));
+    assert_eq!(files.thread(pid, tid).expect("own thread").affinity, before);
+    let Some(first) = before.iter().next() else {
+        panic!("empty affinity");
+    };
+    set_affinity(&CpuSet::single(first));
+    let narrowed = live.thread(pid, tid).expect("own thread").affinity;
+    set_affinity(&before);
+    assert_eq!(narrowed, CpuSet::single(first));
+    assert_eq!(
+        syscall_affinity(u32::MAX).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ESRCH))
+    );
+}
+
+/// Sets this thread's affinity (test helper).
+#[allow(unsafe_code)] // sched_setaffinity has no safe wrapper in the workspace's crates.
+fn set_affinity(set: &CpuSet) {
+    let mut words = [0u64; AFFINITY_WORDS];
+    for cpu in set.iter() {
+        words[(cpu / 64) as usize] |= 1 << (cpu % 64);
+    }
+    // SAFETY: the buffer is valid for reads of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setaffinity,
+            0,
+            std::mem::size_of_val(&words),
+            words.as_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "sched_setaffinity: {}", io::Error::last_os_error());
+}
+
 /// Builds a tree in a tempdir: one thread with the given `cgroup` file and cgroupfs files.
 fn tree(cgroup: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, HostFs) {
     let tmp = tempfile::tempdir().expect("tempdir");
