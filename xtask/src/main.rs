@@ -6,10 +6,12 @@
 //! - `vm-test`: the OVS kernel-datapath guest (QEMU/TCG) with pinflow inside; pass/fail.
 //! - `dist`: the static musl binary, man page and completions in target/pinflow-dist (and the image).
 //! - `bench`: measured costs (eBPF per context switch, RSS, /metrics latency, OpenFlow dumps and
-//!   mirrors against `ovs-ofctl` + parse).
+//!   mirrors against `ovs-ofctl` + parse, the pinning pass at 10/60 real and 200 fixture domains
+//!   beside Debian's libvirt exporter).
 
 mod bench_flows;
 mod bench_latency;
+mod bench_pinning;
 mod bench_sched;
 mod bench_table;
 mod dist;
@@ -54,8 +56,10 @@ enum Cmd {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Run only one part: `sched` (eBPF probe), `serve` (testbed RSS and /metrics), `flows`
-    /// (OpenFlow dumps and mirrors, issue 3), `latency` (fault → /metrics, issue 13) or `load`
-    /// (/metrics under HTTP abuse, issue 11).
+    /// (OpenFlow dumps and mirrors, issue 3), `latency` (fault → /metrics, issue 13), `load`
+    /// (/metrics under HTTP abuse, issue 11) or `pinning` (idle cost at 10/60 real and 200
+    /// fixture domains beside Debian's libvirt exporter, issue 12; `PINFLOW_BENCH_SECS` shortens
+    /// it).
     #[arg(long)]
     only: Option<String>,
     /// Also write every row of the run as markdown to this file (BENCHMARKS.md).
@@ -87,8 +91,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let part = |p: &str| a.only.as_deref().is_none_or(|o| o == p);
     if let Some(o) = &a.only {
         anyhow::ensure!(
-            ["sched", "serve", "flows", "load", "latency"].contains(&o.as_str()),
-            "unknown bench part {o:?} (sched, serve, flows, load, latency)"
+            ["sched", "serve", "flows", "load", "latency", "pinning"].contains(&o.as_str()),
+            "unknown bench part {o:?} (sched, serve, flows, load, latency, pinning)"
         );
     }
     setup::setup()?;
@@ -133,6 +137,9 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if part("latency") {
         bench_latency::run_bench(&bin)?;
+    }
+    if part("pinning") {
+        bench_pinning::run(&bin)?;
     }
     if part("load") {
         // tests/tests/load.rs at full size: 1 000 idle connections, 100 slowloris clients, 50

@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     // Prometheus + promtool for scrape checks.
     "prometheus",
     "prometheus-alertmanager",
+    // The peer exporter the pinning bench compares against (`cargo xtask bench --only pinning`).
+    "prometheus-libvirt-exporter",
     // Shipping: the static musl build (C parts of ring and mimalloc), the image, its runtime
     // (Debian's crun refuses this host's hybrid cgroups), bcrypt hashes for the web-config test.
     "musl-tools",

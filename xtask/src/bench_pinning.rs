@@ -1,0 +1,689 @@
+//! `cargo xtask bench --only pinning` (issue 12): what watching pinning costs, beside Debian's
+//! `prometheus-libvirt-exporter` on the same host.
+//!
+//! Rows:
+//! - `pinflow serve` (pinning collector only) with 10 and 60 real KVM domains × 4 vCPUs (half the
+//!   domains pinned one vCPU per pCPU, half floating over a shared set) on the libvirt testbed;
+//! - Debian's exporter on the same domains in the same window (both scraped every 15 s), with the
+//!   CPU libvirtd spent meanwhile (the exporter's cost lives partly there; pinflow never calls
+//!   libvirtd);
+//! - `pinflow serve` on a generated fixture host of 200 domains × 8 vCPUs (libvirt status XML and
+//!   procfs/cgroupfs trees under a temp root, read through `--libvirt-state-dir`, `--proc-root`,
+//!   `--sys-root`: file reads only, as a container or a test reads them).
+//!
+//! Each row: CPU seconds per 60 s (utime+stime from `/proc/PID/stat` over the idle window,
+//! scrapes every 15 s included), the procfs pass duration (`pinflow_collect_duration_seconds
+//! {source="procfs"}` as scraped: median and max), `/metrics` p50/p99 (the periodic scrapes plus
+//! a burst of 50 after the window), VmHWM and VmRSS at the end, and the mode pinflow reports
+//! (`pinflow_source_info`, when a build exposes it; else the sources' detail). pinflow is measured
+//! as whatever `pinflow serve` does: nothing here depends on how the pass is driven.
+//!
+//! Knobs (environment): `PINFLOW_BENCH_SECS` (idle window per row, default 60),
+//! `PINFLOW_BENCH_DOMAINS` (real domain counts, default `10,60`; empty: none),
+//! `PINFLOW_BENCH_FIXTURE_DOMAINS` (default 200; 0: no fixture row). Domains are named
+//! `pinbench-N` and removed at the end. Needs root and the libvirt testbed (`cargo xtask setup`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use pinflow_tests::libvirt::{self, DomainSpec, RunningDomain};
+use pinflow_tests::pinflow::free_addr;
+use pinflow_tests::scrape::{self, Sample};
+
+/// Prefix of the domains this bench creates (never touches others).
+const PREFIX: &str = "pinbench-";
+/// Scrape interval of both exporters during the idle window.
+const SCRAPE_EVERY: Duration = Duration::from_secs(15);
+/// Scrapes in the burst after the window.
+const BURST: usize = 50;
+/// vCPUs per real domain.
+const REAL_VCPUS: usize = 4;
+/// vCPUs per fixture domain.
+const FIXTURE_VCPUS: usize = 8;
+/// The exporter's binary (Debian package `prometheus-libvirt-exporter`).
+const EXPORTER: &str = "/usr/bin/prometheus-libvirt-exporter";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// One measured row.
+#[derive(Debug, Default)]
+struct Row {
+    host: String,
+    who: String,
+    mode: String,
+    cpu_per_60s: f64,
+    libvirtd_per_60s: Option<f64>,
+    pass_ms: Option<(f64, f64)>,
+    p50_ms: f64,
+    p99_ms: f64,
+    hwm_kib: u64,
+    rss_kib: u64,
+    note: String,
+}
+
+/// A process being measured: pid and /metrics address.
+struct Target {
+    pid: u32,
+    addr: SocketAddr,
+    lat: Vec<Duration>,
+    pass: Vec<f64>,
+    last: Vec<Sample>,
+    cpu0: u64,
+}
+
+impl Target {
+    fn new(pid: u32, addr: SocketAddr) -> Self {
+        Target {
+            pid,
+            addr,
+            lat: Vec::new(),
+            pass: Vec::new(),
+            last: Vec::new(),
+            cpu0: 0,
+        }
+    }
+
+    fn scrape(&mut self) -> Result<()> {
+        let t = Instant::now();
+        let (code, body) = scrape::http_get(self.addr, "/metrics", Duration::from_secs(30))
+            .with_context(|| format!("scraping {}", self.addr))?;
+        self.lat.push(t.elapsed());
+        if code != 200 {
+            bail!("{} answered {code}", self.addr);
+        }
+        self.last = scrape::parse(&body);
+        if let Some(s) = scrape::select(
+            &self.last,
+            "pinflow_collect_duration_seconds",
+            &[("source", "procfs")],
+        )
+        .first()
+        {
+            self.pass.push(s.value);
+        }
+        Ok(())
+    }
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn ticks_per_second() -> f64 {
+    #[allow(unsafe_code)] // sysconf has no safe wrapper.
+    // SAFETY: sysconf takes an integer name and reads no memory.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// (VmHWM, VmRSS) of `pid`, KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn percentile(v: &[Duration], p: usize) -> f64 {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+}
+
+fn median_max(v: &[f64]) -> Option<(f64, f64)> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    Some((*v.get(v.len() / 2)?, *v.last()?))
+}
+
+/// The mode pinflow reports: `pinflow_source_info` labels when exposed, else the sources' detail.
+fn pinflow_mode(t: &Target) -> String {
+    let info: Vec<String> = t
+        .last
+        .iter()
+        .filter(|s| s.name == "pinflow_source_info")
+        .map(|s| {
+            s.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    if !info.is_empty() {
+        return info.join("; ");
+    }
+    let Some(src) = scrape::sources(t.addr) else {
+        return "?".into();
+    };
+    let detail = |name: &str| {
+        src.get(name).map(|v| {
+            let up = v.get("up").and_then(serde_json::Value::as_bool);
+            let d = v.get("detail").and_then(|d| d.as_str()).unwrap_or("");
+            match up {
+                Some(false) => format!("{name} down"),
+                _ if d.is_empty() => name.to_string(),
+                _ => format!("{name}: {d}"),
+            }
+        })
+    };
+    ["sched_bpf", "procfs"]
+        .iter()
+        .filter_map(|n| detail(n))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Scrapes every target at once every 15 s for `secs`, then a burst of [`BURST`] each. Returns
+/// the CPU seconds per 60 s of each target (window only) and of the extra pids.
+fn measure(targets: &mut [&mut Target], extra: &[u32], secs: u64) -> Result<(Vec<f64>, Vec<f64>)> {
+    // Let start-up settle: every target answers and pinflow has finished a pass.
+    std::thread::sleep(Duration::from_secs(3));
+    for t in targets.iter_mut() {
+        t.scrape()?;
+        t.lat.clear();
+        t.pass.clear();
+    }
+    let extra0: Vec<u64> = extra.iter().map(|&p| cpu_ticks(p)).collect();
+    for t in targets.iter_mut() {
+        t.cpu0 = cpu_ticks(t.pid);
+    }
+    let start = Instant::now();
+    let window = Duration::from_secs(secs);
+    loop {
+        for t in targets.iter_mut() {
+            t.scrape()?;
+        }
+        let next = SCRAPE_EVERY * u32::try_from(targets[0].lat.len()).unwrap_or(u32::MAX);
+        if next >= window {
+            break;
+        }
+        if let Some(wait) = next.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    if let Some(rest) = window.checked_sub(start.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let scale = 60.0 / elapsed / ticks_per_second();
+    let cpu: Vec<f64> = targets
+        .iter()
+        .map(|t| cpu_ticks(t.pid).saturating_sub(t.cpu0) as f64 * scale)
+        .collect();
+    let extra_cpu = extra
+        .iter()
+        .zip(extra0)
+        .map(|(&p, c0)| cpu_ticks(p).saturating_sub(c0) as f64 * scale)
+        .collect();
+    for t in targets.iter_mut() {
+        for _ in 0..BURST {
+            t.scrape()?;
+        }
+    }
+    Ok((cpu, extra_cpu))
+}
+
+/// What pinflow saw: vCPUs (`pinflow_domain_vcpus`) and how many drift
+/// (`pinflow_domain_drifted_vcpus`, any check: generated pins overlap between domains).
+fn seen(t: &Target) -> String {
+    let sum = |name: &str| -> f64 {
+        t.last
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .sum()
+    };
+    format!(
+        "{} vCPUs seen, {} drift findings",
+        sum("pinflow_domain_vcpus"),
+        sum("pinflow_domain_drifted_vcpus")
+    )
+}
+
+fn pinflow_row(host: &str, t: &Target, cpu: f64) -> Row {
+    let (hwm, rss) = memory_kib(t.pid);
+    Row {
+        host: host.into(),
+        who: "pinflow serve".into(),
+        mode: pinflow_mode(t),
+        cpu_per_60s: cpu,
+        libvirtd_per_60s: None,
+        pass_ms: median_max(&t.pass).map(|(a, b)| (a * 1e3, b * 1e3)),
+        p50_ms: percentile(&t.lat, 50),
+        p99_ms: percentile(&t.lat, 99),
+        hwm_kib: hwm,
+        rss_kib: rss,
+        note: String::new(),
+    }
+}
+
+/// A `pinflow serve` child, killed on drop.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(bin: &Path, args: &[String]) -> Result<Serve> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("pinflow.log");
+        let addr = free_addr();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--web.listen-address")
+            .arg(addr.to_string())
+            .args(["--no-collector.flows", "--no-collector.datapath"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let s = Serve {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
+        s.wait_up()?;
+        Ok(s)
+    }
+
+    fn wait_up(&self) -> Result<()> {
+        let up = pinflow_tests::wait_for(Duration::from_secs(30), || {
+            scrape::http_get(self.addr, "/metrics", Duration::from_secs(2))
+                .ok()
+                .filter(|(c, _)| *c == 200)
+        });
+        if up.is_none() {
+            bail!(
+                "{} did not answer /metrics:\n{}",
+                self.addr,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's exporter on a free port, killed on drop.
+struct Exporter {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Exporter {
+    fn start() -> Result<Exporter> {
+        let addr = free_addr();
+        let child = Command::new(EXPORTER)
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--libvirt.export-nova-metadata")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {EXPORTER} (cargo xtask setup installs it)"))?;
+        let e = Exporter { child, addr };
+        let up = pinflow_tests::wait_for(Duration::from_secs(15), || {
+            scrape::http_get(e.addr, "/metrics", Duration::from_secs(5))
+                .ok()
+                .filter(|(c, _)| *c == 200)
+        });
+        if up.is_none() {
+            bail!("{EXPORTER} did not answer on {addr}");
+        }
+        Ok(e)
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn libvirtd_pid() -> Option<u32> {
+    let out = crate::util::output("pgrep", &["-x", "libvirtd"])?;
+    out.lines().next()?.trim().parse().ok()
+}
+
+/// The real domains `from..to` (pinned: even index, one pCPU per vCPU; floating: odd index, the
+/// domain's vCPUs share every pCPU).
+fn real_domain(i: usize, cpus: usize) -> DomainSpec {
+    let name = format!("{PREFIX}{i}");
+    if i.is_multiple_of(2) {
+        let pins: Vec<String> = (0..REAL_VCPUS)
+            .map(|v| ((i + v) % cpus).to_string())
+            .collect();
+        let pins: Vec<&str> = pins.iter().map(String::as_str).collect();
+        DomainSpec::pinned(&name, &pins).with_nova(&name, "bench", "b1.small")
+    } else {
+        let mut d = DomainSpec::pinned(&name, &[]).with_nova(&name, "bench", "b1.float");
+        d.pins = vec![None; REAL_VCPUS];
+        d.vcpu_cpuset = Some(format!("0-{}", cpus - 1));
+        d
+    }
+}
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Real-domain rows: for each count in `counts` (ascending), start domains up to it, then
+/// measure pinflow and the exporter side by side.
+fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Result<()> {
+    let _daemons = libvirt::ensure_daemons()?;
+    let mut running: Vec<RunningDomain> = Vec::new();
+    let cpus = host_cpus();
+    for &n in counts {
+        while running.len() < n {
+            let spec = real_domain(running.len(), cpus);
+            running.push(libvirt::start(&spec).with_context(|| format!("starting {}", spec.name))?);
+        }
+        eprintln!("==> {n} real domains × {REAL_VCPUS} vCPUs: measuring for {secs} s");
+        let serve = Serve::start(bin, &[])?;
+        let exporter = Exporter::start()?;
+        let mut pf = Target::new(serve.child.id(), serve.addr);
+        let mut ex = Target::new(exporter.child.id(), exporter.addr);
+        let libvirtd: Vec<u32> = libvirtd_pid().into_iter().collect();
+        let (cpu, extra) = measure(&mut [&mut pf, &mut ex], &libvirtd, secs)?;
+        let host = format!("{n} KVM domains × {REAL_VCPUS} vCPUs");
+        let mut row = pinflow_row(&host, &pf, cpu[0]);
+        row.note = seen(&pf);
+        rows.push(row);
+        let (hwm, rss) = memory_kib(ex.pid);
+        let pinning_series = ex
+            .last
+            .iter()
+            .filter(|s| s.name.contains("pin") || s.name.contains("affinity"))
+            .count();
+        rows.push(Row {
+            host,
+            who: "prometheus-libvirt-exporter".into(),
+            mode: "libvirt API per scrape".into(),
+            cpu_per_60s: cpu[1],
+            libvirtd_per_60s: extra.first().copied(),
+            pass_ms: None,
+            p50_ms: percentile(&ex.lat, 50),
+            p99_ms: percentile(&ex.lat, 99),
+            hwm_kib: hwm,
+            rss_kib: rss,
+            note: format!("no pinning reported ({pinning_series} pinning/affinity series)"),
+        });
+    }
+    for d in &running {
+        libvirt::remove(&d.name);
+    }
+    Ok(())
+}
+
+/// A generated host: `domains` × [`FIXTURE_VCPUS`] vCPUs on 64 pCPUs, cgroup v1 libvirt layout.
+struct FixtureHost {
+    root: tempfile::TempDir,
+}
+
+impl FixtureHost {
+    fn generate(domains: usize) -> Result<FixtureHost> {
+        let root = tempfile::tempdir()?;
+        let state = root.path().join("run-libvirt-qemu");
+        let proc_root = root.path().join("proc");
+        let cg = root.path().join("sys/fs/cgroup/cpuset/machine");
+        std::fs::create_dir_all(&state)?;
+        std::fs::create_dir_all(root.path().join("sys/devices/system/cpu"))?;
+        std::fs::write(root.path().join("sys/devices/system/cpu/online"), "0-63\n")?;
+        let write = |p: &Path, text: &str| -> Result<()> {
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(p, text).with_context(|| p.display().to_string())
+        };
+        for i in 0..domains {
+            let name = format!("{PREFIX}fx{i}");
+            let id = i + 1;
+            // Pids far above any real one (pid_max is 4 194 304): one process per domain, its
+            // main thread, FIXTURE_VCPUS vCPU threads and two helper threads.
+            let pid = 3_000_000 + (i as u32) * 16;
+            let pinned = i.is_multiple_of(2);
+            let pin_of = |v: usize| ((i * FIXTURE_VCPUS + v) % 32).to_string();
+            let float = "32-63";
+            let scope = format!("qemu-{id}-{name}.libvirt-qemu");
+            let mut xml = String::new();
+            let _ = writeln!(
+                xml,
+                "<domstatus state='running' reason='booted' pid='{pid}'>\n  <vcpus>"
+            );
+            for v in 0..FIXTURE_VCPUS {
+                let _ = writeln!(xml, "    <vcpu id='{v}' pid='{}'/>", pid + 1 + v as u32);
+            }
+            let _ = writeln!(
+                xml,
+                "  </vcpus>\n  <domain type='kvm' id='{id}'>\n    <name>{name}</name>\n    <uuid>{}</uuid>",
+                libvirt::uuid_for(&name)
+            );
+            let _ = writeln!(
+                xml,
+                "    <metadata>\n      <nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\">\n\
+                 \x20       <nova:name>{name}</nova:name>\n        <nova:flavor name=\"b1.large\"><nova:vcpus>{FIXTURE_VCPUS}</nova:vcpus></nova:flavor>\n\
+                 \x20       <nova:owner><nova:user uuid=\"0f6c1c8e2f3a4b5c9d8e7f6a5b4c3d2e\">u</nova:user>\
+                 <nova:project uuid=\"a1b2c3d4e5f60718293a4b5c6d7e8f90\">bench</nova:project></nova:owner>\n\
+                 \x20     </nova:instance>\n    </metadata>\n    <memory unit='KiB'>262144</memory>"
+            );
+            if pinned {
+                let _ = writeln!(
+                    xml,
+                    "    <vcpu placement='static'>{FIXTURE_VCPUS}</vcpu>\n    <cputune>"
+                );
+                for v in 0..FIXTURE_VCPUS {
+                    let _ = writeln!(xml, "      <vcpupin vcpu='{v}' cpuset='{}'/>", pin_of(v));
+                }
+                let all: Vec<String> = (0..FIXTURE_VCPUS).map(pin_of).collect();
+                let _ = writeln!(
+                    xml,
+                    "      <emulatorpin cpuset='{}'/>\n    </cputune>",
+                    all.join(",")
+                );
+            } else {
+                let _ = writeln!(
+                    xml,
+                    "    <vcpu placement='static' cpuset='{float}'>{FIXTURE_VCPUS}</vcpu>"
+                );
+            }
+            xml.push_str("    <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type></os>\n  </domain>\n</domstatus>\n");
+            write(&state.join(format!("{name}.xml")), &xml)?;
+            write(&state.join(format!("{name}.pid")), &pid.to_string())?;
+
+            let emu_cpus = if pinned {
+                (0..FIXTURE_VCPUS).map(pin_of).collect::<Vec<_>>().join(",")
+            } else {
+                float.to_string()
+            };
+            write(
+                &cg.join(&scope).join("cpuset.cpus"),
+                &format!("{emu_cpus}\n"),
+            )?;
+            write(
+                &cg.join(&scope).join("emulator/cpuset.cpus"),
+                &format!("{emu_cpus}\n"),
+            )?;
+            let threads = std::iter::once((
+                pid,
+                "qemu-system-x86".to_string(),
+                "emulator".to_string(),
+                emu_cpus.clone(),
+            ))
+            .chain((0..FIXTURE_VCPUS).map(|v| {
+                let cpus = if pinned { pin_of(v) } else { float.to_string() };
+                (
+                    pid + 1 + v as u32,
+                    format!("CPU {v}/KVM"),
+                    format!("vcpu{v}"),
+                    cpus,
+                )
+            }))
+            .chain((0..2u32).map(|h| {
+                (
+                    pid + 1 + FIXTURE_VCPUS as u32 + h,
+                    format!("worker{h}"),
+                    "emulator".to_string(),
+                    emu_cpus.clone(),
+                )
+            }));
+            for (tid, comm, leaf, cpus) in threads {
+                let task = proc_root.join(format!("{pid}/task/{tid}"));
+                if leaf.starts_with("vcpu") {
+                    write(
+                        &cg.join(&scope).join(&leaf).join("cpuset.cpus"),
+                        &format!("{cpus}\n"),
+                    )?;
+                }
+                let last = cpus.split([',', '-']).next().unwrap_or("0").to_string();
+                write(
+                    &task.join("stat"),
+                    &format!(
+                        "{tid} ({comm}) S 1 {pid} {pid} 0 -1 138412224 516 0 0 0 0 1814 0 0 20 0 6 0 32077 \
+                         642846720 10385 18446744073709551615 1 1 0 0 0 0 2147219511 4096 16963 0 0 0 -1 {last} 0 0 0 0 0\n"
+                    ),
+                )?;
+                write(
+                    &task.join("status"),
+                    &format!(
+                        "Name:\t{comm}\nTgid:\t{pid}\nPid:\t{tid}\nCpus_allowed_list:\t{cpus}\n"
+                    ),
+                )?;
+                write(&task.join("schedstat"), "18148376596 23734040313 5325\n")?;
+                write(
+                    &task.join("cgroup"),
+                    &format!(
+                        "4:memory:/machine/{scope}\n3:cpuset:/machine/{scope}/{leaf}\n\
+                         1:cpu:/machine/{scope}/{leaf}\n0::/machine/{scope}/{leaf}\n"
+                    ),
+                )?;
+                write(&task.join("comm"), &format!("{comm}\n"))?;
+            }
+        }
+        Ok(FixtureHost { root })
+    }
+
+    fn args(&self) -> Vec<String> {
+        let r = self.root.path();
+        [
+            ("--libvirt-state-dir", r.join("run-libvirt-qemu")),
+            ("--proc-root", r.join("proc")),
+            ("--sys-root", r.join("sys")),
+        ]
+        .into_iter()
+        .flat_map(|(f, p)| [f.to_string(), p.to_string_lossy().into_owned()])
+        .collect()
+    }
+}
+
+fn fixture_row(bin: &Path, domains: usize, secs: u64, rows: &mut Vec<Row>) -> Result<()> {
+    eprintln!(
+        "==> fixture host, {domains} domains × {FIXTURE_VCPUS} vCPUs: measuring for {secs} s"
+    );
+    let host = FixtureHost::generate(domains)?;
+    let serve = Serve::start(bin, &host.args())?;
+    let mut pf = Target::new(serve.child.id(), serve.addr);
+    let (cpu, _) = measure(&mut [&mut pf], &[], secs)?;
+    let mut row = pinflow_row(
+        &format!("fixture: {domains} domains × {FIXTURE_VCPUS} vCPUs"),
+        &pf,
+        cpu[0],
+    );
+    row.note = format!("{}; files under --proc-root", seen(&pf));
+    rows.push(row);
+    Ok(())
+}
+
+fn table(rows: &[Row], secs: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| host | exporter | mode | CPU s / 60 s | libvirtd CPU s / 60 s | procfs pass ms (median / max) | /metrics p50 ms | p99 ms | VmHWM MiB | VmRSS MiB | note |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
+            r.host,
+            r.who,
+            r.mode,
+            r.cpu_per_60s,
+            r.libvirtd_per_60s.map_or("-".into(), |c| format!("{c:.3}")),
+            r.pass_ms
+                .map_or("-".into(), |(m, x)| format!("{m:.2} / {x:.2}")),
+            r.p50_ms,
+            r.p99_ms,
+            r.hwm_kib as f64 / 1024.0,
+            r.rss_kib as f64 / 1024.0,
+            r.note
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nIdle window {secs} s per row, both exporters scraped every 15 s in it (CPU includes \
+         those scrapes); latencies: those scrapes plus a burst of {BURST}; memory at the end."
+    );
+    out
+}
+
+/// Runs the pinning bench with the pinflow binary `bin`.
+pub fn run(bin: &Path) -> Result<()> {
+    let secs = env_num("PINFLOW_BENCH_SECS", 60).max(1);
+    let counts: Vec<usize> = std::env::var("PINFLOW_BENCH_DOMAINS")
+        .unwrap_or_else(|_| "10,60".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let fixture = env_num("PINFLOW_BENCH_FIXTURE_DOMAINS", 200) as usize;
+    let mut rows = Vec::new();
+    let mut counts = counts;
+    counts.sort_unstable();
+    let real = if counts.is_empty() {
+        Ok(())
+    } else {
+        real_rows(bin, &counts, secs, &mut rows)
+    };
+    // Domains this bench may have left behind after an error.
+    if real.is_err() {
+        for i in 0..counts.last().copied().unwrap_or(0) {
+            libvirt::remove(&format!("{PREFIX}{i}"));
+        }
+    }
+    real?;
+    if fixture > 0 {
+        fixture_row(bin, fixture, secs, &mut rows)?;
+    }
+    println!("\n{}", table(&rows, secs));
+    Ok(())
+}
