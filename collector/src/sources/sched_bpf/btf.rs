@@ -91,7 +91,8 @@ struct TypeRec {
 
 /// Parsed view of a BTF blob.
 struct Btf<'a> {
-    types: Vec<TypeRec>,
+    /// Offset of each type's record in `type_data` (4 bytes per type; records are decoded on use).
+    types: Vec<u32>,
     type_data: &'a [u8],
     strings: &'a [u8],
 }
@@ -134,15 +135,14 @@ impl<'a> Btf<'a> {
         let strings =
             section(str_off, str_len).ok_or(BtfError::Malformed("string section out of bounds"))?;
 
-        // Reserved, not touched: records are at least 12 bytes, so this never reallocates.
+        // Reserved, not all touched: records are at least 12 bytes, so this never reallocates.
         let mut types = Vec::with_capacity(type_data.len() / 12);
         let mut pos = 0usize;
         while pos < type_data.len() {
             let trunc = BtfError::Malformed("truncated type");
-            let name_off = u32_at(type_data, pos).ok_or(trunc)?;
+            // name_off, info, size_or_type: 12 bytes.
+            u32_at(type_data, pos + 8).ok_or(trunc)?;
             let info = u32_at(type_data, pos + 4).ok_or(BtfError::Malformed("truncated type"))?;
-            let size_or_type =
-                u32_at(type_data, pos + 8).ok_or(BtfError::Malformed("truncated type"))?;
             let vlen = (info & 0xffff) as u16;
             let kind = ((info >> 24) & 0x1f) as u8;
             let trailer = pos + 12;
@@ -156,14 +156,9 @@ impl<'a> Btf<'a> {
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * n,
                 other => return Err(BtfError::UnknownKind(other)),
             };
-            types.push(TypeRec {
-                name_off,
-                kind,
-                vlen,
-                kind_flag: info >> 31 != 0,
-                size_or_type,
-                trailer,
-            });
+            types.push(
+                u32::try_from(pos).map_err(|_| BtfError::Malformed("type section too large"))?,
+            );
             pos = trailer + trailer_len;
         }
         if pos != type_data.len() {
@@ -179,8 +174,27 @@ impl<'a> Btf<'a> {
     }
 
     /// Type by id (ids start at 1; 0 is `void`).
-    fn ty(&self, id: u32) -> Option<&TypeRec> {
-        self.types.get((id as usize).checked_sub(1)?)
+    fn ty(&self, id: u32) -> Option<TypeRec> {
+        self.rec(*self.types.get((id as usize).checked_sub(1)?)?)
+    }
+
+    /// Decodes the record at `pos` (validated by [`Self::parse`]).
+    fn rec(&self, pos: u32) -> Option<TypeRec> {
+        let pos = pos as usize;
+        let info = u32_at(self.type_data, pos + 4)?;
+        Some(TypeRec {
+            name_off: u32_at(self.type_data, pos)?,
+            kind: ((info >> 24) & 0x1f) as u8,
+            vlen: (info & 0xffff) as u16,
+            kind_flag: info >> 31 != 0,
+            size_or_type: u32_at(self.type_data, pos + 8)?,
+            trailer: pos + 12,
+        })
+    }
+
+    /// Every type record, in id order.
+    fn records(&self) -> impl Iterator<Item = TypeRec> + '_ {
+        self.types.iter().filter_map(|&p| self.rec(p))
     }
 
     fn name(&self, off: u32) -> &'a [u8] {
@@ -250,7 +264,7 @@ impl<'a> Btf<'a> {
             }
             let inner = self.resolve(ty).and_then(|id| self.ty(id));
             if let Some(inner) = inner.filter(|i| matches!(i.kind, KIND_STRUCT | KIND_UNION))
-                && let Some((off, ty, bf)) = self.find_member(inner, member, depth + 1)
+                && let Some((off, ty, bf)) = self.find_member(&inner, member, depth + 1)
             {
                 return Some((bit_off + off, ty, bf));
             }
@@ -261,8 +275,7 @@ impl<'a> Btf<'a> {
     /// Id of the typedef named `name`, if there is one.
     fn typedef_id(&self, name: &[u8]) -> Option<u32> {
         let i = self
-            .types
-            .iter()
+            .records()
             .position(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == name)?;
         u32::try_from(i + 1).ok()
     }
@@ -279,12 +292,11 @@ pub(crate) fn member_offset(
 
 fn member_offset_in(btf: &Btf<'_>, strukt: &str, member: &str) -> Result<MemberLoc, BtfError> {
     let t = btf
-        .types
-        .iter()
+        .records()
         .find(|t| t.kind == KIND_STRUCT && t.vlen > 0 && btf.name(t.name_off) == strukt.as_bytes())
         .ok_or_else(|| BtfError::StructNotFound(strukt.to_string()))?;
     let (bit_off, ty, bitfield) =
-        btf.find_member(t, member.as_bytes(), 0)
+        btf.find_member(&t, member.as_bytes(), 0)
             .ok_or_else(|| BtfError::MemberNotFound {
                 strukt: strukt.to_string(),
                 member: member.to_string(),
@@ -304,11 +316,84 @@ pub(crate) fn member_offset_in_file(
     strukt: &str,
     member: &str,
 ) -> Result<MemberLoc, BtfError> {
-    let data = std::fs::read(path).map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    member_offset(&data, strukt, member)
+    member_offset(&FileBytes::open(path)?, strukt, member)
+}
+
+/// A BTF file's bytes. The kernel's own BTF (under `/sys/kernel/btf`) is mapped read-only where
+/// the kernel allows it (Linux 6.16+): the pages are the kernel's, so reading them costs no
+/// process memory (measured: VmRSS +4 KiB for vmlinux's 5.5 MB). Elsewhere, or when mapping fails,
+/// the file is read into the heap.
+enum FileBytes {
+    /// `mmap`ed: address and length, unmapped on drop.
+    Mapped(*const u8, usize),
+    /// Read.
+    Read(Vec<u8>),
+}
+
+impl FileBytes {
+    fn open(path: &Path) -> Result<Self, BtfError> {
+        let err = |source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(err)?;
+        if path.starts_with("/sys/kernel/btf")
+            && let Some(mapped) = Self::map(&file)
+        {
+            return Ok(mapped);
+        }
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut data).map_err(err)?;
+        Ok(FileBytes::Read(data))
+    }
+
+    /// Maps the whole file read-only; `None` when the kernel refuses (older kernels).
+    #[allow(unsafe_code)] // mmap(2) has no safe wrapper in the workspace's crates.
+    fn map(file: &std::fs::File) -> Option<Self> {
+        use std::os::fd::AsRawFd as _;
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: a fresh read-only private mapping of an open file; the kernel's BTF never
+        // changes while it runs, so the bytes stay valid and constant until munmap in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then(|| FileBytes::Mapped(ptr.cast::<u8>().cast_const(), len))
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    #[allow(unsafe_code)] // A slice over the mapping made in FileBytes::map.
+    fn deref(&self) -> &[u8] {
+        match self {
+            // SAFETY: `ptr` maps `len` readable bytes until Drop (see FileBytes::map).
+            FileBytes::Mapped(ptr, len) => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            FileBytes::Read(v) => v,
+        }
+    }
+}
+
+impl Drop for FileBytes {
+    #[allow(unsafe_code)] // munmap(2) of the mapping made in FileBytes::map.
+    fn drop(&mut self) {
+        if let FileBytes::Mapped(ptr, len) = *self {
+            // SAFETY: exactly the mapping returned by mmap; no slice of it outlives `self`.
+            unsafe {
+                libc::munmap(ptr.cast_mut().cast(), len);
+            }
+        }
+    }
 }
 
 /// What the sched probe needs from kernel BTF, read in one pass over the file.
@@ -323,13 +408,10 @@ pub(crate) struct SchedFacts {
 /// The typedef a `tp_btf/sched_switch` program names as its attach target.
 pub(crate) const SCHED_SWITCH_TYPEDEF: &str = "btf_trace_sched_switch";
 
-/// Reads [`SchedFacts`] from the BTF file at `path` (normally [`VMLINUX_BTF`]). The file (~5 MiB)
-/// and the record index (4 bytes per type) are freed on return.
+/// Reads [`SchedFacts`] from the BTF file at `path` (normally [`VMLINUX_BTF`]). The file (~5 MiB,
+/// mapped where the kernel allows it) and the record index (4 bytes per type) are freed on return.
 pub(crate) fn sched_facts_in_file(path: &Path) -> Result<SchedFacts, BtfError> {
-    let data = std::fs::read(path).map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let data = FileBytes::open(path)?;
     let btf = Btf::parse(&data)?;
     Ok(SchedFacts {
         task_pid: member_offset_in(&btf, "task_struct", "pid")?,
@@ -472,6 +554,21 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn vmlinux_mapped_or_read_alike() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            println!("SKIP: {VMLINUX_BTF} missing (kernel without BTF)");
+            return;
+        }
+        let read = std::fs::read(path).expect("read");
+        let bytes = FileBytes::open(path).expect("open");
+        if !matches!(bytes, FileBytes::Mapped(..)) {
+            println!("note: this kernel does not map its BTF; read instead");
+        }
+        assert!(*bytes == *read.as_slice());
     }
 
     #[test]

@@ -6,32 +6,26 @@
 //! no CO-RE relocations (kernel offsets come from [`super::btf`] and tracefs as globals), so the
 //! parse buys nothing, and the loader has no constructor without it.
 //!
-//! [`new_loader`] therefore creates the loader on a short-lived thread that first moves into a
-//! private mount namespace (a slave of the host's: nothing it mounts propagates back) and covers
-//! `/sys/kernel/btf` with an empty read-only tmpfs; aya finds no BTF and the loader has none.
-//! The namespace dies with the thread; the loader (plain data) is handed back and used as usual.
-//! This needs `CAP_SYS_ADMIN`, which `pinflow serve` holds at start-up, where the probes load,
-//! before it drops capabilities (commands/capabilities.rs). Without it (a container granted only
-//! `CAP_BPF` + `CAP_PERFMON`, or a probe that attaches after the drop) the loader is created
-//! normally, aya parses the BTF, and the log says so.
-
-use std::ffi::CStr;
-use std::path::Path;
+//! [`new_loader`] therefore creates the loader on a short-lived thread that first forbids itself
+//! to open files: a seccomp filter on that thread alone (no `TSYNC`, after `no_new_privs`, also
+//! that thread's alone) makes `open`/`openat`/`openat2` fail with `ENOENT`. aya finds no BTF, the
+//! loader has none, and the thread (with its filter) ends; the loader, plain data, is handed back
+//! and used as usual. No capability is needed, so this works at start-up and for a probe that
+//! attaches after `pinflow serve` dropped its capabilities (the OVS datapath probe), in a
+//! container as on the host. Where seccomp is unavailable the loader is created normally, aya
+//! parses the BTF, and the log says so.
 
 use aya::EbpfLoader;
 
 use super::btf::VMLINUX_BTF;
 
-/// Directory covered in the loader thread's mount namespace.
-const BTF_DIR: &CStr = c"/sys/kernel/btf";
-
-/// A loader without kernel BTF when the kernel's BTF can be hidden from aya (see the module
+/// A loader without kernel BTF when aya can be kept from reading it (see the module
 /// docs), else aya's default loader (which parses it). Logs which one it is.
 pub(crate) fn new_loader(what: &str) -> EbpfLoader<'static> {
     let hidden = std::thread::Builder::new()
         .name("pinflow-bpf-load".into())
         .spawn(|| -> Result<EbpfLoader<'static>, String> {
-            hide_kernel_btf()?;
+            forbid_opening_files()?;
             Ok(EbpfLoader::new())
         })
         .map_err(|e| format!("cannot start the loader thread: {e}"))
@@ -46,7 +40,7 @@ pub(crate) fn new_loader(what: &str) -> EbpfLoader<'static> {
         }
         Err(reason) => {
             tracing::info!(
-                "{what}: cannot hide the kernel's BTF from the eBPF loader ({reason}); it parses \
+                "{what}: cannot keep the eBPF loader from reading the kernel's BTF ({reason}); it parses \
                  all of {VMLINUX_BTF} (peak memory ~30 MiB higher while it loads)"
             );
             EbpfLoader::new()
@@ -54,64 +48,118 @@ pub(crate) fn new_loader(what: &str) -> EbpfLoader<'static> {
     }
 }
 
-/// Moves the calling thread into a private mount namespace where `/sys/kernel/btf` is empty.
-#[allow(unsafe_code)] // unshare(2) and mount(2) have no safe wrapper in the workspace's crates.
-fn hide_kernel_btf() -> Result<(), String> {
+/// `AUDIT_ARCH_*` of this build's architecture (include/uapi/linux/audit.h), and the syscalls
+/// that open a path on it.
+#[cfg(target_arch = "x86_64")]
+const ARCH: (u32, &[libc::c_long]) = (
+    0xc000_003e,
+    &[libc::SYS_open, libc::SYS_openat, libc::SYS_openat2],
+);
+#[cfg(target_arch = "aarch64")]
+const ARCH: (u32, &[libc::c_long]) = (0xc000_00b7, &[libc::SYS_openat, libc::SYS_openat2]);
+
+/// Makes every later `open`/`openat`/`openat2` of the calling thread fail with `ENOENT`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[allow(unsafe_code)] // prctl(2) with a seccomp program has no safe wrapper in the workspace's crates.
+fn forbid_opening_files() -> Result<(), String> {
     let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
-    // SAFETY: unshare takes flags only; CLONE_NEWNS also unshares this thread's fs struct, so the
-    // rest of the process keeps the host's namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(os("unshare(CLONE_NEWNS), needs CAP_SYS_ADMIN"));
+    let (arch, opens) = ARCH;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let n = opens.len();
+    // 0: load arch; 1: other arch -> allow; 2: load nr; 3..3+n: an open -> deny; allow; deny.
+    let mut prog = vec![
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: u8::try_from(n + 1).map_err(|_| "filter too long")?,
+            k: arch,
+        },
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+    ];
+    for (m, nr) in opens.iter().enumerate() {
+        prog.push(libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: u8::try_from(n - m).map_err(|_| "filter too long")?,
+            jf: 0,
+            k: u32::try_from(*nr).map_err(|_| "syscall number")?,
+        });
     }
-    // SAFETY: valid NUL-terminated strings or null where mount(2) allows null.
+    prog.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
+    prog.push(stmt(
+        libc::BPF_RET | libc::BPF_K,
+        libc::SECCOMP_RET_ERRNO | (libc::ENOENT as u32 & libc::SECCOMP_RET_DATA),
+    ));
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| "filter too long")?,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only; it applies to the calling thread.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(os("no_new_privs"));
+    }
+    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel copies the program.
+    // Without SECCOMP_FILTER_FLAG_TSYNC the filter binds the calling thread only.
     let rc = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_SLAVE,
-            std::ptr::null(),
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+            0,
+            0,
         )
     };
     if rc != 0 {
-        return Err(os("making the mounts slaves"));
+        return Err(os("seccomp filter"));
     }
-    // SAFETY: as above; the data argument is a NUL-terminated option string.
-    let rc = unsafe {
-        libc::mount(
-            c"pinflow-no-btf".as_ptr(),
-            BTF_DIR.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            c"size=4k,mode=0555".as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(os("covering /sys/kernel/btf"));
+    match std::fs::File::open(VMLINUX_BTF) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("opening {VMLINUX_BTF} failed otherwise: {e}")),
+        Ok(_) => Err(format!("{VMLINUX_BTF} still opens")),
     }
-    if Path::new(VMLINUX_BTF).exists() {
-        return Err(format!("{VMLINUX_BTF} still visible"));
-    }
-    Ok(())
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn forbid_opening_files() -> Result<(), String> {
+    Err("no seccomp filter for this architecture".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    /// The host namespace still sees the BTF after a loader was made (the mount stayed private).
+    /// The filter binds the loader thread only: the rest of the process still opens files.
     #[test]
-    fn hiding_stays_in_the_loader_thread() {
+    fn only_the_loader_thread_loses_open() {
         if !Path::new(VMLINUX_BTF).exists() {
             println!("SKIP: {VMLINUX_BTF} missing (kernel without BTF)");
             return;
         }
-        let hidden = std::thread::spawn(hide_kernel_btf).join().expect("thread");
-        if let Err(e) = &hidden {
-            println!("SKIP: cannot hide the BTF here ({e})");
+        let in_thread = std::thread::spawn(|| {
+            forbid_opening_files()?;
+            Ok::<_, String>(std::fs::File::open("/proc/self/status").map(|_| ()))
+        })
+        .join()
+        .expect("thread");
+        match in_thread {
+            Ok(open) => assert_eq!(
+                open.map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::NotFound),
+                "every open fails in the filtered thread"
+            ),
+            Err(e) => println!("SKIP: no seccomp here ({e})"),
         }
-        assert!(Path::new(VMLINUX_BTF).exists(), "host namespace unchanged");
+        assert!(
+            std::fs::File::open(VMLINUX_BTF).is_ok(),
+            "this thread still opens files"
+        );
         let _loader = new_loader("test");
-        assert!(Path::new(VMLINUX_BTF).exists(), "host namespace unchanged");
+        assert!(std::fs::File::open("/proc/self/status").is_ok());
     }
 }
