@@ -77,6 +77,7 @@ struct Target {
     lat: Vec<Duration>,
     pass: Vec<f64>,
     last: Vec<Sample>,
+    body_bytes: usize,
     cpu0: u64,
 }
 
@@ -88,6 +89,7 @@ impl Target {
             lat: Vec::new(),
             pass: Vec::new(),
             last: Vec::new(),
+            body_bytes: 0,
             cpu0: 0,
         }
     }
@@ -101,6 +103,7 @@ impl Target {
             bail!("{} answered {code}", self.addr);
         }
         self.last = scrape::parse(&body);
+        self.body_bytes = body.len();
         if let Some(s) = scrape::select(
             &self.last,
             "pinflow_collect_duration_seconds",
@@ -255,9 +258,10 @@ fn seen(t: &Target) -> String {
             .sum()
     };
     format!(
-        "{} vCPUs seen, {} drift findings",
+        "{} vCPUs seen, {} drift findings, /metrics {} KiB",
         sum("pinflow_domain_vcpus"),
-        sum("pinflow_domain_drifted_vcpus")
+        sum("pinflow_domain_drifted_vcpus"),
+        t.body_bytes / 1024
     )
 }
 
