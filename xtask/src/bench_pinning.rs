@@ -20,7 +20,8 @@
 //!
 //! Knobs (environment): `PINFLOW_BENCH_SECS` (idle window per row, default 60),
 //! `PINFLOW_BENCH_DOMAINS` (real domain counts, default `10,60`; empty: none),
-//! `PINFLOW_BENCH_FIXTURE_DOMAINS` (default 200; 0: no fixture row). Domains are named
+//! `PINFLOW_BENCH_FIXTURE_DOMAINS` (default 200; 0: no fixture row), `PINFLOW_BENCH_FIXTURE_DIR`
+//! (generate the fixture host there and keep it). Domains are named
 //! `pinbench-N` and removed at the end. Needs root and the libvirt testbed (`cargo xtask setup`).
 
 use std::fmt::Write as _;
@@ -452,18 +453,24 @@ fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Re
 
 /// A generated host: `domains` × [`FIXTURE_VCPUS`] vCPUs on 64 pCPUs, cgroup v1 libvirt layout.
 struct FixtureHost {
-    root: tempfile::TempDir,
+    /// A temp dir, or `PINFLOW_BENCH_FIXTURE_DIR` (kept, to run pinflow on it by hand).
+    root: Result<tempfile::TempDir, PathBuf>,
 }
 
 impl FixtureHost {
     fn generate(domains: usize) -> Result<FixtureHost> {
-        let root = tempfile::tempdir()?;
-        let state = root.path().join("run-libvirt-qemu");
-        let proc_root = root.path().join("proc");
-        let cg = root.path().join("sys/fs/cgroup/cpuset/machine");
+        let root = match std::env::var_os("PINFLOW_BENCH_FIXTURE_DIR") {
+            Some(d) => Err(PathBuf::from(d)),
+            None => Ok(tempfile::tempdir()?),
+        };
+        let host = FixtureHost { root };
+        let dir = host.dir().to_path_buf();
+        let state = dir.join("run-libvirt-qemu");
+        let proc_root = dir.join("proc");
+        let cg = dir.join("sys/fs/cgroup/cpuset/machine");
         std::fs::create_dir_all(&state)?;
-        std::fs::create_dir_all(root.path().join("sys/devices/system/cpu"))?;
-        std::fs::write(root.path().join("sys/devices/system/cpu/online"), "0-63\n")?;
+        std::fs::create_dir_all(dir.join("sys/devices/system/cpu"))?;
+        std::fs::write(dir.join("sys/devices/system/cpu/online"), "0-63\n")?;
         let write = |p: &Path, text: &str| -> Result<()> {
             if let Some(d) = p.parent() {
                 std::fs::create_dir_all(d)?;
@@ -594,11 +601,19 @@ impl FixtureHost {
                 write(&task.join("comm"), &format!("{comm}\n"))?;
             }
         }
-        Ok(FixtureHost { root })
+        eprintln!("    fixture host at {}", dir.display());
+        Ok(host)
+    }
+
+    fn dir(&self) -> &Path {
+        match &self.root {
+            Ok(t) => t.path(),
+            Err(d) => d,
+        }
     }
 
     fn args(&self) -> Vec<String> {
-        let r = self.root.path();
+        let r = self.dir();
         [
             ("--libvirt-state-dir", r.join("run-libvirt-qemu")),
             ("--proc-root", r.join("proc")),
