@@ -704,5 +704,79 @@ pub fn run(bin: &Path) -> Result<()> {
         fixture_row(bin, fixture, secs, &mut rows)?;
     }
     println!("\n{}", table(&rows, secs));
+    add_to_bench_table(&rows);
     Ok(())
+}
+
+/// The issue-12 claims in `cargo xtask bench`'s one table: idle CPU, /metrics p99, peak memory.
+fn add_to_bench_table(rows: &[Row]) {
+    for (i, r) in rows.iter().enumerate() {
+        if r.who != "pinflow serve" {
+            continue;
+        }
+        let peer = rows
+            .get(i + 1)
+            .filter(|p| p.host == r.host && p.who != r.who)
+            .map_or(String::new(), |p| {
+                format!(
+                    "; {}: {:.3} s + libvirtd {} s, p99 {:.1} ms, no pinning",
+                    p.who,
+                    p.cpu_per_60s,
+                    p.libvirtd_per_60s.map_or("?".into(), |c| format!("{c:.3}")),
+                    p.p99_ms
+                )
+            });
+        let fixture = r.host.starts_with("fixture");
+        let cpu_goal = if fixture {
+            Some(0.3)
+        } else if r.host.starts_with("60 ") {
+            Some(0.1)
+        } else {
+            None
+        };
+        let pass = r.pass_ms.map_or(String::new(), |(m, x)| {
+            format!(", procfs pass {m:.1} ms median, {x:.1} max")
+        });
+        crate::bench_table::add(
+            "pinning",
+            &format!("{}: pinflow CPU per 60 s idle, scraped every 15 s", r.host),
+            cpu_goal.map_or("", |g| {
+                if g < 0.2 {
+                    "≤ 0.1 s (issue 12)"
+                } else {
+                    "≤ 0.3 s (issue 12)"
+                }
+            }),
+            format!("{:.3} s ({}{pass}){peer}", r.cpu_per_60s, r.mode),
+            cpu_goal.map(|g| r.cpu_per_60s <= g),
+        );
+        let lat_goal = cpu_goal.is_some();
+        crate::bench_table::add(
+            "pinning",
+            &format!("{}: /metrics p50 / p99", r.host),
+            if lat_goal {
+                "p99 ≤ 5 ms (issue 12)"
+            } else {
+                ""
+            },
+            format!("{:.2} / {:.2} ms", r.p50_ms, r.p99_ms),
+            lat_goal.then_some(r.p99_ms <= 5.0),
+        );
+        let mem_goal = !fixture;
+        crate::bench_table::add(
+            "pinning",
+            &format!("{}: pinflow VmHWM / VmRSS after the window", r.host),
+            if mem_goal {
+                "VmHWM ≤ 20 MiB (issue 12)"
+            } else {
+                ""
+            },
+            format!(
+                "{:.1} / {:.1} MiB",
+                r.hwm_kib as f64 / 1024.0,
+                r.rss_kib as f64 / 1024.0
+            ),
+            mem_goal.then_some(r.hwm_kib as f64 / 1024.0 <= 20.0),
+        );
+    }
 }
