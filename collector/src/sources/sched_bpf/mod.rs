@@ -10,6 +10,7 @@
 //! tracepoint's field offsets from its tracefs `format` file ([`tracefs`]).
 
 pub mod btf;
+pub(crate) mod events;
 pub mod tracefs;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
+use collector_common::pin_events;
 use collector_common::sched::{
     self as layout, FILTER_MAP, MAX_CPUS, MAX_WATCHED, PIN_WORDS, PinMask, PlacementStats,
     STATS_MAP, WATCH_MAP,
@@ -391,6 +393,10 @@ impl SchedProbe {
         let mut ebpf = EbpfLoader::new()
             .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true)
             .override_global(layout::GLOBAL_TP_NEXT_PID_OFFSET, &tp_next, true)
+            // The pinning event probe's maps (loaded by `events`): tiny copies here.
+            .map_max_entries(pin_events::WATCH_MAP, 1)
+            .map_max_entries(pin_events::PENDING_MAP, 1)
+            .map_max_entries(pin_events::EVENTS_MAP, 4096)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let mut f = Failure::from_err(&e, "loading eBPF object");
