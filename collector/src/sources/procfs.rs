@@ -40,8 +40,22 @@ use std::path::{Component, Path, PathBuf};
 pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "procfs",
     collector: "pinning",
-    can_run: |host| CanRun::of(HostFs::new(host.proc_root.clone(), host.sys_root.clone()).probe()),
+    can_run: |host| {
+        CanRun::of(
+            HostFs::new(host.proc_root.clone(), host.sys_root.clone())
+                .probe()
+                .map(|found| format!("{found}; {}", events_mode())),
+        )
+    },
 };
+
+/// Which mode `serve` would run the pinning pipeline in (with `[pinning] events = true`).
+fn events_mode() -> String {
+    match crate::sources::sched_bpf::events::PinEvents::load() {
+        Ok(_) => "events mode: eBPF affinity/cgroup events attach, procfs re-read only for the threads that change".to_string(),
+        Err(e) => format!("polling mode: pinning event programs unavailable ({e})"),
+    }
+}
 
 /// Largest procfs/cgroupfs file read (`status` is ~1.5 KiB; `cgroup` grows with the number of hierarchies).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024;
@@ -223,6 +237,20 @@ impl HostFs {
         })?;
         text.parse()
             .map_err(|e: crate::model::cpuset::CpuSetError| parse_err(&path, e.to_string()))
+    }
+
+    /// The cgroupfs directories holding the cpuset files of cgroup `path` (as `/proc/…/cgroup`
+    /// names it): in v1's cpuset hierarchy, the v2 root or `unified`, whichever exist.
+    pub(crate) fn cpuset_dirs(&self, path: &str) -> Vec<PathBuf> {
+        let Ok(rel) = relative(path) else {
+            return Vec::new();
+        };
+        let root = self.sys_root.join("fs/cgroup");
+        [root.join("cpuset"), root.clone(), root.join("unified")]
+            .into_iter()
+            .map(|r| r.join(&rel))
+            .filter(|d| d.join("cpuset.cpus").exists() || d.join("cpuset.cpus.effective").exists())
+            .collect()
     }
 
     fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
@@ -435,6 +463,8 @@ fn read_bounded(path: &Path) -> io::Result<String> {
     }
     Ok(buf)
 }
+
+pub(crate) mod cgroup_watch;
 
 #[cfg(test)]
 mod tests;
