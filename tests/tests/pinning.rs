@@ -652,3 +652,169 @@ fn kvm_kernel_worker_is_not_an_emulator_thread() {
     drop(b);
     drop(a);
 }
+
+/// `pinflow_pinning_passes_total{kind}` and `pinflow_pinning_thread_reads_total` of a scrape.
+fn passes(s: &[Sample]) -> (f64, f64, f64) {
+    let v = |name: &str, labels: &[(&str, &str)]| {
+        select(s, name, labels)
+            .first()
+            .map_or(f64::NAN, |x| x.value)
+    };
+    (
+        v("pinflow_pinning_passes_total", &[("kind", "full")]),
+        v("pinflow_pinning_passes_total", &[("kind", "targeted")]),
+        v("pinflow_pinning_thread_reads_total", &[]),
+    )
+}
+
+/// The pipeline's mode and fallback reason from `/api/v1/pinning`.
+fn mode(pf: &Pinflow) -> (String, String) {
+    let body = pf.get("/api/v1/pinning");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("pinning JSON");
+    let p = &v["passes"];
+    (
+        p["mode"].as_str().unwrap_or_default().to_string(),
+        p["fallback_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// Makes a change and returns how long until `/metrics` shows `check` drifting on `domain`.
+fn seen_after(pf: &Pinflow, domain: &str, check: &str, change: impl FnOnce()) -> Duration {
+    let t0 = Instant::now();
+    change();
+    let seen = wait_for(WAIT, || {
+        (drifted(&pf.scrape(), domain, check) == Some(1.0)).then_some(())
+    });
+    match seen {
+        Some(_) => t0.elapsed(),
+        None => panic!("{domain}: {check} drift never seen\n{}", pf.log()),
+    }
+}
+
+/// Events mode: an affinity change (`taskset -p`), a cpuset write and a cgroup move behind
+/// libvirt's back are each seen on /metrics within 1 s, by targeted passes; no full pass runs
+/// meanwhile (reconcile far away, libvirt hears of nothing) and an idle host reads no thread.
+#[test]
+fn events_mode_sees_affinity_cpuset_and_cgroup_changes_within_a_second() {
+    if !privileged("events_mode_sees_affinity_cpuset_and_cgroup_changes_within_a_second") {
+        return;
+    }
+    let pf = Pinflow::start(
+        "[pinning]\ninterval_seconds = 1\nreconcile_seconds = 600\nplacement_window_seconds = 2\n",
+        &[],
+    );
+    let dom = start(&DomainSpec::pinned("pf-ev", &["0", "0"]));
+    expect_drift(&pf, "pf-ev", &[]);
+    assert_eq!(
+        mode(&pf),
+        ("events".to_string(), String::new()),
+        "{}",
+        pf.log()
+    );
+    // Let the start-up settle (libvirt writes its status file more than once).
+    std::thread::sleep(Duration::from_secs(2));
+    let (full0, targeted0, reads0) = passes(&pf.scrape());
+    // Idle: nothing is read.
+    std::thread::sleep(Duration::from_secs(3));
+    let (full1, targeted1, reads1) = passes(&pf.scrape());
+    assert_eq!(
+        (full1, targeted1, reads1),
+        (full0, targeted0, reads0),
+        "idle passes (full, targeted, thread reads)"
+    );
+
+    let cg = dom.cpuset_cgroup_dir();
+    let tid = dom.vcpu_tid(0);
+    let cpuset = seen_after(&pf, "pf-ev", "cpuset", || {
+        write(&cg.join("vcpu0/cpuset.cpus"), "0-1");
+    });
+    let affinity = seen_after(&pf, "pf-ev", "affinity", || {
+        run("taskset", &["-pc", "1", &tid.to_string()]);
+    });
+    let cgroup = seen_after(&pf, "pf-ev", "cgroup", || {
+        dom.move_thread_to_cgroup(dom.vcpu_tid(1), "emulator");
+    });
+    eprintln!("seen after: cpuset {cpuset:?}, affinity {affinity:?}, cgroup {cgroup:?}");
+    for (what, took) in [
+        ("cpuset", cpuset),
+        ("affinity", affinity),
+        ("cgroup", cgroup),
+    ] {
+        assert!(
+            took < Duration::from_secs(1),
+            "{what} drift seen after {took:?}"
+        );
+    }
+    let (full2, targeted2, reads2) = passes(&pf.scrape());
+    assert_eq!(
+        full2, full0,
+        "no full pass for changes libvirt never hears of"
+    );
+    assert!(
+        targeted2 >= targeted0 + 3.0,
+        "targeted passes {targeted0} -> {targeted2}"
+    );
+    // Each targeted pass read a thread or one domain's threads, not the host's.
+    assert!(reads2 > reads0, "thread reads {reads0} -> {reads2}");
+    let s = expect_drift_allowing(
+        &pf,
+        "pf-ev",
+        &[
+            row("0", "affinity", "0", "1"),
+            row("0", "cpuset", "0", "0-1"),
+            row("1", "cgroup", "vcpu1", "emulator"),
+        ],
+        &[row("0", "placement", "0", "1")],
+    );
+    let placed = placement_seen(&s, "pf-ev");
+    assert_counts(
+        &s,
+        "pf-ev",
+        &[
+            ("affinity", 1.0),
+            ("cpuset", 1.0),
+            ("cgroup", 1.0),
+            ("placement", placed),
+        ],
+    );
+}
+
+/// `events = false` forces polling mode: full passes every interval still see a cpuset write
+/// and an affinity change, and the API says why it polls.
+#[test]
+fn polling_mode_when_events_are_off_still_detects() {
+    if !privileged("polling_mode_when_events_are_off_still_detects") {
+        return;
+    }
+    let pf = Pinflow::start("[pinning]\ninterval_seconds = 0.5\nevents = false\n", &[]);
+    let dom = start(&DomainSpec::pinned("pf-poll", &["0"]));
+    expect_drift(&pf, "pf-poll", &[]);
+    assert_eq!(
+        mode(&pf),
+        ("polling".to_string(), String::new()),
+        "{}",
+        pf.log()
+    );
+    let (full0, targeted0, reads0) = passes(&pf.scrape());
+    let cg = dom.cpuset_cgroup_dir();
+    write(&cg.join("vcpu0/cpuset.cpus"), "0-1");
+    run("taskset", &["-pc", "1", &dom.vcpu_tid(0).to_string()]);
+    expect_drift_allowing(
+        &pf,
+        "pf-poll",
+        &[
+            row("0", "affinity", "0", "1"),
+            row("0", "cpuset", "0", "0-1"),
+        ],
+        &[row("0", "placement", "0", "1")],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (full1, targeted1, reads1) = passes(&pf.scrape());
+    assert!(full1 >= full0 + 2.0, "full passes {full0} -> {full1}");
+    assert_eq!(targeted1, targeted0, "polling runs no targeted pass");
+    assert!(reads1 > reads0, "thread reads {reads0} -> {reads1}");
+    repair_vcpu0(&pf, "pf-poll", "0");
+}
