@@ -818,3 +818,83 @@ fn polling_mode_when_events_are_off_still_detects() {
     assert!(reads1 > reads0, "thread reads {reads0} -> {reads1}");
     repair_vcpu0(&pf, "pf-poll", "0");
 }
+
+/// utime + stime of process `pid`, in seconds (`/proc/PID/stat` fields 14 and 15).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state).
+    let ticks: f64 =
+        f[14 - 3].parse::<f64>().expect("utime") + f[15 - 3].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Measurement, not a check: idle CPU of `pinflow serve` (no scrapes) over
+/// `PINFLOW_IDLE_SECONDS` (default 60) with `PINFLOW_IDLE_DOMAINS` (default 10) real domains of
+/// 4 vCPUs (half pinned, half floating), in events mode and in polling mode. Run a release build:
+/// `cargo build --release -p pinflow && PINFLOW_BIN=target/release/pinflow PINFLOW_IDLE_DOMAINS=30
+/// cargo test -p pinflow-tests --test pinning idle_cpu -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement (minutes); see the doc comment"]
+fn idle_cpu_events_vs_polling() {
+    if !privileged("idle_cpu_events_vs_polling") {
+        return;
+    }
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, secs) = (
+        env("PINFLOW_IDLE_DOMAINS", 10),
+        env("PINFLOW_IDLE_SECONDS", 60),
+    );
+    let doms: Vec<RunningDomain> = (0..n)
+        .map(|i| {
+            let name = format!("pf-idle-{i:03}");
+            let spec = if i % 2 == 0 {
+                DomainSpec::pinned(&name, &["0", "1", "0", "1"])
+            } else {
+                let mut s = DomainSpec::pinned(&name, &[]);
+                s.pins = vec![None; 4];
+                s.vcpu_cpuset = Some("0-1".into());
+                s
+            };
+            start(&spec)
+        })
+        .collect();
+    for (mode_name, cfg) in [
+        ("events", "[pinning]\n"),
+        ("polling", "[pinning]\nevents = false\n"),
+    ] {
+        let pf = Pinflow::start(cfg, &[]);
+        let all = wait_for(Duration::from_secs(60), || {
+            let s = pf.scrape();
+            let seen = doms
+                .iter()
+                .filter(|d| drifted(&s, &d.name, "affinity").is_some())
+                .count();
+            (seen == doms.len()).then_some(())
+        });
+        assert!(all.is_some(), "not every domain reported\n{}", pf.log());
+        assert_eq!(mode(&pf).0, mode_name);
+        std::thread::sleep(Duration::from_secs(5));
+        let (f0, t0, r0) = passes(&pf.scrape());
+        let c0 = cpu_seconds(pf.pid());
+        std::thread::sleep(Duration::from_secs(secs));
+        let c1 = cpu_seconds(pf.pid());
+        let (f1, t1, r1) = passes(&pf.scrape());
+        println!(
+            "IDLE {mode_name}: {n} domains x 4 vCPUs, {secs} s: {:.2} s CPU ({:.3} s per 60 s); \
+             full passes {}, targeted {}, thread reads {}",
+            c1 - c0,
+            (c1 - c0) * 60.0 / secs as f64,
+            f1 - f0,
+            t1 - t0,
+            r1 - r0
+        );
+    }
+}

@@ -175,7 +175,8 @@ struct WatchedThread {
 
 /// Events mode's state in the engine: the watch sets it keeps in sync with the domains.
 struct EventState {
-    probe: PinEvents,
+    /// The eBPF event programs (`None` only in unit tests, which drive wake-ups by hand).
+    probe: Option<PinEvents>,
     cgroups: CgroupWatches,
     /// Events the kernel could not queue, as last read.
     lost: u64,
@@ -222,7 +223,7 @@ impl PinningEngine {
         let (events, readers, passes) = match events {
             Ok(e) => (
                 Some(EventState {
-                    probe: e.probe,
+                    probe: Some(e.probe),
                     cgroups: e.cgroups,
                     lost: 0,
                     dir_domains: HashMap::new(),
@@ -339,8 +340,10 @@ impl PinningEngine {
 
     /// Runs what one wake-up asks for.
     fn step(&mut self, mut todo: Todo) {
-        if let Some(ev) = &mut self.events {
-            match ev.probe.lost() {
+        if let Some(ev) = &mut self.events
+            && let Some(probe) = &ev.probe
+        {
+            match probe.lost() {
                 Ok(n) if n != ev.lost => {
                     ev.lost = n;
                     tracing::debug!(lost = n, "pinning events lost; reconciling");
@@ -416,7 +419,7 @@ impl PinningEngine {
         match (&self.events, &self.passes.fallback_reason) {
             (Some(ev), _) => format!(
                 "events mode: {} threads and processes watched by eBPF, {} cpuset cgroups by inotify; full pass every {} s",
-                ev.probe.watched(),
+                ev.probe.as_ref().map_or(0, PinEvents::watched),
                 ev.cgroups.len(),
                 self.cfg.reconcile_seconds
             ),
@@ -605,7 +608,7 @@ impl PinningEngine {
         }
         ev.dirs_of.retain(|k, _| paths.contains(k.as_str()));
         let dirs: HashSet<PathBuf> = ev.dir_domains.keys().cloned().collect();
-        ev.probe.sync(&ids) + ev.cgroups.sync(&dirs)
+        ev.probe.as_mut().map_or(0, |p| p.sync(&ids)) + ev.cgroups.sync(&dirs)
     }
 
     /// [`Self::publish`] under the sched probe's collection (its health and BPF costs).
@@ -630,8 +633,8 @@ impl PinningEngine {
                         run_count: s.run_count,
                     })
                     .collect();
-                if let Some(ev) = &self.events {
-                    costs.extend(ev.probe.program_stats());
+                if let Some(p) = self.events.as_ref().and_then(|e| e.probe.as_ref()) {
+                    costs.extend(p.program_stats());
                 }
                 costs
             });
@@ -974,6 +977,9 @@ pub(crate) fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refr
         .collect();
     (pinning::evaluate(&obs), refresh, proc_errors)
 }
+
+#[cfg(test)]
+mod event_tests;
 
 /// Observations built by hand, for the counter tests.
 #[cfg(test)]
