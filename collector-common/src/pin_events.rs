@@ -87,6 +87,6 @@ mod tests {
         assert_eq!(PinEvent::from_bytes(&rec[..8]), Some(e));
         assert_eq!(PinEvent::from_bytes(&rec), Some(e));
         assert_eq!(PinEvent::from_bytes(&rec[..7]), None);
-        assert!(RING_BYTES.is_power_of_two() && RING_BYTES % 4096 == 0);
+        assert!(RING_BYTES.is_power_of_two() && RING_BYTES.is_multiple_of(4096));
     }
 }
