@@ -7,9 +7,10 @@
 //!   (`sources::sched_bpf::events`), inotify reports writes to their cpuset cgroups
 //!   (`sources::procfs::cgroup_watch`); each wakes a *targeted* pass that re-reads only the threads
 //!   (or domains) involved and re-evaluates the cached observations. Every tick
-//!   (`interval_seconds`) only reads the sched probe's maps (placement). A *full* pass reads every
-//!   thread on libvirt changes and every `reconcile_seconds` (the safety net: anything an event
-//!   could miss, schedstat wait times, new threads).
+//!   (`interval_seconds`) only reads the sched probe's maps (placement). A libvirt change re-reads
+//!   the domains whose status changed (new, restarted, re-pinned). A *full* pass reads every
+//!   thread every `reconcile_seconds` (the safety net: anything an event could miss, schedstat
+//!   wait times, new threads) and when events may have been lost.
 //! - **polling** (`events = false`, or the event programs cannot load): a full pass every tick,
 //!   while there are domains (or no inotify watch on the libvirt state dir).
 //!
@@ -372,10 +373,15 @@ impl PinningEngine {
                 todo.full = true;
             }
         }
-        if todo.full || todo.libvirt {
+        if todo.full || (todo.libvirt && !events_mode) {
             self.full_pass();
-        } else if !todo.threads.is_empty() || !todo.cgroups.is_empty() {
-            self.targeted_pass(&todo.threads, &todo.cgroups);
+        } else if todo.libvirt || !todo.threads.is_empty() || !todo.cgroups.is_empty() {
+            if todo.libvirt {
+                self.libvirt_pass(false);
+            }
+            if !todo.threads.is_empty() || !todo.cgroups.is_empty() {
+                self.targeted_pass(&todo.threads, &todo.cgroups);
+            }
         } else {
             // An events-mode tick: the data of libvirt and procfs is current (events say when
             // it is not); only the placement maps are read.
@@ -431,7 +437,17 @@ impl PinningEngine {
     /// One full pass: refresh the inventory, read every thread of every domain, sync the watch
     /// sets, detect, publish.
     pub(crate) fn full_pass(&mut self) {
-        self.last_full = Instant::now();
+        self.libvirt_pass(true);
+    }
+
+    /// Refreshes the libvirt inventory and reads the domains' threads: every domain's when
+    /// `all` (a full pass), else only those of domains that are new or whose libvirt status
+    /// changed (a targeted pass: a libvirt change in events mode; nothing is read when no
+    /// status file changed).
+    fn libvirt_pass(&mut self, all: bool) {
+        if all {
+            self.last_full = Instant::now();
+        }
         let sources = self.state.sources.clone();
         let collection = sources.collect(libvirt::SOURCE.name);
         let refresh = self.inventory.refresh();
@@ -454,21 +470,40 @@ impl PinningEngine {
             });
         }
 
+        if !all && !refresh.changed {
+            self.all_alive();
+            return;
+        }
         let collection = sources.collect(procfs::SOURCE.name);
         let domains: Vec<Domain> = self.inventory.domains().cloned().collect();
         // Subscribers (the flow pipeline) wake only when an instance or interface changed.
         self.state
             .inventory
             .set_if_changed(HostInventory::from_domains(&domains));
+        let mut previous: HashMap<String, DomainObservation> = std::mem::take(&mut self.cache)
+            .into_iter()
+            .filter_map(|o| Some((o.domain.as_ref()?.name.clone(), o)))
+            .collect();
         let mut observations = Vec::with_capacity(domains.len());
         for d in domains {
+            if !all
+                && let Some(o) = previous.remove(&d.name)
+                && o.domain.as_ref() == Some(&d)
+            {
+                observations.push(o);
+                continue;
+            }
             let (obs, errs) = observe(&self.hostfs, d);
             self.passes.thread_reads += obs.threads.len() as u64 + errs;
             collection.errors(errs);
             observations.push(obs);
         }
         self.cache = observations;
-        self.passes.full += 1;
+        if all {
+            self.passes.full += 1;
+        } else {
+            self.passes.targeted += 1;
+        }
         let errs = self.reindex();
         collection.errors(errs);
         collection.ok(self.procfs_detail());

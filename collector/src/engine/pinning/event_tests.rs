@@ -212,21 +212,41 @@ fn an_unknown_thread_of_a_domain_rereads_that_domain_and_strangers_are_ignored()
 }
 
 #[test]
-fn libvirt_changes_and_lost_events_make_full_passes_and_polling_polls() {
+fn libvirt_changes_reread_changed_domains_lost_events_make_full_passes_and_polling_polls() {
     let mut f = Fixture::new(true);
-    f.engine.step(Todo {
+    let libvirt = || Todo {
         libvirt: true,
         ..Default::default()
-    });
-    assert_eq!(f.passes(), (2, 0, 6));
+    };
+    // A wake-up without a changed status file reads nothing.
+    f.engine.step(libvirt());
+    assert_eq!(f.passes(), (1, 0, 3));
+    // A re-pinned domain (libvirt rewrote its status) is re-read, in a targeted pass.
+    let xml = f.tmp.path().join("state/fx-nova.xml");
+    let text = std::fs::read_to_string(&xml).expect("xml");
+    let repinned = text.replace(
+        "<vcpupin vcpu='1' cpuset='1'/>",
+        "<vcpupin vcpu='1' cpuset='0'/>",
+    );
+    assert_ne!(text, repinned);
+    std::fs::write(&xml, repinned).expect("write");
+    f.engine.step(libvirt());
+    assert_eq!(f.passes(), (1, 1, 6));
+    assert_eq!(
+        f.drifts(),
+        vec![
+            ("1".to_string(), Check::Affinity),
+            ("1".to_string(), Check::Cpuset)
+        ]
+    );
     let mut lost = Todo::default();
     lost.add(Wake::Lost("test".into()));
     f.engine.step(lost);
-    assert_eq!(f.passes(), (3, 0, 9));
+    assert_eq!(f.passes(), (2, 1, 9));
     // Without an inotify watch on the libvirt state dir every tick rescans, as in polling mode.
     f.engine.watching.store(false, Ordering::Relaxed);
     f.engine.step(tick());
-    assert_eq!(f.passes(), (4, 0, 12));
+    assert_eq!(f.passes(), (3, 1, 12));
 
     let mut p = Fixture::new(false);
     assert_eq!(p.engine.passes.mode, PinningMode::Polling);
