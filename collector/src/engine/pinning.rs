@@ -389,7 +389,7 @@ impl PinningEngine {
             if self.probe.is_some() && !self.watched.is_empty() {
                 let sources = self.state.sources.clone();
                 let collection = sources.collect(sched_bpf::SOURCE.name);
-                self.publish();
+                self.publish(true);
                 if let Some(p) = &self.probe {
                     collection.ok(p.mode().to_string());
                 }
@@ -653,7 +653,7 @@ impl PinningEngine {
             .probe
             .is_some()
             .then(|| sources.collect(sched_bpf::SOURCE.name));
-        self.publish();
+        self.publish(false);
         if let (Some(p), Some(collection)) = (&self.probe, collection) {
             collection.ok(p.mode().to_string());
             self.state.bpf_costs.set(if !p.stats_enabled() {
@@ -676,10 +676,15 @@ impl PinningEngine {
         }
     }
 
-    /// Reads the placement maps into the cached observations, detects and publishes.
-    fn publish(&mut self) {
+    /// Reads the placement maps into the cached observations, detects and publishes; with
+    /// `only_if_changed` (an idle tick), only when a placement differs from the last one.
+    fn publish(&mut self, only_if_changed: bool) {
         let mut observations = std::mem::take(&mut self.cache);
-        self.sync_probe(&mut observations);
+        let changed = self.sync_probe(&mut observations);
+        if only_if_changed && !changed {
+            self.cache = observations;
+            return;
+        }
         let mut report = pinning::evaluate(&observations);
         self.counters.apply(&observations, &mut report);
         self.cache = observations;
@@ -705,9 +710,11 @@ impl PinningEngine {
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
-    fn sync_probe(&mut self, observations: &mut [DomainObservation]) {
+    /// Returns whether any thread's placement differs from what the observations held.
+    fn sync_probe(&mut self, observations: &mut [DomainObservation]) -> bool {
+        let mut changed = false;
         let Some(probe) = self.probe.as_mut() else {
-            return;
+            return changed;
         };
         let now = Instant::now();
         let window = self.cfg.placement_window();
@@ -774,18 +781,17 @@ impl PinningEngine {
                             w.samples.pop_front();
                         }
                         let oldest = w.samples.front().map_or(0, |(_, v)| *v);
-                        o.placement.insert(
-                            tid,
-                            PlacementSample {
-                                offpin_ns_total: p.off_pin_ns,
-                                offpin_ns_window: p.off_pin_ns.saturating_sub(oldest),
-                                migrations_total: p.migrations,
-                                last_cpu: p.last_cpu,
-                            },
-                        );
+                        let sample = PlacementSample {
+                            offpin_ns_total: p.off_pin_ns,
+                            offpin_ns_window: p.off_pin_ns.saturating_sub(oldest),
+                            migrations_total: p.migrations,
+                            last_cpu: p.last_cpu,
+                        };
+                        changed |= o.placement.insert(tid, sample.clone()) != Some(sample);
                     }
                     Ok(None) => {
-                        o.placement.insert(tid, PlacementSample::default());
+                        changed |= o.placement.insert(tid, PlacementSample::default())
+                            != Some(PlacementSample::default());
                     }
                     Err(_) => errors += 1,
                 }
@@ -794,6 +800,7 @@ impl PinningEngine {
         if errors > 0 {
             self.state.sources.errors(sched_bpf::SOURCE.name, errors);
         }
+        changed
     }
 
     /// Logs an error for `key` only when it differs from the last one logged (no log storms per tick).
