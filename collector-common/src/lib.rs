@@ -5,4 +5,5 @@
 #![no_std]
 
 pub mod ovs_dp;
+pub mod pin_events;
 pub mod sched;

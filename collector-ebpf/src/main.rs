@@ -4,6 +4,8 @@
 #[cfg(target_arch = "bpf")]
 mod ovs_dp;
 #[cfg(target_arch = "bpf")]
+mod pin_events;
+#[cfg(target_arch = "bpf")]
 mod sched_switch;
 
 #[cfg(target_arch = "bpf")]

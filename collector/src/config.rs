@@ -210,6 +210,12 @@ impl Config {
                 self.host_cpu.reread_seconds
             ));
         }
+        if !(1.0..=86400.0).contains(&p.reconcile_seconds) {
+            return Err(format!(
+                "pinning.reconcile_seconds = {} (must be 1..=86400)",
+                p.reconcile_seconds
+            ));
+        }
         DirtyFlowIndex::new(&self.flows).map_err(|e| format!("flows: {e}"))?;
         let d = &self.datapath;
         if !(1.0..=3600.0).contains(&d.flow_dump_interval_seconds) {

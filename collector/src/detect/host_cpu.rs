@@ -251,6 +251,7 @@ mod tests {
                 ),
             ],
             pcpu_pinned_vcpus: BTreeMap::new(),
+            passes: Default::default(),
         }
     }
 

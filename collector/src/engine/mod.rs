@@ -51,12 +51,15 @@ pub(crate) fn load_probes(pipelines: &Pipelines, state: &SharedState) -> Probes 
             .pinning
             .as_ref()
             .and_then(|cfg| pinning::load_probe(cfg, state)),
+        pin_events: pipelines.pinning.as_ref().map(pinning::load_events),
     }
 }
 
 /// The probes [`load_probes`] attached, handed to [`start`].
 pub(crate) struct Probes {
     sched: Option<SchedProbe>,
+    /// The pinning event sources (`Err`: why the pinning pipeline polls).
+    pin_events: Option<Result<pinning::EventSources, String>>,
 }
 
 /// Starts every pipeline of `pipelines` under `supervisor`, publishing into `state`. Returns
@@ -75,7 +78,11 @@ pub(crate) async fn start(
         supervisor.thread("ovs-datapath", move || datapath::run(state, &cfg))?;
     }
     if let Some(cfg) = pipelines.pinning {
-        let first_pass = PinningEngine::new(cfg, host, probe, state.clone()).start(supervisor)?;
+        let events = probes
+            .pin_events
+            .unwrap_or_else(|| Err("not loaded".to_string()));
+        let first_pass =
+            PinningEngine::new(cfg, host, probe, events, state.clone()).start(supervisor)?;
         if tokio::time::timeout(FIRST_PASS_WAIT, first_pass)
             .await
             .is_err()

@@ -1,11 +1,20 @@
 //! The pinning pipeline: libvirt inventory + procfs/cgroupfs + eBPF placement → detector → shared state.
 //!
 //! Runs on a thread of its own (procfs and BPF map reads block; the async thread never waits for
-//! them). A pass happens on every libvirt state-dir change (inotify) and, while there are domains
-//! (or no inotify watch), on a short tick (`pinning.interval_seconds`, default 1 s) for changes
-//! libvirt never hears of (affinity, cgroups). Each pass only reads the threads of running
-//! domains; the scrape just encodes the last report. Per-domain counters are kept monotonic
-//! across thread exits here ([`MonotonicCounters`]).
+//! them). It runs in one of two modes ([`PinningMode`]):
+//! - **events** (default, when the event probe loads): the kernel says what changed. eBPF
+//!   programs on `sched_setaffinity` and `cgroup_attach_task` report watched threads
+//!   (`sources::sched_bpf::events`), inotify reports writes to their cpuset cgroups
+//!   (`sources::procfs::cgroup_watch`); each wakes a *targeted* pass that re-reads only the threads
+//!   (or domains) involved and re-evaluates the cached observations. Every tick
+//!   (`interval_seconds`) only reads the sched probe's maps (placement). A libvirt change re-reads
+//!   the domains whose status changed (new, restarted, re-pinned). A *full* pass reads every
+//!   thread every `reconcile_seconds` (the safety net: anything an event could miss, schedstat
+//!   wait times, new threads) and when events may have been lost.
+//! - **polling** (`events = false`, or the event programs cannot load): a full pass every tick,
+//!   while there are domains (or no inotify watch on the libvirt state dir).
+//!
+//! Per-domain counters are kept monotonic across thread exits here ([`MonotonicCounters`]).
 
 use serde::Deserialize;
 
@@ -16,28 +25,48 @@ use crate::model::Domain;
 use crate::model::cpuset::CpuSet;
 use crate::model::health::BpfProgramCost;
 use crate::model::inventory::HostInventory;
-use crate::model::pinning::{DomainObservation, PinningReport, PlacementSample};
+use crate::model::pinning::{
+    DomainObservation, PinningMode, PinningPasses, PinningReport, PlacementSample,
+};
 use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
+use crate::sources::procfs::cgroup_watch::{self, CgroupWatch, CgroupWatches};
 use crate::sources::procfs::{HostFs, ProcError};
 use crate::sources::sched_bpf::SchedProbe;
+use crate::sources::sched_bpf::events::{self, PinEventReader, PinEvents};
 use crate::sources::{HostPaths, procfs, sched_bpf};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use inotify::WatchDescriptor;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// `[pinning]`: how often and how strictly pinning is checked.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct PinningConfig {
-    /// Seconds between re-reads of procfs/cgroupfs (libvirt changes also trigger a pass at once).
+    /// Seconds between ticks: a full procfs/cgroupfs pass in polling mode, a read of the eBPF
+    /// placement maps in events mode (libvirt changes and kernel events trigger a pass at once).
     pub(crate) interval_seconds: f64,
     /// Seconds of off-pin CPU time history that make a `placement` drift (drift while > 0 in the window).
     pub(crate) placement_window_seconds: f64,
     /// Load the eBPF `sched_switch` probe for the `placement` check and the off-pin/migration counters.
     pub(crate) ebpf: bool,
+    /// Load the eBPF affinity/cgroup event programs and watch the cpuset cgroups with inotify, so
+    /// that procfs is re-read only for the threads that changed (events mode). Off, or when they
+    /// cannot load: a full procfs pass every `interval_seconds` (polling mode).
+    pub(crate) events: bool,
+    /// In events mode, also attach eBPF to the `sched_setaffinity` syscall tracepoints, so that an
+    /// affinity change is seen in ~50 ms. Off by default: while any syscall tracepoint is
+    /// attached, every syscall on the host takes the kernel's slow path (+25–45 ns measured,
+    /// vCPU exits included). Off, each events-mode tick checks the watched threads' affinity with
+    /// `sched_getaffinity(2)` (one syscall per thread per `interval_seconds`).
+    pub(crate) affinity_events: bool,
+    /// In events mode, seconds between full procfs passes (the safety net; also when the
+    /// `pinflow_vcpu_wait_seconds_total` counters move).
+    pub(crate) reconcile_seconds: f64,
     /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
     /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).
     pub(crate) bpf_stats: bool,
@@ -49,6 +78,9 @@ impl Default for PinningConfig {
             interval_seconds: 1.0,
             placement_window_seconds: 5.0,
             ebpf: true,
+            events: true,
+            affinity_events: false,
+            reconcile_seconds: 30.0,
             bpf_stats: false,
         }
     }
@@ -63,6 +95,11 @@ impl PinningConfig {
     /// The placement window as a `Duration`.
     pub(crate) fn placement_window(&self) -> Duration {
         Duration::from_secs_f64(self.placement_window_seconds)
+    }
+
+    /// The full-pass interval of events mode as a `Duration`.
+    pub(crate) fn reconcile(&self) -> Duration {
+        Duration::from_secs_f64(self.reconcile_seconds)
     }
 }
 
@@ -89,11 +126,76 @@ pub(crate) fn load_probe(cfg: &PinningConfig, state: &SharedState) -> Option<Sch
     }
 }
 
+/// What events mode needs: the event probe and the cgroup watch, each with its reading half.
+pub(crate) struct EventSources {
+    probe: PinEvents,
+    reader: PinEventReader,
+    cgroups: CgroupWatches,
+    cgroup_reader: CgroupWatch,
+}
+
+/// Loads the event programs and starts the cgroup watch when the config asks for events mode
+/// (before capabilities are dropped). `Err` says why the pipeline polls instead (logged here).
+pub(crate) fn load_events(cfg: &PinningConfig) -> Result<EventSources, String> {
+    if !cfg.events {
+        return Err("events = false in [pinning]".to_string());
+    }
+    let loaded = PinEvents::load(cfg.affinity_events)
+        .map_err(|e| e.to_string())
+        .and_then(|(probe, reader)| {
+            let (cgroup_reader, cgroups) =
+                cgroup_watch::new().map_err(|e| format!("inotify for cgroups: {e}"))?;
+            Ok(EventSources {
+                probe,
+                reader,
+                cgroups,
+                cgroup_reader,
+            })
+        });
+    match &loaded {
+        Ok(_) => {
+            tracing::info!(
+                affinity_events = cfg.affinity_events,
+                "pinning in events mode (eBPF cgroup events, cgroup inotify; affinity by eBPF \
+                 syscall events when affinity_events, else checked every interval)"
+            )
+        }
+        Err(e) => tracing::warn!("pinning event programs unavailable, polling procfs instead: {e}"),
+    }
+    loaded
+}
+
+/// What wakes the pinning thread.
+#[derive(Debug)]
+enum Wake {
+    /// The libvirt state directory changed.
+    Libvirt,
+    /// The kernel reported these threads' affinity or cgroup changed.
+    Threads(Vec<u32>),
+    /// cpuset files were written in these watched cgroup directories.
+    Cgroups(Vec<WatchDescriptor>),
+    /// Events may have been lost (queue overflow, a read error): reconcile everything.
+    Lost(String),
+}
+
 /// Off-pin history of one watched thread, for the placement window.
 #[derive(Debug)]
 struct WatchedThread {
     pin: CpuSet,
     samples: VecDeque<(Instant, u64)>,
+}
+
+/// Events mode's state in the engine: the watch sets it keeps in sync with the domains.
+struct EventState {
+    /// The eBPF event programs (`None` only in unit tests, which drive wake-ups by hand).
+    probe: Option<PinEvents>,
+    cgroups: CgroupWatches,
+    /// Events the kernel could not queue, as last read.
+    lost: u64,
+    /// Domain name by cgroup directory watched.
+    dir_domains: HashMap<PathBuf, BTreeSet<String>>,
+    /// cpuset directories of a cgroup path (as `/proc/…/cgroup` names it), resolved once.
+    dirs_of: HashMap<String, Vec<PathBuf>>,
 }
 
 /// The pinning pipeline's state between passes.
@@ -102,6 +204,9 @@ pub(crate) struct PinningEngine {
     inventory: LibvirtInventory,
     hostfs: HostFs,
     probe: Option<SchedProbe>,
+    events: Option<EventState>,
+    /// The event sources' reading halves, until [`Self::start`] hands them to their thread.
+    readers: Option<(PinEventReader, CgroupWatch)>,
     watched: HashMap<u32, WatchedThread>,
     last_errors: BTreeMap<String, String>,
     state: SharedState,
@@ -109,21 +214,56 @@ pub(crate) struct PinningEngine {
     libvirt_state_dir: PathBuf,
     watching: Arc<AtomicBool>,
     counters: MonotonicCounters,
+    /// The last observation of every domain (events mode re-reads parts of it).
+    cache: Vec<DomainObservation>,
+    /// Index in `cache` of the domain owning each thread read.
+    tid_domain: HashMap<u32, usize>,
+    passes: PinningPasses,
+    last_full: Instant,
 }
 
 impl PinningEngine {
-    /// Creates the engine; `probe` is the loaded eBPF placement probe, if any.
+    /// Creates the engine; `probe` is the loaded eBPF placement probe, if any, and `events` the
+    /// event sources (or why there are none: the pipeline then polls).
     pub(crate) fn new(
         cfg: PinningConfig,
         inputs: &HostPaths,
         probe: Option<SchedProbe>,
+        events: Result<EventSources, String>,
         state: SharedState,
     ) -> Self {
+        let (events, readers, passes) = match events {
+            Ok(e) => (
+                Some(EventState {
+                    probe: Some(e.probe),
+                    cgroups: e.cgroups,
+                    lost: 0,
+                    dir_domains: HashMap::new(),
+                    dirs_of: HashMap::new(),
+                }),
+                Some((e.reader, e.cgroup_reader)),
+                PinningPasses {
+                    mode: PinningMode::Events,
+                    ..Default::default()
+                },
+            ),
+            Err(reason) => (
+                None,
+                None,
+                PinningPasses {
+                    mode: PinningMode::Polling,
+                    fallback_reason: cfg.events.then_some(reason),
+                    ..Default::default()
+                },
+            ),
+        };
         Self {
             cfg,
             inventory: LibvirtInventory::new(inputs.libvirt_state_dir.clone()),
             hostfs: HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone()),
             probe,
+            events,
+            readers,
             watched: HashMap::new(),
             last_errors: BTreeMap::new(),
             state,
@@ -131,44 +271,50 @@ impl PinningEngine {
             libvirt_state_dir: inputs.libvirt_state_dir.clone(),
             watching: Arc::new(AtomicBool::new(false)),
             counters: MonotonicCounters::default(),
+            cache: Vec::new(),
+            tid_domain: HashMap::new(),
+            passes,
+            last_full: Instant::now(),
         }
     }
 
-    /// Starts the pipeline: the libvirt state-dir watch as a task on the (async) runtime, and
-    /// every pass — libvirt files, procfs, BPF map syscalls, all of which can block — on a
-    /// supervised thread of its own, so that a slow procfs never stalls scrapes or the OpenFlow
-    /// and OVSDB sessions. Must be called from within the Tokio runtime. The receiver resolves
-    /// when the first pass is published.
+    /// Starts the pipeline: the libvirt state-dir watch as a task on the (async) runtime, the
+    /// event reader (events mode) on a thread of its own, and every pass — libvirt files,
+    /// procfs, BPF map syscalls, all of which can block — on a supervised thread of its own, so
+    /// that a slow procfs never stalls scrapes or the OpenFlow and OVSDB sessions. Must be
+    /// called from within the Tokio runtime. The receiver resolves when the first pass is
+    /// published.
     pub(crate) fn start(
-        self,
+        mut self,
         supervisor: &Supervisor,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
         let dir = self.libvirt_state_dir.clone();
         let mut changes =
             libvirt::watch_state_dir_reporting(dir, libvirt::WATCH_RETRY, self.watching.clone());
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let (tx, rx) = mpsc::channel::<Wake>();
+        let libvirt_tx = tx.clone();
         supervisor.task("libvirt-watch", async move {
             while changes.recv().await.is_some() {
-                // Full: a wake-up is already pending. Disconnected: the pinning thread is gone
-                // and the supervisor says so.
-                if let Err(std::sync::mpsc::TrySendError::Disconnected(())) = tx.try_send(()) {
+                // Err: the pinning thread is gone and the supervisor says so.
+                if libvirt_tx.send(Wake::Libvirt).is_err() {
                     return;
                 }
             }
         });
+        if let Some((reader, cgroups)) = self.readers.take() {
+            supervisor.thread("pinning-events", move || read_events(reader, cgroups, &tx))?;
+        }
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         supervisor.thread("pinning", move || self.run_blocking(&rx, first_tx))?;
         Ok(first_rx)
     }
 
-    /// Runs passes forever (blocking): on libvirt changes, and on every tick while there are
-    /// domains or no inotify watch (then the tick is the periodic rescan that finds new domains).
+    /// Runs passes forever (blocking), as the mode says (see the module docs).
     fn run_blocking(
         mut self,
-        changes: &std::sync::mpsc::Receiver<()>,
+        wakes: &mpsc::Receiver<Wake>,
         first_pass: tokio::sync::oneshot::Sender<()>,
     ) {
-        use std::sync::mpsc::RecvTimeoutError;
         let bound = crate::model::health::SourceRegistry::bound_for(self.cfg.interval());
         for s in [libvirt::SOURCE.name, procfs::SOURCE.name] {
             self.state.sources.stale_after(s, bound);
@@ -178,38 +324,122 @@ impl PinningEngine {
                 .sources
                 .stale_after(sched_bpf::SOURCE.name, bound);
         }
-        self.pass();
+        self.full_pass();
         // Nobody waiting any more is fine: `serve` stops waiting after a while.
         let _ = first_pass.send(());
         loop {
-            match changes.recv_timeout(self.cfg.interval()) {
-                Ok(()) => {
-                    // Coalesce a burst of events (libvirt writes several files per start).
+            let mut todo = Todo::default();
+            match wakes.recv_timeout(self.cfg.interval()) {
+                Ok(w) => {
+                    todo.add(w);
+                    // Coalesce a burst (libvirt writes several files per start; a process
+                    // move reports every thread).
                     std::thread::sleep(Duration::from_millis(20));
-                    while changes.try_recv().is_ok() {}
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    // Without domains there are no threads to poll: libvirt's own changes (a
-                    // domain starting, the directory appearing) arrive through the watch. The
-                    // sources' data is still current: say so, so that only a wedged thread
-                    // goes stale.
-                    if self.nothing_to_poll() {
-                        for s in [
-                            libvirt::SOURCE.name,
-                            procfs::SOURCE.name,
-                            sched_bpf::SOURCE.name,
-                        ] {
-                            self.state.sources.alive(s);
-                        }
-                        continue;
+                    while let Ok(w) = wakes.try_recv() {
+                        todo.add(w);
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    // The watch task ended (the supervisor reports it): rescan periodically.
+                Err(mpsc::RecvTimeoutError::Timeout) => todo.tick = true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Every waker ended (the supervisor reports it): rescan periodically.
                     std::thread::sleep(self.cfg.interval());
+                    todo.full = true;
                 }
             }
-            self.pass();
+            self.step(todo);
+        }
+    }
+
+    /// Runs what one wake-up asks for.
+    fn step(&mut self, mut todo: Todo) {
+        if let Some(ev) = &mut self.events
+            && let Some(probe) = &ev.probe
+        {
+            match probe.lost() {
+                Ok(n) if n != ev.lost => {
+                    ev.lost = n;
+                    tracing::debug!(lost = n, "pinning events lost; reconciling");
+                    todo.full = true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.state.sources.errors(procfs::SOURCE.name, 1);
+                    tracing::debug!(error = %e, "cannot read the lost-event counter");
+                }
+            }
+        }
+        let events_mode = self.events.is_some()
+            && self.watching.load(Ordering::Relaxed)
+            && !self.last_errors.contains_key(Self::DIR_ERROR_KEY);
+        if todo.tick {
+            if !events_mode {
+                // Polling: without domains there are no threads to poll; libvirt's own changes
+                // (a domain starting, the directory appearing) arrive through the watch.
+                if self.nothing_to_poll() {
+                    self.all_alive();
+                    return;
+                }
+                todo.full = true;
+            } else if self.last_full.elapsed() >= self.cfg.reconcile() {
+                todo.full = true;
+            }
+        }
+        if todo.full || (todo.libvirt && !events_mode) {
+            self.full_pass();
+        } else if todo.libvirt || !todo.threads.is_empty() || !todo.cgroups.is_empty() {
+            if todo.libvirt {
+                self.libvirt_pass(false);
+            }
+            if !todo.threads.is_empty() || !todo.cgroups.is_empty() {
+                self.targeted_pass(&todo.threads, &todo.cgroups);
+            }
+        } else if let Some(moved) = self.affinity_moved().filter(|m| !m.is_empty()) {
+            self.targeted_pass(&moved, &[]);
+        } else {
+            // An events-mode tick: the data of libvirt and procfs is current (events say when
+            // it is not); only the placement maps are read.
+            self.all_alive();
+            if self.probe.is_some() && !self.watched.is_empty() {
+                let sources = self.state.sources.clone();
+                let collection = sources.collect(sched_bpf::SOURCE.name);
+                self.publish(true);
+                if let Some(p) = &self.probe {
+                    collection.ok(p.mode().to_string());
+                }
+            }
+        }
+    }
+
+    /// Without the syscall affinity events (`affinity_events = false`): the threads whose
+    /// affinity differs from the last pass's, by one `sched_getaffinity(2)` each (a thread that
+    /// is gone counts as moved: the targeted pass finds out). `None` when the events say it.
+    fn affinity_moved(&self) -> Option<BTreeSet<u32>> {
+        if self.cfg.affinity_events {
+            return None;
+        }
+        let mut moved = BTreeSet::new();
+        for obs in &self.cache {
+            let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
+                continue;
+            };
+            for (tid, t) in &obs.threads {
+                if self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity) {
+                    moved.insert(*tid);
+                }
+            }
+        }
+        Some(moved)
+    }
+
+    /// Says that the sources' data is still current (an idle tick), so that only a wedged
+    /// thread goes stale.
+    fn all_alive(&self) {
+        for s in [
+            libvirt::SOURCE.name,
+            procfs::SOURCE.name,
+            sched_bpf::SOURCE.name,
+        ] {
+            self.state.sources.alive(s);
         }
     }
 
@@ -224,8 +454,34 @@ impl PinningEngine {
             && self.watching.load(Ordering::Relaxed)
     }
 
-    /// One full pass: refresh inventory, observe threads, sync the eBPF watch set, detect, publish.
-    pub(crate) fn pass(&mut self) {
+    /// The procfs source's detail: the mode, and why it polls.
+    fn procfs_detail(&self) -> String {
+        match (&self.events, &self.passes.fallback_reason) {
+            (Some(ev), _) => format!(
+                "events mode: {} threads and processes watched by eBPF, {} cpuset cgroups by inotify; full pass every {} s",
+                ev.probe.as_ref().map_or(0, PinEvents::watched),
+                ev.cgroups.len(),
+                self.cfg.reconcile_seconds
+            ),
+            (None, Some(reason)) => format!("polling mode (event programs unavailable: {reason})"),
+            (None, None) => "polling mode (events = false)".to_string(),
+        }
+    }
+
+    /// One full pass: refresh the inventory, read every thread of every domain, sync the watch
+    /// sets, detect, publish.
+    pub(crate) fn full_pass(&mut self) {
+        self.libvirt_pass(true);
+    }
+
+    /// Refreshes the libvirt inventory and reads the domains' threads: every domain's when
+    /// `all` (a full pass), else only those of domains that are new or whose libvirt status
+    /// changed (a targeted pass: a libvirt change in events mode; nothing is read when no
+    /// status file changed).
+    fn libvirt_pass(&mut self, all: bool) {
+        if all {
+            self.last_full = Instant::now();
+        }
         let sources = self.state.sources.clone();
         let collection = sources.collect(libvirt::SOURCE.name);
         let refresh = self.inventory.refresh();
@@ -248,42 +504,225 @@ impl PinningEngine {
             });
         }
 
+        if !all && !refresh.changed {
+            self.all_alive();
+            return;
+        }
         let collection = sources.collect(procfs::SOURCE.name);
         let domains: Vec<Domain> = self.inventory.domains().cloned().collect();
         // Subscribers (the flow pipeline) wake only when an instance or interface changed.
         self.state
             .inventory
             .set_if_changed(HostInventory::from_domains(&domains));
+        let mut previous: HashMap<String, DomainObservation> = std::mem::take(&mut self.cache)
+            .into_iter()
+            .filter_map(|o| Some((o.domain.as_ref()?.name.clone(), o)))
+            .collect();
         let mut observations = Vec::with_capacity(domains.len());
         for d in domains {
+            if !all
+                && let Some(o) = previous.remove(&d.name)
+                && o.domain.as_ref() == Some(&d)
+            {
+                observations.push(o);
+                continue;
+            }
             let (obs, errs) = observe(&self.hostfs, d);
+            self.passes.thread_reads += obs.threads.len() as u64 + errs;
             collection.errors(errs);
             observations.push(obs);
         }
-        collection.ok("");
+        self.cache = observations;
+        if all {
+            self.passes.full += 1;
+        } else {
+            self.passes.targeted += 1;
+        }
+        let errs = self.reindex();
+        collection.errors(errs);
+        collection.ok(self.procfs_detail());
+        self.publish_with_probe_source();
+    }
 
+    /// Re-reads only the threads the kernel named and the domains living in the cgroup
+    /// directories inotify named, then re-evaluates every cached observation and publishes.
+    fn targeted_pass(&mut self, tids: &BTreeSet<u32>, dirs: &[WatchDescriptor]) {
+        let sources = self.state.sources.clone();
+        let collection = sources.collect(procfs::SOURCE.name);
+        let mut whole: BTreeSet<usize> = BTreeSet::new();
+        if let Some(ev) = &self.events {
+            for wd in dirs {
+                let names = ev
+                    .cgroups
+                    .dir(wd)
+                    .and_then(|d| ev.dir_domains.get(d))
+                    .into_iter()
+                    .flatten();
+                for name in names {
+                    if let Some(i) = self.domain_index(name) {
+                        whole.insert(i);
+                    }
+                }
+            }
+        }
+        let mut errors = 0;
+        for &tid in tids {
+            match self.tid_domain.get(&tid) {
+                Some(i) if whole.contains(i) => {}
+                Some(&i) => {
+                    let Some(o) = self.cache.get_mut(i) else {
+                        continue;
+                    };
+                    let Some(pid) = o.domain.as_ref().and_then(|d| d.pid) else {
+                        continue;
+                    };
+                    self.passes.thread_reads += 1;
+                    match self.hostfs.thread(pid, tid) {
+                        Ok(t) => {
+                            if tid == pid {
+                                o.main_cgroup = t.cgroup.clone();
+                            }
+                            o.threads.insert(tid, t);
+                        }
+                        Err(ProcError::Gone { .. }) => {
+                            o.threads.remove(&tid);
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            tracing::debug!(tid, error = %e, "thread read failed");
+                        }
+                    }
+                }
+                // A thread started after the last pass (or a process id): its domain is the one
+                // whose process lists it.
+                None => {
+                    let owner = self.cache.iter().position(|o| {
+                        o.domain.as_ref().and_then(|d| d.pid).is_some_and(|pid| {
+                            self.hostfs
+                                .proc_root()
+                                .join(format!("{pid}/task/{tid}"))
+                                .exists()
+                        })
+                    });
+                    if let Some(i) = owner {
+                        whole.insert(i);
+                    }
+                }
+            }
+        }
+        for i in whole {
+            let Some(d) = self.cache.get(i).and_then(|o| o.domain.clone()) else {
+                continue;
+            };
+            let (obs, errs) = observe(&self.hostfs, d);
+            self.passes.thread_reads += obs.threads.len() as u64 + errs;
+            errors += errs;
+            if let Some(slot) = self.cache.get_mut(i) {
+                *slot = obs;
+            }
+        }
+        self.passes.targeted += 1;
+        errors += self.reindex();
+        collection.errors(errors);
+        collection.ok(self.procfs_detail());
+        self.all_alive();
+        self.publish_with_probe_source();
+    }
+
+    fn domain_index(&self, name: &str) -> Option<usize> {
+        self.cache
+            .iter()
+            .position(|o| o.domain.as_ref().is_some_and(|d| d.name == name))
+    }
+
+    /// Rebuilds the thread → domain index from the cache and, in events mode, makes the event
+    /// probe watch every domain process and thread and inotify every cpuset cgroup they live in
+    /// (and its parent). Returns how many watches failed.
+    fn reindex(&mut self) -> u64 {
+        self.tid_domain.clear();
+        for (i, o) in self.cache.iter().enumerate() {
+            for &tid in o.threads.keys() {
+                self.tid_domain.insert(tid, i);
+            }
+        }
+        let Some(ev) = &mut self.events else {
+            return 0;
+        };
+        let mut ids: HashSet<u32> = self.tid_domain.keys().copied().collect();
+        ev.dir_domains.clear();
+        let mut paths: HashSet<&str> = HashSet::new();
+        for o in &self.cache {
+            let Some(d) = &o.domain else { continue };
+            if let Some(pid) = d.pid {
+                ids.insert(pid);
+            }
+            for t in o.threads.values() {
+                let Some(cg) = t.cgroup.as_deref() else {
+                    continue;
+                };
+                paths.insert(cg);
+                let dirs = ev
+                    .dirs_of
+                    .entry(cg.to_string())
+                    .or_insert_with(|| self.hostfs.cpuset_dirs(cg));
+                for dir in dirs.iter() {
+                    for watched in [Some(dir.as_path()), dir.parent()].into_iter().flatten() {
+                        ev.dir_domains
+                            .entry(watched.to_path_buf())
+                            .or_default()
+                            .insert(d.name.clone());
+                    }
+                }
+            }
+        }
+        ev.dirs_of.retain(|k, _| paths.contains(k.as_str()));
+        let dirs: HashSet<PathBuf> = ev.dir_domains.keys().cloned().collect();
+        ev.probe.as_mut().map_or(0, |p| p.sync(&ids)) + ev.cgroups.sync(&dirs)
+    }
+
+    /// [`Self::publish`] under the sched probe's collection (its health and BPF costs).
+    fn publish_with_probe_source(&mut self) {
+        let sources = self.state.sources.clone();
         let collection = self
             .probe
             .is_some()
             .then(|| sources.collect(sched_bpf::SOURCE.name));
-        self.sync_probe(&mut observations);
+        self.publish(false);
         if let (Some(p), Some(collection)) = (&self.probe, collection) {
             collection.ok(p.mode().to_string());
             self.state.bpf_costs.set(if !p.stats_enabled() {
                 Vec::new()
             } else {
-                p.program_stats()
+                let mut costs: Vec<BpfProgramCost> = p
+                    .program_stats()
                     .into_iter()
                     .map(|s| BpfProgramCost {
                         program: s.name,
                         run_time_ns: s.run_time_ns,
                         run_count: s.run_count,
                     })
-                    .collect()
+                    .collect();
+                if let Some(p) = self.events.as_ref().and_then(|e| e.probe.as_ref()) {
+                    costs.extend(p.program_stats());
+                }
+                costs
             });
+        }
+    }
+
+    /// Reads the placement maps into the cached observations, detects and publishes; with
+    /// `only_if_changed` (an idle tick), only when a placement differs from the last one.
+    fn publish(&mut self, only_if_changed: bool) {
+        let mut observations = std::mem::take(&mut self.cache);
+        let changed = self.sync_probe(&mut observations);
+        if only_if_changed && !changed {
+            self.cache = observations;
+            return;
         }
         let mut report = pinning::evaluate(&observations);
         self.counters.apply(&observations, &mut report);
+        self.cache = observations;
+        report.passes = self.passes.clone();
         let drifts = |r: &PinningReport| -> Vec<(String, crate::model::pinning::Drift)> {
             r.domains
                 .iter()
@@ -305,9 +744,11 @@ impl PinningEngine {
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
-    fn sync_probe(&mut self, observations: &mut [DomainObservation]) {
+    /// Returns whether any thread's placement differs from what the observations held.
+    fn sync_probe(&mut self, observations: &mut [DomainObservation]) -> bool {
+        let mut changed = false;
         let Some(probe) = self.probe.as_mut() else {
-            return;
+            return changed;
         };
         let now = Instant::now();
         let window = self.cfg.placement_window();
@@ -374,18 +815,17 @@ impl PinningEngine {
                             w.samples.pop_front();
                         }
                         let oldest = w.samples.front().map_or(0, |(_, v)| *v);
-                        o.placement.insert(
-                            tid,
-                            PlacementSample {
-                                offpin_ns_total: p.off_pin_ns,
-                                offpin_ns_window: p.off_pin_ns.saturating_sub(oldest),
-                                migrations_total: p.migrations,
-                                last_cpu: p.last_cpu,
-                            },
-                        );
+                        let sample = PlacementSample {
+                            offpin_ns_total: p.off_pin_ns,
+                            offpin_ns_window: p.off_pin_ns.saturating_sub(oldest),
+                            migrations_total: p.migrations,
+                            last_cpu: p.last_cpu,
+                        };
+                        changed |= o.placement.insert(tid, sample.clone()) != Some(sample);
                     }
                     Ok(None) => {
-                        o.placement.insert(tid, PlacementSample::default());
+                        changed |= o.placement.insert(tid, PlacementSample::default())
+                            != Some(PlacementSample::default());
                     }
                     Err(_) => errors += 1,
                 }
@@ -394,6 +834,7 @@ impl PinningEngine {
         if errors > 0 {
             self.state.sources.errors(sched_bpf::SOURCE.name, errors);
         }
+        changed
     }
 
     /// Logs an error for `key` only when it differs from the last one logged (no log storms per tick).
@@ -401,6 +842,83 @@ impl PinningEngine {
         if self.last_errors.get(key).map(String::as_str) != Some(msg) {
             tracing::warn!(source = key, "{msg}");
             self.last_errors.insert(key.to_string(), msg.to_string());
+        }
+    }
+}
+
+/// What the wake-ups since the last pass ask for.
+#[derive(Debug, Default)]
+struct Todo {
+    /// The interval passed without a wake-up.
+    tick: bool,
+    /// Read everything.
+    full: bool,
+    /// The libvirt state directory changed.
+    libvirt: bool,
+    /// Threads the kernel named.
+    threads: BTreeSet<u32>,
+    /// Watched cgroup directories written.
+    cgroups: Vec<WatchDescriptor>,
+}
+
+impl Todo {
+    fn add(&mut self, w: Wake) {
+        match w {
+            Wake::Libvirt => self.libvirt = true,
+            Wake::Threads(t) => self.threads.extend(t),
+            Wake::Cgroups(c) => {
+                for wd in c {
+                    if !self.cgroups.contains(&wd) {
+                        self.cgroups.push(wd);
+                    }
+                }
+            }
+            Wake::Lost(why) => {
+                tracing::debug!(reason = %why, "pinning events may be lost; reconciling");
+                self.full = true;
+            }
+        }
+    }
+}
+
+/// The event thread: waits on the ring buffer and the cgroup inotify descriptor, and forwards
+/// what they report to the pinning thread. Returns when the pinning thread is gone.
+fn read_events(mut reader: PinEventReader, mut cgroups: CgroupWatch, tx: &mpsc::Sender<Wake>) {
+    loop {
+        let ready = match events::wait_readable(&[reader.fd(), cgroups.fd()], None) {
+            Ok(r) => r,
+            Err(e) => {
+                if tx.send(Wake::Lost(format!("poll: {e}"))).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let mut wakes = Vec::new();
+        if ready.first().copied().unwrap_or(false) {
+            let tids: Vec<u32> = reader.drain().into_iter().map(|e| e.tid).collect();
+            if !tids.is_empty() {
+                wakes.push(Wake::Threads(tids));
+            }
+        }
+        if ready.get(1).copied().unwrap_or(false) {
+            match cgroups.drain() {
+                Ok(c) => {
+                    if c.overflow {
+                        wakes.push(Wake::Lost("cgroup inotify queue overflow".into()));
+                    }
+                    if !c.changed.is_empty() {
+                        wakes.push(Wake::Cgroups(c.changed));
+                    }
+                }
+                Err(e) => wakes.push(Wake::Lost(format!("cgroup inotify: {e}"))),
+            }
+        }
+        for w in wakes {
+            if tx.send(w).is_err() {
+                return;
+            }
         }
     }
 }
@@ -535,6 +1053,9 @@ pub(crate) fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refr
         .collect();
     (pinning::evaluate(&obs), refresh, proc_errors)
 }
+
+#[cfg(test)]
+mod event_tests;
 
 /// Observations built by hand, for the counter tests.
 #[cfg(test)]

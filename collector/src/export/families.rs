@@ -285,7 +285,7 @@ pub const VCPU_WAIT_SECONDS: Family = Family {
     kind: Kind::Counter,
     labels: &["domain"],
     help: "Time the domain's vCPU threads waited runnable for a pCPU (schedstat)",
-    notes: "A rate near 1 per vCPU means the vCPU waits for its pCPU all the time (like steal time, seen from the host).",
+    notes: "A rate near 1 per vCPU means the vCPU waits for its pCPU all the time (like steal time, seen from the host). Read at full passes: every `interval_seconds` in polling mode, every `reconcile_seconds` (30) in events mode (use a `rate` window of a few minutes).",
     example: "topk(10, rate(pinflow_vcpu_wait_seconds_total[5m]))",
     presence: Presence::Domain,
     area: Area::Pinning,
@@ -618,6 +618,32 @@ pub const DROPS: Family = Family {
 
 // ---- Self ----
 
+/// `pinflow_pinning_passes_total`.
+pub const PINNING_PASSES: Family = Family {
+    name: "pinflow_pinning_passes_total",
+    kind: Kind::Counter,
+    labels: &["kind"],
+    help: "Passes of the pinning pipeline over procfs/cgroupfs, by kind (full: every thread of every domain; targeted: only the threads or domains a kernel event or cgroup inotify named)",
+    notes: "`kind`: `full`, `targeted`. In events mode (`[pinning] events`, the default) full passes happen on libvirt changes and every `reconcile_seconds`; in polling mode every `interval_seconds`. `/api/v1/pinning` (`passes`) and the `procfs` source's detail in `/api/v1/sources` and `pinflow check` say which mode runs and why.",
+    example: "rate(pinflow_pinning_passes_total{kind=\"full\"}[5m])",
+    presence: Presence::Always,
+    area: Area::SelfMetrics,
+    series: series(0, 0, 2, "nothing (full, targeted)"),
+};
+
+/// `pinflow_pinning_thread_reads_total`.
+pub const PINNING_THREAD_READS: Family = Family {
+    name: "pinflow_pinning_thread_reads_total",
+    kind: Kind::Counter,
+    labels: &[],
+    help: "Thread states read from procfs/cgroupfs by the pinning pipeline (each: status, stat, schedstat, cgroup and the cpuset file)",
+    notes: "Grows with vCPU threads only in polling mode and at full passes; idle in events mode otherwise.",
+    example: "rate(pinflow_pinning_thread_reads_total[5m])",
+    presence: Presence::Always,
+    area: Area::SelfMetrics,
+    series: series(0, 0, 1, "nothing (one series)"),
+};
+
 /// `pinflow_source_up`.
 pub const SOURCE_UP: Family = Family {
     name: "pinflow_source_up",
@@ -719,6 +745,8 @@ pub const ALL: &[&Family] = &[
     &VCPU_MIGRATIONS,
     &VCPU_WAIT_SECONDS,
     &PCPU_PINNED_VCPUS,
+    &PINNING_PASSES,
+    &PINNING_THREAD_READS,
     &HOST_CPU_CONFIG_PROBLEM,
     &OVS_FLOWS,
     &OVS_DIRTY_FLOWS,

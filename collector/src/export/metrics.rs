@@ -149,6 +149,7 @@ pub(crate) mod tests {
                 wait_seconds_total: 0.25,
             }],
             pcpu_pinned_vcpus: BTreeMap::from([(0, 1)]),
+            passes: Default::default(),
         });
         st
     }

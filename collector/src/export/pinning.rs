@@ -1,5 +1,5 @@
 //! Prometheus exposition of the pinning report (`pinflow_instance_info`, `pinflow_domain_*`,
-//! `pinflow_vcpu_*`, `pinflow_pcpu_*`).
+//! `pinflow_vcpu_*`, `pinflow_pcpu_*`, `pinflow_pinning_*`).
 
 use super::encode::{Lv, Res, counter, gauge};
 use super::families;
@@ -105,5 +105,19 @@ pub(crate) fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> 
         enc,
         &families::PCPU_PINNED_VCPUS,
         cpus.iter().map(|(c, n)| ([("cpu", Lv(c))], f64::from(*n))),
+    )?;
+    let p = &r.passes;
+    counter(
+        enc,
+        &families::PINNING_PASSES,
+        [
+            ([("kind", Lv("full"))], p.full as f64),
+            ([("kind", Lv("targeted"))], p.targeted as f64),
+        ],
+    )?;
+    counter(
+        enc,
+        &families::PINNING_THREAD_READS,
+        [([] as [(&str, Lv<'_>); 0], p.thread_reads as f64)],
     )
 }

@@ -308,4 +308,33 @@ pub(crate) struct PinningReport {
     /// vCPUs pinned with `<vcpupin>` (of all domains) per host CPU; only CPUs with at least one.
     /// Floating vCPUs (`<vcpu cpuset>`) are not pinned and not counted.
     pub(crate) pcpu_pinned_vcpus: BTreeMap<u32, u32>,
+    /// How the pipeline read procfs, and how much, since start (`pinflow_pinning_*`).
+    pub(crate) passes: PinningPasses,
+}
+
+/// How the pinning pipeline reads procfs/cgroupfs: on kernel events or by polling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PinningMode {
+    /// eBPF affinity/cgroup events and cgroup inotify wake re-reads of just the threads
+    /// involved; a full pass only every `reconcile_seconds` (and on libvirt changes).
+    Events,
+    /// A full pass every `interval_seconds` (event programs off or unavailable).
+    #[default]
+    Polling,
+}
+
+/// The pinning pipeline's passes since start (monotonic counters).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct PinningPasses {
+    /// The mode running.
+    pub(crate) mode: PinningMode,
+    /// Why the pipeline polls although events were asked for (`None` otherwise).
+    pub(crate) fallback_reason: Option<String>,
+    /// Passes that read every thread of every domain.
+    pub(crate) full: u64,
+    /// Passes that re-read only the threads or domains an event named.
+    pub(crate) targeted: u64,
+    /// Thread state reads (each: status, stat, schedstat, cgroup and the cpuset file).
+    pub(crate) thread_reads: u64,
 }

@@ -40,8 +40,22 @@ use std::path::{Component, Path, PathBuf};
 pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "procfs",
     collector: "pinning",
-    can_run: |host| CanRun::of(HostFs::new(host.proc_root.clone(), host.sys_root.clone()).probe()),
+    can_run: |host| {
+        CanRun::of(
+            HostFs::new(host.proc_root.clone(), host.sys_root.clone())
+                .probe()
+                .map(|found| format!("{found}; {}", events_mode())),
+        )
+    },
 };
+
+/// Which mode `serve` would run the pinning pipeline in (with `[pinning] events = true`).
+fn events_mode() -> String {
+    match crate::sources::sched_bpf::events::PinEvents::load(false) {
+        Ok(_) => "events mode: eBPF cgroup events attach, cpuset cgroups under inotify, affinity checked every interval; procfs re-read only for the threads that change".to_string(),
+        Err(e) => format!("polling mode: pinning event programs unavailable ({e})"),
+    }
+}
 
 /// Largest procfs/cgroupfs file read (`status` is ~1.5 KiB; `cgroup` grows with the number of hierarchies).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024;
@@ -164,6 +178,24 @@ impl HostFs {
         Ok(tids)
     }
 
+    /// Thread `tid`'s allowed CPUs now, as cheaply as the root allows: one `sched_getaffinity(2)`
+    /// on the live `/proc` (after checking `tid` is still a thread of `pid`), else its `status`.
+    pub(crate) fn affinity(&self, pid: u32, tid: u32) -> Result<CpuSet, ProcError> {
+        let task = self.task_dir(pid, tid);
+        if self.live && task.exists() {
+            match syscall_affinity(tid) {
+                Ok(set) => return Ok(set),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    return Err(ProcError::Gone { pid, tid });
+                }
+                Err(_) => {}
+            }
+        }
+        let status_path = task.join("status");
+        let status = self.read_task_file(&status_path, pid, tid)?;
+        parse_affinity(&status).map_err(|reason| parse_err(&status_path, reason))
+    }
+
     /// Everything pinflow knows about thread `tid` of process `pid`.
     ///
     /// Returns [`ProcError::Gone`] when the thread exited before or while it was read. A missing `schedstat`
@@ -237,6 +269,20 @@ impl HostFs {
         })?;
         text.parse()
             .map_err(|e: crate::model::cpuset::CpuSetError| parse_err(&path, e.to_string()))
+    }
+
+    /// The cgroupfs directories holding the cpuset files of cgroup `path` (as `/proc/…/cgroup`
+    /// names it): in v1's cpuset hierarchy, the v2 root or `unified`, whichever exist.
+    pub(crate) fn cpuset_dirs(&self, path: &str) -> Vec<PathBuf> {
+        let Ok(rel) = relative(path) else {
+            return Vec::new();
+        };
+        let root = self.sys_root.join("fs/cgroup");
+        [root.join("cpuset"), root.clone(), root.join("unified")]
+            .into_iter()
+            .map(|r| r.join(&rel))
+            .filter(|d| d.join("cpuset.cpus").exists() || d.join("cpuset.cpus.effective").exists())
+            .collect()
     }
 
     fn task_dir(&self, pid: u32, tid: u32) -> PathBuf {
@@ -482,6 +528,8 @@ fn read_bounded(path: &Path) -> io::Result<String> {
     }
     Ok(buf)
 }
+
+pub(crate) mod cgroup_watch;
 
 #[cfg(test)]
 mod tests;

@@ -23,7 +23,7 @@ use aya::Ebpf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::RawTracePoint;
 use collector_common::ovs_dp::{self as layout, DropKey, UpcallKey, name_bytes};
-use collector_common::sched;
+use collector_common::{pin_events, sched};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -205,7 +205,10 @@ impl DatapathProbe {
             // The object also holds the sched probe's maps: keep their copies here tiny.
             .map_max_entries(sched::WATCH_MAP, 1)
             .map_max_entries(sched::STATS_MAP, 1)
-            .map_max_entries(sched::FILTER_MAP, 1);
+            .map_max_entries(sched::FILTER_MAP, 1)
+            .map_max_entries(pin_events::WATCH_MAP, 1)
+            .map_max_entries(pin_events::PENDING_MAP, 1)
+            .map_max_entries(pin_events::EVENTS_MAP, 4096);
         let mut ebpf = loader
             .load(ebpf_object())
             .map_err(|e| failed("loading the eBPF object", &e, String::new()))?;
