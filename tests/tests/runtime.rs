@@ -17,7 +17,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-const CONFIG: &str = "[pinning]\ninterval_seconds = 0.2\nebpf = false\n";
+/// Polling mode: the tests wedge and churn procfs on every pass (events mode would read the
+/// captured tree only on ticks and every `reconcile_seconds`).
+const CONFIG: &str = "[pinning]\ninterval_seconds = 0.2\nebpf = false\nevents = false\n";
 /// The captured QEMU process and its vCPU threads (`CPU 0/KVM`, `CPU 1/KVM`).
 const TASKS: &str = "proc/11411/task";
 

@@ -111,7 +111,7 @@ fn listen_addresses_paths_api_switch_collectors_logs_and_version() {
         .map(|s| s.labels["source"].as_str())
         .collect();
     // sched_bpf is switched off in the config: it reports nothing either.
-    assert_eq!(sources, ["libvirt", "procfs"], "{sources:?}");
+    assert_eq!(sources, ["host_cpu", "libvirt", "procfs"], "{sources:?}");
     // build_info carries what --version prints.
     let version = run(&bin().to_string_lossy(), &["--version"]);
     let field = |k: &str| {

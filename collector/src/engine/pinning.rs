@@ -417,6 +417,8 @@ impl PinningEngine {
         if self.cfg.affinity_events {
             return None;
         }
+        // A read that hangs shows the source as wedged, as a pass's would.
+        let _reading = self.state.sources.collect(procfs::SOURCE.name);
         let mut moved = BTreeSet::new();
         for obs in &self.cache {
             let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
