@@ -117,6 +117,7 @@ storm=$!
 ts=$(up)
 wait_metric '^pinflow_ovs_datapath_unhealthy\{datapath="ovs-system",check="upcall_storm"\} [1-9]' 20
 wait $storm
+grep -E '^pinflow_ovs_(upcalls_total|datapath_unhealthy)' /tmp/metrics.txt
 echo "storm: 3000 packets in $(echo "$(up) $ts" | awk '{print $1 - $2}') s"
 ovs-appctl upcall/enable-megaflows
 # The storm's exact-match flows would expire during the dump comparison: start clean.

@@ -4,13 +4,17 @@
 //! |---|---|
 //! | `flow_limit` | megaflows ≥ `flow_limit_ratio` × the flow limit (ovs-vswitchd's `other_config:flow-limit`, default 200 000) |
 //! | `lost_upcalls` | the datapath lost upcalls since the previous poll |
-//! | `upcall_storm` | ports whose upcall rate exceeds `storm_upcalls_per_second` |
+//! | `upcall_storm` | ports whose upcall rate exceeded `storm_upcalls_per_second` in a poll of the last [`STORM_HOLD`] (a storm shorter than a scrape interval still shows on a scrape) |
 //! | `drop_local_mac` | megaflows that drop, carried packets, and match a local instance's MAC as Ethernet destination exactly |
 
 use crate::model::datapath::attrs::key;
 use crate::model::datapath::{Datapath, DatapathCheck, DatapathHealth, Megaflow};
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a port stays in `upcall_storm` after its last poll above the threshold: two
+/// scrape intervals of 15 s, so that a burst shorter than one poll is still scraped.
+pub(crate) const STORM_HOLD: Duration = Duration::from_secs(30);
 
 /// Thresholds of the datapath checks (from the `[datapath]` config; no defaults of its own, so
 /// that they exist in one place).
@@ -29,6 +33,10 @@ pub(crate) struct HealthConfig {
 pub(crate) struct HealthTracker {
     lost: HashMap<String, u64>,
     upcalls: HashMap<(String, String), (u64, Instant)>,
+    /// Ports above the storm threshold: when they last were, and the rate then.
+    storms: HashMap<(String, String), (Instant, f64)>,
+    /// When each datapath was last evaluated.
+    evaluated: HashMap<String, Instant>,
 }
 
 impl HealthTracker {
@@ -50,18 +58,36 @@ impl HealthTracker {
             };
             let prev = self.lost.insert(dp.name.clone(), dp.lost);
             let lost = prev.map_or(0, |p| dp.lost.saturating_sub(p));
+            let previous_poll = self.evaluated.insert(dp.name.clone(), now);
             for (d, port, n) in upcalls.iter().filter(|(d, _, _)| d == &dp.name) {
                 let k = (d.clone(), port.clone());
-                if let Some((pn, pt)) = self.upcalls.insert(k, (*n, now)) {
+                // A port without upcalls has no count yet (the eBPF map has no entry): one that
+                // first shows up after the datapath's previous poll had 0 then. Without this, a
+                // burst shorter than a poll on a quiet port was never a storm.
+                let before = self
+                    .upcalls
+                    .insert(k, (*n, now))
+                    .or_else(|| previous_poll.map(|t| (0, t)));
+                if let Some((pn, pt)) = before {
                     let secs = now.saturating_duration_since(pt).as_secs_f64();
                     if secs > 0.0 {
                         let rate = n.saturating_sub(pn) as f64 / secs;
                         if rate > cfg.storm_upcalls_per_second {
-                            h.storm_ports.push((port.clone(), rate));
+                            self.storms.insert((d.clone(), port.clone()), (now, rate));
                         }
                     }
                 }
             }
+            self.storms
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < STORM_HOLD);
+            let mut storms: Vec<(String, f64)> = self
+                .storms
+                .iter()
+                .filter(|((d, _), _)| d == &dp.name)
+                .map(|((_, port), (_, rate))| (port.clone(), *rate))
+                .collect();
+            storms.sort_by(|a, b| a.0.cmp(&b.0));
+            h.storm_ports = storms;
             h.drop_local_macs = drop_local.get(&dp.name).cloned().unwrap_or_default();
             h.counts = DatapathCheck::ALL
                 .into_iter()
@@ -72,6 +98,10 @@ impl HealthTracker {
         self.lost.retain(|n, _| dps.iter().any(|d| &d.name == n));
         self.upcalls
             .retain(|(n, _), _| dps.iter().any(|d| &d.name == n));
+        self.storms
+            .retain(|(n, _), _| dps.iter().any(|d| &d.name == n));
+        self.evaluated
+            .retain(|n, _| dps.iter().any(|d| &d.name == n));
         out
     }
 }
@@ -188,6 +218,7 @@ mod tests {
         );
         assert_eq!(counts(&h[0]), [1, 2, 1, 0]);
         assert_eq!(h[0].storm_ports, vec![("tap1".to_string(), 5_000.0)]);
+        // The burst is over, but a scrape in the next STORM_HOLD still sees it.
         let h = t.evaluate(
             &cfg,
             &[dp(10, 7)],
@@ -195,7 +226,26 @@ mod tests {
             &none,
             t0 + Duration::from_secs(2),
         );
+        assert_eq!(counts(&h[0]), [0, 0, 1, 0]);
+        assert_eq!(h[0].storm_ports, vec![("tap1".to_string(), 5_000.0)]);
+        let h = t.evaluate(
+            &cfg,
+            &[dp(10, 7)],
+            &up(5_020),
+            &none,
+            t0 + Duration::from_secs(1) + STORM_HOLD,
+        );
         assert_eq!(counts(&h[0]), [0, 0, 0, 0]);
+        // A port with no upcalls before (no count at all) that bursts within one poll.
+        let burst = vec![("ovs-system".to_string(), "tap2".to_string(), 3_000)];
+        let h = t.evaluate(
+            &cfg,
+            &[dp(10, 7)],
+            &burst,
+            &none,
+            t0 + Duration::from_secs(2) + STORM_HOLD,
+        );
+        assert_eq!(h[0].storm_ports, vec![("tap2".to_string(), 3_000.0)]);
     }
 
     #[test]
