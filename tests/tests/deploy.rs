@@ -709,6 +709,66 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
     }
 }
 
+/// The `nova-conf` overlay as shipped: its extra flag and read-only hostPath mount bring the
+/// host's nova.conf to the host CPU checks, which name the instance pinned outside
+/// `cpu_dedicated_set`.
+#[test]
+fn nova_conf_overlay_runs_with_the_hosts_nova_conf() {
+    if !require_privileged(
+        "nova_conf_overlay_runs_with_the_hosts_nova_conf",
+        &["podman", "runc", "kubectl", "virsh", "ovs-vswitchd"],
+    ) {
+        return;
+    }
+    let docs = kustomize("deploy/kubernetes/overlays/nova-conf");
+    let spec = pod_spec(&docs);
+    libvirt::ensure_daemons().expect("libvirt testbed");
+    let _dom = libvirt::start(&DomainSpec::pinned("pf-deploy-nova", &["0"])).expect("domain");
+    let ovs = Ovs::start();
+    ovs.add_bridge("br-int", &[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    // The host's /etc/nova: a nova.conf whose dedicated set leaves out the domain's pCPU 0.
+    let etc_nova = work.path().join("etc-nova");
+    std::fs::create_dir_all(&etc_nova).expect("mkdir");
+    std::fs::write(
+        etc_nova.join("nova.conf"),
+        "[compute]\ncpu_dedicated_set = 1\ncpu_shared_set = 0\n",
+    )
+    .expect("nova.conf");
+    let host_paths = BTreeMap::from([("/run/openvswitch", ovs.run_dir()), ("/etc/nova", etc_nova)]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listen_port(&spec)));
+    let name = "pinflow-deploy-nova";
+    let _c = run_container(&spec, &host_paths, &[], work.path(), name);
+    let want = "pf-deploy-nova vCPU 0 is pinned to 0: 0 outside cpu_dedicated_set 1";
+    let found = wait_for(Duration::from_secs(20), || {
+        let (_, body) = scrape::http_get(addr, "/api/v1/host_cpu", Duration::from_secs(2)).ok()?;
+        let api: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let lines = api["problems"]["pinned_outside_dedicated_set"].as_array()?;
+        lines.iter().any(|l| l == want).then_some(api)
+    });
+    assert!(
+        found.is_some(),
+        "no finding {want:?}: {:?}\n{}",
+        scrape::sources(addr),
+        std::fs::read_to_string(work.path().join(format!("{name}.log"))).unwrap_or_default()
+    );
+    let metrics = scrape::parse(
+        &scrape::http_get(addr, "/metrics", Duration::from_secs(2))
+            .expect("scrape")
+            .1,
+    );
+    assert_eq!(source_up(&metrics, "host_cpu"), Some(1.0));
+    let problem = scrape::select(
+        &metrics,
+        "pinflow_host_cpu_config_problem",
+        &[("problem", "pinned_outside_dedicated_set")],
+    );
+    assert!(
+        problem.first().is_some_and(|p| p.value >= 1.0),
+        "{problem:?}"
+    );
+}
+
 #[test]
 fn systemd_unit_verifies_and_is_hardened() {
     if !require_privileged("systemd_unit_…", &["systemd-analyze"]) {
