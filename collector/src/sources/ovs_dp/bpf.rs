@@ -17,13 +17,13 @@
 
 use crate::model::datapath::DatapathEvents;
 use crate::model::health::BpfProgramCost;
+use crate::sources::sched_bpf::loader;
 use crate::sources::sched_bpf::{btf, ebpf_object, has_eperm, missing_bpf_capabilities};
 use crate::sources::{CanRun, SourceDef};
 use aya::Ebpf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::RawTracePoint;
 use collector_common::ovs_dp::{self as layout, DropKey, UpcallKey, name_bytes};
-use collector_common::{pin_events, sched};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -198,17 +198,10 @@ impl DatapathProbe {
         };
         let skb_dev = offset("sk_buff", "dev")?;
         let netdev_name = offset("net_device", "name")?;
-        let mut loader = crate::sources::sched_bpf::loader::new_loader("datapath probe");
+        let mut loader = loader::new_loader(loader::Probe::Datapath);
         loader
             .override_global(layout::GLOBAL_SKB_DEV, &skb_dev, true)
-            .override_global(layout::GLOBAL_NETDEV_NAME, &netdev_name, true)
-            // The object also holds the sched probe's maps: keep their copies here tiny.
-            .map_max_entries(sched::WATCH_MAP, 1)
-            .map_max_entries(sched::STATS_MAP, 1)
-            .map_max_entries(sched::FILTER_MAP, 1)
-            .map_max_entries(pin_events::WATCH_MAP, 1)
-            .map_max_entries(pin_events::PENDING_MAP, 1)
-            .map_max_entries(pin_events::EVENTS_MAP, 4096);
+            .override_global(layout::GLOBAL_NETDEV_NAME, &netdev_name, true);
         let mut ebpf = loader
             .load(ebpf_object())
             .map_err(|e| failed("loading the eBPF object", &e, String::new()))?;

@@ -24,7 +24,6 @@ use aya::Ebpf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, RingBuf};
 use aya::programs::TracePoint;
 use collector_common::pin_events::{self as layout, MAX_WATCHED_IDS, PinEvent};
-use collector_common::{ovs_dp, sched};
 
 use super::{chain, ebpf_object, has_eperm, missing_bpf_capabilities, tracefs};
 use crate::model::health::BpfProgramCost;
@@ -128,18 +127,11 @@ impl PinEvents {
         let enter_pid = field("syscalls", "sys_enter_sched_setaffinity", "pid", 8)?;
         let exit_ret = field("syscalls", "sys_exit_sched_setaffinity", "ret", 8)?;
         let attach_pid = field("cgroup", "cgroup_attach_task", "pid", 4)?;
-        let mut loader = super::loader::new_loader("pinning event probe");
+        let mut loader = super::loader::new_loader(super::loader::Probe::PinEvents);
         loader
             .override_global(layout::GLOBAL_ENTER_PID_OFFSET, &enter_pid, true)
             .override_global(layout::GLOBAL_EXIT_RET_OFFSET, &exit_ret, true)
-            .override_global(layout::GLOBAL_ATTACH_PID_OFFSET, &attach_pid, true)
-            // The object also holds the other probes' maps: keep their copies here tiny.
-            .map_max_entries(sched::WATCH_MAP, 1)
-            .map_max_entries(sched::STATS_MAP, 1)
-            .map_max_entries(sched::FILTER_MAP, 1)
-            .map_max_entries(ovs_dp::UPCALL_MAP, 1)
-            .map_max_entries(ovs_dp::DROP_MAP, 1)
-            .map_max_entries(ovs_dp::ACTION_MAP, 1);
+            .override_global(layout::GLOBAL_ATTACH_PID_OFFSET, &attach_pid, true);
         let mut ebpf = loader
             .load(ebpf_object())
             .map_err(|e| failed("loading the eBPF object", &e))?;

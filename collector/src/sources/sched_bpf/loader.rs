@@ -14,14 +14,65 @@
 //! attaches after `pinflow serve` dropped its capabilities (the OVS datapath probe), in a
 //! container as on the host. Where seccomp is unavailable the loader is created normally, aya
 //! parses the BTF, and the log says so.
+//!
+//! The one object holds every probe's maps, and aya creates all of them whichever programs a
+//! loader loads: [`new_loader`] gives the other probes' maps ([`MAPS`]) tiny sizes.
 
 use aya::EbpfLoader;
+use collector_common::{ovs_dp, pin_events, sched};
 
 use super::btf::VMLINUX_BTF;
 
-/// A loader without kernel BTF when aya can be kept from reading it (see the module
-/// docs), else aya's default loader (which parses it). Logs which one it is.
-pub(crate) fn new_loader(what: &str) -> EbpfLoader<'static> {
+/// The probes that load the object, each with its own loader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// The `sched_switch` placement probe.
+    Sched,
+    /// The pinning event probe.
+    PinEvents,
+    /// The OVS kernel-datapath probe.
+    Datapath,
+}
+
+impl Probe {
+    fn name(self) -> &'static str {
+        match self {
+            Probe::Sched => "sched probe",
+            Probe::PinEvents => "pinning event probe",
+            Probe::Datapath => "datapath probe",
+        }
+    }
+}
+
+/// Every resizable map of the object: the probe that uses it, its name, and the size of the copy
+/// another probe's loader creates (a ring buffer needs a page).
+const MAPS: [(Probe, &str, u32); 9] = [
+    (Probe::Sched, sched::WATCH_MAP, 1),
+    (Probe::Sched, sched::STATS_MAP, 1),
+    (Probe::Sched, sched::FILTER_MAP, 1),
+    (Probe::PinEvents, pin_events::WATCH_MAP, 1),
+    (Probe::PinEvents, pin_events::PENDING_MAP, 1),
+    (Probe::PinEvents, pin_events::EVENTS_MAP, 4096),
+    (Probe::Datapath, ovs_dp::UPCALL_MAP, 1),
+    (Probe::Datapath, ovs_dp::DROP_MAP, 1),
+    (Probe::Datapath, ovs_dp::ACTION_MAP, 1),
+];
+
+/// The loader of `probe`: without kernel BTF when aya can be kept from reading it (see the
+/// module docs), else aya's default loader (which parses it; logged), and with the other probes'
+/// maps tiny.
+pub(crate) fn new_loader(probe: Probe) -> EbpfLoader<'static> {
+    let mut loader = btf_free_loader(probe.name());
+    for (owner, map, size) in MAPS {
+        if owner != probe {
+            loader.map_max_entries(map, size);
+        }
+    }
+    loader
+}
+
+/// A loader without kernel BTF when aya can be kept from reading it, else aya's default one.
+fn btf_free_loader(what: &str) -> EbpfLoader<'static> {
     let hidden = std::thread::Builder::new()
         .name("pinflow-bpf-load".into())
         .spawn(|| -> Result<EbpfLoader<'static>, String> {
@@ -159,7 +210,7 @@ mod tests {
             std::fs::File::open(VMLINUX_BTF).is_ok(),
             "this thread still opens files"
         );
-        let _loader = new_loader("test");
+        let _loader = new_loader(Probe::Sched);
         assert!(std::fs::File::open("/proc/self/status").is_ok());
     }
 }

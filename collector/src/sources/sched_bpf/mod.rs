@@ -26,7 +26,6 @@ use std::path::Path;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, Endianness};
-use collector_common::pin_events;
 use collector_common::sched::{
     self as layout, FILTER_MAP, MAX_CPUS, MAX_WATCHED, PIN_WORDS, PinMask, PlacementStats,
     STATS_MAP, WATCH_MAP,
@@ -403,13 +402,9 @@ impl SchedProbe {
             }
         }
 
-        let mut ebpf = loader::new_loader("sched probe")
+        let mut ebpf = loader::new_loader(loader::Probe::Sched)
             .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true)
             .override_global(layout::GLOBAL_TP_NEXT_PID_OFFSET, &tp_next, true)
-            // The pinning event probe's maps (loaded by `events`): tiny copies here.
-            .map_max_entries(pin_events::WATCH_MAP, 1)
-            .map_max_entries(pin_events::PENDING_MAP, 1)
-            .map_max_entries(pin_events::EVENTS_MAP, 4096)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let mut f = Failure::from_err(&e, "loading eBPF object");
