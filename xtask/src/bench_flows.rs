@@ -382,6 +382,15 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
     let (mut ofctl, mut parse, mut vs_of, mut pf, mut vs_pf) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut wire = 0.0;
+    // The one-shot command measured, for its CPU and for its peak RSS.
+    let pf_args = [
+        "flows",
+        "--ovs-run-dir",
+        &run_dir,
+        "--bridge",
+        BRIDGE,
+        "--no-stats",
+    ];
     for _ in 0..REPS {
         let v0 = proc_cpu(vs);
         let (text, cpu) = run_measured(&mut ofctl_cmd(ovs, &["dump-flows", mgmt]))?;
@@ -405,14 +414,7 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
         let v0 = proc_cpu(vs);
         let (text, cpu) = run_measured(
             Command::new(pinflow_bin)
-                .args([
-                    "flows",
-                    "--ovs-run-dir",
-                    &run_dir,
-                    "--bridge",
-                    BRIDGE,
-                    "--no-stats",
-                ])
+                .args(pf_args)
                 .env("RUST_LOG", "warn"),
         )?;
         vs_pf.push(proc_cpu(vs).saturating_sub(v0));
@@ -428,17 +430,7 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
         Path::new("ovs-ofctl"),
         &["-O", "OpenFlow13", "dump-flows", &target],
     )?;
-    let rss_pf = peak_rss_kib(
-        pinflow_bin,
-        &[
-            "flows",
-            "--ovs-run-dir",
-            &run_dir,
-            "--bridge",
-            BRIDGE,
-            "--no-stats",
-        ],
-    )?;
+    let rss_pf = peak_rss_kib(pinflow_bin, &pf_args)?;
     // Size of the `--no-stats` text (what the cron job's parser reads, without counters).
     if let Ok((text, _)) = run_measured(&mut ofctl_cmd(ovs, &["--no-stats", "dump-flows", mgmt])) {
         wire = text.len() as f64 / n as f64;
