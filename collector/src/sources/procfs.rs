@@ -182,18 +182,27 @@ impl HostFs {
     /// on the live `/proc` (after checking `tid` is still a thread of `pid`), else its `status`.
     pub(crate) fn affinity(&self, pid: u32, tid: u32) -> Result<CpuSet, ProcError> {
         let task = self.task_dir(pid, tid);
-        if self.live && task.exists() {
-            match syscall_affinity(tid) {
-                Ok(set) => return Ok(set),
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                    return Err(ProcError::Gone { pid, tid });
-                }
-                Err(_) => {}
+        if !task.exists() {
+            return Err(ProcError::Gone { pid, tid });
+        }
+        self.task_affinity(&task, pid, tid)
+    }
+
+    /// The affinity of thread `tid` of `pid`, whose task directory is `task` and which the
+    /// caller has checked is a thread of `pid` (the syscall takes any thread id): the syscall on
+    /// the live `/proc`, else (or with a mask larger than its buffer) the `status` file.
+    fn task_affinity(&self, task: &Path, pid: u32, tid: u32) -> Result<CpuSet, ProcError> {
+        match self.live.then(|| syscall_affinity(tid)) {
+            Some(Ok(set)) => Ok(set),
+            Some(Err(e)) if e.raw_os_error() == Some(libc::ESRCH) => {
+                Err(ProcError::Gone { pid, tid })
+            }
+            _ => {
+                let status_path = task.join("status");
+                let status = self.read_task_file(&status_path, pid, tid)?;
+                parse_affinity(&status).map_err(|reason| parse_err(&status_path, reason))
             }
         }
-        let status_path = task.join("status");
-        let status = self.read_task_file(&status_path, pid, tid)?;
-        parse_affinity(&status).map_err(|reason| parse_err(&status_path, reason))
     }
 
     /// Everything pinflow knows about thread `tid` of process `pid`.
@@ -212,16 +221,7 @@ impl HostFs {
             parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
         let kernel_worker = is_kernel_worker(&comm, flags);
 
-        let affinity = match self.live.then(|| syscall_affinity(tid)) {
-            Some(Ok(set)) => set,
-            Some(Err(e)) if e.raw_os_error() == Some(libc::ESRCH) => return Err(gone()),
-            // Not live, or a mask larger than the buffer: the status file says it all.
-            _ => {
-                let status_path = task.join("status");
-                let status = self.read_task_file(&status_path, pid, tid)?;
-                parse_affinity(&status).map_err(|reason| parse_err(&status_path, reason))?
-            }
-        };
+        let affinity = self.task_affinity(&task, pid, tid)?;
 
         let sched_path = task.join("schedstat");
         let (run_ns, wait_ns) = match self.read_task_file(&sched_path, pid, tid) {
