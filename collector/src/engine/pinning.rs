@@ -18,7 +18,7 @@
 
 use serde::Deserialize;
 
-use crate::detect::pinning;
+use crate::detect::pinning::{self, placement};
 use crate::engine::findings_log::FindingsLog;
 use crate::engine::supervise::Supervisor;
 use crate::model::Domain;
@@ -460,10 +460,18 @@ impl PinningEngine {
     fn procfs_detail(&self) -> String {
         match (&self.events, &self.passes.fallback_reason) {
             (Some(ev), _) => format!(
-                "events mode: {} threads and processes watched by eBPF, {} cpuset cgroups by inotify; full pass every {} s",
+                "events mode: {} threads and processes watched by eBPF, {} cpuset cgroups by inotify; full pass every {} s; {}",
                 ev.probe.as_ref().map_or(0, PinEvents::watched),
                 ev.cgroups.len(),
-                self.cfg.reconcile_seconds
+                self.cfg.reconcile_seconds,
+                match (self.cfg.affinity_events, self.hostfs.is_live()) {
+                    (true, _) => "affinity by eBPF syscall events",
+                    (false, true) => "affinity checked every interval by sched_getaffinity(2)",
+                    (false, false) => {
+                        "affinity checked every interval from status files (the procfs root \
+                         shows another pid namespace: hostPID makes this one syscall per thread)"
+                    }
+                }
             ),
             (None, Some(reason)) => format!("polling mode (event programs unavailable: {reason})"),
             (None, None) => "polling mode (events = false)".to_string(),
@@ -712,12 +720,21 @@ impl PinningEngine {
         }
     }
 
-    /// Reads the placement maps into the cached observations, detects and publishes; with
-    /// `only_if_changed` (an idle tick), only when a placement differs from the last one.
+    /// Reads the placement maps into the cached observations, detects and publishes. With
+    /// `only_if_changed` (an idle tick): nothing when no placement changed; only the counters of
+    /// the published report when no change can alter a finding (a floating vCPU migrating every
+    /// tick must not cost a detection per tick).
     fn publish(&mut self, only_if_changed: bool) {
         let mut observations = std::mem::take(&mut self.cache);
-        let changed = self.sync_probe(&mut observations);
-        if only_if_changed && !changed {
+        let change = self.sync_probe(&mut observations);
+        if only_if_changed && change != PlacementChange::Findings {
+            if change == PlacementChange::Counters {
+                let mut report = PinningReport::clone(&self.state.pinning.get());
+                pinning::refresh_placement(&mut report, &observations);
+                self.counters.apply(&observations, &mut report);
+                report.passes = self.passes.clone();
+                self.state.pinning.set(report);
+            }
             self.cache = observations;
             return;
         }
@@ -746,9 +763,9 @@ impl PinningEngine {
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
-    /// Returns whether any thread's placement differs from what the observations held.
-    fn sync_probe(&mut self, observations: &mut [DomainObservation]) -> bool {
-        let mut changed = false;
+    /// Returns how much any thread's placement differs from what the observations held.
+    fn sync_probe(&mut self, observations: &mut [DomainObservation]) -> PlacementChange {
+        let mut changed = PlacementChange::None;
         let Some(probe) = self.probe.as_mut() else {
             return changed;
         };
@@ -823,11 +840,13 @@ impl PinningEngine {
                             migrations_total: p.migrations,
                             last_cpu: p.last_cpu,
                         };
-                        changed |= o.placement.insert(tid, sample.clone()) != Some(sample);
+                        let old = o.placement.insert(tid, sample.clone());
+                        changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
                     }
                     Ok(None) => {
-                        changed |= o.placement.insert(tid, PlacementSample::default())
-                            != Some(PlacementSample::default());
+                        let sample = PlacementSample::default();
+                        let old = o.placement.insert(tid, sample.clone());
+                        changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
                     }
                     Err(_) => errors += 1,
                 }
@@ -844,6 +863,29 @@ impl PinningEngine {
         if self.last_errors.get(key).map(String::as_str) != Some(msg) {
             tracing::warn!(source = key, "{msg}");
             self.last_errors.insert(key.to_string(), msg.to_string());
+        }
+    }
+}
+
+/// How the placement samples of a tick differ from the previous ones (ordered: the largest wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PlacementChange {
+    /// Nothing changed.
+    None,
+    /// Counters only (migrations, off-pin totals, the last CPU of a thread within its pin).
+    Counters,
+    /// A change that can alter a finding ([`placement::drift_key`]), or a new sample.
+    Findings,
+}
+
+impl PlacementChange {
+    /// The change from `old` (none: a thread seen for the first time) to `new`.
+    fn between(old: Option<&PlacementSample>, new: &PlacementSample) -> Self {
+        match old {
+            None => Self::Findings,
+            Some(old) if old == new => Self::None,
+            Some(old) if placement::drift_key(old) == placement::drift_key(new) => Self::Counters,
+            Some(_) => Self::Findings,
         }
     }
 }

@@ -94,8 +94,10 @@ pub enum ProcError {
 pub struct HostFs {
     proc_root: PathBuf,
     sys_root: PathBuf,
-    /// The procfs root is this process's own `/proc`: thread ids are ours to ask the kernel about
-    /// (affinity by syscall instead of parsing `status`). Fixture trees keep being read as files.
+    /// The procfs root shows this process's own pid namespace (`/proc`, or the host's procfs
+    /// mounted elsewhere in a pod with `hostPID`): thread ids are ours to ask the kernel about
+    /// (affinity by syscall instead of parsing `status`). Fixture trees, and the host's procfs
+    /// seen from another pid namespace, keep being read as files.
     live: bool,
 }
 
@@ -109,12 +111,18 @@ impl Default for HostFs {
 impl HostFs {
     /// Reads procfs at `proc_root` (normally `/proc`) and sysfs/cgroupfs at `sys_root` (normally `/sys`).
     pub fn new(proc_root: PathBuf, sys_root: PathBuf) -> Self {
-        let live = proc_root.components().eq(Path::new("/proc").components());
+        let live = shows_own_pid_namespace(&proc_root);
         Self {
             proc_root,
             sys_root,
             live,
         }
+    }
+
+    /// Whether the procfs root shows this process's pid namespace (thread ids are ours to pass
+    /// to syscalls).
+    pub(crate) fn is_live(&self) -> bool {
+        self.live
     }
 
     /// The procfs root.
@@ -178,14 +186,22 @@ impl HostFs {
         Ok(tids)
     }
 
-    /// Thread `tid`'s allowed CPUs now, as cheaply as the root allows: one `sched_getaffinity(2)`
-    /// on the live `/proc` (after checking `tid` is still a thread of `pid`), else its `status`.
+    /// Thread `tid`'s allowed CPUs now, as cheaply as the root allows, for a caller that only
+    /// compares it with the last value it read: one `sched_getaffinity(2)` on a live root, else
+    /// the `status` file. The syscall does not check that `tid` is still a thread of `pid` (a
+    /// reused tid reads as the new thread's): a caller that sees a difference re-reads the thread
+    /// in full ([`Self::thread`]), which does.
     pub(crate) fn affinity(&self, pid: u32, tid: u32) -> Result<CpuSet, ProcError> {
-        let task = self.task_dir(pid, tid);
-        if !task.exists() {
-            return Err(ProcError::Gone { pid, tid });
+        if self.live {
+            return match syscall_affinity(tid) {
+                Ok(set) => Ok(set),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    Err(ProcError::Gone { pid, tid })
+                }
+                Err(_) => self.task_affinity(&self.task_dir(pid, tid), pid, tid),
+            };
         }
-        self.task_affinity(&task, pid, tid)
+        self.task_affinity(&self.task_dir(pid, tid), pid, tid)
     }
 
     /// The affinity of thread `tid` of `pid`, whose task directory is `task` and which the
@@ -400,6 +416,16 @@ fn relative(path: &str) -> Result<PathBuf, String> {
         }
     }
     Ok(rel)
+}
+
+/// Whether `proc_root` is a procfs that shows this process's pid namespace: its `self` link
+/// names our own pid (the host's procfs seen from a container without `hostPID` names the
+/// host's pid for us; a fixture tree has no `self`).
+fn shows_own_pid_namespace(proc_root: &Path) -> bool {
+    std::fs::read_link(proc_root.join("self"))
+        .ok()
+        .and_then(|target| target.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id())
 }
 
 /// CPUs the kernel's affinity masks can name in [`syscall_affinity`]'s buffer.

@@ -10,7 +10,7 @@ mod affinity;
 mod cgroup;
 mod cpuset;
 mod overlap;
-mod placement;
+pub(crate) mod placement;
 #[cfg(test)]
 mod tests;
 
@@ -214,8 +214,8 @@ fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
 
 /// One vCPU's expected and actual placement.
 fn vcpu_report(v: &VcpuView<'_>, vcpupins: &BTreeMap<u32, u32>) -> VcpuReport {
-    let (spec, state, placement) = (v.spec, v.state, v.placement);
-    VcpuReport {
+    let (spec, state) = (v.spec, v.state);
+    let mut report = VcpuReport {
         vcpu: spec.id,
         tid: spec.tid,
         kind: pin_kind(spec, vcpupins),
@@ -223,9 +223,51 @@ fn vcpu_report(v: &VcpuView<'_>, vcpupins: &BTreeMap<u32, u32>) -> VcpuReport {
         affinity: state.map(|s| s.affinity.clone()),
         cgroup_cpus: state.and_then(|s| s.cgroup_cpus.clone()),
         cgroup: state.and_then(|s| s.cgroup.clone()),
-        last_cpu: placement
-            .map(|p| p.last_cpu)
-            .or(state.and_then(|s| s.last_cpu)),
-        offpin_seconds: placement.map(|p| p.offpin_ns_total as f64 / 1e9),
+        last_cpu: None,
+        offpin_seconds: None,
+    };
+    set_placement_detail(&mut report, v.placement, state);
+    report
+}
+
+/// The fields of a vCPU's report that come from its eBPF placement (else from procfs).
+fn set_placement_detail(
+    report: &mut VcpuReport,
+    placement: Option<&PlacementSample>,
+    state: Option<&ThreadState>,
+) {
+    report.last_cpu = placement
+        .map(|p| p.last_cpu)
+        .or(state.and_then(|s| s.last_cpu));
+    report.offpin_seconds = placement.map(|p| p.offpin_ns_total as f64 / 1e9);
+}
+
+/// Brings `report` (made by [`evaluate`] from earlier observations) up to date with the
+/// placement counters of `obs` without running any check: for placement changes that cannot
+/// change a finding (see [`placement::drift_key`]), such as a floating vCPU's migrations. The
+/// domains' totals are the raw sums, as [`evaluate`] writes them.
+pub(crate) fn refresh_placement(report: &mut PinningReport, obs: &[DomainObservation]) {
+    let by_name: BTreeMap<&str, &DomainObservation> = obs
+        .iter()
+        .filter_map(|o| Some((o.domain.as_ref()?.name.as_str(), o)))
+        .collect();
+    for r in &mut report.domains {
+        let Some(o) = by_name.get(r.domain.as_str()) else {
+            continue;
+        };
+        let mut offpin_ns = 0u64;
+        let mut migrations = 0u64;
+        for v in &mut r.vcpus {
+            let placement = v.tid.and_then(|t| o.placement.get(&t));
+            let state = v.tid.and_then(|t| o.threads.get(&t));
+            set_placement_detail(v, placement, state);
+            if let Some(p) = placement {
+                offpin_ns = offpin_ns.saturating_add(p.offpin_ns_total);
+                migrations = migrations.saturating_add(p.migrations_total);
+            }
+        }
+        let have_bpf = !o.placement.is_empty();
+        r.offpin_seconds_total = have_bpf.then(|| offpin_ns as f64 / 1e9);
+        r.migrations_total = have_bpf.then_some(migrations);
     }
 }

@@ -254,15 +254,20 @@ fn live_thread_of_this_process() {
     assert!(!fs.online_cpus().expect("online").is_empty());
 }
 
-/// On the live `/proc` the affinity comes from `sched_getaffinity(2)`: it agrees with `status`,
-/// and follows a change made with `sched_setaffinity(2)`; the same tree under another path name
-/// is read from the file.
+/// On a live procfs (ours, under any path) the affinity comes from `sched_getaffinity(2)`: it
+/// agrees with `status`, and follows a change made with `sched_setaffinity(2)`; a tree that only
+/// links to our process (no `self` naming us, as the host's procfs seen from another pid
+/// namespace) is read from the file.
 #[test]
 fn live_affinity_by_syscall_matches_status() {
     let pid = std::process::id();
     let live = HostFs::default();
-    let files = HostFs::new(PathBuf::from("/proc/self/.."), PathBuf::from("/sys"));
-    assert!(live.live && !files.live);
+    let elsewhere = HostFs::new(PathBuf::from("/proc/self/.."), PathBuf::from("/sys"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(format!("/proc/{pid}"), tmp.path().join(pid.to_string()))
+        .expect("symlink");
+    let files = HostFs::new(tmp.path().to_path_buf(), PathBuf::from("/sys"));
+    assert!(live.live && elsewhere.live && !files.live);
     let tid = current_tid();
     let from_status = |fs: &HostFs| {
         let text = std::fs::read_to_string(fs.task_dir(pid, tid).join("status")).expect("status");
