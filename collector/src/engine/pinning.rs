@@ -1086,10 +1086,13 @@ mod tests_support {
                     tid: Some(t.0),
                     pin: None,
                     shared_set: false,
+                    sched: None,
                 })
                 .collect(),
             emulator_pin: None,
             interfaces: Vec::new(),
+            iothreads: Vec::new(),
+            numa: Default::default(),
         };
         let mut o = DomainObservation {
             domain: Some(domain),

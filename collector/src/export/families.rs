@@ -210,7 +210,7 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
     kind: Kind::Gauge,
     labels: &["domain", "check"],
     help: "vCPUs of the domain currently drifting, per pinning check",
-    notes: "`check`: `affinity`, `cpuset`, `cgroup`, `placement`, `overlap` (see the README's pinning checks). Every check of every domain is present, 0 when healthy.",
+    notes: "`check`: `affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `sched_policy`, `numa` (see the README's pinning checks). Every check of every domain is present, 0 when healthy. Only vCPUs count: drifts of I/O threads, emulator threads and the domain's memory are in `pinflow_vcpu_pinning_drift` alone.",
     example: "count by (check) (sum by (instance, check) (pinflow_domain_drifted_vcpus) > 0)",
     presence: Presence::Domain,
     area: Area::Pinning,
@@ -218,7 +218,7 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
         crate::model::pinning::Check::ALL.len() as u32,
         0,
         0,
-        "running domains × 5 checks",
+        "running domains × 7 checks",
     ),
 };
 
@@ -240,8 +240,8 @@ pub const VCPU_PINNING_DRIFT: Family = Family {
     name: "pinflow_vcpu_pinning_drift",
     kind: Kind::Gauge,
     labels: &["domain", "vcpu", "check", "expected", "actual"],
-    help: "Present (1) only while this vCPU (or the emulator threads) drifts for this check",
-    notes: "`vcpu` is the vCPU number or `emulator`; `expected` and `actual` are CPU lists, for `cgroup` the expected and actual cgroup, for `overlap` the pCPUs and the domain that owns them.",
+    help: "Present (1) only while this vCPU (or I/O thread, the emulator threads, the domain's memory) drifts for this check",
+    notes: "`vcpu` is the vCPU number, `iothreadN` (an I/O thread with its own `<iothreadpin>` or `<iothreadsched>`), `emulator`, or `memory` (`numa` only); `expected` and `actual` are CPU lists, for `cgroup` the expected and actual cgroup, for `overlap` the pCPUs and the domain that owns them, for `sched_policy` the policy (`fifo:1`, `batch`, `other`), for `numa` host NUMA node lists (`mems 0-1` when the domain cgroup's `cpuset.mems` is wider than a strict nodeset).",
     example: "pinflow_vcpu_pinning_drift{check=\"affinity\"} * on (instance, domain) group_left (name) pinflow_instance_info",
     presence: Presence::Finding,
     area: Area::Pinning,
@@ -249,7 +249,7 @@ pub const VCPU_PINNING_DRIFT: Family = Family {
         0,
         0,
         0,
-        "drifting vCPUs × checks (vCPUs of the host × 5 at most)",
+        "drifting vCPUs, I/O threads × checks (at most 7 each), plus 1 emulator and 1 memory row per domain and check",
     ),
 };
 
