@@ -251,6 +251,7 @@ mod tests {
                 ),
             ],
             pcpu_pinned_vcpus: BTreeMap::new(),
+            numa_nodes: Vec::new(),
             passes: Default::default(),
         }
     }

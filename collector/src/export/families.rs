@@ -38,6 +38,8 @@ pub enum Presence {
     PinnedCpu,
     /// Per domain while the eBPF `sched_switch` probe is attached (`source="sched_bpf"` up).
     SchedBpf,
+    /// Per host NUMA node and huge-page size the kernel offers (sysfs `devices/system/node`).
+    NumaNode,
     /// Per OVS bridge (OVSDB and its OpenFlow session up).
     OvsBridge,
     /// Per OVS kernel datapath (`openvswitch.ko` with a datapath; not with the userspace datapath).
@@ -68,6 +70,7 @@ impl Presence {
             Presence::Domain => "per running domain",
             Presence::PinnedCpu => "per pCPU with pinned vCPUs",
             Presence::SchedBpf => "per domain, eBPF `sched_switch` probe attached",
+            Presence::NumaNode => "per host NUMA node × huge-page size",
             Presence::OvsBridge => "per OVS bridge",
             Presence::KernelDatapath => "per OVS kernel datapath",
             Presence::DatapathBpf => "kernel datapath + eBPF on `openvswitch` tracepoints",
@@ -307,6 +310,42 @@ pub const PCPU_PINNED_VCPUS: Family = Family {
         0,
         0,
         "host CPUs with pinned vCPUs (at most the host's CPUs)",
+    ),
+};
+
+/// `pinflow_node_hugepages`.
+pub const NODE_HUGEPAGES: Family = Family {
+    name: "pinflow_node_hugepages",
+    kind: Kind::Gauge,
+    labels: &["node", "size"],
+    help: "Huge pages in the host NUMA node's pool of this page size (nr_hugepages)",
+    notes: "`node` is the host NUMA node number, `size` the page size in bytes (`2097152`, `1073741824`). Read with the domains' NUMA placement: at full passes, at most every `reconcile_seconds`. Guest memory backed by huge pages shows here, not in the `numa` check's `memory.numa_stat`.",
+    example: "sum by (instance, node, size) (pinflow_node_hugepages) > 0",
+    presence: Presence::NumaNode,
+    area: Area::Pinning,
+    series: series(
+        0,
+        0,
+        4,
+        "host NUMA nodes × huge-page sizes (2 × 2 on the reference host)",
+    ),
+};
+
+/// `pinflow_node_hugepages_free`.
+pub const NODE_HUGEPAGES_FREE: Family = Family {
+    name: "pinflow_node_hugepages_free",
+    kind: Kind::Gauge,
+    labels: &["node", "size"],
+    help: "Free huge pages in the host NUMA node's pool of this page size (free_hugepages)",
+    notes: "Labels as `pinflow_node_hugepages`.",
+    example: "pinflow_node_hugepages_free{size=\"1073741824\"} / pinflow_node_hugepages{size=\"1073741824\"} < 0.1",
+    presence: Presence::NumaNode,
+    area: Area::Pinning,
+    series: series(
+        0,
+        0,
+        4,
+        "host NUMA nodes × huge-page sizes (2 × 2 on the reference host)",
     ),
 };
 
@@ -745,6 +784,8 @@ pub const ALL: &[&Family] = &[
     &VCPU_MIGRATIONS,
     &VCPU_WAIT_SECONDS,
     &PCPU_PINNED_VCPUS,
+    &NODE_HUGEPAGES,
+    &NODE_HUGEPAGES_FREE,
     &PINNING_PASSES,
     &PINNING_THREAD_READS,
     &HOST_CPU_CONFIG_PROBLEM,

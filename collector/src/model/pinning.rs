@@ -540,8 +540,33 @@ pub(crate) struct PinningReport {
     /// vCPUs pinned with `<vcpupin>` (of all domains) per host CPU; only CPUs with at least one.
     /// Floating vCPUs (`<vcpu cpuset>`) are not pinned and not counted.
     pub(crate) pcpu_pinned_vcpus: BTreeMap<u32, u32>,
+    /// The host's NUMA nodes with their huge-page pools (read with the domains' NUMA
+    /// placement, at most every `reconcile_seconds`); empty before the first read.
+    pub(crate) numa_nodes: Vec<HostNode>,
     /// How the pipeline read procfs, and how much, since start (`pinflow_pinning_*`).
     pub(crate) passes: PinningPasses,
+}
+
+/// One host NUMA node (`/sys/devices/system/node/nodeN`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct HostNode {
+    /// Node number.
+    pub(crate) node: u32,
+    /// Its CPUs (`cpulist`).
+    pub(crate) cpus: CpuSet,
+    /// Its huge-page pools, by page size.
+    pub(crate) hugepages: Vec<HugepagePool>,
+}
+
+/// One huge-page pool of a node (`hugepages/hugepages-<KiB>kB`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct HugepagePool {
+    /// Page size, bytes.
+    pub(crate) size_bytes: u64,
+    /// Pages in the pool (`nr_hugepages`).
+    pub(crate) total: u64,
+    /// Pages not in use (`free_hugepages`).
+    pub(crate) free: u64,
 }
 
 /// How the pinning pipeline reads procfs/cgroupfs: on kernel events or by polling.

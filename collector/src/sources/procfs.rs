@@ -563,6 +563,7 @@ fn read_bounded(path: &Path) -> io::Result<String> {
 }
 
 pub(crate) mod cgroup_watch;
+mod numa;
 
 #[cfg(test)]
 mod tests;
