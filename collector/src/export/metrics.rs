@@ -149,6 +149,8 @@ pub(crate) mod tests {
                 offpin_seconds_total: Some(1.5),
                 migrations_total: Some(3),
                 wait_seconds_total: 0.25,
+                numa_memory_bytes: None,
+                numa_mems: None,
             }],
             pcpu_pinned_vcpus: BTreeMap::from([(0, 1)]),
             numa_nodes: vec![HostNode {

@@ -530,6 +530,13 @@ pub(crate) struct DomainReport {
     pub(crate) migrations_total: Option<u64>,
     /// Sum over vCPU threads of run-queue wait time (schedstat), seconds.
     pub(crate) wait_seconds_total: f64,
+    /// The domain's memory per host NUMA node, bytes (cgroup `memory.numa_stat`); `None`
+    /// before it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) numa_memory_bytes: Option<BTreeMap<u32, u64>>,
+    /// The domain cgroup's `cpuset.mems`, when read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) numa_mems: Option<CpuSet>,
 }
 
 /// The detector's output for the whole host.

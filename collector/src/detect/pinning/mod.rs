@@ -271,6 +271,8 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
         offpin_seconds_total: have_bpf.then(|| offpin_ns as f64 / 1e9),
         migrations_total: have_bpf.then_some(migrations),
         wait_seconds_total: wait_ns as f64 / 1e9,
+        numa_memory_bytes: o.numa.as_ref().map(|n| n.node_bytes.clone()),
+        numa_mems: o.numa.as_ref().and_then(|n| n.mems.clone()),
     }
 }
 
