@@ -320,7 +320,7 @@ pub const NODE_HUGEPAGES: Family = Family {
     labels: &["node", "size"],
     help: "Huge pages in the host NUMA node's pool of this page size (nr_hugepages)",
     notes: "`node` is the host NUMA node number, `size` the page size in bytes (`2097152`, `1073741824`). Read with the domains' NUMA placement: at full passes, at most every `reconcile_seconds`. Guest memory backed by huge pages shows here, not in the `numa` check's `memory.numa_stat`.",
-    example: "sum by (instance, node, size) (pinflow_node_hugepages) > 0",
+    example: "pinflow_node_hugepages - pinflow_node_hugepages_free",
     presence: Presence::NumaNode,
     area: Area::Pinning,
     series: series(
