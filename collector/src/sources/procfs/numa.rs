@@ -84,7 +84,7 @@ impl HostFs {
                 break;
             }
         }
-        let cg_path = self.proc_root().join(format!("{pid}/cgroup"));
+        let cg_path = self.proc_root().join(format!("{pid}/task/{pid}/cgroup"));
         let cgroup_file = match read_bounded(&cg_path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((mems, BTreeMap::new())),
@@ -274,8 +274,8 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (0, "0-3".into(), vec![(2 << 20, 512, 256), (1 << 30, 0, 0)]),
-                (1, "4-7".into(), vec![(2 << 20, 512, 512), (1 << 30, 2, 1)]),
+                (0, "0".into(), vec![(2 << 20, 512, 256), (1 << 30, 0, 0)]),
+                (1, "1".into(), vec![(2 << 20, 512, 512), (1 << 30, 2, 1)]),
             ]
         );
     }
