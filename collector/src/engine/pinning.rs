@@ -425,22 +425,31 @@ impl PinningEngine {
         }
     }
 
-    /// Without the syscall affinity events (`affinity_events = false`): the threads whose
-    /// affinity differs from the last pass's, by one `sched_getaffinity(2)` each (a thread that
-    /// is gone counts as moved: the targeted pass finds out). `None` when the events say it.
+    /// The threads a tick finds changed, each re-read by a targeted pass: without the syscall
+    /// affinity events (`affinity_events = false`), those whose affinity differs from the last
+    /// pass's, by one `sched_getaffinity(2)` each; and, always, those with a `<vcpusched>` or
+    /// `<iothreadsched>` whose policy or priority differs (one `stat` read each: no kernel event
+    /// tells of `sched_setscheduler`). A thread that is gone counts as moved: the targeted pass
+    /// finds out. `None` when there is nothing to check.
     fn affinity_moved(&self) -> Option<BTreeSet<u32>> {
-        if self.cfg.affinity_events {
+        let affinity = !self.cfg.affinity_events;
+        let sched: Vec<BTreeSet<u32>> = self.cache.iter().map(sched_tids).collect();
+        if !affinity && sched.iter().all(BTreeSet::is_empty) {
             return None;
         }
         // A read that hangs shows the source as wedged, as a pass's would.
         let _reading = self.state.sources.collect(procfs::SOURCE.name);
         let mut moved = BTreeSet::new();
-        for obs in &self.cache {
+        for (obs, sched) in self.cache.iter().zip(&sched) {
             let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
                 continue;
             };
             for (tid, t) in &obs.threads {
-                if self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity) {
+                let affinity_differs =
+                    affinity && self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity);
+                let sched_differs = sched.contains(tid)
+                    && self.hostfs.sched(pid, *tid).ok() != Some((t.policy, t.rt_priority));
+                if affinity_differs || sched_differs {
                     moved.insert(*tid);
                 }
             }
@@ -1087,6 +1096,30 @@ pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u6
     }
     obs.domain = Some(domain);
     (obs, errors)
+}
+
+/// Thread ids of the observed domain with a configured scheduler (`<vcpusched>`,
+/// `<iothreadsched>`, found by name).
+fn sched_tids(obs: &DomainObservation) -> BTreeSet<u32> {
+    let Some(d) = &obs.domain else {
+        return BTreeSet::new();
+    };
+    let mut tids: BTreeSet<u32> = d
+        .vcpus
+        .iter()
+        .filter(|v| v.sched.is_some())
+        .filter_map(|v| v.tid)
+        .collect();
+    for io in d.iothreads.iter().filter(|t| t.sched.is_some()) {
+        let comm = io.comm();
+        tids.extend(
+            obs.threads
+                .values()
+                .filter(|t| t.comm == comm)
+                .map(|t| t.tid),
+        );
+    }
+    tids
 }
 
 /// The NUMA placement of one observed domain (its cgroup's `cpuset.mems` and memory per node),

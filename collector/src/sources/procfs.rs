@@ -205,6 +205,15 @@ impl HostFs {
         }
     }
 
+    /// Thread `tid`'s scheduling policy and real-time priority now (its `stat` fields 41 and 40),
+    /// as [`ThreadState::policy`] and [`ThreadState::rt_priority`] hold them.
+    pub(crate) fn sched(&self, pid: u32, tid: u32) -> Result<(Option<u32>, u32), ProcError> {
+        let path = self.task_dir(pid, tid).join("stat");
+        let stat = self.read_task_file(&path, pid, tid)?;
+        let s = parse_stat(&stat).map_err(|reason| parse_err(&path, reason))?;
+        Ok((s.policy, s.rt_priority))
+    }
+
     /// Everything pinflow knows about thread `tid` of process `pid`.
     ///
     /// Returns [`ProcError::Gone`] when the thread exited before or while it was read. A missing `schedstat`
