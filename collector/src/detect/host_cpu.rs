@@ -231,6 +231,8 @@ mod tests {
             offpin_seconds_total: None,
             migrations_total: None,
             wait_seconds_total: 0.0,
+            numa_memory_bytes: None,
+            numa_mems: None,
         }
     }
 
@@ -251,6 +253,7 @@ mod tests {
                 ),
             ],
             pcpu_pinned_vcpus: BTreeMap::new(),
+            numa_nodes: Vec::new(),
             passes: Default::default(),
         }
     }

@@ -26,7 +26,8 @@ use crate::model::cpuset::CpuSet;
 use crate::model::health::BpfProgramCost;
 use crate::model::inventory::HostInventory;
 use crate::model::pinning::{
-    DomainObservation, PinningMode, PinningPasses, PinningReport, PlacementSample,
+    DomainObservation, HostNode, NumaObservation, PinningMode, PinningPasses, PinningReport,
+    PlacementSample,
 };
 use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
@@ -70,7 +71,14 @@ pub(crate) struct PinningConfig {
     /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
     /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).
     pub(crate) bpf_stats: bool,
+    /// The `numa` check's tolerance: bytes of a domain's memory on host nodes outside its
+    /// `<numatune>` nodeset before it drifts (page cache and QEMU's own allocations made before
+    /// the binding land anywhere).
+    pub(crate) numa_tolerance_bytes: u64,
 }
+
+/// Default `[pinning] numa_tolerance_bytes`: 64 MiB.
+pub(crate) const DEFAULT_NUMA_TOLERANCE_BYTES: u64 = 64 << 20;
 
 impl Default for PinningConfig {
     fn default() -> Self {
@@ -82,6 +90,7 @@ impl Default for PinningConfig {
             affinity_events: false,
             reconcile_seconds: 30.0,
             bpf_stats: false,
+            numa_tolerance_bytes: DEFAULT_NUMA_TOLERANCE_BYTES,
         }
     }
 }
@@ -220,6 +229,10 @@ pub(crate) struct PinningEngine {
     tid_domain: HashMap<u32, usize>,
     passes: PinningPasses,
     last_full: Instant,
+    /// The host's NUMA nodes, and when they and the domains' NUMA placement were last read
+    /// (at full passes, at most every `reconcile_seconds`).
+    numa_nodes: Vec<HostNode>,
+    last_numa: Option<Instant>,
 }
 
 impl PinningEngine {
@@ -275,6 +288,8 @@ impl PinningEngine {
             tid_domain: HashMap::new(),
             passes,
             last_full: Instant::now(),
+            numa_nodes: Vec::new(),
+            last_numa: None,
         }
     }
 
@@ -410,22 +425,31 @@ impl PinningEngine {
         }
     }
 
-    /// Without the syscall affinity events (`affinity_events = false`): the threads whose
-    /// affinity differs from the last pass's, by one `sched_getaffinity(2)` each (a thread that
-    /// is gone counts as moved: the targeted pass finds out). `None` when the events say it.
+    /// The threads a tick finds changed, each re-read by a targeted pass: without the syscall
+    /// affinity events (`affinity_events = false`), those whose affinity differs from the last
+    /// pass's, by one `sched_getaffinity(2)` each; and, always, those with a `<vcpusched>` or
+    /// `<iothreadsched>` whose policy or priority differs (one `stat` read each: no kernel event
+    /// tells of `sched_setscheduler`). A thread that is gone counts as moved: the targeted pass
+    /// finds out. `None` when there is nothing to check.
     fn affinity_moved(&self) -> Option<BTreeSet<u32>> {
-        if self.cfg.affinity_events {
+        let affinity = !self.cfg.affinity_events;
+        let sched: Vec<BTreeSet<u32>> = self.cache.iter().map(sched_tids).collect();
+        if !affinity && sched.iter().all(BTreeSet::is_empty) {
             return None;
         }
         // A read that hangs shows the source as wedged, as a pass's would.
         let _reading = self.state.sources.collect(procfs::SOURCE.name);
         let mut moved = BTreeSet::new();
-        for obs in &self.cache {
+        for (obs, sched) in self.cache.iter().zip(&sched) {
             let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
                 continue;
             };
             for (tid, t) in &obs.threads {
-                if self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity) {
+                let affinity_differs =
+                    affinity && self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity);
+                let sched_differs = sched.contains(tid)
+                    && self.hostfs.sched(pid, *tid).ok() != Some((t.policy, t.rt_priority));
+                if affinity_differs || sched_differs {
                     moved.insert(*tid);
                 }
             }
@@ -528,6 +552,14 @@ impl PinningEngine {
             .into_iter()
             .filter_map(|o| Some((o.domain.as_ref()?.name.clone(), o)))
             .collect();
+        // NUMA placement of the same QEMU process, kept between its reads.
+        let mut numa_before: HashMap<(String, Option<u32>), NumaObservation> = previous
+            .values_mut()
+            .filter_map(|o| {
+                let d = o.domain.as_ref()?;
+                Some(((d.name.clone(), d.pid), o.numa.take()?))
+            })
+            .collect();
         let mut observations = Vec::with_capacity(domains.len());
         for d in domains {
             if !all
@@ -541,6 +573,32 @@ impl PinningEngine {
             self.passes.thread_reads += obs.threads.len() as u64 + errs;
             collection.errors(errs);
             observations.push(obs);
+        }
+        let numa_due = all
+            && self
+                .last_numa
+                .is_none_or(|t| t.elapsed() >= self.cfg.reconcile());
+        if numa_due {
+            self.last_numa = Some(Instant::now());
+            match self.hostfs.numa_nodes() {
+                Ok(nodes) => self.numa_nodes = nodes,
+                Err(e) => {
+                    collection.errors(1);
+                    tracing::debug!(error = %e, "cannot read the host's NUMA nodes");
+                }
+            }
+        }
+        for o in &mut observations {
+            let Some(d) = &o.domain else { continue };
+            let key = (d.name.clone(), d.pid);
+            o.numa = match numa_before.remove(&key) {
+                Some(n) if !numa_due => Some(n),
+                _ => {
+                    let (n, errs) = observe_numa(&self.hostfs, o, &self.numa_nodes, &self.cfg);
+                    collection.errors(errs);
+                    n
+                }
+            };
         }
         self.cache = observations;
         if all {
@@ -624,10 +682,12 @@ impl PinningEngine {
             let Some(d) = self.cache.get(i).and_then(|o| o.domain.clone()) else {
                 continue;
             };
-            let (obs, errs) = observe(&self.hostfs, d);
+            let (mut obs, errs) = observe(&self.hostfs, d);
             self.passes.thread_reads += obs.threads.len() as u64 + errs;
             errors += errs;
             if let Some(slot) = self.cache.get_mut(i) {
+                // NUMA placement is read at full passes only: keep the last reading.
+                obs.numa = slot.numa.take();
                 *slot = obs;
             }
         }
@@ -742,6 +802,7 @@ impl PinningEngine {
         self.counters.apply(&observations, &mut report);
         self.cache = observations;
         report.passes = self.passes.clone();
+        report.numa_nodes = self.numa_nodes.clone();
         let drifts = |r: &PinningReport| -> Vec<(String, crate::model::pinning::Drift)> {
             r.domains
                 .iter()
@@ -1079,6 +1140,63 @@ pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u6
     (obs, errors)
 }
 
+/// Thread ids of the observed domain with a configured scheduler (`<vcpusched>`,
+/// `<iothreadsched>`, found by name).
+fn sched_tids(obs: &DomainObservation) -> BTreeSet<u32> {
+    let Some(d) = &obs.domain else {
+        return BTreeSet::new();
+    };
+    let mut tids: BTreeSet<u32> = d
+        .vcpus
+        .iter()
+        .filter(|v| v.sched.is_some())
+        .filter_map(|v| v.tid)
+        .collect();
+    for io in d.iothreads.iter().filter(|t| t.sched.is_some()) {
+        let comm = io.comm();
+        tids.extend(
+            obs.threads
+                .values()
+                .filter(|t| t.comm == comm)
+                .map(|t| t.tid),
+        );
+    }
+    tids
+}
+
+/// The NUMA placement of one observed domain (its cgroup's `cpuset.mems` and memory per node),
+/// judged against `nodes`; `None` without a QEMU process or main-thread cgroup. Returns the
+/// number of unexpected read errors.
+pub(crate) fn observe_numa(
+    hostfs: &HostFs,
+    obs: &DomainObservation,
+    nodes: &[HostNode],
+    cfg: &PinningConfig,
+) -> (Option<NumaObservation>, u64) {
+    let (Some(pid), Some(cgroup)) = (
+        obs.domain.as_ref().and_then(|d| d.pid),
+        obs.main_cgroup.as_deref(),
+    ) else {
+        return (None, 0);
+    };
+    match hostfs.domain_numa(pid, cgroup) {
+        Ok((mems, node_bytes)) => (
+            Some(NumaObservation {
+                mems,
+                node_bytes,
+                node_cpus: nodes.iter().map(|n| (n.node, n.cpus.clone())).collect(),
+                tolerance_bytes: cfg.numa_tolerance_bytes,
+            }),
+            0,
+        ),
+        Err(ProcError::Gone { .. }) => (None, 0),
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "cannot read the domain's NUMA placement");
+            (None, 1)
+        }
+    }
+}
+
 /// One pass without eBPF, for one-shot commands (`pinflow pinning`): the report, the libvirt
 /// refresh (with its errors) and the number of unexpected procfs/cgroupfs read errors.
 pub(crate) fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refresh, u64) {
@@ -1086,16 +1204,25 @@ pub(crate) fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refr
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());
     let mut proc_errors = 0;
+    let nodes = hostfs.numa_nodes().unwrap_or_else(|_| {
+        proc_errors += 1;
+        Vec::new()
+    });
+    let cfg = PinningConfig::default();
     let obs: Vec<_> = inv
         .domains()
         .cloned()
         .map(|d| {
-            let (o, errors) = observe(&hostfs, d);
-            proc_errors += errors;
+            let (mut o, errors) = observe(&hostfs, d);
+            let (numa, numa_errors) = observe_numa(&hostfs, &o, &nodes, &cfg);
+            o.numa = numa;
+            proc_errors += errors + numa_errors;
             o
         })
         .collect();
-    (pinning::evaluate(&obs), refresh, proc_errors)
+    let mut report = pinning::evaluate(&obs);
+    report.numa_nodes = nodes;
+    (report, refresh, proc_errors)
 }
 
 #[cfg(test)]
@@ -1128,10 +1255,13 @@ mod tests_support {
                     tid: Some(t.0),
                     pin: None,
                     shared_set: false,
+                    sched: None,
                 })
                 .collect(),
             emulator_pin: None,
             interfaces: Vec::new(),
+            iothreads: Vec::new(),
+            numa: Default::default(),
         };
         let mut o = DomainObservation {
             domain: Some(domain),

@@ -221,6 +221,15 @@ impl HostFs {
         }
     }
 
+    /// Thread `tid`'s scheduling policy and real-time priority now (its `stat` fields 41 and 40),
+    /// as [`ThreadState::policy`] and [`ThreadState::rt_priority`] hold them.
+    pub(crate) fn sched(&self, pid: u32, tid: u32) -> Result<(Option<u32>, u32), ProcError> {
+        let path = self.task_dir(pid, tid).join("stat");
+        let stat = self.read_task_file(&path, pid, tid)?;
+        let s = parse_stat(&stat).map_err(|reason| parse_err(&path, reason))?;
+        Ok((s.policy, s.rt_priority))
+    }
+
     /// Everything pinflow knows about thread `tid` of process `pid`.
     ///
     /// Returns [`ProcError::Gone`] when the thread exited before or while it was read. A missing `schedstat`
@@ -233,8 +242,13 @@ impl HostFs {
         // affinity syscall, which takes any thread id.
         let stat_path = task.join("stat");
         let stat = self.read_task_file(&stat_path, pid, tid)?;
-        let (comm, last_cpu, flags) =
-            parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
+        let Stat {
+            comm,
+            last_cpu,
+            flags,
+            rt_priority,
+            policy,
+        } = parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
         let kernel_worker = is_kernel_worker(&comm, flags);
 
         let affinity = self.task_affinity(&task, pid, tid)?;
@@ -273,6 +287,8 @@ impl HostFs {
             run_ns,
             wait_ns,
             kernel_worker,
+            policy,
+            rt_priority,
         })
     }
 
@@ -481,9 +497,20 @@ fn parse_affinity(status: &str) -> Result<CpuSet, String> {
     Err("no Cpus_allowed_list".into())
 }
 
-/// Thread name and last CPU from a `stat` line. The name sits in parentheses and may itself contain spaces
-/// and `)`, so fields are counted after the *last* `)`. The last CPU is field 39 (`processor`).
-fn parse_stat(stat: &str) -> Result<(String, Option<u32>, u32), String> {
+/// What pinflow takes from `/proc/PID/task/TID/stat`.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    comm: String,
+    last_cpu: Option<u32>,
+    flags: u32,
+    rt_priority: u32,
+    policy: Option<u32>,
+}
+
+/// Thread name, last CPU, flags and scheduling policy from a `stat` line. The name sits in
+/// parentheses and may itself contain spaces and `)`, so fields are counted after the *last*
+/// `)`. The last CPU is field 39 (`processor`), then `rt_priority` (40) and `policy` (41).
+fn parse_stat(stat: &str) -> Result<Stat, String> {
     let open = stat.find('(').ok_or("no '(' before the thread name")?;
     let close = stat.rfind(')').ok_or("no ')' after the thread name")?;
     let comm = stat
@@ -508,7 +535,22 @@ fn parse_stat(stat: &str) -> Result<(String, Option<u32>, u32), String> {
             .map_err(|_| format!("flags field {v:?} is not a number"))?,
         None => 0,
     };
-    Ok((comm, last_cpu, flags))
+    let field = |n: usize, what: &str| -> Result<Option<u32>, String> {
+        rest.split_whitespace()
+            .nth(n - 3)
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{what} field {v:?} is not a number"))
+            })
+            .transpose()
+    };
+    Ok(Stat {
+        comm,
+        last_cpu,
+        flags,
+        rt_priority: field(40, "rt_priority")?.unwrap_or(0),
+        policy: field(41, "policy")?,
+    })
 }
 
 /// `PF_KTHREAD` (include/linux/sched.h): a kernel thread (child of kthreadd, no mm of its own).
@@ -556,6 +598,7 @@ fn read_bounded(path: &Path) -> io::Result<String> {
 }
 
 pub(crate) mod cgroup_watch;
+mod numa;
 
 #[cfg(test)]
 mod tests;

@@ -2,22 +2,25 @@
 //!
 //! Pure: input is one [`DomainObservation`] per running domain (libvirt's live XML + procfs/cgroupfs +
 //! eBPF placement), output a [`PinningReport`]. The checks are DESIGN.md's table, one file each
-//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`): a check is a [`Check`] variant plus
-//! one function `check(domain, subject) -> Option<Finding>` registered in `run`. This driver
-//! runs every check of [`Check::ALL`] on every vCPU, then on the emulator threads, in that order.
+//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `sched_policy`, `numa`): a check is a
+//! [`Check`] variant plus one function `check(domain, subject) -> Option<Finding>` registered in
+//! `run`. This driver runs every check of [`Check::ALL`] on every vCPU, then on every pinned I/O
+//! thread, the emulator threads and the domain's memory, in that order.
 
 mod affinity;
 mod cgroup;
 mod cpuset;
+mod numa;
 mod overlap;
 pub(crate) mod placement;
+mod sched;
 #[cfg(test)]
 mod tests;
 
 use crate::model::cpuset::CpuSet;
 use crate::model::pinning::{
-    Check, DomainObservation, DomainReport, Drift, OverlapOwner, PinKind, PinningReport,
-    PlacementSample, VcpuReport,
+    Check, DomainObservation, DomainReport, Drift, IothreadSpec, OverlapOwner, PinKind,
+    PinningReport, PlacementSample, SchedSpec, VcpuReport,
 };
 use crate::model::{Domain, ThreadState, VcpuSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,13 +46,27 @@ pub(super) struct VcpuView<'a> {
     placement: Option<&'a PlacementSample>,
 }
 
-/// What one check looks at: one vCPU thread, or all emulator threads of the domain together.
+/// One pinned I/O thread as libvirt placed it and as it is.
+#[derive(Clone, Copy)]
+pub(super) struct IothreadView<'a> {
+    /// libvirt's spec (id, pin).
+    spec: &'a IothreadSpec,
+    /// Its thread's actual state (found by its name, `IO iothreadN`), when read.
+    state: Option<&'a ThreadState>,
+}
+
+/// What one check looks at: one vCPU thread, one pinned I/O thread, all emulator threads of the
+/// domain together, or the domain's memory.
 #[derive(Clone, Copy)]
 pub(super) enum Subject<'a> {
     /// One vCPU (the drift's `vcpu` is its index).
     Vcpu(VcpuView<'a>),
+    /// One I/O thread with an `<iothreadpin>` (the drift's `vcpu` is `iothreadN`).
+    Iothread(IothreadView<'a>),
     /// The emulator threads (the drift's `vcpu` is `emulator`).
     Emulator,
+    /// The domain's memory (the drift's `vcpu` is `memory`; only the `numa` check).
+    Memory,
 }
 
 impl<'a> Subject<'a> {
@@ -57,9 +74,44 @@ impl<'a> Subject<'a> {
     fn vcpu(&self) -> Option<&VcpuView<'a>> {
         match self {
             Subject::Vcpu(v) => Some(v),
-            Subject::Emulator => None,
+            _ => None,
         }
     }
+
+    /// A pinned thread (a vCPU or an I/O thread): its pin and its state, when both are known.
+    fn pinned_thread(&self) -> Option<(&'a CpuSet, &'a ThreadState)> {
+        match self {
+            Subject::Vcpu(v) => Some((v.spec.pin.as_ref()?, v.state?)),
+            Subject::Iothread(t) => Some((t.spec.pin.as_ref()?, t.state?)),
+            _ => None,
+        }
+    }
+
+    /// The thread's libvirt cgroup leaf (`vcpuN`, `iothreadN`) and its state.
+    fn cgroup_leaf(&self) -> Option<(String, &'a ThreadState)> {
+        match self {
+            Subject::Vcpu(v) => Some((format!("vcpu{}", v.spec.id), v.state?)),
+            Subject::Iothread(t) => Some((t.spec.label(), t.state?)),
+            _ => None,
+        }
+    }
+
+    /// The scheduling policy libvirt set on the thread, and its state.
+    fn sched(&self) -> Option<(&'a SchedSpec, &'a ThreadState)> {
+        match self {
+            Subject::Vcpu(v) => Some((v.spec.sched.as_ref()?, v.state?)),
+            Subject::Iothread(t) => Some((t.spec.sched.as_ref()?, t.state?)),
+            _ => None,
+        }
+    }
+}
+
+/// The thread of I/O thread `spec` among the QEMU process's threads (by its name).
+fn iothread_state<'a>(obs: &'a DomainObservation, spec: &IothreadSpec) -> Option<&'a ThreadState> {
+    let comm = spec.comm();
+    obs.threads
+        .values()
+        .find(|t| t.comm == comm && !t.kernel_worker)
 }
 
 /// What a check found wrong with a subject (the [`Drift`] without its check and subject).
@@ -88,6 +140,8 @@ fn run(check: Check, d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
         Check::Cgroup => cgroup::check(d, s),
         Check::Placement => placement::check(d, s),
         Check::Overlap => overlap::check(d, s),
+        Check::SchedPolicy => sched::check(d, s),
+        Check::Numa => numa::check(d, s),
     }
 }
 
@@ -184,8 +238,21 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
             found.push(drift);
         }
     }
-    // One drift per check for all emulator threads together; not counted as a drifted vCPU.
+    // I/O threads with a pin or a scheduler of their own, then one drift per check for all
+    // emulator threads together, then the memory: none counted as a drifted vCPU.
+    for t in dom
+        .iothreads
+        .iter()
+        .filter(|t| t.pin.is_some() || t.sched.is_some())
+    {
+        let view = IothreadView {
+            spec: t,
+            state: iothread_state(o, t),
+        };
+        found.extend(drifts(d, Subject::Iothread(view), t.label()));
+    }
     found.extend(drifts(d, Subject::Emulator, "emulator".into()));
+    found.extend(drifts(d, Subject::Memory, "memory".into()));
 
     let vcpus: Vec<VcpuReport> = views.iter().map(|v| vcpu_report(v, vcpupins)).collect();
     let placements = || views.iter().filter_map(|v| v.placement);
@@ -204,6 +271,8 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
         offpin_seconds_total: have_bpf.then(|| offpin_ns as f64 / 1e9),
         migrations_total: have_bpf.then_some(migrations),
         wait_seconds_total: wait_ns as f64 / 1e9,
+        numa_memory_bytes: o.numa.as_ref().map(|n| n.node_bytes.clone()),
+        numa_mems: o.numa.as_ref().and_then(|n| n.mems.clone()),
     }
 }
 
