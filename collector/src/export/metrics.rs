@@ -130,7 +130,8 @@ pub(crate) mod tests {
                     expected: "0".into(),
                     actual: actual.into(),
                     owners: vec![],
-                }],
+                }]
+                .into(),
                 vcpus: [PinKind::Dedicated, PinKind::Floating, PinKind::Floating]
                     .into_iter()
                     .enumerate()
