@@ -26,7 +26,8 @@ pub(crate) struct DatapathConfig {
     pub(crate) ebpf: bool,
     /// Seconds between megaflow dumps (drop-flow checks); datapath/vport stats are polled every second.
     pub(crate) flow_dump_interval_seconds: f64,
-    /// ovs-vswitchd's megaflow limit (`other_config:flow-limit`), for the `flow_limit` check.
+    /// ovs-vswitchd's megaflow limit (`other_config:flow-limit`), for the `flow_limit` check
+    /// while the limit in force cannot be read from ovs-vswitchd (`[ovs_vswitchd]`).
     pub(crate) flow_limit: u64,
     /// Fraction of `flow_limit` that makes the `flow_limit` check unhealthy.
     pub(crate) flow_limit_ratio: f64,
@@ -138,7 +139,8 @@ pub(crate) fn run(state: SharedState, cfg: &DatapathConfig) {
 
 /// Polls the kernel datapath forever (blocking; run it on its own thread), publishing a
 /// [`DatapathReport`] and the source's health into `state`.
-pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfig) {
+pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, mut health_cfg: HealthConfig) {
+    let configured_flow_limit = health_cfg.flow_limit;
     let mut client: Option<DatapathClient> = None;
     let mut last_flow_dump = None;
     let mut report = DatapathReport::default();
@@ -235,6 +237,16 @@ pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: Heal
             })
             .collect();
         report.upcalls = upcall_series.merge(&kernel, &state.datapath_events.get().upcalls);
+        // The flow limit ovs-vswitchd has in force (its dynamic limit, from `upcall/show`) when
+        // the ovs_vswitchd pipeline reads it; the configured one otherwise.
+        let vswitchd = state.vswitchd.get();
+        let flow_limit = report
+            .datapaths
+            .iter()
+            .find_map(|d| vswitchd.flow_limit(&d.name))
+            .unwrap_or(configured_flow_limit);
+        health_cfg.flow_limit = flow_limit;
+        report.flow_limit = flow_limit;
         report.health = tracker.evaluate(
             &health_cfg,
             &report.datapaths,

@@ -99,6 +99,7 @@ impl Collector for PinflowCollector {
             &state.datapath.get(),
             &state.datapath_events.get(),
         )?;
+        super::ovs_vswitchd::encode_vswitchd(&mut enc, &state.vswitchd.get())?;
         super::health::encode_health(&mut enc, state, &self.build)
     }
 }

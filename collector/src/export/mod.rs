@@ -9,6 +9,7 @@ pub(crate) mod health;
 mod host_cpu;
 pub(crate) mod http;
 pub(crate) mod metrics;
+mod ovs_vswitchd;
 mod pinning;
 pub(crate) mod table;
 pub(crate) mod web_config;

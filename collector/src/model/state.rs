@@ -11,6 +11,7 @@ use crate::model::health::BpfProgramCost;
 use crate::model::health::SourceRegistry;
 use crate::model::host_cpu::HostCpuReport;
 use crate::model::inventory::HostInventory;
+use crate::model::ovs_vswitchd::VswitchdReport;
 use crate::model::pinning::PinningReport;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -69,6 +70,8 @@ pub(crate) struct SharedState {
     pub(crate) datapath: Slot<DatapathReport>,
     /// Datapath eBPF counts (datapath pipeline).
     pub(crate) datapath_events: Slot<DatapathEvents>,
+    /// ovs-vswitchd's unixctl counters and the OVS processes (ovs_vswitchd pipeline).
+    pub(crate) vswitchd: Slot<VswitchdReport>,
     /// Host CPU configuration problems (host CPU pipeline).
     pub(crate) host_cpu: Slot<HostCpuReport>,
     /// Local instances and their interfaces (pinning pipeline; joined on by the others).
