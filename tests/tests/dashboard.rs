@@ -547,7 +547,7 @@ impl Testbed {
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
             Presence::OvsVswitchd => self.ovs_unixctl,
-            Presence::DropReasons | Presence::HostCpuChecks => false,
+            Presence::DropReasons | Presence::HostCpuChecks | Presence::InterfaceMetrics => false,
         }
     }
 }

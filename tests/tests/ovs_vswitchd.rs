@@ -323,3 +323,108 @@ fn unixctl_values_match_ovs_appctl_and_a_restart_is_followed() {
         "{cov2:?} {cov3:?}"
     );
 }
+
+/// `[flows] interface_metrics`: link state and counters of real OVS interfaces against
+/// `ovs-vsctl get interface … statistics`, joined to the instance whose tap it is.
+#[test]
+fn interface_counters_match_ovsdb_and_join_the_instance() {
+    if !privileged("interface_counters_match_ovsdb_and_join_the_instance") {
+        return;
+    }
+    let ovs = Ovs::start();
+    // tapfx000a1 is fx-nova's tap in the captured libvirt host.
+    ovs.add_bridge("pfi-br0", &[("tapfx000a1", 1), ("pfi-p2", 2)]);
+    ovs.ofctl(&[
+        "add-flow",
+        "pfi-br0",
+        "priority=10,in_port=1,actions=output:2",
+    ]);
+    // Statistics every second instead of every 5 s.
+    ovs.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        "other_config:stats-update-interval=1000",
+    ]);
+    let host = pinflow_tests::captured::CapturedHost::new();
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let mut args = vec!["--ovs-run-dir".to_string(), run_dir];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pf = Pinflow::start(
+        "[pinning]\nebpf = false\n[flows]\ninterface_metrics = true\n",
+        &args,
+    );
+    // Traffic into tapfx000a1 (dummy netdevs take packets from ovs-appctl).
+    let pkt = "in_port(1),eth(src=50:54:00:00:00:01,dst=50:54:00:00:00:02),eth_type(0x0800),\
+               ipv4(src=10.0.0.1,dst=10.0.0.2,proto=17,tos=0,ttl=64,frag=no),udp(src=1,dst=2)";
+    for _ in 0..7 {
+        ovs.run("ovs-appctl", &["netdev-dummy/receive", "tapfx000a1", pkt]);
+    }
+    let ovsdb_stat = |iface: &str, key: &str| -> Option<f64> {
+        let out = ovs.vsctl(&["get", "interface", iface, "statistics"]);
+        out.trim()
+            .trim_matches(['{', '}'])
+            .split(", ")
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    let labels = [
+        ("bridge", "pfi-br0"),
+        ("port", "tapfx000a1"),
+        ("domain", "fx-nova"),
+    ];
+    let got = wait_for(WAIT, || {
+        let s = pf.scrape();
+        let rx = value(&s, "pinflow_ovs_interface_receive_packets_total", &labels)?;
+        let want = ovsdb_stat("tapfx000a1", "rx_packets")?;
+        (want >= 7.0 && rx == want).then_some(s)
+    });
+    let (s, took) = got.unwrap_or_else(|| {
+        panic!(
+            "rx_packets never matched OVSDB ({:?})\n{}",
+            ovsdb_stat("tapfx000a1", "rx_packets"),
+            pf.log()
+        )
+    });
+    eprintln!("rx_packets matched OVSDB after {took:?}");
+    for (family, key) in [
+        ("pinflow_ovs_interface_receive_bytes_total", "rx_bytes"),
+        ("pinflow_ovs_interface_transmit_packets_total", "tx_packets"),
+        ("pinflow_ovs_interface_transmit_bytes_total", "tx_bytes"),
+    ] {
+        assert_eq!(
+            value(&s, family, &labels),
+            ovsdb_stat("tapfx000a1", key),
+            "{family}"
+        );
+    }
+    // Forwarded to pfi-p2 by the flow: its transmit side counts them.
+    let p2 = [("bridge", "pfi-br0"), ("port", "pfi-p2"), ("domain", "")];
+    assert!(value(&s, "pinflow_ovs_interface_transmit_packets_total", &p2) >= Some(7.0));
+    assert_eq!(
+        value(&s, "pinflow_ovs_interface_link_up", &labels),
+        Some(1.0)
+    );
+    let resets = value(&s, "pinflow_ovs_interface_link_resets_total", &labels).expect("resets");
+    let ovsdb_resets: f64 = ovs
+        .vsctl(&["get", "interface", "tapfx000a1", "link_resets"])
+        .trim()
+        .parse()
+        .expect("link_resets");
+    assert_eq!(resets, ovsdb_resets);
+
+    // The link goes down: link_up 0. (Dummy netdevs keep no carrier-reset count: OVSDB's
+    // link_resets stays as it was, and so does pinflow's.)
+    ovs.run(
+        "ovs-appctl",
+        &["netdev-dummy/set-admin-state", "tapfx000a1", "down"],
+    );
+    let down = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (value(&s, "pinflow_ovs_interface_link_up", &labels) == Some(0.0)
+            && value(&s, "pinflow_ovs_interface_link_resets_total", &labels) == Some(resets))
+        .then_some(())
+    });
+    assert!(down.is_some(), "link down not seen\n{}", pf.log());
+}

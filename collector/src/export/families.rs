@@ -49,6 +49,8 @@ pub enum Presence {
     /// While ovs-vswitchd answers on its unixctl socket (`source="ovs_unixctl"` up); the process
     /// families: while the OVS daemon runs.
     OvsVswitchd,
+    /// With `[flows] interface_metrics = true`, per OVS interface OVS keeps counters for.
+    InterfaceMetrics,
     /// With `[pinning] bpf_stats = true` (kernel BPF statistics) while an eBPF program is loaded.
     BpfStats,
     /// Per host CPU check whose inputs are known: the Nova ones with `--nova-conf`, the isolation
@@ -77,6 +79,9 @@ impl Presence {
             Presence::DropReasons => "kernel datapath + eBPF, Linux ≥ 6.6, after drops",
             Presence::OvsVswitchd => {
                 "ovs-vswitchd answering on its unixctl socket (process families: the OVS daemon running)"
+            }
+            Presence::InterfaceMetrics => {
+                "`[flows] interface_metrics = true`, per OVS interface with counters"
             }
             Presence::BpfStats => "`[pinning] bpf_stats = true`, per eBPF program",
             Presence::HostCpuChecks => {
@@ -890,6 +895,188 @@ pub const OVS_PROCESS_THREADS: Family = Family {
     series: series(0, 0, 2, "nothing (2 processes)"),
 };
 
+// ---- OVS interfaces (OVSDB, opt-in) ----
+
+/// `pinflow_ovs_interface_link_up`.
+pub const LINK_UP: Family = Family {
+    name: "pinflow_ovs_interface_link_up",
+    kind: Kind::Gauge,
+    labels: &["bridge", "port", "domain"],
+    help: "Whether the OVS interface's link is up (OVSDB Interface.link_state)",
+    notes: "Absent while OVS reports no link state (patch ports). `domain`: the libvirt domain whose tap it is, as in `pinflow_ovs_port_info` (empty for other interfaces).",
+    example: "pinflow_ovs_interface_link_up{domain!=\"\"} == 0",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_receive_bytes_total`.
+pub const IF_RECEIVE_BYTES: Family = Family {
+    name: "pinflow_ovs_interface_receive_bytes_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Bytes received on the OVS interface (OVSDB Interface.statistics:rx_bytes)",
+    notes: "ovs-vswitchd refreshes `statistics` every 5 s (`other_config:stats-update-interval`). Absent for counters the interface type does not keep.",
+    example: "rate(pinflow_ovs_interface_receive_bytes_total[5m])",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_receive_packets_total`.
+pub const IF_RECEIVE_PACKETS: Family = Family {
+    name: "pinflow_ovs_interface_receive_packets_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Packets received on the OVS interface (OVSDB Interface.statistics:rx_packets)",
+    notes: "",
+    example: "rate(pinflow_ovs_interface_receive_packets_total[5m])",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_receive_drops_total`.
+pub const IF_RECEIVE_DROPS: Family = Family {
+    name: "pinflow_ovs_interface_receive_drops_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Packets dropped on the OVS interface, receive side (OVSDB Interface.statistics:rx_dropped)",
+    notes: "",
+    example: "rate(pinflow_ovs_interface_receive_drops_total[5m])",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_receive_errors_total`.
+pub const IF_RECEIVE_ERRORS: Family = Family {
+    name: "pinflow_ovs_interface_receive_errors_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Errors on the OVS interface, receive side (OVSDB Interface.statistics:rx_errors)",
+    notes: "",
+    example: "rate(pinflow_ovs_interface_receive_errors_total[5m])",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_transmit_bytes_total`.
+pub const IF_TRANSMIT_BYTES: Family = Family {
+    name: "pinflow_ovs_interface_transmit_bytes_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Bytes transmitted on the OVS interface (OVSDB Interface.statistics:tx_bytes)",
+    notes: "",
+    example: "rate(pinflow_ovs_interface_transmit_bytes_total[5m])",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_transmit_packets_total`.
+pub const IF_TRANSMIT_PACKETS: Family = Family {
+    name: "pinflow_ovs_interface_transmit_packets_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Packets transmitted on the OVS interface (OVSDB Interface.statistics:tx_packets)",
+    notes: "",
+    example: "rate(pinflow_ovs_interface_transmit_packets_total[5m])",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_transmit_drops_total`.
+pub const IF_TRANSMIT_DROPS: Family = Family {
+    name: "pinflow_ovs_interface_transmit_drops_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Packets dropped on the OVS interface, transmit side (OVSDB Interface.statistics:tx_dropped)",
+    notes: "",
+    example: "rate(pinflow_ovs_interface_transmit_drops_total[5m])",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_transmit_errors_total`.
+pub const IF_TRANSMIT_ERRORS: Family = Family {
+    name: "pinflow_ovs_interface_transmit_errors_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Errors on the OVS interface, transmit side (OVSDB Interface.statistics:tx_errors)",
+    notes: "",
+    example: "rate(pinflow_ovs_interface_transmit_errors_total[5m])",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_link_resets_total`.
+pub const IF_LINK_RESETS: Family = Family {
+    name: "pinflow_ovs_interface_link_resets_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "Link state changes OVS observed on the interface (OVSDB Interface.link_resets)",
+    notes: "Resets when ovs-vswitchd restarts.",
+    example: "increase(pinflow_ovs_interface_link_resets_total[1h]) > 0",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
 /// Every family, in exposition order.
 pub const ALL: &[&Family] = &[
     &INSTANCE_INFO,
@@ -909,6 +1096,16 @@ pub const ALL: &[&Family] = &[
     &OVS_DIRTY_FLOW_INFO,
     &OVS_DIRTY_FLOW_INFO_DROPPED,
     &OVS_PORT_INFO,
+    &LINK_UP,
+    &IF_RECEIVE_BYTES,
+    &IF_RECEIVE_PACKETS,
+    &IF_RECEIVE_DROPS,
+    &IF_RECEIVE_ERRORS,
+    &IF_TRANSMIT_BYTES,
+    &IF_TRANSMIT_PACKETS,
+    &IF_TRANSMIT_DROPS,
+    &IF_TRANSMIT_ERRORS,
+    &IF_LINK_RESETS,
     &DATAPATH_FLOWS,
     &DATAPATH_LOOKUPS,
     &DATAPATH_MASKS,

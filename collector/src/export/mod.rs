@@ -8,6 +8,7 @@ mod flows;
 pub(crate) mod health;
 mod host_cpu;
 pub(crate) mod http;
+mod interfaces;
 pub(crate) mod metrics;
 mod ovs_vswitchd;
 mod pinning;

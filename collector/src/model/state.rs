@@ -6,7 +6,7 @@
 //! subscribes to its slot.
 
 use crate::model::datapath::{DatapathEvents, DatapathReport};
-use crate::model::flows::FlowsReport;
+use crate::model::flows::{FlowsReport, InterfacesReport};
 use crate::model::health::BpfProgramCost;
 use crate::model::health::SourceRegistry;
 use crate::model::host_cpu::HostCpuReport;
@@ -66,6 +66,8 @@ pub(crate) struct SharedState {
     pub(crate) bpf_costs: Slot<Vec<BpfProgramCost>>,
     /// Dirty-flow report (flow pipeline).
     pub(crate) flows: Slot<FlowsReport>,
+    /// OVS interfaces' state and counters (flow pipeline, with `[flows] interface_metrics`).
+    pub(crate) ovs_interfaces: Slot<InterfacesReport>,
     /// OVS kernel datapath report (datapath pipeline).
     pub(crate) datapath: Slot<DatapathReport>,
     /// Datapath eBPF counts (datapath pipeline).
