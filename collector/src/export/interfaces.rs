@@ -3,9 +3,12 @@
 
 use super::encode::{Lv, Res, counter, gauge};
 use super::families::{self, Family};
-use crate::model::flows::{Counters, FlowsReport, InterfaceStats, InterfacesReport};
+use crate::model::flows::{FlowsReport, InterfaceStats, InterfacesReport};
 use prometheus_client::encoding::DescriptorEncoder;
 use std::collections::HashMap;
+
+/// One counter of an interface.
+type Field = fn(&InterfaceStats) -> Option<u64>;
 
 /// Encodes `pinflow_ovs_interface_*`; no series while OVSDB is disconnected.
 pub(crate) fn encode_interfaces(
@@ -42,28 +45,24 @@ pub(crate) fn encode_interfaces(
             ))
         }),
     )?;
-    let dir: [(
-        &Family,
-        fn(&InterfaceStats) -> &Counters,
-        fn(&Counters) -> Option<u64>,
-    ); 8] = [
-        (&families::IF_RECEIVE_BYTES, |s| &s.rx, |c| c.bytes),
-        (&families::IF_RECEIVE_PACKETS, |s| &s.rx, |c| c.packets),
-        (&families::IF_RECEIVE_DROPS, |s| &s.rx, |c| c.drops),
-        (&families::IF_RECEIVE_ERRORS, |s| &s.rx, |c| c.errors),
-        (&families::IF_TRANSMIT_BYTES, |s| &s.tx, |c| c.bytes),
-        (&families::IF_TRANSMIT_PACKETS, |s| &s.tx, |c| c.packets),
-        (&families::IF_TRANSMIT_DROPS, |s| &s.tx, |c| c.drops),
-        (&families::IF_TRANSMIT_ERRORS, |s| &s.tx, |c| c.errors),
+    let dir: [(&Family, Field); 8] = [
+        (&families::IF_RECEIVE_BYTES, |s| s.rx.bytes),
+        (&families::IF_RECEIVE_PACKETS, |s| s.rx.packets),
+        (&families::IF_RECEIVE_DROPS, |s| s.rx.drops),
+        (&families::IF_RECEIVE_ERRORS, |s| s.rx.errors),
+        (&families::IF_TRANSMIT_BYTES, |s| s.tx.bytes),
+        (&families::IF_TRANSMIT_PACKETS, |s| s.tx.packets),
+        (&families::IF_TRANSMIT_DROPS, |s| s.tx.drops),
+        (&families::IF_TRANSMIT_ERRORS, |s| s.tx.errors),
     ];
-    for (family, side, field) in dir {
+    for (family, field) in dir {
         counter(
             enc,
             family,
             rows.iter().filter_map(|(b, p, d, s)| {
                 Some((
                     [("bridge", Lv(b)), ("port", Lv(p)), ("domain", Lv(d))],
-                    field(side(s))? as f64,
+                    field(s)? as f64,
                 ))
             }),
         )?;
