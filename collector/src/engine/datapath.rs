@@ -239,12 +239,7 @@ pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, mut health_cfg: 
         report.upcalls = upcall_series.merge(&kernel, &state.datapath_events.get().upcalls);
         // The flow limit ovs-vswitchd has in force (its dynamic limit, from `upcall/show`) when
         // the ovs_vswitchd pipeline reads it; the configured one otherwise.
-        let vswitchd = state.vswitchd.get();
-        let flow_limit = report
-            .datapaths
-            .iter()
-            .find_map(|d| vswitchd.flow_limit(&d.name))
-            .unwrap_or(configured_flow_limit);
+        let flow_limit = flow_limit_in_force(&report, &state.vswitchd.get(), configured_flow_limit);
         health_cfg.flow_limit = flow_limit;
         report.flow_limit = flow_limit;
         report.health = tracker.evaluate(
@@ -257,6 +252,21 @@ pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, mut health_cfg: 
         state.datapath.set(report.clone());
         std::thread::sleep(cfg.interval.saturating_sub(t0.elapsed()));
     }
+}
+
+/// The flow limit the `flow_limit` check compares against: the one ovs-vswitchd has in force for
+/// a datapath of `report` (its dynamic limit, from `upcall/show`) while ovs-vswitchd answers,
+/// else `configured` (`[datapath] flow_limit`).
+fn flow_limit_in_force(
+    report: &DatapathReport,
+    vswitchd: &crate::model::ovs_vswitchd::VswitchdReport,
+    configured: u64,
+) -> u64 {
+    report
+        .datapaths
+        .iter()
+        .find_map(|d| vswitchd.flow_limit(&d.name))
+        .unwrap_or(configured)
 }
 
 /// The datapath eBPF probe's lifecycle inside the poller: attached while a datapath exists
@@ -367,5 +377,45 @@ fn map_vports(report: &mut DatapathReport, local: &[LocalInterface]) {
             .iter()
             .find(|i| i.target_dev == v.name)
             .map(|i| i.domain.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::datapath::Datapath;
+    use crate::model::ovs_vswitchd::{UpcallDatapath, VswitchdReport};
+
+    #[test]
+    fn flow_limit_from_ovs_vswitchd_while_it_answers() {
+        let report = DatapathReport {
+            datapaths: vec![Datapath {
+                name: "ovs-system".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut v = VswitchdReport {
+            connected: true,
+            upcall: vec![
+                UpcallDatapath {
+                    name: "ovs-netdev".into(),
+                    flow_limit: 10_000,
+                    ..Default::default()
+                },
+                UpcallDatapath {
+                    name: "ovs-system".into(),
+                    flow_limit: 46_000,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(flow_limit_in_force(&report, &v, 200_000), 46_000);
+        v.connected = false;
+        assert_eq!(flow_limit_in_force(&report, &v, 200_000), 200_000);
+        v.connected = true;
+        v.upcall.remove(1);
+        assert_eq!(flow_limit_in_force(&report, &v, 200_000), 200_000);
     }
 }
