@@ -224,6 +224,34 @@ dpif_flow_put              0.0/sec     0.000/sec        0.0000/sec   total: 25
         assert!(memory_fields("a:b c d:1").get("c d") == Some(&1));
     }
 
+    /// Replies captured from ovs-vswitchd 3.1 (userspace and dummy datapaths, one flow).
+    #[test]
+    fn captured_replies() {
+        let fx = |n: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/ovs_unixctl/{n}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let all = coverage_totals(&fx("coverage-show.txt")).unwrap();
+        assert!(all.len() > 30, "{all:?}");
+        assert!(all["bridge_reconfigure"] > 0 && all["dpif_flow_put"] > 0);
+        let m = memory(&fx("memory-show.txt"));
+        assert_eq!(m.objects[2], ("udpif_keys", 1));
+        assert_eq!((m.handlers, m.revalidators), (Some(2), Some(2)));
+        let dps = upcall(&fx("upcall-show.txt")).unwrap();
+        let names: Vec<&str> = dps.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["ovs-netdev", "ovs-dummy"]);
+        assert_eq!(
+            (dps[1].flows, dps[1].flow_limit, dps[1].ukeys),
+            (1, 10000, 1)
+        );
+        let stat = fx("proc-stat.txt");
+        let s = super::super::process::parse(1, &stat, &fx("proc-status.txt"), 100.0).unwrap();
+        assert!(s.threads >= 2 && s.resident_bytes > 0, "{s:?}");
+    }
+
     #[test]
     fn upcall_show() {
         let text = "netdev@ovs-netdev:

@@ -51,7 +51,7 @@ pub(crate) fn sample(proc_root: &Path, pid: u32, comm: &str) -> io::Result<Optio
 }
 
 /// The fields of `stat` (after the command name in parentheses) and `status` pinflow needs.
-fn parse(pid: u32, stat: &str, status: &str, ticks: f64) -> Option<ProcessSample> {
+pub(crate) fn parse(pid: u32, stat: &str, status: &str, ticks: f64) -> Option<ProcessSample> {
     let after = stat.get(stat.rfind(')')? + 1..)?;
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields counted from 3 (state) in proc(5): utime 14, stime 15, num_threads 20, starttime 22.
@@ -65,8 +65,8 @@ fn parse(pid: u32, stat: &str, status: &str, ticks: f64) -> Option<ProcessSample
     Some(ProcessSample {
         pid,
         start_ticks: num(22)?,
-        resident_bytes: rss_kb * 1024,
-        cpu_seconds: (num(14)? + num(15)?) as f64 / ticks,
+        resident_bytes: rss_kb.saturating_mul(1024),
+        cpu_seconds: num(14)?.saturating_add(num(15)?) as f64 / ticks,
         threads: num(20)?,
     })
 }
@@ -88,6 +88,12 @@ mod tests {
         let odd = stat.replace("(ovs-vswitchd)", "(a) b (c)");
         assert_eq!(parse(1, &odd, status, 100.0).unwrap().threads, 7);
         assert!(parse(1, "1 (x) S 1", status, 100.0).is_none());
+        // Found by tests/tests/fuzz_smoke.rs: huge values saturate instead of overflowing.
+        let max = u64::MAX.to_string();
+        let huge = format!("1 (x) S 1 1 1 0 -1 0 0 0 0 0 {max} {max} 0 0 20 0 1 0 5 0 0\n");
+        let s = parse(1, &huge, &format!("VmRSS:\t{max} kB\n"), 100.0).unwrap();
+        assert_eq!(s.resident_bytes, u64::MAX);
+        assert!(s.cpu_seconds > 1e17);
     }
 
     #[test]
