@@ -212,23 +212,6 @@ pub fn config(data: &[u8]) {
     let _ = crate::config::Config::parse(text);
 }
 
-#[cfg(test)]
-mod tests {
-    /// Inputs that once panicked (found by tests/tests/fuzz_smoke.rs), as hex.
-    #[test]
-    fn past_findings_stay_fixed() {
-        let hex = |s: &str| -> Vec<u8> {
-            (0..s.len() / 2)
-                .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-                .collect()
-        };
-        // A netlink error whose code is i32::MIN: negating it overflowed.
-        super::genetlink(&hex(
-            "240000000200000104000100eb0000000000008024000000100005000400000000000000",
-        ));
-    }
-}
-
 /// ovs-vswitchd's unixctl socket: the byte stream split into replies as the client does (its
 /// bound), each reply's text, and the whole input as text, through the `coverage/show`,
 /// `memory/show` and `upcall/show` parsers; and the input split at its first NUL as a
@@ -252,4 +235,21 @@ pub fn ovs_unixctl(data: &[u8]) {
     }
     let (stat, status) = text.split_once('\0').unwrap_or((&text, ""));
     let _ = process::parse(1, stat, status, 100.0);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Inputs that once panicked (found by tests/tests/fuzz_smoke.rs), as hex.
+    #[test]
+    fn past_findings_stay_fixed() {
+        let hex = |s: &str| -> Vec<u8> {
+            (0..s.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+                .collect()
+        };
+        // A netlink error whose code is i32::MIN: negating it overflowed.
+        super::genetlink(&hex(
+            "240000000200000104000100eb0000000000008024000000100005000400000000000000",
+        ));
+    }
 }
