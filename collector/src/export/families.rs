@@ -1386,6 +1386,21 @@ mod tests {
         for c in crate::model::datapath::DatapathCheck::ALL {
             assert!(DATAPATH_UNHEALTHY.notes.contains(&format!("`{c}`")), "{c}");
         }
+        use crate::model::ovs_vswitchd::{COVERAGE_EVENTS, OBJECT_KINDS, PROCESSES};
+        for e in COVERAGE_EVENTS {
+            assert!(OVS_COVERAGE.notes.contains(&format!("`{e}`")), "{e}");
+        }
+        for k in OBJECT_KINDS {
+            assert!(VSWITCHD_OBJECTS.notes.contains(&format!("`{k}`")), "{k}");
+        }
+        for p in PROCESSES {
+            assert!(OVS_PROCESS_UP.notes.contains(&format!("`{p}`")), "{p}");
+        }
+        assert_eq!(
+            OVS_COVERAGE.series.per_host as usize,
+            COVERAGE_EVENTS.len(),
+            "coverage budget"
+        );
         for src in crate::sources::ALL.iter().map(|s| s.name) {
             assert!(SOURCE_UP.notes.contains(&format!("`{src}`")), "{src}");
         }
