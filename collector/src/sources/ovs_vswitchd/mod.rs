@@ -11,8 +11,9 @@
 //! hand-written: no maintained Rust crate speaks OVS's unixctl (OVSDB clients speak RFC 7047 only),
 //! and the protocol is a few lines on top of `serde_json` and the framer already here.
 //!
-//! I/O is non-blocking tokio on the async thread, as in [`crate::sources::ovsdb`]; every call is
-//! bounded by a timeout and each poll opens a fresh connection, so a restarted ovs-vswitchd (a new
+//! I/O is non-blocking tokio on the async thread, as in [`crate::sources::ovsdb`] (the pid file
+//! through `tokio::fs`, i.e. the blocking pool); every call is bounded by a timeout, every reply by
+//! [`MAX_REPLY_BYTES`], and each poll opens a fresh connection, so a restarted ovs-vswitchd (a new
 //! pid file and socket) is simply found on the next poll. The replies are human-readable text;
 //! [`parse`] turns the three commands' text into numbers and is tolerant of unknown lines.
 
@@ -132,7 +133,8 @@ pub(crate) fn pid_file(run_dir: &Path, daemon: &str) -> PathBuf {
     run_dir.join(format!("{daemon}.pid"))
 }
 
-/// Reads a daemon's pid file (an OVS pid file holds the pid and a newline).
+/// Reads a daemon's pid file (an OVS pid file holds the pid and a newline); blocking, for the
+/// procfs reads that run on the blocking pool.
 pub(crate) fn read_pid(path: &Path) -> Result<u32, UnixctlError> {
     use std::io::Read as _;
     let mut text = String::new();
@@ -142,6 +144,24 @@ pub(crate) fn read_pid(path: &Path) -> Result<u32, UnixctlError> {
             path: path.to_path_buf(),
             source,
         })?;
+    parse_pid(path, &text)
+}
+
+/// [`read_pid`] without blocking the async thread (tokio's file I/O).
+async fn read_pid_async(path: &Path) -> Result<u32, UnixctlError> {
+    let mut text = String::new();
+    let read = async {
+        let f = tokio::fs::File::open(path).await?;
+        f.take(64).read_to_string(&mut text).await
+    };
+    read.await.map_err(|source| UnixctlError::PidFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_pid(path, &text)
+}
+
+fn parse_pid(path: &Path, text: &str) -> Result<u32, UnixctlError> {
     text.trim()
         .parse::<u32>()
         .ok()
@@ -153,8 +173,8 @@ pub(crate) fn read_pid(path: &Path) -> Result<u32, UnixctlError> {
 }
 
 /// `<run_dir>/ovs-vswitchd.<pid>.ctl` for the pid in `<run_dir>/ovs-vswitchd.pid`.
-pub(crate) fn control_socket(run_dir: &Path) -> Result<(u32, PathBuf), UnixctlError> {
-    let pid = read_pid(&pid_file(run_dir, "ovs-vswitchd"))?;
+pub(crate) async fn control_socket(run_dir: &Path) -> Result<(u32, PathBuf), UnixctlError> {
+    let pid = read_pid_async(&pid_file(run_dir, "ovs-vswitchd")).await?;
     Ok((pid, run_dir.join(format!("ovs-vswitchd.{pid}.ctl"))))
 }
 
@@ -177,7 +197,7 @@ impl Unixctl {
         run_dir: &Path,
         timeout: Duration,
     ) -> Result<Unixctl, UnixctlError> {
-        let (pid, path) = control_socket(run_dir)?;
+        let (pid, path) = control_socket(run_dir).await?;
         let stream = match tokio::time::timeout(timeout, UnixStream::connect(&path)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UnixctlError::Connect { path, source }),
@@ -289,18 +309,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pid_files() {
+    #[tokio::test]
+    async fn pid_files() {
         let dir = tempfile::tempdir().unwrap();
-        let e = control_socket(dir.path()).unwrap_err();
+        let e = control_socket(dir.path()).await.unwrap_err();
         assert!(e.is_unavailable(), "{e}");
         std::fs::write(pid_file(dir.path(), "ovs-vswitchd"), "garbage\n").unwrap();
         assert!(matches!(
-            control_socket(dir.path()),
+            control_socket(dir.path()).await,
+            Err(UnixctlError::BadPid { .. })
+        ));
+        assert!(matches!(
+            read_pid(&pid_file(dir.path(), "ovs-vswitchd")),
             Err(UnixctlError::BadPid { .. })
         ));
         std::fs::write(pid_file(dir.path(), "ovs-vswitchd"), "4242\n").unwrap();
-        let (pid, path) = control_socket(dir.path()).unwrap();
+        assert_eq!(
+            read_pid(&pid_file(dir.path(), "ovs-vswitchd")).unwrap(),
+            4242
+        );
+        let (pid, path) = control_socket(dir.path()).await.unwrap();
         assert_eq!(
             (pid, path),
             (4242, dir.path().join("ovs-vswitchd.4242.ctl"))
