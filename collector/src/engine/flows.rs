@@ -122,9 +122,14 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
                     return;
                 }
                 let snap = db_rx.borrow_and_update().clone();
+                let interfaces = if snap.connected {
+                    snap.interfaces.clone()
+                } else {
+                    Default::default()
+                };
                 state.ovs_interfaces.set_if_changed(InterfacesReport {
                     connected: snap.connected,
-                    interfaces: if snap.connected { snap.interfaces.clone() } else { Default::default() },
+                    interfaces,
                 });
                 // Interface counters alone (every 5 s with `interface_metrics`) change nothing
                 // the rules or the port join read.
