@@ -452,13 +452,13 @@ fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Re
 }
 
 /// A generated host: `domains` × [`FIXTURE_VCPUS`] vCPUs on 64 pCPUs, cgroup v1 libvirt layout.
-struct FixtureHost {
+pub(crate) struct FixtureHost {
     /// A temp dir, or `PINFLOW_BENCH_FIXTURE_DIR` (kept, to run pinflow on it by hand).
     root: Result<tempfile::TempDir, PathBuf>,
 }
 
 impl FixtureHost {
-    fn generate(domains: usize) -> Result<FixtureHost> {
+    pub(crate) fn generate(domains: usize) -> Result<FixtureHost> {
         let root = match std::env::var_os("PINFLOW_BENCH_FIXTURE_DIR") {
             Some(d) => Err(PathBuf::from(d)),
             None => Ok(tempfile::tempdir()?),
@@ -612,7 +612,7 @@ impl FixtureHost {
         }
     }
 
-    fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         let r = self.dir();
         [
             ("--libvirt-state-dir", r.join("run-libvirt-qemu")),

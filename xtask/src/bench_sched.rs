@@ -159,9 +159,11 @@ struct Samples {
 /// Runs the benchmark and prints the report. `pinflow_bin` locates the build (the helper example
 /// is expected at `<dir of pinflow_bin>/examples/sched_probe` and is built if missing).
 pub fn run(pinflow_bin: &Path) -> Result<()> {
-    let loops = env_u64("PINFLOW_BENCH_LOOPS", 20_000)?;
-    let reps = env_u64("PINFLOW_BENCH_REPS", 15)?.max(1);
-    let runs = env_u64("PINFLOW_BENCH_RUNS", 3)?.max(1);
+    // `--quick`: every scenario, fewer and shorter runs.
+    let quick = crate::bench_table::quick();
+    let loops = env_u64("PINFLOW_BENCH_LOOPS", if quick { 10_000 } else { 20_000 })?;
+    let reps = env_u64("PINFLOW_BENCH_REPS", if quick { 3 } else { 15 })?.max(1);
+    let runs = env_u64("PINFLOW_BENCH_RUNS", if quick { 1 } else { 3 })?.max(1);
     let rt = std::env::var_os("PINFLOW_BENCH_RT").is_some_and(|v| v == "1");
     let perf = std::env::var("PERF").unwrap_or_else(|_| "perf".to_string());
     let helper = helper_path(pinflow_bin)?;
@@ -525,6 +527,9 @@ fn report(samples: &[Samples]) {
         };
         if let Some(a) = added_p25 {
             added.insert(sc.name, a);
+            if !sc.stats && !sc.watch_bench {
+                crate::bench_table::point("sched-ns-per-switch", sc.name, 0.0, a);
+            }
         }
         let (rt, rc) = s
             .bpf
