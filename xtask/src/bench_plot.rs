@@ -81,8 +81,10 @@ fn bars(title: &str, ylabel: &str, bars: &[(String, f64)]) -> String {
             row_h - 6.0,
             if label.starts_with("bpftrace") {
                 COLORS[1]
-            } else {
+            } else if label.starts_with("pinflow") {
                 COLORS[0]
+            } else {
+                "#999"
             },
             bx + bw + 4.0,
             y + row_h * 0.65
@@ -102,7 +104,9 @@ fn bars(title: &str, ylabel: &str, bars: &[(String, f64)]) -> String {
 }
 
 fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let (w, h, left, right, top, bottom) = (900.0, 480.0, 80.0, 260.0, 45.0, 60.0);
+    // The legend goes below the x axis, one line per series.
+    let bottom = 70.0 + 20.0 * series.len() as f64;
+    let (w, h, left, right, top) = (900.0, 420.0 + bottom, 80.0, 30.0, 45.0);
     let pts = series.iter().flat_map(|(_, p)| p.iter());
     let (mut xmin, mut xmax, mut ymax) = (f64::INFINITY, 0f64, 0f64);
     for &(x, y) in pts {
@@ -176,14 +180,12 @@ fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f
                 py(y)
             );
         }
-        let ly = top + 10.0 + i as f64 * 20.0;
+        let ly = top + ph + 55.0 + i as f64 * 20.0;
         let _ = writeln!(
             s,
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"14\" height=\"4\" fill=\"{c}\"/>\
+            "<rect x=\"{left:.1}\" y=\"{ly:.1}\" width=\"14\" height=\"4\" fill=\"{c}\"/>\
              <text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-            left + pw + 12.0,
-            ly,
-            left + pw + 30.0,
+            left + 20.0,
             ly + 5.0,
             esc(name)
         );
@@ -193,7 +195,7 @@ fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f
         "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
          <text x=\"16\" y=\"{:.1}\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">{}</text>\n</svg>",
         left + pw / 2.0,
-        h - 15.0,
+        top + ph + 36.0,
         esc(xlabel),
         top + ph / 2.0,
         top + ph / 2.0,

@@ -274,7 +274,19 @@ fn machine() -> String {
             })
             .collect();
         v.sort();
-        mitigations = v.into_iter().map(|(n, s)| format!("{n}: {s}")).collect();
+        let unaffected: Vec<String> = v
+            .iter()
+            .filter(|(_, s)| s == "Not affected")
+            .map(|(n, _)| n.clone())
+            .collect();
+        mitigations = v
+            .into_iter()
+            .filter(|(_, s)| s != "Not affected")
+            .map(|(n, s)| format!("{n}: {s}"))
+            .collect();
+        if !unaffected.is_empty() {
+            mitigations.push(format!("not affected: {}", unaffected.join(", ")));
+        }
     }
     format!(
         "- CPU: {} ({} CPUs, {} thread(s) per core, hypervisor {})\n- kernel: Linux {}\n- mitigations (/sys/devices/system/cpu/vulnerabilities): {}\n",
@@ -290,6 +302,20 @@ fn machine() -> String {
         }
     )
 }
+
+/// The environment knobs of the parts (printed in the header when set).
+const KNOBS: [&str; 10] = [
+    "PINFLOW_BIN",
+    "PINFLOW_BENCH_LOOPS",
+    "PINFLOW_BENCH_REPS",
+    "PINFLOW_BENCH_RUNS",
+    "PINFLOW_BENCH_FLOWS_STEADY_SECS",
+    "PINFLOW_BENCH_LATENCY_REPS",
+    "PINFLOW_BENCH_SECS",
+    "PINFLOW_BENCH_DOMAINS",
+    "PINFLOW_BENCH_FIXTURE_DOMAINS",
+    "PINFLOW_VM_KERNEL",
+];
 
 /// Prints the run's rows together and, with `write`, writes them (and the plots) to that file.
 pub fn finish(command: &str, write: Option<&PathBuf>) -> Result<()> {
@@ -327,6 +353,13 @@ pub fn finish(command: &str, write: Option<&PathBuf>) -> Result<()> {
                 ""
             },
         );
+        let set: Vec<String> = KNOBS
+            .iter()
+            .filter_map(|k| Some(format!("`{k}={}`", std::env::var(k).ok()?)))
+            .collect();
+        if !set.is_empty() {
+            let _ = writeln!(text, "- environment: {}\n", set.join(" "));
+        }
         text.push_str(
             "Knobs the parts read (environment): `PINFLOW_BENCH_LOOPS`, `PINFLOW_BENCH_REPS`, \
              `PINFLOW_BENCH_RUNS` (sched), `PINFLOW_BENCH_FLOWS_STEADY_SECS` (flows), \
