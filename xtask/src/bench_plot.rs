@@ -18,8 +18,8 @@ fn labels(plot: &str) -> (&'static str, &'static str, &'static str) {
         ),
         "flows-cpu-per-30s" => (
             "CPU per 30 s against the OpenFlow table size: pinflow and the cron job",
-            "flows in the table",
-            "CPU ms per 30 s",
+            "flows in the table (log)",
+            "CPU ms per 30 s (log)",
         ),
         _ => ("", "", ""),
     }
@@ -103,29 +103,39 @@ fn bars(title: &str, ylabel: &str, bars: &[(String, f64)]) -> String {
     s
 }
 
-fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+/// A named series of (x, y) points.
+type Series = (String, Vec<(f64, f64)>);
+
+fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
     // The legend goes below the x axis, one line per series.
     let bottom = 70.0 + 20.0 * series.len() as f64;
     let (w, h, left, right, top) = (900.0, 420.0 + bottom, 80.0, 30.0, 45.0);
     let pts = series.iter().flat_map(|(_, p)| p.iter());
-    let (mut xmin, mut xmax, mut ymax) = (f64::INFINITY, 0f64, 0f64);
+    let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::INFINITY, 0f64, f64::INFINITY, 0f64);
     for &(x, y) in pts {
         if x > 0.0 {
             xmin = xmin.min(x);
             xmax = xmax.max(x);
         }
-        ymax = ymax.max(y);
+        if y > 0.0 {
+            ymin = ymin.min(y);
+            ymax = ymax.max(y);
+        }
     }
     let lx = |x: f64| x.max(1e-9).log10();
     let (lmin, lmax) = (
         lx(xmin).floor(),
         lx(xmax).ceil().max(lx(xmin).floor() + 1.0),
     );
-    let ymax = nice_max(ymax);
+    // Log-log: table sizes and CPU both span decades.
+    let (ylmin, ylmax) = (
+        lx(ymin).floor(),
+        lx(ymax).ceil().max(lx(ymin).floor() + 1.0),
+    );
     let pw = w - left - right;
     let ph = h - top - bottom;
     let px = |x: f64| left + (lx(x) - lmin) / (lmax - lmin) * pw;
-    let py = |y: f64| top + ph - y / ymax * ph;
+    let py = |y: f64| top + ph - (lx(y) - ylmin) / (ylmax - ylmin) * ph;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -146,8 +156,10 @@ fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f
         );
         d += 1.0;
     }
-    for i in 0..=5 {
-        let y = ymax * f64::from(i) / 5.0;
+    let mut d = ylmin;
+    while d <= ylmax + 1e-9 {
+        let y = 10f64.powf(d);
+        d += 1.0;
         let _ = writeln!(
             s,
             "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
@@ -208,7 +220,7 @@ fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f
 /// `markdown`; returns (title, path relative to the markdown's directory) of each.
 pub fn write_all(points: &Path, markdown: &Path) -> Result<Vec<(String, String)>> {
     // plot → series (in first-seen order) → points.
-    let mut plots: BTreeMap<String, Vec<(String, Vec<(f64, f64)>)>> = BTreeMap::new();
+    let mut plots: BTreeMap<String, Vec<Series>> = BTreeMap::new();
     for l in std::fs::read_to_string(points).unwrap_or_default().lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
             continue;

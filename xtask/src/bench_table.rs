@@ -189,9 +189,7 @@ fn expected_counts() -> Vec<(&'static str, usize)> {
         .map(|k| {
             let n = if k.starts_with("flows: # flows:") {
                 3
-            } else if k.starts_with("pinning: # KVM") {
-                2
-            } else if k.starts_with("datapath:") {
+            } else if k.starts_with("pinning: # KVM") || k.starts_with("datapath:") {
                 2
             } else {
                 1
