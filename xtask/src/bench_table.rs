@@ -337,7 +337,7 @@ pub fn finish(command: &str, write: Option<&PathBuf>) -> Result<()> {
              Every row of one run, pinflow beside the alternative an operator runs today, on the same \
              machine in the same run: absolute times drift on shared machines, ratios measured together \
              hold.\n\n\
-             ## Machine and commands\n\n{}- commit: {commit}{}\n- date: {}\n- command: `{command}`{}\n\n",
+             ## Machine and commands\n\n{}- commit: {commit}{}\n- date: {}\n- command: `{command}`{}\n",
             machine(),
             if dirty {
                 " (with uncommitted changes)"
@@ -356,8 +356,9 @@ pub fn finish(command: &str, write: Option<&PathBuf>) -> Result<()> {
             .filter_map(|k| Some(format!("`{k}={}`", std::env::var(k).ok()?)))
             .collect();
         if !set.is_empty() {
-            let _ = writeln!(text, "- environment: {}\n", set.join(" "));
+            let _ = writeln!(text, "- environment: {}", set.join(" "));
         }
+        text.push('\n');
         text.push_str(
             "Knobs the parts read (environment): `PINFLOW_BENCH_LOOPS`, `PINFLOW_BENCH_REPS`, \
              `PINFLOW_BENCH_RUNS` (sched), `PINFLOW_BENCH_FLOWS_STEADY_SECS` (flows), \

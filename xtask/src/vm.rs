@@ -530,10 +530,10 @@ fn boot_batch(g: &Guest, share: &Path, append: &str, timeout: Duration) -> anyho
 }
 
 /// What the guest with `pinflow.bench=1` costs, as measured on the project's 2-core machine
-/// (2026-12-01: boot to pass 153 s, 96 s of it the megaflow bench, after the scenario's ~45 s);
+/// (2026-12-01, two runs: boot to pass 124 and 153 s, 79 and 96 s of it the megaflow bench);
 /// `--quick`, whose other parts take ~4.5 min there, names it when it skips the guest.
-const GUEST_BENCH_COST: &str = "~2.5 min here: boot to pass 153 s, 96 s of it the bench; the \
-     other parts of --quick already take ~4.5 min of its 5";
+const GUEST_BENCH_COST: &str = "~2–2.5 min here: boot to pass 124–153 s, 79–96 s of it the \
+     bench; the other parts of --quick already take ~4.5 min of its 5";
 
 /// Flow counts of the guest's megaflow bench (`xtask/guest/bench.sh`).
 const GUEST_BENCH_FLOWS: [u32; 2] = [10_000, 100_000];
