@@ -201,7 +201,10 @@ fn expected_counts() -> Vec<(&'static str, usize)> {
 
 /// The expected rows this run lacks (as `key (have n of m)`), for the parts that ran.
 pub fn missing(parts: &[&str]) -> Vec<String> {
-    let rows = read();
+    missing_in(&read(), parts)
+}
+
+fn missing_in(rows: &[Row], parts: &[&str]) -> Vec<String> {
     expected_counts()
         .into_iter()
         .filter(|(k, _)| parts.iter().any(|p| k.starts_with(&format!("{p}: "))))
@@ -418,6 +421,45 @@ mod tests {
             ),
             "flows: add-flow of a dirty flow → /metrics (median of #)"
         );
+    }
+
+    fn row(part: &str, what: &str) -> Row {
+        Row {
+            part: part.into(),
+            what: what.into(),
+            goal: String::new(),
+            measured: String::new(),
+            met: None,
+            limits: String::new(),
+            quick: true,
+        }
+    }
+
+    #[test]
+    fn a_missing_size_or_row_is_named() {
+        let mut rows: Vec<Row> = [
+            "ns added per context switch: pinflow's sched_switch probe vs the cheapest bpftrace one-liner",
+            "ns per switch over the empty tp_btf program (the floor of its attach type)",
+        ]
+        .iter()
+        .map(|w| row("sched", w))
+        .collect();
+        assert!(missing_in(&rows, &["sched"]).is_empty());
+        rows.pop();
+        assert_eq!(missing_in(&rows, &["sched"]).len(), 1);
+        // Two of the three flow sizes: the third is missing.
+        let sizes: Vec<Row> = [100, 1000]
+            .iter()
+            .map(|n| row("flows", &format!("{n} flows: text parse CPU")))
+            .collect();
+        let m = missing_in(&sizes, &["flows"]);
+        assert!(
+            m.iter()
+                .any(|k| k == "flows: # flows: text parse CPU (have 2 of 3)"),
+            "{m:?}"
+        );
+        // Parts that did not run are not asked for.
+        assert!(missing_in(&[], &[]).is_empty());
     }
 
     #[test]
