@@ -547,7 +547,17 @@ pub fn bench_rows(quick: bool) -> anyhow::Result<()> {
             "kernel datapath megaflow dump, {n} flows: pinflow flows --datapath vs ovs-dpctl dump-flows + parse"
         )
     };
+    let series_what =
+        "kernel-datapath families in the guest: series per datapath port and per host";
     let skipped = |why: &str| {
+        crate::bench_table::add_limited(
+            "datapath",
+            series_what,
+            "≤ 4 per instance port (docs/metrics.md)",
+            format!("skipped{why}"),
+            None,
+            "the host has no openvswitch.ko: the kernel datapath runs in the QEMU/TCG guest only",
+        );
         for n in GUEST_BENCH_FLOWS {
             crate::bench_table::add_limited(
                 "datapath",
@@ -583,6 +593,26 @@ pub fn bench_rows(quick: bool) -> anyhow::Result<()> {
     if let Err(e) = &run {
         eprintln!("note: vm-test reported failures besides the bench: {e:#}");
     }
+    match datapath_series(&log) {
+        Some((per_port, ports, host, text)) => crate::bench_table::add(
+            "datapath",
+            series_what,
+            "≤ 4 per instance port (docs/metrics.md)",
+            format!(
+                "{per_port:.1} per netdev port ({ports} ports, v1 and v2 in netns), {host} per host \
+                 (datapath, internal ports, action kinds) after the scenario's traffic; {text}"
+            ),
+            Some(per_port <= 4.0),
+        ),
+        None => crate::bench_table::add_limited(
+            "datapath",
+            series_what,
+            "≤ 4 per instance port (docs/metrics.md)",
+            "skipped: the guest printed no kernel-datapath series".into(),
+            None,
+            "",
+        ),
+    }
     for g in found {
         let cpu = |t: &GuestTime| t.user + t.sys;
         let (Some(pf), Some(dp)) = (g.times.get("render"), g.times.get("parse")) else {
@@ -611,6 +641,65 @@ pub fn bench_rows(quick: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The kernel-datapath families in the guest's `--- /metrics` section of `out.log` (the
+/// scenario prints every `pinflow_ovs_*` line there): (series per netdev port, netdev ports,
+/// series per host, count by family).
+fn datapath_series(log: &str) -> Option<(f64, usize, usize, String)> {
+    let section: String = log
+        .lines()
+        .skip_while(|l| l.trim() != "--- /metrics")
+        .skip(1)
+        .take_while(|l| !l.starts_with("---"))
+        .filter(|l| l.starts_with("pinflow_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dp_family = |n: &str| {
+        [
+            "pinflow_ovs_datapath_",
+            "pinflow_ovs_vport_",
+            "pinflow_ovs_upcalls_total",
+            "pinflow_ovs_drops_total",
+        ]
+        .iter()
+        .any(|p| n.starts_with(p))
+    };
+    let samples: Vec<pinflow_tests::scrape::Sample> = pinflow_tests::scrape::parse(&section)
+        .into_iter()
+        .filter(|s| dp_family(&s.name))
+        .collect();
+    let netdev: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.name == "pinflow_ovs_vport_info")
+        .filter(|s| s.labels.get("type").is_some_and(|t| t == "netdev"))
+        .filter_map(|s| s.labels.get("port").map(String::as_str))
+        .collect();
+    if samples.is_empty() || netdev.is_empty() {
+        return None;
+    }
+    let on_port = |s: &pinflow_tests::scrape::Sample| {
+        s.labels
+            .get("port")
+            .is_some_and(|p| netdev.contains(&p.as_str()))
+    };
+    let per_port = samples.iter().filter(|s| on_port(s)).count();
+    let host = samples.len() - per_port;
+    let mut fam: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &samples {
+        *fam.entry(s.name.as_str()).or_insert(0) += 1;
+    }
+    let text = fam
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some((
+        per_port as f64 / netdev.len() as f64,
+        netdev.len(),
+        host,
+        text,
+    ))
 }
 
 /// One `time` report of the guest (ms).
@@ -720,5 +809,19 @@ mod tests {
         let render = b[0].times["render"];
         assert!((render.real - 400.0).abs() < 1e-6);
         assert!(!b[0].times.contains_key("count"));
+    }
+
+    #[test]
+    fn datapath_series_are_counted_per_port() {
+        let log = "--- /metrics\n\
+                   pinflow_ovs_datapath_flows{datapath=\"ovs-system\"} 10.0\n\
+                   pinflow_ovs_vport_info{datapath=\"ovs-system\",port=\"br0\",type=\"internal\"} 1.0\n\
+                   pinflow_ovs_vport_info{datapath=\"ovs-system\",port=\"v1\",type=\"netdev\"} 1.0\n\
+                   pinflow_ovs_upcalls_total{datapath=\"ovs-system\",port=\"v1\"} 15.0\n\
+                   pinflow_ovs_flows{bridge=\"br0\",table=\"0\"} 3\n\
+                   pinflow_source_up{source=\"ovs_datapath\"} 1\n\
+                   --- next\npinflow_ovs_vport_info{port=\"v9\",type=\"netdev\"} 1\n";
+        let (per_port, ports, host, _) = datapath_series(log).unwrap_or_default();
+        assert_eq!((per_port, ports, host), (2.0, 1, 2));
     }
 }
