@@ -272,7 +272,7 @@ pub fn run(bin: &Path) -> Result<()> {
         format!(
             "{total:.0} series when healthy (budget {budget:.0}): {per_inst:.1} per instance, {per_port:.1} per \
              instance port, {host} per host besides them; userspace datapath (the host has no \
-             openvswitch.ko: no kernel-datapath families here). {text}"
+             openvswitch.ko: no kernel-datapath families here; the datapath part counts them in the guest). {text}"
         ),
         Some(met),
         "see the families in the measured column: the per-host rest grows with bridges × tables and \
