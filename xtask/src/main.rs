@@ -127,6 +127,7 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 ("PINFLOW_BENCH_SECS", "10"),
                 ("PINFLOW_BENCH_DOMAINS", "1,2"),
                 ("PINFLOW_BENCH_FIXTURE_DOMAINS", "50"),
+                ("PINFLOW_BENCH_THREAD_DOMAINS", "20"),
                 ("PINFLOW_BENCH_LATENCY_REPS", "3"),
             ] {
                 if std::env::var_os(k).is_none() {
