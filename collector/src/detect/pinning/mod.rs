@@ -119,6 +119,7 @@ pub(super) struct Finding {
     expected: String,
     actual: String,
     owners: Vec<OverlapOwner>,
+    more_owners: usize,
 }
 
 impl Finding {
@@ -128,6 +129,7 @@ impl Finding {
             expected: expected.to_string(),
             actual: actual.to_string(),
             owners: Vec::new(),
+            more_owners: 0,
         }
     }
 }
@@ -154,6 +156,7 @@ fn drifts<'a>(d: &'a DomainView<'a>, s: Subject<'a>, vcpu: String) -> impl Itera
             expected: f.expected,
             actual: f.actual,
             owners: f.owners,
+            more_owners: f.more_owners,
         })
     })
 }
