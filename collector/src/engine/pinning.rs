@@ -879,6 +879,8 @@ impl PinningEngine {
                 }
             }
         }
+        // One batch read of the whole map; per-thread lookups where the kernel cannot batch.
+        let batch = probe.placements().ok();
         for o in observations.iter_mut() {
             let tids: Vec<u32> = o
                 .domain
@@ -890,7 +892,11 @@ impl PinningEngine {
                 let Some(w) = self.watched.get_mut(&tid) else {
                     continue;
                 };
-                match probe.placement(tid) {
+                let placement = match &batch {
+                    Some(all) => Ok(all.get(&tid).cloned()),
+                    None => probe.placement(tid),
+                };
+                match placement {
                     Ok(Some(p)) => {
                         w.samples.push_back((now, p.off_pin_ns));
                         while w.samples.len() > 1

@@ -49,8 +49,16 @@ impl CpuSet {
         s
     }
 
-    /// A set from a bitmap, trimmed of trailing zero words.
-    fn from_words(mut words: Vec<u64>) -> Self {
+    /// A set from a bitmap (CPU `64 * i + b` is bit `b` of word `i`), trimmed of trailing zero
+    /// words. Bits above [`MAX_CPU`] are dropped, as [`CpuSet::insert`] refuses them.
+    pub(crate) fn from_words(mut words: Vec<u64>) -> Self {
+        words.truncate((MAX_CPU / WORD_BITS + 1) as usize);
+        if let Some(last) = words.get_mut((MAX_CPU / WORD_BITS) as usize) {
+            let keep = MAX_CPU % WORD_BITS;
+            if keep < WORD_BITS - 1 {
+                *last &= (1u64 << (keep + 1)) - 1;
+            }
+        }
         while words.last() == Some(&0) {
             words.pop();
         }
@@ -338,5 +346,21 @@ mod tests {
         assert!(a.intersects(&b));
         assert_eq!(a.intersection(&b), CpuSet::single(3));
         assert!(!a.intersects(&"4".parse().unwrap()));
+    }
+
+    #[test]
+    fn from_words_equals_the_same_cpus_inserted() {
+        let words = vec![0b1011, 0, 1 << 63, 0, 0];
+        let set = CpuSet::from_words(words);
+        let inserted: CpuSet = [0, 1, 3, 191].into_iter().collect();
+        assert_eq!(set, inserted);
+        assert_eq!(set.to_string(), "0-1,3,191");
+        assert_eq!(CpuSet::from_words(vec![0, 0]), CpuSet::new());
+        let mut huge = vec![0u64; 200];
+        huge[127] = u64::MAX;
+        huge[199] = 1;
+        let capped = CpuSet::from_words(huge);
+        assert_eq!(capped.iter().last(), Some(MAX_CPU));
+        assert_eq!(capped.len(), 64);
     }
 }

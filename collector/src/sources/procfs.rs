@@ -466,15 +466,7 @@ fn syscall_affinity(tid: u32) -> io::Result<CpuSet> {
     // The raw syscall returns the number of bytes it wrote (the kernel's mask size).
     let written = usize::try_from(rc).map_err(|_| io::Error::last_os_error())?;
     let used = words.get(..written.div_ceil(8)).unwrap_or(&words);
-    Ok(used
-        .iter()
-        .zip(0u32..)
-        .flat_map(|(&w, i)| {
-            (0..64u32)
-                .filter(move |b| w & (1 << b) != 0)
-                .map(move |b| i * 64 + b)
-        })
-        .collect())
+    Ok(CpuSet::from_words(used.to_vec()))
 }
 
 /// `Cpus_allowed_list` from a `status` file (falling back to the `Cpus_allowed` hex mask).

@@ -10,6 +10,7 @@
 //! tracepoint's field offsets from its tracefs `format` file ([`tracefs`]). aya never parses the
 //! kernel's whole BTF when it can be helped ([`loader`], and a one-type stand-in for `tp_btf`).
 
+mod batch;
 pub mod btf;
 pub(crate) mod events;
 pub(crate) mod loader;
@@ -20,7 +21,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
@@ -619,6 +620,37 @@ impl SchedProbe {
             last_cpu: s.last_cpu,
             running_ns,
         }))
+    }
+
+    /// What the kernel measured for every watched thread, read in batches of the whole map
+    /// (`BPF_MAP_LOOKUP_BATCH`: a few syscalls per tick instead of one per thread). `Err` when
+    /// the kernel cannot batch-read the map: the caller falls back to [`Self::placement`].
+    pub fn placements(&self) -> std::io::Result<HashMap<u32, VcpuPlacement>> {
+        let fd = aya::maps::IterableMap::map(&self.stats).fd().as_fd();
+        let entries = batch::lookup_all::<PlacementStats>(fd, self.watched.len())?;
+        let now = monotonic_ns();
+        Ok(entries
+            .into_iter()
+            .filter(|(tid, _)| self.watched.contains(tid))
+            .map(|(tid, s)| {
+                let running_ns = if s.last_in_ns == 0 {
+                    0
+                } else {
+                    now.saturating_sub(s.last_in_ns)
+                };
+                (
+                    tid,
+                    VcpuPlacement {
+                        on_pin_ns: s.on_pin_ns,
+                        off_pin_ns: s.off_pin_ns,
+                        migrations: s.migrations,
+                        switches: s.switches,
+                        last_cpu: s.last_cpu,
+                        running_ns,
+                    },
+                )
+            })
+            .collect())
     }
 
     /// Per program: (name, run_time_ns, run_count) from the kernel's BPF statistics.

@@ -144,6 +144,48 @@ fn placement_scenario(mut probe: SchedProbe) {
         .placement(tid)
         .expect("read placement")
         .expect("watched thread has stats");
+    // The batch read of the whole map agrees with the per-thread read, across several batches
+    // (more entries than its first buffer holds).
+    let others: Vec<u32> = (0..300).map(|i| 4_000_000 + i).collect();
+    for t in &others {
+        probe
+            .watch(*t, &"1".parse().expect("cpu list"))
+            .expect("watch");
+    }
+    let all = probe.placements().expect("batch read");
+    assert_eq!(all.len(), 1 + others.len(), "every watched thread");
+    let b = all[&tid];
+    assert_eq!(
+        (
+            b.on_pin_ns,
+            b.off_pin_ns,
+            b.migrations,
+            b.switches,
+            b.last_cpu
+        ),
+        (
+            p.on_pin_ns,
+            p.off_pin_ns,
+            p.migrations,
+            p.switches,
+            p.last_cpu
+        ),
+        "batch and single reads of a sleeping thread"
+    );
+    assert!(others.iter().all(|t| all[t].switches == 0));
+    let fd = aya::maps::IterableMap::map(&probe.stats).fd().as_fd();
+    let mut small: Vec<u32> = super::batch::lookup_all::<PlacementStats>(fd, 1)
+        .expect("batches of 65")
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    small.sort_unstable();
+    let mut want: Vec<u32> = all.keys().copied().collect();
+    want.sort_unstable();
+    assert_eq!(small, want, "small batches read every entry once");
+    for t in &others {
+        probe.unwatch(*t).expect("unwatch");
+    }
     go_tx.send(()).expect("finish");
     worker.join().expect("worker");
     println!(
