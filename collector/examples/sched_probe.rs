@@ -6,12 +6,15 @@
 //! Arguments: `[--mode tp_btf|raw_tp|tracepoint|nop] [--no-stats] [--watch TID:CPULIST]...`
 //! (`nop` attaches the object's empty tp_btf program instead: the benchmark's floor).
 //! Prints `ready mode=<mode>` once attached, then answers one line per stdin command:
-//! `watch TID CPULIST`, `unwatch TID`, `placement TID`, `stats`, `quit`.
+//! `watch TID CPULIST`, `unwatch TID`, `placement TID`, `dedicate CPU OWNER_TID` (mark CPU
+//! dedicated to a vCPU thread; the intrusion path runs on every switch there), `undedicate`,
+//! `stolen CPU`, `intruders`, `stats`, `quit`.
 
 use std::io::{BufRead, Write};
 
 use pinflow::model::cpuset::CpuSet;
-use pinflow::sources::sched_bpf::{AttachMode, SchedProbe};
+use pinflow::sources::sched_bpf::{AttachMode, CpuOwner, SchedProbe};
+use std::collections::HashMap;
 
 fn parse_mode(s: &str) -> Result<AttachMode, String> {
     AttachMode::ALL
@@ -134,6 +137,29 @@ fn run() -> Result<(), String> {
                 Ok(Ok(p)) => format!("placement {p:?}"),
                 Ok(Err(e)) => format!("error {e}"),
                 Err(_) => "error bad tid".to_string(),
+            },
+            ["dedicate", cpu, tid] => match (cpu.parse(), tid.parse()) {
+                (Ok(cpu), Ok(tid)) => {
+                    let owners = HashMap::from([(cpu, CpuOwner { domain: 1, tid })]);
+                    match probe.set_dedicated(&owners) {
+                        0 => "ok".to_string(),
+                        n => format!("error {n} map writes failed"),
+                    }
+                }
+                _ => "error bad cpu or tid".to_string(),
+            },
+            ["undedicate"] => match probe.set_dedicated(&HashMap::new()) {
+                0 => "ok".to_string(),
+                n => format!("error {n} map writes failed"),
+            },
+            ["stolen", cpu] => match cpu.parse().map(|c| probe.stolen(c)) {
+                Ok(Ok(ns)) => format!("stolen {ns:?}"),
+                Ok(Err(e)) => format!("error {e}"),
+                Err(_) => "error bad cpu".to_string(),
+            },
+            ["intruders"] => match probe.intruders() {
+                Ok(v) => format!("intruders {v:?}"),
+                Err(e) => format!("error {e}"),
             },
             ["stats"] => match probe.program_stats().first() {
                 Some(s) => format!(
