@@ -542,6 +542,7 @@ impl Testbed {
             | Presence::OvsBridge
             | Presence::Finding => true,
             Presence::SchedBpf | Presence::BpfStats => self.sched_bpf,
+            Presence::DedicatedCpu => false,
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
             Presence::DropReasons | Presence::HostCpuChecks => false,

@@ -67,6 +67,9 @@ pub(crate) struct PinningConfig {
     /// In events mode, seconds between full procfs passes (the safety net; also when the
     /// `pinflow_vcpu_wait_seconds_total` counters move).
     pub(crate) reconcile_seconds: f64,
+    /// Share of a dedicated pCPU (0..=1) other tasks may take within the placement window
+    /// before the owner vCPU drifts (`check="stolen"`, eBPF).
+    pub(crate) stolen_share: f64,
     /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
     /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).
     pub(crate) bpf_stats: bool,
@@ -81,6 +84,7 @@ impl Default for PinningConfig {
             events: true,
             affinity_events: false,
             reconcile_seconds: 30.0,
+            stolen_share: 0.05,
             bpf_stats: false,
         }
     }
@@ -220,6 +224,7 @@ pub(crate) struct PinningEngine {
     tid_domain: HashMap<u32, usize>,
     passes: PinningPasses,
     last_full: Instant,
+    stolen: super::stolen::StolenTracker,
 }
 
 impl PinningEngine {
@@ -275,6 +280,7 @@ impl PinningEngine {
             tid_domain: HashMap::new(),
             passes,
             last_full: Instant::now(),
+            stolen: Default::default(),
         }
     }
 
@@ -833,6 +839,26 @@ impl PinningEngine {
                 }
             }
         }
+        let before: Vec<_> = observations
+            .iter()
+            .map(|o| {
+                o.stolen
+                    .iter()
+                    .map(|(c, x)| (*c, x.ns_total, x.ns_window))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (intrusions, stolen_errors) =
+            self.stolen
+                .sync(probe, observations, window, self.cfg.stolen_share, now);
+        errors += stolen_errors;
+        changed |= observations.iter().zip(&before).any(|(o, b)| {
+            o.stolen.len() != b.len()
+                || o.stolen.iter().zip(b).any(|((c, x), (bc, bt, bw))| {
+                    c != bc || x.ns_total != *bt || x.ns_window != *bw
+                })
+        }) || observations.len() != before.len();
+        self.state.intrusions.set_if_changed(intrusions);
         if errors > 0 {
             self.state.sources.errors(sched_bpf::SOURCE.name, errors);
         }

@@ -38,6 +38,9 @@ pub enum Presence {
     PinnedCpu,
     /// Per domain while the eBPF `sched_switch` probe is attached (`source="sched_bpf"` up).
     SchedBpf,
+    /// Per pCPU dedicated to one vCPU (pinned there alone) × intruder class seen, while the eBPF
+    /// `sched_switch` probe is attached.
+    DedicatedCpu,
     /// Per OVS bridge (OVSDB and its OpenFlow session up).
     OvsBridge,
     /// Per OVS kernel datapath (`openvswitch.ko` with a datapath; not with the userspace datapath).
@@ -68,6 +71,9 @@ impl Presence {
             Presence::Domain => "per running domain",
             Presence::PinnedCpu => "per pCPU with pinned vCPUs",
             Presence::SchedBpf => "per domain, eBPF `sched_switch` probe attached",
+            Presence::DedicatedCpu => {
+                "per dedicated pCPU × intruder class seen, eBPF `sched_switch` probe attached"
+            }
             Presence::OvsBridge => "per OVS bridge",
             Presence::KernelDatapath => "per OVS kernel datapath",
             Presence::DatapathBpf => "kernel datapath + eBPF on `openvswitch` tracepoints",
@@ -210,7 +216,7 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
     kind: Kind::Gauge,
     labels: &["domain", "check"],
     help: "vCPUs of the domain currently drifting, per pinning check",
-    notes: "`check`: `affinity`, `cpuset`, `cgroup`, `placement`, `overlap` (see the README's pinning checks). Every check of every domain is present, 0 when healthy.",
+    notes: "`check`: `affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `stolen` (see the README's pinning checks). Every check of every domain is present, 0 when healthy.",
     example: "count by (check) (sum by (instance, check) (pinflow_domain_drifted_vcpus) > 0)",
     presence: Presence::Domain,
     area: Area::Pinning,
@@ -218,7 +224,7 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
         crate::model::pinning::Check::ALL.len() as u32,
         0,
         0,
-        "running domains × 5 checks",
+        "running domains × 6 checks",
     ),
 };
 
@@ -241,7 +247,7 @@ pub const VCPU_PINNING_DRIFT: Family = Family {
     kind: Kind::Gauge,
     labels: &["domain", "vcpu", "check", "expected", "actual"],
     help: "Present (1) only while this vCPU (or the emulator threads) drifts for this check",
-    notes: "`vcpu` is the vCPU number or `emulator`; `expected` and `actual` are CPU lists, for `cgroup` the expected and actual cgroup, for `overlap` the pCPUs and the domain that owns them.",
+    notes: "`vcpu` is the vCPU number or `emulator`; `expected` and `actual` are CPU lists, for `cgroup` the expected and actual cgroup, for `overlap` the pCPUs and the domain that owns them, for `stolen` the dedicated pCPU and the intruder class that took the most of it in the window (`other_vcpu`, `other_emulator`, `own_emulator`, `kernel`, `host`; who exactly: `/api/v1/intrusions`).",
     example: "pinflow_vcpu_pinning_drift{check=\"affinity\"} * on (instance, domain) group_left (name) pinflow_instance_info",
     presence: Presence::Finding,
     area: Area::Pinning,
@@ -249,7 +255,7 @@ pub const VCPU_PINNING_DRIFT: Family = Family {
         0,
         0,
         0,
-        "drifting vCPUs × checks (vCPUs of the host × 5 at most)",
+        "drifting vCPUs × checks (vCPUs of the host × 6 at most)",
     ),
 };
 
@@ -264,6 +270,24 @@ pub const VCPU_OFFPIN_SECONDS: Family = Family {
     presence: Presence::SchedBpf,
     area: Area::Pinning,
     series: series(1, 0, 0, "running domains"),
+};
+
+/// `pinflow_pcpu_stolen_seconds_total`.
+pub const PCPU_STOLEN_SECONDS: Family = Family {
+    name: "pinflow_pcpu_stolen_seconds_total",
+    kind: Kind::Counter,
+    labels: &["domain", "cpu", "intruder"],
+    help: "Time other tasks ran on a pCPU dedicated to one of the domain's vCPUs (pinned there alone), by intruder class (eBPF sched_switch)",
+    notes: "`intruder`: `other_vcpu` (a vCPU thread other than the owner), `other_emulator` (another instance's emulator, I/O or vhost thread), `own_emulator` (the owner's own non-vCPU threads), `kernel` (a host kernel thread), `host` (any other host task). Idle and the owner vCPU are never counted. Only classes seen on the pCPU since it was dedicated to the domain have a series; who exactly: `/api/v1/intrusions`.",
+    example: "topk(10, sum by (instance, domain, intruder) (rate(pinflow_pcpu_stolen_seconds_total[5m])))",
+    presence: Presence::DedicatedCpu,
+    area: Area::Pinning,
+    series: series(
+        1,
+        0,
+        0,
+        "dedicated pCPUs × intruder classes seen (≤ 5 each; on a healthy host usually `kernel` only: 1 per dedicated vCPU)",
+    ),
 };
 
 /// `pinflow_vcpu_migrations_total`.
@@ -742,6 +766,7 @@ pub const ALL: &[&Family] = &[
     &DOMAIN_VCPUS,
     &VCPU_PINNING_DRIFT,
     &VCPU_OFFPIN_SECONDS,
+    &PCPU_STOLEN_SECONDS,
     &VCPU_MIGRATIONS,
     &VCPU_WAIT_SECONDS,
     &PCPU_PINNED_VCPUS,

@@ -2,7 +2,7 @@
 //!
 //! Pure: input is one [`DomainObservation`] per running domain (libvirt's live XML + procfs/cgroupfs +
 //! eBPF placement), output a [`PinningReport`]. The checks are DESIGN.md's table, one file each
-//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`): a check is a [`Check`] variant plus
+//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `stolen`): a check is a [`Check`] variant plus
 //! one function `check(domain, subject) -> Option<Finding>` registered in `run`. This driver
 //! runs every check of [`Check::ALL`] on every vCPU, then on the emulator threads, in that order.
 
@@ -11,13 +11,14 @@ mod cgroup;
 mod cpuset;
 mod overlap;
 mod placement;
+mod stolen;
 #[cfg(test)]
 mod tests;
 
 use crate::model::cpuset::CpuSet;
 use crate::model::pinning::{
-    Check, DomainObservation, DomainReport, Drift, OverlapOwner, PinKind, PinningReport,
-    PlacementSample, VcpuReport,
+    Check, DomainObservation, DomainReport, Drift, INTRUDER_LABELS, OverlapOwner, PcpuStolen,
+    PinKind, PinningReport, PlacementSample, VcpuReport,
 };
 use crate::model::{Domain, ThreadState, VcpuSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,6 +89,7 @@ fn run(check: Check, d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
         Check::Cgroup => cgroup::check(d, s),
         Check::Placement => placement::check(d, s),
         Check::Overlap => overlap::check(d, s),
+        Check::Stolen => stolen::check(d, s),
     }
 }
 
@@ -116,6 +118,35 @@ fn dedicated_pcpus(obs: &[DomainObservation]) -> BTreeMap<u32, BTreeSet<String>>
                 for cpu in pin.iter() {
                     owners.entry(cpu).or_default().insert(d.name.clone());
                 }
+            }
+        }
+    }
+    owners
+}
+
+/// The vCPU owning each dedicated pCPU, for intrusion accounting: a pCPU exactly one vCPU of the
+/// host is pinned to (`<vcpupin>` to that one pCPU, [`PinKind::Dedicated`]), with its thread
+/// known. Values: (index of the observation, vCPU index, vCPU thread id).
+pub(crate) fn dedicated_owners(obs: &[DomainObservation]) -> BTreeMap<u32, (usize, u32, u32)> {
+    let mut vcpupins: BTreeMap<u32, u32> = BTreeMap::new();
+    for d in obs.iter().filter_map(|o| o.domain.as_ref()) {
+        for v in d.vcpus.iter().filter(|v| !v.shared_set) {
+            for cpu in v.pin.iter().flat_map(CpuSet::iter) {
+                *vcpupins.entry(cpu).or_default() += 1;
+            }
+        }
+    }
+    let mut owners = BTreeMap::new();
+    for (i, o) in obs.iter().enumerate() {
+        let Some(d) = &o.domain else { continue };
+        for v in &d.vcpus {
+            let (Some(tid), Some(pin)) = (v.tid, &v.pin) else {
+                continue;
+            };
+            if pin_kind(v, &vcpupins) == PinKind::Dedicated
+                && let Some(cpu) = pin.iter().next()
+            {
+                owners.insert(cpu, (i, v.id, tid));
             }
         }
     }
@@ -193,6 +224,25 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
     let migrations = saturating_sum(placements().map(|p| p.migrations_total));
     let wait_ns = saturating_sum(views.iter().filter_map(|v| v.state).map(|s| s.wait_ns));
     let have_bpf = !o.placement.is_empty();
+    let stolen = o
+        .stolen
+        .iter()
+        .map(|(cpu, x)| PcpuStolen {
+            cpu: *cpu,
+            vcpu: dom
+                .vcpus
+                .iter()
+                .find(|v| v.tid == Some(x.vcpu_tid))
+                .map(|v| v.id),
+            seconds_total: INTRUDER_LABELS
+                .iter()
+                .zip(x.ns_total)
+                .filter(|(_, ns)| *ns > 0)
+                .map(|(l, ns)| (*l, ns as f64 / 1e9))
+                .collect(),
+            window_share: x.window_share(),
+        })
+        .collect();
     DomainReport {
         domain: dom.name.clone(),
         uuid: dom.uuid.clone(),
@@ -204,6 +254,7 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
         offpin_seconds_total: have_bpf.then(|| offpin_ns as f64 / 1e9),
         migrations_total: have_bpf.then_some(migrations),
         wait_seconds_total: wait_ns as f64 / 1e9,
+        stolen,
     }
 }
 
