@@ -48,6 +48,8 @@ pub(crate) struct StolenTracker {
     /// Snapshots of the top-intruder table: ns per (CPU, tid), oldest first.
     snapshots: VecDeque<(Instant, HashMap<(u32, u32), u64>)>,
     info: HashMap<(u32, u32), IntruderInfo>,
+    /// The owner vCPU thread of each dedicated pCPU, as last chosen.
+    owner_tid: HashMap<u32, u32>,
 }
 
 /// Increment of a kernel counter since `last` (the whole value when it went down: never negative).
@@ -99,7 +101,20 @@ impl StolenTracker {
             }
         }
         errors += probe.set_domain_threads(&threads);
-        let owners = dedicated_owners(observations);
+        // One owner per pCPU: the vCPU that owns it now while it is still pinned there alone,
+        // else the first candidate; other vCPUs pinned there (an overlap) are its intruders.
+        let owners: BTreeMap<u32, (usize, u32, u32)> = dedicated_owners(observations)
+            .into_iter()
+            .filter_map(|(cpu, candidates)| {
+                let incumbent = self.owner_tid.get(&cpu).copied();
+                let pick = candidates
+                    .iter()
+                    .find(|c| Some(c.2) == incumbent)
+                    .or(candidates.first())?;
+                Some((cpu, *pick))
+            })
+            .collect();
+        self.owner_tid = owners.iter().map(|(cpu, o)| (*cpu, o.2)).collect();
         let kernel_owners: HashMap<u32, CpuOwner> = owners
             .iter()
             .filter_map(|(cpu, (i, _, tid))| {

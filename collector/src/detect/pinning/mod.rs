@@ -124,29 +124,23 @@ fn dedicated_pcpus(obs: &[DomainObservation]) -> BTreeMap<u32, BTreeSet<String>>
     owners
 }
 
-/// The vCPU owning each dedicated pCPU, for intrusion accounting: a pCPU exactly one vCPU of the
-/// host is pinned to (`<vcpupin>` to that one pCPU, [`PinKind::Dedicated`]), with its thread
-/// known. Values: (index of the observation, vCPU index, vCPU thread id).
-pub(crate) fn dedicated_owners(obs: &[DomainObservation]) -> BTreeMap<u32, (usize, u32, u32)> {
-    let mut vcpupins: BTreeMap<u32, u32> = BTreeMap::new();
-    for d in obs.iter().filter_map(|o| o.domain.as_ref()) {
-        for v in d.vcpus.iter().filter(|v| !v.shared_set) {
-            for cpu in v.pin.iter().flat_map(CpuSet::iter) {
-                *vcpupins.entry(cpu).or_default() += 1;
-            }
-        }
-    }
-    let mut owners = BTreeMap::new();
+/// The vCPUs pinned alone to each dedicated pCPU, for intrusion accounting: `<vcpupin>` to that
+/// one pCPU (the owners of [`dedicated_pcpus`], as the `overlap` check counts them), thread
+/// known. Several owners of one pCPU are an overlap; the accounting keeps one of them (the
+/// engine's choice) and counts the others as intruders. Values: (index of the observation,
+/// vCPU index, vCPU thread id), in observation order.
+pub(crate) fn dedicated_owners(obs: &[DomainObservation]) -> BTreeMap<u32, Vec<(usize, u32, u32)>> {
+    let mut owners: BTreeMap<u32, Vec<(usize, u32, u32)>> = BTreeMap::new();
     for (i, o) in obs.iter().enumerate() {
         let Some(d) = &o.domain else { continue };
-        for v in &d.vcpus {
+        for v in d.vcpus.iter().filter(|v| !v.shared_set) {
             let (Some(tid), Some(pin)) = (v.tid, &v.pin) else {
                 continue;
             };
-            if pin_kind(v, &vcpupins) == PinKind::Dedicated
+            if pin.len() == 1
                 && let Some(cpu) = pin.iter().next()
             {
-                owners.insert(cpu, (i, v.id, tid));
+                owners.entry(cpu).or_default().push((i, v.id, tid));
             }
         }
     }
