@@ -15,8 +15,8 @@
 //! differences are printed too.
 //!
 //! Knobs (environment): `PINFLOW_BENCH_LOOPS` (round trips per perf run, default 20000),
-//! `PINFLOW_BENCH_REPS` (repetitions, default 15), `PINFLOW_BENCH_ONLY` (comma-separated
-//! parts of scenario names to run; the baseline always runs), `PINFLOW_BENCH_BASE_HELPER` (the
+//! `PINFLOW_BENCH_REPS` (repetitions, default 15), `PINFLOW_BENCH_ONLY` (`|`-separated scenario
+//! names to run; the baseline always runs), `PINFLOW_BENCH_BASE_HELPER` (the
 //! `sched_probe` example of another build, e.g. main's, for the `base helper` scenario), `PINFLOW_BENCH_RUNS` (perf runs per scenario
 //! and repetition, default 3), `PINFLOW_BENCH_RT=1` (run perf under `chrt -f 10` so other work on
 //! CPU 0 cannot preempt it), `PERF` (perf binary, default `perf`).
@@ -250,7 +250,7 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
             }
             if sc.probed()
                 && let Ok(only) = std::env::var("PINFLOW_BENCH_ONLY")
-                && !only.split(',').any(|o| sc.name.contains(o.trim()))
+                && !only.split('|').any(|o| sc.name == o.trim())
             {
                 out.skipped = Some("not in PINFLOW_BENCH_ONLY".to_string());
                 continue;
