@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 type Classes = [u64; INTRUDER_CLASSES];
+/// Run time per (CPU, tid) in the kernel's top-intruder table at one read, ns.
+type Snapshot = HashMap<(u32, u32), u64>;
 
 /// What one intruder was at first sight.
 #[derive(Clone, Debug)]
@@ -46,7 +48,7 @@ pub(crate) struct StolenTracker {
     /// Per (domain, CPU).
     dedications: HashMap<(String, u32), Dedication>,
     /// Snapshots of the top-intruder table: ns per (CPU, tid), oldest first.
-    snapshots: VecDeque<(Instant, HashMap<(u32, u32), u64>)>,
+    snapshots: VecDeque<(Instant, Snapshot)>,
     info: HashMap<(u32, u32), IntruderInfo>,
     /// The owner vCPU thread of each dedicated pCPU, as last chosen.
     owner_tid: HashMap<u32, u32>,
