@@ -283,10 +283,10 @@ pub const PCPU_STOLEN_SECONDS: Family = Family {
     presence: Presence::DedicatedCpu,
     area: Area::Pinning,
     series: series(
-        1,
         0,
         0,
-        "dedicated pCPUs × intruder classes seen (≤ 5 each; on a healthy host usually `kernel` only: 1 per dedicated vCPU)",
+        0,
+        "dedicated vCPUs (one pCPU each) × intruder classes seen: ≤ 5 per dedicated vCPU, typically 1–2 (`kernel`, `host`) on a host without `isolcpus`/`nohz_full`; outside the per-instance line because it grows with the instance's dedicated vCPUs, not with instances",
     ),
 };
 
