@@ -6,8 +6,8 @@
 //! Arguments: `[--mode tp_btf|raw_tp|tracepoint|nop] [--no-stats] [--watch TID:CPULIST]...`
 //! (`nop` attaches the object's empty tp_btf program instead: the benchmark's floor).
 //! Prints `ready mode=<mode>` once attached, then answers one line per stdin command:
-//! `watch TID CPULIST`, `unwatch TID`, `placement TID`, `dedicate CPU OWNER_TID` (mark CPU
-//! dedicated to a vCPU thread; the intrusion path runs on every switch there), `undedicate`,
+//! `watch TID CPULIST`, `unwatch TID`, `placement TID`, `dedicate CPULIST OWNER_TID` (mark the
+//! CPUs dedicated to a vCPU thread; the intrusion path runs on every switch there), `undedicate`,
 //! `stolen CPU`, `intruders`, `stats`, `quit`.
 
 use std::io::{BufRead, Write};
@@ -138,15 +138,18 @@ fn run() -> Result<(), String> {
                 Ok(Err(e)) => format!("error {e}"),
                 Err(_) => "error bad tid".to_string(),
             },
-            ["dedicate", cpu, tid] => match (cpu.parse(), tid.parse()) {
-                (Ok(cpu), Ok(tid)) => {
-                    let owners = HashMap::from([(cpu, CpuOwner { domain: 1, tid })]);
+            ["dedicate", cpus, tid] => match (cpus.parse::<CpuSet>(), tid.parse()) {
+                (Ok(cpus), Ok(tid)) => {
+                    let owners: HashMap<u32, CpuOwner> = cpus
+                        .iter()
+                        .map(|c| (c, CpuOwner { domain: 1, tid }))
+                        .collect();
                     match probe.set_dedicated(&owners) {
                         0 => "ok".to_string(),
                         n => format!("error {n} map writes failed"),
                     }
                 }
-                _ => "error bad cpu or tid".to_string(),
+                _ => "error bad cpu list or tid".to_string(),
             },
             ["undedicate"] => match probe.set_dedicated(&HashMap::new()) {
                 0 => "ok".to_string(),

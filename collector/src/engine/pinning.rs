@@ -68,7 +68,7 @@ pub(crate) struct PinningConfig {
     /// `pinflow_vcpu_wait_seconds_total` counters move).
     pub(crate) reconcile_seconds: f64,
     /// Share of a dedicated pCPU (0..=1) other tasks may take within the placement window
-    /// before the owner vCPU drifts (`check="stolen"`, eBPF).
+    /// before the owner vCPU drifts (`check="stolen"`, eBPF); 1 switches the check off.
     pub(crate) stolen_share: f64,
     /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
     /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).

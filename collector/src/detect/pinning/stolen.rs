@@ -10,7 +10,8 @@ pub(super) fn check(d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
     let v = s.vcpu()?;
     let tid = v.spec.tid?;
     let (cpu, sample) = d.obs.stolen.iter().find(|(_, x)| x.vcpu_tid == tid)?;
-    if sample.window_share() <= sample.limit {
+    // A limit of 1 (the whole pCPU) switches the check off.
+    if sample.limit >= 1.0 || sample.window_share() <= sample.limit {
         return None;
     }
     Some(Finding::new(cpu, sample.top_class()?))
@@ -48,6 +49,15 @@ mod tests {
             vec![(Check::Stolen, "0".into(), "0".into(), "host".into())]
         );
         assert_eq!(r.domains[0].drifted_vcpus[&Check::Stolen], 1);
+    }
+
+    #[test]
+    fn a_limit_of_one_is_off() {
+        let mut a = healthy("a", 101, &["0"]);
+        let mut s = sample([0, 0, 0, 0, 1_100_000_000]);
+        s.limit = 1.0;
+        a.stolen.insert(0, s);
+        assert!(drifts(&evaluate(&[a]), "a").is_empty());
     }
 
     #[test]
