@@ -138,26 +138,30 @@ impl StolenTracker {
             let Some(name) = names.get(*i).and_then(|n| n.clone()) else {
                 continue;
             };
+            let key = (name, *cpu);
             let cur = match probe.stolen(*cpu) {
                 Ok(c) => c,
                 Err(_) => {
+                    // Keep what was counted (the series stay monotonic); read again next pass.
                     errors += 1;
+                    if self.dedications.contains_key(&key) {
+                        live.insert(key, *i);
+                    }
                     continue;
                 }
             };
             let last = self.last.insert(*cpu, cur);
-            let key = (name, *cpu);
             let fresh = self
                 .dedications
                 .get(&key)
                 .is_none_or(|d| d.vcpu_tid != *tid);
             if fresh {
-                let mut samples = VecDeque::new();
-                samples.push_back((now, [0; INTRUDER_CLASSES]));
+                // A new owner vCPU of the domain keeps the series' totals; its window starts now.
                 let totals = self
                     .dedications
                     .remove(&key)
                     .map_or([0; INTRUDER_CLASSES], |d| d.totals);
+                let samples = VecDeque::from([(now, totals)]);
                 self.dedications.insert(
                     key.clone(),
                     Dedication {
