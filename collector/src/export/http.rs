@@ -805,6 +805,56 @@ mod tests {
         assert_eq!(calls.get(), 3);
     }
 
+    /// `/api/v1/intrusions` serialises what the pinning pipeline published, nothing more.
+    #[tokio::test]
+    async fn intrusions_are_served_as_published() {
+        use crate::model::pinning::{IntruderReport, IntrusionsReport, PcpuIntrusions};
+        use tower::ServiceExt as _;
+        let state = SharedState::default();
+        state.intrusions.set(IntrusionsReport {
+            window_seconds: 5.0,
+            stolen_share_limit: 0.05,
+            pcpus: vec![PcpuIntrusions {
+                cpu: 3,
+                domain: "instance-1".into(),
+                vcpu: Some(0),
+                vcpu_tid: 4242,
+                stolen_share: 0.5,
+                stolen_seconds: [("host", 2.5)].into_iter().collect(),
+                top: vec![IntruderReport {
+                    pid: 77,
+                    tid: 78,
+                    comm: "stress".into(),
+                    class: "host",
+                    seconds: 2.5,
+                }],
+            }],
+        });
+        let build = crate::export::health::BuildInfo {
+            version: "0".into(),
+            revision: "r".into(),
+            rustc: "rustc".into(),
+            kernel: "k".into(),
+        };
+        let app = router(
+            state,
+            build,
+            ExportConfig::default(),
+            &RouterOptions::default(),
+            None,
+        );
+        let r = app.oneshot(get("/api/v1/intrusions")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["pcpus"][0]["domain"], "instance-1");
+        assert_eq!(v["pcpus"][0]["top"][0]["comm"], "stress");
+        assert_eq!(v["pcpus"][0]["top"][0]["pid"], 77);
+        assert_eq!(v["pcpus"][0]["stolen_seconds"]["host"], 2.5);
+    }
+
     /// A router over empty reports.
     fn test_router() -> Router {
         let build = crate::export::health::BuildInfo {
