@@ -263,9 +263,10 @@ pub struct IntruderStats {
     pub ns: u64,
     /// Process id (tgid) of the thread.
     pub tgid: u32,
-    /// [`IntruderClass`] index at first sight.
+    /// [`IntruderClass`] index as of its last slice.
     pub class: u32,
-    /// `comm` at first sight, NUL-padded.
+    /// `comm` as of its last slice (a task first seen between fork and exec gets its own name
+    /// at its next slice), NUL-padded.
     pub comm: [u8; 16],
 }
 

@@ -18,7 +18,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap},
@@ -217,8 +217,14 @@ fn on_dedicated(cpu: u32, d: &DedicatedCpu, prev: u32) {
     }
     let key = IntruderKey { cpu, tid: prev };
     match SCHED_INTRUDERS.get_ptr_mut(&key) {
-        // SAFETY: as above (the key holds this CPU, so only this CPU writes the entry).
-        Some(e) => unsafe { (*e).ns += slice },
+        // SAFETY: as above (the key holds this CPU, so only this CPU writes the entry). The comm
+        // is refreshed in place: a task seen first between fork and exec has its parent's.
+        Some(e) => unsafe {
+            (*e).ns += slice;
+            (*e).class = class;
+            let comm = core::ptr::addr_of_mut!((*e).comm);
+            generated::bpf_get_current_comm(comm.cast(), 16);
+        },
         None => {
             let stats = IntruderStats {
                 ns: slice,

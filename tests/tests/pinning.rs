@@ -1092,8 +1092,6 @@ fn stolen_time_on_a_dedicated_pcpu_is_charged_to_the_intruder() {
     // on stl-own's pCPU (stl-own, the owner so far, keeps it).
     let other_vcpu = other_dom.vcpu_tid(0);
     libvirt::virsh(&["vcpupin", "stl-other", "0", "1", "--live"]).expect("vcpupin");
-    // As the busy loop: most of a CPU the shared testbed crowds.
-    run("renice", &["-n", "-10", "-p", &other_vcpu.to_string()]);
     std::fs::copy(
         format!("{}/stl-other.xml", libvirt::STATE_DIR),
         state.path().join("stl-other.xml"),
@@ -1124,15 +1122,20 @@ fn stolen_time_on_a_dedicated_pcpu_is_charged_to_the_intruder() {
         .is_empty(),
         "stl-own keeps CPU 1"
     );
-    let entry = intrusions_of(&pf, 1);
-    let top = entry["top"].as_array().cloned().unwrap_or_default();
-    assert!(
+    // Named among the top 5 of the 10 s window once the busy loop's seconds have left it.
+    let mut entry = serde_json::Value::Null;
+    let named = wait_for(Duration::from_secs(25), || {
+        entry = intrusions_of(&pf, 1);
+        let top = entry["top"].as_array().cloned().unwrap_or_default();
         top.iter()
-            .any(|t| t["tid"].as_u64() == Some(u64::from(other_vcpu))
-                && t["class"] == "other_vcpu"
-                && t["comm"] == "CPU 0/KVM"),
-        "stl-other's vCPU {other_vcpu} in {entry}"
-    );
+            .any(|t| {
+                t["tid"].as_u64() == Some(u64::from(other_vcpu))
+                    && t["class"] == "other_vcpu"
+                    && t["comm"] == "CPU 0/KVM"
+            })
+            .then_some(())
+    });
+    assert!(named.is_some(), "stl-other's vCPU {other_vcpu} in {entry}");
     drop(pf);
     drop(other_dom);
     drop(own_dom);

@@ -21,7 +21,7 @@ type Classes = [u64; INTRUDER_CLASSES];
 /// Run time per (CPU, tid) in the kernel's top-intruder table at one read, ns.
 type Snapshot = HashMap<(u32, u32), u64>;
 
-/// What one intruder was at first sight.
+/// What one intruder was as of the last read.
 #[derive(Clone, Debug)]
 struct IntruderInfo {
     tgid: u32,

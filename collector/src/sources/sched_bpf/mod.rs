@@ -130,9 +130,9 @@ pub struct Intruder {
     pub tid: u32,
     /// Process id.
     pub tgid: u32,
-    /// Thread name at first sight.
+    /// Thread name as of its last slice on the pCPU.
     pub comm: String,
-    /// Its class at first sight.
+    /// Its class as of its last slice.
     pub class: layout::IntruderClass,
     /// Run time on the pCPU while dedicated, ns (monotonic while the entry lives).
     pub ns: u64,
