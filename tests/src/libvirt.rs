@@ -148,6 +148,13 @@ pub struct DomainSpec {
     /// Host tap devices of the domain's NICs (`<interface type='ethernet'><target dev>`), as Nova
     /// names them for OVS ports (`tapXXXXXXXX-XX`).
     pub taps: Vec<String>,
+    /// I/O threads (`<iothreads>`), each with its `<iothreadpin cpuset>` or `None`; QEMU names
+    /// thread i+1 `IO iothread{i+1}`.
+    pub iothread_pins: Vec<Option<String>>,
+    /// Extra `<cputune>` elements, verbatim (`<vcpusched …/>`).
+    pub cputune_extra: String,
+    /// `<numatune>` content, verbatim (`<memory mode='strict' nodeset='0'/>`).
+    pub numatune: Option<String>,
 }
 
 impl DomainSpec {
@@ -162,6 +169,9 @@ impl DomainSpec {
             nova: None,
             spin: false,
             taps: Vec::new(),
+            iothread_pins: Vec::new(),
+            cputune_extra: String::new(),
+            numatune: None,
         }
     }
 
@@ -224,7 +234,20 @@ impl DomainSpec {
             .enumerate()
             .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
             .collect();
-        if !pins.is_empty() || self.emulator_pin.is_some() {
+        if !self.iothread_pins.is_empty() {
+            let _ = writeln!(x, "  <iothreads>{}</iothreads>", self.iothread_pins.len());
+        }
+        let iopins: Vec<_> = self
+            .iothread_pins
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i + 1, p)))
+            .collect();
+        if !pins.is_empty()
+            || self.emulator_pin.is_some()
+            || !iopins.is_empty()
+            || !self.cputune_extra.is_empty()
+        {
             x.push_str("  <cputune>\n");
             for (i, p) in pins {
                 let _ = writeln!(x, "    <vcpupin vcpu='{i}' cpuset='{p}'/>");
@@ -232,7 +255,14 @@ impl DomainSpec {
             if let Some(e) = &self.emulator_pin {
                 let _ = writeln!(x, "    <emulatorpin cpuset='{e}'/>");
             }
+            for (i, p) in iopins {
+                let _ = writeln!(x, "    <iothreadpin iothread='{i}' cpuset='{p}'/>");
+            }
+            x.push_str(&self.cputune_extra);
             x.push_str("  </cputune>\n");
+        }
+        if let Some(n) = &self.numatune {
+            let _ = writeln!(x, "  <numatune>{n}</numatune>");
         }
         let _ = write!(
             x,

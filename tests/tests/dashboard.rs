@@ -540,6 +540,7 @@ impl Testbed {
             | Presence::Domain
             | Presence::PinnedCpu
             | Presence::OvsBridge
+            | Presence::NumaNode
             | Presence::Finding => true,
             Presence::SchedBpf | Presence::BpfStats => self.sched_bpf,
             Presence::DedicatedCpu => false,

@@ -199,8 +199,8 @@ fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
     assert_eq!(spec.caps, ["BPF", "PERFMON"], "the documented minimal set");
     assert!(spec.read_only_root && spec.no_new_privs && spec.host_network);
     assert!(
-        !spec.host_pid,
-        "hostPID is not needed: /host/proc is mounted"
+        spec.host_pid,
+        "hostPID: the affinity check's syscall needs the host's thread ids"
     );
     assert_eq!(spec.seccomp, "RuntimeDefault");
     for (src, dst, ro, _) in &spec.mounts {
@@ -646,10 +646,14 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
         "pinflow_instance_info",
         &[("domain", "pf-deploy")],
     );
-    assert_eq!(
-        info.len(),
-        1,
-        "the domain is seen through /host/proc without hostPID"
+    assert_eq!(info.len(), 1, "the domain is seen through /host/proc");
+    let procfs = scrape::sources(addr).expect("sources")["procfs"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        procfs.contains("events mode") && procfs.contains("by sched_getaffinity(2)"),
+        "the manifest's pod runs the cheap affinity check: {procfs}"
     );
     assert_eq!(info[0].labels["name"], "deploy-vm");
     assert_eq!(

@@ -232,3 +232,92 @@ fn check_rejects_unknown_config_keys_by_name() {
         "{text}"
     );
 }
+
+/// Issue 14 on a 2-node host (hand-made sysfs: CPU 0 on node 0, CPU 1 on node 1, huge-page
+/// pools on both) around a domain captured from libvirt 9.0 / QEMU 7.2 (`fx-tuned`: vCPUs pinned
+/// to 0 and 1, `IO iothread1` on 1 and `IO iothread2` on 0, `<vcpusched vcpus='0'
+/// scheduler='batch'>`, guest cell 0 with vCPUs 0-1 bound `strict` to host node 0), its threads
+/// as procfs showed them, its `memory.numa_stat` edited to put 156 MiB on node 1: `numa` drifts
+/// for the memory and for vCPU 1 (its pCPU is on node 1), nothing else; the pools are exported.
+#[test]
+fn numa_drift_and_hugepage_pools_on_a_two_node_host() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let fx = pinflow_tests::captured::fixtures();
+    std::fs::copy(
+        fx.join("libvirt/tuned/fx-tuned.xml"),
+        state.path().join("fx-tuned.xml"),
+    )
+    .expect("copy fx-tuned.xml");
+    let tree = fx.join("hostfs/numa-2node");
+    let args: Vec<String> = [
+        ("--libvirt-state-dir", state.path().to_path_buf()),
+        ("--proc-root", tree.join("proc")),
+        ("--sys-root", tree.join("sys")),
+    ]
+    .into_iter()
+    .flat_map(|(f, p)| [f.to_string(), p.to_string_lossy().into_owned()])
+    .collect();
+    let out = Command::new(bin())
+        .args(["pinning", "--json"])
+        .args(&args)
+        .output()
+        .expect("run pinflow pinning");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = &v["domains"][0];
+    assert_eq!(d["domain"], "fx-tuned");
+    let rows: Vec<(String, String, String, String)> = d["drifts"]
+        .as_array()
+        .expect("drifts")
+        .iter()
+        .map(|x| {
+            let s = |k: &str| x[k].as_str().unwrap_or_default().to_string();
+            (s("vcpu"), s("check"), s("expected"), s("actual"))
+        })
+        .collect();
+    let row = |a: &str, b: &str, c: &str, e: &str| (a.into(), b.into(), c.into(), e.into());
+    assert_eq!(
+        rows,
+        vec![row("1", "numa", "0", "1"), row("memory", "numa", "0", "1")],
+        "{d}"
+    );
+    assert_eq!(d["drifted_vcpus"]["numa"], 1);
+    assert_eq!(d["numa_mems"], "0");
+    assert_eq!(d["numa_memory_bytes"]["1"], 40000u64 * 4096);
+
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pf = Pinflow::start(NO_EBPF, &args);
+    let seen = wait_for(Duration::from_secs(5), || {
+        let s = pf.scrape();
+        let pools = select(&s, "pinflow_node_hugepages", &[]).len();
+        (pools == 4).then_some(s)
+    });
+    let (s, _) = seen.unwrap_or_else(|| panic!("no hugepage pools\n{}", pf.log()));
+    let v = |name: &str, node: &str, size: &str| {
+        select(&s, name, &[("node", node), ("size", size)])
+            .first()
+            .map(|x| x.value)
+    };
+    assert_eq!(v("pinflow_node_hugepages", "1", "1073741824"), Some(2.0));
+    assert_eq!(
+        v("pinflow_node_hugepages_free", "1", "1073741824"),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("pinflow_node_hugepages_free", "0", "2097152"),
+        Some(256.0)
+    );
+    let drift = select(
+        &s,
+        "pinflow_vcpu_pinning_drift",
+        &[("domain", "fx-tuned"), ("check", "numa")],
+    );
+    let mut vcpus: Vec<&str> = drift.iter().map(|x| x.labels["vcpu"].as_str()).collect();
+    vcpus.sort_unstable();
+    assert_eq!(vcpus, ["1", "memory"], "{}", pf.log());
+}

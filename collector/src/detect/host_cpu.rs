@@ -232,6 +232,8 @@ mod tests {
             migrations_total: None,
             wait_seconds_total: 0.0,
             stolen: Vec::new(),
+            numa_memory_bytes: None,
+            numa_mems: None,
         }
     }
 
@@ -252,6 +254,7 @@ mod tests {
                 ),
             ],
             pcpu_pinned_vcpus: BTreeMap::new(),
+            numa_nodes: Vec::new(),
             passes: Default::default(),
         }
     }

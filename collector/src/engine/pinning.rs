@@ -18,7 +18,7 @@
 
 use serde::Deserialize;
 
-use crate::detect::pinning;
+use crate::detect::pinning::{self, placement};
 use crate::engine::findings_log::FindingsLog;
 use crate::engine::supervise::Supervisor;
 use crate::model::Domain;
@@ -26,7 +26,8 @@ use crate::model::cpuset::CpuSet;
 use crate::model::health::BpfProgramCost;
 use crate::model::inventory::HostInventory;
 use crate::model::pinning::{
-    DomainObservation, PinningMode, PinningPasses, PinningReport, PlacementSample,
+    DomainObservation, HostNode, NumaObservation, PinningMode, PinningPasses, PinningReport,
+    PlacementSample,
 };
 use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
@@ -73,7 +74,14 @@ pub(crate) struct PinningConfig {
     /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
     /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).
     pub(crate) bpf_stats: bool,
+    /// The `numa` check's tolerance: bytes of a domain's memory on host nodes outside its
+    /// `<numatune>` nodeset before it drifts (page cache and QEMU's own allocations made before
+    /// the binding land anywhere).
+    pub(crate) numa_tolerance_bytes: u64,
 }
+
+/// Default `[pinning] numa_tolerance_bytes`: 64 MiB.
+pub(crate) const DEFAULT_NUMA_TOLERANCE_BYTES: u64 = 64 << 20;
 
 impl Default for PinningConfig {
     fn default() -> Self {
@@ -86,6 +94,7 @@ impl Default for PinningConfig {
             reconcile_seconds: 30.0,
             stolen_share: 0.05,
             bpf_stats: false,
+            numa_tolerance_bytes: DEFAULT_NUMA_TOLERANCE_BYTES,
         }
     }
 }
@@ -225,6 +234,10 @@ pub(crate) struct PinningEngine {
     passes: PinningPasses,
     last_full: Instant,
     stolen: super::stolen::StolenTracker,
+    /// The host's NUMA nodes, and when they and the domains' NUMA placement were last read
+    /// (at full passes, at most every `reconcile_seconds`).
+    numa_nodes: Vec<HostNode>,
+    last_numa: Option<Instant>,
 }
 
 impl PinningEngine {
@@ -281,6 +294,8 @@ impl PinningEngine {
             passes,
             last_full: Instant::now(),
             stolen: Default::default(),
+            numa_nodes: Vec::new(),
+            last_numa: None,
         }
     }
 
@@ -416,22 +431,31 @@ impl PinningEngine {
         }
     }
 
-    /// Without the syscall affinity events (`affinity_events = false`): the threads whose
-    /// affinity differs from the last pass's, by one `sched_getaffinity(2)` each (a thread that
-    /// is gone counts as moved: the targeted pass finds out). `None` when the events say it.
+    /// The threads a tick finds changed, each re-read by a targeted pass: without the syscall
+    /// affinity events (`affinity_events = false`), those whose affinity differs from the last
+    /// pass's, by one `sched_getaffinity(2)` each; and, always, those with a `<vcpusched>` or
+    /// `<iothreadsched>` whose policy or priority differs (one `stat` read each: no kernel event
+    /// tells of `sched_setscheduler`). A thread that is gone counts as moved: the targeted pass
+    /// finds out. `None` when there is nothing to check.
     fn affinity_moved(&self) -> Option<BTreeSet<u32>> {
-        if self.cfg.affinity_events {
+        let affinity = !self.cfg.affinity_events;
+        let sched: Vec<BTreeSet<u32>> = self.cache.iter().map(sched_tids).collect();
+        if !affinity && sched.iter().all(BTreeSet::is_empty) {
             return None;
         }
         // A read that hangs shows the source as wedged, as a pass's would.
         let _reading = self.state.sources.collect(procfs::SOURCE.name);
         let mut moved = BTreeSet::new();
-        for obs in &self.cache {
+        for (obs, sched) in self.cache.iter().zip(&sched) {
             let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
                 continue;
             };
             for (tid, t) in &obs.threads {
-                if self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity) {
+                let affinity_differs =
+                    affinity && self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity);
+                let sched_differs = sched.contains(tid)
+                    && self.hostfs.sched(pid, *tid).ok() != Some((t.policy, t.rt_priority));
+                if affinity_differs || sched_differs {
                     moved.insert(*tid);
                 }
             }
@@ -466,10 +490,18 @@ impl PinningEngine {
     fn procfs_detail(&self) -> String {
         match (&self.events, &self.passes.fallback_reason) {
             (Some(ev), _) => format!(
-                "events mode: {} threads and processes watched by eBPF, {} cpuset cgroups by inotify; full pass every {} s",
+                "events mode: {} threads and processes watched by eBPF, {} cpuset cgroups by inotify; full pass every {} s; {}",
                 ev.probe.as_ref().map_or(0, PinEvents::watched),
                 ev.cgroups.len(),
-                self.cfg.reconcile_seconds
+                self.cfg.reconcile_seconds,
+                match (self.cfg.affinity_events, self.hostfs.is_live()) {
+                    (true, _) => "affinity by eBPF syscall events",
+                    (false, true) => "affinity checked every interval by sched_getaffinity(2)",
+                    (false, false) => {
+                        "affinity checked every interval from status files (the procfs root \
+                         shows another pid namespace: hostPID makes this one syscall per thread)"
+                    }
+                }
             ),
             (None, Some(reason)) => format!("polling mode (event programs unavailable: {reason})"),
             (None, None) => "polling mode (events = false)".to_string(),
@@ -526,6 +558,14 @@ impl PinningEngine {
             .into_iter()
             .filter_map(|o| Some((o.domain.as_ref()?.name.clone(), o)))
             .collect();
+        // NUMA placement of the same QEMU process, kept between its reads.
+        let mut numa_before: HashMap<(String, Option<u32>), NumaObservation> = previous
+            .values_mut()
+            .filter_map(|o| {
+                let d = o.domain.as_ref()?;
+                Some(((d.name.clone(), d.pid), o.numa.take()?))
+            })
+            .collect();
         let mut observations = Vec::with_capacity(domains.len());
         for d in domains {
             if !all
@@ -539,6 +579,32 @@ impl PinningEngine {
             self.passes.thread_reads += obs.threads.len() as u64 + errs;
             collection.errors(errs);
             observations.push(obs);
+        }
+        let numa_due = all
+            && self
+                .last_numa
+                .is_none_or(|t| t.elapsed() >= self.cfg.reconcile());
+        if numa_due {
+            self.last_numa = Some(Instant::now());
+            match self.hostfs.numa_nodes() {
+                Ok(nodes) => self.numa_nodes = nodes,
+                Err(e) => {
+                    collection.errors(1);
+                    tracing::debug!(error = %e, "cannot read the host's NUMA nodes");
+                }
+            }
+        }
+        for o in &mut observations {
+            let Some(d) = &o.domain else { continue };
+            let key = (d.name.clone(), d.pid);
+            o.numa = match numa_before.remove(&key) {
+                Some(n) if !numa_due => Some(n),
+                _ => {
+                    let (n, errs) = observe_numa(&self.hostfs, o, &self.numa_nodes, &self.cfg);
+                    collection.errors(errs);
+                    n
+                }
+            };
         }
         self.cache = observations;
         if all {
@@ -622,10 +688,12 @@ impl PinningEngine {
             let Some(d) = self.cache.get(i).and_then(|o| o.domain.clone()) else {
                 continue;
             };
-            let (obs, errs) = observe(&self.hostfs, d);
+            let (mut obs, errs) = observe(&self.hostfs, d);
             self.passes.thread_reads += obs.threads.len() as u64 + errs;
             errors += errs;
             if let Some(slot) = self.cache.get_mut(i) {
+                // NUMA placement is read at full passes only: keep the last reading.
+                obs.numa = slot.numa.take();
                 *slot = obs;
             }
         }
@@ -718,12 +786,21 @@ impl PinningEngine {
         }
     }
 
-    /// Reads the placement maps into the cached observations, detects and publishes; with
-    /// `only_if_changed` (an idle tick), only when a placement differs from the last one.
+    /// Reads the placement maps into the cached observations, detects and publishes. With
+    /// `only_if_changed` (an idle tick): nothing when no placement changed; only the counters of
+    /// the published report when no change can alter a finding (a floating vCPU migrating every
+    /// tick must not cost a detection per tick).
     fn publish(&mut self, only_if_changed: bool) {
         let mut observations = std::mem::take(&mut self.cache);
-        let changed = self.sync_probe(&mut observations);
-        if only_if_changed && !changed {
+        let change = self.sync_probe(&mut observations);
+        if only_if_changed && change != PlacementChange::Findings {
+            if change == PlacementChange::Counters {
+                let mut report = PinningReport::clone(&self.state.pinning.get());
+                pinning::refresh_placement(&mut report, &observations);
+                self.counters.apply(&observations, &mut report);
+                report.passes = self.passes.clone();
+                self.state.pinning.set(report);
+            }
             self.cache = observations;
             return;
         }
@@ -731,6 +808,7 @@ impl PinningEngine {
         self.counters.apply(&observations, &mut report);
         self.cache = observations;
         report.passes = self.passes.clone();
+        report.numa_nodes = self.numa_nodes.clone();
         let drifts = |r: &PinningReport| -> Vec<(String, crate::model::pinning::Drift)> {
             r.domains
                 .iter()
@@ -752,9 +830,9 @@ impl PinningEngine {
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
-    /// Returns whether any thread's placement differs from what the observations held.
-    fn sync_probe(&mut self, observations: &mut [DomainObservation]) -> bool {
-        let mut changed = false;
+    /// Returns how much any thread's placement differs from what the observations held.
+    fn sync_probe(&mut self, observations: &mut [DomainObservation]) -> PlacementChange {
+        let mut changed = PlacementChange::None;
         let Some(probe) = self.probe.as_mut() else {
             return changed;
         };
@@ -829,35 +907,48 @@ impl PinningEngine {
                             migrations_total: p.migrations,
                             last_cpu: p.last_cpu,
                         };
-                        changed |= o.placement.insert(tid, sample.clone()) != Some(sample);
+                        let old = o.placement.insert(tid, sample.clone());
+                        changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
                     }
                     Ok(None) => {
-                        changed |= o.placement.insert(tid, PlacementSample::default())
-                            != Some(PlacementSample::default());
+                        let sample = PlacementSample::default();
+                        let old = o.placement.insert(tid, sample.clone());
+                        changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
                     }
                     Err(_) => errors += 1,
                 }
             }
         }
-        let before: Vec<_> = observations
-            .iter()
-            .map(|o| {
-                o.stolen
-                    .iter()
-                    .map(|(c, x)| (*c, x.ns_total, x.ns_window))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        // Intrusions: a changed verdict of the `stolen` check is a finding, moved totals counters.
+        type StolenKey = (u32, u64, Option<&'static str>);
+        let summary = |obs: &[DomainObservation]| -> Vec<Vec<StolenKey>> {
+            obs.iter()
+                .map(|o| {
+                    o.stolen
+                        .iter()
+                        .map(|(c, x)| (*c, x.ns_total.iter().sum(), x.drift()))
+                        .collect()
+                })
+                .collect()
+        };
+        let before = summary(observations);
         let (intrusions, stolen_errors) =
             self.stolen
                 .sync(probe, observations, window, self.cfg.stolen_share, now);
         errors += stolen_errors;
-        changed |= observations.iter().zip(&before).any(|(o, b)| {
-            o.stolen.len() != b.len()
-                || o.stolen.iter().zip(b).any(|((c, x), (bc, bt, bw))| {
-                    c != bc || x.ns_total != *bt || x.ns_window != *bw
-                })
-        }) || observations.len() != before.len();
+        let after = summary(observations);
+        if before != after {
+            let verdicts = |v: &[Vec<StolenKey>]| -> Vec<Vec<(u32, Option<&'static str>)>> {
+                v.iter()
+                    .map(|d| d.iter().map(|(c, _, x)| (*c, *x)).collect())
+                    .collect()
+            };
+            changed = changed.max(if verdicts(&before) != verdicts(&after) {
+                PlacementChange::Findings
+            } else {
+                PlacementChange::Counters
+            });
+        }
         self.state.intrusions.set_if_changed(intrusions);
         if errors > 0 {
             self.state.sources.errors(sched_bpf::SOURCE.name, errors);
@@ -870,6 +961,29 @@ impl PinningEngine {
         if self.last_errors.get(key).map(String::as_str) != Some(msg) {
             tracing::warn!(source = key, "{msg}");
             self.last_errors.insert(key.to_string(), msg.to_string());
+        }
+    }
+}
+
+/// How the placement samples of a tick differ from the previous ones (ordered: the largest wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PlacementChange {
+    /// Nothing changed.
+    None,
+    /// Counters only (migrations, off-pin totals, the last CPU of a thread within its pin).
+    Counters,
+    /// A change that can alter a finding ([`placement::drift_key`]), or a new sample.
+    Findings,
+}
+
+impl PlacementChange {
+    /// The change from `old` (none: a thread seen for the first time) to `new`.
+    fn between(old: Option<&PlacementSample>, new: &PlacementSample) -> Self {
+        match old {
+            None => Self::Findings,
+            Some(old) if old == new => Self::None,
+            Some(old) if placement::drift_key(old) == placement::drift_key(new) => Self::Counters,
+            Some(_) => Self::Findings,
         }
     }
 }
@@ -1063,6 +1177,63 @@ pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u6
     (obs, errors)
 }
 
+/// Thread ids of the observed domain with a configured scheduler (`<vcpusched>`,
+/// `<iothreadsched>`, found by name).
+fn sched_tids(obs: &DomainObservation) -> BTreeSet<u32> {
+    let Some(d) = &obs.domain else {
+        return BTreeSet::new();
+    };
+    let mut tids: BTreeSet<u32> = d
+        .vcpus
+        .iter()
+        .filter(|v| v.sched.is_some())
+        .filter_map(|v| v.tid)
+        .collect();
+    for io in d.iothreads.iter().filter(|t| t.sched.is_some()) {
+        let comm = io.comm();
+        tids.extend(
+            obs.threads
+                .values()
+                .filter(|t| t.comm == comm)
+                .map(|t| t.tid),
+        );
+    }
+    tids
+}
+
+/// The NUMA placement of one observed domain (its cgroup's `cpuset.mems` and memory per node),
+/// judged against `nodes`; `None` without a QEMU process or main-thread cgroup. Returns the
+/// number of unexpected read errors.
+pub(crate) fn observe_numa(
+    hostfs: &HostFs,
+    obs: &DomainObservation,
+    nodes: &[HostNode],
+    cfg: &PinningConfig,
+) -> (Option<NumaObservation>, u64) {
+    let (Some(pid), Some(cgroup)) = (
+        obs.domain.as_ref().and_then(|d| d.pid),
+        obs.main_cgroup.as_deref(),
+    ) else {
+        return (None, 0);
+    };
+    match hostfs.domain_numa(pid, cgroup) {
+        Ok((mems, node_bytes)) => (
+            Some(NumaObservation {
+                mems,
+                node_bytes,
+                node_cpus: nodes.iter().map(|n| (n.node, n.cpus.clone())).collect(),
+                tolerance_bytes: cfg.numa_tolerance_bytes,
+            }),
+            0,
+        ),
+        Err(ProcError::Gone { .. }) => (None, 0),
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "cannot read the domain's NUMA placement");
+            (None, 1)
+        }
+    }
+}
+
 /// One pass without eBPF, for one-shot commands (`pinflow pinning`): the report, the libvirt
 /// refresh (with its errors) and the number of unexpected procfs/cgroupfs read errors.
 pub(crate) fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refresh, u64) {
@@ -1070,16 +1241,25 @@ pub(crate) fn snapshot_once(inputs: &HostPaths) -> (PinningReport, libvirt::Refr
     let refresh = inv.refresh();
     let hostfs = HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone());
     let mut proc_errors = 0;
+    let nodes = hostfs.numa_nodes().unwrap_or_else(|_| {
+        proc_errors += 1;
+        Vec::new()
+    });
+    let cfg = PinningConfig::default();
     let obs: Vec<_> = inv
         .domains()
         .cloned()
         .map(|d| {
-            let (o, errors) = observe(&hostfs, d);
-            proc_errors += errors;
+            let (mut o, errors) = observe(&hostfs, d);
+            let (numa, numa_errors) = observe_numa(&hostfs, &o, &nodes, &cfg);
+            o.numa = numa;
+            proc_errors += errors + numa_errors;
             o
         })
         .collect();
-    (pinning::evaluate(&obs), refresh, proc_errors)
+    let mut report = pinning::evaluate(&obs);
+    report.numa_nodes = nodes;
+    (report, refresh, proc_errors)
 }
 
 #[cfg(test)]
@@ -1112,10 +1292,13 @@ mod tests_support {
                     tid: Some(t.0),
                     pin: None,
                     shared_set: false,
+                    sched: None,
                 })
                 .collect(),
             emulator_pin: None,
             interfaces: Vec::new(),
+            iothreads: Vec::new(),
+            numa: Default::default(),
         };
         let mut o = DomainObservation {
             domain: Some(domain),

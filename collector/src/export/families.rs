@@ -38,6 +38,8 @@ pub enum Presence {
     PinnedCpu,
     /// Per domain while the eBPF `sched_switch` probe is attached (`source="sched_bpf"` up).
     SchedBpf,
+    /// Per host NUMA node and huge-page size the kernel offers (sysfs `devices/system/node`).
+    NumaNode,
     /// Per pCPU dedicated to one vCPU (pinned there alone) × intruder class seen, while the eBPF
     /// `sched_switch` probe is attached.
     DedicatedCpu,
@@ -71,6 +73,7 @@ impl Presence {
             Presence::Domain => "per running domain",
             Presence::PinnedCpu => "per pCPU with pinned vCPUs",
             Presence::SchedBpf => "per domain, eBPF `sched_switch` probe attached",
+            Presence::NumaNode => "per host NUMA node × huge-page size",
             Presence::DedicatedCpu => {
                 "per dedicated pCPU × intruder class seen, eBPF `sched_switch` probe attached"
             }
@@ -216,7 +219,7 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
     kind: Kind::Gauge,
     labels: &["domain", "check"],
     help: "vCPUs of the domain currently drifting, per pinning check",
-    notes: "`check`: `affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `stolen` (see the README's pinning checks). Every check of every domain is present, 0 when healthy.",
+    notes: "`check`: `affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `sched_policy`, `numa`, `stolen` (see the README's pinning checks). Every check of every domain is present, 0 when healthy. Only vCPUs count: drifts of I/O threads, emulator threads and the domain's memory are in `pinflow_vcpu_pinning_drift` alone.",
     example: "count by (check) (sum by (instance, check) (pinflow_domain_drifted_vcpus) > 0)",
     presence: Presence::Domain,
     area: Area::Pinning,
@@ -224,7 +227,7 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
         crate::model::pinning::Check::ALL.len() as u32,
         0,
         0,
-        "running domains × 6 checks",
+        "running domains × 8 checks",
     ),
 };
 
@@ -246,8 +249,8 @@ pub const VCPU_PINNING_DRIFT: Family = Family {
     name: "pinflow_vcpu_pinning_drift",
     kind: Kind::Gauge,
     labels: &["domain", "vcpu", "check", "expected", "actual"],
-    help: "Present (1) only while this vCPU (or the emulator threads) drifts for this check",
-    notes: "`vcpu` is the vCPU number or `emulator`; `expected` and `actual` are CPU lists, for `cgroup` the expected and actual cgroup, for `overlap` the pCPUs and the domain that owns them, for `stolen` the dedicated pCPU and the intruder class that took the most of it in the window (`other_vcpu`, `other_emulator`, `own_emulator`, `kernel`, `host`; who exactly: `/api/v1/intrusions`).",
+    help: "Present (1) only while this vCPU (or I/O thread, the emulator threads, the domain's memory) drifts for this check",
+    notes: "`vcpu` is the vCPU number, `iothreadN` (an I/O thread with its own `<iothreadpin>` or `<iothreadsched>`), `emulator`, or `memory` (`numa` only); `expected` and `actual` are CPU lists, for `cgroup` the expected and actual cgroup, for `overlap` the pCPUs and the domain that owns them, for `sched_policy` the policy (`fifo:1`, `batch`, `other`), for `numa` host NUMA node lists (`mems 0-1` when the domain cgroup's `cpuset.mems` is wider than a strict nodeset); for `stolen` the dedicated pCPU and the intruder class that took the most of it in the window (`other_vcpu`, `other_emulator`, `own_emulator`, `kernel`, `host`; who exactly: `/api/v1/intrusions`).",
     example: "pinflow_vcpu_pinning_drift{check=\"affinity\"} * on (instance, domain) group_left (name) pinflow_instance_info",
     presence: Presence::Finding,
     area: Area::Pinning,
@@ -255,7 +258,7 @@ pub const VCPU_PINNING_DRIFT: Family = Family {
         0,
         0,
         0,
-        "drifting vCPUs × checks (vCPUs of the host × 6 at most)",
+        "drifting vCPUs, I/O threads × checks (at most 8 each), plus 1 emulator and 1 memory row per domain and check",
     ),
 };
 
@@ -331,6 +334,42 @@ pub const PCPU_PINNED_VCPUS: Family = Family {
         0,
         0,
         "host CPUs with pinned vCPUs (at most the host's CPUs)",
+    ),
+};
+
+/// `pinflow_node_hugepages`.
+pub const NODE_HUGEPAGES: Family = Family {
+    name: "pinflow_node_hugepages",
+    kind: Kind::Gauge,
+    labels: &["node", "size"],
+    help: "Huge pages in the host NUMA node's pool of this page size (nr_hugepages)",
+    notes: "`node` is the host NUMA node number, `size` the page size in bytes (`2097152`, `1073741824`). Read with the domains' NUMA placement: at full passes, at most every `reconcile_seconds`. Guest memory backed by huge pages shows here, not in the `numa` check's `memory.numa_stat`.",
+    example: "pinflow_node_hugepages - pinflow_node_hugepages_free",
+    presence: Presence::NumaNode,
+    area: Area::Pinning,
+    series: series(
+        0,
+        0,
+        4,
+        "host NUMA nodes × huge-page sizes (2 × 2 on the reference host)",
+    ),
+};
+
+/// `pinflow_node_hugepages_free`.
+pub const NODE_HUGEPAGES_FREE: Family = Family {
+    name: "pinflow_node_hugepages_free",
+    kind: Kind::Gauge,
+    labels: &["node", "size"],
+    help: "Free huge pages in the host NUMA node's pool of this page size (free_hugepages)",
+    notes: "Labels as `pinflow_node_hugepages`.",
+    example: "pinflow_node_hugepages_free{size=\"1073741824\"} / pinflow_node_hugepages{size=\"1073741824\"} < 0.1",
+    presence: Presence::NumaNode,
+    area: Area::Pinning,
+    series: series(
+        0,
+        0,
+        4,
+        "host NUMA nodes × huge-page sizes (2 × 2 on the reference host)",
     ),
 };
 
@@ -770,6 +809,8 @@ pub const ALL: &[&Family] = &[
     &VCPU_MIGRATIONS,
     &VCPU_WAIT_SECONDS,
     &PCPU_PINNED_VCPUS,
+    &NODE_HUGEPAGES,
+    &NODE_HUGEPAGES_FREE,
     &PINNING_PASSES,
     &PINNING_THREAD_READS,
     &HOST_CPU_CONFIG_PROBLEM,
@@ -836,8 +877,10 @@ pub fn by_name(name: &str) -> Option<&'static Family> {
 /// Labels Prometheus adds at scrape time (never set by pinflow).
 pub const SCRAPE_LABELS: [&str; 4] = ["instance", "job", "rack", "zone"];
 
-/// Budget of DESIGN.md: series per instance, per instance port, per healthy host.
-pub const BUDGET_PER_INSTANCE: u32 = 12;
+/// Budget of DESIGN.md: series per instance, per instance port, per healthy host. Per instance:
+/// DESIGN.md's 12, plus 1 for the `stolen` check's `pinflow_domain_drifted_vcpus` row (issue 14;
+/// a contract change for the lead to confirm).
+pub const BUDGET_PER_INSTANCE: u32 = 13;
 /// Budget of DESIGN.md: series per instance port.
 pub const BUDGET_PER_INSTANCE_PORT: u32 = 4;
 /// Budget of DESIGN.md: series per healthy host, without the per-instance ones.

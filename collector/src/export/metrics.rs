@@ -107,7 +107,9 @@ impl Collector for PinflowCollector {
 pub(crate) mod tests {
     use super::*;
     use crate::export::families;
-    use crate::model::pinning::{Check, DomainReport, Drift, PinKind, PinningReport, VcpuReport};
+    use crate::model::pinning::{
+        Check, DomainReport, Drift, HostNode, HugepagePool, PinKind, PinningReport, VcpuReport,
+    };
     use std::collections::BTreeMap;
 
     fn state_with_drift(actual: &str) -> SharedState {
@@ -153,8 +155,19 @@ pub(crate) mod tests {
                     seconds_total: BTreeMap::from([("host", 0.5), ("kernel", 0.25)]),
                     window_share: 0.1,
                 }],
+                numa_memory_bytes: None,
+                numa_mems: None,
             }],
             pcpu_pinned_vcpus: BTreeMap::from([(0, 1)]),
+            numa_nodes: vec![HostNode {
+                node: 0,
+                cpus: "0-1".parse().unwrap(),
+                hugepages: vec![HugepagePool {
+                    size_bytes: 2 << 20,
+                    total: 16,
+                    free: 4,
+                }],
+            }],
             passes: Default::default(),
         });
         st
@@ -286,6 +299,8 @@ pub(crate) mod tests {
         for name in [
             "pinflow_vcpu_pinning_drift",
             "pinflow_vcpu_offpin_seconds_total",
+            "pinflow_node_hugepages",
+            "pinflow_node_hugepages_free",
         ] {
             assert!(seen.iter().any(|s| s == name), "{name}: {text}");
         }
@@ -300,6 +315,10 @@ pub(crate) mod tests {
         );
         let text = render(&reg).unwrap();
         assert!(text.contains(r#"actual="a\"b\\c\nd""#), "{text}");
+        assert!(
+            text.contains("pinflow_node_hugepages_free{node=\"0\",size=\"2097152\"} 4"),
+            "{text}"
+        );
         assert_samples_match_the_table(&text);
     }
 

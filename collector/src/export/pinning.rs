@@ -1,5 +1,5 @@
 //! Prometheus exposition of the pinning report (`pinflow_instance_info`, `pinflow_domain_*`,
-//! `pinflow_vcpu_*`, `pinflow_pcpu_*`, `pinflow_pinning_*`).
+//! `pinflow_vcpu_*`, `pinflow_pcpu_*`, `pinflow_node_hugepages*`, `pinflow_pinning_*`).
 
 use super::encode::{Lv, Res, counter, gauge};
 use super::families;
@@ -123,6 +123,34 @@ pub(crate) fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> 
         enc,
         &families::PCPU_PINNED_VCPUS,
         cpus.iter().map(|(c, n)| ([("cpu", Lv(c))], f64::from(*n))),
+    )?;
+    let pools: Vec<(String, String, u64, u64)> = r
+        .numa_nodes
+        .iter()
+        .flat_map(|n| {
+            n.hugepages.iter().map(move |h| {
+                (
+                    n.node.to_string(),
+                    h.size_bytes.to_string(),
+                    h.total,
+                    h.free,
+                )
+            })
+        })
+        .collect();
+    gauge(
+        enc,
+        &families::NODE_HUGEPAGES,
+        pools
+            .iter()
+            .map(|(n, s, t, _)| ([("node", Lv(n)), ("size", Lv(s))], *t as f64)),
+    )?;
+    gauge(
+        enc,
+        &families::NODE_HUGEPAGES_FREE,
+        pools
+            .iter()
+            .map(|(n, s, _, f)| ([("node", Lv(n)), ("size", Lv(s))], *f as f64)),
     )?;
     let p = &r.passes;
     counter(

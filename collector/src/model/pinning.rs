@@ -36,6 +36,205 @@ pub(crate) struct VcpuSpec {
     /// True when `pin` comes from `<vcpu cpuset>`: a set every vCPU floats over (Nova's shared
     /// policy, `cpu_shared_set`), never a dedicated pCPU even when it holds one CPU.
     pub(crate) shared_set: bool,
+    /// `<vcpusched>`: the scheduling policy libvirt set on the thread; `None` = not configured.
+    pub(crate) sched: Option<SchedSpec>,
+}
+
+/// A thread's scheduling policy as `<vcpusched>`/`<iothreadsched>` set it, or as procfs shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SchedPolicy {
+    /// `SCHED_OTHER` (0), libvirt's `other`.
+    Other,
+    /// `SCHED_FIFO` (1).
+    Fifo,
+    /// `SCHED_RR` (2).
+    Rr,
+    /// `SCHED_BATCH` (3).
+    Batch,
+    /// `SCHED_IDLE` (5).
+    Idle,
+    /// `SCHED_DEADLINE` (6, never set by libvirt) or an unknown number.
+    Unknown(u32),
+}
+
+impl SchedPolicy {
+    /// The libvirt `scheduler` attribute value.
+    pub(crate) fn from_libvirt(s: &str) -> Option<SchedPolicy> {
+        Some(match s.trim() {
+            "other" => SchedPolicy::Other,
+            "fifo" => SchedPolicy::Fifo,
+            "rr" => SchedPolicy::Rr,
+            "batch" => SchedPolicy::Batch,
+            "idle" => SchedPolicy::Idle,
+            _ => return None,
+        })
+    }
+
+    /// The kernel's policy number (`/proc/TID/stat` field 41).
+    pub(crate) fn from_kernel(n: u32) -> SchedPolicy {
+        match n {
+            0 => SchedPolicy::Other,
+            1 => SchedPolicy::Fifo,
+            2 => SchedPolicy::Rr,
+            3 => SchedPolicy::Batch,
+            5 => SchedPolicy::Idle,
+            n => SchedPolicy::Unknown(n),
+        }
+    }
+
+    /// Whether the policy is a real-time one (with a priority).
+    pub(crate) fn is_realtime(self) -> bool {
+        matches!(self, SchedPolicy::Fifo | SchedPolicy::Rr)
+    }
+}
+
+impl fmt::Display for SchedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchedPolicy::Other => f.write_str("other"),
+            SchedPolicy::Fifo => f.write_str("fifo"),
+            SchedPolicy::Rr => f.write_str("rr"),
+            SchedPolicy::Batch => f.write_str("batch"),
+            SchedPolicy::Idle => f.write_str("idle"),
+            SchedPolicy::Unknown(n) => write!(f, "policy{n}"),
+        }
+    }
+}
+
+/// A scheduling policy and, for `fifo`/`rr`, its priority: `<vcpusched scheduler priority>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct SchedSpec {
+    /// The policy.
+    pub(crate) policy: SchedPolicy,
+    /// The real-time priority (1–99) for `fifo`/`rr`; `None` otherwise.
+    pub(crate) priority: Option<u32>,
+}
+
+impl fmt::Display for SchedSpec {
+    /// `fifo:1`, or the policy alone when it has no priority (`batch`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.priority {
+            Some(p) if self.policy.is_realtime() => write!(f, "{}:{p}", self.policy),
+            _ => write!(f, "{}", self.policy),
+        }
+    }
+}
+
+/// One QEMU I/O thread (`<iothreads>`, `<iothreadids>`) and its pin (`<iothreadpin>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct IothreadSpec {
+    /// The iothread id: QEMU names the thread `IO iothreadN`, libvirt its cgroup `iothreadN`.
+    pub(crate) id: u32,
+    /// `<iothreadpin cpuset>`; `None` = not pinned (it then runs with the emulator threads).
+    pub(crate) pin: Option<CpuSet>,
+    /// `<iothreadsched>`, if any.
+    pub(crate) sched: Option<SchedSpec>,
+}
+
+impl IothreadSpec {
+    /// The `vcpu` label of its drifts and the name of its cgroup: `iothreadN`.
+    pub(crate) fn label(&self) -> String {
+        format!("iothread{}", self.id)
+    }
+
+    /// The thread name QEMU gives it (`IO iothreadN`; comm is cut at 15 bytes by the kernel).
+    pub(crate) fn comm(&self) -> String {
+        let mut c = format!("IO iothread{}", self.id);
+        c.truncate(15);
+        c
+    }
+}
+
+/// How `<numatune>` binds guest memory (`mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum NumaMode {
+    /// Only the nodeset (libvirt's default mode).
+    Strict,
+    /// Prefer the nodeset, spill elsewhere when it is full (not a drift).
+    Preferred,
+    /// Spread over the nodeset.
+    Interleave,
+    /// Only the nodeset, enforced by cgroup `cpuset.mems` alone.
+    Restrictive,
+}
+
+impl NumaMode {
+    /// The libvirt `mode` attribute value (absent = strict).
+    pub(crate) fn from_libvirt(s: Option<&str>) -> Option<NumaMode> {
+        Some(match s.map(str::trim) {
+            None | Some("strict") => NumaMode::Strict,
+            Some("preferred") => NumaMode::Preferred,
+            Some("interleave") => NumaMode::Interleave,
+            Some("restrictive") => NumaMode::Restrictive,
+            Some(_) => return None,
+        })
+    }
+
+    /// Whether memory outside the nodeset is a fault (every mode but `preferred`).
+    pub(crate) fn binding(self) -> bool {
+        self != NumaMode::Preferred
+    }
+}
+
+/// One `<numatune>` binding: `<memory mode nodeset>` or `<memnode cellid mode nodeset>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct NumaBinding {
+    /// The mode.
+    pub(crate) mode: NumaMode,
+    /// Host NUMA nodes (a node list, same syntax as a CPU list).
+    pub(crate) nodeset: CpuSet,
+}
+
+/// One guest NUMA cell (`<cpu><numa><cell id cpus memory>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct GuestCell {
+    /// Cell id (`memnode cellid` refers to it).
+    pub(crate) id: u32,
+    /// The vCPU ids of the cell.
+    pub(crate) vcpus: CpuSet,
+    /// Guest memory of the cell, bytes.
+    pub(crate) memory_bytes: u64,
+}
+
+/// The domain's NUMA placement as libvirt configured it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct NumaSpec {
+    /// `<numatune><memory>`: the whole domain's memory.
+    pub(crate) memory: Option<NumaBinding>,
+    /// `<numatune><memnode>` by guest cell id.
+    pub(crate) memnodes: BTreeMap<u32, NumaBinding>,
+    /// The guest's NUMA cells.
+    pub(crate) cells: Vec<GuestCell>,
+}
+
+impl NumaSpec {
+    /// Host nodes the domain's memory may be on, when some binding restricts it (every binding
+    /// but `preferred`): the union of the bindings' nodesets.
+    pub(crate) fn allowed_nodes(&self) -> Option<CpuSet> {
+        let mut any = false;
+        let mut nodes = CpuSet::new();
+        for b in self.memory.iter().chain(self.memnodes.values()) {
+            if b.mode.binding() {
+                any = true;
+                for n in b.nodeset.iter() {
+                    nodes.insert(n);
+                }
+            }
+        }
+        any.then_some(nodes)
+    }
+
+    /// The host nodes the memory of vCPU `vcpu`'s guest cell is bound to: its cell's
+    /// `<memnode>`, else `<memory>`; `None` when neither binds it.
+    pub(crate) fn vcpu_nodes(&self, vcpu: u32) -> Option<&CpuSet> {
+        let cell = self.cells.iter().find(|c| c.vcpus.contains(vcpu));
+        let binding = cell
+            .and_then(|c| self.memnodes.get(&c.id))
+            .or(self.memory.as_ref())?;
+        binding.mode.binding().then_some(&binding.nodeset)
+    }
 }
 
 /// Where the domain's emulator (non-vCPU) threads may run.
@@ -70,6 +269,10 @@ pub(crate) struct Domain {
     pub(crate) emulator_pin: EmulatorPin,
     /// Network interfaces.
     pub(crate) interfaces: Vec<InterfaceSpec>,
+    /// I/O threads, by id.
+    pub(crate) iothreads: Vec<IothreadSpec>,
+    /// `<numatune>` and the guest NUMA cells.
+    pub(crate) numa: NumaSpec,
 }
 
 impl Domain {
@@ -103,6 +306,10 @@ pub struct ThreadState {
     /// kernel worker living in the QEMU process (`PF_USER_WORKER`) other than a vhost I/O worker,
     /// such as `kvm-nx-lpage-recovery` (a thread of the VM process since Linux 6.13).
     pub kernel_worker: bool,
+    /// Scheduling policy number (`/proc/TID/stat` field 41); `None` when the kernel omits it.
+    pub policy: Option<u32>,
+    /// Real-time priority (`stat` field 40): 1–99 for `SCHED_FIFO`/`SCHED_RR`, else 0.
+    pub rt_priority: u32,
 }
 
 /// One pinning check (the `check` label).
@@ -119,6 +326,11 @@ pub enum Check {
     Placement,
     /// The thread may run on a pCPU dedicated to another domain.
     Overlap,
+    /// The thread's scheduling policy or priority differs from `<vcpusched>`/`<iothreadsched>`.
+    SchedPolicy,
+    /// Memory on host NUMA nodes outside `<numatune>`'s nodeset (beyond the tolerance), or a
+    /// vCPU pinned to pCPUs of another host node than its guest cell's memory.
+    Numa,
     /// Other tasks took more than `[pinning] stolen_share` of the vCPU's dedicated pCPU during
     /// the last window (eBPF).
     Stolen,
@@ -126,12 +338,14 @@ pub enum Check {
 
 impl Check {
     /// Every check, in label order.
-    pub const ALL: [Check; 6] = [
+    pub const ALL: [Check; 8] = [
         Check::Affinity,
         Check::Cpuset,
         Check::Cgroup,
         Check::Placement,
         Check::Overlap,
+        Check::SchedPolicy,
+        Check::Numa,
         Check::Stolen,
     ];
 
@@ -143,6 +357,8 @@ impl Check {
             Check::Cgroup => "cgroup",
             Check::Placement => "placement",
             Check::Overlap => "overlap",
+            Check::SchedPolicy => "sched_policy",
+            Check::Numa => "numa",
             Check::Stolen => "stolen",
         }
     }
@@ -247,6 +463,15 @@ impl StolenSample {
         self.ns_window.iter().sum::<u64>() as f64 / self.window_ns as f64
     }
 
+    /// The `stolen` check's verdict: the top class while the window's share is above the limit
+    /// (`None`: no drift; a limit of 1, the whole pCPU, switches the check off).
+    pub(crate) fn drift(&self) -> Option<&'static str> {
+        if self.limit >= 1.0 || self.window_share() <= self.limit {
+            return None;
+        }
+        self.top_class()
+    }
+
     /// The class that took the most within the window (`None` when nothing did).
     pub(crate) fn top_class(&self) -> Option<&'static str> {
         let (i, ns) = self
@@ -271,6 +496,22 @@ pub(crate) struct DomainObservation {
     pub(crate) placement: BTreeMap<u32, PlacementSample>,
     /// Intrusions per pCPU dedicated to one of its vCPUs; empty without the sched probe.
     pub(crate) stolen: BTreeMap<u32, StolenSample>,
+    /// The domain's NUMA memory placement, read at full passes no more often than
+    /// `reconcile_seconds`; `None` when not (yet) read.
+    pub(crate) numa: Option<NumaObservation>,
+}
+
+/// Where a domain's memory actually is, and the host's NUMA layout it is judged against.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct NumaObservation {
+    /// The domain cgroup's `cpuset.mems` (v2: `cpuset.mems.effective` when empty).
+    pub(crate) mems: Option<CpuSet>,
+    /// The domain's memory per host node, bytes (cgroup `memory.numa_stat`).
+    pub(crate) node_bytes: BTreeMap<u32, u64>,
+    /// The host's CPUs per NUMA node (`/sys/devices/system/node/nodeN/cpulist`).
+    pub(crate) node_cpus: BTreeMap<u32, CpuSet>,
+    /// Memory on nodes outside the nodeset above which the `numa` check drifts, bytes.
+    pub(crate) tolerance_bytes: u64,
 }
 
 /// A drift of one vCPU (or the emulator threads) for one check.
@@ -278,7 +519,7 @@ pub(crate) struct DomainObservation {
 pub(crate) struct Drift {
     /// Which check.
     pub(crate) check: Check,
-    /// vCPU index, or `emulator`.
+    /// vCPU index, `emulator`, `iothreadN`, or `memory` (the `numa` check of the domain's memory).
     pub(crate) vcpu: String,
     /// What libvirt/Nova expect (CPU list, cgroup name…).
     pub(crate) expected: String,
@@ -350,6 +591,13 @@ pub(crate) struct DomainReport {
     pub(crate) migrations_total: Option<u64>,
     /// Sum over vCPU threads of run-queue wait time (schedstat), seconds.
     pub(crate) wait_seconds_total: f64,
+    /// The domain's memory per host NUMA node, bytes (cgroup `memory.numa_stat`); `None`
+    /// before it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) numa_memory_bytes: Option<BTreeMap<u32, u64>>,
+    /// The domain cgroup's `cpuset.mems`, when read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) numa_mems: Option<CpuSet>,
     /// Intrusions on each pCPU dedicated to one of its vCPUs (eBPF), by CPU.
     pub(crate) stolen: Vec<PcpuStolen>,
 }
@@ -423,8 +671,33 @@ pub(crate) struct PinningReport {
     /// vCPUs pinned with `<vcpupin>` (of all domains) per host CPU; only CPUs with at least one.
     /// Floating vCPUs (`<vcpu cpuset>`) are not pinned and not counted.
     pub(crate) pcpu_pinned_vcpus: BTreeMap<u32, u32>,
+    /// The host's NUMA nodes with their huge-page pools (read with the domains' NUMA
+    /// placement, at most every `reconcile_seconds`); empty before the first read.
+    pub(crate) numa_nodes: Vec<HostNode>,
     /// How the pipeline read procfs, and how much, since start (`pinflow_pinning_*`).
     pub(crate) passes: PinningPasses,
+}
+
+/// One host NUMA node (`/sys/devices/system/node/nodeN`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct HostNode {
+    /// Node number.
+    pub(crate) node: u32,
+    /// Its CPUs (`cpulist`).
+    pub(crate) cpus: CpuSet,
+    /// Its huge-page pools, by page size.
+    pub(crate) hugepages: Vec<HugepagePool>,
+}
+
+/// One huge-page pool of a node (`hugepages/hugepages-<KiB>kB`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct HugepagePool {
+    /// Page size, bytes.
+    pub(crate) size_bytes: u64,
+    /// Pages in the pool (`nr_hugepages`).
+    pub(crate) total: u64,
+    /// Pages not in use (`free_hugepages`).
+    pub(crate) free: u64,
 }
 
 /// How the pinning pipeline reads procfs/cgroupfs: on kernel events or by polling.

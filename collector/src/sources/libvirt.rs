@@ -10,7 +10,10 @@
 //! [`LibvirtInventory`] (re-reads only files whose stamp changed), and [`watch_state_dir`] (inotify wake-ups).
 
 use crate::model::cpuset::{CpuSet, CpuSetError};
-use crate::model::pinning::{Domain, InterfaceSpec, NovaInstance, VcpuSpec};
+use crate::model::pinning::{
+    Domain, GuestCell, InterfaceSpec, IothreadSpec, NovaInstance, NumaBinding, NumaMode, NumaSpec,
+    SchedPolicy, SchedSpec, VcpuSpec,
+};
 use crate::sources::{CanRun, HostPaths, SourceDef};
 use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchMask};
@@ -118,6 +121,14 @@ pub(crate) enum DomainXmlError {
         /// What is wrong with it (from [`CpuSetError`]).
         reason: &'static str,
     },
+    /// An attribute holds a value libvirt does not write (`scheduler`, numatune `mode`, …).
+    #[error("bad {what} '{value}'")]
+    BadValue {
+        /// What the value is.
+        what: &'static str,
+        /// The text found.
+        value: String,
+    },
     /// The domain declares more vCPUs than pinflow accepts.
     #[error("vcpu count {0} exceeds the limit of {MAX_VCPUS}")]
     TooManyVcpus(u32),
@@ -193,6 +204,8 @@ pub(crate) fn parse_domstatus(xml: &str) -> Result<Domain, DomainXmlError> {
 
     let mut pins = BTreeMap::new();
     let mut emulator_pin = None;
+    let mut iothreads = iothread_ids(dom)?;
+    let mut vcpu_sched = BTreeMap::new();
     if let Some(cputune) = child(dom, "cputune") {
         for p in children(cputune, "vcpupin") {
             let vid = number("vcpupin vcpu", p.attribute("vcpu").unwrap_or(""))?;
@@ -202,6 +215,28 @@ pub(crate) fn parse_domstatus(xml: &str) -> Result<Domain, DomainXmlError> {
         }
         if let Some(e) = child(cputune, "emulatorpin") {
             emulator_pin = cpuset_attr(e, "cpuset", "emulatorpin")?;
+        }
+        for p in children(cputune, "iothreadpin") {
+            let id = number(
+                "iothreadpin iothread",
+                p.attribute("iothread").unwrap_or(""),
+            )?;
+            let pin = cpuset_attr(p, "cpuset", "iothreadpin")?;
+            if let Some(t) = iothreads.get_mut(&id) {
+                t.pin = pin;
+            }
+        }
+        for (el, attr) in [("vcpusched", "vcpus"), ("iothreadsched", "iothreads")] {
+            for p in children(cputune, el) {
+                let spec = sched_spec(p)?;
+                for id in cpuset_attr(p, attr, el)?.iter().flat_map(CpuSet::iter) {
+                    if el == "vcpusched" {
+                        vcpu_sched.insert(id, spec);
+                    } else if let Some(t) = iothreads.get_mut(&id) {
+                        t.sched = Some(spec);
+                    }
+                }
+            }
         }
     }
     let emulator_pin = emulator_pin.or_else(|| default_pin.clone());
@@ -213,6 +248,7 @@ pub(crate) fn parse_domstatus(xml: &str) -> Result<Domain, DomainXmlError> {
             tid: tids.get(&vid).copied(),
             pin: pins.get(&vid).cloned().or_else(|| default_pin.clone()),
             shared_set: !pins.contains_key(&vid) && default_pin.is_some(),
+            sched: vcpu_sched.get(&vid).copied(),
         })
         .collect();
 
@@ -242,7 +278,124 @@ pub(crate) fn parse_domstatus(xml: &str) -> Result<Domain, DomainXmlError> {
         vcpus,
         emulator_pin,
         interfaces,
+        iothreads: iothreads.into_values().collect(),
+        numa: numa_spec(dom)?,
     })
+}
+
+/// The I/O threads: `<iothreadids><iothread id>` when listed, else ids `1..=<iothreads>`.
+fn iothread_ids(dom: Node<'_, '_>) -> Result<BTreeMap<u32, IothreadSpec>, DomainXmlError> {
+    let spec = |id| IothreadSpec {
+        id,
+        pin: None,
+        sched: None,
+    };
+    let mut out = BTreeMap::new();
+    if let Some(list) = child(dom, "iothreadids") {
+        for t in children(list, "iothread") {
+            let id = number("iothread id", t.attribute("id").unwrap_or(""))?;
+            out.insert(id, spec(id));
+            if out.len() > MAX_VCPUS as usize {
+                return Err(DomainXmlError::TooManyVcpus(MAX_VCPUS + 1));
+            }
+        }
+    }
+    if out.is_empty()
+        && let Some(n) = child_text(dom, "iothreads")
+    {
+        let n = number("iothreads", &n)?;
+        if n > MAX_VCPUS {
+            return Err(DomainXmlError::TooManyVcpus(n));
+        }
+        out.extend((1..=n).map(|id| (id, spec(id))));
+    }
+    Ok(out)
+}
+
+/// `scheduler` and `priority` of a `<vcpusched>`/`<iothreadsched>`.
+fn sched_spec(n: Node<'_, '_>) -> Result<SchedSpec, DomainXmlError> {
+    let value = n.attribute("scheduler").unwrap_or("");
+    let policy = SchedPolicy::from_libvirt(value).ok_or(DomainXmlError::BadValue {
+        what: "scheduler",
+        value: value.to_string(),
+    })?;
+    let priority = match n.attribute("priority") {
+        Some(p) if policy.is_realtime() => Some(number("sched priority", p)?),
+        _ => None,
+    };
+    Ok(SchedSpec { policy, priority })
+}
+
+/// `<numatune>` and the guest cells of `<cpu><numa>`.
+fn numa_spec(dom: Node<'_, '_>) -> Result<NumaSpec, DomainXmlError> {
+    let binding =
+        |n: Node<'_, '_>, el: &'static str| -> Result<Option<NumaBinding>, DomainXmlError> {
+            let mode_attr = n.attribute("mode");
+            let mode = NumaMode::from_libvirt(mode_attr).ok_or(DomainXmlError::BadValue {
+                what: "numatune mode",
+                value: mode_attr.unwrap_or("").to_string(),
+            })?;
+            // `placement='auto'` without a nodeset: numad decides; nothing to check against.
+            Ok(cpuset_attr(n, "nodeset", el)?.map(|nodeset| NumaBinding { mode, nodeset }))
+        };
+    let mut spec = NumaSpec::default();
+    if let Some(tune) = child(dom, "numatune") {
+        if let Some(m) = child(tune, "memory") {
+            spec.memory = binding(m, "numatune memory")?;
+        }
+        for m in children(tune, "memnode") {
+            let cell = number("memnode cellid", m.attribute("cellid").unwrap_or(""))?;
+            if let Some(b) = binding(m, "numatune memnode")? {
+                spec.memnodes.insert(cell, b);
+            }
+        }
+    }
+    if let Some(numa) = child(dom, "cpu").and_then(|c| child(c, "numa")) {
+        for c in children(numa, "cell") {
+            let id = match c.attribute("id") {
+                Some(v) => number("cell id", v)?,
+                None => u32::try_from(spec.cells.len()).unwrap_or(u32::MAX),
+            };
+            let vcpus = cpuset_attr(c, "cpus", "numa cell")?.unwrap_or_default();
+            let memory_bytes = memory_bytes(c)?;
+            spec.cells.push(GuestCell {
+                id,
+                vcpus,
+                memory_bytes,
+            });
+            if spec.cells.len() > MAX_VCPUS as usize {
+                return Err(DomainXmlError::TooManyVcpus(MAX_VCPUS + 1));
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// A `<cell memory unit>` in bytes (libvirt's default unit is KiB).
+fn memory_bytes(n: Node<'_, '_>) -> Result<u64, DomainXmlError> {
+    let text = n.attribute("memory").unwrap_or("0").trim();
+    let value: u64 = text.parse().map_err(|_| DomainXmlError::NotANumber {
+        what: "cell memory",
+        value: text.to_string(),
+    })?;
+    let unit = match n.attribute("unit").map(str::trim).unwrap_or("KiB") {
+        "b" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        other => {
+            return Err(DomainXmlError::BadValue {
+                what: "memory unit",
+                value: other.to_string(),
+            });
+        }
+    };
+    Ok(value.saturating_mul(unit))
 }
 
 /// The vCPU ids that are online: from the hotplug list `<domain><vcpus><vcpu id enabled>` when present,

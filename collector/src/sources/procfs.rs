@@ -94,8 +94,10 @@ pub enum ProcError {
 pub struct HostFs {
     proc_root: PathBuf,
     sys_root: PathBuf,
-    /// The procfs root is this process's own `/proc`: thread ids are ours to ask the kernel about
-    /// (affinity by syscall instead of parsing `status`). Fixture trees keep being read as files.
+    /// The procfs root shows this process's own pid namespace (`/proc`, or the host's procfs
+    /// mounted elsewhere in a pod with `hostPID`): thread ids are ours to ask the kernel about
+    /// (affinity by syscall instead of parsing `status`). Fixture trees, and the host's procfs
+    /// seen from another pid namespace, keep being read as files.
     live: bool,
 }
 
@@ -109,12 +111,18 @@ impl Default for HostFs {
 impl HostFs {
     /// Reads procfs at `proc_root` (normally `/proc`) and sysfs/cgroupfs at `sys_root` (normally `/sys`).
     pub fn new(proc_root: PathBuf, sys_root: PathBuf) -> Self {
-        let live = proc_root.components().eq(Path::new("/proc").components());
+        let live = shows_own_pid_namespace(&proc_root);
         Self {
             proc_root,
             sys_root,
             live,
         }
+    }
+
+    /// Whether the procfs root shows this process's pid namespace (thread ids are ours to pass
+    /// to syscalls).
+    pub(crate) fn is_live(&self) -> bool {
+        self.live
     }
 
     /// The procfs root.
@@ -178,14 +186,22 @@ impl HostFs {
         Ok(tids)
     }
 
-    /// Thread `tid`'s allowed CPUs now, as cheaply as the root allows: one `sched_getaffinity(2)`
-    /// on the live `/proc` (after checking `tid` is still a thread of `pid`), else its `status`.
+    /// Thread `tid`'s allowed CPUs now, as cheaply as the root allows, for a caller that only
+    /// compares it with the last value it read: one `sched_getaffinity(2)` on a live root, else
+    /// the `status` file. The syscall does not check that `tid` is still a thread of `pid` (a
+    /// reused tid reads as the new thread's): a caller that sees a difference re-reads the thread
+    /// in full ([`Self::thread`]), which does.
     pub(crate) fn affinity(&self, pid: u32, tid: u32) -> Result<CpuSet, ProcError> {
-        let task = self.task_dir(pid, tid);
-        if !task.exists() {
-            return Err(ProcError::Gone { pid, tid });
+        if self.live {
+            return match syscall_affinity(tid) {
+                Ok(set) => Ok(set),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    Err(ProcError::Gone { pid, tid })
+                }
+                Err(_) => self.task_affinity(&self.task_dir(pid, tid), pid, tid),
+            };
         }
-        self.task_affinity(&task, pid, tid)
+        self.task_affinity(&self.task_dir(pid, tid), pid, tid)
     }
 
     /// The affinity of thread `tid` of `pid`, whose task directory is `task` and which the
@@ -205,6 +221,15 @@ impl HostFs {
         }
     }
 
+    /// Thread `tid`'s scheduling policy and real-time priority now (its `stat` fields 41 and 40),
+    /// as [`ThreadState::policy`] and [`ThreadState::rt_priority`] hold them.
+    pub(crate) fn sched(&self, pid: u32, tid: u32) -> Result<(Option<u32>, u32), ProcError> {
+        let path = self.task_dir(pid, tid).join("stat");
+        let stat = self.read_task_file(&path, pid, tid)?;
+        let s = parse_stat(&stat).map_err(|reason| parse_err(&path, reason))?;
+        Ok((s.policy, s.rt_priority))
+    }
+
     /// Everything pinflow knows about thread `tid` of process `pid`.
     ///
     /// Returns [`ProcError::Gone`] when the thread exited before or while it was read. A missing `schedstat`
@@ -217,8 +242,13 @@ impl HostFs {
         // affinity syscall, which takes any thread id.
         let stat_path = task.join("stat");
         let stat = self.read_task_file(&stat_path, pid, tid)?;
-        let (comm, last_cpu, flags) =
-            parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
+        let Stat {
+            comm,
+            last_cpu,
+            flags,
+            rt_priority,
+            policy,
+        } = parse_stat(&stat).map_err(|reason| parse_err(&stat_path, reason))?;
         let kernel_worker = is_kernel_worker(&comm, flags);
 
         let affinity = self.task_affinity(&task, pid, tid)?;
@@ -257,6 +287,8 @@ impl HostFs {
             run_ns,
             wait_ns,
             kernel_worker,
+            policy,
+            rt_priority,
         })
     }
 
@@ -402,6 +434,16 @@ fn relative(path: &str) -> Result<PathBuf, String> {
     Ok(rel)
 }
 
+/// Whether `proc_root` is a procfs that shows this process's pid namespace: its `self` link
+/// names our own pid (the host's procfs seen from a container without `hostPID` names the
+/// host's pid for us; a fixture tree has no `self`).
+fn shows_own_pid_namespace(proc_root: &Path) -> bool {
+    std::fs::read_link(proc_root.join("self"))
+        .ok()
+        .and_then(|target| target.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id())
+}
+
 /// CPUs the kernel's affinity masks can name in [`syscall_affinity`]'s buffer.
 const AFFINITY_WORDS: usize = 128;
 
@@ -455,9 +497,20 @@ fn parse_affinity(status: &str) -> Result<CpuSet, String> {
     Err("no Cpus_allowed_list".into())
 }
 
-/// Thread name and last CPU from a `stat` line. The name sits in parentheses and may itself contain spaces
-/// and `)`, so fields are counted after the *last* `)`. The last CPU is field 39 (`processor`).
-fn parse_stat(stat: &str) -> Result<(String, Option<u32>, u32), String> {
+/// What pinflow takes from `/proc/PID/task/TID/stat`.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    comm: String,
+    last_cpu: Option<u32>,
+    flags: u32,
+    rt_priority: u32,
+    policy: Option<u32>,
+}
+
+/// Thread name, last CPU, flags and scheduling policy from a `stat` line. The name sits in
+/// parentheses and may itself contain spaces and `)`, so fields are counted after the *last*
+/// `)`. The last CPU is field 39 (`processor`), then `rt_priority` (40) and `policy` (41).
+fn parse_stat(stat: &str) -> Result<Stat, String> {
     let open = stat.find('(').ok_or("no '(' before the thread name")?;
     let close = stat.rfind(')').ok_or("no ')' after the thread name")?;
     let comm = stat
@@ -482,7 +535,22 @@ fn parse_stat(stat: &str) -> Result<(String, Option<u32>, u32), String> {
             .map_err(|_| format!("flags field {v:?} is not a number"))?,
         None => 0,
     };
-    Ok((comm, last_cpu, flags))
+    let field = |n: usize, what: &str| -> Result<Option<u32>, String> {
+        rest.split_whitespace()
+            .nth(n - 3)
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{what} field {v:?} is not a number"))
+            })
+            .transpose()
+    };
+    Ok(Stat {
+        comm,
+        last_cpu,
+        flags,
+        rt_priority: field(40, "rt_priority")?.unwrap_or(0),
+        policy: field(41, "policy")?,
+    })
 }
 
 /// `PF_KTHREAD` (include/linux/sched.h): a kernel thread (child of kthreadd, no mm of its own).
@@ -530,6 +598,7 @@ fn read_bounded(path: &Path) -> io::Result<String> {
 }
 
 pub(crate) mod cgroup_watch;
+mod numa;
 
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,13 @@
-//! The `affinity` check: the vCPU thread's scheduler affinity differs from its pin set.
+//! The `affinity` check: a pinned thread's (vCPU or I/O thread) scheduler affinity differs
+//! from its pin set.
 
 use super::{DomainView, Finding, Subject};
 
-/// A pinned vCPU whose thread may run elsewhere than its pin (an empty affinity is unknown).
+/// A pinned vCPU or I/O thread whose thread may run elsewhere than its pin (an empty affinity
+/// is unknown).
 pub(super) fn check(_: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
-    let v = s.vcpu()?;
-    let (pin, affinity) = (v.spec.pin.as_ref()?, &v.state?.affinity);
+    let (pin, state) = s.pinned_thread()?;
+    let affinity = &state.affinity;
     (!affinity.is_empty() && affinity != pin).then(|| Finding::new(pin, affinity))
 }
 

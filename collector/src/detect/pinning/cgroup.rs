@@ -1,19 +1,20 @@
-//! The `cgroup` check: the vCPU thread is not in its domain's `vcpuN` cgroup (libvirt's layout).
+//! The `cgroup` check: a vCPU or pinned I/O thread is not in its domain's `vcpuN`/`iothreadN`
+//! cgroup (libvirt's layout).
 
 use super::{DomainView, Finding, Subject};
 
 /// The domain's cgroup: the parent of the QEMU main thread's `emulator` cgroup (libvirt's layout).
-fn domain_cgroup(main_cgroup: Option<&str>) -> Option<&str> {
+pub(super) fn domain_cgroup(main_cgroup: Option<&str>) -> Option<&str> {
     main_cgroup?.strip_suffix("/emulator")
 }
 
-/// A vCPU thread outside `<domain cgroup>/vcpuN`; `actual` is its cgroup relative to the
-/// domain's, or the full path when it is outside the domain's cgroup.
+/// A vCPU thread outside `<domain cgroup>/vcpuN` (an I/O thread outside `iothreadN`); `actual`
+/// is its cgroup relative to the domain's, or the full path when it is outside the domain's
+/// cgroup.
 pub(super) fn check(d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
-    let v = s.vcpu()?;
+    let (want, state) = s.cgroup_leaf()?;
     let root = domain_cgroup(d.obs.main_cgroup.as_deref())?;
-    let path = v.state?.cgroup.as_deref()?;
-    let want = format!("vcpu{}", v.spec.id);
+    let path = state.cgroup.as_deref()?;
     let relative = path.strip_prefix(root).and_then(|r| r.strip_prefix('/'));
     (relative != Some(want.as_str())).then(|| Finding::new(&want, relative.unwrap_or(path)))
 }

@@ -1,11 +1,12 @@
-//! The `cpuset` check: the vCPU thread's cgroup `cpuset.cpus` differs from its pin set.
+//! The `cpuset` check: a pinned thread's (vCPU or I/O thread) cgroup `cpuset.cpus` differs from
+//! its pin set.
 
 use super::{DomainView, Finding, Subject};
 
-/// A pinned vCPU whose cgroup lets it run elsewhere than its pin.
+/// A pinned vCPU or I/O thread whose cgroup lets it run elsewhere than its pin.
 pub(super) fn check(_: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
-    let v = s.vcpu()?;
-    let (pin, cgroup_cpus) = (v.spec.pin.as_ref()?, v.state?.cgroup_cpus.as_ref()?);
+    let (pin, state) = s.pinned_thread()?;
+    let cgroup_cpus = state.cgroup_cpus.as_ref()?;
     (cgroup_cpus != pin).then(|| Finding::new(pin, cgroup_cpus))
 }
 

@@ -2,23 +2,26 @@
 //!
 //! Pure: input is one [`DomainObservation`] per running domain (libvirt's live XML + procfs/cgroupfs +
 //! eBPF placement), output a [`PinningReport`]. The checks are DESIGN.md's table, one file each
-//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `stolen`): a check is a [`Check`] variant plus
-//! one function `check(domain, subject) -> Option<Finding>` registered in `run`. This driver
-//! runs every check of [`Check::ALL`] on every vCPU, then on the emulator threads, in that order.
+//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `sched_policy`, `numa`, `stolen`): a
+//! check is a [`Check`] variant plus one function `check(domain, subject) -> Option<Finding>`
+//! registered in `run`. This driver runs every check of [`Check::ALL`] on every vCPU, then on every
+//! pinned I/O thread, the emulator threads and the domain's memory, in that order.
 
 mod affinity;
 mod cgroup;
 mod cpuset;
+mod numa;
 mod overlap;
-mod placement;
+pub(crate) mod placement;
+mod sched;
 mod stolen;
 #[cfg(test)]
 mod tests;
 
 use crate::model::cpuset::CpuSet;
 use crate::model::pinning::{
-    Check, DomainObservation, DomainReport, Drift, INTRUDER_LABELS, OverlapOwner, PcpuStolen,
-    PinKind, PinningReport, PlacementSample, VcpuReport,
+    Check, DomainObservation, DomainReport, Drift, INTRUDER_LABELS, IothreadSpec, OverlapOwner,
+    PcpuStolen, PinKind, PinningReport, PlacementSample, SchedSpec, VcpuReport,
 };
 use crate::model::{Domain, ThreadState, VcpuSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,13 +47,27 @@ pub(super) struct VcpuView<'a> {
     placement: Option<&'a PlacementSample>,
 }
 
-/// What one check looks at: one vCPU thread, or all emulator threads of the domain together.
+/// One pinned I/O thread as libvirt placed it and as it is.
+#[derive(Clone, Copy)]
+pub(super) struct IothreadView<'a> {
+    /// libvirt's spec (id, pin).
+    spec: &'a IothreadSpec,
+    /// Its thread's actual state (found by its name, `IO iothreadN`), when read.
+    state: Option<&'a ThreadState>,
+}
+
+/// What one check looks at: one vCPU thread, one pinned I/O thread, all emulator threads of the
+/// domain together, or the domain's memory.
 #[derive(Clone, Copy)]
 pub(super) enum Subject<'a> {
     /// One vCPU (the drift's `vcpu` is its index).
     Vcpu(VcpuView<'a>),
+    /// One I/O thread with an `<iothreadpin>` (the drift's `vcpu` is `iothreadN`).
+    Iothread(IothreadView<'a>),
     /// The emulator threads (the drift's `vcpu` is `emulator`).
     Emulator,
+    /// The domain's memory (the drift's `vcpu` is `memory`; only the `numa` check).
+    Memory,
 }
 
 impl<'a> Subject<'a> {
@@ -58,9 +75,44 @@ impl<'a> Subject<'a> {
     fn vcpu(&self) -> Option<&VcpuView<'a>> {
         match self {
             Subject::Vcpu(v) => Some(v),
-            Subject::Emulator => None,
+            _ => None,
         }
     }
+
+    /// A pinned thread (a vCPU or an I/O thread): its pin and its state, when both are known.
+    fn pinned_thread(&self) -> Option<(&'a CpuSet, &'a ThreadState)> {
+        match self {
+            Subject::Vcpu(v) => Some((v.spec.pin.as_ref()?, v.state?)),
+            Subject::Iothread(t) => Some((t.spec.pin.as_ref()?, t.state?)),
+            _ => None,
+        }
+    }
+
+    /// The thread's libvirt cgroup leaf (`vcpuN`, `iothreadN`) and its state.
+    fn cgroup_leaf(&self) -> Option<(String, &'a ThreadState)> {
+        match self {
+            Subject::Vcpu(v) => Some((format!("vcpu{}", v.spec.id), v.state?)),
+            Subject::Iothread(t) => Some((t.spec.label(), t.state?)),
+            _ => None,
+        }
+    }
+
+    /// The scheduling policy libvirt set on the thread, and its state.
+    fn sched(&self) -> Option<(&'a SchedSpec, &'a ThreadState)> {
+        match self {
+            Subject::Vcpu(v) => Some((v.spec.sched.as_ref()?, v.state?)),
+            Subject::Iothread(t) => Some((t.spec.sched.as_ref()?, t.state?)),
+            _ => None,
+        }
+    }
+}
+
+/// The thread of I/O thread `spec` among the QEMU process's threads (by its name).
+fn iothread_state<'a>(obs: &'a DomainObservation, spec: &IothreadSpec) -> Option<&'a ThreadState> {
+    let comm = spec.comm();
+    obs.threads
+        .values()
+        .find(|t| t.comm == comm && !t.kernel_worker)
 }
 
 /// What a check found wrong with a subject (the [`Drift`] without its check and subject).
@@ -89,6 +141,8 @@ fn run(check: Check, d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
         Check::Cgroup => cgroup::check(d, s),
         Check::Placement => placement::check(d, s),
         Check::Overlap => overlap::check(d, s),
+        Check::SchedPolicy => sched::check(d, s),
+        Check::Numa => numa::check(d, s),
         Check::Stolen => stolen::check(d, s),
     }
 }
@@ -209,8 +263,21 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
             found.push(drift);
         }
     }
-    // One drift per check for all emulator threads together; not counted as a drifted vCPU.
+    // I/O threads with a pin or a scheduler of their own, then one drift per check for all
+    // emulator threads together, then the memory: none counted as a drifted vCPU.
+    for t in dom
+        .iothreads
+        .iter()
+        .filter(|t| t.pin.is_some() || t.sched.is_some())
+    {
+        let view = IothreadView {
+            spec: t,
+            state: iothread_state(o, t),
+        };
+        found.extend(drifts(d, Subject::Iothread(view), t.label()));
+    }
     found.extend(drifts(d, Subject::Emulator, "emulator".into()));
+    found.extend(drifts(d, Subject::Memory, "memory".into()));
 
     let vcpus: Vec<VcpuReport> = views.iter().map(|v| vcpu_report(v, vcpupins)).collect();
     let placements = || views.iter().filter_map(|v| v.placement);
@@ -218,8 +285,66 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
     let migrations = saturating_sum(placements().map(|p| p.migrations_total));
     let wait_ns = saturating_sum(views.iter().filter_map(|v| v.state).map(|s| s.wait_ns));
     let have_bpf = !o.placement.is_empty();
-    let stolen = o
-        .stolen
+    let stolen = stolen_report(dom, o);
+    DomainReport {
+        domain: dom.name.clone(),
+        uuid: dom.uuid.clone(),
+        nova: dom.nova.clone(),
+        pinned: vcpus.iter().any(|v| v.kind.is_vcpupin()),
+        drifted_vcpus,
+        drifts: found,
+        vcpus,
+        offpin_seconds_total: have_bpf.then(|| offpin_ns as f64 / 1e9),
+        migrations_total: have_bpf.then_some(migrations),
+        wait_seconds_total: wait_ns as f64 / 1e9,
+        numa_memory_bytes: o.numa.as_ref().map(|n| n.node_bytes.clone()),
+        numa_mems: o.numa.as_ref().and_then(|n| n.mems.clone()),
+        stolen,
+    }
+}
+
+/// The sum of `values`, saturating at `u64::MAX`.
+fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
+}
+
+/// One vCPU's expected and actual placement.
+fn vcpu_report(v: &VcpuView<'_>, vcpupins: &BTreeMap<u32, u32>) -> VcpuReport {
+    let (spec, state) = (v.spec, v.state);
+    let mut report = VcpuReport {
+        vcpu: spec.id,
+        tid: spec.tid,
+        kind: pin_kind(spec, vcpupins),
+        pin: spec.pin.clone(),
+        affinity: state.map(|s| s.affinity.clone()),
+        cgroup_cpus: state.and_then(|s| s.cgroup_cpus.clone()),
+        cgroup: state.and_then(|s| s.cgroup.clone()),
+        last_cpu: None,
+        offpin_seconds: None,
+    };
+    set_placement_detail(&mut report, v.placement, state);
+    report
+}
+
+/// The fields of a vCPU's report that come from its eBPF placement (else from procfs).
+fn set_placement_detail(
+    report: &mut VcpuReport,
+    placement: Option<&PlacementSample>,
+    state: Option<&ThreadState>,
+) {
+    report.last_cpu = placement
+        .map(|p| p.last_cpu)
+        .or(state.and_then(|s| s.last_cpu));
+    report.offpin_seconds = placement.map(|p| p.offpin_ns_total as f64 / 1e9);
+}
+
+/// Brings `report` (made by [`evaluate`] from earlier observations) up to date with the
+/// placement counters of `obs` without running any check: for placement changes that cannot
+/// change a finding (see [`placement::drift_key`]), such as a floating vCPU's migrations. The
+/// domains' totals are the raw sums, as [`evaluate`] writes them.
+/// The domain's intrusions per dedicated pCPU, from its stolen samples.
+fn stolen_report(dom: &Domain, o: &DomainObservation) -> Vec<PcpuStolen> {
+    o.stolen
         .iter()
         .map(|(cpu, x)| PcpuStolen {
             cpu: *cpu,
@@ -236,41 +361,34 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
                 .collect(),
             window_share: x.window_share(),
         })
+        .collect()
+}
+
+pub(crate) fn refresh_placement(report: &mut PinningReport, obs: &[DomainObservation]) {
+    let by_name: BTreeMap<&str, &DomainObservation> = obs
+        .iter()
+        .filter_map(|o| Some((o.domain.as_ref()?.name.as_str(), o)))
         .collect();
-    DomainReport {
-        domain: dom.name.clone(),
-        uuid: dom.uuid.clone(),
-        nova: dom.nova.clone(),
-        pinned: vcpus.iter().any(|v| v.kind.is_vcpupin()),
-        drifted_vcpus,
-        drifts: found,
-        vcpus,
-        offpin_seconds_total: have_bpf.then(|| offpin_ns as f64 / 1e9),
-        migrations_total: have_bpf.then_some(migrations),
-        wait_seconds_total: wait_ns as f64 / 1e9,
-        stolen,
-    }
-}
-
-/// The sum of `values`, saturating at `u64::MAX`.
-fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
-    values.fold(0, u64::saturating_add)
-}
-
-/// One vCPU's expected and actual placement.
-fn vcpu_report(v: &VcpuView<'_>, vcpupins: &BTreeMap<u32, u32>) -> VcpuReport {
-    let (spec, state, placement) = (v.spec, v.state, v.placement);
-    VcpuReport {
-        vcpu: spec.id,
-        tid: spec.tid,
-        kind: pin_kind(spec, vcpupins),
-        pin: spec.pin.clone(),
-        affinity: state.map(|s| s.affinity.clone()),
-        cgroup_cpus: state.and_then(|s| s.cgroup_cpus.clone()),
-        cgroup: state.and_then(|s| s.cgroup.clone()),
-        last_cpu: placement
-            .map(|p| p.last_cpu)
-            .or(state.and_then(|s| s.last_cpu)),
-        offpin_seconds: placement.map(|p| p.offpin_ns_total as f64 / 1e9),
+    for r in &mut report.domains {
+        let Some(o) = by_name.get(r.domain.as_str()) else {
+            continue;
+        };
+        let mut offpin_ns = 0u64;
+        let mut migrations = 0u64;
+        for v in &mut r.vcpus {
+            let placement = v.tid.and_then(|t| o.placement.get(&t));
+            let state = v.tid.and_then(|t| o.threads.get(&t));
+            set_placement_detail(v, placement, state);
+            if let Some(p) = placement {
+                offpin_ns = offpin_ns.saturating_add(p.offpin_ns_total);
+                migrations = migrations.saturating_add(p.migrations_total);
+            }
+        }
+        let have_bpf = !o.placement.is_empty();
+        r.offpin_seconds_total = have_bpf.then(|| offpin_ns as f64 / 1e9);
+        r.migrations_total = have_bpf.then_some(migrations);
+        if let Some(d) = &o.domain {
+            r.stolen = stolen_report(d, o);
+        }
     }
 }

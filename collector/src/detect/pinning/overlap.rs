@@ -1,5 +1,5 @@
-//! The `overlap` check: a thread (a vCPU, or the emulator threads together) may run on a pCPU
-//! dedicated to another domain.
+//! The `overlap` check: a thread (a vCPU, a pinned I/O thread, or the emulator threads
+//! together) may run on a pCPU dedicated to another domain.
 
 use super::{DomainView, Finding, Subject};
 use crate::model::ThreadState;
@@ -63,11 +63,26 @@ pub(super) fn check(d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
             foreign_dedicated(cpus, me, d.owners, &mut hits);
             v.spec.pin.as_ref()
         }
+        Subject::Iothread(t) => {
+            let pin = t.spec.pin.as_ref()?;
+            let cpus = may_run_on(t.state, Some(pin))?;
+            foreign_dedicated(cpus, me, d.owners, &mut hits);
+            Some(pin)
+        }
+        Subject::Memory => return None,
         Subject::Emulator => {
             let vcpu_tids: BTreeSet<u32> = d.domain.vcpus.iter().filter_map(|v| v.tid).collect();
+            // I/O threads with a pin of their own are checked on their own.
+            let pinned_io: BTreeSet<String> = d
+                .domain
+                .iothreads
+                .iter()
+                .filter(|t| t.pin.is_some())
+                .map(|t| t.comm())
+                .collect();
             let pin = d.domain.emulator_pin.as_ref();
             for t in d.obs.threads.values() {
-                if vcpu_tids.contains(&t.tid) || t.kernel_worker {
+                if vcpu_tids.contains(&t.tid) || t.kernel_worker || pinned_io.contains(&t.comm) {
                     continue;
                 }
                 if let Some(cpus) = may_run_on(Some(t), pin) {

@@ -10,11 +10,7 @@ pub(super) fn check(d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
     let v = s.vcpu()?;
     let tid = v.spec.tid?;
     let (cpu, sample) = d.obs.stolen.iter().find(|(_, x)| x.vcpu_tid == tid)?;
-    // A limit of 1 (the whole pCPU) switches the check off.
-    if sample.limit >= 1.0 || sample.window_share() <= sample.limit {
-        return None;
-    }
-    Some(Finding::new(cpu, sample.top_class()?))
+    Some(Finding::new(cpu, sample.drift()?))
 }
 
 #[cfg(test)]

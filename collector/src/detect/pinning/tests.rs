@@ -22,6 +22,7 @@ pub(super) fn healthy(name: &str, base: u32, pins: &[&str]) -> DomainObservation
             tid: Some(base + i as u32),
             pin: Some(cpus(p)),
             shared_set: false,
+            sched: None,
         })
         .collect();
     let mut threads = BTreeMap::new();
@@ -39,6 +40,8 @@ pub(super) fn healthy(name: &str, base: u32, pins: &[&str]) -> DomainObservation
                 run_ns: 10,
                 wait_ns: 500_000_000,
                 kernel_worker: false,
+                policy: Some(0),
+                rt_priority: 0,
             },
         );
     }
@@ -67,11 +70,14 @@ pub(super) fn healthy(name: &str, base: u32, pins: &[&str]) -> DomainObservation
             vcpus,
             emulator_pin: Some(emu_pin),
             interfaces: vec![],
+            iothreads: Vec::new(),
+            numa: Default::default(),
         }),
         threads,
         main_cgroup: Some(format!("{root}/emulator")),
         placement: BTreeMap::new(),
         stolen: BTreeMap::new(),
+        numa: None,
     }
 }
 
@@ -181,4 +187,105 @@ fn floating_vcpus_are_not_counted_as_pinned_at_scale() {
     let r = evaluate(&obs);
     assert!(r.pcpu_pinned_vcpus.is_empty(), "{:?}", r.pcpu_pinned_vcpus);
     assert!(r.domains.iter().all(|d| !d.pinned && d.drifts.is_empty()));
+}
+
+/// `o` with I/O thread `id` pinned to `pin`, its thread (tid `tid`, named as QEMU names it)
+/// healthy in the domain's `iothreadN` cgroup.
+pub(super) fn with_iothread(
+    mut o: DomainObservation,
+    id: u32,
+    tid: u32,
+    pin: &str,
+) -> DomainObservation {
+    let spec = crate::model::pinning::IothreadSpec {
+        id,
+        pin: Some(cpus(pin)),
+        sched: None,
+    };
+    let root = o.main_cgroup.clone().unwrap();
+    let root = root.strip_suffix("/emulator").unwrap();
+    o.threads.insert(
+        tid,
+        ThreadState {
+            tid,
+            comm: spec.comm(),
+            affinity: cpus(pin),
+            cgroup: Some(format!("{root}/iothread{id}")),
+            cgroup_cpus: Some(cpus(pin)),
+            policy: Some(0),
+            ..Default::default()
+        },
+    );
+    o.domain.as_mut().unwrap().iothreads.push(spec);
+    o
+}
+
+#[test]
+fn pinned_iothreads_are_checked_like_vcpus_and_named_iothread_n() {
+    let a = with_iothread(healthy("a", 101, &["0", "1"]), 1, 150, "2");
+    assert!(drifts(&evaluate(std::slice::from_ref(&a)), "a").is_empty());
+
+    // `taskset -p` of the I/O thread elsewhere, and a cgroup move behind libvirt's back.
+    let mut moved = a.clone();
+    let t = moved.threads.get_mut(&150).unwrap();
+    t.affinity = cpus("0-3");
+    t.cgroup = Some("/machine/qemu-1-a.libvirt-qemu/emulator".into());
+    t.cgroup_cpus = Some(cpus("0-1"));
+    let r = evaluate(&[moved]);
+    assert_eq!(
+        drifts(&r, "a"),
+        vec![
+            (
+                Check::Affinity,
+                "iothread1".into(),
+                "2".into(),
+                "0-3".into()
+            ),
+            (Check::Cpuset, "iothread1".into(), "2".into(), "0-1".into()),
+            (
+                Check::Cgroup,
+                "iothread1".into(),
+                "iothread1".into(),
+                "emulator".into()
+            ),
+        ]
+    );
+    // Not a drifted vCPU.
+    assert!(r.domains[0].drifted_vcpus.values().all(|n| *n == 0));
+
+    // An I/O thread on b's dedicated pCPU overlaps as itself, not as an emulator thread.
+    let r = evaluate(&[
+        with_iothread(healthy("a", 101, &["0", "1"]), 1, 150, "2"),
+        healthy("b", 201, &["2"]),
+    ]);
+    assert_eq!(
+        drifts(&r, "a"),
+        vec![(
+            Check::Overlap,
+            "iothread1".into(),
+            "2".into(),
+            "2 (b)".into()
+        )]
+    );
+}
+
+#[test]
+fn an_unpinned_iothread_stays_an_emulator_thread_and_a_missing_one_is_unknown() {
+    // Pinned nowhere of its own: its reach of b's pCPU 2 is the emulator threads' overlap.
+    let mut a = with_iothread(healthy("a", 101, &["0", "1"]), 1, 150, "2");
+    a.domain.as_mut().unwrap().iothreads[0].pin = None;
+    let r = evaluate(&[a, healthy("b", 201, &["2"])]);
+    assert_eq!(
+        drifts(&r, "a"),
+        vec![(
+            Check::Overlap,
+            "emulator".into(),
+            "0-1".into(),
+            "2 (b)".into()
+        )]
+    );
+    // Declared and pinned, but no thread of that name (not started yet): nothing to compare.
+    let mut a = with_iothread(healthy("a", 101, &["0"]), 1, 150, "0");
+    a.threads.remove(&150);
+    assert!(drifts(&evaluate(&[a]), "a").is_empty());
 }

@@ -286,3 +286,54 @@ fn without_affinity_events_a_tick_finds_the_moved_thread_and_rereads_it_only() {
     f.engine.step(tick());
     assert_eq!(f.passes(), (1, 1, 4), "seen once, not on every tick");
 }
+
+#[test]
+fn numa_placement_is_read_at_most_every_reconcile_interval_even_when_polling() {
+    let mut f = Fixture::new(false);
+    assert_eq!(f.engine.passes.mode, PinningMode::Polling);
+    // fx-nova gets a strict binding to host node 0; the host turns out to have two nodes (CPU 1
+    // on node 1) and the domain 400 MiB on node 1 — written after the first full pass.
+    let xml = f.tmp.path().join("state/fx-nova.xml");
+    let text = std::fs::read_to_string(&xml).expect("xml");
+    let bound = text.replacen(
+        "<cputune>",
+        "<numatune><memory mode='strict' nodeset='0'/></numatune><cputune>",
+        1,
+    );
+    assert_ne!(text, bound);
+    std::fs::write(&xml, bound).expect("write");
+    let sys = f.tmp.path().join("host/sys");
+    for (node, cpus) in [(0, "0"), (1, "1")] {
+        let dir = sys.join(format!("devices/system/node/node{node}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("cpulist"), cpus).expect("cpulist");
+    }
+    let mem = sys.join("fs/cgroup/memory/machine/qemu-5-fx-nova.libvirt-qemu");
+    std::fs::create_dir_all(&mem).expect("mkdir");
+    std::fs::write(
+        mem.join("memory.numa_stat"),
+        "total=102500 N0=100 N1=102400\n",
+    )
+    .expect("numa_stat");
+    // Polling: every tick is a full pass, but the NUMA placement of a known domain is kept
+    // until reconcile_seconds (30) have passed since it was read.
+    f.engine.step(tick());
+    f.engine.step(tick());
+    assert_eq!(f.drifts(), vec![]);
+    assert!(f.engine.state.pinning.get().numa_nodes.is_empty());
+    f.engine.last_numa = Instant::now().checked_sub(Duration::from_secs(31));
+    f.engine.step(tick());
+    assert_eq!(
+        f.drifts(),
+        vec![
+            ("1".to_string(), Check::Numa),
+            ("memory".to_string(), Check::Numa)
+        ]
+    );
+    let r = f.engine.state.pinning.get();
+    assert_eq!(r.numa_nodes.len(), 2);
+    // A targeted pass (a thread event) keeps the reading.
+    drop(r);
+    f.engine.step(threads(&[VCPU0]));
+    assert_eq!(f.drifts().len(), 2);
+}

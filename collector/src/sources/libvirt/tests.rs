@@ -40,12 +40,14 @@ fn fx_nova() -> Domain {
                 tid: Some(11435),
                 pin: Some(cpus("0")),
                 shared_set: false,
+                sched: None,
             },
             VcpuSpec {
                 id: 1,
                 tid: Some(11436),
                 pin: Some(cpus("1")),
                 shared_set: false,
+                sched: None,
             },
         ],
         emulator_pin: Some(cpus("0-1")),
@@ -53,6 +55,8 @@ fn fx_nova() -> Domain {
             target_dev: "tapfx000a1".into(),
             mac: "fa:16:3e:00:00:a1".into(),
         }],
+        iothreads: Vec::new(),
+        numa: Default::default(),
     }
 }
 
@@ -81,12 +85,14 @@ fn domain_without_nova_mixes_vcpupin_and_vcpu_cpuset() {
                     tid: Some(11490),
                     pin: Some(cpus("0")),
                     shared_set: false,
+                    sched: None,
                 },
                 VcpuSpec {
                     id: 1,
                     tid: Some(11491),
                     pin: Some(cpus("1")),
                     shared_set: true,
+                    sched: None,
                 },
             ],
             // libvirt confines the emulator to <vcpu cpuset> when there is no <emulatorpin>.
@@ -95,6 +101,8 @@ fn domain_without_nova_mixes_vcpupin_and_vcpu_cpuset() {
                 target_dev: "tapfx000a2".into(),
                 mac: "52:54:00:00:00:a2".into()
             }],
+            iothreads: Vec::new(),
+            numa: Default::default(),
         }
     );
 }
@@ -116,16 +124,20 @@ fn floating_domain_has_no_pins() {
                     tid: Some(11508),
                     pin: None,
                     shared_set: false,
+                    sched: None,
                 },
                 VcpuSpec {
                     id: 1,
                     tid: Some(11509),
                     pin: None,
                     shared_set: false,
+                    sched: None,
                 },
             ],
             emulator_pin: None,
             interfaces: vec![],
+            iothreads: Vec::new(),
+            numa: Default::default(),
         }
     );
     assert!(!d.is_pinned());
@@ -149,16 +161,20 @@ fn vcpu_cpuset_applies_to_every_vcpu() {
                     tid: Some(11558),
                     pin: Some(cpus("1")),
                     shared_set: true,
+                    sched: None,
                 },
                 VcpuSpec {
                     id: 1,
                     tid: Some(11559),
                     pin: Some(cpus("1")),
                     shared_set: true,
+                    sched: None,
                 },
             ],
             emulator_pin: Some(cpus("1")),
             interfaces: vec![],
+            iothreads: Vec::new(),
+            numa: Default::default(),
         }
     );
     // A floating set is no pin, even of one CPU.
@@ -206,12 +222,14 @@ fn hotplug_list_and_exclusions() {
                 tid: Some(11),
                 pin: Some(cpus("0-2,4-7")),
                 shared_set: true,
+                sched: None,
             },
             VcpuSpec {
                 id: 2,
                 tid: Some(13),
                 pin: Some(cpus("5")),
                 shared_set: false,
+                sched: None,
             },
         ]
     );
@@ -516,4 +534,108 @@ fn live_testbed_matches_procfs() {
         }
     }
     assert!(checked > 0, "no running domain found");
+}
+
+#[test]
+fn iothreads_vcpusched_and_numatune_captured() {
+    let d = parse_domstatus(&fixture("tuned/fx-tuned.xml")).expect("parses");
+    assert_eq!(
+        d.iothreads,
+        vec![
+            IothreadSpec {
+                id: 1,
+                pin: Some(cpus("1")),
+                sched: None
+            },
+            IothreadSpec {
+                id: 2,
+                pin: Some(cpus("0")),
+                sched: None
+            },
+        ]
+    );
+    assert_eq!(d.iothreads[0].comm(), "IO iothread1");
+    let batch = SchedSpec {
+        policy: SchedPolicy::Batch,
+        priority: None,
+    };
+    assert_eq!(
+        d.vcpus.iter().map(|v| v.sched).collect::<Vec<_>>(),
+        vec![Some(batch), None]
+    );
+    let strict0 = NumaBinding {
+        mode: NumaMode::Strict,
+        nodeset: cpus("0"),
+    };
+    assert_eq!(
+        d.numa,
+        NumaSpec {
+            memory: Some(strict0.clone()),
+            memnodes: BTreeMap::from([(0, strict0)]),
+            cells: vec![GuestCell {
+                id: 0,
+                vcpus: cpus("0-1"),
+                memory_bytes: 64 << 20,
+            }],
+        }
+    );
+    assert_eq!(d.numa.allowed_nodes(), Some(cpus("0")));
+    assert_eq!(d.numa.vcpu_nodes(1), Some(&cpus("0")));
+}
+
+#[test]
+fn iothreadids_fifo_priorities_and_two_cells() {
+    // Hand-written from the captured file: explicit <iothreadids>, an <iothreadsched>, a
+    // real-time <vcpusched> over a vCPU range, and two guest cells bound to two host nodes.
+    let xml = fixture("tuned/fx-tuned.xml")
+        .replace(
+            "<iothreads>2</iothreads>",
+            "<iothreads>2</iothreads><iothreadids><iothread id='4'/><iothread id='7'/></iothreadids>",
+        )
+        .replace(
+            "<iothreadpin iothread='1' cpuset='1'/>",
+            "<iothreadpin iothread='7' cpuset='1'/><iothreadsched iothreads='4' scheduler='rr' priority='5'/>",
+        )
+        .replace(
+            "<vcpusched vcpus='0' scheduler='batch'/>",
+            "<vcpusched vcpus='0-1' scheduler='fifo' priority='1'/>",
+        )
+        .replace(
+            "<memnode cellid='0' mode='strict' nodeset='0'/>",
+            "<memnode cellid='0' mode='strict' nodeset='0'/><memnode cellid='1' mode='interleave' nodeset='1'/>",
+        )
+        .replace(
+            "<cell id='0' cpus='0-1' memory='65536' unit='KiB'/>",
+            "<cell id='0' cpus='0' memory='32' unit='MiB'/><cell id='1' cpus='1' memory='32768'/>",
+        );
+    let d = parse_domstatus(&xml).expect("parses");
+    let ids: Vec<_> = d.iothreads.iter().map(|t| (t.id, t.pin.clone())).collect();
+    assert_eq!(ids, vec![(4, None), (7, Some(cpus("1")))]);
+    assert_eq!(
+        d.iothreads[0].sched.map(|s| s.to_string()),
+        Some("rr:5".into())
+    );
+    assert!(
+        d.vcpus
+            .iter()
+            .all(|v| v.sched.map(|s| s.to_string()) == Some("fifo:1".into()))
+    );
+    assert_eq!(d.numa.cells[1].memory_bytes, 32 << 20);
+    assert_eq!(d.numa.allowed_nodes(), Some(cpus("0-1")));
+    assert_eq!(d.numa.vcpu_nodes(0), Some(&cpus("0")));
+    assert_eq!(d.numa.vcpu_nodes(1), Some(&cpus("1")));
+    // Garbage is an error, not a panic.
+    for (from, to) in [
+        ("scheduler='batch'", "scheduler='turbo'"),
+        (
+            "mode='strict' nodeset='0'/>\n",
+            "mode='sticky' nodeset='0'/>\n",
+        ),
+        ("<iothreads>2</iothreads>", "<iothreads>lots</iothreads>"),
+        ("iothread='2' cpuset='0'", "iothread='2' cpuset='zero'"),
+    ] {
+        let bad = fixture("tuned/fx-tuned.xml").replace(from, to);
+        assert_ne!(bad, fixture("tuned/fx-tuned.xml"), "{from}");
+        assert!(parse_domstatus(&bad).is_err(), "{to}");
+    }
 }

@@ -39,6 +39,8 @@ fn ts(
         run_ns,
         wait_ns,
         kernel_worker: false,
+        policy: Some(0),
+        rt_priority: 0,
     }
 }
 
@@ -254,15 +256,20 @@ fn live_thread_of_this_process() {
     assert!(!fs.online_cpus().expect("online").is_empty());
 }
 
-/// On the live `/proc` the affinity comes from `sched_getaffinity(2)`: it agrees with `status`,
-/// and follows a change made with `sched_setaffinity(2)`; the same tree under another path name
-/// is read from the file.
+/// On a live procfs (ours, under any path) the affinity comes from `sched_getaffinity(2)`: it
+/// agrees with `status`, and follows a change made with `sched_setaffinity(2)`; a tree that only
+/// links to our process (no `self` naming us, as the host's procfs seen from another pid
+/// namespace) is read from the file.
 #[test]
 fn live_affinity_by_syscall_matches_status() {
     let pid = std::process::id();
     let live = HostFs::default();
-    let files = HostFs::new(PathBuf::from("/proc/self/.."), PathBuf::from("/sys"));
-    assert!(live.live && !files.live);
+    let elsewhere = HostFs::new(PathBuf::from("/proc/self/.."), PathBuf::from("/sys"));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(format!("/proc/{pid}"), tmp.path().join(pid.to_string()))
+        .expect("symlink");
+    let files = HostFs::new(tmp.path().to_path_buf(), PathBuf::from("/sys"));
+    assert!(live.live && elsewhere.live && !files.live);
     let tid = current_tid();
     let from_status = |fs: &HostFs| {
         let text = std::fs::read_to_string(fs.task_dir(pid, tid).join("status")).expect("status");
@@ -420,9 +427,29 @@ fn kernel_workers_are_told_apart_by_their_stat_flags() {
         ("vhost-4242", 0x0000_4040, false),
         ("kworker/0:1", 0x0420_8060, true),
     ] {
-        let (c, _, f) = parse_stat(&line(comm, flags)).expect("parses");
-        assert_eq!((c.as_str(), f), (comm, flags));
-        assert_eq!(is_kernel_worker(&c, f), kernel, "{comm}");
+        let s = parse_stat(&line(comm, flags)).expect("parses");
+        assert_eq!((s.comm.as_str(), s.flags), (comm, flags));
+        assert_eq!(is_kernel_worker(&s.comm, s.flags), kernel, "{comm}");
     }
     assert!(parse_stat("1 (x) S 1 1 1 0 -1 notanumber").is_err());
+}
+
+#[test]
+fn scheduling_policy_and_priority_come_from_stat_fields_40_and_41() {
+    // The stat line of a vCPU thread under <vcpusched scheduler='fifo' priority='3'>: fields
+    // 39 (processor) 1, 40 (rt_priority) 3, 41 (policy) 1 = SCHED_FIFO.
+    let mut line = "4243 (CPU 0/KVM) R 1 4242 4242 0 -1 4194368".to_string();
+    for _ in 10..=38 {
+        line.push_str(" 0");
+    }
+    line.push_str(" 1 3 1");
+    for _ in 42..=52 {
+        line.push_str(" 0");
+    }
+    let s = parse_stat(&line).expect("parses");
+    assert_eq!((s.last_cpu, s.rt_priority, s.policy), (Some(1), 3, Some(1)));
+    // An old kernel's shorter line: no policy, no priority.
+    let short = parse_stat("1 (x) S 1 1 1 0 -1 0 0").expect("parses");
+    assert_eq!((short.rt_priority, short.policy), (0, None));
+    assert!(parse_stat(&line.replace(" 1 3 1 ", " 1 3 x ")).is_err());
 }
