@@ -7,6 +7,7 @@
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
 use crate::engine::datapath::DatapathConfig;
 use crate::engine::host_cpu::HostCpuConfig;
+use crate::engine::ovs_vswitchd::VswitchdConfig;
 use crate::engine::pinning::PinningConfig;
 use crate::export::ExportConfig;
 use serde::Deserialize;
@@ -26,6 +27,9 @@ pub(crate) struct Config {
     pub(crate) datapath: DatapathConfig,
     /// Host CPU configuration checks (`[host_cpu]`, with the pinning collector).
     pub(crate) host_cpu: HostCpuConfig,
+    /// ovs-vswitchd's unixctl counters and the OVS processes (`[ovs_vswitchd]`, with the datapath
+    /// collector).
+    pub(crate) ovs_vswitchd: VswitchdConfig,
 }
 
 /// A configuration error with the file and the reason.
@@ -175,9 +179,11 @@ impl Config {
     /// Why the file switches `source` off, if it does (`pinflow check` shows it; the daemon does
     /// not start it).
     pub(crate) fn switched_off(&self, source: &str) -> Option<&'static str> {
-        use crate::sources::{ovs_dp, sched_bpf};
+        use crate::sources::{ovs_dp, ovs_vswitchd, sched_bpf};
         if source == sched_bpf::SOURCE.name && !self.pinning.ebpf {
             Some("off in the config ([pinning] ebpf = false)")
+        } else if source == ovs_vswitchd::SOURCE.name && !self.ovs_vswitchd.enabled {
+            Some("off in the config ([ovs_vswitchd] enabled = false)")
         } else if [ovs_dp::SOURCE.name, ovs_dp::bpf::SOURCE.name].contains(&source)
             && !self.datapath.enabled
         {
@@ -220,6 +226,12 @@ impl Config {
             return Err(format!(
                 "pinning.reconcile_seconds = {} (must be 1..=86400)",
                 p.reconcile_seconds
+            ));
+        }
+        if !(1.0..=3600.0).contains(&self.ovs_vswitchd.interval_seconds) {
+            return Err(format!(
+                "ovs_vswitchd.interval_seconds = {} (must be 1..=3600)",
+                self.ovs_vswitchd.interval_seconds
             ));
         }
         DirtyFlowIndex::new(&self.flows).map_err(|e| format!("flows: {e}"))?;

@@ -148,6 +148,7 @@ pub fn ovsdb(data: &[u8]) {
                         let _ = state.apply_update(&v);
                     }
                     let _ = state.bridges();
+                    let _ = state.interfaces();
                     let _ = state.ovs_version();
                 }
                 Ok(None) => break,
@@ -209,6 +210,31 @@ pub fn config(data: &[u8]) {
         return;
     };
     let _ = crate::config::Config::parse(text);
+}
+
+/// ovs-vswitchd's unixctl socket: the byte stream split into replies as the client does (its
+/// bound), each reply's text, and the whole input as text, through the `coverage/show`,
+/// `memory/show` and `upcall/show` parsers; and the input split at its first NUL as a
+/// `/proc/PID/stat` and `status` pair.
+pub fn ovs_unixctl(data: &[u8]) {
+    use crate::sources::ovs_vswitchd::{MAX_REPLY_BYTES, parse, process, reply_text};
+    let text = String::from_utf8_lossy(data);
+    let parse_all = |t: &str| {
+        let _ = parse::coverage_subset(t);
+        let _ = parse::memory(t);
+        let _ = parse::upcall(t);
+    };
+    parse_all(&text);
+    let mut framer = crate::sources::ovsdb::JsonFramer::new(MAX_REPLY_BYTES);
+    if framer.push(data).is_ok() {
+        while let Ok(Some(v)) = framer.next_message() {
+            if let Ok(t) = reply_text("x", &v) {
+                parse_all(&t);
+            }
+        }
+    }
+    let (stat, status) = text.split_once('\0').unwrap_or((&text, ""));
+    let _ = process::parse(1, stat, status, 100.0);
 }
 
 #[cfg(test)]

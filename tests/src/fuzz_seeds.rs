@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
 
 /// Every fuzz target.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "libvirt_xml",
     "openflow_flow_stats",
     "openflow_flow_monitor",
@@ -15,6 +15,7 @@ pub const TARGETS: [&str; 8] = [
     "genetlink",
     "cpuset",
     "config",
+    "ovs_unixctl",
 ];
 
 /// Every target's seeds, from the fixtures of the workspace at `root`: `(target, input)` in a
@@ -115,6 +116,22 @@ pub fn seeds(root: &Path) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     ] {
         w.put("config", &read(&f)?)?;
     }
+    // ovs-vswitchd's unixctl: the captured reply texts, the raw JSON-RPC replies, and the
+    // captured /proc/PID/stat and status joined by a NUL.
+    let ux = fx.join("ovs_unixctl");
+    for name in [
+        "coverage-show.txt",
+        "memory-show.txt",
+        "upcall-show.txt",
+        "replies.json",
+    ] {
+        w.put("ovs_unixctl", &read(&ux.join(name))?)?;
+    }
+    let mut proc_pair = read(&ux.join("proc-stat.txt"))?;
+    proc_pair.push(0);
+    proc_pair.extend(read(&ux.join("proc-status.txt"))?);
+    w.put("ovs_unixctl", &proc_pair)?;
+
     for t in TARGETS {
         if !w.0.iter().any(|(name, _)| *name == t) {
             bail!("no seeds for fuzz target {t}: a fixture moved?");

@@ -505,6 +505,7 @@ struct Testbed {
     sched_bpf: bool,
     kernel_datapath: bool,
     datapath_bpf: bool,
+    ovs_unixctl: bool,
     source_down: bool,
 }
 
@@ -514,6 +515,7 @@ impl Testbed {
             sched_bpf: source_up(s, "sched_bpf") == Some(1.0),
             kernel_datapath: source_up(s, "ovs_datapath") == Some(1.0),
             datapath_bpf: source_up(s, "ovs_datapath_bpf") == Some(1.0),
+            ovs_unixctl: source_up(s, "ovs_unixctl") == Some(1.0),
             source_down: select(s, "pinflow_source_up", &[])
                 .iter()
                 .any(|x| x.value == 0.0),
@@ -546,7 +548,8 @@ impl Testbed {
             Presence::DedicatedCpu => false,
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
-            Presence::DropReasons | Presence::HostCpuChecks => false,
+            Presence::OvsVswitchd => self.ovs_unixctl,
+            Presence::DropReasons | Presence::HostCpuChecks | Presence::InterfaceMetrics => false,
         }
     }
 }

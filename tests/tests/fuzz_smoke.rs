@@ -32,6 +32,7 @@ fn entry(target: &str) -> fn(&[u8]) {
         "genetlink" => pinflow::fuzzing::genetlink,
         "cpuset" => pinflow::fuzzing::cpuset,
         "config" => pinflow::fuzzing::config,
+        "ovs_unixctl" => pinflow::fuzzing::ovs_unixctl,
         other => panic!("fuzz target {other} has no entry point here"),
     }
 }

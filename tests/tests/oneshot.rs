@@ -100,7 +100,13 @@ fn check_exits_by_the_sources_it_enables_and_reads_a_captured_proc_root() {
     );
     assert_eq!(state_of(&states, "libvirt").0, "up", "{states:?}");
     assert_eq!(state_of(&states, "sched_bpf").0, "off", "{states:?}");
-    for src in ["ovsdb", "openflow", "ovs_datapath", "ovs_datapath_bpf"] {
+    for src in [
+        "ovsdb",
+        "openflow",
+        "ovs_datapath",
+        "ovs_datapath_bpf",
+        "ovs_unixctl",
+    ] {
         assert_eq!(state_of(&states, src).0, "off", "{src}: {states:?}");
     }
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -81,7 +81,7 @@ else
     ip link set lo up
 fi
 # A low storm threshold: TCG makes upcalls ~100x slower than hardware.
-printf '[datapath]\nupcall_storm_per_second = 20.0\n' > /tmp/pinflow.toml
+printf '[datapath]\nupcall_storm_per_second = 20.0\n[ovs_vswitchd]\ninterval_seconds = 1.0\n' > /tmp/pinflow.toml
 # The default: pinflow drops its capabilities after the start (commands/capabilities.rs), and the
 # datapath eBPF probe, attached lazily once a datapath exists, must work with what it kept.
 RUST_LOG=info pinflow serve --config /tmp/pinflow.toml --web.listen-address $listen > /tmp/pinflow.log 2>&1 &
@@ -156,6 +156,17 @@ else
     echo "note: kernel $(uname -r) < 6.6 reports no OVS drop reasons; pinflow_ovs_drops_total stays empty"
 fi
 wait_metric '^pinflow_ovs_datapath_drop_flows\{datapath="ovs-system"\} [1-9]' 8
+
+echo "--- ovs-vswitchd over unixctl (after the capability drop): the flow limit in force feeds the check"
+expect_metric '^pinflow_source_up\{source="ovs_unixctl"\} 1'
+expect_metric '^pinflow_ovs_coverage_total\{event="dpif_flow_put"\} [1-9]'
+expect_metric '^pinflow_ovs_process_up\{process="ovs-vswitchd"\} 1'
+expect_metric '^pinflow_ovs_process_resident_memory_bytes\{process="ovs-vswitchd"\} [1-9]'
+ovs-appctl upcall/set-flow-limit 4321 >/dev/null
+wait_metric '^pinflow_ovs_upcall_flow_limit\{datapath="ovs-system"\} 4321(\.0)?$' 15
+wait_metric '^pinflow_ovs_datapath_flow_limit\{datapath="ovs-system"\} 4321(\.0)?$' 5
+grep -E '^pinflow_ovs_(upcall|vswitchd|process)_' /tmp/metrics.txt
+ovs-appctl upcall/set-flow-limit 200000 >/dev/null
 
 echo "--- pinflow flows --datapath vs ovs-dpctl dump-flows"
 norm() { sed -E 's/used:[^,]*/used:X/; s/, packets:[0-9]+, bytes:[0-9]+//' | sort; }

@@ -9,7 +9,10 @@
 //!   libvirtd);
 //! - `pinflow serve` on a generated fixture host of 200 domains × 8 vCPUs (libvirt status XML and
 //!   procfs/cgroupfs trees under a temp root, read through `--libvirt-state-dir`, `--proc-root`,
-//!   `--sys-root`: file reads only, as a container or a test reads them).
+//!   `--sys-root`: file reads only, as a container or a test reads them);
+//! - `pinflow serve` on a synthetic host of 200 domains × 8 vCPUs made of real parked threads in
+//!   real cpuset cgroups (`bench_threadhost`): the live path (syscalls, eBPF, inotify) at a scale
+//!   the testbed's real VMs do not reach.
 //!
 //! Each row: CPU seconds per 60 s (utime+stime from `/proc/PID/stat` over the idle window,
 //! scrapes every 15 s included), the procfs pass duration (`pinflow_collect_duration_seconds
@@ -21,7 +24,8 @@
 //! Knobs (environment): `PINFLOW_BENCH_SECS` (idle window per row, default 60),
 //! `PINFLOW_BENCH_DOMAINS` (real domain counts, default `10,60`; empty: none),
 //! `PINFLOW_BENCH_FIXTURE_DOMAINS` (default 200; 0: no fixture row), `PINFLOW_BENCH_FIXTURE_DIR`
-//! (generate the fixture host there and keep it). Domains are named
+//! (generate the fixture host there and keep it), `PINFLOW_BENCH_THREAD_DOMAINS` (default 200;
+//! 0: no real-thread row). Domains are named
 //! `pinbench-N` and removed at the end. Needs root and the libvirt testbed (`cargo xtask setup`).
 
 use std::fmt::Write as _;
@@ -34,6 +38,8 @@ use anyhow::{Context as _, Result, bail};
 use pinflow_tests::libvirt::{self, DomainSpec, RunningDomain};
 use pinflow_tests::pinflow::free_addr;
 use pinflow_tests::scrape::{self, Sample};
+
+use crate::bench_threadhost::{self, DomainXml, ThreadHost};
 
 /// Prefix of the domains this bench creates (never touches others).
 const PREFIX: &str = "pinbench-";
@@ -399,7 +405,7 @@ fn real_domain(i: usize, cpus: usize) -> DomainSpec {
     }
 }
 
-fn host_cpus() -> usize {
+pub(crate) fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -451,6 +457,58 @@ fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Re
     Ok(())
 }
 
+/// A domain's libvirt status XML (`/run/libvirt/qemu/NAME.xml`) with Nova metadata: pinned
+/// (`<vcpupin>` per vCPU, `<emulatorpin>` over all of them) or floating (`<vcpu cpuset>`).
+pub fn status_xml(d: &DomainXml) -> String {
+    let (name, id, pid, n) = (&d.name, d.id, d.pid, d.vcpus.len());
+    let mut xml = String::new();
+    let _ = writeln!(
+        xml,
+        "<domstatus state='running' reason='booted' pid='{pid}'>\n  <vcpus>"
+    );
+    for (v, (tid, _)) in d.vcpus.iter().enumerate() {
+        let _ = writeln!(xml, "    <vcpu id='{v}' pid='{tid}'/>");
+    }
+    let _ = writeln!(
+        xml,
+        "  </vcpus>\n  <domain type='kvm' id='{id}'>\n    <name>{name}</name>\n    <uuid>{}</uuid>",
+        libvirt::uuid_for(name)
+    );
+    let _ = writeln!(
+        xml,
+        "    <metadata>\n      <nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\">\n\
+         \x20       <nova:name>{name}</nova:name>\n        <nova:flavor name=\"b1.large\"><nova:vcpus>{n}</nova:vcpus></nova:flavor>\n\
+         \x20       <nova:owner><nova:user uuid=\"0f6c1c8e2f3a4b5c9d8e7f6a5b4c3d2e\">u</nova:user>\
+         <nova:project uuid=\"a1b2c3d4e5f60718293a4b5c6d7e8f90\">bench</nova:project></nova:owner>\n\
+         \x20     </nova:instance>\n    </metadata>\n    <memory unit='KiB'>262144</memory>"
+    );
+    match &d.float {
+        None => {
+            let _ = writeln!(
+                xml,
+                "    <vcpu placement='static'>{n}</vcpu>\n    <cputune>"
+            );
+            let pins: Vec<&str> = d.vcpus.iter().filter_map(|(_, p)| p.as_deref()).collect();
+            for (v, pin) in pins.iter().enumerate() {
+                let _ = writeln!(xml, "      <vcpupin vcpu='{v}' cpuset='{pin}'/>");
+            }
+            let _ = writeln!(
+                xml,
+                "      <emulatorpin cpuset='{}'/>\n    </cputune>",
+                pins.join(",")
+            );
+        }
+        Some(float) => {
+            let _ = writeln!(
+                xml,
+                "    <vcpu placement='static' cpuset='{float}'>{n}</vcpu>"
+            );
+        }
+    }
+    xml.push_str("    <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type></os>\n  </domain>\n</domstatus>\n");
+    xml
+}
+
 /// A generated host: `domains` × [`FIXTURE_VCPUS`] vCPUs on 64 pCPUs, cgroup v1 libvirt layout.
 struct FixtureHost {
     /// A temp dir, or `PINFLOW_BENCH_FIXTURE_DIR` (kept, to run pinflow on it by hand).
@@ -487,48 +545,15 @@ impl FixtureHost {
             let pin_of = |v: usize| ((i * FIXTURE_VCPUS + v) % 32).to_string();
             let float = "32-63";
             let scope = format!("qemu-{id}-{name}.libvirt-qemu");
-            let mut xml = String::new();
-            let _ = writeln!(
-                xml,
-                "<domstatus state='running' reason='booted' pid='{pid}'>\n  <vcpus>"
-            );
-            for v in 0..FIXTURE_VCPUS {
-                let _ = writeln!(xml, "    <vcpu id='{v}' pid='{}'/>", pid + 1 + v as u32);
-            }
-            let _ = writeln!(
-                xml,
-                "  </vcpus>\n  <domain type='kvm' id='{id}'>\n    <name>{name}</name>\n    <uuid>{}</uuid>",
-                libvirt::uuid_for(&name)
-            );
-            let _ = writeln!(
-                xml,
-                "    <metadata>\n      <nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\">\n\
-                 \x20       <nova:name>{name}</nova:name>\n        <nova:flavor name=\"b1.large\"><nova:vcpus>{FIXTURE_VCPUS}</nova:vcpus></nova:flavor>\n\
-                 \x20       <nova:owner><nova:user uuid=\"0f6c1c8e2f3a4b5c9d8e7f6a5b4c3d2e\">u</nova:user>\
-                 <nova:project uuid=\"a1b2c3d4e5f60718293a4b5c6d7e8f90\">bench</nova:project></nova:owner>\n\
-                 \x20     </nova:instance>\n    </metadata>\n    <memory unit='KiB'>262144</memory>"
-            );
-            if pinned {
-                let _ = writeln!(
-                    xml,
-                    "    <vcpu placement='static'>{FIXTURE_VCPUS}</vcpu>\n    <cputune>"
-                );
-                for v in 0..FIXTURE_VCPUS {
-                    let _ = writeln!(xml, "      <vcpupin vcpu='{v}' cpuset='{}'/>", pin_of(v));
-                }
-                let all: Vec<String> = (0..FIXTURE_VCPUS).map(pin_of).collect();
-                let _ = writeln!(
-                    xml,
-                    "      <emulatorpin cpuset='{}'/>\n    </cputune>",
-                    all.join(",")
-                );
-            } else {
-                let _ = writeln!(
-                    xml,
-                    "    <vcpu placement='static' cpuset='{float}'>{FIXTURE_VCPUS}</vcpu>"
-                );
-            }
-            xml.push_str("    <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type></os>\n  </domain>\n</domstatus>\n");
+            let xml = status_xml(&DomainXml {
+                name: name.clone(),
+                id,
+                pid,
+                vcpus: (0..FIXTURE_VCPUS)
+                    .map(|v| (pid + 1 + v as u32, pinned.then(|| pin_of(v))))
+                    .collect(),
+                float: (!pinned).then(|| float.to_string()),
+            });
             write(&state.join(format!("{name}.xml")), &xml)?;
             write(&state.join(format!("{name}.pid")), &pid.to_string())?;
 
@@ -638,7 +663,37 @@ fn fixture_row(bin: &Path, domains: usize, secs: u64, rows: &mut Vec<Row>) -> Re
         &pf,
         cpu[0],
     );
-    row.note = format!("{}; files under --proc-root", seen(&pf));
+    row.note = format!(
+        "{}; files under --proc-root, read as a procfs of another pid namespace (no syscall)",
+        seen(&pf)
+    );
+    rows.push(row);
+    Ok(())
+}
+
+/// The synthetic host of real threads and cgroups ([`bench_threadhost`]), measured as the
+/// fixture host is.
+fn thread_host_row(bin: &Path, domains: usize, secs: u64, rows: &mut Vec<Row>) -> Result<()> {
+    eprintln!(
+        "==> real-thread host, {domains} domains × {} vCPUs: measuring for {secs} s",
+        bench_threadhost::VCPUS
+    );
+    let host = ThreadHost::start(domains, PREFIX, status_xml)?;
+    let serve = Serve::start(bin, &host.args())?;
+    let mut pf = Target::new(serve.child.id(), serve.addr);
+    let (cpu, _) = measure(&mut [&mut pf], &[], secs)?;
+    let mut row = pinflow_row(
+        &format!(
+            "threads: {domains} domains × {} vCPUs",
+            bench_threadhost::VCPUS
+        ),
+        &pf,
+        cpu[0],
+    );
+    row.note = format!(
+        "{}; real threads and cpuset cgroups, no QEMU (live /proc)",
+        seen(&pf)
+    );
     rows.push(row);
     Ok(())
 }
@@ -703,6 +758,10 @@ pub fn run(bin: &Path) -> Result<()> {
     if fixture > 0 {
         fixture_row(bin, fixture, secs, &mut rows)?;
     }
+    let threads = env_num("PINFLOW_BENCH_THREAD_DOMAINS", 200) as usize;
+    if threads > 0 {
+        thread_host_row(bin, threads, secs, &mut rows)?;
+    }
     println!("\n{}", table(&rows, secs));
     add_to_bench_table(&rows);
     Ok(())
@@ -726,7 +785,7 @@ fn add_to_bench_table(rows: &[Row]) {
                     p.p99_ms
                 )
             });
-        let fixture = r.host.starts_with("fixture");
+        let fixture = r.host.starts_with("fixture") || r.host.starts_with("threads");
         let cpu_goal = if fixture {
             Some(0.3)
         } else if r.host.starts_with("60 ") {

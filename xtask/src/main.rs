@@ -14,6 +14,7 @@ mod bench_latency;
 mod bench_pinning;
 mod bench_sched;
 mod bench_table;
+mod bench_threadhost;
 mod dist;
 mod fuzz;
 mod run;
@@ -50,6 +51,9 @@ enum Cmd {
     Fuzz(fuzz::FuzzArgs),
     /// Measure pinflow's costs (sched_switch overhead, RSS, /metrics latency, OpenFlow tables).
     Bench(BenchArgs),
+    /// (internal) One "domain" of the bench's real-thread host: vCPU-named threads, parked.
+    #[command(hide = true)]
+    Sleeper,
 }
 
 /// Options of `cargo xtask bench`.
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Bench(a) => bench(a),
         Cmd::Dist(a) => dist::dist(&a).map(|_| ()),
         Cmd::Fuzz(a) => fuzz::fuzz(&a),
+        Cmd::Sleeper => bench_threadhost::sleeper(),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

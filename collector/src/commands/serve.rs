@@ -34,6 +34,7 @@ pub(super) fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
         pinning: on.pinning().then(|| config.pinning.clone()),
         flows: on.flows().then(|| config.flows.clone()),
         datapath: on.datapath().then(|| config.datapath.clone()),
+        ovs_vswitchd: on.datapath().then(|| config.ovs_vswitchd.clone()),
         host_cpu: on.pinning().then(|| config.host_cpu.clone()),
     };
     let host = super::host_paths(s);

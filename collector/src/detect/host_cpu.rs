@@ -226,7 +226,7 @@ mod tests {
                 .iter()
                 .any(|v| matches!(v.kind, PinKind::Dedicated | PinKind::Shared)),
             drifted_vcpus: BTreeMap::new(),
-            drifts: Vec::new(),
+            drifts: Vec::new().into(),
             vcpus,
             offpin_seconds_total: None,
             migrations_total: None,

@@ -26,7 +26,8 @@ pub(crate) struct DatapathConfig {
     pub(crate) ebpf: bool,
     /// Seconds between megaflow dumps (drop-flow checks); datapath/vport stats are polled every second.
     pub(crate) flow_dump_interval_seconds: f64,
-    /// ovs-vswitchd's megaflow limit (`other_config:flow-limit`), for the `flow_limit` check.
+    /// ovs-vswitchd's megaflow limit (`other_config:flow-limit`), for the `flow_limit` check
+    /// while the limit in force cannot be read from ovs-vswitchd (`[ovs_vswitchd]`).
     pub(crate) flow_limit: u64,
     /// Fraction of `flow_limit` that makes the `flow_limit` check unhealthy.
     pub(crate) flow_limit_ratio: f64,
@@ -138,7 +139,8 @@ pub(crate) fn run(state: SharedState, cfg: &DatapathConfig) {
 
 /// Polls the kernel datapath forever (blocking; run it on its own thread), publishing a
 /// [`DatapathReport`] and the source's health into `state`.
-pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: HealthConfig) {
+pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, mut health_cfg: HealthConfig) {
+    let configured_flow_limit = health_cfg.flow_limit;
     let mut client: Option<DatapathClient> = None;
     let mut last_flow_dump = None;
     let mut report = DatapathReport::default();
@@ -235,6 +237,11 @@ pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: Heal
             })
             .collect();
         report.upcalls = upcall_series.merge(&kernel, &state.datapath_events.get().upcalls);
+        // The flow limit ovs-vswitchd has in force (its dynamic limit, from `upcall/show`) when
+        // the ovs_vswitchd pipeline reads it; the configured one otherwise.
+        let flow_limit = flow_limit_in_force(&report, &state.vswitchd.get(), configured_flow_limit);
+        health_cfg.flow_limit = flow_limit;
+        report.flow_limit = flow_limit;
         report.health = tracker.evaluate(
             &health_cfg,
             &report.datapaths,
@@ -245,6 +252,21 @@ pub(crate) fn run_blocking(state: SharedState, cfg: PollConfig, health_cfg: Heal
         state.datapath.set(report.clone());
         std::thread::sleep(cfg.interval.saturating_sub(t0.elapsed()));
     }
+}
+
+/// The flow limit the `flow_limit` check compares against: the one ovs-vswitchd has in force for
+/// a datapath of `report` (its dynamic limit, from `upcall/show`) while ovs-vswitchd answers,
+/// else `configured` (`[datapath] flow_limit`).
+fn flow_limit_in_force(
+    report: &DatapathReport,
+    vswitchd: &crate::model::ovs_vswitchd::VswitchdReport,
+    configured: u64,
+) -> u64 {
+    report
+        .datapaths
+        .iter()
+        .find_map(|d| vswitchd.flow_limit(&d.name))
+        .unwrap_or(configured)
 }
 
 /// The datapath eBPF probe's lifecycle inside the poller: attached while a datapath exists
@@ -355,5 +377,45 @@ fn map_vports(report: &mut DatapathReport, local: &[LocalInterface]) {
             .iter()
             .find(|i| i.target_dev == v.name)
             .map(|i| i.domain.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::datapath::Datapath;
+    use crate::model::ovs_vswitchd::{UpcallDatapath, VswitchdReport};
+
+    #[test]
+    fn flow_limit_from_ovs_vswitchd_while_it_answers() {
+        let report = DatapathReport {
+            datapaths: vec![Datapath {
+                name: "ovs-system".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut v = VswitchdReport {
+            connected: true,
+            upcall: vec![
+                UpcallDatapath {
+                    name: "ovs-netdev".into(),
+                    flow_limit: 10_000,
+                    ..Default::default()
+                },
+                UpcallDatapath {
+                    name: "ovs-system".into(),
+                    flow_limit: 46_000,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(flow_limit_in_force(&report, &v, 200_000), 46_000);
+        v.connected = false;
+        assert_eq!(flow_limit_in_force(&report, &v, 200_000), 200_000);
+        v.connected = true;
+        v.upcall.remove(1);
+        assert_eq!(flow_limit_in_force(&report, &v, 200_000), 200_000);
     }
 }

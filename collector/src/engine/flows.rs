@@ -16,7 +16,8 @@ use crate::detect::flows::{
 };
 use crate::engine::findings_log::FindingsLog;
 use crate::model::flows::{
-    Bridge, DirtyFlow, FlowPort, FlowsReport, MAX_REPORTED_DIRTY_FLOWS, PortInfo, PortRef,
+    Bridge, DirtyFlow, FlowPort, FlowsReport, InterfacesReport, MAX_REPORTED_DIRTY_FLOWS, PortInfo,
+    PortRef,
 };
 use crate::model::inventory::{HostInventory, InstanceRef, LocalInterface};
 use crate::model::openflow::{FlowAction, FlowEntry};
@@ -81,11 +82,11 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
     };
     let (db_tx, mut db_rx) = watch::channel(OvsdbSnapshot::default());
     let mut db_connected = false;
-    tokio::spawn(ovsdb::run_ovsdb(
-        run_dir.clone(),
-        db_tx,
-        state.sources.clone(),
-    ));
+    let db_opts = ovsdb::OvsdbOptions {
+        interface_stats: cfg.interface_metrics,
+        ..ovsdb::OvsdbOptions::new(run_dir.clone())
+    };
+    tokio::spawn(ovsdb::run_ovsdb_with(db_opts, db_tx, state.sources.clone()));
     // One channel for the mirrors of all bridges: each change carries its bridge's name, so no
     // per-bridge forwarding task (and no extra wake-up per change) sits in between.
     let (change_tx, mut change_rx) = mpsc::channel::<TaggedChange>(4096);
@@ -121,6 +122,20 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
                     return;
                 }
                 let snap = db_rx.borrow_and_update().clone();
+                let interfaces = if snap.connected {
+                    snap.interfaces.clone()
+                } else {
+                    Default::default()
+                };
+                state.ovs_interfaces.set_if_changed(InterfacesReport {
+                    connected: snap.connected,
+                    interfaces,
+                });
+                // Interface counters alone (every 5 s with `interface_metrics`) change nothing
+                // the rules or the port join read.
+                if snap.connected && db_connected && snap.bridges == bridges {
+                    continue;
+                }
                 db_connected = snap.connected;
                 if snap.connected {
                     bridges = snap.bridges;

@@ -6,6 +6,8 @@
 //!   Intrusions on dedicated pCPUs are its part `stolen`.
 //! - [`flows`]: OVSDB + OpenFlow mirrors → dirty-flow rules.
 //! - [`datapath`]: the OVS kernel datapath over genetlink + its eBPF probe → datapath checks.
+//! - [`ovs_vswitchd`]: ovs-vswitchd's unixctl counters and the OVS processes (runs with the
+//!   datapath collector; its flow limit feeds the datapath checks).
 //! - [`host_cpu`]: nova.conf + the kernel's CPU isolation, against the pinning report → host CPU
 //!   configuration checks (runs with the pinning collector).
 //! - [`supervise`]: no thread or task of theirs stops silently.
@@ -14,6 +16,7 @@ pub(crate) mod datapath;
 mod findings_log;
 pub(crate) mod flows;
 pub(crate) mod host_cpu;
+pub(crate) mod ovs_vswitchd;
 pub(crate) mod pinning;
 mod stolen;
 pub(crate) mod supervise;
@@ -36,6 +39,8 @@ pub(crate) struct Pipelines {
     pub(crate) flows: Option<DirtyFlowConfig>,
     /// The datapath pipeline.
     pub(crate) datapath: Option<DatapathConfig>,
+    /// The ovs-vswitchd pipeline (on with the datapath collector).
+    pub(crate) ovs_vswitchd: Option<ovs_vswitchd::VswitchdConfig>,
     /// The host CPU pipeline (on with the pinning collector).
     pub(crate) host_cpu: Option<host_cpu::HostCpuConfig>,
 }
@@ -78,6 +83,12 @@ pub(crate) async fn start(
     if let Some(cfg) = pipelines.datapath.filter(|d| d.enabled) {
         let state = state.clone();
         supervisor.thread("ovs-datapath", move || datapath::run(state, &cfg))?;
+    }
+    if let Some(cfg) = pipelines.ovs_vswitchd.filter(|c| c.enabled) {
+        supervisor.task(
+            "ovs_vswitchd",
+            ovs_vswitchd::run(cfg, host.clone(), state.clone()),
+        );
     }
     if let Some(cfg) = pipelines.pinning {
         let events = probes

@@ -234,6 +234,8 @@ pub(crate) struct PinningEngine {
     passes: PinningPasses,
     last_full: Instant,
     stolen: super::stolen::StolenTracker,
+    /// When the report was last published (a detection, or a counter refresh).
+    last_publish: Instant,
     /// The host's NUMA nodes, and when they and the domains' NUMA placement were last read
     /// (at full passes, at most every `reconcile_seconds`).
     numa_nodes: Vec<HostNode>,
@@ -294,6 +296,7 @@ impl PinningEngine {
             passes,
             last_full: Instant::now(),
             stolen: Default::default(),
+            last_publish: Instant::now(),
             numa_nodes: Vec::new(),
             last_numa: None,
         }
@@ -794,7 +797,9 @@ impl PinningEngine {
         let mut observations = std::mem::take(&mut self.cache);
         let change = self.sync_probe(&mut observations);
         if only_if_changed && change != PlacementChange::Findings {
-            if change == PlacementChange::Counters {
+            if change == PlacementChange::Counters && self.last_publish.elapsed() >= COUNTER_REFRESH
+            {
+                self.last_publish = Instant::now();
                 let mut report = PinningReport::clone(&self.state.pinning.get());
                 pinning::refresh_placement(&mut report, &observations);
                 self.counters.apply(&observations, &mut report);
@@ -804,6 +809,7 @@ impl PinningEngine {
             self.cache = observations;
             return;
         }
+        self.last_publish = Instant::now();
         let mut report = pinning::evaluate(&observations);
         self.counters.apply(&observations, &mut report);
         self.cache = observations;
@@ -964,6 +970,11 @@ impl PinningEngine {
         }
     }
 }
+
+/// How often at most an idle tick publishes placement counters that changed without changing a
+/// finding (floating vCPUs migrate all the time): they are a few seconds old at worst, for
+/// scrapes every 15 s or more; a finding's change is published at once.
+const COUNTER_REFRESH: Duration = Duration::from_secs(5);
 
 /// How the placement samples of a tick differ from the previous ones (ordered: the largest wins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

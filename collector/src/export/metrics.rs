@@ -93,12 +93,15 @@ impl Collector for PinflowCollector {
         let state = &self.state.0;
         super::pinning::encode_pinning(&mut enc, &state.pinning.get())?;
         super::host_cpu::encode_host_cpu(&mut enc, &state.host_cpu.get())?;
-        super::flows::encode_flows(&mut enc, &state.flows.get(), &self.limits)?;
+        let flows = state.flows.get();
+        super::flows::encode_flows(&mut enc, &flows, &self.limits)?;
+        super::interfaces::encode_interfaces(&mut enc, &state.ovs_interfaces.get(), &flows)?;
         super::datapath::encode_datapath(
             &mut enc,
             &state.datapath.get(),
             &state.datapath_events.get(),
         )?;
+        super::ovs_vswitchd::encode_vswitchd(&mut enc, &state.vswitchd.get())?;
         super::health::encode_health(&mut enc, state, &self.build)
     }
 }
@@ -130,7 +133,8 @@ pub(crate) mod tests {
                     expected: "0".into(),
                     actual: actual.into(),
                     owners: vec![],
-                }],
+                }]
+                .into(),
                 vcpus: [PinKind::Dedicated, PinKind::Floating, PinKind::Floating]
                     .into_iter()
                     .enumerate()

@@ -24,8 +24,50 @@ pub(crate) struct OvsPort {
     pub(crate) kind: String,
 }
 
+/// State and counters of one OVS interface (OVSDB `Interface` columns `link_state`,
+/// `admin_state`, `link_resets`, `statistics`), read only with `[flows] interface_metrics`.
+/// `None`: OVS does not report it for this interface (patch ports have no statistics).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct InterfaceStats {
+    /// `link_state` is `up`.
+    pub(crate) link_up: Option<bool>,
+    /// `admin_state` is `up`.
+    pub(crate) admin_up: Option<bool>,
+    /// `link_resets`: link state changes OVS observed.
+    pub(crate) link_resets: Option<u64>,
+    /// `statistics:rx_bytes`, `rx_packets`, `rx_dropped`, `rx_errors`.
+    pub(crate) rx: Counters,
+    /// `statistics:tx_bytes`, `tx_packets`, `tx_dropped`, `tx_errors`.
+    pub(crate) tx: Counters,
+}
+
+/// One direction of an interface's `statistics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Counters {
+    /// Bytes.
+    pub(crate) bytes: Option<u64>,
+    /// Packets.
+    pub(crate) packets: Option<u64>,
+    /// Packets dropped.
+    pub(crate) drops: Option<u64>,
+    /// Errors.
+    pub(crate) errors: Option<u64>,
+}
+
+/// Interface counters keyed by (bridge, interface name), as the OVSDB source last read them.
+pub(crate) type InterfaceMap = BTreeMap<(String, String), InterfaceStats>;
+
+/// What the flow pipeline publishes of the interfaces (only with `[flows] interface_metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct InterfacesReport {
+    /// Whether OVSDB is connected (the counters are current).
+    pub(crate) connected: bool,
+    /// Counters per (bridge, interface).
+    pub(crate) interfaces: std::sync::Arc<InterfaceMap>,
+}
+
 /// A bridge with its ports (from OVSDB) and flows (from OpenFlow).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub(crate) struct Bridge {
     /// Bridge name.
     pub(crate) name: String,

@@ -11,6 +11,7 @@ pub(crate) mod host_cpu;
 pub(crate) mod inventory;
 pub(crate) mod limits;
 pub(crate) mod openflow;
+pub(crate) mod ovs_vswitchd;
 pub mod pinning;
 pub(crate) mod state;
 

@@ -581,8 +581,9 @@ pub(crate) struct DomainReport {
     pub(crate) pinned: bool,
     /// Drifted vCPU count per check (every check present).
     pub(crate) drifted_vcpus: BTreeMap<Check, u32>,
-    /// Every current drift.
-    pub(crate) drifts: Vec<Drift>,
+    /// Every current drift (shared: a report republished with fresh counters does not copy
+    /// them).
+    pub(crate) drifts: std::sync::Arc<[Drift]>,
     /// Per-vCPU detail.
     pub(crate) vcpus: Vec<VcpuReport>,
     /// Sum over vCPU threads of off-pin CPU time (eBPF), seconds; `None` without the probe.

@@ -6,11 +6,12 @@
 //! subscribes to its slot.
 
 use crate::model::datapath::{DatapathEvents, DatapathReport};
-use crate::model::flows::FlowsReport;
+use crate::model::flows::{FlowsReport, InterfacesReport};
 use crate::model::health::BpfProgramCost;
 use crate::model::health::SourceRegistry;
 use crate::model::host_cpu::HostCpuReport;
 use crate::model::inventory::HostInventory;
+use crate::model::ovs_vswitchd::VswitchdReport;
 use crate::model::pinning::{IntrusionsReport, PinningReport};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -67,10 +68,14 @@ pub(crate) struct SharedState {
     pub(crate) bpf_costs: Slot<Vec<BpfProgramCost>>,
     /// Dirty-flow report (flow pipeline).
     pub(crate) flows: Slot<FlowsReport>,
+    /// OVS interfaces' state and counters (flow pipeline, with `[flows] interface_metrics`).
+    pub(crate) ovs_interfaces: Slot<InterfacesReport>,
     /// OVS kernel datapath report (datapath pipeline).
     pub(crate) datapath: Slot<DatapathReport>,
     /// Datapath eBPF counts (datapath pipeline).
     pub(crate) datapath_events: Slot<DatapathEvents>,
+    /// ovs-vswitchd's unixctl counters and the OVS processes (ovs_vswitchd pipeline).
+    pub(crate) vswitchd: Slot<VswitchdReport>,
     /// Host CPU configuration problems (host CPU pipeline).
     pub(crate) host_cpu: Slot<HostCpuReport>,
     /// Local instances and their interfaces (pinning pipeline; joined on by the others).

@@ -10,6 +10,7 @@ pub(crate) mod host_cpu;
 pub(crate) mod libvirt;
 pub(crate) mod openflow;
 pub(crate) mod ovs_dp;
+pub(crate) mod ovs_vswitchd;
 pub(crate) mod ovsdb;
 pub mod procfs;
 pub mod rtnl;
@@ -111,4 +112,5 @@ pub(crate) const ALL: &[&SourceDef] = &[
     &openflow::SOURCE,
     &ovs_dp::SOURCE,
     &ovs_dp::bpf::SOURCE,
+    &ovs_vswitchd::SOURCE,
 ];

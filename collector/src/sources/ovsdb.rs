@@ -9,7 +9,7 @@
 //! [`SourceRegistry`] under [`SOURCE`], and reconnects with exponential backoff; the replica is rebuilt
 //! from the next monitor reply, so no state survives from the old connection.
 
-use crate::model::flows::{Bridge, OvsPort};
+use crate::model::flows::{Bridge, Counters, InterfaceMap, InterfaceStats, OvsPort};
 use crate::model::health::SourceRegistry;
 use crate::sources::{CanRun, PROBE_TIMEOUT, SourceDef, block_on};
 use serde_json::{Map, Value, json};
@@ -245,6 +245,28 @@ mod decode {
         })
     }
 
+    /// Look up `key` in a `["map", [[k, v], …]]` of integers (`Interface.statistics`).
+    pub(super) fn map_get_int(v: Option<&Value>, key: &str) -> Option<u64> {
+        match v?.as_array()?.as_slice() {
+            [tag, Value::Array(pairs)] if tag == "map" => {
+                pairs.iter().find_map(|p| match p.as_array()?.as_slice() {
+                    [k, v] if k == key => v.as_u64(),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// A string column that may be empty (`["set", []]`).
+    pub(super) fn opt_str(v: Option<&Value>) -> Option<&str> {
+        let v = v?;
+        v.as_str().or_else(|| match set(v).as_slice() {
+            [one] => one.as_str(),
+            _ => None,
+        })
+    }
+
     /// Look up `key` in a `["map", [[k, v], …]]` of strings.
     pub(super) fn map_get<'a>(v: Option<&'a Value>, key: &str) -> Option<&'a str> {
         match v?.as_array()?.as_slice() {
@@ -423,6 +445,60 @@ impl OvsdbState {
     }
 }
 
+impl OvsdbState {
+    /// State and counters of every interface of every bridge, keyed by (bridge, interface);
+    /// empty unless the monitor asked for the columns ([`OvsdbOptions::interface_stats`]).
+    pub(crate) fn interfaces(&self) -> InterfaceMap {
+        let mut out = InterfaceMap::new();
+        let Some(bridges) = self.tables.get("Bridge") else {
+            return out;
+        };
+        for row in bridges.values() {
+            let Some(bname) = row.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let port_ids = row.get("ports").map(decode::set).unwrap_or_default();
+            for port in port_ids.into_iter().filter_map(decode::uuid) {
+                let Some(prow) = self.row("Port", port) else {
+                    continue;
+                };
+                let iface_ids = prow.get("interfaces").map(decode::set).unwrap_or_default();
+                for iface in iface_ids.into_iter().filter_map(decode::uuid) {
+                    let Some(irow) = self.row("Interface", iface) else {
+                        continue;
+                    };
+                    let Some(iname) = irow.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    if !irow.contains_key("statistics") {
+                        continue;
+                    }
+                    let st = irow.get("statistics");
+                    let counters = |dir: &str| Counters {
+                        bytes: decode::map_get_int(st, &format!("{dir}_bytes")),
+                        packets: decode::map_get_int(st, &format!("{dir}_packets")),
+                        drops: decode::map_get_int(st, &format!("{dir}_dropped")),
+                        errors: decode::map_get_int(st, &format!("{dir}_errors")),
+                    };
+                    let state = |col: &str| decode::opt_str(irow.get(col)).map(|s| s == "up");
+                    out.insert(
+                        (bname.to_string(), iname.to_string()),
+                        InterfaceStats {
+                            link_up: state("link_state"),
+                            admin_up: state("admin_state"),
+                            link_resets: decode::opt_int(irow.get("link_resets"))
+                                .and_then(|n| u64::try_from(n).ok()),
+                            rx: counters("rx"),
+                            tx: counters("tx"),
+                        },
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
 /// What the source publishes: the bridges as of the last update.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct OvsdbSnapshot {
@@ -433,6 +509,8 @@ pub(crate) struct OvsdbSnapshot {
     pub(crate) connected: bool,
     /// Incremented with every published change (0 = never synchronized).
     pub(crate) generation: u64,
+    /// Interface state and counters (only with [`OvsdbOptions::interface_stats`]).
+    pub(crate) interfaces: std::sync::Arc<InterfaceMap>,
 }
 
 /// Tunables of [`run_ovsdb_with`]; [`OvsdbOptions::new`] gives the defaults.
@@ -449,6 +527,10 @@ pub(crate) struct OvsdbOptions {
     pub(crate) probe_interval: Duration,
     /// Bound of one message (and of the receive buffer).
     pub(crate) max_message_bytes: usize,
+    /// Also monitor the `Interface` columns `statistics`, `link_state`, `admin_state` and
+    /// `link_resets` (`[flows] interface_metrics`): ovs-vswitchd rewrites `statistics` every 5 s,
+    /// so this costs one update per 5 s per busy interface.
+    pub(crate) interface_stats: bool,
 }
 
 impl OvsdbOptions {
@@ -460,6 +542,7 @@ impl OvsdbOptions {
             max_backoff: Duration::from_secs(5),
             probe_interval: Duration::from_secs(30),
             max_message_bytes: crate::model::limits::MAX_OVSDB_MESSAGE_BYTES,
+            interface_stats: false,
         }
     }
 
@@ -484,8 +567,13 @@ pub(crate) fn can_run(run_dir: &Path) -> Result<(), String> {
     }
 }
 
-/// The `monitor` request for the tables and columns pinflow reads.
-pub(crate) fn monitor_request(id: u64) -> Value {
+/// The `monitor` request for the tables and columns pinflow reads (with `interface_stats`, the
+/// interfaces' state and counters too).
+pub(crate) fn monitor_request(id: u64, interface_stats: bool) -> Value {
+    let mut iface = vec!["name", "ofport", "type", "external_ids"];
+    if interface_stats {
+        iface.extend(["statistics", "link_state", "admin_state", "link_resets"]);
+    }
     json!({
         "id": id,
         "method": "monitor",
@@ -493,7 +581,7 @@ pub(crate) fn monitor_request(id: u64) -> Value {
             "Open_vSwitch": {"columns": ["bridges", "ovs_version"]},
             "Bridge": {"columns": ["name", "ports"]},
             "Port": {"columns": ["name", "interfaces", "tag"]},
-            "Interface": {"columns": ["name", "ofport", "type", "external_ids"]},
+            "Interface": {"columns": iface},
         }],
     })
 }
@@ -568,7 +656,11 @@ async fn session(
     let started = Instant::now();
     let mut stream = connect(&opts.socket_path()).await?;
     const MONITOR_REQ: u64 = 0;
-    send(&mut stream, &monitor_request(MONITOR_REQ)).await?;
+    send(
+        &mut stream,
+        &monitor_request(MONITOR_REQ, opts.interface_stats),
+    )
+    .await?;
     let mut framer = JsonFramer::new(opts.max_message_bytes);
     let mut state = OvsdbState::new();
     let mut chunk = vec![0u8; 64 << 10];
@@ -652,8 +744,10 @@ async fn session(
         }
         if changed {
             let bridges = state.bridges();
+            let interfaces = std::sync::Arc::new(state.interfaces());
             tx.send_modify(|s| {
                 s.bridges = bridges;
+                s.interfaces = interfaces;
                 s.connected = true;
                 s.generation += 1;
             });
@@ -821,6 +915,65 @@ mod tests {
         );
         assert_eq!(ports["eth1"].ofport, None);
         assert_eq!(ports["eth2"].ofport, None);
+    }
+
+    #[test]
+    fn interface_state_and_counters() {
+        let mut st = OvsdbState::new();
+        st.apply_update(&json!({
+            "Bridge": {"b1": {"new": {"name": "br-int", "ports": ["set", [["uuid", "p1"], ["uuid", "p2"]]]}}},
+            "Port": {
+                "p1": {"new": {"name": "tap1", "interfaces": ["uuid", "i1"]}},
+                "p2": {"new": {"name": "patch-tun", "interfaces": ["uuid", "i2"]}}
+            },
+            "Interface": {
+                "i1": {"new": {"name": "tap1", "ofport": 1, "type": "", "external_ids": ["map", []],
+                    "link_state": "up", "admin_state": "up", "link_resets": 2,
+                    "statistics": ["map", [["rx_bytes", 1000], ["rx_packets", 10], ["rx_dropped", 1],
+                        ["rx_errors", 0], ["tx_bytes", 2000], ["tx_packets", 20], ["collisions", 0]]]}},
+                "i2": {"new": {"name": "patch-tun", "ofport": 2, "type": "patch", "external_ids": ["map", []],
+                    "link_state": ["set", []], "admin_state": ["set", []], "link_resets": ["set", []],
+                    "statistics": ["map", []]}}
+            }
+        }))
+        .unwrap();
+        let ifs = st.interfaces();
+        let tap = &ifs[&("br-int".to_string(), "tap1".to_string())];
+        assert_eq!(
+            (tap.link_up, tap.admin_up, tap.link_resets),
+            (Some(true), Some(true), Some(2))
+        );
+        assert_eq!(
+            (tap.rx.bytes, tap.rx.packets, tap.rx.drops, tap.rx.errors),
+            (Some(1000), Some(10), Some(1), Some(0))
+        );
+        assert_eq!((tap.tx.bytes, tap.tx.drops), (Some(2000), None));
+        let patch = &ifs[&("br-int".to_string(), "patch-tun".to_string())];
+        assert_eq!(patch, &InterfaceStats::default());
+        // Link down, counters move: a modification of the same row.
+        st.apply_update(
+            &json!({"Interface": {"i1": {"new": {"link_state": "down", "link_resets": 3,
+            "statistics": ["map", [["rx_bytes", 1500]]]}}}}),
+        )
+        .unwrap();
+        let tap = &st.interfaces()[&("br-int".to_string(), "tap1".to_string())];
+        assert_eq!(
+            (tap.link_up, tap.link_resets, tap.rx.bytes),
+            (Some(false), Some(3), Some(1500))
+        );
+        // Without the columns monitored, no interface is listed.
+        let mut plain = OvsdbState::new();
+        plain
+            .apply_update(&json!({
+                "Bridge": {"b1": {"new": {"name": "br0", "ports": ["uuid", "p1"]}}},
+                "Port": {"p1": {"new": {"name": "x", "interfaces": ["uuid", "i1"]}}},
+                "Interface": {"i1": {"new": {"name": "x", "ofport": 1, "type": ""}}}
+            }))
+            .unwrap();
+        assert!(plain.interfaces().is_empty());
+        let req = monitor_request(0, true).to_string();
+        assert!(req.contains("statistics") && req.contains("link_resets"));
+        assert!(!monitor_request(0, false).to_string().contains("statistics"));
     }
 
     #[test]

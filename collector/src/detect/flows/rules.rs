@@ -98,6 +98,9 @@ pub(crate) struct DirtyFlowConfig {
     pub(crate) owned_cookies: BTreeMap<String, Vec<String>>,
     /// User rules.
     pub(crate) user_rules: Vec<UserRule>,
+    /// Export every OVS interface's link state and counters (`pinflow_ovs_interface_*`, 10 series
+    /// per interface; off by default: node_exporter has the host devices' counters).
+    pub(crate) interface_metrics: bool,
 }
 
 impl Default for DirtyFlowConfig {
@@ -109,6 +112,7 @@ impl Default for DirtyFlowConfig {
             cookie_generation_window_secs: 0,
             owned_cookies: BTreeMap::new(),
             user_rules: Vec::new(),
+            interface_metrics: false,
         }
     }
 }

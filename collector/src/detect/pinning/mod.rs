@@ -292,7 +292,7 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
         nova: dom.nova.clone(),
         pinned: vcpus.iter().any(|v| v.kind.is_vcpupin()),
         drifted_vcpus,
-        drifts: found,
+        drifts: found.into(),
         vcpus,
         offpin_seconds_total: have_bpf.then(|| offpin_ns as f64 / 1e9),
         migrations_total: have_bpf.then_some(migrations),

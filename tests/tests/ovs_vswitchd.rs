@@ -1,0 +1,430 @@
+//! ovs-vswitchd's unixctl counters and the OVS processes, end to end on a real, private Open
+//! vSwitch (userspace datapath): pinflow's `pinflow_ovs_coverage_total`, `memory/show` and
+//! `upcall/show` families against what `ovs-appctl` prints (the test runs `ovs-appctl`; pinflow
+//! talks JSON-RPC to the control socket itself), process health against procfs, and an
+//! ovs-vswitchd restart (source down, then up again with a new pid and one restart counted).
+
+use pinflow_tests::ovs::Ovs;
+use pinflow_tests::pinflow::Pinflow;
+use pinflow_tests::scrape::{Sample, select, source_up};
+use pinflow_tests::{require_privileged, wait_for};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The events pinflow exports (docs/metrics.md, `pinflow_ovs_coverage_total`).
+const EVENTS: [&str; 14] = [
+    "upcall_flow_limit_hit",
+    "upcall_flow_limit_kill",
+    "dpif_flow_put",
+    "dpif_flow_put_error",
+    "dpif_execute_error",
+    "netlink_overflow",
+    "ofproto_recv_openflow",
+    "packet_in_overflow",
+    "xlate_actions_oversize",
+    "xlate_actions_too_many_output",
+    "rconn_overflow",
+    "rconn_discarded",
+    "bridge_reconfigure",
+    "txn_error",
+];
+
+fn privileged(test: &str) -> bool {
+    require_privileged(
+        test,
+        &[
+            "ovsdb-server",
+            "ovs-vswitchd",
+            "ovs-vsctl",
+            "ovs-ofctl",
+            "ovs-appctl",
+        ],
+    )
+}
+
+/// `ovs-appctl -t ovs-vswitchd CMD` against this instance.
+fn appctl(ovs: &Ovs, cmd: &str) -> String {
+    ovs.run("ovs-appctl", &["-t", "ovs-vswitchd", cmd])
+}
+
+/// `total:` per event of `coverage/show` (events never hit are not listed: 0).
+fn appctl_coverage(ovs: &Ovs) -> BTreeMap<String, f64> {
+    let text = appctl(ovs, "coverage/show");
+    let mut all = BTreeMap::new();
+    for l in text.lines().skip(1) {
+        let t: Vec<&str> = l.split_whitespace().collect();
+        if let [name, .., "total:", n] = t.as_slice() {
+            all.insert(name.to_string(), n.parse::<f64>().expect("total"));
+        }
+    }
+    EVENTS
+        .iter()
+        .map(|e| (e.to_string(), all.get(*e).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+fn pinflow_coverage(s: &[Sample]) -> BTreeMap<String, f64> {
+    select(s, "pinflow_ovs_coverage_total", &[])
+        .iter()
+        .map(|x| (x.labels["event"].clone(), x.value))
+        .collect()
+}
+
+fn value(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    select(s, name, labels).first().map(|x| x.value)
+}
+
+/// Compares pinflow's coverage with ovs-appctl's: appctl, then (after two polls) a scrape, then
+/// appctl again; every event whose total did not move over that window must be equal. Returns
+/// pinflow's values and how many events were stable.
+fn coverage_matches(ovs: &Ovs, pf: &Pinflow) -> (BTreeMap<String, f64>, usize) {
+    let mut last = String::new();
+    for _ in 0..10 {
+        let before = appctl_coverage(ovs);
+        std::thread::sleep(Duration::from_millis(2500));
+        let got = pinflow_coverage(&pf.scrape());
+        let after = appctl_coverage(ovs);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>(),
+            "pinflow exports exactly the documented events"
+        );
+        let stable: Vec<&String> = EVENTS
+            .iter()
+            .map(|e| before.get_key_value(*e).expect("event").0)
+            .filter(|e| before[*e] == after[*e])
+            .collect();
+        let differ: Vec<String> = stable
+            .iter()
+            .filter(|e| got[**e] != before[**e])
+            .map(|e| format!("{e}: pinflow {} ovs-appctl {}", got[*e], before[*e]))
+            .collect();
+        if differ.is_empty() && stable.len() >= 12 {
+            return (got, stable.len());
+        }
+        last = format!(
+            "stable {} of {}; differ: {differ:?}",
+            stable.len(),
+            EVENTS.len()
+        );
+    }
+    panic!("coverage never matched ovs-appctl: {last}\n{}", pf.log());
+}
+
+#[test]
+fn unixctl_values_match_ovs_appctl_and_a_restart_is_followed() {
+    if !privileged("unixctl_values_match_ovs_appctl_and_a_restart_is_followed") {
+        return;
+    }
+    let ovs = Ovs::start();
+    ovs.add_bridge("pfu-br0", &[("pfu-p1", 1), ("pfu-p2", 2)]);
+    ovs.ofctl(&[
+        "add-flow",
+        "pfu-br0",
+        "priority=10,in_port=1,actions=output:2",
+    ]);
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let pf = Pinflow::start(
+        "[ovs_vswitchd]\ninterval_seconds = 1.0\n",
+        &[
+            "--ovs-run-dir",
+            &run_dir,
+            "--no-collector.pinning",
+            "--no-collector.flows",
+        ],
+    );
+    let up = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (source_up(&s, "ovs_unixctl") == Some(1.0)).then_some(s)
+    });
+    let (_, took) = up.unwrap_or_else(|| panic!("ovs_unixctl never up\n{}", pf.log()));
+    eprintln!("ovs_unixctl up after {took:?}");
+
+    // Coverage: equal to ovs-appctl's, and following a change (a reconfiguration, OpenFlow messages).
+    let (cov1, stable) = coverage_matches(&ovs, &pf);
+    eprintln!("coverage matched ({stable}/14 stable): {cov1:?}");
+    assert!(cov1["bridge_reconfigure"] > 0.0, "{cov1:?}");
+    assert!(cov1["ofproto_recv_openflow"] > 0.0, "{cov1:?}");
+    ovs.vsctl(&[
+        "add-port",
+        "pfu-br0",
+        "pfu-p3",
+        "--",
+        "set",
+        "interface",
+        "pfu-p3",
+        "type=dummy",
+    ]);
+    for i in 0..5 {
+        ovs.ofctl(&[
+            "add-flow",
+            "pfu-br0",
+            &format!("priority=20,tcp,tp_dst={},actions=drop", 1000 + i),
+        ]);
+    }
+    let (cov2, _) = coverage_matches(&ovs, &pf);
+    assert!(
+        cov2["bridge_reconfigure"] > cov1["bridge_reconfigure"],
+        "{cov1:?} {cov2:?}"
+    );
+    assert!(
+        cov2["ofproto_recv_openflow"] >= cov1["ofproto_recv_openflow"] + 5.0,
+        "{cov1:?} {cov2:?}"
+    );
+
+    // memory/show and upcall/show: present, sane, equal to ovs-appctl's where they are stable.
+    let s = pf.scrape();
+    let mem = appctl(&ovs, "memory/show");
+    let field = |k: &str| -> Option<f64> {
+        mem.split_whitespace()
+            .find_map(|t| t.strip_prefix(&format!("{k}:")))
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        value(&s, "pinflow_ovs_vswitchd_objects", &[("kind", "rules")]),
+        field("rules"),
+        "{mem}"
+    );
+    assert_eq!(
+        value(&s, "pinflow_ovs_vswitchd_objects", &[("kind", "ports")]),
+        field("ports"),
+        "{mem}"
+    );
+    // 6 OpenFlow flows added plus the bridge's hidden ones.
+    assert!(field("rules").is_some_and(|r| r >= 6.0), "{mem}");
+    assert_eq!(select(&s, "pinflow_ovs_vswitchd_objects", &[]).len(), 5);
+    for kind in ["handler", "revalidator"] {
+        let v = value(&s, "pinflow_ovs_vswitchd_threads", &[("kind", kind)]);
+        assert_eq!(v, field(&format!("{kind}s")), "{kind}: {mem}");
+        assert!(v.is_some_and(|n| n >= 1.0), "{kind}");
+    }
+    let up = appctl(&ovs, "upcall/show");
+    let limit = value(
+        &s,
+        "pinflow_ovs_upcall_flow_limit",
+        &[("datapath", "ovs-dummy")],
+    )
+    .unwrap_or_else(|| panic!("no flow limit for ovs-dummy\n{up}"));
+    assert!((1000.0..=200_000.0).contains(&limit), "{limit}\n{up}");
+    assert!(up.contains(&format!("(limit {limit})")), "{limit}\n{up}");
+    let dump = value(
+        &s,
+        "pinflow_ovs_upcall_dump_duration_seconds",
+        &[("datapath", "ovs-dummy")],
+    );
+    assert!(
+        dump.is_some_and(|d| (0.0..5.0).contains(&d)),
+        "{dump:?}\n{up}"
+    );
+    assert!(value(&s, "pinflow_ovs_upcall_flows", &[("datapath", "ovs-dummy")]).is_some());
+
+    // Process health against procfs.
+    let pid = |d: &str| -> u32 {
+        std::fs::read_to_string(ovs.run_dir().join(format!("{d}.pid")))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    };
+    let vm_rss = |pid: u32| -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("VmRSS")
+            * 1024.0
+    };
+    for d in ["ovs-vswitchd", "ovsdb-server"] {
+        let p = [("process", d)];
+        assert_eq!(value(&s, "pinflow_ovs_process_up", &p), Some(1.0), "{d}");
+        assert_eq!(
+            value(&s, "pinflow_ovs_process_restarts_total", &p),
+            Some(0.0),
+            "{d}"
+        );
+        let rss = value(&s, "pinflow_ovs_process_resident_memory_bytes", &p).expect("rss");
+        let want = vm_rss(pid(d));
+        assert!(
+            (rss - want).abs() <= want * 0.5,
+            "{d}: pinflow {rss} procfs {want}"
+        );
+        let threads = value(&s, "pinflow_ovs_process_threads", &p).expect("threads");
+        assert!(threads >= 1.0, "{d}");
+        assert!(value(&s, "pinflow_ovs_process_cpu_seconds_total", &p).is_some_and(|c| c >= 0.0));
+    }
+    assert!(
+        value(
+            &s,
+            "pinflow_ovs_process_threads",
+            &[("process", "ovs-vswitchd")]
+        ) >= Some(2.0),
+        "ovs-vswitchd has handler and revalidator threads"
+    );
+
+    // Restart: down (no unixctl series served), then up with the new pid, one restart counted.
+    let old_pid = pid("ovs-vswitchd");
+    ovs.stop("ovs-vswitchd");
+    let down = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (source_up(&s, "ovs_unixctl") == Some(0.0)
+            && value(&s, "pinflow_ovs_process_up", &[("process", "ovs-vswitchd")]) == Some(0.0))
+        .then_some(s)
+    });
+    let (s, took) = down.unwrap_or_else(|| panic!("ovs_unixctl still up\n{}", pf.log()));
+    eprintln!("down {took:?} after ovs-vswitchd stopped");
+    assert!(select(&s, "pinflow_ovs_coverage_total", &[]).is_empty());
+    assert!(select(&s, "pinflow_ovs_upcall_flow_limit", &[]).is_empty());
+    assert_eq!(
+        value(&s, "pinflow_ovs_process_up", &[("process", "ovsdb-server")]),
+        Some(1.0)
+    );
+    ovs.start_vswitchd();
+    let back = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (source_up(&s, "ovs_unixctl") == Some(1.0)
+            && value(
+                &s,
+                "pinflow_ovs_process_restarts_total",
+                &[("process", "ovs-vswitchd")],
+            ) == Some(1.0))
+        .then_some(s)
+    });
+    let (s, took) = back.unwrap_or_else(|| panic!("not back up with a restart\n{}", pf.log()));
+    eprintln!("back up {took:?} after ovs-vswitchd started");
+    assert_ne!(pid("ovs-vswitchd"), old_pid);
+    assert_eq!(
+        value(&s, "pinflow_ovs_process_up", &[("process", "ovs-vswitchd")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "pinflow_ovs_process_restarts_total",
+            &[("process", "ovsdb-server")]
+        ),
+        Some(0.0)
+    );
+    let detail = pinflow_tests::scrape::sources(pf.addr)
+        .and_then(|m| m.get("ovs_unixctl").cloned())
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(
+        detail.contains(&format!("pid {}", pid("ovs-vswitchd"))),
+        "{detail}"
+    );
+    // A fresh run's counters start over and match again.
+    let (cov3, _) = coverage_matches(&ovs, &pf);
+    assert!(
+        cov3["ofproto_recv_openflow"] < cov2["ofproto_recv_openflow"],
+        "{cov2:?} {cov3:?}"
+    );
+}
+
+/// `[flows] interface_metrics`: link state and counters of real OVS interfaces against
+/// `ovs-vsctl get interface … statistics`, joined to the instance whose tap it is.
+#[test]
+fn interface_counters_match_ovsdb_and_join_the_instance() {
+    if !privileged("interface_counters_match_ovsdb_and_join_the_instance") {
+        return;
+    }
+    let ovs = Ovs::start();
+    // tapfx000a1 is fx-nova's tap in the captured libvirt host.
+    ovs.add_bridge("pfi-br0", &[("tapfx000a1", 1), ("pfi-p2", 2)]);
+    ovs.ofctl(&[
+        "add-flow",
+        "pfi-br0",
+        "priority=10,in_port=1,actions=output:2",
+    ]);
+    // Statistics every second instead of every 5 s.
+    ovs.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        "other_config:stats-update-interval=1000",
+    ]);
+    let host = pinflow_tests::captured::CapturedHost::new();
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let mut args = vec!["--ovs-run-dir".to_string(), run_dir];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pf = Pinflow::start(
+        "[pinning]\nebpf = false\n[flows]\ninterface_metrics = true\n",
+        &args,
+    );
+    // Traffic into tapfx000a1 (dummy netdevs take packets from ovs-appctl).
+    let pkt = "in_port(1),eth(src=50:54:00:00:00:01,dst=50:54:00:00:00:02),eth_type(0x0800),\
+               ipv4(src=10.0.0.1,dst=10.0.0.2,proto=17,tos=0,ttl=64,frag=no),udp(src=1,dst=2)";
+    for _ in 0..7 {
+        ovs.run("ovs-appctl", &["netdev-dummy/receive", "tapfx000a1", pkt]);
+    }
+    let ovsdb_stat = |iface: &str, key: &str| -> Option<f64> {
+        let out = ovs.vsctl(&["get", "interface", iface, "statistics"]);
+        out.trim()
+            .trim_matches(['{', '}'])
+            .split(", ")
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    let labels = [
+        ("bridge", "pfi-br0"),
+        ("port", "tapfx000a1"),
+        ("domain", "fx-nova"),
+    ];
+    let got = wait_for(WAIT, || {
+        let s = pf.scrape();
+        let rx = value(&s, "pinflow_ovs_interface_receive_packets_total", &labels)?;
+        let want = ovsdb_stat("tapfx000a1", "rx_packets")?;
+        (want >= 7.0 && rx == want).then_some(s)
+    });
+    let (s, took) = got.unwrap_or_else(|| {
+        panic!(
+            "rx_packets never matched OVSDB ({:?})\n{}",
+            ovsdb_stat("tapfx000a1", "rx_packets"),
+            pf.log()
+        )
+    });
+    eprintln!("rx_packets matched OVSDB after {took:?}");
+    for (family, key) in [
+        ("pinflow_ovs_interface_receive_bytes_total", "rx_bytes"),
+        ("pinflow_ovs_interface_transmit_packets_total", "tx_packets"),
+        ("pinflow_ovs_interface_transmit_bytes_total", "tx_bytes"),
+    ] {
+        assert_eq!(
+            value(&s, family, &labels),
+            ovsdb_stat("tapfx000a1", key),
+            "{family}"
+        );
+    }
+    // Forwarded to pfi-p2 by the flow: its transmit side counts them.
+    let p2 = [("bridge", "pfi-br0"), ("port", "pfi-p2"), ("domain", "")];
+    assert!(value(&s, "pinflow_ovs_interface_transmit_packets_total", &p2) >= Some(7.0));
+    assert_eq!(
+        value(&s, "pinflow_ovs_interface_link_up", &labels),
+        Some(1.0)
+    );
+    let resets = value(&s, "pinflow_ovs_interface_link_resets_total", &labels).expect("resets");
+    let ovsdb_resets: f64 = ovs
+        .vsctl(&["get", "interface", "tapfx000a1", "link_resets"])
+        .trim()
+        .parse()
+        .expect("link_resets");
+    assert_eq!(resets, ovsdb_resets);
+
+    // The link goes down: link_up 0. (Dummy netdevs keep no carrier-reset count: OVSDB's
+    // link_resets stays as it was, and so does pinflow's.)
+    ovs.run(
+        "ovs-appctl",
+        &["netdev-dummy/set-admin-state", "tapfx000a1", "down"],
+    );
+    let down = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (value(&s, "pinflow_ovs_interface_link_up", &labels) == Some(0.0)
+            && value(&s, "pinflow_ovs_interface_link_resets_total", &labels) == Some(resets))
+        .then_some(())
+    });
+    assert!(down.is_some(), "link down not seen\n{}", pf.log());
+}
