@@ -37,7 +37,10 @@ use std::time::{Duration, Instant};
 const BRIDGE: &str = "br-bench";
 const PORTS: u32 = 200;
 const COOKIE: u64 = 0x6a1b_2c3d_4e5f_6071;
-const REPS: usize = 5;
+/// Dumps by each client per size (3 under `--quick`).
+fn reps() -> usize {
+    if crate::bench_table::quick() { 3 } else { 5 }
+}
 /// Churn before the steady-state measurement (see the warm-up in `run`).
 const WARMUP_SECS: u64 = 10;
 /// Bare flow monitors attached to measure ovs-vswitchd's cost per monitoring client.
@@ -373,6 +376,15 @@ struct DumpCost {
     /// Peak RSS of `ovs-ofctl dump-flows` and of `pinflow flows`, KiB (largest of the runs).
     rss_ofctl_kib: u64,
     rss_pinflow_kib: u64,
+    /// (min, max) of pinflow's one-shot CPU and of the cron job's (ofctl + parse) over the dumps.
+    spread: [(Duration, Duration); 2],
+}
+
+fn min_max(v: &[Duration]) -> (Duration, Duration) {
+    (
+        v.iter().min().copied().unwrap_or_default(),
+        v.iter().max().copied().unwrap_or_default(),
+    )
 }
 
 fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
@@ -391,7 +403,7 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
         BRIDGE,
         "--no-stats",
     ];
-    for _ in 0..REPS {
+    for _ in 0..reps() {
         let v0 = proc_cpu(vs);
         let (text, cpu) = run_measured(&mut ofctl_cmd(ovs, &["dump-flows", mgmt]))?;
         vs_of.push(proc_cpu(vs).saturating_sub(v0));
@@ -435,7 +447,10 @@ fn dump_costs(ovs: &Ovs, pinflow_bin: &Path, n: usize) -> Result<DumpCost> {
     if let Ok((text, _)) = run_measured(&mut ofctl_cmd(ovs, &["--no-stats", "dump-flows", mgmt])) {
         wire = text.len() as f64 / n as f64;
     }
+    let cron: Vec<Duration> = ofctl.iter().zip(&parse).map(|(a, b)| *a + *b).collect();
+    let spread = [min_max(&pf), min_max(&cron)];
     Ok(DumpCost {
+        spread,
         ofctl: median(ofctl),
         parse: median(parse),
         vswitchd_ofctl: median(vs_of),
@@ -743,7 +758,13 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     let steady_secs: u64 = std::env::var("PINFLOW_BENCH_FLOWS_STEADY_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(if crate::bench_table::quick() { 5 } else { 30 });
+    let warmup_secs = if crate::bench_table::quick() {
+        2
+    } else {
+        WARMUP_SECS
+    };
+    let dirty_reps: u32 = if crate::bench_table::quick() { 5 } else { 20 };
     crate::util::step("flow bench: private OVS with a 200-port bridge");
     let ovs = Ovs::start();
     ovs.add_bridge(BRIDGE, &[]);
@@ -788,19 +809,27 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     let mut costs = Vec::new();
     // `PINFLOW_BENCH_FLOWS_QUICK=1`: only the serve parts (RSS, latency, steady state).
     let quick = std::env::var_os("PINFLOW_BENCH_FLOWS_QUICK").is_some();
+    // `--quick` (the bench's, not this part's own serve-only mode): a tenth of each size, so
+    // that each row keeps its place.
+    let sizes: [usize; 3] = if crate::bench_table::quick() {
+        [100, 1_000, 10_000]
+    } else {
+        [1_000, 10_000, 100_000]
+    };
     // `PINFLOW_BENCH_FLOWS_SERVE_N` (quick mode only): mirror this many flows instead of 100 000
     // (sizing the memory limit, e.g. 200 000).
     let serve_n: usize = std::env::var("PINFLOW_BENCH_FLOWS_SERVE_N")
         .ok()
         .filter(|_| quick)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(sizes[2]);
     if quick {
         load_flows(&ovs, serve_n)?;
     }
-    for n in [1_000usize, 10_000, 100_000].into_iter().filter(|_| !quick) {
+    for n in sizes.into_iter().filter(|_| !quick) {
         crate::util::step(&format!(
-            "flow bench: {n} flows, {REPS} dumps by each client"
+            "flow bench: {n} flows, {} dumps by each client",
+            reps()
         ));
         load_flows(&ovs, n)?;
         let c = dump_costs(&ovs, pinflow_bin, n)?;
@@ -841,11 +870,13 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     }
 
     // (c) latency of a dirty flow to /metrics.
-    crate::util::step("flow bench: add-flow of a dirty flow → /metrics, 20 times");
+    crate::util::step(&format!(
+        "flow bench: add-flow of a dirty flow → /metrics, {dirty_reps} times"
+    ));
     let mgmt = BRIDGE;
     let rule = "output_to_missing_port";
     let mut lat = Vec::new();
-    for i in 0..20u32 {
+    for i in 0..dirty_reps {
         let before = serve.dirty(rule).unwrap_or(0.0);
         let flow = format!("table=94,priority=30,reg6=0xfff,dl_dst=fa:16:3e:ff:ff:{i:02x}");
         let t = Instant::now();
@@ -884,7 +915,7 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     // Warm-up: the index builds a shape group's projection onto another shape on first use, so
     // the first changes into a big table cost more; steady state is what follows.
     let w0 = proc_cpu(pid);
-    churn(&ovs, WARMUP_SECS, |_| {})?;
+    churn(&ovs, warmup_secs, |_| {})?;
     let warmup = proc_cpu(pid).saturating_sub(w0);
     let (p0, v0) = (proc_cpu(pid), proc_cpu(vs));
     churn(&ovs, steady_secs, |_| {})?;
@@ -947,8 +978,23 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     ];
     rows.push(head);
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" }.to_string();
-    for (n, c) in &costs {
+    for (i, (n, c)) in costs.iter().enumerate() {
         let cron = c.ofctl + c.parse;
+        // Plot: CPU per 30 s (a dump every 15 s: two) of the cron job and of `pinflow flows`
+        // run the same way, each with ovs-vswitchd's share.
+        let per30 = |d: Duration| 2.0 * d.as_secs_f64() * 1e3;
+        crate::bench_table::point(
+            "flows-cpu-per-30s",
+            "cron: ovs-ofctl dump-flows + parse every 15 s (+ ovs-vswitchd)",
+            *n as f64,
+            per30(cron + c.vswitchd_ofctl),
+        );
+        crate::bench_table::point(
+            "flows-cpu-per-30s",
+            "pinflow flows every 15 s (+ ovs-vswitchd)",
+            *n as f64,
+            per30(c.pinflow + c.vswitchd_pinflow),
+        );
         rows.push([
             format!("{n} flows: ovs-ofctl dump-flows CPU"),
             "-".into(),
@@ -991,19 +1037,27 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         ]);
         let ratio = cron.as_secs_f64() / c.pinflow.as_secs_f64().max(1e-9);
         // Goals of issues 3 and 13: 10 000 and 100 000 flows (at 1 000, process start-up dominates).
-        let goal_ms = match *n {
-            100_000 => "≤ 50 ms, ≥ 10× below",
-            1_000 => "-",
+        let goal_ms = match i {
+            2 => "≤ 50 ms, ≥ 10× below",
+            0 => "-",
             _ => "≥ 10× below",
         };
         rows.push([
             format!("{n} flows: pinflow flows --no-stats CPU (whole process)"),
             goal_ms.into(),
-            format!("{} ({ratio:.1}× below ofctl+parse)", ms(c.pinflow)),
-            if *n == 1_000 {
+            format!(
+                "{} ({ratio:.1}× below ofctl+parse {}; min–max {}–{} vs {}–{})",
+                ms(c.pinflow),
+                ms(cron),
+                ms(c.spread[0].0),
+                ms(c.spread[0].1),
+                ms(c.spread[1].0),
+                ms(c.spread[1].1)
+            ),
+            if i == 0 {
                 String::new()
             } else {
-                verdict(ratio >= 10.0 && (*n != 100_000 || c.pinflow <= Duration::from_millis(50)))
+                verdict(ratio >= 10.0 && (i != 2 || c.pinflow <= Duration::from_millis(50)))
             },
         ]);
     }
@@ -1016,38 +1070,49 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     // 30 s totals).
     let cron_total = cron_client + cron_dumps_vs;
     let ratio = cron_total.as_secs_f64() / pin_total.as_secs_f64().max(1e-9);
+    let per30 = |d: Duration| d.as_secs_f64() * 1e3 * 30.0 / steady_secs.max(1) as f64;
+    crate::bench_table::point(
+        "flows-cpu-per-30s",
+        "pinflow serve mirroring, 10 changes/s (+ ovs-vswitchd per monitor)",
+        serve_n as f64,
+        per30(pin_total),
+    );
+    crate::bench_table::point(
+        "flows-cpu-per-30s",
+        "cron measured under 10 changes/s (+ ovs-vswitchd during the dumps)",
+        serve_n as f64,
+        per30(cron_total),
+    );
     rows.push([
-        format!("steady {steady_secs} s: ovs-vswitchd applying the changes alone"),
+        "steady state: ovs-vswitchd applying the changes alone".to_string(),
         "-".into(),
         ms(vs_alone),
         String::new(),
     ]);
     rows.push([
-        format!("steady {steady_secs} s: pinflow serve CPU"),
+        "steady state: pinflow serve CPU".to_string(),
         "-".into(),
         format!(
-            "{} (after a {WARMUP_SECS} s warm-up at the same rate: {})",
+            "{} (after a {warmup_secs} s warm-up at the same rate: {})",
             ms(pin_steady),
             ms(warmup)
         ),
         String::new(),
     ]);
     rows.push([
-        format!("steady {steady_secs} s: ovs-vswitchd with pinflow (incl. changes)"),
+        "steady state: ovs-vswitchd with pinflow (incl. changes)".to_string(),
         "-".into(),
         ms(vs_with),
         String::new(),
     ]);
     rows.push([
-        format!(
-            "steady {steady_secs} s: ovs-vswitchd with {MONITORS} bare monitors (incl. changes)"
-        ),
+        format!("steady state: ovs-vswitchd with {MONITORS} bare monitors (incl. changes)"),
         "-".into(),
         format!("{} ({} per monitor)", ms(vs_monitors), ms(vs_per_monitor)),
         String::new(),
     ]);
     rows.push([
-        format!("steady {steady_secs} s: cron ofctl+parse CPU / ovs-vswitchd (incl. changes)"),
+        "steady state: cron ofctl+parse CPU / ovs-vswitchd (incl. changes)".to_string(),
         "-".into(),
         format!(
             "{} / {} ({} of it during the dumps)",
@@ -1058,37 +1123,65 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         String::new(),
     ]);
     rows.push([
-        format!("steady {steady_secs} s: total CPU pinflow+vswitchd per monitor vs cron"),
-        "≥ 20× less".into(),
-        format!("{} vs {} ({ratio:.1}×)", ms(pin_total), ms(cron_total)),
-        verdict(ratio >= 20.0),
+        "steady state: total CPU pinflow+vswitchd per monitor vs cron".to_string(),
+        "≥ 40× less (issue 13)".into(),
+        format!(
+            "{} vs {} ({ratio:.1}×) over {steady_secs} s at {serve_n} flows",
+            ms(pin_total),
+            ms(cron_total)
+        ),
+        verdict(ratio >= 40.0),
     ]);
     rows.push([
-        "add-flow of a dirty flow → /metrics (median of 20)".into(),
+        format!("add-flow of a dirty flow → /metrics (median of {dirty_reps})"),
         "≤ 1 s".into(),
         format!("{} (max {})", ms(lat_p50), ms(lat_max)),
         verdict(lat_p50 <= Duration::from_secs(1)),
     ]);
     rows.push([
-        "pinflow serve RSS, 100 000 flows mirrored".into(),
-        "≤ 48 MiB".into(),
+        format!("pinflow serve RSS, {serve_n} flows mirrored"),
+        "≤ 32 MiB (issue 13)".into(),
         format!(
             "{rss_mib:.1} MiB (after churn {rss_after_mib:.1} MiB; mirrored in {})",
             ms(mirror_time)
         ),
-        verdict(rss_mib <= 48.0),
+        verdict(rss_mib <= 32.0),
     ]);
     let w: Vec<usize> = (0..4)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     println!("\nOpenFlow tables: pinflow vs ovs-ofctl dump-flows + parse (issue 3)");
     for [what, goal, measured, verdict] in rows.iter().skip(1) {
-        crate::bench_table::add(
+        // What limits the rows whose goals are missed: the known costs of issue 13 (a profile
+        // is not taken by this run).
+        let limits = if what.contains("total CPU pinflow") {
+            "known costs (issue 13, not profiled by this run): wake-ups per change, every shape \
+             group of a table visited per change, instructions decoded twice"
+        } else if what.contains("serve RSS") {
+            "~340 B per mirrored flow (issue 13; ovs-vswitchd itself needs ~750 B per flow)"
+        } else if what.contains("pinflow flows --no-stats") {
+            "process start is about a third of the one-shot's CPU at 10 000 flows (issue 13)"
+        } else {
+            ""
+        };
+        // `--quick` runs this part in the debug xtask (no optimised rebuild): the cron job's
+        // parse is then slower than a real one, which flatters pinflow; the row says so.
+        let debug_parse = cfg!(debug_assertions)
+            && ["parse", "pinflow flows --no-stats", "total CPU"]
+                .iter()
+                .any(|k| what.contains(k));
+        let measured = if debug_parse {
+            format!("{measured} [parse timed in a debug build: the cron side is inflated]")
+        } else {
+            measured.clone()
+        };
+        crate::bench_table::add_limited(
             "flows",
             what,
             goal,
-            measured.clone(),
+            measured,
             (!verdict.is_empty()).then(|| verdict == "met"),
+            limits,
         );
     }
     for r in &rows {

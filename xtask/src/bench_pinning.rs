@@ -510,13 +510,13 @@ pub fn status_xml(d: &DomainXml) -> String {
 }
 
 /// A generated host: `domains` × [`FIXTURE_VCPUS`] vCPUs on 64 pCPUs, cgroup v1 libvirt layout.
-struct FixtureHost {
+pub(crate) struct FixtureHost {
     /// A temp dir, or `PINFLOW_BENCH_FIXTURE_DIR` (kept, to run pinflow on it by hand).
     root: Result<tempfile::TempDir, PathBuf>,
 }
 
 impl FixtureHost {
-    fn generate(domains: usize) -> Result<FixtureHost> {
+    pub(crate) fn generate(domains: usize) -> Result<FixtureHost> {
         let root = match std::env::var_os("PINFLOW_BENCH_FIXTURE_DIR") {
             Some(d) => Err(PathBuf::from(d)),
             None => Ok(tempfile::tempdir()?),
@@ -637,7 +637,7 @@ impl FixtureHost {
         }
     }
 
-    fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         let r = self.dir();
         [
             ("--libvirt-state-dir", r.join("run-libvirt-qemu")),

@@ -228,9 +228,11 @@ struct Samples {
 /// Runs the benchmark and prints the report. `pinflow_bin` locates the build (the helper example
 /// is built at `<dir of pinflow_bin>/examples/sched_probe`, always through cargo).
 pub fn run(pinflow_bin: &Path) -> Result<()> {
-    let loops = env_u64("PINFLOW_BENCH_LOOPS", 20_000)?;
-    let reps = env_u64("PINFLOW_BENCH_REPS", 15)?.max(1);
-    let runs = env_u64("PINFLOW_BENCH_RUNS", 3)?.max(1);
+    // `--quick`: every scenario, fewer and shorter runs.
+    let quick = crate::bench_table::quick();
+    let loops = env_u64("PINFLOW_BENCH_LOOPS", if quick { 10_000 } else { 20_000 })?;
+    let reps = env_u64("PINFLOW_BENCH_REPS", if quick { 5 } else { 15 })?.max(1);
+    let runs = env_u64("PINFLOW_BENCH_RUNS", if quick { 1 } else { 3 })?.max(1);
     let rt = std::env::var_os("PINFLOW_BENCH_RT").is_some_and(|v| v == "1");
     let perf = std::env::var("PERF").unwrap_or_else(|_| "perf".to_string());
     let helper = helper_path(pinflow_bin)?;
@@ -595,6 +597,7 @@ fn report(samples: &[Samples]) {
         "scenario", "med µs/op", "p25", "min", "+ns/sw p25", "+ns/sw paired", "bpf ns/run"
     );
     let mut added = std::collections::HashMap::new();
+    let mut paired_added = std::collections::HashMap::new();
     for (sc, s) in SCENARIOS.iter().zip(samples) {
         if let Some(why) = &s.skipped {
             println!("{:<30} skipped: {why}", sc.name);
@@ -614,8 +617,18 @@ fn report(samples: &[Samples]) {
         } else {
             None
         };
+        if let (Some(p), true) = (paired, probe) {
+            paired_added.insert(sc.name, p);
+        }
         if let Some(a) = added_p25 {
             added.insert(sc.name, a);
+            if !sc.stats && !sc.watch_bench {
+                let label = match sc.mode {
+                    Some(m) if m != "nop" => format!("pinflow probe: {m}"),
+                    _ => sc.name.to_string(),
+                };
+                crate::bench_table::point("sched-ns-per-switch", &label, 0.0, a);
+            }
         }
         let (rt, rc) = s
             .bpf
@@ -655,7 +668,17 @@ fn report(samples: &[Samples]) {
             "sched",
             "ns added per context switch: pinflow's sched_switch probe vs the cheapest bpftrace one-liner",
             "≤ 1/3",
-            format!("{p:.1} vs {b:.1} ns ({:.2}×)", p / b),
+            format!(
+                "{p:.1} vs {b:.1} ns ({:.2}×) from p25s of {} runs each; paired medians {} vs {}",
+                p / b,
+                samples[2].usecs_per_op.len(),
+                paired_added
+                    .get("tp_btf")
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+                paired_added
+                    .get("bpftrace: count per tid, cpu")
+                    .map_or("-".into(), |v| format!("{v:.1}")),
+            ),
             Some(p / b <= 1.0 / 3.0),
         );
         println!(

@@ -65,7 +65,18 @@ impl ThreadHost {
     /// Starts `domains` domains named `{prefix}th{i}` over the host's online pCPUs.
     pub fn start(domains: usize, prefix: &str, xml: impl Fn(&DomainXml) -> String) -> Result<Self> {
         if !Path::new(CPUSET_MACHINE).is_dir() {
-            bail!("{CPUSET_MACHINE} is missing (the libvirt testbed's cgroup v1 cpuset hierarchy)");
+            // libvirt makes it with its first domain; make it as libvirt does (the root's sets).
+            let root = Path::new(CPUSET_MACHINE).parent().context("cpuset root")?;
+            if !root.join("cpuset.cpus").is_file() {
+                bail!("no cgroup v1 cpuset hierarchy at {}", root.display());
+            }
+            std::fs::create_dir_all(CPUSET_MACHINE)?;
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                std::fs::write(
+                    Path::new(CPUSET_MACHINE).join(f),
+                    std::fs::read_to_string(root.join(f))?.trim(),
+                )?;
+            }
         }
         let cpus = std::fs::read_to_string(format!("{CPUSET_MACHINE}/cpuset.cpus"))?;
         let mems = std::fs::read_to_string(format!("{CPUSET_MACHINE}/cpuset.mems"))?;

@@ -52,7 +52,7 @@ struct Testbed {
 }
 
 impl Testbed {
-    fn up(listen: SocketAddr) -> anyhow::Result<Testbed> {
+    fn up(listen: SocketAddr, bin: &std::path::Path) -> anyhow::Result<Testbed> {
         step("libvirt: starting virtlogd + libvirtd (if not running)");
         let daemons = libvirt::ensure_daemons()?;
         step(
@@ -93,7 +93,7 @@ impl Testbed {
             tb.domains.push(libvirt::start(&spec)?);
         }
         step(&format!("pinflow: serving on {listen}"));
-        let child = Command::new(pinflow_bin("release"))
+        let child = Command::new(bin)
             .args([
                 "serve",
                 "--web.listen-address",
@@ -158,7 +158,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     step("building pinflow (release)");
     cargo(&["build", "--release", "-p", "pinflow", "--bin", "pinflow"])?;
     // Block Ctrl-C before starting anything so it reaches us (and the teardown) rather than killing us.
-    let tb = Testbed::up(a.listen)?;
+    let tb = Testbed::up(a.listen, &pinflow_bin("release"))?;
     std::thread::sleep(Duration::from_millis(1500));
     let table = Command::new(pinflow_bin("release"))
         .arg("pinning")
@@ -200,10 +200,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench` (serve part): pinflow's RSS and /metrics latency with the testbed running.
-pub fn bench_serve() -> anyhow::Result<()> {
+/// `cargo xtask bench` (serve part): `bin`'s RSS and /metrics latency with the testbed running.
+pub fn bench_serve(bin: &std::path::Path) -> anyhow::Result<()> {
     let listen: SocketAddr = pinflow_tests::pinflow::free_addr();
-    let tb = Testbed::up(listen)?;
+    let tb = Testbed::up(listen, bin)?;
     std::thread::sleep(Duration::from_secs(3));
     let mut lat = Vec::new();
     for _ in 0..200 {
@@ -239,6 +239,21 @@ pub fn bench_serve() -> anyhow::Result<()> {
         lat[lat.len() - 1]
     );
     println!("  CPU used so far (user+sys): {} ms", ticks * 10);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    crate::bench_table::add(
+        "serve",
+        "testbed domains: pinflow serve /metrics p50 / p99 (200 scrapes) and RSS",
+        "",
+        format!(
+            "{:.2} / {:.2} ms (max {:.2}), {} with {} domains",
+            ms(lat[lat.len() / 2]),
+            ms(lat[lat.len() * 99 / 100]),
+            ms(lat[lat.len() - 1]),
+            rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" "),
+            testbed_domains().len()
+        ),
+        None,
+    );
     drop(tb);
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: lint, unit tests and privileged integration tests against real daemons.
+//! `cargo xtask test`: lint, unit tests, privileged integration tests against real daemons, `cargo
+//! xtask bench --quick` (every row of the bench table made) and the kernel-datapath guest.
 #![allow(unsafe_code)] // set_var before any thread is started.
 
 use crate::setup::setup;
@@ -80,6 +81,22 @@ pub fn test(a: TestArgs) -> anyhow::Result<()> {
     if let Ok(d) = &daemons {
         libvirt::stop_daemons(d);
     }
+    // Every bench part reduced (`cargo xtask bench --quick`, ~4.5 min here): it fails on a bench error
+    // or a row of the full table it did not make, never on a number.
+    let r = if a.filter.as_deref().is_none_or(|f| f.contains("bench")) {
+        step("bench: cargo xtask bench --quick (every row made; numbers never fail)");
+        let b = crate::bench(crate::BenchArgs {
+            quick: true,
+            ..crate::BenchArgs::default()
+        });
+        match (r, b) {
+            (Ok(()), b) => b,
+            (Err(e), Ok(())) => Err(e),
+            (Err(t), Err(b)) => Err(t.context(format!("and bench --quick failed too: {b:#}"))),
+        }
+    } else {
+        r
+    };
     if a.filter.as_deref().is_some_and(|f| !f.contains("vm")) {
         return r;
     }

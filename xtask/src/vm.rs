@@ -528,3 +528,300 @@ fn boot_batch(g: &Guest, share: &Path, append: &str, timeout: Duration) -> anyho
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// What the guest with `pinflow.bench=1` costs, as measured on the project's 2-core machine
+/// (2026-12-01, two runs: boot to pass 124 and 153 s, 79 and 96 s of it the megaflow bench);
+/// `--quick`, whose other parts take ~4.5 min there, names it when it skips the guest.
+const GUEST_BENCH_COST: &str = "~2–2.5 min here: boot to pass 124–153 s, 79–96 s of it the \
+     bench; the other parts of --quick already take ~4.5 min of its 5";
+
+/// Flow counts of the guest's megaflow bench (`xtask/guest/bench.sh`).
+const GUEST_BENCH_FLOWS: [u32; 2] = [10_000, 100_000];
+
+/// `cargo xtask bench` part `datapath`: `vm-test --bench` (the kernel datapath's megaflows in
+/// the QEMU guest, `pinflow flows --datapath` against `ovs-dpctl dump-flows` + an awk parse),
+/// folded into the bench table. `--quick` skips the guest and says so in the rows.
+pub fn bench_rows(quick: bool) -> anyhow::Result<()> {
+    let what = |n: u32| {
+        format!(
+            "kernel datapath megaflow dump, {n} flows: pinflow flows --datapath vs ovs-dpctl dump-flows + parse"
+        )
+    };
+    let series_what =
+        "kernel-datapath families in the guest: series per datapath port and per host";
+    let skipped = |why: &str| {
+        crate::bench_table::add_limited(
+            "datapath",
+            series_what,
+            "≤ 4 per instance port (docs/metrics.md)",
+            format!("skipped{why}"),
+            None,
+            "the host has no openvswitch.ko: the kernel datapath runs in the QEMU/TCG guest only",
+        );
+        for n in GUEST_BENCH_FLOWS {
+            crate::bench_table::add_limited(
+                "datapath",
+                &what(n),
+                "",
+                format!("skipped{why}"),
+                None,
+                "the host has no openvswitch.ko: the kernel datapath runs in the QEMU/TCG guest only",
+            );
+        }
+    };
+    if quick {
+        skipped(&format!(
+            " in --quick: needs the TCG guest ({GUEST_BENCH_COST}); `cargo xtask bench --only datapath` runs it"
+        ));
+        return Ok(());
+    }
+    let run = vm_test(VmTestArgs {
+        timeout: 3600,
+        bench: true,
+        ..VmTestArgs::default()
+    });
+    let log = fs::read_to_string(target_dir().join("vm/share/out.log")).unwrap_or_default();
+    let found = parse_guest_bench(&log);
+    if found.is_empty() {
+        let why = match &run {
+            Err(e) => format!(": the guest failed: {e:#}"),
+            Ok(()) => ": the guest printed no bench figures (vm-test skipped?)".to_string(),
+        };
+        skipped(&why);
+        return Ok(());
+    }
+    if let Err(e) = &run {
+        eprintln!("note: vm-test reported failures besides the bench: {e:#}");
+    }
+    match datapath_series(&log) {
+        Some((per_port, ports, host, text)) => crate::bench_table::add(
+            "datapath",
+            series_what,
+            "≤ 4 per instance port (docs/metrics.md)",
+            format!(
+                "{per_port:.1} per netdev port ({ports} ports, v1 and v2 in netns), {host} per host \
+                 (datapath, internal ports, action kinds) after the scenario's traffic; {text}"
+            ),
+            Some(per_port <= 4.0),
+        ),
+        None => crate::bench_table::add_limited(
+            "datapath",
+            series_what,
+            "≤ 4 per instance port (docs/metrics.md)",
+            "skipped: the guest printed no kernel-datapath series".into(),
+            None,
+            "",
+        ),
+    }
+    for g in found {
+        let cpu = |t: &GuestTime| t.user + t.sys;
+        let (Some(pf), Some(dp)) = (g.times.get("render"), g.times.get("parse")) else {
+            continue;
+        };
+        let count = g.times.get("count");
+        let dump = g.times.get("dump");
+        crate::bench_table::add(
+            "datapath",
+            &what(g.target),
+            "",
+            format!(
+                "{} flows in the datapath; CPU (user+sys) pinflow {:.0} ms (dump+decode {}) vs \
+                 ovs-dpctl + awk {:.0} ms (dump alone {}): {:.1}× below; wall {:.0} vs {:.0} ms; \
+                 one run each in the TCG guest (no spread: emulated CPU)",
+                g.held,
+                cpu(pf),
+                count.map_or("?".into(), |c| format!("{:.0} ms", cpu(c))),
+                cpu(dp),
+                dump.map_or("?".into(), |c| format!("{:.0} ms", cpu(c))),
+                cpu(dp) / cpu(pf).max(1e-3),
+                pf.real,
+                dp.real
+            ),
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// The kernel-datapath families in the guest's `--- /metrics` section of `out.log` (the
+/// scenario prints every `pinflow_ovs_*` line there): (series per netdev port, netdev ports,
+/// series per host, count by family).
+fn datapath_series(log: &str) -> Option<(f64, usize, usize, String)> {
+    let section: String = log
+        .lines()
+        .skip_while(|l| l.trim() != "--- /metrics")
+        .skip(1)
+        .take_while(|l| !l.starts_with("---"))
+        .filter(|l| l.starts_with("pinflow_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dp_family = |n: &str| {
+        [
+            "pinflow_ovs_datapath_",
+            "pinflow_ovs_vport_",
+            "pinflow_ovs_upcalls_total",
+            "pinflow_ovs_drops_total",
+        ]
+        .iter()
+        .any(|p| n.starts_with(p))
+    };
+    let samples: Vec<pinflow_tests::scrape::Sample> = pinflow_tests::scrape::parse(&section)
+        .into_iter()
+        .filter(|s| dp_family(&s.name))
+        .collect();
+    let netdev: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.name == "pinflow_ovs_vport_info")
+        .filter(|s| s.labels.get("type").is_some_and(|t| t == "netdev"))
+        .filter_map(|s| s.labels.get("port").map(String::as_str))
+        .collect();
+    if samples.is_empty() || netdev.is_empty() {
+        return None;
+    }
+    let on_port = |s: &pinflow_tests::scrape::Sample| {
+        s.labels
+            .get("port")
+            .is_some_and(|p| netdev.contains(&p.as_str()))
+    };
+    let per_port = samples.iter().filter(|s| on_port(s)).count();
+    let host = samples.len() - per_port;
+    let mut fam: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &samples {
+        *fam.entry(s.name.as_str()).or_insert(0) += 1;
+    }
+    let text = fam
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some((
+        per_port as f64 / netdev.len() as f64,
+        netdev.len(),
+        host,
+        text,
+    ))
+}
+
+/// One `time` report of the guest (ms).
+#[derive(Debug, Default, Clone, Copy)]
+struct GuestTime {
+    real: f64,
+    user: f64,
+    sys: f64,
+}
+
+/// The figures of one flow count in the guest's bench output.
+#[derive(Debug, Default)]
+struct GuestBench {
+    target: u32,
+    held: String,
+    /// `dump` (ovs-dpctl alone), `parse` (ovs-dpctl | awk), `count` (pinflow --count), `render`.
+    times: BTreeMap<&'static str, GuestTime>,
+}
+
+/// `0m 1.23s`, `1.23`, `0m1.230s` → ms.
+fn parse_time(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (min, rest) = match v.split_once('m') {
+        Some((m, r)) => (m.trim().parse::<f64>().ok()?, r),
+        None => (0.0, v),
+    };
+    let s = rest
+        .trim()
+        .trim_end_matches('s')
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    Some((min * 60.0 + s) * 1e3)
+}
+
+/// Parses the `bench:` lines of `xtask/guest/bench.sh` and the `time` reports that follow them.
+fn parse_guest_bench(log: &str) -> Vec<GuestBench> {
+    let mut out: Vec<GuestBench> = Vec::new();
+    let mut current: Option<&'static str> = None;
+    for line in log.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("bench: target ") {
+            let target = rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let held = rest
+                .rsplit_once("holds ")
+                .map_or("?", |(_, h)| h.trim())
+                .to_string();
+            out.push(GuestBench {
+                target,
+                held,
+                ..GuestBench::default()
+            });
+            current = None;
+        } else if let Some(rest) = l.strip_prefix("bench: ") {
+            current = if rest.starts_with("ovs-dpctl dump-flows > ") {
+                Some("dump")
+            } else if rest.starts_with("ovs-dpctl dump-flows | parse") {
+                Some("parse")
+            } else if rest.starts_with("pinflow flows --datapath --count") {
+                Some("count")
+            } else if rest.starts_with("pinflow flows --datapath > ") {
+                Some("render")
+            } else {
+                None
+            };
+        } else if let (Some(k), Some(b)) = (current, out.last_mut()) {
+            let mut words = l.splitn(2, char::is_whitespace);
+            let (Some(name), Some(v)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Some(ms) = parse_time(v) else { continue };
+            let t = b.times.entry(k).or_default();
+            match name {
+                "real" => t.real = ms,
+                "user" => t.user = ms,
+                "sys" => t.sys = ms,
+                _ => {}
+            }
+        }
+    }
+    out.retain(|b| b.target > 0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_bench_output_is_parsed() {
+        let log = "bench: target 10000 flows, datapath holds 9998\n\
+                   bench: ovs-dpctl dump-flows > /dev/null\nreal\t0m 1.50s\nuser\t0m 1.00s\nsys\t0m 0.20s\n\
+                   bench: ovs-dpctl dump-flows | parse (awk: split key fields and stats)\n10000 3 4\n\
+                   real\t0m 2.00s\nuser\t0m 1.50s\nsys\t0m 0.30s\n\
+                   bench: pinflow flows --datapath > /dev/null (dump + decode + render)\n\
+                   real 0.40\nuser 0.20\nsys 0.10\n";
+        let b = parse_guest_bench(log);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].target, 10_000);
+        assert_eq!(b[0].held, "9998");
+        let parse = b[0].times["parse"];
+        assert!((parse.user + parse.sys - 1800.0).abs() < 1e-6);
+        let render = b[0].times["render"];
+        assert!((render.real - 400.0).abs() < 1e-6);
+        assert!(!b[0].times.contains_key("count"));
+    }
+
+    #[test]
+    fn datapath_series_are_counted_per_port() {
+        let log = "--- /metrics\n\
+                   pinflow_ovs_datapath_flows{datapath=\"ovs-system\"} 10.0\n\
+                   pinflow_ovs_vport_info{datapath=\"ovs-system\",port=\"br0\",type=\"internal\"} 1.0\n\
+                   pinflow_ovs_vport_info{datapath=\"ovs-system\",port=\"v1\",type=\"netdev\"} 1.0\n\
+                   pinflow_ovs_upcalls_total{datapath=\"ovs-system\",port=\"v1\"} 15.0\n\
+                   pinflow_ovs_flows{bridge=\"br0\",table=\"0\"} 3\n\
+                   pinflow_source_up{source=\"ovs_datapath\"} 1\n\
+                   --- next\npinflow_ovs_vport_info{port=\"v9\",type=\"netdev\"} 1\n";
+        let (per_port, ports, host, _) = datapath_series(log).unwrap_or_default();
+        assert_eq!((per_port, ports, host), (2.0, 1, 2));
+    }
+}

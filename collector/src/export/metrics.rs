@@ -133,6 +133,7 @@ pub(crate) mod tests {
                     expected: "0".into(),
                     actual: actual.into(),
                     owners: vec![],
+                    more_owners: 0,
                 }]
                 .into(),
                 vcpus: [PinKind::Dedicated, PinKind::Floating, PinKind::Floating]

@@ -64,11 +64,16 @@ pub(crate) fn pinning_table(r: &PinningReport) -> String {
                 if x.owners.is_empty() {
                     x.actual.clone()
                 } else {
-                    x.owners
+                    let mut listed = x
+                        .owners
                         .iter()
                         .map(|o| format!("{} ({})", o.cpus, o.domain))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", ");
+                    if x.more_owners > 0 {
+                        listed.push_str(&format!(" +{} more", x.more_owners));
+                    }
+                    listed
                 },
             ]);
         }

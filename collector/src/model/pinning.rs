@@ -527,9 +527,18 @@ pub(crate) struct Drift {
     /// and at most three of their owners, sorted (`"0-1 (a, b, c +2 more)"`),
     /// so the label stays short and does not change when unrelated domains come and go.
     pub(crate) actual: String,
-    /// For `overlap`: every owner with its pCPUs the thread(s) may run on (the full list).
+    /// For `overlap`: the owners with their pCPUs the thread(s) may run on, in name order, at
+    /// most [`MAX_LISTED_OWNERS`] of them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) owners: Vec<OverlapOwner>,
+    /// For `overlap`: how many more owners there are than `owners` lists.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) more_owners: usize,
+}
+
+/// Whether a count is zero (serde's `skip_serializing_if`).
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A domain owning dedicated pCPUs another domain's thread may run on.
@@ -543,6 +552,9 @@ pub(crate) struct OverlapOwner {
 
 /// Most owners an `overlap` drift's `actual` label names (the rest are counted as `+N more`).
 pub(crate) const MAX_LABELLED_OWNERS: usize = 3;
+/// Most owners an `overlap` drift lists with their pCPUs (`/api/v1/pinning`, `pinflow pinning`);
+/// the rest are counted. A pCPU that many domains claim must not cost memory per pair.
+pub(crate) const MAX_LISTED_OWNERS: usize = 16;
 
 /// One vCPU's expected and actual placement.
 #[derive(Clone, Debug, Serialize)]

@@ -120,6 +120,7 @@ pub(super) struct Finding {
     expected: String,
     actual: String,
     owners: Vec<OverlapOwner>,
+    more_owners: usize,
 }
 
 impl Finding {
@@ -129,6 +130,7 @@ impl Finding {
             expected: expected.to_string(),
             actual: actual.to_string(),
             owners: Vec::new(),
+            more_owners: 0,
         }
     }
 }
@@ -156,6 +158,7 @@ fn drifts<'a>(d: &'a DomainView<'a>, s: Subject<'a>, vcpu: String) -> impl Itera
             expected: f.expected,
             actual: f.actual,
             owners: f.owners,
+            more_owners: f.more_owners,
         })
     })
 }

@@ -4,7 +4,7 @@
 use super::{DomainView, Finding, Subject};
 use crate::model::ThreadState;
 use crate::model::cpuset::CpuSet;
-use crate::model::pinning::{MAX_LABELLED_OWNERS, OverlapOwner};
+use crate::model::pinning::{MAX_LABELLED_OWNERS, MAX_LISTED_OWNERS, OverlapOwner};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Where a thread may run: its actual affinity when known, else what libvirt configured.
@@ -19,16 +19,16 @@ fn may_run_on<'a>(
 }
 
 /// Foreign dedicated pCPUs within `cpus`, by owner (other than `me`); adds to `hits`.
-fn foreign_dedicated(
+fn foreign_dedicated<'o>(
     cpus: &CpuSet,
     me: &str,
-    owners: &BTreeMap<u32, BTreeSet<String>>,
-    hits: &mut BTreeMap<String, CpuSet>,
+    owners: &'o BTreeMap<u32, BTreeSet<String>>,
+    hits: &mut BTreeMap<&'o str, CpuSet>,
 ) {
     for cpu in cpus.iter() {
         if let Some(names) = owners.get(&cpu) {
             for n in names.iter().filter(|n| n.as_str() != me) {
-                hits.entry(n.clone()).or_default().insert(cpu);
+                hits.entry(n.as_str()).or_default().insert(cpu);
             }
         }
     }
@@ -36,12 +36,12 @@ fn foreign_dedicated(
 
 /// The `actual` label of an overlap: the union of the owners' pCPUs, then at most
 /// [`MAX_LABELLED_OWNERS`] owners in name order and how many more there are.
-fn overlap_label(hits: &BTreeMap<String, CpuSet>) -> String {
+fn overlap_label(hits: &BTreeMap<&str, CpuSet>) -> String {
     let cpus: CpuSet = hits.values().flat_map(CpuSet::iter).collect();
     let mut list = hits
         .keys()
         .take(MAX_LABELLED_OWNERS)
-        .map(String::as_str)
+        .copied()
         .collect::<Vec<_>>()
         .join(", ");
     let more = hits.len().saturating_sub(MAX_LABELLED_OWNERS);
@@ -98,9 +98,14 @@ pub(super) fn check(d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
     Some(Finding {
         expected: expected.map(ToString::to_string).unwrap_or_default(),
         actual: overlap_label(&hits),
+        more_owners: hits.len().saturating_sub(MAX_LISTED_OWNERS),
         owners: hits
             .into_iter()
-            .map(|(domain, cpus)| OverlapOwner { domain, cpus })
+            .take(MAX_LISTED_OWNERS)
+            .map(|(domain, cpus)| OverlapOwner {
+                domain: domain.to_string(),
+                cpus,
+            })
             .collect(),
     })
 }
@@ -256,6 +261,16 @@ mod tests {
             label,
             "0-59 (instance-00000000, instance-00000001, instance-00000002 +57 more)"
         );
-        assert_eq!(d.drifts[0].owners.len(), 60);
+        // The API lists the first owners and counts the rest: memory stays bounded when a
+        // pCPU has many owners.
+        assert_eq!(
+            d.drifts[0].owners.len(),
+            crate::model::pinning::MAX_LISTED_OWNERS
+        );
+        assert_eq!(d.drifts[0].owners[0].domain, "instance-00000000");
+        assert_eq!(
+            d.drifts[0].more_owners,
+            60 - crate::model::pinning::MAX_LISTED_OWNERS
+        );
     }
 }
