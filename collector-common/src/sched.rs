@@ -7,6 +7,16 @@
 //! - [`WATCH_MAP`]: `HashMap<u32, PinMask>`, written by userspace only.
 //! - [`STATS_MAP`]: `HashMap<u32, PlacementStats>`, created (zeroed) by userspace, updated by the
 //!   kernel only: the kernel never inserts, so an unwatched thread never reappears.
+//!
+//! Intrusions on dedicated pCPUs (who else ran on a pCPU a vCPU is pinned to alone):
+//! - [`DEDICATED_MAP`]: `Array<DedicatedCpu>` indexed by CPU, written by userspace only: the
+//!   owner (domain id, vCPU tid) of each dedicated pCPU; `domain == 0` everywhere else.
+//! - [`STOLEN_MAP`]: `Array<StolenCpu>` indexed by CPU, written by the kernel only (on that CPU):
+//!   the last switch's time and the run time of intruders by [`IntruderClass`].
+//! - [`THREADS_MAP`]: `HashMap<u32, DomainThread>`, written by userspace: every thread of every
+//!   domain's QEMU process, with its domain id and whether it is a vCPU thread.
+//! - [`INTRUDERS_MAP`]: per-CPU-LRU `LruHashMap<IntruderKey, IntruderStats>`, inserted and
+//!   updated by the kernel: run time per (CPU, intruding tid) with its comm and tgid.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -28,6 +38,26 @@ pub const WATCH_MAP: &str = "SCHED_WATCH";
 /// Name of the per-thread statistics map in the object.
 pub const STATS_MAP: &str = "SCHED_STATS";
 
+/// Name of the per-CPU owner map of dedicated pCPUs.
+pub const DEDICATED_MAP: &str = "SCHED_DEDICATED";
+/// Name of the per-CPU intrusion counter map.
+pub const STOLEN_MAP: &str = "SCHED_STOLEN";
+/// Name of the domain thread map (tid -> domain id, vCPU or not).
+pub const THREADS_MAP: &str = "SCHED_THREADS";
+/// Name of the top-intruder LRU map.
+pub const INTRUDERS_MAP: &str = "SCHED_INTRUDERS";
+
+/// Capacity of the domain thread map (threads of all domains' QEMU processes).
+pub const MAX_DOMAIN_THREADS: u32 = 32768;
+/// Capacity of the intruder LRU (split evenly between CPUs: `BPF_F_NO_COMMON_LRU`).
+pub const MAX_INTRUDERS: u32 = 1024;
+/// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU (keys carry the CPU, each CPU inserts its own).
+pub const LRU_PER_CPU: u32 = 1 << 1;
+/// `PF_KTHREAD` in `task_struct.flags` (include/linux/sched.h).
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Name of the global holding `offsetof(struct task_struct, flags)` (0: unknown, no `kernel` class).
+pub const GLOBAL_TASK_FLAGS_OFFSET: &str = "PF_TASK_FLAGS_OFF";
 /// Name of the global holding `offsetof(struct task_struct, pid)` (set by userspace before load).
 pub const GLOBAL_TASK_PID_OFFSET: &str = "PF_TASK_PID_OFF";
 /// Name of the global holding the offset of `next_pid` in the classic tracepoint record.
@@ -120,6 +150,126 @@ impl Default for PlacementStats {
     }
 }
 
+/// Number of intruder classes.
+pub const INTRUDER_CLASSES: usize = 5;
+
+/// Who ran on a dedicated pCPU instead of its owner (the `intruder` label); index into
+/// [`StolenCpu::ns`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IntruderClass {
+    /// A vCPU thread other than the owner (another instance's, or the owner's other vCPU).
+    OtherVcpu = 0,
+    /// A non-vCPU thread of another instance's QEMU process (emulator, I/O, vhost worker).
+    OtherEmulator = 1,
+    /// A non-vCPU thread of the owner's own QEMU process.
+    OwnEmulator = 2,
+    /// A host kernel thread (`PF_KTHREAD`).
+    Kernel = 3,
+    /// Any other host task.
+    Host = 4,
+}
+
+impl IntruderClass {
+    /// Every class, in index order.
+    pub const ALL: [IntruderClass; INTRUDER_CLASSES] = [
+        IntruderClass::OtherVcpu,
+        IntruderClass::OtherEmulator,
+        IntruderClass::OwnEmulator,
+        IntruderClass::Kernel,
+        IntruderClass::Host,
+    ];
+
+    /// The class of index `i` ([`IntruderClass::Host`] when out of range).
+    pub const fn from_index(i: u32) -> IntruderClass {
+        match i {
+            0 => IntruderClass::OtherVcpu,
+            1 => IntruderClass::OtherEmulator,
+            2 => IntruderClass::OwnEmulator,
+            3 => IntruderClass::Kernel,
+            _ => IntruderClass::Host,
+        }
+    }
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IntruderClass::OtherVcpu => "other_vcpu",
+            IntruderClass::OtherEmulator => "other_emulator",
+            IntruderClass::OwnEmulator => "own_emulator",
+            IntruderClass::Kernel => "kernel",
+            IntruderClass::Host => "host",
+        }
+    }
+}
+
+/// The owner of one pCPU (`DEDICATED_MAP[cpu]`); written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DedicatedCpu {
+    /// Domain id (userspace's, never 0) of the owner; 0: the pCPU is not dedicated.
+    pub domain: u32,
+    /// Thread id of the owner's vCPU.
+    pub owner_tid: u32,
+    /// Bumped by userspace on every change of this entry: the kernel restarts its slice clock
+    /// instead of charging the time since an older dedication.
+    pub generation: u32,
+    /// Padding, always 0.
+    pub _pad: u32,
+}
+
+/// Intrusions on one pCPU (`STOLEN_MAP[cpu]`); written by the kernel on that CPU only.
+/// 64 bytes: one cache line per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct StolenCpu {
+    /// `bpf_ktime_get_ns` of the last switch on this CPU while dedicated (0: none yet).
+    pub last_switch_ns: u64,
+    /// Run time of intruders by [`IntruderClass`] index, ns, since load.
+    pub ns: [u64; INTRUDER_CLASSES],
+    /// [`DedicatedCpu::generation`] `last_switch_ns` belongs to.
+    pub generation: u32,
+    /// Padding, always 0.
+    pub _pad: u32,
+    /// Padding to 64 bytes, always 0.
+    pub _pad2: u64,
+}
+
+/// A thread of a domain's QEMU process (`THREADS_MAP[tid]`); written by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DomainThread {
+    /// Domain id (as in [`DedicatedCpu::domain`]).
+    pub domain: u32,
+    /// 1 for a vCPU thread, 0 for any other thread of the process.
+    pub vcpu: u32,
+}
+
+/// Key of the intruder LRU: a task on a CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct IntruderKey {
+    /// The dedicated pCPU.
+    pub cpu: u32,
+    /// The intruding thread id.
+    pub tid: u32,
+}
+
+/// One intruder's run time on one dedicated pCPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct IntruderStats {
+    /// Run time on the pCPU while it was dedicated, ns, since first seen (or evicted).
+    pub ns: u64,
+    /// Process id (tgid) of the thread.
+    pub tgid: u32,
+    /// [`IntruderClass`] index as of its last slice.
+    pub class: u32,
+    /// `comm` as of its last slice (a task first seen between fork and exec gets its own name
+    /// at its next slice), NUL-padded.
+    pub comm: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 #[allow(unsafe_code)] // aya::Pod is an unsafe trait.
 mod user {
@@ -127,4 +277,14 @@ mod user {
     unsafe impl aya::Pod for super::PinMask {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PlacementStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DedicatedCpu {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StolenCpu {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DomainThread {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IntruderKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IntruderStats {}
 }

@@ -4,22 +4,38 @@
 //! The same logic is attached one of three ways (userspace picks the first that works):
 //! `tp_btf/sched_switch`, `raw_tp/sched_switch`, classic tracepoint `sched:sched_switch`.
 //! Unwatched threads cost one inlined array lookup per side of the switch.
+//!
+//! Intrusions on dedicated pCPUs: every switch also looks up its CPU in `SCHED_DEDICATED` (one
+//! inlined array lookup; the CPU number is an inlined helper on x86-64). On a CPU that is not
+//! dedicated that is all. On a dedicated one the program keeps the time of the CPU's last switch
+//! (`SCHED_STOLEN`, one cache line per CPU, written only on its CPU) and charges the slice just
+//! ended to the task switched out, unless it is the owner's vCPU or idle: a known domain thread
+//! (`SCHED_THREADS`, kept by userspace) is `other_vcpu`, `own_emulator` or `other_emulator`,
+//! else `PF_KTHREAD` in `task_struct.flags` makes it `kernel`, else `host`. The task switched out
+//! is `current`, so its comm and tgid come from helpers; it is also added to the per-CPU-LRU top
+//! intruder table `SCHED_INTRUDERS`.
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::sched::{
-    FILTER_WORDS, MAX_WATCHED, NO_CPU, PinMask, PlacementStats, filter_slot,
+    DedicatedCpu, DomainThread, FILTER_WORDS, IntruderClass, IntruderKey, IntruderStats,
+    LRU_PER_CPU, MAX_CPUS, MAX_DOMAIN_THREADS, MAX_INTRUDERS, MAX_WATCHED, NO_CPU, PF_KTHREAD,
+    PinMask, PlacementStats, StolenCpu, filter_slot,
 };
 
 /// `offsetof(struct task_struct, pid)`, set by userspace from kernel BTF before load.
 #[unsafe(no_mangle)]
 static PF_TASK_PID_OFF: u32 = 0;
+/// `offsetof(struct task_struct, flags)`, set by userspace from kernel BTF (0: unknown).
+#[unsafe(no_mangle)]
+static PF_TASK_FLAGS_OFF: u32 = 0;
 /// Offset of `next_pid` in the classic tracepoint record (from tracefs `format`).
 #[unsafe(no_mangle)]
 static PF_TP_NEXT_PID_OFF: u32 = 0;
@@ -33,6 +49,20 @@ static SCHED_WATCH: HashMap<u32, PinMask> = HashMap::with_max_entries(MAX_WATCHE
 /// Placement counters per watched tid; created by userspace, updated here only.
 #[map]
 static SCHED_STATS: HashMap<u32, PlacementStats> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// Owner of each dedicated pCPU, by CPU; written by userspace.
+#[map]
+static SCHED_DEDICATED: Array<DedicatedCpu> = Array::with_max_entries(MAX_CPUS as u32, 0);
+/// Intruder run time per dedicated pCPU, by CPU; written here only, each entry on its own CPU.
+#[map]
+static SCHED_STOLEN: Array<StolenCpu> = Array::with_max_entries(MAX_CPUS as u32, 0);
+/// Threads of the domains' QEMU processes; written by userspace.
+#[map]
+static SCHED_THREADS: HashMap<u32, DomainThread> = HashMap::with_max_entries(MAX_DOMAIN_THREADS, 0);
+/// Top intruders per (CPU, tid); inserted and updated here, one LRU list per CPU.
+#[map]
+static SCHED_INTRUDERS: LruHashMap<IntruderKey, IntruderStats> =
+    LruHashMap::with_max_entries(MAX_INTRUDERS, LRU_PER_CPU);
 
 /// `tp_btf/sched_switch` entry point (preferred: BTF-typed, no helper calls on the fast path).
 #[btf_tracepoint(function = "sched_switch")]
@@ -90,9 +120,12 @@ fn try_switch_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
             core::ptr::read_volatile(next.wrapping_add(off).cast::<u32>()),
         )
     };
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    dedicated(cpu, prev);
     let (p, n) = (filtered(prev), filtered(next));
     if p || n {
-        account(prev, p, next, n);
+        account(prev, p, next, n, cpu);
     }
     Ok(0)
 }
@@ -113,9 +146,12 @@ fn try_switch_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     let next: i32 =
         unsafe { ctx.read_at(global(&PF_TP_NEXT_PID_OFF) as usize) }.map_err(|_| 0u32)?;
     let (prev, next) = (bpf_get_current_pid_tgid() as u32, next as u32);
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    dedicated(cpu, prev);
     let (p, n) = (filtered(prev), filtered(next));
     if p || n {
-        account(prev, p, next, n);
+        account(prev, p, next, n, cpu);
     }
     Ok(0)
 }
@@ -123,11 +159,14 @@ fn try_switch_tp(ctx: &TracePointContext) -> Result<u32, u32> {
 /// raw_tp fast path: filter `prev` first, read `next`'s tid, filter it.
 #[inline(always)]
 fn on_switch(prev: u32, next_task: *const u8) -> Result<i32, i32> {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    dedicated(cpu, prev);
     let p = filtered(prev);
     let next = task_pid(next_task)?;
     let n = filtered(next);
     if p || n {
-        account(prev, p, next, n);
+        account(prev, p, next, n, cpu);
     }
     Ok(0)
 }
@@ -142,11 +181,96 @@ fn filtered(tid: u32) -> bool {
     }
 }
 
+/// Whether `cpu` is dedicated: one inlined array lookup; the intrusion path only when it is.
+#[inline(always)]
+fn dedicated(cpu: u32, prev: u32) {
+    if let Some(d) = SCHED_DEDICATED.get(cpu)
+        && d.domain != 0
+    {
+        on_dedicated(cpu, d, prev);
+    }
+}
+
+/// A switch on a dedicated pCPU: charges the slice that just ended to `prev` unless it is the
+/// owner's vCPU or idle, and restarts the CPU's slice clock.
+#[inline(always)]
+fn on_dedicated(cpu: u32, d: &DedicatedCpu, prev: u32) {
+    let Some(st) = SCHED_STOLEN.get_ptr_mut(cpu) else {
+        return;
+    };
+    let (owner, domain, generation) = (d.owner_tid, d.domain, d.generation);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value pointer from a successful lookup; only this CPU's switches write entry
+    // `cpu`, and they never run concurrently with each other.
+    let st = unsafe { &mut *st };
+    let (start, same) = (st.last_switch_ns, st.generation == generation);
+    st.last_switch_ns = now;
+    st.generation = generation;
+    if !same || start == 0 || now <= start || prev == 0 || prev == owner {
+        return;
+    }
+    let slice = now - start;
+    let class = classify(prev, domain) as u32;
+    if let Some(c) = st.ns.get_mut(class as usize) {
+        *c += slice;
+    }
+    let key = IntruderKey { cpu, tid: prev };
+    match SCHED_INTRUDERS.get_ptr_mut(&key) {
+        // SAFETY: as above (the key holds this CPU, so only this CPU writes the entry). The comm
+        // is refreshed in place: a task seen first between fork and exec has its parent's.
+        Some(e) => unsafe {
+            (*e).ns += slice;
+            (*e).class = class;
+            let comm = core::ptr::addr_of_mut!((*e).comm);
+            generated::bpf_get_current_comm(comm.cast(), 16);
+        },
+        None => {
+            let stats = IntruderStats {
+                ns: slice,
+                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                class,
+                comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            };
+            // A full LRU evicts its least recent entry; a failure only loses this entry.
+            let _ = SCHED_INTRUDERS.insert(&key, &stats, 0);
+        }
+    }
+}
+
+/// The class of `tid` (the task switched out, `current`) on a pCPU dedicated to `domain`.
+#[inline(always)]
+fn classify(tid: u32, domain: u32) -> IntruderClass {
+    if let Some(t) = SCHED_THREADS.get_ptr(tid) {
+        // SAFETY: a map value pointer from a successful lookup (read-only here).
+        let t = unsafe { *t };
+        return if t.vcpu != 0 {
+            IntruderClass::OtherVcpu
+        } else if t.domain == domain {
+            IntruderClass::OwnEmulator
+        } else {
+            IntruderClass::OtherEmulator
+        };
+    }
+    let off = global(&PF_TASK_FLAGS_OFF) as usize;
+    if off != 0 {
+        // SAFETY: helper without preconditions; bpf_probe_read_kernel tolerates any address.
+        let flags: u32 = unsafe {
+            let task = bpf_get_current_task() as *const u8;
+            bpf_probe_read_kernel(task.wrapping_add(off).cast::<u32>()).unwrap_or(0)
+        };
+        if flags & PF_KTHREAD != 0 {
+            return IntruderClass::Kernel;
+        }
+    }
+    IntruderClass::Host
+}
+
 /// Slow path, only on a filter hit.
 #[inline(always)]
-fn account(prev: u32, p: bool, next: u32, n: bool) {
-    // SAFETY: helpers without preconditions.
-    let (now, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+fn account(prev: u32, p: bool, next: u32, n: bool, cpu: u32) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     if p {
         switch_out(prev, now, cpu);
     }

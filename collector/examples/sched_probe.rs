@@ -6,12 +6,15 @@
 //! Arguments: `[--mode tp_btf|raw_tp|tracepoint|nop] [--no-stats] [--watch TID:CPULIST]...`
 //! (`nop` attaches the object's empty tp_btf program instead: the benchmark's floor).
 //! Prints `ready mode=<mode>` once attached, then answers one line per stdin command:
-//! `watch TID CPULIST`, `unwatch TID`, `placement TID`, `stats`, `quit`.
+//! `watch TID CPULIST`, `unwatch TID`, `placement TID`, `dedicate CPULIST OWNER_TID` (mark the
+//! CPUs dedicated to a vCPU thread; the intrusion path runs on every switch there), `undedicate`,
+//! `stolen CPU`, `intruders`, `stats`, `quit`.
 
 use std::io::{BufRead, Write};
 
 use pinflow::model::cpuset::CpuSet;
-use pinflow::sources::sched_bpf::{AttachMode, SchedProbe};
+use pinflow::sources::sched_bpf::{AttachMode, CpuOwner, SchedProbe};
+use std::collections::HashMap;
 
 fn parse_mode(s: &str) -> Result<AttachMode, String> {
     AttachMode::ALL
@@ -134,6 +137,32 @@ fn run() -> Result<(), String> {
                 Ok(Ok(p)) => format!("placement {p:?}"),
                 Ok(Err(e)) => format!("error {e}"),
                 Err(_) => "error bad tid".to_string(),
+            },
+            ["dedicate", cpus, tid] => match (cpus.parse::<CpuSet>(), tid.parse()) {
+                (Ok(cpus), Ok(tid)) => {
+                    let owners: HashMap<u32, CpuOwner> = cpus
+                        .iter()
+                        .map(|c| (c, CpuOwner { domain: 1, tid }))
+                        .collect();
+                    match probe.set_dedicated(&owners) {
+                        0 => "ok".to_string(),
+                        n => format!("error {n} map writes failed"),
+                    }
+                }
+                _ => "error bad cpu list or tid".to_string(),
+            },
+            ["undedicate"] => match probe.set_dedicated(&HashMap::new()) {
+                0 => "ok".to_string(),
+                n => format!("error {n} map writes failed"),
+            },
+            ["stolen", cpu] => match cpu.parse().map(|c| probe.stolen(c)) {
+                Ok(Ok(ns)) => format!("stolen {ns:?}"),
+                Ok(Err(e)) => format!("error {e}"),
+                Err(_) => "error bad cpu".to_string(),
+            },
+            ["intruders"] => match probe.intruders() {
+                Ok(v) => format!("intruders {v:?}"),
+                Err(e) => format!("error {e}"),
             },
             ["stats"] => match probe.program_stats().first() {
                 Some(s) => format!(

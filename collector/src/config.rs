@@ -210,6 +210,12 @@ impl Config {
                 p.placement_window_seconds
             ));
         }
+        if !(0.0..=1.0).contains(&p.stolen_share) {
+            return Err(format!(
+                "pinning.stolen_share = {} (must be 0..=1)",
+                p.stolen_share
+            ));
+        }
         if !(1.0..=86400.0).contains(&self.host_cpu.reread_seconds) {
             return Err(format!(
                 "host_cpu.reread_seconds = {} (must be 1..=86400)",

@@ -288,7 +288,7 @@ impl DomainSpec {
                 x,
                 "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
                  <source file='{}'/><target dev='hda' bus='ide'/></disk>",
-                spin_image().display()
+                spin_image(&self.name).display()
             );
         }
         x.push_str("    <memballoon model='none'/>\n  </devices>\n</domain>\n");
@@ -313,13 +313,14 @@ pub fn uuid_for(name: &str) -> String {
     )
 }
 
-/// A 1 MiB raw disk whose boot sector is `jmp $` (EB FE … 55 AA): the vCPU spins forever.
-pub fn spin_image() -> PathBuf {
-    PathBuf::from("/var/lib/libvirt/images/pinflow-spin.img")
+/// A 1 MiB raw disk whose boot sector is `jmp $` (EB FE … 55 AA): the vCPU spins forever. One
+/// per domain: QEMU write-locks its disk, so two spinning domains cannot share one.
+pub fn spin_image(domain: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/libvirt/images/pinflow-spin-{domain}.img"))
 }
 
-fn write_spin_image() -> anyhow::Result<()> {
-    let p = spin_image();
+fn write_spin_image(domain: &str) -> anyhow::Result<()> {
+    let p = spin_image(domain);
     if p.exists() {
         return Ok(());
     }
@@ -345,7 +346,7 @@ pub struct RunningDomain {
 pub fn start(spec: &DomainSpec) -> anyhow::Result<RunningDomain> {
     remove(&spec.name);
     if spec.spin {
-        write_spin_image()?;
+        write_spin_image(&spec.name)?;
     }
     let dir = work_dir();
     std::fs::create_dir_all(&dir)?;
@@ -429,5 +430,6 @@ impl RunningDomain {
 impl Drop for RunningDomain {
     fn drop(&mut self) {
         remove(&self.name);
+        let _ = std::fs::remove_file(spin_image(&self.name));
     }
 }

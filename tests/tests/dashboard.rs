@@ -545,6 +545,7 @@ impl Testbed {
             | Presence::NumaNode
             | Presence::Finding => true,
             Presence::SchedBpf | Presence::BpfStats => self.sched_bpf,
+            Presence::DedicatedCpu => false,
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
             Presence::OvsVswitchd => self.ovs_unixctl,

@@ -356,6 +356,7 @@ fn through_a_testbed_scenario_the_daemon_runs_no_program_and_opens_no_file_for_w
         "/healthz",
         "/api/v1/sources",
         "/api/v1/pinning",
+        "/api/v1/intrusions",
         "/api/v1/flows",
     ] {
         pf.get(path);

@@ -98,6 +98,7 @@ fn listen_addresses_paths_api_switch_collectors_logs_and_version() {
     for (path, want) in [
         ("/metrics", 404),
         ("/api/v1/pinning", 404),
+        ("/api/v1/intrusions", 404),
         ("/api/v1/flows/dirty", 404),
         ("/healthz", 200),
     ] {

@@ -15,7 +15,9 @@
 //! differences are printed too.
 //!
 //! Knobs (environment): `PINFLOW_BENCH_LOOPS` (round trips per perf run, default 20000),
-//! `PINFLOW_BENCH_REPS` (repetitions, default 15), `PINFLOW_BENCH_RUNS` (perf runs per scenario
+//! `PINFLOW_BENCH_REPS` (repetitions, default 15), `PINFLOW_BENCH_ONLY` (`|`-separated scenario
+//! names to run; the baseline always runs), `PINFLOW_BENCH_BASE_HELPER` (the
+//! `sched_probe` example of another build, e.g. main's, for the `base helper` scenario), `PINFLOW_BENCH_RUNS` (perf runs per scenario
 //! and repetition, default 3), `PINFLOW_BENCH_RT=1` (run perf under `chrt -f 10` so other work on
 //! CPU 0 cannot preempt it), `PERF` (perf binary, default `perf`).
 //! Needs root (BPF) and `perf`, `taskset`.
@@ -40,6 +42,13 @@ struct Scenario {
     watch_bench: bool,
     /// A `bpftrace` program run instead of pinflow's probe: what an operator would write.
     bpftrace: Option<&'static str>,
+    /// Mark these CPUs dedicated (to a vCPU thread that is not the benchmark's): CPU 0 puts every
+    /// benchmark switch on the intrusion path (the kernel's per-run statistics average over
+    /// every CPU, hence `0-1` with stats).
+    dedicate: Option<&'static str>,
+    /// Run the helper named by `PINFLOW_BENCH_BASE_HELPER` instead (another build's probe, e.g.
+    /// the main branch's, measured in the same run); skipped when unset.
+    base: bool,
 }
 
 impl Scenario {
@@ -49,13 +58,15 @@ impl Scenario {
     }
 }
 
-const SCENARIOS: [Scenario; 12] = [
+const SCENARIOS: [Scenario; 16] = [
     Scenario {
         name: "baseline (no probe)",
         mode: None,
         stats: false,
         watch_bench: false,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "empty tp_btf program (floor)",
@@ -63,6 +74,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: false,
         watch_bench: false,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "tp_btf",
@@ -70,6 +83,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: false,
         watch_bench: false,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "raw_tp",
@@ -77,6 +92,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: false,
         watch_bench: false,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "tracepoint",
@@ -84,6 +101,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: false,
         watch_bench: false,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "tp_btf + bpf stats",
@@ -91,6 +110,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: true,
         watch_bench: false,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "raw_tp + bpf stats",
@@ -98,6 +119,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: true,
         watch_bench: false,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "tracepoint + bpf stats",
@@ -105,6 +128,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: true,
         watch_bench: false,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "tp_btf, bench watched + stats",
@@ -112,6 +137,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: true,
         watch_bench: true,
         bpftrace: None,
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "bpftrace: empty tracepoint",
@@ -119,6 +146,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: false,
         watch_bench: false,
         bpftrace: Some(BPFTRACE_EMPTY),
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "bpftrace: count per tid, cpu",
@@ -126,6 +155,8 @@ const SCENARIOS: [Scenario; 12] = [
         stats: false,
         watch_bench: false,
         bpftrace: Some("tracepoint:sched:sched_switch { @[tid, cpu] = count(); }"),
+        dedicate: None,
+        base: false,
     },
     Scenario {
         name: "bpftrace: runtime per tid, cpu",
@@ -136,6 +167,44 @@ const SCENARIOS: [Scenario; 12] = [
             "tracepoint:sched:sched_switch { if (@start[cpu]) { \
              @ns[args->prev_pid, cpu] = sum(nsecs - @start[cpu]); } @start[cpu] = nsecs; }",
         ),
+        dedicate: None,
+        base: false,
+    },
+    Scenario {
+        name: "tp_btf, base helper",
+        mode: Some("tp_btf"),
+        stats: false,
+        watch_bench: false,
+        bpftrace: None,
+        dedicate: None,
+        base: true,
+    },
+    Scenario {
+        name: "tp_btf, bench CPU 0 dedicated (intrusions)",
+        mode: Some("tp_btf"),
+        stats: false,
+        watch_bench: false,
+        bpftrace: None,
+        dedicate: Some("0"),
+        base: false,
+    },
+    Scenario {
+        name: "tp_btf + bpf stats, base helper",
+        mode: Some("tp_btf"),
+        stats: true,
+        watch_bench: false,
+        bpftrace: None,
+        dedicate: None,
+        base: true,
+    },
+    Scenario {
+        name: "tp_btf + bpf stats, CPUs 0-1 dedicated",
+        mode: Some("tp_btf"),
+        stats: true,
+        watch_bench: false,
+        bpftrace: None,
+        dedicate: Some("0-1"),
+        base: false,
     },
 ];
 
@@ -157,7 +226,7 @@ struct Samples {
 }
 
 /// Runs the benchmark and prints the report. `pinflow_bin` locates the build (the helper example
-/// is expected at `<dir of pinflow_bin>/examples/sched_probe` and is built if missing).
+/// is built at `<dir of pinflow_bin>/examples/sched_probe`, always through cargo).
 pub fn run(pinflow_bin: &Path) -> Result<()> {
     // `--quick`: every scenario, fewer and shorter runs.
     let quick = crate::bench_table::quick();
@@ -188,6 +257,17 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     for rep in 0..reps {
         for (sc, out) in SCENARIOS.iter().zip(samples.iter_mut()) {
             if out.skipped.is_some() {
+                continue;
+            }
+            if sc.probed()
+                && let Ok(only) = std::env::var("PINFLOW_BENCH_ONLY")
+                && !only.split('|').any(|o| sc.name == o.trim())
+            {
+                out.skipped = Some("not in PINFLOW_BENCH_ONLY".to_string());
+                continue;
+            }
+            if sc.base && std::env::var_os("PINFLOW_BENCH_BASE_HELPER").is_none() {
+                out.skipped = Some("PINFLOW_BENCH_BASE_HELPER unset".to_string());
                 continue;
             }
             if (sc.mode == Some("tracepoint") || sc.bpftrace.is_some()) && !tracefs {
@@ -229,7 +309,19 @@ fn measure(
         let us = (0..runs).map(|_| perf_run(perf, loops, rt, |_| Ok(())));
         return Ok((us.collect::<Result<_>>()?, None));
     };
+    let base = std::env::var_os("PINFLOW_BENCH_BASE_HELPER").map(PathBuf::from);
+    let helper = match (&base, sc.base) {
+        (Some(b), true) => b.as_path(),
+        _ => helper,
+    };
     let mut h = Helper::start(helper, mode, sc.stats)?;
+    if let Some(cpus) = sc.dedicate {
+        // Owner: init's tid, which never takes part in the benchmark.
+        let answer = h.command(&format!("dedicate {cpus} 1"))?;
+        if answer != "ok" {
+            bail!("dedicate {cpus}: {answer}");
+        }
+    }
     let before = h.stats()?;
     let mut us = Vec::new();
     for _ in 0..runs {
@@ -451,9 +543,8 @@ fn helper_path(pinflow_bin: &Path) -> Result<PathBuf> {
         .parent()
         .with_context(|| format!("{} has no parent directory", pinflow_bin.display()))?;
     let helper = dir.join("examples").join("sched_probe");
-    if helper.exists() {
-        return Ok(helper);
-    }
+    // Always through cargo (a no-op when up to date): a helper left from an older build would
+    // measure that build's probe.
     let release = dir.file_name().is_some_and(|n| n == "release");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -231,6 +231,7 @@ mod tests {
             offpin_seconds_total: None,
             migrations_total: None,
             wait_seconds_total: 0.0,
+            stolen: Vec::new(),
             numa_memory_bytes: None,
             numa_mems: None,
         }

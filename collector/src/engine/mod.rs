@@ -3,6 +3,7 @@
 //!
 //! - [`pinning`]: libvirt inventory + procfs/cgroupfs + eBPF placement → pinning checks; also
 //!   publishes the host inventory the other pipelines join on.
+//!   Intrusions on dedicated pCPUs are its part `stolen`.
 //! - [`flows`]: OVSDB + OpenFlow mirrors → dirty-flow rules.
 //! - [`datapath`]: the OVS kernel datapath over genetlink + its eBPF probe → datapath checks.
 //! - [`ovs_vswitchd`]: ovs-vswitchd's unixctl counters and the OVS processes (runs with the
@@ -17,6 +18,7 @@ pub(crate) mod flows;
 pub(crate) mod host_cpu;
 pub(crate) mod ovs_vswitchd;
 pub(crate) mod pinning;
+mod stolen;
 pub(crate) mod supervise;
 
 use crate::detect::flows::DirtyFlowConfig;

@@ -68,6 +68,9 @@ pub(crate) struct PinningConfig {
     /// In events mode, seconds between full procfs passes (the safety net; also when the
     /// `pinflow_vcpu_wait_seconds_total` counters move).
     pub(crate) reconcile_seconds: f64,
+    /// Share of a dedicated pCPU (0..=1) other tasks may take within the placement window
+    /// before the owner vCPU drifts (`check="stolen"`, eBPF); 1 switches the check off.
+    pub(crate) stolen_share: f64,
     /// Turn on the kernel's BPF run-time statistics (`pinflow_bpf_run_seconds_total`/`_runs_total`).
     /// Off by default: while on, the kernel times every BPF program on the host (~45 ns per run here).
     pub(crate) bpf_stats: bool,
@@ -89,6 +92,7 @@ impl Default for PinningConfig {
             events: true,
             affinity_events: false,
             reconcile_seconds: 30.0,
+            stolen_share: 0.05,
             bpf_stats: false,
             numa_tolerance_bytes: DEFAULT_NUMA_TOLERANCE_BYTES,
         }
@@ -229,6 +233,7 @@ pub(crate) struct PinningEngine {
     tid_domain: HashMap<u32, usize>,
     passes: PinningPasses,
     last_full: Instant,
+    stolen: super::stolen::StolenTracker,
     /// When the report was last published (a detection, or a counter refresh).
     last_publish: Instant,
     /// The host's NUMA nodes, and when they and the domains' NUMA placement were last read
@@ -290,6 +295,7 @@ impl PinningEngine {
             tid_domain: HashMap::new(),
             passes,
             last_full: Instant::now(),
+            stolen: Default::default(),
             last_publish: Instant::now(),
             numa_nodes: Vec::new(),
             last_numa: None,
@@ -925,6 +931,37 @@ impl PinningEngine {
                 }
             }
         }
+        // Intrusions: a changed verdict of the `stolen` check is a finding, moved totals counters.
+        type StolenKey = (u32, u64, Option<&'static str>);
+        let summary = |obs: &[DomainObservation]| -> Vec<Vec<StolenKey>> {
+            obs.iter()
+                .map(|o| {
+                    o.stolen
+                        .iter()
+                        .map(|(c, x)| (*c, x.ns_total.iter().sum(), x.drift()))
+                        .collect()
+                })
+                .collect()
+        };
+        let before = summary(observations);
+        let (intrusions, stolen_errors) =
+            self.stolen
+                .sync(probe, observations, window, self.cfg.stolen_share, now);
+        errors += stolen_errors;
+        let after = summary(observations);
+        if before != after {
+            let verdicts = |v: &[Vec<StolenKey>]| -> Vec<Vec<(u32, Option<&'static str>)>> {
+                v.iter()
+                    .map(|d| d.iter().map(|(c, _, x)| (*c, *x)).collect())
+                    .collect()
+            };
+            changed = changed.max(if verdicts(&before) != verdicts(&after) {
+                PlacementChange::Findings
+            } else {
+                PlacementChange::Counters
+            });
+        }
+        self.state.intrusions.set_if_changed(intrusions);
         if errors > 0 {
             self.state.sources.errors(sched_bpf::SOURCE.name, errors);
         }

@@ -40,6 +40,9 @@ pub enum Presence {
     SchedBpf,
     /// Per host NUMA node and huge-page size the kernel offers (sysfs `devices/system/node`).
     NumaNode,
+    /// Per pCPU dedicated to one vCPU (pinned there alone) × intruder class seen, while the eBPF
+    /// `sched_switch` probe is attached.
+    DedicatedCpu,
     /// Per OVS bridge (OVSDB and its OpenFlow session up).
     OvsBridge,
     /// Per OVS kernel datapath (`openvswitch.ko` with a datapath; not with the userspace datapath).
@@ -76,6 +79,9 @@ impl Presence {
             Presence::PinnedCpu => "per pCPU with pinned vCPUs",
             Presence::SchedBpf => "per domain, eBPF `sched_switch` probe attached",
             Presence::NumaNode => "per host NUMA node × huge-page size",
+            Presence::DedicatedCpu => {
+                "per dedicated pCPU × intruder class seen, eBPF `sched_switch` probe attached"
+            }
             Presence::OvsBridge => "per OVS bridge",
             Presence::KernelDatapath => "per OVS kernel datapath",
             Presence::DatapathBpf => "kernel datapath + eBPF on `openvswitch` tracepoints",
@@ -228,7 +234,7 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
     kind: Kind::Gauge,
     labels: &["domain", "check"],
     help: "vCPUs of the domain currently drifting, per pinning check",
-    notes: "`check`: `affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `sched_policy`, `numa` (see the README's pinning checks). Every check of every domain is present, 0 when healthy. Only vCPUs count: drifts of I/O threads, emulator threads and the domain's memory are in `pinflow_vcpu_pinning_drift` alone.",
+    notes: "`check`: `affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `sched_policy`, `numa`, `stolen` (see the README's pinning checks). Every check of every domain is present, 0 when healthy. Only vCPUs count: drifts of I/O threads, emulator threads and the domain's memory are in `pinflow_vcpu_pinning_drift` alone.",
     example: "count by (check) (sum by (instance, check) (pinflow_domain_drifted_vcpus) > 0)",
     presence: Presence::Domain,
     area: Area::Pinning,
@@ -236,7 +242,7 @@ pub const DOMAIN_DRIFTED_VCPUS: Family = Family {
         crate::model::pinning::Check::ALL.len() as u32,
         0,
         0,
-        "running domains × 7 checks",
+        "running domains × 8 checks",
     ),
 };
 
@@ -259,7 +265,7 @@ pub const VCPU_PINNING_DRIFT: Family = Family {
     kind: Kind::Gauge,
     labels: &["domain", "vcpu", "check", "expected", "actual"],
     help: "Present (1) only while this vCPU (or I/O thread, the emulator threads, the domain's memory) drifts for this check",
-    notes: "`vcpu` is the vCPU number, `iothreadN` (an I/O thread with its own `<iothreadpin>` or `<iothreadsched>`), `emulator`, or `memory` (`numa` only); `expected` and `actual` are CPU lists, for `cgroup` the expected and actual cgroup, for `overlap` the pCPUs and the domain that owns them, for `sched_policy` the policy (`fifo:1`, `batch`, `other`), for `numa` host NUMA node lists (`mems 0-1` when the domain cgroup's `cpuset.mems` is wider than a strict nodeset).",
+    notes: "`vcpu` is the vCPU number, `iothreadN` (an I/O thread with its own `<iothreadpin>` or `<iothreadsched>`), `emulator`, or `memory` (`numa` only); `expected` and `actual` are CPU lists, for `cgroup` the expected and actual cgroup, for `overlap` the pCPUs and the domain that owns them, for `sched_policy` the policy (`fifo:1`, `batch`, `other`), for `numa` host NUMA node lists (`mems 0-1` when the domain cgroup's `cpuset.mems` is wider than a strict nodeset); for `stolen` the dedicated pCPU and the intruder class that took the most of it in the window (`other_vcpu`, `other_emulator`, `own_emulator`, `kernel`, `host`; who exactly: `/api/v1/intrusions`).",
     example: "pinflow_vcpu_pinning_drift{check=\"affinity\"} * on (instance, domain) group_left (name) pinflow_instance_info",
     presence: Presence::Finding,
     area: Area::Pinning,
@@ -267,7 +273,7 @@ pub const VCPU_PINNING_DRIFT: Family = Family {
         0,
         0,
         0,
-        "drifting vCPUs, I/O threads × checks (at most 7 each), plus 1 emulator and 1 memory row per domain and check",
+        "drifting vCPUs, I/O threads × checks (at most 8 each), plus 1 emulator and 1 memory row per domain and check",
     ),
 };
 
@@ -282,6 +288,24 @@ pub const VCPU_OFFPIN_SECONDS: Family = Family {
     presence: Presence::SchedBpf,
     area: Area::Pinning,
     series: series(1, 0, 0, "running domains"),
+};
+
+/// `pinflow_pcpu_stolen_seconds_total`.
+pub const PCPU_STOLEN_SECONDS: Family = Family {
+    name: "pinflow_pcpu_stolen_seconds_total",
+    kind: Kind::Counter,
+    labels: &["domain", "cpu", "intruder"],
+    help: "Time other tasks ran on a pCPU dedicated to one of the domain's vCPUs (pinned there alone), by intruder class (eBPF sched_switch)",
+    notes: "`intruder`: `other_vcpu` (a vCPU thread other than the owner), `other_emulator` (another instance's emulator, I/O or vhost thread), `own_emulator` (the owner's own non-vCPU threads), `kernel` (a host kernel thread), `host` (any other host task). Idle and the owner vCPU are never counted. Only classes seen on the pCPU since it was dedicated to the domain have a series; who exactly: `/api/v1/intrusions`.",
+    example: "topk(10, sum by (instance, domain, intruder) (rate(pinflow_pcpu_stolen_seconds_total[5m])))",
+    presence: Presence::DedicatedCpu,
+    area: Area::Pinning,
+    series: series(
+        0,
+        0,
+        0,
+        "dedicated vCPUs (one pCPU each) × intruder classes seen: ≤ 5 per dedicated vCPU, typically 1–2 (`kernel`, `host`) on a host without `isolcpus`/`nohz_full`; outside the per-instance line because it grows with the instance's dedicated vCPUs, not with instances",
+    ),
 };
 
 /// `pinflow_vcpu_migrations_total`.
@@ -1123,6 +1147,7 @@ pub const ALL: &[&Family] = &[
     &DOMAIN_VCPUS,
     &VCPU_PINNING_DRIFT,
     &VCPU_OFFPIN_SECONDS,
+    &PCPU_STOLEN_SECONDS,
     &VCPU_MIGRATIONS,
     &VCPU_WAIT_SECONDS,
     &PCPU_PINNED_VCPUS,
@@ -1215,8 +1240,10 @@ pub fn by_name(name: &str) -> Option<&'static Family> {
 /// Labels Prometheus adds at scrape time (never set by pinflow).
 pub const SCRAPE_LABELS: [&str; 4] = ["instance", "job", "rack", "zone"];
 
-/// Budget of DESIGN.md: series per instance, per instance port, per healthy host.
-pub const BUDGET_PER_INSTANCE: u32 = 12;
+/// Budget of DESIGN.md: series per instance, per instance port, per healthy host. Per instance:
+/// DESIGN.md's 12, plus 1 for the `stolen` check's `pinflow_domain_drifted_vcpus` row (issue 14;
+/// a contract change for the lead to confirm).
+pub const BUDGET_PER_INSTANCE: u32 = 13;
 /// Budget of DESIGN.md: series per instance port.
 pub const BUDGET_PER_INSTANCE_PORT: u32 = 4;
 /// Budget of DESIGN.md: series per healthy host, without the per-instance ones.

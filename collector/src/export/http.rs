@@ -21,7 +21,7 @@ use crate::export::ExportConfig;
 use crate::export::metrics;
 use crate::export::web_config::{BasicAuth, WebConfig, sha256};
 use crate::model::flows::FlowsReport;
-use crate::model::pinning::PinningReport;
+use crate::model::pinning::{IntrusionsReport, PinningReport};
 use crate::model::state::SharedState;
 use axum::Router;
 use axum::body::Bytes;
@@ -112,6 +112,7 @@ struct App {
 #[derive(Default)]
 struct ApiBodies {
     pinning: JsonCache<PinningReport>,
+    intrusions: JsonCache<IntrusionsReport>,
     flows: JsonCache<FlowsReport>,
     flows_dirty: JsonCache<FlowsReport>,
 }
@@ -243,6 +244,7 @@ pub(crate) fn router(
     if !options.disable_api {
         r = r
             .route("/api/v1/pinning", get(api_pinning))
+            .route("/api/v1/intrusions", get(api_intrusions))
             .route("/api/v1/host_cpu", get(api_host_cpu))
             .route("/api/v1/sources", get(api_sources))
             .route("/api/v1/flows", get(api_flows))
@@ -281,6 +283,7 @@ fn index_page(o: &RouterOptions) -> String {
         links.extend(
             [
                 "/api/v1/pinning",
+                "/api/v1/intrusions",
                 "/api/v1/host_cpu",
                 "/api/v1/flows/dirty",
                 "/api/v1/flows",
@@ -705,6 +708,17 @@ async fn api_pinning(State(app): State<App>) -> Response {
 }
 
 /// Nova's CPU sets, the kernel's isolation and each host CPU check's findings.
+/// Top intruders per dedicated pCPU over the placement window, as the pinning pipeline
+/// published them.
+async fn api_intrusions(State(app): State<App>) -> Response {
+    let report = app.state.intrusions.get();
+    json_response(
+        &app,
+        app.bodies.intrusions.body(&report, serde_json::to_vec),
+    )
+    .await
+}
+
 async fn api_host_cpu(State(app): State<App>) -> Response {
     axum::Json(app.state.host_cpu.get()).into_response()
 }
@@ -789,6 +803,56 @@ mod tests {
         let v3 = Arc::new(vec![4]);
         assert_eq!(&cache.body(&v3, ser).unwrap()[..], b"[4]");
         assert_eq!(calls.get(), 3);
+    }
+
+    /// `/api/v1/intrusions` serialises what the pinning pipeline published, nothing more.
+    #[tokio::test]
+    async fn intrusions_are_served_as_published() {
+        use crate::model::pinning::{IntruderReport, IntrusionsReport, PcpuIntrusions};
+        use tower::ServiceExt as _;
+        let state = SharedState::default();
+        state.intrusions.set(IntrusionsReport {
+            window_seconds: 5.0,
+            stolen_share_limit: 0.05,
+            pcpus: vec![PcpuIntrusions {
+                cpu: 3,
+                domain: "instance-1".into(),
+                vcpu: Some(0),
+                vcpu_tid: 4242,
+                stolen_share: 0.5,
+                stolen_seconds: [("host", 2.5)].into_iter().collect(),
+                top: vec![IntruderReport {
+                    pid: 77,
+                    tid: 78,
+                    comm: "stress".into(),
+                    class: "host",
+                    seconds: 2.5,
+                }],
+            }],
+        });
+        let build = crate::export::health::BuildInfo {
+            version: "0".into(),
+            revision: "r".into(),
+            rustc: "rustc".into(),
+            kernel: "k".into(),
+        };
+        let app = router(
+            state,
+            build,
+            ExportConfig::default(),
+            &RouterOptions::default(),
+            None,
+        );
+        let r = app.oneshot(get("/api/v1/intrusions")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["pcpus"][0]["domain"], "instance-1");
+        assert_eq!(v["pcpus"][0]["top"][0]["comm"], "stress");
+        assert_eq!(v["pcpus"][0]["top"][0]["pid"], 77);
+        assert_eq!(v["pcpus"][0]["stolen_seconds"]["host"], 2.5);
     }
 
     /// A router over empty reports.

@@ -154,6 +154,12 @@ pub(crate) mod tests {
                 offpin_seconds_total: Some(1.5),
                 migrations_total: Some(3),
                 wait_seconds_total: 0.25,
+                stolen: vec![crate::model::pinning::PcpuStolen {
+                    cpu: 0,
+                    vcpu: Some(0),
+                    seconds_total: BTreeMap::from([("host", 0.5), ("kernel", 0.25)]),
+                    window_share: 0.1,
+                }],
                 numa_memory_bytes: None,
                 numa_mems: None,
             }],
@@ -339,6 +345,12 @@ pub(crate) mod tests {
         }
         assert!(
             text.contains("pinflow_vcpu_offpin_seconds_total{domain=\"instance-1\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pinflow_pcpu_stolen_seconds_total{domain=\"instance-1\",cpu=\"0\",intruder=\"host\"} 0.5"
+            ),
             "{text}"
         );
         assert!(

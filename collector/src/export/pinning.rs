@@ -81,6 +81,24 @@ pub(crate) fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> 
                 .map(|v| ([("domain", Lv(&d.domain))], v))
         }),
     )?;
+    let stolen: Vec<(&str, String, &str, f64)> = r
+        .domains
+        .iter()
+        .flat_map(|d| {
+            d.stolen.iter().flat_map(move |p| {
+                p.seconds_total
+                    .iter()
+                    .map(move |(class, v)| (d.domain.as_str(), p.cpu.to_string(), *class, *v))
+            })
+        })
+        .collect();
+    counter(
+        enc,
+        &families::PCPU_STOLEN_SECONDS,
+        stolen
+            .iter()
+            .map(|(d, c, i, v)| ([("domain", Lv(d)), ("cpu", Lv(c)), ("intruder", Lv(i))], *v)),
+    )?;
     counter(
         enc,
         &families::VCPU_MIGRATIONS,

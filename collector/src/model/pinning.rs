@@ -2,6 +2,7 @@
 //! pinning report the pinning pipeline publishes (its checks, drifts and per-vCPU detail).
 
 use crate::model::cpuset::CpuSet;
+use collector_common::sched::{INTRUDER_CLASSES, IntruderClass};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -330,11 +331,14 @@ pub enum Check {
     /// Memory on host NUMA nodes outside `<numatune>`'s nodeset (beyond the tolerance), or a
     /// vCPU pinned to pCPUs of another host node than its guest cell's memory.
     Numa,
+    /// Other tasks took more than `[pinning] stolen_share` of the vCPU's dedicated pCPU during
+    /// the last window (eBPF).
+    Stolen,
 }
 
 impl Check {
     /// Every check, in label order.
-    pub const ALL: [Check; 7] = [
+    pub const ALL: [Check; 8] = [
         Check::Affinity,
         Check::Cpuset,
         Check::Cgroup,
@@ -342,6 +346,7 @@ impl Check {
         Check::Overlap,
         Check::SchedPolicy,
         Check::Numa,
+        Check::Stolen,
     ];
 
     /// The label value.
@@ -354,6 +359,7 @@ impl Check {
             Check::Overlap => "overlap",
             Check::SchedPolicy => "sched_policy",
             Check::Numa => "numa",
+            Check::Stolen => "stolen",
         }
     }
 }
@@ -424,6 +430,59 @@ pub(crate) struct PlacementSample {
     pub(crate) last_cpu: u32,
 }
 
+/// Label values of the intruder classes, by class index (`collector_common::sched::IntruderClass`).
+pub(crate) const INTRUDER_LABELS: [&str; INTRUDER_CLASSES] = [
+    IntruderClass::ALL[0].as_str(),
+    IntruderClass::ALL[1].as_str(),
+    IntruderClass::ALL[2].as_str(),
+    IntruderClass::ALL[3].as_str(),
+    IntruderClass::ALL[4].as_str(),
+];
+
+/// Intrusions on one pCPU dedicated to a vCPU of the domain (eBPF), as seen by the detector.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct StolenSample {
+    /// The owner vCPU's thread id.
+    pub(crate) vcpu_tid: u32,
+    /// Intruders' run time on the pCPU while dedicated to this domain, by class index, ns.
+    pub(crate) ns_total: [u64; INTRUDER_CLASSES],
+    /// The part of `ns_total` within the window, by class index, ns.
+    pub(crate) ns_window: [u64; INTRUDER_CLASSES],
+    /// Length of the window those cover, ns (shorter than configured right after dedication).
+    pub(crate) window_ns: u64,
+    /// `[pinning] stolen_share`: the share of the window above which the vCPU drifts.
+    pub(crate) limit: f64,
+}
+
+impl StolenSample {
+    /// Share of the pCPU others took within the window (0 for an empty window).
+    pub(crate) fn window_share(&self) -> f64 {
+        if self.window_ns == 0 {
+            return 0.0;
+        }
+        self.ns_window.iter().sum::<u64>() as f64 / self.window_ns as f64
+    }
+
+    /// The `stolen` check's verdict: the top class while the window's share is above the limit
+    /// (`None`: no drift; a limit of 1, the whole pCPU, switches the check off).
+    pub(crate) fn drift(&self) -> Option<&'static str> {
+        if self.limit >= 1.0 || self.window_share() <= self.limit {
+            return None;
+        }
+        self.top_class()
+    }
+
+    /// The class that took the most within the window (`None` when nothing did).
+    pub(crate) fn top_class(&self) -> Option<&'static str> {
+        let (i, ns) = self
+            .ns_window
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, ns)| (**ns, std::cmp::Reverse(*i)))?;
+        (*ns > 0).then(|| INTRUDER_LABELS.get(i).copied().unwrap_or("host"))
+    }
+}
+
 /// Everything observed about one running domain.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DomainObservation {
@@ -435,6 +494,8 @@ pub(crate) struct DomainObservation {
     pub(crate) main_cgroup: Option<String>,
     /// eBPF placement per watched vCPU tid; empty when the sched probe is not running.
     pub(crate) placement: BTreeMap<u32, PlacementSample>,
+    /// Intrusions per pCPU dedicated to one of its vCPUs; empty without the sched probe.
+    pub(crate) stolen: BTreeMap<u32, StolenSample>,
     /// The domain's NUMA memory placement, read at full passes no more often than
     /// `reconcile_seconds`; `None` when not (yet) read.
     pub(crate) numa: Option<NumaObservation>,
@@ -550,6 +611,69 @@ pub(crate) struct DomainReport {
     /// The domain cgroup's `cpuset.mems`, when read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) numa_mems: Option<CpuSet>,
+    /// Intrusions on each pCPU dedicated to one of its vCPUs (eBPF), by CPU.
+    pub(crate) stolen: Vec<PcpuStolen>,
+}
+
+/// Intrusions on one pCPU dedicated to a vCPU (`pinflow_pcpu_stolen_seconds_total`).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct PcpuStolen {
+    /// The dedicated pCPU.
+    pub(crate) cpu: u32,
+    /// The owner vCPU's index.
+    pub(crate) vcpu: Option<u32>,
+    /// Intruders' run time since dedicated, seconds, per class seen (non-zero) only.
+    pub(crate) seconds_total: BTreeMap<&'static str, f64>,
+    /// Share of the pCPU others took within the placement window.
+    pub(crate) window_share: f64,
+}
+
+/// `/api/v1/intrusions`: who ran on each dedicated pCPU besides its owner, over the last window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub(crate) struct IntrusionsReport {
+    /// The window, seconds (`[pinning] placement_window_seconds`).
+    pub(crate) window_seconds: f64,
+    /// `[pinning] stolen_share`.
+    pub(crate) stolen_share_limit: f64,
+    /// One entry per dedicated pCPU, by CPU.
+    pub(crate) pcpus: Vec<PcpuIntrusions>,
+}
+
+/// Intrusions on one dedicated pCPU over the window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct PcpuIntrusions {
+    /// The pCPU.
+    pub(crate) cpu: u32,
+    /// The owner's libvirt domain name.
+    pub(crate) domain: String,
+    /// The owner vCPU's index.
+    pub(crate) vcpu: Option<u32>,
+    /// The owner vCPU's thread id.
+    pub(crate) vcpu_tid: u32,
+    /// Share of the pCPU intruders took within the window.
+    pub(crate) stolen_share: f64,
+    /// Intruders' run time within the window per class, seconds (classes seen only).
+    pub(crate) stolen_seconds: BTreeMap<&'static str, f64>,
+    /// The top intruders within the window, most first (at most [`MAX_TOP_INTRUDERS`]).
+    pub(crate) top: Vec<IntruderReport>,
+}
+
+/// Most intruders listed per pCPU in `/api/v1/intrusions`.
+pub(crate) const MAX_TOP_INTRUDERS: usize = 5;
+
+/// One task that ran on a dedicated pCPU within the window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct IntruderReport {
+    /// Process id.
+    pub(crate) pid: u32,
+    /// Thread id.
+    pub(crate) tid: u32,
+    /// Thread name.
+    pub(crate) comm: String,
+    /// Its class (the `intruder` label value).
+    pub(crate) class: &'static str,
+    /// Run time on the pCPU within the window, seconds.
+    pub(crate) seconds: f64,
 }
 
 /// The detector's output for the whole host.

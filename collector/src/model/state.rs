@@ -12,7 +12,7 @@ use crate::model::health::SourceRegistry;
 use crate::model::host_cpu::HostCpuReport;
 use crate::model::inventory::HostInventory;
 use crate::model::ovs_vswitchd::VswitchdReport;
-use crate::model::pinning::PinningReport;
+use crate::model::pinning::{IntrusionsReport, PinningReport};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -62,6 +62,8 @@ impl<T> Slot<T> {
 pub(crate) struct SharedState {
     /// Pinning report (pinning pipeline).
     pub(crate) pinning: Slot<PinningReport>,
+    /// Intrusions on dedicated pCPUs over the placement window (pinning pipeline, eBPF).
+    pub(crate) intrusions: Slot<IntrusionsReport>,
     /// Kernel-side cost of the sched eBPF programs (pinning pipeline).
     pub(crate) bpf_costs: Slot<Vec<BpfProgramCost>>,
     /// Dirty-flow report (flow pipeline).

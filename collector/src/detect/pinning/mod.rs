@@ -2,10 +2,10 @@
 //!
 //! Pure: input is one [`DomainObservation`] per running domain (libvirt's live XML + procfs/cgroupfs +
 //! eBPF placement), output a [`PinningReport`]. The checks are DESIGN.md's table, one file each
-//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `sched_policy`, `numa`): a check is a
-//! [`Check`] variant plus one function `check(domain, subject) -> Option<Finding>` registered in
-//! `run`. This driver runs every check of [`Check::ALL`] on every vCPU, then on every pinned I/O
-//! thread, the emulator threads and the domain's memory, in that order.
+//! (`affinity`, `cpuset`, `cgroup`, `placement`, `overlap`, `sched_policy`, `numa`, `stolen`): a
+//! check is a [`Check`] variant plus one function `check(domain, subject) -> Option<Finding>`
+//! registered in `run`. This driver runs every check of [`Check::ALL`] on every vCPU, then on every
+//! pinned I/O thread, the emulator threads and the domain's memory, in that order.
 
 mod affinity;
 mod cgroup;
@@ -14,13 +14,14 @@ mod numa;
 mod overlap;
 pub(crate) mod placement;
 mod sched;
+mod stolen;
 #[cfg(test)]
 mod tests;
 
 use crate::model::cpuset::CpuSet;
 use crate::model::pinning::{
-    Check, DomainObservation, DomainReport, Drift, IothreadSpec, OverlapOwner, PinKind,
-    PinningReport, PlacementSample, SchedSpec, VcpuReport,
+    Check, DomainObservation, DomainReport, Drift, INTRUDER_LABELS, IothreadSpec, OverlapOwner,
+    PcpuStolen, PinKind, PinningReport, PlacementSample, SchedSpec, VcpuReport,
 };
 use crate::model::{Domain, ThreadState, VcpuSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -144,6 +145,7 @@ fn run(check: Check, d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
         Check::Overlap => overlap::check(d, s),
         Check::SchedPolicy => sched::check(d, s),
         Check::Numa => numa::check(d, s),
+        Check::Stolen => stolen::check(d, s),
     }
 }
 
@@ -173,6 +175,29 @@ fn dedicated_pcpus(obs: &[DomainObservation]) -> BTreeMap<u32, BTreeSet<String>>
                 for cpu in pin.iter() {
                     owners.entry(cpu).or_default().insert(d.name.clone());
                 }
+            }
+        }
+    }
+    owners
+}
+
+/// The vCPUs pinned alone to each dedicated pCPU, for intrusion accounting: `<vcpupin>` to that
+/// one pCPU (the owners of [`dedicated_pcpus`], as the `overlap` check counts them), thread
+/// known. Several owners of one pCPU are an overlap; the accounting keeps one of them (the
+/// engine's choice) and counts the others as intruders. Values: (index of the observation,
+/// vCPU index, vCPU thread id), in observation order.
+pub(crate) fn dedicated_owners(obs: &[DomainObservation]) -> BTreeMap<u32, Vec<(usize, u32, u32)>> {
+    let mut owners: BTreeMap<u32, Vec<(usize, u32, u32)>> = BTreeMap::new();
+    for (i, o) in obs.iter().enumerate() {
+        let Some(d) = &o.domain else { continue };
+        for v in d.vcpus.iter().filter(|v| !v.shared_set) {
+            let (Some(tid), Some(pin)) = (v.tid, &v.pin) else {
+                continue;
+            };
+            if pin.len() == 1
+                && let Some(cpu) = pin.iter().next()
+            {
+                owners.entry(cpu).or_default().push((i, v.id, tid));
             }
         }
     }
@@ -263,6 +288,7 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
     let migrations = saturating_sum(placements().map(|p| p.migrations_total));
     let wait_ns = saturating_sum(views.iter().filter_map(|v| v.state).map(|s| s.wait_ns));
     let have_bpf = !o.placement.is_empty();
+    let stolen = stolen_report(dom, o);
     DomainReport {
         domain: dom.name.clone(),
         uuid: dom.uuid.clone(),
@@ -276,6 +302,7 @@ fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainR
         wait_seconds_total: wait_ns as f64 / 1e9,
         numa_memory_bytes: o.numa.as_ref().map(|n| n.node_bytes.clone()),
         numa_mems: o.numa.as_ref().and_then(|n| n.mems.clone()),
+        stolen,
     }
 }
 
@@ -318,6 +345,28 @@ fn set_placement_detail(
 /// placement counters of `obs` without running any check: for placement changes that cannot
 /// change a finding (see [`placement::drift_key`]), such as a floating vCPU's migrations. The
 /// domains' totals are the raw sums, as [`evaluate`] writes them.
+/// The domain's intrusions per dedicated pCPU, from its stolen samples.
+fn stolen_report(dom: &Domain, o: &DomainObservation) -> Vec<PcpuStolen> {
+    o.stolen
+        .iter()
+        .map(|(cpu, x)| PcpuStolen {
+            cpu: *cpu,
+            vcpu: dom
+                .vcpus
+                .iter()
+                .find(|v| v.tid == Some(x.vcpu_tid))
+                .map(|v| v.id),
+            seconds_total: INTRUDER_LABELS
+                .iter()
+                .zip(x.ns_total)
+                .filter(|(_, ns)| *ns > 0)
+                .map(|(l, ns)| (*l, ns as f64 / 1e9))
+                .collect(),
+            window_share: x.window_share(),
+        })
+        .collect()
+}
+
 pub(crate) fn refresh_placement(report: &mut PinningReport, obs: &[DomainObservation]) {
     let by_name: BTreeMap<&str, &DomainObservation> = obs
         .iter()
@@ -341,5 +390,8 @@ pub(crate) fn refresh_placement(report: &mut PinningReport, obs: &[DomainObserva
         let have_bpf = !o.placement.is_empty();
         r.offpin_seconds_total = have_bpf.then(|| offpin_ns as f64 / 1e9);
         r.migrations_total = have_bpf.then_some(migrations);
+        if let Some(d) = &o.domain {
+            r.stolen = stolen_report(d, o);
+        }
     }
 }

@@ -76,6 +76,7 @@ pub(super) fn healthy(name: &str, base: u32, pins: &[&str]) -> DomainObservation
         threads,
         main_cgroup: Some(format!("{root}/emulator")),
         placement: BTreeMap::new(),
+        stolen: BTreeMap::new(),
         numa: None,
     }
 }

@@ -401,6 +401,8 @@ impl Drop for FileBytes {
 pub(crate) struct SchedFacts {
     /// `task_struct.pid`.
     pub(crate) task_pid: MemberLoc,
+    /// `task_struct.flags` (`PF_KTHREAD`), when found as a 4-byte member.
+    pub(crate) task_flags: Option<MemberLoc>,
     /// Type id of the typedef `btf_trace_sched_switch` (what `tp_btf/sched_switch` attaches to).
     pub(crate) sched_switch_typedef: Option<u32>,
 }
@@ -415,6 +417,9 @@ pub(crate) fn sched_facts_in_file(path: &Path) -> Result<SchedFacts, BtfError> {
     let btf = Btf::parse(&data)?;
     Ok(SchedFacts {
         task_pid: member_offset_in(&btf, "task_struct", "pid")?,
+        task_flags: member_offset_in(&btf, "task_struct", "flags")
+            .ok()
+            .filter(|l| l.size == 4),
         sched_switch_typedef: btf.typedef_id(SCHED_SWITCH_TYPEDEF.as_bytes()),
     })
 }
@@ -589,6 +594,10 @@ mod tests {
         let facts = sched_facts_in_file(path).expect("sched facts");
         assert_eq!(facts.task_pid, loc);
         assert!(facts.sched_switch_typedef.is_some_and(|id| id > 0));
+        assert!(
+            facts.task_flags.is_some_and(|f| f.offset > 0),
+            "task_struct.flags in vmlinux BTF"
+        );
         let tgid = member_offset_in_file(path, "task_struct", "tgid").expect("tgid");
         assert_eq!(
             tgid.offset,

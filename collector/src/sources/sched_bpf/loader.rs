@@ -46,8 +46,12 @@ impl Probe {
 
 /// Every resizable map of the object: the probe that uses it, its name, and the size of the copy
 /// another probe's loader creates (a ring buffer needs a page).
-const MAPS: [(Probe, &str, u32); 9] = [
+const MAPS: [(Probe, &str, u32); 13] = [
     (Probe::Sched, sched::WATCH_MAP, 1),
+    (Probe::Sched, sched::DEDICATED_MAP, 1),
+    (Probe::Sched, sched::STOLEN_MAP, 1),
+    (Probe::Sched, sched::THREADS_MAP, 1),
+    (Probe::Sched, sched::INTRUDERS_MAP, 2),
     (Probe::Sched, sched::STATS_MAP, 1),
     (Probe::Sched, sched::FILTER_MAP, 1),
     (Probe::PinEvents, pin_events::WATCH_MAP, 1),

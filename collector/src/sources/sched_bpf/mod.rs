@@ -9,6 +9,17 @@
 //! Without CO-RE, `task_struct.pid`'s offset comes from kernel BTF ([`btf`]) and the classic
 //! tracepoint's field offsets from its tracefs `format` file ([`tracefs`]). aya never parses the
 //! kernel's whole BTF when it can be helped ([`loader`], and a one-type stand-in for `tp_btf`).
+//!
+//! The same program accounts intrusions on dedicated pCPUs (who ran on a pCPU a vCPU is pinned
+//! to alone, and for how long). Design, chosen for the cost on CPUs that are not dedicated: the
+//! owners live in an array indexed by CPU ([`SchedProbe::set_dedicated`]), so a switch on any
+//! other CPU pays one inlined array lookup and nothing else. On a dedicated CPU the program
+//! keeps that CPU's last switch time and charges each slice to the task switched out (never the
+//! owner's vCPU nor idle). The class needs no per-switch work in userspace: domain threads are a
+//! map userspace already knows ([`SchedProbe::set_domain_threads`]: tid -> domain id, vCPU or
+//! not), kernel threads are `PF_KTHREAD` in `task_struct.flags` (offset from BTF, as for `pid`),
+//! everything else is `host`. Per-CPU counters by class, plus a per-CPU LRU of the intruding
+//! tasks (comm, tgid, ns) for the API; userspace turns both into deltas per domain.
 
 mod batch;
 pub mod btf;
@@ -28,8 +39,9 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, Endianness};
 use collector_common::sched::{
-    self as layout, FILTER_MAP, MAX_CPUS, MAX_WATCHED, PIN_WORDS, PinMask, PlacementStats,
-    STATS_MAP, WATCH_MAP,
+    self as layout, DEDICATED_MAP, DedicatedCpu, DomainThread, FILTER_MAP, INTRUDER_CLASSES,
+    INTRUDERS_MAP, IntruderKey, IntruderStats, MAX_CPUS, MAX_DOMAIN_THREADS, MAX_WATCHED,
+    PIN_WORDS, PinMask, PlacementStats, STATS_MAP, STOLEN_MAP, StolenCpu, THREADS_MAP, WATCH_MAP,
 };
 
 use crate::model::clock::monotonic_ns;
@@ -108,6 +120,32 @@ pub struct VcpuPlacement {
     /// Length so far of the slice running now (on `last_cpu`), ns; 0 when not running. Not yet in
     /// `on_pin_ns`/`off_pin_ns` (it is added at switch-out), so those stay monotonic.
     pub running_ns: u64,
+}
+
+/// One task's run time on a dedicated pCPU (an entry of the kernel's top-intruder table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intruder {
+    /// The dedicated pCPU.
+    pub cpu: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// Thread name as of its last slice on the pCPU.
+    pub comm: String,
+    /// Its class as of its last slice.
+    pub class: layout::IntruderClass,
+    /// Run time on the pCPU while dedicated, ns (monotonic while the entry lives).
+    pub ns: u64,
+}
+
+/// The owner of one dedicated pCPU, as userspace tells the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuOwner {
+    /// Domain id (stable while the domain runs; never 0).
+    pub domain: u32,
+    /// The owner vCPU's thread id.
+    pub tid: u32,
 }
 
 /// Kernel-measured cost of one loaded program.
@@ -301,6 +339,16 @@ pub struct SchedProbe {
     filter: Array<MapData, u64>,
     pins: BpfHashMap<MapData, u32, PinMask>,
     stats: BpfHashMap<MapData, u32, PlacementStats>,
+    dedicated: Array<MapData, DedicatedCpu>,
+    stolen: Array<MapData, StolenCpu>,
+    threads: BpfHashMap<MapData, u32, DomainThread>,
+    intruders: BpfHashMap<MapData, IntruderKey, IntruderStats>,
+    /// Dedicated pCPUs as last written, with their generation.
+    owners: HashMap<u32, (CpuOwner, u32)>,
+    /// Last generation written per CPU (kept after a CPU stops being dedicated).
+    generations: HashMap<u32, u32>,
+    /// Domain threads as last written.
+    domain_threads: HashMap<u32, DomainThread>,
     /// Watched thread ids.
     watched: HashSet<u32>,
     /// Watched threads per filter bit (word, bit): a bit is cleared when its count drops to 0.
@@ -361,6 +409,7 @@ impl SchedProbe {
     fn attach(mode: AttachMode) -> Result<SchedProbe, Failure> {
         // Everything the program needs from this kernel, before touching BPF.
         let mut task_pid_off = 0u32;
+        let task_flags_off: u32;
         let mut tp_next = 0u32;
         let mut kernel_btf = None;
         match mode {
@@ -379,6 +428,7 @@ impl SchedProbe {
                     )));
                 }
                 task_pid_off = loc.offset;
+                task_flags_off = facts.task_flags.map_or(0, |f| f.offset);
                 if mode == AttachMode::TpBtf {
                     // aya only looks the attach target's type id up by name: a stand-in BTF
                     // holding that one name at its kernel id spares parsing all of vmlinux.
@@ -400,11 +450,24 @@ impl SchedProbe {
                     reason: chain(&e),
                 })?;
                 tp_next = f.next_pid.offset;
+                // Best effort: without BTF kernel threads count as `host` intruders.
+                task_flags_off = btf::sched_facts_in_file(Path::new(btf::VMLINUX_BTF))
+                    .ok()
+                    .and_then(|f| f.task_flags)
+                    .map_or(0, |f| f.offset);
             }
         }
+        // About 16 intruders per CPU (the LRU is split between CPUs).
+        let intruders = aya::util::nr_cpus()
+            .map_or(layout::MAX_INTRUDERS, |n| {
+                u32::try_from(n.saturating_mul(16)).unwrap_or(u32::MAX)
+            })
+            .clamp(layout::MAX_INTRUDERS, 65536);
 
         let mut ebpf = loader::new_loader(loader::Probe::Sched)
+            .map_max_entries(INTRUDERS_MAP, intruders)
             .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true)
+            .override_global(layout::GLOBAL_TASK_FLAGS_OFFSET, &task_flags_off, true)
             .override_global(layout::GLOBAL_TP_NEXT_PID_OFFSET, &tp_next, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -458,6 +521,13 @@ impl SchedProbe {
         let pins = BpfHashMap::try_from(take(&mut ebpf, WATCH_MAP)?).map_err(map_err(WATCH_MAP))?;
         let stats =
             BpfHashMap::try_from(take(&mut ebpf, STATS_MAP)?).map_err(map_err(STATS_MAP))?;
+        let dedicated =
+            Array::try_from(take(&mut ebpf, DEDICATED_MAP)?).map_err(map_err(DEDICATED_MAP))?;
+        let stolen = Array::try_from(take(&mut ebpf, STOLEN_MAP)?).map_err(map_err(STOLEN_MAP))?;
+        let threads =
+            BpfHashMap::try_from(take(&mut ebpf, THREADS_MAP)?).map_err(map_err(THREADS_MAP))?;
+        let intruders = BpfHashMap::try_from(take(&mut ebpf, INTRUDERS_MAP)?)
+            .map_err(map_err(INTRUDERS_MAP))?;
         // Best effort: without it program_stats() reports zeros.
         let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         Ok(SchedProbe {
@@ -465,6 +535,13 @@ impl SchedProbe {
             filter,
             pins,
             stats,
+            dedicated,
+            stolen,
+            threads,
+            intruders,
+            owners: HashMap::new(),
+            generations: HashMap::new(),
+            domain_threads: HashMap::new(),
             watched: HashSet::new(),
             filter_refs: HashMap::new(),
             stats_fd,
@@ -651,6 +728,147 @@ impl SchedProbe {
                 )
             })
             .collect())
+    }
+
+    /// Makes exactly `owners` the dedicated pCPUs (CPU -> owner); entries that did not change
+    /// are not rewritten (each write restarts that CPU's slice clock). Returns how many CPU
+    /// entries could not be written (CPUs at or above [`MAX_CPUS`] are skipped and counted).
+    pub fn set_dedicated(&mut self, owners: &HashMap<u32, CpuOwner>) -> u64 {
+        let mut errors = 0u64;
+        let gone: Vec<u32> = self
+            .owners
+            .keys()
+            .filter(|c| !owners.contains_key(c))
+            .copied()
+            .collect();
+        for cpu in gone {
+            self.owners.remove(&cpu);
+            errors += u64::from(self.write_owner(cpu, None).is_err());
+        }
+        for (&cpu, &owner) in owners {
+            if self.owners.get(&cpu).map(|(o, _)| *o) == Some(owner) {
+                continue;
+            }
+            match self.write_owner(cpu, Some(owner)) {
+                Ok(generation) => {
+                    self.owners.insert(cpu, (owner, generation));
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        errors
+    }
+
+    /// Writes one CPU's owner (or clears it) with a new generation; returns the generation.
+    fn write_owner(&mut self, cpu: u32, owner: Option<CpuOwner>) -> Result<u32, SchedProbeError> {
+        if cpu as usize >= MAX_CPUS {
+            return Err(SchedProbeError::CpuOutOfRange { tid: 0, cpu });
+        }
+        let generation = self
+            .generations
+            .get(&cpu)
+            .copied()
+            .unwrap_or(0)
+            .wrapping_add(1);
+        self.generations.insert(cpu, generation);
+        let value = owner.map_or(DedicatedCpu::default(), |o| DedicatedCpu {
+            domain: o.domain,
+            owner_tid: o.tid,
+            generation,
+            _pad: 0,
+        });
+        self.dedicated
+            .set(cpu, value, 0)
+            .map_err(|source| SchedProbeError::Map {
+                map: DEDICATED_MAP,
+                source,
+            })?;
+        Ok(generation)
+    }
+
+    /// Makes exactly `threads` (tid -> domain id, vCPU or not) the known domain threads the
+    /// kernel classifies intruders by. Returns how many map writes failed (at most
+    /// [`MAX_DOMAIN_THREADS`] threads are kept; the rest count as failed).
+    pub fn set_domain_threads(&mut self, threads: &HashMap<u32, (u32, bool)>) -> u64 {
+        let mut errors = 0u64;
+        let gone: Vec<u32> = self
+            .domain_threads
+            .keys()
+            .filter(|t| !threads.contains_key(t))
+            .copied()
+            .collect();
+        for tid in gone {
+            self.domain_threads.remove(&tid);
+            errors += u64::from(!matches!(
+                self.threads.remove(&tid),
+                Ok(()) | Err(MapError::KeyNotFound)
+            ));
+        }
+        for (&tid, &(domain, vcpu)) in threads {
+            let value = DomainThread {
+                domain,
+                vcpu: u32::from(vcpu),
+            };
+            if self.domain_threads.get(&tid) == Some(&value) {
+                continue;
+            }
+            if self.domain_threads.len() >= MAX_DOMAIN_THREADS as usize
+                && !self.domain_threads.contains_key(&tid)
+            {
+                errors += 1;
+                continue;
+            }
+            match self.threads.insert(tid, value, 0) {
+                Ok(()) => {
+                    self.domain_threads.insert(tid, value);
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        errors
+    }
+
+    /// Intruder run time on `cpu` by class index, ns, since load (zeros for a CPU never
+    /// dedicated).
+    pub fn stolen(&self, cpu: u32) -> Result<[u64; INTRUDER_CLASSES], SchedProbeError> {
+        self.stolen
+            .get(&cpu, 0)
+            .map(|s| s.ns)
+            .map_err(|source| SchedProbeError::Map {
+                map: STOLEN_MAP,
+                source,
+            })
+    }
+
+    /// Every entry of the kernel's top-intruder table on the CPUs dedicated now.
+    pub fn intruders(&self) -> Result<Vec<Intruder>, SchedProbeError> {
+        let mut out = Vec::new();
+        for entry in self.intruders.iter() {
+            let (k, v) = match entry {
+                Ok(kv) => kv,
+                // Evicted between listing and reading: skip it.
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(SchedProbeError::Map {
+                        map: INTRUDERS_MAP,
+                        source,
+                    });
+                }
+            };
+            if !self.owners.contains_key(&k.cpu) {
+                continue;
+            }
+            let end = v.comm.iter().position(|&b| b == 0).unwrap_or(v.comm.len());
+            out.push(Intruder {
+                cpu: k.cpu,
+                tid: k.tid,
+                tgid: v.tgid,
+                comm: String::from_utf8_lossy(&v.comm[..end]).into_owned(),
+                class: layout::IntruderClass::from_index(v.class),
+                ns: v.ns,
+            });
+        }
+        Ok(out)
     }
 
     /// Per program: (name, run_time_ns, run_count) from the kernel's BPF statistics.

@@ -25,7 +25,15 @@ fn embedded_object_has_programs_and_maps() {
             mode.program_name()
         );
     }
-    for map in [FILTER_MAP, WATCH_MAP, STATS_MAP] {
+    for map in [
+        FILTER_MAP,
+        WATCH_MAP,
+        STATS_MAP,
+        DEDICATED_MAP,
+        STOLEN_MAP,
+        THREADS_MAP,
+        INTRUDERS_MAP,
+    ] {
         assert!(
             obj.maps.contains_key(map),
             "map {map} missing; maps: {:?}",
@@ -285,4 +293,107 @@ fn privileged_watch_validates_input_and_filter_collisions() {
         "bit cleared"
     );
     assert_eq!(probe.watched().count(), 0);
+}
+
+/// Marks CPU 1 dedicated to a thread that only sleeps; a thread registered as another domain's
+/// vCPU and a plain (host) thread, named `pf-intruder`, then spin on CPU 1: their run time shows
+/// up under `other_vcpu` and `host`, and the intruder table names the host thread with its comm.
+fn intrusion_scenario(mut probe: SchedProbe) {
+    let spin_on_1 = |name: &'static std::ffi::CStr, ms: u64| {
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).expect("tid");
+            go_rx.recv().expect("go");
+            assert!(pin_self(1), "sched_setaffinity(1)");
+            spin(Duration::from_millis(ms));
+            // Switched out (and charged) before the test reads the counters.
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        (tid_rx.recv().expect("tid"), go_tx, t)
+    };
+    // SAFETY: gettid has no preconditions.
+    let owner = unsafe { libc::gettid() } as u32;
+    probe.set_dedicated(&HashMap::from([(
+        1,
+        CpuOwner {
+            domain: 1,
+            tid: owner,
+        },
+    )]));
+    let before = probe.stolen(1).expect("stolen");
+    let (vcpu, go_vcpu, t_vcpu) = spin_on_1(c"pf-other-vcpu", 150);
+    assert_eq!(
+        probe.set_domain_threads(&HashMap::from([(vcpu, (2, true))])),
+        0
+    );
+    go_vcpu.send(()).expect("go");
+    t_vcpu.join().expect("vcpu thread");
+    let (host, go_host, t_host) = spin_on_1(c"pf-intruder", 150);
+    go_host.send(()).expect("go");
+    t_host.join().expect("host thread");
+    let after = probe.stolen(1).expect("stolen");
+    let intruders = probe.intruders().expect("intruders");
+    println!("mode {}: {before:?} -> {after:?}", probe.mode());
+    let grew = |c: layout::IntruderClass| after[c as usize] - before[c as usize];
+    assert!(
+        grew(layout::IntruderClass::OtherVcpu) > 10_000_000,
+        "other_vcpu: {after:?}"
+    );
+    assert!(
+        grew(layout::IntruderClass::Host) > 10_000_000,
+        "host: {after:?}"
+    );
+    let mine = intruders
+        .iter()
+        .find(|i| i.tid == host)
+        .unwrap_or_else(|| panic!("pf-intruder {host} in {intruders:?}"));
+    assert_eq!(mine.comm, "pf-intruder");
+    assert_eq!(mine.class, layout::IntruderClass::Host);
+    assert_eq!(mine.cpu, 1);
+    assert!(mine.ns > 10_000_000, "{mine:?}");
+    assert!(
+        mine.ns <= grew(layout::IntruderClass::Host),
+        "{mine:?} within the host class"
+    );
+    assert!(
+        intruders.iter().all(|i| i.tid != owner),
+        "the owner is never an intruder"
+    );
+    // Not dedicated any more: nothing is charged.
+    assert_eq!(probe.set_dedicated(&HashMap::new()), 0);
+    let frozen = probe.stolen(1).expect("stolen");
+    let (_, go, t) = spin_on_1(c"pf-late", 50);
+    go.send(()).expect("go");
+    t.join().expect("late thread");
+    assert_eq!(probe.stolen(1).expect("stolen"), frozen);
+    assert!(probe.intruders().expect("intruders").is_empty());
+}
+
+#[test]
+fn privileged_intrusions_tp_btf() {
+    let _guard = PRIVILEGED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = load_or_skip(Some(AttachMode::TpBtf)) {
+        intrusion_scenario(p);
+    }
+}
+
+#[test]
+fn privileged_intrusions_raw_tp() {
+    let _guard = PRIVILEGED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = load_or_skip(Some(AttachMode::RawTp)) {
+        intrusion_scenario(p);
+    }
+}
+
+#[test]
+fn privileged_intrusions_tracepoint() {
+    let _guard = PRIVILEGED.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_tracefs();
+    if let Some(p) = load_or_skip(Some(AttachMode::Tracepoint)) {
+        intrusion_scenario(p);
+    }
 }

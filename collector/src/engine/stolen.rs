@@ -1,0 +1,312 @@
+//! Intrusions on dedicated pCPUs, from the sched probe's counters to per-domain observations and
+//! the `/api/v1/intrusions` report (part of the pinning pipeline, on its thread).
+//!
+//! Each pass: the dedicated pCPUs (a pCPU exactly one vCPU is pinned to) and every thread of
+//! every domain go to the kernel (only what changed is written); the per-CPU counters by class
+//! are read, their increments since the last read added to monotonic totals per (domain, pCPU),
+//! and sampled for the placement window. The top-intruder table is read only in passes where
+//! some counter moved. A domain or pCPU that stops being dedicated is forgotten with its series.
+
+use crate::detect::pinning::dedicated_owners;
+use crate::model::pinning::{
+    DomainObservation, INTRUDER_LABELS, IntruderReport, IntrusionsReport, MAX_TOP_INTRUDERS,
+    PcpuIntrusions, StolenSample,
+};
+use crate::sources::sched_bpf::{CpuOwner, SchedProbe};
+use collector_common::sched::INTRUDER_CLASSES;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+type Classes = [u64; INTRUDER_CLASSES];
+/// Run time per (CPU, tid) in the kernel's top-intruder table at one read, ns.
+type Snapshot = HashMap<(u32, u32), u64>;
+
+/// What one intruder was as of the last read.
+#[derive(Clone, Debug)]
+struct IntruderInfo {
+    tgid: u32,
+    comm: String,
+    class: &'static str,
+}
+
+/// One (domain, pCPU) dedication.
+#[derive(Debug)]
+struct Dedication {
+    vcpu_tid: u32,
+    totals: Classes,
+    samples: VecDeque<(Instant, Classes)>,
+}
+
+/// The pipeline's intrusion state between passes.
+#[derive(Debug, Default)]
+pub(crate) struct StolenTracker {
+    /// Stable domain ids for the kernel (never 0), by domain name.
+    ids: HashMap<String, u32>,
+    next_id: u32,
+    /// Raw kernel counters as last read, per dedicated CPU.
+    last: HashMap<u32, Classes>,
+    /// Per (domain, CPU).
+    dedications: HashMap<(String, u32), Dedication>,
+    /// Snapshots of the top-intruder table: ns per (CPU, tid), oldest first.
+    snapshots: VecDeque<(Instant, Snapshot)>,
+    info: HashMap<(u32, u32), IntruderInfo>,
+    /// The owner vCPU thread of each dedicated pCPU, as last chosen.
+    owner_tid: HashMap<u32, u32>,
+}
+
+/// Increment of a kernel counter since `last` (the whole value when it went down: never negative).
+fn increment(cur: u64, last: u64) -> u64 {
+    if cur >= last { cur - last } else { cur }
+}
+
+impl StolenTracker {
+    /// One pass: syncs the kernel's view, fills `observations[..].stolen`, and returns the
+    /// intrusions report and the number of failed map operations.
+    pub(crate) fn sync(
+        &mut self,
+        probe: &mut SchedProbe,
+        observations: &mut [DomainObservation],
+        window: Duration,
+        limit: f64,
+        now: Instant,
+    ) -> (IntrusionsReport, u64) {
+        let mut errors = 0u64;
+        let names: Vec<Option<String>> = observations
+            .iter()
+            .map(|o| o.domain.as_ref().map(|d| d.name.clone()))
+            .collect();
+        self.ids
+            .retain(|n, _| names.iter().flatten().any(|x| x == n));
+        for n in names.iter().flatten() {
+            if !self.ids.contains_key(n) {
+                self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+                self.ids.insert(n.clone(), self.next_id);
+            }
+        }
+        let id_of = |i: usize| {
+            names
+                .get(i)
+                .and_then(|n| n.as_ref())
+                .and_then(|n| self.ids.get(n).copied())
+        };
+        // Every thread of every domain, for the kernel's classes.
+        let mut threads: HashMap<u32, (u32, bool)> = HashMap::new();
+        for (i, o) in observations.iter().enumerate() {
+            let (Some(id), Some(d)) = (id_of(i), &o.domain) else {
+                continue;
+            };
+            for &tid in o.threads.keys() {
+                threads.insert(tid, (id, false));
+            }
+            for tid in d.vcpus.iter().filter_map(|v| v.tid) {
+                threads.insert(tid, (id, true));
+            }
+        }
+        errors += probe.set_domain_threads(&threads);
+        // One owner per pCPU: the vCPU that owns it now while it is still pinned there alone,
+        // else the first candidate; other vCPUs pinned there (an overlap) are its intruders.
+        let owners: BTreeMap<u32, (usize, u32, u32)> = dedicated_owners(observations)
+            .into_iter()
+            .filter_map(|(cpu, candidates)| {
+                let incumbent = self.owner_tid.get(&cpu).copied();
+                let pick = candidates
+                    .iter()
+                    .find(|c| Some(c.2) == incumbent)
+                    .or(candidates.first())?;
+                Some((cpu, *pick))
+            })
+            .collect();
+        self.owner_tid = owners.iter().map(|(cpu, o)| (*cpu, o.2)).collect();
+        let kernel_owners: HashMap<u32, CpuOwner> = owners
+            .iter()
+            .filter_map(|(cpu, (i, _, tid))| {
+                Some((
+                    *cpu,
+                    CpuOwner {
+                        domain: id_of(*i)?,
+                        tid: *tid,
+                    },
+                ))
+            })
+            .collect();
+        errors += probe.set_dedicated(&kernel_owners);
+
+        // Counters: increments since the last read, per (domain, CPU).
+        let mut moved = false;
+        let mut live: HashMap<(String, u32), usize> = HashMap::new();
+        for (cpu, (i, _, tid)) in &owners {
+            let Some(name) = names.get(*i).and_then(|n| n.clone()) else {
+                continue;
+            };
+            let key = (name, *cpu);
+            let cur = match probe.stolen(*cpu) {
+                Ok(c) => c,
+                Err(_) => {
+                    // Keep what was counted (the series stay monotonic); read again next pass.
+                    errors += 1;
+                    if self.dedications.contains_key(&key) {
+                        live.insert(key, *i);
+                    }
+                    continue;
+                }
+            };
+            let last = self.last.insert(*cpu, cur);
+            let fresh = self
+                .dedications
+                .get(&key)
+                .is_none_or(|d| d.vcpu_tid != *tid);
+            if fresh {
+                // A new owner vCPU of the domain keeps the series' totals; its window starts now.
+                let totals = self
+                    .dedications
+                    .remove(&key)
+                    .map_or([0; INTRUDER_CLASSES], |d| d.totals);
+                let samples = VecDeque::from([(now, totals)]);
+                self.dedications.insert(
+                    key.clone(),
+                    Dedication {
+                        vcpu_tid: *tid,
+                        totals,
+                        samples,
+                    },
+                );
+            }
+            if let (Some(last), Some(d)) = (last, self.dedications.get_mut(&key))
+                && !fresh
+            {
+                for (total, (now_v, last_v)) in d.totals.iter_mut().zip(cur.iter().zip(last)) {
+                    let inc = increment(*now_v, last_v);
+                    moved |= inc > 0;
+                    *total = total.saturating_add(inc);
+                }
+            }
+            if let Some(d) = self.dedications.get_mut(&key) {
+                d.samples.push_back((now, d.totals));
+                while d.samples.len() > 1
+                    && d.samples
+                        .front()
+                        .is_some_and(|(t, _)| now.duration_since(*t) > window)
+                {
+                    d.samples.pop_front();
+                }
+            }
+            live.insert(key, *i);
+        }
+        self.last.retain(|cpu, _| owners.contains_key(cpu));
+        self.dedications.retain(|k, _| live.contains_key(k));
+
+        // The top-intruder table, only when something intruded.
+        if moved || self.snapshots.is_empty() {
+            match probe.intruders() {
+                Ok(list) => {
+                    let mut snap = HashMap::new();
+                    for x in list {
+                        let class = x.class.as_str();
+                        self.info.insert(
+                            (x.cpu, x.tid),
+                            IntruderInfo {
+                                tgid: x.tgid,
+                                comm: x.comm,
+                                class,
+                            },
+                        );
+                        snap.insert((x.cpu, x.tid), x.ns);
+                    }
+                    self.info.retain(|k, _| snap.contains_key(k));
+                    self.snapshots.push_back((now, snap));
+                }
+                Err(_) => errors += 1,
+            }
+        } else if let Some((_, last)) = self.snapshots.back() {
+            let same = last.clone();
+            self.snapshots.push_back((now, same));
+        }
+        while self.snapshots.len() > 1
+            && self
+                .snapshots
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > window)
+        {
+            self.snapshots.pop_front();
+        }
+
+        // Observations and the report.
+        for o in observations.iter_mut() {
+            o.stolen.clear();
+        }
+        let mut report = IntrusionsReport {
+            window_seconds: window.as_secs_f64(),
+            stolen_share_limit: limit,
+            pcpus: Vec::new(),
+        };
+        let mut keys: Vec<(&(String, u32), &usize)> = live.iter().collect();
+        keys.sort_by_key(|((_, cpu), _)| *cpu);
+        for (key, i) in keys {
+            let Some(d) = self.dedications.get(key) else {
+                continue;
+            };
+            let (start, oldest) = d.samples.front().copied().unwrap_or((now, d.totals));
+            let mut ns_window = [0u64; INTRUDER_CLASSES];
+            for (w, (t, o)) in ns_window.iter_mut().zip(d.totals.iter().zip(oldest)) {
+                *w = t.saturating_sub(o);
+            }
+            let sample = StolenSample {
+                vcpu_tid: d.vcpu_tid,
+                ns_total: d.totals,
+                ns_window,
+                window_ns: u64::try_from(now.duration_since(start).as_nanos()).unwrap_or(u64::MAX),
+                limit,
+            };
+            let vcpu = owners.get(&key.1).map(|(_, v, _)| *v);
+            report.pcpus.push(PcpuIntrusions {
+                cpu: key.1,
+                domain: key.0.clone(),
+                vcpu,
+                vcpu_tid: d.vcpu_tid,
+                stolen_share: sample.window_share(),
+                stolen_seconds: INTRUDER_LABELS
+                    .iter()
+                    .zip(ns_window)
+                    .filter(|(_, ns)| *ns > 0)
+                    .map(|(l, ns)| (*l, ns as f64 / 1e9))
+                    .collect(),
+                top: self.top(key.1),
+            });
+            if let Some(o) = observations.get_mut(*i) {
+                o.stolen.insert(key.1, sample);
+            }
+        }
+        (report, errors)
+    }
+
+    /// The top intruders of `cpu` within the window: the newest snapshot against the oldest.
+    fn top(&self, cpu: u32) -> Vec<IntruderReport> {
+        let (Some((_, newest)), Some((_, oldest))) =
+            (self.snapshots.back(), self.snapshots.front())
+        else {
+            return Vec::new();
+        };
+        let mut rows: BTreeMap<(std::cmp::Reverse<u64>, u32), IntruderReport> = BTreeMap::new();
+        for (&(c, tid), &ns) in newest.iter().filter(|((c, _), _)| *c == cpu) {
+            let before = oldest.get(&(c, tid)).copied().unwrap_or(0);
+            let inc = increment(ns, before);
+            let Some(info) = self.info.get(&(c, tid)) else {
+                continue;
+            };
+            if inc == 0 {
+                continue;
+            }
+            rows.insert(
+                (std::cmp::Reverse(inc), tid),
+                IntruderReport {
+                    pid: info.tgid,
+                    tid,
+                    comm: info.comm.clone(),
+                    class: info.class,
+                    seconds: inc as f64 / 1e9,
+                },
+            );
+        }
+        rows.into_values().take(MAX_TOP_INTRUDERS).collect()
+    }
+}
