@@ -91,7 +91,7 @@ impl Default for PinningConfig {
             ebpf: true,
             events: true,
             affinity_events: false,
-            reconcile_seconds: 30.0,
+            reconcile_seconds: 60.0,
             stolen_share: 0.05,
             bpf_stats: false,
             numa_tolerance_bytes: DEFAULT_NUMA_TOLERANCE_BYTES,

@@ -327,7 +327,7 @@ pub const VCPU_WAIT_SECONDS: Family = Family {
     kind: Kind::Counter,
     labels: &["domain"],
     help: "Time the domain's vCPU threads waited runnable for a pCPU (schedstat)",
-    notes: "A rate near 1 per vCPU means the vCPU waits for its pCPU all the time (like steal time, seen from the host). Read at full passes: every `interval_seconds` in polling mode, every `reconcile_seconds` (30) in events mode (use a `rate` window of a few minutes).",
+    notes: "A rate near 1 per vCPU means the vCPU waits for its pCPU all the time (like steal time, seen from the host). Read at full passes: every `interval_seconds` in polling mode, every `reconcile_seconds` (60) in events mode (use a `rate` window of a few minutes).",
     example: "topk(10, rate(pinflow_vcpu_wait_seconds_total[5m]))",
     presence: Presence::Domain,
     area: Area::Pinning,

@@ -316,7 +316,7 @@ fn numa_placement_is_read_at_most_every_reconcile_interval_even_when_polling() {
     )
     .expect("numa_stat");
     // Polling: every tick is a full pass, but the NUMA placement of a known domain is kept
-    // until reconcile_seconds (30) have passed since it was read.
+    // until reconcile_seconds (60) have passed since it was read.
     f.engine.step(tick());
     f.engine.step(tick());
     assert_eq!(f.drifts(), vec![]);
