@@ -236,6 +236,8 @@ pub(crate) struct PinningEngine {
     stolen: super::stolen::StolenTracker,
     /// When the report was last published (a detection, or a counter refresh).
     last_publish: Instant,
+    /// Bumped whenever the cached observations' domains or threads change ([`Self::reindex`]).
+    generation: u64,
     /// The host's NUMA nodes, and when they and the domains' NUMA placement were last read
     /// (at full passes, at most every `reconcile_seconds`).
     numa_nodes: Vec<HostNode>,
@@ -297,6 +299,7 @@ impl PinningEngine {
             last_full: Instant::now(),
             stolen: Default::default(),
             last_publish: Instant::now(),
+            generation: 0,
             numa_nodes: Vec::new(),
             last_numa: None,
         }
@@ -718,6 +721,7 @@ impl PinningEngine {
     /// probe watch every domain process and thread and inotify every cpuset cgroup they live in
     /// (and its parent). Returns how many watches failed.
     fn reindex(&mut self) -> u64 {
+        self.generation = self.generation.wrapping_add(1);
         self.tid_domain.clear();
         for (i, o) in self.cache.iter().enumerate() {
             for &tid in o.threads.keys() {
@@ -944,9 +948,14 @@ impl PinningEngine {
                 .collect()
         };
         let before = summary(observations);
-        let (intrusions, stolen_errors) =
-            self.stolen
-                .sync(probe, observations, window, self.cfg.stolen_share, now);
+        let (intrusions, stolen_errors) = self.stolen.sync(
+            probe,
+            observations,
+            self.generation,
+            window,
+            self.cfg.stolen_share,
+            now,
+        );
         errors += stolen_errors;
         let after = summary(observations);
         if before != after {

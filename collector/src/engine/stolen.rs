@@ -52,7 +52,13 @@ pub(crate) struct StolenTracker {
     info: HashMap<(u32, u32), IntruderInfo>,
     /// The owner vCPU thread of each dedicated pCPU, as last chosen.
     owner_tid: HashMap<u32, u32>,
+    /// The observations' generation the kernel's thread and owner maps were last synced with,
+    /// and the owners then chosen (CPU -> observation index, vCPU, thread id).
+    synced: Option<(u64, Owners)>,
 }
+
+/// The owner of each dedicated pCPU: CPU -> (observation index, vCPU, thread id).
+type Owners = BTreeMap<u32, (usize, u32, u32)>;
 
 /// Increment of a kernel counter since `last` (the whole value when it went down: never negative).
 fn increment(cur: u64, last: u64) -> u64 {
@@ -60,35 +66,15 @@ fn increment(cur: u64, last: u64) -> u64 {
 }
 
 impl StolenTracker {
-    /// One pass: syncs the kernel's view, fills `observations[..].stolen`, and returns the
-    /// intrusions report and the number of failed map operations.
-    pub(crate) fn sync(
+    /// Writes the kernel's view: every thread of every domain (for the classes) and the owner of
+    /// each dedicated pCPU. Returns the owners.
+    fn sync_kernel(
         &mut self,
         probe: &mut SchedProbe,
-        observations: &mut [DomainObservation],
-        window: Duration,
-        limit: f64,
-        now: Instant,
-    ) -> (IntrusionsReport, u64) {
-        let mut errors = 0u64;
-        let names: Vec<Option<String>> = observations
-            .iter()
-            .map(|o| o.domain.as_ref().map(|d| d.name.clone()))
-            .collect();
-        self.ids
-            .retain(|n, _| names.iter().flatten().any(|x| x == n));
-        for n in names.iter().flatten() {
-            if !self.ids.contains_key(n) {
-                self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-                self.ids.insert(n.clone(), self.next_id);
-            }
-        }
-        let id_of = |i: usize| {
-            names
-                .get(i)
-                .and_then(|n| n.as_ref())
-                .and_then(|n| self.ids.get(n).copied())
-        };
+        observations: &[DomainObservation],
+        id_of: &dyn Fn(usize) -> Option<u32>,
+        errors: &mut u64,
+    ) -> Owners {
         // Every thread of every domain, for the kernel's classes.
         let mut threads: HashMap<u32, (u32, bool)> = HashMap::new();
         for (i, o) in observations.iter().enumerate() {
@@ -102,7 +88,7 @@ impl StolenTracker {
                 threads.insert(tid, (id, true));
             }
         }
-        errors += probe.set_domain_threads(&threads);
+        *errors += probe.set_domain_threads(&threads);
         // One owner per pCPU: the vCPU that owns it now while it is still pinned there alone,
         // else the first candidate; other vCPUs pinned there (an overlap) are its intruders.
         let owners: BTreeMap<u32, (usize, u32, u32)> = dedicated_owners(observations)
@@ -129,7 +115,45 @@ impl StolenTracker {
                 ))
             })
             .collect();
-        errors += probe.set_dedicated(&kernel_owners);
+        *errors += probe.set_dedicated(&kernel_owners);
+        owners
+    }
+    /// One pass: syncs the kernel's view, fills `observations[..].stolen`, and returns the
+    /// intrusions report and the number of failed map operations.
+    /// `generation` changes whenever the observations' domains or threads do: the kernel's
+    /// thread and owner maps are only rewritten then, not on every tick.
+    pub(crate) fn sync(
+        &mut self,
+        probe: &mut SchedProbe,
+        observations: &mut [DomainObservation],
+        generation: u64,
+        window: Duration,
+        limit: f64,
+        now: Instant,
+    ) -> (IntrusionsReport, u64) {
+        let mut errors = 0u64;
+        let names: Vec<Option<String>> = observations
+            .iter()
+            .map(|o| o.domain.as_ref().map(|d| d.name.clone()))
+            .collect();
+        self.ids
+            .retain(|n, _| names.iter().flatten().any(|x| x == n));
+        for n in names.iter().flatten() {
+            if !self.ids.contains_key(n) {
+                self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+                self.ids.insert(n.clone(), self.next_id);
+            }
+        }
+        let ids: Vec<Option<u32>> = names
+            .iter()
+            .map(|n| n.as_ref().and_then(|n| self.ids.get(n).copied()))
+            .collect();
+        let id_of = |i: usize| ids.get(i).copied().flatten();
+        let owners = match self.synced.take() {
+            Some((g, owners)) if g == generation => owners,
+            _ => self.sync_kernel(probe, observations, &id_of, &mut errors),
+        };
+        self.synced = Some((generation, owners.clone()));
 
         // Counters: increments since the last read, per (domain, CPU).
         let mut moved = false;

@@ -1,7 +1,7 @@
-//! `BPF_MAP_LOOKUP_BATCH` for a hash map keyed by `u32`: the whole map in a few syscalls.
+//! `BPF_MAP_LOOKUP_BATCH` for a hash (or LRU hash) map: the whole map in a few syscalls.
 //!
-//! aya (0.14) has no batch operations, and reading the placement map one key at a time costs a
-//! syscall per watched thread per tick. This is the one raw `bpf(2)` call pinflow makes itself;
+//! aya (0.14) has no batch operations, and reading the placement map (or the intruder table) one
+//! key at a time costs a syscall or two per entry per tick. This is the one raw `bpf(2)` call pinflow makes itself;
 //! the map comes from aya (its fd), the layout of `union bpf_attr`'s `batch` member from
 //! `include/uapi/linux/bpf.h` (Linux ≥ 5.6).
 
@@ -25,19 +25,19 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every entry of the `u32`-keyed hash map `fd` whose values are `V`. `hint` is the expected
-/// number of entries (the buffers grow when a hash bucket does not fit).
-pub(crate) fn lookup_all<V: bytemuck::Pod>(
+/// Every entry of the hash map `fd` with keys `K` and values `V`. `hint` is the expected number
+/// of entries (the buffers grow when a hash bucket does not fit).
+pub(crate) fn lookup_all<K: bytemuck::Pod, V: bytemuck::Pod>(
     fd: BorrowedFd<'_>,
     hint: usize,
-) -> io::Result<Vec<(u32, V)>> {
+) -> io::Result<Vec<(K, V)>> {
     let mut capacity = hint.clamp(64, 1 << 16) + 64;
     let mut out = Vec::with_capacity(hint);
     // The htab cursor is a u32 bucket index; 8 bytes leave room for any key-sized cursor.
     let (mut cursor_in, mut cursor_out) = (0u64, 0u64);
     let mut first = true;
     loop {
-        let mut keys = vec![0u32; capacity];
+        let mut keys = vec![K::zeroed(); capacity];
         let mut values = vec![V::zeroed(); capacity];
         let mut attr = BatchAttr {
             in_batch: if first {

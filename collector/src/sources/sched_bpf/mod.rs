@@ -704,7 +704,7 @@ impl SchedProbe {
     /// the kernel cannot batch-read the map: the caller falls back to [`Self::placement`].
     pub fn placements(&self) -> std::io::Result<HashMap<u32, VcpuPlacement>> {
         let fd = aya::maps::IterableMap::map(&self.stats).fd().as_fd();
-        let entries = batch::lookup_all::<PlacementStats>(fd, self.watched.len())?;
+        let entries = batch::lookup_all::<u32, PlacementStats>(fd, self.watched.len())?;
         let now = monotonic_ns();
         Ok(entries
             .into_iter()
@@ -841,20 +841,32 @@ impl SchedProbe {
     }
 
     /// Every entry of the kernel's top-intruder table on the CPUs dedicated now.
+    /// Read in batches of the whole table where the kernel can (one or two syscalls), else one
+    /// key at a time.
     pub fn intruders(&self) -> Result<Vec<Intruder>, SchedProbeError> {
-        let mut out = Vec::new();
-        for entry in self.intruders.iter() {
-            let (k, v) = match entry {
-                Ok(kv) => kv,
-                // Evicted between listing and reading: skip it.
-                Err(MapError::KeyNotFound) => continue,
-                Err(source) => {
-                    return Err(SchedProbeError::Map {
-                        map: INTRUDERS_MAP,
-                        source,
-                    });
+        let fd = aya::maps::IterableMap::map(&self.intruders).fd().as_fd();
+        let entries = match batch::lookup_all::<IntruderKey, IntruderStats>(fd, 64) {
+            Ok(all) => all,
+            Err(_) => {
+                let mut all = Vec::new();
+                for entry in self.intruders.iter() {
+                    match entry {
+                        Ok(kv) => all.push(kv),
+                        // Evicted between listing and reading: skip it.
+                        Err(MapError::KeyNotFound) => continue,
+                        Err(source) => {
+                            return Err(SchedProbeError::Map {
+                                map: INTRUDERS_MAP,
+                                source,
+                            });
+                        }
+                    }
                 }
-            };
+                all
+            }
+        };
+        let mut out = Vec::new();
+        for (k, v) in entries {
             if !self.owners.contains_key(&k.cpu) {
                 continue;
             }

@@ -182,7 +182,7 @@ fn placement_scenario(mut probe: SchedProbe) {
     );
     assert!(others.iter().all(|t| all[t].switches == 0));
     let fd = aya::maps::IterableMap::map(&probe.stats).fd().as_fd();
-    let mut small: Vec<u32> = super::batch::lookup_all::<PlacementStats>(fd, 1)
+    let mut small: Vec<u32> = super::batch::lookup_all::<u32, PlacementStats>(fd, 1)
         .expect("batches of 65")
         .into_iter()
         .map(|(t, _)| t)
