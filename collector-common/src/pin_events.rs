@@ -47,6 +47,10 @@ pub const PROG_AFFINITY_ENTER: &str = "pf_ev_affinity_enter";
 pub const PROG_AFFINITY_EXIT: &str = "pf_ev_affinity_exit";
 /// Program on `cgroup:cgroup_attach_task`.
 pub const PROG_CGROUP_ATTACH: &str = "pf_ev_cgroup_attach";
+/// The same on the raw tracepoint `cgroup_attach_task` (no tracefs, no perf event).
+pub const PROG_CGROUP_ATTACH_RAW: &str = "pf_ev_cgroup_attach_raw";
+/// Global: `offsetof(struct task_struct, pid)` for the raw tracepoint program (kernel BTF).
+pub const GLOBAL_TASK_PID_OFFSET: &str = "PF_EV_TASK_PID_OFF";
 
 /// A thread's affinity was set (`sched_setaffinity` returned 0).
 pub const KIND_AFFINITY: u32 = 1;

@@ -11,10 +11,10 @@
 //! syscall while any syscall tracepoint is enabled; its cost is measured in the loader's docs).
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use collector_common::pin_events::{
     KIND_AFFINITY, KIND_CGROUP, MAX_WATCHED_IDS, PENDING_ENTRIES, PinEvent, RING_BYTES,
@@ -29,6 +29,9 @@ static PF_EV_EXIT_RET_OFF: u32 = 0;
 /// Offset of `pid` (4 bytes) in the `cgroup_attach_task` record.
 #[unsafe(no_mangle)]
 static PF_EV_ATTACH_PID_OFF: u32 = 0;
+/// `offsetof(struct task_struct, pid)`, from kernel BTF (the raw tracepoint program).
+#[unsafe(no_mangle)]
+static PF_EV_TASK_PID_OFF: u32 = 0;
 
 /// Thread and process ids to report; written by userspace.
 #[map]
@@ -107,6 +110,25 @@ pub fn pf_ev_affinity_exit(ctx: TracePointContext) -> u32 {
 pub fn pf_ev_cgroup_attach(ctx: TracePointContext) -> u32 {
     // SAFETY: read_at goes through bpf_probe_read_kernel.
     let Ok(pid) = (unsafe { ctx.read_at::<i32>(global(&PF_EV_ATTACH_PID_OFF) as usize) }) else {
+        return 0;
+    };
+    let pid = pid as u32;
+    if watched(pid) {
+        emit(pid, KIND_CGROUP);
+    }
+    0
+}
+
+/// Raw tracepoint `cgroup_attach_task(dst_cgrp, path, task, threadgroup)`: the same report
+/// without tracefs or a perf event (what a pod with only `CAP_BPF` + `CAP_PERFMON` can attach on
+/// a kernel whose `perf_event_paranoid` refuses it perf events). `task->pid` at the offset from
+/// kernel BTF.
+#[raw_tracepoint(tracepoint = "cgroup_attach_task")]
+pub fn pf_ev_cgroup_attach_raw(ctx: RawTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(2);
+    let off = global(&PF_EV_TASK_PID_OFF) as usize;
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    let Ok(pid) = (unsafe { bpf_probe_read_kernel(task.wrapping_add(off).cast::<i32>()) }) else {
         return 0;
     };
     let pid = pid as u32;

@@ -321,7 +321,7 @@ fn numa_placement_is_read_at_most_every_reconcile_interval_even_when_polling() {
     f.engine.step(tick());
     assert_eq!(f.drifts(), vec![]);
     assert!(f.engine.state.pinning.get().numa_nodes.is_empty());
-    f.engine.last_numa = Instant::now().checked_sub(Duration::from_secs(31));
+    f.engine.last_numa = Instant::now().checked_sub(Duration::from_secs(61));
     f.engine.step(tick());
     assert_eq!(
         f.drifts(),

@@ -3,8 +3,12 @@
 //! (`sched_setaffinity`) or cgroup (`cgroup_attach_task`) changed, through a ring buffer, so the
 //! pinning pipeline re-reads only those threads and keeps a full procfs pass as a slow safety net.
 //!
-//! All three programs are classic tracepoints (record offsets from their tracefs `format` files),
-//! so tracefs must be mounted; without them the pipeline falls back to polling procfs.
+//! The cgroup program attaches to the raw tracepoint `cgroup_attach_task` (`task_struct.pid`'s
+//! offset from kernel BTF): no tracefs and no perf event, so it loads in a pod that holds only
+//! `CAP_BPF` + `CAP_PERFMON`, whatever `perf_event_paranoid` says. Without BTF it falls back to
+//! the classic tracepoint. The opt-in `sched_setaffinity` programs are classic syscall
+//! tracepoints (record offsets from their tracefs `format` files): they need tracefs. Where
+//! nothing loads, the pipeline polls procfs.
 //!
 //! Cost: the programs run only for `sched_setaffinity` calls and cgroup moves (rare), but while
 //! any syscall tracepoint is enabled the kernel sets `SYSCALL_TRACEPOINT` work on every task, so
@@ -22,7 +26,7 @@ use std::time::Duration;
 
 use aya::Ebpf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, RingBuf};
-use aya::programs::TracePoint;
+use aya::programs::{RawTracePoint, TracePoint};
 use collector_common::pin_events::{self as layout, MAX_WATCHED_IDS, PinEvent};
 
 use super::{chain, ebpf_object, has_eperm, missing_bpf_capabilities, tracefs};
@@ -124,21 +128,57 @@ impl PinEvents {
         if ebpf_object().is_empty() {
             return Err(EventsError::NotBuilt);
         }
-        let enter_pid = field("syscalls", "sys_enter_sched_setaffinity", "pid", 8)?;
-        let exit_ret = field("syscalls", "sys_exit_sched_setaffinity", "ret", 8)?;
-        let attach_pid = field("cgroup", "cgroup_attach_task", "pid", 4)?;
+        // The cgroup program attaches to the raw tracepoint where kernel BTF gives
+        // `task_struct.pid` (no tracefs, no perf event), else to the classic one.
+        let task_pid =
+            super::btf::sched_facts_in_file(std::path::Path::new(super::btf::VMLINUX_BTF))
+                .ok()
+                .map(|f| f.task_pid)
+                .filter(|loc| loc.size == 4)
+                .map(|loc| loc.offset);
+        let (enter_pid, exit_ret) = if affinity {
+            (
+                field("syscalls", "sys_enter_sched_setaffinity", "pid", 8)?,
+                field("syscalls", "sys_exit_sched_setaffinity", "ret", 8)?,
+            )
+        } else {
+            (0, 0)
+        };
+        let attach_pid = match task_pid {
+            Some(_) => 0,
+            None => field("cgroup", "cgroup_attach_task", "pid", 4)?,
+        };
+        let task_pid_off = task_pid.unwrap_or(0);
         let mut loader = super::loader::new_loader(super::loader::Probe::PinEvents);
         loader
             .override_global(layout::GLOBAL_ENTER_PID_OFFSET, &enter_pid, true)
             .override_global(layout::GLOBAL_EXIT_RET_OFFSET, &exit_ret, true)
-            .override_global(layout::GLOBAL_ATTACH_PID_OFFSET, &attach_pid, true);
+            .override_global(layout::GLOBAL_ATTACH_PID_OFFSET, &attach_pid, true)
+            .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true);
         let mut ebpf = loader
             .load(ebpf_object())
             .map_err(|e| failed("loading the eBPF object", &e))?;
-        for (prog, category, name) in PROGRAMS
-            .into_iter()
-            .filter(|(_, category, _)| affinity || *category != "syscalls")
-        {
+        if task_pid.is_some() {
+            let err = |what: &'static str| move |e: aya::programs::ProgramError| failed(what, &e);
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(layout::PROG_CGROUP_ATTACH_RAW)
+                .ok_or_else(|| EventsError::Load {
+                    what: "eBPF object",
+                    reason: format!("program {} missing", layout::PROG_CGROUP_ATTACH_RAW),
+                })?
+                .try_into()
+                .map_err(err("program type"))?;
+            p.load().map_err(err("loading an event program"))?;
+            p.attach("cgroup_attach_task")
+                .map_err(err("attaching an event program"))?;
+        }
+        for (prog, category, name) in PROGRAMS.into_iter().filter(|(_, category, _)| {
+            if *category == "syscalls" {
+                affinity
+            } else {
+                task_pid.is_none()
+            }
+        }) {
             let err = |what: &'static str| move |e: aya::programs::ProgramError| failed(what, &e);
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -223,10 +263,12 @@ impl PinEvents {
     pub(crate) fn program_stats(&self) -> Vec<BpfProgramCost> {
         PROGRAMS
             .iter()
-            .filter_map(|(name, ..)| {
+            .map(|(name, ..)| *name)
+            .chain([layout::PROG_CGROUP_ATTACH_RAW])
+            .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(BpfProgramCost {
-                    program: (*name).to_string(),
+                    program: name.to_string(),
                     run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
                     run_count: info.run_count(),
                 })
@@ -303,7 +345,11 @@ mod tests {
             return;
         }
         let obj = aya_obj::Object::parse(data).expect("object parses");
-        for (prog, ..) in PROGRAMS {
+        for prog in PROGRAMS
+            .iter()
+            .map(|(p, ..)| *p)
+            .chain([layout::PROG_CGROUP_ATTACH_RAW])
+        {
             assert!(obj.programs.contains_key(prog), "program {prog}");
         }
         for m in [
