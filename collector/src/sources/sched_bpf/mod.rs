@@ -25,6 +25,7 @@ mod batch;
 pub mod btf;
 pub(crate) mod events;
 pub(crate) mod loader;
+mod shadow;
 pub mod tracefs;
 
 #[cfg(test)]
