@@ -428,3 +428,180 @@ fn interface_counters_match_ovsdb_and_join_the_instance() {
     });
     assert!(down.is_some(), "link down not seen\n{}", pf.log());
 }
+
+/// A name prefix unique to this test process (veth names are global to the host).
+fn unique(tag: &str) -> String {
+    format!("pfl{}{:x}", tag, std::process::id() & 0xffff)
+}
+
+/// `ovs-vsctl get interface IFACE COLUMN`, as a number.
+fn ovsdb_num(ovs: &Ovs, iface: &str, column: &str) -> f64 {
+    ovs.vsctl(&["get", "interface", iface, column])
+        .trim()
+        .trim_matches('"')
+        .parse()
+        .unwrap_or_else(|e| panic!("{iface} {column}: {e}"))
+}
+
+/// `statistics:KEY` of an interface in OVSDB.
+fn ovsdb_stat(ovs: &Ovs, iface: &str, key: &str) -> Option<f64> {
+    let out = ovs.vsctl(&["get", "interface", iface, "statistics"]);
+    out.trim()
+        .trim_matches(['{', '}'])
+        .split(", ")
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Kernel veth devices as ports of the userspace datapath (AF_PACKET): link state and link resets
+/// follow `ip link set … down/up` of the peer (OVSDB monitor updates, no polling), and frames sent
+/// into one port and forwarded out of the other move pinflow's counters by what was sent.
+#[test]
+fn veth_link_state_resets_and_counters() {
+    if !privileged("veth_link_state_resets_and_counters") || !pinflow_tests::command_exists("ip") {
+        return;
+    }
+    let ovs = Ovs::start();
+    let (v1, v2) = (
+        pinflow_tests::veth::Veth::new(&unique("l1")),
+        pinflow_tests::veth::Veth::new(&unique("l2")),
+    );
+    let br = "pfl-br0";
+    ovs.add_empty_bridge(br, "secure");
+    ovs.add_system_port(br, &v1.a, 1);
+    ovs.add_system_port(br, &v2.a, 2);
+    ovs.ofctl(&["add-flow", br, "priority=10,in_port=1,actions=output:2"]);
+    ovs.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        "other_config:stats-update-interval=1000",
+    ]);
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let pf = Pinflow::start(
+        "[flows]\ninterface_metrics = true\n",
+        &[
+            "--ovs-run-dir",
+            &run_dir,
+            "--no-collector.pinning",
+            "--no-collector.datapath",
+        ],
+    );
+    let l1 = [("bridge", br), ("port", v1.a.as_str()), ("domain", "")];
+    let l2 = [("bridge", br), ("port", v2.a.as_str()), ("domain", "")];
+    let up = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (value(&s, "pinflow_ovs_interface_link_up", &l1) == Some(1.0)
+            && value(&s, "pinflow_ovs_interface_link_up", &l2) == Some(1.0))
+        .then_some(s)
+    });
+    let (s, _) = up.unwrap_or_else(|| panic!("veth ports never up\n{}", pf.log()));
+    let resets0 = value(&s, "pinflow_ovs_interface_link_resets_total", &l1).expect("resets");
+    assert_eq!(resets0, ovsdb_num(&ovs, &v1.a, "link_resets"));
+
+    // Peer down, then up (twice): link_up follows within OVSDB's update latency, resets grow by 4.
+    let fast = Duration::from_millis(5);
+    let watch_link = |want: f64| -> Duration {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < WAIT {
+            let s = pf.scrape();
+            if value(&s, "pinflow_ovs_interface_link_up", &l1) == Some(want) {
+                return t0.elapsed();
+            }
+            std::thread::sleep(fast);
+        }
+        panic!("link_up never {want}\n{}", pf.log());
+    };
+    let ovsdb_link = |want: &str| -> Duration {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < WAIT {
+            if ovs.vsctl(&["get", "interface", &v1.a, "link_state"]).trim() == want {
+                return t0.elapsed();
+            }
+        }
+        panic!("OVSDB link_state never {want}");
+    };
+    // Two cycles: one timed from `ip link` to pinflow's scrape, one to OVSDB's column.
+    v1.set(&v1.b, false);
+    let pf_down = watch_link(0.0);
+    v1.set(&v1.b, true);
+    let pf_up = watch_link(1.0);
+    v1.set(&v1.b, false);
+    let db_down = ovsdb_link("down");
+    v1.set(&v1.b, true);
+    let db_up = ovsdb_link("up");
+    eprintln!(
+        "link down seen by pinflow after {pf_down:?} (OVSDB: {db_down:?}); \
+         up: pinflow {pf_up:?} (OVSDB {db_up:?})"
+    );
+    let resets = wait_for(WAIT, || {
+        let s = pf.scrape();
+        let r = value(&s, "pinflow_ovs_interface_link_resets_total", &l1)?;
+        (r >= resets0 + 4.0 && value(&s, "pinflow_ovs_interface_link_up", &l1) == Some(1.0))
+            .then_some(r)
+    });
+    let (resets, _) = resets.unwrap_or_else(|| panic!("resets did not grow\n{}", pf.log()));
+    assert_eq!(resets, resets0 + 4.0);
+    assert_eq!(resets, ovsdb_num(&ovs, &v1.a, "link_resets"));
+    // The other port saw nothing.
+    assert_eq!(
+        value(&pf.scrape(), "pinflow_ovs_interface_link_resets_total", &l2),
+        Some(ovsdb_num(&ovs, &v2.a, "link_resets"))
+    );
+
+    // Traffic: N frames into port 1 (sent from its peer), forwarded out of port 2.
+    let counters = |s: &[Sample]| -> [f64; 4] {
+        [
+            value(s, "pinflow_ovs_interface_receive_packets_total", &l1).unwrap_or(-1.0),
+            value(s, "pinflow_ovs_interface_receive_bytes_total", &l1).unwrap_or(-1.0),
+            value(s, "pinflow_ovs_interface_transmit_packets_total", &l2).unwrap_or(-1.0),
+            value(s, "pinflow_ovs_interface_transmit_bytes_total", &l2).unwrap_or(-1.0),
+        ]
+    };
+    let ovsdb_counters = || -> [f64; 4] {
+        [
+            ovsdb_stat(&ovs, &v1.a, "rx_packets").unwrap_or(-2.0),
+            ovsdb_stat(&ovs, &v1.a, "rx_bytes").unwrap_or(-2.0),
+            ovsdb_stat(&ovs, &v2.a, "tx_packets").unwrap_or(-2.0),
+            ovsdb_stat(&ovs, &v2.a, "tx_bytes").unwrap_or(-2.0),
+        ]
+    };
+    // A settled start: pinflow equal to OVSDB.
+    let settled = wait_for(WAIT, || {
+        let c = counters(&pf.scrape());
+        (c == ovsdb_counters()).then_some(c)
+    });
+    let (before, _) = settled.unwrap_or_else(|| panic!("counters never matched OVSDB"));
+    const N: usize = 2000;
+    const LEN: usize = 200;
+    let peer_rx0 = pinflow_tests::veth::sys_stat(&v2.b, "rx_packets");
+    let sent = pinflow_tests::veth::send_frames(&v1.b, N, LEN);
+    assert_eq!(sent, N);
+    let done = wait_for(WAIT, || {
+        let s = pf.scrape();
+        let c = counters(&s);
+        (c[2] >= before[2] + N as f64 * 0.99 && c == ovsdb_counters()).then_some(c)
+    });
+    let (after, took) = done.unwrap_or_else(|| {
+        panic!(
+            "counters did not move by {N} or never matched OVSDB: pinflow {:?} OVSDB {:?} before {before:?}\n{}",
+            counters(&pf.scrape()),
+            ovsdb_counters(),
+            pf.log()
+        )
+    });
+    let moved: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let want = [N as f64, (N * LEN) as f64, N as f64, (N * LEN) as f64];
+    eprintln!("after {took:?}: moved {moved:?}, sent {want:?}");
+    for (i, (m, w)) in moved.iter().zip(want).enumerate() {
+        assert!(
+            (m - w).abs() <= w * 0.01,
+            "counter {i}: moved {m}, sent {w} ({moved:?})"
+        );
+    }
+    let peer_rx = pinflow_tests::veth::sys_stat(&v2.b, "rx_packets") - peer_rx0;
+    assert!(
+        (peer_rx as f64 - N as f64).abs() <= N as f64 * 0.01,
+        "{peer_rx} arrived at the far peer"
+    );
+}
