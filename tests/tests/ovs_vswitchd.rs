@@ -605,3 +605,244 @@ fn veth_link_state_resets_and_counters() {
         "{peer_rx} arrived at the far peer"
     );
 }
+
+/// Polls pinflow until `pred` holds for a scrape; panics with `what` and pinflow's log otherwise.
+fn scrape_until(
+    pf: &Pinflow,
+    what: &str,
+    pred: impl Fn(&[Sample]) -> bool,
+) -> (Vec<Sample>, Duration) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = pf.scrape();
+        if pred(&s) {
+            return (s, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < WAIT * 2,
+            "{what} not seen within {:?}\n{}",
+            WAIT * 2,
+            pf.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Bonds with LACP, BFD, CFM and a tunnel's egress carrier between two bridges of a real OVS
+/// (userspace datapath) linked by veth pairs: members enabled and LACP partners current, BFD up
+/// and CFM without fault, the tunnel's egress device with carrier; a veth taken down shows as a
+/// disabled member with an expired partner, BFD down with one more flap, a CFM fault, no carrier,
+/// and all of it comes back. Only configured interfaces have series.
+#[test]
+fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
+    if !privileged("bonds_lacp_bfd_cfm_and_tunnel_carrier") || !pinflow_tests::command_exists("ip")
+    {
+        return;
+    }
+    use pinflow_tests::veth::Veth;
+    let ovs = Ovs::start();
+    let (v1, v2, v3, v4) = (
+        Veth::new(&unique("b1")),
+        Veth::new(&unique("b2")),
+        Veth::new(&unique("d3")),
+        Veth::new(&unique("t4")),
+    );
+    let (br0, br1) = ("pfl-br0", "pfl-br1");
+    ovs.add_empty_bridge(br0, "secure");
+    ovs.add_empty_bridge(br1, "secure");
+    for (br, bond, m1, m2) in [
+        (br0, "pfl-bond0", &v1.a, &v2.a),
+        (br1, "pfl-bond1", &v1.b, &v2.b),
+    ] {
+        ovs.vsctl(&[
+            "add-bond",
+            br,
+            bond,
+            m1,
+            m2,
+            "lacp=active",
+            "bond_mode=balance-tcp",
+            "--",
+            "set",
+            "port",
+            bond,
+            "other_config:lacp-time=fast",
+        ]);
+    }
+    for (br, dev, mpid) in [(br0, &v3.a, "1"), (br1, &v3.b, "2")] {
+        ovs.vsctl(&[
+            "add-port",
+            br,
+            dev,
+            "--",
+            "set",
+            "interface",
+            dev,
+            "bfd:enable=true",
+            "bfd:min_tx=100",
+            "bfd:min_rx=100",
+            &format!("cfm_mpid={mpid}"),
+        ]);
+    }
+    // The tunnel's egress device: v4.a, through the kernel route of a /30 of TEST-NET-2 on it
+    // (ovs-vswitchd mirrors the kernel's routes); removed with the veth.
+    let net = 4 * (std::process::id() % 60 + 1);
+    pinflow_tests::run(
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("198.51.100.{}/30", net + 1),
+            "dev",
+            &v4.a,
+        ],
+    );
+    ovs.vsctl(&[
+        "add-port",
+        br0,
+        "pfl-vx",
+        "--",
+        "set",
+        "interface",
+        "pfl-vx",
+        "type=vxlan",
+        &format!("options:remote_ip=198.51.100.{}", net + 2),
+    ]);
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let pf = Pinflow::start(
+        "[ovs_vswitchd]\ninterval_seconds = 1.0\n",
+        &["--ovs-run-dir", &run_dir, "--no-collector.pinning"],
+    );
+    let members = [
+        (br0, "pfl-bond0", v1.a.as_str()),
+        (br0, "pfl-bond0", v2.a.as_str()),
+        (br1, "pfl-bond1", v1.b.as_str()),
+        (br1, "pfl-bond1", v2.b.as_str()),
+    ];
+    let member = |s: &[Sample], family: &str, m: &(&str, &str, &str)| {
+        value(
+            s,
+            family,
+            &[("bridge", m.0), ("bond", m.1), ("member", m.2)],
+        )
+    };
+    let d3 = [("bridge", br0), ("port", v3.a.as_str()), ("domain", "")];
+    let vx = [("bridge", br0), ("port", "pfl-vx"), ("domain", "")];
+    let all_good = |s: &[Sample]| {
+        members.iter().all(|m| {
+            member(s, "pinflow_ovs_bond_member_enabled", m) == Some(1.0)
+                && member(s, "pinflow_ovs_lacp_current", m) == Some(1.0)
+        }) && value(s, "pinflow_ovs_interface_bfd_up", &d3) == Some(1.0)
+            && value(s, "pinflow_ovs_interface_bfd_forwarding", &d3) == Some(1.0)
+            && value(s, "pinflow_ovs_interface_cfm_fault", &d3) == Some(0.0)
+            && value(s, "pinflow_ovs_tunnel_egress_carrier_up", &vx) == Some(1.0)
+    };
+    let (s, took) = scrape_until(&pf, "bonds, BFD, CFM and tunnel all up", all_good);
+    eprintln!("all up after {took:?}");
+    // Only configured interfaces have series: 4 members, 2 BFD/CFM ends, 1 tunnel.
+    assert_eq!(select(&s, "pinflow_ovs_bond_member_enabled", &[]).len(), 4);
+    assert_eq!(select(&s, "pinflow_ovs_lacp_current", &[]).len(), 4);
+    assert_eq!(select(&s, "pinflow_ovs_interface_bfd_up", &[]).len(), 2);
+    assert_eq!(select(&s, "pinflow_ovs_interface_cfm_fault", &[]).len(), 2);
+    assert_eq!(
+        select(&s, "pinflow_ovs_tunnel_egress_carrier_up", &[]).len(),
+        1
+    );
+    let flaps0 = value(&s, "pinflow_ovs_interface_bfd_flaps_total", &d3).expect("bfd flaps");
+    let bfd_status = |key: &str| -> String {
+        ovs.vsctl(&["get", "interface", &v3.a, &format!("bfd_status:{key}")])
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    };
+    assert_eq!(flaps0.to_string(), bfd_status("flap_count"));
+    let cfm_flaps0 = value(&s, "pinflow_ovs_interface_cfm_flaps_total", &d3).expect("cfm flaps");
+    assert_eq!(cfm_flaps0, ovsdb_num(&ovs, &v3.a, "cfm_flap_count"));
+    for m in &members {
+        assert_eq!(
+            ovs.vsctl(&["get", "interface", m.2, "lacp_current"]).trim(),
+            "true"
+        );
+    }
+
+    // One bond link down (v2): both of its ends disabled; their partners expire (LACP fast: 3 s).
+    v2.set(&v2.b, false);
+    let (_, took) = scrape_until(&pf, "v2 members disabled", |s| {
+        member(s, "pinflow_ovs_bond_member_enabled", &members[1]) == Some(0.0)
+            && member(s, "pinflow_ovs_bond_member_enabled", &members[3]) == Some(0.0)
+    });
+    eprintln!("bond member disabled after {took:?}");
+    let (s, took) = scrape_until(&pf, "v2 LACP partner expired", |s| {
+        member(s, "pinflow_ovs_lacp_current", &members[1]) == Some(0.0)
+    });
+    eprintln!("LACP partner not current after {took:?} more");
+    assert_eq!(
+        ovs.vsctl(&["get", "interface", &v2.a, "lacp_current"])
+            .trim(),
+        "false"
+    );
+    for m in [&members[0], &members[2]] {
+        assert_eq!(
+            member(&s, "pinflow_ovs_bond_member_enabled", m),
+            Some(1.0),
+            "{m:?}"
+        );
+        assert_eq!(
+            member(&s, "pinflow_ovs_lacp_current", m),
+            Some(1.0),
+            "{m:?}"
+        );
+    }
+    v2.set(&v2.b, true);
+    let (_, took) = scrape_until(&pf, "bond members back", |s| {
+        members.iter().all(|m| {
+            member(s, "pinflow_ovs_bond_member_enabled", m) == Some(1.0)
+                && member(s, "pinflow_ovs_lacp_current", m) == Some(1.0)
+        })
+    });
+    eprintln!("bond members enabled and current again after {took:?}");
+
+    // BFD/CFM link down: BFD down, not forwarding, one more flap; CFM fault.
+    v3.set(&v3.b, false);
+    let (_, took) = scrape_until(&pf, "BFD down", |s| {
+        value(s, "pinflow_ovs_interface_bfd_up", &d3) == Some(0.0)
+    });
+    eprintln!("BFD down after {took:?}");
+    let (s, took) = scrape_until(&pf, "CFM fault", |s| {
+        value(s, "pinflow_ovs_interface_cfm_fault", &d3) == Some(1.0)
+    });
+    eprintln!("CFM fault {took:?} later");
+    assert_eq!(
+        value(&s, "pinflow_ovs_interface_bfd_forwarding", &d3),
+        Some(0.0)
+    );
+    let flaps1 = value(&s, "pinflow_ovs_interface_bfd_flaps_total", &d3).expect("flaps");
+    assert_eq!(flaps1, flaps0 + 1.0);
+    assert_eq!(bfd_status("state"), "down");
+    assert_eq!(flaps1.to_string(), bfd_status("flap_count"));
+    assert_eq!(
+        value(&s, "pinflow_ovs_interface_cfm_flaps_total", &d3),
+        Some(cfm_flaps0 + 1.0)
+    );
+    v3.set(&v3.b, true);
+    let (s, took) = scrape_until(&pf, "BFD up again", |s| {
+        value(s, "pinflow_ovs_interface_bfd_up", &d3) == Some(1.0)
+            && value(s, "pinflow_ovs_interface_cfm_fault", &d3) == Some(0.0)
+    });
+    eprintln!("BFD up and CFM clear again after {took:?}");
+    assert_eq!(
+        value(&s, "pinflow_ovs_interface_bfd_flaps_total", &d3),
+        Some(flaps0 + 2.0)
+    );
+
+    // The tunnel's egress device loses carrier, then gets it back.
+    v4.set(&v4.b, false);
+    let (_, took) = scrape_until(&pf, "tunnel egress carrier down", |s| {
+        value(s, "pinflow_ovs_tunnel_egress_carrier_up", &vx) == Some(0.0)
+    });
+    eprintln!("tunnel egress carrier down after {took:?}");
+    v4.set(&v4.b, true);
+    scrape_until(&pf, "tunnel egress carrier up", |s| {
+        value(s, "pinflow_ovs_tunnel_egress_carrier_up", &vx) == Some(1.0)
+    });
+}
