@@ -697,17 +697,21 @@ fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
             &v4.a,
         ],
     );
-    ovs.vsctl(&[
-        "add-port",
-        br0,
-        "pfl-vx",
-        "--",
-        "set",
-        "interface",
-        "pfl-vx",
-        "type=vxlan",
-        &format!("options:remote_ip=198.51.100.{}", net + 2),
-    ]);
+    // Two tunnel ports (VNI 0 and 5) through the same device: one series, for the device.
+    for (port, key) in [("pfl-vx", "0"), ("pfl-vx5", "5")] {
+        ovs.vsctl(&[
+            "add-port",
+            br0,
+            port,
+            "--",
+            "set",
+            "interface",
+            port,
+            "type=vxlan",
+            &format!("options:remote_ip=198.51.100.{}", net + 2),
+            &format!("options:key={key}"),
+        ]);
+    }
     let run_dir = ovs.run_dir().to_string_lossy().into_owned();
     let pf = Pinflow::start(
         "[ovs_vswitchd]\ninterval_seconds = 1.0\n",
@@ -727,7 +731,7 @@ fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
         )
     };
     let d3 = [("bridge", br0), ("port", v3.a.as_str()), ("domain", "")];
-    let vx = [("bridge", br0), ("port", "pfl-vx"), ("domain", "")];
+    let vx = [("device", v4.a.as_str())];
     let all_good = |s: &[Sample]| {
         members.iter().all(|m| {
             member(s, "pinflow_ovs_bond_member_enabled", m) == Some(1.0)
@@ -739,7 +743,7 @@ fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
     };
     let (s, took) = scrape_until(&pf, "bonds, BFD, CFM and tunnel all up", all_good);
     eprintln!("all up after {took:?}");
-    // Only configured interfaces have series: 4 members, 2 BFD/CFM ends, 1 tunnel.
+    // Only configured interfaces have series: 4 members, 2 BFD/CFM ends, 1 tunnel egress device.
     assert_eq!(select(&s, "pinflow_ovs_bond_member_enabled", &[]).len(), 4);
     assert_eq!(select(&s, "pinflow_ovs_lacp_current", &[]).len(), 4);
     assert_eq!(select(&s, "pinflow_ovs_interface_bfd_up", &[]).len(), 2);

@@ -1256,9 +1256,9 @@ pub const CFM_FLAPS: Family = Family {
 pub const TUNNEL_EGRESS_CARRIER: Family = Family {
     name: "pinflow_ovs_tunnel_egress_carrier_up",
     kind: Kind::Gauge,
-    labels: &["bridge", "port", "domain"],
-    help: "Whether the device a tunnel port's packets leave through has carrier (OVSDB Interface.status:tunnel_egress_iface_carrier)",
-    notes: "Only tunnel ports (vxlan, geneve, gre, …) whose route to `remote_ip` OVS resolved to a device.",
+    labels: &["device"],
+    help: "Whether the device OVS tunnel ports send through has carrier (OVSDB Interface.status:tunnel_egress_iface_carrier of every tunnel port using it)",
+    notes: "`device`: `status:tunnel_egress_iface`, the device the route to a tunnel's `remote_ip` leaves through. One series per device, not per tunnel port: a Neutron or OVN host has one tunnel port per peer host, all sharing one or two devices; 0 when any tunnel port reports no carrier on it.",
     example: "pinflow_ovs_tunnel_egress_carrier_up == 0",
     presence: Presence::OvsLinkFeature,
     area: Area::Flows,
@@ -1266,7 +1266,7 @@ pub const TUNNEL_EGRESS_CARRIER: Family = Family {
         0,
         0,
         0,
-        "tunnel ports with an egress device (1 each; none on the reference host)",
+        "tunnels' egress devices (1 each; none on the reference host)",
     ),
 };
 

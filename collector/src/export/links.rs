@@ -1,13 +1,15 @@
 //! Prometheus series of the OVS link protocols: bond members (enabled: ovs-vswitchd `bond/show`;
 //! LACP partner current: OVSDB), BFD and CFM sessions and tunnels' egress carrier (OVSDB). Series
-//! exist only where the feature is configured, so their number is bounded by the configuration.
+//! exist only where the feature is configured, so their number is bounded by the configuration;
+//! the tunnels' egress carrier is one series per egress device, since a Neutron or OVN host has a
+//! tunnel port per peer host (hundreds) that all leave through the same one or two devices.
 
 use super::encode::{Lv, Res, counter, gauge};
 use super::families::{self, Family};
 use crate::model::flows::{FlowsReport, InterfacesReport, LinkHealth};
 use crate::model::ovs_vswitchd::VswitchdReport;
 use prometheus_client::encoding::DescriptorEncoder;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// One value of an interface's link state (`None`: no series).
 type Field = fn(&LinkHealth) -> Option<f64>;
@@ -77,7 +79,7 @@ pub(crate) fn encode_links(
         .iter()
         .map(|p| ((p.bridge.as_str(), p.port.as_str()), p.domain.as_str()))
         .collect();
-    let per_port: [(&Family, Field); 7] = [
+    let per_port: [(&Family, Field); 6] = [
         (&families::BFD_UP, |l| Some(flag(l.bfd.as_ref()?.up))),
         (&families::BFD_FORWARDING, |l| {
             Some(flag(l.bfd.as_ref()?.forwarding))
@@ -91,9 +93,6 @@ pub(crate) fn encode_links(
         }),
         (&families::CFM_FLAPS, |l| {
             Some(l.cfm.as_ref()?.flaps? as f64)
-        }),
-        (&families::TUNNEL_EGRESS_CARRIER, |l| {
-            Some(flag(l.egress_carrier_up?))
         }),
     ];
     for (family, field) in per_port {
@@ -109,7 +108,18 @@ pub(crate) fn encode_links(
             families::Kind::Gauge => gauge(enc, family, rows)?,
         }
     }
-    Ok(())
+    // Per egress device, not per tunnel port (one per peer host): down if any tunnel says so.
+    let mut devices: BTreeMap<&str, bool> = BTreeMap::new();
+    for (dev, up) in links.iter().filter_map(|(_, _, l)| l.egress.as_ref()) {
+        *devices.entry(dev.as_str()).or_insert(true) &= *up;
+    }
+    gauge(
+        enc,
+        &families::TUNNEL_EGRESS_CARRIER,
+        devices
+            .iter()
+            .map(|(dev, up)| ([("device", Lv(dev))], flag(*up))),
+    )
 }
 
 #[cfg(test)]
@@ -163,10 +173,19 @@ mod tests {
                     remote_up: true,
                     flaps: Some(3),
                 }),
-                egress_carrier_up: Some(true),
+                egress: Some(("eth2".into(), true)),
                 ..Default::default()
             },
         );
+        for (port, up) in [("vxlan-2", false), ("vxlan-3", true)] {
+            links.insert(
+                ("br-tun".into(), port.into()),
+                LinkHealth {
+                    egress: Some(("eth3".into(), up)),
+                    ..Default::default()
+                },
+            );
+        }
         links.insert(
             ("br-tun".into(), "gre-2".into()),
             LinkHealth {
@@ -206,12 +225,18 @@ mod tests {
             "pinflow_ovs_interface_bfd_up{bridge=\"br-tun\",port=\"vxlan-1\",domain=\"\"} 0",
             "pinflow_ovs_interface_bfd_forwarding{bridge=\"br-tun\",port=\"vxlan-1\",domain=\"\"} 0",
             "pinflow_ovs_interface_bfd_flaps_total{bridge=\"br-tun\",port=\"vxlan-1\",domain=\"\"} 3",
-            "pinflow_ovs_tunnel_egress_carrier_up{bridge=\"br-tun\",port=\"vxlan-1\",domain=\"\"} 1",
+            "pinflow_ovs_tunnel_egress_carrier_up{device=\"eth2\"} 1",
+            "pinflow_ovs_tunnel_egress_carrier_up{device=\"eth3\"} 0",
             "pinflow_ovs_interface_cfm_fault{bridge=\"br-tun\",port=\"gre-2\",domain=\"\"} 1",
             "pinflow_ovs_interface_cfm_flaps_total{bridge=\"br-tun\",port=\"gre-2\",domain=\"\"} 1",
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
         }
+        assert_eq!(
+            text.matches("pinflow_ovs_tunnel_egress_carrier_up{")
+                .count(),
+            2
+        );
         // Not configured: no series.
         assert!(!text.contains("pinflow_ovs_interface_bfd_up{bridge=\"br-ex\""));
         assert!(!text.contains("pinflow_ovs_interface_cfm_remote_up{"));

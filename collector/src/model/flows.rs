@@ -71,8 +71,9 @@ pub(crate) struct LinkHealth {
     pub(crate) bfd: Option<BfdState>,
     /// CFM state, while CFM is configured (`cfm_mpid`).
     pub(crate) cfm: Option<CfmState>,
-    /// `status:tunnel_egress_iface_carrier` is `up` (tunnel ports that found their egress device).
-    pub(crate) egress_carrier_up: Option<bool>,
+    /// Tunnel ports that found their egress device: `status:tunnel_egress_iface` and whether
+    /// `status:tunnel_egress_iface_carrier` is `up`.
+    pub(crate) egress: Option<(String, bool)>,
 }
 
 impl LinkHealth {
@@ -82,7 +83,7 @@ impl LinkHealth {
             && self.lacp_current.is_none()
             && self.bfd.is_none()
             && self.cfm.is_none()
-            && self.egress_carrier_up.is_none()
+            && self.egress.is_none()
     }
 }
 

@@ -561,6 +561,7 @@ impl OvsdbState {
 /// The link protocol columns of one `Interface` row (see [`LinkHealth`]).
 fn link_health(irow: &Map<String, Value>, bond: Option<&str>) -> LinkHealth {
     let bfd_status = irow.get("bfd_status");
+    let status = irow.get("status");
     let bfd = decode::map_get(bfd_status, "state").map(|state| BfdState {
         up: state == "up",
         forwarding: decode::map_get(bfd_status, "forwarding") == Some("true"),
@@ -577,8 +578,10 @@ fn link_health(irow: &Map<String, Value>, bond: Option<&str>) -> LinkHealth {
         lacp_current: decode::opt_bool(irow.get("lacp_current")),
         bfd,
         cfm,
-        egress_carrier_up: decode::map_get(irow.get("status"), "tunnel_egress_iface_carrier")
-            .map(|s| s == "up"),
+        egress: decode::map_get(status, "tunnel_egress_iface").and_then(|dev| {
+            let carrier = decode::map_get(status, "tunnel_egress_iface_carrier")?;
+            Some((dev.to_string(), carrier == "up"))
+        }),
     }
 }
 
@@ -1137,7 +1140,7 @@ mod tests {
                 flaps: Some(4)
             })
         );
-        assert_eq!(vx.egress_carrier_up, Some(false));
+        assert_eq!(vx.egress, Some(("eth9".to_string(), false)));
         // BFD goes down: a modification of the row.
         st.apply_update(&json!({"Interface": {"i3": {"new": {"bfd_status": ["map", [
             ["state", "down"], ["forwarding", "false"], ["remote_state", "down"], ["flap_count", "3"]]]}}}}))
