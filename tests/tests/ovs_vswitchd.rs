@@ -752,6 +752,10 @@ fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
         select(&s, "pinflow_ovs_tunnel_egress_carrier_up", &[]).len(),
         1
     );
+    for port in ["pfl-vx", "pfl-vx5"] {
+        let dev = ovs.vsctl(&["get", "interface", port, "status:tunnel_egress_iface"]);
+        assert_eq!(dev.trim().trim_matches('"'), v4.a, "{port}");
+    }
     let flaps0 = value(&s, "pinflow_ovs_interface_bfd_flaps_total", &d3).expect("bfd flaps");
     let bfd_status = |key: &str| -> String {
         ovs.vsctl(&["get", "interface", &v3.a, &format!("bfd_status:{key}")])
