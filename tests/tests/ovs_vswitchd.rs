@@ -742,7 +742,14 @@ fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
             && value(s, "pinflow_ovs_tunnel_egress_carrier_up", &vx) == Some(1.0)
     };
     let (s, took) = scrape_until(&pf, "bonds, BFD, CFM and tunnel all up", all_good);
-    eprintln!("all up after {took:?}");
+    eprintln!(
+        "all up after {took:?}; unixctl poll with bond/show took {:?} s",
+        value(
+            &s,
+            "pinflow_collect_duration_seconds",
+            &[("source", "ovs_unixctl")]
+        )
+    );
     // Only configured interfaces have series: 4 members, 2 BFD/CFM ends, 1 tunnel egress device.
     assert_eq!(select(&s, "pinflow_ovs_bond_member_enabled", &[]).len(), 4);
     assert_eq!(select(&s, "pinflow_ovs_lacp_current", &[]).len(), 4);
@@ -853,4 +860,17 @@ fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
     scrape_until(&pf, "tunnel egress carrier up", |s| {
         value(s, "pinflow_ovs_tunnel_egress_carrier_up", &vx) == Some(1.0)
     });
+    // What the unixctl poll (now with bond/show, two bonds) costs: six polls' durations.
+    let mut polls: Vec<f64> = (0..6)
+        .filter_map(|_| {
+            std::thread::sleep(Duration::from_millis(1100));
+            value(
+                &pf.scrape(),
+                "pinflow_collect_duration_seconds",
+                &[("source", "ovs_unixctl")],
+            )
+        })
+        .collect();
+    polls.sort_by(f64::total_cmp);
+    eprintln!("unixctl poll durations (s): {polls:?}");
 }
