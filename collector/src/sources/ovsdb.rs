@@ -1154,6 +1154,93 @@ mod tests {
         assert!(req.contains("bfd_status") && req.contains("lacp_current"));
     }
 
+    /// A real capture (bonds with LACP, BFD and CFM, a tunnel) replayed: what each step changes.
+    #[test]
+    fn replays_captured_link_protocol_session() {
+        let cap: Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ovsdb/links.json"
+        )))
+        .expect("fixture parses");
+        let mut st = OvsdbState::new();
+        let apply = |st: &mut OvsdbState, step: &str| {
+            for msg in cap[step].as_array().expect("step") {
+                match classify(msg).expect("classify") {
+                    Message::Reply { result, .. } => st.apply_update(result),
+                    Message::Update { table_updates } => st.apply_update(table_updates),
+                    other => panic!("unexpected {other:?}"),
+                }
+                .expect("applies");
+            }
+        };
+        let key = |b: &str, i: &str| (b.to_string(), i.to_string());
+        apply(&mut st, "initial");
+        let l = st.links();
+        // 4 bond members, 2 BFD/CFM ends, 1 tunnel; bridges' internal ports have nothing.
+        assert_eq!(l.len(), 7, "{l:?}");
+        for (b, bond, m) in [
+            ("pflc-br0", "pflc-bond0", "pflc-a1"),
+            ("pflc-br0", "pflc-bond0", "pflc-a2"),
+            ("pflc-br1", "pflc-bond1", "pflc-b1"),
+            ("pflc-br1", "pflc-bond1", "pflc-b2"),
+        ] {
+            let h = &l[&key(b, m)];
+            assert_eq!(
+                (h.bond.as_deref(), h.lacp_current),
+                (Some(bond), Some(true))
+            );
+            assert_eq!((&h.bfd, &h.cfm, &h.egress), (&None, &None, &None));
+        }
+        let a3 = &l[&key("pflc-br0", "pflc-a3")];
+        assert_eq!(
+            a3.bfd,
+            Some(BfdState {
+                up: true,
+                forwarding: true,
+                remote_up: true,
+                flaps: Some(1)
+            })
+        );
+        assert_eq!(
+            a3.cfm,
+            Some(CfmState {
+                fault: false,
+                remote_up: None,
+                flaps: Some(0)
+            })
+        );
+        assert_eq!((a3.bond.as_deref(), a3.lacp_current), (None, None));
+        assert_eq!(
+            l[&key("pflc-br0", "pflc-vx")].egress,
+            Some(("pflc-a4".to_string(), true))
+        );
+
+        apply(&mut st, "bond_link_down");
+        let l = st.links();
+        assert_eq!(l[&key("pflc-br0", "pflc-a2")].lacp_current, Some(false));
+        assert_eq!(l[&key("pflc-br1", "pflc-b2")].lacp_current, Some(false));
+        assert_eq!(l[&key("pflc-br0", "pflc-a1")].lacp_current, Some(true));
+
+        apply(&mut st, "bfd_link_down");
+        let a3 = &st.links()[&key("pflc-br0", "pflc-a3")];
+        assert_eq!(
+            a3.bfd
+                .as_ref()
+                .map(|b| (b.up, b.forwarding, b.remote_up, b.flaps)),
+            Some((false, false, false, Some(2)))
+        );
+        assert_eq!(
+            a3.cfm.as_ref().map(|c| (c.fault, c.flaps)),
+            Some((true, Some(1)))
+        );
+
+        apply(&mut st, "tunnel_carrier_down");
+        assert_eq!(
+            st.links()[&key("pflc-br0", "pflc-vx")].egress,
+            Some(("pflc-a4".to_string(), false))
+        );
+    }
+
     #[test]
     fn malformed_updates_change_nothing() {
         let mut st = OvsdbState::new();
