@@ -339,7 +339,8 @@ fn interface_counters_match_ovsdb_and_join_the_instance() {
         "pfi-br0",
         "priority=10,in_port=1,actions=output:2",
     ]);
-    // Statistics every second instead of every 5 s.
+    // Asks for statistics every second (ovs-vswitchd writes them every 5 s at the fastest: the
+    // veth test below measures 4.6–4.7 s).
     ovs.vsctl(&[
         "set",
         "Open_vSwitch",
@@ -470,13 +471,8 @@ fn veth_link_state_resets_and_counters() {
     ovs.add_empty_bridge(br, "secure");
     ovs.add_system_port(br, &v1.a, 1);
     ovs.add_system_port(br, &v2.a, 2);
+    // No stats-update-interval: ovs-vswitchd writes `statistics` every 5 s at the fastest.
     ovs.ofctl(&["add-flow", br, "priority=10,in_port=1,actions=output:2"]);
-    ovs.vsctl(&[
-        "set",
-        "Open_vSwitch",
-        ".",
-        "other_config:stats-update-interval=1000",
-    ]);
     let run_dir = ovs.run_dir().to_string_lossy().into_owned();
     let pf = Pinflow::start(
         "[flows]\ninterface_metrics = true\n",
