@@ -459,7 +459,9 @@ fn ovsdb_stat(ovs: &Ovs, iface: &str, key: &str) -> Option<f64> {
 /// into one port and forwarded out of the other move pinflow's counters by what was sent.
 #[test]
 fn veth_link_state_resets_and_counters() {
-    if !privileged("veth_link_state_resets_and_counters") || !pinflow_tests::command_exists("ip") {
+    if !privileged("veth_link_state_resets_and_counters")
+        || !pinflow_tests::require_privileged("veth_link_state_resets_and_counters", &["ip"])
+    {
         return;
     }
     let ovs = Ovs::start();
