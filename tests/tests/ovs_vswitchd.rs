@@ -633,8 +633,8 @@ fn scrape_until(
 /// and all of it comes back. Only configured interfaces have series.
 #[test]
 fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
-    if !privileged("bonds_lacp_bfd_cfm_and_tunnel_carrier") || !pinflow_tests::command_exists("ip")
-    {
+    let name = "bonds_lacp_bfd_cfm_and_tunnel_carrier";
+    if !privileged(name) || !pinflow_tests::require_privileged(name, &["ip"]) {
         return;
     }
     use pinflow_tests::veth::Veth;
