@@ -149,6 +149,7 @@ pub fn ovsdb(data: &[u8]) {
                     }
                     let _ = state.bridges();
                     let _ = state.interfaces();
+                    let _ = state.links();
                     let _ = state.ovs_version();
                 }
                 Ok(None) => break,
@@ -214,7 +215,7 @@ pub fn config(data: &[u8]) {
 
 /// ovs-vswitchd's unixctl socket: the byte stream split into replies as the client does (its
 /// bound), each reply's text, and the whole input as text, through the `coverage/show`,
-/// `memory/show` and `upcall/show` parsers; and the input split at its first NUL as a
+/// `memory/show`, `upcall/show` and `bond/show` parsers; and the input split at its first NUL as a
 /// `/proc/PID/stat` and `status` pair.
 pub fn ovs_unixctl(data: &[u8]) {
     use crate::sources::ovs_vswitchd::{MAX_REPLY_BYTES, parse, process, reply_text};
@@ -223,6 +224,7 @@ pub fn ovs_unixctl(data: &[u8]) {
         let _ = parse::coverage_subset(t);
         let _ = parse::memory(t);
         let _ = parse::upcall(t);
+        let _ = parse::bonds(t);
     };
     parse_all(&text);
     let mut framer = crate::sources::ovsdb::JsonFramer::new(MAX_REPLY_BYTES);

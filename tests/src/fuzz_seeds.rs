@@ -59,19 +59,22 @@ pub fn seeds(root: &Path) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     }
 
     // OVSDB: each captured step as one byte stream, fed in 255-byte and in 7-byte chunks.
-    let capture: serde_json::Value = serde_json::from_slice(&read(&fx.join("ovsdb/capture.json"))?)
-        .context("ovsdb capture.json")?;
-    if let Some(steps) = capture.as_object() {
-        for msgs in steps.values() {
-            let mut stream = Vec::new();
-            for m in msgs.as_array().into_iter().flatten() {
-                stream.extend(serde_json::to_vec(m).context("ovsdb capture")?);
-                stream.push(b'\n');
-            }
-            for chunk in [255u8, 7] {
-                let mut s = vec![chunk];
-                s.extend_from_slice(&stream);
-                w.put("ovsdb", &s)?;
+    for name in ["capture.json", "links.json"] {
+        let capture: serde_json::Value =
+            serde_json::from_slice(&read(&fx.join("ovsdb").join(name))?)
+                .with_context(|| format!("ovsdb {name}"))?;
+        if let Some(steps) = capture.as_object() {
+            for msgs in steps.values() {
+                let mut stream = Vec::new();
+                for m in msgs.as_array().into_iter().flatten() {
+                    stream.extend(serde_json::to_vec(m).context("ovsdb capture")?);
+                    stream.push(b'\n');
+                }
+                for chunk in [255u8, 7] {
+                    let mut s = vec![chunk];
+                    s.extend_from_slice(&stream);
+                    w.put("ovsdb", &s)?;
+                }
             }
         }
     }
@@ -123,6 +126,7 @@ pub fn seeds(root: &Path) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
         "coverage-show.txt",
         "memory-show.txt",
         "upcall-show.txt",
+        "bond-show.txt",
         "replies.json",
     ] {
         w.put("ovs_unixctl", &read(&ux.join(name))?)?;

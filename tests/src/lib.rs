@@ -12,6 +12,7 @@ pub mod ovs;
 pub mod pinflow;
 pub mod prometheus;
 pub mod scrape;
+pub mod veth;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! A private, real Open vSwitch for a test: `ovsdb-server` + `ovs-vswitchd` with the userspace
-//! datapath (`dummy` netdevs: no kernel devices, so it never clashes with another OVS on the host),
-//! in a temporary run directory that pinflow reads with `--ovs-run-dir`.
+//! datapath (`dummy` netdevs: no kernel devices, so it never clashes with another OVS on the host;
+//! a test may add kernel devices of its own, e.g. [`crate::veth::Veth`], as ports), in a temporary run directory that pinflow reads with `--ovs-run-dir`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -182,6 +182,37 @@ impl Ovs {
                 &format!("ofport_request={ofport}"),
             ]);
         }
+    }
+
+    /// Adds a port backed by a kernel network device (the userspace datapath reads it with
+    /// `AF_PACKET`), with `ofport_request`.
+    pub fn add_system_port(&self, bridge: &str, name: &str, ofport: u32) {
+        self.vsctl(&[
+            "add-port",
+            bridge,
+            name,
+            "--",
+            "set",
+            "interface",
+            name,
+            &format!("ofport_request={ofport}"),
+        ]);
+    }
+
+    /// Adds a bridge without ports (userspace datapath, OpenFlow 1.0 and 1.3, `fail-mode`
+    /// `secure` or `standalone`).
+    pub fn add_empty_bridge(&self, bridge: &str, fail_mode: &str) {
+        self.vsctl(&[
+            "add-br",
+            bridge,
+            "--",
+            "set",
+            "bridge",
+            bridge,
+            "datapath_type=dummy",
+            &format!("fail-mode={fail_mode}"),
+            "protocols=OpenFlow10,OpenFlow13",
+        ]);
     }
 
     /// Stops a daemon (`ovs-vswitchd`, `ovsdb-server`) by its pid file and waits for it to exit.

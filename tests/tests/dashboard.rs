@@ -549,7 +549,10 @@ impl Testbed {
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
             Presence::OvsVswitchd => self.ovs_unixctl,
-            Presence::DropReasons | Presence::HostCpuChecks | Presence::InterfaceMetrics => false,
+            Presence::DropReasons
+            | Presence::HostCpuChecks
+            | Presence::InterfaceMetrics
+            | Presence::OvsLinkFeature => false,
         }
     }
 }

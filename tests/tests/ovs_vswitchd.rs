@@ -339,7 +339,8 @@ fn interface_counters_match_ovsdb_and_join_the_instance() {
         "pfi-br0",
         "priority=10,in_port=1,actions=output:2",
     ]);
-    // Statistics every second instead of every 5 s.
+    // Asks for statistics every second (ovs-vswitchd writes them every 5 s at the fastest: the
+    // veth test below measures 4.6–4.7 s).
     ovs.vsctl(&[
         "set",
         "Open_vSwitch",
@@ -427,4 +428,447 @@ fn interface_counters_match_ovsdb_and_join_the_instance() {
         .then_some(())
     });
     assert!(down.is_some(), "link down not seen\n{}", pf.log());
+}
+
+/// A name prefix unique to this test process (veth names are global to the host).
+fn unique(tag: &str) -> String {
+    format!("pfl{}{:x}", tag, std::process::id() & 0xffff)
+}
+
+/// `ovs-vsctl get interface IFACE COLUMN`, as a number.
+fn ovsdb_num(ovs: &Ovs, iface: &str, column: &str) -> f64 {
+    ovs.vsctl(&["get", "interface", iface, column])
+        .trim()
+        .trim_matches('"')
+        .parse()
+        .unwrap_or_else(|e| panic!("{iface} {column}: {e}"))
+}
+
+/// `statistics:KEY` of an interface in OVSDB.
+fn ovsdb_stat(ovs: &Ovs, iface: &str, key: &str) -> Option<f64> {
+    let out = ovs.vsctl(&["get", "interface", iface, "statistics"]);
+    out.trim()
+        .trim_matches(['{', '}'])
+        .split(", ")
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Kernel veth devices as ports of the userspace datapath (AF_PACKET): link state and link resets
+/// follow `ip link set … down/up` of the peer (OVSDB monitor updates, no polling), and frames sent
+/// into one port and forwarded out of the other move pinflow's counters by what was sent.
+#[test]
+fn veth_link_state_resets_and_counters() {
+    if !privileged("veth_link_state_resets_and_counters")
+        || !pinflow_tests::require_privileged("veth_link_state_resets_and_counters", &["ip"])
+    {
+        return;
+    }
+    let ovs = Ovs::start();
+    let (v1, v2) = (
+        pinflow_tests::veth::Veth::new(&unique("l1")),
+        pinflow_tests::veth::Veth::new(&unique("l2")),
+    );
+    let br = "pfl-br0";
+    ovs.add_empty_bridge(br, "secure");
+    ovs.add_system_port(br, &v1.a, 1);
+    ovs.add_system_port(br, &v2.a, 2);
+    // No stats-update-interval: ovs-vswitchd writes `statistics` every 5 s at the fastest.
+    ovs.ofctl(&["add-flow", br, "priority=10,in_port=1,actions=output:2"]);
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let pf = Pinflow::start(
+        "[flows]\ninterface_metrics = true\n",
+        &[
+            "--ovs-run-dir",
+            &run_dir,
+            "--no-collector.pinning",
+            "--no-collector.datapath",
+        ],
+    );
+    let l1 = [("bridge", br), ("port", v1.a.as_str()), ("domain", "")];
+    let l2 = [("bridge", br), ("port", v2.a.as_str()), ("domain", "")];
+    let up = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (value(&s, "pinflow_ovs_interface_link_up", &l1) == Some(1.0)
+            && value(&s, "pinflow_ovs_interface_link_up", &l2) == Some(1.0))
+        .then_some(s)
+    });
+    let (s, _) = up.unwrap_or_else(|| panic!("veth ports never up\n{}", pf.log()));
+    let resets0 = value(&s, "pinflow_ovs_interface_link_resets_total", &l1).expect("resets");
+    assert_eq!(resets0, ovsdb_num(&ovs, &v1.a, "link_resets"));
+
+    // Peer down, then up (twice): link_up follows within OVSDB's update latency, resets grow by 4.
+    let fast = Duration::from_millis(5);
+    let watch_link = |want: f64| -> Duration {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < WAIT {
+            let s = pf.scrape();
+            if value(&s, "pinflow_ovs_interface_link_up", &l1) == Some(want) {
+                return t0.elapsed();
+            }
+            std::thread::sleep(fast);
+        }
+        panic!("link_up never {want}\n{}", pf.log());
+    };
+    let ovsdb_link = |want: &str| -> Duration {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < WAIT {
+            if ovs.vsctl(&["get", "interface", &v1.a, "link_state"]).trim() == want {
+                return t0.elapsed();
+            }
+        }
+        panic!("OVSDB link_state never {want}");
+    };
+    // Two cycles: one timed from `ip link` to pinflow's scrape, one to OVSDB's column.
+    v1.set(&v1.b, false);
+    let pf_down = watch_link(0.0);
+    v1.set(&v1.b, true);
+    let pf_up = watch_link(1.0);
+    v1.set(&v1.b, false);
+    let db_down = ovsdb_link("down");
+    v1.set(&v1.b, true);
+    let db_up = ovsdb_link("up");
+    eprintln!(
+        "link down seen by pinflow after {pf_down:?} (OVSDB: {db_down:?}); \
+         up: pinflow {pf_up:?} (OVSDB {db_up:?})"
+    );
+    let resets = wait_for(WAIT, || {
+        let s = pf.scrape();
+        let r = value(&s, "pinflow_ovs_interface_link_resets_total", &l1)?;
+        (r >= resets0 + 4.0 && value(&s, "pinflow_ovs_interface_link_up", &l1) == Some(1.0))
+            .then_some(r)
+    });
+    let (resets, _) = resets.unwrap_or_else(|| panic!("resets did not grow\n{}", pf.log()));
+    assert_eq!(resets, resets0 + 4.0);
+    assert_eq!(resets, ovsdb_num(&ovs, &v1.a, "link_resets"));
+    // The other port saw nothing.
+    assert_eq!(
+        value(&pf.scrape(), "pinflow_ovs_interface_link_resets_total", &l2),
+        Some(ovsdb_num(&ovs, &v2.a, "link_resets"))
+    );
+
+    // Traffic: N frames into port 1 (sent from its peer), forwarded out of port 2.
+    let counters = |s: &[Sample]| -> [f64; 4] {
+        [
+            value(s, "pinflow_ovs_interface_receive_packets_total", &l1).unwrap_or(-1.0),
+            value(s, "pinflow_ovs_interface_receive_bytes_total", &l1).unwrap_or(-1.0),
+            value(s, "pinflow_ovs_interface_transmit_packets_total", &l2).unwrap_or(-1.0),
+            value(s, "pinflow_ovs_interface_transmit_bytes_total", &l2).unwrap_or(-1.0),
+        ]
+    };
+    let ovsdb_counters = || -> [f64; 4] {
+        [
+            ovsdb_stat(&ovs, &v1.a, "rx_packets").unwrap_or(-2.0),
+            ovsdb_stat(&ovs, &v1.a, "rx_bytes").unwrap_or(-2.0),
+            ovsdb_stat(&ovs, &v2.a, "tx_packets").unwrap_or(-2.0),
+            ovsdb_stat(&ovs, &v2.a, "tx_bytes").unwrap_or(-2.0),
+        ]
+    };
+    // A settled start: pinflow equal to OVSDB.
+    let settled = wait_for(WAIT, || {
+        let c = counters(&pf.scrape());
+        (c == ovsdb_counters()).then_some(c)
+    });
+    let (before, _) = settled.unwrap_or_else(|| panic!("counters never matched OVSDB"));
+    const N: usize = 2000;
+    const LEN: usize = 200;
+    let peer_rx0 = pinflow_tests::veth::sys_stat(&v2.b, "rx_packets");
+    let sent = pinflow_tests::veth::send_frames(&v1.b, N, LEN);
+    assert_eq!(sent, N);
+    let done = wait_for(WAIT, || {
+        let s = pf.scrape();
+        let c = counters(&s);
+        (c[2] >= before[2] + N as f64 * 0.99 && c == ovsdb_counters()).then_some(c)
+    });
+    let (after, took) = done.unwrap_or_else(|| {
+        panic!(
+            "counters did not move by {N} or never matched OVSDB: pinflow {:?} OVSDB {:?} before {before:?}\n{}",
+            counters(&pf.scrape()),
+            ovsdb_counters(),
+            pf.log()
+        )
+    });
+    let moved: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let want = [N as f64, (N * LEN) as f64, N as f64, (N * LEN) as f64];
+    eprintln!("after {took:?}: moved {moved:?}, sent {want:?}");
+    for (i, (m, w)) in moved.iter().zip(want).enumerate() {
+        assert!(
+            (m - w).abs() <= w * 0.01,
+            "counter {i}: moved {m}, sent {w} ({moved:?})"
+        );
+    }
+    let peer_rx = pinflow_tests::veth::sys_stat(&v2.b, "rx_packets") - peer_rx0;
+    assert!(
+        (peer_rx as f64 - N as f64).abs() <= N as f64 * 0.01,
+        "{peer_rx} arrived at the far peer"
+    );
+}
+
+/// Polls pinflow until `pred` holds for a scrape; panics with `what` and pinflow's log otherwise.
+fn scrape_until(
+    pf: &Pinflow,
+    what: &str,
+    pred: impl Fn(&[Sample]) -> bool,
+) -> (Vec<Sample>, Duration) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let s = pf.scrape();
+        if pred(&s) {
+            return (s, t0.elapsed());
+        }
+        assert!(
+            t0.elapsed() < WAIT * 2,
+            "{what} not seen within {:?}\n{}",
+            WAIT * 2,
+            pf.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Bonds with LACP, BFD, CFM and a tunnel's egress carrier between two bridges of a real OVS
+/// (userspace datapath) linked by veth pairs: members enabled and LACP partners current, BFD up
+/// and CFM without fault, the tunnel's egress device with carrier; a veth taken down shows as a
+/// disabled member with an expired partner, BFD down with one more flap, a CFM fault, no carrier,
+/// and all of it comes back. Only configured interfaces have series.
+#[test]
+fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
+    let name = "bonds_lacp_bfd_cfm_and_tunnel_carrier";
+    if !privileged(name) || !pinflow_tests::require_privileged(name, &["ip"]) {
+        return;
+    }
+    use pinflow_tests::veth::Veth;
+    let ovs = Ovs::start();
+    let (v1, v2, v3, v4) = (
+        Veth::new(&unique("b1")),
+        Veth::new(&unique("b2")),
+        Veth::new(&unique("d3")),
+        Veth::new(&unique("t4")),
+    );
+    let (br0, br1) = ("pfl-br0", "pfl-br1");
+    ovs.add_empty_bridge(br0, "secure");
+    ovs.add_empty_bridge(br1, "secure");
+    for (br, bond, m1, m2) in [
+        (br0, "pfl-bond0", &v1.a, &v2.a),
+        (br1, "pfl-bond1", &v1.b, &v2.b),
+    ] {
+        ovs.vsctl(&[
+            "add-bond",
+            br,
+            bond,
+            m1,
+            m2,
+            "lacp=active",
+            "bond_mode=balance-tcp",
+            "--",
+            "set",
+            "port",
+            bond,
+            "other_config:lacp-time=fast",
+        ]);
+    }
+    for (br, dev, mpid) in [(br0, &v3.a, "1"), (br1, &v3.b, "2")] {
+        ovs.vsctl(&[
+            "add-port",
+            br,
+            dev,
+            "--",
+            "set",
+            "interface",
+            dev,
+            "bfd:enable=true",
+            "bfd:min_tx=100",
+            "bfd:min_rx=100",
+            &format!("cfm_mpid={mpid}"),
+        ]);
+    }
+    // The tunnel's egress device: v4.a, through the kernel route of a /30 of TEST-NET-2 on it
+    // (ovs-vswitchd mirrors the kernel's routes); removed with the veth.
+    let net = 4 * (std::process::id() % 60 + 1);
+    pinflow_tests::run(
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("198.51.100.{}/30", net + 1),
+            "dev",
+            &v4.a,
+        ],
+    );
+    // Two tunnel ports (VNI 0 and 5) through the same device: one series, for the device.
+    for (port, key) in [("pfl-vx", "0"), ("pfl-vx5", "5")] {
+        ovs.vsctl(&[
+            "add-port",
+            br0,
+            port,
+            "--",
+            "set",
+            "interface",
+            port,
+            "type=vxlan",
+            &format!("options:remote_ip=198.51.100.{}", net + 2),
+            &format!("options:key={key}"),
+        ]);
+    }
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let pf = Pinflow::start(
+        "[ovs_vswitchd]\ninterval_seconds = 1.0\n",
+        &["--ovs-run-dir", &run_dir, "--no-collector.pinning"],
+    );
+    let members = [
+        (br0, "pfl-bond0", v1.a.as_str()),
+        (br0, "pfl-bond0", v2.a.as_str()),
+        (br1, "pfl-bond1", v1.b.as_str()),
+        (br1, "pfl-bond1", v2.b.as_str()),
+    ];
+    let member = |s: &[Sample], family: &str, m: &(&str, &str, &str)| {
+        value(
+            s,
+            family,
+            &[("bridge", m.0), ("bond", m.1), ("member", m.2)],
+        )
+    };
+    let d3 = [("bridge", br0), ("port", v3.a.as_str()), ("domain", "")];
+    let vx = [("device", v4.a.as_str())];
+    let all_good = |s: &[Sample]| {
+        members.iter().all(|m| {
+            member(s, "pinflow_ovs_bond_member_enabled", m) == Some(1.0)
+                && member(s, "pinflow_ovs_lacp_current", m) == Some(1.0)
+        }) && value(s, "pinflow_ovs_interface_bfd_up", &d3) == Some(1.0)
+            && value(s, "pinflow_ovs_interface_bfd_forwarding", &d3) == Some(1.0)
+            && value(s, "pinflow_ovs_interface_cfm_fault", &d3) == Some(0.0)
+            && value(s, "pinflow_ovs_tunnel_egress_carrier_up", &vx) == Some(1.0)
+    };
+    let (s, took) = scrape_until(&pf, "bonds, BFD, CFM and tunnel all up", all_good);
+    eprintln!(
+        "all up after {took:?}; unixctl poll with bond/show took {:?} s",
+        value(
+            &s,
+            "pinflow_collect_duration_seconds",
+            &[("source", "ovs_unixctl")]
+        )
+    );
+    // Only configured interfaces have series: 4 members, 2 BFD/CFM ends, 1 tunnel egress device.
+    assert_eq!(select(&s, "pinflow_ovs_bond_member_enabled", &[]).len(), 4);
+    assert_eq!(select(&s, "pinflow_ovs_lacp_current", &[]).len(), 4);
+    assert_eq!(select(&s, "pinflow_ovs_interface_bfd_up", &[]).len(), 2);
+    assert_eq!(select(&s, "pinflow_ovs_interface_cfm_fault", &[]).len(), 2);
+    assert_eq!(
+        select(&s, "pinflow_ovs_tunnel_egress_carrier_up", &[]).len(),
+        1
+    );
+    for port in ["pfl-vx", "pfl-vx5"] {
+        let dev = ovs.vsctl(&["get", "interface", port, "status:tunnel_egress_iface"]);
+        assert_eq!(dev.trim().trim_matches('"'), v4.a, "{port}");
+    }
+    let flaps0 = value(&s, "pinflow_ovs_interface_bfd_flaps_total", &d3).expect("bfd flaps");
+    let bfd_status = |key: &str| -> String {
+        ovs.vsctl(&["get", "interface", &v3.a, &format!("bfd_status:{key}")])
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    };
+    assert_eq!(flaps0.to_string(), bfd_status("flap_count"));
+    let cfm_flaps0 = value(&s, "pinflow_ovs_interface_cfm_flaps_total", &d3).expect("cfm flaps");
+    assert_eq!(cfm_flaps0, ovsdb_num(&ovs, &v3.a, "cfm_flap_count"));
+    for m in &members {
+        assert_eq!(
+            ovs.vsctl(&["get", "interface", m.2, "lacp_current"]).trim(),
+            "true"
+        );
+    }
+
+    // One bond link down (v2): both of its ends disabled; their partners expire (LACP fast: 3 s).
+    v2.set(&v2.b, false);
+    let (_, took) = scrape_until(&pf, "v2 members disabled", |s| {
+        member(s, "pinflow_ovs_bond_member_enabled", &members[1]) == Some(0.0)
+            && member(s, "pinflow_ovs_bond_member_enabled", &members[3]) == Some(0.0)
+    });
+    eprintln!("bond member disabled after {took:?}");
+    let (s, took) = scrape_until(&pf, "v2 LACP partner expired", |s| {
+        member(s, "pinflow_ovs_lacp_current", &members[1]) == Some(0.0)
+    });
+    eprintln!("LACP partner not current after {took:?} more");
+    assert_eq!(
+        ovs.vsctl(&["get", "interface", &v2.a, "lacp_current"])
+            .trim(),
+        "false"
+    );
+    for m in [&members[0], &members[2]] {
+        assert_eq!(
+            member(&s, "pinflow_ovs_bond_member_enabled", m),
+            Some(1.0),
+            "{m:?}"
+        );
+        assert_eq!(
+            member(&s, "pinflow_ovs_lacp_current", m),
+            Some(1.0),
+            "{m:?}"
+        );
+    }
+    v2.set(&v2.b, true);
+    let (_, took) = scrape_until(&pf, "bond members back", |s| {
+        members.iter().all(|m| {
+            member(s, "pinflow_ovs_bond_member_enabled", m) == Some(1.0)
+                && member(s, "pinflow_ovs_lacp_current", m) == Some(1.0)
+        })
+    });
+    eprintln!("bond members enabled and current again after {took:?}");
+
+    // BFD/CFM link down: BFD down, not forwarding, one more flap; CFM fault.
+    v3.set(&v3.b, false);
+    let (_, took) = scrape_until(&pf, "BFD down", |s| {
+        value(s, "pinflow_ovs_interface_bfd_up", &d3) == Some(0.0)
+    });
+    eprintln!("BFD down after {took:?}");
+    let (s, took) = scrape_until(&pf, "CFM fault", |s| {
+        value(s, "pinflow_ovs_interface_cfm_fault", &d3) == Some(1.0)
+    });
+    eprintln!("CFM fault {took:?} later");
+    assert_eq!(
+        value(&s, "pinflow_ovs_interface_bfd_forwarding", &d3),
+        Some(0.0)
+    );
+    let flaps1 = value(&s, "pinflow_ovs_interface_bfd_flaps_total", &d3).expect("flaps");
+    assert_eq!(flaps1, flaps0 + 1.0);
+    assert_eq!(bfd_status("state"), "down");
+    assert_eq!(flaps1.to_string(), bfd_status("flap_count"));
+    assert_eq!(
+        value(&s, "pinflow_ovs_interface_cfm_flaps_total", &d3),
+        Some(cfm_flaps0 + 1.0)
+    );
+    v3.set(&v3.b, true);
+    let (s, took) = scrape_until(&pf, "BFD up again", |s| {
+        value(s, "pinflow_ovs_interface_bfd_up", &d3) == Some(1.0)
+            && value(s, "pinflow_ovs_interface_cfm_fault", &d3) == Some(0.0)
+    });
+    eprintln!("BFD up and CFM clear again after {took:?}");
+    assert_eq!(
+        value(&s, "pinflow_ovs_interface_bfd_flaps_total", &d3),
+        Some(flaps0 + 2.0)
+    );
+
+    // The tunnel's egress device loses carrier, then gets it back.
+    v4.set(&v4.b, false);
+    let (_, took) = scrape_until(&pf, "tunnel egress carrier down", |s| {
+        value(s, "pinflow_ovs_tunnel_egress_carrier_up", &vx) == Some(0.0)
+    });
+    eprintln!("tunnel egress carrier down after {took:?}");
+    v4.set(&v4.b, true);
+    scrape_until(&pf, "tunnel egress carrier up", |s| {
+        value(s, "pinflow_ovs_tunnel_egress_carrier_up", &vx) == Some(1.0)
+    });
+    // What the unixctl poll (now with bond/show, two bonds) costs: six polls' durations.
+    let mut polls: Vec<f64> = (0..6)
+        .filter_map(|_| {
+            std::thread::sleep(Duration::from_millis(1100));
+            value(
+                &pf.scrape(),
+                "pinflow_collect_duration_seconds",
+                &[("source", "ovs_unixctl")],
+            )
+        })
+        .collect();
+    polls.sort_by(f64::total_cmp);
+    eprintln!("unixctl poll durations (s): {polls:?}");
 }

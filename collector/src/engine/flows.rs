@@ -122,14 +122,15 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
                     return;
                 }
                 let snap = db_rx.borrow_and_update().clone();
-                let interfaces = if snap.connected {
-                    snap.interfaces.clone()
+                let (interfaces, links) = if snap.connected {
+                    (snap.interfaces.clone(), snap.links.clone())
                 } else {
                     Default::default()
                 };
                 state.ovs_interfaces.set_if_changed(InterfacesReport {
                     connected: snap.connected,
                     interfaces,
+                    links,
                 });
                 // Interface counters alone (every 5 s with `interface_metrics`) change nothing
                 // the rules or the port join read.

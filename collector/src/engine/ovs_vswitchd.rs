@@ -1,6 +1,6 @@
 //! The ovs-vswitchd pipeline: every `[ovs_vswitchd] interval_seconds` (default 15 s) one unixctl
-//! connection to ovs-vswitchd with one `coverage/show`, `memory/show` and `upcall/show` round trip
-//! each, and one procfs read of each OVS daemon's process; publishes a [`VswitchdReport`]. Nothing
+//! connection to ovs-vswitchd with one `coverage/show`, `memory/show`, `upcall/show` and
+//! `bond/show` round trip each, and one procfs read of each OVS daemon's process; publishes a [`VswitchdReport`]. Nothing
 //! happens per scrape: /metrics serves the last report.
 //!
 //! The values are counters and slowly moving gauges, so a 15 s poll loses nothing a 15–60 s scrape
@@ -8,6 +8,13 @@
 //! [`VswitchdReport::flow_limit`]). The source `ovs_unixctl` is down (not counted as an error)
 //! while ovs-vswitchd is not running; a restarted ovs-vswitchd is found through its new pid file on
 //! the next poll and counted in `pinflow_ovs_process_restarts_total`.
+//!
+//! Bonds: whether a member is *enabled* (may carry traffic: carrier, LACP, BFD/CFM forwarding and
+//! up/down delays all agree) is known only to ovs-vswitchd — OVSDB has no column for it (its
+//! `Interface.lacp_current` says only whether the LACP partner is current, and it lags: a partner
+//! expires after 3 LACP intervals) — so it comes from `bond/show`, one more round trip in the same
+//! poll (a few hundred bytes per bond; empty without bonds). The event-driven parts (LACP
+//! partner, BFD, CFM, carriers) come from the OVSDB monitor of the flow pipeline.
 
 use crate::model::health::SourceRegistry;
 use crate::model::ovs_vswitchd::{PROCESSES, ProcessHealth, VswitchdReport};
@@ -46,6 +53,7 @@ struct Polled {
     coverage: Vec<(&'static str, u64)>,
     memory: parse::Memory,
     upcall: Vec<crate::model::ovs_vswitchd::UpcallDatapath>,
+    bonds: Vec<crate::model::ovs_vswitchd::BondState>,
 }
 
 async fn poll_unixctl(run_dir: &Path, timeout: Duration) -> Result<Polled, UnixctlError> {
@@ -59,11 +67,13 @@ async fn poll_unixctl(run_dir: &Path, timeout: Duration) -> Result<Polled, Unixc
     let memory = parse::memory(&c.call("memory/show", &[]).await?);
     let upcall =
         parse::upcall(&c.call("upcall/show", &[]).await?).map_err(|e| bad("upcall/show", e))?;
+    let bonds = parse::bonds(&c.call("bond/show", &[]).await?).map_err(|e| bad("bond/show", e))?;
     Ok(Polled {
         pid: c.pid,
         coverage,
         memory,
         upcall,
+        bonds,
     })
 }
 
@@ -190,6 +200,7 @@ pub(crate) async fn run(cfg: VswitchdConfig, host: HostPaths, state: SharedState
                 report.handlers = p.memory.handlers;
                 report.revalidators = p.memory.revalidators;
                 report.upcall = p.upcall;
+                report.bonds = p.bonds;
             }
             Err(e) => {
                 if !e.is_unavailable() {

@@ -56,6 +56,9 @@ pub enum Presence {
     OvsVswitchd,
     /// With `[flows] interface_metrics = true`, per OVS interface OVS keeps counters for.
     InterfaceMetrics,
+    /// Per OVS bond member or interface where the link protocol is configured (bond, LACP, BFD,
+    /// CFM, a tunnel with an egress device).
+    OvsLinkFeature,
     /// With `[pinning] bpf_stats = true` (kernel BPF statistics) while an eBPF program is loaded.
     BpfStats,
     /// Per host CPU check whose inputs are known: the Nova ones with `--nova-conf`, the isolation
@@ -91,6 +94,9 @@ impl Presence {
             }
             Presence::InterfaceMetrics => {
                 "`[flows] interface_metrics = true`, per OVS interface with counters"
+            }
+            Presence::OvsLinkFeature => {
+                "per OVS bond member / interface with the feature configured (LACP, BFD, CFM, tunnel)"
             }
             Presence::BpfStats => "`[pinning] bpf_stats = true`, per eBPF program",
             Presence::HostCpuChecks => {
@@ -1140,6 +1146,130 @@ pub const IF_LINK_RESETS: Family = Family {
     ),
 };
 
+// ---- OVS bonds, LACP, BFD, CFM, tunnels (OVSDB events; bond members: unixctl) ----
+
+/// `pinflow_ovs_bond_member_enabled`.
+pub const BOND_MEMBER_ENABLED: Family = Family {
+    name: "pinflow_ovs_bond_member_enabled",
+    kind: Kind::Gauge,
+    labels: &["bridge", "bond", "member"],
+    help: "Whether the OVS bond member is enabled, i.e. may carry traffic (ovs-vswitchd bond/show)",
+    notes: "Polled with ovs-vswitchd's other unixctl values (`[ovs_vswitchd] interval_seconds`, 15 s); absent while ovs-vswitchd does not answer. `bond`: the OVSDB Port; `member`: its Interface; `bridge` from OVSDB (empty while the flows collector is off).",
+    example: "sum by (instance, bridge, bond) (pinflow_ovs_bond_member_enabled) < 2",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(0, 0, 0, "bond members (1 each; none on the reference host)"),
+};
+
+/// `pinflow_ovs_lacp_current`.
+pub const LACP_CURRENT: Family = Family {
+    name: "pinflow_ovs_lacp_current",
+    kind: Kind::Gauge,
+    labels: &["bridge", "bond", "member"],
+    help: "Whether the LACP partner information of the bond member is current, i.e. the partner answers (OVSDB Interface.lacp_current)",
+    notes: "Only members of bonds with LACP (`lacp=active|passive`). An OVSDB monitor update: it turns 0 when the partner's information expires (3 LACP intervals: 3 s with `other_config:lacp-time=fast`, 90 s with slow), not at the carrier loss itself (see `pinflow_ovs_bond_member_enabled`).",
+    example: "pinflow_ovs_lacp_current == 0",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(0, 0, 0, "members of LACP bonds (1 each)"),
+};
+
+/// `pinflow_ovs_interface_bfd_up`.
+pub const BFD_UP: Family = Family {
+    name: "pinflow_ovs_interface_bfd_up",
+    kind: Kind::Gauge,
+    labels: &["bridge", "port", "domain"],
+    help: "Whether the interface's BFD session is up (OVSDB Interface.bfd_status:state)",
+    notes: "Only interfaces with BFD enabled (`bfd:enable=true`); an OVSDB monitor update at each state change.",
+    example: "pinflow_ovs_interface_bfd_up == 0",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(0, 0, 0, "interfaces with BFD enabled (1 each)"),
+};
+
+/// `pinflow_ovs_interface_bfd_forwarding`.
+pub const BFD_FORWARDING: Family = Family {
+    name: "pinflow_ovs_interface_bfd_forwarding",
+    kind: Kind::Gauge,
+    labels: &["bridge", "port", "domain"],
+    help: "Whether BFD lets the interface forward (OVSDB Interface.bfd_status:forwarding)",
+    notes: "Only interfaces with BFD enabled. 0 while the session is down or the remote end says it cannot forward.",
+    example: "pinflow_ovs_interface_bfd_forwarding == 0",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(0, 0, 0, "interfaces with BFD enabled (1 each)"),
+};
+
+/// `pinflow_ovs_interface_bfd_flaps_total`.
+pub const BFD_FLAPS: Family = Family {
+    name: "pinflow_ovs_interface_bfd_flaps_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "BFD state changes of the interface (OVSDB Interface.bfd_status:flap_count)",
+    notes: "Only interfaces with BFD enabled. Resets when ovs-vswitchd restarts or BFD is re-enabled.",
+    example: "increase(pinflow_ovs_interface_bfd_flaps_total[1h]) > 0",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(0, 0, 0, "interfaces with BFD enabled (1 each)"),
+};
+
+/// `pinflow_ovs_interface_cfm_fault`.
+pub const CFM_FAULT: Family = Family {
+    name: "pinflow_ovs_interface_cfm_fault",
+    kind: Kind::Gauge,
+    labels: &["bridge", "port", "domain"],
+    help: "Whether CFM reports a connectivity fault on the interface (OVSDB Interface.cfm_fault)",
+    notes: "Only interfaces with CFM configured (`cfm_mpid`).",
+    example: "pinflow_ovs_interface_cfm_fault == 1",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(0, 0, 0, "interfaces with CFM (1 each)"),
+};
+
+/// `pinflow_ovs_interface_cfm_remote_up`.
+pub const CFM_REMOTE_UP: Family = Family {
+    name: "pinflow_ovs_interface_cfm_remote_up",
+    kind: Kind::Gauge,
+    labels: &["bridge", "port", "domain"],
+    help: "Whether the CFM remote end says it is operationally up (OVSDB Interface.cfm_remote_opstate)",
+    notes: "Only interfaces with CFM configured whose remote end reports its state (extended CFM).",
+    example: "pinflow_ovs_interface_cfm_remote_up == 0",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(0, 0, 0, "interfaces with CFM (1 each)"),
+};
+
+/// `pinflow_ovs_interface_cfm_flaps_total`.
+pub const CFM_FLAPS: Family = Family {
+    name: "pinflow_ovs_interface_cfm_flaps_total",
+    kind: Kind::Counter,
+    labels: &["bridge", "port", "domain"],
+    help: "CFM fault state changes of the interface (OVSDB Interface.cfm_flap_count)",
+    notes: "Only interfaces with CFM configured. Resets when ovs-vswitchd restarts.",
+    example: "increase(pinflow_ovs_interface_cfm_flaps_total[1h]) > 0",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(0, 0, 0, "interfaces with CFM (1 each)"),
+};
+
+/// `pinflow_ovs_tunnel_egress_carrier_up`.
+pub const TUNNEL_EGRESS_CARRIER: Family = Family {
+    name: "pinflow_ovs_tunnel_egress_carrier_up",
+    kind: Kind::Gauge,
+    labels: &["device"],
+    help: "Whether the device OVS tunnel ports send through has carrier (OVSDB Interface.status:tunnel_egress_iface_carrier of every tunnel port using it)",
+    notes: "`device`: `status:tunnel_egress_iface`, the device the route to a tunnel's `remote_ip` leaves through. One series per device, not per tunnel port: a Neutron or OVN host has one tunnel port per peer host, all sharing one or two devices; 0 when any tunnel port reports no carrier on it.",
+    example: "pinflow_ovs_tunnel_egress_carrier_up == 0",
+    presence: Presence::OvsLinkFeature,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "tunnels' egress devices (1 each; none on the reference host)",
+    ),
+};
+
 /// Every family, in exposition order.
 pub const ALL: &[&Family] = &[
     &INSTANCE_INFO,
@@ -1172,6 +1302,15 @@ pub const ALL: &[&Family] = &[
     &IF_TRANSMIT_DROPS,
     &IF_TRANSMIT_ERRORS,
     &IF_LINK_RESETS,
+    &BOND_MEMBER_ENABLED,
+    &LACP_CURRENT,
+    &BFD_UP,
+    &BFD_FORWARDING,
+    &BFD_FLAPS,
+    &CFM_FAULT,
+    &CFM_REMOTE_UP,
+    &CFM_FLAPS,
+    &TUNNEL_EGRESS_CARRIER,
     &DATAPATH_FLOWS,
     &DATAPATH_LOOKUPS,
     &DATAPATH_MASKS,

@@ -134,6 +134,7 @@ mod tests {
         st.ovs_interfaces.set(InterfacesReport {
             connected: true,
             interfaces: Arc::new(map.clone()),
+            ..Default::default()
         });
         let text = render(st.clone());
         for want in [
@@ -152,6 +153,7 @@ mod tests {
         st.ovs_interfaces.set(InterfacesReport {
             connected: false,
             interfaces: Arc::new(map),
+            ..Default::default()
         });
         assert!(!render(st).contains("pinflow_ovs_interface_link_up{"));
     }

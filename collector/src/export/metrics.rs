@@ -95,13 +95,16 @@ impl Collector for PinflowCollector {
         super::host_cpu::encode_host_cpu(&mut enc, &state.host_cpu.get())?;
         let flows = state.flows.get();
         super::flows::encode_flows(&mut enc, &flows, &self.limits)?;
-        super::interfaces::encode_interfaces(&mut enc, &state.ovs_interfaces.get(), &flows)?;
+        let interfaces = state.ovs_interfaces.get();
+        super::interfaces::encode_interfaces(&mut enc, &interfaces, &flows)?;
+        let vswitchd = state.vswitchd.get();
+        super::links::encode_links(&mut enc, &interfaces, &flows, &vswitchd)?;
         super::datapath::encode_datapath(
             &mut enc,
             &state.datapath.get(),
             &state.datapath_events.get(),
         )?;
-        super::ovs_vswitchd::encode_vswitchd(&mut enc, &state.vswitchd.get())?;
+        super::ovs_vswitchd::encode_vswitchd(&mut enc, &vswitchd)?;
         super::health::encode_health(&mut enc, state, &self.build)
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod health;
 mod host_cpu;
 pub(crate) mod http;
 mod interfaces;
+mod links;
 pub(crate) mod metrics;
 mod ovs_vswitchd;
 mod pinning;

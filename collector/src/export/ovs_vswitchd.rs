@@ -119,6 +119,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            bonds: Vec::new(),
         });
         let text = crate::export::metrics::render(&crate::export::metrics::registry(
             st,

@@ -57,13 +57,73 @@ pub(crate) struct Counters {
 /// Interface counters keyed by (bridge, interface name), as the OVSDB source last read them.
 pub(crate) type InterfaceMap = BTreeMap<(String, String), InterfaceStats>;
 
-/// What the flow pipeline publishes of the interfaces (only with `[flows] interface_metrics`).
+/// LACP, BFD, CFM and tunnel state of one OVS interface (OVSDB `Interface` columns
+/// `lacp_current`, `bfd_status`, `cfm_fault`, `cfm_remote_opstate`, `cfm_flap_count`,
+/// `status:tunnel_egress_iface_carrier`). Each part is `None` where the feature is not configured,
+/// so only configured features have series.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct LinkHealth {
+    /// The bond (OVSDB `Port` name) when the interface is one of several of its port.
+    pub(crate) bond: Option<String>,
+    /// `lacp_current`: the LACP partner's information is current (set only on LACP ports).
+    pub(crate) lacp_current: Option<bool>,
+    /// `bfd_status`, while BFD is enabled.
+    pub(crate) bfd: Option<BfdState>,
+    /// CFM state, while CFM is configured (`cfm_mpid`).
+    pub(crate) cfm: Option<CfmState>,
+    /// Tunnel ports that found their egress device: `status:tunnel_egress_iface` and whether
+    /// `status:tunnel_egress_iface_carrier` is `up`.
+    pub(crate) egress: Option<(String, bool)>,
+}
+
+impl LinkHealth {
+    /// Whether any part is known (an interface without LACP, BFD, CFM or tunnel state is not listed).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bond.is_none()
+            && self.lacp_current.is_none()
+            && self.bfd.is_none()
+            && self.cfm.is_none()
+            && self.egress.is_none()
+    }
+}
+
+/// `Interface.bfd_status` of an interface with BFD enabled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct BfdState {
+    /// `state` is `up`.
+    pub(crate) up: bool,
+    /// `forwarding` is `true` (BFD says the link may forward).
+    pub(crate) forwarding: bool,
+    /// `remote_state` is `up`.
+    pub(crate) remote_up: bool,
+    /// `flap_count`: state changes since BFD was enabled.
+    pub(crate) flaps: Option<u64>,
+}
+
+/// CFM columns of an interface with CFM configured.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct CfmState {
+    /// `cfm_fault`.
+    pub(crate) fault: bool,
+    /// `cfm_remote_opstate` is `up` (`None`: the remote did not say).
+    pub(crate) remote_up: Option<bool>,
+    /// `cfm_flap_count`.
+    pub(crate) flaps: Option<u64>,
+}
+
+/// Link protocol state keyed by (bridge, interface name); only interfaces with something to say.
+pub(crate) type LinkMap = BTreeMap<(String, String), LinkHealth>;
+
+/// What the flow pipeline publishes of the interfaces: counters only with
+/// `[flows] interface_metrics`, link protocol state always.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct InterfacesReport {
     /// Whether OVSDB is connected (the counters are current).
     pub(crate) connected: bool,
     /// Counters per (bridge, interface).
     pub(crate) interfaces: std::sync::Arc<InterfaceMap>,
+    /// LACP, BFD, CFM and tunnel state per (bridge, interface).
+    pub(crate) links: std::sync::Arc<LinkMap>,
 }
 
 /// A bridge with its ports (from OVSDB) and flows (from OpenFlow).

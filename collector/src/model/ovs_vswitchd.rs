@@ -81,6 +81,17 @@ pub(crate) struct VswitchdReport {
     pub(crate) upcall: Vec<UpcallDatapath>,
     /// Both daemons' processes, in [`PROCESSES`] order (each once it was first looked at).
     pub(crate) processes: Vec<ProcessHealth>,
+    /// Bonds with their members' state (`bond/show`).
+    pub(crate) bonds: Vec<BondState>,
+}
+
+/// One bond of `bond/show`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BondState {
+    /// Bond (OVSDB `Port`) name.
+    pub(crate) bond: String,
+    /// Members (interface names) and whether each is enabled (may carry traffic).
+    pub(crate) members: Vec<(String, bool)>,
 }
 
 impl VswitchdReport {

@@ -1,5 +1,6 @@
 //! OVSDB source: bridges, ports, ofports, VLAN tags and Neutron/Nova `external_ids` of Open vSwitch,
-//! read from `<ovs-run-dir>/db.sock` with the JSON-RPC `monitor` method of RFC 7047.
+//! the interfaces' link protocol state (bonds, LACP, BFD, CFM, tunnel egress carrier) and, opt-in,
+//! their link state and counters, read from `<ovs-run-dir>/db.sock` with the JSON-RPC `monitor` method of RFC 7047.
 //!
 //! The source keeps a private replica of the monitored rows ([`OvsdbState`]): the monitor reply fills
 //! it, `update` notifications change it incrementally, and each batch of changes publishes a fresh
@@ -9,7 +10,10 @@
 //! [`SourceRegistry`] under [`SOURCE`], and reconnects with exponential backoff; the replica is rebuilt
 //! from the next monitor reply, so no state survives from the old connection.
 
-use crate::model::flows::{Bridge, Counters, InterfaceMap, InterfaceStats, OvsPort};
+use crate::model::flows::{
+    BfdState, Bridge, CfmState, Counters, InterfaceMap, InterfaceStats, LinkHealth, LinkMap,
+    OvsPort,
+};
 use crate::model::health::SourceRegistry;
 use crate::sources::{CanRun, PROBE_TIMEOUT, SourceDef, block_on};
 use serde_json::{Map, Value, json};
@@ -258,6 +262,15 @@ mod decode {
         }
     }
 
+    /// A boolean column that may be empty (`["set", []]`).
+    pub(super) fn opt_bool(v: Option<&Value>) -> Option<bool> {
+        let v = v?;
+        v.as_bool().or_else(|| match set(v).as_slice() {
+            [one] => one.as_bool(),
+            _ => None,
+        })
+    }
+
     /// A string column that may be empty (`["set", []]`).
     pub(super) fn opt_str(v: Option<&Value>) -> Option<&str> {
         let v = v?;
@@ -499,6 +512,79 @@ impl OvsdbState {
     }
 }
 
+impl OvsdbState {
+    /// LACP, BFD, CFM and tunnel state of every interface that has any, keyed by (bridge,
+    /// interface). An interface is a bond member when its port has several interfaces or runs LACP.
+    pub(crate) fn links(&self) -> LinkMap {
+        let mut out = LinkMap::new();
+        let Some(bridges) = self.tables.get("Bridge") else {
+            return out;
+        };
+        for row in bridges.values() {
+            let Some(bname) = row.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let port_ids = row.get("ports").map(decode::set).unwrap_or_default();
+            for port in port_ids.into_iter().filter_map(decode::uuid) {
+                let Some(prow) = self.row("Port", port) else {
+                    continue;
+                };
+                let iface_ids: Vec<&str> = prow
+                    .get("interfaces")
+                    .map(decode::set)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(decode::uuid)
+                    .collect();
+                let several = iface_ids.len() > 1;
+                let pname = prow.get("name").and_then(Value::as_str);
+                for iface in iface_ids {
+                    let Some(irow) = self.row("Interface", iface) else {
+                        continue;
+                    };
+                    let Some(iname) = irow.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    // A port with one interface running LACP is a bond of one.
+                    let lacp = decode::opt_bool(irow.get("lacp_current")).is_some();
+                    let link = link_health(irow, pname.filter(|_| several || lacp));
+                    if !link.is_empty() {
+                        out.insert((bname.to_string(), iname.to_string()), link);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The link protocol columns of one `Interface` row (see [`LinkHealth`]).
+fn link_health(irow: &Map<String, Value>, bond: Option<&str>) -> LinkHealth {
+    let bfd_status = irow.get("bfd_status");
+    let status = irow.get("status");
+    let bfd = decode::map_get(bfd_status, "state").map(|state| BfdState {
+        up: state == "up",
+        forwarding: decode::map_get(bfd_status, "forwarding") == Some("true"),
+        remote_up: decode::map_get(bfd_status, "remote_state") == Some("up"),
+        flaps: decode::map_get(bfd_status, "flap_count").and_then(|n| n.parse().ok()),
+    });
+    let cfm = decode::opt_bool(irow.get("cfm_fault")).map(|fault| CfmState {
+        fault,
+        remote_up: decode::opt_str(irow.get("cfm_remote_opstate")).map(|s| s == "up"),
+        flaps: decode::opt_int(irow.get("cfm_flap_count")).and_then(|n| u64::try_from(n).ok()),
+    });
+    LinkHealth {
+        bond: bond.map(str::to_string),
+        lacp_current: decode::opt_bool(irow.get("lacp_current")),
+        bfd,
+        cfm,
+        egress: decode::map_get(status, "tunnel_egress_iface").and_then(|dev| {
+            let carrier = decode::map_get(status, "tunnel_egress_iface_carrier")?;
+            Some((dev.to_string(), carrier == "up"))
+        }),
+    }
+}
+
 /// What the source publishes: the bridges as of the last update.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct OvsdbSnapshot {
@@ -511,6 +597,8 @@ pub(crate) struct OvsdbSnapshot {
     pub(crate) generation: u64,
     /// Interface state and counters (only with [`OvsdbOptions::interface_stats`]).
     pub(crate) interfaces: std::sync::Arc<InterfaceMap>,
+    /// LACP, BFD, CFM and tunnel state (always monitored, see [`monitor_request`]).
+    pub(crate) links: std::sync::Arc<LinkMap>,
 }
 
 /// Tunables of [`run_ovsdb_with`]; [`OvsdbOptions::new`] gives the defaults.
@@ -569,8 +657,24 @@ pub(crate) fn can_run(run_dir: &Path) -> Result<(), String> {
 
 /// The `monitor` request for the tables and columns pinflow reads (with `interface_stats`, the
 /// interfaces' state and counters too).
+///
+/// The link protocol columns (LACP, BFD, CFM, `status` with the tunnels' egress carrier) are
+/// always monitored, with no option: ovs-vswitchd writes them only when a state changes (a
+/// partner expires, a BFD session flaps, a carrier drops), so they cost no steady-state updates,
+/// and they have series only where the feature is configured (bounded by the configuration).
 pub(crate) fn monitor_request(id: u64, interface_stats: bool) -> Value {
-    let mut iface = vec!["name", "ofport", "type", "external_ids"];
+    let mut iface = vec![
+        "name",
+        "ofport",
+        "type",
+        "external_ids",
+        "lacp_current",
+        "bfd_status",
+        "cfm_fault",
+        "cfm_remote_opstate",
+        "cfm_flap_count",
+        "status",
+    ];
     if interface_stats {
         iface.extend(["statistics", "link_state", "admin_state", "link_resets"]);
     }
@@ -745,9 +849,11 @@ async fn session(
         if changed {
             let bridges = state.bridges();
             let interfaces = std::sync::Arc::new(state.interfaces());
+            let links = std::sync::Arc::new(state.links());
             tx.send_modify(|s| {
                 s.bridges = bridges;
                 s.interfaces = interfaces;
+                s.links = links;
                 s.connected = true;
                 s.generation += 1;
             });
@@ -974,6 +1080,165 @@ mod tests {
         let req = monitor_request(0, true).to_string();
         assert!(req.contains("statistics") && req.contains("link_resets"));
         assert!(!monitor_request(0, false).to_string().contains("statistics"));
+    }
+
+    #[test]
+    fn link_protocol_state() {
+        let mut st = OvsdbState::new();
+        st.apply_update(&json!({
+            "Bridge": {"b1": {"new": {"name": "br-ex", "ports": ["set", [["uuid", "p1"], ["uuid", "p2"], ["uuid", "p3"], ["uuid", "p4"]]]}}},
+            "Port": {
+                "p1": {"new": {"name": "bond0", "interfaces": ["set", [["uuid", "i1"], ["uuid", "i2"]]]}},
+                "p2": {"new": {"name": "vx1", "interfaces": ["uuid", "i3"]}},
+                "p3": {"new": {"name": "plain", "interfaces": ["uuid", "i4"]}},
+                "p4": {"new": {"name": "lag1", "interfaces": ["uuid", "i5"]}}
+            },
+            "Interface": {
+                "i1": {"new": {"name": "eth0", "lacp_current": true, "bfd_status": ["map", []],
+                    "cfm_fault": ["set", []], "status": ["map", [["driver_name", "veth"]]]}},
+                "i2": {"new": {"name": "eth1", "lacp_current": ["set", [false]]}},
+                "i3": {"new": {"name": "vx1", "lacp_current": ["set", []],
+                    "bfd_status": ["map", [["state", "up"], ["forwarding", "true"],
+                        ["remote_state", "up"], ["flap_count", "2"], ["diagnostic", "No Diagnostic"]]],
+                    "cfm_fault": false, "cfm_remote_opstate": "down", "cfm_flap_count": 4,
+                    "status": ["map", [["tunnel_egress_iface", "eth9"], ["tunnel_egress_iface_carrier", "down"]]]}},
+                "i4": {"new": {"name": "plain", "lacp_current": ["set", []], "bfd_status": ["map", []],
+                    "cfm_fault": ["set", []], "cfm_flap_count": ["set", []], "status": ["map", []]}},
+                "i5": {"new": {"name": "eth5", "lacp_current": false}}
+            }
+        }))
+        .unwrap();
+        let l = st.links();
+        let key = |i: &str| ("br-ex".to_string(), i.to_string());
+        assert_eq!(l.len(), 4, "{l:?}");
+        assert!(!l.contains_key(&key("plain")));
+        assert_eq!(
+            (
+                l[&key("eth0")].bond.as_deref(),
+                l[&key("eth0")].lacp_current
+            ),
+            (Some("bond0"), Some(true))
+        );
+        assert_eq!(l[&key("eth1")].lacp_current, Some(false));
+        assert_eq!(l[&key("eth5")].bond.as_deref(), Some("lag1"));
+        let vx = &l[&key("vx1")];
+        assert_eq!(vx.bond, None);
+        assert_eq!(
+            vx.bfd,
+            Some(BfdState {
+                up: true,
+                forwarding: true,
+                remote_up: true,
+                flaps: Some(2)
+            })
+        );
+        assert_eq!(
+            vx.cfm,
+            Some(CfmState {
+                fault: false,
+                remote_up: Some(false),
+                flaps: Some(4)
+            })
+        );
+        assert_eq!(vx.egress, Some(("eth9".to_string(), false)));
+        // BFD goes down: a modification of the row.
+        st.apply_update(&json!({"Interface": {"i3": {"new": {"bfd_status": ["map", [
+            ["state", "down"], ["forwarding", "false"], ["remote_state", "down"], ["flap_count", "3"]]]}}}}))
+            .unwrap();
+        let vx = &st.links()[&key("vx1")];
+        assert_eq!(
+            vx.bfd.as_ref().map(|b| (b.up, b.forwarding, b.flaps)),
+            Some((false, false, Some(3)))
+        );
+        let req = monitor_request(0, false).to_string();
+        assert!(req.contains("bfd_status") && req.contains("lacp_current"));
+    }
+
+    /// A real capture (bonds with LACP, BFD and CFM, a tunnel) replayed: what each step changes.
+    #[test]
+    fn replays_captured_link_protocol_session() {
+        let cap: Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/ovsdb/links.json"
+        )))
+        .expect("fixture parses");
+        let mut st = OvsdbState::new();
+        let apply = |st: &mut OvsdbState, step: &str| {
+            for msg in cap[step].as_array().expect("step") {
+                match classify(msg).expect("classify") {
+                    Message::Reply { result, .. } => st.apply_update(result),
+                    Message::Update { table_updates } => st.apply_update(table_updates),
+                    other => panic!("unexpected {other:?}"),
+                }
+                .expect("applies");
+            }
+        };
+        let key = |b: &str, i: &str| (b.to_string(), i.to_string());
+        apply(&mut st, "initial");
+        let l = st.links();
+        // 4 bond members, 2 BFD/CFM ends, 1 tunnel; bridges' internal ports have nothing.
+        assert_eq!(l.len(), 7, "{l:?}");
+        for (b, bond, m) in [
+            ("pflc-br0", "pflc-bond0", "pflc-a1"),
+            ("pflc-br0", "pflc-bond0", "pflc-a2"),
+            ("pflc-br1", "pflc-bond1", "pflc-b1"),
+            ("pflc-br1", "pflc-bond1", "pflc-b2"),
+        ] {
+            let h = &l[&key(b, m)];
+            assert_eq!(
+                (h.bond.as_deref(), h.lacp_current),
+                (Some(bond), Some(true))
+            );
+            assert_eq!((&h.bfd, &h.cfm, &h.egress), (&None, &None, &None));
+        }
+        let a3 = &l[&key("pflc-br0", "pflc-a3")];
+        assert_eq!(
+            a3.bfd,
+            Some(BfdState {
+                up: true,
+                forwarding: true,
+                remote_up: true,
+                flaps: Some(1)
+            })
+        );
+        assert_eq!(
+            a3.cfm,
+            Some(CfmState {
+                fault: false,
+                remote_up: None,
+                flaps: Some(0)
+            })
+        );
+        assert_eq!((a3.bond.as_deref(), a3.lacp_current), (None, None));
+        assert_eq!(
+            l[&key("pflc-br0", "pflc-vx")].egress,
+            Some(("pflc-a4".to_string(), true))
+        );
+
+        apply(&mut st, "bond_link_down");
+        let l = st.links();
+        assert_eq!(l[&key("pflc-br0", "pflc-a2")].lacp_current, Some(false));
+        assert_eq!(l[&key("pflc-br1", "pflc-b2")].lacp_current, Some(false));
+        assert_eq!(l[&key("pflc-br0", "pflc-a1")].lacp_current, Some(true));
+
+        apply(&mut st, "bfd_link_down");
+        let a3 = &st.links()[&key("pflc-br0", "pflc-a3")];
+        assert_eq!(
+            a3.bfd
+                .as_ref()
+                .map(|b| (b.up, b.forwarding, b.remote_up, b.flaps)),
+            Some((false, false, false, Some(2)))
+        );
+        assert_eq!(
+            a3.cfm.as_ref().map(|c| (c.fault, c.flaps)),
+            Some((true, Some(1)))
+        );
+
+        apply(&mut st, "tunnel_carrier_down");
+        assert_eq!(
+            st.links()[&key("pflc-br0", "pflc-vx")].egress,
+            Some(("pflc-a4".to_string(), false))
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! skip what they do not (other OVS versions add lines and fields); a reply without the parts a
 //! command always prints is an error naming what is missing.
 
-use crate::model::ovs_vswitchd::{COVERAGE_EVENTS, OBJECT_KINDS, UpcallDatapath};
+use crate::model::ovs_vswitchd::{BondState, COVERAGE_EVENTS, OBJECT_KINDS, UpcallDatapath};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -158,6 +158,55 @@ pub(crate) fn upcall(text: &str) -> Result<Vec<UpcallDatapath>, String> {
 }
 
 /// The value of `name : value` (any spacing around the colon).
+/// `bond/show`: each bond's members and whether each is enabled (empty text: no bonds).
+///
+/// ```text
+/// ---- bond0 ----
+/// bond_mode: balance-tcp
+/// …
+/// member eth0: enabled
+///   active member
+///   may_enable: true
+///
+/// member eth1: disabled
+/// ```
+///
+/// OVS before 2.16 says `slave` for `member`. Member lines outside a bond block are an error.
+pub(crate) fn bonds(text: &str) -> Result<Vec<BondState>, String> {
+    let mut out: Vec<BondState> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" ----"))
+        {
+            out.push(BondState {
+                bond: name.to_string(),
+                members: Vec::new(),
+            });
+            continue;
+        }
+        let Some(rest) = line
+            .strip_prefix("member ")
+            .or_else(|| line.strip_prefix("slave "))
+        else {
+            continue;
+        };
+        let Some((member, state)) = rest.rsplit_once(": ") else {
+            continue;
+        };
+        let enabled = match state.trim() {
+            "enabled" => true,
+            "disabled" => false,
+            _ => continue,
+        };
+        let bond = out
+            .last_mut()
+            .ok_or_else(|| format!("bond/show: member {member:?} before any bond"))?;
+        bond.members.push((member.to_string(), enabled));
+    }
+    Ok(out)
+}
+
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let rest = line.strip_prefix(name)?.trim_start().strip_prefix(':')?;
     Some(rest.trim())
@@ -247,9 +296,33 @@ dpif_flow_put              0.0/sec     0.000/sec        0.0000/sec   total: 25
             (dps[1].flows, dps[1].flow_limit, dps[1].ukeys),
             (1, 10000, 1)
         );
+        let b = bonds(&fx("bond-show.txt")).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].bond, "pflx-bond0");
+        assert_eq!(
+            b[0].members,
+            [
+                ("pflx-a1".to_string(), true),
+                ("pflx-a2".to_string(), false)
+            ]
+        );
+        assert_eq!(b[1].members.len(), 2);
         let stat = fx("proc-stat.txt");
         let s = super::super::process::parse(1, &stat, &fx("proc-status.txt"), 100.0).unwrap();
         assert!(s.threads >= 2 && s.resident_bytes > 0, "{s:?}");
+    }
+
+    #[test]
+    fn bond_show_variants() {
+        assert!(bonds("").unwrap().is_empty());
+        let old = "---- b ----\nbond_mode: active-backup\n\nslave e0: enabled\n  active slave\n\
+                   slave e:1: disabled\nmember e2: unknown\nmember junk\n";
+        let b = bonds(old).unwrap();
+        assert_eq!(
+            b[0].members,
+            [("e0".to_string(), true), ("e:1".to_string(), false)]
+        );
+        assert!(bonds("member e0: enabled\n").is_err());
     }
 
     #[test]
