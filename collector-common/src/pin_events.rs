@@ -15,15 +15,6 @@
 //! - [`EVENTS_MAP`]: ring buffer of [`PinEvent`]s, [`RING_BYTES`] bytes.
 //! - [`LOST_MAP`]: `Array<u64>` of one counter: events the full ring buffer refused (userspace
 //!   then reconciles everything).
-//! - [`SEEN_MAP`]: `HashMap<u32, TaskSeen>`, per watched thread the allowed CPUs and scheduling
-//!   policy last seen; userspace creates the entries (with what it read), the sweep updates them.
-//!
-//! The sweep ([`PROG_SWEEP`], a `bpf_iter/task` program) walks every task when userspace reads
-//! the iterator, compares each watched thread's `cpus_mask`, `policy` and `rt_priority` with its
-//! [`SEEN_MAP`] entry, and writes the tid (4 bytes, native endian) of each that differs, updating
-//! the entry: one read instead of a `sched_getaffinity(2)` per thread. The walk ends with a
-//! trailer: tid 0, then the number of watched threads it visited (fewer than watched: one is
-//! gone).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -61,35 +52,6 @@ pub const PROG_CGROUP_ATTACH_RAW: &str = "pf_ev_cgroup_attach_raw";
 /// Global: `offsetof(struct task_struct, pid)` for the raw tracepoint program (kernel BTF).
 pub const GLOBAL_TASK_PID_OFFSET: &str = "PF_EV_TASK_PID_OFF";
 
-/// Name of the last-seen map in the object.
-pub const SEEN_MAP: &str = "PIN_EV_SEEN";
-/// Name of the sweep's visit counter (an `Array<u32>` of one entry, the sweep's own).
-pub const SWEEP_VISITS_MAP: &str = "PIN_EV_SWEEP_VISITS";
-/// The task iterator program.
-pub const PROG_SWEEP: &str = "pf_ev_sweep";
-/// Global: `offsetof(struct task_struct, cpus_mask)` (kernel BTF).
-pub const GLOBAL_TASK_CPUS_MASK_OFFSET: &str = "PF_EV_TASK_CPUS_MASK_OFF";
-/// Global: bytes of `cpus_mask` the sweep compares (at most [`SEEN_MASK_WORDS`] × 8).
-pub const GLOBAL_TASK_CPUS_MASK_BYTES: &str = "PF_EV_TASK_CPUS_MASK_BYTES";
-/// Global: `offsetof(struct task_struct, policy)` (kernel BTF).
-pub const GLOBAL_TASK_POLICY_OFFSET: &str = "PF_EV_TASK_POLICY_OFF";
-/// Global: `offsetof(struct task_struct, rt_priority)` (kernel BTF).
-pub const GLOBAL_TASK_RT_PRIORITY_OFFSET: &str = "PF_EV_TASK_RT_PRIORITY_OFF";
-/// Words of `cpus_mask` kept per thread: CPUs 0–1023 (as the sched probe's pin masks).
-pub const SEEN_MASK_WORDS: usize = 16;
-
-/// What the sweep last saw of a watched thread.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct TaskSeen {
-    /// `cpus_mask`, CPU 0 in bit 0 of word 0 (words beyond the kernel's mask stay 0).
-    pub mask: [u64; SEEN_MASK_WORDS],
-    /// `policy` (`SCHED_OTHER` 0, `SCHED_FIFO` 1, …).
-    pub policy: u32,
-    /// `rt_priority`.
-    pub rt_priority: u32,
-}
-
 /// A thread's affinity was set (`sched_setaffinity` returned 0).
 pub const KIND_AFFINITY: u32 = 1;
 /// A thread was attached to another cgroup.
@@ -111,13 +73,6 @@ impl PinEvent {
         let b = b.get(..core::mem::size_of::<PinEvent>())?;
         Some(bytemuck::pod_read_unaligned(b))
     }
-}
-
-#[cfg(feature = "user")]
-#[allow(unsafe_code)] // aya::Pod is an unsafe trait.
-mod user {
-    // SAFETY: `#[repr(C)]`, every bit pattern valid, no padding (bytemuck's Pod derive checks).
-    unsafe impl aya::Pod for super::TaskSeen {}
 }
 
 #[cfg(test)]

@@ -652,7 +652,7 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
         .unwrap_or_default()
         .to_string();
     assert!(
-        procfs.contains("events mode") && procfs.contains("by the eBPF task sweep"),
+        procfs.contains("events mode") && procfs.contains("by sched_getaffinity(2)"),
         "the manifest's pod runs the cheap affinity check: {procfs}"
     );
     assert_eq!(info[0].labels["name"], "deploy-vm");

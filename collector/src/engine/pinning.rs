@@ -27,7 +27,7 @@ use crate::model::health::BpfProgramCost;
 use crate::model::inventory::HostInventory;
 use crate::model::pinning::{
     DomainObservation, HostNode, NumaObservation, PinningMode, PinningPasses, PinningReport,
-    PlacementSample, ThreadState,
+    PlacementSample,
 };
 use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
@@ -36,8 +36,6 @@ use crate::sources::procfs::{HostFs, ProcError};
 use crate::sources::sched_bpf::SchedProbe;
 use crate::sources::sched_bpf::events::{self, PinEventReader, PinEvents};
 use crate::sources::{HostPaths, procfs, sched_bpf};
-use bytemuck::Zeroable as _;
-use collector_common::pin_events::TaskSeen;
 use inotify::WatchDescriptor;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -439,33 +437,13 @@ impl PinningEngine {
         }
     }
 
-    /// The threads a tick finds changed, each re-read by a targeted pass. With the eBPF task
-    /// sweep (events mode on a procfs root showing our pid namespace): those it reports, from
-    /// one read of the iterator. Else, without the syscall affinity events
-    /// (`affinity_events = false`), those whose affinity differs from the last pass's, by one
-    /// `sched_getaffinity(2)` each; and, always, those with a `<vcpusched>` or `<iothreadsched>`
-    /// whose policy or priority differs (one `stat` read each). A thread that is gone counts as
-    /// moved: the targeted pass finds out. `None` when there is nothing to check.
-    fn affinity_moved(&mut self) -> Option<BTreeSet<u32>> {
-        if self.hostfs.is_live()
-            && let Some(probe) = self.events.as_mut().and_then(|ev| ev.probe.as_mut())
-            && probe.sweep_unavailable().is_none()
-        {
-            let _reading = self.state.sources.collect(procfs::SOURCE.name);
-            match probe.sweep() {
-                Ok(r) if r.missing == 0 => return Some(r.changed.into_iter().collect()),
-                // A watched thread is gone: the syscalls below find which.
-                Ok(_) => {}
-                Err(e) => {
-                    self.state.sources.errors(procfs::SOURCE.name, 1);
-                    tracing::debug!(error = %e, "task sweep failed; checking by syscalls");
-                }
-            }
-        }
-        self.affinity_moved_by_syscalls()
-    }
-
-    fn affinity_moved_by_syscalls(&self) -> Option<BTreeSet<u32>> {
+    /// The threads a tick finds changed, each re-read by a targeted pass: without the syscall
+    /// affinity events (`affinity_events = false`), those whose affinity differs from the last
+    /// pass's, by one `sched_getaffinity(2)` each; and, always, those with a `<vcpusched>` or
+    /// `<iothreadsched>` whose policy or priority differs (one `stat` read each: no kernel event
+    /// tells of `sched_setscheduler`). A thread that is gone counts as moved: the targeted pass
+    /// finds out. `None` when there is nothing to check.
+    fn affinity_moved(&self) -> Option<BTreeSet<u32>> {
         let affinity = !self.cfg.affinity_events;
         let sched: Vec<BTreeSet<u32>> = self.cache.iter().map(sched_tids).collect();
         if !affinity && sched.iter().all(BTreeSet::is_empty) {
@@ -522,23 +500,13 @@ impl PinningEngine {
                 ev.probe.as_ref().map_or(0, PinEvents::watched),
                 ev.cgroups.len(),
                 self.cfg.reconcile_seconds,
-                match (
-                    self.cfg.affinity_events,
-                    self.hostfs.is_live(),
-                    ev.probe.as_ref().and_then(PinEvents::sweep_unavailable),
-                ) {
-                    (true, ..) => "affinity by eBPF syscall events".to_string(),
-                    (false, true, None) => "affinity and scheduling policy checked every \
-                                            interval by the eBPF task sweep (one read)"
-                        .to_string(),
-                    (false, true, Some(why)) => format!(
-                        "affinity checked every interval by sched_getaffinity(2) (no eBPF task \
-                         sweep: {why})"
-                    ),
-                    (false, false, _) => "affinity checked every interval from status files \
-                                          (the procfs root shows another pid namespace: \
-                                          hostPID makes this one eBPF read)"
-                        .to_string(),
+                match (self.cfg.affinity_events, self.hostfs.is_live()) {
+                    (true, _) => "affinity by eBPF syscall events",
+                    (false, true) => "affinity checked every interval by sched_getaffinity(2)",
+                    (false, false) => {
+                        "affinity checked every interval from status files (the procfs root \
+                         shows another pid namespace: hostPID makes this one syscall per thread)"
+                    }
                 }
             ),
             (None, Some(reason)) => format!("polling mode (event programs unavailable: {reason})"),
@@ -792,19 +760,7 @@ impl PinningEngine {
         }
         ev.dirs_of.retain(|k, _| paths.contains(k.as_str()));
         let dirs: HashSet<PathBuf> = ev.dir_domains.keys().cloned().collect();
-        let sweep_failed = match ev.probe.as_mut() {
-            Some(p) if self.hostfs.is_live() && p.sweep_unavailable().is_none() => {
-                let seen: HashMap<u32, TaskSeen> = self
-                    .cache
-                    .iter()
-                    .flat_map(|o| o.threads.iter())
-                    .map(|(&tid, t)| (tid, task_seen(t)))
-                    .collect();
-                p.sync_sweep(&seen)
-            }
-            _ => 0,
-        };
-        ev.probe.as_mut().map_or(0, |p| p.sync(&ids)) + ev.cgroups.sync(&dirs) + sweep_failed
+        ev.probe.as_mut().map_or(0, |p| p.sync(&ids)) + ev.cgroups.sync(&dirs)
     }
 
     /// [`Self::publish`] under the sched probe's collection (its health and BPF costs).
@@ -1028,19 +984,6 @@ impl PinningEngine {
             self.last_errors.insert(key.to_string(), msg.to_string());
         }
     }
-}
-
-/// What the task sweep starts from for a thread: what the pass read.
-fn task_seen(t: &ThreadState) -> TaskSeen {
-    let mut seen = TaskSeen::zeroed();
-    for cpu in t.affinity.iter() {
-        if let Some(w) = seen.mask.get_mut((cpu / 64) as usize) {
-            *w |= 1 << (cpu % 64);
-        }
-    }
-    seen.policy = t.policy.unwrap_or(0);
-    seen.rt_priority = t.rt_priority;
-    seen
 }
 
 /// How often at most an idle tick publishes placement counters that changed without changing a

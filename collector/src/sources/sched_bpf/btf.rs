@@ -272,11 +272,11 @@ impl<'a> Btf<'a> {
         None
     }
 
-    /// Id of the first type of `kind` named `name`, if there is one.
-    fn named_id(&self, kind: u8, name: &[u8]) -> Option<u32> {
+    /// Id of the typedef named `name`, if there is one.
+    fn typedef_id(&self, name: &[u8]) -> Option<u32> {
         let i = self
             .records()
-            .position(|t| t.kind == kind && self.name(t.name_off) == name)?;
+            .position(|t| t.kind == KIND_TYPEDEF && self.name(t.name_off) == name)?;
         u32::try_from(i + 1).ok()
     }
 }
@@ -405,25 +405,7 @@ pub(crate) struct SchedFacts {
     pub(crate) task_flags: Option<MemberLoc>,
     /// Type id of the typedef `btf_trace_sched_switch` (what `tp_btf/sched_switch` attaches to).
     pub(crate) sched_switch_typedef: Option<u32>,
-    /// What the pinning event probe's task sweep reads, when all of it is found.
-    pub(crate) sweep: Option<SweepFacts>,
 }
-
-/// What the task sweep (`iter/task`) needs: its attach target and three `task_struct` members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SweepFacts {
-    /// Type id of the function `bpf_iter_task` (what an `iter/task` program attaches to).
-    pub(crate) iter_task_func: u32,
-    /// `task_struct.cpus_mask` (its size is the kernel's `NR_CPUS` / 8).
-    pub(crate) cpus_mask: MemberLoc,
-    /// `task_struct.policy` (4 bytes).
-    pub(crate) policy: MemberLoc,
-    /// `task_struct.rt_priority` (4 bytes).
-    pub(crate) rt_priority: MemberLoc,
-}
-
-/// The function an `iter/task` program names as its attach target.
-pub(crate) const ITER_TASK_FUNC: &str = "bpf_iter_task";
 
 /// The typedef a `tp_btf/sched_switch` program names as its attach target.
 pub(crate) const SCHED_SWITCH_TYPEDEF: &str = "btf_trace_sched_switch";
@@ -438,24 +420,7 @@ pub(crate) fn sched_facts_in_file(path: &Path) -> Result<SchedFacts, BtfError> {
         task_flags: member_offset_in(&btf, "task_struct", "flags")
             .ok()
             .filter(|l| l.size == 4),
-        sched_switch_typedef: btf.named_id(KIND_TYPEDEF, SCHED_SWITCH_TYPEDEF.as_bytes()),
-        sweep: sweep_facts(&btf),
-    })
-}
-
-fn sweep_facts(btf: &Btf<'_>) -> Option<SweepFacts> {
-    let four = |m: &str| {
-        member_offset_in(btf, "task_struct", m)
-            .ok()
-            .filter(|l| l.size == 4)
-    };
-    Some(SweepFacts {
-        iter_task_func: btf.named_id(KIND_FUNC, ITER_TASK_FUNC.as_bytes())?,
-        cpus_mask: member_offset_in(btf, "task_struct", "cpus_mask")
-            .ok()
-            .filter(|l| l.size >= 8)?,
-        policy: four("policy")?,
-        rt_priority: four("rt_priority")?,
+        sched_switch_typedef: btf.typedef_id(SCHED_SWITCH_TYPEDEF.as_bytes()),
     })
 }
 
@@ -465,16 +430,6 @@ fn sweep_facts(btf: &Btf<'_>) -> Option<SweepFacts> {
 /// once aya has parsed them) at ~12 bytes per id below the target's (ids of `btf_trace_*`
 /// typedefs are low: ~10 000 on a 6.18 kernel).
 pub(crate) fn typedef_stub(name: &str, id: u32) -> Vec<u8> {
-    name_stub(KIND_TYPEDEF, name, id)
-}
-
-/// The same for the function `name` (what `Iter::load` looks up: `bpf_iter_task`, id ~64 000 on
-/// a 6.18 kernel, so a ~770 KB stub).
-pub(crate) fn func_stub(name: &str, id: u32) -> Vec<u8> {
-    name_stub(KIND_FUNC, name, id)
-}
-
-fn name_stub(kind: u8, name: &str, id: u32) -> Vec<u8> {
     let fillers = id.saturating_sub(1) as usize;
     let type_len = (fillers + 1) * 12;
     let strings: Vec<u8> = [b"\0", name.as_bytes(), b"\0"].concat();
@@ -493,7 +448,7 @@ fn name_stub(kind: u8, name: &str, id: u32) -> Vec<u8> {
             out.extend(v.to_le_bytes());
         }
     }
-    for v in [1u32, u32::from(kind) << 24, 0] {
+    for v in [1u32, u32::from(KIND_TYPEDEF) << 24, 0] {
         out.extend(v.to_le_bytes());
     }
     out.extend(strings);
@@ -584,25 +539,11 @@ mod tests {
             let stub = typedef_stub("btf_trace_sched_switch", id);
             let btf = Btf::parse(&stub).expect("stub parses");
             assert_eq!(btf.types.len(), id as usize);
-            assert_eq!(
-                btf.named_id(KIND_TYPEDEF, b"btf_trace_sched_switch"),
-                Some(id)
-            );
-            assert_eq!(btf.named_id(KIND_TYPEDEF, b"btf_trace_sched_wakeup"), None);
+            assert_eq!(btf.typedef_id(b"btf_trace_sched_switch"), Some(id));
+            assert_eq!(btf.typedef_id(b"btf_trace_sched_wakeup"), None);
             let aya_btf = aya::Btf::parse(&stub, aya::Endianness::default()).expect("aya parses");
             drop(aya_btf);
         }
-        let stub = func_stub(ITER_TASK_FUNC, 64_247);
-        let btf = Btf::parse(&stub).expect("stub parses");
-        assert_eq!(btf.named_id(KIND_FUNC, b"bpf_iter_task"), Some(64_247));
-        assert_eq!(btf.named_id(KIND_TYPEDEF, b"bpf_iter_task"), None);
-        let aya_btf = aya::Btf::parse(&stub, aya::Endianness::default()).expect("aya parses");
-        assert_eq!(
-            aya_btf
-                .id_by_type_name_kind("bpf_iter_task", aya_obj::btf::BtfKind::Func)
-                .ok(),
-            Some(64_247)
-        );
     }
 
     #[test]
@@ -663,9 +604,5 @@ mod tests {
             loc.offset + 4,
             "tgid follows pid in task_struct"
         );
-        let sweep = facts.sweep.expect("the sweep's facts in vmlinux BTF");
-        assert!(sweep.iter_task_func > 0);
-        assert!(sweep.cpus_mask.size.is_multiple_of(8) && sweep.cpus_mask.offset > 0);
-        assert!(sweep.policy.offset > 0 && sweep.rt_priority.offset > 0);
     }
 }

@@ -18,27 +18,17 @@
 //! alternating runs). `cgroup_attach_task` alone costs nothing outside cgroup moves. Where
 //! trampolines are allowed, an `fentry` on `sched_setaffinity`, or reading the watched threads'
 //! `cpus_mask` in the sched_switch program, would avoid that tax.
-//!
-//! Without them, the **sweep** finds affinity and scheduling-policy changes: a `bpf_iter/task`
-//! program (attached through a stand-in BTF holding `bpf_iter_task` at its kernel id, like the
-//! sched probe's `tp_btf`) compares every watched thread's `cpus_mask`, `policy` and
-//! `rt_priority` with what it last saw, and one read of the iterator per tick lists the threads
-//! that changed. It replaces one `sched_getaffinity(2)` per watched thread per tick (and a `stat`
-//! read per `<vcpusched>` thread). The walk visits every task of the reader's pid namespace, so
-//! it needs the host's (the DaemonSet's `hostPID`).
 
-use std::collections::{HashMap, HashSet};
-use std::io::{self, Read as _};
+use std::collections::HashSet;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
+use aya::Ebpf;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, RingBuf};
-use aya::programs::{Iter, RawTracePoint, TracePoint};
-use aya::{Btf, Ebpf, Endianness};
-use collector_common::pin_events::{self as layout, MAX_WATCHED_IDS, PinEvent, TaskSeen};
+use aya::programs::{RawTracePoint, TracePoint};
+use collector_common::pin_events::{self as layout, MAX_WATCHED_IDS, PinEvent};
 
-use super::btf::{self, SweepFacts};
-use super::shadow::ShadowedMap;
 use super::{chain, ebpf_object, has_eperm, missing_bpf_capabilities, tracefs};
 use crate::model::health::BpfProgramCost;
 
@@ -90,10 +80,9 @@ fn field(category: &str, name: &str, f: &str, size: u32) -> Result<u32, EventsEr
 
 /// The attached event programs and the map of ids they report. Dropping it detaches them.
 pub(crate) struct PinEvents {
-    watch: ShadowedMap<u32>,
+    watch: BpfHashMap<MapData, u32, u32>,
     lost: Array<MapData, u64>,
-    /// The sweep's last-seen map, or why the sweep is unavailable.
-    sweep: Result<ShadowedMap<TaskSeen>, String>,
+    watched: HashSet<u32>,
     /// Owns the programs and their links.
     ebpf: Ebpf,
 }
@@ -101,18 +90,9 @@ pub(crate) struct PinEvents {
 impl std::fmt::Debug for PinEvents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinEvents")
-            .field("watched", &self.watch.len())
+            .field("watched", &self.watched.len())
             .finish_non_exhaustive()
     }
-}
-
-/// What one sweep found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct SweepResult {
-    /// Watched threads whose affinity, policy or real-time priority changed since last seen.
-    pub(crate) changed: Vec<u32>,
-    /// Watched threads the walk did not find (exited, or in no task list it could see).
-    pub(crate) missing: usize,
 }
 
 /// The ring buffer the programs write to; read on a thread of its own ([`wait_readable`]).
@@ -150,31 +130,12 @@ impl PinEvents {
         }
         // The cgroup program attaches to the raw tracepoint where kernel BTF gives
         // `task_struct.pid` (no tracefs, no perf event), else to the classic one.
-        let facts = btf::sched_facts_in_file(std::path::Path::new(btf::VMLINUX_BTF));
-        let task_pid = facts
-            .as_ref()
-            .ok()
-            .map(|f| f.task_pid)
-            .filter(|loc| loc.size == 4)
-            .map(|loc| loc.offset);
-        let sweep_facts = match &facts {
-            Ok(f) => f.sweep.ok_or_else(|| {
-                "kernel BTF lacks bpf_iter_task or task_struct's cpus_mask/policy/rt_priority"
-                    .to_string()
-            }),
-            Err(e) => Err(format!("kernel BTF: {}", chain(e))),
-        };
-        let sweep_facts = sweep_facts.and_then(|f| match task_pid {
-            Some(_) => Ok(f),
-            None => Err("kernel BTF lacks task_struct.pid".to_string()),
-        });
-        let zero = SweepFacts {
-            iter_task_func: 0,
-            cpus_mask: btf::MemberLoc { offset: 0, size: 0 },
-            policy: btf::MemberLoc { offset: 0, size: 0 },
-            rt_priority: btf::MemberLoc { offset: 0, size: 0 },
-        };
-        let sf = sweep_facts.as_ref().copied().unwrap_or(zero);
+        let task_pid =
+            super::btf::sched_facts_in_file(std::path::Path::new(super::btf::VMLINUX_BTF))
+                .ok()
+                .map(|f| f.task_pid)
+                .filter(|loc| loc.size == 4)
+                .map(|loc| loc.offset);
         let (enter_pid, exit_ret) = if affinity {
             (
                 field("syscalls", "sys_enter_sched_setaffinity", "pid", 8)?,
@@ -193,19 +154,7 @@ impl PinEvents {
             .override_global(layout::GLOBAL_ENTER_PID_OFFSET, &enter_pid, true)
             .override_global(layout::GLOBAL_EXIT_RET_OFFSET, &exit_ret, true)
             .override_global(layout::GLOBAL_ATTACH_PID_OFFSET, &attach_pid, true)
-            .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true)
-            .override_global(
-                layout::GLOBAL_TASK_CPUS_MASK_OFFSET,
-                &sf.cpus_mask.offset,
-                true,
-            )
-            .override_global(layout::GLOBAL_TASK_CPUS_MASK_BYTES, &sf.cpus_mask.size, true)
-            .override_global(layout::GLOBAL_TASK_POLICY_OFFSET, &sf.policy.offset, true)
-            .override_global(
-                layout::GLOBAL_TASK_RT_PRIORITY_OFFSET,
-                &sf.rt_priority.offset,
-                true,
-            );
+            .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true);
         let mut ebpf = loader
             .load(ebpf_object())
             .map_err(|e| failed("loading the eBPF object", &e))?;
@@ -258,15 +207,11 @@ impl PinEvents {
         let watch = BpfHashMap::try_from(watch).map_err(map_err(layout::WATCH_MAP))?;
         let lost = Array::try_from(lost).map_err(map_err(layout::LOST_MAP))?;
         let ring = RingBuf::try_from(ring).map_err(map_err(layout::EVENTS_MAP))?;
-        let sweep = sweep_facts.and_then(|f| load_sweep(&mut ebpf, f));
-        if let Err(e) = &sweep {
-            tracing::info!("pinning: no eBPF task sweep ({e}); affinity checked by syscalls");
-        }
         Ok((
             PinEvents {
-                watch: ShadowedMap::new(watch, MAX_WATCHED_IDS as usize),
+                watch,
                 lost,
-                sweep,
+                watched: HashSet::new(),
                 ebpf,
             },
             PinEventReader { ring },
@@ -276,53 +221,37 @@ impl PinEvents {
     /// Makes the reported ids exactly `ids` (thread ids and process ids), changing only the
     /// difference. Returns how many map updates failed (ids beyond the map's capacity included).
     pub(crate) fn sync(&mut self, ids: &HashSet<u32>) -> u64 {
-        self.watch.sync(ids, |_| 1)
+        let mut failed = 0u64;
+        let gone: Vec<u32> = self.watched.difference(ids).copied().collect();
+        for id in gone {
+            match self.watch.remove(&id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {
+                    self.watched.remove(&id);
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        for &id in ids {
+            if self.watched.contains(&id) {
+                continue;
+            }
+            if self.watched.len() >= MAX_WATCHED_IDS as usize {
+                failed += 1;
+                continue;
+            }
+            match self.watch.insert(id, 1, 0) {
+                Ok(()) => {
+                    self.watched.insert(id);
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        failed
     }
 
     /// Number of ids reported.
     pub(crate) fn watched(&self) -> usize {
-        self.watch.len()
-    }
-
-    /// Why there is no sweep, if there is none.
-    pub(crate) fn sweep_unavailable(&self) -> Option<&str> {
-        self.sweep.as_ref().err().map(String::as_str)
-    }
-
-    /// Makes the sweep watch exactly the threads of `threads`, a new one starting from the state
-    /// given (what userspace read: a difference is reported by the next sweep). Returns how many
-    /// map updates failed; 0 without a sweep.
-    pub(crate) fn sync_sweep(&mut self, threads: &HashMap<u32, TaskSeen>) -> u64 {
-        let Ok(seen) = &mut self.sweep else {
-            return 0;
-        };
-        let ids: HashSet<u32> = threads.keys().copied().collect();
-        seen.sync(&ids, |tid| threads
-            .get(&tid)
-            .copied()
-            .unwrap_or_else(bytemuck::Zeroable::zeroed))
-    }
-
-    /// Walks every task once (one read of the iterator): the watched threads that changed
-    /// since the last walk, and how many were not found.
-    pub(crate) fn sweep(&mut self) -> Result<SweepResult, String> {
-        let watched = match &self.sweep {
-            Ok(seen) => seen.len(),
-            Err(e) => return Err(e.clone()),
-        };
-        let p: &mut Iter = self
-            .ebpf
-            .program_mut(layout::PROG_SWEEP)
-            .ok_or("sweep program missing")?
-            .try_into()
-            .map_err(|e| chain(&e))?;
-        let id = p.attach().map_err(|e| chain(&e))?;
-        let link = p.take_link(id).map_err(|e| chain(&e))?;
-        let mut file = link.into_file().map_err(|e| chain(&e))?;
-        let mut out = Vec::with_capacity(4096);
-        file.read_to_end(&mut out)
-            .map_err(|e| format!("reading the task sweep: {e}"))?;
-        parse_sweep(&out, watched)
+        self.watched.len()
     }
 
     /// Events the full ring buffer refused since load (any increase means: reconcile).
@@ -345,43 +274,6 @@ impl PinEvents {
                 })
             })
             .collect()
-    }
-}
-
-/// Loads the sweep program against a stand-in BTF and takes its last-seen map.
-fn load_sweep(ebpf: &mut Ebpf, facts: SweepFacts) -> Result<ShadowedMap<TaskSeen>, String> {
-    let stub = btf::func_stub(btf::ITER_TASK_FUNC, facts.iter_task_func);
-    let stand_in = Btf::parse(&stub, Endianness::default()).map_err(|e| chain(&e))?;
-    let p: &mut Iter = ebpf
-        .program_mut(layout::PROG_SWEEP)
-        .ok_or("sweep program missing from the eBPF object")?
-        .try_into()
-        .map_err(|e| chain(&e))?;
-    p.load("task", &stand_in)
-        .map_err(|e| format!("loading the task sweep: {}", chain(&e)))?;
-    let seen = ebpf
-        .take_map(layout::SEEN_MAP)
-        .ok_or("map PIN_EV_SEEN missing")?;
-    let seen = BpfHashMap::try_from(seen).map_err(|e| chain(&e))?;
-    Ok(ShadowedMap::new(seen, MAX_WATCHED_IDS as usize))
-}
-
-/// Decodes a sweep's output: tids, then the trailer (tid 0, the number of watched threads
-/// visited). Without a trailer the walk did not finish.
-fn parse_sweep(out: &[u8], watched: usize) -> Result<SweepResult, String> {
-    let words: Vec<u32> = out
-        .chunks_exact(4)
-        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    match words.as_slice() {
-        [changed @ .., 0, visited] if out.len() % 4 == 0 => Ok(SweepResult {
-            changed: changed.to_vec(),
-            missing: watched.saturating_sub(*visited as usize),
-        }),
-        _ => Err(format!(
-            "task sweep output of {} bytes has no trailer",
-            out.len()
-        )),
     }
 }
 
@@ -444,7 +336,6 @@ fn poll(polls: &mut [libc::pollfd], ms: i32) -> i32 {
 #[allow(unsafe_code)] // The test sets its own affinity with libc calls.
 mod tests {
     use super::*;
-    use bytemuck::Zeroable as _;
 
     #[test]
     fn embedded_object_has_the_event_programs_and_maps() {
@@ -481,97 +372,6 @@ mod tests {
         std::io::Write::write_all(&mut &w, b"x").expect("write");
         let got = wait_readable(&[r.as_fd()], Some(Duration::from_secs(5))).expect("poll");
         assert_eq!(got, vec![true]);
-    }
-
-    #[test]
-    fn sweep_output_needs_its_trailer() {
-        let bytes = |w: &[u32]| w.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>();
-        assert_eq!(
-            parse_sweep(&bytes(&[7, 9, 0, 3]), 4),
-            Ok(SweepResult {
-                changed: vec![7, 9],
-                missing: 1
-            })
-        );
-        assert_eq!(
-            parse_sweep(&bytes(&[0, 5]), 5),
-            Ok(SweepResult::default())
-        );
-        assert!(parse_sweep(&bytes(&[7, 9]), 2).is_err());
-        assert!(parse_sweep(&[], 0).is_err());
-        assert!(parse_sweep(&bytes(&[0, 5])[..7], 5).is_err());
-    }
-
-    /// The sweep for real: this test's thread, seeded with what `sched_getaffinity(2)` says, is
-    /// reported once after its affinity changes and once after its policy changes; a watched tid
-    /// that does not exist counts as missing.
-    #[test]
-    fn the_sweep_reports_affinity_and_policy_changes_once() {
-        let mut ev = match PinEvents::load(false) {
-            Ok((ev, _)) => ev,
-            Err(e @ (EventsError::PermissionDenied(_) | EventsError::NotBuilt)) => {
-                assert!(
-                    pinflow_tests::skips_allowed(),
-                    "PINFLOW_REQUIRE_PRIVILEGED=1 but: {e}"
-                );
-                println!("SKIP: {e}");
-                return;
-            }
-            Err(e) => panic!("{e}"),
-        };
-        assert_eq!(ev.sweep_unavailable(), None, "this kernel has BTF and iterators");
-        // SAFETY: gettid(2) has no preconditions; `set` is a valid cpu_set_t of the size passed.
-        let (me, set) = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
-            (libc::gettid() as u32, set)
-        };
-        let mut seen = TaskSeen::zeroed();
-        for cpu in 0..1024usize {
-            // SAFETY: `cpu` is below CPU_SETSIZE.
-            if cpu < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(cpu, &set) } {
-                seen.mask[cpu / 64] |= 1 << (cpu % 64);
-            }
-        }
-        let ghost = 0x3fff_fff0;
-        let threads = HashMap::from([(me, seen), (ghost, seen)]);
-        assert_eq!(ev.sync_sweep(&threads), 0);
-        // The first walk may report `me` once: the kernel's mask also holds possible CPUs that
-        // are not online, which sched_getaffinity(2) leaves out.
-        let first = ev.sweep().expect("sweep");
-        assert!(first.changed.iter().all(|&t| t == me), "{first:?}");
-        assert_eq!(first.missing, 1, "the ghost is missing");
-        assert_eq!(ev.sweep().expect("sweep").changed, Vec::<u32>::new());
-        // SAFETY: valid cpu_set_t / sched_param values of the sizes passed.
-        let set_cpu0 = || unsafe {
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut one);
-            assert_eq!(
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one),
-                0
-            );
-        };
-        set_cpu0();
-        assert_eq!(ev.sweep().expect("sweep").changed, vec![me]);
-        assert_eq!(ev.sweep().expect("sweep").changed, Vec::<u32>::new());
-        // SAFETY: as above.
-        unsafe {
-            let param = libc::sched_param { sched_priority: 0 };
-            assert_eq!(libc::sched_setscheduler(0, libc::SCHED_BATCH, &param), 0);
-        }
-        assert_eq!(ev.sweep().expect("sweep").changed, vec![me]);
-        // SAFETY: as above.
-        unsafe {
-            let param = libc::sched_param { sched_priority: 0 };
-            assert_eq!(libc::sched_setscheduler(0, libc::SCHED_OTHER, &param), 0);
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
-        }
-        assert_eq!(ev.sweep().expect("sweep").changed, vec![me]);
-        assert_eq!(ev.sync_sweep(&HashMap::new()), 0);
-        let last = ev.sweep().expect("sweep");
-        assert_eq!(last, SweepResult::default());
     }
 
     /// Loads the programs for real, watches this test's own thread, sets its affinity and moves

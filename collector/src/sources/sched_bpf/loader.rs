@@ -46,7 +46,7 @@ impl Probe {
 
 /// Every resizable map of the object: the probe that uses it, its name, and the size of the copy
 /// another probe's loader creates (a ring buffer needs a page).
-const MAPS: [(Probe, &str, u32); 14] = [
+const MAPS: [(Probe, &str, u32); 13] = [
     (Probe::Sched, sched::WATCH_MAP, 1),
     (Probe::Sched, sched::DEDICATED_MAP, 1),
     (Probe::Sched, sched::STOLEN_MAP, 1),
@@ -57,7 +57,6 @@ const MAPS: [(Probe, &str, u32); 14] = [
     (Probe::PinEvents, pin_events::WATCH_MAP, 1),
     (Probe::PinEvents, pin_events::PENDING_MAP, 1),
     (Probe::PinEvents, pin_events::EVENTS_MAP, 4096),
-    (Probe::PinEvents, pin_events::SEEN_MAP, 1),
     (Probe::Datapath, ovs_dp::UPCALL_MAP, 1),
     (Probe::Datapath, ovs_dp::DROP_MAP, 1),
     (Probe::Datapath, ovs_dp::ACTION_MAP, 1),

@@ -25,7 +25,6 @@ mod batch;
 pub mod btf;
 pub(crate) mod events;
 pub(crate) mod loader;
-mod shadow;
 pub mod tracefs;
 
 #[cfg(test)]
