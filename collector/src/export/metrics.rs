@@ -102,6 +102,7 @@ impl Collector for PinflowCollector {
             &state.datapath_events.get(),
         )?;
         super::ovs_vswitchd::encode_vswitchd(&mut enc, &state.vswitchd.get())?;
+        super::conntrack::encode_conntrack(&mut enc, &state.conntrack.get())?;
         super::health::encode_health(&mut enc, state, &self.build)
     }
 }
