@@ -549,7 +549,11 @@ impl Testbed {
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
             Presence::OvsVswitchd => self.ovs_unixctl,
-            Presence::DropReasons | Presence::HostCpuChecks | Presence::InterfaceMetrics => false,
+            // Opt-in or not made here (conntrack: tests/tests/conntrack.rs).
+            Presence::DropReasons
+            | Presence::HostCpuChecks
+            | Presence::InterfaceMetrics
+            | Presence::Conntrack => false,
         }
     }
 }

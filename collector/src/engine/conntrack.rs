@@ -38,11 +38,17 @@ impl Default for ConntrackConfig {
     }
 }
 
+/// Where the count and the limit are read: this process's own procfs, never `--proc-root`.
+/// `/proc/sys/net` always shows the network namespace of the task that reads it, wherever procfs
+/// is mounted, and the ctnetlink dump is of that same namespace (the host's, with
+/// `hostNetwork`), so the two always agree.
+const OWN_PROC: &str = "/proc";
+
 /// The pause after a dump is at least this many times the dump's duration (≤ 1 % of a core).
 pub(crate) const DUTY: u32 = 100;
 
 /// Runs the pipeline forever (blocking; on its own thread).
-pub(crate) fn run(state: SharedState, cfg: &ConntrackConfig, proc_root: &Path) {
+pub(crate) fn run(state: SharedState, cfg: &ConntrackConfig) {
     let interval = Duration::from_secs_f64(cfg.interval_seconds);
     let name = SOURCE.name;
     // A dump of a very large table may legitimately take seconds, and the pause grows with it.
@@ -54,7 +60,7 @@ pub(crate) fn run(state: SharedState, cfg: &ConntrackConfig, proc_root: &Path) {
     loop {
         let t0 = Instant::now();
         let collection = state.sources.collect(name);
-        let polled = read_limits(proc_root).and_then(|limits| {
+        let polled = read_limits(Path::new(OWN_PROC)).and_then(|limits| {
             let c = match &mut ct {
                 Some(c) => c,
                 None => ct.insert(Ctnetlink::open().map_err(|e| e.to_string())?),

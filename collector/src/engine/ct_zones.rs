@@ -62,13 +62,11 @@ impl ZoneIndex {
     pub(crate) fn upsert(&mut self, bridge: &Arc<str>, flow: &FlowEntry) {
         match zone_port(flow) {
             Some(zp) => {
-                if self.by_flow.insert((bridge.clone(), flow.key()), zp) != Some(zp) {
-                    self.generation += 1;
-                }
+                let before = self.by_flow.insert((bridge.clone(), flow.key()), zp);
+                self.generation += u64::from(before != Some(zp));
             }
             // A modification may have taken the load away.
-            None if !self.by_flow.is_empty() => self.remove(bridge, &flow.key()),
-            None => {}
+            None => self.remove(bridge, &flow.key()),
         }
     }
 

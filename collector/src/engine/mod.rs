@@ -92,8 +92,8 @@ pub(crate) async fn start(
         supervisor.thread("ovs-datapath", move || datapath::run(state, &cfg))?;
     }
     if let Some(cfg) = pipelines.conntrack.filter(|c| c.enabled) {
-        let (state, proc_root) = (state.clone(), host.proc_root.clone());
-        supervisor.thread("conntrack", move || conntrack::run(state, &cfg, &proc_root))?;
+        let state = state.clone();
+        supervisor.thread("conntrack", move || conntrack::run(state, &cfg))?;
     }
     if let Some(cfg) = pipelines.ovs_vswitchd.filter(|c| c.enabled) {
         supervisor.task(

@@ -73,8 +73,9 @@ pub(crate) const SOURCE: SourceDef = SourceDef {
     can_run: |host| CanRun::of(probe(host)),
 };
 
-fn probe(host: &HostPaths) -> Result<String, String> {
-    let limits = read_limits(&host.proc_root)?;
+fn probe(_: &HostPaths) -> Result<String, String> {
+    // This process's procfs, not `--proc-root`: see `engine::conntrack`'s `OWN_PROC`.
+    let limits = read_limits(Path::new("/proc"))?;
     let mut ct = Ctnetlink::open().map_err(|e| e.to_string())?;
     let d = ct.dump(None).map_err(|e| e.to_string())?;
     Ok(format!(
