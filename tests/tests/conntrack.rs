@@ -188,6 +188,26 @@ fn zone_entries_made_by_traffic_show_under_the_right_instance() {
         ]
     );
 
+    // `pinflow check` probes with one full dump of the same table: zones 0, 7 and 9 hold entries.
+    let cfg = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(cfg.path(), "[conntrack]\nenabled = true\n").expect("config");
+    let out = std::process::Command::new(pinflow_tests::pinflow::bin())
+        .arg("check")
+        .arg("--config")
+        .arg(cfg.path())
+        .args(&args)
+        .output()
+        .expect("pinflow check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("conntrack "))
+        .unwrap_or_else(|| panic!("no conntrack line:\n{text}"));
+    assert!(
+        line.contains(" up ") && line.ends_with(", 3 zone(s)"),
+        "{line}"
+    );
+
     // New traffic in zone 7 is counted at the next poll.
     send(&sock, 40037..40050);
     let z7 = conntrack_count(7);
@@ -227,6 +247,19 @@ fn zone_entries_made_by_traffic_show_under_the_right_instance() {
     assert!(
         moved.is_some(),
         "zone 7 still attributed after its flows went:\n{}",
+        pf.log()
+    );
+    // With one zone holding a few of the entries, pinflow asks the kernel for that zone only
+    // (`CTA_ZONE` filter), and still counts what `conntrack` lists.
+    let filtered = wait_for(WAIT, || {
+        let api: serde_json::Value = serde_json::from_str(&pf.get("/api/v1/conntrack")).ok()?;
+        let nine = api["zones"].as_array()?.iter().find(|z| z["zone"] == 9)?["entries"].as_f64();
+        (api["mode"] == "zones" && nine == Some(conntrack_count(9))).then_some(())
+    });
+    assert!(
+        filtered.is_some(),
+        "never counted zone 9 by a filtered dump: {}\n{}",
+        pf.get("/api/v1/conntrack"),
         pf.log()
     );
 }

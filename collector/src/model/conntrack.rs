@@ -53,6 +53,19 @@ impl ZoneEntries {
     }
 }
 
+/// How one poll reads the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DumpMode {
+    /// No zone is loaded by any flow: procfs's count says everything (no dump).
+    #[default]
+    CountOnly,
+    /// One dump of the whole table, counted per zone.
+    Full,
+    /// One dump per zone the flows load, filtered by the kernel (`CTA_ZONE`, Linux ≥ 6.8).
+    Zones,
+}
+
 /// What the conntrack pipeline publishes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct ConntrackReport {
@@ -64,13 +77,11 @@ pub(crate) struct ConntrackReport {
     pub(crate) limit: u64,
     /// The zones the flows load, each with its entries (0 when none), by zone.
     pub(crate) zones: Vec<ZoneEntries>,
-    /// Entries of every other zone (the host's own default zone 0, zones no flow loads).
+    /// Entries of every other zone (the host's own default zone 0, zones no flow loads):
+    /// `entries` minus the zones' entries.
     pub(crate) other_entries: u64,
-    /// How many other zones had entries.
-    pub(crate) other_zones: usize,
-    /// Entries the last dump counted in all (it may differ a little from `entries`: the table
-    /// changes while it is dumped).
-    pub(crate) dumped_entries: u64,
+    /// How the poll read the table (`count_only`, `full`, `zones`).
+    pub(crate) mode: DumpMode,
 }
 
 /// The zones the flows load, shared between reports.
