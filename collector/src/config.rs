@@ -277,6 +277,10 @@ mod tests {
             crate::engine::host_cpu::HostCpuConfig::default()
         );
         assert_eq!(c.pinning, PinningConfig::default());
+        assert_eq!(
+            c.conntrack,
+            crate::engine::conntrack::ConntrackConfig::default()
+        );
     }
 
     #[test]

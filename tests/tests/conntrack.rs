@@ -263,3 +263,45 @@ fn zone_entries_made_by_traffic_show_under_the_right_instance() {
         pf.log()
     );
 }
+
+/// Without `CAP_NET_ADMIN` (a unit or pod that was not given it) the `conntrack` source is down
+/// with the kernel's reason, exports nothing, and the other sources keep working.
+#[test]
+fn without_net_admin_the_source_is_down_and_the_rest_works() {
+    if !require_privileged(
+        "without_net_admin_the_source_is_down_and_the_rest_works",
+        &["setpriv"],
+    ) {
+        return;
+    }
+    let host = pinflow_tests::captured::CapturedHost::new();
+    let args = host.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pf = Pinflow::start_wrapped(
+        &[
+            "setpriv",
+            "--inh-caps=-net_admin",
+            "--bounding-set=-net_admin",
+        ],
+        "[pinning]\nebpf = false\n[conntrack]\nenabled = true\ninterval_seconds = 5\n",
+        &args,
+    );
+    let down = wait_for(WAIT, || {
+        let s = pf.scrape();
+        (source_up(&s, "conntrack") == Some(0.0) && source_up(&s, "libvirt") == Some(1.0))
+            .then_some(s)
+    });
+    let Some((s, _)) = down else {
+        panic!("conntrack never reported down:\n{}", pf.log());
+    };
+    assert!(select(&s, "pinflow_conntrack_entries", &[]).is_empty());
+    assert_eq!(
+        value(&s, "pinflow_instance_info", &[("domain", "fx-nova")]),
+        Some(1.0)
+    );
+    let detail = pinflow_tests::scrape::sources(pf.addr)
+        .and_then(|m| m.get("conntrack").cloned())
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(detail.contains("Operation not permitted"), "{detail}");
+}

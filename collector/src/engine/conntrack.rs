@@ -98,18 +98,24 @@ impl Poller {
             zones.len(),
             !self.filter_broken,
         );
-        if mode == DumpMode::CountOnly {
-            return Ok(Counted {
-                mode,
-                zones: HashMap::new(),
-            });
-        }
         let c = match &mut self.ct {
             Some(c) => c,
             None => self
                 .ct
                 .insert(Ctnetlink::open().map_err(|e| e.to_string())?),
         };
+        if mode == DumpMode::CountOnly {
+            // Nothing to attribute; still make sure the zones could be read (privilege,
+            // module) at a constant cost, so the source is not up while a dump would fail.
+            if let Err(e) = c.check() {
+                self.ct = None;
+                return Err(e.to_string());
+            }
+            return Ok(Counted {
+                mode,
+                zones: HashMap::new(),
+            });
+        }
         let result = (|| {
             if mode == DumpMode::Zones {
                 let mut out = HashMap::new();

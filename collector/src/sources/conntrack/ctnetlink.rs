@@ -11,6 +11,8 @@ const SUBSYS_CTNETLINK: u16 = 1;
 const MSG_CT_NEW: u16 = 0;
 /// `IPCTNL_MSG_CT_GET`.
 const MSG_CT_GET: u16 = 1;
+/// `IPCTNL_MSG_CT_GET_STATS`: the table's global counters, O(1).
+const MSG_CT_GET_STATS: u16 = 5;
 /// `CTA_ZONE` (`__be16`; absent for the default zone 0).
 pub(crate) const CTA_ZONE: u16 = 18;
 /// `NLMSG_ERROR`, `NLMSG_DONE`.
@@ -70,9 +72,28 @@ impl Ctnetlink {
     /// send every entry, which the count then includes).
     pub fn dump(&mut self, zone: Option<u16>) -> Result<DumpCounts, CtError> {
         self.seq = self.seq.wrapping_add(1);
+        let req = dump_request(self.seq, zone);
+        self.exchange(&req)
+    }
+
+    /// Asks for the table's global counters (`IPCTNL_MSG_CT_GET_STATS`, constant cost) and
+    /// ignores them: proves that ctnetlink answers and this process may use it
+    /// (`CAP_NET_ADMIN`) without walking the table.
+    pub fn check(&mut self) -> Result<(), CtError> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = request(
+            self.seq,
+            MSG_CT_GET_STATS,
+            NLM_F_REQUEST | netlink_packet_core::NLM_F_ACK,
+            None,
+        );
+        self.exchange(&req).map(|_| ())
+    }
+
+    /// Sends `req` and counts the replies up to the end of the dump (or the ack).
+    fn exchange(&mut self, req: &[u8]) -> Result<DumpCounts, CtError> {
         let seq = self.seq;
-        let req = dump_request(seq, zone);
-        self.sock.send(&req, 0).map_err(CtError::Socket)?;
+        self.sock.send(req, 0).map_err(CtError::Socket)?;
         let mut out = DumpCounts::default();
         loop {
             self.buf.clear();
@@ -94,11 +115,16 @@ impl Ctnetlink {
 /// The dump request: `nlmsghdr`, `nfgenmsg` (family `AF_UNSPEC`: every family), and `CTA_ZONE`
 /// when filtering.
 pub(crate) fn dump_request(seq: u32, zone: Option<u16>) -> Vec<u8> {
+    request(seq, MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, zone)
+}
+
+/// One ctnetlink request of type `msg` with `flags`, and `CTA_ZONE` when given.
+fn request(seq: u32, msg: u16, flags: u16, zone: Option<u16>) -> Vec<u8> {
     let len: u32 = if zone.is_some() { 16 + 4 + 8 } else { 16 + 4 };
     let mut b = Vec::with_capacity(len as usize);
     b.extend_from_slice(&len.to_ne_bytes());
-    b.extend_from_slice(&((SUBSYS_CTNETLINK << 8) | MSG_CT_GET).to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&((SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: family, version (NFNETLINK_V0), res_id (big-endian).
