@@ -1,11 +1,13 @@
 //! The conntrack pipeline (its own thread, blocking netlink): every `[conntrack]
-//! interval_seconds` (default 30 s) one ctnetlink dump of the table counted per zone, and
-//! `nf_conntrack_count` / `nf_conntrack_max` from procfs; publishes a [`ConntrackReport`] with
-//! each zone the flows load (the flow pipeline's [`FlowsReport::ct_zones`](crate::model::flows::FlowsReport::ct_zones))
-//! joined to its ports and instances. Nothing happens per scrape.
+//! interval_seconds` (default 30 s) `nf_conntrack_count` / `nf_conntrack_max` from procfs and the
+//! entries of each zone the flows load (the flow pipeline's
+//! [`FlowsReport::ct_zones`](crate::model::flows::FlowsReport::ct_zones)), read over ctnetlink
+//! the cheapest way ([`choose`]: one full dump, one `CTA_ZONE`-filtered dump per zone, or none);
+//! publishes a [`ConntrackReport`] with each zone joined to its ports and instances, the rest of
+//! the table as `other`. Nothing happens per scrape.
 //!
-//! A dump costs about 2 µs of kernel CPU per entry (1.9 s at 1 000 000 entries, see
-//! [`crate::sources::conntrack`]), so the pause after a dump is at least [`DUTY`] times the dump's
+//! A full dump costs about 2 µs of kernel CPU per entry (1.9 s at 1 000 000 entries, see
+//! [`crate::sources::conntrack`]), so the pause after a poll is at least [`DUTY`] times the poll's
 //! duration: the pipeline never takes more than ~1 % of a core, whatever the table size, and
 //! polls at the configured interval while the table is small.
 

@@ -5,17 +5,23 @@ use super::families;
 use crate::model::conntrack::ConntrackReport;
 use prometheus_client::encoding::DescriptorEncoder;
 
-/// Encodes `pinflow_conntrack_*`: nothing while the table could not be read (the last values
+/// Encodes `pinflow_conntrack_*`: no series while the table could not be read (the last values
 /// are not served as current).
 pub(crate) fn encode_conntrack(enc: &mut DescriptorEncoder, r: &ConntrackReport) -> Res {
-    if !r.up {
-        return Ok(());
-    }
-    gauge(enc, &families::CONNTRACK_ENTRIES, [([], r.entries as f64)])?;
-    gauge(enc, &families::CONNTRACK_LIMIT, [([], r.limit as f64)])?;
-    let zones: Vec<(String, &str, u64)> = r
-        .zones
-        .iter()
+    let up = r.up.then_some(r);
+    gauge(
+        enc,
+        &families::CONNTRACK_ENTRIES,
+        up.map(|r| ([], r.entries as f64)),
+    )?;
+    gauge(
+        enc,
+        &families::CONNTRACK_LIMIT,
+        up.map(|r| ([], r.limit as f64)),
+    )?;
+    let zones: Vec<(String, &str, u64)> = up
+        .into_iter()
+        .flat_map(|r| r.zones.iter())
         .map(|z| (z.zone.to_string(), z.domain(), z.entries))
         .collect();
     gauge(
@@ -24,9 +30,11 @@ pub(crate) fn encode_conntrack(enc: &mut DescriptorEncoder, r: &ConntrackReport)
         zones
             .iter()
             .map(|(z, d, n)| ([("ct_zone", Lv(z)), ("domain", Lv(d))], *n as f64))
-            .chain([(
-                [("ct_zone", Lv("other")), ("domain", Lv(""))],
-                r.other_entries as f64,
-            )]),
+            .chain(up.map(|r| {
+                (
+                    [("ct_zone", Lv("other")), ("domain", Lv(""))],
+                    r.other_entries as f64,
+                )
+            })),
     )
 }
