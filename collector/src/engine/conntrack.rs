@@ -15,7 +15,7 @@ use crate::model::conntrack::ZonePort;
 use crate::model::conntrack::{ConntrackReport, DumpMode, ZoneEntries};
 use crate::model::health::SourceRegistry;
 use crate::model::state::SharedState;
-use crate::sources::conntrack::{Ctnetlink, SOURCE, read_limits};
+use crate::sources::conntrack::{CtError, Ctnetlink, SOURCE, read_limits};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -93,6 +93,7 @@ struct Poller {
 }
 
 impl Poller {
+    /// Counts the entries of `zones` (the table holding `entries`) the cheapest way.
     fn count(&mut self, entries: u64, zones: &[u16]) -> Result<Counted, String> {
         let mode = choose(
             entries,
@@ -100,62 +101,53 @@ impl Poller {
             zones.len(),
             !self.filter_broken,
         );
+        let counted = self.read(mode, zones).map_err(|e| {
+            // A fresh socket next time (a dump cut short leaves replies queued).
+            self.ct = None;
+            e.to_string()
+        })?;
+        self.last_in_zones = Some(zones.iter().filter_map(|z| counted.zones.get(z)).sum());
+        Ok(counted)
+    }
+
+    fn read(&mut self, mode: DumpMode, zones: &[u16]) -> Result<Counted, CtError> {
         let c = match &mut self.ct {
             Some(c) => c,
-            None => self
-                .ct
-                .insert(Ctnetlink::open().map_err(|e| e.to_string())?),
+            None => self.ct.insert(Ctnetlink::open()?),
         };
-        if mode == DumpMode::CountOnly {
-            // Nothing to attribute; still make sure the zones could be read (privilege,
-            // module) at a constant cost, so the source is not up while a dump would fail.
-            if let Err(e) = c.check() {
-                self.ct = None;
-                return Err(e.to_string());
+        match mode {
+            DumpMode::CountOnly => {
+                // Nothing to attribute; still prove at a constant cost that the zones could be
+                // read (privilege, module), so the source is not up while a dump would fail.
+                c.check()?;
+                return Ok(Counted {
+                    mode,
+                    zones: HashMap::new(),
+                });
             }
-            return Ok(Counted {
-                mode,
-                zones: HashMap::new(),
-            });
-        }
-        let result = (|| {
-            if mode == DumpMode::Zones {
+            DumpMode::Zones => {
                 let mut out = HashMap::new();
                 for &z in zones {
                     let d = c.dump(Some(z))?;
                     if d.zones.keys().any(|k| *k != z) {
-                        // The kernel ignored the filter: count from one full dump from now on.
+                        // The kernel ignored the filter (< 6.8): full dumps from now on.
                         tracing::info!("the kernel does not filter conntrack dumps by zone");
-                        return Ok(None);
+                        self.filter_broken = true;
+                        break;
                     }
                     out.insert(z, d.entries);
                 }
-                return Ok(Some(out));
+                if !self.filter_broken {
+                    return Ok(Counted { mode, zones: out });
+                }
             }
-            Ok(None)
-        })();
-        let counted = match result.and_then(|filtered| match filtered {
-            Some(zones) => Ok(Counted {
-                mode: DumpMode::Zones,
-                zones,
-            }),
-            None => {
-                self.filter_broken |= mode == DumpMode::Zones;
-                c.dump(None).map(|d| Counted {
-                    mode: DumpMode::Full,
-                    zones: d.zones,
-                })
-            }
-        }) {
-            Ok(c) => c,
-            Err(e) => {
-                // A fresh socket next time (a dump cut short leaves replies queued).
-                self.ct = None;
-                return Err(e.to_string());
-            }
-        };
-        self.last_in_zones = Some(zones.iter().filter_map(|z| counted.zones.get(z)).sum());
-        Ok(counted)
+            DumpMode::Full => {}
+        }
+        let d = c.dump(None)?;
+        Ok(Counted {
+            mode: DumpMode::Full,
+            zones: d.zones,
+        })
     }
 }
 
