@@ -7,7 +7,11 @@
 //! ```text
 //! cargo build -p pinflow --example conntrack_cost
 //! sudo target/debug/examples/conntrack_cost 100000 1000000
+//! sudo target/debug/examples/conntrack_cost 1000000 -- /usr/bin/time -v target/debug/pinflow check
 //! ```
+//!
+//! A command after `--` runs in the filled namespace at the end (e.g. pinflow itself against the
+//! full table).
 //!
 //! `nf_conntrack_max` is global (writable only from the host's namespace): it is raised for the
 //! run when too small and restored at the end. The namespace and its entries go with the process.
@@ -156,8 +160,13 @@ fn time<T>(mut f: impl FnMut() -> T) -> (Duration, Duration, T) {
 }
 
 fn main() {
-    let sizes: Vec<u32> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (sizes, command) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (&args[..], &[][..]),
+    };
+    let sizes: Vec<u32> = sizes
+        .iter()
         .map(|a| a.parse().expect("table sizes"))
         .collect();
     let biggest = sizes.iter().copied().max().unwrap_or(0) as u64;
@@ -230,6 +239,10 @@ fn main() {
             l.count,
             l.max
         );
+    }
+    if let Some((program, rest)) = command.split_first() {
+        let status = std::process::Command::new(program).args(rest).status();
+        println!("== {command:?}: {status:?}");
     }
     if old_max < biggest + 10_000 {
         use std::io::Write as _;

@@ -23,7 +23,9 @@
 //! Reproduce: `cargo build --release -p pinflow --example conntrack_cost && sudo
 //! target/release/examples/conntrack_cost 100000 1000000` (collector/examples/conntrack_cost.rs; it
 //! works in a network namespace of its own and raises the global `nf_conntrack_max` for the run
-//! only).
+//! only). Memory does not grow with the table: `pinflow check` (one full dump; debug build) run in
+//! the filled namespace (`conntrack_cost N -- /usr/bin/time -v target/debug/pinflow check …`)
+//! peaks at 21.2 MiB RSS with 1 000 entries and 21.7 MiB with 1 000 000.
 //!
 //! So a dump costs ~0.25 µs per entry to walk and ~1.66 µs per entry sent (97 % in the kernel:
 //! `ctnetlink_fill_info` and the copy; counting here is ~0.05 µs), and a filter saves the sending,
