@@ -9,6 +9,10 @@
 //! conntrack actions use `ct(zone=NXM_NX_REG6[0..15])`. A flow pairs ofport N with zone Z when it
 //! writes the low 16 bits of `reg6` with a constant and either matches `in_port=N` exactly or
 //! writes all of `reg5` with N.
+//!
+//! Cost: only flows whose wire form names `reg6` get their actions decoded (164 of the 601 flows of
+//! the captured Neutron br-int); all 601 take 41 µs (release build), ~70 ns per flow added,
+//! modified or resynced.
 
 use crate::engine::flows::PortJoin;
 use crate::model::conntrack::{ZonePort, ZonePorts};
@@ -21,8 +25,24 @@ const NET_REGISTER: u8 = 6;
 /// Neutron's port register (`REG_PORT = 5`).
 const PORT_REGISTER: u8 = 5;
 
+/// The NXM/OXM headers of `reg6` (`NXM_NX_REG6`, and with a mask), big-endian, as every
+/// encoding of a write to it carries them (`NXAST_REG_LOAD`'s destination, the field of
+/// `OFPAT_SET_FIELD` and `NXAST_REG_LOAD2`).
+const REG6_HEADERS: [[u8; 4]; 2] = [[0x00, 0x01, 0x0c, 0x04], [0x00, 0x01, 0x0d, 0x08]];
+
+/// Whether `flow` may write `reg6`: false when its wire form (a few hundred bytes) does not
+/// name the register, so the flow pipeline decodes the actions of only the few flows that may.
+fn may_write_reg6(flow: &FlowEntry) -> bool {
+    let w = flow.wire();
+    // Hand-built flows of unit tests have no wire form.
+    w.is_empty() || w.windows(4).any(|x| REG6_HEADERS.iter().any(|h| h == x))
+}
+
 /// The (zone, ofport) a flow pairs, if any.
 pub(crate) fn zone_port(flow: &FlowEntry) -> Option<(u16, u32)> {
+    if !may_write_reg6(flow) {
+        return None;
+    }
     let actions = flow.actions();
     let mut zone = None;
     let mut port_reg = None;
@@ -208,6 +228,19 @@ mod tests {
     fn captured_neutron_flows_pair_each_port_with_its_zone() {
         let flows = captured();
         let got: BTreeSet<(u16, u32)> = flows.iter().filter_map(zone_port).collect();
+        // Only the flows that name reg6 get their actions decoded.
+        let named = flows.iter().filter(|f| may_write_reg6(f)).count();
+        assert!(named < flows.len() / 3, "{named} of {}", flows.len());
+        let t = std::time::Instant::now();
+        let n = flows.iter().filter_map(zone_port).count();
+        let took = t.elapsed();
+        let t = std::time::Instant::now();
+        let all: usize = flows.iter().map(|f| f.actions().len()).sum();
+        eprintln!(
+            "{n} pairs from {} flows ({named} decoded) in {took:?}; decoding every flow's {all} actions: {:?}",
+            flows.len(),
+            t.elapsed()
+        );
         let want = from_text();
         assert!(want.len() >= 20, "{want:?}");
         assert_eq!(got, want);
