@@ -194,7 +194,13 @@ pub(crate) fn run(state: SharedState, cfg: &ConntrackConfig) {
             }
         };
         state.conntrack.set_if_changed(report);
-        std::thread::sleep(interval.max(took.saturating_mul(DUTY)));
+        let pause = interval.max(took.saturating_mul(DUTY));
+        // Not stale while it waits out a long pause after a long dump.
+        state.sources.stale_after(
+            name,
+            SourceRegistry::bound_for(pause.max(Duration::from_secs(60))),
+        );
+        std::thread::sleep(pause);
     }
 }
 
