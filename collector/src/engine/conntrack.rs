@@ -4,15 +4,15 @@
 //! [`FlowsReport::ct_zones`](crate::model::flows::FlowsReport::ct_zones)), read over ctnetlink
 //! the cheapest way ([`choose`]: one full dump, one `CTA_ZONE`-filtered dump per zone, or none);
 //! publishes a [`ConntrackReport`] with each zone joined to its ports and instances, the rest of
-//! the table as `other`. Nothing happens per scrape.
+//! the table as `other`. Nothing happens per scrape. The zones come from
+//! the flow pipeline: with the flows collector off, every entry is `other`.
 //!
 //! A full dump costs about 2 µs of kernel CPU per entry (1.9 s at 1 000 000 entries, see
 //! [`crate::sources::conntrack`]), so the pause after a poll is at least [`DUTY`] times the poll's
 //! duration: the pipeline never takes more than ~1 % of a core, whatever the table size, and
 //! polls at the configured interval while the table is small.
 
-use crate::model::conntrack::ZonePort;
-use crate::model::conntrack::{ConntrackReport, DumpMode, ZoneEntries};
+use crate::model::conntrack::{ConntrackReport, DumpMode, ZoneEntries, ZonePort};
 use crate::model::health::SourceRegistry;
 use crate::model::state::SharedState;
 use crate::sources::conntrack::{CtError, Ctnetlink, SOURCE, read_limits};

@@ -10,6 +10,10 @@
 //! structured match and actions: `in_port`, outputs, Neutron's port register `reg5`), each joined
 //! to its OVSDB port, Neutron port id and instance (`PortJoin`). Ports deleted from OVSDB are
 //! remembered (bounded) so that the flows they leave behind still say whose they were.
+//!
+//! It also follows which conntrack zone each port's flows load into Neutron's `reg6`
+//! (`ct_zones.rs`, updated with every flow change) and publishes the pairs, joined to ports and
+//! instances, in [`FlowsReport::ct_zones`] for the conntrack pipeline.
 
 use crate::detect::flows::{
     DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, is_reserved_port,
