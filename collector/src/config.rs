@@ -5,6 +5,7 @@
 //! composes them, validates ranges and says which sources the file switches off.
 
 use crate::detect::flows::{DirtyFlowConfig, DirtyFlowIndex};
+use crate::engine::conntrack::ConntrackConfig;
 use crate::engine::datapath::DatapathConfig;
 use crate::engine::host_cpu::HostCpuConfig;
 use crate::engine::ovs_vswitchd::VswitchdConfig;
@@ -30,6 +31,8 @@ pub(crate) struct Config {
     /// ovs-vswitchd's unixctl counters and the OVS processes (`[ovs_vswitchd]`, with the datapath
     /// collector).
     pub(crate) ovs_vswitchd: VswitchdConfig,
+    /// Conntrack entries per zone (`[conntrack]`, with the datapath collector; off by default).
+    pub(crate) conntrack: ConntrackConfig,
 }
 
 /// A configuration error with the file and the reason.
@@ -179,9 +182,11 @@ impl Config {
     /// Why the file switches `source` off, if it does (`pinflow check` shows it; the daemon does
     /// not start it).
     pub(crate) fn switched_off(&self, source: &str) -> Option<&'static str> {
-        use crate::sources::{ovs_dp, ovs_vswitchd, sched_bpf};
+        use crate::sources::{conntrack, ovs_dp, ovs_vswitchd, sched_bpf};
         if source == sched_bpf::SOURCE.name && !self.pinning.ebpf {
             Some("off in the config ([pinning] ebpf = false)")
+        } else if source == conntrack::SOURCE.name && !self.conntrack.enabled {
+            Some("off in the config ([conntrack] enabled = false, the default)")
         } else if source == ovs_vswitchd::SOURCE.name && !self.ovs_vswitchd.enabled {
             Some("off in the config ([ovs_vswitchd] enabled = false)")
         } else if [ovs_dp::SOURCE.name, ovs_dp::bpf::SOURCE.name].contains(&source)
@@ -234,6 +239,12 @@ impl Config {
                 self.ovs_vswitchd.interval_seconds
             ));
         }
+        if !(5.0..=3600.0).contains(&self.conntrack.interval_seconds) {
+            return Err(format!(
+                "conntrack.interval_seconds = {} (must be 5..=3600)",
+                self.conntrack.interval_seconds
+            ));
+        }
         DirtyFlowIndex::new(&self.flows).map_err(|e| format!("flows: {e}"))?;
         let d = &self.datapath;
         if !(1.0..=3600.0).contains(&d.flow_dump_interval_seconds) {
@@ -266,6 +277,10 @@ mod tests {
             crate::engine::host_cpu::HostCpuConfig::default()
         );
         assert_eq!(c.pinning, PinningConfig::default());
+        assert_eq!(
+            c.conntrack,
+            crate::engine::conntrack::ConntrackConfig::default()
+        );
     }
 
     #[test]

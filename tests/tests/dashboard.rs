@@ -549,10 +549,12 @@ impl Testbed {
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
             Presence::OvsVswitchd => self.ovs_unixctl,
+            // Opt-in or not made here (conntrack: tests/tests/conntrack.rs).
             Presence::DropReasons
             | Presence::HostCpuChecks
             | Presence::InterfaceMetrics
-            | Presence::OvsLinkFeature => false,
+            | Presence::OvsLinkFeature
+            | Presence::Conntrack => false,
         }
     }
 }

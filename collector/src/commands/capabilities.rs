@@ -5,7 +5,8 @@
 //! - Kept: `CAP_BPF` + `CAP_PERFMON` while the datapath eBPF probe may still attach (the
 //!   datapath collector and `[datapath] ebpf` on: the probe attaches lazily when an OVS datapath
 //!   appears, and again after the module was reloaded); `CAP_SYS_ADMIN` instead on kernels that
-//!   predate `CAP_BPF` (< 5.8). Nothing otherwise. Only what the process had is kept.
+//!   predate `CAP_BPF` (< 5.8). `CAP_NET_ADMIN` with `[conntrack] enabled` (every ctnetlink
+//!   request is checked for it when sent). Nothing otherwise. Only what the process had is kept.
 //! - Dropped: everything else from the permitted and effective sets; the inheritable and ambient
 //!   sets are cleared; the bounding set is cut to the kept set (when `CAP_SETPCAP` allows it;
 //!   otherwise what is left is logged); `no_new_privs` is set, so not even an `execve` of a
@@ -21,15 +22,19 @@ use anyhow::{Context as _, bail};
 use caps::{CapSet, Capability, CapsHashSet};
 
 /// What the daemon still needs once it has started: see the module docs.
-pub(super) fn needed_after_start(datapath_bpf: bool) -> CapsHashSet {
-    if !datapath_bpf {
-        return CapsHashSet::new();
+pub(super) fn needed_after_start(datapath_bpf: bool, conntrack: bool) -> CapsHashSet {
+    let mut keep = CapsHashSet::new();
+    if datapath_bpf {
+        if caps::runtime::thread_all_supported().contains(&Capability::CAP_BPF) {
+            keep.extend([Capability::CAP_BPF, Capability::CAP_PERFMON]);
+        } else {
+            keep.insert(Capability::CAP_SYS_ADMIN);
+        }
     }
-    if caps::runtime::thread_all_supported().contains(&Capability::CAP_BPF) {
-        [Capability::CAP_BPF, Capability::CAP_PERFMON].into()
-    } else {
-        [Capability::CAP_SYS_ADMIN].into()
+    if conntrack {
+        keep.insert(Capability::CAP_NET_ADMIN);
     }
+    keep
 }
 
 /// What [`drop_to`] did, for the log.

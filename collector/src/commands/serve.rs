@@ -35,6 +35,7 @@ pub(super) fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
         flows: on.flows().then(|| config.flows.clone()),
         datapath: on.datapath().then(|| config.datapath.clone()),
         ovs_vswitchd: on.datapath().then(|| config.ovs_vswitchd.clone()),
+        conntrack: on.datapath().then(|| config.conntrack.clone()),
         host_cpu: on.pinning().then(|| config.host_cpu.clone()),
     };
     let host = super::host_paths(s);
@@ -48,7 +49,8 @@ pub(super) fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
     let probes = engine::load_probes(&pipelines, &state);
     let listeners = http::bind_all(&args.listen, web.as_ref())?;
     if args.drop_capabilities() {
-        let keep = capabilities::needed_after_start(datapath_bpf);
+        let conntrack = pipelines.conntrack.as_ref().is_some_and(|c| c.enabled);
+        let keep = capabilities::needed_after_start(datapath_bpf, conntrack);
         let d = capabilities::drop_to(&keep)
             .context("cannot drop capabilities (--no-drop-capabilities keeps them)")?;
         tracing::info!(

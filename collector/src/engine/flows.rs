@@ -10,10 +10,15 @@
 //! structured match and actions: `in_port`, outputs, Neutron's port register `reg5`), each joined
 //! to its OVSDB port, Neutron port id and instance (`PortJoin`). Ports deleted from OVSDB are
 //! remembered (bounded) so that the flows they leave behind still say whose they were.
+//!
+//! It also follows which conntrack zone each port's flows load into Neutron's `reg6`
+//! (`ct_zones.rs`, updated with every flow change) and publishes the pairs, joined to ports and
+//! instances, in [`FlowsReport::ct_zones`] for the conntrack pipeline.
 
 use crate::detect::flows::{
     DirtyFinding, DirtyFlowConfig, DirtyFlowIndex, FindingSubject, is_reserved_port,
 };
+use crate::engine::ct_zones::ZoneIndex;
 use crate::engine::findings_log::FindingsLog;
 use crate::model::flows::{
     Bridge, DirtyFlow, FlowPort, FlowsReport, InterfacesReport, MAX_REPORTED_DIRTY_FLOWS, PortInfo,
@@ -96,6 +101,7 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
     let mut bridges: BTreeMap<String, Bridge> = BTreeMap::new();
     let mut db_generation = 0u64;
     let mut join = PortJoin::default();
+    let mut zones = ZoneIndex::default();
     // `dirty`: the report is out of date; `urgent`: by more than flow counts (findings, ports,
     // sessions), so it goes out within PUBLISH_INTERVAL rather than COUNTS_INTERVAL.
     let (mut dirty, mut urgent) = (true, true);
@@ -143,6 +149,7 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
                     db_generation += 1;
                     index.sync_bridges(&bridges, Instant::now());
                     sync_tasks(&mut tasks, &bridges, &run_dir, &change_tx, &dead_tx, &mut index);
+                    zones.retain_bridges(|b| tasks.contains_key(b));
                 }
                 (dirty, urgent) = (true, true);
             }
@@ -157,10 +164,10 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
                 (dirty, urgent) = (true, true);
             }
             Some((bridge, change)) = change_rx.recv() => {
-                urgent |= apply_change(&mut index, &tasks, &bridge, change, &state);
+                urgent |= apply_change(&mut index, &mut zones, &tasks, &bridge, change, &state);
                 // Drain what is queued before publishing once.
                 while let Ok((b, c)) = change_rx.try_recv() {
-                    urgent |= apply_change(&mut index, &tasks, &b, c, &state);
+                    urgent |= apply_change(&mut index, &mut zones, &tasks, &b, c, &state);
                 }
                 dirty = true;
             }
@@ -178,7 +185,16 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
         urgent |= index.findings_generation() != published_findings;
         if dirty && last_publish.elapsed() >= publish_delay(urgent) {
             join.refresh(&bridges, db_generation, &state);
-            publish(&index, &tasks, &join, db_connected, &state, &mut findings);
+            let ct_zones = zones.joined(&join);
+            publish(
+                &index,
+                &tasks,
+                &join,
+                ct_zones,
+                db_connected,
+                &state,
+                &mut findings,
+            );
             published_findings = index.findings_generation();
             last_publish = Instant::now();
             (dirty, urgent) = (false, false);
@@ -250,15 +266,18 @@ fn sync_tasks(
 /// returns whether it changed more than flow counts (a session or port change).
 fn apply_change(
     index: &mut DirtyFlowIndex,
+    zones: &mut ZoneIndex,
     tasks: &HashMap<String, BridgeTask>,
-    bridge: &str,
+    bridge_tag: &Arc<str>,
     change: FlowChange,
     state: &SharedState,
 ) -> bool {
     let now = Instant::now();
+    let bridge: &str = bridge_tag;
     match change {
         FlowChange::Resynced { table, ages, .. } => {
             if tasks.contains_key(bridge) {
+                zones.replace(bridge_tag, &table);
                 // Aged by the switch's `duration`, so a restart of pinflow changes no verdict.
                 let aged = table
                     .into_iter()
@@ -269,11 +288,14 @@ fn apply_change(
             true
         }
         FlowChange::Added(f) | FlowChange::Modified(f) => {
+            zones.upsert(bridge_tag, &f);
             index.upsert_flow(bridge, f, now);
             false
         }
         FlowChange::Deleted(f) => {
-            index.remove_flow(bridge, &f.key(), now);
+            let key = f.key();
+            zones.remove(bridge_tag, &key);
+            index.remove_flow(bridge, &key, now);
             false
         }
         FlowChange::PortsChanged => true,
@@ -503,6 +525,13 @@ impl PortJoin {
         }
     }
 
+    /// What the join was last built from (changes whenever a joined port may have).
+    pub(crate) fn version(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.built_from.hash(&mut h);
+        h.finish()
+    }
+
     /// Ports joined (for `pinflow_ovs_port_info`).
     pub(crate) fn ports(&self) -> Arc<Vec<PortInfo>> {
         self.ports.clone()
@@ -510,7 +539,7 @@ impl PortJoin {
 
     /// `ofport` on `bridge`, referred to `via`, joined: the current port, else the last known
     /// state of a deleted one, else only the number.
-    fn port(&self, bridge: &str, ofport: u32, via: Option<PortRef>) -> FlowPort {
+    pub(crate) fn port(&self, bridge: &str, ofport: u32, via: Option<PortRef>) -> FlowPort {
         let k = (bridge.to_string(), ofport);
         let (rec, deleted) = match self.current.get(&k) {
             Some(r) => (Some(r), false),
@@ -614,6 +643,7 @@ fn publish(
     index: &DirtyFlowIndex,
     tasks: &HashMap<String, BridgeTask>,
     join: &PortJoin,
+    ct_zones: crate::model::conntrack::ZonePorts,
     db_connected: bool,
     state: &SharedState,
     findings: &mut FindingsLog,
@@ -621,6 +651,7 @@ fn publish(
     let t0 = Instant::now();
     let mut report = FlowsReport {
         ports: join.ports(),
+        ct_zones,
         rule_severity: index
             .rule_severities()
             .map(|(r, s)| (r.to_string(), s))

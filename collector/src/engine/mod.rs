@@ -8,10 +8,15 @@
 //! - [`datapath`]: the OVS kernel datapath over genetlink + its eBPF probe → datapath checks.
 //! - [`ovs_vswitchd`]: ovs-vswitchd's unixctl counters and the OVS processes (runs with the
 //!   datapath collector; its flow limit feeds the datapath checks).
+//! - [`conntrack`]: the kernel's conntrack table per zone over ctnetlink, joined to instances
+//!   through the zones the flows load (runs with the datapath collector, when `[conntrack]
+//!   enabled`).
 //! - [`host_cpu`]: nova.conf + the kernel's CPU isolation, against the pinning report → host CPU
 //!   configuration checks (runs with the pinning collector).
 //! - [`supervise`]: no thread or task of theirs stops silently.
 
+pub(crate) mod conntrack;
+mod ct_zones;
 pub(crate) mod datapath;
 mod findings_log;
 pub(crate) mod flows;
@@ -41,6 +46,8 @@ pub(crate) struct Pipelines {
     pub(crate) datapath: Option<DatapathConfig>,
     /// The ovs-vswitchd pipeline (on with the datapath collector).
     pub(crate) ovs_vswitchd: Option<ovs_vswitchd::VswitchdConfig>,
+    /// The conntrack pipeline (on with the datapath collector and `[conntrack] enabled`).
+    pub(crate) conntrack: Option<conntrack::ConntrackConfig>,
     /// The host CPU pipeline (on with the pinning collector).
     pub(crate) host_cpu: Option<host_cpu::HostCpuConfig>,
 }
@@ -83,6 +90,10 @@ pub(crate) async fn start(
     if let Some(cfg) = pipelines.datapath.filter(|d| d.enabled) {
         let state = state.clone();
         supervisor.thread("ovs-datapath", move || datapath::run(state, &cfg))?;
+    }
+    if let Some(cfg) = pipelines.conntrack.filter(|c| c.enabled) {
+        let state = state.clone();
+        supervisor.thread("conntrack", move || conntrack::run(state, &cfg))?;
     }
     if let Some(cfg) = pipelines.ovs_vswitchd.filter(|c| c.enabled) {
         supervisor.task(

@@ -64,6 +64,8 @@ pub enum Presence {
     /// Per host CPU check whose inputs are known: the Nova ones with `--nova-conf`, the isolation
     /// ones when `[host_cpu] require_isolation` asks for them.
     HostCpuChecks,
+    /// With `[conntrack] enabled = true` while the `conntrack` source is up.
+    Conntrack,
     /// Only while something is wrong: expected empty on a healthy host.
     Finding,
 }
@@ -102,6 +104,7 @@ impl Presence {
             Presence::HostCpuChecks => {
                 "per host CPU check made (`--nova-conf`, `[host_cpu] require_isolation`)"
             }
+            Presence::Conntrack => "`[conntrack] enabled = true`, source `conntrack` up",
             Presence::Finding => "**only while a finding exists** (empty when healthy)",
         }
     }
@@ -734,7 +737,7 @@ pub const SOURCE_UP: Family = Family {
     kind: Kind::Gauge,
     labels: &["source"],
     help: "Whether the source delivered data on its last attempt",
-    notes: "`source`: `libvirt`, `procfs`, `sched_bpf`, `host_cpu`, `ovsdb`, `openflow`, `ovs_datapath`, `ovs_datapath_bpf`, `ovs_unixctl`. `pinflow check` on the host says why a source is down. Also 0 while a polled source's data is stale (its collection hangs: `/api/v1/sources` says `wedged: collection running for …`; see `pinflow_source_last_success_timestamp_seconds`).",
+    notes: "`source`: `libvirt`, `procfs`, `sched_bpf`, `host_cpu`, `ovsdb`, `openflow`, `ovs_datapath`, `ovs_datapath_bpf`, `ovs_unixctl`, `conntrack` (off unless `[conntrack] enabled`: no series then). `pinflow check` on the host says why a source is down. Also 0 while a polled source's data is stale (its collection hangs: `/api/v1/sources` says `wedged: collection running for …`; see `pinflow_source_last_success_timestamp_seconds`).",
     example: "pinflow_source_up == 0",
     presence: Presence::Always,
     area: Area::SelfMetrics,
@@ -858,6 +861,50 @@ pub const VSWITCHD_THREADS: Family = Family {
     presence: Presence::OvsVswitchd,
     area: Area::Vswitchd,
     series: series(0, 0, 2, "nothing (2 kinds)"),
+};
+
+/// `pinflow_conntrack_entries`.
+pub const CONNTRACK_ENTRIES: Family = Family {
+    name: "pinflow_conntrack_entries",
+    kind: Kind::Gauge,
+    labels: &[],
+    help: "Entries in the kernel's connection tracking table (nf_conntrack_count of pinflow's network namespace)",
+    notes: "Read from procfs at every conntrack poll. Headroom: `pinflow_conntrack_entries_limit - pinflow_conntrack_entries`; at the limit the kernel drops packets of new connections (`nf_conntrack: table full, dropping packet`).",
+    example: "pinflow_conntrack_entries / pinflow_conntrack_entries_limit > 0.8",
+    presence: Presence::Conntrack,
+    area: Area::Datapath,
+    series: series(0, 0, 1, "nothing"),
+};
+
+/// `pinflow_conntrack_entries_limit`.
+pub const CONNTRACK_LIMIT: Family = Family {
+    name: "pinflow_conntrack_entries_limit",
+    kind: Kind::Gauge,
+    labels: &[],
+    help: "Most entries the connection tracking table may hold (nf_conntrack_max)",
+    notes: "",
+    example: "pinflow_conntrack_entries_limit - pinflow_conntrack_entries < 10000",
+    presence: Presence::Conntrack,
+    area: Area::Datapath,
+    series: series(0, 0, 1, "nothing"),
+};
+
+/// `pinflow_conntrack_zone_entries`.
+pub const CONNTRACK_ZONE_ENTRIES: Family = Family {
+    name: "pinflow_conntrack_zone_entries",
+    kind: Kind::Gauge,
+    labels: &["ct_zone", "domain"],
+    help: "Connection tracking entries per conntrack zone that OVS flows load for a port (Neutron's openvswitch firewall: one zone per network on the host), ct_zone=\"other\" for every other zone",
+    notes: "`ct_zone`: the conntrack zone number (not `zone`, which deployments set to the availability zone), present (0 when empty) for every zone a flow loads into `reg6` (Neutron's `REG_NET`) for a port matched by `in_port` or loaded into `reg5`; `other` sums the host's default zone 0 and the zones no flow loads. `domain`: the instance when every port of the zone that belongs to an instance belongs to the same one, empty when the network is shared by several instances on the host (`/api/v1/conntrack` lists each zone's ports and instances) or has none. Counted from one ctnetlink dump per poll (`[conntrack] interval_seconds`, longer while a dump takes more than 1 % of it).",
+    example: "topk(5, pinflow_conntrack_zone_entries{ct_zone!=\"other\"}) * on (instance, domain) group_left (name) pinflow_instance_info",
+    presence: Presence::Conntrack,
+    area: Area::Datapath,
+    series: series(
+        0,
+        0,
+        1,
+        "conntrack zones the flows load (Neutron networks with ports on the host, at most the instance ports), plus `other`",
+    ),
 };
 
 /// `pinflow_ovs_upcall_flows`.
@@ -1335,6 +1382,9 @@ pub const ALL: &[&Family] = &[
     &OVS_PROCESS_RSS,
     &OVS_PROCESS_CPU,
     &OVS_PROCESS_THREADS,
+    &CONNTRACK_ENTRIES,
+    &CONNTRACK_LIMIT,
+    &CONNTRACK_ZONE_ENTRIES,
     &SOURCE_UP,
     &SOURCE_ERRORS,
     &COLLECT_DURATION,

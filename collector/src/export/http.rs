@@ -246,6 +246,7 @@ pub(crate) fn router(
             .route("/api/v1/pinning", get(api_pinning))
             .route("/api/v1/intrusions", get(api_intrusions))
             .route("/api/v1/host_cpu", get(api_host_cpu))
+            .route("/api/v1/conntrack", get(api_conntrack))
             .route("/api/v1/sources", get(api_sources))
             .route("/api/v1/flows", get(api_flows))
             .route("/api/v1/flows/dirty", get(api_flows_dirty));
@@ -285,6 +286,7 @@ fn index_page(o: &RouterOptions) -> String {
                 "/api/v1/pinning",
                 "/api/v1/intrusions",
                 "/api/v1/host_cpu",
+                "/api/v1/conntrack",
                 "/api/v1/flows/dirty",
                 "/api/v1/flows",
                 "/api/v1/sources",
@@ -721,6 +723,12 @@ async fn api_intrusions(State(app): State<App>) -> Response {
 
 async fn api_host_cpu(State(app): State<App>) -> Response {
     axum::Json(app.state.host_cpu.get()).into_response()
+}
+
+/// Conntrack entries per zone with each zone's ports and instances (small: one row per zone
+/// and port the flows load).
+async fn api_conntrack(State(app): State<App>) -> Response {
+    axum::Json(app.state.conntrack.get()).into_response()
 }
 
 /// Bridges, dirty counts, ports and dirty flows.

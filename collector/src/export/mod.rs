@@ -1,6 +1,7 @@
 //! Exporters: Prometheus /metrics, the JSON API and CLI tables. They only read the reports in
 //! [`crate::model`] (through [`crate::model::state::SharedState`]) and encode them.
 
+mod conntrack;
 pub(crate) mod datapath;
 mod encode;
 pub mod families;

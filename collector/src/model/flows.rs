@@ -289,4 +289,7 @@ pub(crate) struct FlowsReport {
     pub(crate) ports: Arc<Vec<PortInfo>>,
     /// Severity of every enabled rule, built-in and user (`pinflow_ovs_dirty_flow_rule_info`).
     pub(crate) rule_severity: BTreeMap<String, Severity>,
+    /// The conntrack zones the flows load per port (for the conntrack pipeline; not served here).
+    #[serde(skip)]
+    pub(crate) ct_zones: crate::model::conntrack::ZonePorts,
 }

@@ -3,6 +3,7 @@
 //! pipelines publish reports into its [`state::SharedState`], exporters encode them.
 
 pub(crate) mod clock;
+pub(crate) mod conntrack;
 pub mod cpuset;
 pub(crate) mod datapath;
 pub(crate) mod flows;

@@ -5,6 +5,7 @@
 //! never sees a half-updated report; a reader that wants to know when a report changes
 //! subscribes to its slot.
 
+use crate::model::conntrack::ConntrackReport;
 use crate::model::datapath::{DatapathEvents, DatapathReport};
 use crate::model::flows::{FlowsReport, InterfacesReport};
 use crate::model::health::BpfProgramCost;
@@ -76,6 +77,8 @@ pub(crate) struct SharedState {
     pub(crate) datapath_events: Slot<DatapathEvents>,
     /// ovs-vswitchd's unixctl counters and the OVS processes (ovs_vswitchd pipeline).
     pub(crate) vswitchd: Slot<VswitchdReport>,
+    /// Conntrack entries per zone (conntrack pipeline).
+    pub(crate) conntrack: Slot<ConntrackReport>,
     /// Host CPU configuration problems (host CPU pipeline).
     pub(crate) host_cpu: Slot<HostCpuReport>,
     /// Local instances and their interfaces (pinning pipeline; joined on by the others).

@@ -6,6 +6,7 @@
 //! and a pipeline in `engine/` runs each through [`SourceRegistry::collect`](crate::model::health::SourceRegistry::collect),
 //! which records its health.
 
+pub mod conntrack;
 pub(crate) mod host_cpu;
 pub(crate) mod libvirt;
 pub(crate) mod openflow;
@@ -113,4 +114,5 @@ pub(crate) const ALL: &[&SourceDef] = &[
     &ovs_dp::SOURCE,
     &ovs_dp::bpf::SOURCE,
     &ovs_vswitchd::SOURCE,
+    &conntrack::SOURCE,
 ];
