@@ -242,6 +242,8 @@ pub(crate) struct PinningEngine {
     /// (at full passes, at most every `reconcile_seconds`).
     numa_nodes: Vec<HostNode>,
     last_numa: Option<Instant>,
+    /// The generation the sched probe's watched set was last synced with.
+    watch_generation: Option<u64>,
 }
 
 impl PinningEngine {
@@ -302,6 +304,7 @@ impl PinningEngine {
             generation: 0,
             numa_nodes: Vec::new(),
             last_numa: None,
+            watch_generation: None,
         }
     }
 
@@ -843,62 +846,30 @@ impl PinningEngine {
     /// Returns how much any thread's placement differs from what the observations held.
     fn sync_probe(&mut self, observations: &mut [DomainObservation]) -> PlacementChange {
         let mut changed = PlacementChange::None;
+        if self.probe.is_none() {
+            return changed;
+        }
+        let now = Instant::now();
+        let window = self.cfg.placement_window();
+        let mut errors = 0u64;
+        // The watched set follows the observations' vCPUs and pins, which change only with a
+        // pass (and then the generation): an idle tick skips this.
+        if self.watch_generation != Some(self.generation) {
+            self.watch_generation = Some(self.generation);
+            errors += self.sync_watched(observations, now);
+        }
         let Some(probe) = self.probe.as_mut() else {
             return changed;
         };
-        let now = Instant::now();
-        let window = self.cfg.placement_window();
-        let mut desired: HashMap<u32, CpuSet> = HashMap::new();
-        for o in observations.iter() {
-            for v in o.domain.iter().flat_map(|d| &d.vcpus) {
-                if let (Some(tid), Some(pin)) = (v.tid, &v.pin) {
-                    desired.insert(tid, pin.clone());
-                }
-            }
-        }
-        let mut errors = 0u64;
-        self.watched.retain(|tid, _| {
-            if desired.contains_key(tid) {
-                return true;
-            }
-            errors += u64::from(probe.unwatch(*tid).is_err());
-            false
-        });
-        for (tid, pin) in &desired {
-            let fresh = self.watched.get(tid).is_none_or(|w| w.pin != *pin);
-            if fresh {
-                match probe.watch(*tid, pin) {
-                    Ok(()) => {
-                        let samples = self
-                            .watched
-                            .remove(tid)
-                            .map(|w| w.samples)
-                            .unwrap_or_else(|| VecDeque::from([(now, 0)]));
-                        self.watched.insert(
-                            *tid,
-                            WatchedThread {
-                                pin: pin.clone(),
-                                samples,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        tracing::warn!(tid, error = %e, "cannot watch vCPU thread");
-                    }
-                }
-            }
-        }
         // One batch read of the whole map; per-thread lookups where the kernel cannot batch.
         let batch = probe.placements().ok();
         for o in observations.iter_mut() {
-            let tids: Vec<u32> = o
-                .domain
-                .iter()
-                .flat_map(|d| &d.vcpus)
-                .filter_map(|v| v.tid)
-                .collect();
-            for tid in tids {
+            let DomainObservation {
+                domain,
+                placement: placed,
+                ..
+            } = o;
+            for tid in domain.iter().flat_map(|d| &d.vcpus).filter_map(|v| v.tid) {
                 let Some(w) = self.watched.get_mut(&tid) else {
                     continue;
                 };
@@ -923,12 +894,12 @@ impl PinningEngine {
                             migrations_total: p.migrations,
                             last_cpu: p.last_cpu,
                         };
-                        let old = o.placement.insert(tid, sample.clone());
+                        let old = placed.insert(tid, sample.clone());
                         changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
                     }
                     Ok(None) => {
                         let sample = PlacementSample::default();
-                        let old = o.placement.insert(tid, sample.clone());
+                        let old = placed.insert(tid, sample.clone());
                         changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
                     }
                     Err(_) => errors += 1,
@@ -975,6 +946,57 @@ impl PinningEngine {
             self.state.sources.errors(sched_bpf::SOURCE.name, errors);
         }
         changed
+    }
+
+    /// Makes the sched probe watch exactly the observations' pinned vCPU threads, each with its
+    /// pin set (a thread whose pin set changed is re-watched, keeping its history). Returns how
+    /// many watch changes failed.
+    fn sync_watched(&mut self, observations: &[DomainObservation], now: Instant) -> u64 {
+        let mut desired: HashMap<u32, CpuSet> = HashMap::new();
+        for o in observations.iter() {
+            for v in o.domain.iter().flat_map(|d| &d.vcpus) {
+                if let (Some(tid), Some(pin)) = (v.tid, &v.pin) {
+                    desired.insert(tid, pin.clone());
+                }
+            }
+        }
+        let mut errors = 0u64;
+        let Some(probe) = self.probe.as_mut() else {
+            return 0;
+        };
+        self.watched.retain(|tid, _| {
+            if desired.contains_key(tid) {
+                return true;
+            }
+            errors += u64::from(probe.unwatch(*tid).is_err());
+            false
+        });
+        for (tid, pin) in &desired {
+            let fresh = self.watched.get(tid).is_none_or(|w| w.pin != *pin);
+            if fresh {
+                match probe.watch(*tid, pin) {
+                    Ok(()) => {
+                        let samples = self
+                            .watched
+                            .remove(tid)
+                            .map(|w| w.samples)
+                            .unwrap_or_else(|| VecDeque::from([(now, 0)]));
+                        self.watched.insert(
+                            *tid,
+                            WatchedThread {
+                                pin: pin.clone(),
+                                samples,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        tracing::warn!(tid, error = %e, "cannot watch vCPU thread");
+                    }
+                }
+            }
+        }
+        errors
     }
 
     /// Logs an error for `key` only when it differs from the last one logged (no log storms per tick).

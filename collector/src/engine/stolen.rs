@@ -14,7 +14,8 @@ use crate::model::pinning::{
 };
 use crate::sources::sched_bpf::{CpuOwner, SchedProbe};
 use collector_common::sched::INTRUDER_CLASSES;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Classes = [u64; INTRUDER_CLASSES];
@@ -55,6 +56,9 @@ pub(crate) struct StolenTracker {
     /// The observations' generation the kernel's thread and owner maps were last synced with,
     /// and the owners then chosen (CPU -> observation index, vCPU, thread id).
     synced: Option<(u64, Owners)>,
+    /// The observations' generation the domain names and kernel ids below are for: the
+    /// name and kernel id of each observation, by index.
+    names: Option<(u64, Arc<[Option<String>]>, Arc<[Option<u32>]>)>,
 }
 
 /// The owner of each dedicated pCPU: CPU -> (observation index, vCPU, thread id).
@@ -122,6 +126,28 @@ impl StolenTracker {
     /// intrusions report and the number of failed map operations.
     /// `generation` changes whenever the observations' domains or threads do: the kernel's
     /// thread and owner maps are only rewritten then, not on every tick.
+    /// Gives every observed domain a stable kernel id (new names a new one, gone names lose
+    /// theirs) and records the names and ids by observation index for `generation`.
+    fn reindex(&mut self, observations: &[DomainObservation], generation: u64) {
+        let names: Arc<[Option<String>]> = observations
+            .iter()
+            .map(|o| o.domain.as_ref().map(|d| d.name.clone()))
+            .collect();
+        let present: HashSet<&str> = names.iter().flatten().map(String::as_str).collect();
+        self.ids.retain(|n, _| present.contains(n.as_str()));
+        for n in names.iter().flatten() {
+            if !self.ids.contains_key(n) {
+                self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+                self.ids.insert(n.clone(), self.next_id);
+            }
+        }
+        let ids: Arc<[Option<u32>]> = names
+            .iter()
+            .map(|n| n.as_ref().and_then(|n| self.ids.get(n).copied()))
+            .collect();
+        self.names = Some((generation, names, ids));
+    }
+
     pub(crate) fn sync(
         &mut self,
         probe: &mut SchedProbe,
@@ -132,22 +158,13 @@ impl StolenTracker {
         now: Instant,
     ) -> (IntrusionsReport, u64) {
         let mut errors = 0u64;
-        let names: Vec<Option<String>> = observations
-            .iter()
-            .map(|o| o.domain.as_ref().map(|d| d.name.clone()))
-            .collect();
-        self.ids
-            .retain(|n, _| names.iter().flatten().any(|x| x == n));
-        for n in names.iter().flatten() {
-            if !self.ids.contains_key(n) {
-                self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-                self.ids.insert(n.clone(), self.next_id);
-            }
+        if self.names.as_ref().is_none_or(|(g, ..)| *g != generation) {
+            self.reindex(observations, generation);
         }
-        let ids: Vec<Option<u32>> = names
-            .iter()
-            .map(|n| n.as_ref().and_then(|n| self.ids.get(n).copied()))
-            .collect();
+        let (names, ids) = match &self.names {
+            Some((_, names, ids)) => (names.clone(), ids.clone()),
+            None => (Arc::from([]), Arc::from([])),
+        };
         let id_of = |i: usize| ids.get(i).copied().flatten();
         let owners = match self.synced.take() {
             Some((g, owners)) if g == generation => owners,
