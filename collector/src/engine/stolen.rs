@@ -58,8 +58,11 @@ pub(crate) struct StolenTracker {
     synced: Option<(u64, Owners)>,
     /// The observations' generation the domain names and kernel ids below are for: the
     /// name and kernel id of each observation, by index.
-    names: Option<(u64, Arc<[Option<String>]>, Arc<[Option<u32>]>)>,
+    names: Option<(u64, DomainIds)>,
 }
+
+/// The name and kernel id of each observation's domain, by observation index.
+type DomainIds = (Arc<[Option<String>]>, Arc<[Option<u32>]>);
 
 /// The owner of each dedicated pCPU: CPU -> (observation index, vCPU, thread id).
 type Owners = BTreeMap<u32, (usize, u32, u32)>;
@@ -145,7 +148,7 @@ impl StolenTracker {
             .iter()
             .map(|n| n.as_ref().and_then(|n| self.ids.get(n).copied()))
             .collect();
-        self.names = Some((generation, names, ids));
+        self.names = Some((generation, (names, ids)));
     }
 
     pub(crate) fn sync(
@@ -162,7 +165,7 @@ impl StolenTracker {
             self.reindex(observations, generation);
         }
         let (names, ids) = match &self.names {
-            Some((_, names, ids)) => (names.clone(), ids.clone()),
+            Some((_, (names, ids))) => (names.clone(), ids.clone()),
             None => (Arc::from([]), Arc::from([])),
         };
         let id_of = |i: usize| ids.get(i).copied().flatten();
