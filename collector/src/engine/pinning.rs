@@ -649,6 +649,7 @@ impl PinningEngine {
             }
         }
         let mut errors = 0;
+        let mut cache = procfs::PassCache::default();
         for &tid in tids {
             match self.tid_domain.get(&tid) {
                 Some(i) if whole.contains(i) => {}
@@ -660,7 +661,7 @@ impl PinningEngine {
                         continue;
                     };
                     self.passes.thread_reads += 1;
-                    match self.hostfs.thread(pid, tid) {
+                    match self.hostfs.thread_cached(pid, tid, &mut cache) {
                         Ok(t) => {
                             if tid == pid {
                                 o.main_cgroup = t.cgroup.clone();
@@ -822,16 +823,17 @@ impl PinningEngine {
         self.cache = observations;
         report.passes = self.passes.clone();
         report.numa_nodes = self.numa_nodes.clone();
-        let drifts = |r: &PinningReport| -> Vec<(String, crate::model::pinning::Drift)> {
+        fn drifts(r: &PinningReport) -> Vec<(&str, &crate::model::pinning::Drift)> {
             r.domains
                 .iter()
-                .flat_map(|d| d.drifts.iter().map(|x| (d.domain.clone(), x.clone())))
+                .flat_map(|d| d.drifts.iter().map(|x| (d.domain.as_str(), x)))
                 .collect()
-        };
+        }
+        let old = self.state.pinning.get();
         self.findings.changes(
-            &drifts(&self.state.pinning.get()),
+            &drifts(&old),
             &drifts(&report),
-            |(domain, x)| (domain.clone(), x.vcpu.clone(), x.check.to_string()),
+            |(domain, x)| (*domain, x.vcpu.as_str(), x.check.to_string()),
             |(domain, x)| {
                 format!(
                     "domain={domain} vcpu={} check={} expected={} actual=\"{}\"",
@@ -839,6 +841,7 @@ impl PinningEngine {
                 )
             },
         );
+        drop(old);
         self.state.pinning.set(report);
     }
 
@@ -1198,8 +1201,9 @@ pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u6
     if let Some(pid) = domain.pid {
         match hostfs.threads(pid) {
             Ok(tids) => {
+                let mut cache = procfs::PassCache::default();
                 for tid in tids {
-                    match hostfs.thread(pid, tid) {
+                    match hostfs.thread_cached(pid, tid, &mut cache) {
                         Ok(t) => {
                             if tid == pid {
                                 obs.main_cgroup = t.cgroup.clone();

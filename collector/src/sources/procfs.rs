@@ -31,6 +31,7 @@
 use crate::model::cpuset::CpuSet;
 use crate::model::pinning::ThreadState;
 use crate::sources::{CanRun, SourceDef};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
@@ -235,6 +236,17 @@ impl HostFs {
     /// Returns [`ProcError::Gone`] when the thread exited before or while it was read. A missing `schedstat`
     /// (kernel without schedstats) gives zero times; a missing cgroup directory gives `cgroup_cpus: None`.
     pub fn thread(&self, pid: u32, tid: u32) -> Result<ThreadState, ProcError> {
+        self.thread_cached(pid, tid, &mut PassCache::default())
+    }
+
+    /// [`Self::thread`] for one of many threads read together (a domain's): where the cgroup
+    /// hierarchies are mounted and each cgroup's `cpuset.cpus` are read once per `cache`.
+    pub(crate) fn thread_cached(
+        &self,
+        pid: u32,
+        tid: u32,
+        cache: &mut PassCache,
+    ) -> Result<ThreadState, ProcError> {
         let task = self.task_dir(pid, tid);
         let gone = || ProcError::Gone { pid, tid };
 
@@ -263,12 +275,19 @@ impl HostFs {
         let cg_path = task.join("cgroup");
         let cgroup_file = self.read_task_file(&cg_path, pid, tid)?;
         let target = self
-            .cpuset_target(&cgroup_file)
+            .cpuset_target(&cgroup_file, cache)
             .map_err(|reason| parse_err(&cg_path, reason))?;
         let (cgroup, cgroup_cpus) = match target {
             None => (None, None),
             Some(t) => {
-                let cpus = read_cpuset(&t)?;
+                let cpus = match cache.cpusets.get(&t.dir) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = read_cpuset(&t)?;
+                        cache.cpusets.insert(t.dir.clone(), c.clone());
+                        c
+                    }
+                };
                 // The cgroup vanishes right after its last thread: tell "gone" apart from "no cgroup".
                 if cpus.is_none() && !task.exists() {
                     return Err(gone());
@@ -342,7 +361,11 @@ impl HostFs {
 
     /// Where the `cpuset.cpus` of a thread's cpuset cgroup lives, from its `/proc/…/cgroup` text.
     /// `Ok(None)` when the thread has no cpuset cgroup (neither a v1 cpuset line nor a v2 line).
-    fn cpuset_target(&self, cgroup_file: &str) -> Result<Option<CpusetTarget>, String> {
+    fn cpuset_target(
+        &self,
+        cgroup_file: &str,
+        cache: &mut PassCache,
+    ) -> Result<Option<CpusetTarget>, String> {
         let cgroup_root = self.sys_root.join("fs/cgroup");
         let mut v2_path = None;
         for line in cgroup_file.lines() {
@@ -361,10 +384,15 @@ impl HostFs {
             }
             // cgroup v1 cpuset hierarchy: its own mount, or a combined one named after its controllers.
             let rel = relative(path)?;
-            let mount = [cgroup_root.join("cpuset"), cgroup_root.join(controllers)]
-                .into_iter()
-                .find(|m| m.is_dir())
-                .unwrap_or_else(|| cgroup_root.join("cpuset"));
+            let mount = cache
+                .roots
+                .entry(controllers.to_string())
+                .or_insert_with(|| {
+                    [cgroup_root.join("cpuset"), cgroup_root.join(controllers)]
+                        .into_iter()
+                        .find(|m| m.is_dir())
+                        .unwrap_or_else(|| cgroup_root.join("cpuset"))
+                });
             return Ok(Some(CpusetTarget {
                 cgroup: path.to_string(),
                 dir: mount.join(rel),
@@ -373,20 +401,30 @@ impl HostFs {
         }
         let Some(path) = v2_path else { return Ok(None) };
         let rel = relative(path)?;
-        let unified = cgroup_root.join("unified");
-        let root = if !cgroup_root.join("cgroup.controllers").exists()
-            && unified.join("cgroup.controllers").exists()
-        {
-            unified
-        } else {
-            cgroup_root
-        };
+        let root = cache.roots.entry(String::new()).or_insert_with(|| {
+            let unified = cgroup_root.join("unified");
+            if !cgroup_root.join("cgroup.controllers").exists()
+                && unified.join("cgroup.controllers").exists()
+            {
+                unified
+            } else {
+                cgroup_root
+            }
+        });
         Ok(Some(CpusetTarget {
             cgroup: path.to_string(),
             dir: root.join(rel),
             v2: true,
         }))
     }
+}
+
+/// What a pass over many threads reads once: the mount root of each cgroup hierarchy (by its
+/// controllers; the unified one under ""), and each cpuset directory's CPUs.
+#[derive(Debug, Default)]
+pub(crate) struct PassCache {
+    roots: HashMap<String, PathBuf>,
+    cpusets: HashMap<PathBuf, Option<CpuSet>>,
 }
 
 /// A thread's cpuset cgroup: its path as the kernel names it and its directory under the sysfs root.
