@@ -37,6 +37,10 @@ pub const FILTER_MAP: &str = "SCHED_FILTER";
 pub const WATCH_MAP: &str = "SCHED_WATCH";
 /// Name of the per-thread statistics map in the object.
 pub const STATS_MAP: &str = "SCHED_STATS";
+/// Name of the off-pin slice counter (`PerCpuArray<u64>` of one entry): bumped each time a watched
+/// thread's slice is charged as off-pin time, so userspace knows without reading every thread's
+/// counters whether any placement finding can have changed.
+pub const OFFPIN_MAP: &str = "SCHED_OFFPIN";
 
 /// Name of the per-CPU owner map of dedicated pCPUs.
 pub const DEDICATED_MAP: &str = "SCHED_DEDICATED";

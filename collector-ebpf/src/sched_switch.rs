@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::sched::{
@@ -49,6 +49,11 @@ static SCHED_WATCH: HashMap<u32, PinMask> = HashMap::with_max_entries(MAX_WATCHE
 /// Placement counters per watched tid; created by userspace, updated here only.
 #[map]
 static SCHED_STATS: HashMap<u32, PlacementStats> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// Off-pin slices charged so far (one counter per CPU, each written on its CPU only); userspace
+/// reads the sum.
+#[map]
+static SCHED_OFFPIN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Owner of each dedicated pCPU, by CPU; written by userspace.
 #[map]
@@ -298,6 +303,11 @@ fn switch_out(tid: u32, now: u64, cpu: u32) {
             stats.on_pin_ns += slice;
         } else {
             stats.off_pin_ns += slice;
+            if let Some(n) = SCHED_OFFPIN.get_ptr_mut(0) {
+                // SAFETY: this CPU's value pointer of a successful lookup; switches on one CPU
+                // never run concurrently.
+                unsafe { *n += 1 };
+            }
         }
     }
     stats.last_in_ns = 0;

@@ -244,6 +244,18 @@ pub(crate) struct PinningEngine {
     last_numa: Option<Instant>,
     /// The generation the sched probe's watched set was last synced with.
     watch_generation: Option<u64>,
+    /// When every watched thread's placement counters were last read, and what was seen.
+    placement_reads: PlacementReads,
+}
+
+/// The last read of every watched thread's placement counters.
+#[derive(Debug, Default)]
+struct PlacementReads {
+    at: Option<Instant>,
+    /// The kernel's off-pin slice counter then.
+    offpin_slices: Option<u64>,
+    /// Whether any thread had off-pin time in its window then.
+    drifting: bool,
 }
 
 impl PinningEngine {
@@ -305,6 +317,7 @@ impl PinningEngine {
             numa_nodes: Vec::new(),
             last_numa: None,
             watch_generation: None,
+            placement_reads: PlacementReads::default(),
         }
     }
 
@@ -857,16 +870,37 @@ impl PinningEngine {
         let mut errors = 0u64;
         // The watched set follows the observations' vCPUs and pins, which change only with a
         // pass (and then the generation): an idle tick skips this.
-        if self.watch_generation != Some(self.generation) {
+        let resynced = self.watch_generation != Some(self.generation);
+        if resynced {
             self.watch_generation = Some(self.generation);
             errors += self.sync_watched(observations, now);
         }
         let Some(probe) = self.probe.as_mut() else {
             return changed;
         };
+        // Every thread's counters are read when a placement finding can have changed: a thread
+        // was charged off-pin time (the kernel's one counter moved), a thread has off-pin time in
+        // its window (it drifts: its CPU and window move), or the watched set changed; else only
+        // every COUNTER_REFRESH, for the published counters.
+        let offpin = probe.offpin_slices().ok();
+        let due = resynced
+            || offpin.is_none()
+            || offpin != self.placement_reads.offpin_slices
+            || self.placement_reads.drifting
+            || self
+                .placement_reads
+                .at
+                .is_none_or(|t| now.duration_since(t) >= COUNTER_REFRESH);
+        if due {
+            self.placement_reads = PlacementReads {
+                at: Some(now),
+                offpin_slices: offpin,
+                drifting: false,
+            };
+        }
         // One batch read of the whole map; per-thread lookups where the kernel cannot batch.
-        let batch = probe.placements().ok();
-        for o in observations.iter_mut() {
+        let batch = if due { probe.placements().ok() } else { None };
+        for o in observations.iter_mut().filter(|_| due) {
             let DomainObservation {
                 domain,
                 placement: placed,
@@ -897,6 +931,7 @@ impl PinningEngine {
                             migrations_total: p.migrations,
                             last_cpu: p.last_cpu,
                         };
+                        self.placement_reads.drifting |= sample.offpin_ns_window > 0;
                         let old = placed.insert(tid, sample.clone());
                         changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
                     }

@@ -35,13 +35,14 @@ use std::fmt;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::Path;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::{Btf, Ebpf, Endianness};
 use collector_common::sched::{
     self as layout, DEDICATED_MAP, DedicatedCpu, DomainThread, FILTER_MAP, INTRUDER_CLASSES,
     INTRUDERS_MAP, IntruderKey, IntruderStats, MAX_CPUS, MAX_DOMAIN_THREADS, MAX_WATCHED,
-    PIN_WORDS, PinMask, PlacementStats, STATS_MAP, STOLEN_MAP, StolenCpu, THREADS_MAP, WATCH_MAP,
+    OFFPIN_MAP, PIN_WORDS, PinMask, PlacementStats, STATS_MAP, STOLEN_MAP, StolenCpu, THREADS_MAP,
+    WATCH_MAP,
 };
 
 use crate::model::clock::monotonic_ns;
@@ -339,6 +340,7 @@ pub struct SchedProbe {
     filter: Array<MapData, u64>,
     pins: BpfHashMap<MapData, u32, PinMask>,
     stats: BpfHashMap<MapData, u32, PlacementStats>,
+    offpin: PerCpuArray<MapData, u64>,
     dedicated: Array<MapData, DedicatedCpu>,
     stolen: Array<MapData, StolenCpu>,
     threads: BpfHashMap<MapData, u32, DomainThread>,
@@ -521,6 +523,8 @@ impl SchedProbe {
         let pins = BpfHashMap::try_from(take(&mut ebpf, WATCH_MAP)?).map_err(map_err(WATCH_MAP))?;
         let stats =
             BpfHashMap::try_from(take(&mut ebpf, STATS_MAP)?).map_err(map_err(STATS_MAP))?;
+        let offpin =
+            PerCpuArray::try_from(take(&mut ebpf, OFFPIN_MAP)?).map_err(map_err(OFFPIN_MAP))?;
         let dedicated =
             Array::try_from(take(&mut ebpf, DEDICATED_MAP)?).map_err(map_err(DEDICATED_MAP))?;
         let stolen = Array::try_from(take(&mut ebpf, STOLEN_MAP)?).map_err(map_err(STOLEN_MAP))?;
@@ -535,6 +539,7 @@ impl SchedProbe {
             filter,
             pins,
             stats,
+            offpin,
             dedicated,
             stolen,
             threads,
@@ -697,6 +702,19 @@ impl SchedProbe {
             last_cpu: s.last_cpu,
             running_ns,
         }))
+    }
+
+    /// How many slices of watched threads the kernel has charged as off-pin time since load
+    /// (any change: some thread ran off its pin since the last read).
+    pub fn offpin_slices(&self) -> Result<u64, SchedProbeError> {
+        let per_cpu = self
+            .offpin
+            .get(&0, 0)
+            .map_err(|source| SchedProbeError::Map {
+                map: OFFPIN_MAP,
+                source,
+            })?;
+        Ok(per_cpu.iter().fold(0u64, |a, n| a.wrapping_add(*n)))
     }
 
     /// What the kernel measured for every watched thread, read in batches of the whole map

@@ -33,6 +33,7 @@ fn embedded_object_has_programs_and_maps() {
         STOLEN_MAP,
         THREADS_MAP,
         INTRUDERS_MAP,
+        OFFPIN_MAP,
     ] {
         assert!(
             obj.maps.contains_key(map),
@@ -146,8 +147,10 @@ fn placement_scenario(mut probe: SchedProbe) {
     probe
         .watch(tid, &"0".parse().expect("cpu list"))
         .expect("re-watch");
+    let offpin_before = probe.offpin_slices().expect("off-pin counter");
     go_tx.send(()).expect("go");
     done_rx.recv().expect("worker spun on CPU 0 and CPU 1");
+    let offpin_after = probe.offpin_slices().expect("off-pin counter");
     let p = probe
         .placement(tid)
         .expect("read placement")
@@ -204,6 +207,10 @@ fn placement_scenario(mut probe: SchedProbe) {
     // 200 ms of wall time each; a loaded machine may give the spinner only a share of it.
     assert!(p.on_pin_ns > 10_000_000, "on-pin time on CPU 0: {p:?}");
     assert!(p.off_pin_ns > 10_000_000, "off-pin time on CPU 1: {p:?}");
+    assert!(
+        offpin_after > offpin_before,
+        "the off-pin slice counter moved: {offpin_before} -> {offpin_after}"
+    );
     assert!(p.migrations >= 1, "migration 0 -> 1: {p:?}");
     assert!(p.switches >= 2, "switch-ins: {p:?}");
     assert_eq!(p.last_cpu, 1, "{p:?}");
