@@ -136,6 +136,20 @@ impl CpuSet {
         )
     }
 
+    /// CPUs in either set.
+    pub fn union(&self, other: &CpuSet) -> CpuSet {
+        let (long, short) = if self.words.len() >= other.words.len() {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        let mut words = long.words.to_vec();
+        for (w, o) in words.iter_mut().zip(short.words.iter()) {
+            *w |= o;
+        }
+        CpuSet::from_words(words)
+    }
+
     /// Parses a kernel-style hexadecimal mask (`Cpus_allowed: ff,ffffffff`), as a fallback format.
     pub fn from_hex_mask(mask: &str) -> Result<Self, CpuSetError> {
         let err = |reason| CpuSetError {
@@ -346,6 +360,15 @@ mod tests {
         assert!(a.intersects(&b));
         assert_eq!(a.intersection(&b), CpuSet::single(3));
         assert!(!a.intersects(&"4".parse().unwrap()));
+    }
+
+    #[test]
+    fn union_holds_the_cpus_of_both() {
+        let a: CpuSet = "0-2,130".parse().expect("a");
+        let b: CpuSet = "2-4".parse().expect("b");
+        assert_eq!(a.union(&b).to_string(), "0-4,130");
+        assert_eq!(b.union(&a), a.union(&b));
+        assert_eq!(a.union(&CpuSet::new()), a);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub(super) struct DomainView<'a> {
     /// libvirt's view of the domain.
     domain: &'a Domain,
     /// Owners of each dedicated pCPU of the host ([`dedicated_pcpus`]).
-    owners: &'a BTreeMap<u32, BTreeSet<String>>,
+    owners: &'a overlap::PcpuOwners,
 }
 
 /// One vCPU as libvirt placed it and as it is.
@@ -222,7 +222,7 @@ fn pin_kind(v: &VcpuSpec, vcpupins: &BTreeMap<u32, u32>) -> PinKind {
 
 /// Runs every check on every domain.
 pub(crate) fn evaluate(obs: &[DomainObservation]) -> PinningReport {
-    let owners = dedicated_pcpus(obs);
+    let owners = overlap::PcpuOwners::new(dedicated_pcpus(obs));
     let mut report = PinningReport::default();
     for d in obs.iter().filter_map(|o| o.domain.as_ref()) {
         for v in d.vcpus.iter().filter(|v| !v.shared_set) {

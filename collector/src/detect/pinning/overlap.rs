@@ -5,7 +5,9 @@ use super::{DomainView, Finding, Subject};
 use crate::model::ThreadState;
 use crate::model::cpuset::CpuSet;
 use crate::model::pinning::{MAX_LABELLED_OWNERS, MAX_LISTED_OWNERS, OverlapOwner};
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 /// Where a thread may run: its actual affinity when known, else what libvirt configured.
 fn may_run_on<'a>(
@@ -18,37 +20,90 @@ fn may_run_on<'a>(
         .or(configured)
 }
 
-/// Foreign dedicated pCPUs within `cpus`, by owner (other than `me`); adds to `hits`.
-fn foreign_dedicated<'o>(
-    cpus: &CpuSet,
-    me: &str,
-    owners: &'o BTreeMap<u32, BTreeSet<String>>,
-    hits: &mut BTreeMap<&'o str, CpuSet>,
-) {
-    for cpu in cpus.iter() {
-        if let Some(names) = owners.get(&cpu) {
-            for n in names.iter().filter(|n| n.as_str() != me) {
+/// The owners of each dedicated pCPU, and, memoized per CPU set asked about, every owner that
+/// set reaches with the pCPUs it owns there (in name order). Subjects of one host reach few
+/// distinct CPU sets (a pCPU, a shared set, every CPU), so a set's owners are gathered once per
+/// evaluation instead of once per subject: on a host where every pCPU has many owners (an
+/// overlap storm) that is the difference between a few and a few hundred thousand map inserts.
+pub(super) struct PcpuOwners {
+    by_cpu: BTreeMap<u32, BTreeSet<String>>,
+    reach: RefCell<HashMap<CpuSet, Rc<[(String, CpuSet)]>>>,
+}
+
+impl PcpuOwners {
+    /// Wraps the owners of each dedicated pCPU.
+    pub(super) fn new(by_cpu: BTreeMap<u32, BTreeSet<String>>) -> Self {
+        Self {
+            by_cpu,
+            reach: RefCell::default(),
+        }
+    }
+
+    /// Every owner of a dedicated pCPU within `cpus`, with those pCPUs, in name order.
+    fn within(&self, cpus: &CpuSet) -> Rc<[(String, CpuSet)]> {
+        if let Some(r) = self.reach.borrow().get(cpus) {
+            return r.clone();
+        }
+        let mut hits: BTreeMap<&str, CpuSet> = BTreeMap::new();
+        for cpu in cpus.iter() {
+            for n in self.by_cpu.get(&cpu).into_iter().flatten() {
                 hits.entry(n.as_str()).or_default().insert(cpu);
             }
         }
+        let r: Rc<[(String, CpuSet)]> = hits.into_iter().map(|(n, c)| (n.to_string(), c)).collect();
+        self.reach.borrow_mut().insert(cpus.clone(), r.clone());
+        r
+    }
+
+    /// Whether `cpu` has an owner other than `me`.
+    fn foreign_owned(&self, cpu: u32, me: &str) -> bool {
+        self.by_cpu
+            .get(&cpu)
+            .is_some_and(|n| n.iter().any(|n| n != me))
     }
 }
 
-/// The `actual` label of an overlap: the union of the owners' pCPUs, then at most
-/// [`MAX_LABELLED_OWNERS`] owners in name order and how many more there are.
-fn overlap_label(hits: &BTreeMap<&str, CpuSet>) -> String {
-    let cpus: CpuSet = hits.values().flat_map(CpuSet::iter).collect();
-    let mut list = hits
-        .keys()
+/// The finding for a subject that may run on `cpus`, when a domain other than `me` owns a
+/// dedicated pCPU among them.
+fn overlap(
+    owners: &PcpuOwners,
+    cpus: &CpuSet,
+    me: &str,
+    expected: Option<&CpuSet>,
+) -> Option<Finding> {
+    let reach = owners.within(cpus);
+    let foreign = || reach.iter().filter(|(n, _)| n != me);
+    let count = foreign().count();
+    if count == 0 {
+        return None;
+    }
+    // The `actual` label: the owners' pCPUs, then at most MAX_LABELLED_OWNERS owners in name
+    // order and how many more there are.
+    let pcpus: CpuSet = cpus
+        .iter()
+        .filter(|c| owners.foreign_owned(*c, me))
+        .collect();
+    let mut list = foreign()
         .take(MAX_LABELLED_OWNERS)
-        .copied()
+        .map(|(n, _)| n.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    let more = hits.len().saturating_sub(MAX_LABELLED_OWNERS);
+    let more = count.saturating_sub(MAX_LABELLED_OWNERS);
     if more > 0 {
         list.push_str(&format!(" +{more} more"));
     }
-    format!("{cpus} ({list})")
+    Some(Finding {
+        expected: expected.map(ToString::to_string).unwrap_or_default(),
+        actual: format!("{pcpus} ({list})"),
+        more_owners: count.saturating_sub(MAX_LISTED_OWNERS),
+        owners: foreign()
+            .take(MAX_LISTED_OWNERS)
+            .map(|(domain, cpus)| OverlapOwner {
+                domain: domain.clone(),
+                cpus: cpus.clone(),
+            })
+            .collect(),
+    })
 }
 
 /// Foreign dedicated pCPUs the subject may run on. Emulator threads are every other thread of
@@ -56,20 +111,18 @@ fn overlap_label(hits: &BTreeMap<&str, CpuSet>) -> String {
 /// emulator sharing its own dedicated pCPUs is fine (Nova's `share` policy): only other domains'
 /// pCPUs count.
 pub(super) fn check(d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
-    let (me, mut hits) = (d.domain.name.as_str(), BTreeMap::new());
-    let expected = match s {
+    let me = d.domain.name.as_str();
+    match s {
         Subject::Vcpu(v) => {
             let cpus = may_run_on(v.state, v.spec.pin.as_ref())?;
-            foreign_dedicated(cpus, me, d.owners, &mut hits);
-            v.spec.pin.as_ref()
+            overlap(d.owners, cpus, me, v.spec.pin.as_ref())
         }
         Subject::Iothread(t) => {
             let pin = t.spec.pin.as_ref()?;
             let cpus = may_run_on(t.state, Some(pin))?;
-            foreign_dedicated(cpus, me, d.owners, &mut hits);
-            Some(pin)
+            overlap(d.owners, cpus, me, Some(pin))
         }
-        Subject::Memory => return None,
+        Subject::Memory => None,
         Subject::Emulator => {
             let vcpu_tids: BTreeSet<u32> = d.domain.vcpus.iter().filter_map(|v| v.tid).collect();
             // I/O threads with a pin of their own are checked on their own.
@@ -81,33 +134,20 @@ pub(super) fn check(d: &DomainView<'_>, s: &Subject<'_>) -> Option<Finding> {
                 .map(|t| t.comm())
                 .collect();
             let pin = d.domain.emulator_pin.as_ref();
+            // Where any emulator thread may run: an owner's pCPUs reached by the threads
+            // together are its pCPUs within this union.
+            let mut reach = CpuSet::new();
             for t in d.obs.threads.values() {
                 if vcpu_tids.contains(&t.tid) || t.kernel_worker || pinned_io.contains(&t.comm) {
                     continue;
                 }
                 if let Some(cpus) = may_run_on(Some(t), pin) {
-                    foreign_dedicated(cpus, me, d.owners, &mut hits);
+                    reach = reach.union(cpus);
                 }
             }
-            pin
+            overlap(d.owners, &reach, me, pin)
         }
-    };
-    if hits.is_empty() {
-        return None;
     }
-    Some(Finding {
-        expected: expected.map(ToString::to_string).unwrap_or_default(),
-        actual: overlap_label(&hits),
-        more_owners: hits.len().saturating_sub(MAX_LISTED_OWNERS),
-        owners: hits
-            .into_iter()
-            .take(MAX_LISTED_OWNERS)
-            .map(|(domain, cpus)| OverlapOwner {
-                domain: domain.to_string(),
-                cpus,
-            })
-            .collect(),
-    })
 }
 
 #[cfg(test)]
