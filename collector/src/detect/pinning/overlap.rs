@@ -20,6 +20,9 @@ fn may_run_on<'a>(
         .or(configured)
 }
 
+/// The owners a CPU set reaches, each with its pCPUs there, in name order.
+type Reach = Rc<[(String, CpuSet)]>;
+
 /// The owners of each dedicated pCPU, and, memoized per CPU set asked about, every owner that
 /// set reaches with the pCPUs it owns there (in name order). Subjects of one host reach few
 /// distinct CPU sets (a pCPU, a shared set, every CPU), so a set's owners are gathered once per
@@ -27,7 +30,7 @@ fn may_run_on<'a>(
 /// overlap storm) that is the difference between a few and a few hundred thousand map inserts.
 pub(super) struct PcpuOwners {
     by_cpu: BTreeMap<u32, BTreeSet<String>>,
-    reach: RefCell<HashMap<CpuSet, Rc<[(String, CpuSet)]>>>,
+    reach: RefCell<HashMap<CpuSet, Reach>>,
 }
 
 impl PcpuOwners {
@@ -40,7 +43,7 @@ impl PcpuOwners {
     }
 
     /// Every owner of a dedicated pCPU within `cpus`, with those pCPUs, in name order.
-    fn within(&self, cpus: &CpuSet) -> Rc<[(String, CpuSet)]> {
+    fn within(&self, cpus: &CpuSet) -> Reach {
         if let Some(r) = self.reach.borrow().get(cpus) {
             return r.clone();
         }
@@ -50,7 +53,7 @@ impl PcpuOwners {
                 hits.entry(n.as_str()).or_default().insert(cpu);
             }
         }
-        let r: Rc<[(String, CpuSet)]> = hits.into_iter().map(|(n, c)| (n.to_string(), c)).collect();
+        let r: Reach = hits.into_iter().map(|(n, c)| (n.to_string(), c)).collect();
         self.reach.borrow_mut().insert(cpus.clone(), r.clone());
         r
     }
