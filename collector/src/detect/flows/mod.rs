@@ -228,6 +228,80 @@ struct ShapeGroup {
     proj: FastMap<Shape, ProjMap>,
     /// Cached intersections of this group's shape with other groups' shapes (ids are never reused).
     inter: FastMap<ShapeId, Shape>,
+    /// Number of the group's flows at each priority: a look-up for flows below, at or above a
+    /// priority skips a group that has none there (without building a projection map for it).
+    prios: BTreeMap<u16, u32>,
+    /// Per field of the group's shape, the value every flow of the group has had there since the
+    /// group was created (`None` once two differ; never set back). A flow whose value differs
+    /// from such a constant shares no projection with any flow of the group.
+    konst: Box<[Option<u128>]>,
+}
+
+impl ShapeGroup {
+    /// Counts a flow of the group with this match and priority.
+    fn add_flow(&mut self, matches: &Matches, prio: u16) {
+        *self.prios.entry(prio).or_default() += 1;
+        let vals = Projection::of(matches, &self.shape);
+        let vals = vals.as_ref().map(Projection::values);
+        if self.len == 0 {
+            self.konst = match vals {
+                Some(v) if v.len() == self.shape.0.len() => v.iter().copied().map(Some).collect(),
+                _ => vec![None; self.shape.0.len()].into_boxed_slice(),
+            };
+        } else {
+            for (i, k) in self.konst.iter_mut().enumerate() {
+                if vals.and_then(|v| v.get(i)) != k.as_ref() {
+                    *k = None;
+                }
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Forgets a flow of the group with this priority.
+    fn remove_flow(&mut self, prio: u16) {
+        if let Some(n) = self.prios.get_mut(&prio) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.prios.remove(&prio);
+            }
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    /// Whether some flow of the group has a priority below `prio`.
+    fn has_below(&self, prio: u16) -> bool {
+        self.prios.range(..prio).next().is_some()
+    }
+
+    /// Whether some flow of the group has a priority above `prio`.
+    fn has_above(&self, prio: u16) -> bool {
+        prio < u16::MAX && self.prios.range(prio + 1..).next().is_some()
+    }
+
+    /// Whether some flow of the group has priority `prio`.
+    fn has_at(&self, prio: u16) -> bool {
+        self.prios.contains_key(&prio)
+    }
+}
+
+/// Whether no flow of a group (shape `gs`, constants `konst`) can project onto `c` (a sub-shape
+/// of `gs`) as `k` does: a field that is constant over the group differs from `k` under `c`'s mask.
+fn excludes(gs: &Shape, konst: &[Option<u128>], c: &Shape, k: &Projection) -> bool {
+    let (mut i, vals) = (0, k.values());
+    c.0.iter().zip(vals).any(|((field, len, cmask), v)| {
+        while let Some(g) = gs.0.get(i) {
+            if g.0 == *field && g.1 == *len {
+                break;
+            }
+            i += 1;
+        }
+        konst
+            .get(i)
+            .copied()
+            .flatten()
+            .is_some_and(|kv| kv & cmask != *v)
+    })
 }
 
 /// The projection map of a group's flows onto `c`, built from the group's own-shape map on first use
@@ -582,6 +656,8 @@ impl BridgeIndex {
                         len: 0,
                         proj,
                         inter: FastMap::default(),
+                        prios: BTreeMap::new(),
+                        konst: Box::default(),
                     },
                 );
                 s
@@ -609,7 +685,7 @@ impl BridgeIndex {
                     map.insert(flows, c, k, (prio, ah, id));
                 }
             }
-            g.len += 1;
+            g.add_flow(&matches, prio);
         }
         table.len += 1;
         for p in out_ports(&actions) {
@@ -666,7 +742,7 @@ impl BridgeIndex {
                         map.remove(k, &(prio, ah, id));
                     }
                 }
-                g.len = g.len.saturating_sub(1);
+                g.remove_flow(prio);
                 if g.len == 0
                     && let Some(g) = table.groups.remove(&rec.shape)
                 {
@@ -771,16 +847,22 @@ impl BridgeIndex {
                     .is_some_and(|r| (r.dirty & bit != 0) != adding)
         };
         for g in table.groups.values_mut() {
+            // Skip groups without flows at the priorities asked about before building anything.
+            let (below, at) = (unreach && g.has_below(prio), ambig && g.has_at(prio));
+            if !below && !at {
+                continue;
+            }
             let ShapeGroup {
                 shape: gs,
                 proj,
                 inter,
                 conj,
+                konst,
                 ..
             } = g;
             let c = inter.entry(sid).or_insert_with(|| shape.intersect(gs));
             // The changed flow covers this group's flows when the intersection is its whole shape.
-            if unreach && c == shape {
+            if below && c == shape && !excludes(gs, konst, c, &own_key) {
                 let bit = BuiltinRule::Unreachable.bit();
                 if let Some(b) =
                     proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, own_key.hash))
@@ -790,9 +872,10 @@ impl BridgeIndex {
                     }));
                 }
             }
-            if ambig && !*conj && shape_has_conj_id(gs) == own_conj_id {
+            if at && !*conj && shape_has_conj_id(gs) == own_conj_id {
                 let bit = BuiltinRule::AmbiguousPriority.bit();
                 if let Some(k) = Projection::of(matches, c)
+                    && !excludes(gs, konst, c, &k)
                     && let Some(b) =
                         proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, k.hash))
                 {
@@ -931,18 +1014,23 @@ impl BridgeIndex {
         let Some(table) = self.tables.get(&rec.entry.table) else {
             return false;
         };
-        table.groups.values().filter(|g| !g.conj).any(|g| {
-            Projection::of(&rec.entry.matches, &g.shape).is_some_and(|k| {
-                g.proj
-                    .get(&g.shape)
-                    .and_then(|m| m.get(&self.flows, &g.shape, k.hash))
-                    .is_some_and(|b| {
-                        b.any_above(rec.entry.priority, |f| {
-                            same_projection(&self.flows, f, &k, &g.shape)
+        let p = rec.entry.priority;
+        table
+            .groups
+            .values()
+            .filter(|g| !g.conj && g.has_above(p))
+            .any(|g| {
+                Projection::of(&rec.entry.matches, &g.shape).is_some_and(|k| {
+                    g.proj
+                        .get(&g.shape)
+                        .and_then(|m| m.get(&self.flows, &g.shape, k.hash))
+                        .is_some_and(|b| {
+                            b.any_above(rec.entry.priority, |f| {
+                                same_projection(&self.flows, f, &k, &g.shape)
+                            })
                         })
-                    })
+                })
             })
-        })
     }
 
     fn ambiguous(&mut self, id: FlowId) -> bool {
@@ -967,12 +1055,13 @@ impl BridgeIndex {
         table
             .groups
             .values_mut()
-            .filter(|g| !g.conj && shape_has_conj_id(&g.shape) == own_conj_id)
+            .filter(|g| !g.conj && g.has_at(p) && shape_has_conj_id(&g.shape) == own_conj_id)
             .any(|g| {
                 let ShapeGroup {
                     shape: gs,
                     proj,
                     inter,
+                    konst,
                     ..
                 } = g;
                 let c = inter
@@ -981,6 +1070,9 @@ impl BridgeIndex {
                 let Some(k) = Projection::of(&rec.entry.matches, c) else {
                     return false;
                 };
+                if excludes(gs, konst, c, &k) {
+                    return false;
+                }
                 proj_onto(proj, gs, c, flows)
                     .and_then(|m| m.get(flows, c, k.hash))
                     .is_some_and(|b| {
