@@ -513,7 +513,9 @@ impl FlowAction {
 pub(crate) enum FlowSource {
     /// The flow's wire form, kept in the tail of its [`FlowEntry::matches`] allocation (see
     /// [`FlowEntry::wire`]): flow-mod flags (2 bytes, big-endian), the length of the OXM match TLVs
-    /// (2 bytes, big-endian), the TLVs (no `ofp_match` header or padding), then the OpenFlow 1.3
+    /// (2 bytes, big-endian; `0xffff` when the TLVs are left out because the normalized match
+    /// renders the flow by itself, see `Match::normalizes_back`), the TLVs
+    /// (no `ofp_match` header or padding), then the OpenFlow 1.3
     /// instructions as received. Rendering decodes it with the same code as the decoder, so the
     /// text is exactly what the decoder would have printed; the actions are decoded on demand too.
     Wire,
@@ -637,11 +639,7 @@ impl FlowEntry {
 
     /// The OpenFlow 1.3 instructions of the wire form.
     fn instructions(&self) -> &[u8] {
-        let w = self.wire();
-        let tlv_len = w
-            .get(2..4)
-            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-        w.get(4 + tlv_len..).unwrap_or_default()
+        super::render::split_wire(self.wire()).map_or(&[], |(_, _, i)| i)
     }
 
     /// Whether both flows have the same actions (compares the instructions' bytes).
