@@ -57,7 +57,7 @@ pub(crate) use crate::model::openflow::FlowKey;
 pub(crate) use rules::{BuiltinRule, DirtyFlowConfig, FlowConfigError};
 
 use crate::model::flows::{Bridge, OvsPort, Severity};
-use crate::model::openflow::{FlowAction, FlowEntry, Matches};
+use crate::model::openflow::{FlowAction, FlowEntry, Instructions, Matches};
 use bucket::{Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
 use shape::{Projection, Shape, project_hash};
@@ -383,6 +383,22 @@ struct BridgeIndex {
     /// by these ids, so equal ids mean equal actions, never a hash that happened to agree.
     actions: FastMap<Box<[FlowAction]>, (u64, usize)>,
     next_actions_id: u64,
+    /// Decoded flows' shared instruction lists (by address, see [`Instructions::addr`]) with
+    /// their semantic actions, decoded once per list rather than per flow and per evaluation.
+    by_instr: FastMap<usize, InstrActions>,
+}
+
+/// One shared instruction list of the index's flows ([`BridgeIndex::by_instr`]).
+#[derive(Debug)]
+struct InstrActions {
+    /// Keeps the list (and so its address) alive while flows of the index use it.
+    _instructions: Instructions,
+    /// Its semantic actions.
+    actions: std::sync::Arc<[FlowAction]>,
+    /// Id of the action list ([`BridgeIndex::actions`]).
+    id: u64,
+    /// Flows of the index with this list.
+    flows: usize,
 }
 
 /// Whether the flow is one clause of a conjunctive match (only `conjunction` actions, and `note`s,
@@ -548,8 +564,11 @@ impl BridgeIndex {
                     if old.entry.same_actions(&flow) {
                         // Only counters, timeouts or text changed (a re-dump): nothing else is affected.
                         let user = self.user_bits(rules, &flow);
+                        // Same bytes, possibly another shared copy: move the count over.
+                        self.acquire_actions(&flow);
                         if let Some(Some(r)) = self.flows.get_mut(id as usize) {
-                            r.entry = flow;
+                            let old = std::mem::replace(&mut r.entry, flow);
+                            self.release_flow_actions(&old);
                         }
                         self.set_user(id, user);
                         if reported
@@ -593,6 +612,62 @@ impl BridgeIndex {
         id
     }
 
+    /// The id and semantic actions of `flow`'s action list, counting one more flow with them
+    /// (a shared instruction list is decoded with its first flow only).
+    fn acquire_actions(&mut self, flow: &FlowEntry) -> (u64, std::sync::Arc<[FlowAction]>) {
+        let Some(i) = flow.instructions() else {
+            let actions: std::sync::Arc<[FlowAction]> = flow.actions().into_owned().into();
+            return (self.intern_actions(&actions), actions);
+        };
+        if let Some(e) = self.by_instr.get_mut(&i.addr()) {
+            e.flows += 1;
+            return (e.id, e.actions.clone());
+        }
+        let actions: std::sync::Arc<[FlowAction]> = flow.actions().into_owned().into();
+        let id = self.intern_actions(&actions);
+        self.by_instr.insert(
+            i.addr(),
+            InstrActions {
+                _instructions: i.clone(),
+                actions: actions.clone(),
+                id,
+                flows: 1,
+            },
+        );
+        (id, actions)
+    }
+
+    /// Counts one flow with `flow`'s action list less (see [`BridgeIndex::acquire_actions`]);
+    /// returns its semantic actions.
+    fn release_flow_actions(&mut self, flow: &FlowEntry) -> std::sync::Arc<[FlowAction]> {
+        let Some(i) = flow.instructions() else {
+            let actions: std::sync::Arc<[FlowAction]> = flow.actions().into_owned().into();
+            self.release_actions(&actions);
+            return actions;
+        };
+        let Some(e) = self.by_instr.get_mut(&i.addr()) else {
+            return flow.actions().into_owned().into();
+        };
+        e.flows = e.flows.saturating_sub(1);
+        let actions = e.actions.clone();
+        if e.flows == 0 {
+            self.by_instr.remove(&i.addr());
+            self.release_actions(&actions);
+        }
+        actions
+    }
+
+    /// The semantic actions of `flow` (a flow of the index, or one with the same instructions).
+    fn actions_of<'a>(&'a self, flow: &'a FlowEntry) -> Cow<'a, [FlowAction]> {
+        match flow
+            .instructions()
+            .and_then(|i| self.by_instr.get(&i.addr()))
+        {
+            Some(e) => Cow::Borrowed(&e.actions),
+            None => flow.actions(),
+        }
+    }
+
     /// Counts one flow with `actions` less (forgetting the list with its last flow).
     fn release_actions(&mut self, actions: &[FlowAction]) {
         if let Some(e) = self.actions.get_mut(actions) {
@@ -624,8 +699,7 @@ impl BridgeIndex {
 
     fn insert(&mut self, rules: &RuleSet, flow: FlowEntry, added: Stamp, now: Instant) {
         let shape_key = Shape::of(&flow.matches);
-        let actions = flow.actions().into_owned();
-        let ah = self.intern_actions(&actions);
+        let (ah, actions) = self.acquire_actions(&flow);
         let user = self.user_bits(rules, &flow);
         let id = match self.free.pop() {
             Some(id) => id,
@@ -763,8 +837,7 @@ impl BridgeIndex {
                 }
             }
         };
-        let actions = rec.entry.actions();
-        self.release_actions(&actions);
+        let actions = self.release_flow_actions(&rec.entry);
         for p in out_ports(&actions) {
             unlink(&mut self.by_out_port, p);
         }
@@ -1101,7 +1174,7 @@ impl BridgeIndex {
         let needs_actions = rules.enabled(BuiltinRule::GotoEmptyTable)
             || (self.ports.is_some() && rules.enabled(BuiltinRule::OutputToMissingPort));
         let actions = if needs_actions {
-            e.actions()
+            self.actions_of(e)
         } else {
             Cow::Borrowed(&[][..])
         };

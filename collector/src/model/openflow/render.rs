@@ -210,21 +210,20 @@ fn wire_head(flags: u16, tlvs: Option<&[u8]>) -> DecodeResult<[u8; 4]> {
     Ok([a, b, c, d])
 }
 
-/// A stored wire form's parts: flow-mod flags, the match TLVs (`None`: left out, see
-/// [`TLVS_OMITTED`]) and the instructions.
-pub(crate) fn split_wire(w: &[u8]) -> DecodeResult<(u16, Option<&[u8]>, &[u8])> {
+/// A stored wire form's parts: flow-mod flags and the match TLVs (`None`: left out, see
+/// [`TLVS_OMITTED`]).
+pub(crate) fn split_wire(w: &[u8]) -> DecodeResult<(u16, Option<&[u8]>)> {
     let mut r = Rd::new(w, "stored flow");
     let flags = r.u16()?;
     let tlvs = match r.u16()? {
         TLVS_OMITTED => None,
         n => Some(r.take(usize::from(n))?),
     };
-    Ok((flags, tlvs, r.rest()))
+    Ok((flags, tlvs))
 }
 
-/// The semantic actions of a stored wire form ([`FlowEntry::actions`]).
-pub(crate) fn wire_actions(w: &[u8]) -> DecodeResult<Vec<super::flow::FlowAction>> {
-    let (_, _, instructions) = split_wire(w)?;
+/// The semantic actions of stored instructions ([`FlowEntry::actions`]).
+pub(crate) fn wire_actions(instructions: &[u8]) -> DecodeResult<Vec<super::flow::FlowAction>> {
     let mut text = String::new();
     let mut actions = Vec::new();
     decode_instructions(instructions, &mut text, &mut actions)?;
@@ -238,7 +237,7 @@ pub(crate) fn flow_text(e: &FlowEntry) -> String {
     match &e.source {
         #[cfg(test)]
         FlowSource::Text(t) => t.text.to_string(),
-        FlowSource::Wire => render_wire(e, e.wire()).unwrap_or_else(|err| {
+        FlowSource::Wire(i) => render_wire(e, e.wire(), i.bytes()).unwrap_or_else(|err| {
             format!(
                 "table={}, priority={} <undecodable flow: {err}>",
                 e.table, e.priority
@@ -247,8 +246,8 @@ pub(crate) fn flow_text(e: &FlowEntry) -> String {
     }
 }
 
-fn render_wire(e: &FlowEntry, w: &[u8]) -> DecodeResult<String> {
-    let (flags, tlvs, instructions) = split_wire(w)?;
+fn render_wire(e: &FlowEntry, w: &[u8], instructions: &[u8]) -> DecodeResult<String> {
+    let (flags, tlvs) = split_wire(w)?;
     let m = match tlvs {
         Some(t) => Match::decode_tlvs(t)?,
         None => Match::from_normalized(&e.matches).ok_or_else(|| {
@@ -290,10 +289,14 @@ fn build_entry(
     scratch: &mut Scratch,
 ) -> DecodeResult<FlowEntry> {
     // Decoding the instructions once validates them (the text is rendered later, on demand,
-    // from the stored wire form with this same decoder).
-    scratch.text.clear();
-    scratch.actions.clear();
-    decode_instructions(instructions, &mut scratch.text, &mut scratch.actions)?;
+    // from the stored wire form with this same decoder); a list some live flow shares already
+    // decoded, and is taken as it is.
+    let Scratch { text, actions, .. } = scratch;
+    let instructions = super::flow::Instructions::intern(instructions, |b| {
+        text.clear();
+        actions.clear();
+        decode_instructions(b, text, actions)
+    })?;
     // The TLVs are kept only when the normalized match does not render the flow by itself.
     m.normalized_fields(&mut scratch.fields);
     let tlvs = (!m.normalizes_back(&scratch.fields)).then_some(tlvs);
@@ -305,9 +308,9 @@ fn build_entry(
         // One allocation: the match with the wire form as its tail.
         matches: super::flow::Matches::from_fields_with_tail(
             &mut scratch.fields,
-            &[&head, tlvs.unwrap_or_default(), instructions],
+            &[&head, tlvs.unwrap_or_default()],
         ),
-        source: FlowSource::Wire,
+        source: FlowSource::Wire(instructions),
         idle_timeout,
         hard_timeout,
     })
