@@ -58,7 +58,7 @@ pub(crate) use rules::{BuiltinRule, DirtyFlowConfig, FlowConfigError};
 
 use crate::model::flows::{Bridge, OvsPort, Severity};
 use crate::model::openflow::{FlowAction, FlowEntry, Instructions, Matches};
-use bucket::{Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
+use bucket::{ActionsId, Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
 use shape::{Projection, Shape, project_hash};
 use std::borrow::Cow;
@@ -206,16 +206,13 @@ impl Stamp {
 struct FlowRec {
     /// The entry (the index is where the daemon keeps its flows: the mirror holds no table).
     entry: FlowEntry,
+    /// Its shape group (whose `conj` says whether the flow is kept apart, see [`inert`]).
     shape: ShapeId,
-    conj: bool,
     /// Id of the flow's exact action list ([`BridgeIndex::actions`]): equal ids, equal actions.
-    actions_id: u64,
+    actions_id: ActionsId,
     added: Stamp,
     /// Bits of the rules this flow is dirty under.
     dirty: u64,
-    /// Whether its stale-cookie re-check is scheduled (always at `added + grace`: the grace period
-    /// is fixed for the index's lifetime, so the instant need not be kept).
-    timer_set: bool,
 }
 
 #[derive(Debug)]
@@ -381,8 +378,13 @@ struct BridgeIndex {
     user: FastMap<FlowId, u64>,
     /// Distinct action lists: id and number of flows. `ambiguous_priority` compares flows' actions
     /// by these ids, so equal ids mean equal actions, never a hash that happened to agree.
-    actions: FastMap<Box<[FlowAction]>, (u64, usize)>,
-    next_actions_id: u64,
+    actions: FastMap<Box<[FlowAction]>, (ActionsId, usize)>,
+    next_actions_id: ActionsId,
+    /// Ids of forgotten action lists, reused first (ids stay below the number of live lists).
+    free_actions_ids: Vec<ActionsId>,
+    /// Flows whose stale-cookie re-check is scheduled (always at `added + grace`: the grace
+    /// period is fixed for the index's lifetime, so the instant need not be kept). Few flows.
+    timer_set: FastSet<FlowId>,
     /// Decoded flows' shared instruction lists (by address, see [`Instructions::addr`]) with
     /// their semantic actions, decoded once per list rather than per flow and per evaluation.
     by_instr: FastMap<usize, InstrActions>,
@@ -396,7 +398,7 @@ struct InstrActions {
     /// Its semantic actions.
     actions: std::sync::Arc<[FlowAction]>,
     /// Id of the action list ([`BridgeIndex::actions`]).
-    id: u64,
+    id: ActionsId,
     /// Flows of the index with this list.
     flows: usize,
 }
@@ -594,27 +596,33 @@ impl BridgeIndex {
     fn restamp(&mut self, rules: &RuleSet, id: FlowId, added: Stamp, now: Instant) {
         if let Some(Some(r)) = self.flows.get_mut(id as usize) {
             r.added = added;
-            // A grace period that ends at another instant needs its own timer.
-            r.timer_set = false;
         }
+        // A grace period that ends at another instant needs its own timer.
+        self.timer_set.remove(&id);
         self.evaluate(rules, id, now);
     }
 
     /// The id of the action list `actions`, counting one more flow with it.
-    fn intern_actions(&mut self, actions: &[FlowAction]) -> u64 {
+    fn intern_actions(&mut self, actions: &[FlowAction]) -> ActionsId {
         if let Some(e) = self.actions.get_mut(actions) {
             e.1 += 1;
             return e.0;
         }
-        let id = self.next_actions_id;
-        self.next_actions_id += 1;
+        let id = match self.free_actions_ids.pop() {
+            Some(id) => id,
+            None => {
+                let id = self.next_actions_id;
+                self.next_actions_id = self.next_actions_id.saturating_add(1);
+                id
+            }
+        };
         self.actions.insert(actions.into(), (id, 1));
         id
     }
 
     /// The id and semantic actions of `flow`'s action list, counting one more flow with them
     /// (a shared instruction list is decoded with its first flow only).
-    fn acquire_actions(&mut self, flow: &FlowEntry) -> (u64, std::sync::Arc<[FlowAction]>) {
+    fn acquire_actions(&mut self, flow: &FlowEntry) -> (ActionsId, std::sync::Arc<[FlowAction]>) {
         let Some(i) = flow.instructions() else {
             let actions: std::sync::Arc<[FlowAction]> = flow.actions().into_owned().into();
             return (self.intern_actions(&actions), actions);
@@ -673,7 +681,9 @@ impl BridgeIndex {
         if let Some(e) = self.actions.get_mut(actions) {
             e.1 = e.1.saturating_sub(1);
             if e.1 == 0 {
+                let id = e.0;
                 self.actions.remove(actions);
+                self.free_actions_ids.push(id);
             }
         }
     }
@@ -746,11 +756,9 @@ impl BridgeIndex {
             *slot = Some(FlowRec {
                 entry: flow,
                 shape,
-                conj,
                 actions_id: ah,
                 added,
                 dirty: 0,
-                timer_set: false,
             });
         }
         if let Some(g) = table.groups.get_mut(&shape) {
@@ -807,10 +815,13 @@ impl BridgeIndex {
                 *c = c.saturating_sub(1);
             }
         }
+        self.timer_set.remove(&id);
         let (t, prio, ah) = (rec.entry.table, rec.entry.priority, rec.actions_id);
         let mut table_now_empty = false;
+        let mut conj = false;
         if let Some(table) = self.tables.get_mut(&t) {
             if let Some(g) = table.groups.get_mut(&rec.shape) {
+                conj = g.conj;
                 for (c, map) in &mut g.proj {
                     if let Some(k) = project_hash(&rec.entry.matches, c) {
                         map.remove(k, &(prio, ah, id));
@@ -820,7 +831,7 @@ impl BridgeIndex {
                 if g.len == 0
                     && let Some(g) = table.groups.remove(&rec.shape)
                 {
-                    table.ids[usize::from(rec.conj)].remove(&g.shape);
+                    table.ids[usize::from(conj)].remove(&g.shape);
                 }
             }
             table.len = table.len.saturating_sub(1);
@@ -858,7 +869,7 @@ impl BridgeIndex {
                 self.by_cookie.remove(&rec.entry.cookie);
             }
         }
-        let mut affected = if rec.conj {
+        let mut affected = if conj {
             Vec::new()
         } else {
             self.related(
@@ -894,7 +905,7 @@ impl BridgeIndex {
         shape: &Shape,
         matches: &Matches,
         prio: u16,
-        ah: u64,
+        ah: ActionsId,
         id: FlowId,
         adding: bool,
     ) -> Vec<FlowId> {
@@ -1112,12 +1123,12 @@ impl BridgeIndex {
         let Some(rec) = flows.get(id as usize).and_then(Option::as_ref) else {
             return false;
         };
-        if rec.conj {
-            return false;
-        }
         let Some(table) = tables.get_mut(&rec.entry.table) else {
             return false;
         };
+        if table.groups.get(&rec.shape).is_none_or(|g| g.conj) {
+            return false;
+        }
         let (p, ah) = (rec.entry.priority, rec.actions_id);
         let own_conj_id = rec
             .entry
@@ -1200,7 +1211,7 @@ impl BridgeIndex {
             match self.stale_state(rules, rec, now) {
                 StaleState::Fresh => {}
                 StaleState::Stale => bits |= BuiltinRule::StaleCookie.bit(),
-                StaleState::Pending(at) if !rec.timer_set => timer = Some(at),
+                StaleState::Pending(at) if !self.timer_set.contains(&id) => timer = Some(at),
                 StaleState::Pending(_) => {}
             }
         }
@@ -1223,7 +1234,7 @@ impl BridgeIndex {
             self.dirty_ids.remove(&id);
         }
         if let Some(at) = timer {
-            rec.timer_set = true;
+            self.timer_set.insert(id);
             self.timers.entry(at).or_default().push(Timer::Flow(id));
         }
         if old != bits {
