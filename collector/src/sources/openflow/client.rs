@@ -544,10 +544,6 @@ pub(crate) struct BridgeConfig {
     pub(crate) publish_interval: Duration,
     /// Idle time after which the switch is probed with an ECHO_REQUEST (dead after twice that).
     pub(crate) probe_interval: Duration,
-    /// While changes keep coming, how long the mirror leaves the socket unwatched after handling
-    /// them, so that the next ones are read, decoded and indexed in one wake-up (a change after
-    /// a quiet spell of [`BUSY_GAP`] is handled at once). Bounds the extra delay of a change.
-    pub(crate) batch_hold: Duration,
     /// Whether the mirror keeps a flow table and publishes it in its snapshots (off by default).
     /// Off, as the daemon runs it: the consumer follows the [`FlowChange`] stream — the dump once
     /// per resync in [`FlowChange::Resynced`] and every change after it — and the mirror holds no
@@ -558,8 +554,7 @@ pub(crate) struct BridgeConfig {
 
 impl BridgeConfig {
     /// Defaults for `bridge` under `run_dir`: [`crate::model::limits::MAX_FLOWS_PER_BRIDGE`] flows, 30 s timeout, 0.5–30 s backoff,
-    /// snapshots at most every 200 ms without the flow table, echo probe after 30 s idle, busy
-    /// changes batched over 250 ms.
+    /// snapshots at most every 200 ms without the flow table, echo probe after 30 s idle.
     pub(crate) fn new(run_dir: impl Into<PathBuf>, bridge: impl Into<String>) -> Self {
         Self {
             run_dir: run_dir.into(),
@@ -570,7 +565,6 @@ impl BridgeConfig {
             backoff_max: Duration::from_secs(30),
             publish_interval: Duration::from_millis(200),
             probe_interval: Duration::from_secs(30),
-            batch_hold: Duration::from_millis(250),
             snapshot_flows: false,
         }
     }
@@ -805,79 +799,35 @@ async fn session(
     // wakes once more, when the next snapshot may be published.
     let mut dirty = false;
     let mut last_publish = Instant::now();
-    // Batched wake-ups: a change after a quiet spell is handled at once; while changes keep
-    // coming (the previous wake-up for one was less than BUSY_GAP ago), the socket is left
-    // unwatched for `batch_hold` after each wake-up, and what arrived meanwhile is handled in one.
-    let mut last_event_wake: Option<Instant> = None;
-    let mut hold_until: Option<Instant> = None;
     loop {
-        let due = if dirty {
+        let wake = if dirty {
             last_publish + cfg.publish_interval
         } else {
             Instant::now() + cfg.probe_interval / 2
         };
-        let wake = hold_until.map_or(due, |h| h.min(due));
         tokio::select! {
-            ev = c.next_event(), if hold_until.is_none() => {
-                dirty |= on_event(cfg, state, changes, ev?).await?;
-                // Whatever else is already buffered goes in the same wake-up.
-                let mut n = 1;
-                while let Ok(ev) = tokio::time::timeout(Duration::ZERO, c.next_event()).await {
-                    dirty |= on_event(cfg, state, changes, ev?).await?;
-                    n += 1;
+            ev = c.next_event() => {
+                let ev = ev?;
+                if matches!(ev, MonitorEvent::Resumed) {
+                    // Updates were dropped while paused; rebuild from a fresh session.
+                    return Err(OfError::MonitorPaused);
                 }
-                let now = Instant::now();
-                // A heavy stream (an agent re-installing its flows) is read without pause, or
-                // the switch's queue would fill and it would pause the monitor.
-                if n < BATCH_MAX_EVENTS
-                    && last_event_wake.is_some_and(|t| now.duration_since(t) < BUSY_GAP)
-                {
-                    hold_until = Some(now + cfg.batch_hold);
-                }
-                last_event_wake = Some(now);
+                // Without the table in its snapshots, only a port change alters what they show.
+                let shown = cfg.snapshot_flows || matches!(ev, MonitorEvent::Port { .. });
+                apply(state, ev, changes, cfg.max_flows).await?;
+                dirty |= shown;
             }
             _ = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                if hold_until.is_some_and(|h| h <= now) {
-                    hold_until = None;
-                }
-                if now >= due {
-                    c.keepalive(cfg.probe_interval).await?;
-                    if dirty {
-                        last_publish = Instant::now();
-                        state.taken = Some(last_publish);
-                        publish(cfg, state, snapshots);
-                        dirty = false;
-                    }
+                c.keepalive(cfg.probe_interval).await?;
+                if dirty {
+                    last_publish = Instant::now();
+                    state.taken = Some(last_publish);
+                    publish(cfg, state, snapshots);
+                    dirty = false;
                 }
             }
         }
     }
-}
-
-/// Changes closer together than this keep a mirror in batching mode (see
-/// [`BridgeConfig::batch_hold`]).
-const BUSY_GAP: Duration = Duration::from_secs(1);
-
-/// A wake-up that found this many changes or more is not followed by a hold: the stream is
-/// heavy enough that each read finds a batch anyway.
-const BATCH_MAX_EVENTS: usize = 64;
-
-/// Applies one monitor event; returns whether the snapshots show the change.
-async fn on_event(
-    cfg: &BridgeConfig,
-    state: &mut BridgeSnapshot,
-    changes: Option<&ChangeTx>,
-    ev: MonitorEvent,
-) -> OfResult<bool> {
-    if matches!(ev, MonitorEvent::Resumed) {
-        // Updates were dropped while paused; rebuild from a fresh session.
-        return Err(OfError::MonitorPaused);
-    }
-    // Without the table in its snapshots, only a port change alters what they show.
-    let shown = cfg.snapshot_flows || matches!(ev, MonitorEvent::Port { .. });
-    apply(state, ev, changes, cfg.max_flows).await?;
-    Ok(shown)
 }
 
 /// Keeps `u` among the bridge's last [`MAX_UNDECODABLE_KEPT`] undecodable flows.
