@@ -796,3 +796,33 @@ pub(crate) struct FlowKey {
     /// Normalized match (the same bytes as the entry's [`FlowEntry::matches`]).
     pub(crate) matches: Matches,
 }
+
+#[cfg(test)]
+mod instruction_tests {
+    use super::Instructions;
+
+    #[test]
+    fn instructions_are_shared_while_alive_and_validated_once() {
+        let bytes = [0u8, 4, 0, 8, 0xde, 0xad, 0xbe, 0xef];
+        let validated = std::cell::Cell::new(0);
+        let ok = |_: &[u8]| -> Result<(), ()> {
+            validated.set(validated.get() + 1);
+            Ok(())
+        };
+        let a = Instructions::intern(&bytes, ok).unwrap();
+        let b = Instructions::intern(&bytes, ok).unwrap();
+        assert_eq!(a.addr(), b.addr());
+        assert_eq!(b.bytes(), bytes);
+        let other = Instructions::intern(&bytes[..4], ok).unwrap();
+        assert_ne!(other.addr(), a.addr());
+        assert_eq!(validated.get(), 2);
+        // Bytes that do not validate are refused, and not remembered.
+        let bad = [1u8, 2, 3];
+        assert!(Instructions::intern(&bad, |_| Err(())).is_err());
+        assert!(Instructions::intern(&bad, |_| Err(())).is_err());
+        // Once the last holder is gone, the next flow validates again (a fresh copy).
+        drop((a, b));
+        let _c = Instructions::intern(&bytes, ok).unwrap();
+        assert_eq!(validated.get(), 3);
+    }
+}
