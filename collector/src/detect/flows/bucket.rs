@@ -74,8 +74,11 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefau
 /// `HashSet` with [`FastHasher`].
 pub(crate) type FastSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
-/// One bucket entry: (priority, actions hash, flow id).
-pub(crate) type Entry = (u16, u64, FlowId);
+/// Id of a distinct action list of one bridge index (ids of forgotten lists are reused).
+pub(crate) type ActionsId = u32;
+
+/// One bucket entry: (priority, action list id, flow id); 12 bytes.
+pub(crate) type Entry = (u16, ActionsId, FlowId);
 
 /// Buckets up to this size are sorted slices (most buckets hold one flow); larger ones are B-trees.
 const SMALL: usize = 16;
@@ -85,17 +88,23 @@ const SMALL: usize = 16;
 /// of different projections: every query takes a `keep` predicate that tells the flows of the
 /// asked-for projection apart, and answers from those only.
 ///
-/// 24 bytes: the entry inline for a single flow, else one pointer-sized allocation.
+/// 16 bytes: the entry inline for a single flow, else one thin pointer (projection maps hold a
+/// bucket per distinct projection, most of them with one flow).
 #[derive(Debug)]
 pub(crate) enum Bucket {
     /// One flow, inline (most buckets: no allocation).
     One(Entry),
-    /// Sorted, exact-size slice (2..=`SMALL` flows; empty only transiently).
-    Small(Box<[Entry]>),
+    /// Sorted, exact-capacity list (2..=`SMALL` flows; empty only transiently), boxed so that
+    /// the bucket stays one pointer wide.
+    #[expect(
+        clippy::box_collection,
+        reason = "boxed, the list takes 8 bytes instead of 24: keeps every bucket at 16 bytes"
+    )]
+    Small(Box<Vec<Entry>>),
     /// Ordered set.
     #[expect(
         clippy::box_collection,
-        reason = "boxed, the set takes 8 bytes instead of 24: keeps every bucket at 24 bytes"
+        reason = "boxed, the set takes 8 bytes instead of 24: keeps every bucket at 16 bytes"
     )]
     Large(Box<BTreeSet<Entry>>),
 }
@@ -122,7 +131,7 @@ impl Bucket {
                 if *x != e {
                     let mut v = vec![*x, e];
                     v.sort_unstable();
-                    *self = Bucket::Small(v.into_boxed_slice());
+                    *self = Bucket::Small(Box::new(v));
                 }
             }
             Bucket::Small(v) if v.is_empty() => *self = Bucket::One(e),
@@ -135,7 +144,7 @@ impl Bucket {
                     *self = if w.len() > SMALL {
                         Bucket::Large(Box::new(w.into_iter().collect()))
                     } else {
-                        Bucket::Small(w.into_boxed_slice())
+                        Bucket::Small(Box::new(w))
                     };
                 }
             }
@@ -154,15 +163,16 @@ impl Bucket {
             }
             Bucket::Small(v) => {
                 if let Ok(pos) = v.binary_search(e) {
-                    let w: Vec<Entry> = v
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| *i != pos)
-                        .map(|(_, x)| *x)
-                        .collect();
+                    let mut w: Vec<Entry> = Vec::with_capacity(v.len() - 1);
+                    w.extend(
+                        v.iter()
+                            .enumerate()
+                            .filter(|(i, _)| *i != pos)
+                            .map(|(_, x)| *x),
+                    );
                     *self = match w.as_slice() {
                         [one] => Bucket::One(*one),
-                        _ => Bucket::Small(w.into_boxed_slice()),
+                        _ => Bucket::Small(Box::new(w)),
                     };
                 }
             }
@@ -170,7 +180,7 @@ impl Bucket {
                 s.remove(e);
                 if s.len() <= SMALL / 2 {
                     let v: Vec<Entry> = std::mem::take(&mut **s).into_iter().collect();
-                    *self = Bucket::Small(v.into_boxed_slice());
+                    *self = Bucket::Small(Box::new(v));
                 }
             }
         }
@@ -208,13 +218,13 @@ impl Bucket {
     }
 
     /// Entries with priority `prio` and an actions hash other than `ah`.
-    fn same_prio_other(&self, prio: u16, ah: u64) -> Box<dyn Iterator<Item = &Entry> + '_> {
+    fn same_prio_other(&self, prio: u16, ah: ActionsId) -> Box<dyn Iterator<Item = &Entry> + '_> {
         match self {
             Bucket::Large(s) => Box::new(
                 s.range((Included((prio, 0, 0)), Excluded((prio, ah, 0))))
                     .chain(s.range((
                         Excluded((prio, ah, FlowId::MAX)),
-                        Included((prio, u64::MAX, FlowId::MAX)),
+                        Included((prio, ActionsId::MAX, FlowId::MAX)),
                     ))),
             ),
             _ => Box::new(
@@ -230,7 +240,7 @@ impl Bucket {
     pub(crate) fn any_above(&self, prio: u16, keep: impl Fn(FlowId) -> bool) -> bool {
         match self {
             Bucket::Large(s) => s
-                .range((Excluded((prio, u64::MAX, FlowId::MAX)), Unbounded))
+                .range((Excluded((prio, ActionsId::MAX, FlowId::MAX)), Unbounded))
                 .rev()
                 .any(|e| keep(e.2)),
             _ => self
@@ -266,7 +276,7 @@ impl Bucket {
     pub(crate) fn same_prio_other_actions(
         &self,
         prio: u16,
-        ah: u64,
+        ah: ActionsId,
         keep: impl Fn(FlowId) -> bool,
     ) -> Vec<FlowId> {
         self.same_prio_other(prio, ah)
@@ -276,7 +286,12 @@ impl Bucket {
     }
 
     /// Whether some kept flow has priority `prio` and an actions hash other than `ah`.
-    pub(crate) fn conflicts(&self, prio: u16, ah: u64, keep: impl Fn(FlowId) -> bool) -> bool {
+    pub(crate) fn conflicts(
+        &self,
+        prio: u16,
+        ah: ActionsId,
+        keep: impl Fn(FlowId) -> bool,
+    ) -> bool {
         self.same_prio_other(prio, ah).any(|e| keep(e.2))
     }
 }
@@ -308,7 +323,7 @@ mod tests {
         let mut small = Bucket::default();
         let mut large = Bucket::Large(Box::default());
         for i in 0..40u32 {
-            let e = ((i % 5) as u16 * 10, u64::from(i % 3), i);
+            let e = ((i % 5) as u16 * 10, i % 3, i);
             small.insert(e);
             large.insert(e);
         }
@@ -323,12 +338,18 @@ mod tests {
             assert!(!b.conflicts(20, 1, |_| false));
         }
         for i in 0..36u32 {
-            let e = ((i % 5) as u16 * 10, u64::from(i % 3), i);
+            let e = ((i % 5) as u16 * 10, i % 3, i);
             small.remove(&e);
         }
         assert!(matches!(small, Bucket::Small(_)));
         assert_eq!(small.iter().count(), 4);
         assert!(!small.is_empty());
+    }
+
+    #[test]
+    fn buckets_and_entries_stay_small() {
+        assert_eq!(std::mem::size_of::<Entry>(), 12);
+        assert_eq!(std::mem::size_of::<Bucket>(), 16);
     }
 
     #[test]

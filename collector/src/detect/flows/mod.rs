@@ -57,8 +57,8 @@ pub(crate) use crate::model::openflow::FlowKey;
 pub(crate) use rules::{BuiltinRule, DirtyFlowConfig, FlowConfigError};
 
 use crate::model::flows::{Bridge, OvsPort, Severity};
-use crate::model::openflow::{FlowAction, FlowEntry, Matches};
-use bucket::{Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
+use crate::model::openflow::{FlowAction, FlowEntry, Instructions, Matches};
+use bucket::{ActionsId, Bucket, Entry, FastHasher, FastMap, FastSet, FlowId};
 use rules::RuleSet;
 use shape::{Projection, Shape, project_hash};
 use std::borrow::Cow;
@@ -206,16 +206,13 @@ impl Stamp {
 struct FlowRec {
     /// The entry (the index is where the daemon keeps its flows: the mirror holds no table).
     entry: FlowEntry,
+    /// Its shape group (whose `conj` says whether the flow is kept apart, see [`inert`]).
     shape: ShapeId,
-    conj: bool,
     /// Id of the flow's exact action list ([`BridgeIndex::actions`]): equal ids, equal actions.
-    actions_id: u64,
+    actions_id: ActionsId,
     added: Stamp,
     /// Bits of the rules this flow is dirty under.
     dirty: u64,
-    /// Whether its stale-cookie re-check is scheduled (always at `added + grace`: the grace period
-    /// is fixed for the index's lifetime, so the instant need not be kept).
-    timer_set: bool,
 }
 
 #[derive(Debug)]
@@ -228,6 +225,80 @@ struct ShapeGroup {
     proj: FastMap<Shape, ProjMap>,
     /// Cached intersections of this group's shape with other groups' shapes (ids are never reused).
     inter: FastMap<ShapeId, Shape>,
+    /// Number of the group's flows at each priority: a look-up for flows below, at or above a
+    /// priority skips a group that has none there (without building a projection map for it).
+    prios: BTreeMap<u16, u32>,
+    /// Per field of the group's shape, the value every flow of the group has had there since the
+    /// group was created (`None` once two differ; never set back). A flow whose value differs
+    /// from such a constant shares no projection with any flow of the group.
+    konst: Box<[Option<u128>]>,
+}
+
+impl ShapeGroup {
+    /// Counts a flow of the group with this match and priority.
+    fn add_flow(&mut self, matches: &Matches, prio: u16) {
+        *self.prios.entry(prio).or_default() += 1;
+        let vals = Projection::of(matches, &self.shape);
+        let vals = vals.as_ref().map(Projection::values);
+        if self.len == 0 {
+            self.konst = match vals {
+                Some(v) if v.len() == self.shape.0.len() => v.iter().copied().map(Some).collect(),
+                _ => vec![None; self.shape.0.len()].into_boxed_slice(),
+            };
+        } else {
+            for (i, k) in self.konst.iter_mut().enumerate() {
+                if vals.and_then(|v| v.get(i)) != k.as_ref() {
+                    *k = None;
+                }
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Forgets a flow of the group with this priority.
+    fn remove_flow(&mut self, prio: u16) {
+        if let Some(n) = self.prios.get_mut(&prio) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.prios.remove(&prio);
+            }
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    /// Whether some flow of the group has a priority below `prio`.
+    fn has_below(&self, prio: u16) -> bool {
+        self.prios.range(..prio).next().is_some()
+    }
+
+    /// Whether some flow of the group has a priority above `prio`.
+    fn has_above(&self, prio: u16) -> bool {
+        prio < u16::MAX && self.prios.range(prio + 1..).next().is_some()
+    }
+
+    /// Whether some flow of the group has priority `prio`.
+    fn has_at(&self, prio: u16) -> bool {
+        self.prios.contains_key(&prio)
+    }
+}
+
+/// Whether no flow of a group (shape `gs`, constants `konst`) can project onto `c` (a sub-shape
+/// of `gs`) as `k` does: a field that is constant over the group differs from `k` under `c`'s mask.
+fn excludes(gs: &Shape, konst: &[Option<u128>], c: &Shape, k: &Projection) -> bool {
+    let (mut i, vals) = (0, k.values());
+    c.0.iter().zip(vals).any(|((field, len, cmask), v)| {
+        while let Some(g) = gs.0.get(i) {
+            if g.0 == *field && g.1 == *len {
+                break;
+            }
+            i += 1;
+        }
+        konst
+            .get(i)
+            .copied()
+            .flatten()
+            .is_some_and(|kv| kv & cmask != *v)
+    })
 }
 
 /// The projection map of a group's flows onto `c`, built from the group's own-shape map on first use
@@ -307,8 +378,29 @@ struct BridgeIndex {
     user: FastMap<FlowId, u64>,
     /// Distinct action lists: id and number of flows. `ambiguous_priority` compares flows' actions
     /// by these ids, so equal ids mean equal actions, never a hash that happened to agree.
-    actions: FastMap<Box<[FlowAction]>, (u64, usize)>,
-    next_actions_id: u64,
+    actions: FastMap<Box<[FlowAction]>, (ActionsId, usize)>,
+    next_actions_id: ActionsId,
+    /// Ids of forgotten action lists, reused first (ids stay below the number of live lists).
+    free_actions_ids: Vec<ActionsId>,
+    /// Flows whose stale-cookie re-check is scheduled (always at `added + grace`: the grace
+    /// period is fixed for the index's lifetime, so the instant need not be kept). Few flows.
+    timer_set: FastSet<FlowId>,
+    /// Decoded flows' shared instruction lists (by address, see [`Instructions::addr`]) with
+    /// their semantic actions, decoded once per list rather than per flow and per evaluation.
+    by_instr: FastMap<usize, InstrActions>,
+}
+
+/// One shared instruction list of the index's flows ([`BridgeIndex::by_instr`]).
+#[derive(Debug)]
+struct InstrActions {
+    /// Keeps the list (and so its address) alive while flows of the index use it.
+    _instructions: Instructions,
+    /// Its semantic actions.
+    actions: std::sync::Arc<[FlowAction]>,
+    /// Id of the action list ([`BridgeIndex::actions`]).
+    id: ActionsId,
+    /// Flows of the index with this list.
+    flows: usize,
 }
 
 /// Whether the flow is one clause of a conjunctive match (only `conjunction` actions, and `note`s,
@@ -474,8 +566,11 @@ impl BridgeIndex {
                     if old.entry.same_actions(&flow) {
                         // Only counters, timeouts or text changed (a re-dump): nothing else is affected.
                         let user = self.user_bits(rules, &flow);
+                        // Same bytes, possibly another shared copy: move the count over.
+                        self.acquire_actions(&flow);
                         if let Some(Some(r)) = self.flows.get_mut(id as usize) {
-                            r.entry = flow;
+                            let old = std::mem::replace(&mut r.entry, flow);
+                            self.release_flow_actions(&old);
                         }
                         self.set_user(id, user);
                         if reported
@@ -501,22 +596,84 @@ impl BridgeIndex {
     fn restamp(&mut self, rules: &RuleSet, id: FlowId, added: Stamp, now: Instant) {
         if let Some(Some(r)) = self.flows.get_mut(id as usize) {
             r.added = added;
-            // A grace period that ends at another instant needs its own timer.
-            r.timer_set = false;
         }
+        // A grace period that ends at another instant needs its own timer.
+        self.timer_set.remove(&id);
         self.evaluate(rules, id, now);
     }
 
     /// The id of the action list `actions`, counting one more flow with it.
-    fn intern_actions(&mut self, actions: &[FlowAction]) -> u64 {
+    fn intern_actions(&mut self, actions: &[FlowAction]) -> ActionsId {
         if let Some(e) = self.actions.get_mut(actions) {
             e.1 += 1;
             return e.0;
         }
-        let id = self.next_actions_id;
-        self.next_actions_id += 1;
+        let id = match self.free_actions_ids.pop() {
+            Some(id) => id,
+            None => {
+                let id = self.next_actions_id;
+                self.next_actions_id = self.next_actions_id.saturating_add(1);
+                id
+            }
+        };
         self.actions.insert(actions.into(), (id, 1));
         id
+    }
+
+    /// The id and semantic actions of `flow`'s action list, counting one more flow with them
+    /// (a shared instruction list is decoded with its first flow only).
+    fn acquire_actions(&mut self, flow: &FlowEntry) -> (ActionsId, std::sync::Arc<[FlowAction]>) {
+        let Some(i) = flow.instructions() else {
+            let actions: std::sync::Arc<[FlowAction]> = flow.actions().into_owned().into();
+            return (self.intern_actions(&actions), actions);
+        };
+        if let Some(e) = self.by_instr.get_mut(&i.addr()) {
+            e.flows += 1;
+            return (e.id, e.actions.clone());
+        }
+        let actions: std::sync::Arc<[FlowAction]> = flow.actions().into_owned().into();
+        let id = self.intern_actions(&actions);
+        self.by_instr.insert(
+            i.addr(),
+            InstrActions {
+                _instructions: i.clone(),
+                actions: actions.clone(),
+                id,
+                flows: 1,
+            },
+        );
+        (id, actions)
+    }
+
+    /// Counts one flow with `flow`'s action list less (see [`BridgeIndex::acquire_actions`]);
+    /// returns its semantic actions.
+    fn release_flow_actions(&mut self, flow: &FlowEntry) -> std::sync::Arc<[FlowAction]> {
+        let Some(i) = flow.instructions() else {
+            let actions: std::sync::Arc<[FlowAction]> = flow.actions().into_owned().into();
+            self.release_actions(&actions);
+            return actions;
+        };
+        let Some(e) = self.by_instr.get_mut(&i.addr()) else {
+            return flow.actions().into_owned().into();
+        };
+        e.flows = e.flows.saturating_sub(1);
+        let actions = e.actions.clone();
+        if e.flows == 0 {
+            self.by_instr.remove(&i.addr());
+            self.release_actions(&actions);
+        }
+        actions
+    }
+
+    /// The semantic actions of `flow` (a flow of the index, or one with the same instructions).
+    fn actions_of<'a>(&'a self, flow: &'a FlowEntry) -> Cow<'a, [FlowAction]> {
+        match flow
+            .instructions()
+            .and_then(|i| self.by_instr.get(&i.addr()))
+        {
+            Some(e) => Cow::Borrowed(&e.actions),
+            None => flow.actions(),
+        }
     }
 
     /// Counts one flow with `actions` less (forgetting the list with its last flow).
@@ -524,7 +681,9 @@ impl BridgeIndex {
         if let Some(e) = self.actions.get_mut(actions) {
             e.1 = e.1.saturating_sub(1);
             if e.1 == 0 {
+                let id = e.0;
                 self.actions.remove(actions);
+                self.free_actions_ids.push(id);
             }
         }
     }
@@ -550,8 +709,7 @@ impl BridgeIndex {
 
     fn insert(&mut self, rules: &RuleSet, flow: FlowEntry, added: Stamp, now: Instant) {
         let shape_key = Shape::of(&flow.matches);
-        let actions = flow.actions().into_owned();
-        let ah = self.intern_actions(&actions);
+        let (ah, actions) = self.acquire_actions(&flow);
         let user = self.user_bits(rules, &flow);
         let id = match self.free.pop() {
             Some(id) => id,
@@ -582,6 +740,8 @@ impl BridgeIndex {
                         len: 0,
                         proj,
                         inter: FastMap::default(),
+                        prios: BTreeMap::new(),
+                        konst: Box::default(),
                     },
                 );
                 s
@@ -596,11 +756,9 @@ impl BridgeIndex {
             *slot = Some(FlowRec {
                 entry: flow,
                 shape,
-                conj,
                 actions_id: ah,
                 added,
                 dirty: 0,
-                timer_set: false,
             });
         }
         if let Some(g) = table.groups.get_mut(&shape) {
@@ -609,7 +767,7 @@ impl BridgeIndex {
                     map.insert(flows, c, k, (prio, ah, id));
                 }
             }
-            g.len += 1;
+            g.add_flow(&matches, prio);
         }
         table.len += 1;
         for p in out_ports(&actions) {
@@ -657,20 +815,23 @@ impl BridgeIndex {
                 *c = c.saturating_sub(1);
             }
         }
+        self.timer_set.remove(&id);
         let (t, prio, ah) = (rec.entry.table, rec.entry.priority, rec.actions_id);
         let mut table_now_empty = false;
+        let mut conj = false;
         if let Some(table) = self.tables.get_mut(&t) {
             if let Some(g) = table.groups.get_mut(&rec.shape) {
+                conj = g.conj;
                 for (c, map) in &mut g.proj {
                     if let Some(k) = project_hash(&rec.entry.matches, c) {
                         map.remove(k, &(prio, ah, id));
                     }
                 }
-                g.len = g.len.saturating_sub(1);
+                g.remove_flow(prio);
                 if g.len == 0
                     && let Some(g) = table.groups.remove(&rec.shape)
                 {
-                    table.ids[usize::from(rec.conj)].remove(&g.shape);
+                    table.ids[usize::from(conj)].remove(&g.shape);
                 }
             }
             table.len = table.len.saturating_sub(1);
@@ -687,8 +848,7 @@ impl BridgeIndex {
                 }
             }
         };
-        let actions = rec.entry.actions();
-        self.release_actions(&actions);
+        let actions = self.release_flow_actions(&rec.entry);
         for p in out_ports(&actions) {
             unlink(&mut self.by_out_port, p);
         }
@@ -709,7 +869,7 @@ impl BridgeIndex {
                 self.by_cookie.remove(&rec.entry.cookie);
             }
         }
-        let mut affected = if rec.conj {
+        let mut affected = if conj {
             Vec::new()
         } else {
             self.related(
@@ -745,7 +905,7 @@ impl BridgeIndex {
         shape: &Shape,
         matches: &Matches,
         prio: u16,
-        ah: u64,
+        ah: ActionsId,
         id: FlowId,
         adding: bool,
     ) -> Vec<FlowId> {
@@ -771,16 +931,22 @@ impl BridgeIndex {
                     .is_some_and(|r| (r.dirty & bit != 0) != adding)
         };
         for g in table.groups.values_mut() {
+            // Skip groups without flows at the priorities asked about before building anything.
+            let (below, at) = (unreach && g.has_below(prio), ambig && g.has_at(prio));
+            if !below && !at {
+                continue;
+            }
             let ShapeGroup {
                 shape: gs,
                 proj,
                 inter,
                 conj,
+                konst,
                 ..
             } = g;
             let c = inter.entry(sid).or_insert_with(|| shape.intersect(gs));
             // The changed flow covers this group's flows when the intersection is its whole shape.
-            if unreach && c == shape {
+            if below && c == shape && !excludes(gs, konst, c, &own_key) {
                 let bit = BuiltinRule::Unreachable.bit();
                 if let Some(b) =
                     proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, own_key.hash))
@@ -790,9 +956,10 @@ impl BridgeIndex {
                     }));
                 }
             }
-            if ambig && !*conj && shape_has_conj_id(gs) == own_conj_id {
+            if at && !*conj && shape_has_conj_id(gs) == own_conj_id {
                 let bit = BuiltinRule::AmbiguousPriority.bit();
                 if let Some(k) = Projection::of(matches, c)
+                    && !excludes(gs, konst, c, &k)
                     && let Some(b) =
                         proj_onto(proj, gs, c, flows).and_then(|m| m.get(flows, c, k.hash))
                 {
@@ -931,18 +1098,23 @@ impl BridgeIndex {
         let Some(table) = self.tables.get(&rec.entry.table) else {
             return false;
         };
-        table.groups.values().filter(|g| !g.conj).any(|g| {
-            Projection::of(&rec.entry.matches, &g.shape).is_some_and(|k| {
-                g.proj
-                    .get(&g.shape)
-                    .and_then(|m| m.get(&self.flows, &g.shape, k.hash))
-                    .is_some_and(|b| {
-                        b.any_above(rec.entry.priority, |f| {
-                            same_projection(&self.flows, f, &k, &g.shape)
+        let p = rec.entry.priority;
+        table
+            .groups
+            .values()
+            .filter(|g| !g.conj && g.has_above(p))
+            .any(|g| {
+                Projection::of(&rec.entry.matches, &g.shape).is_some_and(|k| {
+                    g.proj
+                        .get(&g.shape)
+                        .and_then(|m| m.get(&self.flows, &g.shape, k.hash))
+                        .is_some_and(|b| {
+                            b.any_above(rec.entry.priority, |f| {
+                                same_projection(&self.flows, f, &k, &g.shape)
+                            })
                         })
-                    })
+                })
             })
-        })
     }
 
     fn ambiguous(&mut self, id: FlowId) -> bool {
@@ -951,12 +1123,12 @@ impl BridgeIndex {
         let Some(rec) = flows.get(id as usize).and_then(Option::as_ref) else {
             return false;
         };
-        if rec.conj {
-            return false;
-        }
         let Some(table) = tables.get_mut(&rec.entry.table) else {
             return false;
         };
+        if table.groups.get(&rec.shape).is_none_or(|g| g.conj) {
+            return false;
+        }
         let (p, ah) = (rec.entry.priority, rec.actions_id);
         let own_conj_id = rec
             .entry
@@ -967,12 +1139,13 @@ impl BridgeIndex {
         table
             .groups
             .values_mut()
-            .filter(|g| !g.conj && shape_has_conj_id(&g.shape) == own_conj_id)
+            .filter(|g| !g.conj && g.has_at(p) && shape_has_conj_id(&g.shape) == own_conj_id)
             .any(|g| {
                 let ShapeGroup {
                     shape: gs,
                     proj,
                     inter,
+                    konst,
                     ..
                 } = g;
                 let c = inter
@@ -981,6 +1154,9 @@ impl BridgeIndex {
                 let Some(k) = Projection::of(&rec.entry.matches, c) else {
                     return false;
                 };
+                if excludes(gs, konst, c, &k) {
+                    return false;
+                }
                 proj_onto(proj, gs, c, flows)
                     .and_then(|m| m.get(flows, c, k.hash))
                     .is_some_and(|b| {
@@ -1009,7 +1185,7 @@ impl BridgeIndex {
         let needs_actions = rules.enabled(BuiltinRule::GotoEmptyTable)
             || (self.ports.is_some() && rules.enabled(BuiltinRule::OutputToMissingPort));
         let actions = if needs_actions {
-            e.actions()
+            self.actions_of(e)
         } else {
             Cow::Borrowed(&[][..])
         };
@@ -1035,7 +1211,7 @@ impl BridgeIndex {
             match self.stale_state(rules, rec, now) {
                 StaleState::Fresh => {}
                 StaleState::Stale => bits |= BuiltinRule::StaleCookie.bit(),
-                StaleState::Pending(at) if !rec.timer_set => timer = Some(at),
+                StaleState::Pending(at) if !self.timer_set.contains(&id) => timer = Some(at),
                 StaleState::Pending(_) => {}
             }
         }
@@ -1058,7 +1234,7 @@ impl BridgeIndex {
             self.dirty_ids.remove(&id);
         }
         if let Some(at) = timer {
-            rec.timer_set = true;
+            self.timer_set.insert(id);
             self.timers.entry(at).or_default().push(Timer::Flow(id));
         }
         if old != bits {

@@ -123,6 +123,11 @@ impl Projection {
         })
     }
 
+    /// The masked values of the shape's fields, in shape order.
+    pub(crate) fn values(&self) -> &[u128] {
+        &self.vals
+    }
+
     /// Whether `other` projects onto `shape` (the shape this projection was taken on) to the same
     /// values: the check that makes a hash collision harmless.
     pub(crate) fn same_as(&self, other: &Matches, shape: &Shape) -> bool {

@@ -507,16 +507,131 @@ impl FlowAction {
     }
 }
 
+/// A flow's OpenFlow 1.3 instructions as received, shared by every flow with the same bytes (see
+/// [`Instructions::intern`]): a table repeats a few hundred distinct instruction lists over
+/// thousands of flows. One pointer wide.
+#[derive(Clone)]
+pub(crate) struct Instructions(std::sync::Arc<Box<[u8]>>);
+
+impl Instructions {
+    /// The instruction bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The address of the shared bytes: while a holder keeps these instructions alive, every flow
+    /// decoded with the same bytes gets this very copy (unless two decoders raced), so equal
+    /// addresses mean equal bytes.
+    pub(crate) fn addr(&self) -> usize {
+        std::sync::Arc::as_ptr(&self.0) as usize
+    }
+
+    /// The shared copy of `bytes`: a live one when some flow holds it (it decoded once already, so
+    /// `validate` is not called), else a new one once `validate` accepts the bytes.
+    pub(crate) fn intern<E>(
+        bytes: &[u8],
+        validate: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Result<Instructions, E> {
+        let h = instr_hash(bytes);
+        if let Some(i) = interner().find(h, bytes) {
+            return Ok(i);
+        }
+        validate(bytes)?;
+        let i = Instructions(std::sync::Arc::new(bytes.into()));
+        interner().insert(h, &i);
+        Ok(i)
+    }
+}
+
+impl PartialEq for Instructions {
+    fn eq(&self, o: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &o.0) || self.bytes() == o.bytes()
+    }
+}
+
+impl Eq for Instructions {}
+
+impl std::hash::Hash for Instructions {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
+
+impl std::fmt::Debug for Instructions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Instructions({} bytes)", self.bytes().len())
+    }
+}
+
+/// FNV-1a over the bytes (the interner's hash: short inputs, no DoS concern for local data).
+fn instr_hash(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The process-wide table of live instruction lists, held weakly: a list is freed with its last
+/// flow, and dead entries are swept whenever the table has doubled since the last sweep.
+#[derive(Default)]
+struct Interner {
+    table: hashbrown::HashTable<(u64, std::sync::Weak<Box<[u8]>>)>,
+    live_at_sweep: usize,
+}
+
+struct SharedInterner(std::sync::Mutex<Interner>);
+
+fn interner() -> &'static SharedInterner {
+    static I: std::sync::OnceLock<SharedInterner> = std::sync::OnceLock::new();
+    I.get_or_init(|| SharedInterner(std::sync::Mutex::new(Interner::default())))
+}
+
+impl SharedInterner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Interner> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn find(&self, h: u64, bytes: &[u8]) -> Option<Instructions> {
+        let t = self.lock();
+        let mut found = None;
+        // Several entries may share the hash (dead copies, collisions): take a live equal one.
+        for (eh, w) in t.table.iter_hash(h) {
+            if *eh == h
+                && let Some(a) = w.upgrade()
+                && **a == *bytes
+            {
+                found = Some(Instructions(a));
+                break;
+            }
+        }
+        found
+    }
+
+    fn insert(&self, h: u64, i: &Instructions) {
+        let mut t = self.lock();
+        if t.table.len() >= 2 * t.live_at_sweep + 64 {
+            t.table.retain(|(_, w)| w.strong_count() > 0);
+            t.live_at_sweep = t.table.len();
+        }
+        t.table
+            .insert_unique(h, (h, std::sync::Arc::downgrade(&i.0)), |(eh, _)| *eh);
+    }
+}
+
 /// What a flow's `ovs-ofctl` text and semantic actions come from (the text itself is not stored: at
 /// 100 000 flows it was the largest part of a flow's memory).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum FlowSource {
-    /// The flow's wire form, kept in the tail of its [`FlowEntry::matches`] allocation (see
-    /// [`FlowEntry::wire`]): flow-mod flags (2 bytes, big-endian), the length of the OXM match TLVs
-    /// (2 bytes, big-endian), the TLVs (no `ofp_match` header or padding), then the OpenFlow 1.3
-    /// instructions as received. Rendering decodes it with the same code as the decoder, so the
-    /// text is exactly what the decoder would have printed; the actions are decoded on demand too.
-    Wire,
+    /// The flow's wire form: its shared [`Instructions`], and in the tail of its
+    /// [`FlowEntry::matches`] allocation (see [`FlowEntry::wire`]) the flow-mod flags (2 bytes,
+    /// big-endian), the length of the OXM match TLVs (2 bytes, big-endian; `0xffff` when the TLVs
+    /// are left out because the normalized match renders the flow by itself, see
+    /// `Match::normalizes_back`) and the TLVs (no `ofp_match` header or padding). Rendering decodes
+    /// it with the same code as the decoder, so the text is exactly what the decoder would have
+    /// printed; the actions are decoded on demand too.
+    Wire(Instructions),
     /// The text and actions as given: flows built by hand in unit tests (the daemon only ever
     /// holds decoded flows, so builds other than tests have no such variant).
     #[cfg(test)]
@@ -620,34 +735,35 @@ impl FlowEntry {
         match &self.source {
             #[cfg(test)]
             FlowSource::Text(t) => std::borrow::Cow::Borrowed(&t.actions),
-            FlowSource::Wire => std::borrow::Cow::Owned(
-                super::render::wire_actions(self.wire()).unwrap_or_default(),
-            ),
+            FlowSource::Wire(i) => {
+                std::borrow::Cow::Owned(super::render::wire_actions(i.bytes()).unwrap_or_default())
+            }
         }
     }
 
     /// The stored wire form of the flow (see [`FlowSource::Wire`]).
     pub(crate) fn wire(&self) -> &[u8] {
         match self.source {
-            FlowSource::Wire => self.matches.tail(),
+            FlowSource::Wire(_) => self.matches.tail(),
             #[cfg(test)]
             FlowSource::Text(_) => &[],
         }
     }
 
     /// The OpenFlow 1.3 instructions of the wire form.
-    fn instructions(&self) -> &[u8] {
-        let w = self.wire();
-        let tlv_len = w
-            .get(2..4)
-            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
-        w.get(4 + tlv_len..).unwrap_or_default()
+    /// The shared instructions of a decoded flow (`None` for a hand-built one).
+    pub(crate) fn instructions(&self) -> Option<&Instructions> {
+        match &self.source {
+            FlowSource::Wire(i) => Some(i),
+            #[cfg(test)]
+            FlowSource::Text(_) => None,
+        }
     }
 
     /// Whether both flows have the same actions (compares the instructions' bytes).
     pub(crate) fn same_actions(&self, other: &FlowEntry) -> bool {
         match (&self.source, &other.source) {
-            (FlowSource::Wire, FlowSource::Wire) => self.instructions() == other.instructions(),
+            (FlowSource::Wire(a), FlowSource::Wire(b)) => a == b,
             #[cfg(test)]
             _ => self.actions() == other.actions(),
         }
@@ -679,4 +795,34 @@ pub(crate) struct FlowKey {
     pub(crate) priority: u16,
     /// Normalized match (the same bytes as the entry's [`FlowEntry::matches`]).
     pub(crate) matches: Matches,
+}
+
+#[cfg(test)]
+mod instruction_tests {
+    use super::Instructions;
+
+    #[test]
+    fn instructions_are_shared_while_alive_and_validated_once() {
+        let bytes = [0u8, 4, 0, 8, 0xde, 0xad, 0xbe, 0xef];
+        let validated = std::cell::Cell::new(0);
+        let ok = |_: &[u8]| -> Result<(), ()> {
+            validated.set(validated.get() + 1);
+            Ok(())
+        };
+        let a = Instructions::intern(&bytes, ok).unwrap();
+        let b = Instructions::intern(&bytes, ok).unwrap();
+        assert_eq!(a.addr(), b.addr());
+        assert_eq!(b.bytes(), bytes);
+        let other = Instructions::intern(&bytes[..4], ok).unwrap();
+        assert_ne!(other.addr(), a.addr());
+        assert_eq!(validated.get(), 2);
+        // Bytes that do not validate are refused, and not remembered.
+        let bad = [1u8, 2, 3];
+        assert!(Instructions::intern(&bad, |_| Err(())).is_err());
+        assert!(Instructions::intern(&bad, |_| Err(())).is_err());
+        // Once the last holder is gone, the next flow validates again (a fresh copy).
+        drop((a, b));
+        let _c = Instructions::intern(&bytes, ok).unwrap();
+        assert_eq!(validated.get(), 3);
+    }
 }

@@ -20,5 +20,7 @@ pub(crate) mod flow;
 pub(crate) mod oxm;
 pub(crate) mod render;
 
-pub(crate) use flow::{FieldMatch, FlowAction, FlowEntry, FlowKey, Matches, width_mask};
+pub(crate) use flow::{
+    FieldMatch, FlowAction, FlowEntry, FlowKey, Instructions, Matches, width_mask,
+};
 pub(crate) use render::FlowStats;

@@ -813,6 +813,53 @@ impl Match {
         scratch: &mut Vec<FieldMatch>,
         tail: &[&[u8]],
     ) -> Matches {
+        self.normalized_fields(scratch);
+        Matches::from_fields_with_tail(scratch, tail)
+    }
+
+    /// The match from its normalized fields (the inverse of [`field_matches`](Self::field_matches)
+    /// where one exists): `None` for a field name this decoder does not give a key (unknown
+    /// fields), a width that is not the key's, or a key named twice. Callers compare the result
+    /// with the decoded match before relying on it (see [`Match::normalizes_back`]).
+    pub(crate) fn from_normalized(fields: impl IntoIterator<Item = FieldMatch>) -> Option<Match> {
+        let mut entries: Vec<Entry> = Vec::new();
+        for f in fields {
+            let key = key_of_name(f.field)?;
+            let n = key_bytes(key).clamp(1, 16) as u8;
+            if f.len != n {
+                return None;
+            }
+            let mask = if f.mask == width_mask(n) {
+                key_full_mask(key)
+            } else {
+                f.mask
+            };
+            entries.push(Entry {
+                key,
+                value: f.value,
+                mask,
+            });
+        }
+        entries.sort_unstable_by_key(|e| e.key);
+        if entries.windows(2).any(|w| w[0].key == w[1].key) {
+            return None;
+        }
+        Some(Match {
+            entries,
+            unknown: Vec::new(),
+        })
+    }
+
+    /// Whether [`Match::from_normalized`] of `fields` (this match's normalized fields) gives this
+    /// match back exactly: then the normalized form alone renders the flow, and its TLVs need not
+    /// be kept.
+    pub(crate) fn normalizes_back(&self, fields: &[FieldMatch]) -> bool {
+        self.unknown.is_empty()
+            && Match::from_normalized(fields.iter().copied()).is_some_and(|m| m == *self)
+    }
+
+    /// Fills `scratch` with the normalized fields (unsorted).
+    pub(crate) fn normalized_fields(&self, scratch: &mut Vec<FieldMatch>) {
         let dl_type = self.vm(Key::DlType).0 as u16;
         let nw_proto = self.vm(Key::NwProto).0 as u8;
         scratch.clear();
@@ -850,8 +897,103 @@ impl Match {
             };
             scratch.push(fm);
         }
-        Matches::from_fields_with_tail(scratch, tail)
     }
+}
+
+/// Every key (for the name → key table).
+fn all_keys() -> impl Iterator<Item = Key> {
+    use Key::*;
+    [
+        InPort,
+        VlanTci,
+        DlSrc,
+        DlDst,
+        DlType,
+        NwSrc,
+        NwDst,
+        Ipv6Src,
+        Ipv6Dst,
+        Ipv6Label,
+        NwProto,
+        NwTos,
+        NwEcn,
+        NwTtl,
+        NwFrag,
+        ArpSha,
+        ArpTha,
+        TpSrc,
+        TpDst,
+        NdTarget,
+        TcpFlags,
+        MplsLabel,
+        MplsTc,
+        MplsBos,
+        TunId,
+        TunSrc,
+        TunDst,
+        TunIpv6Src,
+        TunIpv6Dst,
+        Metadata,
+        PktMark,
+        ConjId,
+        CtState,
+        CtZone,
+        CtMark,
+        CtLabel,
+        CtNwProto,
+        CtNwSrc,
+        CtNwDst,
+        CtIpv6Src,
+        CtIpv6Dst,
+        CtTpSrc,
+        CtTpDst,
+        ActsetOutput,
+        RecircId,
+        DpHash,
+        PacketType,
+        TunFlags,
+        TunGbpId,
+        TunGbpFlags,
+        TunErspanVer,
+        TunErspanIdx,
+        TunErspanDir,
+        TunErspanHwid,
+        TunGtpuFlags,
+        TunGtpuMsgtype,
+        MplsTtl,
+        NdReserved,
+        NdOptionsType,
+        NshFlags,
+        NshTtl,
+        NshMdtype,
+        NshNp,
+        NshSpi,
+        NshSi,
+    ]
+    .into_iter()
+    .chain((0..16).map(Reg))
+    .chain((1..=4).map(NshC))
+}
+
+/// The key a normalized field name stands for (`arp_spa` and `nw_src` both name
+/// [`Key::NwSrc`]: the name depends on the flow's `dl_type`/`nw_proto`, the key does not).
+fn key_of_name(name: &str) -> Option<Key> {
+    static TABLE: std::sync::OnceLock<std::collections::HashMap<&'static str, Key>> =
+        std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            let mut t = std::collections::HashMap::new();
+            for k in all_keys() {
+                for (dl_type, nw_proto) in [(0, 0), (0x0806, 0), (0x0800, 1), (0x86dd, 58)] {
+                    if let std::borrow::Cow::Borrowed(n) = key_name(k, dl_type, nw_proto) {
+                        t.insert(n, k);
+                    }
+                }
+            }
+            t
+        })
+        .get(name)
+        .copied()
 }
 
 /// Dense slot of a key (for per-flow lookup tables); `None` for unknown fields.

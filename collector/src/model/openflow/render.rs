@@ -190,25 +190,43 @@ fn match_tlvs(buf: &[u8]) -> &[u8] {
     buf.get(4..len).unwrap_or_default()
 }
 
-/// The header of the compact wire form of [`FlowSource::Wire`] (flags, TLV length); the TLVs and
-/// instructions follow it.
-fn wire_head(flags: u16, tlvs: &[u8]) -> DecodeResult<[u8; 4]> {
-    let tlv_len = u16::try_from(tlvs.len())
-        .map_err(|_| DecodeError::Malformed(format!("match of {} bytes", tlvs.len())))?;
+/// The TLV length of a stored wire form whose TLVs were left out: its normalized match renders
+/// it ([`Match::normalizes_back`]). No real TLV list has this length (an `ofp_match` holds at
+/// most 65 531 bytes of them).
+const TLVS_OMITTED: u16 = u16::MAX;
+
+/// The header of the compact wire form of [`FlowSource::Wire`] (flags, TLV length, or
+/// [`TLVS_OMITTED`] when `tlvs` is `None`); the TLVs (if kept) and instructions follow it.
+fn wire_head(flags: u16, tlvs: Option<&[u8]>) -> DecodeResult<[u8; 4]> {
+    let tlv_len = match tlvs {
+        None => TLVS_OMITTED,
+        Some(t) => u16::try_from(t.len())
+            .ok()
+            .filter(|l| *l != TLVS_OMITTED)
+            .ok_or_else(|| DecodeError::Malformed(format!("match of {} bytes", t.len())))?,
+    };
     let [a, b] = flags.to_be_bytes();
     let [c, d] = tlv_len.to_be_bytes();
     Ok([a, b, c, d])
 }
 
-/// The semantic actions of a stored wire form ([`FlowEntry::actions`]).
-pub(crate) fn wire_actions(w: &[u8]) -> DecodeResult<Vec<super::flow::FlowAction>> {
+/// A stored wire form's parts: flow-mod flags and the match TLVs (`None`: left out, see
+/// [`TLVS_OMITTED`]).
+pub(crate) fn split_wire(w: &[u8]) -> DecodeResult<(u16, Option<&[u8]>)> {
     let mut r = Rd::new(w, "stored flow");
-    r.skip(2)?;
-    let tlv_len = usize::from(r.u16()?);
-    r.skip(tlv_len)?;
+    let flags = r.u16()?;
+    let tlvs = match r.u16()? {
+        TLVS_OMITTED => None,
+        n => Some(r.take(usize::from(n))?),
+    };
+    Ok((flags, tlvs))
+}
+
+/// The semantic actions of stored instructions ([`FlowEntry::actions`]).
+pub(crate) fn wire_actions(instructions: &[u8]) -> DecodeResult<Vec<super::flow::FlowAction>> {
     let mut text = String::new();
     let mut actions = Vec::new();
-    decode_instructions(r.rest(), &mut text, &mut actions)?;
+    decode_instructions(instructions, &mut text, &mut actions)?;
     Ok(actions)
 }
 
@@ -219,7 +237,7 @@ pub(crate) fn flow_text(e: &FlowEntry) -> String {
     match &e.source {
         #[cfg(test)]
         FlowSource::Text(t) => t.text.to_string(),
-        FlowSource::Wire => render_wire(e, e.wire()).unwrap_or_else(|err| {
+        FlowSource::Wire(i) => render_wire(e, e.wire(), i.bytes()).unwrap_or_else(|err| {
             format!(
                 "table={}, priority={} <undecodable flow: {err}>",
                 e.table, e.priority
@@ -228,12 +246,14 @@ pub(crate) fn flow_text(e: &FlowEntry) -> String {
     }
 }
 
-fn render_wire(e: &FlowEntry, w: &[u8]) -> DecodeResult<String> {
-    let mut r = Rd::new(w, "stored flow");
-    let flags = r.u16()?;
-    let tlv_len = usize::from(r.u16()?);
-    let tlvs = r.take(tlv_len)?;
-    let m = Match::decode_tlvs(tlvs)?;
+fn render_wire(e: &FlowEntry, w: &[u8], instructions: &[u8]) -> DecodeResult<String> {
+    let (flags, tlvs) = split_wire(w)?;
+    let m = match tlvs {
+        Some(t) => Match::decode_tlvs(t)?,
+        None => Match::from_normalized(&e.matches).ok_or_else(|| {
+            DecodeError::Malformed("stored match does not map back to fields".into())
+        })?,
+    };
     let mut text = String::with_capacity(128);
     let mut actions = Vec::new();
     render_into(
@@ -246,7 +266,7 @@ fn render_wire(e: &FlowEntry, w: &[u8]) -> DecodeResult<String> {
             flags,
         },
         &m,
-        r.rest(),
+        instructions,
         &mut text,
         &mut actions,
     )?;
@@ -269,18 +289,28 @@ fn build_entry(
     scratch: &mut Scratch,
 ) -> DecodeResult<FlowEntry> {
     // Decoding the instructions once validates them (the text is rendered later, on demand,
-    // from the stored wire form with this same decoder).
-    scratch.text.clear();
-    scratch.actions.clear();
-    decode_instructions(instructions, &mut scratch.text, &mut scratch.actions)?;
+    // from the stored wire form with this same decoder); a list some live flow shares already
+    // decoded, and is taken as it is.
+    let Scratch { text, actions, .. } = scratch;
+    let instructions = super::flow::Instructions::intern(instructions, |b| {
+        text.clear();
+        actions.clear();
+        decode_instructions(b, text, actions)
+    })?;
+    // The TLVs are kept only when the normalized match does not render the flow by itself.
+    m.normalized_fields(&mut scratch.fields);
+    let tlvs = (!m.normalizes_back(&scratch.fields)).then_some(tlvs);
     let head = wire_head(flags, tlvs)?;
     Ok(FlowEntry {
         table,
         priority,
         cookie,
         // One allocation: the match with the wire form as its tail.
-        matches: m.field_matches_tail(&mut scratch.fields, &[&head, tlvs, instructions]),
-        source: FlowSource::Wire,
+        matches: super::flow::Matches::from_fields_with_tail(
+            &mut scratch.fields,
+            &[&head, tlvs.unwrap_or_default()],
+        ),
+        source: FlowSource::Wire(instructions),
         idle_timeout,
         hard_timeout,
     })
