@@ -30,12 +30,16 @@ const PORT_REGISTER: u8 = 5;
 /// `OFPAT_SET_FIELD` and `NXAST_REG_LOAD2`).
 const REG6_HEADERS: [[u8; 4]; 2] = [[0x00, 0x01, 0x0c, 0x04], [0x00, 0x01, 0x0d, 0x08]];
 
-/// Whether `flow` may write `reg6`: false when its wire form (a few hundred bytes) does not
-/// name the register, so the flow pipeline decodes the actions of only the few flows that may.
+/// Whether `flow` may write `reg6`: false when its instructions' wire form (a few hundred
+/// bytes) do not name the register, so the flow pipeline decodes the actions of only the few
+/// flows that may.
 fn may_write_reg6(flow: &FlowEntry) -> bool {
-    let w = flow.wire();
     // Hand-built flows of unit tests have no wire form.
-    w.is_empty() || w.windows(4).any(|x| REG6_HEADERS.iter().any(|h| h == x))
+    flow.instructions().is_none_or(|i| {
+        i.bytes()
+            .windows(4)
+            .any(|x| REG6_HEADERS.iter().any(|h| h == x))
+    })
 }
 
 /// The (zone, ofport) a flow pairs, if any.
