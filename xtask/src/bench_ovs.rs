@@ -204,14 +204,18 @@ impl Drop for Serve {
 }
 
 /// What an exporter's parser keeps of `ovs-appctl` text: `name value` pairs (a line's first word
-/// and its last number; `key:value` words, as `memory/show` prints them).
+/// and its last number, parentheses and commas being separators; `key:value` words, as
+/// `memory/show` prints them).
 fn parse_text(text: &str) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let words: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || "(),".contains(c))
+            .filter(|w| !w.is_empty())
+            .collect();
         for w in &words {
             if let Some((k, v)) = w.split_once(':')
-                && let Ok(v) = v.trim_end_matches(',').parse::<f64>()
+                && let Ok(v) = v.parse::<f64>()
             {
                 out.push((k.to_string(), v));
             }
@@ -583,6 +587,10 @@ mod tests {
         );
         let mem = "handlers:2 idl-cells-Open_vSwitch:4096 ports:201 revalidators:1 udpif keys:0\n";
         assert!(parse_text(mem).contains(&("ports".to_string(), 201.0)));
+        let upcall = "dummy@ovs-dummy:\n  flows         : (current 200) (avg 199) (max 200) (limit 48000)\n  4: (keys 200)\n";
+        let p = parse_text(upcall);
+        assert!(p.contains(&("4".to_string(), 200.0)), "{p:?}");
+        assert!(p.contains(&("flows".to_string(), 48000.0)), "{p:?}");
         let json = r#"{"data":[["p1",["map",[["rx_packets",7],["tx_bytes",0]]]]],"headings":["name","statistics"]}"#;
         let i = parse_interfaces(json).unwrap_or_default();
         assert_eq!(i.len(), 1);
