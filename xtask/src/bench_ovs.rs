@@ -430,7 +430,7 @@ pub fn run(bin: &Path) -> Result<()> {
         let serve = Serve::start(bin, &ovs)?;
         serve.wait_ready()?;
         // Past start-up (the first dumps and the initial OVSDB rows).
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(if quick { 1 } else { 3 }));
         let mut rx = Vec::new();
         let w = window(secs, daemons, Some(serve.child.id()), || {
             rx.push(serve.seen()?.1);
