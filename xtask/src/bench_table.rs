@@ -170,7 +170,7 @@ pub const EXPECTED: &[&str] = &[
     "ovs: # ports, # flows: pinflow serve CPU per # s (flows + datapath collectors, interface_metrics, scraped every # s) vs the exporters' poll every # s (ovs-appctl ×# + ovs-vsctl list Interface + parse)",
     "ovs: # ports: ovs-vswitchd CPU per # s: idle / with pinflow / with the poll",
     "ovs: # ports: ovsdb-server CPU per # s: idle / with pinflow / with the poll",
-    "ovs: # ports: total CPU per # s incl. the daemons' extra over idle: pinflow vs the poll",
+    "ovs: # ports: total CPU per # s incl. ovsdb-server's extra over idle: pinflow vs the poll",
     "datapath: kernel-datapath families in the guest: series per datapath port and per host",
     "datapath: kernel datapath megaflow dump, # flows: pinflow flows --datapath vs ovs-dpctl dump-flows + parse",
     "latency: vCPU affinity changed (`taskset -p`) → /metrics",
