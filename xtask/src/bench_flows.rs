@@ -216,7 +216,7 @@ pub fn parse_ofctl(text: &str) -> Vec<ParsedFlow> {
 }
 
 /// CPU time (user+sys) of every thread of `pid` so far, from `/proc/PID/task/*/schedstat`.
-fn proc_cpu(pid: u32) -> Duration {
+pub(crate) fn proc_cpu(pid: u32) -> Duration {
     let mut ns = 0u64;
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in rd.flatten() {
@@ -232,7 +232,7 @@ fn proc_cpu(pid: u32) -> Duration {
 }
 
 /// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
+pub(crate) fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -243,7 +243,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// Runs a command to completion, returning its stdout and its CPU time (user+sys, from `wait4`).
-fn run_measured(cmd: &mut Command) -> Result<(String, Duration)> {
+pub(crate) fn run_measured(cmd: &mut Command) -> Result<(String, Duration)> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -167,6 +167,10 @@ pub const EXPECTED: &[&str] = &[
     "flows: steady state: total CPU pinflow+vswitchd per monitor vs cron",
     "flows: add-flow of a dirty flow → /metrics (median of #)",
     "flows: pinflow serve RSS, # flows mirrored",
+    "ovs: # ports, # flows: pinflow serve CPU per # s (flows + datapath collectors, interface_metrics, scraped every # s) vs the exporters' poll every # s (ovs-appctl ×# + ovs-vsctl list Interface + parse)",
+    "ovs: # ports: ovs-vswitchd CPU per # s: idle / with pinflow / with the poll",
+    "ovs: # ports: ovsdb-server CPU per # s: idle / with pinflow / with the poll",
+    "ovs: # ports: total CPU per # s incl. ovsdb-server's extra over idle: pinflow vs the poll",
     "datapath: kernel-datapath families in the guest: series per datapath port and per host",
     "datapath: kernel datapath megaflow dump, # flows: pinflow flows --datapath vs ovs-dpctl dump-flows + parse",
     "latency: vCPU affinity changed (`taskset -p`) → /metrics",
@@ -372,7 +376,7 @@ pub fn finish(command: &str, write: Option<&PathBuf>) -> Result<()> {
             "Knobs the parts read (environment): `PINFLOW_BENCH_LOOPS`, `PINFLOW_BENCH_REPS`, \
              `PINFLOW_BENCH_RUNS` (sched), `PINFLOW_BENCH_FLOWS_STEADY_SECS` (flows), \
              `PINFLOW_BENCH_LATENCY_REPS` (latency), `PINFLOW_BENCH_SECS`, `PINFLOW_BENCH_DOMAINS`, \
-             `PINFLOW_BENCH_FIXTURE_DOMAINS` (pinning); `PINFLOW_BIN` measures another build.\n\n",
+             `PINFLOW_BENCH_FIXTURE_DOMAINS` (pinning; `PINFLOW_BENCH_SECS` also ovs); `PINFLOW_BIN` measures another build.\n\n",
         );
         if !plots.is_empty() {
             text.push_str("## Plots\n\n");

@@ -6,12 +6,14 @@
 //! - `vm-test`: the OVS kernel-datapath guest (QEMU/TCG) with pinflow inside; pass/fail.
 //! - `dist`: the static musl binary, man page and completions in target/pinflow-dist (and the image).
 //! - `bench`: measured costs (eBPF per context switch, RSS, /metrics latency, OpenFlow dumps and
-//!   mirrors against `ovs-ofctl` + parse, kernel-datapath megaflow dumps against `ovs-dpctl`, the
+//!   mirrors against `ovs-ofctl` + parse, steady-state OVS reading at 200 ports against the
+//!   exporters' `ovs-appctl`/`ovs-vsctl` poll, kernel-datapath megaflow dumps against `ovs-dpctl`, the
 //!   pinning pass at 10/60 real and 200 fixture domains beside Debian's libvirt exporter, series
 //!   per host); `--quick` runs every part reduced, `--write FILE` writes BENCHMARKS.md and plots.
 
 mod bench_flows;
 mod bench_latency;
+mod bench_ovs;
 mod bench_pinning;
 mod bench_plot;
 mod bench_sched;
@@ -63,7 +65,8 @@ enum Cmd {
 #[derive(clap::Args, Default)]
 pub(crate) struct BenchArgs {
     /// Run only one part: `sched` (eBPF probe), `serve` (testbed RSS and /metrics), `flows`
-    /// (OpenFlow dumps and mirrors, issue 3), `datapath` (kernel-datapath megaflow dumps in the
+    /// (OpenFlow dumps and mirrors, issue 3), `ovs` (steady state at 200 ports beside the
+    /// exporters' `ovs-appctl`/`ovs-vsctl` poll, issue 15), `datapath` (kernel-datapath megaflow dumps in the
     /// QEMU guest), `latency` (fault → /metrics, issue 13), `pinning` (idle cost at 10/60 real
     /// and 200 fixture domains beside Debian's libvirt exporter, issue 12; `PINFLOW_BENCH_SECS`
     /// shortens it), `series` (series per host on a generated hypervisor) or `load` (/metrics
@@ -81,8 +84,8 @@ pub(crate) struct BenchArgs {
 }
 
 /// The parts of `cargo xtask bench`, in the order they run.
-pub(crate) const BENCH_PARTS: [&str; 8] = [
-    "sched", "serve", "flows", "datapath", "latency", "pinning", "series", "load",
+pub(crate) const BENCH_PARTS: [&str; 9] = [
+    "sched", "serve", "flows", "ovs", "datapath", "latency", "pinning", "series", "load",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -160,21 +163,24 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if part("serve") {
         run::bench_serve(&bin)?;
     }
-    if part("flows") {
+    for p in ["flows", "ovs"].into_iter().filter(|p| part(p)) {
         if cfg!(debug_assertions) && !a.quick {
-            // The cron job's text parse is measured in this process: run the flow bench from an
-            // optimized xtask so that the baseline is not slowed down by a debug build.
+            // The cron job's and the poll's parses are measured in this process: run these
+            // benches from an optimized xtask so that the baselines are not slowed down by a
+            // debug build.
             util::cargo(&["build", "--release", "-p", "xtask"])?;
             let xtask = util::workspace_root().join("target/release/xtask");
             let st = std::process::Command::new(&xtask)
-                .args(["bench", "--only", "flows"])
+                .args(["bench", "--only", p])
                 .env("PINFLOW_BIN", &bin)
                 .env("PINFLOW_BENCH_CHILD", "1")
                 .status()
                 .with_context(|| format!("cannot run {}", xtask.display()))?;
-            anyhow::ensure!(st.success(), "the flow bench failed ({st})");
-        } else {
+            anyhow::ensure!(st.success(), "the {p} bench failed ({st})");
+        } else if p == "flows" {
             bench_flows::run(&bin)?;
+        } else {
+            bench_ovs::run(&bin)?;
         }
     }
     if part("datapath") {
