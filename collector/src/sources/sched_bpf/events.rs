@@ -17,7 +17,12 @@
 //! ~+25–45 ns per syscall host-wide (`/tmp/sysbench`: 20 M `syscall(SYS_getppid)` pinned to CPU 1,
 //! alternating runs). `cgroup_attach_task` alone costs nothing outside cgroup moves. Where
 //! trampolines are allowed, an `fentry` on `sched_setaffinity`, or reading the watched threads'
-//! `cpus_mask` in the sched_switch program, would avoid that tax.
+//! `cpus_mask` in the sched_switch program, would avoid that tax. A `bpf_iter/task` program that
+//! compares every watched thread's `cpus_mask` and policy with what it last saw was built and
+//! measured (stop 20) as the per-tick check instead of the syscalls: one read of the iterator
+//! walking 2 340 tasks, 2 200 of them watched, took 768 µs; 2 200 `sched_getaffinity(2)` calls
+//! took 467 µs (release build, 100 rounds each). The walk pays a pid lookup per task on top of a
+//! hash lookup and a mask read per watched thread, so it was dropped.
 
 use std::collections::HashSet;
 use std::io;
