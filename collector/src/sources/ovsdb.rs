@@ -394,6 +394,50 @@ impl OvsdbState {
         self.tables.get(table)?.get(uuid)
     }
 
+    /// Every named bridge with its ports: per port, its row, how many interfaces it lists and
+    /// the named interface rows found. Rows that reference missing rows (a transient state
+    /// between two updates) are skipped, not errors.
+    fn bridge_ports(&self) -> Vec<(&str, Vec<PortRows<'_>>)> {
+        let Some(bridges) = self.tables.get("Bridge") else {
+            return Vec::new();
+        };
+        bridges
+            .values()
+            .filter_map(|row| {
+                let name = row_name(row)?;
+                let ports = row
+                    .get("ports")
+                    .map(decode::set)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(decode::uuid)
+                    .filter_map(|port| self.row("Port", port))
+                    .map(|prow| {
+                        let ids: Vec<&str> = prow
+                            .get("interfaces")
+                            .map(decode::set)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(decode::uuid)
+                            .collect();
+                        let listed = ids.len();
+                        let ifaces = ids
+                            .into_iter()
+                            .filter_map(|i| self.row("Interface", i))
+                            .filter_map(|irow| Some((row_name(irow)?, irow)))
+                            .collect();
+                        PortRows {
+                            row: prow,
+                            listed,
+                            ifaces,
+                        }
+                    })
+                    .collect();
+                Some((name, ports))
+            })
+            .collect()
+    }
+
     /// `Open_vSwitch.ovs_version`, if set.
     pub(crate) fn ovs_version(&self) -> Option<&str> {
         self.tables
@@ -409,31 +453,14 @@ impl OvsdbState {
     /// missing rows (a transient state between two updates) are skipped, not errors.
     pub(crate) fn bridges(&self) -> BTreeMap<String, Bridge> {
         let mut out = BTreeMap::new();
-        let Some(bridges) = self.tables.get("Bridge") else {
-            return out;
-        };
-        for row in bridges.values() {
-            let Some(name) = row.get("name").and_then(Value::as_str) else {
-                continue;
-            };
+        for (name, ports) in self.bridge_ports() {
             let mut bridge = Bridge {
                 name: name.to_string(),
                 ports: BTreeMap::new(),
             };
-            let port_ids = row.get("ports").map(decode::set).unwrap_or_default();
-            for port in port_ids.into_iter().filter_map(decode::uuid) {
-                let Some(prow) = self.row("Port", port) else {
-                    continue;
-                };
-                let tag = decode::opt_int(prow.get("tag")).and_then(|t| u16::try_from(t).ok());
-                let iface_ids = prow.get("interfaces").map(decode::set).unwrap_or_default();
-                for iface in iface_ids.into_iter().filter_map(decode::uuid) {
-                    let Some(irow) = self.row("Interface", iface) else {
-                        continue;
-                    };
-                    let Some(iname) = irow.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
+            for p in ports {
+                let tag = decode::opt_int(p.row.get("tag")).and_then(|t| u16::try_from(t).ok());
+                for (iname, irow) in p.ifaces {
                     let ext = irow.get("external_ids");
                     let port = OvsPort {
                         name: iname.to_string(),
@@ -463,26 +490,9 @@ impl OvsdbState {
     /// empty unless the monitor asked for the columns ([`OvsdbOptions::interface_stats`]).
     pub(crate) fn interfaces(&self) -> InterfaceMap {
         let mut out = InterfaceMap::new();
-        let Some(bridges) = self.tables.get("Bridge") else {
-            return out;
-        };
-        for row in bridges.values() {
-            let Some(bname) = row.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            let port_ids = row.get("ports").map(decode::set).unwrap_or_default();
-            for port in port_ids.into_iter().filter_map(decode::uuid) {
-                let Some(prow) = self.row("Port", port) else {
-                    continue;
-                };
-                let iface_ids = prow.get("interfaces").map(decode::set).unwrap_or_default();
-                for iface in iface_ids.into_iter().filter_map(decode::uuid) {
-                    let Some(irow) = self.row("Interface", iface) else {
-                        continue;
-                    };
-                    let Some(iname) = irow.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
+        for (bname, ports) in self.bridge_ports() {
+            for p in ports {
+                for (iname, irow) in p.ifaces {
                     if !irow.contains_key("statistics") {
                         continue;
                     }
@@ -517,34 +527,11 @@ impl OvsdbState {
     /// interface). An interface is a bond member when its port has several interfaces or runs LACP.
     pub(crate) fn links(&self) -> LinkMap {
         let mut out = LinkMap::new();
-        let Some(bridges) = self.tables.get("Bridge") else {
-            return out;
-        };
-        for row in bridges.values() {
-            let Some(bname) = row.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            let port_ids = row.get("ports").map(decode::set).unwrap_or_default();
-            for port in port_ids.into_iter().filter_map(decode::uuid) {
-                let Some(prow) = self.row("Port", port) else {
-                    continue;
-                };
-                let iface_ids: Vec<&str> = prow
-                    .get("interfaces")
-                    .map(decode::set)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(decode::uuid)
-                    .collect();
-                let several = iface_ids.len() > 1;
-                let pname = prow.get("name").and_then(Value::as_str);
-                for iface in iface_ids {
-                    let Some(irow) = self.row("Interface", iface) else {
-                        continue;
-                    };
-                    let Some(iname) = irow.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
+        for (bname, ports) in self.bridge_ports() {
+            for p in ports {
+                let several = p.listed > 1;
+                let pname = row_name(p.row);
+                for (iname, irow) in p.ifaces {
                     // A port with one interface running LACP is a bond of one.
                     let lacp = decode::opt_bool(irow.get("lacp_current")).is_some();
                     let link = link_health(irow, pname.filter(|_| several || lacp));
@@ -556,6 +543,20 @@ impl OvsdbState {
         }
         out
     }
+}
+
+/// The `name` column of a row.
+fn row_name(row: &Map<String, Value>) -> Option<&str> {
+    row.get("name").and_then(Value::as_str)
+}
+
+/// One port of a bridge as [`OvsdbState::bridge_ports`] finds it.
+struct PortRows<'a> {
+    row: &'a Map<String, Value>,
+    /// How many interfaces the port row lists.
+    listed: usize,
+    /// Its named interface rows that exist.
+    ifaces: Vec<(&'a str, &'a Map<String, Value>)>,
 }
 
 /// The link protocol columns of one `Interface` row (see [`LinkHealth`]).
