@@ -81,18 +81,10 @@ pub(crate) fn encode_interfaces(
 
 #[cfg(test)]
 mod tests {
+    use crate::export::metrics::tests::render_state;
     use crate::model::flows::{Counters, FlowsReport, InterfaceStats, InterfacesReport, PortInfo};
     use crate::model::state::SharedState;
     use std::sync::Arc;
-
-    fn render(st: SharedState) -> String {
-        crate::export::metrics::render(&crate::export::metrics::registry(
-            st,
-            crate::export::health::BuildInfo::current("6.1".into()),
-            crate::export::ExportConfig::default(),
-        ))
-        .unwrap()
-    }
 
     #[test]
     fn joined_to_the_instance_and_absent_while_disconnected() {
@@ -136,7 +128,7 @@ mod tests {
             interfaces: Arc::new(map.clone()),
             ..Default::default()
         });
-        let text = render(st.clone());
+        let text = render_state(st.clone());
         for want in [
             "pinflow_ovs_interface_link_up{bridge=\"br-int\",port=\"tap1\",domain=\"instance-1\"} 1",
             "pinflow_ovs_interface_link_up{bridge=\"br-ex\",port=\"eth1\",domain=\"\"} 0",
@@ -155,6 +147,6 @@ mod tests {
             interfaces: Arc::new(map),
             ..Default::default()
         });
-        assert!(!render(st).contains("pinflow_ovs_interface_link_up{"));
+        assert!(!render_state(st).contains("pinflow_ovs_interface_link_up{"));
     }
 }

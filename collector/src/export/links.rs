@@ -124,21 +124,13 @@ pub(crate) fn encode_links(
 
 #[cfg(test)]
 mod tests {
+    use crate::export::metrics::tests::render_state;
     use crate::model::flows::{
         BfdState, CfmState, FlowsReport, InterfacesReport, LinkHealth, LinkMap, PortInfo,
     };
     use crate::model::ovs_vswitchd::{BondState, VswitchdReport};
     use crate::model::state::SharedState;
     use std::sync::Arc;
-
-    fn render(st: SharedState) -> String {
-        crate::export::metrics::render(&crate::export::metrics::registry(
-            st,
-            crate::export::health::BuildInfo::current("6.1".into()),
-            crate::export::ExportConfig::default(),
-        ))
-        .unwrap()
-    }
 
     #[test]
     fn configured_features_only_and_bond_bridges_from_ovsdb() {
@@ -216,7 +208,7 @@ mod tests {
             ],
             ..Default::default()
         });
-        let text = render(st.clone());
+        let text = render_state(st.clone());
         for want in [
             "pinflow_ovs_bond_member_enabled{bridge=\"br-ex\",bond=\"bond0\",member=\"eth0\"} 1",
             "pinflow_ovs_bond_member_enabled{bridge=\"br-ex\",bond=\"bond0\",member=\"eth1\"} 0",
@@ -250,7 +242,7 @@ mod tests {
             links: Arc::new(links),
             ..Default::default()
         });
-        let text = render(st);
+        let text = render_state(st);
         assert!(!text.contains("pinflow_ovs_lacp_current{"));
         assert!(!text.contains("pinflow_ovs_interface_bfd_up{"));
         assert!(text.contains(

@@ -186,6 +186,11 @@ pub(crate) mod tests {
         BuildInfo::current("6.18".into())
     }
 
+    /// The /metrics text of `st` with the default export limits (for the areas' encoder tests).
+    pub(crate) fn render_state(st: SharedState) -> String {
+        render(&registry(st, build(), ExportConfig::default())).expect("encodes")
+    }
+
     /// Asserts that every sample of `text` belongs to a family of the table and carries exactly
     /// the label names the table gives it; returns the sample names seen.
     pub(crate) fn assert_samples_match_the_table(text: &str) -> Vec<String> {

@@ -121,12 +121,7 @@ mod tests {
             ],
             bonds: Vec::new(),
         });
-        let text = crate::export::metrics::render(&crate::export::metrics::registry(
-            st,
-            crate::export::health::BuildInfo::current("6.1".into()),
-            crate::export::ExportConfig::default(),
-        ))
-        .unwrap();
+        let text = crate::export::metrics::tests::render_state(st);
         crate::export::metrics::tests::assert_samples_match_the_table(&text);
         for want in [
             "pinflow_ovs_coverage_total{event=\"upcall_flow_limit_hit\"} 3",
