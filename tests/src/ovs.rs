@@ -158,45 +158,43 @@ impl Ovs {
 
     /// Adds a bridge with ports `name` → ofport (dummy netdevs), OpenFlow 1.0 and 1.3 enabled.
     pub fn add_bridge(&self, bridge: &str, ports: &[(&str, u32)]) {
-        self.vsctl(&[
-            "add-br",
-            bridge,
-            "--",
-            "set",
-            "bridge",
-            bridge,
-            "datapath_type=dummy",
-            "fail-mode=secure",
-            "protocols=OpenFlow10,OpenFlow13",
-        ]);
-        for (name, ofport) in ports {
-            self.vsctl(&[
-                "add-port",
-                bridge,
-                name,
-                "--",
-                "set",
-                "interface",
-                name,
-                "type=dummy",
-                &format!("ofport_request={ofport}"),
-            ]);
+        self.add_empty_bridge(bridge, "secure");
+        self.add_ports(bridge, ports, Some("dummy"));
+    }
+
+    /// Adds `ports` to `bridge` in one `ovs-vsctl` call, each with `ofport_request` and, when
+    /// given, an interface type (none: a kernel network device, which the userspace datapath
+    /// reads with `AF_PACKET`).
+    pub fn add_ports(&self, bridge: &str, ports: &[(&str, u32)], kind: Option<&str>) {
+        if ports.is_empty() {
+            return;
         }
+        let mut args: Vec<String> = Vec::new();
+        for (name, ofport) in ports {
+            args.extend(
+                [
+                    "--",
+                    "add-port",
+                    bridge,
+                    name,
+                    "--",
+                    "set",
+                    "interface",
+                    name,
+                ]
+                .map(String::from),
+            );
+            args.extend(kind.map(|k| format!("type={k}")));
+            args.push(format!("ofport_request={ofport}"));
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.vsctl(&refs);
     }
 
     /// Adds a port backed by a kernel network device (the userspace datapath reads it with
     /// `AF_PACKET`), with `ofport_request`.
     pub fn add_system_port(&self, bridge: &str, name: &str, ofport: u32) {
-        self.vsctl(&[
-            "add-port",
-            bridge,
-            name,
-            "--",
-            "set",
-            "interface",
-            name,
-            &format!("ofport_request={ofport}"),
-        ]);
+        self.add_ports(bridge, &[(name, ofport)], None);
     }
 
     /// Adds a bridge without ports (userspace datapath, OpenFlow 1.0 and 1.3, `fail-mode`

@@ -767,28 +767,13 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     let dirty_reps: u32 = if crate::bench_table::quick() { 5 } else { 20 };
     crate::util::step("flow bench: private OVS with a 200-port bridge");
     let ovs = Ovs::start();
-    ovs.add_bridge(BRIDGE, &[]);
-    let mut args: Vec<String> = Vec::new();
-    for p in 1..=PORTS {
-        let name = format!("tapb{p}");
-        args.extend(
-            [
-                "--",
-                "add-port",
-                BRIDGE,
-                &name,
-                "--",
-                "set",
-                "interface",
-                &name,
-                "type=dummy",
-            ]
-            .map(String::from),
-        );
-        args.push(format!("ofport_request={p}"));
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    ovs.vsctl(&refs);
+    let names: Vec<String> = (1..=PORTS).map(|p| format!("tapb{p}")).collect();
+    let ports: Vec<(&str, u32)> = names
+        .iter()
+        .zip(1..)
+        .map(|(n, p)| (n.as_str(), p))
+        .collect();
+    ovs.add_bridge(BRIDGE, &ports);
     let vs = vswitchd_pid(&ovs)?;
 
     if let Some(hold) = std::env::var_os("PINFLOW_BENCH_FLOWS_HOLD") {
