@@ -256,6 +256,7 @@ mod tests {
             pcpu_pinned_vcpus: BTreeMap::new(),
             numa_nodes: Vec::new(),
             passes: Default::default(),
+            findings_version: 0,
         }
     }
 

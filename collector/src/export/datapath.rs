@@ -147,7 +147,8 @@ pub(crate) fn encode_datapath(
 #[cfg(test)]
 mod tests {
     use crate::export::health::BuildInfo;
-    use crate::export::metrics::{registry, render};
+    use crate::export::metrics::Exposition;
+    use crate::export::metrics::tests::text;
     use crate::model::datapath::{Datapath, DatapathCheck, DatapathEvents, DatapathReport, Vport};
     use crate::model::state::SharedState;
 
@@ -185,7 +186,7 @@ mod tests {
             actions: vec![("output".into(), 7)],
             programs: Vec::new(),
         });
-        let text = render(&registry(
+        let text = text(&Exposition::new(
             st,
             BuildInfo::current("6.1".into()),
             crate::export::ExportConfig::default(),

@@ -16,15 +16,19 @@ pub(crate) struct Lv<'a>(pub(crate) &'a str);
 
 impl EncodeLabelValue for Lv<'_> {
     fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        for c in self.0.chars() {
-            match c {
-                '\\' => enc.write_str("\\\\")?,
-                '"' => enc.write_str("\\\"")?,
-                '\n' => enc.write_str("\\n")?,
-                c => enc.write_char(c)?,
-            }
+        // Runs of plain text are written whole, not a char at a time through the encoder's
+        // `dyn Write`.
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            enc.write_str(&rest[..i])?;
+            enc.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
         }
-        Ok(())
+        enc.write_str(rest)
     }
 }
 

@@ -31,7 +31,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
-use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,7 +101,7 @@ pub(crate) const API_FRAME: usize = 64 * 1024;
 #[derive(Clone)]
 struct App {
     state: SharedState,
-    registry: Arc<Registry>,
+    metrics: Arc<metrics::Exposition>,
     bodies: Arc<ApiBodies>,
     /// Turns to write an `/api/v1` body ([`API_BODIES_IN_FLIGHT`]).
     api_turns: Arc<tokio::sync::Semaphore>,
@@ -235,7 +234,7 @@ pub(crate) fn router(
     options: &RouterOptions,
     web: Option<&WebConfig>,
 ) -> Router {
-    let registry = Arc::new(metrics::registry(state.clone(), build, limits));
+    let metrics = Arc::new(metrics::Exposition::new(state.clone(), build, limits));
     let index = index_page(options);
     let mut r = Router::new()
         .route("/", get(move || async move { axum::response::Html(index) }))
@@ -253,7 +252,7 @@ pub(crate) fn router(
     }
     let mut r = r.with_state(App {
         state,
-        registry,
+        metrics,
         bodies: Arc::default(),
         api_turns: Arc::new(tokio::sync::Semaphore::new(API_BODIES_IN_FLIGHT)),
     });
@@ -671,17 +670,19 @@ async fn serve_metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    match metrics::render(&app.registry) {
-        Ok(body) if openmetrics => (
-            [(header::CONTENT_TYPE, metrics::OPENMETRICS_CONTENT_TYPE)],
-            body,
+    let (format, content_type) = if openmetrics {
+        (
+            metrics::Format::OpenMetrics,
+            metrics::OPENMETRICS_CONTENT_TYPE,
         )
-            .into_response(),
-        Ok(body) => (
-            [(header::CONTENT_TYPE, metrics::PROMETHEUS_CONTENT_TYPE)],
-            metrics::openmetrics_to_prometheus(&body),
+    } else {
+        (
+            metrics::Format::Prometheus,
+            metrics::PROMETHEUS_CONTENT_TYPE,
         )
-            .into_response(),
+    };
+    match app.metrics.render(format) {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding metrics failed: {e}\n"),

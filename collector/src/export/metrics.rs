@@ -1,51 +1,235 @@
 //! Prometheus exposition of the shared state (DESIGN.md's metrics contract).
 //!
-//! A custom `prometheus_client` collector encodes the latest reports at scrape time: nothing is
-//! computed per scrape, and series of vanished domains or healed drifts disappear with the report.
+//! The body is made of sections, one per area, each encoded from the latest reports with
+//! `prometheus_client` and cached per version of the reports it reads: a scrape re-encodes only
+//! the areas whose reports changed since the last one (and the small health section, which
+//! changes with every pass), so nothing is computed per scrape that was computed before. Series
+//! of vanished domains or healed drifts disappear with the report.
 
 use super::health::BuildInfo;
 use crate::export::ExportConfig;
 use crate::model::state::SharedState;
+use axum::body::Bytes;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
+use std::any::Any;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, Weak};
 
-/// The collector registered in the registry; encodes the shared state on each scrape.
-#[derive(Debug)]
-pub(crate) struct PinflowCollector {
-    state: SharedStateHandle,
-    build: BuildInfo,
-    limits: ExportConfig,
+/// The text formats `/metrics` answers in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// OpenMetrics 1.0 text (what Prometheus asks for).
+    OpenMetrics,
+    /// Prometheus text format 0.0.4 (curl, `promtool check metrics`, older scrapers).
+    Prometheus,
 }
 
-/// `SharedState` wrapper with a `Debug` impl (required by `Collector`).
-#[derive(Clone)]
-struct SharedStateHandle(SharedState);
+/// The areas of the exposition, in the order of the family table (pinning in two: findings and
+/// counters).
+const SECTIONS: usize = 9;
 
-impl std::fmt::Debug for SharedStateHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SharedState")
+/// pinflow's exposition: the shared state's reports, encoded section by section and cached.
+pub(crate) struct Exposition {
+    state: SharedState,
+    build: BuildInfo,
+    limits: ExportConfig,
+    cached: [Mutex<Option<Section>>; SECTIONS],
+}
+
+/// One area's text, and the versions of what it was encoded from.
+struct Section {
+    versions: Vec<Version>,
+    openmetrics: Bytes,
+    /// Made from `openmetrics` on the first scrape that asks for it.
+    prometheus: Option<Bytes>,
+}
+
+/// The version of something a section reads.
+enum Version {
+    /// A report's `Arc` (the engine publishes a new one per change). The `Weak` keeps the
+    /// allocation, not the report, alive, so the address cannot be reused by a later report
+    /// while it is compared.
+    Report(Weak<dyn Any + Send + Sync>),
+    /// The pinning evaluation the findings come from.
+    Findings(u64),
+}
+
+/// A report's version, as a section keeps it.
+fn version<T: Send + Sync + 'static>(report: &Arc<T>) -> Version {
+    let weak: Weak<T> = Arc::downgrade(report);
+    Version::Report(weak)
+}
+
+fn same_versions(a: &[Version], b: &[Version]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Version::Report(x), Version::Report(y)) => std::ptr::addr_eq(x.as_ptr(), y.as_ptr()),
+            (Version::Findings(x), Version::Findings(y)) => x == y,
+            _ => false,
+        })
+}
+
+/// Encodes what `encode` writes as OpenMetrics text without the `# EOF` line.
+fn encode_part(
+    encode: impl Fn(&mut DescriptorEncoder) -> Result<(), std::fmt::Error> + Send + Sync + 'static,
+) -> Result<String, std::fmt::Error> {
+    /// A collector that writes one section (`Collector` requires `Debug`).
+    struct Part<F>(F);
+    impl<F> std::fmt::Debug for Part<F> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Part")
+        }
+    }
+    impl<F> Collector for Part<F>
+    where
+        F: Fn(&mut DescriptorEncoder) -> Result<(), std::fmt::Error> + Send + Sync + 'static,
+    {
+        fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            (self.0)(&mut enc)
+        }
+    }
+    let mut r = Registry::default();
+    r.register_collector(Box::new(Part(encode)));
+    let mut out = String::with_capacity(4 * 1024);
+    prometheus_client::encoding::text::encode_registry(&mut out, &r)?;
+    Ok(out)
+}
+
+impl Exposition {
+    pub(crate) fn new(state: SharedState, build: BuildInfo, limits: ExportConfig) -> Self {
+        Exposition {
+            state,
+            build,
+            limits,
+            cached: Default::default(),
+        }
+    }
+
+    /// The whole body in `format`.
+    pub(crate) fn render(&self, format: Format) -> Result<Bytes, std::fmt::Error> {
+        let st = &self.state;
+        let pinning = st.pinning.get();
+        let host_cpu = st.host_cpu.get();
+        let flows = st.flows.get();
+        let interfaces = st.ovs_interfaces.get();
+        let vswitchd = st.vswitchd.get();
+        let datapath = st.datapath.get();
+        let datapath_events = st.datapath_events.get();
+        let conntrack = st.conntrack.get();
+        let limits = self.limits.clone();
+        let mut parts: Vec<Bytes> = Vec::with_capacity(SECTIONS + 2);
+        let mut section = |i: usize, versions: Vec<Version>, encode| {
+            parts.push(self.section(i, versions, encode, format)?);
+            Ok::<(), std::fmt::Error>(())
+        };
+        // A report not made by an evaluation (version 0) is its own version.
+        let findings = match pinning.findings_version {
+            0 => version(&pinning),
+            v => Version::Findings(v),
+        };
+        section(0, vec![findings], {
+            let r = pinning.clone();
+            Box::new(move |e: &mut DescriptorEncoder| {
+                super::pinning::encode_pinning_findings(e, &r)
+            }) as Enc
+        })?;
+        section(1, vec![version(&pinning)], {
+            let r = pinning.clone();
+            Box::new(move |e: &mut DescriptorEncoder| {
+                super::pinning::encode_pinning_counters(e, &r)
+            })
+        })?;
+        section(2, vec![version(&host_cpu)], {
+            let r = host_cpu.clone();
+            Box::new(move |e: &mut DescriptorEncoder| super::host_cpu::encode_host_cpu(e, &r))
+        })?;
+        section(3, vec![version(&flows)], {
+            let r = flows.clone();
+            Box::new(move |e: &mut DescriptorEncoder| super::flows::encode_flows(e, &r, &limits))
+        })?;
+        section(4, vec![version(&interfaces), version(&flows)], {
+            let (r, f) = (interfaces.clone(), flows.clone());
+            Box::new(move |e: &mut DescriptorEncoder| {
+                super::interfaces::encode_interfaces(e, &r, &f)
+            })
+        })?;
+        section(
+            5,
+            vec![version(&interfaces), version(&flows), version(&vswitchd)],
+            {
+                let (r, f, v) = (interfaces.clone(), flows.clone(), vswitchd.clone());
+                Box::new(move |e: &mut DescriptorEncoder| super::links::encode_links(e, &r, &f, &v))
+            },
+        )?;
+        section(6, vec![version(&datapath), version(&datapath_events)], {
+            let (r, ev) = (datapath.clone(), datapath_events.clone());
+            Box::new(move |e: &mut DescriptorEncoder| super::datapath::encode_datapath(e, &r, &ev))
+        })?;
+        section(7, vec![version(&vswitchd)], {
+            let r = vswitchd.clone();
+            Box::new(move |e: &mut DescriptorEncoder| super::ovs_vswitchd::encode_vswitchd(e, &r))
+        })?;
+        section(8, vec![version(&conntrack)], {
+            let r = conntrack.clone();
+            Box::new(move |e: &mut DescriptorEncoder| super::conntrack::encode_conntrack(e, &r))
+        })?;
+        // Health changes with every pass of every source: encoded on each scrape (a few dozen
+        // lines).
+        let (state, build) = (st.clone(), self.build.clone());
+        let health = encode_part(move |e| super::health::encode_health(e, &state, &build))?;
+        parts.push(Bytes::from(match format {
+            Format::OpenMetrics => health + "# EOF\n",
+            Format::Prometheus => openmetrics_to_prometheus(&health),
+        }));
+        let mut body = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+        for p in &parts {
+            body.extend_from_slice(p);
+        }
+        Ok(Bytes::from(body))
+    }
+
+    /// Section `i` in `format`: the cached text when it was encoded from `versions`, else
+    /// `encode`'s, which replaces it.
+    fn section(
+        &self,
+        i: usize,
+        versions: Vec<Version>,
+        encode: Enc,
+        format: Format,
+    ) -> Result<Bytes, std::fmt::Error> {
+        // A poisoned lock only means a panic elsewhere; the slot is replaced whole.
+        let mut slot = self.cached[i].lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = slot
+            .as_ref()
+            .is_some_and(|s| same_versions(&s.versions, &versions));
+        if !fresh {
+            *slot = Some(Section {
+                versions,
+                openmetrics: Bytes::from(encode_part(encode)?),
+                prometheus: None,
+            });
+        }
+        let Some(s) = slot.as_mut() else {
+            return Err(std::fmt::Error);
+        };
+        Ok(match format {
+            Format::OpenMetrics => s.openmetrics.clone(),
+            Format::Prometheus => s
+                .prometheus
+                .get_or_insert_with(|| {
+                    Bytes::from(openmetrics_to_prometheus(&String::from_utf8_lossy(
+                        &s.openmetrics,
+                    )))
+                })
+                .clone(),
+        })
     }
 }
 
-/// A registry holding pinflow's collector.
-pub(crate) fn registry(state: SharedState, build: BuildInfo, limits: ExportConfig) -> Registry {
-    let mut r = Registry::default();
-    r.register_collector(Box::new(PinflowCollector {
-        state: SharedStateHandle(state),
-        build,
-        limits,
-    }));
-    r
-}
-
-/// Encodes the registry in the OpenMetrics text format.
-pub(crate) fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut out = String::with_capacity(16 * 1024);
-    prometheus_client::encoding::text::encode(&mut out, registry)?;
-    Ok(out)
-}
+/// A section's encoder, holding the reports it reads.
+type Enc = Box<dyn Fn(&mut DescriptorEncoder) -> Result<(), std::fmt::Error> + Send + Sync>;
 
 /// Content type of the OpenMetrics text format.
 pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
@@ -86,28 +270,6 @@ pub(crate) fn openmetrics_to_prometheus(om: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-impl Collector for PinflowCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let state = &self.state.0;
-        super::pinning::encode_pinning(&mut enc, &state.pinning.get())?;
-        super::host_cpu::encode_host_cpu(&mut enc, &state.host_cpu.get())?;
-        let flows = state.flows.get();
-        super::flows::encode_flows(&mut enc, &flows, &self.limits)?;
-        let interfaces = state.ovs_interfaces.get();
-        super::interfaces::encode_interfaces(&mut enc, &interfaces, &flows)?;
-        let vswitchd = state.vswitchd.get();
-        super::links::encode_links(&mut enc, &interfaces, &flows, &vswitchd)?;
-        super::datapath::encode_datapath(
-            &mut enc,
-            &state.datapath.get(),
-            &state.datapath_events.get(),
-        )?;
-        super::ovs_vswitchd::encode_vswitchd(&mut enc, &vswitchd)?;
-        super::conntrack::encode_conntrack(&mut enc, &state.conntrack.get())?;
-        super::health::encode_health(&mut enc, state, &self.build)
-    }
 }
 
 #[cfg(test)]
@@ -178,8 +340,15 @@ pub(crate) mod tests {
                 }],
             }],
             passes: Default::default(),
+            findings_version: crate::model::pinning::next_findings_version(),
         });
         st
+    }
+
+    /// The OpenMetrics body of `e`.
+    pub(crate) fn text(e: &Exposition) -> Result<String, std::fmt::Error> {
+        let body = e.render(Format::OpenMetrics)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     fn build() -> BuildInfo {
@@ -188,7 +357,7 @@ pub(crate) mod tests {
 
     /// The /metrics text of `st` with the default export limits (for the areas' encoder tests).
     pub(crate) fn render_state(st: SharedState) -> String {
-        render(&registry(st, build(), ExportConfig::default())).expect("encodes")
+        text(&Exposition::new(st, build(), ExportConfig::default())).expect("encodes")
     }
 
     /// Asserts that every sample of `text` belongs to a family of the table and carries exactly
@@ -274,7 +443,7 @@ pub(crate) mod tests {
             dirty_total: 2,
             ..Default::default()
         });
-        let text = render(&registry(st, build(), ExportConfig::default())).unwrap();
+        let text = text(&Exposition::new(st, build(), ExportConfig::default())).unwrap();
         for want in [
             "pinflow_ovs_flows{bridge=\"br-up\",table=\"0\"} 3",
             "pinflow_ovs_dirty_flows{bridge=\"br-up\",rule=\"in_port_missing\"} 1",
@@ -287,7 +456,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_family_is_described_from_the_table_with_its_type() {
-        let text = render(&registry(
+        let text = text(&Exposition::new(
             state_with_drift("1"),
             build(),
             ExportConfig::default(),
@@ -322,12 +491,12 @@ pub(crate) mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let reg = registry(
+        let reg = Exposition::new(
             state_with_drift("a\"b\\c\nd"),
             build(),
             ExportConfig::default(),
         );
-        let text = render(&reg).unwrap();
+        let text = text(&reg).unwrap();
         assert!(text.contains(r#"actual="a\"b\\c\nd""#), "{text}");
         assert!(
             text.contains("pinflow_node_hugepages_free{node=\"0\",size=\"2097152\"} 4"),
@@ -338,7 +507,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_check_is_exported_and_counters_get_total() {
-        let text = render(&registry(
+        let text = text(&Exposition::new(
             state_with_drift("1"),
             build(),
             ExportConfig::default(),
@@ -381,7 +550,7 @@ pub(crate) mod tests {
 
     #[test]
     fn prometheus_text_names_counter_families_with_total() {
-        let om = render(&registry(
+        let om = text(&Exposition::new(
             state_with_drift("1"),
             build(),
             ExportConfig::default(),
@@ -404,5 +573,59 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(samples(&om), samples(&text));
+    }
+
+    #[test]
+    fn a_section_is_encoded_once_per_version_of_the_reports_it_reads() {
+        let st = state_with_drift("1");
+        let e = Exposition::new(st.clone(), build(), ExportConfig::default());
+        let encoded = |e: &Exposition, i: usize| {
+            let slot = e.cached[i].lock().unwrap();
+            slot.as_ref().map(|s| s.openmetrics.as_ptr())
+        };
+        let first = text(&e).unwrap();
+        let (findings, counters) = (encoded(&e, 0), encoded(&e, 1));
+        assert!(findings.is_some() && counters.is_some());
+        // Another area's report changes: its series change, the pinning text is reused.
+        st.flows.set(crate::model::flows::FlowsReport {
+            bridges: [(
+                "br-x".into(),
+                crate::model::flows::BridgeStatus {
+                    connected: true,
+                    flows_per_table: [(0u8, 7usize)].into(),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        });
+        let second = text(&e).unwrap();
+        assert_eq!((encoded(&e, 0), encoded(&e, 1)), (findings, counters));
+        let flows = r#"pinflow_ovs_flows{bridge="br-x",table="0"} 7"#;
+        assert!(!first.contains(flows), "{first}");
+        assert!(second.contains(flows), "{second}");
+        // A refresh of the counters (same evaluation): only the counters are re-encoded.
+        let mut refreshed = PinningReport::clone(&st.pinning.get());
+        refreshed.domains[0].offpin_seconds_total = Some(2.5);
+        st.pinning.set(refreshed);
+        let third = text(&e).unwrap();
+        assert_eq!(encoded(&e, 0), findings);
+        assert_ne!(encoded(&e, 1), counters);
+        assert!(
+            third.contains(r#"pinflow_vcpu_offpin_seconds_total{domain="instance-1"} 2.5"#),
+            "{third}"
+        );
+        assert!(third.contains(r#"actual="1""#), "{third}");
+        // A new evaluation: the next scrape shows its findings, never the old text.
+        st.pinning
+            .set((*state_with_drift("2").pinning.get()).clone());
+        let fourth = text(&e).unwrap();
+        assert_ne!(encoded(&e, 0), findings);
+        assert!(fourth.contains(r#"actual="2""#) && !fourth.contains(r#"actual="1""#));
+        // Both formats carry the same samples; only OpenMetrics ends with `# EOF`.
+        let prom = e.render(Format::Prometheus).unwrap();
+        let prom = String::from_utf8_lossy(&prom);
+        assert_eq!(prom, openmetrics_to_prometheus(&fourth));
+        assert!(fourth.ends_with("# EOF\n"));
     }
 }

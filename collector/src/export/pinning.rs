@@ -6,8 +6,9 @@ use super::families;
 use crate::model::pinning::{PinKind, PinningReport};
 use prometheus_client::encoding::DescriptorEncoder;
 
-/// Encodes every pinning family.
-pub(crate) fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
+/// Encodes the families of the findings: instances, their vCPUs and drifts (they change only
+/// with an evaluation: [`PinningReport::findings_version`]).
+pub(crate) fn encode_pinning_findings(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     gauge(
         enc,
         &families::INSTANCE_INFO,
@@ -72,7 +73,12 @@ pub(crate) fn encode_pinning(enc: &mut DescriptorEncoder, r: &PinningReport) -> 
                 )
             })
         }),
-    )?;
+    )
+}
+
+/// Encodes the pinning families that change between evaluations: counters, pCPU and huge-page
+/// gauges, the pipeline's own counters.
+pub(crate) fn encode_pinning_counters(enc: &mut DescriptorEncoder, r: &PinningReport) -> Res {
     counter(
         enc,
         &families::VCPU_OFFPIN_SECONDS,

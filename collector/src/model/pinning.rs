@@ -689,6 +689,17 @@ pub(crate) struct PinningReport {
     pub(crate) numa_nodes: Vec<HostNode>,
     /// How the pipeline read procfs, and how much, since start (`pinflow_pinning_*`).
     pub(crate) passes: PinningPasses,
+    /// The evaluation the findings (domains, their vCPU kinds and drifts) come from: each
+    /// evaluation takes a new one ([`next_findings_version`]), a refresh of the counters keeps
+    /// it, so the exposition re-encodes the findings only when they may have changed.
+    #[serde(skip)]
+    pub(crate) findings_version: u64,
+}
+
+/// A findings version no report of this process had before.
+pub(crate) fn next_findings_version() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// One host NUMA node (`/sys/devices/system/node/nodeN`).

@@ -223,7 +223,10 @@ fn pin_kind(v: &VcpuSpec, vcpupins: &BTreeMap<u32, u32>) -> PinKind {
 /// Runs every check on every domain.
 pub(crate) fn evaluate(obs: &[DomainObservation]) -> PinningReport {
     let owners = overlap::PcpuOwners::new(dedicated_pcpus(obs));
-    let mut report = PinningReport::default();
+    let mut report = PinningReport {
+        findings_version: crate::model::pinning::next_findings_version(),
+        ..PinningReport::default()
+    };
     for d in obs.iter().filter_map(|o| o.domain.as_ref()) {
         for v in d.vcpus.iter().filter(|v| !v.shared_set) {
             for cpu in v.pin.iter().flat_map(CpuSet::iter) {
