@@ -1122,6 +1122,105 @@ fn rack_failure_pages_once_on_a_two_peer_alertmanager_cluster() {
         inst.alerts()[0]["labels"]["alertname"],
         "PcpuSharedBetweenInstances"
     );
+
+    // A gateway chassis dies: 30 hosts in three racks lose their BFD session to it (and some
+    // flap), each raising its own alerts, beside the fleet's one OvsBfdPeerDown for the port. And
+    // a host's tunnel egress device loses carrier, with the BFD and CFM alerts that follow. One
+    // notification each: the peer's and the carrier's.
+    let mut batch = vec![alert(
+        "OvsBfdPeerDown",
+        &[("bridge", "br-int"), ("port", "ovn-gw0001-0")],
+    )];
+    for r in ["r04", "r05", "r06"] {
+        for h in 1..=10 {
+            let inst = format!("hv-{r}-{h:02}");
+            let l = [
+                ("job", "pinflow"),
+                ("instance", inst.as_str()),
+                ("zone", "z1"),
+                ("rack", r),
+                ("bridge", "br-int"),
+                ("port", "ovn-gw0001-0"),
+            ];
+            batch.push(alert("OvsBfdSessionDown", &l));
+            if h % 2 == 0 {
+                batch.push(alert("OvsBfdFlapping", &l));
+            }
+        }
+    }
+    let carrier = host("hv-r03-08");
+    batch.push(alert(
+        "OvsTunnelEgressCarrierDown",
+        &[&carrier[..], &[("device", "eth1")]].concat(),
+    ));
+    for (name, port) in [
+        ("OvsBfdSessionDown", "ovn-gw0002-0"),
+        ("OvsBfdFlapping", "ovn-gw0002-0"),
+        ("OvsCfmFault", "eth1"),
+        ("OvsCfmFlapping", "eth1"),
+    ] {
+        batch.push(alert(
+            name,
+            &[&carrier[..], &[("bridge", "br-int"), ("port", port)]].concat(),
+        ));
+    }
+    for _replica in ["a", "b"] {
+        am.post(0, &batch);
+        am.post(1, &batch);
+    }
+    assert!(
+        hook.wait_for(6, Duration::from_secs(30)).is_some(),
+        "{:#?}\n{}",
+        summary(&hook.notifications()),
+        am.logs()
+    );
+    std::thread::sleep(SETTLE);
+    let got = hook.notifications();
+    eprintln!(
+        "after a BFD peer down from 30 hosts and a host's tunnel carrier loss ({} alerts): {} notification(s) in total, per peer {:?}",
+        batch.len(),
+        got.len(),
+        per_peer(&am, &got)
+    );
+    assert_eq!(got.len(), 6, "{:#?}", summary(&got));
+    let mut last: Vec<_> = summary(&got[4..]);
+    last.sort();
+    assert_eq!(
+        last,
+        [
+            (
+                "chat".to_string(),
+                labels(&[("alertname", "OvsBfdPeerDown")]),
+                1
+            ),
+            (
+                "oncall".to_string(),
+                labels(&[
+                    ("alertname", "OvsTunnelEgressCarrierDown"),
+                    ("zone", "z1"),
+                    ("rack", "r03")
+                ]),
+                1
+            ),
+        ]
+    );
+    for p in 0..2 {
+        let held = am.alerts(p);
+        let suppressed = |name: &str| {
+            held.iter()
+                .filter(|a| {
+                    a["labels"]["alertname"] == name && a["status"]["state"] == "suppressed"
+                })
+                .count()
+        };
+        assert_eq!(suppressed("OvsBfdSessionDown"), 31, "peer {p}");
+        assert_eq!(suppressed("OvsBfdFlapping"), 16, "peer {p}");
+        assert_eq!(
+            suppressed("OvsCfmFault") + suppressed("OvsCfmFlapping"),
+            2,
+            "peer {p}"
+        );
+    }
 }
 
 #[test]
