@@ -1122,6 +1122,105 @@ fn rack_failure_pages_once_on_a_two_peer_alertmanager_cluster() {
         inst.alerts()[0]["labels"]["alertname"],
         "PcpuSharedBetweenInstances"
     );
+
+    // A gateway chassis dies: 30 hosts in three racks lose their BFD session to it (and some
+    // flap), each raising its own alerts, beside the fleet's one OvsBfdPeerDown for the port. And
+    // a host's tunnel egress device loses carrier, with the BFD and CFM alerts that follow. One
+    // notification each: the peer's and the carrier's.
+    let mut batch = vec![alert(
+        "OvsBfdPeerDown",
+        &[("bridge", "br-int"), ("port", "ovn-gw0001-0")],
+    )];
+    for r in ["r04", "r05", "r06"] {
+        for h in 1..=10 {
+            let inst = format!("hv-{r}-{h:02}");
+            let l = [
+                ("job", "pinflow"),
+                ("instance", inst.as_str()),
+                ("zone", "z1"),
+                ("rack", r),
+                ("bridge", "br-int"),
+                ("port", "ovn-gw0001-0"),
+            ];
+            batch.push(alert("OvsBfdSessionDown", &l));
+            if h % 2 == 0 {
+                batch.push(alert("OvsBfdFlapping", &l));
+            }
+        }
+    }
+    let carrier = host("hv-r03-08");
+    batch.push(alert(
+        "OvsTunnelEgressCarrierDown",
+        &[&carrier[..], &[("device", "eth1")]].concat(),
+    ));
+    for (name, port) in [
+        ("OvsBfdSessionDown", "ovn-gw0002-0"),
+        ("OvsBfdFlapping", "ovn-gw0002-0"),
+        ("OvsCfmFault", "eth1"),
+        ("OvsCfmFlapping", "eth1"),
+    ] {
+        batch.push(alert(
+            name,
+            &[&carrier[..], &[("bridge", "br-int"), ("port", port)]].concat(),
+        ));
+    }
+    for _replica in ["a", "b"] {
+        am.post(0, &batch);
+        am.post(1, &batch);
+    }
+    assert!(
+        hook.wait_for(6, Duration::from_secs(30)).is_some(),
+        "{:#?}\n{}",
+        summary(&hook.notifications()),
+        am.logs()
+    );
+    std::thread::sleep(SETTLE);
+    let got = hook.notifications();
+    eprintln!(
+        "after a BFD peer down from 30 hosts and a host's tunnel carrier loss ({} alerts): {} notification(s) in total, per peer {:?}",
+        batch.len(),
+        got.len(),
+        per_peer(&am, &got)
+    );
+    assert_eq!(got.len(), 6, "{:#?}", summary(&got));
+    let mut last: Vec<_> = summary(&got[4..]);
+    last.sort();
+    assert_eq!(
+        last,
+        [
+            (
+                "chat".to_string(),
+                labels(&[("alertname", "OvsBfdPeerDown")]),
+                1
+            ),
+            (
+                "oncall".to_string(),
+                labels(&[
+                    ("alertname", "OvsTunnelEgressCarrierDown"),
+                    ("zone", "z1"),
+                    ("rack", "r03")
+                ]),
+                1
+            ),
+        ]
+    );
+    for p in 0..2 {
+        let held = am.alerts(p);
+        let suppressed = |name: &str| {
+            held.iter()
+                .filter(|a| {
+                    a["labels"]["alertname"] == name && a["status"]["state"] == "suppressed"
+                })
+                .count()
+        };
+        assert_eq!(suppressed("OvsBfdSessionDown"), 31, "peer {p}");
+        assert_eq!(suppressed("OvsBfdFlapping"), 16, "peer {p}");
+        assert_eq!(
+            suppressed("OvsCfmFault") + suppressed("OvsCfmFlapping"),
+            2,
+            "peer {p}"
+        );
+    }
 }
 
 #[test]
@@ -1375,4 +1474,256 @@ fn pod_and_service_monitors_relabel_like_the_scrape_config() {
             "{file}: job=\"pinflow\", which the rules select on"
         );
     }
+}
+
+/// The link alerts (`pinflow.links`) evaluated by a real Prometheus on what a real pinflow exports
+/// from a real OVS: a BFD+CFM session over a veth pair between two bridges and a VXLAN tunnel whose
+/// egress device is the end of another veth pair. The rules are the shipped ones with each `for`
+/// of the group shortened to 1 s; what must match is the metric names, labels and templates.
+#[test]
+fn link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier() {
+    let name = "link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier";
+    if !ovs::available(name) || !require_privileged(name, &["prometheus", "promtool", "ip"]) {
+        return;
+    }
+    use pinflow_tests::veth::Veth;
+    let tag = std::process::id() & 0xffff;
+    let ovs = Ovs::start();
+    let (bfd, tun) = (
+        Veth::new(&format!("pfa{tag:x}d")),
+        Veth::new(&format!("pfa{tag:x}t")),
+    );
+    let (br0, br1) = ("pfa-br0", "pfa-br1");
+    for (br, dev, mpid) in [(br0, &bfd.a, "1"), (br1, &bfd.b, "2")] {
+        ovs.add_empty_bridge(br, "secure");
+        ovs.vsctl(&[
+            "add-port",
+            br,
+            dev,
+            "--",
+            "set",
+            "interface",
+            dev,
+            "bfd:enable=true",
+            "bfd:min_tx=100",
+            "bfd:min_rx=100",
+            &format!("cfm_mpid={mpid}"),
+        ]);
+    }
+    // The tunnel leaves through tun.a (a /30 of TEST-NET-2 on it; removed with the veth).
+    let net = 4 * (std::process::id() % 60 + 1);
+    pinflow_tests::run(
+        "ip",
+        &[
+            "addr",
+            "add",
+            &format!("198.51.100.{}/30", net + 1),
+            "dev",
+            &tun.a,
+        ],
+    );
+    ovs.vsctl(&[
+        "add-port",
+        br0,
+        "pfa-vx",
+        "--",
+        "set",
+        "interface",
+        "pfa-vx",
+        "type=vxlan",
+        &format!("options:remote_ip=198.51.100.{}", net + 2),
+    ]);
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let pf = Pinflow::start(
+        "[pinning]\nebpf = false\n",
+        &["--ovs-run-dir", &run_dir, "--no-collector.pinning"],
+    );
+    let value = |family: &str, want: &[(&str, &str)]| -> Option<f64> {
+        select(&pf.scrape(), family, want).first().map(|s| s.value)
+    };
+    let ends = [(br0, bfd.a.as_str()), (br1, bfd.b.as_str())];
+    let forwarding = |want: f64| {
+        ends.iter().all(|(br, port)| {
+            value(
+                "pinflow_ovs_interface_bfd_forwarding",
+                &[("bridge", br), ("port", port)],
+            ) == Some(want)
+        })
+    };
+    let healthy = || {
+        forwarding(1.0)
+            && ends.iter().all(|(br, port)| {
+                value(
+                    "pinflow_ovs_interface_cfm_fault",
+                    &[("bridge", br), ("port", port)],
+                ) == Some(0.0)
+            })
+            && value(
+                "pinflow_ovs_tunnel_egress_carrier_up",
+                &[("device", tun.a.as_str())],
+            ) == Some(1.0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || healthy().then_some(())).is_some(),
+        "BFD, CFM and the tunnel never all up:\n{}",
+        pf.log()
+    );
+
+    // Prometheus starts on the healthy testbed (no history of the start-up), with the rules.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rules = read_yaml(RULES);
+    for g in rules["groups"].as_sequence_mut().expect("groups") {
+        if g["name"] != "pinflow.links" {
+            continue;
+        }
+        for r in g["rules"].as_sequence_mut().expect("rules") {
+            if r.get("for").is_some() {
+                r["for"] = "1s".into();
+            }
+        }
+    }
+    let rules_file = dir.path().join("rules.yml");
+    write_yaml(&rules_file, &rules);
+    let pods = json!([pod_target(
+        pf.addr,
+        "pinflow",
+        "metrics",
+        "Running",
+        "hv-r01-01"
+    )]);
+    let mut cfg = runnable_prometheus_config(
+        "prometheus/scrape-config.yml",
+        dir.path(),
+        &pods,
+        "a",
+        &[free_addr()],
+    );
+    cfg["rule_files"] = vec![Yaml::from(rules_file.to_string_lossy().into_owned())].into();
+    let prom = Prometheus::start(&cfg);
+    prom.one_series(
+        "pinflow_ovs_tunnel_egress_carrier_up{instance=\"hv-r01-01\"} == 1",
+        Duration::from_secs(30),
+    );
+    let link_alerts = |state: &str| -> Vec<BTreeMap<String, String>> {
+        let v = get_json(prom.web, "/api/v1/alerts").unwrap_or_default();
+        let mut got: Vec<BTreeMap<String, String>> = v["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| {
+                a["state"] == state
+                    && a["labels"]["alertname"].as_str().is_some_and(|n| {
+                        n.starts_with("OvsBfd")
+                            || n.starts_with("OvsCfm")
+                            || n.starts_with("OvsTunnel")
+                    })
+            })
+            .filter_map(|a| {
+                let mut l: BTreeMap<String, String> =
+                    serde_json::from_value(a["labels"].clone()).ok()?;
+                for k in ["job", "zone", "rack", "instance", "severity", "scope"] {
+                    l.remove(k);
+                }
+                l.insert(
+                    "summary".into(),
+                    a["annotations"]["summary"].as_str()?.to_string(),
+                );
+                Some(l)
+            })
+            .collect();
+        got.sort();
+        got
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(link_alerts("firing"), [], "healthy: nothing fires");
+    assert_eq!(link_alerts("pending"), [], "healthy: nothing pending");
+
+    // The BFD/CFM link and the tunnel's egress device lose carrier.
+    let t0 = Instant::now();
+    bfd.set(&bfd.b, false);
+    tun.set(&tun.b, false);
+    let session = |br: &str, port: &str, what: &str| {
+        let mut l = labels(&[("alertname", what), ("bridge", br), ("port", port)]);
+        let summary = match what {
+            "OvsBfdSessionDown" => format!("BFD on {port} of hv-r01-01 does not forward"),
+            "OvsCfmFault" => format!("CFM fault on {port} of hv-r01-01"),
+            _ => format!("BFD on {port} of hv-r01-01 is flapping"),
+        };
+        l.insert("summary".into(), summary);
+        l
+    };
+    let mut want = vec![
+        labels(&[
+            ("alertname", "OvsTunnelEgressCarrierDown"),
+            ("device", &tun.a),
+            (
+                "summary",
+                &format!("Tunnel egress device {} of hv-r01-01 has no carrier", tun.a),
+            ),
+        ]),
+        session(br0, &bfd.a, "OvsBfdSessionDown"),
+        session(br1, &bfd.b, "OvsBfdSessionDown"),
+        session(br0, &bfd.a, "OvsCfmFault"),
+        session(br1, &bfd.b, "OvsCfmFault"),
+    ];
+    want.sort();
+    let fired = wait_for(Duration::from_secs(40), || {
+        (link_alerts("firing") == want).then_some(())
+    });
+    assert!(
+        fired.is_some(),
+        "firing {:#?}\nwanted {want:#?}\n{}",
+        link_alerts("firing"),
+        prom.log()
+    );
+    eprintln!(
+        "link alerts firing {:?} after the links went down (CFM needs ~5 s, `for` shortened to 1 s)",
+        t0.elapsed()
+    );
+    let v = get_json(prom.web, "/api/v1/alerts").expect("alerts");
+    let desc = v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["labels"]["alertname"] == "OvsBfdSessionDown")
+        .and_then(|a| a["annotations"]["description"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        desc.contains("the session is down"),
+        "the description reads the live state: {desc}"
+    );
+
+    // Back up, then two more down/up cycles: more than 4 forwarding changes in the hour flap.
+    tun.set(&tun.b, true);
+    for cycle in 0..3 {
+        if cycle > 0 {
+            bfd.set(&bfd.b, false);
+            assert!(
+                wait_for(Duration::from_secs(10), || forwarding(0.0).then_some(())).is_some(),
+                "BFD not down in cycle {cycle}"
+            );
+        }
+        bfd.set(&bfd.b, true);
+        assert!(
+            wait_for(Duration::from_secs(20), || forwarding(1.0).then_some(())).is_some(),
+            "BFD not back in cycle {cycle}:\n{}",
+            pf.log()
+        );
+    }
+    let mut want = vec![
+        session(br0, &bfd.a, "OvsBfdFlapping"),
+        session(br1, &bfd.b, "OvsBfdFlapping"),
+    ];
+    want.sort();
+    let settled = wait_for(Duration::from_secs(30), || {
+        (healthy() && link_alerts("firing") == want && link_alerts("pending").is_empty())
+            .then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "after the links came back: firing {:#?}, pending {:#?}\nwanted {want:#?}",
+        link_alerts("firing"),
+        link_alerts("pending")
+    );
 }

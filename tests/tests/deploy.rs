@@ -196,7 +196,11 @@ fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
     assert!(sc["privileged"].is_null(), "privileged in the default");
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
     let spec = pod_spec(&docs);
-    assert_eq!(spec.caps, ["BPF", "PERFMON"], "the documented minimal set");
+    assert_eq!(
+        spec.caps,
+        ["BPF", "PERFMON"],
+        "the documented minimal set (no NET_ADMIN: conntrack is the overlay's)"
+    );
     assert!(spec.read_only_root && spec.no_new_privs && spec.host_network);
     assert!(
         spec.host_pid,
@@ -229,6 +233,7 @@ fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
         "deploy/kubernetes",
         "deploy/kubernetes/overlays/privileged",
         "deploy/kubernetes/overlays/nova-conf",
+        "deploy/kubernetes/overlays/conntrack",
     ] {
         let text = run(
             "kubectl",
@@ -301,6 +306,56 @@ fn kustomize_renders_least_privilege_manifests_that_validate_offline() {
             .iter()
             .any(|m| m["mountPath"] == "/host/etc/nova" && m["readOnly"].as_bool() == Some(true))),
         "{c:?}"
+    );
+    // The conntrack overlay: the base plus CAP_NET_ADMIN and the base's config plus [conntrack],
+    // which loads and turns conntrack on; nothing else differs.
+    let ct = pod_spec(&kustomize("deploy/kubernetes/overlays/conntrack"));
+    assert_eq!(ct.caps, ["BPF", "PERFMON", "NET_ADMIN"]);
+    // (The ConfigMap's name carries its content's hash.)
+    let mounts = |p: &PodSpec| -> Vec<(String, String, bool)> {
+        p.mounts
+            .iter()
+            .map(|(src, dst, ro, cm)| {
+                (
+                    if *cm { "configmap".into() } else { src.clone() },
+                    dst.clone(),
+                    *ro,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        (&ct.args, mounts(&ct), ct.read_only_root, ct.no_new_privs),
+        (
+            &spec.args,
+            mounts(&spec),
+            spec.read_only_root,
+            spec.no_new_privs
+        )
+    );
+    let ct_toml = ct
+        .config_maps
+        .values()
+        .find_map(|d| d.get("pinflow.toml"))
+        .expect("the overlay's pinflow.toml");
+    let base_toml = toml.expect("pinflow.toml in a ConfigMap");
+    let extra = ct_toml
+        .strip_prefix(base_toml.as_str())
+        .unwrap_or_else(|| panic!("the overlay's config is not the base's plus more:\n{ct_toml}"));
+    assert!(
+        extra.trim_start().starts_with("[conntrack]") && extra.matches('[').count() == 1,
+        "the overlay adds only [conntrack]: {extra}"
+    );
+    assert!(
+        extra.lines().any(|l| l.trim() == "enabled = true"),
+        "the overlay turns conntrack on: {extra}"
+    );
+    std::fs::write(&cfg, ct_toml).expect("write");
+    let out = pinflow(&["check", "--config", &cfg.to_string_lossy()]);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["config", "ok"])),
+        "{out}"
     );
 }
 
@@ -773,6 +828,116 @@ fn nova_conf_overlay_runs_with_the_hosts_nova_conf() {
     );
 }
 
+/// The `conntrack` overlay as shipped: with its CAP_NET_ADMIN and config the image counts the
+/// host's conntrack table over ctnetlink; without the capability the source is down and says why.
+#[test]
+fn conntrack_overlay_runs_with_net_admin_and_counts_the_table() {
+    if !require_privileged(
+        "conntrack_overlay_runs_with_net_admin_and_counts_the_table",
+        &["podman", "runc", "kubectl", "ovs-vswitchd"],
+    ) {
+        return;
+    }
+    let Ok(max) = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max") else {
+        eprintln!("SKIP conntrack_overlay_…: nf_conntrack is not loaded");
+        return;
+    };
+    let max: f64 = max.trim().parse().expect("nf_conntrack_max");
+    let docs = kustomize("deploy/kubernetes/overlays/conntrack");
+    let spec = pod_spec(&docs);
+    let ovs = Ovs::start();
+    ovs.add_bridge("br-int", &[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let host_paths = BTreeMap::from([("/run/openvswitch", ovs.run_dir())]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listen_port(&spec)));
+    let log = |name: &str| {
+        std::fs::read_to_string(work.path().join(format!("{name}.log"))).unwrap_or_default()
+    };
+    let name = "pinflow-deploy-conntrack";
+    let c = run_container(&spec, &host_paths, &[], work.path(), name);
+    let want_up = ["conntrack", "libvirt", "procfs", "ovsdb", "openflow"];
+    let up = wait_for(Duration::from_secs(20), || {
+        let s = scrape::sources(addr)?;
+        want_up
+            .iter()
+            .all(|k| s.get(*k).and_then(|h| h["up"].as_bool()) == Some(true))
+            .then_some(s)
+    });
+    assert!(
+        up.is_some(),
+        "sources not all up: {:?}\n{}",
+        scrape::sources(addr),
+        log(name)
+    );
+    let metrics = scrape::parse(
+        &scrape::http_get(addr, "/metrics", Duration::from_secs(2))
+            .expect("scrape")
+            .1,
+    );
+    for s in want_up {
+        assert_eq!(source_up(&metrics, s), Some(1.0), "{s}");
+    }
+    assert_eq!(
+        scrape::select(&metrics, "pinflow_conntrack_entries", &[]).len(),
+        1,
+        "pinflow_conntrack_entries"
+    );
+    let limit = scrape::select(&metrics, "pinflow_conntrack_entries_limit", &[]);
+    assert_eq!(
+        limit.first().map(|s| s.value),
+        Some(max),
+        "the host's nf_conntrack_max (host network namespace)"
+    );
+    eprintln!(
+        "conntrack overlay: {} ({:?} after the start)",
+        up.as_ref()
+            .and_then(|(s, _)| s["conntrack"]["detail"].as_str())
+            .unwrap_or_default(),
+        up.as_ref().map(|(_, t)| t)
+    );
+    let inspect = run(
+        "podman",
+        &["inspect", "--format", "{{.EffectiveCaps}}", name],
+    );
+    let mut caps: Vec<&str> = inspect
+        .trim()
+        .trim_matches(|c| c == '[' || c == ']')
+        .split_whitespace()
+        .collect();
+    caps.sort_unstable();
+    assert_eq!(caps, ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
+    drop(c);
+    let _ = wait_for(Duration::from_secs(10), || {
+        scrape::sources(addr).is_none().then_some(())
+    });
+
+    // Without CAP_NET_ADMIN (the base's capabilities with this config) the source is down and
+    // names the refusal; the rest runs.
+    let name = "pinflow-deploy-conntrack-no-net-admin";
+    let _c = run_container(&spec, &host_paths, &["NET_ADMIN"], work.path(), name);
+    let s = wait_for(Duration::from_secs(20), || {
+        let s = scrape::sources(addr)?;
+        let ready = s.get("procfs").and_then(|h| h["up"].as_bool()) == Some(true)
+            && s.get("conntrack").and_then(|h| h["up"].as_bool()) == Some(false);
+        ready.then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "conntrack not down without CAP_NET_ADMIN: {:?}\n{}",
+            scrape::sources(addr),
+            log(name)
+        )
+    })
+    .0;
+    let detail = s["conntrack"]["detail"].as_str().unwrap_or_default();
+    eprintln!("conntrack overlay without CAP_NET_ADMIN: {detail}");
+    assert!(
+        detail.contains("Operation not permitted"),
+        "without CAP_NET_ADMIN, conntrack says {detail:?}"
+    );
+    assert_eq!(s["libvirt"]["up"].as_bool(), Some(true));
+}
+
 #[test]
 fn systemd_unit_verifies_and_is_hardened() {
     if !require_privileged("systemd_unit_…", &["systemd-analyze"]) {
@@ -815,18 +980,63 @@ fn systemd_unit_verifies_and_is_hardened() {
     let man = r.path().join("man/man1");
     std::fs::create_dir_all(&man).expect("mkdir");
     std::fs::copy(dist_dir().join("pinflow.1"), man.join("pinflow.1")).expect("man page");
-    let out = Command::new("systemd-analyze")
-        .env("MANPATH", r.path().join("man"))
-        .arg("verify")
-        .arg(format!("--root={}", r.path().display()))
-        .arg("/etc/systemd/system/pinflow.service")
-        .output()
-        .expect("systemd-analyze");
-    let report =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify: {report}");
-    assert!(
-        !report.contains("pinflow.service:"),
-        "systemd-analyze has remarks on the unit: {report}"
+    let analyze = |args: &[&str]| {
+        let out = Command::new("systemd-analyze")
+            .env("MANPATH", r.path().join("man"))
+            .args(args)
+            .arg(format!("--root={}", r.path().display()))
+            .output()
+            .expect("systemd-analyze");
+        let report = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), report)
+    };
+    // What systemd makes of the capability lines (unit and drop-ins merged), offline; its
+    // security report has checks for these two of the three (none for CAP_PERFMON).
+    let caps = || {
+        let (_, report) = analyze(&["security", "--offline=true", "pinflow.service"]);
+        ["CAP_BPF", "CAP_NET_ADMIN"]
+            .into_iter()
+            .filter(|cap| {
+                report.lines().any(|l| {
+                    l.starts_with('✗') && l.contains(&format!("CapabilityBoundingSet=~{cap} "))
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let verify = || {
+        let (ok, report) = analyze(&["verify", "/etc/systemd/system/pinflow.service"]);
+        assert!(ok, "systemd-analyze verify: {report}");
+        assert!(
+            !report.contains("pinflow.service:") && !report.contains("conntrack.conf:"),
+            "systemd-analyze has remarks on the unit: {report}"
+        );
+    };
+    verify();
+    assert_eq!(caps(), ["CAP_BPF"], "no CAP_NET_ADMIN by default");
+
+    // The conntrack drop-in: the unit's command with the config file, and CAP_NET_ADMIN added to
+    // (not replacing) the two.
+    let dropin = root().join("deploy/systemd/pinflow.service.d/conntrack.conf");
+    let dtext = std::fs::read_to_string(&dropin).expect("conntrack.conf");
+    let unit_exec = text
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
+    assert_eq!(
+        dtext
+            .lines()
+            .filter(|l| l.starts_with("ExecStart="))
+            .collect::<Vec<_>>(),
+        [
+            "ExecStart=".to_string(),
+            format!("{unit_exec} --config=/etc/pinflow/pinflow.toml")
+        ],
+        "the drop-in runs the unit's command with the config file"
     );
+    let d = units.join("pinflow.service.d");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    std::fs::copy(&dropin, d.join("conntrack.conf")).expect("copy drop-in");
+    verify();
+    assert_eq!(caps(), ["CAP_BPF", "CAP_NET_ADMIN"]);
 }
