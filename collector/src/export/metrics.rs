@@ -105,6 +105,7 @@ impl Collector for PinflowCollector {
             &state.datapath_events.get(),
         )?;
         super::ovs_vswitchd::encode_vswitchd(&mut enc, &vswitchd)?;
+        super::ovs_vswitchd::encode_offload(&mut enc, &interfaces)?;
         super::conntrack::encode_conntrack(&mut enc, &state.conntrack.get())?;
         super::health::encode_health(&mut enc, state, &self.build)
     }
