@@ -39,7 +39,8 @@ pub(crate) const OBJECT_KINDS: [&str; 5] = ["rules", "ports", "udpif_keys", "ofc
 /// the source disconnected), raft log entries written (`raft_entry_serialize`, clustered
 /// databases), connections it opens itself (`stream_open`: relay/replication/active remotes;
 /// a reconnect storm shows here) and main-loop wake-ups with nothing to wait for
-/// (`poll_zero_timeout`: a busy or spinning server). Sessions, monitors and the output backlog
+/// (`poll_zero_timeout`: a busy or spinning server; every `memory/show` adds one, as ovsdb-server
+/// answers it from its next main-loop iteration, so pinflow's own poll adds 1 per poll). Sessions, monitors and the output backlog
 /// come from `memory/show` instead.
 pub(crate) const OVSDB_SERVER_COVERAGE_EVENTS: [&str; 5] = [
     "txn_forward_create",
