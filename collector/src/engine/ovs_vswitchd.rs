@@ -102,15 +102,15 @@ async fn poll_ovsdb_server(
         &OVSDB_SERVER_COVERAGE_EVENTS,
     )
     .map_err(|e| bad("coverage/show", e))?;
-    let (objects, backlog_bytes) = parse::ovsdb_server_memory(&c.call("memory/show", &[]).await?)
+    let memory = parse::ovsdb_server_memory(&c.call("memory/show", &[]).await?)
         .map_err(|e| bad("memory/show", e))?;
     Ok((
         c.pid,
         OvsdbServerReport {
             connected: true,
             coverage,
-            objects,
-            backlog_bytes,
+            objects: memory.objects,
+            backlog_bytes: memory.backlog_bytes,
         },
     ))
 }

@@ -119,7 +119,7 @@ pub(crate) fn memory(text: &str) -> Memory {
 /// lists `triggers` and `backlog` only while nonzero, and raft fields for clustered databases):
 /// [`OVSDB_SERVER_OBJECT_KINDS`] in order (0 when not listed) and the `backlog` bytes. A reply
 /// without `cells` or `sessions` (which ovsdb-server always lists) is not ovsdb-server's.
-pub(crate) fn ovsdb_server_memory(text: &str) -> Result<(Vec<(&'static str, u64)>, u64), String> {
+pub(crate) fn ovsdb_server_memory(text: &str) -> Result<OvsdbServerMemory, String> {
     let fields = memory_fields(text);
     if !fields.contains_key("cells") || !fields.contains_key("sessions") {
         return Err(format!(
@@ -131,7 +131,19 @@ pub(crate) fn ovsdb_server_memory(text: &str) -> Result<(Vec<(&'static str, u64)
         .iter()
         .map(|k| (*k, fields.get(*k).copied().unwrap_or(0)))
         .collect();
-    Ok((objects, fields.get("backlog").copied().unwrap_or(0)))
+    Ok(OvsdbServerMemory {
+        objects,
+        backlog_bytes: fields.get("backlog").copied().unwrap_or(0),
+    })
+}
+
+/// What pinflow exports of ovsdb-server's `memory/show`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OvsdbServerMemory {
+    /// [`OVSDB_SERVER_OBJECT_KINDS`] in order, 0 when not listed.
+    pub(crate) objects: Vec<(&'static str, u64)>,
+    /// `backlog` (bytes queued to clients), 0 when not listed.
+    pub(crate) backlog_bytes: u64,
 }
 
 /// `upcall/show`: one block per datapath.
@@ -370,7 +382,8 @@ dpif_flow_put              0.0/sec     0.000/sec        0.0000/sec   total: 25
                 ("poll_zero_timeout", 14)
             ]
         );
-        let (objects, backlog) = ovsdb_server_memory(&fx("ovsdb-server-memory-show.txt")).unwrap();
+        let m = ovsdb_server_memory(&fx("ovsdb-server-memory-show.txt")).unwrap();
+        let (objects, backlog) = (m.objects, m.backlog_bytes);
         assert_eq!(
             objects,
             [
@@ -392,7 +405,8 @@ dpif_flow_put              0.0/sec     0.000/sec        0.0000/sec   total: 25
         let busy = "atoms:5 backlog:65536 cells:9 monitors:3 n-weak-refs:0 raft-backlog-kB:0 \
                     raft-connections:4 raft-log:123 sessions:2 triggers:1 txn-history:10 \
                     txn-history-atoms:40\n";
-        let (objects, backlog) = ovsdb_server_memory(busy).unwrap();
+        let m = ovsdb_server_memory(busy).unwrap();
+        let (objects, backlog) = (m.objects, m.backlog_bytes);
         assert_eq!(
             objects,
             [
