@@ -115,7 +115,7 @@ pub(crate) struct CfmState {
 pub(crate) type LinkMap = BTreeMap<(String, String), LinkHealth>;
 
 /// The `tc-policy` values exported (`policy` label of `pinflow_ovs_tc_policy_info`): OVS's three
-/// and `invalid` for any other value (ovs-vswitchd ignores it and keeps `none`).
+/// and `invalid` for any other value (ovs-vswitchd logs a warning and keeps `none`).
 pub(crate) const TC_POLICIES: [&str; 4] = ["none", "skip_sw", "skip_hw", "invalid"];
 
 /// The switch-wide flow offload configuration (OVSDB `Open_vSwitch.other_config`).
