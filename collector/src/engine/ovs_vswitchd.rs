@@ -23,8 +23,9 @@
 //! partner, BFD, CFM, carriers) come from the OVSDB monitor of the flow pipeline.
 
 use crate::model::health::SourceRegistry;
-use crate::model::ovs_vswitchd::{OVSDB_SERVER_COVERAGE_EVENTS, OvsdbServerReport};
-use crate::model::ovs_vswitchd::{PROCESSES, ProcessHealth, VswitchdReport};
+use crate::model::ovs_vswitchd::{
+    OVSDB_SERVER_COVERAGE_EVENTS, OvsdbServerReport, PROCESSES, ProcessHealth, VswitchdReport,
+};
 use crate::model::state::SharedState;
 use crate::sources::HostPaths;
 use crate::sources::ovs_vswitchd::{
