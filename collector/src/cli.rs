@@ -73,7 +73,7 @@ pub(crate) enum Command {
     ///
     /// Checks every source the flags and the config switch on, with the probes `serve` uses:
     /// libvirt, procfs, sched_bpf, ovsdb, openflow (per bridge), ovs_datapath, ovs_datapath_bpf,
-    /// ovs_unixctl.
+    /// ovs_unixctl, ovsdb_server_unixctl.
     ///
     /// Exit status: 0 every source that is on is up; 1 a source that is on is down; 2 the config
     /// is invalid (or another error).

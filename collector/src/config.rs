@@ -187,7 +187,9 @@ impl Config {
             Some("off in the config ([pinning] ebpf = false)")
         } else if source == conntrack::SOURCE.name && !self.conntrack.enabled {
             Some("off in the config ([conntrack] enabled = false, the default)")
-        } else if source == ovs_vswitchd::SOURCE.name && !self.ovs_vswitchd.enabled {
+        } else if [ovs_vswitchd::SOURCE.name, ovs_vswitchd::OVSDB_SERVER.name].contains(&source)
+            && !self.ovs_vswitchd.enabled
+        {
             Some("off in the config ([ovs_vswitchd] enabled = false)")
         } else if [ovs_dp::SOURCE.name, ovs_dp::bpf::SOURCE.name].contains(&source)
             && !self.datapath.enabled

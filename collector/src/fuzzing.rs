@@ -213,9 +213,10 @@ pub fn config(data: &[u8]) {
     let _ = crate::config::Config::parse(text);
 }
 
-/// ovs-vswitchd's unixctl socket: the byte stream split into replies as the client does (its
-/// bound), each reply's text, and the whole input as text, through the `coverage/show`,
-/// `memory/show`, `upcall/show` and `bond/show` parsers; and the input split at its first NUL as a
+/// ovs-vswitchd's and ovsdb-server's unixctl sockets: the byte stream split into replies as the
+/// client does (its bound), each reply's text, and the whole input as text, through the
+/// `coverage/show`, `memory/show` (both daemons'), `upcall/show` and `bond/show` parsers; and the
+/// input split at its first NUL as a
 /// `/proc/PID/stat` and `status` pair.
 pub fn ovs_unixctl(data: &[u8]) {
     use crate::sources::ovs_vswitchd::{MAX_REPLY_BYTES, parse, process, reply_text};
@@ -225,6 +226,8 @@ pub fn ovs_unixctl(data: &[u8]) {
         let _ = parse::memory(t);
         let _ = parse::upcall(t);
         let _ = parse::bonds(t);
+        let _ = parse::ovsdb_server_memory(t);
+        let _ = parse::coverage_of(t, &crate::model::ovs_vswitchd::OVSDB_SERVER_COVERAGE_EVENTS);
     };
     parse_all(&text);
     let mut framer = crate::sources::ovsdb::JsonFramer::new(MAX_REPLY_BYTES);

@@ -119,7 +119,7 @@ pub fn seeds(root: &Path) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     ] {
         w.put("config", &read(&f)?)?;
     }
-    // ovs-vswitchd's unixctl: the captured reply texts, the raw JSON-RPC replies, and the
+    // ovs-vswitchd's and ovsdb-server's unixctl: the captured reply texts, the raw JSON-RPC replies, and the
     // captured /proc/PID/stat and status joined by a NUL.
     let ux = fx.join("ovs_unixctl");
     for name in [
@@ -128,6 +128,8 @@ pub fn seeds(root: &Path) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
         "upcall-show.txt",
         "bond-show.txt",
         "replies.json",
+        "ovsdb-server-coverage-show.txt",
+        "ovsdb-server-memory-show.txt",
     ] {
         w.put("ovs_unixctl", &read(&ux.join(name))?)?;
     }

@@ -506,6 +506,8 @@ struct Testbed {
     kernel_datapath: bool,
     datapath_bpf: bool,
     ovs_unixctl: bool,
+    ovsdb_server_unixctl: bool,
+    ovsdb: bool,
     source_down: bool,
 }
 
@@ -516,6 +518,8 @@ impl Testbed {
             kernel_datapath: source_up(s, "ovs_datapath") == Some(1.0),
             datapath_bpf: source_up(s, "ovs_datapath_bpf") == Some(1.0),
             ovs_unixctl: source_up(s, "ovs_unixctl") == Some(1.0),
+            ovsdb_server_unixctl: source_up(s, "ovsdb_server_unixctl") == Some(1.0),
+            ovsdb: source_up(s, "ovsdb") == Some(1.0),
             source_down: select(s, "pinflow_source_up", &[])
                 .iter()
                 .any(|x| x.value == 0.0),
@@ -549,6 +553,8 @@ impl Testbed {
             Presence::KernelDatapath => self.kernel_datapath,
             Presence::DatapathBpf => self.datapath_bpf,
             Presence::OvsVswitchd => self.ovs_unixctl,
+            Presence::OvsdbServer => self.ovsdb_server_unixctl,
+            Presence::Ovsdb => self.ovsdb,
             // Opt-in or not made here (conntrack: tests/tests/conntrack.rs).
             Presence::DropReasons
             | Presence::HostCpuChecks

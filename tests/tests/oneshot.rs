@@ -106,6 +106,7 @@ fn check_exits_by_the_sources_it_enables_and_reads_a_captured_proc_root() {
         "ovs_datapath",
         "ovs_datapath_bpf",
         "ovs_unixctl",
+        "ovsdb_server_unixctl",
     ] {
         assert_eq!(state_of(&states, src).0, "off", "{src}: {states:?}");
     }

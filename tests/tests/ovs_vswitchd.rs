@@ -872,3 +872,273 @@ fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
     polls.sort_by(f64::total_cmp);
     eprintln!("unixctl poll durations (s): {polls:?}");
 }
+
+/// The ovsdb-server events pinflow exports (docs/metrics.md,
+/// `pinflow_ovs_ovsdb_server_coverage_total`).
+const DB_EVENTS: [&str; 5] = [
+    "txn_forward_create",
+    "txn_forward_cancel",
+    "raft_entry_serialize",
+    "stream_open",
+    "poll_zero_timeout",
+];
+
+/// The ovsdb-server `memory/show` kinds pinflow exports.
+const DB_KINDS: [&str; 5] = ["cells", "atoms", "monitors", "sessions", "triggers"];
+
+/// `ovs-appctl -t <run>/ovsdb-server.<pid>.ctl CMD ARGS` (ovs-appctl's `-t ovsdb-server` would look
+/// in the default run dir's pid file).
+fn db_appctl(ovs: &Ovs, args: &[&str]) -> String {
+    let pid = std::fs::read_to_string(ovs.run_dir().join("ovsdb-server.pid")).expect("pid file");
+    let ctl = ovs
+        .run_dir()
+        .join(format!("ovsdb-server.{}.ctl", pid.trim()));
+    let mut all = vec!["-t", ctl.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    ovs.run("ovs-appctl", &all)
+}
+
+/// ovsdb-server's values as ovs-appctl prints them: the exported events' totals (0 when not
+/// listed) and `memory/show`'s kinds (0 when not listed) and `backlog`.
+fn db_appctl_values(ovs: &Ovs) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let cov = db_appctl(ovs, &["coverage/show"]);
+    for e in DB_EVENTS {
+        let total = cov
+            .lines()
+            .skip(1)
+            .find_map(|l| {
+                let t: Vec<&str> = l.split_whitespace().collect();
+                match t.as_slice() {
+                    [name, .., "total:", n] if *name == e => n.parse::<f64>().ok(),
+                    _ => None,
+                }
+            })
+            .unwrap_or(0.0);
+        out.insert(format!("event:{e}"), total);
+    }
+    let mem = db_appctl(ovs, &["memory/show"]);
+    let field = |k: &str| -> f64 {
+        mem.split_whitespace()
+            .find_map(|t| t.strip_prefix(&format!("{k}:")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for k in DB_KINDS {
+        out.insert(format!("kind:{k}"), field(k));
+    }
+    out.insert("backlog".into(), field("backlog"));
+    out
+}
+
+/// pinflow's ovsdb-server values, keyed like [`db_appctl_values`].
+fn db_pinflow_values(s: &[Sample]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for x in select(s, "pinflow_ovs_ovsdb_server_coverage_total", &[]) {
+        out.insert(format!("event:{}", x.labels["event"]), x.value);
+    }
+    for x in select(s, "pinflow_ovs_ovsdb_server_objects", &[]) {
+        out.insert(format!("kind:{}", x.labels["kind"]), x.value);
+    }
+    if let Some(b) = value(s, "pinflow_ovs_ovsdb_server_backlog_bytes", &[]) {
+        out.insert("backlog".into(), b);
+    }
+    out
+}
+
+/// Compares pinflow's ovsdb-server values with ovs-appctl's: appctl, then (after two polls) a
+/// scrape, then appctl again; every value that did not move over that window must be equal, and
+/// at least `min_stable` of the 11 must not have moved. Returns pinflow's values.
+fn db_values_match(ovs: &Ovs, pf: &Pinflow, min_stable: usize) -> BTreeMap<String, f64> {
+    let mut last = String::new();
+    for _ in 0..10 {
+        let before = db_appctl_values(ovs);
+        std::thread::sleep(Duration::from_millis(2500));
+        let got = db_pinflow_values(&pf.scrape());
+        let after = db_appctl_values(ovs);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>(),
+            "pinflow exports exactly the documented events and kinds"
+        );
+        let stable: Vec<&String> = before.keys().filter(|k| before[*k] == after[*k]).collect();
+        let differ: Vec<String> = stable
+            .iter()
+            .filter(|k| got[**k] != before[**k])
+            .map(|k| format!("{k}: pinflow {} ovs-appctl {}", got[*k], before[*k]))
+            .collect();
+        if differ.is_empty() && stable.len() >= min_stable {
+            eprintln!(
+                "ovsdb-server values matched ({}/11 stable): {got:?}",
+                stable.len()
+            );
+            return got;
+        }
+        last = format!("stable {} of 11; differ: {differ:?}", stable.len());
+    }
+    panic!(
+        "ovsdb-server values never matched ovs-appctl: {last}\n{}",
+        pf.log()
+    );
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a daemon of the test's OVS.
+fn signal(ovs: &Ovs, daemon: &str, signal: &str) {
+    let pid = std::fs::read_to_string(ovs.run_dir().join(format!("{daemon}.pid"))).expect("pid");
+    pinflow_tests::run("kill", &[&format!("-{signal}"), pid.trim()]);
+}
+
+/// Continues a stopped daemon even when the test fails while it is stopped.
+struct ContinueOnDrop<'a>(&'a Ovs, &'static str);
+
+impl Drop for ContinueOnDrop<'_> {
+    fn drop(&mut self) {
+        signal(self.0, self.1, "CONT");
+    }
+}
+
+/// ovsdb-server's own counters over its control socket against what `ovs-appctl` prints at the
+/// same moment (the test runs ovs-appctl; pinflow speaks JSON-RPC itself), following a change
+/// (database cells, a reconnecting active remote's `stream_open`); the offload configuration
+/// (`hw-offload`, `tc-policy`) from the OVSDB monitor, set and removed; and ovsdb-server hung
+/// (SIGSTOP) and gone: its source down and its series gone while ovs-vswitchd's stay.
+#[test]
+fn ovsdb_server_counters_offload_config_and_a_hung_server() {
+    if !privileged("ovsdb_server_counters_offload_config_and_a_hung_server") {
+        return;
+    }
+    let ovs = Ovs::start();
+    ovs.add_bridge("pfd-br0", &[("pfd-p1", 1), ("pfd-p2", 2)]);
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let pf = Pinflow::start(
+        "[ovs_vswitchd]\ninterval_seconds = 1.0\n",
+        &["--ovs-run-dir", &run_dir, "--no-collector.pinning"],
+    );
+    let (_, took) = scrape_until(&pf, "ovsdb_server_unixctl and ovsdb up", |s| {
+        source_up(s, "ovsdb_server_unixctl") == Some(1.0) && source_up(s, "ovsdb") == Some(1.0)
+    });
+    eprintln!("ovsdb_server_unixctl up after {took:?}");
+
+    // memory/show and coverage/show equal ovs-appctl's; sessions: ovs-vswitchd's and pinflow's.
+    let v1 = db_values_match(&ovs, &pf, 10);
+    assert!(v1["kind:cells"] > 0.0 && v1["kind:atoms"] > 0.0, "{v1:?}");
+    assert!(v1["kind:sessions"] >= 2.0, "{v1:?}");
+    assert!(v1["kind:monitors"] >= 2.0, "{v1:?}");
+    // More rows: more cells, followed.
+    ovs.add_ports(
+        "pfd-br0",
+        &[("pfd-p3", 3), ("pfd-p4", 4), ("pfd-p5", 5)],
+        Some("dummy"),
+    );
+    // An active remote nobody listens on: ovsdb-server opens a connection, fails and retries
+    // (`stream_open` moves).
+    let remote = format!("tcp:{}", pinflow_tests::pinflow::free_addr());
+    db_appctl(&ovs, &["ovsdb-server/add-remote", &remote]);
+    let v2 = db_values_match(&ovs, &pf, 9);
+    assert!(v2["kind:cells"] > v1["kind:cells"], "{v1:?} {v2:?}");
+    assert!(
+        v2["event:stream_open"] > v1["event:stream_open"],
+        "{v1:?} {v2:?}"
+    );
+    db_appctl(&ovs, &["ovsdb-server/remove-remote", &remote]);
+
+    // Offload configuration: off and `none` by default; set, then removed, as OVSDB events.
+    let offload = |s: &[Sample]| -> (Option<f64>, Vec<String>) {
+        (
+            value(s, "pinflow_ovs_hw_offload_enabled", &[]),
+            select(s, "pinflow_ovs_tc_policy_info", &[])
+                .iter()
+                .map(|x| format!("{}={}", x.labels["policy"], x.value))
+                .collect(),
+        )
+    };
+    assert_eq!(
+        offload(&pf.scrape()),
+        (Some(0.0), vec!["none=1".to_string()])
+    );
+    let t0 = std::time::Instant::now();
+    ovs.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        "other_config:hw-offload=true",
+        "other_config:tc-policy=skip_sw",
+    ]);
+    let vsctl_took = t0.elapsed();
+    let (_, took) = scrape_until(&pf, "hw-offload=true, tc-policy=skip_sw", |s| {
+        offload(s) == (Some(1.0), vec!["skip_sw=1".to_string()])
+    });
+    eprintln!("offload set: on /metrics {took:?} after ovs-vsctl returned ({vsctl_took:?})");
+    ovs.vsctl(&[
+        "remove",
+        "Open_vSwitch",
+        ".",
+        "other_config",
+        "hw-offload",
+        "tc-policy",
+    ]);
+    let (_, took) = scrape_until(&pf, "offload configuration removed", |s| {
+        offload(s) == (Some(0.0), vec!["none=1".to_string()])
+    });
+    eprintln!("offload removed: on /metrics {took:?} after ovs-vsctl returned");
+
+    // Hung ovsdb-server: its source down (the calls time out), its series gone; ovs-vswitchd's
+    // unixctl values keep being served.
+    let vswitchd_up = |s: &[Sample]| {
+        source_up(s, "ovs_unixctl") == Some(1.0)
+            && !select(s, "pinflow_ovs_coverage_total", &[]).is_empty()
+    };
+    let no_db_series = |s: &[Sample]| {
+        select(s, "pinflow_ovs_ovsdb_server_objects", &[]).is_empty()
+            && select(s, "pinflow_ovs_ovsdb_server_coverage_total", &[]).is_empty()
+            && value(s, "pinflow_ovs_ovsdb_server_backlog_bytes", &[]).is_none()
+    };
+    signal(&ovs, "ovsdb-server", "STOP");
+    let cont = ContinueOnDrop(&ovs, "ovsdb-server");
+    let t0 = std::time::Instant::now();
+    // (The source goes down as the poll fails, its series go with the report published right
+    // after: wait for both.)
+    let (s, took) = scrape_until(&pf, "ovsdb_server_unixctl down while hung", |s| {
+        source_up(s, "ovsdb_server_unixctl") == Some(0.0) && no_db_series(s)
+    });
+    eprintln!("hung ovsdb-server: source down after {took:?}");
+    assert!(vswitchd_up(&s), "ovs-vswitchd's values must stay");
+    // ovs-vswitchd's values stay current through further polls.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = pf.scrape();
+    assert!(vswitchd_up(&s) && no_db_series(&s));
+    let detail = pinflow_tests::scrape::sources(pf.addr)
+        .and_then(|m| m.get("ovsdb_server_unixctl").cloned())
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(detail.contains("no reply"), "{detail}");
+    eprintln!("hung for {:?}: {detail}", t0.elapsed());
+    drop(cont);
+    let (_, took) = scrape_until(&pf, "ovsdb_server_unixctl back up", |s| {
+        source_up(s, "ovsdb_server_unixctl") == Some(1.0)
+            && !select(s, "pinflow_ovs_ovsdb_server_objects", &[]).is_empty()
+    });
+    eprintln!("continued ovsdb-server: source up after {took:?}");
+
+    // Gone (no pid file, no socket): down, ovs-vswitchd's values stay; back after a start.
+    ovs.stop("ovsdb-server");
+    let (s, took) = scrape_until(&pf, "ovsdb_server_unixctl down when stopped", |s| {
+        source_up(s, "ovsdb_server_unixctl") == Some(0.0) && no_db_series(s)
+    });
+    eprintln!("stopped ovsdb-server: source down after {took:?}");
+    assert!(vswitchd_up(&s));
+    ovs.start_ovsdb_server();
+    let (s, took) = scrape_until(&pf, "ovsdb_server_unixctl up after a start", |s| {
+        source_up(s, "ovsdb_server_unixctl") == Some(1.0)
+            && source_up(s, "ovsdb") == Some(1.0)
+            && value(
+                s,
+                "pinflow_ovs_process_restarts_total",
+                &[("process", "ovsdb-server")],
+            ) == Some(1.0)
+    });
+    eprintln!("restarted ovsdb-server: source up after {took:?}");
+    assert!(vswitchd_up(&s));
+    // A fresh run's counters match again.
+    db_values_match(&ovs, &pf, 10);
+}

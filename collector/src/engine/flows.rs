@@ -137,6 +137,7 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
                     connected: snap.connected,
                     interfaces,
                     links,
+                    offload: snap.offload.clone(),
                 });
                 // Interface counters alone (every 5 s with `interface_metrics`) change nothing
                 // the rules or the port join read.

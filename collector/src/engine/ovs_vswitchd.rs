@@ -1,7 +1,13 @@
 //! The ovs-vswitchd pipeline: every `[ovs_vswitchd] interval_seconds` (default 15 s) one unixctl
 //! connection to ovs-vswitchd with one `coverage/show`, `memory/show`, `upcall/show` and
-//! `bond/show` round trip each, and one procfs read of each OVS daemon's process; publishes a [`VswitchdReport`]. Nothing
-//! happens per scrape: /metrics serves the last report.
+//! `bond/show` round trip each, at the same time one to ovsdb-server with one `coverage/show` and
+//! `memory/show` round trip each, and one procfs read of each OVS daemon's process; publishes a
+//! [`VswitchdReport`]. Nothing happens per scrape: /metrics serves the last report.
+//!
+//! The two daemons are two sources (`ovs_unixctl`, `ovsdb_server_unixctl`), each up or down on
+//! its own: a missing socket or a daemon that does not answer takes only its own values off
+//! /metrics. Both connections run concurrently and the whole ovsdb-server poll is bounded by the
+//! call timeout (5 s), so a hung ovsdb-server delays ovs-vswitchd's values by at most 5 s.
 //!
 //! The values are counters and slowly moving gauges, so a 15 s poll loses nothing a 15–60 s scrape
 //! would see. The datapath pipeline takes the flow limit in force from this report (see
@@ -17,10 +23,15 @@
 //! partner, BFD, CFM, carriers) come from the OVSDB monitor of the flow pipeline.
 
 use crate::model::health::SourceRegistry;
-use crate::model::ovs_vswitchd::{PROCESSES, ProcessHealth, VswitchdReport};
+use crate::model::ovs_vswitchd::{
+    OVSDB_SERVER_COVERAGE_EVENTS, OvsdbServerReport, PROCESSES, ProcessHealth, VswitchdReport,
+};
 use crate::model::state::SharedState;
 use crate::sources::HostPaths;
-use crate::sources::ovs_vswitchd::{self as source, SOURCE, Unixctl, UnixctlError, parse, process};
+use crate::sources::ovs_vswitchd::{
+    self as source, OVSDB_SERVER, OVSDB_SERVER_DAEMON, SOURCE, Unixctl, UnixctlError, parse,
+    process,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,6 +86,67 @@ async fn poll_unixctl(run_dir: &Path, timeout: Duration) -> Result<Polled, Unixc
         upcall,
         bonds,
     })
+}
+
+/// One poll of ovsdb-server: its pid and what it answered.
+async fn poll_ovsdb_server(
+    run_dir: &Path,
+    timeout: Duration,
+) -> Result<(u32, OvsdbServerReport), UnixctlError> {
+    let mut c = Unixctl::connect_to(run_dir, OVSDB_SERVER_DAEMON, timeout).await?;
+    let bad = |method: &str, detail: String| UnixctlError::Malformed {
+        method: method.to_string(),
+        detail,
+    };
+    let coverage = parse::coverage_of(
+        &c.call("coverage/show", &[]).await?,
+        &OVSDB_SERVER_COVERAGE_EVENTS,
+    )
+    .map_err(|e| bad("coverage/show", e))?;
+    let memory = parse::ovsdb_server_memory(&c.call("memory/show", &[]).await?)
+        .map_err(|e| bad("memory/show", e))?;
+    Ok((
+        c.pid,
+        OvsdbServerReport {
+            connected: true,
+            coverage,
+            objects: memory.objects,
+            backlog_bytes: memory.backlog_bytes,
+        },
+    ))
+}
+
+/// One collection of the `ovsdb_server_unixctl` source: its health recorded as soon as
+/// ovsdb-server answered (or did not), its values (default: not connected) returned.
+async fn ovsdb_server_collection(state: &SharedState, run_dir: &Path) -> OvsdbServerReport {
+    let collection = state.sources.collect(OVSDB_SERVER.name);
+    let polled = tokio::time::timeout(CALL_TIMEOUT, poll_ovsdb_server(run_dir, CALL_TIMEOUT))
+        .await
+        .unwrap_or_else(|_| {
+            Err(UnixctlError::Timeout {
+                method: "coverage/show and memory/show".into(),
+                timeout: CALL_TIMEOUT,
+            })
+        });
+    match polled {
+        Ok((pid, r)) => {
+            let n = |k: &str| r.objects.iter().find(|(o, _)| *o == k).map_or(0, |x| x.1);
+            collection.ok(format!(
+                "ovsdb-server pid {pid}: {} sessions, {} monitors, {} cells",
+                n("sessions"),
+                n("monitors"),
+                n("cells")
+            ));
+            r
+        }
+        Err(e) => {
+            if !e.is_unavailable() {
+                collection.errors(1);
+            }
+            collection.down(e.to_string());
+            OvsdbServerReport::default()
+        }
+    }
 }
 
 /// One OVS daemon as the tracker last saw it.
@@ -143,10 +215,12 @@ impl ProcessTracker {
 pub(crate) async fn run(cfg: VswitchdConfig, host: HostPaths, state: SharedState) {
     let interval = Duration::from_secs_f64(cfg.interval_seconds);
     let name = SOURCE.name;
-    state.sources.stale_after(
-        name,
-        SourceRegistry::bound_for(interval.max(CALL_TIMEOUT * 3)),
-    );
+    for src in [name, OVSDB_SERVER.name] {
+        state.sources.stale_after(
+            src,
+            SourceRegistry::bound_for(interval.max(CALL_TIMEOUT * 3)),
+        );
+    }
     let run_dir: PathBuf = host.ovs_run_dir.clone();
     let proc_root: PathBuf = host.proc_root.clone();
     let mut tracker = Some(ProcessTracker::default());
@@ -155,7 +229,10 @@ pub(crate) async fn run(cfg: VswitchdConfig, host: HostPaths, state: SharedState
     loop {
         ticker.tick().await;
         let collection = state.sources.collect(name);
-        let polled = poll_unixctl(&run_dir, CALL_TIMEOUT).await;
+        let (polled, ovsdb_server) = tokio::join!(
+            poll_unixctl(&run_dir, CALL_TIMEOUT),
+            ovsdb_server_collection(&state, &run_dir)
+        );
         let processes = match tracker.take() {
             Some(mut t) => {
                 let (pr, rd) = (proc_root.clone(), run_dir.clone());
@@ -209,6 +286,7 @@ pub(crate) async fn run(cfg: VswitchdConfig, host: HostPaths, state: SharedState
                 collection.down(e.to_string());
             }
         }
+        report.ovsdb_server = ovsdb_server;
         state.vswitchd.set_if_changed(report);
     }
 }

@@ -28,7 +28,7 @@ pub(crate) enum Format {
 
 /// The areas of the exposition, in the order of the family table (pinning in two: findings and
 /// counters).
-const SECTIONS: usize = 9;
+const SECTIONS: usize = 10;
 
 /// pinflow's exposition: the shared state's reports, encoded section by section and cached.
 pub(crate) struct Exposition {
@@ -171,7 +171,11 @@ impl Exposition {
             let r = vswitchd.clone();
             Box::new(move |e: &mut DescriptorEncoder| super::ovs_vswitchd::encode_vswitchd(e, &r))
         })?;
-        section(8, vec![version(&conntrack)], {
+        section(8, vec![version(&interfaces)], {
+            let r = interfaces.clone();
+            Box::new(move |e: &mut DescriptorEncoder| super::ovs_vswitchd::encode_offload(e, &r))
+        })?;
+        section(9, vec![version(&conntrack)], {
             let r = conntrack.clone();
             Box::new(move |e: &mut DescriptorEncoder| super::conntrack::encode_conntrack(e, &r))
         })?;

@@ -114,8 +114,49 @@ pub(crate) struct CfmState {
 /// Link protocol state keyed by (bridge, interface name); only interfaces with something to say.
 pub(crate) type LinkMap = BTreeMap<(String, String), LinkHealth>;
 
+/// The `tc-policy` values exported (`policy` label of `pinflow_ovs_tc_policy_info`): OVS's three
+/// and `invalid` for any other value (ovs-vswitchd logs a warning and keeps `none`).
+pub(crate) const TC_POLICIES: [&str; 4] = ["none", "skip_sw", "skip_hw", "invalid"];
+
+/// The switch-wide flow offload configuration (OVSDB `Open_vSwitch.other_config`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct OffloadConfig {
+    /// `hw-offload` is `true`.
+    pub(crate) hw_offload: bool,
+    /// `tc-policy`, one of [`TC_POLICIES`] (`none` when unset).
+    pub(crate) tc_policy: &'static str,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        OffloadConfig {
+            hw_offload: false,
+            tc_policy: "none",
+        }
+    }
+}
+
+impl OffloadConfig {
+    /// From the `hw-offload` and `tc-policy` values of `other_config` (`None`: unset). Like
+    /// ovs-vswitchd (`smap_get_bool`), `hw-offload` is on only for `true` in any case.
+    pub(crate) fn from_other_config(hw_offload: Option<&str>, tc_policy: Option<&str>) -> Self {
+        OffloadConfig {
+            hw_offload: hw_offload.is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            tc_policy: match tc_policy {
+                None => "none",
+                Some(p) => TC_POLICIES
+                    .iter()
+                    .take(3)
+                    .find(|k| **k == p)
+                    .copied()
+                    .unwrap_or("invalid"),
+            },
+        }
+    }
+}
+
 /// What the flow pipeline publishes of the interfaces: counters only with
-/// `[flows] interface_metrics`, link protocol state always.
+/// `[flows] interface_metrics`, link protocol state always; and the switch's offload configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct InterfacesReport {
     /// Whether OVSDB is connected (the counters are current).
@@ -124,6 +165,8 @@ pub(crate) struct InterfacesReport {
     pub(crate) interfaces: std::sync::Arc<InterfaceMap>,
     /// LACP, BFD, CFM and tunnel state per (bridge, interface).
     pub(crate) links: std::sync::Arc<LinkMap>,
+    /// `hw-offload` and `tc-policy` (only meaningful while `connected`).
+    pub(crate) offload: OffloadConfig,
 }
 
 /// A bridge with its ports (from OVSDB) and flows (from OpenFlow).

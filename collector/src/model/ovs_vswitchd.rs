@@ -1,5 +1,6 @@
 //! What pinflow knows of ovs-vswitchd itself (its unixctl `coverage/show`, `memory/show`,
-//! `upcall/show`) and of the OVS daemons' processes: the report of the `ovs_vswitchd` pipeline.
+//! `upcall/show`), of ovsdb-server itself (its unixctl `coverage/show`, `memory/show`) and of the
+//! OVS daemons' processes: the report of the `ovs_vswitchd` pipeline.
 
 use std::time::Duration;
 
@@ -26,6 +27,48 @@ pub(crate) const COVERAGE_EVENTS: [&str; 14] = [
 
 /// The `memory/show` object counts exported as `pinflow_ovs_vswitchd_objects{kind}`.
 pub(crate) const OBJECT_KINDS: [&str; 5] = ["rules", "ports", "udpif_keys", "ofconns", "idl_cells"];
+
+/// The ovsdb-server coverage events exported as `pinflow_ovs_ovsdb_server_coverage_total{event}`.
+///
+/// Of the 112 events ovsdb-server 3.1 registers (checked one by one with `coverage/read-counter`
+/// on the real daemon) most belong to library code it links but does not run (datapath, netdev,
+/// conntrack, `dpif_*`), and the `txn_*` ones are the IDL client's: they stay 0 while
+/// ovsdb-server commits transactions. ovsdb-server has no event for the transactions it commits
+/// or the JSON-RPC messages it handles; what it has for an operator: transactions a relay
+/// forwards to its source (`txn_forward_create`) and those cancelled (`txn_forward_cancel`, e.g.
+/// the source disconnected), raft log entries written (`raft_entry_serialize`, clustered
+/// databases), connections it opens itself (`stream_open`: relay/replication/active remotes;
+/// a reconnect storm shows here) and main-loop wake-ups with nothing to wait for
+/// (`poll_zero_timeout`: a busy or spinning server; every `memory/show` adds one, as ovsdb-server
+/// answers it from its next main-loop iteration, so pinflow's own poll adds 1 per poll). Sessions, monitors and the output backlog
+/// come from `memory/show` instead.
+pub(crate) const OVSDB_SERVER_COVERAGE_EVENTS: [&str; 5] = [
+    "txn_forward_create",
+    "txn_forward_cancel",
+    "raft_entry_serialize",
+    "stream_open",
+    "poll_zero_timeout",
+];
+
+/// The ovsdb-server `memory/show` counts exported as `pinflow_ovs_ovsdb_server_objects{kind}`:
+/// database `cells` and `atoms` (the databases' size), `monitors` (clients' monitor requests),
+/// `sessions` (JSON-RPC sessions: ovs-vswitchd, agents, pinflow) and `triggers` (transactions
+/// waiting to complete).
+pub(crate) const OVSDB_SERVER_OBJECT_KINDS: [&str; 5] =
+    ["cells", "atoms", "monitors", "sessions", "triggers"];
+
+/// What the `ovs_vswitchd` pipeline read of ovsdb-server over its control socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OvsdbServerReport {
+    /// Whether the values below are current (the last poll answered).
+    pub(crate) connected: bool,
+    /// [`OVSDB_SERVER_COVERAGE_EVENTS`] totals, in that order.
+    pub(crate) coverage: Vec<(&'static str, u64)>,
+    /// [`OVSDB_SERVER_OBJECT_KINDS`] counts, in that order (0 when not listed).
+    pub(crate) objects: Vec<(&'static str, u64)>,
+    /// Bytes queued to be sent to clients, all sessions together (`backlog`; 0 when not listed).
+    pub(crate) backlog_bytes: u64,
+}
 
 /// The OVS daemons whose processes are watched (`process` label).
 pub(crate) const PROCESSES: [&str; 2] = ["ovs-vswitchd", "ovsdb-server"];
@@ -83,6 +126,8 @@ pub(crate) struct VswitchdReport {
     pub(crate) processes: Vec<ProcessHealth>,
     /// Bonds with their members' state (`bond/show`).
     pub(crate) bonds: Vec<BondState>,
+    /// ovsdb-server's own counters (its control socket, polled alongside).
+    pub(crate) ovsdb_server: OvsdbServerReport,
 }
 
 /// One bond of `bond/show`.

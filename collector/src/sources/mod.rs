@@ -114,5 +114,6 @@ pub(crate) const ALL: &[&SourceDef] = &[
     &ovs_dp::SOURCE,
     &ovs_dp::bpf::SOURCE,
     &ovs_vswitchd::SOURCE,
+    &ovs_vswitchd::OVSDB_SERVER,
     &conntrack::SOURCE,
 ];

@@ -1,6 +1,7 @@
 //! OVSDB source: bridges, ports, ofports, VLAN tags and Neutron/Nova `external_ids` of Open vSwitch,
-//! the interfaces' link protocol state (bonds, LACP, BFD, CFM, tunnel egress carrier) and, opt-in,
-//! their link state and counters, read from `<ovs-run-dir>/db.sock` with the JSON-RPC `monitor` method of RFC 7047.
+//! the interfaces' link protocol state (bonds, LACP, BFD, CFM, tunnel egress carrier), the
+//! switch's offload configuration (`Open_vSwitch.other_config`: `hw-offload`, `tc-policy`) and,
+//! opt-in, the interfaces' link state and counters, read from `<ovs-run-dir>/db.sock` with the JSON-RPC `monitor` method of RFC 7047.
 //!
 //! The source keeps a private replica of the monitored rows ([`OvsdbState`]): the monitor reply fills
 //! it, `update` notifications change it incrementally, and each batch of changes publishes a fresh
@@ -12,7 +13,7 @@
 
 use crate::model::flows::{
     BfdState, Bridge, CfmState, Counters, InterfaceMap, InterfaceStats, LinkHealth, LinkMap,
-    OvsPort,
+    OffloadConfig, OvsPort,
 };
 use crate::model::health::SourceRegistry;
 use crate::sources::{CanRun, PROBE_TIMEOUT, SourceDef, block_on};
@@ -438,6 +439,19 @@ impl OvsdbState {
             .collect()
     }
 
+    /// `hw-offload` and `tc-policy` of `Open_vSwitch.other_config` (defaults without the row).
+    pub(crate) fn offload(&self) -> OffloadConfig {
+        let other = self
+            .tables
+            .get("Open_vSwitch")
+            .and_then(|t| t.values().next())
+            .and_then(|r| r.get("other_config"));
+        OffloadConfig::from_other_config(
+            decode::map_get(other, "hw-offload"),
+            decode::map_get(other, "tc-policy"),
+        )
+    }
+
     /// `Open_vSwitch.ovs_version`, if set.
     pub(crate) fn ovs_version(&self) -> Option<&str> {
         self.tables
@@ -600,6 +614,8 @@ pub(crate) struct OvsdbSnapshot {
     pub(crate) interfaces: std::sync::Arc<InterfaceMap>,
     /// LACP, BFD, CFM and tunnel state (always monitored, see [`monitor_request`]).
     pub(crate) links: std::sync::Arc<LinkMap>,
+    /// `Open_vSwitch.other_config` `hw-offload` and `tc-policy`.
+    pub(crate) offload: OffloadConfig,
 }
 
 /// Tunables of [`run_ovsdb_with`]; [`OvsdbOptions::new`] gives the defaults.
@@ -683,7 +699,7 @@ pub(crate) fn monitor_request(id: u64, interface_stats: bool) -> Value {
         "id": id,
         "method": "monitor",
         "params": ["Open_vSwitch", MONITOR_ID, {
-            "Open_vSwitch": {"columns": ["bridges", "ovs_version"]},
+            "Open_vSwitch": {"columns": ["bridges", "ovs_version", "other_config"]},
             "Bridge": {"columns": ["name", "ports"]},
             "Port": {"columns": ["name", "interfaces", "tag"]},
             "Interface": {"columns": iface},
@@ -851,10 +867,12 @@ async fn session(
             let bridges = state.bridges();
             let interfaces = std::sync::Arc::new(state.interfaces());
             let links = std::sync::Arc::new(state.links());
+            let offload = state.offload();
             tx.send_modify(|s| {
                 s.bridges = bridges;
                 s.interfaces = interfaces;
                 s.links = links;
+                s.offload = offload;
                 s.connected = true;
                 s.generation += 1;
             });
@@ -997,6 +1015,52 @@ mod tests {
         let b = st.bridges();
         assert_eq!(b.keys().collect::<Vec<_>>(), ["pfo-br0", "pfo-br1"]);
         assert_eq!(b["pfo-br1"].ports["pfo-br1"].ofport, Some(65534));
+    }
+
+    /// `hw-offload`/`tc-policy` from the `Open_vSwitch` row, following its updates.
+    #[test]
+    fn offload_configuration() {
+        let mut st = OvsdbState::new();
+        assert_eq!(st.offload(), OffloadConfig::default());
+        st.apply_update(&json!({"Open_vSwitch": {"o": {"new": {
+            "bridges": ["set", []], "ovs_version": "3.1.0", "other_config": ["map", []]}}}}))
+            .unwrap();
+        assert_eq!(
+            (st.offload().hw_offload, st.offload().tc_policy),
+            (false, "none")
+        );
+        st.apply_update(
+            &json!({"Open_vSwitch": {"o": {"new": {"other_config": ["map", [
+            ["hw-offload", "true"], ["tc-policy", "skip_sw"], ["flow-limit", "1000"]]]}}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (st.offload().hw_offload, st.offload().tc_policy),
+            (true, "skip_sw")
+        );
+        st.apply_update(
+            &json!({"Open_vSwitch": {"o": {"new": {"other_config": ["map", [
+            ["hw-offload", "TRUE"], ["tc-policy", "bogus"]]]}}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (st.offload().hw_offload, st.offload().tc_policy),
+            (true, "invalid")
+        );
+        st.apply_update(
+            &json!({"Open_vSwitch": {"o": {"new": {"other_config": ["map", [
+            ["hw-offload", "false"], ["tc-policy", "skip_hw"]]]}}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            (st.offload().hw_offload, st.offload().tc_policy),
+            (false, "skip_hw")
+        );
+        assert!(
+            monitor_request(0, false)
+                .to_string()
+                .contains("other_config")
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! ovs-vswitchd's own state, read natively: its unixctl JSON-RPC socket (what `ovs-appctl` talks
-//! to) for `coverage/show`, `memory/show` and `upcall/show`, and procfs for the health of the OVS
-//! daemons' processes ([`process`]). No `ovs-appctl` process is ever run.
+//! The OVS daemons' own state, read natively: their unixctl JSON-RPC sockets (what `ovs-appctl`
+//! talks to) — ovs-vswitchd's for `coverage/show`, `memory/show`, `upcall/show` and `bond/show`,
+//! ovsdb-server's for its `coverage/show` and `memory/show` ([`OVSDB_SERVER`]) — and procfs for
+//! the health of their processes ([`process`]). No `ovs-appctl` process is ever run.
 //!
 //! The unixctl protocol is JSON-RPC 1.0 over a unix stream socket,
-//! `<ovs-run-dir>/ovs-vswitchd.<pid>.ctl` with the pid from `<ovs-run-dir>/ovs-vswitchd.pid`: a
+//! `<ovs-run-dir>/<daemon>.<pid>.ctl` with the pid from `<ovs-run-dir>/<daemon>.pid`: a
 //! request `{"method": COMMAND, "params": [ARG, …], "id": N}`, a reply
 //! `{"id": N, "result": TEXT, "error": null}` or `{"id": N, "result": null, "error": TEXT}`. Messages
 //! are not delimited (the stream is a sequence of JSON objects), so replies are split with the
@@ -28,26 +29,42 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Source name in `pinflow_source_*` metrics.
+/// The daemon behind [`SOURCE`].
+pub(crate) const VSWITCHD: &str = "ovs-vswitchd";
+/// The daemon behind [`OVSDB_SERVER`].
+pub(crate) const OVSDB_SERVER_DAEMON: &str = "ovsdb-server";
+
+/// ovs-vswitchd's control socket, as a source in `pinflow_source_*` metrics.
 pub(crate) const SOURCE: SourceDef = SourceDef {
     name: "ovs_unixctl",
     collector: "datapath",
-    can_run: |host| {
-        let dir = host.ovs_run_dir.clone();
-        CanRun::of(
-            block_on(async move {
-                let mut c = Unixctl::connect(&dir, PROBE_TIMEOUT).await?;
-                let v = c.call("version", &[]).await?;
-                Ok::<_, UnixctlError>(format!(
-                    "{}: {}",
-                    c.path.display(),
-                    v.lines().next().unwrap_or_default().trim()
-                ))
-            })
-            .and_then(|r| r.map_err(|e| e.to_string())),
-        )
-    },
+    can_run: |host| probe(host, VSWITCHD),
 };
+
+/// ovsdb-server's control socket, as a source in `pinflow_source_*` metrics (polled with
+/// [`SOURCE`], but up and down on its own: one daemon's trouble does not hide the other's values).
+pub(crate) const OVSDB_SERVER: SourceDef = SourceDef {
+    name: "ovsdb_server_unixctl",
+    collector: "datapath",
+    can_run: |host| probe(host, OVSDB_SERVER_DAEMON),
+};
+
+/// `pinflow check`'s probe: `version` over the daemon's control socket.
+fn probe(host: &crate::sources::HostPaths, daemon: &'static str) -> Vec<CanRun> {
+    let dir = host.ovs_run_dir.clone();
+    CanRun::of(
+        block_on(async move {
+            let mut c = Unixctl::connect_to(&dir, daemon, PROBE_TIMEOUT).await?;
+            let v = c.call("version", &[]).await?;
+            Ok::<_, UnixctlError>(format!(
+                "{}: {}",
+                c.path.display(),
+                v.lines().next().unwrap_or_default().trim()
+            ))
+        })
+        .and_then(|r| r.map_err(|e| e.to_string())),
+    )
+}
 
 /// Largest reply accepted (`coverage/show` is ~20 KiB, `upcall/show` grows with revalidators).
 pub(crate) const MAX_REPLY_BYTES: usize = 1 << 20;
@@ -55,8 +72,8 @@ pub(crate) const MAX_REPLY_BYTES: usize = 1 << 20;
 /// Errors of the unixctl client. None is fatal: the next poll tries again.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UnixctlError {
-    /// The pid file is missing or unreadable (ovs-vswitchd not running here).
-    #[error("no ovs-vswitchd pid file {path}: {source}")]
+    /// The pid file is missing or unreadable (the daemon is not running here).
+    #[error("no pid file {path}: {source}")]
     PidFile {
         /// Pid file path.
         path: PathBuf,
@@ -82,8 +99,8 @@ pub(crate) enum UnixctlError {
     /// Reading or writing the connection failed.
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
-    /// ovs-vswitchd closed the connection before replying.
-    #[error("ovs-vswitchd closed the connection ({pending} bytes of a reply pending)")]
+    /// The daemon closed the connection before replying.
+    #[error("the daemon closed the connection ({pending} bytes of a reply pending)")]
     Closed {
         /// Bytes of an incomplete reply buffered.
         pending: usize,
@@ -99,12 +116,12 @@ pub(crate) enum UnixctlError {
     /// The byte stream is not JSON, or a reply exceeded [`MAX_REPLY_BYTES`].
     #[error("{0}")]
     Framing(#[from] OvsdbError),
-    /// ovs-vswitchd answered with an error (an unknown command, bad arguments).
+    /// The daemon answered with an error (an unknown command, bad arguments).
     #[error("{method} failed: {error}")]
     Rpc {
         /// The command.
         method: String,
-        /// ovs-vswitchd's error text.
+        /// The daemon's error text.
         error: String,
     },
     /// The reply does not have the shape of a unixctl reply.
@@ -118,7 +135,7 @@ pub(crate) enum UnixctlError {
 }
 
 impl UnixctlError {
-    /// Whether the error means "ovs-vswitchd is not running" rather than a fault of a live daemon
+    /// Whether the error means "the daemon is not running" rather than a fault of a live daemon
     /// (not counted in `pinflow_source_errors_total`).
     pub(crate) fn is_unavailable(&self) -> bool {
         matches!(
@@ -172,13 +189,16 @@ fn parse_pid(path: &Path, text: &str) -> Result<u32, UnixctlError> {
         })
 }
 
-/// `<run_dir>/ovs-vswitchd.<pid>.ctl` for the pid in `<run_dir>/ovs-vswitchd.pid`.
-pub(crate) async fn control_socket(run_dir: &Path) -> Result<(u32, PathBuf), UnixctlError> {
-    let pid = read_pid_async(&pid_file(run_dir, "ovs-vswitchd")).await?;
-    Ok((pid, run_dir.join(format!("ovs-vswitchd.{pid}.ctl"))))
+/// `<run_dir>/<daemon>.<pid>.ctl` for the pid in `<run_dir>/<daemon>.pid`.
+pub(crate) async fn control_socket(
+    run_dir: &Path,
+    daemon: &str,
+) -> Result<(u32, PathBuf), UnixctlError> {
+    let pid = read_pid_async(&pid_file(run_dir, daemon)).await?;
+    Ok((pid, run_dir.join(format!("{daemon}.{pid}.ctl"))))
 }
 
-/// One connection to ovs-vswitchd's control socket; several calls may use it in turn.
+/// One connection to an OVS daemon's control socket; several calls may use it in turn.
 pub(crate) struct Unixctl {
     stream: UnixStream,
     framer: JsonFramer,
@@ -186,7 +206,7 @@ pub(crate) struct Unixctl {
     timeout: Duration,
     /// The socket connected.
     pub(crate) path: PathBuf,
-    /// ovs-vswitchd's pid (from its pid file).
+    /// The daemon's pid (from its pid file).
     pub(crate) pid: u32,
 }
 
@@ -197,7 +217,17 @@ impl Unixctl {
         run_dir: &Path,
         timeout: Duration,
     ) -> Result<Unixctl, UnixctlError> {
-        let (pid, path) = control_socket(run_dir).await?;
+        Unixctl::connect_to(run_dir, VSWITCHD, timeout).await
+    }
+
+    /// Connects to `daemon` (`ovs-vswitchd`, `ovsdb-server`) whose pid file is in `run_dir`;
+    /// every later call is bounded by `timeout`.
+    pub(crate) async fn connect_to(
+        run_dir: &Path,
+        daemon: &str,
+        timeout: Duration,
+    ) -> Result<Unixctl, UnixctlError> {
+        let (pid, path) = control_socket(run_dir, daemon).await?;
         let stream = match tokio::time::timeout(timeout, UnixStream::connect(&path)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UnixctlError::Connect { path, source }),
@@ -312,11 +342,11 @@ mod tests {
     #[tokio::test]
     async fn pid_files() {
         let dir = tempfile::tempdir().unwrap();
-        let e = control_socket(dir.path()).await.unwrap_err();
+        let e = control_socket(dir.path(), VSWITCHD).await.unwrap_err();
         assert!(e.is_unavailable(), "{e}");
         std::fs::write(pid_file(dir.path(), "ovs-vswitchd"), "garbage\n").unwrap();
         assert!(matches!(
-            control_socket(dir.path()).await,
+            control_socket(dir.path(), VSWITCHD).await,
             Err(UnixctlError::BadPid { .. })
         ));
         assert!(matches!(
@@ -328,11 +358,16 @@ mod tests {
             read_pid(&pid_file(dir.path(), "ovs-vswitchd")).unwrap(),
             4242
         );
-        let (pid, path) = control_socket(dir.path()).await.unwrap();
+        let (pid, path) = control_socket(dir.path(), VSWITCHD).await.unwrap();
         assert_eq!(
             (pid, path),
             (4242, dir.path().join("ovs-vswitchd.4242.ctl"))
         );
+        std::fs::write(pid_file(dir.path(), OVSDB_SERVER_DAEMON), "17\n").unwrap();
+        let (pid, path) = control_socket(dir.path(), OVSDB_SERVER_DAEMON)
+            .await
+            .unwrap();
+        assert_eq!((pid, path), (17, dir.path().join("ovsdb-server.17.ctl")));
     }
 
     /// A fake ovs-vswitchd: two calls on one connection, a reply split across writes, an error

@@ -1,8 +1,11 @@
-//! Parsers of the text ovs-vswitchd's unixctl commands reply with. They take what they know and
+//! Parsers of the text ovs-vswitchd's and ovsdb-server's unixctl commands reply with (both
+//! daemons share `coverage/show` and the `memory/show` format). They take what they know and
 //! skip what they do not (other OVS versions add lines and fields); a reply without the parts a
 //! command always prints is an error naming what is missing.
 
-use crate::model::ovs_vswitchd::{BondState, COVERAGE_EVENTS, OBJECT_KINDS, UpcallDatapath};
+use crate::model::ovs_vswitchd::{
+    BondState, COVERAGE_EVENTS, OBJECT_KINDS, OVSDB_SERVER_OBJECT_KINDS, UpcallDatapath,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -33,10 +36,19 @@ pub(crate) fn coverage_totals(text: &str) -> Result<BTreeMap<String, u64>, Strin
     Ok(out)
 }
 
-/// The fixed subset of [`COVERAGE_EVENTS`] from a `coverage/show` reply, in that order.
+/// The fixed subset of [`COVERAGE_EVENTS`] from ovs-vswitchd's `coverage/show` reply, in that
+/// order.
 pub(crate) fn coverage_subset(text: &str) -> Result<Vec<(&'static str, u64)>, String> {
+    coverage_of(text, &COVERAGE_EVENTS)
+}
+
+/// `events` from a `coverage/show` reply, in that order (0 for events not listed).
+pub(crate) fn coverage_of(
+    text: &str,
+    events: &[&'static str],
+) -> Result<Vec<(&'static str, u64)>, String> {
     let all = coverage_totals(text)?;
-    Ok(COVERAGE_EVENTS
+    Ok(events
         .iter()
         .map(|e| (*e, all.get(*e).copied().unwrap_or(0)))
         .collect())
@@ -101,6 +113,37 @@ pub(crate) fn memory(text: &str) -> Memory {
         handlers: fields.get("handlers").copied(),
         revalidators: fields.get("revalidators").copied(),
     }
+}
+
+/// ovsdb-server's `memory/show` (`atoms:231 cells:307 monitors:2 n-weak-refs:0 sessions:1`; it
+/// lists `triggers` and `backlog` only while nonzero, and raft fields for clustered databases):
+/// [`OVSDB_SERVER_OBJECT_KINDS`] in order (0 when not listed) and the `backlog` bytes. A reply
+/// without `cells` or `sessions` (which ovsdb-server always lists) is not ovsdb-server's.
+pub(crate) fn ovsdb_server_memory(text: &str) -> Result<OvsdbServerMemory, String> {
+    let fields = memory_fields(text);
+    if !fields.contains_key("cells") || !fields.contains_key("sessions") {
+        return Err(format!(
+            "memory/show reply lists no cells or sessions: {:?}",
+            text.chars().take(120).collect::<String>()
+        ));
+    }
+    let objects = OVSDB_SERVER_OBJECT_KINDS
+        .iter()
+        .map(|k| (*k, fields.get(*k).copied().unwrap_or(0)))
+        .collect();
+    Ok(OvsdbServerMemory {
+        objects,
+        backlog_bytes: fields.get("backlog").copied().unwrap_or(0),
+    })
+}
+
+/// What pinflow exports of ovsdb-server's `memory/show`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OvsdbServerMemory {
+    /// [`OVSDB_SERVER_OBJECT_KINDS`] in order, 0 when not listed.
+    pub(crate) objects: Vec<(&'static str, u64)>,
+    /// `backlog` (bytes queued to clients), 0 when not listed.
+    pub(crate) backlog_bytes: u64,
 }
 
 /// `upcall/show`: one block per datapath.
@@ -310,6 +353,74 @@ dpif_flow_put              0.0/sec     0.000/sec        0.0000/sec   total: 25
         let stat = fx("proc-stat.txt");
         let s = super::super::process::parse(1, &stat, &fx("proc-status.txt"), 100.0).unwrap();
         assert!(s.threads >= 2 && s.resident_bytes > 0, "{s:?}");
+    }
+
+    /// ovsdb-server 3.1's replies, captured with a private ovs-vswitchd connected to it (one
+    /// bridge of three dummy ports).
+    #[test]
+    fn captured_ovsdb_server_replies() {
+        use crate::model::ovs_vswitchd::OVSDB_SERVER_COVERAGE_EVENTS;
+        let fx = |n: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/ovs_unixctl/{n}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let cov = coverage_of(
+            &fx("ovsdb-server-coverage-show.txt"),
+            &OVSDB_SERVER_COVERAGE_EVENTS,
+        )
+        .unwrap();
+        assert_eq!(
+            cov,
+            [
+                ("txn_forward_create", 0),
+                ("txn_forward_cancel", 0),
+                ("raft_entry_serialize", 0),
+                ("stream_open", 0),
+                ("poll_zero_timeout", 14)
+            ]
+        );
+        let m = ovsdb_server_memory(&fx("ovsdb-server-memory-show.txt")).unwrap();
+        let (objects, backlog) = (m.objects, m.backlog_bytes);
+        assert_eq!(
+            objects,
+            [
+                ("cells", 307),
+                ("atoms", 231),
+                ("monitors", 2),
+                ("sessions", 1),
+                ("triggers", 0)
+            ]
+        );
+        assert_eq!(backlog, 0);
+        // ovs-vswitchd's memory/show is not ovsdb-server's.
+        assert!(ovsdb_server_memory(&fx("memory-show.txt")).is_err());
+    }
+
+    /// The fields ovsdb-server lists only while nonzero, and a clustered database's raft fields.
+    #[test]
+    fn ovsdb_server_memory_variants() {
+        let busy = "atoms:5 backlog:65536 cells:9 monitors:3 n-weak-refs:0 raft-backlog-kB:0 \
+                    raft-connections:4 raft-log:123 sessions:2 triggers:1 txn-history:10 \
+                    txn-history-atoms:40\n";
+        let m = ovsdb_server_memory(busy).unwrap();
+        let (objects, backlog) = (m.objects, m.backlog_bytes);
+        assert_eq!(
+            objects,
+            [
+                ("cells", 9),
+                ("atoms", 5),
+                ("monitors", 3),
+                ("sessions", 2),
+                ("triggers", 1)
+            ]
+        );
+        assert_eq!(backlog, 65536);
+        assert!(ovsdb_server_memory("").is_err());
+        assert!(ovsdb_server_memory("cells:x sessions:1").is_err());
+        assert!(coverage_of("garbage", &["x"]).is_err());
     }
 
     #[test]
