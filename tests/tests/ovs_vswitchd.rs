@@ -1199,6 +1199,10 @@ fn interface_error_follows_the_device_and_joins_the_instance() {
         select(&s, FAMILY, &[]).is_empty(),
         "error series on a healthy host"
     );
+    // What one scrape takes, to read the latencies below (polled every 20 ms between scrapes).
+    let t = std::time::Instant::now();
+    let _ = pf.scrape();
+    eprintln!("one scrape takes {:?}", t.elapsed());
 
     // An instance port (fx-nova's vm-uuid) whose tap does not exist.
     let tap = format!("tap{}", unique("e"));
