@@ -1258,6 +1258,25 @@ fn interface_error_follows_the_device_and_joins_the_instance() {
         ],
     );
     assert_eq!(info.len(), 1, "{info:?}");
+    // /api/v1/flows lists the error with the port (and no `error` key for a healthy one).
+    let api: serde_json::Value =
+        serde_json::from_str(&pf.get("/api/v1/flows")).expect("/api/v1/flows is JSON");
+    let port = |name: &str| {
+        api["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["port"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in /api/v1/flows ports: {api}"))
+    };
+    let broken = port(&tap);
+    assert_eq!(broken["error"], db_error.as_str(), "{broken}");
+    assert_eq!(
+        (broken["domain"].as_str(), broken["ofport"].is_null()),
+        (Some("fx-nova"), true)
+    );
+    assert!(port("pfe-ok").get("error").is_none());
     eprintln!(
         "missing device: ovs-vsctl returned after {vsctl_took:?}, OVSDB's error read \
          {db_took:?} later, pinflow's series within {pf_took:?} of the add-port: {db_error:?}"

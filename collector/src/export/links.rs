@@ -161,6 +161,7 @@ mod tests {
                     ofport: Some(3),
                     iface_id: String::new(),
                     domain: String::new(),
+                    error: None,
                 },
                 PortInfo {
                     bridge: "br-int".into(),
@@ -168,6 +169,7 @@ mod tests {
                     ofport: None,
                     iface_id: "p-1".into(),
                     domain: "instance-1".into(),
+                    error: None,
                 },
             ]),
             ..Default::default()

@@ -22,6 +22,8 @@ pub(crate) struct OvsPort {
     pub(crate) attached_mac: Option<String>,
     /// Interface type (`""`, `internal`, `patch`, `vxlan`, `tap`, …).
     pub(crate) kind: String,
+    /// Why ovs-vswitchd could not open or add the interface (see [`LinkHealth::error`]).
+    pub(crate) error: Option<String>,
 }
 
 /// State and counters of one OVS interface (OVSDB `Interface` columns `link_state`,
@@ -308,6 +310,10 @@ pub(crate) struct PortInfo {
     pub(crate) iface_id: String,
     /// libvirt domain (by the tap name in the domain XML, else `external_ids:vm-uuid`).
     pub(crate) domain: String,
+    /// OVS's error for the interface (`Interface.error`; its ofport is then unknown), served in
+    /// `/api/v1/flows` only when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
 }
 
 /// State of one bridge's OpenFlow mirror.

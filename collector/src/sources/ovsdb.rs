@@ -489,6 +489,7 @@ impl OvsdbState {
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .to_string(),
+                        error: interface_error(irow),
                     };
                     bridge.ports.insert(port.name.clone(), port);
                 }
@@ -1273,8 +1274,11 @@ mod tests {
         let cut = l[&key("tap4")].error.clone().unwrap();
         assert_eq!(cut.chars().count(), MAX_INTERFACE_ERROR_CHARS);
         assert!(cut.ends_with('…') && cut.starts_with("xxx"));
-        // The port's ofport from OVSDB is unknown, not -1 as u32.
-        assert_eq!(st.bridges()["br-int"].ports["tap1"].ofport, None);
+        // The port's ofport from OVSDB is unknown, not -1 as u32; the port carries the error.
+        let tap1 = &st.bridges()["br-int"].ports["tap1"];
+        assert_eq!(tap1.ofport, None);
+        assert_eq!(tap1.error, l[&key("tap1")].error);
+        assert_eq!(st.bridges()["br-int"].ports["tap2"].error, None);
         // The device appears: ovs-vswitchd clears the error and assigns an ofport.
         st.apply_update(
             &json!({"Interface": {"i1": {"new": {"ofport": 9, "error": ["set", []]}}}}),
