@@ -1478,8 +1478,9 @@ fn pod_and_service_monitors_relabel_like_the_scrape_config() {
 
 /// The link alerts (`pinflow.links`) evaluated by a real Prometheus on what a real pinflow exports
 /// from a real OVS: a BFD+CFM session over a veth pair between two bridges and a VXLAN tunnel whose
-/// egress device is the end of another veth pair. The rules are the shipped ones with each `for`
-/// of the group shortened to 1 s; what must match is the metric names, labels and templates.
+/// egress device is the end of another veth pair, and a port whose device does not exist
+/// (`OvsInterfaceError`). The rules are the shipped ones with each `for` of the group shortened
+/// to 1 s; what must match is the metric names, labels and templates.
 #[test]
 fn link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier() {
     let name = "link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier";
@@ -1616,6 +1617,7 @@ fn link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier() {
                         n.starts_with("OvsBfd")
                             || n.starts_with("OvsCfm")
                             || n.starts_with("OvsTunnel")
+                            || n == "OvsInterfaceError"
                     })
             })
             .filter_map(|a| {
@@ -1725,5 +1727,55 @@ fn link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier() {
         "after the links came back: firing {:#?}, pending {:#?}\nwanted {want:#?}",
         link_alerts("firing"),
         link_alerts("pending")
+    );
+
+    // A port whose device does not exist: OvsInterfaceError quoting OVS's text, gone with the port.
+    let bad = format!("pfa{tag:x}x");
+    let t1 = Instant::now();
+    ovs.vsctl(&["add-port", br0, &bad]);
+    let flapping = want.clone();
+    want.push(labels(&[
+        ("alertname", "OvsInterfaceError"),
+        ("bridge", br0),
+        ("port", &bad),
+        (
+            "summary",
+            &format!("OVS port {bad} on hv-r01-01 is in error"),
+        ),
+    ]));
+    want.sort();
+    let fired = wait_for(Duration::from_secs(30), || {
+        (link_alerts("firing") == want).then_some(())
+    });
+    assert!(
+        fired.is_some(),
+        "firing {:#?}\nwanted {want:#?}\n{}",
+        link_alerts("firing"),
+        prom.log()
+    );
+    eprintln!("OvsInterfaceError firing {:?} after add-port", t1.elapsed());
+    let v = get_json(prom.web, "/api/v1/alerts").expect("alerts");
+    let desc = v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["labels"]["alertname"] == "OvsInterfaceError")
+        .and_then(|a| a["annotations"]["description"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        desc.contains(&format!(
+            "\"could not open network device {bad} (No such device)\""
+        )) && desc.contains("no running instance owns it"),
+        "the description quotes OVS's error: {desc}"
+    );
+    ovs.vsctl(&["del-port", br0, &bad]);
+    let resolved = wait_for(Duration::from_secs(30), || {
+        (link_alerts("firing") == flapping && link_alerts("pending").is_empty()).then_some(())
+    });
+    assert!(
+        resolved.is_some(),
+        "after the port went: firing {:#?}",
+        link_alerts("firing")
     );
 }

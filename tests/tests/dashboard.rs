@@ -33,6 +33,8 @@ const DOMAIN_A: &str = "pfdash-a";
 const DOMAIN_B: &str = "pfdash-b";
 const TAP_A: &str = "tap-pfdash-a";
 const TAP_B: &str = "tap-pfdash-b";
+/// An OVS port without a device (OVS's interface error), added in the findings phase.
+const BROKEN_PORT: &str = "tap-pfdash-x";
 const COOKIE: &str = "0x6a1b2c3d4e5f6071";
 /// What Grafana would put for `$__rate_interval` with a 1 s scrape interval (4 × scrape, rounded up).
 const RATE_INTERVAL: &str = "10s";
@@ -933,8 +935,9 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     assert_no_failures("healthy testbed", &failures, &prom);
 
     // Phase 2: drift as a bug behind libvirt's back makes it (vCPU 0's cgroup cpuset moved off
-    // its pin), a second instance pinned onto the same dedicated pCPU (overlap), and a flow that
-    // outputs to an ofport br-int does not have.
+    // its pin), a second instance pinned onto the same dedicated pCPU (overlap), a flow that
+    // outputs to an ofport br-int does not have, and a port whose device does not exist (OVS's
+    // interface error).
     let dom_b = libvirt::start(&domain(DOMAIN_B, "dash web 2", TAP_B)).expect("domain b");
     write(&dom_a.cpuset_cgroup_dir().join("vcpu0/cpuset.cpus"), "0");
     ovs.ofctl(&[
@@ -942,28 +945,39 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         "br-int",
         &format!("cookie={COOKIE},table=60,priority=50,dl_dst=fa:16:3e:00:00:99,actions=output:77"),
     ]);
-    wait_scrape(&pf, "cpuset drift, overlap and the dirty flow", |s| {
-        !select(
-            s,
-            "pinflow_vcpu_pinning_drift",
-            &[("domain", DOMAIN_A), ("check", "cpuset")],
-        )
-        .is_empty()
-            && select(
+    ovs.vsctl(&["add-port", "br-int", BROKEN_PORT]);
+    wait_scrape(
+        &pf,
+        "cpuset drift, overlap, the dirty flow and the port error",
+        |s| {
+            !select(
                 s,
-                "pinflow_domain_drifted_vcpus",
-                &[("domain", DOMAIN_B), ("check", "overlap")],
+                "pinflow_ovs_interface_error_info",
+                &[("port", BROKEN_PORT)],
             )
-            .first()
-            .is_some_and(|x| x.value > 0.0)
-            && select(
-                s,
-                "pinflow_ovs_dirty_flows",
-                &[("bridge", "br-int"), ("rule", "output_to_missing_port")],
-            )
-            .first()
-            .is_some_and(|x| x.value == 1.0)
-    });
+            .is_empty()
+                && !select(
+                    s,
+                    "pinflow_vcpu_pinning_drift",
+                    &[("domain", DOMAIN_A), ("check", "cpuset")],
+                )
+                .is_empty()
+                && select(
+                    s,
+                    "pinflow_domain_drifted_vcpus",
+                    &[("domain", DOMAIN_B), ("check", "overlap")],
+                )
+                .first()
+                .is_some_and(|x| x.value > 0.0)
+                && select(
+                    s,
+                    "pinflow_ovs_dirty_flows",
+                    &[("bridge", "br-int"), ("rule", "output_to_missing_port")],
+                )
+                .first()
+                .is_some_and(|x| x.value == 1.0)
+        },
+    );
     for (expr, what) in [
         (
             format!("pinflow_vcpu_pinning_drift{{domain=\"{DOMAIN_A}\", check=\"cpuset\"}}"),
@@ -976,6 +990,10 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         (
             "pinflow_ovs_dirty_flow_info{rule=\"output_to_missing_port\"}".to_string(),
             "the dirty flow",
+        ),
+        (
+            format!("pinflow_ovs_interface_error_info{{port=\"{BROKEN_PORT}\"}}"),
+            "the port error",
         ),
     ] {
         prom.wait_for_data(&expr, what);

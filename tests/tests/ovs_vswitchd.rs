@@ -1142,3 +1142,200 @@ fn ovsdb_server_counters_offload_config_and_a_hung_server() {
     // A fresh run's counters match again.
     db_values_match(&ovs, &pf, 10);
 }
+
+/// A kernel tap device (as libvirt makes for an instance, without a QEMU holding it), deleted on
+/// drop (also when the test fails).
+struct TapDev(String);
+
+impl TapDev {
+    fn new(name: &str) -> TapDev {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", name])
+            .output();
+        pinflow_tests::run("ip", &["tuntap", "add", "dev", name, "mode", "tap"]);
+        pinflow_tests::run("ip", &["link", "set", name, "up"]);
+        TapDev(name.to_string())
+    }
+}
+
+impl Drop for TapDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .output();
+    }
+}
+
+/// `Interface.error` of a real ovs-vswitchd, default-on (no `interface_metrics`): an instance
+/// port whose tap does not exist has `pinflow_ovs_interface_error_info` with OVS's text, joined
+/// to the instance through `external_ids:vm-uuid`; the device appearing clears it; the device
+/// deleted under the running port sets it again once ovs-vswitchd restarts, and deleting the
+/// port clears it. Healthy ports never have the series.
+#[test]
+fn interface_error_follows_the_device_and_joins_the_instance() {
+    let name = "interface_error_follows_the_device_and_joins_the_instance";
+    if !privileged(name) || !pinflow_tests::require_privileged(name, &["ip"]) {
+        return;
+    }
+    let ovs = Ovs::start();
+    let br = "pfe-br0";
+    ovs.add_bridge(br, &[("pfe-ok", 1)]);
+    let host = pinflow_tests::captured::CapturedHost::new();
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let mut args = vec![
+        "--ovs-run-dir".to_string(),
+        run_dir,
+        "--no-collector.datapath".to_string(),
+    ];
+    args.extend(host.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pf = Pinflow::start("[pinning]\nebpf = false\n", &args);
+    const FAMILY: &str = "pinflow_ovs_interface_error_info";
+    let (s, _) = scrape_until(&pf, "the healthy port", |s| {
+        source_up(s, "ovsdb") == Some(1.0)
+            && !select(s, "pinflow_ovs_port_info", &[("port", "pfe-ok")]).is_empty()
+    });
+    assert!(
+        select(&s, FAMILY, &[]).is_empty(),
+        "error series on a healthy host"
+    );
+    // What one scrape takes, to read the latencies below (polled every 20 ms between scrapes).
+    let t = std::time::Instant::now();
+    let _ = pf.scrape();
+    eprintln!("one scrape takes {:?}", t.elapsed());
+
+    // An instance port (fx-nova's vm-uuid) whose tap does not exist.
+    let tap = format!("tap{}", unique("e"));
+    let t0 = std::time::Instant::now();
+    ovs.vsctl(&[
+        "add-port",
+        br,
+        &tap,
+        "--",
+        "set",
+        "interface",
+        &tap,
+        "external_ids:vm-uuid=5b1a7a5e-1f1c-4e51-9a47-3c1f0b2f6aa1",
+        "external_ids:iface-id=pfe-port-1",
+    ]);
+    let vsctl_took = t0.elapsed();
+    let ovsdb_error = || -> String {
+        let e = ovs.vsctl(&["get", "interface", &tap, "error"]);
+        let e = e.trim();
+        // A set string is printed quoted; an empty column as `[]`.
+        if e == "[]" {
+            String::new()
+        } else {
+            e.trim_matches('"').to_string()
+        }
+    };
+    let (db_error, db_took) = wait_for(WAIT, || Some(ovsdb_error()).filter(|e| !e.is_empty()))
+        .unwrap_or_else(|| panic!("OVSDB never set the error of {tap}"));
+    assert!(db_error.contains("No such device"), "{db_error}");
+    assert_eq!(ovsdb_num(&ovs, &tap, "ofport"), -1.0);
+    let labels = [
+        ("bridge", br),
+        ("port", tap.as_str()),
+        ("domain", "fx-nova"),
+    ];
+    let (s, _) = scrape_until(&pf, "the error series", |s| {
+        !select(s, FAMILY, &labels).is_empty()
+    });
+    let pf_took = t0.elapsed();
+    let series = select(&s, FAMILY, &labels);
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0].value, 1.0);
+    assert_eq!(series[0].labels.get("error"), Some(&db_error));
+    // Only the broken port has one; it is still listed (no ofport) and joined.
+    assert_eq!(select(&s, FAMILY, &[]).len(), 1);
+    let info = select(
+        &s,
+        "pinflow_ovs_port_info",
+        &[
+            ("port", tap.as_str()),
+            ("domain", "fx-nova"),
+            ("ofport", ""),
+        ],
+    );
+    assert_eq!(info.len(), 1, "{info:?}");
+    // /api/v1/flows lists the error with the port (and no `error` key for a healthy one).
+    let api: serde_json::Value =
+        serde_json::from_str(&pf.get("/api/v1/flows")).expect("/api/v1/flows is JSON");
+    let port = |name: &str| {
+        api["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["port"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in /api/v1/flows ports: {api}"))
+    };
+    let broken = port(&tap);
+    assert_eq!(broken["error"], db_error.as_str(), "{broken}");
+    assert_eq!(
+        (broken["domain"].as_str(), broken["ofport"].is_null()),
+        (Some("fx-nova"), true)
+    );
+    assert!(port("pfe-ok").get("error").is_none());
+    eprintln!(
+        "missing device: ovs-vsctl returned after {vsctl_took:?}, OVSDB's error read \
+         {db_took:?} later, pinflow's series within {pf_took:?} of the add-port: {db_error:?}"
+    );
+
+    // The device appears: ovs-vswitchd (its rtnetlink notifier) reopens it and clears the error.
+    let t1 = std::time::Instant::now();
+    let dev = TapDev::new(&tap);
+    let (_, cleared) = scrape_until(&pf, "the error cleared", |s| {
+        select(s, FAMILY, &[]).is_empty()
+            && select(s, "pinflow_ovs_port_info", &[("port", tap.as_str())])
+                .first()
+                .is_some_and(|p| p.labels.get("ofport").is_some_and(|o| !o.is_empty()))
+    });
+    assert_eq!(ovsdb_error(), "");
+    assert!(ovsdb_num(&ovs, &tap, "ofport") > 0.0);
+    eprintln!(
+        "device created: series gone after {cleared:?} ({:?})",
+        t1.elapsed()
+    );
+
+    // The tap is deleted under the running port (a VM torn down without unplugging it):
+    // ovs-vswitchd keeps the port (its link goes down) and sets no error until it opens the
+    // device again, e.g. when it restarts (an upgrade, a host reboot with stale ports).
+    drop(dev);
+    let (_, _) = wait_for(WAIT, || {
+        (ovs.vsctl(&["get", "interface", &tap, "link_state"]).trim() == "down").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{tap} never went down in OVSDB"));
+    assert_eq!(ovsdb_error(), "", "OVS set an error at once");
+    assert!(select(&pf.scrape(), FAMILY, &[]).is_empty());
+    let t2 = std::time::Instant::now();
+    ovs.stop("ovs-vswitchd");
+    ovs.start_vswitchd();
+    let (s, again) = scrape_until(&pf, "the error after ovs-vswitchd restarted", |s| {
+        !select(s, FAMILY, &labels).is_empty()
+    });
+    let text = select(&s, FAMILY, &labels)[0].labels["error"].clone();
+    assert_eq!(text, ovsdb_error());
+    assert!(
+        text.contains(&tap) && text.contains("No such device"),
+        "{text}"
+    );
+    assert_eq!(select(&s, FAMILY, &[]).len(), 1, "only the broken port");
+    eprintln!(
+        "device deleted, ovs-vswitchd restarted: series {again:?} after the new ovs-vswitchd \
+         detached ({:?} after the stop began): {text:?}",
+        t2.elapsed()
+    );
+
+    // The port is deleted: no series left.
+    let t3 = std::time::Instant::now();
+    ovs.vsctl(&["del-port", br, &tap]);
+    let (_, gone) = scrape_until(&pf, "the series gone with the port", |s| {
+        select(s, FAMILY, &[]).is_empty()
+            && select(s, "pinflow_ovs_port_info", &[("port", tap.as_str())]).is_empty()
+    });
+    eprintln!(
+        "port deleted: series gone after {gone:?} ({:?})",
+        t3.elapsed()
+    );
+}

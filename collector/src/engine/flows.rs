@@ -489,6 +489,7 @@ impl PortJoin {
                     ofport: p.ofport,
                     iface_id,
                     domain,
+                    error: p.error.clone(),
                 });
             }
         }

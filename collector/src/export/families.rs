@@ -1389,6 +1389,24 @@ pub const TUNNEL_EGRESS_CARRIER: Family = Family {
     ),
 };
 
+/// `pinflow_ovs_interface_error_info`.
+pub const IF_ERROR_INFO: Family = Family {
+    name: "pinflow_ovs_interface_error_info",
+    kind: Kind::Gauge,
+    labels: &["bridge", "port", "domain", "error"],
+    help: "Present (1) only while ovs-vswitchd reports an error for the OVS interface, e.g. it cannot open its device (OVSDB Interface.error; its ofport is then -1)",
+    notes: "Default-on, an OVSDB monitor update when ovs-vswitchd sets or clears the error (no polling). `error` is OVS's text, e.g. `could not open network device tap1 (No such device)` (a tap deleted under its port, a failed live migration, a wrong `type`), cut to 200 characters; `ofport -1` when OVS set `ofport` to -1 without a text. Such a port forwards nothing: the instance behind it (`domain`) has no network on it.",
+    example: "pinflow_ovs_interface_error_info * on (instance, domain) group_left (name) pinflow_instance_info",
+    presence: Presence::Finding,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "OVS interfaces with an error (1 each; bounded by the ports)",
+    ),
+};
+
 /// Every family, in exposition order.
 pub const ALL: &[&Family] = &[
     &INSTANCE_INFO,
@@ -1430,6 +1448,7 @@ pub const ALL: &[&Family] = &[
     &CFM_REMOTE_UP,
     &CFM_FLAPS,
     &TUNNEL_EGRESS_CARRIER,
+    &IF_ERROR_INFO,
     &DATAPATH_FLOWS,
     &DATAPATH_LOOKUPS,
     &DATAPATH_MASKS,

@@ -96,6 +96,7 @@ mod tests {
                 ofport: Some(1),
                 iface_id: "n1".into(),
                 domain: "instance-1".into(),
+                error: None,
             }]),
             ..Default::default()
         });

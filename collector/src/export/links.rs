@@ -1,6 +1,7 @@
 //! Prometheus series of the OVS link protocols: bond members (enabled: ovs-vswitchd `bond/show`;
-//! LACP partner current: OVSDB), BFD and CFM sessions and tunnels' egress carrier (OVSDB). Series
-//! exist only where the feature is configured, so their number is bounded by the configuration;
+//! LACP partner current: OVSDB), BFD and CFM sessions and tunnels' egress carrier (OVSDB), and the
+//! interfaces' errors (OVSDB `Interface.error`). Series exist only where the feature is configured
+//! (or an interface has an error), so their number is bounded by the configuration;
 //! the tunnels' egress carrier is one series per egress device, since a Neutron or OVN host has a
 //! tunnel port per peer host (hundreds) that all leave through the same one or two devices.
 
@@ -19,7 +20,8 @@ fn flag(b: bool) -> f64 {
 }
 
 /// Encodes `pinflow_ovs_bond_member_enabled`, `pinflow_ovs_lacp_current`,
-/// `pinflow_ovs_interface_{bfd,cfm}_*` and `pinflow_ovs_tunnel_egress_carrier_up`.
+/// `pinflow_ovs_interface_{bfd,cfm}_*`, `pinflow_ovs_tunnel_egress_carrier_up` and
+/// `pinflow_ovs_interface_error_info`.
 pub(crate) fn encode_links(
     enc: &mut DescriptorEncoder,
     r: &InterfacesReport,
@@ -119,6 +121,22 @@ pub(crate) fn encode_links(
         devices
             .iter()
             .map(|(dev, up)| ([("device", Lv(dev))], flag(*up))),
+    )?;
+    gauge(
+        enc,
+        &families::IF_ERROR_INFO,
+        links.iter().filter_map(|(b, i, l)| {
+            let d = domains.get(&(*b, *i)).copied().unwrap_or("");
+            Some((
+                [
+                    ("bridge", Lv(b)),
+                    ("port", Lv(i)),
+                    ("domain", Lv(d)),
+                    ("error", Lv(l.error.as_deref()?)),
+                ],
+                1.0,
+            ))
+        }),
     )
 }
 
@@ -136,13 +154,24 @@ mod tests {
     fn configured_features_only_and_bond_bridges_from_ovsdb() {
         let st = SharedState::default();
         st.flows.set(FlowsReport {
-            ports: Arc::new(vec![PortInfo {
-                bridge: "br-tun".into(),
-                port: "vxlan-1".into(),
-                ofport: Some(3),
-                iface_id: String::new(),
-                domain: String::new(),
-            }]),
+            ports: Arc::new(vec![
+                PortInfo {
+                    bridge: "br-tun".into(),
+                    port: "vxlan-1".into(),
+                    ofport: Some(3),
+                    iface_id: String::new(),
+                    domain: String::new(),
+                    error: None,
+                },
+                PortInfo {
+                    bridge: "br-int".into(),
+                    port: "tap1".into(),
+                    ofport: None,
+                    iface_id: "p-1".into(),
+                    domain: "instance-1".into(),
+                    error: None,
+                },
+            ]),
             ..Default::default()
         });
         let mut links = LinkMap::new();
@@ -189,6 +218,20 @@ mod tests {
                 ..Default::default()
             },
         );
+        links.insert(
+            ("br-int".into(), "tap1".into()),
+            LinkHealth {
+                error: Some("could not open network device tap1 (No such device)".into()),
+                ..Default::default()
+            },
+        );
+        links.insert(
+            ("br-int".into(), "tap2".into()),
+            LinkHealth {
+                error: Some("a \"quoted\"\nline".into()),
+                ..Default::default()
+            },
+        );
         st.ovs_interfaces.set(InterfacesReport {
             connected: true,
             links: Arc::new(links.clone()),
@@ -221,6 +264,8 @@ mod tests {
             "pinflow_ovs_tunnel_egress_carrier_up{device=\"eth3\"} 0",
             "pinflow_ovs_interface_cfm_fault{bridge=\"br-tun\",port=\"gre-2\",domain=\"\"} 1",
             "pinflow_ovs_interface_cfm_flaps_total{bridge=\"br-tun\",port=\"gre-2\",domain=\"\"} 1",
+            "pinflow_ovs_interface_error_info{bridge=\"br-int\",port=\"tap1\",domain=\"instance-1\",error=\"could not open network device tap1 (No such device)\"} 1",
+            "pinflow_ovs_interface_error_info{bridge=\"br-int\",port=\"tap2\",domain=\"\",error=\"a \\\"quoted\\\"\\nline\"} 1",
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
         }
@@ -229,6 +274,8 @@ mod tests {
                 .count(),
             2
         );
+        // Only the interfaces with an error.
+        assert_eq!(text.matches("pinflow_ovs_interface_error_info{").count(), 2);
         // Not configured: no series.
         assert!(!text.contains("pinflow_ovs_interface_bfd_up{bridge=\"br-ex\""));
         assert!(!text.contains("pinflow_ovs_interface_cfm_remote_up{"));
@@ -245,6 +292,7 @@ mod tests {
         let text = render_state(st);
         assert!(!text.contains("pinflow_ovs_lacp_current{"));
         assert!(!text.contains("pinflow_ovs_interface_bfd_up{"));
+        assert!(!text.contains("pinflow_ovs_interface_error_info{"));
         assert!(text.contains(
             "pinflow_ovs_bond_member_enabled{bridge=\"\",bond=\"bond0\",member=\"eth0\"} 1"
         ));

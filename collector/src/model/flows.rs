@@ -22,6 +22,8 @@ pub(crate) struct OvsPort {
     pub(crate) attached_mac: Option<String>,
     /// Interface type (`""`, `internal`, `patch`, `vxlan`, `tap`, …).
     pub(crate) kind: String,
+    /// Why ovs-vswitchd could not open or add the interface (see [`LinkHealth::error`]).
+    pub(crate) error: Option<String>,
 }
 
 /// State and counters of one OVS interface (OVSDB `Interface` columns `link_state`,
@@ -57,10 +59,10 @@ pub(crate) struct Counters {
 /// Interface counters keyed by (bridge, interface name), as the OVSDB source last read them.
 pub(crate) type InterfaceMap = BTreeMap<(String, String), InterfaceStats>;
 
-/// LACP, BFD, CFM and tunnel state of one OVS interface (OVSDB `Interface` columns
+/// LACP, BFD, CFM and tunnel state of one OVS interface and its error (OVSDB `Interface` columns
 /// `lacp_current`, `bfd_status`, `cfm_fault`, `cfm_remote_opstate`, `cfm_flap_count`,
-/// `status:tunnel_egress_iface_carrier`). Each part is `None` where the feature is not configured,
-/// so only configured features have series.
+/// `status:tunnel_egress_iface_carrier`, `error`, `ofport`). Each part is `None` where the feature
+/// is not configured (or there is no error), so only configured features have series.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct LinkHealth {
     /// The bond (OVSDB `Port` name) when the interface is one of several of its port.
@@ -74,16 +76,26 @@ pub(crate) struct LinkHealth {
     /// Tunnel ports that found their egress device: `status:tunnel_egress_iface` and whether
     /// `status:tunnel_egress_iface_carrier` is `up`.
     pub(crate) egress: Option<(String, bool)>,
+    /// Why ovs-vswitchd could not open or configure the interface (`Interface.error`, e.g.
+    /// "could not open network device tap1 (No such device)"; `ofport -1` when OVS set
+    /// `ofport` to -1 without a text), at most [`MAX_INTERFACE_ERROR_CHARS`] characters.
+    pub(crate) error: Option<String>,
 }
 
+/// Longest `Interface.error` text kept (it becomes a label value): OVS's texts are under 100
+/// characters, a longer one is cut with `…`.
+pub(crate) const MAX_INTERFACE_ERROR_CHARS: usize = 200;
+
 impl LinkHealth {
-    /// Whether any part is known (an interface without LACP, BFD, CFM or tunnel state is not listed).
+    /// Whether any part is known (an interface without LACP, BFD, CFM or tunnel state and
+    /// without an error is not listed).
     pub(crate) fn is_empty(&self) -> bool {
         self.bond.is_none()
             && self.lacp_current.is_none()
             && self.bfd.is_none()
             && self.cfm.is_none()
             && self.egress.is_none()
+            && self.error.is_none()
     }
 }
 
@@ -298,6 +310,10 @@ pub(crate) struct PortInfo {
     pub(crate) iface_id: String,
     /// libvirt domain (by the tap name in the domain XML, else `external_ids:vm-uuid`).
     pub(crate) domain: String,
+    /// OVS's error for the interface (`Interface.error`; its ofport is then unknown), served in
+    /// `/api/v1/flows` only when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
 }
 
 /// State of one bridge's OpenFlow mirror.

@@ -13,7 +13,7 @@
 
 use crate::model::flows::{
     BfdState, Bridge, CfmState, Counters, InterfaceMap, InterfaceStats, LinkHealth, LinkMap,
-    OffloadConfig, OvsPort,
+    MAX_INTERFACE_ERROR_CHARS, OffloadConfig, OvsPort,
 };
 use crate::model::health::SourceRegistry;
 use crate::sources::{CanRun, PROBE_TIMEOUT, SourceDef, block_on};
@@ -489,6 +489,7 @@ impl OvsdbState {
                             .and_then(Value::as_str)
                             .unwrap_or_default()
                             .to_string(),
+                        error: interface_error(irow),
                     };
                     bridge.ports.insert(port.name.clone(), port);
                 }
@@ -537,7 +538,7 @@ impl OvsdbState {
 }
 
 impl OvsdbState {
-    /// LACP, BFD, CFM and tunnel state of every interface that has any, keyed by (bridge,
+    /// LACP, BFD, CFM and tunnel state and the error of every interface that has any, keyed by (bridge,
     /// interface). An interface is a bond member when its port has several interfaces or runs LACP.
     pub(crate) fn links(&self) -> LinkMap {
         let mut out = LinkMap::new();
@@ -597,6 +598,22 @@ fn link_health(irow: &Map<String, Value>, bond: Option<&str>) -> LinkHealth {
             let carrier = decode::map_get(status, "tunnel_egress_iface_carrier")?;
             Some((dev.to_string(), carrier == "up"))
         }),
+        error: interface_error(irow),
+    }
+}
+
+/// `Interface.error` (cut to [`MAX_INTERFACE_ERROR_CHARS`]), or `ofport -1` when ovs-vswitchd
+/// set `ofport` to -1 (it could not add the interface) without a text; `None` when neither.
+fn interface_error(irow: &Map<String, Value>) -> Option<String> {
+    match decode::opt_str(irow.get("error")).filter(|e| !e.is_empty()) {
+        Some(e) if e.chars().count() > MAX_INTERFACE_ERROR_CHARS => Some(
+            e.chars()
+                .take(MAX_INTERFACE_ERROR_CHARS - 1)
+                .chain(['…'])
+                .collect(),
+        ),
+        Some(e) => Some(e.to_string()),
+        None => (decode::opt_int(irow.get("ofport")) == Some(-1)).then(|| "ofport -1".to_string()),
     }
 }
 
@@ -675,10 +692,11 @@ pub(crate) fn can_run(run_dir: &Path) -> Result<(), String> {
 /// The `monitor` request for the tables and columns pinflow reads (with `interface_stats`, the
 /// interfaces' state and counters too).
 ///
-/// The link protocol columns (LACP, BFD, CFM, `status` with the tunnels' egress carrier) are
-/// always monitored, with no option: ovs-vswitchd writes them only when a state changes (a
-/// partner expires, a BFD session flaps, a carrier drops), so they cost no steady-state updates,
-/// and they have series only where the feature is configured (bounded by the configuration).
+/// The link protocol columns (LACP, BFD, CFM, `status` with the tunnels' egress carrier) and
+/// `error` are always monitored, with no option: ovs-vswitchd writes them only when a state
+/// changes (a partner expires, a BFD session flaps, a carrier drops, a device cannot be opened),
+/// so they cost no steady-state updates, and they have series only where the feature is
+/// configured or an interface has an error (bounded by the configuration).
 pub(crate) fn monitor_request(id: u64, interface_stats: bool) -> Value {
     let mut iface = vec![
         "name",
@@ -691,6 +709,7 @@ pub(crate) fn monitor_request(id: u64, interface_stats: bool) -> Value {
         "cfm_remote_opstate",
         "cfm_flap_count",
         "status",
+        "error",
     ];
     if interface_stats {
         iface.extend(["statistics", "link_state", "admin_state", "link_resets"]);
@@ -1217,6 +1236,65 @@ mod tests {
         );
         let req = monitor_request(0, false).to_string();
         assert!(req.contains("bfd_status") && req.contains("lacp_current"));
+    }
+
+    #[test]
+    fn interface_error_column() {
+        let mut st = OvsdbState::new();
+        let long = "x".repeat(MAX_INTERFACE_ERROR_CHARS + 50);
+        st.apply_update(&json!({
+            "Bridge": {"b1": {"new": {"name": "br-int", "ports": ["set", [["uuid", "p1"], ["uuid", "p2"], ["uuid", "p3"], ["uuid", "p4"], ["uuid", "p5"]]]}}},
+            "Port": {
+                "p1": {"new": {"name": "tap1", "interfaces": ["uuid", "i1"]}},
+                "p2": {"new": {"name": "tap2", "interfaces": ["uuid", "i2"]}},
+                "p3": {"new": {"name": "tap3", "interfaces": ["uuid", "i3"]}},
+                "p4": {"new": {"name": "tap4", "interfaces": ["uuid", "i4"]}},
+                "p5": {"new": {"name": "tap5", "interfaces": ["uuid", "i5"]}}
+            },
+            "Interface": {
+                "i1": {"new": {"name": "tap1", "ofport": -1,
+                    "error": "could not open network device tap1 (No such device)"}},
+                "i2": {"new": {"name": "tap2", "ofport": 7, "error": ["set", []]}},
+                "i3": {"new": {"name": "tap3", "ofport": -1, "error": ["set", []]}},
+                "i4": {"new": {"name": "tap4", "ofport": ["set", []], "error": ["set", [long]]}},
+                "i5": {"new": {"name": "tap5", "ofport": ["set", []], "error": ""}}
+            }
+        }))
+        .unwrap();
+        let key = |i: &str| ("br-int".to_string(), i.to_string());
+        let l = st.links();
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert_eq!(
+            l[&key("tap1")].error.as_deref(),
+            Some("could not open network device tap1 (No such device)")
+        );
+        assert_eq!(l[&key("tap1")].bond, None);
+        assert!(!l.contains_key(&key("tap2")) && !l.contains_key(&key("tap5")));
+        assert_eq!(l[&key("tap3")].error.as_deref(), Some("ofport -1"));
+        let cut = l[&key("tap4")].error.clone().unwrap();
+        assert_eq!(cut.chars().count(), MAX_INTERFACE_ERROR_CHARS);
+        assert!(cut.ends_with('…') && cut.starts_with("xxx"));
+        // The port's ofport from OVSDB is unknown, not -1 as u32; the port carries the error.
+        let tap1 = &st.bridges()["br-int"].ports["tap1"];
+        assert_eq!(tap1.ofport, None);
+        assert_eq!(tap1.error, l[&key("tap1")].error);
+        assert_eq!(st.bridges()["br-int"].ports["tap2"].error, None);
+        // The device appears: ovs-vswitchd clears the error and assigns an ofport.
+        st.apply_update(
+            &json!({"Interface": {"i1": {"new": {"ofport": 9, "error": ["set", []]}}}}),
+        )
+        .unwrap();
+        assert!(!st.links().contains_key(&key("tap1")));
+        // The port goes: so does its error.
+        st.apply_update(&json!({
+            "Bridge": {"b1": {"new": {"ports": ["set", [["uuid", "p1"], ["uuid", "p2"], ["uuid", "p4"], ["uuid", "p5"]]]}}},
+            "Port": {"p3": {"old": {}}},
+            "Interface": {"i3": {"old": {}}}
+        }))
+        .unwrap();
+        assert_eq!(st.links().keys().collect::<Vec<_>>(), [&key("tap4")]);
+        let req = monitor_request(0, false).to_string();
+        assert!(req.contains("\"error\""), "{req}");
     }
 
     /// A real capture (bonds with LACP, BFD and CFM, a tunnel) replayed: what each step changes.
