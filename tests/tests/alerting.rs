@@ -1551,14 +1551,17 @@ fn link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier() {
             ) == Some(want)
         })
     };
+    let cfm_fault = |want: f64| {
+        ends.iter().all(|(br, port)| {
+            value(
+                "pinflow_ovs_interface_cfm_fault",
+                &[("bridge", br), ("port", port)],
+            ) == Some(want)
+        })
+    };
     let healthy = || {
         forwarding(1.0)
-            && ends.iter().all(|(br, port)| {
-                value(
-                    "pinflow_ovs_interface_cfm_fault",
-                    &[("bridge", br), ("port", port)],
-                ) == Some(0.0)
-            })
+            && cfm_fault(0.0)
             && value(
                 "pinflow_ovs_tunnel_egress_carrier_up",
                 &[("device", tun.a.as_str())],
@@ -1649,6 +1652,7 @@ fn link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier() {
         let summary = match what {
             "OvsBfdSessionDown" => format!("BFD on {port} of hv-r01-01 does not forward"),
             "OvsCfmFault" => format!("CFM fault on {port} of hv-r01-01"),
+            "OvsCfmFlapping" => format!("CFM on {port} of hv-r01-01 is flapping"),
             _ => format!("BFD on {port} of hv-r01-01 is flapping"),
         };
         l.insert("summary".into(), summary);
@@ -1696,26 +1700,36 @@ fn link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier() {
         "the description reads the live state: {desc}"
     );
 
-    // Back up, then two more down/up cycles: more than 4 forwarding changes in the hour flap.
+    // Back up, then two more down/up cycles: more than 4 forwarding changes and more than 4
+    // CFM fault changes in the hour flap. Each phase waits until both protocols saw it, so the
+    // number of changes (6 each) does not depend on how long a phase happened to last.
     tun.set(&tun.b, true);
     for cycle in 0..3 {
         if cycle > 0 {
             bfd.set(&bfd.b, false);
             assert!(
-                wait_for(Duration::from_secs(10), || forwarding(0.0).then_some(())).is_some(),
-                "BFD not down in cycle {cycle}"
+                wait_for(Duration::from_secs(20), || (forwarding(0.0)
+                    && cfm_fault(1.0))
+                .then_some(()))
+                .is_some(),
+                "BFD or CFM not down in cycle {cycle}"
             );
         }
         bfd.set(&bfd.b, true);
         assert!(
-            wait_for(Duration::from_secs(20), || forwarding(1.0).then_some(())).is_some(),
-            "BFD not back in cycle {cycle}:\n{}",
+            wait_for(Duration::from_secs(20), || (forwarding(1.0)
+                && cfm_fault(0.0))
+            .then_some(()))
+            .is_some(),
+            "BFD or CFM not back in cycle {cycle}:\n{}",
             pf.log()
         );
     }
     let mut want = vec![
         session(br0, &bfd.a, "OvsBfdFlapping"),
         session(br1, &bfd.b, "OvsBfdFlapping"),
+        session(br0, &bfd.a, "OvsCfmFlapping"),
+        session(br1, &bfd.b, "OvsCfmFlapping"),
     ];
     want.sort();
     let settled = wait_for(Duration::from_secs(30), || {
