@@ -121,10 +121,12 @@ pub(crate) async fn start(
         supervisor.task("host_cpu", host_cpu::run(cfg, host.clone(), state.clone()));
     }
     if let Some(cfg) = pipelines.flows {
-        supervisor.task(
+        // On a thread of its own: mirroring and indexing a (re)synced 100 000-flow table takes
+        // about half a second of CPU, which must not hold up the scrapes this runtime answers.
+        supervisor.runtime_thread(
             "flows",
             flows::run(cfg, host.ovs_run_dir.clone(), state.clone()),
-        );
+        )?;
     }
     Ok(())
 }

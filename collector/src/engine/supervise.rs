@@ -74,6 +74,26 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Runs `fut` on a new OS thread named `name`, on an async runtime of its own (for a
+    /// pipeline whose work per event is CPU-bound, e.g. indexing a 100 000-flow table: it must
+    /// not hold up the runtime that answers scrapes); its end, panic or a runtime that cannot be
+    /// built is reported.
+    pub(crate) fn runtime_thread<F>(&self, name: &str, fut: F) -> std::io::Result<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.thread(name, move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(fut),
+                // Reported as this thread's end, with the reason in the log.
+                Err(e) => tracing::error!("cannot start an async runtime: {e}"),
+            }
+        })
+    }
+
     /// Spawns `fut` on the runtime as task `name`; its end or panic is reported.
     pub(crate) fn task<F>(&self, name: &str, fut: F)
     where
@@ -115,6 +135,28 @@ mod tests {
         let stop = s.stopped().await;
         assert_eq!(stop.name, "t1");
         assert_eq!(stop.reason, "panicked: boom");
+    }
+
+    #[tokio::test]
+    async fn a_runtime_thread_runs_async_work_off_the_caller_and_its_panic_is_reported() {
+        let mut s = Supervisor::default();
+        let caller = std::thread::current().id();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        s.runtime_thread("rt", async move {
+            // Timers and spawned tasks work on the thread's own runtime.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let inner = tokio::spawn(async { std::thread::current().id() });
+            let _ = tx.send(inner.await.ok());
+            panic!("late");
+        })
+        .unwrap_or_default();
+        let ran_on = rx.await.ok().flatten();
+        assert!(ran_on.is_some_and(|id| id != caller), "{ran_on:?}");
+        let stop = s.stopped().await;
+        assert_eq!(
+            (stop.name.as_str(), stop.reason.as_str()),
+            ("rt", "panicked: late")
+        );
     }
 
     #[tokio::test]
