@@ -63,15 +63,18 @@ pub(super) fn serve(s: &SourceArgs, args: ServeArgs) -> anyhow::Result<ExitCode>
     } else {
         tracing::warn!("--no-drop-capabilities: keeping every capability pinflow was started with");
     }
-    // One thread runs every task: the daemon's work is small and event-driven, and a second
-    // worker only adds cross-thread wake-ups (each costs more than most events' own work).
+    // One thread runs the HTTP server and the light tasks: the daemon's work is small and
+    // event-driven, and a second worker only adds cross-thread wake-ups (each costs more than
+    // most events' own work). The heavy pipelines run on threads of their own.
     let rt = super::current_thread_runtime()?;
     rt.block_on(async move {
         let mut supervisor = Supervisor::default();
         engine::start(pipelines, probes, &host, &state, &supervisor)
             .await
             .context("cannot start the pipelines")?;
-        release_free_heap();
+        // The heap freed after loading the eBPF probes (the kernel's BTF, several MiB) goes
+        // back to the OS, so that the long-running daemon's RSS reflects what it keeps.
+        engine::release_free_heap();
         let options = RouterOptions {
             telemetry_path: args.telemetry_path.clone(),
             disable_api: args.disable_api,
@@ -95,20 +98,6 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// Hands the heap freed after loading the eBPF probes (the kernel's BTF, several MiB) back to the
-/// OS, so that the long-running daemon's RSS reflects what it keeps. The static build keeps musl's
-/// own allocator: measured against mimalloc and jemalloc it alone keeps the RSS of a 100 000-flow
-/// mirror within 10 % of glibc's (docs/deploy.md, "The binary and the image").
-#[allow(unsafe_code)] // malloc_trim has no safe wrapper.
-fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    // musl's allocator (the static build) returns freed memory to the OS by itself.
 }
 
 async fn shutdown_signal() {
