@@ -191,6 +191,56 @@ impl Ovs {
         self.vsctl(&refs);
     }
 
+    /// Adds the kernel device `dev` as a port of `bridge` with BFD (100 ms intervals) and CFM
+    /// (maintenance point `mpid`) on: the peer end of a veth pair on another bridge is the session's
+    /// other side.
+    pub fn add_bfd_cfm_port(&self, bridge: &str, dev: &str, mpid: u32) {
+        self.vsctl(&[
+            "add-port",
+            bridge,
+            dev,
+            "--",
+            "set",
+            "interface",
+            dev,
+            "bfd:enable=true",
+            "bfd:min_tx=100",
+            "bfd:min_rx=100",
+            &format!("cfm_mpid={mpid}"),
+        ]);
+    }
+
+    /// Adds VXLAN ports `(name, VNI)` to `bridge` whose egress device is the kernel device
+    /// `egress`: it gets a /30 of TEST-NET-2 (removed with the device), and the tunnels' remote
+    /// is the other address of that /30 (ovs-vswitchd mirrors the kernel's routes).
+    pub fn add_vxlan_ports(&self, bridge: &str, egress: &str, ports: &[(&str, u32)]) {
+        let net = 4 * (std::process::id() % 60 + 1);
+        crate::run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("198.51.100.{}/30", net + 1),
+                "dev",
+                egress,
+            ],
+        );
+        for (port, key) in ports {
+            self.vsctl(&[
+                "add-port",
+                bridge,
+                port,
+                "--",
+                "set",
+                "interface",
+                port,
+                "type=vxlan",
+                &format!("options:remote_ip=198.51.100.{}", net + 2),
+                &format!("options:key={key}"),
+            ]);
+        }
+    }
+
     /// Adds a port backed by a kernel network device (the userspace datapath reads it with
     /// `AF_PACKET`), with `ofport_request`.
     pub fn add_system_port(&self, bridge: &str, name: &str, ofport: u32) {

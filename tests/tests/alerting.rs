@@ -1495,45 +1495,12 @@ fn link_alerts_fire_on_a_real_bfd_session_and_tunnel_carrier() {
         Veth::new(&format!("pfa{tag:x}t")),
     );
     let (br0, br1) = ("pfa-br0", "pfa-br1");
-    for (br, dev, mpid) in [(br0, &bfd.a, "1"), (br1, &bfd.b, "2")] {
+    for (br, dev, mpid) in [(br0, &bfd.a, 1), (br1, &bfd.b, 2)] {
         ovs.add_empty_bridge(br, "secure");
-        ovs.vsctl(&[
-            "add-port",
-            br,
-            dev,
-            "--",
-            "set",
-            "interface",
-            dev,
-            "bfd:enable=true",
-            "bfd:min_tx=100",
-            "bfd:min_rx=100",
-            &format!("cfm_mpid={mpid}"),
-        ]);
+        ovs.add_bfd_cfm_port(br, dev, mpid);
     }
-    // The tunnel leaves through tun.a (a /30 of TEST-NET-2 on it; removed with the veth).
-    let net = 4 * (std::process::id() % 60 + 1);
-    pinflow_tests::run(
-        "ip",
-        &[
-            "addr",
-            "add",
-            &format!("198.51.100.{}/30", net + 1),
-            "dev",
-            &tun.a,
-        ],
-    );
-    ovs.vsctl(&[
-        "add-port",
-        br0,
-        "pfa-vx",
-        "--",
-        "set",
-        "interface",
-        "pfa-vx",
-        "type=vxlan",
-        &format!("options:remote_ip=198.51.100.{}", net + 2),
-    ]);
+    // The tunnel leaves through tun.a.
+    ovs.add_vxlan_ports(br0, &tun.a, &[("pfa-vx", 0)]);
     let run_dir = ovs.run_dir().to_string_lossy().into_owned();
     let pf = Pinflow::start(
         "[pinning]\nebpf = false\n",

@@ -667,49 +667,12 @@ fn bonds_lacp_bfd_cfm_and_tunnel_carrier() {
             "other_config:lacp-time=fast",
         ]);
     }
-    for (br, dev, mpid) in [(br0, &v3.a, "1"), (br1, &v3.b, "2")] {
-        ovs.vsctl(&[
-            "add-port",
-            br,
-            dev,
-            "--",
-            "set",
-            "interface",
-            dev,
-            "bfd:enable=true",
-            "bfd:min_tx=100",
-            "bfd:min_rx=100",
-            &format!("cfm_mpid={mpid}"),
-        ]);
+    for (br, dev, mpid) in [(br0, &v3.a, 1), (br1, &v3.b, 2)] {
+        ovs.add_bfd_cfm_port(br, dev, mpid);
     }
-    // The tunnel's egress device: v4.a, through the kernel route of a /30 of TEST-NET-2 on it
-    // (ovs-vswitchd mirrors the kernel's routes); removed with the veth.
-    let net = 4 * (std::process::id() % 60 + 1);
-    pinflow_tests::run(
-        "ip",
-        &[
-            "addr",
-            "add",
-            &format!("198.51.100.{}/30", net + 1),
-            "dev",
-            &v4.a,
-        ],
-    );
-    // Two tunnel ports (VNI 0 and 5) through the same device: one series, for the device.
-    for (port, key) in [("pfl-vx", "0"), ("pfl-vx5", "5")] {
-        ovs.vsctl(&[
-            "add-port",
-            br0,
-            port,
-            "--",
-            "set",
-            "interface",
-            port,
-            "type=vxlan",
-            &format!("options:remote_ip=198.51.100.{}", net + 2),
-            &format!("options:key={key}"),
-        ]);
-    }
+    // The tunnel's egress device is v4.a. Two tunnel ports (VNI 0 and 5) through the same
+    // device: one series, for the device.
+    ovs.add_vxlan_ports(br0, &v4.a, &[("pfl-vx", 0), ("pfl-vx5", 5)]);
     let run_dir = ovs.run_dir().to_string_lossy().into_owned();
     let pf = Pinflow::start(
         "[ovs_vswitchd]\ninterval_seconds = 1.0\n",
