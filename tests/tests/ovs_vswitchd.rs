@@ -604,6 +604,173 @@ fn veth_link_state_resets_and_counters() {
     );
 }
 
+/// `admin_up`, `link_up` and `mtu_bytes` of one interface in a scrape.
+fn admin_link_mtu(s: &[Sample], l: &[(&str, &str)]) -> [Option<f64>; 3] {
+    [
+        value(s, "pinflow_ovs_interface_admin_up", l),
+        value(s, "pinflow_ovs_interface_link_up", l),
+        value(s, "pinflow_ovs_interface_mtu_bytes", l),
+    ]
+}
+
+/// Admin state and MTU of a kernel veth device as a port of the userspace datapath, both read as
+/// OVSDB monitor updates (no polling): `ip link set <port> down` shows as `admin_up` 0 and
+/// `link_up` 0, up again as 1 and 1, while a lost carrier (the peer down) is `link_up` 0 with
+/// `admin_up` 1; `mtu_request` shows as `mtu_bytes`, equal to OVSDB's `mtu` and the kernel's, and
+/// so does an MTU set outside OVS (the MTU in force, not the requested one).
+#[test]
+fn veth_admin_state_and_mtu() {
+    let name = "veth_admin_state_and_mtu";
+    if !privileged(name) || !pinflow_tests::require_privileged(name, &["ip"]) {
+        return;
+    }
+    use std::time::Instant;
+    let ovs = Ovs::start();
+    let v = pinflow_tests::veth::Veth::new(&unique("m1"));
+    let br = "pfm-br0";
+    ovs.add_empty_bridge(br, "secure");
+    ovs.add_system_port(br, &v.a, 1);
+    let run_dir = ovs.run_dir().to_string_lossy().into_owned();
+    let pf = Pinflow::start(
+        "[flows]\ninterface_metrics = true\n",
+        &[
+            "--ovs-run-dir",
+            &run_dir,
+            "--no-collector.pinning",
+            "--no-collector.datapath",
+        ],
+    );
+    let l = [("bridge", br), ("port", v.a.as_str()), ("domain", "")];
+    let ovsdb_str = |column: &str| -> String {
+        ovs.vsctl(&["get", "interface", &v.a, column])
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    };
+    let sys_mtu = || -> f64 {
+        std::fs::read_to_string(format!("/sys/class/net/{}/mtu", v.a))
+            .expect("sysfs mtu")
+            .trim()
+            .parse()
+            .expect("mtu")
+    };
+    let settled = wait_for(WAIT, || {
+        let st = admin_link_mtu(&pf.scrape(), &l);
+        (st == [Some(1.0), Some(1.0), Some(ovsdb_num(&ovs, &v.a, "mtu"))]).then_some(st)
+    });
+    let (st, _) = settled.unwrap_or_else(|| {
+        panic!(
+            "veth port never up with OVSDB's MTU: {:?}\n{}",
+            admin_link_mtu(&pf.scrape(), &l),
+            pf.log()
+        )
+    });
+    assert_eq!(st[2], Some(sys_mtu()), "the kernel's MTU");
+
+    // Scrapes every 5 ms until `want` holds; the time since `t0`.
+    let watch = |t0: Instant, what: &str, want: [Option<f64>; 3]| -> Duration {
+        loop {
+            if admin_link_mtu(&pf.scrape(), &l) == want {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "{what}: never {want:?}, last {:?}\n{}",
+                admin_link_mtu(&pf.scrape(), &l),
+                pf.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // Polls OVSDB's column until it reads `want`; the time since `t0`.
+    let ovsdb_watch = |t0: Instant, column: &str, want: &str| -> Duration {
+        while t0.elapsed() < WAIT {
+            if ovsdb_str(column) == want {
+                return t0.elapsed();
+            }
+        }
+        panic!("OVSDB {column} never {want}");
+    };
+    let mtu0 = st[2];
+    let (down, up) = ([Some(0.0), Some(0.0), mtu0], [Some(1.0), Some(1.0), mtu0]);
+    // The port's own device down, then up (twice): one cycle timed from `ip link` to pinflow's
+    // scrape, one to OVSDB's column.
+    v.set(&v.a, false);
+    let pf_down = watch(Instant::now(), "admin down", down);
+    assert_eq!(
+        (ovsdb_str("admin_state"), ovsdb_str("link_state")),
+        ("down".into(), "down".into())
+    );
+    v.set(&v.a, true);
+    let pf_up = watch(Instant::now(), "admin up", up);
+    v.set(&v.a, false);
+    let db_down = ovsdb_watch(Instant::now(), "admin_state", "down");
+    v.set(&v.a, true);
+    let db_up = ovsdb_watch(Instant::now(), "admin_state", "up");
+    watch(Instant::now(), "admin up again", up);
+    eprintln!(
+        "admin down seen by pinflow after {pf_down:?} (OVSDB: {db_down:?}); \
+         up: pinflow {pf_up:?} (OVSDB {db_up:?})"
+    );
+    // A lost carrier is not an admin down: the peer down leaves the port administratively up.
+    v.set(&v.b, false);
+    let carrier = watch(Instant::now(), "carrier lost", [Some(1.0), Some(0.0), mtu0]);
+    assert_eq!(
+        (ovsdb_str("admin_state"), ovsdb_str("link_state")),
+        ("up".into(), "down".into())
+    );
+    v.set(&v.b, true);
+    watch(Instant::now(), "carrier back", up);
+    eprintln!("carrier loss (admin still up) seen by pinflow after {carrier:?}");
+
+    // mtu_request: ovs-vsctl returns once ovs-vswitchd applied it; one change timed to pinflow's
+    // scrape, one to OVSDB's `mtu`, both from before ovs-vsctl.
+    let t0 = Instant::now();
+    ovs.vsctl(&["set", "Interface", &v.a, "mtu_request=1400"]);
+    let vsctl_1400 = t0.elapsed();
+    let pf_mtu = watch(t0, "mtu_request=1400", [Some(1.0), Some(1.0), Some(1400.0)]);
+    assert_eq!(ovsdb_num(&ovs, &v.a, "mtu"), 1400.0, "OVSDB's mtu");
+    assert_eq!(sys_mtu(), 1400.0, "the kernel's MTU");
+    let t0 = Instant::now();
+    ovs.vsctl(&["set", "Interface", &v.a, "mtu_request=1300"]);
+    let vsctl_1300 = t0.elapsed();
+    let db_mtu = ovsdb_watch(t0, "mtu", "1300");
+    watch(
+        Instant::now(),
+        "mtu_request=1300",
+        [Some(1.0), Some(1.0), Some(1300.0)],
+    );
+    eprintln!(
+        "mtu_request=1400 seen by pinflow {pf_mtu:?} after ovs-vsctl started ({vsctl_1400:?} in \
+         ovs-vsctl); OVSDB's mtu 1300 after {db_mtu:?} ({vsctl_1300:?} in ovs-vsctl)"
+    );
+    // Set outside OVS while `mtu_request` is set: ovs-vswitchd hears the change (rtnetlink),
+    // reconfigures and puts its 1300 back; pinflow ends where OVSDB and the kernel end.
+    pinflow_tests::run("ip", &["link", "set", &v.a, "mtu", "1280"]);
+    let t0 = Instant::now();
+    let back = wait_for(WAIT, || (sys_mtu() == 1300.0).then_some(()));
+    assert!(back.is_some(), "ovs-vswitchd did not restore mtu_request");
+    watch(
+        t0,
+        "mtu_request restored",
+        [Some(1.0), Some(1.0), Some(1300.0)],
+    );
+    assert_eq!(ovsdb_num(&ovs, &v.a, "mtu"), 1300.0, "OVSDB's mtu");
+    // Without `mtu_request` OVS leaves the device's MTU alone: one set outside OVS is the MTU in
+    // force, in OVSDB's `mtu` and in pinflow's series.
+    ovs.vsctl(&["clear", "Interface", &v.a, "mtu_request"]);
+    pinflow_tests::run("ip", &["link", "set", &v.a, "mtu", "1280"]);
+    let outside = watch(
+        Instant::now(),
+        "ip link set mtu 1280",
+        [Some(1.0), Some(1.0), Some(1280.0)],
+    );
+    assert_eq!(ovsdb_num(&ovs, &v.a, "mtu"), 1280.0, "OVSDB's mtu");
+    assert_eq!(ovsdb_str("mtu_request"), "[]");
+    assert_eq!(sys_mtu(), 1280.0, "the kernel's MTU");
+    eprintln!("ip link set mtu 1280 (no mtu_request) seen by pinflow after {outside:?}");
+}
+
 /// Polls pinflow until `pred` holds for a scrape; panics with `what` and pinflow's log otherwise.
 fn scrape_until(
     pf: &Pinflow,

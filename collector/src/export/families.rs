@@ -1091,8 +1091,44 @@ pub const LINK_UP: Family = Family {
     kind: Kind::Gauge,
     labels: &["bridge", "port", "domain"],
     help: "Whether the OVS interface's link is up (OVSDB Interface.link_state)",
-    notes: "Absent while OVS reports no link state (patch ports). `domain`: the libvirt domain whose tap it is, as in `pinflow_ovs_port_info` (empty for other interfaces).",
+    notes: "Absent while OVS reports no link state (patch ports). `domain`: the libvirt domain whose tap it is, as in `pinflow_ovs_port_info` (empty for other interfaces). `[flows] interface_metrics` costs 12 series per OVS interface (this family, `admin_up`, `mtu_bytes`, the 8 receive/transmit counters, `link_resets`), so it is off by default: on, an instance port alone would exceed the per-instance-port budget; none of the 12 is counted in it.",
     example: "pinflow_ovs_interface_link_up{domain!=\"\"} == 0",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_admin_up`.
+pub const IF_ADMIN_UP: Family = Family {
+    name: "pinflow_ovs_interface_admin_up",
+    kind: Kind::Gauge,
+    labels: &["bridge", "port", "domain"],
+    help: "Whether the OVS interface is administratively up (OVSDB Interface.admin_state)",
+    notes: "0: the device was set down (`ip link set … down`), and its link is down with it; `pinflow_ovs_interface_link_up` 0 with `admin_up` 1 is a lost carrier instead (the peer, cable or instance is gone; the example lists those). Absent while OVS reports no admin state (patch ports).",
+    example: "pinflow_ovs_interface_link_up == 0 and on (instance, bridge, port) pinflow_ovs_interface_admin_up == 1",
+    presence: Presence::InterfaceMetrics,
+    area: Area::Flows,
+    series: series(
+        0,
+        0,
+        0,
+        "opt-in: OVS interfaces (1 each; `[flows] interface_metrics`)",
+    ),
+};
+
+/// `pinflow_ovs_interface_mtu_bytes`.
+pub const IF_MTU: Family = Family {
+    name: "pinflow_ovs_interface_mtu_bytes",
+    kind: Kind::Gauge,
+    labels: &["bridge", "port", "domain"],
+    help: "MTU in force on the OVS interface, in bytes (OVSDB Interface.mtu, not mtu_request)",
+    notes: "What the device has, whether OVS set it from `mtu_request` or something else did. Absent while OVS reports no MTU (patch ports). An instance's tap with a larger MTU than its network drops or fragments the instance's large packets (a classic Neutron fault): the example finds bridges whose instance taps do not share one MTU, a mismatch where the host's tenant networks have one MTU (with VLAN and VXLAN networks side by side, compare each tap with its network's MTU instead).",
+    example: "max by (instance, bridge) (pinflow_ovs_interface_mtu_bytes{domain!=\"\"}) != min by (instance, bridge) (pinflow_ovs_interface_mtu_bytes{domain!=\"\"})",
     presence: Presence::InterfaceMetrics,
     area: Area::Flows,
     series: series(
@@ -1430,6 +1466,8 @@ pub const ALL: &[&Family] = &[
     &OVS_DIRTY_FLOW_INFO_DROPPED,
     &OVS_PORT_INFO,
     &LINK_UP,
+    &IF_ADMIN_UP,
+    &IF_MTU,
     &IF_RECEIVE_BYTES,
     &IF_RECEIVE_PACKETS,
     &IF_RECEIVE_DROPS,
@@ -1782,6 +1820,21 @@ mod tests {
         for src in crate::sources::ALL.iter().map(|s| s.name) {
             assert!(SOURCE_UP.notes.contains(&format!("`{src}`")), "{src}");
         }
+    }
+
+    #[test]
+    fn interface_option_cost_is_documented() {
+        let n = ALL
+            .iter()
+            .filter(|f| f.presence == Presence::InterfaceMetrics)
+            .count();
+        assert!(
+            LINK_UP
+                .notes
+                .contains(&format!("costs {n} series per OVS interface")),
+            "{n}"
+        );
+        assert!(n as u32 > BUDGET_PER_INSTANCE_PORT);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Prometheus series of the OVS interfaces' link state and counters (OVSDB `Interface`, opt-in
-//! with `[flows] interface_metrics`), joined to the instance like `pinflow_ovs_port_info`.
+//! Prometheus series of the OVS interfaces' link and admin state, MTU and counters (OVSDB
+//! `Interface`, opt-in with `[flows] interface_metrics`), joined to the instance like
+//! `pinflow_ovs_port_info`.
 
 use super::encode::{Lv, Res, counter, gauge};
 use super::families::{self, Family};
@@ -42,6 +43,26 @@ pub(crate) fn encode_interfaces(
             Some((
                 [("bridge", Lv(b)), ("port", Lv(p)), ("domain", Lv(d))],
                 f64::from(u8::from(s.link_up?)),
+            ))
+        }),
+    )?;
+    gauge(
+        enc,
+        &families::IF_ADMIN_UP,
+        rows.iter().filter_map(|(b, p, d, s)| {
+            Some((
+                [("bridge", Lv(b)), ("port", Lv(p)), ("domain", Lv(d))],
+                f64::from(u8::from(s.admin_up?)),
+            ))
+        }),
+    )?;
+    gauge(
+        enc,
+        &families::IF_MTU,
+        rows.iter().filter_map(|(b, p, d, s)| {
+            Some((
+                [("bridge", Lv(b)), ("port", Lv(p)), ("domain", Lv(d))],
+                f64::from(s.mtu?),
             ))
         }),
     )?;
@@ -103,6 +124,7 @@ mod tests {
         let stats = InterfaceStats {
             link_up: Some(true),
             admin_up: Some(true),
+            mtu: Some(1450),
             link_resets: Some(2),
             rx: Counters {
                 bytes: Some(1000),
@@ -121,6 +143,7 @@ mod tests {
             ("br-ex".into(), "eth1".into()),
             InterfaceStats {
                 link_up: Some(false),
+                admin_up: Some(false),
                 ..Default::default()
             },
         );
@@ -133,6 +156,9 @@ mod tests {
         for want in [
             "pinflow_ovs_interface_link_up{bridge=\"br-int\",port=\"tap1\",domain=\"instance-1\"} 1",
             "pinflow_ovs_interface_link_up{bridge=\"br-ex\",port=\"eth1\",domain=\"\"} 0",
+            "pinflow_ovs_interface_admin_up{bridge=\"br-int\",port=\"tap1\",domain=\"instance-1\"} 1",
+            "pinflow_ovs_interface_admin_up{bridge=\"br-ex\",port=\"eth1\",domain=\"\"} 0",
+            "pinflow_ovs_interface_mtu_bytes{bridge=\"br-int\",port=\"tap1\",domain=\"instance-1\"} 1450",
             "pinflow_ovs_interface_receive_bytes_total{bridge=\"br-int\",port=\"tap1\",domain=\"instance-1\"} 1000",
             "pinflow_ovs_interface_receive_drops_total{bridge=\"br-int\",port=\"tap1\",domain=\"instance-1\"} 1",
             "pinflow_ovs_interface_transmit_bytes_total{bridge=\"br-int\",port=\"tap1\",domain=\"instance-1\"} 2000",
@@ -141,6 +167,8 @@ mod tests {
             assert!(text.contains(want), "missing {want}\n{text}");
         }
         assert!(!text.contains("pinflow_ovs_interface_transmit_drops_total{"));
+        // No MTU reported for eth1: no series.
+        assert!(!text.contains("pinflow_ovs_interface_mtu_bytes{bridge=\"br-ex\""));
         assert!(!text.contains("pinflow_ovs_interface_receive_bytes_total{bridge=\"br-ex\""));
         crate::export::metrics::tests::assert_samples_match_the_table(&text);
         st.ovs_interfaces.set(InterfacesReport {
@@ -148,6 +176,9 @@ mod tests {
             interfaces: Arc::new(map),
             ..Default::default()
         });
-        assert!(!render_state(st).contains("pinflow_ovs_interface_link_up{"));
+        let text = render_state(st);
+        for family in ["link_up", "admin_up", "mtu_bytes"] {
+            assert!(!text.contains(&format!("pinflow_ovs_interface_{family}{{")));
+        }
     }
 }

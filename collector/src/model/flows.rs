@@ -27,7 +27,7 @@ pub(crate) struct OvsPort {
 }
 
 /// State and counters of one OVS interface (OVSDB `Interface` columns `link_state`,
-/// `admin_state`, `link_resets`, `statistics`), read only with `[flows] interface_metrics`.
+/// `admin_state`, `mtu`, `link_resets`, `statistics`), read only with `[flows] interface_metrics`.
 /// `None`: OVS does not report it for this interface (patch ports have no statistics).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct InterfaceStats {
@@ -35,6 +35,8 @@ pub(crate) struct InterfaceStats {
     pub(crate) link_up: Option<bool>,
     /// `admin_state` is `up`.
     pub(crate) admin_up: Option<bool>,
+    /// `mtu`: the MTU in force on the device, in bytes (not `mtu_request`).
+    pub(crate) mtu: Option<u32>,
     /// `link_resets`: link state changes OVS observed.
     pub(crate) link_resets: Option<u64>,
     /// `statistics:rx_bytes`, `rx_packets`, `rx_dropped`, `rx_errors`.

@@ -524,6 +524,8 @@ impl OvsdbState {
                         InterfaceStats {
                             link_up: state("link_state"),
                             admin_up: state("admin_state"),
+                            mtu: decode::opt_int(irow.get("mtu"))
+                                .and_then(|n| u32::try_from(n).ok()),
                             link_resets: decode::opt_int(irow.get("link_resets"))
                                 .and_then(|n| u64::try_from(n).ok()),
                             rx: counters("rx"),
@@ -649,9 +651,10 @@ pub(crate) struct OvsdbOptions {
     pub(crate) probe_interval: Duration,
     /// Bound of one message (and of the receive buffer).
     pub(crate) max_message_bytes: usize,
-    /// Also monitor the `Interface` columns `statistics`, `link_state`, `admin_state` and
+    /// Also monitor the `Interface` columns `statistics`, `link_state`, `admin_state`, `mtu` and
     /// `link_resets` (`[flows] interface_metrics`): ovs-vswitchd rewrites `statistics` every 5 s,
-    /// so this costs one update per 5 s per busy interface.
+    /// so this costs one update per 5 s per busy interface (the others change only with the
+    /// device's state).
     pub(crate) interface_stats: bool,
 }
 
@@ -712,7 +715,13 @@ pub(crate) fn monitor_request(id: u64, interface_stats: bool) -> Value {
         "error",
     ];
     if interface_stats {
-        iface.extend(["statistics", "link_state", "admin_state", "link_resets"]);
+        iface.extend([
+            "statistics",
+            "link_state",
+            "admin_state",
+            "mtu",
+            "link_resets",
+        ]);
     }
     json!({
         "id": id,
@@ -1118,11 +1127,13 @@ mod tests {
             },
             "Interface": {
                 "i1": {"new": {"name": "tap1", "ofport": 1, "type": "", "external_ids": ["map", []],
-                    "link_state": "up", "admin_state": "up", "link_resets": 2,
+                    "link_state": "up", "admin_state": "up", "mtu": 1450, "mtu_request": 9000,
+                    "link_resets": 2,
                     "statistics": ["map", [["rx_bytes", 1000], ["rx_packets", 10], ["rx_dropped", 1],
                         ["rx_errors", 0], ["tx_bytes", 2000], ["tx_packets", 20], ["collisions", 0]]]}},
                 "i2": {"new": {"name": "patch-tun", "ofport": 2, "type": "patch", "external_ids": ["map", []],
-                    "link_state": ["set", []], "admin_state": ["set", []], "link_resets": ["set", []],
+                    "link_state": ["set", []], "admin_state": ["set", []], "mtu": ["set", []],
+                    "link_resets": ["set", []],
                     "statistics": ["map", []]}}
             }
         }))
@@ -1130,8 +1141,9 @@ mod tests {
         let ifs = st.interfaces();
         let tap = &ifs[&("br-int".to_string(), "tap1".to_string())];
         assert_eq!(
-            (tap.link_up, tap.admin_up, tap.link_resets),
-            (Some(true), Some(true), Some(2))
+            (tap.link_up, tap.admin_up, tap.mtu, tap.link_resets),
+            (Some(true), Some(true), Some(1450), Some(2)),
+            "the MTU in force (`mtu`), not the requested one"
         );
         assert_eq!(
             (tap.rx.bytes, tap.rx.packets, tap.rx.drops, tap.rx.errors),
@@ -1148,9 +1160,37 @@ mod tests {
         .unwrap();
         let tap = &st.interfaces()[&("br-int".to_string(), "tap1".to_string())];
         assert_eq!(
-            (tap.link_up, tap.link_resets, tap.rx.bytes),
-            (Some(false), Some(3), Some(1500))
+            (
+                tap.link_up,
+                tap.admin_up,
+                tap.mtu,
+                tap.link_resets,
+                tap.rx.bytes
+            ),
+            (Some(false), Some(true), Some(1450), Some(3), Some(1500))
         );
+        // Admin down (`ip link set … down`) and a new MTU arrive as their own updates; an MTU
+        // that does not fit a 32-bit unsigned number (OVS never writes one) is no MTU.
+        st.apply_update(
+            &json!({"Interface": {"i1": {"new": {"admin_state": "down", "mtu": 1400}}}}),
+        )
+        .unwrap();
+        let tap = &st.interfaces()[&("br-int".to_string(), "tap1".to_string())];
+        assert_eq!(
+            (tap.link_up, tap.admin_up, tap.mtu),
+            (Some(false), Some(false), Some(1400))
+        );
+        for bad in [
+            json!(-1),
+            json!("1500"),
+            json!(["set", [1400, 1500]]),
+            json!(1u64 << 40),
+        ] {
+            st.apply_update(&json!({"Interface": {"i1": {"new": {"mtu": bad, "admin_state": 7}}}}))
+                .unwrap();
+            let tap = &st.interfaces()[&("br-int".to_string(), "tap1".to_string())];
+            assert_eq!((tap.admin_up, tap.mtu), (None, None), "{bad}");
+        }
         // Without the columns monitored, no interface is listed.
         let mut plain = OvsdbState::new();
         plain
@@ -1163,6 +1203,9 @@ mod tests {
         assert!(plain.interfaces().is_empty());
         let req = monitor_request(0, true).to_string();
         assert!(req.contains("statistics") && req.contains("link_resets"));
+        assert!(req.contains("\"admin_state\"") && req.contains("\"mtu\""));
+        assert!(!req.contains("mtu_request"));
+        assert!(!monitor_request(0, false).to_string().contains("\"mtu\""));
         assert!(!monitor_request(0, false).to_string().contains("statistics"));
     }
 

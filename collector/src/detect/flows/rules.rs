@@ -98,8 +98,9 @@ pub(crate) struct DirtyFlowConfig {
     pub(crate) owned_cookies: BTreeMap<String, Vec<String>>,
     /// User rules.
     pub(crate) user_rules: Vec<UserRule>,
-    /// Export every OVS interface's link state and counters (`pinflow_ovs_interface_*`, 10 series
-    /// per interface; off by default: node_exporter has the host devices' counters).
+    /// Export every OVS interface's link and admin state, MTU and counters
+    /// (`pinflow_ovs_interface_*`, 12 series per interface; off by default: node_exporter has the
+    /// host devices' counters).
     pub(crate) interface_metrics: bool,
 }
 
