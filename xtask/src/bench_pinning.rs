@@ -12,7 +12,10 @@
 //!   `--sys-root`: file reads only, as a container or a test reads them);
 //! - `pinflow serve` on a synthetic host of 200 domains × 8 vCPUs made of real parked threads in
 //!   real cpuset cgroups (`bench_threadhost`): the live path (syscalls, eBPF, inotify) at a scale
-//!   the testbed's real VMs do not reach.
+//!   the testbed's real VMs do not reach;
+//! - after each host's event-driven row, `pinflow serve` in the fallback mode of a host where BPF
+//!   is unavailable (`[pinning] ebpf = false`, `events = false`: a full procfs pass every
+//!   interval), alone, for half the window (at least 5 s).
 //!
 //! Each row: CPU seconds per 60 s (utime+stime from `/proc/PID/stat` over the idle window,
 //! scrapes every 15 s included), the procfs pass duration (`pinflow_collect_duration_seconds
@@ -438,7 +441,7 @@ fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Re
             .filter(|s| s.name.contains("pin") || s.name.contains("affinity"))
             .count();
         rows.push(Row {
-            host,
+            host: host.clone(),
             who: "prometheus-libvirt-exporter".into(),
             mode: "libvirt API per scrape".into(),
             cpu_per_60s: cpu[1],
@@ -450,6 +453,8 @@ fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Re
             rss_kib: rss,
             note: format!("no pinning reported ({pinning_series} pinning/affinity series)"),
         });
+        drop((serve, exporter));
+        polling_row(bin, &host, &[], secs, rows)?;
     }
     for d in &running {
         libvirt::remove(&d.name);
@@ -650,6 +655,36 @@ impl FixtureHost {
     }
 }
 
+/// Who the fallback rows measure.
+const POLLING: &str = "pinflow serve, fallback (no eBPF)";
+
+/// `pinflow serve` as it runs where BPF is unavailable: no sched probe and no event programs,
+/// so a full procfs pass every interval (`[pinning] ebpf = false`, `events = false`). Measured
+/// alone, after the event-driven row of the same host, for half its window (at least 5 s).
+fn polling_row(
+    bin: &Path,
+    host: &str,
+    args: &[String],
+    secs: u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("pinflow.toml");
+    std::fs::write(&cfg, "[pinning]\nebpf = false\nevents = false\n")?;
+    let mut args = args.to_vec();
+    args.extend(["--config".to_string(), cfg.to_string_lossy().into_owned()]);
+    let window = (secs / 2).max(5);
+    eprintln!("==> {host}: the fallback mode for {window} s");
+    let serve = Serve::start(bin, &args)?;
+    let mut pf = Target::new(serve.child.id(), serve.addr);
+    let (cpu, _) = measure(&mut [&mut pf], &[], window)?;
+    let mut row = pinflow_row(host, &pf, cpu[0]);
+    row.who = POLLING.into();
+    row.note = format!("{}; window {window} s", seen(&pf));
+    rows.push(row);
+    Ok(())
+}
+
 fn fixture_row(bin: &Path, domains: usize, secs: u64, rows: &mut Vec<Row>) -> Result<()> {
     eprintln!(
         "==> fixture host, {domains} domains × {FIXTURE_VCPUS} vCPUs: measuring for {secs} s"
@@ -667,8 +702,10 @@ fn fixture_row(bin: &Path, domains: usize, secs: u64, rows: &mut Vec<Row>) -> Re
         "{}; files under --proc-root, read as a procfs of another pid namespace (no syscall)",
         seen(&pf)
     );
+    let name = row.host.clone();
     rows.push(row);
-    Ok(())
+    drop(serve);
+    polling_row(bin, &name, &host.args(), secs, rows)
 }
 
 /// The synthetic host of real threads and cgroups ([`bench_threadhost`]), measured as the
@@ -694,8 +731,10 @@ fn thread_host_row(bin: &Path, domains: usize, secs: u64, rows: &mut Vec<Row>) -
         "{}; real threads and cpuset cgroups, no QEMU (live /proc)",
         seen(&pf)
     );
+    let name = row.host.clone();
     rows.push(row);
-    Ok(())
+    drop(serve);
+    polling_row(bin, &name, &host.args(), secs, rows)
 }
 
 fn table(rows: &[Row], secs: u64) -> String {
@@ -770,6 +809,26 @@ pub fn run(bin: &Path) -> Result<()> {
 /// The issue-12 claims in `cargo xtask bench`'s one table: idle CPU, /metrics p99, peak memory.
 fn add_to_bench_table(rows: &[Row]) {
     for (i, r) in rows.iter().enumerate() {
+        if r.who == POLLING {
+            crate::bench_table::add(
+                "pinning",
+                &format!(
+                    "{}: fallback mode (no eBPF): CPU per 60 s idle; p99; VmHWM",
+                    r.host
+                ),
+                "",
+                format!(
+                    "{:.3} s; {:.2} ms; {:.1} MiB ({}; {})",
+                    r.cpu_per_60s,
+                    r.p99_ms,
+                    r.hwm_kib as f64 / 1024.0,
+                    r.mode,
+                    r.note
+                ),
+                None,
+            );
+            continue;
+        }
         if r.who != "pinflow serve" {
             continue;
         }
