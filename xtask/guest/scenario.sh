@@ -342,11 +342,18 @@ FLOWS
 ip netns exec ns1 bash -c 'for p in $(seq 30001 30012); do echo x > /dev/udp/10.0.0.2/$p; done' 2>/dev/null
 ip netns exec ns1 ping -c 2 -i 0.2 -W 1 10.0.0.2 >/dev/null && ok "ping ns1 -> ns2 through ct(commit,zone=5)" || bad "ping ns1 -> ns2 through ct(commit,zone=5)"
 ip netns exec ns2 bash -c 'for p in $(seq 31001 31007); do echo x > /dev/udp/10.0.0.1/$p; done' 2>/dev/null
-sleep 0.5
 # The kernel's view, read without netlink: /proc/net/nf_conntrack (CONFIG_NF_CONNTRACK_PROCFS)
-# prints zone=N on the entries of every zone but 0.
+# prints zone=N on the entries of every zone but 0. The datagrams' first packets wait for
+# ovs-vswitchd's upcall handlers (slow under TCG): wait up to 20 s for the commits to land.
 kzone() { grep -Ec " zone=$1( |\$)" /proc/net/nf_conntrack; }
-k5=$(kzone 5); k6=$(kzone 6); kall=$(cat /proc/sys/net/netfilter/nf_conntrack_count)
+n=0
+while [ $n -lt 40 ]; do
+    k5=$(kzone 5); k6=$(kzone 6)
+    [ "$k5" -ge 13 ] && [ "$k6" -ge 7 ] && break
+    sleep 0.5; n=$((n + 1))
+done
+kall=$(cat /proc/sys/net/netfilter/nf_conntrack_count)
+echo "conntrack: commits landed after $((n / 2)).$((n % 2 * 5)) s"
 echo "conntrack: kernel (/proc/net/nf_conntrack): zone 5 $k5, zone 6 $k6, nf_conntrack_count $kall"
 grep -E ' zone=5( |$)' /proc/net/nf_conntrack | head -2
 if [ "$k5" -eq 13 ] && [ "$k6" -eq 7 ]; then
