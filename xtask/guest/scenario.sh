@@ -2,8 +2,10 @@
 # Runs INSIDE the kernel-datapath guest (as /scenario.sh, cwd = the 9p share when present).
 # Kernel-datapath OVS with two netns ports, pinflow serving in the guest, traffic (ping, an explicit
 # drop flow, an output to a missing port, an upcall storm), then checks of pinflow's own /metrics,
-# `pinflow flows --datapath` against `ovs-dpctl dump-flows`, and faults (datapath re-created,
-# module unloaded and reloaded). Exit status = number of failed checks (0 = pass).
+# `pinflow flows --datapath` against `ovs-dpctl dump-flows`, faults (datapath re-created,
+# module unloaded and reloaded), and conntrack per zone: Neutron-like reg6 flows commit traffic
+# through OVS's ct action, and a second, conntrack-enabled pinflow must count each zone as the
+# kernel holds it under the right instance. Exit status = number of failed checks (0 = pass).
 fails=0
 ok()   { echo "ok   $*"; }
 bad()  { echo "FAIL $*"; fails=$((fails + 1)); }

@@ -8,7 +8,8 @@
 //! userspace *is* the host's Debian 12 userspace, so the host's libraries fit).
 //!
 //! The guest runs `xtask/guest/scenario.sh` (kernel-datapath OVS with netns ports, traffic, a drop
-//! flow, an output to a missing port, an upcall storm, faults) and reports through a 9p share
+//! flow, an output to a missing port, an upcall storm, faults, conntrack zones committed by OVS's
+//! `ct` action and counted by a conntrack-enabled pinflow) and reports through a 9p share
 //! (`out.log`, `rc`, captured files) and the serial console (`console.log`), all under
 //! `<target>/vm/`.
 
