@@ -8,7 +8,8 @@
 //! userspace *is* the host's Debian 12 userspace, so the host's libraries fit).
 //!
 //! The guest runs `xtask/guest/scenario.sh` (kernel-datapath OVS with netns ports, traffic, a drop
-//! flow, an output to a missing port, an upcall storm, faults) and reports through a 9p share
+//! flow, an output to a missing port, an upcall storm, faults, conntrack zones committed by OVS's
+//! `ct` action and counted by a conntrack-enabled pinflow) and reports through a 9p share
 //! (`out.log`, `rc`, captured files) and the serial console (`console.log`), all under
 //! `<target>/vm/`.
 
@@ -82,11 +83,19 @@ const GUEST_BINS: &[&str] = &[
 ];
 
 /// Optional binaries (copied when the host has them).
-const GUEST_OPTIONAL_BINS: &[&str] = &["/usr/sbin/bpftool", "/usr/sbin/ethtool"];
+/// `conntrack` (conntrack-tools) gives the guest's conntrack check a second reading of the kernel's
+/// zones besides `/proc/net/nf_conntrack`.
+const GUEST_OPTIONAL_BINS: &[&str] = &[
+    "/usr/sbin/bpftool",
+    "/usr/sbin/ethtool",
+    "/usr/sbin/conntrack",
+];
 
 /// Kernel modules the guest loads (their dependencies are added).
 const GUEST_MODULES: &[&str] = &[
     "openvswitch",
+    // ctnetlink, which pinflow's conntrack source dumps (openvswitch.ko needs only nf_conntrack).
+    "nf_conntrack_netlink",
     "veth",
     "crc32c_generic",
     "9p",
@@ -173,6 +182,8 @@ pub fn vm_test(a: VmTestArgs) -> anyhow::Result<()> {
         .and_then(|s| s.trim().parse::<i32>().ok());
     match (finished, rc) {
         (_, Some(0)) => {
+            let ct = check_conntrack(&share).context("vm-test: FAIL, conntrack per zone")?;
+            println!("vm-test: conntrack: {ct}");
             println!(
                 "vm-test: PASS (boot to pass {:.1} s; logs in {})",
                 took.as_secs_f64(),
@@ -197,6 +208,121 @@ pub fn vm_test(a: VmTestArgs) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// The conntrack zones the guest scenario's flows load, as `xtask/guest/scenario.sh` sets them up:
+/// (zone, the port whose flows load it into `reg6`, that port's instance, the entries the
+/// scenario's traffic commits into it through OVS's `ct(commit,zone=NXM_NX_REG6[0..15])`).
+const CT_ZONES: [(u16, &str, &str, u64); 2] = [(5, "v1", "vmct-a", 13), (6, "v2", "", 7)];
+
+/// Entries the scenario commits in zone 0, which no flow loads into `reg6` (pinflow's `other`).
+const CT_OTHER_COMMITTED: u64 = 60;
+
+/// Checks what the guest's conntrack section left in the share (the kernel's count per zone from
+/// `/proc/net/nf_conntrack`, the conntrack-enabled pinflow's `/metrics` and `/api/v1/conntrack`
+/// read right after): a one-line summary, or what is wrong.
+fn check_conntrack(share: &Path) -> anyhow::Result<String> {
+    let read = |f: &str| {
+        fs::read_to_string(share.join(f))
+            .with_context(|| format!("the guest left no {f} (its conntrack section did not run)"))
+    };
+    conntrack_verdict(
+        &read("conntrack-kernel.txt")?,
+        &read("conntrack-metrics.txt")?,
+        &read("conntrack-api.json")?,
+    )
+}
+
+/// [`check_conntrack`] on the files' text: every zone of [`CT_ZONES`] holds what the traffic made
+/// in the kernel, pinflow counts exactly that under the zone's instance (`domain` label) and lists
+/// the zone's port and instance in the API, and `other` is the table's total minus the zones.
+fn conntrack_verdict(kernel: &str, metrics: &str, api: &str) -> anyhow::Result<String> {
+    let kernel_zone: BTreeMap<u16, u64> = kernel
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("zone")).then_some(())?;
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect();
+    let samples = pinflow_tests::scrape::parse(metrics);
+    let api: serde_json::Value =
+        serde_json::from_str(api).context("/api/v1/conntrack is not JSON")?;
+    let api_zones = api["zones"].as_array().cloned().unwrap_or_default();
+    let mut wrong = Vec::new();
+    let mut seen = Vec::new();
+    let mut zones_sum = 0.0;
+    for (zone, port, domain, made) in CT_ZONES {
+        let kernel_has = kernel_zone.get(&zone).copied();
+        if kernel_has != Some(made) {
+            wrong.push(format!(
+                "the kernel holds {kernel_has:?} entries in zone {zone}, the traffic made {made}"
+            ));
+        }
+        let z = zone.to_string();
+        let series: Vec<(String, f64)> = samples
+            .iter()
+            .filter(|s| s.name == "pinflow_conntrack_zone_entries")
+            .filter(|s| s.labels.get("ct_zone") == Some(&z))
+            .map(|s| (s.labels.get("domain").cloned().unwrap_or_default(), s.value))
+            .collect();
+        if series != [(domain.to_string(), made as f64)] {
+            wrong.push(format!(
+                "pinflow_conntrack_zone_entries of zone {zone}: {series:?}, want [(\"{domain}\", {made})]"
+            ));
+        }
+        zones_sum += series.iter().map(|(_, v)| v).sum::<f64>();
+        let listed = api_zones.iter().find(|x| x["zone"] == zone);
+        let entries = listed.and_then(|x| x["entries"].as_u64());
+        let ports: Vec<(String, String)> = listed
+            .and_then(|x| x["ports"].as_array())
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                        (s("port"), s("domain"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if entries != Some(made) || ports != [(port.to_string(), domain.to_string())] {
+            wrong.push(format!(
+                "/api/v1/conntrack zone {zone}: {entries:?} entries, ports {ports:?}; want {made} \
+                 and [(\"{port}\", \"{domain}\")]"
+            ));
+        }
+        seen.push(format!(
+            "zone {zone} {made} entries on {port} ({})",
+            if domain.is_empty() {
+                "no instance"
+            } else {
+                domain
+            }
+        ));
+    }
+    let one = |name: &str, want: &[(&str, &str)]| {
+        pinflow_tests::scrape::select(&samples, name, want)
+            .first()
+            .map(|s| s.value)
+    };
+    let total = one("pinflow_conntrack_entries", &[]);
+    let other = one("pinflow_conntrack_zone_entries", &[("ct_zone", "other")]);
+    match (total, other) {
+        (Some(t), Some(o)) if (t - zones_sum - o).abs() < 0.5 && o >= CT_OTHER_COMMITTED as f64 => {
+        }
+        _ => wrong.push(format!(
+            "other ({other:?}) is not the total ({total:?}) minus the zones ({zones_sum}), or \
+             below the {CT_OTHER_COMMITTED} entries committed in zone 0"
+        )),
+    }
+    if !wrong.is_empty() {
+        bail!("{}", wrong.join("; "));
+    }
+    Ok(format!(
+        "kernel, /metrics and /api/v1/conntrack agree: {} (dump mode {})",
+        seen.join(", "),
+        api["mode"]
+    ))
 }
 
 /// `cargo xtask run --vm`: the guest interactively, pinflow's /metrics forwarded to `listen`.
@@ -809,6 +935,64 @@ mod tests {
         let render = b[0].times["render"];
         assert!((render.real - 400.0).abs() < 1e-6);
         assert!(!b[0].times.contains_key("count"));
+    }
+
+    #[test]
+    fn conntrack_verdict_wants_the_kernel_count_under_the_right_instance() {
+        let kernel = "zone 5 13\nzone 6 7\nzone0-committed 60\ncount 82\n";
+        let metrics = "pinflow_conntrack_entries{} 82.0\n\
+             pinflow_conntrack_zone_entries{ct_zone=\"5\",domain=\"vmct-a\"} 13.0\n\
+             pinflow_conntrack_zone_entries{ct_zone=\"6\",domain=\"\"} 7.0\n\
+             pinflow_conntrack_zone_entries{ct_zone=\"other\",domain=\"\"} 62.0\n";
+        let api = r#"{"up":true,"mode":"full","zones":[
+            {"zone":5,"entries":13,"ports":[{"port":"v1","domain":"vmct-a"}]},
+            {"zone":6,"entries":7,"ports":[{"port":"v2","domain":""}]}]}"#;
+        let ok = conntrack_verdict(kernel, metrics, api);
+        assert!(ok.is_ok(), "{ok:?}");
+        // Under no instance, a count off by one, a port missing from the API, the kernel short.
+        for (k, m, a, why) in [
+            (
+                kernel,
+                metrics.replace("vmct-a", ""),
+                api.to_string(),
+                "zone 5",
+            ),
+            (
+                kernel,
+                metrics.replace("} 7.0", "} 6.0"),
+                api.to_string(),
+                "zone 6",
+            ),
+            (
+                kernel,
+                metrics.to_string(),
+                api.replace(r#"{"port":"v2","domain":""}"#, ""),
+                "zone 6",
+            ),
+            (
+                "zone 5 12\nzone 6 7\n",
+                metrics.to_string(),
+                api.to_string(),
+                "kernel",
+            ),
+            (
+                kernel,
+                metrics.replace("} 62.0", "} 63.0"),
+                api.to_string(),
+                "other",
+            ),
+            (
+                kernel,
+                metrics
+                    .replace("} 62.0", "} 2.0")
+                    .replace("} 82.0", "} 22.0"),
+                api.to_string(),
+                "other",
+            ),
+        ] {
+            let e = conntrack_verdict(k, &m, &a).map_err(|e| e.to_string());
+            assert!(e.as_ref().is_err_and(|e| e.contains(why)), "{why}: {e:?}");
+        }
     }
 
     #[test]
