@@ -132,9 +132,10 @@ pub(crate) async fn start(
 }
 
 /// Hands the heap's free memory back to the OS (glibc keeps what it freed; musl's allocator, the
-/// static build's, returns it by itself): after the eBPF probes are loaded (the kernel's BTF,
-/// several MiB) and after each full pinning pass, whose transient reads of every thread leave
-/// megabytes free in the pinning thread's arena. The static build keeps musl's own allocator:
+/// static build's, returns it by itself), once, after the eBPF probes are loaded (the kernel's
+/// BTF, several MiB). Not after every full pinning pass: `malloc_trim` holds each arena's lock
+/// while it returns pages, so a scrape allocating meanwhile waits, and the next pass takes the
+/// pages back anyway. The static build keeps musl's own allocator:
 /// measured against mimalloc and jemalloc it alone keeps the RSS of a 100 000-flow mirror within
 /// 10 % of glibc's (docs/deploy.md, "The binary and the image").
 #[allow(unsafe_code)] // malloc_trim has no safe wrapper.

@@ -534,9 +534,6 @@ impl PinningEngine {
     /// sets, detect, publish.
     pub(crate) fn full_pass(&mut self) {
         self.libvirt_pass(true);
-        // A full pass reads every thread and cgroup: what it freed goes back to the OS, so the
-        // daemon's resident memory stays what it keeps.
-        super::release_free_heap();
     }
 
     /// Refreshes the libvirt inventory and reads the domains' threads: every domain's when
