@@ -414,6 +414,30 @@ impl AlertmanagerCluster {
     }
 }
 
+/// Posts `batch` to both peers as each of the two Prometheus replicas does, waits until the
+/// webhook holds `total` notifications in all (failing with `what`, the notifications received
+/// and the peers' logs), lets the cluster settle and returns every notification so far.
+fn deliver(
+    am: &AlertmanagerCluster,
+    hook: &Webhook,
+    batch: &[Json],
+    total: usize,
+    what: &str,
+) -> Vec<Notification> {
+    for _replica in ["a", "b"] {
+        am.post(0, batch);
+        am.post(1, batch);
+    }
+    assert!(
+        hook.wait_for(total, Duration::from_secs(30)).is_some(),
+        "{what}: {:#?}\n{}",
+        hook.notifications(),
+        am.logs()
+    );
+    std::thread::sleep(SETTLE);
+    hook.notifications()
+}
+
 /// An alert as Prometheus posts it: the rule's labels plus `extra`, firing now.
 fn alert(name: &str, extra: &[(&str, &str)]) -> Json {
     let mut labels = rule_labels(name);
@@ -1000,17 +1024,13 @@ fn rack_failure_pages_once_on_a_two_peer_alertmanager_cluster() {
             .concat(),
         ));
     }
-    for _replica in ["a", "b"] {
-        am.post(0, &batch);
-        am.post(1, &batch);
-    }
-    assert!(
-        hook.wait_for(2, Duration::from_secs(30)).is_some(),
-        "the healthy rack's host alert never arrived\n{}",
-        am.logs()
+    let got = deliver(
+        &am,
+        &hook,
+        &batch,
+        2,
+        "the healthy rack's host alert never arrived",
     );
-    std::thread::sleep(SETTLE);
-    let got = hook.notifications();
     eprintln!(
         "after the healthy rack's host alert: {} notification(s) in total, per peer {:?}",
         got.len(),
@@ -1075,18 +1095,7 @@ fn rack_failure_pages_once_on_a_two_peer_alertmanager_cluster() {
             &[&overlap[..], &[("check", "affinity")]].concat(),
         ),
     ];
-    for _replica in ["a", "b"] {
-        am.post(0, &batch);
-        am.post(1, &batch);
-    }
-    assert!(
-        hook.wait_for(4, Duration::from_secs(30)).is_some(),
-        "{:#?}\n{}",
-        summary(&hook.notifications()),
-        am.logs()
-    );
-    std::thread::sleep(SETTLE);
-    let got = hook.notifications();
+    let got = deliver(&am, &hook, &batch, 4, "the lost datapath and the overlap");
     eprintln!(
         "after a lost datapath and an overlap: {} notification(s) in total, per peer {:?}",
         got.len(),
@@ -1164,18 +1173,7 @@ fn rack_failure_pages_once_on_a_two_peer_alertmanager_cluster() {
             &[&carrier[..], &[("bridge", "br-int"), ("port", port)]].concat(),
         ));
     }
-    for _replica in ["a", "b"] {
-        am.post(0, &batch);
-        am.post(1, &batch);
-    }
-    assert!(
-        hook.wait_for(6, Duration::from_secs(30)).is_some(),
-        "{:#?}\n{}",
-        summary(&hook.notifications()),
-        am.logs()
-    );
-    std::thread::sleep(SETTLE);
-    let got = hook.notifications();
+    let got = deliver(&am, &hook, &batch, 6, "the BFD peer and the carrier loss");
     eprintln!(
         "after a BFD peer down from 30 hosts and a host's tunnel carrier loss ({} alerts): {} notification(s) in total, per peer {:?}",
         batch.len(),
