@@ -80,37 +80,54 @@ fn value(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// appctl again; every event whose total did not move over that window must be equal. Returns
 /// pinflow's values and how many events were stable.
 fn coverage_matches(ovs: &Ovs, pf: &Pinflow) -> (BTreeMap<String, f64>, usize) {
+    values_match(
+        pf,
+        "coverage",
+        12,
+        || appctl_coverage(ovs),
+        pinflow_coverage,
+    )
+}
+
+/// The comparison both daemons' tests make: ovs-appctl's values (`appctl`), then (after two
+/// polls) pinflow's from a scrape (`pinflow`), then ovs-appctl's again; pinflow must export
+/// exactly ovs-appctl's keys, and every value that did not move over that window must be equal,
+/// with at least `min_stable` of them stable. Ten tries; returns pinflow's values and how many
+/// were stable.
+fn values_match(
+    pf: &Pinflow,
+    what: &str,
+    min_stable: usize,
+    appctl: impl Fn() -> BTreeMap<String, f64>,
+    pinflow: impl Fn(&[Sample]) -> BTreeMap<String, f64>,
+) -> (BTreeMap<String, f64>, usize) {
     let mut last = String::new();
     for _ in 0..10 {
-        let before = appctl_coverage(ovs);
+        let before = appctl();
         std::thread::sleep(Duration::from_millis(2500));
-        let got = pinflow_coverage(&pf.scrape());
-        let after = appctl_coverage(ovs);
+        let got = pinflow(&pf.scrape());
+        let after = appctl();
         assert_eq!(
             got.keys().collect::<Vec<_>>(),
             before.keys().collect::<Vec<_>>(),
-            "pinflow exports exactly the documented events"
+            "pinflow exports exactly the documented {what} keys"
         );
-        let stable: Vec<&String> = EVENTS
-            .iter()
-            .map(|e| before.get_key_value(*e).expect("event").0)
-            .filter(|e| before[*e] == after[*e])
-            .collect();
+        let stable: Vec<&String> = before.keys().filter(|k| before[*k] == after[*k]).collect();
         let differ: Vec<String> = stable
             .iter()
-            .filter(|e| got[**e] != before[**e])
-            .map(|e| format!("{e}: pinflow {} ovs-appctl {}", got[*e], before[*e]))
+            .filter(|k| got[**k] != before[**k])
+            .map(|k| format!("{k}: pinflow {} ovs-appctl {}", got[*k], before[*k]))
             .collect();
-        if differ.is_empty() && stable.len() >= 12 {
+        if differ.is_empty() && stable.len() >= min_stable {
             return (got, stable.len());
         }
         last = format!(
             "stable {} of {}; differ: {differ:?}",
             stable.len(),
-            EVENTS.len()
+            before.len()
         );
     }
-    panic!("coverage never matched ovs-appctl: {last}\n{}", pf.log());
+    panic!("{what} never matched ovs-appctl: {last}\n{}", pf.log());
 }
 
 #[test]
@@ -1080,36 +1097,15 @@ fn db_pinflow_values(s: &[Sample]) -> BTreeMap<String, f64> {
 /// scrape, then appctl again; every value that did not move over that window must be equal, and
 /// at least `min_stable` of the 11 must not have moved. Returns pinflow's values.
 fn db_values_match(ovs: &Ovs, pf: &Pinflow, min_stable: usize) -> BTreeMap<String, f64> {
-    let mut last = String::new();
-    for _ in 0..10 {
-        let before = db_appctl_values(ovs);
-        std::thread::sleep(Duration::from_millis(2500));
-        let got = db_pinflow_values(&pf.scrape());
-        let after = db_appctl_values(ovs);
-        assert_eq!(
-            got.keys().collect::<Vec<_>>(),
-            before.keys().collect::<Vec<_>>(),
-            "pinflow exports exactly the documented events and kinds"
-        );
-        let stable: Vec<&String> = before.keys().filter(|k| before[*k] == after[*k]).collect();
-        let differ: Vec<String> = stable
-            .iter()
-            .filter(|k| got[**k] != before[**k])
-            .map(|k| format!("{k}: pinflow {} ovs-appctl {}", got[*k], before[*k]))
-            .collect();
-        if differ.is_empty() && stable.len() >= min_stable {
-            eprintln!(
-                "ovsdb-server values matched ({}/11 stable): {got:?}",
-                stable.len()
-            );
-            return got;
-        }
-        last = format!("stable {} of 11; differ: {differ:?}", stable.len());
-    }
-    panic!(
-        "ovsdb-server values never matched ovs-appctl: {last}\n{}",
-        pf.log()
+    let (got, stable) = values_match(
+        pf,
+        "ovsdb-server",
+        min_stable,
+        || db_appctl_values(ovs),
+        db_pinflow_values,
     );
+    eprintln!("ovsdb-server values matched ({stable}/11 stable): {got:?}");
+    got
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to a daemon of the test's OVS.
