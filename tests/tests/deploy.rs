@@ -675,19 +675,7 @@ fn image_runs_on_the_testbed_with_exactly_the_daemonsets_args_mounts_and_capabil
 
     let c = run_container(&spec, &host_paths, &[], work.path(), "pinflow-deploy-test");
     let want_up = ["libvirt", "procfs", "sched_bpf", "ovsdb", "openflow"];
-    let up = wait_for(Duration::from_secs(20), || {
-        let s = scrape::sources(addr)?;
-        want_up
-            .iter()
-            .all(|k| s.get(*k).and_then(|h| h["up"].as_bool()) == Some(true))
-            .then_some(s)
-    });
-    assert!(
-        up.is_some(),
-        "sources not all up: {:?}\n{}",
-        scrape::sources(addr),
-        log("pinflow-deploy-test")
-    );
+    sources_up(addr, &want_up, || log("pinflow-deploy-test"));
     let metrics = scrape::parse(
         &scrape::http_get(addr, "/metrics", Duration::from_secs(2))
             .expect("scrape")
@@ -856,19 +844,7 @@ fn conntrack_overlay_runs_with_net_admin_and_counts_the_table() {
     let name = "pinflow-deploy-conntrack";
     let c = run_container(&spec, &host_paths, &[], work.path(), name);
     let want_up = ["conntrack", "libvirt", "procfs", "ovsdb", "openflow"];
-    let up = wait_for(Duration::from_secs(20), || {
-        let s = scrape::sources(addr)?;
-        want_up
-            .iter()
-            .all(|k| s.get(*k).and_then(|h| h["up"].as_bool()) == Some(true))
-            .then_some(s)
-    });
-    assert!(
-        up.is_some(),
-        "sources not all up: {:?}\n{}",
-        scrape::sources(addr),
-        log(name)
-    );
+    let up = sources_up(addr, &want_up, || log(name));
     let metrics = scrape::parse(
         &scrape::http_get(addr, "/metrics", Duration::from_secs(2))
             .expect("scrape")
@@ -1039,4 +1015,26 @@ fn systemd_unit_verifies_and_is_hardened() {
     std::fs::copy(&dropin, d.join("conntrack.conf")).expect("copy drop-in");
     verify();
     assert_eq!(caps(), ["CAP_BPF", "CAP_NET_ADMIN"]);
+}
+
+/// Waits up to 20 s until every source of `want` is up on the pinflow at `addr` and returns
+/// `/api/v1/sources` then (with the time it took); fails with the sources and `log()` otherwise.
+fn sources_up(
+    addr: SocketAddr,
+    want: &[&str],
+    log: impl Fn() -> String,
+) -> Option<(BTreeMap<String, serde_json::Value>, Duration)> {
+    let up = wait_for(Duration::from_secs(20), || {
+        let s = scrape::sources(addr)?;
+        want.iter()
+            .all(|k| s.get(*k).and_then(|h| h["up"].as_bool()) == Some(true))
+            .then_some(s)
+    });
+    assert!(
+        up.is_some(),
+        "sources not all up: {:?}\n{}",
+        scrape::sources(addr),
+        log()
+    );
+    up
 }
