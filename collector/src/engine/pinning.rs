@@ -27,7 +27,7 @@ use crate::model::health::BpfProgramCost;
 use crate::model::inventory::HostInventory;
 use crate::model::pinning::{
     DomainObservation, HostNode, NumaObservation, PinningMode, PinningPasses, PinningReport,
-    PlacementSample,
+    PlacementSample, ThreadState,
 };
 use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
@@ -473,8 +473,9 @@ impl PinningEngine {
                 continue;
             };
             for (tid, t) in &obs.threads {
-                let affinity_differs =
-                    affinity && self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity);
+                let affinity_differs = affinity
+                    && !affinity_held_by_cpuset(t)
+                    && self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity);
                 let sched_differs = sched.contains(tid)
                     && self.hostfs.sched(pid, *tid).ok() != Some((t.policy, t.rt_priority));
                 if affinity_differs || sched_differs {
@@ -517,17 +518,37 @@ impl PinningEngine {
                 ev.cgroups.len(),
                 self.cfg.reconcile_seconds,
                 match (self.cfg.affinity_events, self.hostfs.is_live()) {
-                    (true, _) => "affinity by eBPF syscall events",
-                    (false, true) => "affinity checked every interval by sched_getaffinity(2)",
-                    (false, false) => {
+                    (true, _) => "affinity by eBPF syscall events".to_string(),
+                    (false, true) => format!(
+                        "affinity checked every interval by sched_getaffinity(2){}",
+                        self.held_by_cpuset_detail()
+                    ),
+                    (false, false) => format!(
                         "affinity checked every interval from status files (the procfs root \
-                         shows another pid namespace: hostPID makes this one syscall per thread)"
-                    }
+                         shows another pid namespace: hostPID makes this one syscall per \
+                         thread){}",
+                        self.held_by_cpuset_detail()
+                    ),
                 }
             ),
             (None, Some(reason)) => format!("polling mode (event programs unavailable: {reason})"),
             (None, None) => "polling mode (events = false)".to_string(),
         }
+    }
+
+    /// `" (N of M threads held by a one-CPU cpuset)"`, or nothing when none is.
+    fn held_by_cpuset_detail(&self) -> String {
+        let threads = self.cache.iter().flat_map(|o| o.threads.values());
+        let (held, all) = threads.fold((0, 0), |(h, a), t| {
+            (h + usize::from(affinity_held_by_cpuset(t)), a + 1)
+        });
+        if held == 0 {
+            return String::new();
+        }
+        format!(
+            " ({} of {all} threads; {held} held by a one-CPU cpuset)",
+            all - held
+        )
     }
 
     /// One full pass: refresh the inventory, read every thread of every domain, sync the watch
@@ -1262,6 +1283,17 @@ pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u6
     }
     obs.domain = Some(domain);
     (obs, errors)
+}
+
+/// Whether the kernel holds `t`'s affinity where it was read: its cpuset cgroup has one CPU and
+/// the affinity is that CPU. `sched_setaffinity(2)` intersects any mask with the caller's cpuset
+/// (an empty intersection fails with `EINVAL`), so only a cpuset write or a move to another
+/// cgroup can change it, and events mode sees both (inotify, `cgroup_attach_task`). A dedicated
+/// vCPU (libvirt's `vcpuN` cgroup with its one pCPU) needs no `sched_getaffinity(2)` per tick.
+fn affinity_held_by_cpuset(t: &ThreadState) -> bool {
+    t.cgroup_cpus
+        .as_ref()
+        .is_some_and(|c| c.len() == 1 && *c == t.affinity)
 }
 
 /// Thread ids of the observed domain with a configured scheduler (`<vcpusched>`,

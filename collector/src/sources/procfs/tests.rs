@@ -291,9 +291,64 @@ fn live_affinity_by_syscall_matches_status() {
     );
 }
 
+/// The kernel fact events mode relies on to skip the per-tick affinity read of a thread whose
+/// cpuset cgroup holds one CPU (`engine::pinning::affinity_held_by_cpuset`): in a one-CPU cpuset,
+/// `sched_setaffinity(2)` to every CPU leaves the affinity at that CPU, and to another CPU fails
+/// with `EINVAL`. Runs on the host's cgroup v1 cpuset hierarchy (root; the testbed's layout).
+#[test]
+fn a_one_cpu_cpuset_holds_the_affinity_whatever_sched_setaffinity_asks() {
+    let root = Path::new("/sys/fs/cgroup/cpuset");
+    assert!(
+        root.join("cpuset.cpus").exists(),
+        "needs the cgroup v1 cpuset hierarchy at {} (as root)",
+        root.display()
+    );
+    let online = HostFs::default().online_cpus().expect("online");
+    let cpus: Vec<u32> = online.iter().collect();
+    assert!(cpus.len() >= 2, "needs two online CPUs, has {online}");
+    let dir = root.join(format!("pinflow-test-held-{}", std::process::id()));
+    std::fs::create_dir(&dir).expect("mkdir cpuset cgroup");
+    let held = cpus[cpus.len() - 1];
+    let mems = std::fs::read_to_string(root.join("cpuset.mems")).expect("mems");
+    std::fs::write(dir.join("cpuset.mems"), mems.trim()).expect("cpuset.mems");
+    std::fs::write(dir.join("cpuset.cpus"), held.to_string()).expect("cpuset.cpus");
+    let tid = current_tid();
+    let pid = std::process::id();
+    let before = HostFs::default().affinity(pid, tid).expect("affinity");
+    std::fs::write(dir.join("tasks"), tid.to_string()).expect("move into the cgroup");
+    let fs = HostFs::default();
+    let moved = fs.affinity(pid, tid).expect("affinity");
+    let widened = try_set_affinity(&online);
+    let after_widen = fs.affinity(pid, tid).expect("affinity");
+    let elsewhere = try_set_affinity(&CpuSet::single(cpus[0]));
+    let after_elsewhere = fs.affinity(pid, tid).expect("affinity");
+    // Back to the root cpuset (every CPU), then the thread's own affinity as it was.
+    std::fs::write(root.join("tasks"), tid.to_string()).expect("move back");
+    set_affinity(&before);
+    std::fs::remove_dir(&dir).expect("rmdir");
+    assert_eq!(moved, CpuSet::single(held), "the cpuset sets the affinity");
+    assert!(
+        widened.is_ok(),
+        "asking for every CPU succeeds: {widened:?}"
+    );
+    assert_eq!(after_widen, CpuSet::single(held), "but stays in the cpuset");
+    assert_eq!(
+        elsewhere.map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EINVAL)),
+        "a CPU outside the cpuset is refused"
+    );
+    assert_eq!(after_elsewhere, CpuSet::single(held));
+}
+
 /// Sets this thread's affinity (test helper).
-#[allow(unsafe_code)] // sched_setaffinity has no safe wrapper in the workspace's crates.
 fn set_affinity(set: &CpuSet) {
+    let rc = try_set_affinity(set);
+    assert!(rc.is_ok(), "sched_setaffinity: {rc:?}");
+}
+
+/// `sched_setaffinity(2)` of this thread to `set` (test helper).
+#[allow(unsafe_code)] // sched_setaffinity has no safe wrapper in the workspace's crates.
+fn try_set_affinity(set: &CpuSet) -> io::Result<()> {
     let mut words = [0u64; AFFINITY_WORDS];
     for cpu in set.iter() {
         words[(cpu / 64) as usize] |= 1 << (cpu % 64);
@@ -307,7 +362,11 @@ fn set_affinity(set: &CpuSet) {
             words.as_ptr(),
         )
     };
-    assert_eq!(rc, 0, "sched_setaffinity: {}", io::Error::last_os_error());
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Builds a tree in a tempdir: one thread with the given `cgroup` file and cgroupfs files.
