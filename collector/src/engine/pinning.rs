@@ -244,6 +244,9 @@ pub(crate) struct PinningEngine {
     last_numa: Option<Instant>,
     /// The generation the sched probe's watched set was last synced with.
     watch_generation: Option<u64>,
+    /// The generation the published findings were last evaluated in full from (a tick then
+    /// re-evaluates only the domains it changed).
+    evaluated: Option<u64>,
     /// When every watched thread's placement counters were last read, and what was seen.
     placement_reads: PlacementReads,
 }
@@ -317,6 +320,7 @@ impl PinningEngine {
             numa_nodes: Vec::new(),
             last_numa: None,
             watch_generation: None,
+            evaluated: None,
             placement_reads: PlacementReads::default(),
         }
     }
@@ -837,7 +841,7 @@ impl PinningEngine {
     /// tick must not cost a detection per tick).
     fn publish(&mut self, only_if_changed: bool) {
         let mut observations = std::mem::take(&mut self.cache);
-        let change = self.sync_probe(&mut observations);
+        let (change, changed) = self.sync_probe(&mut observations);
         if only_if_changed && change != PlacementChange::Findings {
             if change == PlacementChange::Counters && self.last_publish.elapsed() >= COUNTER_REFRESH
             {
@@ -852,7 +856,18 @@ impl PinningEngine {
             return;
         }
         self.last_publish = Instant::now();
-        let mut report = pinning::evaluate(&observations);
+        let old = self.state.pinning.get();
+        // A tick changes placement and stolen time only: the domains it changed are evaluated
+        // again when the published findings come from this generation's pins and threads.
+        let mut report = if only_if_changed && self.evaluated == Some(self.generation) {
+            let mut report = pinning::reevaluate(&observations, &old, &changed);
+            // The kept domains' counters and stolen time as of this tick.
+            pinning::refresh_placement(&mut report, &observations);
+            report
+        } else {
+            pinning::evaluate(&observations)
+        };
+        self.evaluated = Some(self.generation);
         self.counters.apply(&observations, &mut report);
         self.cache = observations;
         report.passes = self.passes.clone();
@@ -863,7 +878,6 @@ impl PinningEngine {
                 .flat_map(|d| d.drifts.iter().map(|x| (d.domain.as_str(), x)))
                 .collect()
         }
-        let old = self.state.pinning.get();
         self.findings.changes(
             &drifts(&old),
             &drifts(&report),
@@ -880,11 +894,16 @@ impl PinningEngine {
     }
 
     /// Watches exactly the pinned vCPU threads, and fills each observation's placement samples.
-    /// Returns how much any thread's placement differs from what the observations held.
-    fn sync_probe(&mut self, observations: &mut [DomainObservation]) -> PlacementChange {
+    /// Returns how much any thread's placement differs from what the observations held, and
+    /// the observations (indices) with a change that can alter a finding.
+    fn sync_probe(
+        &mut self,
+        observations: &mut [DomainObservation],
+    ) -> (PlacementChange, BTreeSet<usize>) {
         let mut changed = PlacementChange::None;
+        let mut changed_at = BTreeSet::new();
         if self.probe.is_none() {
-            return changed;
+            return (changed, changed_at);
         }
         let now = Instant::now();
         let window = self.cfg.placement_window();
@@ -897,7 +916,7 @@ impl PinningEngine {
             errors += self.sync_watched(observations, now);
         }
         let Some(probe) = self.probe.as_mut() else {
-            return changed;
+            return (changed, changed_at);
         };
         // Every thread's counters are read when a placement finding can have changed: a thread
         // was charged off-pin time (the kernel's one counter moved), a thread has off-pin time in
@@ -921,7 +940,7 @@ impl PinningEngine {
         }
         // One batch read of the whole map; per-thread lookups where the kernel cannot batch.
         let batch = if due { probe.placements().ok() } else { None };
-        for o in observations.iter_mut().filter(|_| due) {
+        for (i, o) in observations.iter_mut().enumerate().filter(|_| due) {
             let DomainObservation {
                 domain,
                 placement: placed,
@@ -954,12 +973,20 @@ impl PinningEngine {
                         };
                         self.placement_reads.drifting |= sample.offpin_ns_window > 0;
                         let old = placed.insert(tid, sample.clone());
-                        changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
+                        let change = PlacementChange::between(old.as_ref(), &sample);
+                        if change == PlacementChange::Findings {
+                            changed_at.insert(i);
+                        }
+                        changed = changed.max(change);
                     }
                     Ok(None) => {
                         let sample = PlacementSample::default();
                         let old = placed.insert(tid, sample.clone());
-                        changed = changed.max(PlacementChange::between(old.as_ref(), &sample));
+                        let change = PlacementChange::between(old.as_ref(), &sample);
+                        if change == PlacementChange::Findings {
+                            changed_at.insert(i);
+                        }
+                        changed = changed.max(change);
                     }
                     Err(_) => errors += 1,
                 }
@@ -994,7 +1021,13 @@ impl PinningEngine {
                     .map(|d| d.iter().map(|(c, _, x)| (*c, *x)).collect())
                     .collect()
             };
-            changed = changed.max(if verdicts(&before) != verdicts(&after) {
+            let (was, now) = (verdicts(&before), verdicts(&after));
+            for (i, (a, b)) in was.iter().zip(&now).enumerate() {
+                if a != b {
+                    changed_at.insert(i);
+                }
+            }
+            changed = changed.max(if was != now {
                 PlacementChange::Findings
             } else {
                 PlacementChange::Counters
@@ -1004,7 +1037,7 @@ impl PinningEngine {
         if errors > 0 {
             self.state.sources.errors(sched_bpf::SOURCE.name, errors);
         }
-        changed
+        (changed, changed_at)
     }
 
     /// Makes the sched probe watch exactly the observations' pinned vCPU threads, each with its

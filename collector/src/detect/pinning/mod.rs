@@ -249,6 +249,49 @@ pub(crate) fn evaluate(obs: &[DomainObservation]) -> PinningReport {
     report
 }
 
+/// [`evaluate`] after a sched-probe tick, which changes only placement samples and stolen time:
+/// the domains at `changed` (indices into `obs`) are evaluated again, every other domain's report
+/// is `previous`'s. `previous` must come from the same pins and threads (no pass in between),
+/// so the pCPU counts and the overlap owners are the same. A domain `previous` lacks is
+/// evaluated.
+pub(crate) fn reevaluate(
+    obs: &[DomainObservation],
+    previous: &PinningReport,
+    changed: &BTreeSet<usize>,
+) -> PinningReport {
+    let owners = overlap::PcpuOwners::new(dedicated_pcpus(obs));
+    let mut report = PinningReport {
+        findings_version: crate::model::pinning::next_findings_version(),
+        pcpu_pinned_vcpus: previous.pcpu_pinned_vcpus.clone(),
+        ..PinningReport::default()
+    };
+    for (i, obs) in obs.iter().enumerate() {
+        let Some(domain) = &obs.domain else { continue };
+        let kept = (!changed.contains(&i))
+            .then(|| {
+                previous
+                    .domains
+                    .binary_search_by(|r| r.domain.as_str().cmp(&domain.name))
+                    .ok()
+            })
+            .flatten()
+            .and_then(|at| previous.domains.get(at));
+        report.domains.push(match kept {
+            Some(r) => r.clone(),
+            None => {
+                let d = DomainView {
+                    obs,
+                    domain,
+                    owners: &owners,
+                };
+                evaluate_domain(&d, &report.pcpu_pinned_vcpus)
+            }
+        });
+    }
+    report.domains.sort_by(|a, b| a.domain.cmp(&b.domain));
+    report
+}
+
 /// Every check on every vCPU then on the emulator threads, with the domain's per-vCPU detail.
 fn evaluate_domain(d: &DomainView<'_>, vcpupins: &BTreeMap<u32, u32>) -> DomainReport {
     let (o, dom) = (d.obs, d.domain);

@@ -289,3 +289,57 @@ fn an_unpinned_iothread_stays_an_emulator_thread_and_a_missing_one_is_unknown() 
     a.threads.remove(&150);
     assert!(drifts(&evaluate(&[a]), "a").is_empty());
 }
+
+/// A tick's re-evaluation of the domains it changed gives the report a full evaluation would,
+/// and keeps the other domains' reports as they were.
+#[test]
+fn reevaluating_the_changed_domains_equals_a_full_evaluation() {
+    use crate::model::pinning::PlacementSample;
+    let sample = |offpin_window: u64, cpu: u32| PlacementSample {
+        offpin_ns_total: 7_000_000,
+        offpin_ns_window: offpin_window,
+        migrations_total: 3,
+        last_cpu: cpu,
+    };
+    let mut obs = vec![
+        healthy("a", 101, &["0", "1"]),
+        healthy("b", 201, &["2", "3"]),
+        healthy("c", 301, &["1", "5"]),
+    ];
+    for o in &mut obs {
+        for v in o.domain.as_ref().unwrap().vcpus.clone() {
+            let cpu = v.pin.unwrap().iter().next().unwrap();
+            o.placement.insert(v.tid.unwrap(), sample(0, cpu));
+        }
+    }
+    let before = evaluate(&obs);
+    // b's vCPU 1 ran off its pin within the window; a's vCPU 0 migrated within its pin only.
+    obs[1].placement.insert(202, sample(2_000_000, 0));
+    obs[0].placement.insert(101, sample(0, 0));
+    let again = reevaluate(&obs, &before, &BTreeSet::from([1]));
+    let full = evaluate(&obs);
+    let json = |r: &PinningReport| serde_json::to_value(r).unwrap();
+    assert_eq!(json(&again), json(&full));
+    assert!(
+        drifts(&again, "b")
+            .iter()
+            .any(|(c, v, ..)| *c == Check::Placement && v == "1"),
+        "{:?}",
+        drifts(&again, "b")
+    );
+    assert_eq!(
+        drifts(&again, "c"),
+        drifts(&before, "c"),
+        "c's overlap kept"
+    );
+    assert!(!drifts(&again, "c").is_empty());
+    assert_ne!(again.findings_version, before.findings_version);
+    // Kept means not evaluated again: a mark on c's previous report survives, b's does not.
+    let mut marked = before.clone();
+    for d in &mut marked.domains {
+        d.uuid = "marked".into();
+    }
+    let kept = reevaluate(&obs, &marked, &BTreeSet::from([1]));
+    let uuids: Vec<&str> = kept.domains.iter().map(|d| d.uuid.as_str()).collect();
+    assert_eq!(uuids, ["marked", "uuid-b", "marked"]);
+}
