@@ -1,16 +1,20 @@
 //! Map layout of the `sched_switch` placement probe (per-vCPU-thread time on/off its pinned CPUs).
 //!
-//! Three maps, all keyed by thread id (the kernel's `task_struct.pid`):
-//! - [`FILTER_MAP`]: `Array<u64>` of [`FILTER_WORDS`] words, a 64K-bit filter indexed by
-//!   `tid & 0xffff` (see [`filter_slot`]). A clear bit means "not watched" and costs the program one
-//!   inlined array lookup; a set bit may be a collision and is confirmed by the hash maps.
+//! - [`FILTER_MAP`]: `Array<SwitchFilter>` of one entry, written by userspace only (whole value),
+//!   the only map every switch reads: a 64K-bit filter of thread ids indexed by `tid & 0xffff`
+//!   (see [`filter_slot`]) and the set of dedicated CPUs. Clear bits for both tasks of a switch
+//!   and its CPU mean "nothing to do": one inlined lookup for the whole switch. A set tid bit may
+//!   be a collision and is confirmed by the hash maps below.
+//!
+//! Two maps keyed by thread id (the kernel's `task_struct.pid`):
 //! - [`WATCH_MAP`]: `HashMap<u32, PinMask>`, written by userspace only.
 //! - [`STATS_MAP`]: `HashMap<u32, PlacementStats>`, created (zeroed) by userspace, updated by the
 //!   kernel only: the kernel never inserts, so an unwatched thread never reappears.
 //!
 //! Intrusions on dedicated pCPUs (who else ran on a pCPU a vCPU is pinned to alone):
 //! - [`DEDICATED_MAP`]: `Array<DedicatedCpu>` indexed by CPU, written by userspace only: the
-//!   owner (domain id, vCPU tid) of each dedicated pCPU; `domain == 0` everywhere else.
+//!   owner (domain id, vCPU tid) of each dedicated pCPU; `domain == 0` everywhere else. Read only
+//!   on the CPUs [`SwitchFilter::cpus`] marks (an entry with `domain == 0` there does nothing).
 //! - [`STOLEN_MAP`]: `Array<StolenCpu>` indexed by CPU, written by the kernel only (on that CPU):
 //!   the last switch's time and the run time of intruders by [`IntruderClass`].
 //! - [`THREADS_MAP`]: `HashMap<u32, DomainThread>`, written by userspace: every thread of every
@@ -81,6 +85,65 @@ pub const PROG_NOP: &str = "pf_switch_nop";
 #[inline(always)]
 pub const fn filter_slot(tid: u32) -> (u32, u32) {
     ((tid >> 6) & (FILTER_WORDS - 1), tid & 63)
+}
+
+/// What every context switch checks (`FILTER_MAP[0]`, the map's only entry): whether either task
+/// may be watched, and whether the CPU is dedicated. Written by userspace only, as a whole value
+/// (the kernel copies it without a lock, so a switch during a write may see some words old and
+/// some new; each bit is either its old or its new value, which is all a filter needs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SwitchFilter {
+    /// 64K-bit thread id filter: bit `b` of word `w` for the slot ([`filter_slot`]) of a watched tid.
+    pub tids: [u64; FILTER_WORDS as usize],
+    /// The dedicated CPUs (those with an owner in [`DEDICATED_MAP`]).
+    pub cpus: PinMask,
+}
+
+impl SwitchFilter {
+    /// Whether `tid`'s bit is set (it may be watched: possibly a collision).
+    #[inline(always)]
+    pub fn may_watch(&self, tid: u32) -> bool {
+        let (word, bit) = filter_slot(tid);
+        match self.tids.get(word as usize) {
+            Some(w) => (*w >> bit) & 1 != 0,
+            None => false,
+        }
+    }
+
+    /// Whether `cpu` is dedicated: one bit test. No range check (that one costs the program a
+    /// stack round trip, see [`PinMask::contains`]): a CPU at or above [`MAX_CPUS`] aliases a
+    /// lower one's bit, and the owner lookup that follows finds no entry for it.
+    #[inline(always)]
+    pub fn dedicated(&self, cpu: u32) -> bool {
+        match self.cpus.words.get(((cpu >> 6) as usize) & (PIN_WORDS - 1)) {
+            Some(w) => (*w >> (cpu & 63)) & 1 != 0,
+            None => false,
+        }
+    }
+
+    /// Sets or clears `tid`'s bit.
+    pub fn set_tid(&mut self, tid: u32, on: bool) {
+        let (word, bit) = filter_slot(tid);
+        if let Some(w) = self.tids.get_mut(word as usize) {
+            if on {
+                *w |= 1u64 << bit;
+            } else {
+                *w &= !(1u64 << bit);
+            }
+        }
+    }
+
+    /// Sets or clears `cpu`'s bit in [`SwitchFilter::cpus`] (CPUs at or above [`MAX_CPUS`]: no-op).
+    pub fn set_cpu(&mut self, cpu: u32, on: bool) {
+        if let Some(w) = self.cpus.words.get_mut((cpu / 64) as usize) {
+            if on {
+                *w |= 1u64 << (cpu % 64);
+            } else {
+                *w &= !(1u64 << (cpu % 64));
+            }
+        }
+    }
 }
 
 /// The CPUs a watched thread is pinned to, as a bitmap (bit `c % 64` of word `c / 64` is CPU `c`).
@@ -279,6 +342,8 @@ pub struct IntruderStats {
 mod user {
     // SAFETY: both types are #[repr(C)], have no padding and are bytemuck::Pod.
     unsafe impl aya::Pod for super::PinMask {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SwitchFilter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PlacementStats {}
     // SAFETY: as above.

@@ -11,9 +11,17 @@
 //! kernel's own BPF statistics (`run_time_ns / run_cnt`) where they were enabled.
 //!
 //! Shared, virtualised machines give bimodal timings (a run either is or is not disturbed), so the
-//! headline estimate compares lower quartiles (p25) of many short runs; medians and paired
-//! differences are printed too. The cost over the empty program (two close numbers) is the
-//! median of paired differences, each pinflow run against the floor run next to it.
+//! wall-clock estimate compares lower quartiles (p25) of many short runs; medians and paired
+//! differences are printed too.
+//!
+//! The cost over the empty program of the same attach type (a few ns, far below the wall clock's
+//! noise here) comes from the kernel's BPF statistics instead: with `kernel.bpf_stats_enabled`
+//! the kernel times every run of a program (`run_time_ns / run_cnt`), so pinflow's ns per run
+//! minus the empty program's, both with statistics on and measured in the same repetition, is
+//! exactly what the program itself adds to a switch (the statistics' own clock reads cancel in
+//! the difference; other work on the machine changes the number of switches, hardly the time
+//! of one). The headline is the median of those per-repetition differences; the wall-clock paired
+//! median (`perf bench sched pipe`) stays beside it as the second figure.
 //!
 //! Knobs (environment): `PINFLOW_BENCH_LOOPS` (round trips per perf run, default 20000),
 //! `PINFLOW_BENCH_REPS` (repetitions, default 15), `PINFLOW_BENCH_ONLY` (`|`-separated scenario
@@ -59,7 +67,7 @@ impl Scenario {
     }
 }
 
-const SCENARIOS: [Scenario; 16] = [
+const SCENARIOS: [Scenario; 17] = [
     Scenario {
         name: "baseline (no probe)",
         mode: None,
@@ -100,6 +108,15 @@ const SCENARIOS: [Scenario; 16] = [
         name: "tracepoint",
         mode: Some("tracepoint"),
         stats: false,
+        watch_bench: false,
+        bpftrace: None,
+        dedicate: None,
+        base: false,
+    },
+    Scenario {
+        name: "empty tp_btf + bpf stats",
+        mode: Some("nop"),
+        stats: true,
         watch_bench: false,
         bpftrace: None,
         dedicate: None,
@@ -256,7 +273,16 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     );
     let mut samples: Vec<Samples> = SCENARIOS.iter().map(|_| Samples::default()).collect();
     for rep in 0..reps {
-        for (sc, out) in SCENARIOS.iter().zip(samples.iter_mut()) {
+        // Every other repetition backwards: scenarios compared with their neighbour (the floors)
+        // run before it as often as after it, so drift within a repetition cancels.
+        let mut order: Vec<usize> = (0..SCENARIOS.len()).collect();
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (Some(sc), Some(out)) = (SCENARIOS.get(i), samples.get_mut(i)) else {
+                continue;
+            };
             if out.skipped.is_some() {
                 continue;
             }
@@ -337,7 +363,13 @@ fn measure(
     }
     let after = h.stats()?;
     h.stop()?;
-    let bpf = (sc.stats && after.1 > before.1).then(|| (after.0 - before.0, after.1 - before.1));
+    // One delta per repetition for every statistics scenario (pairs are matched by repetition).
+    let bpf = sc.stats.then(|| {
+        (
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        )
+    });
     Ok((us, bpf))
 }
 
@@ -594,9 +626,21 @@ fn report(samples: &[Samples]) {
     let base_p25 = quantile(base, 0.25);
     println!();
     println!(
-        "{:<30} {:>8} {:>8} {:>8} {:>11} {:>13} {:>11}",
-        "scenario", "med µs/op", "p25", "min", "+ns/sw p25", "+ns/sw paired", "bpf ns/run"
+        "{:<30} {:>8} {:>8} {:>8} {:>11} {:>13} {:>11} {:>14}",
+        "scenario",
+        "med µs/op",
+        "p25",
+        "min",
+        "+ns/sw p25",
+        "+ns/sw paired",
+        "bpf ns/run",
+        "+bpf ns/run"
     );
+    let bpf_floor = SCENARIOS
+        .iter()
+        .zip(samples)
+        .find(|(sc, s)| sc.name == BPF_FLOOR && s.skipped.is_none())
+        .map(|(_, s)| s);
     let mut added = std::collections::HashMap::new();
     let mut paired_added = std::collections::HashMap::new();
     for (sc, s) in SCENARIOS.iter().zip(samples) {
@@ -638,8 +682,13 @@ fn report(samples: &[Samples]) {
         let fmt = |v: Option<f64>, prec: usize| {
             v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"))
         };
+        // Over the empty program with statistics: median of per-repetition differences.
+        let over_floor = match bpf_floor {
+            Some(f) if sc.stats && sc.name != BPF_FLOOR => quantile(&bpf_over(s, f), 0.5),
+            _ => None,
+        };
         println!(
-            "{:<30} {:>8} {:>8} {:>8} {:>11} {:>13} {:>11}",
+            "{:<30} {:>8} {:>8} {:>8} {:>11} {:>13} {:>11} {:>14}",
             sc.name,
             fmt(quantile(v, 0.5), 3),
             fmt(p25, 3),
@@ -647,13 +696,16 @@ fn report(samples: &[Samples]) {
             fmt(added_p25, 1),
             fmt(paired, 1),
             fmt((rc > 0).then(|| rt as f64 / rc as f64), 1),
+            fmt(over_floor, 1),
         );
     }
     println!(
         "\n+ns/sw: added ns per context switch (one op = one pipe round trip = 2 switches on CPU 0); \
          p25: from lower quartiles, paired: median of per-run differences to the baseline run of the \
          same repetition. bpf ns/run: kernel run_time_ns/run_cnt over the perf runs (all CPUs), \
-         itself inflated by the statistics' clock reads."
+         itself inflated by the statistics' clock reads; +bpf ns/run: minus the empty tp_btf \
+         program's (also with statistics), median of the per-repetition differences: what the \
+         program itself adds to each switch."
     );
     // The goals of issue 13: pinflow at most a third of the cheapest bpftrace one-liner, and
     // at most 10 ns over the empty program of its own attach type.
@@ -688,45 +740,107 @@ fn report(samples: &[Samples]) {
             p / b
         );
     }
-    // Over the floor: each pinflow run paired with the floor run next to it (same repetition,
-    // same index), the median of those differences and its interquartile range; the difference
-    // of two independent lower quartiles (printed beside it) swings by several ns between runs.
+    // Over the floor, two figures. The headline: the kernel's own timing of each program run,
+    // pinflow's minus the empty program's, one difference per repetition (both scenarios with
+    // statistics on, measured next to each other). The second: wall clock, each pinflow run
+    // paired with the floor run next to it (same repetition, same index), the median of those
+    // differences and its interquartile range; the difference of two independent lower quartiles
+    // (printed beside it) swings by several ns between runs.
     let scenario = |name: &str| {
         SCENARIOS
             .iter()
             .zip(samples)
             .find(|(sc, s)| sc.name == name && s.skipped.is_none())
-            .map(|(_, s)| &s.usecs_per_op)
+            .map(|(_, s)| s)
     };
-    if let (Some(p), Some(f), Some(pv), Some(fv)) = (
+    let bpf = match (scenario("tp_btf + bpf stats"), scenario(BPF_FLOOR)) {
+        (Some(p), Some(f)) => bpf_over(p, f),
+        _ => Vec::new(),
+    };
+    let wall = match (
         pinflow,
         floor,
         scenario("tp_btf"),
         scenario("empty tp_btf program (floor)"),
     ) {
-        let diffs: Vec<f64> = pv
-            .iter()
-            .zip(fv)
-            .map(|(x, y)| (x - y) * 1000.0 / 2.0)
-            .collect();
-        let q = |x| quantile(&diffs, x).unwrap_or(f64::NAN);
-        let median = q(0.5);
-        crate::bench_table::add(
+        (Some(p), Some(f), Some(pv), Some(fv)) => {
+            let diffs: Vec<f64> = pv
+                .usecs_per_op
+                .iter()
+                .zip(&fv.usecs_per_op)
+                .map(|(x, y)| (x - y) * 1000.0 / 2.0)
+                .collect();
+            Some((diffs, p - f))
+        }
+        _ => None,
+    };
+    let spread = |v: &[f64]| {
+        let q = |x| quantile(v, x).unwrap_or(f64::NAN);
+        (q(0.5), q(0.25), q(0.75))
+    };
+    let wall_text = wall.as_ref().map(|(diffs, p25s)| {
+        let (m, lo, hi) = spread(diffs);
+        format!(
+            "{m:.1} ns paired median of {} runs (IQR {lo:.1} to {hi:.1}; from p25s: {p25s:.1})",
+            diffs.len()
+        )
+    });
+    let what = "ns per switch over the empty tp_btf program (the floor of its attach type)";
+    let limits = "the program's common path (kernel BPF statistics): one inlined lookup of the \
+                  filter entry, the CPU number, two fault-guarded BTF loads of task_struct.pid \
+                  (prev, next) and three bit tests in the 8 KiB filter, ~65 BPF instructions; it \
+                  grows with other work on the machine (the tasks' pid and the filter words miss \
+                  the cache more often). The wall clock (perf bench sched pipe on CPU 0, 2 switches \
+                  per round trip) cannot resolve 10 ns on a shared 2-CPU VM: its paired \
+                  differences spread over tens to hundreds of ns";
+    if !bpf.is_empty() {
+        let (m, lo, hi) = spread(&bpf);
+        let measured = format!(
+            "{m:.1} ns per switch: the program's own run time from kernel BPF statistics \
+             (run_time_ns/run_cnt, pinflow's minus the empty program's, median of {} \
+             interleaved pairs, IQR {lo:.1} to {hi:.1}); wall clock: {}",
+            bpf.len(),
+            wall_text.as_deref().unwrap_or("not measured")
+        );
+        crate::bench_table::add_limited(
             "sched",
-            "ns per switch over the empty tp_btf program (the floor of its attach type)",
+            what,
             "≤ 10 ns",
-            format!(
-                "{median:.1} ns (paired median of {} runs, IQR {:.1} to {:.1}; from p25s: {:.1})",
-                diffs.len(),
-                q(0.25),
-                q(0.75),
-                p - f
-            ),
-            Some(median <= 10.0),
+            measured,
+            Some(m <= 10.0),
+            limits,
         );
         println!(
-            "pinflow over the empty tp_btf program: {median:.1} ns/switch paired median (p25s: {:.1}; goal ≤ 10)",
-            p - f
+            "pinflow over the empty tp_btf program: {m:.1} ns/switch from kernel BPF statistics \
+             (median of {} pairs, IQR {lo:.1} to {hi:.1}; goal ≤ 10); wall clock {}",
+            bpf.len(),
+            wall_text.as_deref().unwrap_or("not measured")
         );
+    } else if let (Some((diffs, _)), Some(text)) = (&wall, &wall_text) {
+        // Without the statistics scenarios (PINFLOW_BENCH_ONLY): the wall clock alone.
+        let (m, _, _) = spread(diffs);
+        crate::bench_table::add_limited(
+            "sched",
+            what,
+            "≤ 10 ns",
+            format!("wall clock only (no BPF statistics scenarios in this run): {text}"),
+            Some(m <= 10.0),
+            limits,
+        );
+        println!("pinflow over the empty tp_btf program: {text} (goal ≤ 10)");
     }
+}
+
+/// The empty program with statistics on: what the statistics scenarios are compared with.
+const BPF_FLOOR: &str = "empty tp_btf + bpf stats";
+
+/// ns per program run (kernel BPF statistics) of `a` minus `b`, one difference per repetition
+/// in which both ran.
+fn bpf_over(a: &Samples, b: &Samples) -> Vec<f64> {
+    let per_run = |(t, n): &BpfDelta| (*n > 0).then(|| *t as f64 / *n as f64);
+    a.bpf
+        .iter()
+        .zip(&b.bpf)
+        .filter_map(|(x, y)| Some(per_run(x)? - per_run(y)?))
+        .collect()
 }

@@ -2,7 +2,8 @@
 //!
 //! For each watched thread id the kernel program counts CPU time on pCPUs inside and outside the
 //! thread's pin set, migrations, switch-ins and the last CPU (see `collector_common::sched` for the
-//! map layout). Unwatched threads cost one inlined array lookup per side of a context switch.
+//! map layout). A switch of two unwatched threads on a CPU that is not dedicated costs one inlined
+//! array lookup (the filter entry, [`SwitchFilter`]) and three bit tests.
 //!
 //! The program is attached the first way that works on this kernel: `tp_btf/sched_switch`, then
 //! `raw_tracepoint/sched_switch`, then the classic tracepoint `sched:sched_switch` (needs tracefs).
@@ -12,8 +13,9 @@
 //!
 //! The same program accounts intrusions on dedicated pCPUs (who ran on a pCPU a vCPU is pinned
 //! to alone, and for how long). Design, chosen for the cost on CPUs that are not dedicated: the
-//! owners live in an array indexed by CPU ([`SchedProbe::set_dedicated`]), so a switch on any
-//! other CPU pays one inlined array lookup and nothing else. On a dedicated CPU the program
+//! dedicated CPUs are a bit set in the same filter entry, the owners an array indexed by CPU
+//! ([`SchedProbe::set_dedicated`]), so a switch on any other CPU pays one bit test and nothing
+//! else. On a dedicated CPU the program
 //! keeps that CPU's last switch time and charges each slice to the task switched out (never the
 //! owner's vCPU nor idle). The class needs no per-switch work in userspace: domain threads are a
 //! map userspace already knows ([`SchedProbe::set_domain_threads`]: tid -> domain id, vCPU or
@@ -41,8 +43,8 @@ use aya::{Btf, Ebpf, Endianness};
 use collector_common::sched::{
     self as layout, DEDICATED_MAP, DedicatedCpu, DomainThread, FILTER_MAP, INTRUDER_CLASSES,
     INTRUDERS_MAP, IntruderKey, IntruderStats, MAX_CPUS, MAX_DOMAIN_THREADS, MAX_WATCHED,
-    OFFPIN_MAP, PIN_WORDS, PinMask, PlacementStats, STATS_MAP, STOLEN_MAP, StolenCpu, THREADS_MAP,
-    WATCH_MAP,
+    OFFPIN_MAP, PIN_WORDS, PinMask, PlacementStats, STATS_MAP, STOLEN_MAP, StolenCpu, SwitchFilter,
+    THREADS_MAP, WATCH_MAP,
 };
 
 use crate::model::clock::monotonic_ns;
@@ -337,7 +339,9 @@ impl Failure {
 /// The loaded and attached placement probe. Dropping it detaches the program and frees its maps.
 pub struct SchedProbe {
     mode: AttachMode,
-    filter: Array<MapData, u64>,
+    filter: Array<MapData, SwitchFilter>,
+    /// The filter entry as last written (userspace is its only writer; 8 KiB, boxed).
+    filter_value: Box<SwitchFilter>,
     pins: BpfHashMap<MapData, u32, PinMask>,
     stats: BpfHashMap<MapData, u32, PlacementStats>,
     offpin: PerCpuArray<MapData, u64>,
@@ -537,6 +541,7 @@ impl SchedProbe {
         Ok(SchedProbe {
             mode,
             filter,
+            filter_value: Box::new(bytemuck::Zeroable::zeroed()),
             pins,
             stats,
             offpin,
@@ -658,20 +663,23 @@ impl SchedProbe {
         ignore_missing(STATS_MAP)(self.stats.remove(&tid))
     }
 
-    /// Sets or clears `tid`'s filter bit (read-modify-write of its word; only userspace writes it).
+    /// Sets or clears `tid`'s filter bit (the whole entry is written; only userspace writes it).
     fn write_filter_word(&mut self, tid: u32, set: bool) -> Result<(), SchedProbeError> {
-        let (word, bit) = layout::filter_slot(tid);
-        let map_err = |source| SchedProbeError::Map {
-            map: FILTER_MAP,
-            source,
-        };
-        let old = self.filter.get(&word, 0).map_err(map_err)?;
-        let new = if set {
-            old | (1u64 << bit)
-        } else {
-            old & !(1u64 << bit)
-        };
-        self.filter.set(word, new, 0).map_err(map_err)
+        let mut new = *self.filter_value;
+        new.set_tid(tid, set);
+        self.write_filter(new)
+    }
+
+    /// Writes the filter entry (and remembers it once written).
+    fn write_filter(&mut self, new: SwitchFilter) -> Result<(), SchedProbeError> {
+        self.filter
+            .set(0, new, 0)
+            .map_err(|source| SchedProbeError::Map {
+                map: FILTER_MAP,
+                source,
+            })?;
+        *self.filter_value = new;
+        Ok(())
     }
 
     /// What the kernel measured for `tid`, or `None` if it is not watched.
@@ -773,6 +781,18 @@ impl SchedProbe {
                 }
                 Err(_) => errors += 1,
             }
+        }
+        // The filter's CPU bits last: a CPU is marked once its owner is written, and unmarked
+        // after its entry was cleared (a marked CPU without an owner does nothing).
+        let mut new = *self.filter_value;
+        new.cpus = PinMask {
+            words: [0; PIN_WORDS],
+        };
+        for &cpu in self.owners.keys() {
+            new.set_cpu(cpu, true);
+        }
+        if new != *self.filter_value && self.write_filter(new).is_err() {
+            errors += 1;
         }
         errors
     }
