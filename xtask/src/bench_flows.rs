@@ -19,8 +19,9 @@
 //!
 //! Knobs (environment): `PINFLOW_BENCH_FLOWS_STEADY_SECS` (steady-state phase length, default 30).
 //! `PINFLOW_BENCH_FLOWS_QUICK=1`: skip the one-shot dump comparison.
-//! `PINFLOW_BENCH_FLOWS_HOLD=FILE`: set up the 100 000-flow bridge, write its run dir to FILE and
-//! keep it up until FILE is removed (for profiling by hand).
+//! `PINFLOW_BENCH_FLOWS_HOLD=FILE`: set up the 100 000-flow bridge (`PINFLOW_BENCH_FLOWS_HOLD_N`
+//! flows if set), write its run dir to FILE and keep it up until FILE is removed (for profiling by
+//! hand).
 //! Needs root and the OVS daemons and tools (`ovsdb-server`, `ovs-vswitchd`, `ovs-vsctl`, `ovs-ofctl`).
 #![allow(unsafe_code)] // clock_gettime, wait4 and geteuid for whole-process measurements.
 
@@ -778,10 +779,14 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
 
     if let Some(hold) = std::env::var_os("PINFLOW_BENCH_FLOWS_HOLD") {
         // Profiling aid: leave the 100 000-flow bridge up until the named file is removed.
-        load_flows(&ovs, 100_000)?;
+        let n: usize = std::env::var("PINFLOW_BENCH_FLOWS_HOLD_N")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(100_000);
+        load_flows(&ovs, n)?;
         std::fs::write(&hold, ovs.run_dir().to_string_lossy().as_bytes())?;
         println!(
-            "OVS run dir {} ({BRIDGE}, 100 000 flows); remove {} to stop",
+            "OVS run dir {} ({BRIDGE}, {n} flows); remove {} to stop",
             ovs.run_dir().display(),
             Path::new(&hold).display()
         );

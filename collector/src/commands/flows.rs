@@ -121,9 +121,13 @@ pub(super) fn flows(s: &SourceArgs, a: &FlowsArgs) -> anyhow::Result<ExitCode> {
                 super::emit(format!("{sep}==> {name} <==\n").as_bytes())?;
             }
             let path = bridge_socket(&s.ovs_run_dir, name);
-            let mut client = openflow::OpenFlowClient::connect(&path, timeout)
-                .await
-                .with_context(|| format!("cannot connect to {}", path.display()))?;
+            let mut client = openflow::OpenFlowClient::connect_reading(
+                &path,
+                timeout,
+                openflow::ONE_SHOT_READ_CHUNK,
+            )
+            .await
+            .with_context(|| format!("cannot connect to {}", path.display()))?;
             let dumped = print_dump(&mut client, !a.no_stats)
                 .await
                 .with_context(|| format!("cannot dump flows of {name}"))?;
@@ -176,7 +180,9 @@ fn flow_json(f: &FlowStats, stats: bool) -> serde_json::Value {
 /// Flows that do not decode are skipped (as the daemon skips them) and returned.
 async fn print_dump(client: &mut OpenFlowClient, stats: bool) -> anyhow::Result<Dumped> {
     const MAX_FLOWS: usize = 1_000_000;
-    const CHUNK: usize = 1 << 18;
+    // Written out in 64 KiB chunks (a pipe's default capacity): the text buffer stays in cache
+    // and needs few fresh pages.
+    const CHUNK: usize = 1 << 16;
     let mut lines = LineRenderer::default();
     let mut text = String::with_capacity(2 * CHUNK);
     let mut stdout = std::io::stdout().lock();

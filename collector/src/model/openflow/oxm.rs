@@ -997,7 +997,7 @@ fn key_of_name(name: &str) -> Option<Key> {
 }
 
 /// Dense slot of a key (for per-flow lookup tables); `None` for unknown fields.
-fn slot(k: Key) -> Option<usize> {
+const fn slot(k: Key) -> Option<usize> {
     Some(match k {
         Key::InPort => 0,
         Key::VlanTci => 1,
@@ -1070,6 +1070,69 @@ fn slot(k: Key) -> Option<usize> {
 }
 
 const N_SLOTS: usize = 85;
+
+/// The [`slot`]s of `keys` as a bit set (for skipping groups of fields a match lacks).
+const fn slot_mask(keys: &[Key]) -> u128 {
+    let mut mask = 0u128;
+    let mut i = 0;
+    while i < keys.len() {
+        if let Some(s) = slot(keys[i]) {
+            mask |= 1 << s;
+        }
+        i += 1;
+    }
+    mask
+}
+
+/// Fields [`render_match`] prints before the Ethertype keyword (metadata, conntrack).
+const GROUP_META_CT: u128 = slot_mask(&[
+    Key::PktMark,
+    Key::RecircId,
+    Key::DpHash,
+    Key::ConjId,
+    Key::ActsetOutput,
+    Key::CtState,
+    Key::CtZone,
+    Key::CtMark,
+    Key::CtLabel,
+    Key::CtNwSrc,
+    Key::CtIpv6Src,
+    Key::CtNwDst,
+    Key::CtIpv6Dst,
+    Key::CtNwProto,
+    Key::CtTpSrc,
+    Key::CtTpDst,
+]);
+
+/// Tunnel fields (`tun_metadataN` are kept in [`Match::unknown`] and checked apart).
+const GROUP_TUNNEL: u128 = slot_mask(&[
+    Key::TunId,
+    Key::TunSrc,
+    Key::TunDst,
+    Key::TunIpv6Src,
+    Key::TunIpv6Dst,
+    Key::TunGbpId,
+    Key::TunGbpFlags,
+    Key::TunErspanVer,
+    Key::TunErspanIdx,
+    Key::TunErspanDir,
+    Key::TunErspanHwid,
+    Key::TunGtpuFlags,
+    Key::TunGtpuMsgtype,
+    Key::TunFlags,
+]);
+
+/// The IP and MPLS header fields printed after the protocol.
+const GROUP_NW_MPLS: u128 = slot_mask(&[
+    Key::NwTos,
+    Key::NwEcn,
+    Key::NwTtl,
+    Key::MplsLabel,
+    Key::MplsTc,
+    Key::MplsTtl,
+    Key::MplsBos,
+    Key::NwFrag,
+]);
 
 fn unknown_name(u: &UnknownField) -> String {
     if let Some(n) = tun_metadata_index(u.class, u.field) {
@@ -1699,58 +1762,64 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
         out.push(',');
     }
     let mut index = [u8::MAX; N_SLOTS];
+    // Which slots are set: a typical flow matches a handful of fields, so whole groups of the
+    // ~70 that OVS prints are skipped at once.
+    let mut present = 0u128;
     for (i, e) in m.entries.iter().enumerate() {
         if let Some(sl) = slot(e.key)
             && let Some(x) = index.get_mut(sl)
         {
             *x = i.min(254) as u8;
+            present |= 1 << sl;
         }
     }
     let g = |k: Key| -> Option<&Entry> {
         let i = *index.get(slot(k)?)?;
         m.entries.get(i as usize)
     };
-    put_u32_masked(out, "pkt_mark", g(Key::PktMark));
-    put_u32_masked(out, "recirc_id", g(Key::RecircId));
-    put_u32_masked(out, "dp_hash", g(Key::DpHash));
-    if let Some(e) = g(Key::ConjId) {
-        let _ = write!(out, "conj_id={},", e.value);
-    }
-    if let Some(e) = g(Key::ActsetOutput) {
-        out.push_str("actset_output=");
-        fmt_port(out, e.value as u32);
-        out.push(',');
-    }
-    if let Some(e) = g(Key::CtState) {
-        out.push_str("ct_state=");
-        // OVS keeps ct_state in 8 bits; a full mask prints as `a|b|…` (or `0`).
-        fmt_flags_masked(
-            out,
-            ct_state_bit,
-            e.value as u32,
-            e.mask as u32 & 0xff,
-            0xff,
-        );
-        out.push(',');
-    }
-    put_be16_masked(out, "ct_zone", g(Key::CtZone));
-    put_u32_masked(out, "ct_mark", g(Key::CtMark));
-    if let Some(e) = g(Key::CtLabel) {
-        out.push_str("ct_label=");
-        let _ = write!(out, "{:#x}", e.value);
-        if e.mask != u128::MAX {
-            let _ = write!(out, "/{:#x}", e.mask);
+    if present & GROUP_META_CT != 0 {
+        put_u32_masked(out, "pkt_mark", g(Key::PktMark));
+        put_u32_masked(out, "recirc_id", g(Key::RecircId));
+        put_u32_masked(out, "dp_hash", g(Key::DpHash));
+        if let Some(e) = g(Key::ConjId) {
+            let _ = write!(out, "conj_id={},", e.value);
         }
-        out.push(',');
-    }
-    put_ip_masked(out, "ct_nw_src", g(Key::CtNwSrc));
-    put_ipv6_masked(out, "ct_ipv6_src", g(Key::CtIpv6Src));
-    put_ip_masked(out, "ct_nw_dst", g(Key::CtNwDst));
-    put_ipv6_masked(out, "ct_ipv6_dst", g(Key::CtIpv6Dst));
-    if let Some(e) = g(Key::CtNwProto) {
-        let _ = write!(out, "ct_nw_proto={},", e.value);
-        put_be16_masked(out, "ct_tp_src", g(Key::CtTpSrc));
-        put_be16_masked(out, "ct_tp_dst", g(Key::CtTpDst));
+        if let Some(e) = g(Key::ActsetOutput) {
+            out.push_str("actset_output=");
+            fmt_port(out, e.value as u32);
+            out.push(',');
+        }
+        if let Some(e) = g(Key::CtState) {
+            out.push_str("ct_state=");
+            // OVS keeps ct_state in 8 bits; a full mask prints as `a|b|…` (or `0`).
+            fmt_flags_masked(
+                out,
+                ct_state_bit,
+                e.value as u32,
+                e.mask as u32 & 0xff,
+                0xff,
+            );
+            out.push(',');
+        }
+        put_be16_masked(out, "ct_zone", g(Key::CtZone));
+        put_u32_masked(out, "ct_mark", g(Key::CtMark));
+        if let Some(e) = g(Key::CtLabel) {
+            out.push_str("ct_label=");
+            let _ = write!(out, "{:#x}", e.value);
+            if e.mask != u128::MAX {
+                let _ = write!(out, "/{:#x}", e.mask);
+            }
+            out.push(',');
+        }
+        put_ip_masked(out, "ct_nw_src", g(Key::CtNwSrc));
+        put_ipv6_masked(out, "ct_ipv6_src", g(Key::CtIpv6Src));
+        put_ip_masked(out, "ct_nw_dst", g(Key::CtNwDst));
+        put_ipv6_masked(out, "ct_ipv6_dst", g(Key::CtIpv6Dst));
+        if let Some(e) = g(Key::CtNwProto) {
+            let _ = write!(out, "ct_nw_proto={},", e.value);
+            put_be16_masked(out, "ct_tp_src", g(Key::CtTpSrc));
+            put_be16_masked(out, "ct_tp_dst", g(Key::CtTpDst));
+        }
     }
 
     let dl_type_e = g(Key::DlType);
@@ -1827,54 +1896,56 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
             put_u32_masked(out, name, Some(e));
         }
     }
-    put_be64_masked(out, "tun_id", g(Key::TunId));
-    put_ip_masked(out, "tun_src", g(Key::TunSrc));
-    put_ip_masked(out, "tun_dst", g(Key::TunDst));
-    put_ipv6_masked(out, "tun_ipv6_src", g(Key::TunIpv6Src));
-    put_ipv6_masked(out, "tun_ipv6_dst", g(Key::TunIpv6Dst));
-    put_be16_masked(out, "tun_gbp_id", g(Key::TunGbpId));
-    put_c_hex(out, "tun_gbp_flags", g(Key::TunGbpFlags));
-    let erspan_ver = g(Key::TunErspanVer).map_or(0, |e| e.value);
-    put_dec(out, "tun_erspan_ver", g(Key::TunErspanVer));
-    if erspan_ver == 1 {
-        put_c_hex(out, "tun_erspan_idx", g(Key::TunErspanIdx));
-    }
-    if erspan_ver == 2 {
-        put_dec(out, "tun_erspan_dir", g(Key::TunErspanDir));
-        put_c_hex(out, "tun_erspan_hwid", g(Key::TunErspanHwid));
-    }
-    put_c_hex(out, "gtpu_flags", g(Key::TunGtpuFlags));
-    put_dec(out, "gtpu_msgtype", g(Key::TunGtpuMsgtype));
-    if let Some(e) = g(Key::TunFlags).filter(|e| e.mask & 1 != 0) {
-        out.push_str("tun_flags=");
-        fmt_flags_masked(out, tnl_flag_bit, e.value as u32 & 1, 1, 0xf);
-        out.push(',');
-    }
-    let mut tun_md: Vec<(u8, &UnknownField)> = m
-        .unknown
-        .iter()
-        .filter_map(|u| Some((tun_metadata_index(u.class, u.field)?, u)))
-        .collect();
-    tun_md.sort_by_key(|(n, _)| *n);
-    for (n, u) in tun_md {
-        let _ = write!(out, "tun_metadata{n}");
-        // ovs-ofctl sizes the field to the significant bytes of value and mask (OVS's
-        // `mf_field_len`), so a mask all ones over that width is not printed.
-        let sig = |b: &[u8]| b.len() - b.iter().take_while(|x| **x == 0).count();
-        let width = sig(&u.value).max(u.mask.as_deref().map_or(0, sig));
-        let mask = u
-            .mask
-            .as_deref()
-            .map(|mk| mk.get(mk.len().saturating_sub(width)..).unwrap_or(mk));
-        if !mask.is_some_and(|mk| mk.iter().all(|b| *b == 0)) {
-            out.push('=');
-            put_hex_bytes(out, &u.value);
-            if let Some(mk) = mask.filter(|mk| !mk.iter().all(|b| *b == 0xff)) {
-                out.push('/');
-                put_hex_bytes(out, mk);
-            }
+    if present & GROUP_TUNNEL != 0 || !m.unknown.is_empty() {
+        put_be64_masked(out, "tun_id", g(Key::TunId));
+        put_ip_masked(out, "tun_src", g(Key::TunSrc));
+        put_ip_masked(out, "tun_dst", g(Key::TunDst));
+        put_ipv6_masked(out, "tun_ipv6_src", g(Key::TunIpv6Src));
+        put_ipv6_masked(out, "tun_ipv6_dst", g(Key::TunIpv6Dst));
+        put_be16_masked(out, "tun_gbp_id", g(Key::TunGbpId));
+        put_c_hex(out, "tun_gbp_flags", g(Key::TunGbpFlags));
+        let erspan_ver = g(Key::TunErspanVer).map_or(0, |e| e.value);
+        put_dec(out, "tun_erspan_ver", g(Key::TunErspanVer));
+        if erspan_ver == 1 {
+            put_c_hex(out, "tun_erspan_idx", g(Key::TunErspanIdx));
         }
-        out.push(',');
+        if erspan_ver == 2 {
+            put_dec(out, "tun_erspan_dir", g(Key::TunErspanDir));
+            put_c_hex(out, "tun_erspan_hwid", g(Key::TunErspanHwid));
+        }
+        put_c_hex(out, "gtpu_flags", g(Key::TunGtpuFlags));
+        put_dec(out, "gtpu_msgtype", g(Key::TunGtpuMsgtype));
+        if let Some(e) = g(Key::TunFlags).filter(|e| e.mask & 1 != 0) {
+            out.push_str("tun_flags=");
+            fmt_flags_masked(out, tnl_flag_bit, e.value as u32 & 1, 1, 0xf);
+            out.push(',');
+        }
+        let mut tun_md: Vec<(u8, &UnknownField)> = m
+            .unknown
+            .iter()
+            .filter_map(|u| Some((tun_metadata_index(u.class, u.field)?, u)))
+            .collect();
+        tun_md.sort_by_key(|(n, _)| *n);
+        for (n, u) in tun_md {
+            let _ = write!(out, "tun_metadata{n}");
+            // ovs-ofctl sizes the field to the significant bytes of value and mask (OVS's
+            // `mf_field_len`), so a mask all ones over that width is not printed.
+            let sig = |b: &[u8]| b.len() - b.iter().take_while(|x| **x == 0).count();
+            let width = sig(&u.value).max(u.mask.as_deref().map_or(0, sig));
+            let mask = u
+                .mask
+                .as_deref()
+                .map(|mk| mk.get(mk.len().saturating_sub(width)..).unwrap_or(mk));
+            if !mask.is_some_and(|mk| mk.iter().all(|b| *b == 0)) {
+                out.push('=');
+                put_hex_bytes(out, &u.value);
+                if let Some(mk) = mask.filter(|mk| !mk.iter().all(|b| *b == 0xff)) {
+                    out.push('/');
+                    put_hex_bytes(out, mk);
+                }
+            }
+            out.push(',');
+        }
     }
     put_be64_masked(out, "metadata", g(Key::Metadata));
     if let Some(e) = g(Key::InPort) {
@@ -1962,31 +2033,33 @@ pub(crate) fn render_match(out: &mut String, m: &Match, priority: u16) {
         put_eth_masked(out, "arp_sha", g(Key::ArpSha));
         put_eth_masked(out, "arp_tha", g(Key::ArpTha));
     }
-    if let Some(e) = g(Key::NwTos) {
-        let _ = write!(out, "nw_tos={},", e.value & 0xfc);
-    }
-    if let Some(e) = g(Key::NwEcn) {
-        let _ = write!(out, "nw_ecn={},", e.value & 3);
-    }
-    if let Some(e) = g(Key::NwTtl) {
-        let _ = write!(out, "nw_ttl={},", e.value);
-    }
-    if let Some(e) = g(Key::MplsLabel) {
-        let _ = write!(out, "mpls_label={},", e.value);
-    }
-    if let Some(e) = g(Key::MplsTc) {
-        let _ = write!(out, "mpls_tc={},", e.value);
-    }
-    if let Some(e) = g(Key::MplsTtl) {
-        let _ = write!(out, "mpls_ttl={},", e.value);
-    }
-    if let Some(e) = g(Key::MplsBos) {
-        let _ = write!(out, "mpls_bos={},", e.value);
-    }
-    if let Some(e) = g(Key::NwFrag) {
-        out.push_str("nw_frag=");
-        fmt_frag(out, e.value as u8, e.mask as u8);
-        out.push(',');
+    if present & GROUP_NW_MPLS != 0 {
+        if let Some(e) = g(Key::NwTos) {
+            let _ = write!(out, "nw_tos={},", e.value & 0xfc);
+        }
+        if let Some(e) = g(Key::NwEcn) {
+            let _ = write!(out, "nw_ecn={},", e.value & 3);
+        }
+        if let Some(e) = g(Key::NwTtl) {
+            let _ = write!(out, "nw_ttl={},", e.value);
+        }
+        if let Some(e) = g(Key::MplsLabel) {
+            let _ = write!(out, "mpls_label={},", e.value);
+        }
+        if let Some(e) = g(Key::MplsTc) {
+            let _ = write!(out, "mpls_tc={},", e.value);
+        }
+        if let Some(e) = g(Key::MplsTtl) {
+            let _ = write!(out, "mpls_ttl={},", e.value);
+        }
+        if let Some(e) = g(Key::MplsBos) {
+            let _ = write!(out, "mpls_bos={},", e.value);
+        }
+        if let Some(e) = g(Key::NwFrag) {
+            out.push_str("nw_frag=");
+            fmt_frag(out, e.value as u8, e.mask as u8);
+            out.push(',');
+        }
     }
     if dl_type == 0x0800 && nw_proto == 1 {
         put_be16_masked(out, "icmp_type", g(Key::TpSrc));

@@ -438,8 +438,9 @@ pub(crate) struct LineRenderer {
     m: Match,
     actions: Vec<super::flow::FlowAction>,
     /// Rendered instruction lists by their bytes, direct-mapped: a flow's actions text depends
-    /// on its instruction bytes alone, and a table repeats a few hundred distinct ones.
-    cache: Vec<Option<(Vec<u8>, String)>>,
+    /// on its instruction bytes alone, and a table repeats a few hundred distinct ones. Boxed, so
+    /// that the empty table is 16 KiB to set up rather than 96 KiB (a one-shot dump pays for it).
+    cache: Vec<Option<Box<(Vec<u8>, String)>>>,
     /// The last cookie and its hex text (flows of one agent share a cookie).
     cookie_hex: (u64, String),
     /// Flows that did not decode (skipped, not printed): the first [`MAX_UNDECODABLE_KEPT`],
@@ -592,17 +593,17 @@ impl LineRenderer {
             self.cache.resize_with(ACTIONS_CACHE_SLOTS, || None);
         }
         let slot = self.cache.get_mut(slot_hash(instructions));
-        if let Some(Some((bytes, text))) = &slot
-            && bytes.as_slice() == instructions
+        if let Some(Some(hit)) = &slot
+            && hit.0.as_slice() == instructions
         {
-            out.push_str(text);
+            out.push_str(&hit.1);
             return Ok(());
         }
         let start = out.len();
         self.actions.clear();
         decode_instructions(instructions, out, &mut self.actions)?;
         if let Some(slot) = slot {
-            let (bytes, text) = slot.get_or_insert_with(Default::default);
+            let (bytes, text) = &mut **slot.get_or_insert_with(Default::default);
             bytes.clear();
             bytes.extend_from_slice(instructions);
             text.clear();

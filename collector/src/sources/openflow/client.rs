@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, watch};
 const OFPT_PORT_STATUS: u8 = 12;
 /// Bytes a socket read may add to the receive buffer (a 100 000-flow dump is ~15 MB).
 const READ_CHUNK: usize = 256 * 1024;
+/// [`READ_CHUNK`] of a one-shot dump ([`OpenFlowClient::connect_reading`]): one largest message.
+pub(crate) const ONE_SHOT_READ_CHUNK: usize = 64 * 1024;
 
 /// An asynchronous event from a monitoring connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub(crate) struct OpenFlowClient {
     max_pending: usize,
     timeout: Duration,
     last_rx: Instant,
+    /// Most bytes one socket read appends to `rbuf`.
+    read_chunk: usize,
     /// Flows of the last dump that did not decode (taken with [`OpenFlowClient::take_undecodable`]):
     /// the first [`MAX_UNDECODABLE_KEPT`] raw, and how many there were in all.
     undecodable: (Vec<UndecodableFlow>, usize),
@@ -73,7 +77,20 @@ pub(crate) struct OpenFlowClient {
 impl OpenFlowClient {
     /// Connects, negotiates OpenFlow 1.3 and reads the switch features, within `timeout`.
     pub(crate) async fn connect(path: impl AsRef<Path>, timeout: Duration) -> OfResult<Self> {
+        Self::connect_reading(path, timeout, READ_CHUNK).await
+    }
+
+    /// Like [`connect`](Self::connect), reading at most `read_chunk` bytes from the socket at a
+    /// time: the receive buffer then stays at about twice that (one read and the partial message
+    /// it ends with), which for a one-shot dump ([`ONE_SHOT_READ_CHUNK`]) means few fresh pages
+    /// to fault in and data that is still in cache when it is decoded.
+    pub(crate) async fn connect_reading(
+        path: impl AsRef<Path>,
+        timeout: Duration,
+        read_chunk: usize,
+    ) -> OfResult<Self> {
         let path = path.as_ref().to_path_buf();
+        let read_chunk = read_chunk.max(wire::HEADER_LEN);
         let stream = tokio::time::timeout(timeout, UnixStream::connect(&path))
             .await
             .map_err(|_| OfError::Timeout("connect"))?
@@ -84,7 +101,7 @@ impl OpenFlowClient {
         let mut c = OpenFlowClient {
             path,
             stream,
-            rbuf: Vec::with_capacity(128 * 1024),
+            rbuf: Vec::with_capacity(2 * read_chunk.min(READ_CHUNK / 4)),
             next_xid: 1,
             max_message_len: MAX_MESSAGE_LEN,
             features: Features::default(),
@@ -93,6 +110,7 @@ impl OpenFlowClient {
             max_pending: crate::model::limits::MAX_PENDING_MONITOR_EVENTS,
             timeout,
             last_rx: Instant::now(),
+            read_chunk,
             undecodable: (Vec::new(), 0),
         };
         tokio::time::timeout(timeout, c.handshake())
@@ -176,9 +194,10 @@ impl OpenFlowClient {
         }
     }
 
-    /// Reads what the socket has (at most [`READ_CHUNK`] bytes) onto the end of the receive buffer.
+    /// Reads what the socket has onto the end of the receive buffer, into its spare capacity
+    /// (made at least `read_chunk` bytes first).
     async fn fill(&mut self) -> OfResult<()> {
-        self.rbuf.reserve(READ_CHUNK);
+        self.rbuf.reserve(self.read_chunk);
         let n = self.stream.read_buf(&mut self.rbuf).await;
         match n {
             Ok(0) => Err(OfError::Closed),

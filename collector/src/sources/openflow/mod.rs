@@ -32,7 +32,8 @@ mod codec_real_tests;
 mod real_tests;
 
 pub(crate) use client::{
-    BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, TaggedChange, dump_bridge, run_bridge,
+    BridgeConfig, BridgeSnapshot, FlowChange, ONE_SHOT_READ_CHUNK, OpenFlowClient, TaggedChange,
+    dump_bridge, run_bridge,
 };
 pub(crate) use probe::SOURCE;
 pub(crate) use wire::OfError;
