@@ -440,13 +440,16 @@ pub(crate) struct LineRenderer {
     /// Rendered instruction lists by their bytes, direct-mapped: a flow's actions text depends
     /// on its instruction bytes alone, and a table repeats a few hundred distinct ones. Boxed, so
     /// that the empty table is 16 KiB to set up rather than 96 KiB (a one-shot dump pays for it).
-    cache: Vec<Option<Box<(Vec<u8>, String)>>>,
+    cache: Vec<Option<Box<CachedActions>>>,
     /// The last cookie and its hex text (flows of one agent share a cookie).
     cookie_hex: (u64, String),
     /// Flows that did not decode (skipped, not printed): the first [`MAX_UNDECODABLE_KEPT`],
     /// and how many in all.
     undecodable: (Vec<UndecodableFlow>, usize),
 }
+
+/// One entry of [`LineRenderer`]'s actions cache: instruction bytes and their rendered text.
+type CachedActions = (Vec<u8>, String);
 
 /// Undecodable flows of one dump kept raw (the rest are only counted).
 pub(crate) const MAX_UNDECODABLE_KEPT: usize = 32;
