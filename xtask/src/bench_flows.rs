@@ -1176,7 +1176,7 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
             "~190 B of heap per mirrored flow plus ~10 MB of mapped code (issue 13)"
         } else if what.contains("pinflow flows --no-stats") {
             "~2.2 ms of it is spent on an empty table too (perf record of the one-shot \
-             command): loading and relocating the PIE (~14 000 relocations, their pages copied \
+             command): loading and relocating the PIE (~24 000 relocations, their pages copied \
              on write), glibc's and libgcc's CPU detection (cpuid traps on this VM), clap \
              building the whole CLI, the HELLO/FEATURES round trips; per flow ~0.45 µs, of which \
              decoding and rendering is about a third and the kernel (socket and pipe copies, \

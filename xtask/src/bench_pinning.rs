@@ -20,7 +20,7 @@
 //! Each row: CPU seconds per 60 s (utime+stime from `/proc/PID/stat` over the idle window,
 //! scrapes every 15 s included), the procfs pass duration (`pinflow_collect_duration_seconds
 //! {source="procfs"}` as scraped: median and max), `/metrics` p50/p99 (the periodic scrapes plus
-//! a burst of 50 after the window), VmHWM and VmRSS at the end, and the mode pinflow reports
+//! a burst of 200 after the window, so that p99 is not simply the maximum), VmHWM and VmRSS at the end, and the mode pinflow reports
 //! (`pinflow_source_info`, when a build exposes it; else the sources' detail). pinflow is measured
 //! as whatever `pinflow serve` does: nothing here depends on how the pass is driven.
 //!
@@ -49,7 +49,7 @@ const PREFIX: &str = "pinbench-";
 /// Scrape interval of both exporters during the idle window.
 const SCRAPE_EVERY: Duration = Duration::from_secs(15);
 /// Scrapes in the burst after the window.
-const BURST: usize = 50;
+const BURST: usize = 200;
 /// vCPUs per real domain.
 const REAL_VCPUS: usize = 4;
 /// vCPUs per fixture domain.
