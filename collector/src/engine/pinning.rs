@@ -868,6 +868,9 @@ impl PinningEngine {
             pinning::evaluate(&observations)
         };
         self.evaluated = Some(self.generation);
+        if old.findings_version != 0 && report.same_findings(&old) {
+            report.findings_version = old.findings_version;
+        }
         self.counters.apply(&observations, &mut report);
         self.cache = observations;
         report.passes = self.passes.clone();

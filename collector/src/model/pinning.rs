@@ -696,6 +696,44 @@ pub(crate) struct PinningReport {
     pub(crate) findings_version: u64,
 }
 
+impl PinningReport {
+    /// Whether `self` shows the findings `other` shows: the same domains with their identity and
+    /// Nova metadata, their vCPUs' kinds, the drifted-vCPU counts, and every drift with its check,
+    /// vCPU, expectation, finding and overlap owners (what the exposition's findings section is
+    /// made of). A new evaluation that finds what the last one found keeps its
+    /// `findings_version`, so a scrape does not encode the same findings again.
+    pub(crate) fn same_findings(&self, other: &PinningReport) -> bool {
+        let same_drift = |x: &Drift, y: &Drift| {
+            x.check == y.check
+                && x.vcpu == y.vcpu
+                && x.expected == y.expected
+                && x.actual == y.actual
+                && x.owners == y.owners
+                && x.more_owners == y.more_owners
+        };
+        let same_domain = |a: &DomainReport, b: &DomainReport| {
+            a.domain == b.domain
+                && a.uuid == b.uuid
+                && a.nova == b.nova
+                && a.pinned == b.pinned
+                && a.drifted_vcpus == b.drifted_vcpus
+                && a.vcpus.len() == b.vcpus.len()
+                && a.vcpus.iter().zip(&b.vcpus).all(|(x, y)| x.kind == y.kind)
+                && a.drifts.len() == b.drifts.len()
+                && a.drifts
+                    .iter()
+                    .zip(b.drifts.iter())
+                    .all(|(x, y)| same_drift(x, y))
+        };
+        self.domains.len() == other.domains.len()
+            && self
+                .domains
+                .iter()
+                .zip(&other.domains)
+                .all(|(a, b)| same_domain(a, b))
+    }
+}
+
 /// A findings version no report of this process had before.
 pub(crate) fn next_findings_version() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -334,6 +334,9 @@ fn reevaluating_the_changed_domains_equals_a_full_evaluation() {
     );
     assert!(!drifts(&again, "c").is_empty());
     assert_ne!(again.findings_version, before.findings_version);
+    // The same findings again (an engine keeps their version then); b's placement drift differs.
+    assert!(again.same_findings(&full) && full.same_findings(&evaluate(&obs)));
+    assert!(!again.same_findings(&before));
     // Kept means not evaluated again: a mark on c's previous report survives, b's does not.
     let mut marked = before.clone();
     for d in &mut marked.domains {

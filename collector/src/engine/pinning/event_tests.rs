@@ -288,16 +288,25 @@ fn without_affinity_events_a_tick_finds_the_moved_thread_and_rereads_it_only() {
         f.drifts(),
         vec![affinity_drift.clone(), cpuset_drift.clone()]
     );
+    // A full pass that finds the same keeps the findings' version (no new encoding for scrapes).
+    let version = |f: &Fixture| f.engine.state.pinning.get().findings_version;
+    let found = version(&f);
+    f.engine.step(Todo {
+        full: true,
+        ..Default::default()
+    });
+    assert_eq!((f.passes(), version(&f)), ((3, 0, 9), found));
     // An idle tick: the affinities are checked (no thread re-read), nothing is published.
     f.engine.step(tick());
-    assert_eq!(f.passes(), (2, 0, 6));
+    assert_eq!(f.passes(), (3, 0, 9));
     // vCPU 1 put back on its pCPU by hand: the next tick re-reads that thread alone.
     f.set_affinity(VCPU1, "1");
     f.engine.step(tick());
-    assert_eq!(f.passes(), (2, 1, 7));
+    assert_eq!(f.passes(), (3, 1, 10));
     assert_eq!(f.drifts(), vec![cpuset_drift]);
+    assert_ne!(version(&f), found, "other findings, another version");
     f.engine.step(tick());
-    assert_eq!(f.passes(), (2, 1, 7), "seen once, not on every tick");
+    assert_eq!(f.passes(), (3, 1, 10), "seen once, not on every tick");
     // vCPU 0's cpuset holds its one pCPU: the kernel keeps its affinity there, so a tick does
     // not read it (this tree shows what no kernel would, an affinity outside the cpuset; the
     // kernel side is `a_one_cpu_cpuset_holds_the_affinity_whatever_sched_setaffinity_asks`).
@@ -305,7 +314,7 @@ fn without_affinity_events_a_tick_finds_the_moved_thread_and_rereads_it_only() {
     f.engine.step(tick());
     assert_eq!(
         f.passes(),
-        (2, 1, 7),
+        (3, 1, 10),
         "a thread held by its cpuset is not polled"
     );
 }
