@@ -401,6 +401,25 @@ fn busy_vcpu_running_off_its_pin_is_placement_drift() {
 }
 
 /// Finds libvirtd's pid by its comm.
+/// The nice value of each thread of `pid`, by thread name (`/proc/PID/task/*/stat` field 19).
+fn thread_nice(pid: u32) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let Ok(stat) = std::fs::read_to_string(e.expect("entry").path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        // After the name: state is field 3, so nice (19) is the 17th.
+        let nice = stat[close + 1..].split_whitespace().nth(16);
+        if let Some(n) = nice.and_then(|n| n.parse().ok()) {
+            out.insert(stat[open + 1..close].to_string(), n);
+        }
+    }
+    out
+}
+
 fn libvirtd_pid() -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
@@ -431,6 +450,13 @@ fn scrape_answers_while_libvirtd_is_stopped() {
     let pf = Pinflow::start(CONFIG, &[]);
     let dom = start(&DomainSpec::pinned("pf-hung", &["1"]).with_nova("hung-1", "qa", "m1.tiny"));
     expect_drift(&pf, "pf-hung", &[]);
+    // The passes yield to scrapes: the pinning thread runs niced, the thread answering HTTP not.
+    let nice = thread_nice(pf.pid());
+    assert_eq!(
+        (nice.get("pinflow"), nice.get("pinning")),
+        (Some(&0), Some(&5)),
+        "{nice:?}"
+    );
     let pid = libvirtd_pid().expect("libvirtd running");
     run("kill", &["-STOP", &pid.to_string()]);
     let resume = Resume(pid);

@@ -352,7 +352,10 @@ impl PinningEngine {
             supervisor.thread("pinning-events", move || read_events(reader, cgroups, &tx))?;
         }
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        supervisor.thread("pinning", move || self.run_blocking(&rx, first_tx))?;
+        supervisor.thread("pinning", move || {
+            super::yield_to_scrapes();
+            self.run_blocking(&rx, first_tx)
+        })?;
         Ok(first_rx)
     }
 
