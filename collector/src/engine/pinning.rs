@@ -960,7 +960,7 @@ impl PinningEngine {
                     Some(all) => Ok(all.get(&tid).cloned()),
                     None => probe.placement(tid),
                 };
-                match placement {
+                let sample = match placement {
                     Ok(Some(p)) => {
                         w.samples.push_back((now, p.off_pin_ns));
                         while w.samples.len() > 1
@@ -978,24 +978,20 @@ impl PinningEngine {
                             last_cpu: p.last_cpu,
                         };
                         self.placement_reads.drifting |= sample.offpin_ns_window > 0;
-                        let old = placed.insert(tid, sample.clone());
-                        let change = PlacementChange::between(old.as_ref(), &sample);
-                        if change == PlacementChange::Findings {
-                            changed_at.insert(i);
-                        }
-                        changed = changed.max(change);
+                        sample
                     }
-                    Ok(None) => {
-                        let sample = PlacementSample::default();
-                        let old = placed.insert(tid, sample.clone());
-                        let change = PlacementChange::between(old.as_ref(), &sample);
-                        if change == PlacementChange::Findings {
-                            changed_at.insert(i);
-                        }
-                        changed = changed.max(change);
+                    Ok(None) => PlacementSample::default(),
+                    Err(_) => {
+                        errors += 1;
+                        continue;
                     }
-                    Err(_) => errors += 1,
+                };
+                let old = placed.insert(tid, sample.clone());
+                let change = PlacementChange::between(old.as_ref(), &sample);
+                if change == PlacementChange::Findings {
+                    changed_at.insert(i);
                 }
+                changed = changed.max(change);
             }
         }
         // Intrusions: a changed verdict of the `stolen` check is a finding, moved totals counters.

@@ -703,14 +703,6 @@ impl PinningReport {
     /// made of). A new evaluation that finds what the last one found keeps its
     /// `findings_version`, so a scrape does not encode the same findings again.
     pub(crate) fn same_findings(&self, other: &PinningReport) -> bool {
-        let same_drift = |x: &Drift, y: &Drift| {
-            x.check == y.check
-                && x.vcpu == y.vcpu
-                && x.expected == y.expected
-                && x.actual == y.actual
-                && x.owners == y.owners
-                && x.more_owners == y.more_owners
-        };
         let same_domain = |a: &DomainReport, b: &DomainReport| {
             a.domain == b.domain
                 && a.uuid == b.uuid
@@ -719,11 +711,7 @@ impl PinningReport {
                 && a.drifted_vcpus == b.drifted_vcpus
                 && a.vcpus.len() == b.vcpus.len()
                 && a.vcpus.iter().zip(&b.vcpus).all(|(x, y)| x.kind == y.kind)
-                && a.drifts.len() == b.drifts.len()
-                && a.drifts
-                    .iter()
-                    .zip(b.drifts.iter())
-                    .all(|(x, y)| same_drift(x, y))
+                && a.drifts == b.drifts
         };
         self.domains.len() == other.domains.len()
             && self
