@@ -866,14 +866,20 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         eprintln!("note: the generated table has dirty flows: {dirty_rules:?}");
     }
 
-    // (c) latency of a dirty flow to /metrics.
+    // (c) latency of a dirty flow to /metrics: after a quiet second (read at once), and right
+    // after the previous repetition's changes (a stream: read at the end of the mirror's batch
+    // window, 500 ms).
     crate::util::step(&format!(
-        "flow bench: add-flow of a dirty flow → /metrics, {dirty_reps} times"
+        "flow bench: add-flow of a dirty flow → /metrics, {dirty_reps} times after a quiet second, {dirty_reps} times in a stream"
     ));
     let mgmt = BRIDGE;
     let rule = "output_to_missing_port";
-    let mut lat = Vec::new();
-    for i in 0..dirty_reps {
+    let (mut lat_quiet, mut lat) = (Vec::new(), Vec::new());
+    for i in 0..dirty_reps * 2 {
+        let quiet = i < dirty_reps;
+        if quiet {
+            std::thread::sleep(Duration::from_millis(1100));
+        }
         let before = serve.dirty(rule).unwrap_or(0.0);
         let flow = format!("table=94,priority=30,reg6=0xfff,dl_dst=fa:16:3e:ff:ff:{i:02x}");
         let t = Instant::now();
@@ -892,7 +898,7 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
                 > before),
             "dirty flow {i} not reported within 10 s"
         );
-        lat.push(t.elapsed());
+        if quiet { &mut lat_quiet } else { &mut lat }.push(t.elapsed());
         let st = ofctl_cmd(&ovs, &["--strict", "del-flows", mgmt, &flow]).status()?;
         ensure!(st.success(), "del-flows failed");
         ensure!(
@@ -903,6 +909,8 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
     }
     let lat_p50 = median(lat.clone());
     let lat_max = lat.iter().max().copied().unwrap_or_default();
+    let quiet_p50 = median(lat_quiet.clone());
+    let quiet_max = lat_quiet.iter().max().copied().unwrap_or_default();
 
     // (b) steady state: pinflow + ovs-vswitchd with changes.
     crate::util::step(&format!(
@@ -1146,10 +1154,22 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         String::new(),
     ]);
     rows.push([
-        format!("add-flow of a dirty flow → /metrics (median of {dirty_reps})"),
+        format!("add-flow of a dirty flow → /metrics after a second without changes (median of {dirty_reps})"),
         "≤ 1 s".into(),
-        format!("{} (max {})", ms(lat_p50), ms(lat_max)),
-        verdict(lat_p50 <= Duration::from_secs(1)),
+        format!("{} (max {})", ms(quiet_p50), ms(quiet_max)),
+        verdict(quiet_max <= Duration::from_secs(1)),
+    ]);
+    rows.push([
+        format!(
+            "add-flow of a dirty flow → /metrics right after other changes (median of {dirty_reps})"
+        ),
+        "≤ 1 s".into(),
+        format!(
+            "{} (max {}; updates of a stream are read every 500 ms)",
+            ms(lat_p50),
+            ms(lat_max)
+        ),
+        verdict(lat_max <= Duration::from_secs(1)),
     ]);
     rows.push([
         format!("pinflow serve RSS, {serve_n} flows mirrored"),

@@ -56,11 +56,19 @@ fn host_paths(s: &SourceArgs) -> HostPaths {
     }
 }
 
+/// How long an idle thread of the runtime's blocking pool waits for more work before it exits.
+/// Longer than the periodic readers' intervals (ovs-vswitchd every 15 s, the host CPU
+/// configuration every 60 s), so that each read reuses a thread instead of creating one (tokio's
+/// 10 s default made every ovs-vswitchd read start two threads: about half of an idle daemon's
+/// CPU).
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// A runtime on the calling thread, for the daemon and the one-shot commands.
 fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context as _;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
         .context("failed to start the async runtime")
 }

@@ -113,7 +113,17 @@ pub(crate) async fn run(cfg: DirtyFlowConfig, run_dir: PathBuf, state: SharedSta
     loop {
         // No periodic tick: sleep until the next publish is due (after a change) or the index's
         // next grace-period deadline, whichever comes first; an idle host costs no wake-ups.
-        let publish_due = dirty.then(|| last_publish + publish_delay(urgent));
+        // Counts alone wait for a timer only when no more changes come: while a stream of
+        // batches flows (one per `BATCH_WINDOW`), the batch that finds them due publishes them.
+        let publish_due = dirty.then(|| {
+            last_publish
+                + publish_delay(urgent)
+                + if urgent {
+                    Duration::ZERO
+                } else {
+                    openflow::BATCH_WINDOW
+                }
+        });
         let wake = publish_due
             .into_iter()
             .chain(index.next_deadline())

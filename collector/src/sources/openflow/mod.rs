@@ -20,6 +20,7 @@
 //! Layout: [`wire`] framing and fixed messages, [`client`] the async client and the per-bridge
 //! mirror loop [`run_bridge`].
 
+mod batch_timer;
 pub(crate) mod client;
 mod probe;
 pub(crate) mod wire;
@@ -32,8 +33,8 @@ mod codec_real_tests;
 mod real_tests;
 
 pub(crate) use client::{
-    BridgeConfig, BridgeSnapshot, FlowChange, ONE_SHOT_READ_CHUNK, OpenFlowClient, TaggedChange,
-    dump_bridge, run_bridge,
+    BATCH_WINDOW, BridgeConfig, BridgeSnapshot, FlowChange, ONE_SHOT_READ_CHUNK, OpenFlowClient,
+    TaggedChange, dump_bridge, run_bridge,
 };
 pub(crate) use probe::SOURCE;
 pub(crate) use wire::OfError;

@@ -16,7 +16,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)] // Test code.
 
 use crate::sources::openflow::{
-    BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, TaggedChange, run_bridge,
+    BATCH_WINDOW, BridgeConfig, BridgeSnapshot, FlowChange, OpenFlowClient, TaggedChange,
+    run_bridge,
 };
 use pinflow_tests::ovs::{Ovs, mask_durations};
 use std::path::Path;
@@ -337,6 +338,51 @@ async fn openflow_against_real_ovs() {
     )
     .await;
     eprintln!("monitor: del-flows seen after {t:?}");
+
+    // Batches: once updates come one after another, the next one waits in the socket until
+    // the window of the one before ends (one wake-up for all it finds there); after a quiet
+    // spell, an update is read at once.
+    tokio::time::sleep(BATCH_WINDOW * 3).await;
+    let mut seen = Vec::new();
+    for (i, change) in ["add-flow", "del-flows", "add-flow"]
+        .into_iter()
+        .enumerate()
+    {
+        let flow = if change == "add-flow" {
+            "table=31,priority=1,actions=drop"
+        } else {
+            "table=31"
+        };
+        ovs.ofctl(&[change, BRIDGE, flow]);
+        expect_change(
+            &mut ch_rx,
+            &format!("update {i} of a stream"),
+            |c| match c {
+                FlowChange::Added(e) | FlowChange::Deleted(e) => e.table == 31,
+                _ => false,
+            },
+            Duration::from_secs(1),
+        )
+        .await;
+        seen.push(Instant::now());
+    }
+    let held = seen[2] - seen[1];
+    eprintln!(
+        "monitor: a stream's updates seen {:?} and {held:?} after the one before",
+        seen[1] - seen[0]
+    );
+    assert!(
+        held >= BATCH_WINDOW - Duration::from_millis(50),
+        "the third update of a stream came {held:?} after the second: not held to the window"
+    );
+    ovs.ofctl(&["del-flows", BRIDGE, "table=31"]);
+    expect_change(
+        &mut ch_rx,
+        "the stream's last update",
+        |c| matches!(c, FlowChange::Deleted(e) if e.table == 31),
+        Duration::from_secs(1),
+    )
+    .await;
     wait_snapshot(&mut snap_rx, "table back to the initial size", |s| {
         s.flows.len() == n0
     })
