@@ -32,6 +32,7 @@ use crate::model::pinning::{
 use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
 use crate::sources::procfs::cgroup_watch::{self, CgroupWatch, CgroupWatches};
+use crate::sources::procfs::kept_status::KeptStatus;
 use crate::sources::procfs::{HostFs, ProcError};
 use crate::sources::sched_bpf::SchedProbe;
 use crate::sources::sched_bpf::events::{self, PinEventReader, PinEvents};
@@ -216,6 +217,9 @@ pub(crate) struct PinningEngine {
     cfg: PinningConfig,
     inventory: LibvirtInventory,
     hostfs: HostFs,
+    /// `status` files of the threads checked every tick, kept open where the affinity is read
+    /// from them (no `sched_getaffinity(2)`: a procfs root of another pid namespace).
+    kept_status: KeptStatus,
     probe: Option<SchedProbe>,
     events: Option<EventState>,
     /// The event sources' reading halves, until [`Self::start`] hands them to their thread.
@@ -300,6 +304,7 @@ impl PinningEngine {
             cfg,
             inventory: LibvirtInventory::new(inputs.libvirt_state_dir.clone()),
             hostfs: HostFs::new(inputs.proc_root.clone(), inputs.sys_root.clone()),
+            kept_status: KeptStatus::new(),
             probe,
             events,
             readers,
@@ -466,7 +471,7 @@ impl PinningEngine {
     /// `<iothreadsched>` whose policy or priority differs (one `stat` read each: no kernel event
     /// tells of `sched_setscheduler`). A thread that is gone counts as moved: the targeted pass
     /// finds out. `None` when there is nothing to check.
-    fn affinity_moved(&self) -> Option<BTreeSet<u32>> {
+    fn affinity_moved(&mut self) -> Option<BTreeSet<u32>> {
         let affinity = !self.cfg.affinity_events;
         let sched: Vec<BTreeSet<u32>> = self.cache.iter().map(sched_tids).collect();
         if !affinity && sched.iter().all(BTreeSet::is_empty) {
@@ -475,6 +480,8 @@ impl PinningEngine {
         // A read that hangs shows the source as wedged, as a pass's would.
         let _reading = self.state.sources.collect(procfs::SOURCE.name);
         let mut moved = BTreeSet::new();
+        let live = self.hostfs.is_live();
+        self.kept_status.begin_round();
         for (obs, sched) in self.cache.iter().zip(&sched) {
             let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
                 continue;
@@ -482,7 +489,12 @@ impl PinningEngine {
             for (tid, t) in &obs.threads {
                 let affinity_differs = affinity
                     && !affinity_held_by_cpuset(t)
-                    && self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity);
+                    && if live {
+                        self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity)
+                    } else {
+                        self.kept_status
+                            .differs(&self.hostfs, pid, *tid, &t.affinity)
+                    };
                 let sched_differs = sched.contains(tid)
                     && self.hostfs.sched(pid, *tid).ok() != Some((t.policy, t.rt_priority));
                 if affinity_differs || sched_differs {
@@ -490,6 +502,7 @@ impl PinningEngine {
                 }
             }
         }
+        self.kept_status.end_round();
         Some(moved)
     }
 
@@ -531,9 +544,10 @@ impl PinningEngine {
                         self.held_by_cpuset_detail()
                     ),
                     (false, false) => format!(
-                        "affinity checked every interval from status files (the procfs root \
-                         shows another pid namespace: hostPID makes this one syscall per \
-                         thread){}",
+                        "affinity checked every interval from status files, {} kept open \
+                         (the procfs root shows another pid namespace: hostPID makes this one \
+                         sched_getaffinity(2) per thread){}",
+                        self.kept_status.len(),
                         self.held_by_cpuset_detail()
                     ),
                 }

@@ -33,7 +33,8 @@ use crate::model::pinning::ThreadState;
 use crate::sources::{CanRun, SourceDef};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 /// The procfs source: each vCPU and emulator thread's affinity, last CPU, scheduler times and
@@ -214,11 +215,7 @@ impl HostFs {
             Some(Err(e)) if e.raw_os_error() == Some(libc::ESRCH) => {
                 Err(ProcError::Gone { pid, tid })
             }
-            _ => {
-                let status_path = task.join("status");
-                let status = self.read_task_file(&status_path, pid, tid)?;
-                parse_affinity(&status).map_err(|reason| parse_err(&status_path, reason))
-            }
+            _ => self.status_affinity(&task.join("status"), pid, tid),
         }
     }
 
@@ -345,18 +342,14 @@ impl HostFs {
 
     /// Reads a file of a task directory, mapping "the thread exited" to [`ProcError::Gone`].
     fn read_task_file(&self, path: &Path, pid: u32, tid: u32) -> Result<String, ProcError> {
-        match read_bounded(path) {
-            Ok(s) => Ok(s),
-            // ESRCH: the file was opened but the task died; ENOENT: the task directory is gone.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(ProcError::Gone { pid, tid }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.task_dir(pid, tid).exists() => {
-                Err(ProcError::Gone { pid, tid })
-            }
-            Err(source) => Err(ProcError::Io {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
+        // ESRCH: the file was opened but the task died; ENOENT: the task directory is gone.
+        read_bounded(path).map_err(|source| self.task_error(path, pid, tid, source))
+    }
+
+    /// The affinity in the `status` file at `path` of thread `tid` of `pid`.
+    fn status_affinity(&self, path: &Path, pid: u32, tid: u32) -> Result<CpuSet, ProcError> {
+        let status = self.read_task_file(path, pid, tid)?;
+        parse_affinity(&status).map_err(|reason| parse_err(path, reason))
     }
 
     /// Where the `cpuset.cpus` of a thread's cpuset cgroup lives, from its `/proc/…/cgroup` text.
@@ -614,20 +607,52 @@ fn parse_err(path: &Path, reason: impl Into<String>) -> ProcError {
 
 /// Reads at most [`MAX_FILE_BYTES`] of a small text file; longer files are an error.
 fn read_bounded(path: &Path) -> io::Result<String> {
-    let mut buf = String::new();
-    File::open(path)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut buf)?;
-    if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {MAX_FILE_BYTES} bytes"),
-        ));
-    }
-    Ok(buf)
+    let file = File::open(path)?;
+    let mut buf = Vec::new();
+    read_small(&mut buf, |b, offset| file.read_at(b, offset))?;
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// Reads a small text file whole through `read_at(buf, offset)`, in as few calls as its size
+/// allows: one for a file of less than [`FIRST_READ`] bytes. A read that returns less than it was
+/// asked for is the end of the file: true of regular files and of every procfs and cgroupfs file
+/// pinflow reads (the kernel makes their text whole for a read from offset 0, `single_open`), so
+/// no read is spent on finding the end (`read_to_string` spends two: a probe and the end).
+/// The text replaces what `buf` held (its allocation is reused).
+pub(crate) fn read_small(
+    buf: &mut Vec<u8>,
+    mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<()> {
+    buf.resize(buf.len().max(FIRST_READ), 0);
+    let mut len = 0usize;
+    loop {
+        let n = match read_at(&mut buf[len..], len as u64) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        len += n;
+        if len as u64 > MAX_FILE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {MAX_FILE_BYTES} bytes"),
+            ));
+        }
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize((buf.len() * 2).min(MAX_FILE_BYTES as usize + 1), 0);
+    }
+    buf.truncate(len);
+    Ok(())
+}
+
+/// The first read of [`read_small`]: larger than any `status`, `stat`, `schedstat`, `cgroup` or
+/// `cpuset.cpus` file.
+const FIRST_READ: usize = 4096;
+
 pub(crate) mod cgroup_watch;
+pub(crate) mod kept_status;
 mod numa;
 
 #[cfg(test)]

@@ -512,3 +512,94 @@ fn scheduling_policy_and_priority_come_from_stat_fields_40_and_41() {
     assert_eq!((short.rt_priority, short.policy), (0, None));
     assert!(parse_stat(&line.replace(" 1 3 1 ", " 1 3 x ")).is_err());
 }
+
+/// A kept `status` file ([`kept_status::KeptStatus`]) of a real thread, read through a procfs
+/// root that only links to our process (as the host's procfs seen from another pid namespace):
+/// each read is the thread's affinity now (procfs makes the text again for a read from offset
+/// 0), one file stays open per thread, and once the thread exits its file reads as gone.
+#[test]
+fn kept_status_files_follow_a_real_thread_until_it_exits() {
+    let pid = std::process::id();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(format!("/proc/{pid}"), tmp.path().join(pid.to_string()))
+        .expect("symlink");
+    let files = HostFs::new(tmp.path().to_path_buf(), PathBuf::from("/sys"));
+    assert!(!files.live);
+    let (to_thread, orders) = std::sync::mpsc::channel::<Option<CpuSet>>();
+    let (to_test, replies) = std::sync::mpsc::channel::<u32>();
+    let handle = std::thread::spawn(move || {
+        to_test.send(current_tid()).ok();
+        while let Ok(Some(set)) = orders.recv() {
+            set_affinity(&set);
+            to_test.send(0).ok();
+        }
+    });
+    let tid = replies.recv().expect("tid");
+    let mut kept = kept_status::KeptStatus::new();
+    kept.begin_round();
+    let all = kept.affinity(&files, pid, tid).expect("affinity").clone();
+    assert_eq!(
+        all,
+        HostFs::default().thread(pid, tid).expect("thread").affinity
+    );
+    assert_eq!(kept.len(), 1);
+    let Some(first) = all.iter().next() else {
+        panic!("empty affinity");
+    };
+    to_thread.send(Some(CpuSet::single(first))).expect("order");
+    replies.recv().expect("narrowed");
+    assert_eq!(
+        *kept.affinity(&files, pid, tid).expect("affinity"),
+        CpuSet::single(first),
+        "the kept file still shows the old affinity"
+    );
+    assert_eq!(kept.len(), 1, "a second read opened another file");
+    kept.end_round();
+    assert_eq!(kept.len(), 1, "a file read in the round was closed");
+    to_thread.send(None).expect("order");
+    handle.join().expect("join");
+    let mut last = None;
+    for _ in 0..50 {
+        kept.begin_round();
+        match kept.affinity(&files, pid, tid) {
+            Err(ProcError::Gone { .. }) => {
+                assert_eq!(kept.len(), 0, "the file of a gone thread stays open");
+                return;
+            }
+            other => last = Some(other),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("thread {tid} still readable through its kept file: {last:?}");
+}
+
+/// Files of threads no longer checked are closed at the end of a round.
+#[test]
+fn kept_status_files_of_unchecked_threads_are_closed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (tid, list) in [(8, "1-2"), (9, "3")] {
+        let task = tmp.path().join(format!("proc/7/task/{tid}"));
+        std::fs::create_dir_all(&task).expect("mkdir");
+        std::fs::write(
+            task.join("status"),
+            format!("Name:\tCPU/KVM\nCpus_allowed_list:\t{list}\n"),
+        )
+        .expect("write");
+    }
+    let fs = HostFs::new(tmp.path().join("proc"), tmp.path().join("sys"));
+    let mut kept = kept_status::KeptStatus::new();
+    kept.begin_round();
+    assert_eq!(*kept.affinity(&fs, 7, 8).expect("8"), cpus("1-2"));
+    assert_eq!(*kept.affinity(&fs, 7, 9).expect("9"), cpus("3"));
+    kept.end_round();
+    assert_eq!(kept.len(), 2);
+    kept.begin_round();
+    assert_eq!(*kept.affinity(&fs, 7, 9).expect("9"), cpus("3"));
+    kept.end_round();
+    assert_eq!(kept.len(), 1);
+    kept.begin_round();
+    assert!(matches!(
+        kept.affinity(&fs, 7, 10),
+        Err(ProcError::Gone { pid: 7, tid: 10 })
+    ));
+}
