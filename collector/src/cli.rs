@@ -29,6 +29,49 @@ pub(crate) struct Cli {
     pub(crate) log: LogArgs,
 }
 
+impl Cli {
+    /// Parses the command line as [`Parser::parse`] does. `pinflow flows …` is first parsed by a
+    /// command that has only that subcommand ([`FlowsCli`], the same flag structs): clap builds
+    /// every subcommand and copies each global flag into each of them before it parses, a good
+    /// part of a one-shot dump's start (`pinflow flows` on an empty bridge). Anything that parser
+    /// does not accept as a `flows` command line (another subcommand, `--help`, an error) goes to
+    /// the full parser, so help, versions and errors are the full command's.
+    pub(crate) fn parse_args() -> Cli {
+        if std::env::args_os().any(|a| a == "flows")
+            && let Ok(FlowsCli {
+                command: FlowsOnly::Flows(flows),
+                sources,
+                log,
+            }) = FlowsCli::try_parse()
+        {
+            return Cli {
+                command: Some(Command::Flows(flows)),
+                sources,
+                log,
+            };
+        }
+        Cli::parse()
+    }
+}
+
+/// [`Cli`] with `flows` as its only subcommand (see [`Cli::parse_args`]).
+#[derive(Debug, Parser)]
+#[command(name = "pinflow")]
+struct FlowsCli {
+    #[command(subcommand)]
+    command: FlowsOnly,
+    #[command(flatten)]
+    sources: SourceArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// The one subcommand of [`FlowsCli`].
+#[derive(Debug, Subcommand)]
+enum FlowsOnly {
+    Flows(FlowsArgs),
+}
+
 /// Flags every subcommand takes: where the sources live and the config file.
 #[derive(Clone, Debug, Args)]
 pub(crate) struct SourceArgs {

@@ -226,6 +226,17 @@ pub(crate) struct FieldInfo {
     pub(crate) fmt: Fmt,
     /// Normalization into match keys.
     pub(crate) norm: Norm,
+    /// The key mask of an exact (unmasked) match on a [`Norm::Simple`] field (see
+    /// [`Match::add`]), worked out once here rather than for every decoded field.
+    exact_mask: u128,
+}
+
+/// [`FieldInfo::exact_mask`] of a field normalized as `norm`.
+const fn exact_mask(norm: Norm) -> u128 {
+    match norm {
+        Norm::Simple(k) => key_full_mask(k) & ones(key_bytes(k)),
+        _ => 0,
+    }
 }
 
 #[expect(clippy::too_many_arguments, reason = "a table row constructor")]
@@ -249,6 +260,7 @@ const fn f(
         name,
         fmt,
         norm,
+        exact_mask: exact_mask(norm),
     }
 }
 
@@ -277,6 +289,7 @@ const fn exp(
         name,
         fmt,
         norm,
+        exact_mask: exact_mask(norm),
     }
 }
 
@@ -589,7 +602,7 @@ pub(crate) struct Match {
 }
 
 /// Width in bytes of a key's value.
-pub(crate) fn key_bytes(key: Key) -> usize {
+pub(crate) const fn key_bytes(key: Key) -> usize {
     use Key::*;
     match key {
         InPort | NwSrc | NwDst | Ipv6Label | Reg(_) | TunSrc | TunDst | PktMark | ConjId
@@ -609,7 +622,7 @@ pub(crate) fn key_bytes(key: Key) -> usize {
 }
 
 /// The mask of an exact match on `key` (narrower than its byte width for some fields).
-pub(crate) fn key_full_mask(key: Key) -> u128 {
+pub(crate) const fn key_full_mask(key: Key) -> u128 {
     match key {
         Key::Ipv6Label | Key::MplsLabel | Key::TunErspanIdx => 0xfffff,
         Key::NshSpi => 0xff_ffff,
@@ -619,7 +632,7 @@ pub(crate) fn key_full_mask(key: Key) -> u128 {
     }
 }
 
-fn ones(bytes: usize) -> u128 {
+const fn ones(bytes: usize) -> u128 {
     if bytes >= 16 {
         u128::MAX
     } else {
@@ -628,6 +641,19 @@ fn ones(bytes: usize) -> u128 {
 }
 
 fn be(b: &[u8]) -> u128 {
+    // The widths fields have, each as one load; any other byte by byte.
+    if let Ok(a) = <[u8; 4]>::try_from(b) {
+        return u32::from_be_bytes(a).into();
+    }
+    if let Ok(a) = <[u8; 2]>::try_from(b) {
+        return u16::from_be_bytes(a).into();
+    }
+    if let Ok(a) = <[u8; 16]>::try_from(b) {
+        return u128::from_be_bytes(a);
+    }
+    if let Ok(a) = <[u8; 8]>::try_from(b) {
+        return u64::from_be_bytes(a).into();
+    }
     if b.len() <= 8 {
         // Most fields: a 64-bit accumulator is cheaper than a 128-bit one.
         return u128::from(b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x)));
@@ -667,7 +693,10 @@ impl Match {
         let m = mask.unwrap_or(full);
         match info.norm {
             Norm::Simple(k) => {
-                let km = mask.unwrap_or(key_full_mask(k)) & ones(key_bytes(k));
+                let km = match mask {
+                    None => info.exact_mask,
+                    Some(m) => m & ones(key_bytes(k)),
+                };
                 self.merge(k, value, km)
             }
             Norm::InPort16 => {
