@@ -672,6 +672,7 @@ impl Match {
         self.get(key).map(|e| (e.value, e.mask)).unwrap_or((0, 0))
     }
 
+    #[inline]
     fn merge(&mut self, key: Key, value: u128, mask: u128) {
         if mask == 0 {
             return;
@@ -688,17 +689,27 @@ impl Match {
         }
     }
 
+    /// Adds a decoded field. Most fields map onto one key of their own width: that case is
+    /// inlined into the decoder's loop, the others go through [`add_normalized`](Self::add_normalized).
+    #[inline(always)]
     fn add(&mut self, info: &FieldInfo, value: u128, mask: Option<u128>) {
+        if let Norm::Simple(k) = info.norm {
+            let km = match mask {
+                None => info.exact_mask,
+                Some(m) => m & ones(key_bytes(k)),
+            };
+            self.merge(k, value, km)
+        } else {
+            self.add_normalized(info, value, mask)
+        }
+    }
+
+    /// [`add`](Self::add) for the fields that are not [`Norm::Simple`].
+    fn add_normalized(&mut self, info: &FieldInfo, value: u128, mask: Option<u128>) {
         let full = ones(info.bytes as usize);
         let m = mask.unwrap_or(full);
         match info.norm {
-            Norm::Simple(k) => {
-                let km = match mask {
-                    None => info.exact_mask,
-                    Some(m) => m & ones(key_bytes(k)),
-                };
-                self.merge(k, value, km)
-            }
+            Norm::Simple(k) => self.merge(k, value, m & ones(key_bytes(k))),
             Norm::InPort16 => {
                 let v = value as u32;
                 let p = if v >= 0xff00 { v | 0xffff_0000 } else { v };
