@@ -1175,12 +1175,15 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         } else if what.contains("serve RSS") {
             "~190 B of heap per mirrored flow plus ~10 MB of mapped code (issue 13)"
         } else if what.contains("pinflow flows --no-stats") {
-            "~2.2 ms of it is spent on an empty table too (perf record of the one-shot \
-             command): loading and relocating the PIE (~24 000 relocations, their pages copied \
-             on write), glibc's and libgcc's CPU detection (cpuid traps on this VM), clap \
-             building the whole CLI, the HELLO/FEATURES round trips; per flow ~0.45 µs, of which \
-             decoding and rendering is about a third and the kernel (socket and pipe copies, \
-             waits for ovs-vswitchd) the larger part"
+            "~1.7 ms of task-clock is spent on an empty table too (perf stat and perf record \
+             of the one-shot command, non-PIE glibc build): mostly in the kernel (exec, ~170 \
+             page faults, exit, the socket and runtime set-up), then glibc's and libgcc's CPU \
+             detection (cpuid traps on this VM, ~13 % of an empty run), symbol binding, and \
+             std reading /proc/self/maps for the main thread's stack guard; per flow ~3 100 \
+             user instructions (cachegrind, 31.2M for 10 000 flows: match decode ~1 100, \
+             match text ~1 400, line assembly and actions cache ~250) and about as much CPU \
+             again in the kernel (socket and pipe copies, freeing the switch's socket buffers, \
+             waking the reader)"
         } else {
             ""
         };
