@@ -2,6 +2,7 @@
 
 use crate::export::http::ListenAddress;
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -27,6 +28,54 @@ pub(crate) struct Cli {
     /// Logging flags.
     #[command(flatten)]
     pub(crate) log: LogArgs,
+}
+
+impl Cli {
+    /// Parses the command line as [`Parser::parse`] does. `pinflow flows …` is first parsed by a
+    /// command that has only that subcommand ([`FlowsCli`], the same flag structs): clap builds
+    /// every subcommand and copies each global flag into each of them before it parses, a good
+    /// part of a one-shot dump's start (`pinflow flows` on an empty bridge). Anything that parser
+    /// does not accept as a `flows` command line (another subcommand, `--help`, an error) goes to
+    /// the full parser, so help, versions and errors are the full command's.
+    pub(crate) fn parse_args() -> Cli {
+        Cli::flows_only(std::env::args_os()).unwrap_or_else(Cli::parse)
+    }
+
+    /// `args` parsed by [`FlowsCli`], or `None` when they are not a valid `flows` command line.
+    fn flows_only(args: impl IntoIterator<Item = impl Into<OsString>>) -> Option<Cli> {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        if !args.iter().any(|a| a == "flows") {
+            return None;
+        }
+        let FlowsCli {
+            command: FlowsOnly::Flows(flows),
+            sources,
+            log,
+        } = FlowsCli::try_parse_from(args).ok()?;
+        Some(Cli {
+            command: Some(Command::Flows(flows)),
+            sources,
+            log,
+        })
+    }
+}
+
+/// [`Cli`] with `flows` as its only subcommand (see [`Cli::parse_args`]).
+#[derive(Debug, Parser)]
+#[command(name = "pinflow")]
+struct FlowsCli {
+    #[command(subcommand)]
+    command: FlowsOnly,
+    #[command(flatten)]
+    sources: SourceArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// The one subcommand of [`FlowsCli`].
+#[derive(Debug, Subcommand)]
+enum FlowsOnly {
+    Flows(FlowsArgs),
 }
 
 /// Flags every subcommand takes: where the sources live and the config file.
@@ -282,4 +331,40 @@ pub(crate) struct LogArgs {
     /// Log line format on stderr.
     #[arg(long = "log.format", global = true, default_value = "logfmt", value_parser = ["logfmt", "json"])]
     pub(crate) format: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_command_lines_parse_as_the_full_cli_does() {
+        for line in [
+            "pinflow flows",
+            "pinflow flows --bridge br-int --no-stats",
+            "pinflow --ovs-run-dir /x flows --json --log.level warn",
+            "pinflow flows --ovs-run-dir /x --dirty --no-collector.flows --log.format json",
+            "pinflow --config c.toml flows --datapath --count --capture f",
+        ] {
+            let args = line.split(' ');
+            let fast = Cli::flows_only(args.clone()).unwrap();
+            let full = Cli::try_parse_from(args).unwrap();
+            assert!(matches!(fast.command, Some(Command::Flows(_))), "{line}");
+            assert_eq!(format!("{fast:?}"), format!("{full:?}"), "{line}");
+        }
+        // Anything else is left to the full parser (its help, version and errors).
+        for line in [
+            "pinflow",
+            "pinflow serve",
+            "pinflow check --json",
+            "pinflow --version",
+            "pinflow flows --help",
+            "pinflow flows --bogus",
+            "pinflow flows --json --datapath",
+            "pinflow --config flows",
+            "pinflow --config flows serve",
+        ] {
+            assert!(Cli::flows_only(line.split(' ')).is_none(), "{line}");
+        }
+    }
 }

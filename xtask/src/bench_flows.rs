@@ -7,7 +7,8 @@
 //! - (a) CPU (user+sys) of one full dump: `ovs-ofctl dump-flows` (rusage of the child), the text
 //!   parse of its output into match/action fields (thread CPU of this process's parser), ovs-vswitchd
 //!   during each dump (sum of its threads' `schedstat`), and pinflow's own one-shot
-//!   `pinflow flows --bridge B --no-stats` (rusage of the child: start, dump, decode, render, print);
+//!   `pinflow flows --bridge B --no-stats` (rusage of the child: start, dump, decode, render, print)
+//!   of the binary that ships, the static one of `cargo xtask dist` (see `bench` in main.rs);
 //! - (b) steady state over 30 s with 10 flow changes per second (alternating add/delete over one
 //!   persistent OpenFlow connection, as an agent makes them): `pinflow serve` mirroring the bridge
 //!   (its own CPU, after a 10 s warm-up), ovs-vswitchd alone, with 100 bare flow monitors (its cost
@@ -749,8 +750,9 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// Runs the flow benchmarks against `pinflow_bin` and prints the report.
-pub fn run(pinflow_bin: &Path) -> Result<()> {
+/// Runs the flow benchmarks against `pinflow_bin` (the one-shot dumps against `oneshot_bin`, the
+/// shipped static binary unless told otherwise) and prints the report.
+pub fn run(pinflow_bin: &Path, oneshot_bin: &Path) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
@@ -822,7 +824,7 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
             reps()
         ));
         load_flows(&ovs, n)?;
-        let c = dump_costs(&ovs, pinflow_bin, n)?;
+        let c = dump_costs(&ovs, oneshot_bin, n)?;
         costs.push((n, c));
     }
 
@@ -1195,12 +1197,14 @@ pub fn run(pinflow_bin: &Path) -> Result<()> {
         } else if what.contains("serve RSS") {
             "~190 B of heap per mirrored flow plus ~10 MB of mapped code (issue 13)"
         } else if what.contains("pinflow flows --no-stats") {
-            "~2.2 ms of it is spent on an empty table too (perf record of the one-shot \
-             command): loading and relocating the PIE (~24 000 relocations, their pages copied \
-             on write), glibc's and libgcc's CPU detection (cpuid traps on this VM), clap \
-             building the whole CLI, the HELLO/FEATURES round trips; per flow ~0.45 µs, of which \
-             decoding and rendering is about a third and the kernel (socket and pipe copies, \
-             waits for ovs-vswitchd) the larger part"
+            "measured on the shipped static binary (`cargo xtask dist`; `PINFLOW_BIN` or \
+             `PINFLOW_ONESHOT_BIN` name another). ~0.8 ms of task-clock is spent on an empty \
+             table too (perf stat; the glibc build: ~1.4 ms, its loader, libraries and cpuid \
+             traps), mostly in the kernel (exec, ~150 page faults, exit, the socket and runtime \
+             set-up); per flow ~3 100 user instructions (cachegrind of the glibc build, 31.2M for \
+             10 000 flows: match decode ~1 100, match text ~1 400, line assembly and actions \
+             cache ~250) and about as much CPU again in the kernel (socket and pipe copies, \
+             freeing the switch's socket buffers, waking the reader)"
         } else {
             ""
         };

@@ -156,6 +156,20 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
             util::workspace_root().join("target/release/pinflow")
         }
     };
+    // The one-shot rows (`pinflow flows` once, issue 13) measure what ships: the static binary of
+    // `cargo xtask dist`, built here too unless `PINFLOW_BIN` names the binary to measure
+    // everywhere (as `cargo xtask test` does) or `PINFLOW_ONESHOT_BIN` names this one.
+    let oneshot = match (
+        std::env::var_os("PINFLOW_ONESHOT_BIN"),
+        std::env::var_os("PINFLOW_BIN"),
+    ) {
+        (Some(b), _) => std::path::PathBuf::from(b),
+        (None, Some(_)) => bin.clone(),
+        (None, None) if part("flows") => {
+            dist::dist(&dist::DistArgs { image: false })?.join("pinflow")
+        }
+        (None, None) => bin.clone(),
+    };
     let t_start = std::time::Instant::now();
     if part("sched") {
         bench_sched::run(&bin)?;
@@ -173,12 +187,13 @@ pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<()> {
             let st = std::process::Command::new(&xtask)
                 .args(["bench", "--only", p])
                 .env("PINFLOW_BIN", &bin)
+                .env("PINFLOW_ONESHOT_BIN", &oneshot)
                 .env("PINFLOW_BENCH_CHILD", "1")
                 .status()
                 .with_context(|| format!("cannot run {}", xtask.display()))?;
             anyhow::ensure!(st.success(), "the {p} bench failed ({st})");
         } else if p == "flows" {
-            bench_flows::run(&bin)?;
+            bench_flows::run(&bin, &oneshot)?;
         } else {
             bench_ovs::run(&bin)?;
         }

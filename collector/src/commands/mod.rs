@@ -13,14 +13,13 @@ mod serve;
 
 use crate::cli::{Cli, Command, SourceArgs};
 use crate::sources::HostPaths;
-use clap::Parser as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
 /// Parses the command line, runs the subcommand, and turns an error into exit status 2 with the
 /// reason on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     init_logging(&cli.log);
     let result = match cli.command {
         None => serve::serve(&cli.sources, Default::default()),

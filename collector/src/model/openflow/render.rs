@@ -163,15 +163,17 @@ fn push_head_and_match(h: Head, m: &Match, text: &mut String) {
     if h.hard_timeout != 0 {
         let _ = write!(text, "hard_timeout={}, ", h.hard_timeout);
     }
-    for (bit, name) in [
-        (1u16, "send_flow_rem "),
-        (2, "check_overlap "),
-        (4, "reset_counts "),
-        (8, "no_packet_counts "),
-        (16, "no_byte_counts "),
-    ] {
-        if h.flags & bit != 0 {
-            text.push_str(name);
+    if h.flags != 0 {
+        for (bit, name) in [
+            (1u16, "send_flow_rem "),
+            (2, "check_overlap "),
+            (4, "reset_counts "),
+            (8, "no_packet_counts "),
+            (16, "no_byte_counts "),
+        ] {
+            if h.flags & bit != 0 {
+                text.push_str(name);
+            }
         }
     }
     let before = text.len();
