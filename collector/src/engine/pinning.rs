@@ -1342,7 +1342,7 @@ pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u6
 fn affinity_held_by_cpuset(t: &ThreadState) -> bool {
     t.cgroup_cpus
         .as_ref()
-        .is_some_and(|c| c.len() == 1 && *c == t.affinity)
+        .is_some_and(|c| c.is_single() && *c == t.affinity)
 }
 
 /// Thread ids of the observed domain with a configured scheduler (`<vcpusched>`,

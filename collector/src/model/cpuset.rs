@@ -96,6 +96,12 @@ impl CpuSet {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
 
+    /// Whether the set holds exactly one CPU (cheaper than `len() == 1`: no bit count).
+    pub fn is_single(&self) -> bool {
+        let mut set = self.words.iter().filter(|w| **w != 0);
+        matches!((set.next(), set.next()), (Some(w), None) if w & (w - 1) == 0)
+    }
+
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
@@ -300,6 +306,23 @@ mod tests {
         assert_eq!("".parse::<CpuSet>().unwrap(), CpuSet::new());
         assert_eq!("0-4,^2".parse::<CpuSet>().unwrap().to_string(), "0-1,3-4");
         assert_eq!(" 5\n".parse::<CpuSet>().unwrap(), CpuSet::single(5));
+    }
+
+    #[test]
+    fn one_cpu_sets_are_single() {
+        for (list, single) in [
+            ("5", true),
+            ("64", true),
+            ("200", true),
+            ("", false),
+            ("0-1", false),
+            ("3,64", false),
+            ("63-64", false),
+        ] {
+            let s: CpuSet = list.parse().unwrap();
+            assert_eq!(s.is_single(), single, "{list:?}");
+            assert_eq!(s.is_single(), s.len() == 1, "{list:?}");
+        }
     }
 
     #[test]
