@@ -34,7 +34,7 @@ use crate::sources::{CanRun, SourceDef};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
 /// The procfs source: each vCPU and emulator thread's affinity, last CPU, scheduler times and
@@ -607,13 +607,15 @@ fn parse_err(path: &Path, reason: impl Into<String>) -> ProcError {
 
 /// Reads at most [`MAX_FILE_BYTES`] of a small text file; longer files are an error.
 fn read_bounded(path: &Path) -> io::Result<String> {
-    let file = File::open(path)?;
+    let mut file = File::open(path)?;
     let mut buf = Vec::new();
-    read_small(&mut buf, |b, offset| file.read_at(b, offset))?;
+    // read(2), not pread(2): a FIFO or another unseekable file reads too.
+    read_small(&mut buf, |b| file.read(b))?;
     String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Reads a small text file whole through `read_at(buf, offset)`, in as few calls as its size
+/// Reads a small text file whole through `read(buf)` (each call continues where the last one
+/// ended), in as few calls as its size
 /// allows: one for a file of less than [`FIRST_READ`] bytes. A read that returns less than it was
 /// asked for is the end of the file: true of regular files and of every procfs and cgroupfs file
 /// pinflow reads (the kernel makes their text whole for a read from offset 0, `single_open`), so
@@ -621,12 +623,12 @@ fn read_bounded(path: &Path) -> io::Result<String> {
 /// The text replaces what `buf` held (its allocation is reused).
 pub(crate) fn read_small(
     buf: &mut Vec<u8>,
-    mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+    mut read: impl FnMut(&mut [u8]) -> io::Result<usize>,
 ) -> io::Result<()> {
     buf.resize(buf.len().max(FIRST_READ), 0);
     let mut len = 0usize;
     loop {
-        let n = match read_at(&mut buf[len..], len as u64) {
+        let n = match read(&mut buf[len..]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

@@ -115,7 +115,12 @@ impl KeptStatus {
             Some(kept) => {
                 kept.round = round;
                 let file = &kept.file;
-                read_small(&mut self.buf, |b, offset| file.read_at(b, offset))
+                let mut offset = 0u64;
+                read_small(&mut self.buf, |b| {
+                    let n = file.read_at(b, offset)?;
+                    offset += n as u64;
+                    Ok(n)
+                })
             }
             None => return Err(ProcError::Gone { pid, tid }),
         };
