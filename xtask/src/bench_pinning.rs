@@ -22,7 +22,8 @@
 //! {source="procfs"}` as scraped: median and max), `/metrics` p50/p99 (the periodic scrapes plus
 //! a burst of 200 after the window, so that p99 is not simply the maximum), VmHWM and VmRSS at the end, and the mode pinflow reports
 //! (`pinflow_source_info`, when a build exposes it; else the sources' detail). pinflow is measured
-//! as whatever `pinflow serve` does: nothing here depends on how the pass is driven.
+//! as whatever `pinflow serve` does: nothing here depends on how the pass is driven. The binary
+//! is the one that ships (the static build of `cargo xtask dist`; see `bench` in main.rs).
 //!
 //! Knobs (environment): `PINFLOW_BENCH_SECS` (idle window per row, default 60),
 //! `PINFLOW_BENCH_DOMAINS` (real domain counts, default `10,60`; empty: none),

@@ -46,6 +46,9 @@ const PACKAGES: &[&str] = &[
     "time",
     // Least-privilege tests: the daemon traced through a testbed scenario (setpriv is util-linux).
     "strace",
+    // Conntrack tests: entries listed by zone and traffic steered into zones in a netns.
+    "conntrack",
+    "nftables",
 ];
 
 fn installed(pkg: &str) -> bool {

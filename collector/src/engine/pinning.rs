@@ -39,7 +39,7 @@ use crate::sources::sched_bpf::events::{self, PinEventReader, PinEvents};
 use crate::sources::{HostPaths, procfs, sched_bpf};
 use inotify::WatchDescriptor;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -206,10 +206,27 @@ struct EventState {
     cgroups: CgroupWatches,
     /// Events the kernel could not queue, as last read.
     lost: u64,
-    /// Domain name by cgroup directory watched.
-    dir_domains: HashMap<PathBuf, BTreeSet<String>>,
+    /// The domains living in each cgroup directory watched (usually one), by name. Paths and
+    /// names are shared with `dirs_of` and the watches: one copy each however many threads
+    /// and maps refer to them (2 000 cgroups at 200 domains × 8 vCPUs).
+    dir_domains: HashMap<Arc<Path>, Vec<Arc<str>>>,
     /// cpuset directories of a cgroup path (as `/proc/…/cgroup` names it), resolved once.
-    dirs_of: HashMap<String, Vec<PathBuf>>,
+    dirs_of: HashMap<String, Vec<Arc<Path>>>,
+}
+
+/// Records that domain `name` lives in cgroup directory `dir` (once per directory and domain).
+fn add_dir_domain(
+    dir_domains: &mut HashMap<Arc<Path>, Vec<Arc<str>>>,
+    dir: impl AsRef<Path> + Into<Arc<Path>>,
+    name: &Arc<str>,
+) {
+    if let Some(names) = dir_domains.get_mut(dir.as_ref()) {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    } else {
+        dir_domains.insert(dir.into(), vec![name.clone()]);
+    }
 }
 
 /// The pinning pipeline's state between passes.
@@ -798,27 +815,25 @@ impl PinningEngine {
             if let Some(pid) = d.pid {
                 ids.insert(pid);
             }
+            let name: Arc<str> = Arc::from(d.name.as_str());
             for t in o.threads.values() {
                 let Some(cg) = t.cgroup.as_deref() else {
                     continue;
                 };
-                paths.insert(cg);
-                let dirs = ev
-                    .dirs_of
-                    .entry(cg.to_string())
-                    .or_insert_with(|| self.hostfs.cpuset_dirs(cg));
-                for dir in dirs.iter() {
-                    for watched in [Some(dir.as_path()), dir.parent()].into_iter().flatten() {
-                        ev.dir_domains
-                            .entry(watched.to_path_buf())
-                            .or_default()
-                            .insert(d.name.clone());
+                if paths.insert(cg) && !ev.dirs_of.contains_key(cg) {
+                    let dirs = self.hostfs.cpuset_dirs(cg).into_iter().map(Arc::from);
+                    ev.dirs_of.insert(cg.to_string(), dirs.collect());
+                }
+                for dir in ev.dirs_of.get(cg).into_iter().flatten() {
+                    add_dir_domain(&mut ev.dir_domains, dir.clone(), &name);
+                    if let Some(parent) = dir.parent() {
+                        add_dir_domain(&mut ev.dir_domains, parent, &name);
                     }
                 }
             }
         }
         ev.dirs_of.retain(|k, _| paths.contains(k.as_str()));
-        let dirs: HashSet<PathBuf> = ev.dir_domains.keys().cloned().collect();
+        let dirs: HashSet<Arc<Path>> = ev.dir_domains.keys().cloned().collect();
         ev.probe.as_mut().map_or(0, |p| p.sync(&ids)) + ev.cgroups.sync(&dirs)
     }
 

@@ -302,7 +302,7 @@ pub(crate) mod tests {
                     vcpu: "0".into(),
                     expected: "0".into(),
                     actual: actual.into(),
-                    owners: vec![],
+                    owners: Default::default(),
                     more_owners: 0,
                 }]
                 .into(),

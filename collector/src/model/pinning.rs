@@ -6,6 +6,7 @@ use collector_common::sched::{INTRUDER_CLASSES, IntruderClass};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// Nova's instance metadata (`<nova:instance>` in the domain XML, namespace 1.1).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -529,8 +530,8 @@ pub(crate) struct Drift {
     pub(crate) actual: String,
     /// For `overlap`: the owners with their pCPUs the thread(s) may run on, in name order, at
     /// most [`MAX_LISTED_OWNERS`] of them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub(crate) owners: Vec<OverlapOwner>,
+    #[serde(skip_serializing_if = "OverlapOwners::is_empty")]
+    pub(crate) owners: OverlapOwners,
     /// For `overlap`: how many more owners there are than `owners` lists.
     #[serde(skip_serializing_if = "is_zero")]
     pub(crate) more_owners: usize,
@@ -548,6 +549,55 @@ pub(crate) struct OverlapOwner {
     pub(crate) domain: String,
     /// Its dedicated pCPUs within the overlapping thread's reach.
     pub(crate) cpus: CpuSet,
+}
+
+/// The owners an `overlap` drift lists: the first owners of what the thread may reach, less
+/// the drift's own domain. In an overlap storm (every dedicated pCPU claimed by many domains)
+/// hundreds of drifts list nearly the same owners, so the list is shared and each drift only
+/// says which entry is its own domain.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OverlapOwners {
+    /// The first [`MAX_LISTED_OWNERS`] + 1 owners, in name order (one more, for the skipped one).
+    reach: Arc<[OverlapOwner]>,
+    /// The drift's own domain among them.
+    skip: Option<usize>,
+}
+
+impl OverlapOwners {
+    /// The owners of `reach` except the one at `skip`, at most [`MAX_LISTED_OWNERS`] of them
+    /// (`reach` needs one more than that, for the skipped one).
+    pub(crate) fn new(reach: Arc<[OverlapOwner]>, skip: Option<usize>) -> Self {
+        Self { reach, skip }
+    }
+
+    /// The owners listed, in name order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &OverlapOwner> {
+        self.reach
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != self.skip)
+            .map(|(_, o)| o)
+            .take(MAX_LISTED_OWNERS)
+    }
+
+    /// Whether none is.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+impl PartialEq for OverlapOwners {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for OverlapOwners {}
+
+impl Serialize for OverlapOwners {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 /// Most owners an `overlap` drift's `actual` label names (the rest are counted as `+N more`).

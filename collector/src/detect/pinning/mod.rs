@@ -20,7 +20,7 @@ mod tests;
 
 use crate::model::cpuset::CpuSet;
 use crate::model::pinning::{
-    Check, DomainObservation, DomainReport, Drift, INTRUDER_LABELS, IothreadSpec, OverlapOwner,
+    Check, DomainObservation, DomainReport, Drift, INTRUDER_LABELS, IothreadSpec, OverlapOwners,
     PcpuStolen, PinKind, PinningReport, PlacementSample, SchedSpec, VcpuReport,
 };
 use crate::model::{Domain, ThreadState, VcpuSpec};
@@ -119,7 +119,7 @@ fn iothread_state<'a>(obs: &'a DomainObservation, spec: &IothreadSpec) -> Option
 pub(super) struct Finding {
     expected: String,
     actual: String,
-    owners: Vec<OverlapOwner>,
+    owners: OverlapOwners,
     more_owners: usize,
 }
 
@@ -129,7 +129,7 @@ impl Finding {
         Finding {
             expected: expected.to_string(),
             actual: actual.to_string(),
-            owners: Vec::new(),
+            owners: OverlapOwners::default(),
             more_owners: 0,
         }
     }

@@ -4,10 +4,11 @@
 use super::{DomainView, Finding, Subject};
 use crate::model::ThreadState;
 use crate::model::cpuset::CpuSet;
-use crate::model::pinning::{MAX_LABELLED_OWNERS, MAX_LISTED_OWNERS, OverlapOwner};
+use crate::model::pinning::{MAX_LABELLED_OWNERS, MAX_LISTED_OWNERS, OverlapOwner, OverlapOwners};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Where a thread may run: its actual affinity when known, else what libvirt configured.
 fn may_run_on<'a>(
@@ -21,7 +22,12 @@ fn may_run_on<'a>(
 }
 
 /// The owners a CPU set reaches, each with its pCPUs there, in name order.
-type Reach = Rc<[(String, CpuSet)]>;
+struct Reach {
+    owners: Vec<(String, CpuSet)>,
+    /// The first [`MAX_LISTED_OWNERS`] + 1 of them, shared by the findings of every subject
+    /// reaching this set (see [`OverlapOwners`]).
+    listed: Arc<[OverlapOwner]>,
+}
 
 /// The owners of each dedicated pCPU, and, memoized per CPU set asked about, every owner that
 /// set reaches with the pCPUs it owns there (in name order). Subjects of one host reach few
@@ -30,7 +36,7 @@ type Reach = Rc<[(String, CpuSet)]>;
 /// overlap storm) that is the difference between a few and a few hundred thousand map inserts.
 pub(super) struct PcpuOwners {
     by_cpu: BTreeMap<u32, BTreeSet<String>>,
-    reach: RefCell<HashMap<CpuSet, Reach>>,
+    reach: RefCell<HashMap<CpuSet, Rc<Reach>>>,
 }
 
 impl PcpuOwners {
@@ -43,7 +49,7 @@ impl PcpuOwners {
     }
 
     /// Every owner of a dedicated pCPU within `cpus`, with those pCPUs, in name order.
-    fn within(&self, cpus: &CpuSet) -> Reach {
+    fn within(&self, cpus: &CpuSet) -> Rc<Reach> {
         if let Some(r) = self.reach.borrow().get(cpus) {
             return r.clone();
         }
@@ -53,7 +59,17 @@ impl PcpuOwners {
                 hits.entry(n.as_str()).or_default().insert(cpu);
             }
         }
-        let r: Reach = hits.into_iter().map(|(n, c)| (n.to_string(), c)).collect();
+        let owners: Vec<(String, CpuSet)> =
+            hits.into_iter().map(|(n, c)| (n.to_string(), c)).collect();
+        let listed = owners
+            .iter()
+            .take(MAX_LISTED_OWNERS + 1)
+            .map(|(domain, cpus)| OverlapOwner {
+                domain: domain.clone(),
+                cpus: cpus.clone(),
+            })
+            .collect();
+        let r = Rc::new(Reach { owners, listed });
         self.reach.borrow_mut().insert(cpus.clone(), r.clone());
         r
     }
@@ -75,7 +91,7 @@ fn overlap(
     expected: Option<&CpuSet>,
 ) -> Option<Finding> {
     let reach = owners.within(cpus);
-    let foreign = || reach.iter().filter(|(n, _)| n != me);
+    let foreign = || reach.owners.iter().filter(|(n, _)| n != me);
     let count = foreign().count();
     if count == 0 {
         return None;
@@ -99,13 +115,10 @@ fn overlap(
         expected: expected.map(ToString::to_string).unwrap_or_default(),
         actual: format!("{pcpus} ({list})"),
         more_owners: count.saturating_sub(MAX_LISTED_OWNERS),
-        owners: foreign()
-            .take(MAX_LISTED_OWNERS)
-            .map(|(domain, cpus)| OverlapOwner {
-                domain: domain.clone(),
-                cpus: cpus.clone(),
-            })
-            .collect(),
+        owners: OverlapOwners::new(
+            reach.listed.clone(),
+            reach.listed.iter().position(|o| o.domain == me),
+        ),
     })
 }
 
@@ -278,6 +291,41 @@ mod tests {
     }
 
     #[test]
+    fn in_an_overlap_storm_each_owner_lists_the_others_but_not_itself() {
+        // 20 domains dedicated to the same pCPU (a Nova bug): each overlaps with the 19 others.
+        let obs: Vec<_> = (0..20u32)
+            .map(|i| healthy(&format!("d{i:02}"), 1000 + 10 * i, &["0"]))
+            .collect();
+        let r = evaluate(&obs);
+        let max = crate::model::pinning::MAX_LISTED_OWNERS;
+        for d in &r.domains {
+            let x = d
+                .drifts
+                .iter()
+                .find(|x| x.check == Check::Overlap && x.vcpu == "0")
+                .unwrap();
+            let listed: Vec<&str> = x.owners.iter().map(|o| o.domain.as_str()).collect();
+            let want: Vec<String> = (0..20)
+                .map(|i| format!("d{i:02}"))
+                .filter(|n| *n != d.domain)
+                .take(max)
+                .collect();
+            assert_eq!(listed, want, "{}", d.domain);
+            assert_eq!(x.owners.iter().count(), max);
+            assert_eq!(x.more_owners, 19 - max);
+            // The API shows the same list.
+            let json = serde_json::to_value(x).unwrap();
+            let names: Vec<&str> = json["owners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["domain"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, want);
+        }
+    }
+
+    #[test]
     fn overlap_label_stays_short_at_sixty_domains() {
         // 60 domains each dedicated to one pCPU, one domain floating over all of them.
         let mut obs: Vec<_> = (0..60u32)
@@ -307,10 +355,13 @@ mod tests {
         // The API lists the first owners and counts the rest: memory stays bounded when a
         // pCPU has many owners.
         assert_eq!(
-            d.drifts[0].owners.len(),
+            d.drifts[0].owners.iter().count(),
             crate::model::pinning::MAX_LISTED_OWNERS
         );
-        assert_eq!(d.drifts[0].owners[0].domain, "instance-00000000");
+        assert_eq!(
+            d.drifts[0].owners.iter().next().map(|o| o.domain.as_str()),
+            Some("instance-00000000")
+        );
         assert_eq!(
             d.drifts[0].more_owners,
             60 - crate::model::pinning::MAX_LISTED_OWNERS

@@ -10,7 +10,8 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 /// The reading half.
 #[derive(Debug)]
@@ -23,8 +24,8 @@ pub(crate) struct CgroupWatch {
 #[derive(Debug)]
 pub(crate) struct CgroupWatches {
     watches: Watches,
-    by_dir: HashMap<PathBuf, WatchDescriptor>,
-    dirs: HashMap<WatchDescriptor, PathBuf>,
+    by_dir: HashMap<Arc<Path>, WatchDescriptor>,
+    dirs: HashMap<WatchDescriptor, Arc<Path>>,
 }
 
 /// What one drain of the watch found.
@@ -98,8 +99,8 @@ impl CgroupWatch {
 impl CgroupWatches {
     /// Makes the watched directories exactly `dirs`. Returns how many could not be watched
     /// (a directory that vanished meanwhile is not counted).
-    pub(crate) fn sync(&mut self, dirs: &HashSet<PathBuf>) -> u64 {
-        let gone: Vec<PathBuf> = self
+    pub(crate) fn sync(&mut self, dirs: &HashSet<Arc<Path>>) -> u64 {
+        let gone: Vec<Arc<Path>> = self
             .by_dir
             .keys()
             .filter(|d| !dirs.contains(*d))
@@ -138,7 +139,7 @@ impl CgroupWatches {
 
     /// The directory of a watch descriptor.
     pub(crate) fn dir(&self, wd: &WatchDescriptor) -> Option<&Path> {
-        self.dirs.get(wd).map(PathBuf::as_path)
+        self.dirs.get(wd).map(|d| &**d)
     }
 
     /// Number of directories watched.
@@ -154,7 +155,10 @@ mod tests {
     #[test]
     fn writes_to_cpuset_files_are_reported_other_files_are_not() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (a, b) = (tmp.path().join("vcpu0"), tmp.path().join("emulator"));
+        let (a, b): (Arc<Path>, Arc<Path>) = (
+            tmp.path().join("vcpu0").into(),
+            tmp.path().join("emulator").into(),
+        );
         for d in [&a, &b] {
             std::fs::create_dir(d).expect("mkdir");
             std::fs::write(d.join("cpuset.cpus"), "0").expect("write");
@@ -168,16 +172,19 @@ mod tests {
         std::fs::write(a.join("cpuset.cpus"), "1").expect("write");
         let got = watch.drain().expect("drain");
         assert_eq!(got.changed.len(), 1);
-        assert_eq!(watches.dir(&got.changed[0]), Some(a.as_path()));
+        assert_eq!(watches.dir(&got.changed[0]), Some(&*a));
         // Unwatched directories are not reported any more.
         assert_eq!(watches.sync(&HashSet::from([b.clone()])), 0);
         std::fs::write(a.join("cpuset.cpus"), "0").expect("write");
         std::fs::write(b.join("cpuset.cpus.effective"), "0").expect("write");
         let got = watch.drain().expect("drain");
         let dirs: Vec<_> = got.changed.iter().filter_map(|w| watches.dir(w)).collect();
-        assert_eq!(dirs, vec![b.as_path()]);
+        assert_eq!(dirs, vec![&*b]);
         // A directory that does not exist is skipped, not an error.
-        assert_eq!(watches.sync(&HashSet::from([tmp.path().join("gone")])), 0);
+        assert_eq!(
+            watches.sync(&HashSet::from([tmp.path().join("gone").into()])),
+            0
+        );
         assert_eq!(watches.len(), 0);
     }
 }
