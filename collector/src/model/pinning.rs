@@ -557,15 +557,14 @@ pub(crate) struct OverlapOwner {
 /// says which entry is its own domain.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct OverlapOwners {
-    /// The first [`MAX_LISTED_OWNERS`] + 1 owners, in name order (one more, for the skipped one).
+    /// Every owner reached, in name order.
     reach: Arc<[OverlapOwner]>,
     /// The drift's own domain among them.
     skip: Option<usize>,
 }
 
 impl OverlapOwners {
-    /// The owners of `reach` except the one at `skip`, at most [`MAX_LISTED_OWNERS`] of them
-    /// (`reach` needs one more than that, for the skipped one).
+    /// The owners of `reach` except the one at `skip`, at most [`MAX_LISTED_OWNERS`] of them.
     pub(crate) fn new(reach: Arc<[OverlapOwner]>, skip: Option<usize>) -> Self {
         Self { reach, skip }
     }

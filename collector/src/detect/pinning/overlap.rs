@@ -7,7 +7,6 @@ use crate::model::cpuset::CpuSet;
 use crate::model::pinning::{MAX_LABELLED_OWNERS, MAX_LISTED_OWNERS, OverlapOwner, OverlapOwners};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::rc::Rc;
 use std::sync::Arc;
 
 /// Where a thread may run: its actual affinity when known, else what libvirt configured.
@@ -22,12 +21,8 @@ fn may_run_on<'a>(
 }
 
 /// The owners a CPU set reaches, each with its pCPUs there, in name order.
-struct Reach {
-    owners: Vec<(String, CpuSet)>,
-    /// The first [`MAX_LISTED_OWNERS`] + 1 of them, shared by the findings of every subject
-    /// reaching this set (see [`OverlapOwners`]).
-    listed: Arc<[OverlapOwner]>,
-}
+/// Shared by the findings of every subject reaching the set (see [`OverlapOwners`]).
+type Reach = Arc<[OverlapOwner]>;
 
 /// The owners of each dedicated pCPU, and, memoized per CPU set asked about, every owner that
 /// set reaches with the pCPUs it owns there (in name order). Subjects of one host reach few
@@ -36,7 +31,7 @@ struct Reach {
 /// overlap storm) that is the difference between a few and a few hundred thousand map inserts.
 pub(super) struct PcpuOwners {
     by_cpu: BTreeMap<u32, BTreeSet<String>>,
-    reach: RefCell<HashMap<CpuSet, Rc<Reach>>>,
+    reach: RefCell<HashMap<CpuSet, Reach>>,
 }
 
 impl PcpuOwners {
@@ -49,7 +44,7 @@ impl PcpuOwners {
     }
 
     /// Every owner of a dedicated pCPU within `cpus`, with those pCPUs, in name order.
-    fn within(&self, cpus: &CpuSet) -> Rc<Reach> {
+    fn within(&self, cpus: &CpuSet) -> Reach {
         if let Some(r) = self.reach.borrow().get(cpus) {
             return r.clone();
         }
@@ -59,17 +54,13 @@ impl PcpuOwners {
                 hits.entry(n.as_str()).or_default().insert(cpu);
             }
         }
-        let owners: Vec<(String, CpuSet)> =
-            hits.into_iter().map(|(n, c)| (n.to_string(), c)).collect();
-        let listed = owners
-            .iter()
-            .take(MAX_LISTED_OWNERS + 1)
-            .map(|(domain, cpus)| OverlapOwner {
-                domain: domain.clone(),
-                cpus: cpus.clone(),
+        let r: Reach = hits
+            .into_iter()
+            .map(|(n, c)| OverlapOwner {
+                domain: n.to_string(),
+                cpus: c,
             })
             .collect();
-        let r = Rc::new(Reach { owners, listed });
         self.reach.borrow_mut().insert(cpus.clone(), r.clone());
         r
     }
@@ -91,7 +82,7 @@ fn overlap(
     expected: Option<&CpuSet>,
 ) -> Option<Finding> {
     let reach = owners.within(cpus);
-    let foreign = || reach.owners.iter().filter(|(n, _)| n != me);
+    let foreign = || reach.iter().filter(|o| o.domain != me);
     let count = foreign().count();
     if count == 0 {
         return None;
@@ -104,7 +95,7 @@ fn overlap(
         .collect();
     let mut list = foreign()
         .take(MAX_LABELLED_OWNERS)
-        .map(|(n, _)| n.as_str())
+        .map(|o| o.domain.as_str())
         .collect::<Vec<_>>()
         .join(", ");
     let more = count.saturating_sub(MAX_LABELLED_OWNERS);
@@ -115,10 +106,7 @@ fn overlap(
         expected: expected.map(ToString::to_string).unwrap_or_default(),
         actual: format!("{pcpus} ({list})"),
         more_owners: count.saturating_sub(MAX_LISTED_OWNERS),
-        owners: OverlapOwners::new(
-            reach.listed.clone(),
-            reach.listed.iter().position(|o| o.domain == me),
-        ),
+        owners: OverlapOwners::new(reach.clone(), reach.iter().position(|o| o.domain == me)),
     })
 }
 
