@@ -17,7 +17,7 @@
 //!   is unavailable (`[pinning] ebpf = false`, `events = false`: a full procfs pass every
 //!   interval), alone, for half the window (at least 5 s).
 //!
-//! Each row: CPU seconds per 60 s (utime+stime from `/proc/PID/stat` over the idle window,
+//! Each row: CPU seconds per 60 s (the process CPU clock, in ns, over the idle window,
 //! scrapes every 15 s included), the procfs pass duration (`pinflow_collect_duration_seconds
 //! {source="procfs"}` as scraped: median and max), `/metrics` p50/p99 (the periodic scrapes plus
 //! a burst of 200 after the window, so that p99 is not simply the maximum), VmHWM and VmRSS at the end, and the mode pinflow reports
@@ -29,7 +29,8 @@
 //! `PINFLOW_BENCH_DOMAINS` (real domain counts, default `10,60`; empty: none),
 //! `PINFLOW_BENCH_FIXTURE_DOMAINS` (default 200; 0: no fixture row), `PINFLOW_BENCH_FIXTURE_DIR`
 //! (generate the fixture host there and keep it), `PINFLOW_BENCH_THREAD_DOMAINS` (default 200;
-//! 0: no real-thread row). Domains are named
+//! 0: no real-thread row), `PINFLOW_BENCH_PINNING_HOLD=FILE` (once each count of real domains
+//! is up, write FILE and wait until it is removed: for profiling by hand). Domains are named
 //! `pinbench-N` and removed at the end. Needs root and the libvirt testbed (`cargo xtask setup`).
 
 use std::fmt::Write as _;
@@ -128,13 +129,30 @@ impl Target {
     }
 }
 
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    n(11) + n(12)
+/// CPU time of process `pid` (all its threads, exited ones included), in nanoseconds: the
+/// kernel's process CPU clock (`clock_getcpuclockid(3)`), exact where `/proc/PID/stat`'s
+/// utime + stime come in clock ticks (10 ms here, a tenth of a 0.1 s bar). Falls back to those
+/// ticks when the clock cannot be read.
+fn cpu_ns(pid: u32) -> u64 {
+    #[allow(unsafe_code)] // clock_getcpuclockid and clock_gettime have no safe wrapper.
+    // SAFETY: both write only to the locals passed by pointer.
+    let exact = unsafe {
+        let mut clock: libc::clockid_t = 0;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        (libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) == 0
+            && libc::clock_gettime(clock, &mut ts) == 0)
+            .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    };
+    exact.unwrap_or_else(|| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ((n(11) + n(12)) as f64 * 1e9 / ticks_per_second()) as u64
+    })
 }
 
 fn ticks_per_second() -> f64 {
@@ -218,9 +236,9 @@ fn measure(targets: &mut [&mut Target], extra: &[u32], secs: u64) -> Result<(Vec
         t.lat.clear();
         t.pass.clear();
     }
-    let extra0: Vec<u64> = extra.iter().map(|&p| cpu_ticks(p)).collect();
+    let extra0: Vec<u64> = extra.iter().map(|&p| cpu_ns(p)).collect();
     for t in targets.iter_mut() {
-        t.cpu0 = cpu_ticks(t.pid);
+        t.cpu0 = cpu_ns(t.pid);
     }
     let start = Instant::now();
     let window = Duration::from_secs(secs);
@@ -240,15 +258,15 @@ fn measure(targets: &mut [&mut Target], extra: &[u32], secs: u64) -> Result<(Vec
         std::thread::sleep(rest);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let scale = 60.0 / elapsed / ticks_per_second();
+    let scale = 60.0 / elapsed / 1e9;
     let cpu: Vec<f64> = targets
         .iter()
-        .map(|t| cpu_ticks(t.pid).saturating_sub(t.cpu0) as f64 * scale)
+        .map(|t| cpu_ns(t.pid).saturating_sub(t.cpu0) as f64 * scale)
         .collect();
     let extra_cpu = extra
         .iter()
         .zip(extra0)
-        .map(|(&p, c0)| cpu_ticks(p).saturating_sub(c0) as f64 * scale)
+        .map(|(&p, c0)| cpu_ns(p).saturating_sub(c0) as f64 * scale)
         .collect();
     for t in targets.iter_mut() {
         for _ in 0..BURST {
@@ -423,6 +441,17 @@ fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Re
         while running.len() < n {
             let spec = real_domain(running.len(), cpus);
             running.push(libvirt::start(&spec).with_context(|| format!("starting {}", spec.name))?);
+        }
+        if let Some(hold) = std::env::var_os("PINFLOW_BENCH_PINNING_HOLD") {
+            // For profiling by hand: the domains stay up until the file is removed.
+            std::fs::write(&hold, format!("{n} domains up\n"))?;
+            eprintln!(
+                "==> {n} real domains up; remove {} to go on",
+                hold.to_string_lossy()
+            );
+            while Path::new(&hold).exists() {
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
         eprintln!("==> {n} real domains × {REAL_VCPUS} vCPUs: measuring for {secs} s");
         let serve = Serve::start(bin, &[])?;

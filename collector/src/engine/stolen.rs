@@ -4,8 +4,12 @@
 //! Each pass: the dedicated pCPUs (a pCPU exactly one vCPU is pinned to) and every thread of
 //! every domain go to the kernel (only what changed is written); the per-CPU counters by class
 //! are read, their increments since the last read added to monotonic totals per (domain, pCPU),
-//! and sampled for the placement window. The top-intruder table is read only in passes where
-//! some counter moved. A domain or pCPU that stops being dedicated is forgotten with its series.
+//! and sampled for the placement window. The top-intruder table (`/api/v1/intrusions`' names) is
+//! read only in passes where some counter moved, and then at most every [`TABLE_REFRESH`] unless
+//! a `stolen` verdict changed: on a host whose dedicated pCPUs are shared by mistake, counters
+//! move on every pass, and reading and indexing the whole table each second was a quarter of an
+//! idle pass (perf, 60 domains on 2 pCPUs). A domain or pCPU that stops being dedicated is
+//! forgotten with its series.
 
 use crate::detect::pinning::dedicated_owners;
 use crate::model::pinning::{
@@ -21,6 +25,10 @@ use std::time::{Duration, Instant};
 type Classes = [u64; INTRUDER_CLASSES];
 /// Run time per (CPU, tid) in the kernel's top-intruder table at one read, ns.
 type Snapshot = HashMap<(u32, u32), u64>;
+
+/// How often the top-intruder table is read while counters keep moving and no `stolen` verdict
+/// changes. The verdicts and per-class counters come from the per-CPU counters, read every pass.
+const TABLE_REFRESH: Duration = Duration::from_secs(5);
 
 /// What one intruder was as of the last read.
 #[derive(Clone, Debug)]
@@ -48,8 +56,13 @@ pub(crate) struct StolenTracker {
     last: HashMap<u32, Classes>,
     /// Per (domain, CPU).
     dedications: HashMap<(String, u32), Dedication>,
-    /// Snapshots of the top-intruder table: ns per (CPU, tid), oldest first.
+    /// Snapshots of the top-intruder table: ns per (CPU, tid), oldest first; the oldest is the
+    /// newest one at least a window old (the baseline the window's increments start from).
     snapshots: VecDeque<(Instant, Snapshot)>,
+    /// When the table was last read.
+    table_read: Option<Instant>,
+    /// The `stolen` verdict of each (domain, pCPU) at the last pass.
+    verdicts: HashMap<(String, u32), Option<&'static str>>,
     info: HashMap<(u32, u32), IntruderInfo>,
     /// The owner vCPU thread of each dedicated pCPU, as last chosen.
     owner_tid: HashMap<u32, u32>,
@@ -239,11 +252,48 @@ impl StolenTracker {
         self.last.retain(|cpu, _| owners.contains_key(cpu));
         self.dedications.retain(|k, _| live.contains_key(k));
 
-        // The top-intruder table, only when something intruded.
-        if moved || self.snapshots.is_empty() {
+        // Samples and verdicts of the live dedications, in CPU order.
+        let mut keys: Vec<(&(String, u32), &usize)> = live.iter().collect();
+        keys.sort_by_key(|((_, cpu), _)| *cpu);
+        let samples: Vec<(&(String, u32), usize, StolenSample)> = keys
+            .into_iter()
+            .filter_map(|(key, i)| {
+                let d = self.dedications.get(key)?;
+                let (start, oldest) = d.samples.front().copied().unwrap_or((now, d.totals));
+                let mut ns_window = [0u64; INTRUDER_CLASSES];
+                for (w, (t, o)) in ns_window.iter_mut().zip(d.totals.iter().zip(oldest)) {
+                    *w = t.saturating_sub(o);
+                }
+                let sample = StolenSample {
+                    vcpu_tid: d.vcpu_tid,
+                    ns_total: d.totals,
+                    ns_window,
+                    window_ns: u64::try_from(now.duration_since(start).as_nanos())
+                        .unwrap_or(u64::MAX),
+                    limit,
+                };
+                Some((key, *i, sample))
+            })
+            .collect();
+        let verdicts: HashMap<(String, u32), Option<&'static str>> = samples
+            .iter()
+            .map(|(key, _, sample)| ((*key).clone(), sample.drift()))
+            .collect();
+        let verdict_changed = verdicts != self.verdicts;
+        self.verdicts = verdicts;
+
+        // The top-intruder table: when something intruded, at most every TABLE_REFRESH unless a
+        // verdict changed (a new finding names its intruders at once).
+        let table_due = self.snapshots.is_empty()
+            || verdict_changed
+            || self
+                .table_read
+                .is_none_or(|t| now.duration_since(t) >= TABLE_REFRESH);
+        if self.snapshots.is_empty() || (moved && table_due) {
+            self.table_read = Some(now);
             match probe.intruders() {
                 Ok(list) => {
-                    let mut snap = HashMap::new();
+                    let mut snap = HashMap::with_capacity(list.len());
                     for x in list {
                         let class = x.class.as_str();
                         self.info.insert(
@@ -261,15 +311,13 @@ impl StolenTracker {
                 }
                 Err(_) => errors += 1,
             }
-        } else if let Some((_, last)) = self.snapshots.back() {
-            let same = last.clone();
-            self.snapshots.push_back((now, same));
         }
+        // No snapshot when nothing moved: the table's run times move only with the counters.
         while self.snapshots.len() > 1
             && self
                 .snapshots
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > window)
+                .get(1)
+                .is_some_and(|(t, _)| now.duration_since(*t) >= window)
         {
             self.snapshots.pop_front();
         }
@@ -283,40 +331,23 @@ impl StolenTracker {
             stolen_share_limit: limit,
             pcpus: Vec::new(),
         };
-        let mut keys: Vec<(&(String, u32), &usize)> = live.iter().collect();
-        keys.sort_by_key(|((_, cpu), _)| *cpu);
-        for (key, i) in keys {
-            let Some(d) = self.dedications.get(key) else {
-                continue;
-            };
-            let (start, oldest) = d.samples.front().copied().unwrap_or((now, d.totals));
-            let mut ns_window = [0u64; INTRUDER_CLASSES];
-            for (w, (t, o)) in ns_window.iter_mut().zip(d.totals.iter().zip(oldest)) {
-                *w = t.saturating_sub(o);
-            }
-            let sample = StolenSample {
-                vcpu_tid: d.vcpu_tid,
-                ns_total: d.totals,
-                ns_window,
-                window_ns: u64::try_from(now.duration_since(start).as_nanos()).unwrap_or(u64::MAX),
-                limit,
-            };
+        for (key, i, sample) in samples {
             let vcpu = owners.get(&key.1).map(|(_, v, _)| *v);
             report.pcpus.push(PcpuIntrusions {
                 cpu: key.1,
                 domain: key.0.clone(),
                 vcpu,
-                vcpu_tid: d.vcpu_tid,
+                vcpu_tid: sample.vcpu_tid,
                 stolen_share: sample.window_share(),
                 stolen_seconds: INTRUDER_LABELS
                     .iter()
-                    .zip(ns_window)
+                    .zip(sample.ns_window)
                     .filter(|(_, ns)| *ns > 0)
                     .map(|(l, ns)| (*l, ns as f64 / 1e9))
                     .collect(),
                 top: self.top(key.1),
             });
-            if let Some(o) = observations.get_mut(*i) {
+            if let Some(o) = observations.get_mut(i) {
                 o.stolen.insert(key.1, sample);
             }
         }
