@@ -284,8 +284,7 @@ impl StolenTracker {
 
         // The top-intruder table: when something intruded, at most every TABLE_REFRESH unless a
         // verdict changed (a new finding names its intruders at once).
-        let table_due = self.snapshots.is_empty()
-            || verdict_changed
+        let table_due = verdict_changed
             || self
                 .table_read
                 .is_none_or(|t| now.duration_since(t) >= TABLE_REFRESH);
