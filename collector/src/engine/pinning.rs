@@ -27,7 +27,7 @@ use crate::model::health::BpfProgramCost;
 use crate::model::inventory::HostInventory;
 use crate::model::pinning::{
     DomainObservation, HostNode, NumaObservation, PinningMode, PinningPasses, PinningReport,
-    PlacementSample, ThreadState,
+    PlacementSample,
 };
 use crate::model::state::SharedState;
 use crate::sources::libvirt::{self, LibvirtInventory};
@@ -252,6 +252,9 @@ pub(crate) struct PinningEngine {
     cache: Vec<DomainObservation>,
     /// Index in `cache` of the domain owning each thread read.
     tid_domain: HashMap<u32, usize>,
+    /// Per cached observation, the threads whose affinity can change a check's outcome
+    /// ([`pinning::affinity_deciders`]): the only ones a tick re-reads the affinity of.
+    affinity_deciders: Vec<Vec<u32>>,
     passes: PinningPasses,
     last_full: Instant,
     stolen: super::stolen::StolenTracker,
@@ -334,6 +337,7 @@ impl PinningEngine {
             counters: MonotonicCounters::default(),
             cache: Vec::new(),
             tid_domain: HashMap::new(),
+            affinity_deciders: Vec::new(),
             passes,
             last_full: Instant::now(),
             stolen: Default::default(),
@@ -483,11 +487,12 @@ impl PinningEngine {
     }
 
     /// The threads a tick finds changed, each re-read by a targeted pass: without the syscall
-    /// affinity events (`affinity_events = false`), those whose affinity differs from the last
-    /// pass's, by one `sched_getaffinity(2)` each; and, always, those with a `<vcpusched>` or
-    /// `<iothreadsched>` whose policy or priority differs (one `stat` read each: no kernel event
-    /// tells of `sched_setscheduler`). A thread that is gone counts as moved: the targeted pass
-    /// finds out. `None` when there is nothing to check.
+    /// affinity events (`affinity_events = false`), those whose affinity can change a check
+    /// ([`pinning::affinity_deciders`]) and differs from the last pass's, by one
+    /// `sched_getaffinity(2)` each (a kept `status` file without it); and, always, those with
+    /// a `<vcpusched>` or `<iothreadsched>` whose policy or priority differs (one `stat` read
+    /// each: no kernel event tells of `sched_setscheduler`). A thread that is gone counts as
+    /// moved: the targeted pass finds out. `None` when there is nothing to check.
     fn affinity_moved(&mut self) -> Option<BTreeSet<u32>> {
         let affinity = !self.cfg.affinity_events;
         let sched: Vec<BTreeSet<u32>> = self.cache.iter().map(sched_tids).collect();
@@ -499,23 +504,27 @@ impl PinningEngine {
         let mut moved = BTreeSet::new();
         let live = self.hostfs.is_live();
         self.kept_status.begin_round();
-        for (obs, sched) in self.cache.iter().zip(&sched) {
+        for ((obs, sched), deciders) in self.cache.iter().zip(&sched).zip(&self.affinity_deciders) {
             let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
                 continue;
             };
-            for (tid, t) in &obs.threads {
-                let affinity_differs = affinity
-                    && !affinity_held_by_cpuset(t)
-                    && if live {
-                        self.hostfs.affinity(pid, *tid).ok().as_ref() != Some(&t.affinity)
-                    } else {
-                        self.kept_status
-                            .differs(&self.hostfs, pid, *tid, &t.affinity)
-                    };
-                let sched_differs = sched.contains(tid)
-                    && self.hostfs.sched(pid, *tid).ok() != Some((t.policy, t.rt_priority));
-                if affinity_differs || sched_differs {
-                    moved.insert(*tid);
+            let deciders = deciders.iter().filter(|_| affinity);
+            for t in deciders.filter_map(|tid| obs.threads.get(tid)) {
+                let differs = if live {
+                    self.hostfs.affinity(pid, t.tid).ok().as_ref() != Some(&t.affinity)
+                } else {
+                    self.kept_status
+                        .differs(&self.hostfs, pid, t.tid, &t.affinity)
+                };
+                if differs {
+                    moved.insert(t.tid);
+                }
+            }
+            for t in sched.iter().filter_map(|tid| obs.threads.get(tid)) {
+                if !moved.contains(&t.tid)
+                    && self.hostfs.sched(pid, t.tid).ok() != Some((t.policy, t.rt_priority))
+                {
+                    moved.insert(t.tid);
                 }
             }
         }
@@ -558,14 +567,14 @@ impl PinningEngine {
                     (true, _) => "affinity by eBPF syscall events".to_string(),
                     (false, true) => format!(
                         "affinity checked every interval by sched_getaffinity(2){}",
-                        self.held_by_cpuset_detail()
+                        self.deciders_detail()
                     ),
                     (false, false) => format!(
                         "affinity checked every interval from status files, {} kept open \
                          (the procfs root shows another pid namespace: hostPID makes this one \
                          sched_getaffinity(2) per thread){}",
                         self.kept_status.len(),
-                        self.held_by_cpuset_detail()
+                        self.deciders_detail()
                     ),
                 }
             ),
@@ -574,19 +583,15 @@ impl PinningEngine {
         }
     }
 
-    /// `" (N of M threads held by a one-CPU cpuset)"`, or nothing when none is.
-    fn held_by_cpuset_detail(&self) -> String {
-        let threads = self.cache.iter().flat_map(|o| o.threads.values());
-        let (held, all) = threads.fold((0, 0), |(h, a), t| {
-            (h + usize::from(affinity_held_by_cpuset(t)), a + 1)
-        });
-        if held == 0 {
+    /// `" (N of M threads; the rest bounded by their cpuset cgroup)"`, or nothing when every
+    /// thread is checked.
+    fn deciders_detail(&self) -> String {
+        let all: usize = self.cache.iter().map(|o| o.threads.len()).sum();
+        let checked: usize = self.affinity_deciders.iter().map(Vec::len).sum();
+        if checked >= all {
             return String::new();
         }
-        format!(
-            " ({} of {all} threads; {held} held by a one-CPU cpuset)",
-            all - held
-        )
+        format!(" ({checked} of {all} threads; the rest bounded by their cpuset cgroup)")
     }
 
     /// One full pass: refresh the inventory, read every thread of every domain, sync the watch
@@ -798,6 +803,7 @@ impl PinningEngine {
     /// (and its parent). Returns how many watches failed.
     fn reindex(&mut self) -> u64 {
         self.generation = self.generation.wrapping_add(1);
+        self.affinity_deciders = pinning::affinity_deciders(&self.cache);
         self.tid_domain.clear();
         for (i, o) in self.cache.iter().enumerate() {
             for &tid in o.threads.keys() {
@@ -1347,17 +1353,6 @@ pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u6
     }
     obs.domain = Some(domain);
     (obs, errors)
-}
-
-/// Whether the kernel holds `t`'s affinity where it was read: its cpuset cgroup has one CPU and
-/// the affinity is that CPU. `sched_setaffinity(2)` intersects any mask with the caller's cpuset
-/// (an empty intersection fails with `EINVAL`), so only a cpuset write or a move to another
-/// cgroup can change it, and events mode sees both (inotify, `cgroup_attach_task`). A dedicated
-/// vCPU (libvirt's `vcpuN` cgroup with its one pCPU) needs no `sched_getaffinity(2)` per tick.
-fn affinity_held_by_cpuset(t: &ThreadState) -> bool {
-    t.cgroup_cpus
-        .as_ref()
-        .is_some_and(|c| c.is_single() && *c == t.affinity)
 }
 
 /// Thread ids of the observed domain with a configured scheduler (`<vcpusched>`,

@@ -131,6 +131,14 @@ impl CpuSet {
             .any(|(a, b)| a & b != 0)
     }
 
+    /// Whether every CPU of the set is in `other`.
+    pub fn is_subset(&self, other: &CpuSet) -> bool {
+        self.words
+            .iter()
+            .enumerate()
+            .all(|(i, w)| w & !other.words.get(i).copied().unwrap_or(0) == 0)
+    }
+
     /// CPUs in both sets.
     pub fn intersection(&self, other: &CpuSet) -> CpuSet {
         CpuSet::from_words(
@@ -306,6 +314,25 @@ mod tests {
         assert_eq!("".parse::<CpuSet>().unwrap(), CpuSet::new());
         assert_eq!("0-4,^2".parse::<CpuSet>().unwrap().to_string(), "0-1,3-4");
         assert_eq!(" 5\n".parse::<CpuSet>().unwrap(), CpuSet::single(5));
+    }
+
+    #[test]
+    fn subsets_across_words() {
+        for (a, b, sub) in [
+            ("", "", true),
+            ("", "3", true),
+            ("3", "", false),
+            ("1-2", "0-3", true),
+            ("1-4", "0-3", false),
+            ("70", "0-63", false),
+            ("5,70", "0-127", true),
+            ("0-63", "0-127", true),
+            ("0-127", "0-63", false),
+        ] {
+            let (a, b): (CpuSet, CpuSet) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(a.is_subset(&b), sub, "{a} ⊆ {b}");
+            assert_eq!(a.is_subset(&b), a.intersection(&b) == a, "{a} ⊆ {b}");
+        }
     }
 
     #[test]

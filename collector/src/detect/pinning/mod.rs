@@ -24,7 +24,7 @@ use crate::model::pinning::{
     PcpuStolen, PinKind, PinningReport, PlacementSample, SchedSpec, VcpuReport,
 };
 use crate::model::{Domain, ThreadState, VcpuSpec};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What every check may read of one domain, and of the host around it.
 pub(super) struct DomainView<'a> {
@@ -179,6 +179,67 @@ fn dedicated_pcpus(obs: &[DomainObservation]) -> BTreeMap<u32, BTreeSet<String>>
         }
     }
     owners
+}
+
+/// The threads of each observation (in `obs` order) whose affinity can change a check's
+/// outcome: the ones an events-mode tick re-reads. A thread's affinity always lies within its
+/// cpuset cgroup's CPUs (`sched_setaffinity(2)` intersects any mask with them, and only a
+/// cpuset write or a cgroup move, both seen by events mode, changes that bound). So when its
+/// last reading lies within its cgroup's CPUs, the affinity decides nothing for:
+/// - a subject of the `affinity` check (a vCPU or an I/O thread with a pin) whose cgroup
+///   holds one CPU: the affinity can only be that CPU;
+/// - any other thread (an unpinned vCPU or I/O thread, an emulator thread) whose cgroup holds
+///   no dedicated pCPU of another domain: `overlap`, the only other check that reads the
+///   affinity, finds nothing whatever it is.
+///
+/// Kernel workers living in the process are read by no check.
+pub(crate) fn affinity_deciders(obs: &[DomainObservation]) -> Vec<Vec<u32>> {
+    let owners = dedicated_pcpus(obs);
+    obs.iter()
+        .map(|o| {
+            let Some(d) = &o.domain else {
+                return Vec::new();
+            };
+            let pinned_vcpus: BTreeSet<u32> = d
+                .vcpus
+                .iter()
+                .filter(|v| v.pin.is_some())
+                .filter_map(|v| v.tid)
+                .collect();
+            let pinned_io: BTreeSet<String> = d
+                .iothreads
+                .iter()
+                .filter(|t| t.pin.is_some())
+                .map(IothreadSpec::comm)
+                .collect();
+            // Whether a cgroup's CPUs hold another domain's dedicated pCPU, once per set.
+            let mut foreign: HashMap<&CpuSet, bool> = HashMap::new();
+            o.threads
+                .values()
+                .filter(|t| !t.kernel_worker)
+                .filter(|t| {
+                    let Some(bound) = t
+                        .cgroup_cpus
+                        .as_ref()
+                        .filter(|c| !t.affinity.is_empty() && t.affinity.is_subset(c))
+                    else {
+                        return true;
+                    };
+                    if pinned_vcpus.contains(&t.tid) || pinned_io.contains(&t.comm) {
+                        return !bound.is_single();
+                    }
+                    *foreign.entry(bound).or_insert_with(|| {
+                        bound.iter().any(|cpu| {
+                            owners
+                                .get(&cpu)
+                                .is_some_and(|n| n.iter().any(|n| *n != d.name))
+                        })
+                    })
+                })
+                .map(|t| t.tid)
+                .collect()
+        })
+        .collect()
 }
 
 /// The vCPUs pinned alone to each dedicated pCPU, for intrusion accounting: `<vcpupin>` to that

@@ -346,3 +346,72 @@ fn reevaluating_the_changed_domains_equals_a_full_evaluation() {
     let uuids: Vec<&str> = kept.domains.iter().map(|d| d.uuid.as_str()).collect();
     assert_eq!(uuids, ["marked", "uuid-b", "marked"]);
 }
+
+/// The threads a tick need not re-read: whatever their affinity within their cpuset cgroup,
+/// every check finds the same; the others are listed.
+#[test]
+fn affinity_deciders_are_the_threads_whose_affinity_can_change_a_finding() {
+    // a: two dedicated vCPUs (one-CPU cgroups), emulator on its own pCPUs.
+    let mut a = healthy("a", 101, &["0", "1"]);
+    // A helper thread and a kernel worker in a's emulator cgroup.
+    let helper = ThreadState {
+        tid: 103,
+        comm: "worker".into(),
+        ..a.threads[&100].clone()
+    };
+    a.threads.insert(103, helper);
+    a.threads.insert(
+        104,
+        ThreadState {
+            tid: 104,
+            comm: "kvm-nx-lpage-re".into(),
+            kernel_worker: true,
+            ..a.threads[&100].clone()
+        },
+    );
+    // b: vCPUs pinned to two pCPUs each (the affinity may narrow within them).
+    let b = healthy("b", 201, &["2-3", "2-3"]);
+    // f: floating over 4-7, its emulator cgroup reaching a's dedicated pCPU 1.
+    let mut f = floating("f", 301, 2, "4-7");
+    f.threads.get_mut(&300).unwrap().cgroup_cpus = Some(cpus("1,4-7"));
+    f.threads.get_mut(&300).unwrap().affinity = cpus("4-7");
+    // n: an unpinned vCPU in a cgroup of shared pCPUs, one in a cgroup reaching a's pCPU 0 (as
+    // its emulator's does), one whose last reading lies outside its cgroup (no kernel shows
+    // that: read it again).
+    let mut n = healthy("n", 401, &["4-7", "0-7", "4-7"]);
+    for v in &mut n.domain.as_mut().unwrap().vcpus {
+        v.pin = None;
+    }
+    n.threads.get_mut(&403).unwrap().affinity = cpus("0");
+    let obs = [a, b, f, n];
+    let deciders = affinity_deciders(&obs);
+    assert_eq!(
+        deciders,
+        vec![vec![], vec![201, 202], vec![300, 301, 302], vec![400, 402, 403]]
+    );
+
+    // Every other thread: any affinity within its cgroup leaves every finding as it was.
+    let before = evaluate(&obs);
+    for (i, o) in obs.iter().enumerate() {
+        for (tid, t) in &o.threads {
+            if deciders[i].contains(tid) {
+                continue;
+            }
+            let bound = t.cgroup_cpus.clone().unwrap();
+            let mut subsets: Vec<CpuSet> = bound.iter().map(CpuSet::single).collect();
+            subsets.push(bound);
+            for s in subsets {
+                let mut changed = obs.clone();
+                changed[i].threads.get_mut(tid).unwrap().affinity = s.clone();
+                let after = evaluate(&changed);
+                for d in ["a", "b", "f", "n"] {
+                    assert_eq!(drifts(&after, d), drifts(&before, d), "{tid} on {s}");
+                }
+            }
+        }
+    }
+    // A decider's affinity does change one: b's vCPU 0 narrowed to pCPU 2.
+    let mut changed = obs.clone();
+    changed[1].threads.get_mut(&201).unwrap().affinity = cpus("2");
+    assert_ne!(drifts(&evaluate(&changed), "b"), drifts(&before, "b"));
+}

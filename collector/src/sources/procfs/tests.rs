@@ -292,7 +292,7 @@ fn live_affinity_by_syscall_matches_status() {
 }
 
 /// The kernel fact events mode relies on to skip the per-tick affinity read of a thread whose
-/// cpuset cgroup holds one CPU (`engine::pinning::affinity_held_by_cpuset`): in a one-CPU cpuset,
+/// cpuset cgroup holds one CPU (`detect::pinning::affinity_deciders`): in a one-CPU cpuset,
 /// `sched_setaffinity(2)` to every CPU leaves the affinity at that CPU, and to another CPU fails
 /// with `EINVAL`. Runs on the host's cgroup v1 cpuset hierarchy (root; the testbed's layout).
 #[test]
