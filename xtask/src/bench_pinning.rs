@@ -29,8 +29,9 @@
 //! `PINFLOW_BENCH_DOMAINS` (real domain counts, default `10,60`; empty: none),
 //! `PINFLOW_BENCH_FIXTURE_DOMAINS` (default 200; 0: no fixture row), `PINFLOW_BENCH_FIXTURE_DIR`
 //! (generate the fixture host there and keep it), `PINFLOW_BENCH_THREAD_DOMAINS` (default 200;
-//! 0: no real-thread row), `PINFLOW_BENCH_PINNING_HOLD=FILE` (once each count of real domains
-//! is up, write FILE and wait until it is removed: for profiling by hand). Domains are named
+//! 0: no real-thread row), `PINFLOW_BENCH_PINNING_HOLD=FILE` (once each count of real domains,
+//! and the real-thread host, is up, write FILE and wait until it is removed: for profiling by
+//! hand). Domains are named
 //! `pinbench-N` and removed at the end. Needs root and the libvirt testbed (`cargo xtask setup`).
 
 use std::fmt::Write as _;
@@ -432,6 +433,20 @@ pub(crate) fn host_cpus() -> usize {
 }
 
 /// Real-domain rows: for each count in `counts` (ascending), start domains up to it, then
+/// With `PINFLOW_BENCH_PINNING_HOLD=FILE`, for profiling by hand: writes `what` to FILE and
+/// waits until FILE is removed (the host being measured stays up meanwhile).
+fn hold(what: &str) -> Result<()> {
+    let Some(hold) = std::env::var_os("PINFLOW_BENCH_PINNING_HOLD") else {
+        return Ok(());
+    };
+    std::fs::write(&hold, format!("{what}\n"))?;
+    eprintln!("==> {what}; remove {} to go on", hold.to_string_lossy());
+    while Path::new(&hold).exists() {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
+}
+
 /// measure pinflow and the exporter side by side.
 fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Result<()> {
     let _daemons = libvirt::ensure_daemons()?;
@@ -442,17 +457,7 @@ fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Re
             let spec = real_domain(running.len(), cpus);
             running.push(libvirt::start(&spec).with_context(|| format!("starting {}", spec.name))?);
         }
-        if let Some(hold) = std::env::var_os("PINFLOW_BENCH_PINNING_HOLD") {
-            // For profiling by hand: the domains stay up until the file is removed.
-            std::fs::write(&hold, format!("{n} domains up\n"))?;
-            eprintln!(
-                "==> {n} real domains up; remove {} to go on",
-                hold.to_string_lossy()
-            );
-            while Path::new(&hold).exists() {
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
+        hold(&format!("{n} real domains up"))?;
         eprintln!("==> {n} real domains × {REAL_VCPUS} vCPUs: measuring for {secs} s");
         let serve = Serve::start(bin, &[])?;
         let exporter = Exporter::start()?;
@@ -746,6 +751,10 @@ fn thread_host_row(bin: &Path, domains: usize, secs: u64, rows: &mut Vec<Row>) -
         bench_threadhost::VCPUS
     );
     let host = ThreadHost::start(domains, PREFIX, status_xml)?;
+    hold(&format!(
+        "real-thread host up (pinflow serve {})",
+        host.args().join(" ")
+    ))?;
     let serve = Serve::start(bin, &host.args())?;
     let mut pf = Target::new(serve.child.id(), serve.addr);
     let (cpu, _) = measure(&mut [&mut pf], &[], secs)?;

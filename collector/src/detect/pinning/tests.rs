@@ -387,7 +387,12 @@ fn affinity_deciders_are_the_threads_whose_affinity_can_change_a_finding() {
     let deciders = affinity_deciders(&obs);
     assert_eq!(
         deciders,
-        vec![vec![], vec![201, 202], vec![300, 301, 302], vec![400, 402, 403]]
+        vec![
+            vec![],
+            vec![201, 202],
+            vec![300, 301, 302],
+            vec![400, 402, 403]
+        ]
     );
 
     // Every other thread: any affinity within its cgroup leaves every finding as it was.
