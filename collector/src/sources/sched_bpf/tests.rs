@@ -115,6 +115,24 @@ fn spin(d: Duration) {
     }
 }
 
+/// Waits (up to 5 s) until thread `tid` of this process sleeps, then 10 ms more, so that it
+/// has been switched out.
+fn wait_asleep(tid: u32) {
+    let stat = format!("/proc/self/task/{tid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(&stat).unwrap_or_default();
+        let state = text
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next());
+        if state == Some('S') {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(10));
+}
+
 /// Watches a thread pinned to CPU 0 with pin set {0}, spins, moves it to CPU 1, spins again:
 /// time on and off the pin set and at least one migration must show up; unwatch removes it.
 fn placement_scenario(mut probe: SchedProbe) {
@@ -150,6 +168,9 @@ fn placement_scenario(mut probe: SchedProbe) {
     let offpin_before = probe.offpin_slices().expect("off-pin counter");
     go_tx.send(()).expect("go");
     done_rx.recv().expect("worker spun on CPU 0 and CPU 1");
+    // The worker still runs between its `done` and blocking on `finish` (long on a loaded host):
+    // its last slice is charged when it is switched out. Read once it sleeps.
+    wait_asleep(tid);
     let offpin_after = probe.offpin_slices().expect("off-pin counter");
     let p = probe
         .placement(tid)
