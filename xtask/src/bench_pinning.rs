@@ -432,7 +432,6 @@ pub(crate) fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Real-domain rows: for each count in `counts` (ascending), start domains up to it, then
 /// With `PINFLOW_BENCH_PINNING_HOLD=FILE`, for profiling by hand: writes `what` to FILE and
 /// waits until FILE is removed (the host being measured stays up meanwhile).
 fn hold(what: &str) -> Result<()> {
@@ -447,6 +446,7 @@ fn hold(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Real-domain rows: for each count in `counts` (ascending), start domains up to it, then
 /// measure pinflow and the exporter side by side.
 fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Result<()> {
     let _daemons = libvirt::ensure_daemons()?;

@@ -508,16 +508,17 @@ impl PinningEngine {
             let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
                 continue;
             };
-            let deciders = deciders.iter().filter(|_| affinity);
-            for t in deciders.filter_map(|tid| obs.threads.get(tid)) {
-                let differs = if live {
-                    self.hostfs.affinity(pid, t.tid).ok().as_ref() != Some(&t.affinity)
-                } else {
-                    self.kept_status
-                        .differs(&self.hostfs, pid, t.tid, &t.affinity)
-                };
-                if differs {
-                    moved.insert(t.tid);
+            if affinity {
+                for t in deciders.iter().filter_map(|tid| obs.threads.get(tid)) {
+                    let differs = if live {
+                        self.hostfs.affinity(pid, t.tid).ok().as_ref() != Some(&t.affinity)
+                    } else {
+                        self.kept_status
+                            .differs(&self.hostfs, pid, t.tid, &t.affinity)
+                    };
+                    if differs {
+                        moved.insert(t.tid);
+                    }
                 }
             }
             for t in sched.iter().filter_map(|tid| obs.threads.get(tid)) {

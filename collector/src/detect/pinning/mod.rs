@@ -194,7 +194,7 @@ fn dedicated_pcpus(obs: &[DomainObservation]) -> BTreeMap<u32, BTreeSet<String>>
 ///
 /// Kernel workers living in the process are read by no check.
 pub(crate) fn affinity_deciders(obs: &[DomainObservation]) -> Vec<Vec<u32>> {
-    let owners = dedicated_pcpus(obs);
+    let owners = overlap::PcpuOwners::new(dedicated_pcpus(obs));
     obs.iter()
         .map(|o| {
             let Some(d) = &o.domain else {
@@ -228,13 +228,9 @@ pub(crate) fn affinity_deciders(obs: &[DomainObservation]) -> Vec<Vec<u32>> {
                     if pinned_vcpus.contains(&t.tid) || pinned_io.contains(&t.comm) {
                         return !bound.is_single();
                     }
-                    *foreign.entry(bound).or_insert_with(|| {
-                        bound.iter().any(|cpu| {
-                            owners
-                                .get(&cpu)
-                                .is_some_and(|n| n.iter().any(|n| *n != d.name))
-                        })
-                    })
+                    *foreign
+                        .entry(bound)
+                        .or_insert_with(|| bound.iter().any(|c| owners.foreign_owned(c, &d.name)))
                 })
                 .map(|t| t.tid)
                 .collect()

@@ -66,7 +66,7 @@ impl PcpuOwners {
     }
 
     /// Whether `cpu` has an owner other than `me`.
-    fn foreign_owned(&self, cpu: u32, me: &str) -> bool {
+    pub(super) fn foreign_owned(&self, cpu: u32, me: &str) -> bool {
         self.by_cpu
             .get(&cpu)
             .is_some_and(|n| n.iter().any(|n| n != me))
