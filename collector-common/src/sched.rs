@@ -16,7 +16,8 @@
 //!   owner (domain id, vCPU tid) of each dedicated pCPU; `domain == 0` everywhere else. Read only
 //!   on the CPUs [`SwitchFilter::cpus`] marks (an entry with `domain == 0` there does nothing).
 //! - [`STOLEN_MAP`]: `Array<StolenCpu>` indexed by CPU, written by the kernel only (on that CPU):
-//!   the last switch's time and the run time of intruders by [`IntruderClass`].
+//!   the last switch's time and the run time of intruders by [`IntruderClass`]. [`MMAPABLE`]:
+//!   userspace reads it in place, every dedicated pCPU every tick, without a syscall.
 //! - [`THREADS_MAP`]: `HashMap<u32, DomainThread>`, written by userspace: every thread of every
 //!   domain's QEMU process, with its domain id and whether it is a vCPU thread.
 //! - [`INTRUDERS_MAP`]: per-CPU-LRU `LruHashMap<IntruderKey, IntruderStats>`, inserted and
@@ -61,6 +62,8 @@ pub const MAX_DOMAIN_THREADS: u32 = 32768;
 pub const MAX_INTRUDERS: u32 = 1024;
 /// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU (keys carry the CPU, each CPU inserts its own).
 pub const LRU_PER_CPU: u32 = 1 << 1;
+/// `BPF_F_MMAPABLE`: an array userspace maps into its memory and reads without a syscall.
+pub const MMAPABLE: u32 = 1 << 10;
 /// `PF_KTHREAD` in `task_struct.flags` (include/linux/sched.h).
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 

@@ -33,8 +33,8 @@ use aya_ebpf::{
 };
 use collector_common::sched::{
     DedicatedCpu, DomainThread, IntruderClass, IntruderKey, IntruderStats, LRU_PER_CPU, MAX_CPUS,
-    MAX_DOMAIN_THREADS, MAX_INTRUDERS, MAX_WATCHED, NO_CPU, PF_KTHREAD, PinMask, PlacementStats,
-    StolenCpu, SwitchFilter,
+    MAX_DOMAIN_THREADS, MAX_INTRUDERS, MAX_WATCHED, MMAPABLE, NO_CPU, PF_KTHREAD, PinMask,
+    PlacementStats, StolenCpu, SwitchFilter,
 };
 
 /// `offsetof(struct task_struct, pid)`, set by userspace from kernel BTF before load.
@@ -65,9 +65,10 @@ static SCHED_OFFPIN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Owner of each dedicated pCPU, by CPU; written by userspace.
 #[map]
 static SCHED_DEDICATED: Array<DedicatedCpu> = Array::with_max_entries(MAX_CPUS as u32, 0);
-/// Intruder run time per dedicated pCPU, by CPU; written here only, each entry on its own CPU.
+/// Intruder run time per dedicated pCPU, by CPU; written here only, each entry on its own CPU;
+/// userspace maps it and reads it in place.
 #[map]
-static SCHED_STOLEN: Array<StolenCpu> = Array::with_max_entries(MAX_CPUS as u32, 0);
+static SCHED_STOLEN: Array<StolenCpu> = Array::with_max_entries(MAX_CPUS as u32, MMAPABLE);
 /// Threads of the domains' QEMU processes; written by userspace.
 #[map]
 static SCHED_THREADS: HashMap<u32, DomainThread> = HashMap::with_max_entries(MAX_DOMAIN_THREADS, 0);

@@ -255,6 +255,9 @@ pub(crate) struct PinningEngine {
     /// Per cached observation, the threads whose affinity can change a check's outcome
     /// ([`pinning::affinity_deciders`]): the only ones a tick re-reads the affinity of.
     affinity_deciders: Vec<Vec<u32>>,
+    /// Per cached observation, its threads with a configured scheduler ([`sched_tids`]): a tick
+    /// re-reads their policy and priority.
+    sched_tids: Vec<BTreeSet<u32>>,
     passes: PinningPasses,
     last_full: Instant,
     stolen: super::stolen::StolenTracker,
@@ -338,6 +341,7 @@ impl PinningEngine {
             cache: Vec::new(),
             tid_domain: HashMap::new(),
             affinity_deciders: Vec::new(),
+            sched_tids: Vec::new(),
             passes,
             last_full: Instant::now(),
             stolen: Default::default(),
@@ -495,8 +499,7 @@ impl PinningEngine {
     /// moved: the targeted pass finds out. `None` when there is nothing to check.
     fn affinity_moved(&mut self) -> Option<BTreeSet<u32>> {
         let affinity = !self.cfg.affinity_events;
-        let sched: Vec<BTreeSet<u32>> = self.cache.iter().map(sched_tids).collect();
-        if !affinity && sched.iter().all(BTreeSet::is_empty) {
+        if !affinity && self.sched_tids.iter().all(BTreeSet::is_empty) {
             return None;
         }
         // A read that hangs shows the source as wedged, as a pass's would.
@@ -504,7 +507,12 @@ impl PinningEngine {
         let mut moved = BTreeSet::new();
         let live = self.hostfs.is_live();
         self.kept_status.begin_round();
-        for ((obs, sched), deciders) in self.cache.iter().zip(&sched).zip(&self.affinity_deciders) {
+        for ((obs, sched), deciders) in self
+            .cache
+            .iter()
+            .zip(&self.sched_tids)
+            .zip(&self.affinity_deciders)
+        {
             let Some(pid) = obs.domain.as_ref().and_then(|d| d.pid) else {
                 continue;
             };
@@ -805,6 +813,7 @@ impl PinningEngine {
     fn reindex(&mut self) -> u64 {
         self.generation = self.generation.wrapping_add(1);
         self.affinity_deciders = pinning::affinity_deciders(&self.cache);
+        self.sched_tids = self.cache.iter().map(sched_tids).collect();
         self.tid_domain.clear();
         for (i, o) in self.cache.iter().enumerate() {
             for &tid in o.threads.keys() {

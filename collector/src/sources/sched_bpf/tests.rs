@@ -360,6 +360,27 @@ fn intrusion_scenario(mut probe: SchedProbe) {
     go_host.send(()).expect("go");
     t_host.join().expect("host thread");
     let after = probe.stolen(1).expect("stolen");
+    // Read in place (the mapped array), and the same counters as a bpf(2) lookup sees them.
+    assert!(probe.stolen_view.is_some(), "{STOLEN_MAP} is mapped");
+    let looked_up = probe.stolen.get(&1, 0).expect("lookup").ns;
+    let later = probe.stolen(1).expect("stolen");
+    for c in 0..after.len() {
+        assert!(
+            after[c] <= looked_up[c] && looked_up[c] <= later[c],
+            "class {c}: mapped {after:?}, lookup {looked_up:?}, mapped {later:?}"
+        );
+    }
+    let t = Instant::now();
+    for cpu in 0..MAX_CPUS as u32 {
+        let _ = probe.stolen(cpu);
+    }
+    let mapped_ns = t.elapsed().as_nanos() / MAX_CPUS as u128;
+    let t = Instant::now();
+    for cpu in 0..MAX_CPUS as u32 {
+        let _ = probe.stolen.get(&cpu, 0);
+    }
+    let lookup_ns = t.elapsed().as_nanos() / MAX_CPUS as u128;
+    println!("per-CPU read: mapped {mapped_ns} ns, bpf(2) lookup {lookup_ns} ns");
     let intruders = probe.intruders().expect("intruders");
     println!("mode {}: {before:?} -> {after:?}", probe.mode());
     let grew = |c: layout::IntruderClass| after[c as usize] - before[c as usize];
