@@ -747,7 +747,11 @@ impl PinningEngine {
                         continue;
                     };
                     self.passes.thread_reads += 1;
-                    match self.hostfs.thread_cached(pid, tid, &mut cache) {
+                    let times = o
+                        .domain
+                        .as_ref()
+                        .map_or(procfs::CpuTimes::Read, |d| cpu_times(d, tid));
+                    match self.hostfs.thread_cached(pid, tid, times, &mut cache) {
                         Ok(t) => {
                             if tid == pid {
                                 o.main_cgroup = t.cgroup.clone();
@@ -1329,6 +1333,15 @@ impl MonotonicCounters {
     }
 }
 
+/// Whether a pass reads thread `tid`'s CPU times: a vCPU thread's only (see [`procfs::CpuTimes`]).
+fn cpu_times(domain: &Domain, tid: u32) -> procfs::CpuTimes {
+    if domain.vcpus.iter().any(|v| v.tid == Some(tid)) {
+        procfs::CpuTimes::Read
+    } else {
+        procfs::CpuTimes::Skip
+    }
+}
+
 /// Reads every thread of the domain's QEMU process. Returns the observation and the number of
 /// unexpected read errors (threads that vanished mid-read are normal and not counted).
 pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u64) {
@@ -1339,7 +1352,8 @@ pub(crate) fn observe(hostfs: &HostFs, domain: Domain) -> (DomainObservation, u6
             Ok(tids) => {
                 let mut cache = procfs::PassCache::default();
                 for tid in tids {
-                    match hostfs.thread_cached(pid, tid, &mut cache) {
+                    let times = cpu_times(&domain, tid);
+                    match hostfs.thread_cached(pid, tid, times, &mut cache) {
                         Ok(t) => {
                             if tid == pid {
                                 obs.main_cgroup = t.cgroup.clone();
@@ -1542,6 +1556,33 @@ mod tests {
     }
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_pass_reads_the_cpu_times_of_vcpu_threads_only() {
+        // The libvirt domain captured in the procfs fixture: QEMU 11411, vCPUs 11435 and 11436.
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hostfs/v1-libvirt");
+        let hostfs = HostFs::new(root.join("proc"), root.join("sys"));
+        let mut domain = obs("fx", &[(11435, 0, 0, 0), (11436, 0, 0, 0)], false)
+            .domain
+            .expect("domain");
+        domain.pid = Some(11411);
+        let (o, errors) = observe(&hostfs, domain);
+        assert_eq!(errors, 0);
+        let times = |tid: u32| o.threads.get(&tid).map(|t| (t.run_ns, t.wait_ns));
+        assert_eq!(times(11435), Some((18148376596, 23734040313)));
+        assert_eq!(times(11436), Some((2010781, 3639985)));
+        // The emulator thread is read (its cgroup and affinity decide checks), its times are not.
+        assert_eq!(times(11411), Some((0, 0)));
+        assert_eq!(
+            o.threads.get(&11411).map(|t| t.comm.as_str()),
+            Some("qemu-system-x86")
+        );
+        assert_eq!(
+            o.main_cgroup.as_deref(),
+            Some("/machine/qemu-5-fx-nova.libvirt-qemu/emulator")
+        );
+    }
 
     #[test]
     fn counters_never_decrease_across_thread_exits_and_resets() {

@@ -233,15 +233,17 @@ impl HostFs {
     /// Returns [`ProcError::Gone`] when the thread exited before or while it was read. A missing `schedstat`
     /// (kernel without schedstats) gives zero times; a missing cgroup directory gives `cgroup_cpus: None`.
     pub fn thread(&self, pid: u32, tid: u32) -> Result<ThreadState, ProcError> {
-        self.thread_cached(pid, tid, &mut PassCache::default())
+        self.thread_cached(pid, tid, CpuTimes::Read, &mut PassCache::default())
     }
 
     /// [`Self::thread`] for one of many threads read together (a domain's): where the cgroup
     /// hierarchies are mounted and each cgroup's `cpuset.cpus` are read once per `cache`.
+    /// With [`CpuTimes::Skip`], `schedstat` is not read and the times are 0.
     pub(crate) fn thread_cached(
         &self,
         pid: u32,
         tid: u32,
+        times: CpuTimes,
         cache: &mut PassCache,
     ) -> Result<ThreadState, ProcError> {
         let task = self.task_dir(pid, tid);
@@ -263,10 +265,15 @@ impl HostFs {
         let affinity = self.task_affinity(&task, pid, tid)?;
 
         let sched_path = task.join("schedstat");
-        let (run_ns, wait_ns) = match self.read_task_file(&sched_path, pid, tid) {
-            Ok(s) => parse_schedstat(&s).map_err(|reason| parse_err(&sched_path, reason))?,
-            Err(ProcError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => (0, 0),
-            Err(e) => return Err(e),
+        let (run_ns, wait_ns) = match times {
+            CpuTimes::Skip => (0, 0),
+            CpuTimes::Read => match self.read_task_file(&sched_path, pid, tid) {
+                Ok(s) => parse_schedstat(&s).map_err(|reason| parse_err(&sched_path, reason))?,
+                Err(ProcError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    (0, 0)
+                }
+                Err(e) => return Err(e),
+            },
         };
 
         let cg_path = task.join("cgroup");
@@ -410,6 +417,17 @@ impl HostFs {
             v2: true,
         }))
     }
+}
+
+/// Whether [`HostFs::thread_cached`] reads a thread's CPU times (`schedstat`): only vCPU
+/// threads' are used (`pinflow_vcpu_wait_seconds_total`), a third of a QEMU process's threads
+/// and more are not vCPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CpuTimes {
+    /// Read them.
+    Read,
+    /// Leave them 0.
+    Skip,
 }
 
 /// What a pass over many threads reads once: the mount root of each cgroup hierarchy (by its
