@@ -730,7 +730,7 @@ pub const PINNING_THREAD_READS: Family = Family {
     name: "pinflow_pinning_thread_reads_total",
     kind: Kind::Counter,
     labels: &[],
-    help: "Thread states read from procfs/cgroupfs by the pinning pipeline (each: status, stat, schedstat, cgroup and the cpuset file)",
+    help: "Thread states read from procfs/cgroupfs by the pinning pipeline (each: stat, the affinity, cgroup, a vCPU thread's schedstat; a cgroup's cpuset file once per pass)",
     notes: "Grows with vCPU threads only in polling mode and at full passes; idle in events mode otherwise.",
     example: "rate(pinflow_pinning_thread_reads_total[5m])",
     presence: Presence::Always,

@@ -822,6 +822,6 @@ pub(crate) struct PinningPasses {
     pub(crate) full: u64,
     /// Passes that re-read only the threads or domains an event named.
     pub(crate) targeted: u64,
-    /// Thread state reads (each: status, stat, schedstat, cgroup and the cpuset file).
+    /// Thread state reads (each: stat, the affinity, cgroup, a vCPU thread's schedstat; a cgroup's cpuset file once per pass).
     pub(crate) thread_reads: u64,
 }

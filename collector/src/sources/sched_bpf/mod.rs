@@ -245,8 +245,8 @@ pub enum SchedProbeError {
     #[error("cannot enable kernel BPF statistics: {0}")]
     Stats(String),
     /// The watch maps are full.
-    #[error("cannot watch more than {0} threads (64 per CPU, at least 1024)")]
-    TooManyWatched(usize),
+    #[error("cannot watch more than {MAX_WATCHED} threads")]
+    TooManyWatched,
 }
 
 impl SchedProbeError {
@@ -360,8 +360,7 @@ pub struct SchedProbe {
     domain_threads: HashMap<u32, DomainThread>,
     /// Watched thread ids.
     watched: HashSet<u32>,
-    /// Capacity of the watch and stats maps, as loaded.
-    watch_capacity: usize,
+
     /// Watched threads per filter bit (word, bit): a bit is cleared when its count drops to 0.
     filter_refs: HashMap<(u32, u32), u32>,
     /// Keeps kernel BPF run-time statistics enabled while loaded (`None` if the kernel refused).
@@ -468,14 +467,6 @@ impl SchedProbe {
                     .map_or(0, |f| f.offset);
             }
         }
-        // The watch and stats maps hold 64 threads per CPU (at least 1024): reading the stats
-        // map in a batch walks every hash bucket, full or not (~17 ns each here: 0.3 ms per
-        // read at the 16384 of a 2-CPU host's 120 watched threads).
-        let watch_capacity = aya::util::nr_cpus().map_or(MAX_WATCHED, |n| {
-            u32::try_from(n.saturating_mul(64))
-                .unwrap_or(u32::MAX)
-                .clamp(1024, MAX_WATCHED)
-        });
         // About 16 intruders per CPU (the LRU is split between CPUs).
         let intruders = aya::util::nr_cpus()
             .map_or(layout::MAX_INTRUDERS, |n| {
@@ -485,8 +476,6 @@ impl SchedProbe {
 
         let mut ebpf = loader::new_loader(loader::Probe::Sched)
             .map_max_entries(INTRUDERS_MAP, intruders)
-            .map_max_entries(WATCH_MAP, watch_capacity)
-            .map_max_entries(STATS_MAP, watch_capacity)
             .override_global(layout::GLOBAL_TASK_PID_OFFSET, &task_pid_off, true)
             .override_global(layout::GLOBAL_TASK_FLAGS_OFFSET, &task_flags_off, true)
             .override_global(layout::GLOBAL_TP_NEXT_PID_OFFSET, &tp_next, true)
@@ -578,7 +567,6 @@ impl SchedProbe {
             generations: HashMap::new(),
             domain_threads: HashMap::new(),
             watched: HashSet::new(),
-            watch_capacity: watch_capacity as usize,
             filter_refs: HashMap::new(),
             stats_fd,
             ebpf,
@@ -636,8 +624,8 @@ impl SchedProbe {
         if self.watched.contains(&tid) {
             return self.pins.insert(tid, mask, 0).map_err(map_err(WATCH_MAP));
         }
-        if self.watched.len() >= self.watch_capacity {
-            return Err(SchedProbeError::TooManyWatched(self.watch_capacity));
+        if self.watched.len() >= MAX_WATCHED as usize {
+            return Err(SchedProbeError::TooManyWatched);
         }
         // Stats first (the kernel only updates existing entries), then the pin mask, then the filter.
         self.stats
