@@ -519,7 +519,7 @@ impl PinningEngine {
             if affinity {
                 for t in deciders.iter().filter_map(|tid| obs.threads.get(tid)) {
                     let differs = if live {
-                        self.hostfs.affinity(pid, t.tid).ok().as_ref() != Some(&t.affinity)
+                        self.hostfs.affinity_differs(pid, t.tid, &t.affinity)
                     } else {
                         self.kept_status
                             .differs(&self.hostfs, pid, t.tid, &t.affinity)

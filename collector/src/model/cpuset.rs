@@ -67,6 +67,32 @@ impl CpuSet {
         }
     }
 
+    /// Whether the bitmap `words` is this set (as [`CpuSet::from_words`] would make it), without
+    /// allocating: for a caller comparing a kernel mask with the last one it kept.
+    pub(crate) fn is_words(&self, words: &[u64]) -> bool {
+        let top = (MAX_CPU / WORD_BITS) as usize;
+        let masked = |i: usize, w: u64| {
+            let keep = MAX_CPU % WORD_BITS;
+            if i == top && keep < WORD_BITS - 1 {
+                w & ((1u64 << (keep + 1)) - 1)
+            } else {
+                w
+            }
+        };
+        let words = words.get(..words.len().min(top + 1)).unwrap_or(words);
+        let mut len = words.len();
+        while len > 0 && words.get(len - 1).is_some_and(|w| masked(len - 1, *w) == 0) {
+            len -= 1;
+        }
+        self.words.len() == len
+            && self
+                .words
+                .iter()
+                .zip(words)
+                .enumerate()
+                .all(|(i, (a, b))| *a == masked(i, *b))
+    }
+
     /// Whether `cpu` is in the set.
     pub fn contains(&self, cpu: u32) -> bool {
         let (w, bit) = slot(cpu);
@@ -304,6 +330,32 @@ impl From<CpuSet> for String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn is_words_agrees_with_from_words() {
+        let max_words = (super::MAX_CPU / super::WORD_BITS + 1) as usize;
+        let cases: Vec<Vec<u64>> = vec![
+            vec![],
+            vec![0],
+            vec![0b11],
+            vec![0b11, 0, 0],
+            vec![0, 1 << 63],
+            vec![u64::MAX; max_words],
+            vec![u64::MAX; max_words + 2],
+            [vec![0; max_words - 1], vec![1]].concat(),
+            [vec![0; max_words], vec![7]].concat(),
+        ];
+        for a in &cases {
+            let set = super::CpuSet::from_words(a.clone());
+            for b in &cases {
+                assert_eq!(
+                    set.is_words(b),
+                    set == super::CpuSet::from_words(b.clone()),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -206,6 +206,20 @@ impl HostFs {
         self.task_affinity(&self.task_dir(pid, tid), pid, tid)
     }
 
+    /// Whether thread `tid`'s allowed CPUs differ from `known` (a tick's check of the last pass's
+    /// reading): one `sched_getaffinity(2)` compared in place on a live root (no allocation), else
+    /// [`Self::affinity`]. An error (the thread is gone, say) counts as a difference: the caller
+    /// re-reads the thread in full.
+    pub(crate) fn affinity_differs(&self, pid: u32, tid: u32, known: &CpuSet) -> bool {
+        if self.live {
+            let mut words = [0u64; AFFINITY_WORDS];
+            if let Ok(used) = syscall_affinity_words(tid, &mut words) {
+                return !known.is_words(used);
+            }
+        }
+        self.affinity(pid, tid).ok().as_ref() != Some(known)
+    }
+
     /// The affinity of thread `tid` of `pid`, whose task directory is `task` and which the
     /// caller has checked is a thread of `pid` (the syscall takes any thread id): the syscall on
     /// the live `/proc`, else (or with a mask larger than its buffer) the `status` file.
@@ -499,23 +513,28 @@ const AFFINITY_WORDS: usize = 128;
 /// Thread `tid`'s allowed CPUs from `sched_getaffinity(2)`: one syscall instead of opening,
 /// reading and parsing `status` (~1.5 KiB). The kernel reports the mask restricted to active
 /// CPUs, as the scheduler applies it (`status` also lists offline CPUs that stay in the mask).
-#[allow(unsafe_code)] // sched_getaffinity has no safe wrapper in the workspace's crates.
 fn syscall_affinity(tid: u32) -> io::Result<CpuSet> {
-    let pid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     let mut words = [0u64; AFFINITY_WORDS];
+    let used = syscall_affinity_words(tid, &mut words)?;
+    Ok(CpuSet::from_words(used.to_vec()))
+}
+
+/// [`syscall_affinity`] into `words`, without allocating: the words the kernel wrote.
+#[allow(unsafe_code)] // sched_getaffinity has no safe wrapper in the workspace's crates.
+fn syscall_affinity_words(tid: u32, words: &mut [u64; AFFINITY_WORDS]) -> io::Result<&[u64]> {
+    let pid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: the buffer is valid for writes of its whole size, which is what the kernel is told.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_sched_getaffinity,
             pid,
-            std::mem::size_of_val(&words),
+            std::mem::size_of_val(words),
             words.as_mut_ptr(),
         )
     };
     // The raw syscall returns the number of bytes it wrote (the kernel's mask size).
     let written = usize::try_from(rc).map_err(|_| io::Error::last_os_error())?;
-    let used = words.get(..written.div_ceil(8)).unwrap_or(&words);
-    Ok(CpuSet::from_words(used.to_vec()))
+    Ok(words.get(..written.div_ceil(8)).unwrap_or(words))
 }
 
 /// `Cpus_allowed_list` from a `status` file (falling back to the `Cpus_allowed` hex mask).

@@ -281,10 +281,24 @@ fn live_affinity_by_syscall_matches_status() {
     let Some(first) = before.iter().next() else {
         panic!("empty affinity");
     };
+    // A tick's in-place check, on the syscall (live) and on the status file.
+    for fs in [&live, &files] {
+        assert!(!fs.affinity_differs(pid, tid, &before));
+    }
     set_affinity(&CpuSet::single(first));
     let narrowed = live.thread(pid, tid).expect("own thread").affinity;
+    let differs = [&live, &files].map(|fs| fs.affinity_differs(pid, tid, &before));
+    let same = [&live, &files].map(|fs| fs.affinity_differs(pid, tid, &narrowed));
     set_affinity(&before);
     assert_eq!(narrowed, CpuSet::single(first));
+    if before != narrowed {
+        assert_eq!(differs, [true, true]);
+    }
+    assert_eq!(same, [false, false]);
+    assert!(
+        live.affinity_differs(pid, u32::MAX, &before),
+        "a gone thread differs"
+    );
     assert_eq!(
         syscall_affinity(u32::MAX).map_err(|e| e.raw_os_error()),
         Err(Some(libc::ESRCH))
