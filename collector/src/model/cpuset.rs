@@ -31,6 +31,32 @@ pub struct CpuSetError {
     pub reason: &'static str,
 }
 
+/// Word `w` at index `i` of a bitmap without the bits above [`MAX_CPU`] (which
+/// [`CpuSet::insert`] refuses).
+fn below_max(i: usize, w: u64) -> u64 {
+    let (top, keep) = ((MAX_CPU / WORD_BITS) as usize, MAX_CPU % WORD_BITS);
+    match i.cmp(&top) {
+        std::cmp::Ordering::Less => w,
+        std::cmp::Ordering::Equal if keep < WORD_BITS - 1 => w & ((1u64 << (keep + 1)) - 1),
+        std::cmp::Ordering::Equal => w,
+        std::cmp::Ordering::Greater => 0,
+    }
+}
+
+/// How many words of the bitmap `words` a [`CpuSet`] keeps: those up to its last word with a
+/// CPU at or below [`MAX_CPU`] (trailing zero words trimmed).
+fn canonical_len(words: &[u64]) -> usize {
+    let mut len = words.len().min((MAX_CPU / WORD_BITS + 1) as usize);
+    while len > 0
+        && words
+            .get(len - 1)
+            .is_some_and(|w| below_max(len - 1, *w) == 0)
+    {
+        len -= 1;
+    }
+    len
+}
+
 /// Word index and bit mask of `cpu`.
 fn slot(cpu: u32) -> (usize, u64) {
     ((cpu / WORD_BITS) as usize, 1u64 << (cpu % WORD_BITS))
@@ -52,15 +78,9 @@ impl CpuSet {
     /// A set from a bitmap (CPU `64 * i + b` is bit `b` of word `i`), trimmed of trailing zero
     /// words. Bits above [`MAX_CPU`] are dropped, as [`CpuSet::insert`] refuses them.
     pub(crate) fn from_words(mut words: Vec<u64>) -> Self {
-        words.truncate((MAX_CPU / WORD_BITS + 1) as usize);
-        if let Some(last) = words.get_mut((MAX_CPU / WORD_BITS) as usize) {
-            let keep = MAX_CPU % WORD_BITS;
-            if keep < WORD_BITS - 1 {
-                *last &= (1u64 << (keep + 1)) - 1;
-            }
-        }
-        while words.last() == Some(&0) {
-            words.pop();
+        words.truncate(canonical_len(&words));
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = below_max(i, *w);
         }
         Self {
             words: words.into_boxed_slice(),
@@ -70,27 +90,13 @@ impl CpuSet {
     /// Whether the bitmap `words` is this set (as [`CpuSet::from_words`] would make it), without
     /// allocating: for a caller comparing a kernel mask with the last one it kept.
     pub(crate) fn is_words(&self, words: &[u64]) -> bool {
-        let top = (MAX_CPU / WORD_BITS) as usize;
-        let masked = |i: usize, w: u64| {
-            let keep = MAX_CPU % WORD_BITS;
-            if i == top && keep < WORD_BITS - 1 {
-                w & ((1u64 << (keep + 1)) - 1)
-            } else {
-                w
-            }
-        };
-        let words = words.get(..words.len().min(top + 1)).unwrap_or(words);
-        let mut len = words.len();
-        while len > 0 && words.get(len - 1).is_some_and(|w| masked(len - 1, *w) == 0) {
-            len -= 1;
-        }
-        self.words.len() == len
+        self.words.len() == canonical_len(words)
             && self
                 .words
                 .iter()
                 .zip(words)
                 .enumerate()
-                .all(|(i, (a, b))| *a == masked(i, *b))
+                .all(|(i, (a, b))| *a == below_max(i, *b))
     }
 
     /// Whether `cpu` is in the set.

@@ -360,7 +360,6 @@ pub struct SchedProbe {
     domain_threads: HashMap<u32, DomainThread>,
     /// Watched thread ids.
     watched: HashSet<u32>,
-
     /// Watched threads per filter bit (word, bit): a bit is cleared when its count drops to 0.
     filter_refs: HashMap<(u32, u32), u32>,
     /// Keeps kernel BPF run-time statistics enabled while loaded (`None` if the kernel refused).
