@@ -59,6 +59,13 @@ pub(crate) struct StolenTracker {
     /// Snapshots of the top-intruder table: ns per (CPU, tid), oldest first; the oldest is the
     /// newest one at least a window old (the baseline the window's increments start from).
     snapshots: VecDeque<(Instant, Snapshot)>,
+    /// Bumped whenever `snapshots` changes: the top lists below are for one value of it.
+    snapshots_version: u64,
+    /// The top intruders of each dedicated pCPU as of `snapshots_version`: on a host whose
+    /// counters move every tick, the table is read every [`TABLE_REFRESH`] but the report every
+    /// tick, and ranking a few hundred intruders per pCPU each time was most of the tracker's
+    /// own CPU.
+    tops: Option<(u64, HashMap<u32, Vec<IntruderReport>>)>,
     /// When the table was last read.
     table_read: Option<Instant>,
     /// The `stolen` verdict of each (domain, pCPU) at the last pass.
@@ -307,6 +314,7 @@ impl StolenTracker {
                     }
                     self.info.retain(|k, _| snap.contains_key(k));
                     self.snapshots.push_back((now, snap));
+                    self.snapshots_version += 1;
                 }
                 Err(_) => errors += 1,
             }
@@ -319,6 +327,14 @@ impl StolenTracker {
                 .is_some_and(|(t, _)| now.duration_since(*t) >= window)
         {
             self.snapshots.pop_front();
+            self.snapshots_version += 1;
+        }
+        if self
+            .tops
+            .as_ref()
+            .is_none_or(|(v, _)| *v != self.snapshots_version)
+        {
+            self.tops = Some((self.snapshots_version, HashMap::new()));
         }
 
         // Observations and the report.
@@ -344,13 +360,27 @@ impl StolenTracker {
                     .filter(|(_, ns)| *ns > 0)
                     .map(|(l, ns)| (*l, ns as f64 / 1e9))
                     .collect(),
-                top: self.top(key.1),
+                top: self.top_cached(key.1),
             });
             if let Some(o) = observations.get_mut(i) {
                 o.stolen.insert(key.1, sample);
             }
         }
         (report, errors)
+    }
+
+    /// [`Self::top`], computed once per change of the snapshots.
+    fn top_cached(&mut self, cpu: u32) -> Vec<IntruderReport> {
+        if let Some((_, tops)) = &self.tops
+            && let Some(top) = tops.get(&cpu)
+        {
+            return top.clone();
+        }
+        let top = self.top(cpu);
+        if let Some((_, tops)) = &mut self.tops {
+            tops.insert(cpu, top.clone());
+        }
+        top
     }
 
     /// The top intruders of `cpu` within the window: the newest snapshot against the oldest.
@@ -360,27 +390,31 @@ impl StolenTracker {
         else {
             return Vec::new();
         };
-        let mut rows: BTreeMap<(std::cmp::Reverse<u64>, u32), IntruderReport> = BTreeMap::new();
-        for (&(c, tid), &ns) in newest.iter().filter(|((c, _), _)| *c == cpu) {
-            let before = oldest.get(&(c, tid)).copied().unwrap_or(0);
-            let inc = increment(ns, before);
-            let Some(info) = self.info.get(&(c, tid)) else {
-                continue;
-            };
-            if inc == 0 {
-                continue;
-            }
-            rows.insert(
-                (std::cmp::Reverse(inc), tid),
-                IntruderReport {
+        // Ranked on (run time, tid) first; only the few kept are turned into reports.
+        let mut ranked: Vec<(std::cmp::Reverse<u64>, u32)> = newest
+            .iter()
+            .filter(|((c, _), _)| *c == cpu)
+            .filter_map(|(&(c, tid), &ns)| {
+                let before = oldest.get(&(c, tid)).copied().unwrap_or(0);
+                let inc = increment(ns, before);
+                (inc > 0 && self.info.contains_key(&(c, tid)))
+                    .then_some((std::cmp::Reverse(inc), tid))
+            })
+            .collect();
+        ranked.sort_unstable();
+        ranked
+            .into_iter()
+            .take(MAX_TOP_INTRUDERS)
+            .filter_map(|(std::cmp::Reverse(inc), tid)| {
+                let info = self.info.get(&(cpu, tid))?;
+                Some(IntruderReport {
                     pid: info.tgid,
                     tid,
                     comm: info.comm.clone(),
                     class: info.class,
                     seconds: inc as f64 / 1e9,
-                },
-            );
-        }
-        rows.into_values().take(MAX_TOP_INTRUDERS).collect()
+                })
+            })
+            .collect()
     }
 }
