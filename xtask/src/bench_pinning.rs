@@ -9,7 +9,9 @@
 //!   libvirtd);
 //! - `pinflow serve` on a generated fixture host of 200 domains × 8 vCPUs (libvirt status XML and
 //!   procfs/cgroupfs trees under a temp root, read through `--libvirt-state-dir`, `--proc-root`,
-//!   `--sys-root`: file reads only, as a container or a test reads them);
+//!   `--sys-root`: file reads only, as a container or a test reads them), laid out twice: as
+//!   Nova places dedicated and shared instances on a large host (healthy: the goal's row), and
+//!   with the pinned vCPUs crowded on 32 pCPUs (an overlap storm: every pinned vCPU a finding);
 //! - `pinflow serve` on a synthetic host of 200 domains × 8 vCPUs made of real parked threads in
 //!   real cpuset cgroups (`bench_threadhost`): the live path (syscalls, eBPF, inotify) at a scale
 //!   the testbed's real VMs do not reach;
@@ -498,7 +500,7 @@ fn real_rows(bin: &Path, counts: &[usize], secs: u64, rows: &mut Vec<Row>) -> Re
 }
 
 /// A domain's libvirt status XML (`/run/libvirt/qemu/NAME.xml`) with Nova metadata: pinned
-/// (`<vcpupin>` per vCPU, `<emulatorpin>` over all of them) or floating (`<vcpu cpuset>`).
+/// (`<vcpupin>` per vCPU, `<emulatorpin>` over all of them or as given) or floating (`<vcpu cpuset>`).
 pub fn status_xml(d: &DomainXml) -> String {
     let (name, id, pid, n) = (&d.name, d.id, d.pid, d.vcpus.len());
     let mut xml = String::new();
@@ -535,7 +537,7 @@ pub fn status_xml(d: &DomainXml) -> String {
             let _ = writeln!(
                 xml,
                 "      <emulatorpin cpuset='{}'/>\n    </cputune>",
-                pins.join(",")
+                d.emulator.clone().unwrap_or_else(|| pins.join(","))
             );
         }
         Some(float) => {
@@ -549,14 +551,41 @@ pub fn status_xml(d: &DomainXml) -> String {
     xml
 }
 
-/// A generated host: `domains` × [`FIXTURE_VCPUS`] vCPUs on 64 pCPUs, cgroup v1 libvirt layout.
+/// How a generated host's pinned domains (every other one) use its pCPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// As Nova places instances with dedicated CPUs (`cpu_dedicated_set`, `cpu_shared_set`),
+    /// after [`HOST_PCPUS`] kept for the host: each pinned vCPU alone on its own pCPU, the
+    /// pinned domains' emulator threads and the floating domains over the [`SHARED_PCPUS`]
+    /// shared pCPUs after them. A healthy host: no finding. Its floating vCPUs' affinity is
+    /// still checked every interval (narrowed within the shared set, it would be `affinity`
+    /// drift).
+    Dedicated,
+    /// The pinned vCPUs spread over [`SHARED_PCPUS`] pCPUs (25 per pCPU at 200 domains), the
+    /// floating domains over as many others: every pinned vCPU overlaps another instance's, a
+    /// finding whose threads are re-checked every interval. The worst case (a host in an
+    /// overlap storm), not an idle one.
+    Storm,
+}
+
+/// pCPUs the [`Layout::Dedicated`] host keeps for itself (Nova's `cpu_dedicated_set` and
+/// `cpu_shared_set` leave them out): CPUs 0 and 1, which are also this machine's real ones, so
+/// that its own tasks are not intruders on a fixture domain's dedicated pCPU.
+const HOST_PCPUS: usize = 2;
+
+/// pCPUs of the shared set (the [`Layout::Dedicated`] host) or of each half of the
+/// [`Layout::Storm`] host.
+const SHARED_PCPUS: usize = 32;
+
+/// A generated host: `domains` × [`FIXTURE_VCPUS`] vCPUs (half the domains pinned, as [`Layout`]
+/// says), cgroup v1 libvirt layout.
 pub(crate) struct FixtureHost {
     /// A temp dir, or `PINFLOW_BENCH_FIXTURE_DIR` (kept, to run pinflow on it by hand).
     root: Result<tempfile::TempDir, PathBuf>,
 }
 
 impl FixtureHost {
-    pub(crate) fn generate(domains: usize) -> Result<FixtureHost> {
+    pub(crate) fn generate(domains: usize, layout: Layout) -> Result<FixtureHost> {
         let root = match std::env::var_os("PINFLOW_BENCH_FIXTURE_DIR") {
             Some(d) => Err(PathBuf::from(d)),
             None => Ok(tempfile::tempdir()?),
@@ -568,7 +597,18 @@ impl FixtureHost {
         let cg = dir.join("sys/fs/cgroup/cpuset/machine");
         std::fs::create_dir_all(&state)?;
         std::fs::create_dir_all(dir.join("sys/devices/system/cpu"))?;
-        std::fs::write(dir.join("sys/devices/system/cpu/online"), "0-63\n")?;
+        // Dedicated: the host's own pCPUs, one pCPU per pinned vCPU, then the shared set;
+        // storm: 32 + 32.
+        let (first, dedicated) = match layout {
+            Layout::Dedicated => (HOST_PCPUS, domains.div_ceil(2) * FIXTURE_VCPUS),
+            Layout::Storm => (0, SHARED_PCPUS),
+        };
+        let last = first + dedicated + SHARED_PCPUS - 1;
+        let float = format!("{}-{last}", first + dedicated);
+        std::fs::write(
+            dir.join("sys/devices/system/cpu/online"),
+            format!("0-{last}\n"),
+        )?;
         let write = |p: &Path, text: &str| -> Result<()> {
             if let Some(d) = p.parent() {
                 std::fs::create_dir_all(d)?;
@@ -582,8 +622,11 @@ impl FixtureHost {
             // main thread, FIXTURE_VCPUS vCPU threads and two helper threads.
             let pid = 3_000_000 + (i as u32) * 16;
             let pinned = i.is_multiple_of(2);
-            let pin_of = |v: usize| ((i * FIXTURE_VCPUS + v) % 32).to_string();
-            let float = "32-63";
+            let pin_of = |v: usize| match layout {
+                Layout::Dedicated => (first + i / 2 * FIXTURE_VCPUS + v).to_string(),
+                Layout::Storm => ((i * FIXTURE_VCPUS + v) % SHARED_PCPUS).to_string(),
+            };
+            let float = float.as_str();
             let scope = format!("qemu-{id}-{name}.libvirt-qemu");
             let xml = status_xml(&DomainXml {
                 name: name.clone(),
@@ -593,18 +636,28 @@ impl FixtureHost {
                     .map(|v| (pid + 1 + v as u32, pinned.then(|| pin_of(v))))
                     .collect(),
                 float: (!pinned).then(|| float.to_string()),
+                emulator: (layout == Layout::Dedicated).then(|| float.to_string()),
             });
             write(&state.join(format!("{name}.xml")), &xml)?;
             write(&state.join(format!("{name}.pid")), &pid.to_string())?;
 
-            let emu_cpus = if pinned {
+            let emu_cpus = if pinned && layout == Layout::Storm {
                 (0..FIXTURE_VCPUS).map(pin_of).collect::<Vec<_>>().join(",")
             } else {
                 float.to_string()
             };
+            // The domain's cgroup holds its children's CPUs (cgroup v1 cpusets nest).
+            let scope_cpus = if pinned && layout == Layout::Dedicated {
+                format!(
+                    "{},{float}",
+                    (0..FIXTURE_VCPUS).map(pin_of).collect::<Vec<_>>().join(",")
+                )
+            } else {
+                emu_cpus.clone()
+            };
             write(
                 &cg.join(&scope).join("cpuset.cpus"),
-                &format!("{emu_cpus}\n"),
+                &format!("{scope_cpus}\n"),
             )?;
             write(
                 &cg.join(&scope).join("emulator/cpuset.cpus"),
@@ -720,27 +773,40 @@ fn polling_row(
     Ok(())
 }
 
-fn fixture_row(bin: &Path, domains: usize, secs: u64, rows: &mut Vec<Row>) -> Result<()> {
-    eprintln!(
-        "==> fixture host, {domains} domains × {FIXTURE_VCPUS} vCPUs: measuring for {secs} s"
-    );
-    let host = FixtureHost::generate(domains)?;
+fn fixture_row(
+    bin: &Path,
+    domains: usize,
+    layout: Layout,
+    secs: u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let host_name = match layout {
+        Layout::Dedicated => format!("fixture: {domains} domains × {FIXTURE_VCPUS} vCPUs"),
+        Layout::Storm => {
+            format!("fixture in an overlap storm: {domains} domains × {FIXTURE_VCPUS} vCPUs")
+        }
+    };
+    eprintln!("==> {host_name}: measuring for {secs} s");
+    let host = FixtureHost::generate(domains, layout)?;
     let serve = Serve::start(bin, &host.args())?;
     let mut pf = Target::new(serve.child.id(), serve.addr);
     let (cpu, _) = measure(&mut [&mut pf], &[], secs)?;
-    let mut row = pinflow_row(
-        &format!("fixture: {domains} domains × {FIXTURE_VCPUS} vCPUs"),
-        &pf,
-        cpu[0],
-    );
+    let mut row = pinflow_row(&host_name, &pf, cpu[0]);
     row.note = format!(
-        "{}; files under --proc-root, read as a procfs of another pid namespace (no syscall)",
-        seen(&pf)
+        "{}; {}; files under --proc-root, read as a procfs of another pid namespace (no syscall)",
+        seen(&pf),
+        match layout {
+            Layout::Dedicated => format!(
+                "pCPUs 0-1 kept for the host, each pinned vCPU alone on its pCPU, emulators and floating domains on {SHARED_PCPUS} shared pCPUs"
+            ),
+            Layout::Storm => format!(
+                "the pinned vCPUs spread over {SHARED_PCPUS} pCPUs, the floating over {SHARED_PCPUS} others"
+            ),
+        }
     );
-    let name = row.host.clone();
     rows.push(row);
     drop(serve);
-    polling_row(bin, &name, &host.args(), secs, rows)
+    polling_row(bin, &host_name, &host.args(), secs, rows)
 }
 
 /// The synthetic host of real threads and cgroups ([`bench_threadhost`]), measured as the
@@ -834,7 +900,8 @@ pub fn run(bin: &Path) -> Result<()> {
     }
     real?;
     if fixture > 0 {
-        fixture_row(bin, fixture, secs, &mut rows)?;
+        fixture_row(bin, fixture, Layout::Dedicated, secs, &mut rows)?;
+        fixture_row(bin, fixture, Layout::Storm, secs, &mut rows)?;
     }
     let threads = env_num("PINFLOW_BENCH_THREAD_DOMAINS", 200) as usize;
     if threads > 0 {

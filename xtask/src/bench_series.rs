@@ -155,7 +155,10 @@ struct Counts {
 }
 
 fn pinflow_series(bin: &Path, flows: usize) -> Result<Counts> {
-    let host = crate::bench_pinning::FixtureHost::generate(INSTANCES)?;
+    let host = crate::bench_pinning::FixtureHost::generate(
+        INSTANCES,
+        crate::bench_pinning::Layout::Storm,
+    )?;
     let ovs = neutron_ovs(flows)?;
     let addr = free_addr();
     let log = tempfile::NamedTempFile::new()?;

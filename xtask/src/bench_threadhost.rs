@@ -165,6 +165,7 @@ impl ThreadHost {
                     .map(|(v, tid)| (*tid, pinned.then(|| pin_of(*v))))
                     .collect(),
                 float: (!pinned).then(|| cpus.trim().to_string()),
+                emulator: None,
             };
             std::fs::write(host.state.path().join(format!("{name}.xml")), xml(&spec))?;
             std::fs::write(
@@ -214,4 +215,6 @@ pub struct DomainXml {
     pub vcpus: Vec<(u32, Option<String>)>,
     /// The floating domain's `<vcpu cpuset>`.
     pub float: Option<String>,
+    /// The pinned domain's `<emulatorpin>` (`None`: the pCPUs of its vCPUs).
+    pub emulator: Option<String>,
 }

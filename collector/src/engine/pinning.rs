@@ -1060,6 +1060,15 @@ impl PinningEngine {
                 })
                 .collect()
         };
+        if self
+            .stolen
+            .quiet_tick(|cpu| probe.stolen(cpu), self.generation, window, now)
+        {
+            if errors > 0 {
+                self.state.sources.errors(sched_bpf::SOURCE.name, errors);
+            }
+            return (changed, changed_at);
+        }
         let before = summary(observations);
         let (intrusions, stolen_errors) = self.stolen.sync(
             probe,
