@@ -961,7 +961,7 @@ fn add_to_bench_table(rows: &[Row]) {
         }
         let peer = rows
             .get(i + 1)
-            .filter(|p| p.host == r.host && p.who != r.who)
+            .filter(|p| p.host == r.host && p.who != r.who && p.who != POLLING)
             .map_or(String::new(), |p| {
                 format!(
                     "; {}: {:.3} s + libvirtd {} s, p99 {:.1} ms, no pinning",
