@@ -641,17 +641,15 @@ impl FixtureHost {
             write(&state.join(format!("{name}.xml")), &xml)?;
             write(&state.join(format!("{name}.pid")), &pid.to_string())?;
 
+            let pins = (0..FIXTURE_VCPUS).map(pin_of).collect::<Vec<_>>().join(",");
             let emu_cpus = if pinned && layout == Layout::Storm {
-                (0..FIXTURE_VCPUS).map(pin_of).collect::<Vec<_>>().join(",")
+                pins.clone()
             } else {
                 float.to_string()
             };
             // The domain's cgroup holds its children's CPUs (cgroup v1 cpusets nest).
             let scope_cpus = if pinned && layout == Layout::Dedicated {
-                format!(
-                    "{},{float}",
-                    (0..FIXTURE_VCPUS).map(pin_of).collect::<Vec<_>>().join(",")
-                )
+                format!("{pins},{float}")
             } else {
                 emu_cpus.clone()
             };

@@ -1060,45 +1060,42 @@ impl PinningEngine {
                 })
                 .collect()
         };
-        if self
+        // A quiet tick (nothing moved on any dedicated pCPU) changes no intrusion.
+        if !self
             .stolen
             .quiet_tick(|cpu| probe.stolen(cpu), self.generation, window, now)
         {
-            if errors > 0 {
-                self.state.sources.errors(sched_bpf::SOURCE.name, errors);
-            }
-            return (changed, changed_at);
-        }
-        let before = summary(observations);
-        let (intrusions, stolen_errors) = self.stolen.sync(
-            probe,
-            observations,
-            self.generation,
-            window,
-            self.cfg.stolen_share,
-            now,
-        );
-        errors += stolen_errors;
-        let after = summary(observations);
-        if before != after {
-            let verdicts = |v: &[Vec<StolenKey>]| -> Vec<Vec<(u32, Option<&'static str>)>> {
-                v.iter()
-                    .map(|d| d.iter().map(|(c, _, x)| (*c, *x)).collect())
-                    .collect()
-            };
-            let (was, now) = (verdicts(&before), verdicts(&after));
-            for (i, (a, b)) in was.iter().zip(&now).enumerate() {
-                if a != b {
-                    changed_at.insert(i);
+            let before = summary(observations);
+            let (intrusions, stolen_errors) = self.stolen.sync(
+                probe,
+                observations,
+                self.generation,
+                window,
+                self.cfg.stolen_share,
+                now,
+            );
+            errors += stolen_errors;
+            let after = summary(observations);
+            if before != after {
+                let verdicts = |v: &[Vec<StolenKey>]| -> Vec<Vec<(u32, Option<&'static str>)>> {
+                    v.iter()
+                        .map(|d| d.iter().map(|(c, _, x)| (*c, *x)).collect())
+                        .collect()
+                };
+                let (was, now) = (verdicts(&before), verdicts(&after));
+                for (i, (a, b)) in was.iter().zip(&now).enumerate() {
+                    if a != b {
+                        changed_at.insert(i);
+                    }
                 }
+                changed = changed.max(if was != now {
+                    PlacementChange::Findings
+                } else {
+                    PlacementChange::Counters
+                });
             }
-            changed = changed.max(if was != now {
-                PlacementChange::Findings
-            } else {
-                PlacementChange::Counters
-            });
+            self.state.intrusions.set_if_changed(intrusions);
         }
-        self.state.intrusions.set_if_changed(intrusions);
         if errors > 0 {
             self.state.sources.errors(sched_bpf::SOURCE.name, errors);
         }

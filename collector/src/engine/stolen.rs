@@ -167,6 +167,7 @@ impl StolenTracker {
         *errors += probe.set_dedicated(&kernel_owners);
         owners
     }
+
     /// A tick with nothing to report, checked without a pass: the observations' generation is
     /// the last pass's, the last pass was [`idle`](Self::idle), and no dedicated pCPU's counters
     /// moved since (one read of the mapped array each). Moves the windows' samples on as a pass
@@ -174,8 +175,8 @@ impl StolenTracker {
     /// samples, the verdicts and the report stand (their window shares are zero and stay so).
     /// On a healthy host with hundreds of dedicated pCPUs the pass built a report, two keyed
     /// maps and a summary per pCPU every tick: a quarter of an idle tick (perf, 800 dedicated
-    /// pCPUs on the fixture host). `false`: run [`Self::sync`].
-    /// `counters` reads one pCPU's counters (the probe's mapped array).
+    /// pCPUs on the fixture host). `false`: run [`Self::sync`]. `counters` reads one pCPU's
+    /// counters (the probe's mapped array).
     pub(crate) fn quiet_tick<E>(
         &mut self,
         counters: impl Fn(u32) -> Result<Classes, E>,
@@ -199,10 +200,6 @@ impl StolenTracker {
         true
     }
 
-    /// One pass: syncs the kernel's view, fills `observations[..].stolen`, and returns the
-    /// intrusions report and the number of failed map operations.
-    /// `generation` changes whenever the observations' domains or threads do: the kernel's
-    /// thread and owner maps are only rewritten then, not on every tick.
     /// Gives every observed domain a stable kernel id (new names a new one, gone names lose
     /// theirs) and records the names and ids by observation index for `generation`.
     fn reindex(&mut self, observations: &[DomainObservation], generation: u64) {
@@ -225,6 +222,10 @@ impl StolenTracker {
         self.names = Some((generation, (names, ids)));
     }
 
+    /// One pass: syncs the kernel's view, fills `observations[..].stolen`, and returns the
+    /// intrusions report and the number of failed map operations.
+    /// `generation` changes whenever the observations' domains or threads do: the kernel's
+    /// thread and owner maps are only rewritten then, not on every tick.
     pub(crate) fn sync(
         &mut self,
         probe: &mut SchedProbe,
