@@ -158,6 +158,10 @@ fn placement_scenario(mut probe: SchedProbe) {
         go_rx.recv().expect("finish");
     });
     let tid = tid_rx.recv().expect("worker tid");
+    // Watch only once the worker blocks on `go`: a thread watched while it runs has no switch-in
+    // yet, so its running slice is not charged, and with `go` already sent it would never block
+    // before the CPU 0 spin (seen in CI: 2 ms on-pin of a 200 ms spin).
+    wait_asleep(tid);
     probe
         .watch(tid, &"0".parse().expect("cpu list"))
         .expect("watch");
