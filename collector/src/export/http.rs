@@ -15,7 +15,10 @@
 //! fifty clients polling them would each write megabytes per turn and a scrape would wait behind
 //! all of them, so at most [`API_BODIES_IN_FLIGHT`] API bodies are written at once, in
 //! [`API_FRAME`]-sized frames; the other API requests wait for a turn. `/metrics` and `/healthz`
-//! never wait for one.
+//! never wait for one. All API bodies together are paced to [`API_BYTES_PER_SECOND`]
+//! ([`ApiPacer`]): without a cap, clients polling in a loop made pinflow copy gigabytes a second
+//! into sockets, a core's worth of CPU on a hypervisor, and kept the async thread (and its
+//! OpenFlow, OVSDB and scrape work) runnable behind them.
 
 use crate::export::ExportConfig;
 use crate::export::metrics;
@@ -96,6 +99,12 @@ pub(crate) const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const API_BODIES_IN_FLIGHT: usize = 2;
 /// Size of the frames an `/api/v1` body is handed to the connection in.
 pub(crate) const API_FRAME: usize = 64 * 1024;
+/// Bytes of `/api/v1` bodies written per second, all connections together: twenty full-size
+/// flow reports (100 000 flows) a second, at a few per cent of one core.
+pub(crate) const API_BYTES_PER_SECOND: u64 = 64 << 20;
+/// Bytes of `/api/v1` bodies written at once without waiting after an idle spell: one full-size
+/// flow report goes out unpaced.
+pub(crate) const API_BURST_BYTES: u64 = 4 << 20;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -105,6 +114,45 @@ struct App {
     bodies: Arc<ApiBodies>,
     /// Turns to write an `/api/v1` body ([`API_BODIES_IN_FLIGHT`]).
     api_turns: Arc<tokio::sync::Semaphore>,
+    /// The pace of every `/api/v1` body together ([`API_BYTES_PER_SECOND`]).
+    api_pace: Arc<ApiPacer>,
+}
+
+/// A byte-rate limit shared by every `/api/v1` body (the generic cell rate algorithm: each
+/// frame moves a theoretical arrival time on by its size over the rate; a frame goes out when
+/// that time is at most a burst's worth ahead of now, else it waits until it is).
+pub(crate) struct ApiPacer {
+    bytes_per_second: u64,
+    burst: Duration,
+    /// When the bytes handed out so far would have gone out at the rate, from a standing start.
+    arrival: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl ApiPacer {
+    pub(crate) fn new(bytes_per_second: u64, burst_bytes: u64) -> ApiPacer {
+        let bytes_per_second = bytes_per_second.max(1);
+        ApiPacer {
+            bytes_per_second,
+            burst: Duration::from_secs_f64(burst_bytes as f64 / bytes_per_second as f64),
+            arrival: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Takes `n` bytes at `now`, or says when to ask again.
+    pub(crate) fn take(
+        &self,
+        n: usize,
+        now: tokio::time::Instant,
+    ) -> Result<(), tokio::time::Instant> {
+        // A poisoned lock only means a panic elsewhere; the instant stays meaningful.
+        let mut arrival = self.arrival.lock().unwrap_or_else(|e| e.into_inner());
+        let at = arrival.map_or(now, |a| a.max(now));
+        if at > now + self.burst {
+            return Err(at - self.burst);
+        }
+        *arrival = Some(at + Duration::from_secs_f64(n as f64 / self.bytes_per_second as f64));
+        Ok(())
+    }
 }
 
 /// The `/api/v1` bodies of the current reports, each serialised once per report version.
@@ -159,6 +207,9 @@ impl<T> JsonCache<T> {
 struct TurnBody {
     rest: Bytes,
     _turn: tokio::sync::OwnedSemaphorePermit,
+    pace: Arc<ApiPacer>,
+    /// Set while the next frame waits for the pace.
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for TurnBody {
@@ -167,13 +218,27 @@ impl http_body::Body for TurnBody {
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         if self.rest.is_empty() {
             return std::task::Poll::Ready(None);
         }
+        use std::future::Future as _;
         let n = self.rest.len().min(API_FRAME);
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.rest.split_to(n)))))
+        loop {
+            if let Some(wait) = self.wait.as_mut() {
+                std::task::ready!(wait.as_mut().poll(cx));
+                self.wait = None;
+            }
+            match self.pace.take(n, tokio::time::Instant::now()) {
+                Ok(()) => {
+                    return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+                        self.rest.split_to(n),
+                    ))));
+                }
+                Err(until) => self.wait = Some(Box::pin(tokio::time::sleep_until(until))),
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -196,7 +261,12 @@ async fn json_response(app: &App, body: serde_json::Result<Bytes>) -> Response {
             };
             (
                 [(header::CONTENT_TYPE, "application/json")],
-                axum::body::Body::new(TurnBody { rest, _turn: turn }),
+                axum::body::Body::new(TurnBody {
+                    rest,
+                    _turn: turn,
+                    pace: app.api_pace.clone(),
+                    wait: None,
+                }),
             )
                 .into_response()
         }
@@ -255,6 +325,7 @@ pub(crate) fn router(
         metrics,
         bodies: Arc::default(),
         api_turns: Arc::new(tokio::sync::Semaphore::new(API_BODIES_IN_FLIGHT)),
+        api_pace: Arc::new(ApiPacer::new(API_BYTES_PER_SECOND, API_BURST_BYTES)),
     });
     if let Some(auth) = web.and_then(|w| w.auth.clone()) {
         r = r.layer(axum::middleware::from_fn_with_state(auth, basic_auth));
@@ -930,6 +1001,8 @@ mod tests {
         let mut body = TurnBody {
             rest,
             _turn: turns.clone().acquire_owned().await.unwrap(),
+            pace: Arc::new(ApiPacer::new(API_BYTES_PER_SECOND, API_BURST_BYTES)),
+            wait: None,
         };
         assert_eq!(body.size_hint().exact(), Some(API_FRAME as u64 * 2 + 5));
         let mut sizes = Vec::new();
@@ -946,6 +1019,67 @@ mod tests {
         );
         drop(body);
         assert_eq!(turns.available_permits(), 1);
+    }
+
+    #[test]
+    fn the_pacer_lets_a_burst_through_then_holds_to_the_rate() {
+        let pace = ApiPacer::new(1000, 3000);
+        let t0 = tokio::time::Instant::now();
+        // From idle, a burst's worth (and one frame more) goes out at once.
+        for _ in 0..4 {
+            assert_eq!(pace.take(1000, t0), Ok(()));
+        }
+        // The next waits until the arrival time is a burst ahead: 1 s at 1 000 B/s.
+        let until = pace.take(1000, t0).unwrap_err();
+        assert_eq!(until, t0 + Duration::from_secs(1));
+        assert_eq!(pace.take(1000, until), Ok(()));
+        assert!(pace.take(1000, until).is_err());
+        // A long idle spell gives back one burst, not more.
+        let later = t0 + Duration::from_secs(100);
+        for _ in 0..4 {
+            assert_eq!(pace.take(1000, later), Ok(()));
+        }
+        assert!(pace.take(1000, later).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn api_bodies_together_are_written_at_the_pace() {
+        use http_body::Body as _;
+        let pace = Arc::new(ApiPacer::new(API_BYTES_PER_SECOND, API_BURST_BYTES));
+        let turns = Arc::new(tokio::sync::Semaphore::new(2));
+        let size = API_BURST_BYTES as usize * 2;
+        let t0 = tokio::time::Instant::now();
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let mut body = TurnBody {
+                rest: Bytes::from(vec![1u8; size]),
+                _turn: turns.clone().acquire_owned().await.unwrap(),
+                pace: pace.clone(),
+                wait: None,
+            };
+            readers.push(tokio::spawn(async move {
+                let mut got = 0;
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+                {
+                    got += frame.unwrap().into_data().unwrap().len();
+                }
+                got
+            }));
+        }
+        for r in readers {
+            assert_eq!(r.await.unwrap(), size);
+        }
+        // Four bursts' worth, one of them unpaced: three bursts' time at the rate (less the
+        // timer's millisecond rounding).
+        let floor = Duration::from_secs_f64(
+            (4 * API_BURST_BYTES - API_BURST_BYTES) as f64 / API_BYTES_PER_SECOND as f64,
+        ) - Duration::from_millis(1);
+        let took = t0.elapsed();
+        assert!(
+            took >= floor && took < floor + Duration::from_millis(50),
+            "{took:?} for {floor:?}"
+        );
     }
 
     #[tokio::test]
