@@ -1,10 +1,11 @@
 //! Map layout of the `sched_switch` placement probe (per-vCPU-thread time on/off its pinned CPUs).
 //!
-//! - [`FILTER_MAP`]: `Array<SwitchFilter>` of one entry, written by userspace only (whole value),
-//!   the only map every switch reads: a 64K-bit filter of thread ids indexed by `tid & 0xffff`
-//!   (see [`filter_slot`]) and the set of dedicated CPUs. Clear bits for both tasks of a switch
-//!   and its CPU mean "nothing to do": one inlined lookup for the whole switch. A set tid bit may
-//!   be a collision and is confirmed by the hash maps below.
+//! - [`FILTER_MAP`]: the program's global `SCHED_FILTER` ([`SwitchFilter`], the object's `.bss`
+//!   map of one entry), written by userspace only (whole value), the only map every switch reads:
+//!   a 64K-bit filter of thread ids indexed by `tid & 0xffff` (see [`filter_slot`]) and the set of
+//!   dedicated CPUs. Clear bits for both tasks of a switch and its CPU mean "nothing to do": no
+//!   lookup at all for the whole switch. A set tid bit may be a collision and is confirmed by the
+//!   hash maps below.
 //!
 //! Two maps keyed by thread id (the kernel's `task_struct.pid`):
 //! - [`WATCH_MAP`]: `HashMap<u32, PinMask>`, written by userspace only.
@@ -36,8 +37,9 @@ pub const MAX_WATCHED: u32 = 16384;
 /// `PlacementStats::last_cpu` before the first switch-in.
 pub const NO_CPU: u32 = u32::MAX;
 
-/// Name of the filter map in the object.
-pub const FILTER_MAP: &str = "SCHED_FILTER";
+/// Name of the filter's map in the object: the program's `.bss` section, which holds the
+/// `SCHED_FILTER` global ([`SwitchFilter`]) and nothing else, as one entry.
+pub const FILTER_MAP: &str = ".bss";
 /// Name of the watch (pin mask) map in the object.
 pub const WATCH_MAP: &str = "SCHED_WATCH";
 /// Name of the per-thread statistics map in the object.
@@ -90,8 +92,8 @@ pub const fn filter_slot(tid: u32) -> (u32, u32) {
     ((tid >> 6) & (FILTER_WORDS - 1), tid & 63)
 }
 
-/// What every context switch checks (`FILTER_MAP[0]`, the map's only entry): whether either task
-/// may be watched, and whether the CPU is dedicated. Written by userspace only, as a whole value
+/// What every context switch checks (the `SCHED_FILTER` global, [`FILTER_MAP`]'s one entry):
+/// whether either task may be watched, and whether the CPU is dedicated. Written by userspace only, as a whole value
 /// (the kernel copies it without a lock, so a switch during a write may see some words old and
 /// some new; each bit is either its old or its new value, which is all a filter needs).
 #[repr(C)]
@@ -104,6 +106,14 @@ pub struct SwitchFilter {
 }
 
 impl SwitchFilter {
+    /// No tid may be watched, no CPU is dedicated.
+    pub const EMPTY: SwitchFilter = SwitchFilter {
+        tids: [0; FILTER_WORDS as usize],
+        cpus: PinMask {
+            words: [0; PIN_WORDS],
+        },
+    };
+
     /// Whether `tid`'s bit is set (it may be watched: possibly a collision).
     #[inline(always)]
     pub fn may_watch(&self, tid: u32) -> bool {

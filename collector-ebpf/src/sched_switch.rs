@@ -4,8 +4,8 @@
 //! The same logic is attached one of three ways (userspace picks the first that works):
 //! `tp_btf/sched_switch`, `raw_tp/sched_switch`, classic tracepoint `sched:sched_switch`.
 //!
-//! Common path (neither task watched, CPU not dedicated): one inlined lookup of `SCHED_FILTER`'s
-//! only entry, then three bit tests in it (prev's and next's tid, the CPU; the CPU number is an
+//! Common path (neither task watched, CPU not dedicated): three bit tests in the `SCHED_FILTER`
+//! global (prev's and next's tid, the CPU; the CPU number is an
 //! inlined helper on x86-64), and no helper call with tp_btf. One map for all three: each
 //! inlined array lookup costs a key round trip through the stack, a bounds check and a null
 //! check: with three (filter word of prev, of next, the CPU's owner) and everything inlined into
@@ -32,9 +32,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use collector_common::sched::{
-    DedicatedCpu, DomainThread, IntruderClass, IntruderKey, IntruderStats, LRU_PER_CPU, MAX_CPUS,
-    MAX_DOMAIN_THREADS, MAX_INTRUDERS, MAX_WATCHED, MMAPABLE, NO_CPU, PF_KTHREAD, PinMask,
-    PlacementStats, StolenCpu, SwitchFilter,
+    DedicatedCpu, DomainThread, FILTER_WORDS, IntruderClass, IntruderKey, IntruderStats,
+    LRU_PER_CPU, MAX_CPUS, MAX_DOMAIN_THREADS, MAX_INTRUDERS, MAX_WATCHED, MMAPABLE, NO_CPU,
+    PF_KTHREAD, PIN_WORDS, PinMask, PlacementStats, StolenCpu, SwitchFilter, filter_slot,
 };
 
 /// `offsetof(struct task_struct, pid)`, set by userspace from kernel BTF before load.
@@ -47,9 +47,13 @@ static PF_TASK_FLAGS_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 static PF_TP_NEXT_PID_OFF: u32 = 0;
 
-/// The tids that may be watched and the dedicated CPUs, in the one entry; written by userspace.
-#[map]
-static SCHED_FILTER: Array<SwitchFilter> = Array::with_max_entries(1, 0);
+/// The tids that may be watched and the dedicated CPUs; written by userspace (the object's
+/// `.bss` map, [`FILTER_MAP`]). A global rather than a map entry: the program addresses it
+/// directly, with no lookup (no key round trip through the stack, no bounds or null check).
+/// Read with volatile loads only: nothing in the program writes it, so the compiler would
+/// otherwise fold every read to the zero it starts as.
+#[unsafe(no_mangle)]
+static mut SCHED_FILTER: SwitchFilter = SwitchFilter::EMPTY;
 /// Pin mask per watched tid; written by userspace.
 #[map]
 static SCHED_WATCH: HashMap<u32, PinMask> = HashMap::with_max_entries(MAX_WATCHED, 0);
@@ -127,9 +131,6 @@ fn try_switch_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     // compiler sees calls): fewer values live across them, fewer callee-saved registers to save.
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(filter) = SCHED_FILTER.get(0) else {
-        return Ok(0);
-    };
     let off = global(&PF_TASK_PID_OFF) as usize;
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
@@ -140,7 +141,7 @@ fn try_switch_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
             core::ptr::read_volatile(next.wrapping_add(off).cast::<u32>()),
         )
     };
-    switched(filter, cpu, prev, next);
+    switched(cpu, prev, next);
     Ok(0)
 }
 
@@ -150,13 +151,10 @@ fn try_switch_btf(ctx: &BtfTracePointContext) -> Result<i32, i32> {
 fn try_switch_raw(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(filter) = SCHED_FILTER.get(0) else {
-        return Ok(0);
-    };
     let next: *const u8 = ctx.arg(2);
     // A failed read (never seen) still lets the intrusion path see `prev`; tid 0 is never watched.
     let next = task_pid(next).unwrap_or(0);
-    switched(filter, cpu, bpf_get_current_pid_tgid() as u32, next);
+    switched(cpu, bpf_get_current_pid_tgid() as u32, next);
     Ok(0)
 }
 
@@ -166,27 +164,49 @@ fn try_switch_raw(ctx: &RawTracePointContext) -> Result<i32, i32> {
 fn try_switch_tp(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(filter) = SCHED_FILTER.get(0) else {
-        return Ok(0);
-    };
     // SAFETY: read_at goes through bpf_probe_read_kernel.
     let next: i32 =
         unsafe { ctx.read_at(global(&PF_TP_NEXT_PID_OFF) as usize) }.map_err(|_| 0u32)?;
-    switched(filter, cpu, bpf_get_current_pid_tgid() as u32, next as u32);
+    switched(cpu, bpf_get_current_pid_tgid() as u32, next as u32);
     Ok(0)
 }
 
-/// Every switch, once the tids are known: three bit tests in the one filter entry (no further
-/// lookup and no helper call unless one is set). A set tid bit may be a collision: the hash maps
-/// decide.
+/// Every switch, once the tids are known: three bit tests in the filter (no lookup and no helper
+/// call unless one is set). A set tid bit may be a collision: the hash maps decide.
 #[inline(always)]
-fn switched(filter: &SwitchFilter, cpu: u32, prev: u32, next: u32) {
-    let what = u32::from(filter.dedicated(cpu))
-        | u32::from(filter.may_watch(prev)) << 1
-        | u32::from(filter.may_watch(next)) << 2;
+fn switched(cpu: u32, prev: u32, next: u32) {
+    let what = u32::from(cpu_dedicated(cpu))
+        | u32::from(may_watch(prev)) << 1
+        | u32::from(may_watch(next)) << 2;
     if what != 0 {
         slow_path(prev, next, cpu, what);
     }
+}
+
+/// Whether `tid`'s filter bit is set ([`SwitchFilter::may_watch`], read in place).
+#[inline(always)]
+fn may_watch(tid: u32) -> bool {
+    let (word, bit) = filter_slot(tid);
+    // SAFETY: `word` is below FILTER_WORDS (filter_slot masks it), so the read stays inside the
+    // global; a volatile read of plain data that only userspace writes.
+    let w = unsafe {
+        let words = core::ptr::addr_of!(SCHED_FILTER.tids).cast::<u64>();
+        core::ptr::read_volatile(words.add((word & (FILTER_WORDS - 1)) as usize))
+    };
+    (w >> bit) & 1 != 0
+}
+
+/// Whether `cpu` is marked dedicated ([`SwitchFilter::dedicated`], read in place; a CPU at or
+/// above [`MAX_CPUS`] aliases a lower one's bit, and the owner lookup that follows finds no
+/// owner for it).
+#[inline(always)]
+fn cpu_dedicated(cpu: u32) -> bool {
+    // SAFETY: the index is masked below PIN_WORDS; as in may_watch.
+    let w = unsafe {
+        let words = core::ptr::addr_of!(SCHED_FILTER.cpus.words).cast::<u64>();
+        core::ptr::read_volatile(words.add(((cpu >> 6) as usize) & (PIN_WORDS - 1)))
+    };
+    (w >> (cpu & 63)) & 1 != 0
 }
 
 /// `what` of [`slow_path`]: the CPU is marked dedicated.
