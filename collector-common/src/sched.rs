@@ -93,9 +93,10 @@ pub const fn filter_slot(tid: u32) -> (u32, u32) {
 }
 
 /// What every context switch checks (the `SCHED_FILTER` global, [`FILTER_MAP`]'s one entry):
-/// whether either task may be watched, and whether the CPU is dedicated. Written by userspace only, as a whole value
-/// (the kernel copies it without a lock, so a switch during a write may see some words old and
-/// some new; each bit is either its old or its new value, which is all a filter needs).
+/// whether either task may be watched, and whether the CPU is dedicated. Written by userspace
+/// only, as a whole value (the kernel copies it without a lock, so a switch during a write may
+/// see some words old and some new; each bit is either its old or its new value, which is all a
+/// filter needs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct SwitchFilter {
