@@ -2,8 +2,8 @@
 //!
 //! For each watched thread id the kernel program counts CPU time on pCPUs inside and outside the
 //! thread's pin set, migrations, switch-ins and the last CPU (see `collector_common::sched` for the
-//! map layout). A switch of two unwatched threads on a CPU that is not dedicated costs one inlined
-//! array lookup (the filter entry, [`SwitchFilter`]) and three bit tests.
+//! map layout). A switch of two unwatched threads on a CPU that is not dedicated costs three bit
+//! tests in the filter ([`SwitchFilter`], a global of the program, so no map lookup at all).
 //!
 //! The program is attached the first way that works on this kernel: `tp_btf/sched_switch`, then
 //! `raw_tracepoint/sched_switch`, then the classic tracepoint `sched:sched_switch` (needs tracefs).
@@ -13,7 +13,7 @@
 //!
 //! The same program accounts intrusions on dedicated pCPUs (who ran on a pCPU a vCPU is pinned
 //! to alone, and for how long). Design, chosen for the cost on CPUs that are not dedicated: the
-//! dedicated CPUs are a bit set in the same filter entry, the owners an array indexed by CPU
+//! dedicated CPUs are a bit set in the same filter, the owners an array indexed by CPU
 //! ([`SchedProbe::set_dedicated`]), so a switch on any other CPU pays one bit test and nothing
 //! else. On a dedicated CPU the program
 //! keeps that CPU's last switch time and charges each slice to the task switched out (never the
