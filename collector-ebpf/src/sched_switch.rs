@@ -5,13 +5,14 @@
 //! `tp_btf/sched_switch`, `raw_tp/sched_switch`, classic tracepoint `sched:sched_switch`.
 //!
 //! Common path (neither task watched, CPU not dedicated): three bit tests in the `SCHED_FILTER`
-//! global (prev's and next's tid, the CPU; the CPU number is an
-//! inlined helper on x86-64), and no helper call with tp_btf. One map for all three: each
-//! inlined array lookup costs a key round trip through the stack, a bounds check and a null
-//! check: with three (filter word of prev, of next, the CPU's owner) and everything inlined into
-//! one function, the program added 10.5 and 15.8 ns per switch over the empty tp_btf program in
-//! two runs of `cargo xtask bench --only sched` (kernel BPF statistics), this one 6.0 and 9.9 in
-//! the same runs.
+//! global (prev's and next's tid, the CPU; the CPU number is an inlined helper on x86-64), no
+//! map lookup and no helper call with tp_btf. Each inlined array lookup costs a key round trip
+//! through the stack, a bounds check and a null check: with three lookups (filter word of prev,
+//! of next, the CPU's owner) the program added 10.5 and 15.8 ns per switch over the empty tp_btf
+//! program in two runs of `cargo xtask bench --only sched` (kernel BPF statistics); with one (the
+//! filter as an array's only entry) 6.0 and 9.9 in the same runs, and 9.2 and 8.4 in two later
+//! full runs; with none (the filter a global, addressed directly: 50 instructions instead of 55)
+//! 6.8 in the next full run.
 //!
 //! Intrusions on dedicated pCPUs: on a CPU the filter marks dedicated, the program reads its
 //! owner (`SCHED_DEDICATED`) and keeps the time of the CPU's last switch
