@@ -115,23 +115,12 @@ impl SwitchFilter {
         },
     };
 
-    /// Whether `tid`'s bit is set (it may be watched: possibly a collision).
-    #[inline(always)]
+    /// Whether `tid`'s bit is set (it may be watched: possibly a collision). The program reads
+    /// its copy in place, word by word, with the same [`filter_slot`].
     pub fn may_watch(&self, tid: u32) -> bool {
         let (word, bit) = filter_slot(tid);
         match self.tids.get(word as usize) {
             Some(w) => (*w >> bit) & 1 != 0,
-            None => false,
-        }
-    }
-
-    /// Whether `cpu` is dedicated: one bit test. No range check (that one costs the program a
-    /// stack round trip, see [`PinMask::contains`]): a CPU at or above [`MAX_CPUS`] aliases a
-    /// lower one's bit, and the owner lookup that follows finds no entry for it.
-    #[inline(always)]
-    pub fn dedicated(&self, cpu: u32) -> bool {
-        match self.cpus.words.get(((cpu >> 6) as usize) & (PIN_WORDS - 1)) {
-            Some(w) => (*w >> (cpu & 63)) & 1 != 0,
             None => false,
         }
     }

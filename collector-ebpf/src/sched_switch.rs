@@ -197,9 +197,9 @@ fn may_watch(tid: u32) -> bool {
     (w >> bit) & 1 != 0
 }
 
-/// Whether `cpu` is marked dedicated ([`SwitchFilter::dedicated`], read in place; a CPU at or
-/// above [`MAX_CPUS`] aliases a lower one's bit, and the owner lookup that follows finds no
-/// owner for it).
+/// Whether `cpu` is marked dedicated in the filter: one bit test. No range check (that one costs
+/// a stack round trip, see [`PinMask::contains`]): a CPU at or above [`MAX_CPUS`] aliases a lower
+/// one's bit, and the owner lookup that follows finds no owner for it.
 #[inline(always)]
 fn cpu_dedicated(cpu: u32) -> bool {
     // SAFETY: the index is masked below PIN_WORDS; as in may_watch.
